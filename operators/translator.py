@@ -1,0 +1,85 @@
+"""The translator interface: the one seam between the stream and any model.
+
+`stream/` only ever talks to a `Translator`; `models/` (CLMT) and `operators/baselines.py`
+(classic methods) implement it. A translator is chosen by a spec string, so a new model plugs in
+by configuration (`WAVEBRIDGE_TRANSLATOR=models.engine:ClmtTranslator`) without touching `stream/`.
+
+Everything here is plain numpy: no torch, no Kafka.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+# Tasks a translator may serve.
+PPG2ECG = "ppg2ecg"  # PLETH -> lead II ECG
+SR = "sr"  # low-rate signal -> same signal at a higher rate
+TASKS = (PPG2ECG, SR)
+
+
+@dataclass(frozen=True)
+class PairedContext:
+    """Earlier, simultaneous ECG + PPG of the same patient (both at `rate_hz`, same length)."""
+
+    ecg: np.ndarray
+    ppg: np.ndarray
+    rate_hz: float
+
+
+@dataclass(frozen=True)
+class TranslationRequest:
+    """One window to translate.
+
+    `source` is the window at `source_rate` (already gap-free: the stream never splices across a
+    gap). The result must cover the same time span at `target_rate`, i.e. have
+    `round(len(source) * target_rate / source_rate)` samples, sample 0 at the window's start.
+    """
+
+    task: str
+    source: np.ndarray
+    source_rate: float
+    target_rate: float
+    source_signal: str = "PLETH"  # e.g. "PLETH", "II"
+    age: float | None = None
+    sex: str | None = None  # "M" / "F" / None
+    context: PairedContext | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def n_out(self) -> int:
+        return output_length(len(self.source), self.source_rate, self.target_rate)
+
+
+def output_length(n_in: int, source_rate: float, target_rate: float) -> int:
+    return int(round(n_in * float(target_rate) / float(source_rate)))
+
+
+@runtime_checkable
+class Translator(Protocol):
+    """Batched translation. Implementations must be safe to call from a worker thread."""
+
+    name: str
+
+    def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        """Translate a batch (windows of many beds) in one call; one float32 array per request."""
+        ...
+
+
+def load_translator(spec: str, **kwargs) -> Translator:
+    """Build a translator from `module:Class` (or a short alias) with keyword options."""
+    aliases = {
+        "classic": "operators.baselines:ClassicTranslator",
+        "clmt": "models.engine:ClmtTranslator",
+    }
+    spec = aliases.get(spec, spec)
+    if ":" not in spec:
+        raise ValueError(f"translator spec {spec!r} is not an alias ({', '.join(aliases)}) nor 'module:Class'")
+    mod_name, cls_name = spec.split(":", 1)
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load translator {spec!r}: {exc}") from exc
+    return cls(**kwargs)
