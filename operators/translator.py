@@ -73,6 +73,7 @@ def load_translator(spec: str, **kwargs) -> Translator:
     aliases = {
         "classic": "operators.baselines:ClassicTranslator",
         "clmt": "models.engine:ClmtTranslator",
+        "passthrough": "operators.baselines:PassthroughTranslator",  # translation disabled (benchmark ceiling)
     }
     spec = aliases.get(spec, spec)
     if ":" not in spec:

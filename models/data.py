@@ -1,0 +1,154 @@
+"""Training/validation data from BIDMC: patient-level split, 100 Hz arrays, batch sampling.
+
+BIDMC records 06-09, 20-23 and 38-39 are the same patients, so the split is by patient: patients are
+listed in record order (a multi-record patient counts once) and every 5th patient starting with the
+3rd is held out for validation. The rule, not a hand-picked list, decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.prep import CANONICAL_RATE, beat_templates, estimate_pat_s, lowres_then_up, zscore
+from operators.rpeaks import detect_rpeaks
+from operators.records import read_recording
+from operators.resample import resample
+
+SAME_PATIENT = (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39"))
+ALL_RECORDS = tuple(f"{i:02d}" for i in range(1, 41))
+SR_SOURCE_RATES = (25.0, 50.0)
+
+
+def patients() -> list[tuple[str, ...]]:
+    grouped = {r: g for g in SAME_PATIENT for r in g}
+    out, seen = [], set()
+    for r in ALL_RECORDS:
+        group = grouped.get(r, (r,))
+        if group not in seen:
+            seen.add(group)
+            out.append(group)
+    return out
+
+
+def split() -> tuple[list[str], list[str]]:
+    """(train records, validation records), split by patient."""
+    train, val = [], []
+    for i, group in enumerate(patients()):
+        (val if i % 5 == 2 else train).extend(group)
+    return train, val
+
+
+@dataclass
+class Record:
+    name: str
+    ecg: np.ndarray  # lead II at 100 Hz, float32
+    ppg: np.ndarray  # PLETH at 100 Hz
+    age: float | None
+    sex: str | None
+    pat_s: float  # median pulse-arrival delay over the whole record (R-peak -> PPG peak)
+    rpeaks: np.ndarray  # R-peak indices of `ecg`
+    lowres: dict  # (modality, rate, anti_aliased) -> the signal as a `rate` Hz monitor sends it, back at 100 Hz
+
+
+def load_record(path: Path, with_lowres: bool = True) -> Record:
+    rec = read_recording(path, signals=["II", "PLETH"])
+    sig = {}
+    for name, key in (("II", "ecg"), ("PLETH", "ppg")):
+        x = np.nan_to_num(rec.signals[name].astype(np.float64))
+        sig[key] = resample(x, rec.rates[name], CANONICAL_RATE, method="polyphase").astype(np.float32)
+    n = min(len(sig["ecg"]), len(sig["ppg"]))
+    ecg, ppg = sig["ecg"][:n], sig["ppg"][:n]
+    lowres = {}
+    if with_lowres:
+        for mod, x in (("ecg", ecg), ("ppg", ppg)):
+            for r in SR_SOURCE_RATES:
+                for aa in (True, False):  # monitors differ: some low-pass before decimating, some don't
+                    lowres[(mod, r, aa)] = lowres_then_up(x, r, anti_alias=aa)
+    return Record(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE),
+                  detect_rpeaks(ecg, CANONICAL_RATE), lowres)
+
+
+def load_records(root: Path, names: list[str], with_lowres: bool = True) -> list[Record]:
+    return [load_record(root / f"bidmc{n}", with_lowres) for n in names]
+
+
+TASK_PPG2ECG, TASK_ECG_SR, TASK_PPG_SR = 0, 1, 2
+
+
+class Sampler:
+    """Draws random training windows; everything is z-scored per window like at inference."""
+
+    def __init__(self, records: list[Record], window: int, context: tuple[int, int], template: int, seed: int):
+        """`context`: (min, max) length in samples of the paired segment templates are drawn from."""
+        self.records, self.window, self.context, self.template = records, window, context, template
+        self.rng = np.random.default_rng(seed)
+
+    def tokenizer_batch(self, batch: int, length: int) -> dict[str, np.ndarray]:
+        out = {}
+        for mod in ("ecg", "ppg"):
+            xs = []
+            for _ in range(batch):
+                r = self.records[self.rng.integers(len(self.records))]
+                x = getattr(r, mod)
+                s = self.rng.integers(0, len(x) - length)
+                xs.append(zscore(x[s : s + length])[0])
+            out[mod] = np.stack(xs)
+        return out
+
+    def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75) -> dict[str, np.ndarray]:
+        w, rng = self.window, self.rng
+        src, tgt, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, self.template, self.template))
+        task = rng.choice(3, size=batch, p=p_task)
+        has_ctx = np.zeros(batch, np.float32)
+        rate = np.full(batch, CANONICAL_RATE, np.float32)
+        age = np.full(batch, np.nan, np.float32)
+        sex = np.zeros(batch, np.int64)  # 0 unknown, 1 M, 2 F
+        pat = np.zeros(batch, np.float32)
+        for b in range(batch):
+            r = self.records[rng.integers(len(self.records))]
+            n = len(r.ecg)
+            s = int(rng.integers(0, n - w))
+            if rng.random() < 0.8:  # priors are sometimes unknown at the bedside
+                age[b] = r.age if r.age is not None else np.nan
+                sex[b] = {"M": 1, "F": 2}.get(r.sex or "", 0)
+            if task[b] == TASK_PPG2ECG:
+                if rng.random() < p_context:
+                    # a paired segment of the same patient from elsewhere in the record (no overlap)
+                    c = int(rng.integers(self.context[0], self.context[1] + 1))
+                    cs = self._context_start(n, s, c)
+                    if cs is not None:
+                        e, p = r.ecg[cs : cs + c], r.ppg[cs : cs + c]
+                        rp = r.rpeaks[(r.rpeaks >= cs) & (r.rpeaks < cs + c)] - cs
+                        tpl = beat_templates(e, p, CANONICAL_RATE, rpeaks=rp)
+                        if tpl is not None:
+                            ctx_e[b], ctx_p[b] = tpl
+                            has_ctx[b] = 1.0
+                            pat[b] = estimate_pat_s(e, p, CANONICAL_RATE)
+                src[b] = zscore(r.ppg[s : s + w])[0]
+                tgt[b] = zscore(r.ecg[s : s + w])[0]
+                rate[b] = float(rng.choice([62.5, 100.0, 125.0, 250.0]))
+            else:
+                mod = "ecg" if task[b] == TASK_ECG_SR else "ppg"
+                rr = float(rng.choice(SR_SOURCE_RATES))
+                src[b] = zscore(r.lowres[(mod, rr, bool(rng.random() < 0.5))][s : s + w])[0]
+                tgt[b] = zscore(getattr(r, mod)[s : s + w])[0]
+                rate[b] = rr
+        return {"src": src, "tgt": tgt, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
+                "rate": rate, "age": age, "sex": sex, "pat": pat}
+
+    def _context_start(self, n: int, s: int, c: int) -> int | None:
+        w = self.window
+        for _ in range(10):
+            cs = int(self.rng.integers(0, n - c))
+            if cs + c <= s or cs >= s + w:
+                return cs
+        return None
+
+
+def data_root(explicit: str | Path | None = None) -> Path:
+    """`../shared/data/bidmc` beside the repo unless given."""
+    if explicit:
+        return Path(explicit)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "bidmc"

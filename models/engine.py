@@ -1,0 +1,143 @@
+"""Batched CLMT inference engine: the `Translator` the stream worker and the offline CLI use.
+
+One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
+CPU or CUDA (config), under `torch.inference_mode`, in half precision on CUDA, with weights loaded from
+safetensors (no pickle). Numpy pre/post-processing matches training exactly (`models.prep`).
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from models import weights as W
+from models.prep import CANONICAL_RATE, align_ppg, beat_templates, estimate_pat_s, to_canonical, zscore
+from operators.resample import resample
+from operators.translator import PPG2ECG, SR, TranslationRequest
+
+ECG_SIGNALS = {"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"}
+MIN_CONTEXT_S = 3.0
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU (set WAVEBRIDGE_DEVICE=cpu or auto)")
+    return device
+
+
+class ClmtTranslator:
+    name = "clmt"
+
+    def __init__(self, weights: str | None = None, device: str = "auto", half: bool | None = None, max_batch: int = 256,
+                 threads: int | None = None):
+        self.device = resolve_device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.tok, self.tr, self.cfg = W.load(weights, self.device)
+        self.half = (self.device != "cpu") if half is None else half
+        if self.half:
+            self.tok.half(); self.tr.half()
+        self.stride = self.tok.cfg.stride
+        self.template_len = int(self.cfg["template"])
+        self.default_pat = float(self.cfg["default_pat_s"])
+        self.ecg_scale = tuple(self.cfg.get("ecg_scale", (0.0, 0.3)))  # population (mean, std) of lead II windows, mV
+        self.max_batch = max_batch
+        self._lock = threading.Lock()  # one forward pass at a time; callers may be worker threads
+        self.name = f"clmt:{W.DEFAULT_NAME}"
+
+    # -- per-request numpy preparation -------------------------------------------------------------
+    def _task_id(self, r: TranslationRequest) -> int:
+        if r.task == PPG2ECG:
+            return 0
+        if r.task == SR:
+            return 1 if r.source_signal.upper() in ECG_SIGNALS else 2
+        raise ValueError(f"unknown task {r.task!r}")
+
+    def _prepare(self, r: TranslationRequest) -> dict:
+        task = self._task_id(r)
+        x = to_canonical(np.nan_to_num(np.asarray(r.source, dtype=np.float64)), r.source_rate)
+        n = len(x)
+        z, mu, sd = zscore(x)
+        item = {"task": task, "n": n, "mu": mu, "sd": sd, "rate": float(r.source_rate),
+                "age": float(r.age) if r.age is not None else np.nan, "sex": {"M": 1, "F": 2}.get((r.sex or "").upper(), 0),
+                "has_ctx": 0.0, "pat": self.default_pat}
+        ctx = r.context if task == 0 else None
+        if ctx is not None and len(ctx.ecg) / ctx.rate_hz >= MIN_CONTEXT_S:
+            ce = to_canonical(np.nan_to_num(np.asarray(ctx.ecg, np.float64)), ctx.rate_hz)
+            cp = to_canonical(np.nan_to_num(np.asarray(ctx.ppg, np.float64)), ctx.rate_hz)
+            m = min(len(ce), len(cp))
+            ce, cp = ce[:m], cp[:m]
+            tpl = beat_templates(ce, cp, CANONICAL_RATE)
+            pat = estimate_pat_s(ce, cp, CANONICAL_RATE)
+            if tpl is not None:
+                item["ctx_ecg"], item["ctx_ppg"] = tpl
+                item["has_ctx"] = 1.0
+                if np.isfinite(pat):
+                    item["pat"] = pat
+            item["out_scale"] = (float(np.mean(ce)), float(np.std(ce)) or 1.0)  # this patient's ECG level/spread
+        elif task == 0:
+            item["out_scale"] = self.ecg_scale
+        else:
+            item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
+        if task == 0:
+            z = align_ppg(z, item["pat"])
+        pad = (-n) % self.stride
+        item["src"] = np.concatenate([z, np.repeat(z[-1:], pad)]) if pad else z
+        return item
+
+    # -- batched forward ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, items: list[dict]) -> np.ndarray:
+        dev, dt = self.device, (torch.float16 if self.half else torch.float32)
+        src = torch.from_numpy(np.stack([it["src"] for it in items])).to(dev, dt)
+        task = torch.tensor([it["task"] for it in items], device=dev)
+        src_tok = torch.empty(src.shape[0], src.shape[1] // self.stride, self.tok.cfg.levels, dtype=torch.long, device=dev)
+        for mod, mask in (("ppg", task != 1), ("ecg", task == 1)):
+            if mask.any():
+                src_tok[mask] = self.tok.tokens(src[mask], mod)
+        kw = {}
+        has_ctx = torch.tensor([it["has_ctx"] for it in items], device=dev)
+        if bool(has_ctx.any()):
+            zeros = np.zeros(self.template_len, np.float32)
+            ce = torch.from_numpy(np.stack([it.get("ctx_ecg", zeros) for it in items])).to(dev, dt)
+            cp = torch.from_numpy(np.stack([it.get("ctx_ppg", zeros) for it in items])).to(dev, dt)
+            kw = dict(ctx_ecg_tok=self.tok.tokens(ce, "ecg"), ctx_ppg_tok=self.tok.tokens(cp, "ppg"), has_ctx=has_ctx)
+        f = lambda k: torch.tensor([it[k] for it in items], device=dev, dtype=torch.float32)
+        z = self.tr(src_tok, task, f("rate"), f("age"), torch.tensor([it["sex"] for it in items], device=dev), f("pat"), **kw)
+        _, tokens, _ = self.tok.rvq(z)  # target tokens: re-quantize the predicted frames
+        out = torch.empty(src.shape, dtype=dt, device=dev)
+        for mod, mask in (("ecg", task != 2), ("ppg", task == 2)):
+            if mask.any():
+                out[mask] = self.tok.decode_tokens(tokens[mask], mod)
+        return out.float().cpu().numpy()
+
+    def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        items = [self._prepare(r) for r in requests]
+        results: list[np.ndarray | None] = [None] * len(items)
+        by_len = defaultdict(list)
+        for i, it in enumerate(items):
+            by_len[len(it["src"])].append(i)
+        with self._lock:
+            for idxs in by_len.values():
+                for s in range(0, len(idxs), self.max_batch):
+                    part = idxs[s : s + self.max_batch]
+                    out = self._forward([items[i] for i in part])
+                    for row, i in zip(out, part):
+                        results[i] = row
+        return [self._finish(r, it, y) for r, it, y in zip(requests, items, results)]
+
+    @staticmethod
+    def _finish(r: TranslationRequest, it: dict, y: np.ndarray) -> np.ndarray:
+        mu, sd = it["out_scale"]
+        y = y[: it["n"]].astype(np.float64) * sd + mu
+        if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
+            y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
+        n_out = r.n_out
+        if len(y) < n_out:
+            y = np.concatenate([y, np.repeat(y[-1:], n_out - len(y))])
+        return y[:n_out].astype(np.float32)

@@ -1,0 +1,95 @@
+"""Numpy preprocessing shared by training and serving, so both see windows prepared the same way."""
+from __future__ import annotations
+
+import numpy as np
+
+from operators.resample import resample
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
+
+CANONICAL_RATE = 100.0
+PAT_RANGE_S = (0.05, 1.0)  # R-peak -> PPG systolic peak, incl. monitor processing delay
+
+
+def zscore(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    x = np.asarray(x, dtype=np.float64)
+    mu, sd = float(np.mean(x)), float(np.std(x))
+    sd = sd if sd > 1e-6 else 1.0
+    return ((x - mu) / sd).astype(np.float32), mu, sd
+
+
+def lowres_then_up(x: np.ndarray, rate: float, anti_alias: bool = True) -> np.ndarray:
+    """What a `rate` Hz monitor would send (low-passed first, or plainly subsampled), brought back to
+    100 Hz the way the engine does it."""
+    if anti_alias:
+        lo = resample(x, CANONICAL_RATE, rate, method="polyphase")
+    else:
+        lo = np.asarray(x)[:: int(round(CANONICAL_RATE / rate))]
+    return to_canonical(lo, rate)[: len(x)]
+
+
+def to_canonical(x: np.ndarray, rate: float) -> np.ndarray:
+    """Any rate -> 100 Hz. Upsampling uses a cubic spline (no ringing around sharp QRS); downsampling
+    is anti-aliased polyphase."""
+    if abs(rate - CANONICAL_RATE) < 1e-9:
+        return np.asarray(x, dtype=np.float32)
+    method = "cubic" if rate < CANONICAL_RATE else "polyphase"
+    return resample(np.asarray(x, dtype=np.float64), rate, CANONICAL_RATE, method=method).astype(np.float32)
+
+
+def estimate_pat_s(ecg: np.ndarray, ppg: np.ndarray, rate: float, prior_s: float = 0.64) -> float:
+    """Delay from R-peak to the PPG systolic peak of the same beat; NaN when it cannot be measured.
+
+    On BIDMC (MIMIC monitors) this delay is ~0.6 s, often longer than one RR interval, so "the next
+    PPG peak" is wrong. Instead every candidate delay in `PAT_RANGE_S` is scored by how many R-peaks
+    have a PPG peak within +-30 ms of R + delay; among near-best candidates (a regular rhythm makes
+    delay and delay - RR look alike) the one nearest the population prior wins.
+    """
+    r = detect_rpeaks(ecg, rate)
+    p = detect_ppg_peaks(ppg, rate)
+    if len(r) < 3 or len(p) < 3:
+        return float("nan")
+    cands = np.arange(PAT_RANGE_S[0], PAT_RANGE_S[1] + 1e-9, 0.01)
+    tol = 0.03 * rate
+    d = (p[None, :] - r[:, None]).astype(np.float64)  # (R, P) sample offsets
+    d = d[(d > 0) & (d < PAT_RANGE_S[1] * rate + tol)]
+    if len(d) < 3:
+        return float("nan")
+    score = np.array([np.sum(np.abs(d - c * rate) <= tol) for c in cands])
+    good = cands[score >= 0.8 * score.max()]
+    best = good[np.argmin(np.abs(good - prior_s))]
+    near = d[np.abs(d - best * rate) <= tol]  # refine: median of the offsets that voted for it
+    return float(np.median(near) / rate) if len(near) else float(best)
+
+
+def align_ppg(x: np.ndarray, pat_s: float, rate: float = CANONICAL_RATE) -> np.ndarray:
+    """Shift PPG earlier by the pulse-arrival delay so each beat's pulse sits where its R-peak will be.
+
+    The last `pat` seconds have no future pulse inside the window; they repeat the edge value and the
+    translator learns to extrapolate them (serving can hold those samples back as look-ahead).
+    """
+    k = int(round(pat_s * rate))
+    if k <= 0:
+        return x
+    return np.concatenate([x[k:], np.repeat(x[-1:], k)]).astype(np.float32)
+
+
+TEMPLATE_BEFORE_S, TEMPLATE_AFTER_S = 0.32, 0.64  # 96 samples = 12 tokens at 100 Hz, stride 8
+MIN_BEATS = 3
+
+
+def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RATE,
+                   rpeaks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The patient's median ECG beat and the PPG that follows it, both aligned on R-peaks.
+
+    This is what a paired context segment teaches the model: QRS/T morphology and, through the PPG
+    template's position, the pulse-arrival delay. Both are z-scored; None when too few clean beats.
+    """
+    r = detect_rpeaks(ecg, rate) if rpeaks is None else rpeaks
+    a, b = int(round(TEMPLATE_BEFORE_S * rate)), int(round(TEMPLATE_AFTER_S * rate))
+    r = r[(r - a >= 0) & (r + b <= len(ecg))]
+    if len(r) < MIN_BEATS:
+        return None
+    idx = r[:, None] + np.arange(-a, b)[None, :]
+    e = np.median(np.asarray(ecg, np.float64)[idx], axis=0)
+    p = np.median(np.asarray(ppg, np.float64)[idx], axis=0)
+    return zscore(e)[0], zscore(p)[0]

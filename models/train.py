@@ -1,0 +1,219 @@
+"""`wavebridge train`: train the CLMT tokenizer, then the translator, on BIDMC (split by patient).
+
+Seeded and resumable: a checkpoint (model + optimizer + sampler RNG + step) is written to `--workdir`
+every `--ckpt-every` steps and picked up again by the same command. The final weights are exported as
+safetensors + JSON config to `--out` (default `models/weights/`), which is what serving loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import weights as W
+from models.data import Sampler, data_root, load_records, split
+from models.prep import align_ppg
+from models.tokenizer import Tokenizer, TokenizerConfig
+from models.translator import ContextTranslator, TranslatorConfig
+
+WINDOW = 800  # 8 s at 100 Hz
+CONTEXT = (600, 2000)  # paired context segments of 6-20 s ...
+TEMPLATE = 96  # ... summarised as R-aligned beat templates (models.prep.beat_templates)
+
+
+def waveform_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """L1 on samples and on first differences (keeps QRS edges sharp)."""
+    return F.l1_loss(pred, tgt) + F.l1_loss(pred.diff(dim=-1), tgt.diff(dim=-1)) * 2.0
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+class Progress:
+    def __init__(self, name: str, total: int, start: int, every: int):
+        self.name, self.total, self.every = name, total, every
+        self.t0, self.s0 = time.time(), start
+
+    def __call__(self, step: int, **metrics) -> None:
+        if step % self.every and step != self.total:
+            return
+        done = step - self.s0
+        rate = done / max(1e-9, time.time() - self.t0)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        vals = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"[{self.name}] step {step}/{self.total} {vals} ({rate:.2f} it/s, eta {eta / 60:.1f} min)", flush=True)
+
+
+def _save_ckpt(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
+
+
+def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float):
+    ckpt = workdir / "tokenizer.ckpt"
+    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
+    start = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        tok.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); start = st["step"]
+        sampler.rng.bit_generator.state = st["rng"]
+        print(f"[tokenizer] resumed at step {start}", flush=True)
+    prog = Progress("tokenizer", steps, start, 50)
+    tok.train()
+    for step in range(start + 1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr)
+        b = sampler.tokenizer_batch(batch, 400)
+        loss_total, logs = 0.0, {}
+        for mod in ("ecg", "ppg"):
+            x = torch.from_numpy(b[mod])
+            rec, _, commit = tok(x, mod)
+            loss = waveform_loss(rec, x) + 0.25 * commit
+            loss_total = loss_total + loss
+            logs[mod] = float(F.mse_loss(rec, x))
+        opt.zero_grad(); loss_total.backward()
+        torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
+        opt.step()
+        stats = tok.rvq.stats()
+        prog(step, ecg_mse=logs["ecg"], ppg_mse=logs["ppg"], ppl0=stats[0]["perplexity"], dead=sum(s["dead_codes"] for s in stats))
+        if step % ckpt_every == 0 or step == steps:
+            _save_ckpt(ckpt, model=tok.state_dict(), opt=opt.state_dict(), step=step, rng=sampler.rng.bit_generator.state)
+    tok.eval()
+
+
+def translator_inputs(tok: Tokenizer, b: dict, default_pat: float):
+    """Tokenize a sampled batch the way serving does (frozen tokenizer)."""
+    task = torch.from_numpy(b["task"])
+    pat = np.where(b["has_ctx"] > 0, b["pat"], default_pat)
+    pat = np.where(np.isfinite(pat), pat, default_pat).astype(np.float32)
+    src = b["src"].copy()
+    for i in np.nonzero(b["task"] == 0)[0]:
+        src[i] = align_ppg(src[i], float(pat[i]))
+    src_t = torch.from_numpy(src)
+    with torch.no_grad():
+        src_tok = torch.empty(src_t.shape[0], src_t.shape[1] // tok.cfg.stride, tok.cfg.levels, dtype=torch.long)
+        for mod, mask in (("ppg", (task == 0) | (task == 2)), ("ecg", task == 1)):
+            if mask.any():
+                src_tok[mask] = tok.tokens(src_t[mask], mod)
+        ctx_e = tok.tokens(torch.from_numpy(b["ctx_ecg"]), "ecg")
+        ctx_p = tok.tokens(torch.from_numpy(b["ctx_ppg"]), "ppg")
+    return dict(src_tok=src_tok, task=task, rate=torch.from_numpy(b["rate"]), age=torch.from_numpy(b["age"]),
+                sex=torch.from_numpy(b["sex"]), pat=torch.from_numpy(pat), ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p,
+                has_ctx=torch.from_numpy(b["has_ctx"]))
+
+
+def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """Decode predicted latents with the target modality's decoder (ECG for tasks 0/1, PPG for 2)."""
+    out = torch.empty(z.shape[0], z.shape[1] * tok.cfg.stride, dtype=z.dtype)
+    for mod, mask in (("ecg", task != 2), ("ppg", task == 2)):
+        if mask.any():
+            out[mask] = tok.decode(z[mask], mod)
+    return out
+
+
+def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, steps: int, batch: int, workdir: Path,
+                     ckpt_every: int, lr: float, default_pat: float):
+    ckpt = workdir / "translator.ckpt"
+    for p in tok.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
+    start = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        tr.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); start = st["step"]
+        sampler.rng.bit_generator.state = st["rng"]
+        print(f"[translator] resumed at step {start}", flush=True)
+    prog = Progress("translator", steps, start, 25)
+    tr.train()
+    for step in range(start + 1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr)
+        b = sampler.translator_batch(batch)
+        inp = translator_inputs(tok, b, default_pat)
+        tgt = torch.from_numpy(b["tgt"])
+        with torch.no_grad():
+            z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim)
+            for mod, mask in (("ecg", inp["task"] != 2), ("ppg", inp["task"] == 2)):
+                if mask.any():
+                    z_tgt[mask] = tok.encode(tgt[mask], mod)[0]
+        z = tr(**inp)
+        wave = decode_target(tok, z, inp["task"])
+        loss = F.mse_loss(z, z_tgt) + waveform_loss(wave, tgt)
+        opt.zero_grad(); loss.backward()
+        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            per = {n: float(F.mse_loss(wave[inp["task"] == k], tgt[inp["task"] == k])) if (inp["task"] == k).any() else float("nan")
+                   for k, n in enumerate(("ppg2ecg_mse", "ecgsr_mse", "ppgsr_mse"))}
+        prog(step, loss=float(loss), **per)
+        if step % ckpt_every == 0 or step == steps:
+            _save_ckpt(ckpt, model=tr.state_dict(), opt=opt.state_dict(), step=step, rng=sampler.rng.bit_generator.state)
+    tr.eval()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wavebridge train", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
+    ap.add_argument("--workdir", default=".work/train", help="checkpoints (resume from here)")
+    ap.add_argument("--out", default=str(W.DEFAULT_DIR), help="where the safetensors + config + card go")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer-steps", type=int, default=1500)
+    ap.add_argument("--translator-steps", type=int, default=2500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--ckpt-every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--d-model", type=int, default=TranslatorConfig.d_model)
+    ap.add_argument("--layers", type=int, default=TranslatorConfig.layers)
+    args = ap.parse_args(argv)
+    if args.device != "cpu":
+        print("note: training runs on the CPU in this version; --device is used by serving", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    root = data_root(args.data)
+    if not (root / "bidmc01.hea").exists():
+        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir); workdir.mkdir(parents=True, exist_ok=True)
+    train_names, val_names = split()
+    print(f"train records ({len(train_names)}): {' '.join(train_names)}\nvalidation records ({len(val_names)}): {' '.join(val_names)}",
+          flush=True)
+    t0 = time.time()
+    records = load_records(root, train_names)
+    pats = np.array([r.pat_s for r in records])
+    default_pat = float(np.nanmedian(pats))
+    print(f"loaded {len(records)} records in {time.time() - t0:.1f}s; population pulse-arrival delay {default_pat:.3f}s", flush=True)
+    # population lead II level and spread per 8 s window (mV): output scale when no context is given
+    stds = [np.std(r.ecg[i : i + WINDOW]) for r in records for i in range(0, len(r.ecg) - WINDOW, WINDOW)]
+    means = [np.mean(r.ecg[i : i + WINDOW]) for r in records for i in range(0, len(r.ecg) - WINDOW, WINDOW)]
+    ecg_scale = (float(np.median(means)), float(np.median(stds)))
+    sampler = Sampler(records, WINDOW, CONTEXT, TEMPLATE, args.seed)
+    tok_cfg = TokenizerConfig()
+    tok = Tokenizer(tok_cfg)
+    train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, 2e-3)
+    tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
+    tr = ContextTranslator(tok_cfg, tr_cfg)
+    train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, 1e-3, default_pat)
+    meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale, "seed": args.seed,
+            "train_records": train_names, "val_records": val_names, "tokenizer_steps": args.tokenizer_steps,
+            "translator_steps": args.translator_steps, "batch": args.batch, "train_minutes": (time.time() - t0) / 60,
+            "codebook": tok.rvq.stats()}
+    path = W.save(Path(args.out), tok, tr, meta)
+    print(f"saved {path} ({W.count_params(tok, tr)} parameters) in {(time.time() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

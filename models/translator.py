@@ -1,0 +1,95 @@
+"""Context-prompted, non-autoregressive translator: source tokens -> target latent frames -> tokens.
+
+Sequence seen by one transformer encoder:
+    [task] [priors: source rate, age, sex, pulse delay] [context flag]  source tokens  context ECG tokens  context PPG tokens
+Source and context token ids are embedded per RVQ level and summed. Context tokens (the same
+patient's earlier paired ECG+PPG) are masked out when absent. One forward pass predicts every target
+latent frame at once; serving re-quantizes them with the tokenizer's RVQ (target tokens) and decodes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from models.tokenizer import TokenizerConfig
+
+N_TASKS = 3  # ppg2ecg, ecg sr, ppg sr (models.data.TASK_*)
+N_PROMPT = 3
+
+
+@dataclass
+class TranslatorConfig:
+    d_model: int = 128
+    layers: int = 4
+    heads: int = 4
+    ff: int = 384
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sinusoid(n: int, d: int, device=None) -> torch.Tensor:
+    pos = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(n, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+class ContextTranslator(nn.Module):
+    def __init__(self, tok: TokenizerConfig, cfg: TranslatorConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or TranslatorConfig()
+        d = cfg.d_model
+        self.level_emb = nn.ModuleList(nn.Embedding(tok.codes, d) for _ in range(tok.levels))
+        self.segment_emb = nn.Embedding(3, d)  # 0 source, 1 context ECG, 2 context PPG
+        self.source_mod_emb = nn.Embedding(2, d)  # source modality: 0 ecg, 1 ppg
+        self.task_emb = nn.Embedding(N_TASKS, d)
+        self.sex_emb = nn.Embedding(3, d)  # unknown, M, F
+        self.ctx_flag_emb = nn.Embedding(2, d)
+        self.num_proj = nn.Linear(4, d)  # log2(rate/100), (age-60)/20, age known, pat/0.3
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff, cfg.dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, tok.latent_dim)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, L) -> (B, T, d)
+        return sum(emb(tokens[..., i]) for i, emb in enumerate(self.level_emb[: tokens.shape[-1]]))
+
+    def forward(self, src_tok, task, rate, age, sex, pat, ctx_ecg_tok=None, ctx_ppg_tok=None, has_ctx=None):
+        """src_tok (B,T,L) long; task/sex (B,) long; rate/age/pat/has_ctx (B,) float (age NaN = unknown).
+
+        Returns predicted target latent frames (B, T, latent_dim)."""
+        b, t, _ = src_tok.shape
+        d = self.cfg.d_model
+        dev = src_tok.device
+        src_mod = (task == 0).long()  # ppg2ecg has a PPG source; SR tasks: ecg for task 1, ppg for task 2
+        src_mod = torch.where(task == 2, torch.ones_like(src_mod), src_mod)
+        age_known = torch.isfinite(age).float()
+        age_n = torch.where(age_known > 0, (age - 60.0) / 20.0, torch.zeros_like(age))
+        nums = torch.stack([torch.log2(rate / 100.0), age_n, age_known, pat / 0.3], dim=-1)
+        if has_ctx is None:
+            has_ctx = torch.zeros(b, device=dev)
+        prompt = torch.stack([
+            self.task_emb(task),
+            self.sex_emb(sex) + self.num_proj(nums.to(self.num_proj.weight.dtype)),
+            self.ctx_flag_emb(has_ctx.long()),
+        ], dim=1)
+        x = self.embed_tokens(src_tok) + self.segment_emb.weight[0] + self.source_mod_emb(src_mod)[:, None]
+        x = x + sinusoid(t, d, dev).to(x.dtype)
+        parts, masks = [prompt, x], [torch.zeros(b, N_PROMPT + t, dtype=torch.bool, device=dev)]
+        if ctx_ecg_tok is not None:
+            tc = ctx_ecg_tok.shape[1]
+            pe = sinusoid(tc, d, dev).to(x.dtype)
+            parts += [self.embed_tokens(ctx_ecg_tok) + self.segment_emb.weight[1] + pe,
+                      self.embed_tokens(ctx_ppg_tok) + self.segment_emb.weight[2] + pe]
+            absent = (has_ctx < 0.5)[:, None].expand(b, 2 * tc)
+            masks.append(absent)
+        h = self.encoder(torch.cat(parts, dim=1), src_key_padding_mask=torch.cat(masks, dim=1))
+        return self.head(self.norm(h[:, N_PROMPT : N_PROMPT + t]))

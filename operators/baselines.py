@@ -1,0 +1,246 @@
+"""Classic (non-learned) translators: the comparison baseline and the fallback until CLMT exists.
+
+`ClassicTranslator`
+- `sr`: polyphase (default) or cubic resampling to the target rate.
+- `ppg2ecg`, "shifted PPG peaks": PPG systolic peaks (sub-sample timed) moved back by a
+  pulse-arrival delay give R times; an ECG beat template is drawn at each R time, its P and T
+  parts stretched to the local RR interval (QRS kept at its width). Without context: a generic
+  sum-of-Gaussians lead-II beat and `DEFAULT_DELAY_S`. With `request.context` (same patient's
+  ECG + PPG): that patient's median R -> PPG-peak delay and median beat.
+
+`PassthroughTranslator`: translation disabled (benchmark ceiling); the source is linearly
+interpolated to the target rate.
+
+Both are deterministic, stateless apart from a lock-protected cache of context estimates, and
+safe to call from several threads.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.interpolate import CubicSpline
+
+from operators.quality import fill_nonfinite
+from operators.resample import METHODS, resample
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, refine_peak_times
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest
+
+__all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_beat_model",
+           "beat_model_from_context", "render_ecg", "DEFAULT_DELAY_S"]
+
+# R peak -> first PPG systolic peak >= 150 ms later, median over BIDMC bidmc01-30 at 125 Hz
+# (per-record medians 0.54-0.80 s, IQR within records ~20 ms). This is far above a physiological
+# pulse-arrival time (~0.2-0.3 s) because the MIMIC-II monitor stores PLETH with a latency of
+# roughly one beat relative to ECG; the context path measures each patient's own value.
+DEFAULT_DELAY_S = 0.65
+MIN_PAT_S = 0.15  # a PPG peak sooner than this after an R peak belongs to an earlier beat
+DEFAULT_RR_S = 0.8
+QRS_HALF_S = 0.06  # +-60 ms around R is drawn unstretched
+PRE_FRAC = 0.35  # share of the RR interval drawn before R (P wave side)
+
+# Generic lead-II beat at RR = 1 s: (offset from R s, amplitude mV, width s)
+_GENERIC_WAVES = (
+    (-0.20, 0.12, 0.025),  # P
+    (-0.035, -0.10, 0.010),  # Q
+    (0.0, 1.00, 0.012),  # R
+    (0.035, -0.20, 0.012),  # S
+    (0.28, 0.30, 0.055),  # T
+)
+
+
+@dataclass(frozen=True)
+class BeatModel:
+    """A beat sampled on `t` (s relative to R, from -PRE_FRAC*rr to (1-PRE_FRAC)*rr), ends at 0."""
+
+    t: np.ndarray
+    v: np.ndarray
+    rr_s: float  # RR interval the template was built at
+    delay_s: float  # R peak -> PPG systolic peak
+
+
+def _zero_ends(t: np.ndarray, v: np.ndarray) -> np.ndarray:
+    # Subtract the line through both ends so consecutive beats join without steps.
+    return v - (v[0] + (v[-1] - v[0]) * (t - t[0]) / (t[-1] - t[0]))
+
+
+def generic_beat_model(delay_s: float = DEFAULT_DELAY_S, rr_s: float = 1.0) -> BeatModel:
+    t = np.linspace(-PRE_FRAC * rr_s, (1 - PRE_FRAC) * rr_s, 1001)
+    v = np.zeros_like(t)
+    for off, amp, width in _GENERIC_WAVES:
+        v += amp * np.exp(-0.5 * ((t - off) / width) ** 2)
+    return BeatModel(t, _zero_ends(t, v), rr_s, float(delay_s))
+
+
+def _estimate_delay(r_t: np.ndarray, p_t: np.ndarray) -> float | None:
+    if len(r_t) < 3 or len(p_t) < 3:
+        return None
+    j = np.searchsorted(p_t, r_t + MIN_PAT_S)
+    ok = j < len(p_t)
+    d = p_t[j[ok]] - r_t[ok]
+    d = d[d < MIN_PAT_S + 2.0]
+    return float(np.median(d)) if len(d) >= 3 else None
+
+
+def beat_model_from_context(ctx: PairedContext) -> BeatModel | None:
+    """Patient-specific delay and median beat from earlier simultaneous ECG + PPG (None if unusable)."""
+    fs = float(ctx.rate_hz)
+    ecg, _ = fill_nonfinite(np.asarray(ctx.ecg, dtype=np.float64))
+    ppg, _ = fill_nonfinite(np.asarray(ctx.ppg, dtype=np.float64))
+    r = detect_rpeaks(ecg, fs)
+    if len(r) < 3:
+        return None
+    r_t = refine_peak_times(ecg, r, fs)
+    p_t = refine_peak_times(ppg, detect_ppg_peaks(ppg, fs), fs)
+    delay = _estimate_delay(r_t, p_t)
+    rr = float(np.median(np.diff(r_t)))
+    if not (0.25 <= rr <= 2.5):
+        return None
+    t = np.linspace(-PRE_FRAC * rr, (1 - PRE_FRAC) * rr, max(64, int(round(rr * max(fs, 500.0)))))
+    # Sub-sample aligned beats through a spline of the whole context (sharp at 25 Hz too).
+    spline = CubicSpline(np.arange(len(ecg)) / fs, ecg)
+    dur = len(ecg) / fs
+    inside = (r_t + t[0] >= 0) & (r_t + t[-1] <= dur - 1.0 / fs)
+    if inside.sum() < 2:
+        return None
+    beats = spline(r_t[inside, None] + t[None, :])
+    v = np.median(beats, axis=0)
+    return BeatModel(t, _zero_ends(t, v), rr, DEFAULT_DELAY_S if delay is None else delay)
+
+
+def _fill_edges(r: np.ndarray, t0: float, t1: float, rr_default: float, pre: float, post: float) -> np.ndarray:
+    """Extrapolate beats at both ends with the local RR so the window edges are covered.
+
+    PPG peaks of the last beats lie beyond the window (they arrive `delay` later), so without this
+    the end of every window would lack beats.
+    """
+    if len(r) == 0:
+        return r
+    rr_first = float(np.median(np.diff(r[:4]))) if len(r) >= 2 else rr_default
+    rr_last = float(np.median(np.diff(r[-4:]))) if len(r) >= 2 else rr_default
+    head, tail = [], []
+    t = r[0] - rr_first
+    while t + post * rr_first > t0 and len(head) < 50:
+        head.append(t)
+        t -= rr_first
+    t = r[-1] + rr_last
+    while t - pre * rr_last < t1 and len(tail) < 50:
+        tail.append(t)
+        t += rr_last
+    return np.concatenate([np.asarray(head[::-1]), r, np.asarray(tail)])
+
+
+def render_ecg(r_t: np.ndarray, model: BeatModel, n_out: int, rate_hz: float) -> np.ndarray:
+    """Draw `model` at beat times `r_t` (s) onto `n_out` samples at `rate_hz` (vectorised).
+
+    Sample k belongs to the beat whose territory [R - PRE_FRAC*RR_before, R + (1-PRE_FRAC)*RR_after)
+    holds it; outside the QRS (+-QRS_HALF_S) time is scaled so the territory maps onto the template.
+    """
+    out = np.zeros(n_out, dtype=np.float64)
+    if len(r_t) == 0 or n_out == 0:
+        return out
+    t = np.arange(n_out) / float(rate_hz)
+    r_t = np.sort(np.asarray(r_t, dtype=np.float64))
+    rr = np.diff(r_t)
+    rr_before = np.concatenate([[rr[0] if len(rr) else model.rr_s], rr])
+    rr_after = np.concatenate([rr, [rr[-1] if len(rr) else model.rr_s]])
+    bounds = r_t[:-1] + (1 - PRE_FRAC) * rr  # territory borders between consecutive beats
+    k = np.searchsorted(bounds, t, side="right")
+    dt = t - r_t[k]
+    pre_t, post_t = -model.t[0], model.t[-1]
+    span = np.where(dt < 0, PRE_FRAC * rr_before[k], (1 - PRE_FRAC) * rr_after[k])
+    tmpl_span = np.where(dt < 0, pre_t, post_t)
+    q = min(QRS_HALF_S, 0.9 * pre_t, 0.9 * post_t)
+    mag = np.abs(dt)
+    scale = (tmpl_span - q) / np.maximum(span - q, 1e-3)
+    tau = np.where(mag <= q, mag, q + (mag - q) * scale)
+    tau = np.sign(dt) * np.minimum(tau, tmpl_span)
+    # Beats at the outer edges have no territory limit; beyond the template it is baseline.
+    out = np.interp(tau, model.t, model.v, left=0.0, right=0.0)
+    return out
+
+
+class ClassicTranslator:
+    """Signal-processing translator (see module doc). `sr_method`: "polyphase" | "cubic"."""
+
+    def __init__(self, sr_method: str = "polyphase", default_delay_s: float = DEFAULT_DELAY_S, cache_size: int = 256):
+        if sr_method not in METHODS:
+            raise ValueError(f"sr_method must be one of {METHODS}, got {sr_method!r}")
+        self.sr_method = sr_method
+        self.name = "classic" if sr_method == "polyphase" else f"classic-{sr_method}"
+        self._generic = generic_beat_model(default_delay_s)
+        self._cache: OrderedDict[int, tuple[weakref.ref, BeatModel | None]] = OrderedDict()
+        self._cache_size = int(cache_size)
+        self._lock = threading.Lock()
+
+    def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        return [self._one(r) for r in requests]
+
+    # ------------------------------------------------------------------
+
+    def _one(self, req: TranslationRequest) -> np.ndarray:
+        n_out = req.n_out
+        src, _ = fill_nonfinite(np.asarray(req.source, dtype=np.float64))
+        if req.task == SR:
+            y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
+        elif req.task == PPG2ECG:
+            y = self._ppg2ecg(src, req, n_out)
+        else:
+            raise ValueError(f"ClassicTranslator cannot serve task {req.task!r}")
+        y = np.asarray(y, dtype=np.float32)
+        if len(y) != n_out:  # defensive: the contract is exact length
+            y = np.resize(y, n_out) if len(y) else np.zeros(n_out, np.float32)
+        return y
+
+    def _model_for(self, ctx: PairedContext | None) -> BeatModel:
+        if ctx is None:
+            return self._generic
+        key = id(ctx)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0]() is ctx:
+                self._cache.move_to_end(key)
+                return hit[1] or self._generic
+        model = beat_model_from_context(ctx)
+        try:
+            ref = weakref.ref(ctx)
+        except TypeError:
+            return model or self._generic
+        with self._lock:
+            self._cache[key] = (ref, model)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return model or self._generic
+
+    def _ppg2ecg(self, ppg: np.ndarray, req: TranslationRequest, n_out: int) -> np.ndarray:
+        fs = float(req.source_rate)
+        model = self._model_for(req.context)
+        peaks = detect_ppg_peaks(ppg, fs)
+        p_t = refine_peak_times(ppg, peaks, fs)
+        r_t = p_t - model.delay_s
+        rr_default = float(np.median(np.diff(p_t))) if len(p_t) >= 2 else model.rr_s
+        dur = len(ppg) / fs
+        r_t = _fill_edges(r_t, 0.0, dur, rr_default, PRE_FRAC, 1 - PRE_FRAC)
+        return render_ecg(r_t, model, n_out, float(req.target_rate))
+
+
+class PassthroughTranslator:
+    """No translation: the source linearly interpolated to the target rate (throughput ceiling)."""
+
+    name = "passthrough"
+
+    def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        out = []
+        for req in requests:
+            x = np.asarray(req.source, dtype=np.float32)
+            n_out = req.n_out
+            if len(x) == 0:
+                out.append(np.zeros(n_out, np.float32))
+                continue
+            t_out = np.arange(n_out) * (float(req.source_rate) / float(req.target_rate))
+            out.append(np.interp(t_out, np.arange(len(x)), x).astype(np.float32))
+        return out

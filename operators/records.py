@@ -1,0 +1,257 @@
+"""Read archived recordings (WFDB, Parquet, CSV) into one in-memory `Recording`.
+
+Channel names are mapped onto canonical names so callers can ask for "II" (lead II ECG) and
+"PLETH" (PPG) whatever the archive calls them (BIDMC writes "II," and "PLETH,", MIT-BIH "MLII").
+
+NaN handling: invalid WFDB samples (and empty Parquet/CSV cells) are kept as NaN. Callers must
+handle them (e.g. `stream.replay` splits the chunk stream at NaN runs).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# Alias (upper-case, trailing punctuation stripped) -> canonical name.
+_ALIASES = {
+    "II": "II",
+    "ECG": "II",
+    "ECG_II": "II",
+    "ECGII": "II",
+    "ECG II": "II",
+    "MLII": "II",
+    "PLETH": "PLETH",
+    "PPG": "PLETH",
+    "PLETH_": "PLETH",
+    "SPO2 WAVE": "PLETH",
+    "SPO2WAVE": "PLETH",
+    "SPO2_WAVE": "PLETH",
+}
+# Relative deviation of sample intervals tolerated before `time_s` counts as non-uniform.
+_UNIFORM_RTOL = 1e-3
+TIME_COLUMN = "time_s"
+
+
+@dataclass
+class Recording:
+    name: str
+    signals: dict[str, np.ndarray]  # float32, canonical names
+    rates: dict[str, float]  # Hz per signal
+    units: dict[str, str]
+    age: float | None = None
+    sex: str | None = None  # "M" / "F" / None
+    # canonical name -> the name as written in the file (trailing punctuation/whitespace stripped)
+    original_names: dict[str, str] = field(default_factory=dict)
+
+    def duration_s(self, signal: str) -> float:
+        return len(self.signals[signal]) / self.rates[signal]
+
+
+def clean_name(raw: str) -> str:
+    """File channel name without trailing punctuation/whitespace ("II, " -> "II")."""
+    return re.sub(r"[\s,;:.]+$", "", str(raw)).strip()
+
+
+def canonical_name(raw: str) -> str:
+    """Canonical signal name for a channel/column name (case-insensitive)."""
+    cleaned = clean_name(raw)
+    upper = cleaned.upper()
+    if upper in _ALIASES:
+        return _ALIASES[upper]
+    # "PLETH_" keeps its underscore in the alias table; also accept other trailing underscores.
+    return _ALIASES.get(upper.rstrip("_"), upper)
+
+
+def read_recording(
+    path: str | Path,
+    signals: Sequence[str] | None = None,
+    *,
+    rate_hz: float | None = None,
+) -> Recording:
+    """Load a WFDB record (with or without `.hea`), a `.parquet` or a `.csv` file.
+
+    `signals` selects channels by (any alias of) their canonical name; missing ones raise a
+    ValueError naming what the record has. `rate_hz` supplies the rate for tables without a
+    `time_s` column or `rate_hz` metadata.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    wanted = None if signals is None else [canonical_name(s) for s in signals]
+    if suffix in (".parquet", ".pq"):
+        rec = _read_parquet(path, rate_hz)
+    elif suffix == ".csv":
+        rec = _read_csv(path, rate_hz)
+    else:
+        rec = _read_wfdb(path, wanted)
+    return _select(rec, wanted)
+
+
+# ---------------------------------------------------------------- WFDB
+
+
+def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
+    import wfdb
+
+    base = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
+    if not base.with_name(base.name + ".hea").exists():
+        raise ValueError(f"no WFDB header {base}.hea (and not a .parquet/.csv file)")
+    header = wfdb.rdheader(str(base))
+    names = [clean_name(n) for n in header.sig_name]
+    canon = [canonical_name(n) for n in names]
+    _check_duplicates(base.name, canon, names)
+    if wanted is None:
+        idx = list(range(len(names)))
+    else:
+        _require(base.name, wanted, canon)
+        idx = [canon.index(w) for w in wanted]
+    rec = wfdb.rdrecord(str(base), channels=idx, physical=True)
+    data = rec.p_signal  # NaN where the stored sample is the WFDB "invalid" value
+    fs = float(rec.fs)
+    age, sex = _age_sex_from_comments(header.comments or [])
+    out = Recording(name=base.name, signals={}, rates={}, units={}, age=age, sex=sex)
+    for col, i in enumerate(idx):
+        c = canon[i]
+        out.signals[c] = np.ascontiguousarray(data[:, col], dtype=np.float32)
+        out.rates[c] = fs
+        out.units[c] = (rec.units[col] or "").strip()
+        out.original_names[c] = names[i]
+    return out
+
+
+_BIDMC_AGE = re.compile(r"<age>:\s*([^\s<]+)", re.I)
+_BIDMC_SEX = re.compile(r"<sex>:\s*([^\s<]+)", re.I)
+_MIT_AGE_SEX = re.compile(r"^\s*(\d+(?:\.\d+)?|\?)\s+([MF?])\b", re.I)
+
+
+def _age_sex_from_comments(comments: Sequence[str]) -> tuple[float | None, str | None]:
+    """Parse BIDMC `<age>: 88 <sex>: M` or MIT-BIH `69 M 1085 ...` comment styles."""
+    for line in comments:
+        m_age, m_sex = _BIDMC_AGE.search(line), _BIDMC_SEX.search(line)
+        if m_age or m_sex:
+            return (_parse_age(m_age.group(1)) if m_age else None, _parse_sex(m_sex.group(1)) if m_sex else None)
+        m = _MIT_AGE_SEX.match(line)
+        if m:
+            return _parse_age(m.group(1)), _parse_sex(m.group(2))
+    return None, None
+
+
+def _parse_age(text) -> float | None:
+    if text is None:
+        return None
+    s = str(text).strip().rstrip("+")  # BIDMC writes "90+" for de-identified ages
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) and v >= 0 else None
+
+
+def _parse_sex(text) -> str | None:
+    if text is None:
+        return None
+    s = str(text).strip().upper()
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(s)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _read_parquet(path: Path, rate_hz: float | None) -> Recording:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"ARROW:") and k != b"pandas"}
+    df = table.to_pandas()
+    if rate_hz is None and "rate_hz" in meta:
+        rate_hz = float(meta["rate_hz"])
+    units = json.loads(meta["units"]) if "units" in meta else {}
+    return _from_frame(path.stem, df, rate_hz, _parse_age(meta.get("age")), _parse_sex(meta.get("sex")), units)
+
+
+def _read_csv(path: Path, rate_hz: float | None) -> Recording:
+    import pandas as pd
+
+    return _from_frame(path.stem, pd.read_csv(path), rate_hz, None, None, {})
+
+
+def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
+    import pandas as pd
+
+    cols = {clean_name(c): c for c in df.columns}
+    time_key = next((k for k in cols if k.lower() == TIME_COLUMN), None)
+    if time_key is not None:
+        inferred = _rate_from_time(name, df[cols[time_key]].to_numpy(dtype=np.float64))
+        if rate_hz is not None and not math.isclose(inferred, rate_hz, rel_tol=_UNIFORM_RTOL):
+            raise ValueError(f"{name}: time_s implies {inferred:g} Hz but rate_hz={rate_hz:g} was given")
+        rate_hz = inferred
+    if rate_hz is None:
+        raise ValueError(f"{name}: sampling rate unknown: add a '{TIME_COLUMN}' column, 'rate_hz' metadata or pass rate_hz=")
+    rate_hz = float(rate_hz)
+    if not (math.isfinite(rate_hz) and rate_hz > 0):
+        raise ValueError(f"{name}: invalid sampling rate {rate_hz!r}")
+    out = Recording(name=name, signals={}, rates={}, units={}, age=age, sex=sex)
+    names = [k for k in cols if k != time_key and pd.api.types.is_numeric_dtype(df[cols[k]])]
+    canon = [canonical_name(k) for k in names]
+    _check_duplicates(name, canon, names)
+    for k, c in zip(names, canon):
+        out.signals[c] = df[cols[k]].to_numpy(dtype=np.float32, na_value=np.nan)
+        out.rates[c] = rate_hz
+        out.units[c] = str(units.get(k, units.get(c, "")))
+        out.original_names[c] = k
+    if not out.signals:
+        raise ValueError(f"{name}: no numeric signal columns (columns: {', '.join(map(str, df.columns))})")
+    return out
+
+
+def _rate_from_time(name: str, t: np.ndarray) -> float:
+    if len(t) < 2:
+        raise ValueError(f"{name}: need at least 2 rows in '{TIME_COLUMN}' to infer the sampling rate")
+    dt = np.diff(t)
+    step = float(np.median(dt))
+    if not (np.all(np.isfinite(dt)) and step > 0):
+        raise ValueError(f"{name}: '{TIME_COLUMN}' must be finite and strictly increasing")
+    worst = float(np.max(np.abs(dt - step)))
+    if worst > _UNIFORM_RTOL * step:
+        raise ValueError(
+            f"{name}: non-uniform sampling in '{TIME_COLUMN}' (median step {step:g} s, worst deviation {worst:g} s); "
+            "resample to a uniform grid first"
+        )
+    # Use the whole span so rounding in individual steps averages out.
+    return (len(t) - 1) / float(t[-1] - t[0])
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_duplicates(name: str, canon: list[str], raw: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for c, r in zip(canon, raw):
+        if c in seen:
+            raise ValueError(f"{name}: channels {seen[c]!r} and {r!r} both map to {c}; rename one")
+        seen[c] = r
+
+
+def _require(name: str, wanted: list[str], have: list[str]) -> None:
+    for w in wanted:
+        if w not in have:
+            raise ValueError(f"record {name} has no channel {w} (has: {', '.join(have)})")
+
+
+def _select(rec: Recording, wanted: list[str] | None) -> Recording:
+    if wanted is None:
+        return rec
+    _require(rec.name, wanted, list(rec.signals))
+    return Recording(
+        name=rec.name,
+        signals={w: rec.signals[w] for w in wanted},
+        rates={w: rec.rates[w] for w in wanted},
+        units={w: rec.units[w] for w in wanted},
+        age=rec.age,
+        sex=rec.sex,
+        original_names={w: rec.original_names[w] for w in wanted},
+    )

@@ -1,0 +1,117 @@
+"""Rate conversion with sample 0 kept at the same instant.
+
+`resample` returns `round(len(x) * dst / src)` samples (the same rule as
+`operators.translator.output_length`), so outputs line up with window timestamps.
+Non-finite input propagates: fill it first (`operators.quality.fill_nonfinite`).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from scipy import signal as sps
+from scipy.interpolate import CubicSpline
+
+__all__ = ["resample", "decimate_to", "rational_ratio", "METHODS"]
+
+METHODS = ("polyphase", "cubic")
+_MAX_DEN = 1000
+
+
+def _out_len(n: int, src_hz: float, dst_hz: float) -> int:
+    return int(round(n * float(dst_hz) / float(src_hz)))
+
+
+def _float_out(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+    return x.astype(dtype, copy=False)
+
+
+def rational_ratio(src_hz: float, dst_hz: float, max_den: int = _MAX_DEN) -> tuple[int, int]:
+    """(up, down) with up/down ~= dst/src, e.g. 125 -> 100 Hz gives (4, 5)."""
+    f = Fraction(float(dst_hz) / float(src_hz)).limit_denominator(max_den)
+    return f.numerator, f.denominator
+
+
+def _fit_length(y: np.ndarray, n_out: int) -> np.ndarray:
+    if len(y) >= n_out:
+        return y[:n_out]
+    pad = n_out - len(y)  # off by one at most from rounding: hold the last value
+    return np.concatenate([y, np.full(pad, y[-1] if len(y) else 0.0, dtype=y.dtype)])
+
+
+def _polyphase(x: np.ndarray, src_hz: float, dst_hz: float, n_out: int) -> np.ndarray:
+    up, down = rational_ratio(src_hz, dst_hz)
+    exact = abs(up / down - dst_hz / src_hz) <= 1e-9 * dst_hz / src_hz
+    # padtype="line" extends the signal's end trend, which avoids the ringing that zero padding
+    # produces at window edges (windows rarely start or end at zero).
+    y = sps.resample_poly(x.astype(np.float64), up, down, padtype="line")
+    if exact:
+        return _fit_length(y, n_out)
+    # Irrational-ish ratio: polyphase to the nearby rational rate, then place onto the exact grid.
+    mid_hz = src_hz * up / down
+    t_mid = np.arange(len(y)) / mid_hz
+    t_out = np.arange(n_out) / dst_hz
+    return np.interp(t_out, t_mid, y)
+
+
+def _cubic(x: np.ndarray, src_hz: float, dst_hz: float, n_out: int) -> np.ndarray:
+    t_in = np.arange(len(x)) / src_hz
+    t_out = np.arange(n_out) / dst_hz
+    if len(x) < 4:
+        return np.interp(t_out, t_in, x.astype(np.float64))
+    spline = CubicSpline(t_in, x.astype(np.float64), bc_type="not-a-knot", extrapolate=True)
+    # Past the last input sample (< 1 input period) hold the end value instead of extrapolating
+    # the cubic, which can overshoot on steep edges.
+    return spline(np.minimum(t_out, t_in[-1]))
+
+
+def resample(x: np.ndarray, src_hz: float, dst_hz: float, method: str = "polyphase") -> np.ndarray:
+    """Resample `x` from `src_hz` to `dst_hz` ("polyphase" anti-aliased FIR, or "cubic" spline)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown resampling method {method!r}; use one of {METHODS}")
+    src_hz, dst_hz = float(src_hz), float(dst_hz)
+    if not (src_hz > 0 and dst_hz > 0):
+        raise ValueError("rates must be > 0")
+    x = _float_out(x)
+    if x.ndim != 1:
+        raise ValueError("resample expects a 1-D signal")
+    n_out = _out_len(len(x), src_hz, dst_hz)
+    if n_out == 0 or len(x) == 0:
+        return np.zeros(n_out, dtype=x.dtype)
+    if src_hz == dst_hz:
+        return x.copy()
+    if len(x) == 1:
+        return np.full(n_out, x[0], dtype=x.dtype)
+    y = _polyphase(x, src_hz, dst_hz, n_out) if method == "polyphase" else _cubic(x, src_hz, dst_hz, n_out)
+    return y.astype(x.dtype, copy=False)
+
+
+def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8, order: int = 8) -> np.ndarray:
+    """Low-rate copy of `x` (e.g. 100 -> 25 Hz) for training/test inputs.
+
+    A zero-phase Butterworth low-pass at `cutoff` x the new Nyquist frequency removes what would
+    alias (filtfilt pads with odd reflection, so no start/end transient); then exact samples are
+    picked for integer factors, polyphase resampling otherwise. Sample 0 keeps its instant.
+    """
+    src_hz, dst_hz = float(src_hz), float(dst_hz)
+    if dst_hz > src_hz:
+        raise ValueError(f"decimate_to only lowers the rate ({src_hz:g} -> {dst_hz:g} Hz); use resample")
+    x = _float_out(x)
+    n_out = _out_len(len(x), src_hz, dst_hz)
+    if dst_hz == src_hz:
+        return x.copy()
+    if len(x) == 0 or n_out == 0:
+        return np.zeros(n_out, dtype=x.dtype)
+    sos = sps.butter(order, cutoff * dst_hz / 2.0, btype="low", fs=src_hz, output="sos")
+    xf = x.astype(np.float64)
+    padlen = min(len(xf) - 1, 3 * (2 * len(sos) + 1) * 4)
+    if len(xf) > 1:
+        xf = sps.sosfiltfilt(sos, xf, padtype="odd" if padlen > 0 else None, padlen=max(padlen, 0))
+    q = src_hz / dst_hz
+    if abs(q - round(q)) < 1e-9:
+        y = _fit_length(xf[:: int(round(q))], n_out)
+    else:
+        y = _polyphase(xf, src_hz, dst_hz, n_out)
+    return y.astype(x.dtype, copy=False)

@@ -1,0 +1,243 @@
+"""R-peak (QRS) and PPG systolic-peak detection, 25-500 Hz.
+
+`detect_rpeaks` follows Pan & Tompkins (1985): band-pass, derivative, squaring, moving-window
+integration, then adaptive signal/noise thresholds with a 200 ms refractory period, T-wave
+rejection and search-back for missed beats; each detection is refined to the local extremum of
+the record's dominant QRS polarity in the baseline-free signal. Band edges shrink with the
+Nyquist frequency so the same code runs on 25 Hz streams.
+
+`detect_ppg_peaks` uses Elgendi et al. (2013) "two event-related moving averages": blocks where a
+short (systolic-width) average of the squared, band-passed pulse exceeds a beat-length average.
+(neurokit2 implements both but pulls pandas/sklearn-scale deps into operators/, so hand-written.)
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import signal as sps
+from scipy.ndimage import uniform_filter1d
+
+from operators.quality import fill_nonfinite
+
+__all__ = ["detect_rpeaks", "detect_ppg_peaks", "heart_rate_bpm", "refine_peak_times"]
+
+REFRACTORY_S = 0.2
+
+
+def _bandpass(x: np.ndarray, rate_hz: float, lo: float, hi: float, order: int = 2) -> np.ndarray:
+    nyq = rate_hz / 2.0
+    hi = min(hi, 0.45 * rate_hz)
+    lo = min(lo, 0.5 * hi)
+    sos = sps.butter(order, [lo, hi], btype="band", fs=rate_hz, output="sos")
+    if len(x) <= 3 * (2 * len(sos) + 1):
+        return x - np.mean(x)
+    return sps.sosfiltfilt(sos, x)
+
+
+def _highpass(x: np.ndarray, rate_hz: float, fc: float = 0.5) -> np.ndarray:
+    sos = sps.butter(2, fc, btype="high", fs=rate_hz, output="sos")
+    if len(x) <= 3 * (2 * len(sos) + 1):
+        return x - np.median(x)
+    return sps.sosfiltfilt(sos, x)
+
+
+def _clean(x, rate_hz: float) -> np.ndarray:
+    if not rate_hz > 0:
+        raise ValueError("rate_hz must be > 0")
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x, _ = fill_nonfinite(x)
+    return x.astype(np.float64, copy=False)
+
+
+def _envelope(x: np.ndarray, rate_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    # 5-15 Hz holds most QRS energy; at 25 Hz the band becomes ~3-11 Hz.
+    bp = _bandpass(x, rate_hz, 5.0, 15.0)
+    d = np.gradient(bp) * rate_hz
+    width = max(1, int(round(0.15 * rate_hz)))
+    # centred moving average: the envelope peak stays on the QRS instead of lagging it
+    env = uniform_filter1d(d * d, size=width, mode="nearest")
+    return bp, env
+
+
+def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray:
+    """Pan-Tompkins decision rules over envelope peaks; returns envelope-peak indices."""
+    refr = max(1, int(round(REFRACTORY_S * rate_hz)))
+    twave = int(round(0.36 * rate_hz))
+    cand, props = sps.find_peaks(env, prominence=0.0)
+    # Shoulders of one QRS envelope (e.g. a small spike before a wide S wave) are not separate
+    # candidates: a real envelope peak rises from a valley well below its top.
+    cand = cand[props["prominences"] >= 0.5 * env[cand]]
+    if len(cand) == 0:
+        return cand
+    heights = env[cand]
+    slope = np.abs(np.gradient(bp))
+    half = max(1, int(round(0.075 * rate_hz)))
+
+    def max_slope(i: int) -> float:
+        return float(np.max(slope[max(0, i - half): i + half + 1]))
+
+    # Learning phase (first <= 8 s): at >= 40 bpm the tallest k peaks there are QRS complexes.
+    learn_s = min(8.0, len(env) / rate_hz)
+    learn = cand < int(learn_s * rate_hz)
+    hl = np.sort(heights[learn] if learn.any() else heights)[::-1]
+    k = min(len(hl), max(1, int(learn_s * 40 / 60)))
+    spk = float(np.median(hl[:k]))
+    npk = min(float(np.median(hl[k:])) if len(hl) > k else 0.0, 0.5 * spk)
+
+    beats: list[int] = []
+    beat_slopes: list[float] = []
+    rr: list[float] = []
+
+    def thr() -> float:
+        return npk + 0.25 * (spk - npk)
+
+    def accept(i: int, h: float, weight: float) -> None:
+        nonlocal spk
+        if beats:
+            rr.append(i - beats[-1])
+            del rr[:-8]
+        beats.append(i)
+        beat_slopes.append(max_slope(i))
+        spk = weight * h + (1 - weight) * spk
+
+    def search_back(upto: int) -> None:
+        """Missed beat: the tallest candidate above half the threshold since the last beat."""
+        nonlocal spk
+        if not beats:
+            return
+        lo = beats[-1] + refr
+        sel = (cand > lo) & (cand < upto - refr // 2)
+        if not sel.any():
+            return
+        idx = np.flatnonzero(sel)
+        best = idx[np.argmax(heights[idx])]
+        if heights[best] > 0.5 * thr():
+            accept(int(cand[best]), float(heights[best]), 0.25)
+        elif upto - beats[-1] > 3 * rate_hz:
+            # long silence (amplitude drop after an artefact): let the signal level decay
+            spk = npk + 0.5 * (spk - npk)
+
+    look = int(round(3.0 * rate_hz))
+    for j, i in enumerate(cand):
+        i = int(i)
+        h = float(heights[j])
+        # The signal level cannot exceed the tallest peak of the last 3 s (>= 2 beats at 40 bpm):
+        # recovers within seconds after loud artefact instead of missing beats until it decays.
+        spk = min(spk, float(np.max(heights[np.searchsorted(cand, i - look):j + 1])))
+        npk = min(npk, 0.5 * spk)
+        if beats and rr:
+            mean_rr = float(np.mean(rr))
+            if i - beats[-1] > 1.66 * mean_rr:
+                search_back(i)
+        elif beats and i - beats[-1] > 2.0 * rate_hz:
+            search_back(i)
+        if beats and i - beats[-1] < refr:
+            continue  # same QRS (second envelope lobe)
+        if h > thr():
+            if beats and i - beats[-1] < twave and max_slope(i) < 0.5 * beat_slopes[-1]:
+                npk = 0.125 * h + 0.875 * npk  # T wave
+                continue
+            accept(i, h, 0.125)
+        else:
+            npk = 0.125 * h + 0.875 * npk
+    if beats and rr and len(env) - beats[-1] > 1.66 * float(np.mean(rr)):
+        search_back(len(env) + refr)
+    return np.asarray(sorted(set(beats)), dtype=np.int64)
+
+
+def _refine(x_hp: np.ndarray, bp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
+    if len(idx) == 0:
+        return idx
+    w = max(1, int(round(0.08 * rate_hz)))
+    n = len(x_hp)
+    lo = np.clip(idx - w, 0, n - 1)
+    hi = np.clip(idx + w + 1, 1, n)
+    # dominant polarity: are QRS excursions mostly upward or downward in this lead?
+    ups = np.array([x_hp[a:b].max() for a, b in zip(lo, hi)])
+    downs = np.array([-x_hp[a:b].min() for a, b in zip(lo, hi)])
+    sign = 1.0 if np.median(ups) >= np.median(downs) else -1.0
+    y = sign * x_hp
+    out = np.array([a + int(np.argmax(y[a:b])) for a, b in zip(lo, hi)], dtype=np.int64)
+    # two envelope peaks refined onto the same R: keep one, then re-apply the refractory period
+    out = np.unique(out)
+    refr = max(1, int(round(REFRACTORY_S * rate_hz)))
+    keep = [0]
+    for k in range(1, len(out)):
+        if out[k] - out[keep[-1]] < refr:
+            if y[out[k]] > y[out[keep[-1]]]:
+                keep[-1] = k
+        else:
+            keep.append(k)
+    return out[keep]
+
+
+def detect_rpeaks(ecg: np.ndarray, rate_hz: float) -> np.ndarray:
+    """Sample indices (int64, ascending) of R peaks in a lead-II-like ECG."""
+    x = _clean(ecg, rate_hz)
+    if len(x) < max(4, int(0.5 * rate_hz)) or np.ptp(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    bp, env = _envelope(x, rate_hz)
+    coarse = _thresholding(env, bp, rate_hz)
+    return _refine(_highpass(x, rate_hz), bp, coarse, rate_hz)
+
+
+def detect_ppg_peaks(ppg: np.ndarray, rate_hz: float) -> np.ndarray:
+    """Sample indices (int64, ascending) of PPG systolic peaks."""
+    x = _clean(ppg, rate_hz)
+    if len(x) < max(4, int(0.5 * rate_hz)) or np.ptp(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    f = _bandpass(x, rate_hz, 0.5, 8.0)
+    y = np.clip(f, 0, None) ** 2
+    w1 = max(1, int(round(0.111 * rate_hz)))
+    w2 = max(w1 + 1, int(round(0.667 * rate_hz)))
+    ma_peak = uniform_filter1d(y, w1, mode="nearest")
+    ma_beat = uniform_filter1d(y, w2, mode="nearest")
+    alpha = 0.02 * float(np.mean(y))
+    blocks = ma_peak > ma_beat + alpha
+    m = np.concatenate([[False], blocks, [False]]).astype(np.int8)
+    starts = np.flatnonzero(np.diff(m) == 1)
+    ends = np.flatnonzero(np.diff(m) == -1)
+    keep = (ends - starts) >= max(1, w1 // 2)
+    peaks = []
+    # refine to the raw-signal maximum near the filtered peak: the filter shifts the apex slightly
+    r = max(1, int(round(0.08 * rate_hz)))
+    for a, b in zip(starts[keep], ends[keep]):
+        p = a + int(np.argmax(f[a:b]))
+        lo, hi = max(0, p - r), min(len(x), p + r + 1)
+        peaks.append(lo + int(np.argmax(x[lo:hi])))
+    peaks = np.unique(np.asarray(peaks, dtype=np.int64))
+    # physiological limit (< 200 bpm): drop the smaller of two peaks closer than 0.3 s
+    min_d = int(round(0.3 * rate_hz))
+    out: list[int] = []
+    for p in peaks:
+        if out and p - out[-1] < min_d:
+            if x[p] > x[out[-1]]:
+                out[-1] = int(p)
+        else:
+            out.append(int(p))
+    return np.asarray(out, dtype=np.int64)
+
+
+def refine_peak_times(x: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.ndarray:
+    """Sub-sample peak times in seconds by parabolic interpolation through each peak's neighbours
+    (matters at 25 Hz, where one sample is 40 ms)."""
+    x = np.asarray(x, dtype=np.float64)
+    p = np.asarray(peaks, dtype=np.int64)
+    t = p.astype(np.float64)
+    inner = (p > 0) & (p < len(x) - 1)
+    if inner.any():
+        a, b, c = x[p[inner] - 1], x[p[inner]], x[p[inner] + 1]
+        den = a - 2 * b + c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = np.where(np.abs(den) > 1e-12, 0.5 * (a - c) / den, 0.0)
+        t[inner] += np.clip(off, -0.5, 0.5)
+    return t / float(rate_hz)
+
+
+def heart_rate_bpm(peaks: np.ndarray, rate_hz: float) -> float:
+    """Heart rate from beat indices: 60 / median RR (robust to one missed or extra beat); NaN if < 2."""
+    p = np.asarray(peaks, dtype=np.float64)
+    if len(p) < 2:
+        return float("nan")
+    rr = np.diff(np.sort(p)) / float(rate_hz)
+    rr = rr[rr > 0]
+    return float(60.0 / np.median(rr)) if len(rr) else float("nan")

@@ -1,0 +1,306 @@
+"""Per-(bed, signal) sliding-window buffer, shared by the stream worker and offline mode.
+
+Both paths push the same chunks through a `SlidingWindower`, so they emit identical windows.
+
+Timing model: every sample of a segment sits on the exact grid
+`segment_start_ns + round(k * 1e9 / rate)` (k = index in the segment, rounding half up, exact
+integer arithmetic), anchored at the segment's first chunk. Chunk-start jitter up to
+`gap_tolerance` sample periods is absorbed onto that grid. A later start is a gap (tail flushed,
+`gap` event, new segment: never spliced); an earlier start is rejected (`out_of_order`, or
+`duplicate` when its seq is not newer); a rate change flushes and starts a new segment.
+
+Emission: the first window of a segment when `window` samples are buffered (`emit_from=0`), then
+the latest `window` samples every `hop` new samples (`emit_from = window - hop`). Concatenating
+`w.samples[w.emit_from:w.emit_to]` over all emitted windows reproduces the input exactly (minus
+segments reported by a `short_segment_dropped` event).
+
+Look-ahead: with `lookahead_s > 0` the newest `lookahead` samples of a full window are context only
+(`emit_to = window - lookahead`) and are emitted by the next window or the flush. A translator whose
+output at time t depends on input after t (PPG->ECG: the pulse arrives ~0.6 s after its R-peak)
+then never has to guess at the window's right edge; latency grows by the look-ahead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["Window", "StreamEvent", "PushResult", "SlidingWindower", "grid_ns"]
+
+_NS = 10**9
+
+
+def _period_fraction(rate_hz: float) -> Fraction:
+    """Sample period in ns as an exact fraction (rates like 62.5 or 360 Hz stay exact)."""
+    return Fraction(_NS) / Fraction(float(rate_hz)).limit_denominator(10**6)
+
+
+def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
+    """`origin_ns + round(index * 1e9 / rate_hz)` with exact integer arithmetic (half rounds up)."""
+    p = _period_fraction(rate_hz)
+    idx = np.asarray(index, dtype=np.int64)
+    num, den = p.numerator, p.denominator
+    # int64 is exact while 2*idx*num fits; fall back to Python ints for absurdly long segments.
+    if idx.size == 0 or int(np.max(np.abs(idx))) * 2 * num < 2**62:
+        offs = (2 * idx * num + den) // (2 * den)
+        return int(origin_ns) + offs
+    offs = np.array([(2 * int(i) * num + den) // (2 * den) for i in idx.ravel()], dtype=object)
+    return (int(origin_ns) + offs).astype(np.int64).reshape(idx.shape)
+
+
+def _offset_ns(rate_hz: float, index: int) -> int:
+    p = _period_fraction(rate_hz)
+    return (2 * int(index) * p.numerator + p.denominator) // (2 * p.denominator)
+
+
+@dataclass
+class Window:
+    start_ns: int  # timestamp of samples[0]
+    rate_hz: float
+    samples: np.ndarray  # float32; window length, or shorter for a flushed short segment
+    emit_from: int  # samples[emit_from:] were never emitted before; earlier ones are context only
+    segment: int  # increments at every reset (gap, rate change)
+    kind: str  # "full" | "flush"
+    # Exact grid anchor: samples[0] is sample `offset` of a segment starting at `segment_start_ns`.
+    # Defaults make a hand-built Window its own anchor.
+    segment_start_ns: int | None = None
+    offset: int = 0
+    emit_to: int | None = None  # end (exclusive) of the newly emitted part; None = len(samples)
+
+    def timestamps_ns(self, rate_hz: float | None = None, n: int | None = None) -> np.ndarray:
+        """int64 timestamps of an `n`-sample grid at `rate_hz` starting at `start_ns`.
+
+        At the window's own rate this is the segment grid (identical to what neighbouring windows
+        report); at another rate (e.g. a super-resolved output) `n` defaults to
+        `round(len(samples) * rate_hz / self.rate_hz)`.
+        """
+        same = rate_hz is None or float(rate_hz) == float(self.rate_hz)
+        if same:
+            n = len(self.samples) if n is None else int(n)
+            if self.segment_start_ns is None:
+                return grid_ns(self.start_ns, self.rate_hz, np.arange(n))
+            return grid_ns(self.segment_start_ns, self.rate_hz, self.offset + np.arange(n))
+        if n is None:
+            n = int(round(len(self.samples) * float(rate_hz) / float(self.rate_hz)))
+        return grid_ns(self.start_ns, float(rate_hz), np.arange(int(n)))
+
+    def emit_from_at(self, rate_hz: float) -> int:
+        """Index of the first never-emitted sample on a grid at `rate_hz` over the same span.
+
+        Uses the same rounding as `output_length`, so consecutive windows hand over without a
+        gap or overlap whenever the hop is a whole number of samples at both rates.
+        """
+        return int(round(self.emit_from * float(rate_hz) / float(self.rate_hz)))
+
+    @property
+    def emit_stop(self) -> int:
+        return len(self.samples) if self.emit_to is None else self.emit_to
+
+    def emit_to_at(self, rate_hz: float) -> int:
+        """`emit_stop` on a grid at `rate_hz` over the same span (same rounding as `emit_from_at`)."""
+        return int(round(self.emit_stop * float(rate_hz) / float(self.rate_hz)))
+
+    @property
+    def end_ns(self) -> int:
+        """Timestamp one sample period after the last sample (exclusive end)."""
+        anchor = self.start_ns if self.segment_start_ns is None else self.segment_start_ns
+        off = 0 if self.segment_start_ns is None else self.offset
+        return anchor + _offset_ns(self.rate_hz, off + len(self.samples))
+
+
+@dataclass
+class StreamEvent:
+    kind: str  # "gap" | "rate_change" | "out_of_order" | "duplicate" | "short_segment_dropped"
+    start_ns: int
+    end_ns: int
+    detail: str
+
+
+@dataclass
+class PushResult:
+    accepted: bool
+    windows: list[Window] = field(default_factory=list)
+    events: list[StreamEvent] = field(default_factory=list)
+
+
+class SlidingWindower:
+    """Sliding windows over one (bed, signal) stream. Not thread-safe: one instance per stream."""
+
+    def __init__(self, window_s: float, hop_s: float, min_segment_s: float = 1.0, gap_tolerance: float = 0.5,
+                 lookahead_s: float = 0.0):
+        if not (window_s > 0 and hop_s > 0):
+            raise ValueError("window_s and hop_s must be > 0")
+        if not lookahead_s >= 0:
+            raise ValueError("lookahead_s must be >= 0")
+        if hop_s + lookahead_s > window_s:
+            # windows would skip samples between them; nothing downstream could recover those
+            raise ValueError(f"hop_s ({hop_s}) + lookahead_s ({lookahead_s}) must not exceed window_s ({window_s})")
+        self.lookahead_s = float(lookahead_s)
+        if not 0 <= gap_tolerance < 1:
+            raise ValueError("gap_tolerance is in sample periods and must be in [0, 1)")
+        self.window_s = float(window_s)
+        self.hop_s = float(hop_s)
+        self.min_segment_s = float(min_segment_s)
+        self.gap_tolerance = float(gap_tolerance)
+        self._segment = -1
+        self._last_seq: int | None = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_state(self) -> None:
+        self._rate: float | None = None
+        self._seg_start_ns = 0
+        self._n_total = 0  # samples pushed into this segment
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # segment index of _buf[0]
+        self._emitted = 0  # segment index: everything before was emitted (or dropped)
+        self._win = self._hop = self._min_seg = self._la = 0
+
+    def _start_segment(self, start_ns: int, rate_hz: float) -> None:
+        self._reset_state()
+        self._segment += 1
+        self._rate = float(rate_hz)
+        self._seg_start_ns = int(start_ns)
+        self._win = max(1, int(round(self.window_s * rate_hz)))
+        self._hop = min(self._win, max(1, int(round(self.hop_s * rate_hz))))
+        self._la = min(self._win - self._hop, int(round(self.lookahead_s * rate_hz)))
+        self._min_seg = max(1, int(math.ceil(self.min_segment_s * rate_hz - 1e-9)))
+
+    def _ts(self, index: int) -> int:
+        return self._seg_start_ns + _offset_ns(self._rate, index)
+
+    @property
+    def segment(self) -> int:
+        return self._segment
+
+    @property
+    def rate_hz(self) -> float | None:
+        return self._rate
+
+    @property
+    def expected_next_ns(self) -> int | None:
+        """Timestamp the next contiguous chunk should start at (None before the first chunk)."""
+        return None if self._rate is None else self._ts(self._n_total)
+
+    @property
+    def emitted_until_ns(self) -> int | None:
+        """End (exclusive) of everything already emitted in the current segment."""
+        if self._rate is None or self._emitted == 0:
+            return None
+        return self._ts(self._emitted)
+
+    @property
+    def pending(self) -> int:
+        """Samples buffered but not yet emitted."""
+        return self._n_total - self._emitted
+
+    # ------------------------------------------------------------------ API
+
+    def push(self, start_ns: int, rate_hz: float, samples: np.ndarray, seq: int | None = None) -> PushResult:
+        rate_hz = float(rate_hz)
+        if not (math.isfinite(rate_hz) and rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive finite number, got {rate_hz}")
+        x = np.asarray(samples, dtype=np.float32).ravel()
+        start_ns = int(start_ns)
+        out = PushResult(accepted=True)
+
+        if self._rate is not None:
+            period = _NS / self._rate
+            expected = self._ts(self._n_total)
+            delta = start_ns - expected
+            if delta < -self.gap_tolerance * period:
+                dup = seq is not None and self._last_seq is not None and seq <= self._last_seq
+                kind = "duplicate" if dup else "out_of_order"
+                end = start_ns + _offset_ns(rate_hz, len(x))
+                out.accepted = False
+                out.events.append(StreamEvent(kind, start_ns, end, (
+                    f"chunk starts {-delta / 1e6:.3f} ms before the expected {expected}"
+                    + (f"; seq {seq} <= last {self._last_seq}" if dup else "")
+                )))
+                return out
+            if not math.isclose(rate_hz, self._rate, rel_tol=1e-9, abs_tol=0.0):
+                old = self._rate
+                self._flush_into(out)
+                out.events.append(StreamEvent("rate_change", expected, start_ns, f"{old:g} Hz -> {rate_hz:g} Hz"))
+                self._start_segment(start_ns, rate_hz)
+            elif delta > self.gap_tolerance * period:
+                self._flush_into(out)
+                missing = delta / period
+                out.events.append(StreamEvent(
+                    "gap", expected, start_ns, f"{delta / 1e9:.6f} s missing (~{missing:.1f} samples at {self._rate:g} Hz)"
+                ))
+                self._start_segment(start_ns, rate_hz)
+        else:
+            self._start_segment(start_ns, rate_hz)
+
+        if seq is not None:
+            self._last_seq = seq if self._last_seq is None else max(self._last_seq, seq)
+        if len(x) == 0:
+            return out
+        self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
+        self._n_total += len(x)
+        self._emit_full(out)
+        return out
+
+    def flush(self) -> PushResult:
+        """Emit the not-yet-emitted tail (idle timeout / end of input). The segment stays open."""
+        out = PushResult(accepted=True)
+        self._flush_into(out)
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _next_end(self) -> int:
+        # First window needs a full window; afterwards one hop of new samples (plus the look-ahead).
+        return max(self._emitted + self._hop + self._la, self._win)
+
+    def _window(self, end: int, length: int, kind: str, emit_end: int | None = None) -> Window:
+        lo = end - length
+        a = lo - self._buf_start
+        samples = self._buf[a:a + length].copy()
+        return Window(
+            start_ns=self._ts(lo),
+            rate_hz=self._rate,
+            samples=samples,
+            emit_from=max(0, self._emitted - lo),
+            segment=self._segment,
+            kind=kind,
+            segment_start_ns=self._seg_start_ns,
+            offset=lo,
+            emit_to=None if emit_end is None else emit_end - lo,
+        )
+
+    def _emit_full(self, out: PushResult) -> None:
+        while self._n_total >= self._next_end():
+            end = self._next_end()
+            out.windows.append(self._window(end, self._win, "full", end - self._la if self._la else None))
+            self._emitted = end - self._la
+        self._trim()
+
+    def _flush_into(self, out: PushResult) -> None:
+        if self._rate is None or self.pending == 0:
+            return
+        n = self._n_total
+        if n >= self._win:
+            out.windows.append(self._window(n, self._win, "flush"))
+        elif n >= self._min_seg:
+            out.windows.append(self._window(n, n, "flush"))
+        else:
+            out.events.append(StreamEvent(
+                "short_segment_dropped", self._ts(self._emitted), self._ts(n),
+                f"segment of {n} samples ({n / self._rate:.3f} s) < min_segment_s={self.min_segment_s:g}",
+            ))
+        self._emitted = n
+        self._trim()
+
+    def _trim(self) -> None:
+        # Keep what a later window or flush can still need: `window` samples before the emit mark
+        # plus the pending tail (< hop after emission), so memory stays <= window + hop.
+        keep_from = max(0, self._emitted - self._win)
+        drop = keep_from - self._buf_start
+        if drop > 0:
+            self._buf = self._buf[drop:].copy()
+            self._buf_start = keep_from

@@ -1,0 +1,120 @@
+"""Context selection and the per-bed ContextStore."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.context import ContextStore, select_context
+from operators.resample import decimate_to
+from operators.windowing import SlidingWindower
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _pair(rate=125.0, dur=60.0, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(500 * dur)) / 500
+    beats = np.cumsum(0.8 + rng.normal(0, 0.015, int(dur / 0.8) + 2)) - 0.5
+    ecg = np.zeros_like(t)
+    ppg = np.zeros_like(t)
+    for b in beats:
+        ecg += 1.2 * np.exp(-0.5 * ((t - b) / 0.012) ** 2) + 0.4 * np.exp(-0.5 * ((t - b - 0.3) / 0.05) ** 2)
+        ppg += np.exp(-0.5 * ((t - b - 0.3) / 0.09) ** 2)
+    ecg += 0.01 * rng.standard_normal(len(t))
+    ppg += 0.01 * rng.standard_normal(len(t))
+    if rate != 500:
+        ecg, ppg = decimate_to(ecg, 500, rate), decimate_to(ppg, 500, rate)
+    return ecg, ppg
+
+
+def test_select_context_avoids_bad_segments():
+    rate = 125.0
+    ecg, ppg = _pair(rate)
+    rng = np.random.default_rng(1)
+    ecg[: 40 * 125] += 2.0 * rng.standard_normal(40 * 125)  # first 40 s: ECG buried in noise
+    ppg[50 * 125: 52 * 125] = np.nan  # dropout at 50-52 s
+    ctx = select_context(ecg, ppg, rate, length_s=8.0)
+    assert ctx is not None and ctx.rate_hz == rate
+    assert len(ctx.ecg) == len(ctx.ppg) == 1000 and ctx.ecg.dtype == np.float32
+    # it is a clean, aligned slice of the input
+    e32, p32 = ecg.astype(np.float32), ppg.astype(np.float32)
+    start = int(np.flatnonzero((e32 == ctx.ecg[0]) & (p32 == ctx.ppg[0]))[0])
+    assert start >= 40 * 125 and not (50 * 125 - 1000 < start < 52 * 125)
+    np.testing.assert_array_equal(ctx.ecg, ecg[start:start + 1000].astype(np.float32))
+    np.testing.assert_array_equal(ctx.ppg, ppg[start:start + 1000].astype(np.float32))
+
+
+def test_select_context_none_when_unusable():
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=20.0)
+    assert select_context(ecg[:500], ppg[:500], rate, 10.0) is None  # too short
+    assert select_context(np.zeros(2500), ppg[:2500], rate, 10.0) is None  # flat ECG
+    rng = np.random.default_rng(2)
+    assert select_context(ecg[:2500], rng.standard_normal(2500), rate, 10.0) is None  # PPG noise
+    with pytest.raises(ValueError):
+        select_context(ecg[:100], ppg[:99], rate)
+
+
+def _feed(store, name, x, rate, window_s=8.0, hop_s=2.0, t0=T0):
+    """Push what a SlidingWindower emits (overlapping windows), as the worker would."""
+    w = SlidingWindower(window_s, hop_s)
+    i = 0
+    while i < len(x):
+        n = int(rate)  # 1 s chunks
+        for win in w.push(int(t0 + round(i * 1e9 / rate)), rate, x[i:i + n]).windows:
+            store.push(name, win.start_ns, win.rate_hz, win.samples)
+        i += n
+
+
+def test_store_aligns_overlapping_windows_and_is_bounded():
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=40.0)
+    store = ContextStore(length_s=10.0, keep_s=20.0)
+    assert store.get() is None
+    _feed(store, "II", ecg, rate)
+    assert store.get() is None  # no PPG yet
+    _feed(store, "PLETH", ppg, rate)
+    e, p, r, t0 = store.aligned()
+    assert r == rate and len(e) == len(p) == 20 * 125  # bounded by keep_s
+    k0 = int(round((t0 - T0) * rate / 1e9))
+    np.testing.assert_allclose(e, ecg[k0:k0 + len(e)], atol=1e-6)
+    np.testing.assert_allclose(p, ppg[k0:k0 + len(p)], atol=1e-6)
+    ctx = store.get()
+    assert ctx is not None and len(ctx.ecg) == 1250
+    assert store.get() is ctx  # cached until new data arrives
+
+
+def test_store_mixed_rates_resamples_to_ppg_rate():
+    ecg_hi, _ = _pair(250.0, dur=30.0)
+    _, ppg = _pair(125.0, dur=30.0)
+    ecg_lo, _ = _pair(125.0, dur=30.0)
+    store = ContextStore(length_s=10.0, keep_s=30.0)
+    _feed(store, "II", ecg_hi, 250.0)
+    _feed(store, "PLETH", ppg, 125.0)
+    e, p, r, t0 = store.aligned()
+    assert r == 125.0
+    k0 = int(round((t0 - T0) * 125.0 / 1e9))
+    # the 250 Hz ECG brought onto the PPG grid matches the same ECG made at 125 Hz directly
+    assert np.corrcoef(e[100:-100], ecg_lo[k0 + 100:k0 + len(e) - 100])[0, 1] > 0.98
+    assert store.get() is not None
+
+
+def test_store_gap_resets_and_keeps_last_good():
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=30.0)
+    store = ContextStore(length_s=10.0, keep_s=20.0)
+    _feed(store, "II", ecg, rate)
+    _feed(store, "PLETH", ppg, rate)
+    good = store.get()
+    assert good is not None
+    # after a gap only 3 s of new data: no fresh context, the last good one is kept (same patient)
+    later = T0 + 100 * 10**9
+    store.push("II", later, rate, ecg[:375])
+    store.push("PLETH", later, rate, ppg[:375])
+    e, p, r, t0 = store.aligned()
+    assert t0 == later and len(e) == 375  # never spliced across the gap
+    assert store.get() is good
+    store.clear()
+    assert store.get() is None
+    with pytest.raises(ValueError):
+        store.push("RESP", T0, rate, ecg[:10])

@@ -1,0 +1,113 @@
+"""R-peak and PPG-peak detection: MIT-BIH 100 against its beat annotations, BIDMC HR sanity,
+synthetic signals at 25-500 Hz."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from operators.metrics import peak_f1
+from operators.resample import decimate_to, resample
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, heart_rate_bpm, refine_peak_times
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# WFDB beat annotation symbols (non-beat marks such as '+' rhythm changes are excluded)
+BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
+
+
+def _synthetic_ecg(rate, dur=20.0, rr=0.75, polarity=1.0, noise=0.02, seed=0):
+    """Built at 500 Hz and decimated (anti-aliased, like a real low-rate monitor stream)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(500 * dur)) / 500
+    beats = np.arange(0.4, dur - 0.2, rr) + rng.normal(0, 0.01, len(np.arange(0.4, dur - 0.2, rr)))
+    x = np.zeros_like(t)
+    for b in beats:
+        x += polarity * (np.exp(-0.5 * ((t - b) / 0.012) ** 2) - 0.2 * np.exp(-0.5 * ((t - b - 0.035) / 0.012) ** 2))
+        x += 0.35 * np.exp(-0.5 * ((t - b - 0.28) / 0.05) ** 2) + 0.1 * np.exp(-0.5 * ((t - b + 0.2) / 0.025) ** 2)
+    x += 0.3 * np.sin(2 * np.pi * 0.2 * t) + noise * rng.standard_normal(len(t))  # wander + noise
+    return (x if rate == 500 else decimate_to(x, 500, rate)), beats
+
+
+@pytest.mark.parametrize("rate", [25.0, 50.0, 125.0, 250.0, 500.0])
+@pytest.mark.parametrize("polarity", [1.0, -1.0])
+def test_synthetic_ecg_all_rates(rate, polarity):
+    x, beats = _synthetic_ecg(rate, polarity=polarity)
+    peaks = detect_rpeaks(x, rate)
+    score = peak_f1(beats * rate, peaks, rate, 0.05)
+    assert score.f1 == 1.0, score
+    assert heart_rate_bpm(peaks, rate) == pytest.approx(80.0, abs=2.0)
+
+
+def test_degenerate_inputs():
+    assert len(detect_rpeaks(np.zeros(1000), 125.0)) == 0
+    assert len(detect_rpeaks(np.ones(10), 125.0)) == 0
+    assert len(detect_ppg_peaks(np.zeros(1000), 125.0)) == 0
+    assert np.isnan(heart_rate_bpm(np.array([5]), 125.0))
+    x, beats = _synthetic_ecg(125.0)
+    x[300:340] = np.nan  # dropout inside the record is tolerated
+    assert peak_f1(beats * 125, detect_rpeaks(x, 125.0), 125.0, 0.15).f1 > 0.95
+
+
+def test_ppg_peaks_synthetic_and_subsample_timing():
+    rate = 25.0
+    t = np.arange(int(rate * 30)) / rate
+    beats = np.arange(0.5, 29.5, 0.9)
+    ppg = sum(np.exp(-0.5 * ((t - b) / 0.1) ** 2) + 0.3 * np.exp(-0.5 * ((t - b - 0.3) / 0.1) ** 2) for b in beats)
+    p = detect_ppg_peaks(ppg, rate)
+    assert peak_f1(beats * rate, p, rate, 0.05).f1 == 1.0
+    assert heart_rate_bpm(p, rate) == pytest.approx(60 / 0.9, abs=1.0)
+    # parabolic refinement beats the 40 ms sample grid
+    tt = refine_peak_times(ppg, p, rate)
+    assert np.max(np.abs(tt - beats[: len(tt)])) < 0.01
+
+
+def _mitdb():
+    if not (DATA / "mitdb" / "100.hea").exists():
+        pytest.skip(f"MIT-BIH record 100 not found under {DATA / 'mitdb'}")
+    wfdb = pytest.importorskip("wfdb")
+    rec = wfdb.rdrecord(str(DATA / "mitdb" / "100"))
+    names = [n.strip() for n in rec.sig_name]
+    ann = wfdb.rdann(str(DATA / "mitdb" / "100"), "atr")
+    ref = np.array([s for s, sym in zip(ann.sample, ann.symbol) if sym in BEAT_SYMBOLS])
+    return rec.p_signal[:, names.index("MLII")], float(rec.fs), ref
+
+
+@pytest.mark.parametrize("rate", [360.0, 500.0, 125.0, 25.0])
+def test_mitdb_100_against_annotations(rate):
+    x, fs, ref = _mitdb()
+    if rate < fs:
+        x = decimate_to(x, fs, rate)
+    elif rate > fs:
+        x = resample(x, fs, rate)
+    peaks = detect_rpeaks(x, rate)
+    ref_r = ref * rate / fs
+    f50 = peak_f1(ref_r, peaks, rate, 0.05)
+    f150 = peak_f1(ref_r, peaks, rate, 0.15)
+    assert f50.f1 >= 0.99, f50
+    assert f150.f1 >= 0.99, f150
+
+
+def test_bidmc_lead_ii_heart_rate_matches_numerics():
+    base = DATA / "bidmc"
+    if not (base / "bidmc01.hea").exists():
+        pytest.skip(f"BIDMC records not found under {base}")
+    wfdb = pytest.importorskip("wfdb")
+    checked = 0
+    for name in ["bidmc01", "bidmc13", "bidmc24", "bidmc31", "bidmc40"]:
+        if not (base / f"{name}n.hea").exists():
+            continue
+        rec = wfdb.rdrecord(str(base / name))
+        names = [n.strip(" ,") for n in rec.sig_name]
+        fs = float(rec.fs)
+        ecg = rec.p_signal[:, names.index("II")]
+        ppg = rec.p_signal[:, names.index("PLETH")]
+        num = wfdb.rdrecord(str(base / f"{name}n"))
+        hr_monitor = float(np.nanmedian(num.p_signal[:, [n.strip(" ,") for n in num.sig_name].index("HR")]))
+        hr_ecg = heart_rate_bpm(detect_rpeaks(ecg, fs), fs)
+        hr_ppg = heart_rate_bpm(detect_ppg_peaks(ppg, fs), fs)
+        assert 30 < hr_ecg < 200
+        assert abs(hr_ecg - hr_monitor) <= 5.0, (name, hr_ecg, hr_monitor)
+        assert abs(hr_ppg - hr_ecg) <= 3.0, (name, hr_ppg, hr_ecg)
+        checked += 1
+    assert checked

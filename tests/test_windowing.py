@@ -1,0 +1,252 @@
+"""SlidingWindower: exact reassembly, timestamps, gaps, overlaps, rate changes, flushing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.windowing import SlidingWindower, Window, grid_ns
+
+T0 = 1_700_000_000_000_000_000
+
+
+def _chunks(x, rate, rng, t0=T0, max_chunk=400, jitter_ns=0):
+    """Split x into random-size chunks with exact-grid start times (plus optional jitter)."""
+    i = 0
+    while i < len(x):
+        n = int(rng.integers(1, max_chunk + 1))
+        start = int(grid_ns(t0, rate, i)) + (int(rng.integers(-jitter_ns, jitter_ns + 1)) if jitter_ns and i else 0)
+        yield start, x[i:i + n]
+        i += n
+
+
+def _run(w, chunks, rate, seq0=0):
+    wins, events = [], []
+    for k, (start, part) in enumerate(chunks):
+        r = w.push(start, rate, part, seq=seq0 + k)
+        assert r.accepted
+        wins += r.windows
+        events += r.events
+    r = w.flush()
+    return wins + r.windows, events + r.events
+
+
+def _reassemble(wins):
+    vals = np.concatenate([w.samples[w.emit_from:] for w in wins]) if wins else np.zeros(0)
+    ts = np.concatenate([w.timestamps_ns()[w.emit_from:] for w in wins]) if wins else np.zeros(0, np.int64)
+    return vals, ts
+
+
+@pytest.mark.parametrize("rate", [25.0, 125.0, 360.0, 500.0, 62.5])
+def test_random_chunkings_reassemble_exactly(rate):
+    rng = np.random.default_rng(int(rate * 10))
+    for trial in range(6):
+        n = int(rng.integers(1, 40) * rate / 2) + int(rng.integers(0, 50))
+        x = rng.standard_normal(n).astype(np.float32)
+        window_s, hop_s = [(8.0, 2.0), (4.0, 4.0), (3.0, 0.5), (2.0, 1.3)][trial % 4]
+        w = SlidingWindower(window_s, hop_s, min_segment_s=0.0)
+        # big chunks (> window) sometimes, so one push yields several windows
+        wins, events = _run(w, _chunks(x, rate, rng, max_chunk=int(rate * 5)), rate)
+        assert events == []
+        vals, ts = _reassemble(wins)
+        np.testing.assert_array_equal(vals, x)
+        np.testing.assert_array_equal(ts, grid_ns(T0, rate, np.arange(n)))
+        win_len, hop = round(window_s * rate), round(hop_s * rate)
+        for wi in wins:
+            assert wi.samples.dtype == np.float32
+            if wi.kind == "full":
+                assert len(wi.samples) == win_len
+            # every window is a contiguous slice of the input at its timestamps
+            k0 = int(round((wi.start_ns - T0) * rate / 1e9))
+            np.testing.assert_array_equal(wi.samples, x[k0:k0 + len(wi.samples)])
+        full = [wi for wi in wins if wi.kind == "full"]
+        if full:
+            assert full[0].emit_from == 0
+            assert all(wi.emit_from == win_len - hop for wi in full[1:])
+
+
+def test_jitter_is_absorbed_onto_the_grid():
+    rate = 125.0
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(3000).astype(np.float32)
+    w = SlidingWindower(8.0, 2.0)
+    # up to 0.4 sample periods (3.2 ms) of start jitter: same segment, exact grid
+    wins, events = _run(w, _chunks(x, rate, rng, max_chunk=60, jitter_ns=3_200_000), rate)
+    assert events == []
+    assert {wi.segment for wi in wins} == {0}
+    vals, ts = _reassemble(wins)
+    np.testing.assert_array_equal(vals, x)
+    np.testing.assert_array_equal(ts, T0 + np.arange(3000) * 8_000_000)
+
+
+def test_first_window_then_every_hop():
+    rate = 100.0
+    w = SlidingWindower(window_s=2.0, hop_s=0.5)
+    x = np.arange(1000, dtype=np.float32)
+    r = w.push(T0, rate, x[:199])
+    assert r.windows == [] and w.pending == 199 and w.emitted_until_ns is None
+    r = w.push(grid_ns(T0, rate, 199), rate, x[199:200])
+    assert len(r.windows) == 1
+    first = r.windows[0]
+    assert (first.emit_from, first.start_ns, first.kind, len(first.samples)) == (0, T0, "full", 200)
+    assert w.emitted_until_ns == T0 + 2_000_000_000 and w.pending == 0
+    # 320 more samples in one push -> windows ending at 250, 300, ..., 500: six windows
+    r = w.push(grid_ns(T0, rate, 200), rate, x[200:520])
+    assert [int(wi.samples[-1]) + 1 for wi in r.windows] == [250, 300, 350, 400, 450, 500]
+    assert all(wi.emit_from == 150 for wi in r.windows)
+    assert w.pending == 20
+    # bounded memory: never more than window + hop samples kept
+    assert len(w._buf) <= 200 + 50
+    r = w.flush()
+    (tail,) = r.windows
+    assert tail.kind == "flush" and len(tail.samples) == 200 and tail.emit_from == 180
+    np.testing.assert_array_equal(tail.samples[tail.emit_from:], x[500:520])
+    assert w.flush().windows == []  # nothing left
+
+
+def test_gap_flushes_tail_and_starts_new_segment_without_splicing():
+    rate = 125.0
+    w = SlidingWindower(4.0, 1.0, min_segment_s=1.0)
+    a = np.ones(700, np.float32)
+    b = np.full(600, 2.0, np.float32)
+    r = w.push(T0, rate, a)
+    assert len(r.windows) == 2  # ends at 500, 625 (750 not yet)
+    gap_start = grid_ns(T0, rate, 700)
+    b_start = gap_start + 3_000_000_000
+    r = w.push(b_start, rate, b)
+    assert r.accepted
+    kinds = [e.kind for e in r.events]
+    assert kinds == ["gap"]
+    assert (r.events[0].start_ns, r.events[0].end_ns) == (gap_start, b_start)
+    # the old tail was flushed before the reset: samples 625..700 of segment 0
+    tail = r.windows[0]
+    assert tail.segment == 0 and tail.kind == "flush"
+    np.testing.assert_array_equal(tail.samples[tail.emit_from:], a[625:700])
+    # the new segment's windows contain only b, on a grid anchored at b_start
+    new = [wi for wi in r.windows if wi.segment == 1]
+    assert new and all(np.all(wi.samples == 2.0) for wi in new)
+    assert new[0].start_ns == b_start and new[0].emit_from == 0
+    assert w.expected_next_ns == b_start + 600 * 8_000_000
+
+
+def test_short_segment_flushed_or_dropped_with_event():
+    rate = 50.0
+    w = SlidingWindower(8.0, 2.0, min_segment_s=1.0)
+    w.push(T0, rate, np.arange(120, dtype=np.float32))  # 2.4 s < window
+    r = w.flush()
+    (short,) = r.windows
+    assert short.kind == "flush" and short.emit_from == 0 and len(short.samples) == 120
+    # a 0.5 s segment after a gap is dropped, and says so
+    w2 = SlidingWindower(8.0, 2.0, min_segment_s=1.0)
+    w2.push(T0, rate, np.zeros(25, np.float32))
+    r = w2.push(T0 + 10 * 10**9, rate, np.zeros(10, np.float32))
+    assert [e.kind for e in r.events] == ["short_segment_dropped", "gap"]
+    assert r.events[0].start_ns == T0 and r.events[0].end_ns == T0 + 500_000_000
+    assert r.windows == []
+
+
+def test_segment_continues_after_idle_flush():
+    rate = 10.0
+    w = SlidingWindower(4.0, 1.0, min_segment_s=1.0)
+    x = np.arange(100, dtype=np.float32)
+    wins = w.push(T0, rate, x[:25]).windows + w.flush().windows  # short flush of 25 samples
+    wins += w.push(grid_ns(T0, rate, 25), rate, x[25:]).windows + w.flush().windows
+    vals, ts = _reassemble(wins)
+    np.testing.assert_array_equal(vals, x)
+    np.testing.assert_array_equal(ts, T0 + np.arange(100) * 100_000_000)
+    assert wins[1].emit_from == 25 and len(wins[1].samples) == 40  # first full window: context 0..25
+
+
+def test_overlap_rejected_as_out_of_order_or_duplicate():
+    rate = 100.0
+    w = SlidingWindower(2.0, 1.0)
+    assert w.push(T0, rate, np.zeros(150, np.float32), seq=7).accepted
+    before = (w.pending, w.expected_next_ns)
+    r = w.push(T0, rate, np.zeros(150, np.float32), seq=7)  # resend
+    assert not r.accepted and [e.kind for e in r.events] == ["duplicate"]
+    r = w.push(T0 + 500_000_000, rate, np.zeros(150, np.float32), seq=8)  # overlaps, newer seq
+    assert not r.accepted and [e.kind for e in r.events] == ["out_of_order"]
+    assert r.windows == [] and (w.pending, w.expected_next_ns) == before
+    r = w.push(T0 + 500_000_000, rate, np.zeros(150, np.float32))  # no seq at all
+    assert [e.kind for e in r.events] == ["out_of_order"]
+    # still contiguous afterwards
+    assert w.push(grid_ns(T0, rate, 150), rate, np.zeros(50, np.float32), seq=9).accepted
+
+
+def test_rate_change_flushes_and_resets():
+    w = SlidingWindower(2.0, 1.0, min_segment_s=0.5)
+    w.push(T0, 100.0, np.ones(250, np.float32))
+    r = w.push(grid_ns(T0, 100.0, 250), 200.0, np.full(400, 3.0, np.float32))
+    assert [e.kind for e in r.events] == ["rate_change"]
+    assert "100 Hz -> 200 Hz" in r.events[0].detail
+    old = [wi for wi in r.windows if wi.segment == 0]
+    new = [wi for wi in r.windows if wi.segment == 1]
+    assert len(old) == 1 and old[0].kind == "flush" and len(old[0].samples[old[0].emit_from:]) == 50
+    assert len(new) == 1 and new[0].rate_hz == 200.0 and len(new[0].samples) == 400
+
+
+def test_mixed_gaps_random_property():
+    """Random chunkings with random gaps: every sample of every segment comes back once."""
+    rng = np.random.default_rng(42)
+    rate = 125.0
+    for _ in range(10):
+        w = SlidingWindower(4.0, 1.0, min_segment_s=0.0)
+        t = T0
+        expected_vals, expected_ts, wins = [], [], []
+        for _seg in range(int(rng.integers(1, 5))):
+            n = int(rng.integers(1, 2000))
+            x = rng.standard_normal(n).astype(np.float32)
+            for start, part in _chunks(x, rate, rng, t0=t, max_chunk=300):
+                r = w.push(start, rate, part)
+                assert r.accepted
+                wins += r.windows
+            expected_vals.append(x)
+            expected_ts.append(grid_ns(t, rate, np.arange(n)))
+            t = int(grid_ns(t, rate, n)) + int(rng.integers(1, 50)) * 10**9
+        wins += w.flush().windows
+        vals, ts = _reassemble(wins)
+        np.testing.assert_array_equal(vals, np.concatenate(expected_vals))
+        np.testing.assert_array_equal(ts, np.concatenate(expected_ts))
+
+
+def test_window_timestamps_at_other_rate_and_emit_index():
+    wi = Window(start_ns=T0, rate_hz=25.0, samples=np.zeros(200, np.float32), emit_from=150, segment=0, kind="full")
+    ts = wi.timestamps_ns(100.0)
+    assert len(ts) == 800 and ts[0] == T0 and ts[1] - ts[0] == 10_000_000
+    assert wi.emit_from_at(100.0) == 600
+    assert len(wi.timestamps_ns(100.0, n=5)) == 5
+    assert wi.end_ns == T0 + 8 * 10**9
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError):
+        SlidingWindower(2.0, 3.0)
+    with pytest.raises(ValueError):
+        SlidingWindower(2.0, 1.0).push(T0, 0.0, np.zeros(3))
+
+
+@pytest.mark.parametrize("lookahead_s", [0.5, 1.0, 1.37])
+def test_lookahead_holds_back_window_edge_and_still_covers_everything(lookahead_s):
+    rng = np.random.default_rng(11)
+    rate = 100.0
+    x = rng.standard_normal(3000).astype(np.float32)
+    w = SlidingWindower(8.0, 2.0, lookahead_s=lookahead_s)
+    la = int(round(lookahead_s * rate))
+    parts, i = [], 0
+    while i < len(x):
+        k = int(rng.integers(1, 250))
+        for win in w.push(int(round(i * 1e9 / rate)), rate, x[i:i + k]).windows:
+            if win.kind == "full":
+                # the newest `la` samples are context only: emitted by a later window
+                assert win.emit_stop == len(win.samples) - la
+            parts.append(win.samples[win.emit_from:win.emit_stop])
+        i += k
+        assert w.emitted_until_ns is None or w.emitted_until_ns <= int(round((i - la) * 1e9 / rate))
+    tail = w.flush().windows
+    assert tail and tail[0].emit_stop == len(tail[0].samples)
+    parts += [t.samples[t.emit_from:t.emit_stop] for t in tail]
+    assert np.array_equal(np.concatenate(parts), x)
+
+
+def test_lookahead_plus_hop_must_fit_in_window():
+    with pytest.raises(ValueError, match="lookahead"):
+        SlidingWindower(4.0, 2.0, lookahead_s=2.5)
