@@ -1,12 +1,63 @@
 """Wire format of waveform chunks (see docs/wire-format.md).
 
-TODO(helper: wire): JSON + compact binary encode/decode, validation with reasons.
+Two encodings of the same `Chunk`:
+- JSON (`encode_json`): a UTF-8 object, easy to produce from any monitor gateway;
+- binary (`encode_binary`): `MAGIC` + uint32 LE header length + msgpack header map + raw
+  little-endian float32 samples; compact and fast for thousands of samples.
+`decode` auto-detects the encoding and validates; invalid input raises `WireError(reason, detail)`
+with a stable machine-readable `reason` (the DLQ records it). A few non-finite samples
+(≤ `MAX_NONFINITE_FRACTION`) are repaired by linear interpolation; `decode_result` reports how many.
 """
 from __future__ import annotations
 
+import json
+import math
+import re
+import struct
 from dataclasses import dataclass
 
+import msgpack
 import numpy as np
+
+VERSION = 1
+MAGIC = b"WBC\x01"  # "WaveBridge Chunk", format version 1
+_HEADER_LEN = struct.Struct("<I")
+
+# Validation limits.
+MIN_RATE_HZ = 1.0
+MAX_RATE_HZ = 2000.0
+MAX_SAMPLES = 65536
+MAX_DURATION_S = 60.0
+MAX_NONFINITE_FRACTION = 0.20
+MAX_BED_ID_LEN = 64
+BED_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_BED_ID_LEN)
+MIN_AGE, MAX_AGE = 0.0, 150.0
+SEXES = ("M", "F")
+MAX_UNITS_LEN = 32
+BASE_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "PLETH", "RESP", "ABP"})
+SIGNAL_SUFFIXES = ("_SYNTH", "_SR")
+MAX_START_NS = 2**63 - 1  # int64 nanoseconds (year 2262)
+
+# Reason codes (stable; documented in docs/wire-format.md).
+BAD_JSON = "bad_json"
+BAD_ENCODING = "bad_encoding"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+BAD_RATE = "bad_rate"
+OVERSIZED = "oversized"
+EMPTY = "empty"
+NAN_FLOOD = "nan_flood"
+UNKNOWN_SIGNAL = "unknown_signal"
+BAD_TIMESTAMP = "bad_timestamp"
+BAD_SEX = "bad_sex"
+BAD_AGE = "bad_age"
+BAD_BED_ID = "bad_bed_id"
+REASONS = (BAD_JSON, BAD_ENCODING, MISSING_FIELD, WRONG_TYPE, BAD_RATE, OVERSIZED, EMPTY, NAN_FLOOD,
+           UNKNOWN_SIGNAL, BAD_TIMESTAMP, BAD_SEX, BAD_AGE, BAD_BED_ID)
+
+REQUIRED_FIELDS = ("bed_id", "signal", "rate_hz", "start_ns", "seq", "samples")
+JSON = "json"
+BINARY = "binary"
 
 
 @dataclass
@@ -26,3 +77,264 @@ class Chunk:
     def end_ns(self) -> int:
         """Timestamp one sample period after the last sample."""
         return self.start_ns + int(round(len(self.samples) * 1e9 / self.rate_hz))
+
+
+class WireError(ValueError):
+    """Invalid message. `reason` is one of `REASONS`; `detail` says what exactly, for humans."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class DecodeResult:
+    chunk: Chunk
+    encoding: str  # JSON or BINARY
+    repaired: int  # non-finite samples replaced by linear interpolation
+
+
+def message_key(chunk: Chunk) -> bytes:
+    """Kafka message key: the bed id, so all chunks of one bed stay ordered on one partition."""
+    return chunk.bed_id.encode("utf-8")
+
+
+def is_known_signal(name: str) -> bool:
+    for suffix in SIGNAL_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name in BASE_SIGNALS
+
+
+# ------------------------------------------------------------------ encode
+
+
+def encode_json(chunk: Chunk) -> bytes:
+    """UTF-8 JSON object; non-finite samples become `null`. Validates first (raises WireError)."""
+    samples = _validate(chunk, repair=False)
+    values = samples.tolist()  # float32 -> float64 is exact, so decoding gives back identical float32
+    if not np.all(np.isfinite(samples)):
+        values = [v if math.isfinite(v) else None for v in values]
+    obj = {"v": VERSION, **_header(chunk), "samples": values}
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def encode_binary(chunk: Chunk) -> bytes:
+    """MAGIC | uint32 LE header length | msgpack header | float32 LE samples. Validates first."""
+    samples = _validate(chunk, repair=False)
+    header = msgpack.packb({"v": VERSION, **_header(chunk), "n": int(samples.size)}, use_bin_type=True)
+    return b"".join((MAGIC, _HEADER_LEN.pack(len(header)), header, samples.astype("<f4", copy=False).tobytes()))
+
+
+def _header(chunk: Chunk) -> dict:
+    return {
+        "bed_id": chunk.bed_id,
+        "signal": chunk.signal,
+        "rate_hz": float(chunk.rate_hz),
+        "start_ns": int(chunk.start_ns),
+        "seq": int(chunk.seq),
+        "units": chunk.units or "",
+        "age": None if chunk.age is None else float(chunk.age),
+        "sex": chunk.sex,
+    }
+
+
+# ------------------------------------------------------------------ decode
+
+
+def decode(data: bytes) -> Chunk:
+    """Decode and validate a JSON or binary message (auto-detected); raises WireError."""
+    return decode_result(data).chunk
+
+
+def decode_result(data: bytes) -> DecodeResult:
+    """Like `decode`, also reporting the encoding and how many samples were interpolated."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError(BAD_ENCODING, f"message must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data.strip():
+        raise WireError(EMPTY, "empty message")
+    if data.startswith(MAGIC):
+        fields, encoding = _parse_binary(data), BINARY
+    elif data[:3] == MAGIC[:3] and len(data) >= 4:
+        raise WireError(BAD_ENCODING, f"unsupported binary format version {data[3]}")
+    else:
+        fields, encoding = _parse_json(data), JSON
+    chunk = _build(fields)
+    repaired = _validate(chunk, repair=True)
+    n_bad = int(np.count_nonzero(~np.isfinite(chunk.samples)))
+    chunk.samples = repaired
+    return DecodeResult(chunk=chunk, encoding=encoding, repaired=n_bad)
+
+
+def _parse_json(data: bytes) -> dict:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(BAD_ENCODING, f"neither binary (no {MAGIC!r} prefix) nor UTF-8 JSON: {exc}") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise WireError(BAD_JSON, f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireError(BAD_JSON, f"top level must be an object, got {type(obj).__name__}")
+    _check_version(obj)
+    if "samples" in obj:
+        obj["samples"] = _json_samples(obj["samples"])
+    return obj
+
+
+def _json_samples(values) -> np.ndarray:
+    if not isinstance(values, list):
+        raise WireError(WRONG_TYPE, f"samples must be an array of numbers, got {type(values).__name__}")
+    try:
+        arr = np.array(values)
+    except ValueError as exc:  # ragged nesting
+        raise WireError(WRONG_TYPE, f"samples must be a flat array of numbers: {exc}") from None
+    if arr.dtype == object:  # nulls (non-finite samples) mixed with numbers
+        if any(not (v is None or _is_number(v)) for v in values):
+            raise WireError(WRONG_TYPE, "samples must contain only numbers or null")
+        arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "fiu"):
+        raise WireError(WRONG_TYPE, "samples must be a flat array of numbers or null")
+    return arr.astype(np.float32)
+
+
+def _parse_binary(data: bytes) -> dict:
+    offset = len(MAGIC) + _HEADER_LEN.size
+    if len(data) < offset:
+        raise WireError(BAD_ENCODING, "truncated binary message (no header length)")
+    (hlen,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
+    if offset + hlen > len(data):
+        raise WireError(BAD_ENCODING, f"header length {hlen} exceeds message size {len(data)}")
+    try:
+        header = msgpack.unpackb(data[offset: offset + hlen], raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise WireError(BAD_ENCODING, f"bad msgpack header: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError(BAD_ENCODING, "binary header must be a msgpack map")
+    _check_version(header)
+    if "samples" in header:
+        raise WireError(BAD_ENCODING, "binary header must not carry 'samples' (they follow the header)")
+    n = header.get("n")
+    if n is None:
+        raise WireError(MISSING_FIELD, "binary header lacks 'n' (sample count)")
+    if not _is_int(n) or n < 0:
+        raise WireError(WRONG_TYPE, f"'n' must be a non-negative integer, got {n!r}")
+    payload = len(data) - offset - hlen
+    if payload != 4 * n:
+        raise WireError(BAD_ENCODING, f"header says {n} float32 samples ({4 * n} bytes) but {payload} bytes follow")
+    header["samples"] = np.frombuffer(data, dtype="<f4", count=n, offset=offset + hlen).astype(np.float32)
+    return header
+
+
+def _check_version(obj: dict) -> None:
+    v = obj.get("v", VERSION)
+    if v != VERSION or isinstance(v, bool):
+        raise WireError(BAD_ENCODING, f"unsupported wire version {v!r} (this reader speaks {VERSION})")
+
+
+def _build(f: dict) -> Chunk:
+    missing = [k for k in REQUIRED_FIELDS if k not in f or f[k] is None]
+    if missing:
+        raise WireError(MISSING_FIELD, f"missing field(s): {', '.join(missing)}")
+    return Chunk(bed_id=f["bed_id"], signal=f["signal"], rate_hz=f["rate_hz"], start_ns=f["start_ns"], seq=f["seq"],
+                 samples=f["samples"], units=f.get("units") or "", age=f.get("age"), sex=f.get("sex"))
+
+
+# ------------------------------------------------------------------ validation
+
+
+def validate(chunk: Chunk) -> int:
+    """Validate a chunk in place (what `decode` does); repairs a few non-finite samples.
+
+    Returns the number of samples interpolated; raises WireError.
+    """
+    n_bad = int(np.count_nonzero(~np.isfinite(np.asarray(chunk.samples, dtype=np.float32)))) if _array_ok(chunk) else 0
+    chunk.samples = _validate(chunk, repair=True)
+    return n_bad
+
+
+def _array_ok(chunk: Chunk) -> bool:
+    try:
+        return np.asarray(chunk.samples).dtype.kind in "fiu"
+    except Exception:
+        return False
+
+
+def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
+    """Check every field; return the float32 samples (interpolated where non-finite if `repair`)."""
+    if not isinstance(chunk.bed_id, str):
+        raise WireError(WRONG_TYPE, f"bed_id must be a string, got {type(chunk.bed_id).__name__}")
+    if not BED_ID_PATTERN.fullmatch(chunk.bed_id):
+        raise WireError(BAD_BED_ID, f"bed_id {chunk.bed_id[:80]!r} must be 1-{MAX_BED_ID_LEN} chars of [A-Za-z0-9_.:-]")
+    if not isinstance(chunk.signal, str):
+        raise WireError(WRONG_TYPE, f"signal must be a string, got {type(chunk.signal).__name__}")
+    if not is_known_signal(chunk.signal):
+        raise WireError(UNKNOWN_SIGNAL, f"signal {chunk.signal[:40]!r} not in {sorted(BASE_SIGNALS)} "
+                                        f"(optionally suffixed {'/'.join(SIGNAL_SUFFIXES)})")
+    if not _is_number(chunk.rate_hz):
+        raise WireError(WRONG_TYPE, f"rate_hz must be a number, got {type(chunk.rate_hz).__name__}")
+    rate = float(chunk.rate_hz)
+    if not (math.isfinite(rate) and MIN_RATE_HZ <= rate <= MAX_RATE_HZ):
+        raise WireError(BAD_RATE, f"rate_hz {rate!r} outside [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}] Hz")
+    if not _is_int(chunk.seq):
+        raise WireError(WRONG_TYPE, f"seq must be an integer, got {type(chunk.seq).__name__}")
+    if chunk.seq < 0:
+        raise WireError(WRONG_TYPE, f"seq must be >= 0, got {chunk.seq}")
+    if not isinstance(chunk.units, str):
+        raise WireError(WRONG_TYPE, f"units must be a string, got {type(chunk.units).__name__}")
+    if len(chunk.units) > MAX_UNITS_LEN:
+        raise WireError(WRONG_TYPE, f"units longer than {MAX_UNITS_LEN} chars")
+    if chunk.age is not None and not (_is_number(chunk.age) and MIN_AGE <= float(chunk.age) <= MAX_AGE):
+        raise WireError(BAD_AGE, f"age {chunk.age!r} must be null or a number in [{MIN_AGE:g}, {MAX_AGE:g}]")
+    if chunk.sex is not None and chunk.sex not in SEXES:
+        raise WireError(BAD_SEX, f"sex {chunk.sex!r} must be null, 'M' or 'F'")
+    samples = _samples_array(chunk.samples)
+    n = samples.size
+    if n == 0:
+        raise WireError(EMPTY, "no samples")
+    if n > MAX_SAMPLES:
+        raise WireError(OVERSIZED, f"{n} samples > {MAX_SAMPLES}")
+    if n / rate > MAX_DURATION_S:
+        raise WireError(OVERSIZED, f"{n} samples at {rate:g} Hz = {n / rate:.1f} s > {MAX_DURATION_S:g} s")
+    if not _is_int(chunk.start_ns):
+        raise WireError(WRONG_TYPE if not _is_number(chunk.start_ns) else BAD_TIMESTAMP,
+                        f"start_ns must be an integer (ns since the Unix epoch), got {chunk.start_ns!r}")
+    if not (0 <= chunk.start_ns <= MAX_START_NS - int(math.ceil(n * 1e9 / rate))):
+        raise WireError(BAD_TIMESTAMP, f"start_ns {chunk.start_ns} outside [0, 2^63) ns for this chunk")
+    finite = np.isfinite(samples)
+    n_bad = n - int(np.count_nonzero(finite))
+    if n_bad > MAX_NONFINITE_FRACTION * n:
+        raise WireError(NAN_FLOOD, f"{n_bad}/{n} samples are not finite (> {MAX_NONFINITE_FRACTION:.0%})")
+    if n_bad and repair:
+        idx = np.arange(n)
+        samples = samples.copy()
+        # Linear between finite neighbours; edges hold the nearest finite value.
+        samples[~finite] = np.interp(idx[~finite], idx[finite], samples[finite].astype(np.float64))
+    return samples
+
+
+def _samples_array(samples) -> np.ndarray:
+    try:
+        arr = np.asarray(samples)
+    except Exception as exc:
+        raise WireError(WRONG_TYPE, f"samples not an array: {exc}") from None
+    if arr.ndim != 1:
+        raise WireError(WRONG_TYPE, f"samples must be 1-D, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "fiu":
+        raise WireError(WRONG_TYPE, f"samples must be numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float32, copy=False)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))

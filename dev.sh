@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# wavebridge developer entry point. The two README commands:
+#   ./dev.sh demo [ARGS]   set up (if needed), then run `wavebridge demo ARGS`
+#   ./dev.sh test [ARGS]   set up (if needed, incl. InfluxDB), then run `python -m pytest -q ARGS`
+# Also: ./dev.sh setup   (only the Python set-up)
+# Set-up is idempotent: the venv is reused and pip runs again only when pyproject.toml changes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="${WAVEBRIDGE_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="2.13.0"  # pinned first: a bare torch requirement would pull a multi-GB CUDA build
+STAMP="$VENV/.wavebridge-setup"
+
+log() { printf '[dev.sh] %s\n' "$*" >&2; }
+die() { printf '[dev.sh] error: %s\n' "$*" >&2; exit 1; }
+
+# Run a command quietly; on failure show its output and stop.
+quiet() {
+  local out
+  if ! out="$("$@" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    die "failed: $*"
+  fi
+}
+
+setup_python() {
+  command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python >= 3.10"
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "$PYTHON is older than 3.10"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating virtualenv $VENV"
+    quiet "$PYTHON" -m venv "$VENV"
+  fi
+  local py="$VENV/bin/python"
+  local want
+  want="$(cat pyproject.toml; echo "torch==$TORCH_VERSION")"
+  if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$want" ]] && "$py" -c 'import stream, torch' 2>/dev/null; then
+    return 0  # already set up for this pyproject.toml
+  fi
+  if ! "$py" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    log "installing torch==$TORCH_VERSION (CPU)"
+    quiet "$py" -m pip install --disable-pip-version-check -q "torch==$TORCH_VERSION"
+  fi
+  log "installing wavebridge (editable, with test extras)"
+  quiet "$py" -m pip install --disable-pip-version-check -q -e ".[test]"
+  printf '%s' "$want" >"$STAMP"
+}
+
+setup_influxdb() {
+  command -v influxd >/dev/null && return 0
+  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing InfluxDB 1.x (apt-get install influxdb)"
+    quiet apt-get update -q
+    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q influxdb
+    command -v influxd >/dev/null || die "apt-get installed influxdb but influxd is not on PATH"
+  else
+    die "influxd (InfluxDB 1.x) is missing. Install it as root, e.g.: apt-get update && apt-get install -y influxdb (Debian/Ubuntu), then rerun ./dev.sh test"
+  fi
+}
+
+cmd="${1:-}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  setup)
+    setup_python
+    ;;
+  demo)
+    setup_python
+    exec "$VENV/bin/wavebridge" demo "$@"
+    ;;
+  test)
+    setup_python
+    setup_influxdb
+    set +e
+    "$VENV/bin/python" -m pytest -q "$@"
+    rc=$?
+    set -e
+    if [[ $rc -eq 5 ]]; then
+      die "pytest collected no tests (exit code 5): treating as a failure"
+    fi
+    exit $rc
+    ;;
+  *)
+    echo "usage: ./dev.sh {demo|test|setup} [ARGS...]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,81 @@
+"""Kafka topic names and explicit, idempotent topic creation.
+
+Topics are created explicitly because the Tansu broker auto-creates unknown topics with 4
+partitions, which would silently fix the partition count.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+WAVEFORMS = "wavebridge.waveforms"  # input chunks from monitors (key = bed id)
+ECG_SYNTH = "wavebridge.ecg-synth"  # synthesized lead II (signal "II_SYNTH")
+SR = "wavebridge.sr"  # super-resolved signals ("<SIGNAL>_SR")
+EVENTS = "wavebridge.events"  # R-peaks, HR, gaps
+DLQ = "wavebridge.dlq"  # malformed input with reason
+DEFAULT_TOPICS = (WAVEFORMS, ECG_SYNTH, SR, EVENTS, DLQ)
+DEFAULT_PARTITIONS = 4
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str] = DEFAULT_TOPICS,
+    partitions: int = DEFAULT_PARTITIONS,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+    **kafka_security_kwargs,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created.
+
+    Extra keyword arguments (security_protocol, sasl_*, ssl_*) go to kafka-python's admin client.
+    Existing topics are left alone (their partition count is not changed).
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = list(dict.fromkeys(names))
+    opts = dict(client_id="wavebridge-topics", request_timeout_ms=int(timeout_s * 1000),
+                bootstrap_timeout_ms=int(timeout_s * 1000))
+    opts.update(kafka_security_kwargs)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **opts)
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        created: list[str] = []
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=replication)],
+                                    timeout_ms=int(timeout_s * 1000))
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # raced with another creator: fine
+        _wait_visible(admin, names, timeout_s)
+        return created
+    finally:
+        admin.close()
+
+
+def _wait_visible(admin, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = set(names) - set(admin.list_topics())
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics not visible after creation: {sorted(missing)}")
+        time.sleep(0.1)
+
+
+def partition_count(bootstrap: str, name: str, **kafka_kwargs) -> int:
+    """Number of partitions of an existing topic (via a metadata request)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_kwargs)
+    try:
+        parts = consumer.partitions_for_topic(name)
+        if not parts:
+            raise ValueError(f"topic {name!r} does not exist")
+        return len(parts)
+    finally:
+        consumer.close()

@@ -1,0 +1,146 @@
+"""operators.records: WFDB (BIDMC, MIT-BIH), Parquet and CSV into one `Recording`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from operators.records import Recording, canonical_name, read_recording
+
+
+@pytest.mark.parametrize("raw,canon", [("II", "II"), ("II, ", "II"), ("ii,", "II"), ("ECG", "II"), ("ecg_ii", "II"),
+                                       ("ECGII", "II"), ("MLII", "II"), ("PLETH,", "PLETH"), ("ppg", "PLETH"),
+                                       ("PLETH_", "PLETH"), ("SpO2 wave", "PLETH"), ("resp,", "RESP"), ("V5", "V5")])
+def test_canonical_names(raw, canon):
+    assert canonical_name(raw) == canon
+
+
+def test_bidmc_channels_by_name_age_sex(bidmc_record):
+    import wfdb
+
+    path = bidmc_record(1)
+    rec = read_recording(path, ["PLETH", "II"])
+    assert isinstance(rec, Recording) and rec.name == "bidmc01"
+    assert list(rec.signals) == ["PLETH", "II"]
+    assert rec.rates == {"PLETH": 125.0, "II": 125.0}
+    assert rec.units == {"PLETH": "NU", "II": "mV"}
+    assert (rec.age, rec.sex) == (88.0, "M")
+    assert rec.original_names == {"PLETH": "PLETH", "II": "II"}
+    # Selection is by name, not column position: compare with wfdb's own read of the "II," column.
+    raw = wfdb.rdrecord(str(path))
+    col = [n.strip().rstrip(",") for n in raw.sig_name].index("II")
+    for name in ("II", "PLETH"):
+        assert rec.signals[name].dtype == np.float32 and rec.signals[name].shape == (60001,)
+    np.testing.assert_allclose(rec.signals["II"], raw.p_signal[:, col], rtol=1e-6)
+    # Column order differs between BIDMC records; by-name selection must still find lead II.
+    other = read_recording(bidmc_record(2), ["II"])
+    assert other.signals["II"].shape == (60001,)
+
+
+def test_bidmc_header_with_plus_and_nan_age(bidmc_record):
+    # bidmc18 has "<age>: NaN <sex>: ?" ; some have "90+".
+    rec = read_recording(bidmc_record(18), ["II"])
+    assert (rec.age, rec.sex) == (None, None)
+
+
+def test_bidmc_path_with_hea_suffix(bidmc_record):
+    path = bidmc_record(3)
+    a = read_recording(str(path) + ".hea", ["II"])
+    b = read_recording(path, ["II"])
+    np.testing.assert_array_equal(a.signals["II"], b.signals["II"])
+
+
+def test_mitdb_mlii_is_lead_ii(mitdb_record):
+    rec = read_recording(mitdb_record)
+    assert list(rec.signals) == ["II", "V5"]
+    assert rec.rates["II"] == 360.0
+    assert rec.original_names["II"] == "MLII"
+    assert (rec.age, rec.sex) == (69.0, "M")  # "# 69 M 1085 1629 x1"
+
+
+def test_missing_channel_error_names_what_exists(bidmc_record):
+    with pytest.raises(ValueError) as err:
+        read_recording(bidmc_record(1), ["II", "ABP"])
+    assert str(err.value) == "record bidmc01 has no channel ABP (has: RESP, PLETH, V, AVR, II)"
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ValueError, match="no WFDB header"):
+        read_recording(tmp_path / "nope")
+
+
+def _frame(n=500, rate=125.0):
+    t = np.arange(n) / rate
+    return pd.DataFrame({"time_s": t, "ECG": np.sin(t).astype(np.float32), "PPG": np.cos(t).astype(np.float32),
+                         "note": ["x"] * n})
+
+
+def test_csv_round_trip_with_time_s(tmp_path):
+    df = _frame()
+    df.loc[7, "PPG"] = np.nan
+    path = tmp_path / "rec.csv"
+    df.to_csv(path, index=False)
+    rec = read_recording(path)
+    assert rec.name == "rec" and set(rec.signals) == {"II", "PLETH"}  # "note" is not numeric
+    assert rec.rates == {"II": pytest.approx(125.0), "PLETH": pytest.approx(125.0)}
+    assert rec.original_names == {"II": "ECG", "PLETH": "PPG"}
+    np.testing.assert_allclose(rec.signals["II"], df["ECG"], rtol=1e-6)
+    assert np.isnan(rec.signals["PLETH"][7])  # NaN stays NaN
+    assert (rec.age, rec.sex) == (None, None)
+
+
+def test_parquet_round_trip_with_metadata(tmp_path):
+    df = _frame(rate=250.0).drop(columns=["time_s", "note"])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"rate_hz": b"250", b"age": b"61", b"sex": b"F",
+            b"units": json.dumps({"ECG": "mV"}).encode()}
+    path = tmp_path / "rec.parquet"
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    rec = read_recording(path, ["II"])
+    assert list(rec.signals) == ["II"] and rec.rates["II"] == 250.0
+    assert (rec.age, rec.sex, rec.units["II"]) == (61.0, "F", "mV")
+    np.testing.assert_array_equal(rec.signals["II"], df["ECG"].to_numpy(np.float32))
+
+
+def test_parquet_time_s_infers_rate(tmp_path):
+    path = tmp_path / "t.parquet"
+    _frame(rate=62.5).drop(columns=["note"]).to_parquet(path)
+    assert read_recording(path).rates["PLETH"] == pytest.approx(62.5)
+
+
+def test_table_rate_from_argument_and_errors(tmp_path):
+    df = _frame().drop(columns=["time_s"])
+    path = tmp_path / "norate.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="sampling rate unknown"):
+        read_recording(path)
+    assert read_recording(path, rate_hz=100).rates["II"] == 100.0
+    with pytest.raises(ValueError, match="has no channel RESP"):
+        read_recording(path, ["RESP"], rate_hz=100)
+
+
+def test_non_uniform_time_is_rejected(tmp_path):
+    df = _frame()
+    df.loc[100:, "time_s"] += 0.5  # a half-second jump
+    path = tmp_path / "jumpy.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="non-uniform sampling"):
+        read_recording(path)
+
+
+def test_time_s_conflicting_with_rate_argument(tmp_path):
+    path = tmp_path / "c.csv"
+    _frame().to_csv(path, index=False)
+    with pytest.raises(ValueError, match="time_s implies 125 Hz"):
+        read_recording(path, rate_hz=250)
+
+
+def test_duplicate_canonical_names_are_rejected(tmp_path):
+    path = tmp_path / "dup.csv"
+    pd.DataFrame({"ECG": [1.0, 2.0], "II": [3.0, 4.0]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="both map to II"):
+        read_recording(path, rate_hz=10)

@@ -1,0 +1,240 @@
+"""Replay: exact chunking, NaN gaps, resampling, pacing, and a real replay into Tansu read back with kafka-python."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from operators.records import Recording, read_recording
+from stream import replay as rp
+from stream import wire
+
+T0 = 1_700_000_000_000_000_000
+
+
+def make_rec(seconds=10.0, rate=125.0, name="r", nan_at=None, ppg_rate=None) -> Recording:
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    ecg = np.sin(2 * np.pi * 1.2 * t).astype(np.float32)
+    pr = ppg_rate or rate
+    ppg = np.cos(2 * np.pi * 1.2 * np.arange(int(seconds * pr)) / pr).astype(np.float32)
+    if nan_at is not None:
+        ecg[nan_at] = np.nan
+    return Recording(name=name, signals={"II": ecg, "PLETH": ppg}, rates={"II": rate, "PLETH": float(pr)},
+                     units={"II": "mV", "PLETH": "NU"}, age=70.0, sex="F")
+
+
+def test_iter_chunks_timing_and_seq_are_exact():
+    rec = make_rec(seconds=10.5, rate=125.0, ppg_rate=50.0)
+    chunks = list(rp.iter_chunks(rec, "bed-007", chunk_s=1.0, start_ns=T0))
+    for sig, rate in (("II", 125.0), ("PLETH", 50.0)):
+        mine = [c for c in chunks if c.signal == sig]
+        assert [c.seq for c in mine] == list(range(11))
+        # Chunk k starts exactly at sample k*step; no rounding drift over the record.
+        step = int(rate)
+        assert [c.start_ns for c in mine] == [T0 + int(round(k * step * 1e9 / rate)) for k in range(11)]
+        assert all(a.end_ns() == b.start_ns for a, b in zip(mine, mine[1:]))  # contiguous
+        np.testing.assert_array_equal(np.concatenate([c.samples for c in mine]), rec.signals[sig])
+        assert len(mine[-1].samples) == step // 2  # the half-second tail
+        assert all(c.bed_id == "bed-007" and c.rate_hz == rate and c.age == 70.0 and c.sex == "F" for c in mine)
+    # Interleaved across signals in send order (end time), like a monitor.
+    ends = [c.end_ns() for c in chunks]
+    assert ends == sorted(ends)
+
+
+def test_odd_rate_timestamps_do_not_drift():
+    rec = make_rec(seconds=30, rate=360.0)
+    chunks = [c for c in rp.iter_chunks(rec, "b", chunk_s=0.3, start_ns=0, signals=["II"])]
+    assert chunks[-1].end_ns() == int(round(30 * 360 * 1e9 / 360))
+    assert {len(c.samples) for c in chunks} == {108}
+
+
+def test_fractional_chunk_sizes_stay_aligned():
+    rec = make_rec(seconds=3, rate=125.0)
+    ii = [c for c in rp.iter_chunks(rec, "b", chunk_s=0.5, start_ns=0, signals=["II"])]
+    # 62.5 samples per chunk: sizes alternate and chunk k starts within one sample of k * 0.5 s.
+    assert sorted({len(c.samples) for c in ii}) == [62, 63]
+    assert len(ii) == 6 and sum(len(c.samples) for c in ii) == 375
+    assert all(abs(c.start_ns - k * 500_000_000) <= 8_000_000 for k, c in enumerate(ii))
+    assert all(a.end_ns() == b.start_ns for a, b in zip(ii, ii[1:]))
+
+
+def test_nan_runs_split_the_stream():
+    rec = make_rec(seconds=4, rate=100.0, nan_at=slice(150, 170))
+    ii = [c for c in rp.iter_chunks(rec, "b", chunk_s=1.0, start_ns=0, signals=["II"])]
+    assert [c.seq for c in ii] == list(range(5))
+    assert [(c.start_ns, len(c.samples)) for c in ii] == [(0, 100), (1_000_000_000, 50), (1_700_000_000, 30),
+                                                          (2_000_000_000, 100), (3_000_000_000, 100)]
+    assert all(np.isfinite(c.samples).all() for c in ii)
+    assert ii[1].end_ns() < ii[2].start_ns  # the receiver sees a 200 ms gap
+
+
+def test_resample_to_monitor_rate():
+    rec = make_rec(seconds=8, rate=125.0)
+    out = rp.resample_recording(rec, {"PLETH": 25})
+    assert out.rates["PLETH"] == 25.0 and out.signals["PLETH"].size == 200 and out.signals["PLETH"].dtype == np.float32
+    t = np.arange(200) / 25
+    ref = np.cos(2 * np.pi * 1.2 * t)
+    np.testing.assert_allclose(out.signals["PLETH"][10:-10], ref[10:-10], atol=0.02)  # 1.2 Hz is far below Nyquist
+    assert out.signals["II"] is rec.signals["II"]  # others untouched
+    chunks = [c for c in rp.iter_chunks(rec, "b", 1.0, 0, resample={"PLETH": 25}) if c.signal == "PLETH"]
+    assert len(chunks) == 8 and all(len(c.samples) == 25 and c.rate_hz == 25.0 for c in chunks)
+
+
+def test_resample_keeps_nan_runs_invalid():
+    rec = make_rec(seconds=4, rate=125.0, nan_at=slice(250, 300))
+    out = rp.resample_recording(rec, {"II": 25})
+    bad = np.flatnonzero(np.isnan(out.signals["II"]))
+    assert bad.min() == 50 and bad.max() == 59
+
+
+def test_plan_cycles_records_over_beds():
+    a, b = make_rec(name="a"), make_rec(name="b")
+    plan = rp.plan_beds([a, b], beds=5, prefix="icu")
+    assert [(bed, rec.name) for bed, rec in plan] == [("icu-001", "a"), ("icu-002", "b"), ("icu-003", "a"),
+                                                      ("icu-004", "b"), ("icu-005", "a")]
+    merged = list(rp.iter_all_chunks(plan, 1.0, 0, duration_s=3))
+    assert len(merged) == 5 * 2 * 3
+    assert [c.end_ns() for c in merged] == sorted(c.end_ns() for c in merged)
+    assert len({c.bed_id for c in merged[:10]}) == 5  # beds interleave rather than one after another
+
+
+class RecordingSink:
+    """Producer-shaped recorder of send times, to measure pacing without a broker."""
+
+    def __init__(self):
+        self.sent: list[tuple[float, bytes, bytes]] = []
+
+    def send(self, topic, key, value):
+        self.sent.append((time.monotonic(), key, value))
+
+    def flush(self):
+        pass
+
+
+def test_pacing_at_speed():
+    rec = make_rec(seconds=2.0, rate=100.0)
+    sink = RecordingSink()
+    t_start = time.monotonic()
+    stats = rp.replay([rec], sink, beds=2, speed=10.0, chunk_s=0.25, start_ns=T0, signals=["II"])
+    assert stats.chunks == 2 * 8 and len(sink.sent) == 16
+    # Chunk k (k = 1..8) is due (k * 0.25 s) / 10 after start; measured loosely (shared, busy CPU).
+    for i, (t, key, value) in enumerate(sink.sent):
+        chunk = wire.decode(value)
+        due = (chunk.end_ns() - T0) / 1e9 / 10
+        assert t - t_start >= due - 0.005, f"chunk {i} sent early"
+        assert key == chunk.bed_id.encode()
+    assert 0.19 <= stats.elapsed_s < 1.5
+    fast = RecordingSink()
+    stats = rp.replay([rec], fast, beds=2, speed=0, chunk_s=0.25, start_ns=T0, signals=["II"], fmt="json")
+    assert stats.elapsed_s < 0.15 and len(fast.sent) == 16
+    assert fast.sent[0][2].startswith(b"{")
+
+
+def test_replay_rejects_bad_arguments():
+    rec = make_rec()
+    with pytest.raises(ValueError, match="chunk_s"):
+        rp.replay([rec], RecordingSink(), chunk_s=61)
+    with pytest.raises(ValueError, match="no channel RESP"):
+        rp.replay([rec], RecordingSink(), signals=["RESP"])
+    odd = Recording("odd", {"V5": np.zeros(100, np.float32)}, {"V5": 100.0}, {"V5": "mV"})
+    with pytest.raises(ValueError, match="not allowed on the wire"):
+        rp.replay([odd], RecordingSink(), signals=["V5"])
+
+
+# ------------------------------------------------------------------ against a real broker
+
+
+def _consume_all(bootstrap, topic, n_expected, timeout_s=30):
+    from kafka import KafkaConsumer
+
+    from tests.conftest import KAFKA_CONSUMER_TEST_KWARGS
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}",
+                             auto_offset_reset="earliest", consumer_timeout_ms=10000, **KAFKA_CONSUMER_TEST_KWARGS)
+    out = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < n_expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                out.extend(batch)
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt", ["binary", "json"])
+def test_replay_into_tansu_round_trip(kafka_bootstrap, bidmc_record, fmt):
+    from stream.topics import ensure_topics
+
+    topic = f"test.replay.{fmt}.{uuid.uuid4().hex[:6]}"
+    ensure_topics(kafka_bootstrap, [topic], partitions=3)
+    rec = read_recording(bidmc_record(1), ["II", "PLETH"])
+    kw = dict(chunk_s=1.0, resample={"PLETH": 25}, duration_s=5.0, signals=["II", "PLETH"])
+    stats = rp.replay([rec], kafka_bootstrap, topic, beds=3, speed=0, fmt=fmt, start_ns=T0, **kw)
+    assert stats.chunks == 3 * 2 * 5 and stats.failed == 0
+    msgs = _consume_all(kafka_bootstrap, topic, stats.chunks)
+    assert len(msgs) == stats.chunks
+    got: dict[tuple[str, str], list] = {}
+    partition_of: dict[bytes, set] = {}
+    for m in msgs:
+        c = wire.decode(m.value)
+        assert m.key == c.bed_id.encode()
+        partition_of.setdefault(m.key, set()).add(m.partition)
+        got.setdefault((c.bed_id, c.signal), []).append(c)
+    assert all(len(p) == 1 for p in partition_of.values())  # one bed -> one partition
+    for bed in ("bed-001", "bed-002", "bed-003"):
+        expected = list(rp.iter_chunks(rec, bed, start_ns=T0, **kw))
+        for sig in ("II", "PLETH"):
+            want = [c for c in expected if c.signal == sig]
+            have = got[(bed, sig)]  # per-partition order = send order
+            assert [c.seq for c in have] == [c.seq for c in want] == list(range(5))
+            assert [c.start_ns for c in have] == [c.start_ns for c in want]
+            for a, b in zip(have, want):
+                np.testing.assert_array_equal(a.samples, b.samples)
+                assert (a.rate_hz, a.units, a.age, a.sex) == (b.rate_hz, b.units, 88.0, "M")
+
+
+@pytest.mark.integration
+def test_cli_replays_a_record(kafka_bootstrap, bidmc_record, capsys):
+    from stream.topics import partition_count
+
+    topic = f"test.replay.cli.{uuid.uuid4().hex[:6]}"
+    rc = rp.cli([str(bidmc_record(2)), "--broker", kafka_bootstrap, "--topic", topic, "--beds", "2",
+                 "--speed", "0", "--duration-s", "3", "--chunk-s", "0.5", "--resample", "PLETH=25",
+                 "--format", "json", "--start-ns", str(T0), "--no-progress", "--partitions", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert "replayed 24 chunks" in capsys.readouterr().out
+    assert partition_count(kafka_bootstrap, topic) == 2  # created explicitly, not auto-created with 4
+    msgs = _consume_all(kafka_bootstrap, topic, 24)
+    chunks = [wire.decode(m.value) for m in msgs]
+    assert {(c.signal, c.rate_hz, len(c.samples)) for c in chunks} == {("II", 125.0, 62), ("II", 125.0, 63),
+                                                                       ("PLETH", 25.0, 12), ("PLETH", 25.0, 13)}
+    assert sum(len(c.samples) for c in chunks) == 2 * (375 + 75)
+    assert min(c.start_ns for c in chunks) == T0
+
+
+@pytest.mark.integration
+def test_send_failures_fail_loudly(kafka_bootstrap):
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=200)  # every chunk is bigger
+    try:
+        with pytest.raises(rp.ReplayError, match="failed"):
+            rp.replay([make_rec()], producer, f"test.replay.fail.{uuid.uuid4().hex[:6]}", speed=0, start_ns=T0)
+    finally:
+        producer.close(timeout=5)
+
+
+def test_cli_reports_unreachable_broker(capsys, bidmc_record):
+    from stream.embedded import free_port
+
+    start = time.monotonic()
+    rc = rp.cli([str(bidmc_record(1)), "--broker", f"127.0.0.1:{free_port()}", "--speed", "0", "--duration-s", "1",
+                 "--no-progress", "--connect-timeout-s", "2"])
+    assert rc == 1
+    assert "error" in capsys.readouterr().err
+    assert time.monotonic() - start < 20

@@ -1,0 +1,228 @@
+"""Wire format: round trips, every reason code, NaN repair, JSON Schema agreement."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from stream import wire
+from stream.wire import Chunk, WireError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "wire-format.schema.json"
+T0 = 1_700_000_000_123_456_789  # > 2^53: must survive JSON exactly
+
+
+def make(**kw) -> Chunk:
+    base = dict(bed_id="bed-001", signal="PLETH", rate_hz=125.0, start_ns=T0, seq=7,
+                samples=np.sin(np.arange(250) / 10).astype(np.float32), units="NU", age=88.0, sex="M")
+    base.update(kw)
+    return Chunk(**base)
+
+
+def json_obj(**kw) -> dict:
+    return json.loads(wire.encode_json(make(**kw)))
+
+
+def reason_of(data: bytes) -> str:
+    with pytest.raises(WireError) as err:
+        wire.decode(data)
+    assert err.value.detail  # always a human-readable detail
+    return err.value.reason
+
+
+@pytest.mark.parametrize("encode", [wire.encode_json, wire.encode_binary])
+def test_round_trip_is_exact(encode):
+    c = make(samples=(np.random.default_rng(0).standard_normal(1000) * 1e-3).astype(np.float32))
+    res = wire.decode_result(encode(c))
+    assert res.encoding == ("json" if encode is wire.encode_json else "binary")
+    assert res.repaired == 0
+    out = res.chunk
+    assert out.samples.dtype == np.float32
+    np.testing.assert_array_equal(out.samples, c.samples)  # bit-exact, including float32 -> JSON -> float32
+    assert (out.bed_id, out.signal, out.rate_hz, out.start_ns, out.seq, out.units, out.age, out.sex) == \
+        (c.bed_id, c.signal, c.rate_hz, T0, 7, "NU", 88.0, "M")
+    assert out.end_ns() == c.end_ns() == T0 + 2 * 10**9 * 4  # 1000 samples at 125 Hz = 8 s
+
+
+@pytest.mark.parametrize("encode", [wire.encode_json, wire.encode_binary])
+def test_optional_fields_and_output_signals(encode):
+    for sig in ("II_SYNTH", "PLETH_SR", "ABP"):
+        out = wire.decode(encode(make(signal=sig, units="", age=None, sex=None)))
+        assert (out.signal, out.units, out.age, out.sex) == (sig, "", None, None)
+
+
+def test_binary_is_compact_and_layout_is_documented():
+    c = make(samples=np.random.default_rng(1).standard_normal(5000).astype(np.float32))
+    data = wire.encode_binary(c)
+    assert data.startswith(wire.MAGIC)
+    (hlen,) = struct.unpack_from("<I", data, 4)
+    header = msgpack.unpackb(data[8: 8 + hlen])
+    assert header["n"] == 5000 and header["bed_id"] == "bed-001" and header["start_ns"] == T0
+    assert np.array_equal(np.frombuffer(data[8 + hlen:], "<f4"), c.samples)
+    assert len(data) < 4 * 5000 + 200
+    assert len(data) * 3 < len(wire.encode_json(c))
+
+
+def test_message_key_is_bed_id():
+    assert wire.message_key(make(bed_id="icu3:bed-17")) == b"icu3:bed-17"
+
+
+def test_few_nan_are_interpolated_and_counted():
+    x = np.arange(100, dtype=np.float32)
+    x[[0, 10, 11, 50]] = np.nan
+    x[70] = np.inf
+    for data in (wire.encode_binary(make(samples=x)), wire.encode_json(make(samples=x))):
+        res = wire.decode_result(data)
+        assert res.repaired == 5
+        assert np.all(np.isfinite(res.chunk.samples))
+        expect = np.arange(100, dtype=np.float32)
+        expect[0] = 1.0  # edge holds the nearest finite value
+        np.testing.assert_allclose(res.chunk.samples, expect)
+    assert b"null" in wire.encode_json(make(samples=x))  # JSON has no NaN literal
+
+
+def test_validate_repairs_in_place():
+    c = make(samples=np.array([1, np.nan, 3, 4, 5, 6], dtype=np.float32))
+    assert wire.validate(c) == 1
+    np.testing.assert_array_equal(c.samples, [1, 2, 3, 4, 5, 6])
+
+
+# ------------------------------------------------------------------ reason codes (decode side)
+
+
+def test_bad_json():
+    assert reason_of(b"{not json") == wire.BAD_JSON
+    assert reason_of(b"[1, 2, 3]") == wire.BAD_JSON
+
+
+def test_bad_encoding():
+    assert reason_of(b"\xff\xfe\x00garbage") == wire.BAD_ENCODING
+    good = wire.encode_binary(make())
+    assert reason_of(good[:-3]) == wire.BAD_ENCODING  # truncated samples
+    assert reason_of(good[:6]) == wire.BAD_ENCODING  # truncated header length
+    assert reason_of(wire.MAGIC + struct.pack("<I", 3) + b"\xc1\xc1\xc1") == wire.BAD_ENCODING  # not msgpack
+    assert reason_of(b"WBC\x09" + good[4:]) == wire.BAD_ENCODING  # unknown version
+    assert reason_of(json.dumps({**json_obj(), "v": 2}).encode()) == wire.BAD_ENCODING
+
+
+def test_missing_field():
+    for field in wire.REQUIRED_FIELDS:
+        obj = json_obj()
+        del obj[field]
+        with pytest.raises(WireError) as err:
+            wire.decode(json.dumps(obj).encode())
+        assert err.value.reason == wire.MISSING_FIELD and field in err.value.detail
+
+
+@pytest.mark.parametrize("field,value", [("rate_hz", "125"), ("seq", 1.5), ("seq", -1), ("samples", "abc"),
+                                         ("samples", [1, "x"]), ("samples", [[1, 2], [3, 4]]), ("bed_id", 5),
+                                         ("signal", ["II"]), ("start_ns", "now"), ("units", 3)])
+def test_wrong_type(field, value):
+    assert reason_of(json.dumps({**json_obj(), field: value}).encode()) == wire.WRONG_TYPE
+
+
+@pytest.mark.parametrize("rate", [0.5, 2000.5, -125, 0])
+def test_bad_rate(rate):
+    assert reason_of(json.dumps({**json_obj(), "rate_hz": rate}).encode()) == wire.BAD_RATE
+    assert wire.decode(json.dumps({**json_obj(), "rate_hz": 2000}).encode()).rate_hz == 2000
+
+
+def test_oversized():
+    at_limit = make(rate_hz=2000.0, samples=np.zeros(wire.MAX_SAMPLES, np.float32))
+    assert wire.decode(wire.encode_binary(at_limit)).samples.size == wire.MAX_SAMPLES
+    too_many = make(rate_hz=2000.0, samples=np.zeros(65537, np.float32))
+    too_long = make(rate_hz=25.0, samples=np.zeros(25 * 60 + 1, np.float32))
+    for c in (too_many, too_long):
+        with pytest.raises(WireError) as err:
+            wire.encode_binary(c)  # encoders refuse too
+        assert err.value.reason == wire.OVERSIZED
+    assert wire.decode(wire.encode_binary(make(rate_hz=25.0, samples=np.zeros(25 * 60, np.float32)))).seq == 7
+
+
+def test_oversized_binary_built_by_hand_is_rejected():
+    header = msgpack.packb({"bed_id": "b", "signal": "II", "rate_hz": 2000.0, "start_ns": 1, "seq": 0, "n": 70000})
+    data = wire.MAGIC + struct.pack("<I", len(header)) + header + np.zeros(70000, "<f4").tobytes()
+    assert reason_of(data) == wire.OVERSIZED
+
+
+def test_empty():
+    assert reason_of(b"") == wire.EMPTY
+    assert reason_of(json.dumps({**json_obj(), "samples": []}).encode()) == wire.EMPTY
+
+
+def test_nan_flood():
+    x = np.ones(100, np.float32)
+    x[:21] = np.nan
+    assert reason_of(json.dumps({**json_obj(), "samples": [None] * 21 + [1.0] * 79}).encode()) == wire.NAN_FLOOD
+    with pytest.raises(WireError) as err:
+        wire.encode_binary(make(samples=x))
+    assert err.value.reason == wire.NAN_FLOOD
+    x[20] = 1.0  # exactly 20 % is still repaired
+    assert wire.decode_result(json.dumps({**json_obj(), "samples": [None] * 20 + [1.0] * 80}).encode()).repaired == 20
+
+
+@pytest.mark.parametrize("signal", ["ECG", "pleth", "II_FOO", "_SR", "II_SR_SR", ""])
+def test_unknown_signal(signal):
+    assert reason_of(json.dumps({**json_obj(), "signal": signal}).encode()) == wire.UNKNOWN_SIGNAL
+
+
+@pytest.mark.parametrize("ts", [-1, 1.7e18, 2**63])
+def test_bad_timestamp(ts):
+    assert reason_of(json.dumps({**json_obj(), "start_ns": ts}).encode()) == wire.BAD_TIMESTAMP
+
+
+@pytest.mark.parametrize("sex", ["m", "X", "male", 1])
+def test_bad_sex(sex):
+    assert reason_of(json.dumps({**json_obj(), "sex": sex}).encode()) == wire.BAD_SEX
+
+
+@pytest.mark.parametrize("age", [-1, 151, "88", True])
+def test_bad_age(age):
+    assert reason_of(json.dumps({**json_obj(), "age": age}).encode()) == wire.BAD_AGE
+
+
+@pytest.mark.parametrize("bed", ["", "a" * 65, "bed 1", "bed/1", "bett-ü"])
+def test_bad_bed_id(bed):
+    assert reason_of(json.dumps({**json_obj(), "bed_id": bed}).encode()) == wire.BAD_BED_ID
+    assert wire.decode(json.dumps({**json_obj(), "bed_id": "a" * 64}).encode()).bed_id == "a" * 64
+
+
+def test_every_reason_code_is_exercised():
+    # Guard: a new reason code must get a test above (this list mirrors the tests in this file).
+    tested = {wire.BAD_JSON, wire.BAD_ENCODING, wire.MISSING_FIELD, wire.WRONG_TYPE, wire.BAD_RATE, wire.OVERSIZED,
+              wire.EMPTY, wire.NAN_FLOOD, wire.UNKNOWN_SIGNAL, wire.BAD_TIMESTAMP, wire.BAD_SEX, wire.BAD_AGE,
+              wire.BAD_BED_ID}
+    assert tested == set(wire.REASONS)
+    doc = (SCHEMA_PATH.parent / "wire-format.md").read_text()
+    assert all(f"`{r}`" in doc for r in wire.REASONS)
+
+
+# ------------------------------------------------------------------ JSON Schema
+
+
+@pytest.fixture(scope="module")
+def validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_schema_accepts_encoder_output(validator):
+    x = np.linspace(-1, 1, 500, dtype=np.float32)
+    x[3] = np.nan
+    for c in (make(), make(samples=x, age=None, sex=None, units=""), make(signal="II_SYNTH", bed_id="icu.3:b-1_x")):
+        validator.validate(json.loads(wire.encode_json(c)))
+
+
+@pytest.mark.parametrize("field,value", [("rate_hz", 0.5), ("signal", "ECG"), ("sex", "X"), ("age", 200),
+                                         ("bed_id", "bed 1"), ("samples", []), ("start_ns", -5), ("seq", -1)])
+def test_schema_and_decoder_agree_on_rejects(validator, field, value):
+    obj = {**json_obj(), field: value}
+    assert not validator.is_valid(obj)
+    with pytest.raises(WireError):
+        wire.decode(json.dumps(obj).encode())
