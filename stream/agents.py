@@ -1,0 +1,270 @@
+"""The worker's Faust agent: input batches → pipeline → InfluxDB + output topics → manual acks.
+
+Delivery rule (docs/delivery-semantics.md): an input message is acknowledged only after the
+InfluxDB write and the Kafka sends covering ALL its samples succeeded. Faust commits only the
+contiguous prefix of acknowledged offsets per partition, so the committed offset never passes a
+message whose samples are not durably stored. Everything heavy (decode, windowing, torch,
+synchronous InfluxDB writes) runs on one dedicated thread, never on the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from stream import sinks, wire
+from stream.config import Settings
+from stream.pipeline import BatchResult, Pipeline, PipelineConfig
+
+log = logging.getLogger("wavebridge.worker")
+
+
+@dataclass(eq=False)
+class InMsg:
+    """Pipeline token for one input message (identity-compared)."""
+
+    event: Any  # faust Event
+    bed: str = ""
+    signal: str = ""
+
+    @property
+    def message(self):
+        return self.event.message
+
+
+class WorkerRuntime:
+    def __init__(self, app, settings: Settings, translator=None):
+        self.app = app
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavebridge-compute")
+        self._translator = translator
+        self.pipeline: Pipeline | None = None
+        self.influx: sinks.InfluxSink | None = None
+        self.counters = sinks.ReasonCounters(settings.counters_log_s, log)
+        self.stats = sinks.StatsWriter(settings.stats_file)
+        self.stream = None  # the agent's stream, for acks
+        self._lock: asyncio.Lock | None = None
+        self._stopping = False
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.input_topic = app.topic(settings.topic_input, **raw)
+        self.out_topics = {
+            "synth": app.topic(settings.topic_ecg_synth, **raw),
+            "sr": app.topic(settings.topic_sr, **raw),
+        }
+        self.events_topic = app.topic(settings.topic_events, **raw)
+        self.dlq_topic = app.topic(settings.topic_dlq, **raw)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def start(self) -> None:
+        """Load the translator and open InfluxDB off the event loop (torch import is slow)."""
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        if self._translator is None:
+            self._translator = _load_translator(self.settings)
+        self.pipeline = Pipeline(PipelineConfig.from_settings(self.settings), self._translator)
+        log.info("translator %s loaded; tasks=%s window=%ss hop=%ss", self.pipeline.model,
+                 ",".join(self.settings.tasks), self.settings.window_s, self.settings.hop_s)
+        s = self.settings
+        if s.influx_enabled:
+            self.influx = sinks.InfluxSink(
+                s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, batch_points=s.influx_batch_points,
+                timeout_s=s.influx_timeout_s, backoff=sinks.Backoff(s.retry_initial_s, s.retry_max_s),
+                on_retry=self._on_influx_retry)
+
+    def _on_influx_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.counters.add("influx_write_failed")
+        log.warning("InfluxDB write failed (attempt %d); consumption paused, retry in %.1fs: %s", attempt, delay,
+                    sinks._short(exc))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.influx is not None:
+            self.influx.stop_event.set()  # abort a blocked retry loop: its input stays unacknowledged
+        self.counters.maybe_log(force=True)
+        self.stats.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn, *args):
+        if self._stopping:
+            raise sinks.SinkStopped("worker stopping")
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # ------------------------------------------------------------------ processing
+    async def handle_events(self, events: list) -> None:
+        """One input batch (a list of faust Events with raw bytes values)."""
+        current = self.app.consumer_generation_id
+        fresh = [e for e in events if getattr(e.message, "generation_id", current) == current]
+        if len(fresh) != len(events):
+            # Fetched before a rebalance: Faust re-delivers them from the committed offset.
+            log.info("skipping %d events of a previous consumer generation", len(events) - len(fresh))
+        async with self.lock:
+            result, dead = await self._run(self._compute, fresh)
+            await self._deliver(result, dead)
+
+    async def flush_idle(self) -> None:
+        if self.pipeline is None:
+            return
+        async with self.lock:
+            result, dead = await self._run(self._compute_idle)
+            if result.outputs or result.events or result.completed or result.rejected or dead:
+                await self._deliver(result, dead)
+        self.counters.maybe_log()
+
+    async def reset(self) -> None:
+        """Partitions revoked: drop buffered state; unacknowledged input is consumed again."""
+        if self.pipeline is None:
+            return
+        async with self.lock:
+            dropped = self.pipeline.reset()
+            if dropped:
+                log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
+                         len(dropped))
+
+    def _compute(self, events: list) -> tuple[BatchResult, list]:
+        dead = []  # (InMsg, reason, detail)
+        for ev in events:
+            tok = InMsg(ev)
+            try:
+                chunk = wire.decode(ev.value)
+            except wire.WireError as exc:
+                dead.append((tok, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # a decoder bug must not stop the stream either
+                dead.append((tok, "decode_error", f"{type(exc).__name__}: {exc}"))
+                continue
+            tok.bed, tok.signal = chunk.bed_id, chunk.signal
+            self.pipeline.push(chunk, tok)
+        self.pipeline.flush_idle()
+        return self.pipeline.process(), dead
+
+    def _compute_idle(self) -> tuple[BatchResult, list]:
+        self.pipeline.flush_idle()
+        return self.pipeline.process(), []
+
+    async def _deliver(self, result: BatchResult, dead: list) -> None:
+        s = self.settings
+        # 1) InfluxDB (blocks, retrying with back-off, until stored; meanwhile nothing is consumed)
+        written_ms = None
+        if self.influx is not None:
+            lines = sinks.batch_lines(result.outputs, result.events)
+            if lines:
+                await self._run(self.influx.write, lines)
+            written_ms = time.time() * 1000.0
+        # 2) Kafka outputs, events, dead letters: send all, then await every delivery.
+        futs = []
+        for out in result.outputs:
+            try:
+                value = sinks.encode_output(out, s.output_binary)
+            except wire.WireError as exc:  # e.g. a translator emitting NaN floods: counted and logged
+                self.counters.add(f"output_invalid.{exc.reason}")
+                log.warning("output %s/%s not published: %s", out.bed, out.topic_signal, exc)
+                continue
+            futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value))
+        for ev in result.events:
+            self.counters.add(f"event.{ev.type}")
+            futs.append(await self.events_topic.send(key=ev.bed.encode(), value=sinks.encode_event(ev)))
+        rejected = [(r.token, r.reason, r.detail) for r in result.rejected]
+        for tok, reason, detail in dead + rejected:
+            self.counters.add(f"dlq.{reason}")
+            msg = tok.message
+            log.warning("dead-letter %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail)
+            futs.append(await self.dlq_topic.send(
+                key=msg.key, value=tok.event.value if tok.event.value is not None else b"",
+                headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset)))
+        if futs:
+            await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
+        if written_ms is None:
+            written_ms = time.time() * 1000.0
+        # 3) Acknowledge: Faust commits the contiguous acked prefix of each partition.
+        done = list(result.completed) + [t for t, _, _ in dead] + [t for t, _, _ in rejected]
+        for tok in done:
+            await self._ack(tok.event)
+        self.counters.add("acked", len(done))
+        if self.stats.path is not None:
+            self.stats.record(
+                {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "written_ms": written_ms}
+                for t in result.completed)
+
+    async def _ack(self, event) -> None:
+        gen = getattr(event.message, "generation_id", None)
+        if gen is not None and gen != self.app.consumer_generation_id:
+            # Fetched before a rebalance: its partition may be someone else's now and Faust reset
+            # its ack bookkeeping; the new owner re-consumes it (InfluxDB writes are idempotent).
+            return
+        if self.stream is not None:
+            await self.stream.ack(event)
+        else:
+            event.ack()
+
+
+def _produce_ms(message) -> float | None:
+    ts = getattr(message, "timestamp", None)  # seconds (Faust divides the record's ms by 1000)
+    return None if ts is None else round(float(ts) * 1000.0, 3)
+
+
+def _load_translator(settings: Settings):
+    from operators.translator import load_translator
+
+    if settings.device == "auto":
+        return load_translator(settings.translator)
+    try:  # only translators that take a device get one (the classic ones are plain numpy)
+        return load_translator(settings.translator, device=settings.device)
+    except TypeError as exc:
+        if "device" not in str(exc):
+            raise
+        return load_translator(settings.translator)
+
+
+def register(app, settings: Settings, translator=None) -> WorkerRuntime:
+    """Attach the input agent, the idle-flush timer and rebalance/stop hooks to `app`."""
+    rt = WorkerRuntime(app, settings, translator)
+
+    # concurrency=1: with more, Faust could commit past messages another actor still holds.
+    @app.agent(rt.input_topic, concurrency=1, name="wavebridge-input")
+    async def process(stream):
+        rt.stream = stream
+        if rt.pipeline is None:
+            await rt.start()
+        # noack_take yields Events and never acks: we ack each one once its samples are stored.
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+            try:
+                await rt.handle_events(events)
+            except sinks.SinkStopped:
+                return
+            except Exception as exc:
+                # State may be inconsistent: crash so a restart re-consumes from the committed offsets.
+                log.exception("batch failed; crashing the worker so input is re-consumed after restart")
+                await app.crash(exc)
+                return
+
+    @app.timer(interval=max(0.2, min(1.0, settings.idle_flush_s / 4)), name="wavebridge-idle-flush")
+    async def idle_flush():
+        try:
+            await rt.flush_idle()
+        except sinks.SinkStopped:
+            pass
+        except Exception as exc:
+            log.exception("idle flush failed; crashing the worker")
+            await app.crash(exc)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs):
+        await rt.reset()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender, **kwargs):
+        await rt.stop()  # aborts a blocked InfluxDB retry: that input stays unacknowledged
+
+    app.wavebridge_runtime = rt
+    app.wavebridge_agent = process
+    return rt

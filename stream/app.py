@@ -1,0 +1,116 @@
+"""Faust application of the stream worker.
+
+    wavebridge worker [faust worker options]      # e.g. -l info --web-port 6067
+    python -m stream.app worker [faust worker options]
+
+All settings come from `WAVEBRIDGE_*` environment variables (docs/configuration.md). Topics are
+created explicitly (`stream.topics.ensure_topics`) before the worker starts: Faust itself never
+declares topics here.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from stream.config import ConfigError, Settings
+
+log = logging.getLogger("wavebridge.worker")
+
+
+def _credentials(s: Settings):
+    import faust
+
+    ctx = None
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=s.ssl_cafile)
+        if s.ssl_certfile:
+            ctx.load_cert_chain(s.ssl_certfile, s.ssl_keyfile)
+    if s.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=s.sasl_username, password=s.sasl_password, ssl_context=ctx,
+                                     mechanism=s.sasl_mechanism)
+    if ctx is not None:
+        return faust.SSLCredentials(ctx)
+    return None
+
+
+def create_app(settings: Settings | None = None, translator=None):
+    """Build the Faust app with the input agent registered (`app.wavebridge_runtime`)."""
+    import faust
+
+    from stream.agents import register
+
+    s = settings or Settings.from_env()
+    app = faust.App(
+        s.group_id,
+        broker=s.faust_broker,
+        broker_credentials=_credentials(s),
+        key_serializer="raw",
+        value_serializer="raw",
+        # Waveform buffers live in process memory; nothing needs tables or their changelogs.
+        store="memory://",
+        topic_allow_declare=False,  # topics are created explicitly with their partition counts
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",  # never "latest": a new group must not skip input
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=s.heartbeat_s,
+        broker_commit_interval=1.0,
+        # We hold messages unacknowledged until their samples are written (up to a window), so a
+        # rebalance must not wait for "all acked" (it never would while input is paused).
+        stream_wait_empty=False,
+        producer_acks=-1,
+        web_enabled=not s.without_web,
+        web_port=s.web_port,
+        web_bind="127.0.0.1" if s.without_web else "0.0.0.0",
+        # Faust would otherwise create `<app id>-data/` in the current directory.
+        datadir=s.data_dir or str(Path(tempfile.gettempdir()) / f"wavebridge-{s.group_id}"),
+    )
+    register(app, s, translator)
+    app.wavebridge_settings = s
+    return app
+
+
+def _prepare_topics(s: Settings) -> None:
+    from stream.topics import ensure_topics
+
+    names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq]
+    ensure_topics(",".join(s.bootstrap_servers), names, **s.kafka_client_kwargs())
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge worker [faust worker options]`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "worker":
+        args = args[1:]
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Worker options are Faust's (`faust worker --help`): -l/--loglevel, --web-port, --without-web, ...")
+        return 0
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _prepare_topics(settings)
+    except Exception as exc:
+        print(f"wavebridge worker: cannot create topics on {settings.broker}: {exc}", file=sys.stderr)
+        return 1
+    if settings.without_web and "--without-web" not in args:
+        args.append("--without-web")
+    if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
+        args += ["--loglevel", settings.faust_log_level]
+    app = create_app(settings)
+    sys.argv = ["wavebridge", "worker", *args]
+    try:
+        app.main()  # Faust's click CLI; exits via SystemExit
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,298 @@
+"""Worker settings, read once from `WAVEBRIDGE_*` environment variables (docs/configuration.md).
+
+`Settings.from_env(os.environ)` validates everything up front so a misconfigured container fails
+at start with one clear message instead of deep inside Kafka/Influx client code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "WAVEBRIDGE_"
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+DEVICES = ("auto", "cpu", "cuda")
+KNOWN_TASKS = ("ppg2ecg", "sr")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def _read_secret_file(var: str, path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{var}: cannot read {path!r}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -----------------------------------------------------------------------------
+    broker: str = "kafka://localhost:9092"  # comma list allowed: kafka://a:9092,kafka://b:9092
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    group_id: str = "wavebridge-worker"
+    session_timeout_s: float = 30.0
+    heartbeat_s: float = 3.0
+    # --- topics ----------------------------------------------------------------------------
+    topic_input: str = "wavebridge.waveforms"
+    topic_ecg_synth: str = "wavebridge.ecg-synth"
+    topic_sr: str = "wavebridge.sr"
+    topic_events: str = "wavebridge.events"
+    topic_dlq: str = "wavebridge.dlq"
+    output_binary: bool = True  # wire format of out chunks: binary (default) or JSON
+    # --- InfluxDB --------------------------------------------------------------------------
+    influx_enabled: bool = True
+    influx_url: str = "http://localhost:8086"
+    influx_org: str = "wavebridge"
+    influx_bucket: str = "wavebridge"
+    influx_token: str | None = field(default=None, repr=False)
+    influx_batch_points: int = 20000
+    influx_timeout_s: float = 10.0
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    # --- windowing / batching -------------------------------------------------------------
+    window_s: float = 8.0
+    hop_s: float = 2.0
+    batch_size: int = 64
+    batch_wait_s: float = 0.2
+    idle_flush_s: float = 10.0
+    # --- translation -----------------------------------------------------------------------
+    translator: str = "classic"
+    device: str = "auto"
+    tasks: tuple[str, ...] = KNOWN_TASKS
+    sr_target_hz: float = 100.0
+    sr_below_hz: float = 100.0  # signals sampled below this rate are super-resolved
+    context_s: float = 10.0  # paired ECG+PPG context length (ContextStore keeps 3x)
+    # --- process ---------------------------------------------------------------------------
+    web_port: int = 6066
+    without_web: bool = False
+    stats_file: str | None = None
+    data_dir: str | None = None  # Faust's state directory; None: <system temp>/wavebridge-<group id>
+    log_level: str = "info"
+    counters_log_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        kw: dict = {}
+
+        def get(name: str) -> str | None:
+            v = env.get(PREFIX + name)
+            return None if v is None or v.strip() == "" else v.strip()
+
+        def num(name: str, attr: str, conv=float) -> None:
+            v = get(name)
+            if v is not None:
+                try:
+                    kw[attr] = conv(v)
+                except ValueError:
+                    raise ConfigError(f"{PREFIX}{name}={v!r} is not a valid {conv.__name__}") from None
+
+        def flag(name: str, attr: str) -> None:
+            v = get(name)
+            if v is not None:
+                low = v.lower()
+                if low in ("1", "true", "yes", "on"):
+                    kw[attr] = True
+                elif low in ("0", "false", "no", "off"):
+                    kw[attr] = False
+                else:
+                    raise ConfigError(f"{PREFIX}{name}={v!r} is not a boolean (true/false)")
+
+        def text(name: str, attr: str) -> None:
+            v = get(name)
+            if v is not None:
+                kw[attr] = v
+
+        text("BROKER", "broker")
+        text("KAFKA_SECURITY_PROTOCOL", "security_protocol")
+        text("KAFKA_SASL_MECHANISM", "sasl_mechanism")
+        text("KAFKA_SASL_USERNAME", "sasl_username")
+        text("KAFKA_SASL_PASSWORD", "sasl_password")
+        pw_file = get("KAFKA_SASL_PASSWORD_FILE")
+        if pw_file is not None:
+            if "sasl_password" in kw:
+                raise ConfigError(f"set only one of {PREFIX}KAFKA_SASL_PASSWORD and {PREFIX}KAFKA_SASL_PASSWORD_FILE")
+            kw["sasl_password"] = _read_secret_file(PREFIX + "KAFKA_SASL_PASSWORD_FILE", pw_file)
+        text("KAFKA_SSL_CAFILE", "ssl_cafile")
+        text("KAFKA_SSL_CERTFILE", "ssl_certfile")
+        text("KAFKA_SSL_KEYFILE", "ssl_keyfile")
+        text("GROUP_ID", "group_id")
+        num("SESSION_TIMEOUT_S", "session_timeout_s")
+        num("HEARTBEAT_S", "heartbeat_s")
+
+        text("TOPIC_INPUT", "topic_input")
+        text("TOPIC_ECG_SYNTH", "topic_ecg_synth")
+        text("TOPIC_SR", "topic_sr")
+        text("TOPIC_EVENTS", "topic_events")
+        text("TOPIC_DLQ", "topic_dlq")
+        fmt = get("OUTPUT_FORMAT")
+        if fmt is not None:
+            if fmt.lower() not in ("binary", "json"):
+                raise ConfigError(f"{PREFIX}OUTPUT_FORMAT={fmt!r} must be 'binary' or 'json'")
+            kw["output_binary"] = fmt.lower() == "binary"
+
+        flag("INFLUX_ENABLED", "influx_enabled")
+        text("INFLUX_URL", "influx_url")
+        text("INFLUX_ORG", "influx_org")
+        text("INFLUX_BUCKET", "influx_bucket")
+        text("INFLUX_TOKEN", "influx_token")
+        tok_file = get("INFLUX_TOKEN_FILE")
+        if tok_file is not None:
+            if "influx_token" in kw:
+                raise ConfigError(f"set only one of {PREFIX}INFLUX_TOKEN and {PREFIX}INFLUX_TOKEN_FILE")
+            kw["influx_token"] = _read_secret_file(PREFIX + "INFLUX_TOKEN_FILE", tok_file)
+        num("INFLUX_BATCH_POINTS", "influx_batch_points", int)
+        num("INFLUX_TIMEOUT_S", "influx_timeout_s")
+        num("RETRY_INITIAL_S", "retry_initial_s")
+        num("RETRY_MAX_S", "retry_max_s")
+
+        num("WINDOW_S", "window_s")
+        num("HOP_S", "hop_s")
+        num("BATCH_SIZE", "batch_size", int)
+        num("BATCH_WAIT_S", "batch_wait_s")
+        num("IDLE_FLUSH_S", "idle_flush_s")
+
+        text("TRANSLATOR", "translator")
+        text("DEVICE", "device")
+        tasks = get("TASKS")
+        if tasks is not None:
+            kw["tasks"] = tuple(t.strip() for t in tasks.split(",") if t.strip())
+        num("SR_TARGET_HZ", "sr_target_hz")
+        num("SR_BELOW_HZ", "sr_below_hz")
+        num("CONTEXT_S", "context_s")
+
+        num("WEB_PORT", "web_port", int)
+        flag("WITHOUT_WEB", "without_web")
+        text("STATS_FILE", "stats_file")
+        text("DATA_DIR", "data_dir")
+        text("LOG_LEVEL", "log_level")
+        num("COUNTERS_LOG_S", "counters_log_s")
+        return cls(**kw)
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def bad(var: str, msg: str) -> ConfigError:
+            return ConfigError(f"{PREFIX}{var}: {msg}")
+
+        if not self.broker_urls:
+            raise bad("BROKER", "no broker given")
+        for url in self.broker_urls:
+            if "://" in url and not url.startswith("kafka://"):
+                raise bad("BROKER", f"{url!r}: only kafka:// URLs are supported")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise bad("KAFKA_SECURITY_PROTOCOL", f"{self.security_protocol!r} not in {SECURITY_PROTOCOLS}")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise bad("KAFKA_SASL_MECHANISM", f"{self.sasl_mechanism!r} not in {SASL_MECHANISMS}")
+            if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+                self.sasl_username and self.sasl_password
+            ):
+                raise bad("KAFKA_SASL_USERNAME", f"{self.sasl_mechanism} needs a username and a password (or _PASSWORD_FILE)")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise bad("KAFKA_SSL_CERTFILE", "client certificate and key (_SSL_KEYFILE) must be given together")
+        for var, path in (("KAFKA_SSL_CAFILE", self.ssl_cafile), ("KAFKA_SSL_CERTFILE", self.ssl_certfile),
+                          ("KAFKA_SSL_KEYFILE", self.ssl_keyfile)):
+            if path and not Path(path).is_file():
+                raise bad(var, f"file {path!r} does not exist")
+        if self.session_timeout_s <= 0 or self.heartbeat_s <= 0:
+            raise bad("SESSION_TIMEOUT_S", "session timeout and heartbeat must be > 0")
+        if self.heartbeat_s >= self.session_timeout_s:
+            raise bad("HEARTBEAT_S", f"heartbeat ({self.heartbeat_s}s) must be below the session timeout ({self.session_timeout_s}s)")
+
+        topics = [self.topic_input, self.topic_ecg_synth, self.topic_sr, self.topic_events, self.topic_dlq]
+        if len(set(topics)) != len(topics):
+            raise bad("TOPIC_INPUT", f"topic names must be distinct, got {topics}")
+
+        if self.influx_enabled:
+            if not self.influx_url.startswith(("http://", "https://")):
+                raise bad("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
+            if not self.influx_bucket:
+                raise bad("INFLUX_BUCKET", "must not be empty")
+        if self.influx_batch_points < 1:
+            raise bad("INFLUX_BATCH_POINTS", "must be >= 1")
+        if self.influx_timeout_s <= 0:
+            raise bad("INFLUX_TIMEOUT_S", "must be > 0")
+        if not (0 < self.retry_initial_s <= self.retry_max_s):
+            raise bad("RETRY_INITIAL_S", "need 0 < RETRY_INITIAL_S <= RETRY_MAX_S")
+
+        if self.window_s <= 0:
+            raise bad("WINDOW_S", "must be > 0")
+        if self.hop_s <= 0:
+            raise bad("HOP_S", "must be > 0")
+        if self.hop_s > self.window_s:
+            raise bad("HOP_S", f"hop ({self.hop_s}s) must not exceed the window ({self.window_s}s)")
+        if self.batch_size < 1:
+            raise bad("BATCH_SIZE", "must be >= 1")
+        if self.batch_wait_s < 0:
+            raise bad("BATCH_WAIT_S", "must be >= 0")
+        if self.idle_flush_s <= 0:
+            raise bad("IDLE_FLUSH_S", "must be > 0")
+
+        if not self.translator:
+            raise bad("TRANSLATOR", "must not be empty")
+        if self.device not in DEVICES:
+            raise bad("DEVICE", f"{self.device!r} not in {DEVICES}")
+        if not self.tasks:
+            raise bad("TASKS", f"enable at least one of {KNOWN_TASKS}")
+        for t in self.tasks:
+            if t not in KNOWN_TASKS:
+                raise bad("TASKS", f"unknown task {t!r} (known: {', '.join(KNOWN_TASKS)})")
+        if self.sr_target_hz <= 0:
+            raise bad("SR_TARGET_HZ", "must be > 0")
+        if not (0 < self.sr_below_hz <= self.sr_target_hz):
+            raise bad("SR_BELOW_HZ", f"must be > 0 and <= SR_TARGET_HZ ({self.sr_target_hz})")
+        if self.context_s < 0:
+            raise bad("CONTEXT_S", "must be >= 0 (0 disables patient context)")
+
+        if not (0 < self.web_port < 65536):
+            raise bad("WEB_PORT", f"{self.web_port} is not a TCP port")
+        if self.log_level.lower() not in ("crit", "critical", "error", "warn", "warning", "info", "debug"):
+            raise bad("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
+        if self.counters_log_s <= 0:
+            raise bad("COUNTERS_LOG_S", "must be > 0")
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def faust_log_level(self) -> str:
+        """The level in Faust's spelling (it knows CRIT/ERROR/WARN/INFO/DEBUG)."""
+        low = self.log_level.lower()
+        return {"critical": "crit", "warning": "warn"}.get(low, low)
+
+    @property
+    def broker_urls(self) -> list[str]:
+        return [u.strip() for u in self.broker.split(",") if u.strip()]
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """host:port list for plain Kafka clients (kafka-python, aiokafka)."""
+        return [u.split("://", 1)[-1] for u in self.broker_urls]
+
+    @property
+    def faust_broker(self) -> str:
+        """Faust's broker string: `kafka://a:9092;b:9092`."""
+        return "kafka://" + ";".join(self.bootstrap_servers)
+
+    def kafka_client_kwargs(self) -> dict:
+        """Security options in kafka-python's keyword names."""
+        kw: dict = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                      sasl_plain_password=self.sasl_password)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kw.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile)
+        return kw

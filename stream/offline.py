@@ -1,0 +1,268 @@
+"""Offline translation of a recording: the stream pipeline without Kafka.
+
+    wavebridge translate INPUT --task ppg2ecg|sr --out OUT.parquet [--target-rate HZ]
+        [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--chunk-s S]
+
+The recording is cut into exactly the chunks a replay would publish (`stream.replay.iter_chunks`:
+NaN runs become gaps, never splices), each chunk goes through the wire format round trip the
+worker sees, then through the same `stream.pipeline.Pipeline`, flushed at the end of input. So
+for identical chunks the worker and this mode produce identical values.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from operators.translator import PPG2ECG, SR, PairedContext
+from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
+
+ECG_COLUMN = "ecg_ii"
+TIME_COLUMN = "time_s"
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS_GLOB = str(REPO / "models" / "weights" / "*.safetensors")
+OFFLINE_BED = "offline"
+BATCH_CHUNKS = 64  # chunks pushed between translator calls (same order of magnitude as the worker)
+
+
+class OfflineError(Exception):
+    """A user-facing problem (missing channel, bad rate): reported as one line, exit code 2."""
+
+
+@dataclass
+class OfflineResult:
+    times_s: np.ndarray  # float64, seconds from the input's start
+    columns: dict[str, np.ndarray]  # column name -> float32
+    rate_hz: float
+    times_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # relative to the input start
+    translator: str = ""
+    events: list = field(default_factory=list)
+
+    def to_parquet(self, path: str | Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = {TIME_COLUMN: pa.array(self.times_s, pa.float64())}
+        cols.update({k: pa.array(v, pa.float32()) for k, v in self.columns.items()})
+        table = pa.table(cols).replace_schema_metadata({"rate_hz": str(self.rate_hz), "translator": self.translator})
+        pq.write_table(table, str(path))
+
+
+def default_translator_spec() -> tuple[str, str]:
+    """(`clmt` if trained weights ship and torch imports, else `classic`; the reason)."""
+    if not glob.glob(WEIGHTS_GLOB):
+        return "classic", "no models/weights/*.safetensors"
+    try:
+        import torch  # noqa: F401
+    except Exception as exc:  # pragma: no cover - torch is a dependency
+        return "classic", f"torch does not import ({exc})"
+    return "clmt", "weights found"
+
+
+def pick_source(recording, task: str, signal: str | None) -> str:
+    """Canonical name of the source channel for `task`."""
+    from operators.records import canonical_name
+
+    have = list(recording.signals)
+    if signal is not None:
+        name = canonical_name(signal)
+        if name not in recording.signals:
+            raise OfflineError(f"channel {signal!r} not found in {recording.name} (has: {', '.join(have) or 'none'})")
+        return name
+    if task == PPG2ECG:
+        if PPG not in recording.signals:
+            raise OfflineError(f"ppg2ecg needs a PLETH (PPG) channel; {recording.name} has: {', '.join(have) or 'none'}")
+        return PPG
+    for name in (ECG, PPG):
+        if name in recording.signals:
+            return name
+    if len(have) == 1:
+        return have[0]
+    raise OfflineError(f"sr: cannot tell which channel to super-resolve in {recording.name} (has: {', '.join(have)}); "
+                       f"pass --signal")
+
+
+def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
+    """Best paired ECG+PPG segment of a context record of the same patient."""
+    from operators.context import select_context
+    from operators.records import read_recording
+
+    try:
+        rec = read_recording(path, [ECG, PPG])
+    except ValueError as exc:
+        raise OfflineError(f"--context {path}: {exc}") from None
+    if rec.rates[ECG] != rec.rates[PPG]:
+        raise OfflineError(f"--context {path}: II and PLETH rates differ ({rec.rates[ECG]} vs {rec.rates[PPG]} Hz)")
+    ctx = select_context(rec.signals[ECG], rec.signals[PPG], rec.rates[ECG], context_s)
+    if ctx is None:
+        raise OfflineError(f"--context {path}: no usable paired ECG+PPG segment of {context_s:g} s")
+    return ctx
+
+
+def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLINE_BED, start_ns: int = 0):
+    """The chunks a replay publishes for this signal, after the wire round trip the worker sees."""
+    from stream import replay, wire
+
+    for chunk in replay.iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=[signal]):
+        yield wire.decode(wire.encode_binary(chunk))
+
+
+def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_rate: float, translator,
+                     window_s: float = 8.0, hop_s: float = 2.0, context: PairedContext | None = None,
+                     progress=None):
+    """Run the pipeline over `chunks` (one bed, one signal) and flush at the end.
+
+    Returns (OutputSeries list, events). `progress` is an optional callable(n_samples)."""
+    cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, tasks=(task,), sr_target_hz=float(target_rate),
+                         sr_below_hz=float(target_rate), context_s=0.0,
+                         ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
+                         sr_signals=(source_signal,))
+    pipe = Pipeline(cfg, translator, context_provider=lambda bed: context)
+    outputs, events = [], []
+
+    def take(res):
+        outputs.extend(res.outputs)
+        events.extend(res.events)
+
+    for i, chunk in enumerate(chunks, 1):
+        pipe.push(chunk)
+        if progress:
+            progress(len(chunk.samples))
+        if i % BATCH_CHUNKS == 0:
+            take(pipe.process())
+    take(pipe.process())
+    pipe.flush_all()
+    take(pipe.process())
+    return outputs, events
+
+
+def translate_recording(recording, task: str, *, target_rate: float | None = None, context: PairedContext | None = None,
+                        translator=None, signal: str | None = None, window_s: float = 8.0, hop_s: float = 2.0,
+                        chunk_s: float = 1.0, progress: bool = False) -> OfflineResult:
+    """Translate one in-memory `operators.records.Recording`.
+
+    `translator`: a Translator, a spec string, or None (the default spec). The result holds
+    `time_s` (seconds from the input's start) and one column: `ecg_ii` (ppg2ecg) or the source
+    channel's own name (sr)."""
+    from operators.translator import load_translator
+
+    if task not in (PPG2ECG, SR):
+        raise OfflineError(f"unknown task {task!r} (ppg2ecg or sr)")
+    src = pick_source(recording, task, signal)
+    src_rate = float(recording.rates[src])
+    if target_rate is None:
+        target_rate = src_rate if task == PPG2ECG else 100.0
+    target_rate = float(target_rate)
+    if target_rate <= 0:
+        raise OfflineError(f"--target-rate must be > 0, got {target_rate:g}")
+    if task == SR and target_rate <= src_rate:
+        raise OfflineError(f"sr: target rate {target_rate:g} Hz is not above the source rate {src_rate:g} Hz of {src}")
+    if hop_s <= 0 or window_s <= 0 or hop_s > window_s:
+        raise OfflineError(f"need 0 < hop ({hop_s:g} s) <= window ({window_s:g} s)")
+    if chunk_s <= 0:
+        raise OfflineError("--chunk-s must be > 0")
+    if translator is None or isinstance(translator, str):
+        translator = load_translator(translator or default_translator_spec()[0])
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(recording.signals[src]), unit="sample", unit_scale=True, desc=recording.name, file=sys.stderr)
+    try:
+        outputs, events = translate_chunks(
+            iter_source_chunks(recording, src, chunk_s), task, source_signal=src, target_rate=target_rate,
+            translator=translator, window_s=window_s, hop_s=hop_s, context=context if task == PPG2ECG else None,
+            progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    times = np.concatenate([o.times_ns for o in outputs]) if outputs else np.zeros(0, np.int64)
+    values = np.concatenate([o.values for o in outputs]) if outputs else np.zeros(0, np.float32)
+    order = np.argsort(times, kind="stable")  # already ascending; cheap safety for multi-segment input
+    times, values = times[order], values[order]
+    name = ECG_COLUMN if task == PPG2ECG else recording.original_names.get(src, src)
+    return OfflineResult(times_s=times / 1e9, columns={name: values}, rate_hz=target_rate, times_ns=times,
+                         translator=getattr(translator, "name", type(translator).__name__), events=events)
+
+
+# --------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wavebridge translate",
+                                description="Translate a recording offline (same pipeline as the stream worker).")
+    p.add_argument("input", help="WFDB record (with or without .hea), .parquet or .csv")
+    p.add_argument("--task", required=True, choices=[PPG2ECG, SR])
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--target-rate", type=float, default=None,
+                   help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
+    p.add_argument("--context", default=None, help="WFDB record of the same patient with II and PLETH (ppg2ecg)")
+    p.add_argument("--translator", default=None, help="classic | clmt | module:Class (default: clmt if weights exist)")
+    p.add_argument("--signal", default=None, help="source channel name (default: PLETH for ppg2ecg; II or PLETH for sr)")
+    p.add_argument("--window-s", type=float, default=8.0)
+    p.add_argument("--hop-s", type=float, default=2.0)
+    p.add_argument("--chunk-s", type=float, default=1.0, help="chunk length, as a replay would publish")
+    p.add_argument("--input-rate", type=float, default=None, help="sample rate of a CSV/Parquet without time_s")
+    p.add_argument("--context-s", type=float, default=10.0, help="length of the paired context segment")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    return p
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except OfflineError as exc:
+        print(f"wavebridge translate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from operators.records import read_recording
+    from operators.translator import load_translator
+
+    path = Path(args.input)
+    if path.suffix.lower() in (".parquet", ".pq", ".csv"):
+        if not path.exists():
+            raise OfflineError(f"input {path} does not exist")
+    wanted = [args.signal] if args.signal else ([PPG] if args.task == PPG2ECG else None)
+    try:
+        rec = read_recording(path, wanted, rate_hz=args.input_rate)
+    except (ValueError, OSError, KeyError) as exc:
+        need = "ppg2ecg needs a PLETH (PPG) channel: " if args.task == PPG2ECG and not args.signal else ""
+        raise OfflineError(f"{need}{path}: {exc}") from None
+    if not rec.signals:
+        raise OfflineError(f"{path}: no channels")
+    spec, why = (args.translator, "given") if args.translator else default_translator_spec()
+    try:
+        translator = load_translator(spec)
+    except Exception as exc:
+        raise OfflineError(f"translator {spec!r}: {exc}") from None
+    print(f"wavebridge translate: translator {spec} ({why})", file=sys.stderr)
+    context = None
+    if args.context:
+        if args.task != PPG2ECG:
+            print("wavebridge translate: note: --context is used by ppg2ecg only; ignored for sr", file=sys.stderr)
+        else:
+            context = load_context(args.context, args.context_s)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    res = translate_recording(rec, args.task, target_rate=args.target_rate, context=context, translator=translator,
+                              signal=args.signal, window_s=args.window_s, hop_s=args.hop_s, chunk_s=args.chunk_s,
+                              progress=progress)
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise OfflineError(f"output directory {out.parent} does not exist")
+    res.to_parquet(out)
+    col = next(iter(res.columns))
+    print(f"wavebridge translate: wrote {len(res.times_s)} samples of {col} at {res.rate_hz:g} Hz to {out}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

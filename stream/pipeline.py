@@ -1,0 +1,370 @@
+"""Broker-free pipeline core shared by the Faust worker and the offline mode.
+
+Chunks in → per (bed, signal) `SlidingWindower` → routing to tasks → ONE batched
+`translator.translate()` per `process()` → output series (new part of each window only, every
+sample on its true timestamp), R-peak/HR events, stream anomaly events, and the list of input
+tokens whose samples are now all emitted (the worker acknowledges those once the outputs are
+durably written). Both callers feed identical chunks, so they produce identical values.
+
+Not thread-safe: one caller at a time (the worker runs it on a single-thread executor).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterable
+
+import numpy as np
+
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator
+from operators.windowing import SlidingWindower, StreamEvent, Window
+
+log = logging.getLogger(__name__)
+
+PPG = "PLETH"
+ECG = "II"
+SYNTH_SIGNAL = "II_SYNTH"  # published name of synthesized lead II
+SR_SUFFIX = "_SR"
+RPEAK_EDGE_S = 0.25  # peaks this close to a window's right edge are left to the next window
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    window_s: float = 8.0
+    hop_s: float = 2.0
+    tasks: tuple[str, ...] = (PPG2ECG, SR)
+    sr_target_hz: float = 100.0
+    sr_below_hz: float = 100.0
+    context_s: float = 10.0
+    idle_flush_s: float = 10.0
+    # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
+    ppg2ecg_rate_hz: float | None = None
+    # signals to super-resolve when slow; None: any input signal
+    sr_signals: tuple[str, ...] | None = None
+    rpeaks: bool = True
+
+    @classmethod
+    def from_settings(cls, s) -> "PipelineConfig":
+        return cls(window_s=s.window_s, hop_s=s.hop_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
+                   sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s)
+
+
+@dataclass
+class OutputSeries:
+    """Newly emitted output samples of one window of one task."""
+
+    bed: str
+    source_signal: str
+    kind: str  # "synth" | "sr"
+    model: str
+    rate_hz: float
+    times_ns: np.ndarray  # int64, true timestamps
+    values: np.ndarray  # float32
+    seq: int = 0
+    units: str = ""
+
+    @property
+    def influx_signal(self) -> str:
+        """`signal` tag in InfluxDB: II_SYNTH for synthesis, the source name for SR (kind=sr)."""
+        return SYNTH_SIGNAL if self.kind == "synth" else self.source_signal
+
+    @property
+    def topic_signal(self) -> str:
+        """Signal name in output topic messages: II_SYNTH, or `<source>_SR`."""
+        return SYNTH_SIGNAL if self.kind == "synth" else self.source_signal + SR_SUFFIX
+
+
+@dataclass
+class PipelineEvent:
+    type: str  # rpeaks | gap | rate_change | out_of_order | duplicate | short_segment_dropped
+    bed: str
+    signal: str
+    time_ns: int
+    fields: dict = field(default_factory=dict)
+
+
+@dataclass
+class Rejected:
+    token: Any
+    reason: str  # "out_of_order" | "duplicate"
+    detail: str
+
+
+@dataclass
+class BatchResult:
+    outputs: list[OutputSeries] = field(default_factory=list)
+    events: list[PipelineEvent] = field(default_factory=list)
+    completed: list = field(default_factory=list)  # tokens whose samples are all in `outputs` (or earlier)
+    rejected: list[Rejected] = field(default_factory=list)  # tokens to dead-letter, then acknowledge
+    n_windows: int = 0
+
+    def extend(self, other: "BatchResult") -> None:
+        self.outputs += other.outputs
+        self.events += other.events
+        self.completed += other.completed
+        self.rejected += other.rejected
+        self.n_windows += other.n_windows
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(o.values) for o in self.outputs)
+
+
+@dataclass
+class _Stream:
+    bed: str
+    signal: str
+    windower: SlidingWindower
+    units: str = ""
+    last_push: float = 0.0
+    done_until_ns: int | None = None  # grid end of everything emitted or dropped
+    pending: deque = field(default_factory=deque)  # (grid end ns, token), push order
+    rpeak_until_ns: int | None = None
+    rpeak_segment: int = -1
+    flushed: bool = True  # nothing buffered since the last flush
+
+
+@dataclass
+class _Job:
+    stream: _Stream
+    window: Window
+    task: str
+    target_rate: float
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, translator: Translator, *,
+                 clock: Callable[[], float] = time.monotonic, context_provider: Callable[[str], PairedContext | None] | None = None):
+        self.config = config
+        self.translator = translator
+        self.model = getattr(translator, "name", type(translator).__name__)
+        self.clock = clock
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._jobs: list[_Job] = []
+        self._events: list[PipelineEvent] = []
+        self._rejected: list[Rejected] = []
+        self._immediate: list = []  # tokens with nothing to emit (unrouted signal, empty chunk)
+        self._demo: dict[str, tuple[float | None, str | None]] = {}
+        self._seq: dict[tuple[str, str], int] = {}
+        self._contexts = _BedContexts(config.context_s) if context_provider is None else None
+        self._context_provider = context_provider
+
+    # ------------------------------------------------------------------ routing
+    def routes(self, signal: str, rate_hz: float) -> list[tuple[str, float]]:
+        """(task, target rate) pairs for windows of `signal` at `rate_hz`."""
+        c = self.config
+        out: list[tuple[str, float]] = []
+        slow = rate_hz < c.sr_below_hz
+        if signal == PPG and PPG2ECG in c.tasks:
+            rate = c.ppg2ecg_rate_hz or (c.sr_target_hz if slow else rate_hz)
+            out.append((PPG2ECG, float(rate)))
+        if SR in c.tasks and slow and (c.sr_signals is None or signal in c.sr_signals):
+            out.append((SR, float(c.sr_target_hz)))
+        return out
+
+    # ------------------------------------------------------------------ input
+    def push(self, chunk, token: Hashable | None = None) -> None:
+        """Buffer one `wire.Chunk`. `token` comes back in a later `BatchResult.completed` (or
+        `.rejected`) once every sample of the chunk has been emitted."""
+        bed, sig = chunk.bed_id, chunk.signal
+        if chunk.age is not None or chunk.sex is not None:
+            self._demo[bed] = (chunk.age, chunk.sex)
+        if self._contexts is not None:
+            self._contexts.add(bed, sig, chunk)
+        if not self.routes(sig, chunk.rate_hz):
+            # Nothing to produce from this signal (e.g. a 125 Hz lead II only feeds the context).
+            if token is not None:
+                self._immediate.append(token)
+            return
+        st = self._stream(bed, sig)
+        if chunk.units:
+            st.units = chunk.units
+        st.last_push = self.clock()
+        res = st.windower.push(chunk.start_ns, chunk.rate_hz, chunk.samples, seq=chunk.seq)
+        self._take(st, res.windows, res.events)
+        if not res.accepted:
+            ev = next((e for e in res.events if e.kind in ("duplicate", "out_of_order")), None)
+            if token is not None:
+                self._rejected.append(Rejected(token, ev.kind if ev else "rejected", ev.detail if ev else ""))
+            return
+        st.flushed = False
+        if token is not None:
+            if len(chunk.samples) == 0:
+                self._immediate.append(token)
+            else:
+                st.pending.append((st.windower.expected_next_ns, token))
+
+    def flush_idle(self, now: float | None = None) -> int:
+        """Flush every stream silent for `idle_flush_s`; returns how many were flushed."""
+        now = self.clock() if now is None else now
+        n = 0
+        for st in self._streams.values():
+            if not st.flushed and now - st.last_push >= self.config.idle_flush_s:
+                self._flush(st)
+                n += 1
+        return n
+
+    def flush_all(self) -> None:
+        """End of input: emit every buffered tail (offline mode, tests)."""
+        for st in self._streams.values():
+            if not st.flushed:
+                self._flush(st)
+
+    def reset(self) -> list:
+        """Forget all buffered state (after a partition rebalance the input is re-consumed from the
+        committed offsets). Returns the tokens that were still pending."""
+        tokens = [t for st in self._streams.values() for _, t in st.pending]
+        self._streams.clear()
+        self._jobs.clear()
+        self._events.clear()
+        self._rejected.clear()
+        self._immediate.clear()
+        if self._contexts is not None:
+            self._contexts = _BedContexts(self.config.context_s)
+        return tokens
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._jobs or self._events or self._rejected or self._immediate)
+
+    def pending_tokens(self) -> int:
+        return sum(len(st.pending) for st in self._streams.values())
+
+    # ------------------------------------------------------------------ processing
+    def process(self) -> BatchResult:
+        """Translate every window collected since the last call in ONE translator call."""
+        jobs, self._jobs = self._jobs, []
+        result = BatchResult(events=self._events, rejected=self._rejected, completed=self._immediate)
+        self._events, self._rejected, self._immediate = [], [], []
+        if jobs:
+            requests = [self._request(j) for j in jobs]
+            outs = self.translator.translate(requests)
+            if len(outs) != len(requests):
+                raise RuntimeError(f"translator {self.model} returned {len(outs)} results for {len(requests)} requests")
+            for job, req, y in zip(jobs, requests, outs):
+                self._emit(job, req, np.asarray(y, dtype=np.float32), result)
+            result.n_windows = len(jobs)
+        # Release tokens only now: their windows have been translated into `result`.
+        for st in self._streams.values():
+            while st.pending and st.done_until_ns is not None and st.pending[0][0] <= st.done_until_ns:
+                result.completed.append(st.pending.popleft()[1])
+        return result
+
+    # ------------------------------------------------------------------ internals
+    def _stream(self, bed: str, sig: str) -> _Stream:
+        key = (bed, sig)
+        st = self._streams.get(key)
+        if st is None:
+            st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s))
+            self._streams[key] = st
+        return st
+
+    def _flush(self, st: _Stream) -> None:
+        res = st.windower.flush()
+        self._take(st, res.windows, res.events)
+        st.flushed = True
+
+    def _take(self, st: _Stream, windows: Iterable[Window], events: Iterable[StreamEvent]) -> None:
+        for ev in events:
+            self._events.append(PipelineEvent(ev.kind, st.bed, st.signal, int(ev.start_ns),
+                                              {"end_ns": int(ev.end_ns), "detail": ev.detail}))
+            if ev.kind == "short_segment_dropped":  # reported, so its samples count as handled
+                st.done_until_ns = max(st.done_until_ns or ev.end_ns, ev.end_ns)
+        for w in windows:
+            for task, rate in self.routes(st.signal, w.rate_hz):
+                self._jobs.append(_Job(st, w, task, rate))
+            st.done_until_ns = max(st.done_until_ns or w.end_ns, w.end_ns)
+
+    def _request(self, job: _Job) -> TranslationRequest:
+        st, w = job.stream, job.window
+        age, sex = self._demo.get(st.bed, (None, None))
+        ctx = None
+        if job.task == PPG2ECG:
+            ctx = self._context_provider(st.bed) if self._context_provider else self._contexts.get(st.bed, w.start_ns)
+        return TranslationRequest(task=job.task, source=w.samples, source_rate=w.rate_hz, target_rate=job.target_rate,
+                                  source_signal=st.signal, age=age, sex=sex, context=ctx,
+                                  meta={"bed": st.bed, "start_ns": w.start_ns})
+
+    def _emit(self, job: _Job, req: TranslationRequest, y: np.ndarray, result: BatchResult) -> None:
+        st, w = job.stream, job.window
+        n_out = req.n_out
+        if len(y) != n_out:
+            raise RuntimeError(f"translator {self.model} returned {len(y)} samples for {job.task}, expected {n_out}")
+        k0 = w.emit_from_at(job.target_rate) if len(w.samples) else 0
+        times = w.timestamps_ns(job.target_rate, n_out)
+        kind = "synth" if job.task == PPG2ECG else "sr"
+        if k0 < n_out:
+            out = OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model,
+                               rate_hz=job.target_rate, times_ns=times[k0:], values=y[k0:], units=st.units if kind == "sr" else "mV")
+            key = (st.bed, out.topic_signal)
+            out.seq = self._seq.get(key, 0)
+            self._seq[key] = out.seq + 1
+            result.outputs.append(out)
+        if kind == "synth" and self.config.rpeaks:
+            ev = self._rpeak_event(st, w, y, times, k0, job.target_rate)
+            if ev is not None:
+                result.events.append(ev)
+
+    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, rate: float):
+        """R-peaks of the synthesized ECG, each reported by exactly one window: a window reports
+        [last reported end, its end - edge margin) (to its very end when it is a flush), so
+        peaks cut by a window edge are found in the next window, where they are interior."""
+        from operators.rpeaks import detect_rpeaks, heart_rate_bpm
+
+        if len(y) == 0 or k0 >= len(y):
+            return None
+        if st.rpeak_segment != w.segment or st.rpeak_until_ns is None:
+            st.rpeak_segment, st.rpeak_until_ns = w.segment, int(times[0])
+        lo = st.rpeak_until_ns
+        hi = int(w.timestamps_ns(rate, len(y) + 1)[-1]) if w.kind == "flush" else int(times[-1]) - int(RPEAK_EDGE_S * 1e9)
+        if hi <= lo:
+            return None
+        idx = np.asarray(detect_rpeaks(y, rate), dtype=np.int64)
+        peaks = times[idx] if len(idx) else np.zeros(0, dtype=np.int64)
+        sel = peaks[(peaks >= lo) & (peaks < hi)]
+        st.rpeak_until_ns = hi
+        hr = heart_rate_bpm(idx, rate) if len(idx) >= 2 else None
+        hr = None if hr is None or not np.isfinite(hr) else float(hr)
+        return PipelineEvent("rpeaks", st.bed, SYNTH_SIGNAL, int(times[k0]),
+                             {"peaks_ns": [int(p) for p in sel], "hr_bpm": hr, "model": self.model,
+                              "window_start_ns": int(w.start_ns), "until_ns": hi})
+
+
+class _BedContexts:
+    """Per-bed paired ECG+PPG memory (operators.context.ContextStore), built from the stream."""
+
+    def __init__(self, context_s: float):
+        self.context_s = context_s
+        self._stores: dict[str, Any] = {}
+        self._cache: dict[str, tuple[PairedContext | None, int]] = {}
+
+    def add(self, bed: str, signal: str, chunk) -> None:
+        if self.context_s <= 0 or signal not in (ECG, PPG):
+            return
+        try:
+            from operators.context import ContextStore
+        except ImportError as exc:  # pragma: no cover - operators.context ships with the package
+            log.warning("patient context disabled: %s", exc)
+            self.context_s = 0
+            return
+
+        st = self._stores.get(bed)
+        if st is None:
+            # keep 3x the context length so the best segment can be chosen, not just the latest
+            st = self._stores[bed] = ContextStore(self.context_s, keep_s=3 * self.context_s)
+        st.push(signal, chunk.start_ns, chunk.rate_hz, chunk.samples)
+
+    def get(self, bed: str, at_ns: int) -> PairedContext | None:
+        """Context for a window starting at `at_ns`. Re-selected at most every context_s / 2 of
+        stream time per bed: selection costs milliseconds, and batches arrive many times a second."""
+        st = self._stores.get(bed)
+        if st is None:
+            return None
+        hit = self._cache.get(bed)
+        if hit is not None and 0 <= at_ns - hit[1] < self.context_s * 0.5e9:
+            return hit[0]
+        ctx = st.get()
+        self._cache[bed] = (ctx, at_ns)
+        return ctx

@@ -1,0 +1,282 @@
+"""Output sinks: InfluxDB (line protocol, idempotent, retried forever) and Kafka payload builders.
+
+Schema: docs/influx-schema.md. Delivery rules: docs/delivery-semantics.md.
+
+Idempotency comes from InfluxDB itself: a point with the same measurement, tag set and timestamp
+overwrites the previous one, and every output sample carries its true timestamp. So re-processing
+input after a crash rewrites the same points instead of adding new ones.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WAVEFORM = "waveform"
+RPEAK = "rpeak"
+HR = "hr"
+STREAM_EVENT = "stream_event"
+
+
+# --------------------------------------------------------------------------------------------
+# line protocol
+def _escape_tag(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+
+
+def _escape_str_field(v: str) -> str:
+    return '"' + str(v).replace("\\", "\\\\").replace('"', r"\"") + '"'
+
+
+def _tagset(tags: dict) -> str:
+    # Sorted tag keys: InfluxDB's canonical order, cheapest for it to index.
+    return ",".join(f"{_escape_tag(k)}={_escape_tag(v)}" for k, v in sorted(tags.items()) if v not in (None, ""))
+
+
+def series_lines(measurement: str, tags: dict, times_ns: np.ndarray, values: np.ndarray) -> list[str]:
+    """One line per sample: `<measurement>,<tags> value=<v> <ns>`; non-finite values are skipped
+    (line protocol cannot carry NaN/inf; the sample is absent, which the gap events explain)."""
+    prefix = f"{measurement},{_tagset(tags)} value="
+    vals = np.asarray(values, dtype=np.float32)
+    ok = np.isfinite(vals)
+    # %.9g round-trips any float32 exactly, so readers get back the bits we computed.
+    return [f"{prefix}{v:.9g} {t}" for v, t in zip(vals[ok].tolist(), np.asarray(times_ns, dtype=np.int64)[ok].tolist())]
+
+
+def _fields(fields: dict) -> str:
+    parts = []
+    for k, v in sorted(fields.items()):
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            parts.append(f"{k}={'true' if v else 'false'}")
+        elif isinstance(v, (int, np.integer)):
+            parts.append(f"{k}={int(v)}i")
+        elif isinstance(v, (float, np.floating)):
+            if math.isfinite(float(v)):
+                parts.append(f"{k}={float(v)!r}")
+        else:
+            parts.append(f"{k}={_escape_str_field(v)}")
+    return ",".join(parts)
+
+
+def output_lines(out) -> list[str]:
+    """Line protocol for one `pipeline.OutputSeries`."""
+    tags = {"bed": out.bed, "signal": out.influx_signal, "kind": out.kind, "model": out.model}
+    return series_lines(WAVEFORM, tags, out.times_ns, out.values)
+
+
+def event_lines(ev) -> list[str]:
+    """Line protocol for one `pipeline.PipelineEvent`.
+
+    R-peak windows expand to one `rpeak` point per peak (time = the peak) plus one `hr` point;
+    stream anomalies (gap, out_of_order, duplicate, ...) go to `stream_event`.
+    """
+    lines: list[str] = []
+    if ev.type == "rpeaks":
+        tags = _tagset({"bed": ev.bed, "signal": ev.signal, "model": ev.fields.get("model")})
+        for p in ev.fields.get("peaks_ns", []):
+            lines.append(f"{RPEAK},{tags} value=1i {int(p)}")
+        hr = ev.fields.get("hr_bpm")
+        if hr is not None and math.isfinite(hr):
+            lines.append(f"{HR},{tags} bpm={float(hr)!r},n_peaks={len(ev.fields.get('peaks_ns', []))}i {int(ev.time_ns)}")
+        return lines
+    tags = _tagset({"bed": ev.bed, "signal": ev.signal, "type": ev.type})
+    fields = {k: v for k, v in ev.fields.items() if isinstance(v, (str, int, float, bool, np.integer, np.floating))}
+    fields.setdefault("count", 1)
+    body = _fields(fields) or "count=1i"
+    lines.append(f"{STREAM_EVENT},{tags} {body} {int(ev.time_ns)}")
+    return lines
+
+
+def batch_lines(outputs: Iterable, events: Iterable) -> list[str]:
+    lines: list[str] = []
+    for out in outputs:
+        lines.extend(output_lines(out))
+    for ev in events:
+        lines.extend(event_lines(ev))
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+class Backoff:
+    """Exponential back-off delays: initial, 2x, 4x, ... capped at `maximum`."""
+
+    def __init__(self, initial_s: float = 0.5, maximum_s: float = 30.0):
+        self.initial_s = initial_s
+        self.maximum_s = maximum_s
+
+    def delays(self) -> Iterator[float]:
+        d = self.initial_s
+        while True:
+            yield d
+            d = min(d * 2.0, self.maximum_s)
+
+
+class SinkStopped(RuntimeError):
+    """Raised from a blocked retry loop when the worker is shutting down (nothing was lost:
+    the input was not acknowledged, so it will be consumed again)."""
+
+
+class InfluxSink:
+    """Synchronous, batched, retried-forever writer of line protocol.
+
+    `write(lines)` returns only once every line is stored; on failure it sleeps with exponential
+    back-off and retries the same batch. Call it from a worker thread, never the event loop.
+    """
+
+    def __init__(self, url: str, token: str | None, org: str, bucket: str, *, batch_points: int = 20000,
+                 timeout_s: float = 10.0, backoff: Backoff | None = None,
+                 on_retry: Callable[[int, BaseException, float], None] | None = None):
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.bucket = bucket
+        self.org = org
+        self.batch_points = batch_points
+        self.backoff = backoff or Backoff()
+        self.on_retry = on_retry
+        self.stop_event = threading.Event()
+        self.failures = 0  # write attempts that failed, total
+        # retries=False: our own loop retries (forever, with back-off); urllib3's would give up.
+        self._client = InfluxDBClient(url=url, token=token or "", org=org, timeout=int(timeout_s * 1000), retries=False)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, lines: Sequence[str]) -> int:
+        from influxdb_client import WritePrecision
+
+        for i in range(0, len(lines), self.batch_points):
+            part = "\n".join(lines[i:i + self.batch_points])
+            delays = self.backoff.delays()
+            attempt = 0
+            while True:
+                if self.stop_event.is_set():
+                    raise SinkStopped("worker stopping while InfluxDB writes were pending")
+                try:
+                    self._write_api.write(bucket=self.bucket, org=self.org, record=part, write_precision=WritePrecision.NS)
+                    break
+                except Exception as exc:  # network errors, 5xx, 4xx alike: never drop data
+                    attempt += 1
+                    self.failures += 1
+                    delay = next(delays)
+                    if self.on_retry:
+                        self.on_retry(attempt, exc, delay)
+                    else:
+                        log.warning("InfluxDB write failed (attempt %d, retry in %.1fs): %s", attempt, delay,
+                                    _short(exc))
+                    self.stop_event.wait(delay)
+        return len(lines)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        try:
+            self._write_api.close()
+        finally:
+            self._client.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka payloads
+def out_chunk(out):
+    """`wire.Chunk` for one output series (topic messages use the `_SR` suffix for SR)."""
+    from stream.wire import Chunk
+
+    return Chunk(bed_id=out.bed, signal=out.topic_signal, rate_hz=float(out.rate_hz), start_ns=int(out.times_ns[0]),
+                 seq=int(out.seq), samples=np.asarray(out.values, dtype=np.float32), units=out.units or "")
+
+
+def encode_output(out, binary: bool = True) -> bytes:
+    from stream import wire
+
+    chunk = out_chunk(out)
+    return wire.encode_binary(chunk) if binary else wire.encode_json(chunk)
+
+
+def encode_event(ev) -> bytes:
+    payload = {"type": ev.type, "bed": ev.bed, "signal": ev.signal, "time_ns": int(ev.time_ns)}
+    payload.update({k: _jsonable(v) for k, v in ev.fields.items()})
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        v = float(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def dlq_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead-lettered message; its value is the original payload, unchanged."""
+    return [
+        ("wavebridge.reason", reason.encode()),
+        ("wavebridge.detail", detail[:1000].encode("utf-8", "replace")),
+        ("wavebridge.source.topic", topic.encode()),
+        ("wavebridge.source.partition", str(partition).encode()),
+        ("wavebridge.source.offset", str(offset).encode()),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+class ReasonCounters:
+    """Per-reason counters (DLQ reasons, stream events), logged every `interval_s`."""
+
+    def __init__(self, interval_s: float = 60.0, logger: logging.Logger | None = None):
+        self.counts: Counter = Counter()
+        self.interval_s = interval_s
+        self._last = time.monotonic()
+        self._logged: dict = {}
+        self._log = logger or log
+
+    def add(self, reason: str, n: int = 1) -> None:
+        self.counts[reason] += n
+
+    def maybe_log(self, now: float | None = None, force: bool = False) -> bool:
+        now = time.monotonic() if now is None else now
+        if not force and now - self._last < self.interval_s:
+            return False
+        self._last = now
+        if self.counts and (force or dict(self.counts) != self._logged):  # quiet while nothing changes
+            self._logged = dict(self.counts)
+            self._log.info("counters: %s", ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())))
+        return True
+
+
+class StatsWriter:
+    """Appends one JSON line per acknowledged input message (benchmark latency record)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self._fh = open(self.path, "a", encoding="utf-8") if self.path else None
+
+    def record(self, rows: Iterable[dict]) -> None:
+        if self._fh is None:
+            return
+        for row in rows:
+            self._fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+            self._fh = None

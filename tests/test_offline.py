@@ -1,0 +1,122 @@
+"""Offline mode (`wavebridge translate`): CLI contract, output layout, NaN runs as gaps, clear errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from operators.synthetic import synthesize
+from stream import offline
+from tests.conftest import REPO
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "stream.offline", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_table(path, columns: dict, rate: float):
+    n = len(next(iter(columns.values())))
+    table = pa.table({"time_s": np.arange(n) / rate, **columns})
+    pq.write_table(table, path)
+    return path
+
+
+def test_ppg2ecg_on_bidmc_wfdb(bidmc_record, tmp_path):
+    out = tmp_path / "ecg.parquet"
+    r = run_cli(str(bidmc_record(1)) + ".hea", "--task", "ppg2ecg", "--out", out, "--translator", "classic")
+    assert r.returncode == 0, r.stderr
+    assert "translator classic" in r.stderr
+    df = pq.read_table(out).to_pandas()
+    assert list(df.columns) == ["time_s", "ecg_ii"]
+    from operators.records import read_recording
+
+    ppg = read_recording(bidmc_record(1), ["PLETH"]).signals["PLETH"]
+    assert len(df) == int(np.isfinite(ppg).sum())  # same rate as the source by default
+    np.testing.assert_allclose(np.diff(df.time_s.to_numpy()), 1 / 125.0, atol=1e-9)
+    assert df.time_s.iloc[0] == 0.0 and np.isfinite(df.ecg_ii).all()
+
+
+def test_sr_from_parquet_keeps_the_source_name_and_rate(tmp_path):
+    rec = synthesize(seconds=40.0, rate_hz=25.0, seed=1)
+    src = write_table(tmp_path / "in.parquet", {"ECG II": rec.signals["II"]}, 25.0)
+    out = tmp_path / "sr.parquet"
+    r = run_cli(src, "--task", "sr", "--out", out, "--translator", "classic")
+    assert r.returncode == 0, r.stderr
+    df = pq.read_table(out).to_pandas()
+    assert list(df.columns) == ["time_s", "ECG II"]
+    assert len(df) == 4 * len(rec.signals["II"])  # 25 -> 100 Hz default
+    np.testing.assert_allclose(df.time_s.to_numpy(), np.arange(len(df)) / 100.0, atol=1e-9)
+
+
+def test_nan_runs_are_gaps_not_splices(tmp_path):
+    rec = synthesize(seconds=40.0, seed=2)
+    ppg = rec.signals["PLETH"].copy()
+    ppg[int(15 * 125):int(18 * 125)] = np.nan  # 3 s dropout
+    src = write_table(tmp_path / "gappy.parquet", {"PLETH": ppg}, 125.0)
+    res = offline.translate_recording(
+        offline_read(src), "ppg2ecg", translator="classic")
+    t = res.times_s
+    assert not np.any((t >= 15.0 - 1e-9) & (t < 18.0 - 1e-9))
+    assert len(t) == int(np.isfinite(ppg).sum())
+    assert any(e.type == "gap" for e in res.events)
+
+
+def offline_read(path):
+    from operators.records import read_recording
+
+    return read_recording(path)
+
+
+def test_library_matches_cli(bidmc_record, tmp_path):
+    from operators.records import read_recording
+
+    rec = read_recording(bidmc_record(1), ["PLETH"])
+    rec = replace(rec, signals={"PLETH": rec.signals["PLETH"][:125 * 30]})
+    res = offline.translate_recording(rec, "ppg2ecg", translator="classic", target_rate=250.0)
+    assert res.rate_hz == 250.0 and len(res.times_s) == 2 * 125 * 30
+    path = tmp_path / "lib.parquet"
+    res.to_parquet(path)
+    t = pq.read_table(path)
+    assert t.schema.metadata[b"translator"] == b"classic"
+    np.testing.assert_array_equal(t.column("ecg_ii").to_numpy(), res.columns["ecg_ii"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "ppg2ecg"], "ppg2ecg needs a PLETH"),
+    (["--task", "sr", "--signal", "PLETH"], "no channel PLETH (has: II, V5)"),
+    (["--task", "sr", "--target-rate", "200"], "not above the source rate 360"),
+])
+def test_clear_one_line_errors(mitdb_record, tmp_path, args, message):
+    r = run_cli(mitdb_record, *args, "--out", tmp_path / "x.parquet", "--translator", "classic")
+    assert r.returncode == 2
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_path):
+    out = tmp_path / "ctx.parquet"
+    r = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", out, "--translator", "classic",
+                "--context", bidmc_record(1))
+    assert r.returncode == 0, r.stderr
+    with_ctx = pq.read_table(out).column("ecg_ii").to_numpy()
+    r2 = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "no.parquet", "--translator", "classic")
+    without = pq.read_table(tmp_path / "no.parquet").column("ecg_ii").to_numpy()
+    assert len(with_ctx) == len(without) and not np.allclose(with_ctx, without)  # the patient's own beat shape
+    bad = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "b.parquet", "--translator", "classic",
+                  "--context", mitdb_record)
+    assert bad.returncode == 2 and "--context" in bad.stderr and "PLETH" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_default_translator_is_reported(monkeypatch, tmp_path):
+    monkeypatch.setattr(offline, "WEIGHTS_GLOB", str(tmp_path / "*.safetensors"))
+    assert offline.default_translator_spec()[0] == "classic"
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    assert offline.default_translator_spec()[0] == "clmt"

@@ -1,0 +1,135 @@
+"""Sinks: line protocol schema, idempotent overwrite and never-drop retries against a real InfluxDB."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from stream import sinks, wire
+from stream.pipeline import OutputSeries, PipelineEvent
+
+T0 = 1_700_000_000_000_000_000
+
+
+def series(values, kind="synth", bed="bed 1", source="PLETH", rate=125.0, t0=T0):
+    values = np.asarray(values, np.float32)
+    times = t0 + np.arange(len(values), dtype=np.int64) * int(1e9 / rate)
+    return OutputSeries(bed=bed, source_signal=source, kind=kind, model="classic", rate_hz=rate, times_ns=times,
+                        values=values, seq=3)
+
+
+def test_waveform_lines_schema_escaping_and_float32_roundtrip():
+    v = np.array([0.1, -1.2345678e-5, np.nan, 3.0], np.float32)
+    lines = sinks.output_lines(series(v))
+    assert len(lines) == 3  # NaN cannot be stored: skipped
+    assert lines[0].startswith(r"waveform,bed=bed\ 1,kind=synth,model=classic,signal=II_SYNTH value=")
+    assert lines[0].endswith(f" {T0}")
+    back = np.array([float(line.split("value=")[1].split()[0]) for line in lines], np.float32)
+    np.testing.assert_array_equal(back, v[[0, 1, 3]])  # bit-exact after float32 rounding
+    sr = sinks.output_lines(series([1.0], kind="sr", source="II"))[0]
+    assert ",kind=sr," in sr and ",signal=II " in sr
+
+
+def test_event_lines_expand_peaks_and_hr():
+    ev = PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"peaks_ns": [T0 + 5, T0 + 900], "hr_bpm": 66.5, "model": "m"})
+    lines = sinks.event_lines(ev)
+    assert lines[0] == f"rpeak,bed=A,model=m,signal=II_SYNTH value=1i {T0 + 5}"
+    assert lines[2].startswith("hr,bed=A,model=m,signal=II_SYNTH bpm=66.5,n_peaks=2i ")
+    gap = sinks.event_lines(PipelineEvent("gap", "A", "PLETH", T0, {"end_ns": T0 + 10, "detail": 'x "y"'}))
+    assert gap == [rf'stream_event,bed=A,signal=PLETH,type=gap count=1i,detail="x \"y\"",end_ns={T0 + 10}i {T0}']
+
+
+def test_kafka_payloads():
+    out = series([1.0, 2.0], kind="sr", source="PLETH", rate=100.0, bed="bed_1")
+    chunk = wire.decode(sinks.encode_output(out, binary=True))
+    assert (chunk.signal, chunk.bed_id, chunk.start_ns, chunk.seq, chunk.rate_hz) == ("PLETH_SR", "bed_1", T0, 3, 100.0)
+    assert wire.decode(sinks.encode_output(out, binary=False)).samples.tolist() == [1.0, 2.0]
+    ev = json.loads(sinks.encode_event(PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"hr_bpm": float("nan")})))
+    assert ev == {"type": "rpeaks", "bed": "A", "signal": "II_SYNTH", "time_ns": T0, "hr_bpm": None}
+    h = dict(sinks.dlq_headers("bad_json", "oops", "in", 2, 41))
+    assert h["wavebridge.reason"] == b"bad_json" and h["wavebridge.source.offset"] == b"41"
+
+
+def test_backoff_doubles_to_a_cap():
+    d = sinks.Backoff(0.5, 3.0).delays()
+    assert [next(d) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_counters_log(caplog):
+    c = sinks.ReasonCounters(interval_s=10.0)
+    c.add("dlq.bad_json")
+    c.add("dlq.bad_json")
+    assert not c.maybe_log(now=c._last + 1)
+    with caplog.at_level("INFO"):
+        assert c.maybe_log(now=c._last + 10)
+    assert "dlq.bad_json=2" in caplog.text
+
+
+@pytest.mark.integration
+def test_influx_write_is_idempotent(influx_up):
+    influx = influx_up
+    influx.create_database("sinks_idem")
+    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_idem", batch_points=7)
+    try:
+        s = series(np.arange(20, dtype=np.float32))
+        sink.write(sinks.output_lines(s))
+        s2 = series(np.arange(20, dtype=np.float32) + 100)  # replay with other values: overwrite
+        sink.write(sinks.output_lines(s2))
+    finally:
+        sink.close()
+    rows = influx.query('SELECT value FROM waveform', "sinks_idem")
+    assert len(rows) == 20
+    assert [r["time"] for r in rows] == s.times_ns.tolist()
+    assert [r["value"] for r in rows] == (np.arange(20) + 100).astype(float).tolist()
+
+
+@pytest.mark.integration
+def test_influx_outage_blocks_and_retries_until_stored(influx_up):
+    influx = influx_up
+    influx.create_database("sinks_outage")
+    retries = []
+    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_outage", timeout_s=2.0,
+                            backoff=sinks.Backoff(0.05, 0.2), on_retry=lambda a, e, d: retries.append(a))
+    influx.set_down(True)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (sink.write(sinks.output_lines(series(np.ones(50)))), done.set()))
+    t.start()
+    try:
+        time.sleep(1.0)
+        assert not done.is_set(), "write returned while InfluxDB was down"
+        assert len(retries) >= 3
+        influx.set_down(False)
+        assert done.wait(10), "write did not complete after InfluxDB came back"
+    finally:
+        influx.set_down(False)
+        sink.stop_event.set()
+        t.join(10)
+        sink.close()
+    assert len(influx.query("SELECT value FROM waveform", "sinks_outage")) == 50
+
+
+@pytest.mark.integration
+def test_blocked_write_aborts_on_stop(influx_up):
+    influx = influx_up
+    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_stop", timeout_s=1.0,
+                            backoff=sinks.Backoff(0.05, 0.1), on_retry=lambda *a: None)
+    influx.set_down(True)
+    errors = []
+
+    def run():
+        try:
+            sink.write(["waveform,bed=a value=1 1"])
+        except sinks.SinkStopped as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)
+    sink.stop_event.set()
+    t.join(5)
+    influx.set_down(False)
+    sink.close()
+    assert errors and not t.is_alive()

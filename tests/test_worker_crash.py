@@ -1,0 +1,122 @@
+"""Failure behaviour of the worker subprocess: SIGKILL mid-replay loses and duplicates nothing;
+an InfluxDB outage stops consumption and commits, and everything lands once it is back."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from tests.test_worker_integration import (
+    T0, WorkerEnv, WorkerProc, bidmc_recording, committed_total, count, expected_influx_total, influx_series, wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BEDS = ("bed-001", "bed-002")
+
+
+@pytest.fixture
+def wenv(kafka_bootstrap, influx_up, tmp_path):
+    return WorkerEnv(kafka_bootstrap, influx_up, db="wb_" + uuid.uuid4().hex[:8], tmp=tmp_path)
+
+
+def _replay_thread(wenv, rec, speed: float, result: dict) -> threading.Thread:
+    from stream.replay import replay
+
+    def run():
+        try:
+            result["stats"] = replay([rec], wenv.bootstrap, wenv.topics["input"], beds=len(BEDS), speed=speed,
+                                     start_ns=T0, chunk_s=1.0)
+        except BaseException as exc:  # reported by the test
+            result["error"] = exc
+
+    t = threading.Thread(target=run, name="replay", daemon=True)
+    t.start()
+    return t
+
+
+def _wait_ready(worker: WorkerProc, timeout: float = 60.0) -> None:
+    wait_until(lambda: "Worker]: Ready" in worker.log(), timeout, "worker ready", worker)
+
+
+def _assert_exact(wenv, expected: dict) -> None:
+    """Every expected sample present once, on its exact timestamp, nothing else."""
+    for bed in BEDS:
+        for (sig, kind), t_rel in expected.items():
+            t, _ = influx_series(wenv.influx, wenv.db, bed, sig, kind)
+            assert len(np.unique(t)) == len(t)
+            np.testing.assert_array_equal(np.sort(t), T0 + t_rel, err_msg=f"{bed} {sig} {kind}")
+
+
+def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
+    rec = bidmc_recording(bidmc_record(2), seconds=60.0)
+    wenv.create_topics()
+    expected = expected_influx_total(rec)  # counts and grid do not depend on context/window alignment
+    total = sum(len(t) for t in expected.values()) * len(BEDS)
+    group = f"{wenv.prefix}-worker"
+
+    first = WorkerProc(wenv, "worker-1")
+    second = None
+    try:
+        _wait_ready(first)
+        result: dict = {}
+        replayer = _replay_thread(wenv, rec, speed=5.0, result=result)  # ~12 s of replay
+        # kill once some output is stored AND some input committed, while the replay still runs
+        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") > 0
+                   and committed_total(wenv.bootstrap, group, wenv.topics["input"]) > 0, 30,
+                   "first writes and commits", first, interval=0.2)
+        assert replayer.is_alive(), "replay finished before the kill: the test would prove nothing"
+        stored_at_kill = count(wenv.influx, wenv.db, "waveform")
+        first.kill()
+        assert 0 < stored_at_kill < total
+
+        second = WorkerProc(wenv, "worker-2")
+        replayer.join(60)
+        assert "error" not in result, result.get("error")
+        n_input = result["stats"].chunks
+        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") == total or count(wenv.influx, wenv.db, "waveform"),
+                   90, f"{total} points after restart", second)
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == n_input, 30,
+                   "all input committed", second)
+        _assert_exact(wenv, expected)
+        assert count(wenv.influx, wenv.db, "waveform") == total  # nothing beyond the exact grid
+        assert "Seek stream partitions to committed offsets" in second.log()
+    finally:
+        if first.alive():
+            first.kill()
+        if second is not None:
+            second.stop()
+
+
+def test_influx_outage_pauses_commits_then_everything_lands(wenv, bidmc_record):
+    rec = bidmc_recording(bidmc_record(3), seconds=30.0)
+    wenv.create_topics()
+    expected = expected_influx_total(rec)
+    total = sum(len(t) for t in expected.values()) * len(BEDS)
+    group = f"{wenv.prefix}-worker"
+
+    wenv.influx.set_down(True)
+    worker = WorkerProc(wenv)
+    try:
+        _wait_ready(worker)
+        result: dict = {}
+        _replay_thread(wenv, rec, speed=0, result=result).join(60)
+        assert "error" not in result, result.get("error")
+        n_input = result["stats"].chunks
+        wait_until(lambda: worker.log().count("InfluxDB write failed") >= 3, 30, "write retries", worker)
+        time.sleep(3.0)  # several commit intervals
+        assert count(wenv.influx, wenv.db, "waveform") == 0
+        assert committed_total(wenv.bootstrap, group, wenv.topics["input"]) == 0, "committed input that was not stored"
+        assert worker.alive()
+
+        wenv.influx.set_down(False)
+        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") == total or count(wenv.influx, wenv.db, "waveform"),
+                   90, f"{total} points after the outage", worker)
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == n_input, 30,
+                   "all input committed", worker)
+        _assert_exact(wenv, expected)
+    finally:
+        wenv.influx.set_down(False)
+        worker.stop()
