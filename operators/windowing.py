@@ -105,9 +105,17 @@ class Window:
     @property
     def end_ns(self) -> int:
         """Timestamp one sample period after the last sample (exclusive end)."""
+        return self._ts(len(self.samples))
+
+    @property
+    def emit_end_ns(self) -> int:
+        """Exclusive end of the newly emitted part (`end_ns` unless a look-ahead holds samples back)."""
+        return self._ts(self.emit_stop)
+
+    def _ts(self, index: int) -> int:
         anchor = self.start_ns if self.segment_start_ns is None else self.segment_start_ns
         off = 0 if self.segment_start_ns is None else self.offset
-        return anchor + _offset_ns(self.rate_hz, off + len(self.samples))
+        return anchor + _offset_ns(self.rate_hz, off + index)
 
 
 @dataclass

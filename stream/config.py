@@ -63,6 +63,7 @@ class Settings:
     # --- windowing / batching -------------------------------------------------------------
     window_s: float = 8.0
     hop_s: float = 2.0
+    lookahead_s: float = 1.0  # PPG->ECG: newest part of a window is context only (pulse arrives after the R-peak)
     batch_size: int = 64
     batch_wait_s: float = 0.2
     idle_flush_s: float = 10.0
@@ -163,6 +164,7 @@ class Settings:
 
         num("WINDOW_S", "window_s")
         num("HOP_S", "hop_s")
+        num("LOOKAHEAD_S", "lookahead_s")
         num("BATCH_SIZE", "batch_size", int)
         num("BATCH_WAIT_S", "batch_wait_s")
         num("IDLE_FLUSH_S", "idle_flush_s")
@@ -236,6 +238,9 @@ class Settings:
             raise bad("HOP_S", "must be > 0")
         if self.hop_s > self.window_s:
             raise bad("HOP_S", f"hop ({self.hop_s}s) must not exceed the window ({self.window_s}s)")
+        if self.lookahead_s < 0 or self.hop_s + self.lookahead_s > self.window_s:
+            raise bad("LOOKAHEAD_S", f"need 0 <= look-ahead and hop + look-ahead ({self.hop_s + self.lookahead_s}s) "
+                                     f"<= window ({self.window_s}s)")
         if self.batch_size < 1:
             raise bad("BATCH_SIZE", "must be >= 1")
         if self.batch_wait_s < 0:

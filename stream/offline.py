@@ -1,7 +1,7 @@
 """Offline translation of a recording: the stream pipeline without Kafka.
 
     wavebridge translate INPUT --task ppg2ecg|sr --out OUT.parquet [--target-rate HZ]
-        [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--chunk-s S]
+        [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--lookahead-s S] [--chunk-s S]
 
 The recording is cut into exactly the chunks a replay would publish (`stream.replay.iter_chunks`:
 NaN runs become gaps, never splices), each chunk goes through the wire format round trip the
@@ -114,11 +114,11 @@ def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLIN
 
 def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_rate: float, translator,
                      window_s: float = 8.0, hop_s: float = 2.0, context: PairedContext | None = None,
-                     progress=None):
+                     progress=None, lookahead_s: float = PipelineConfig.lookahead_s):
     """Run the pipeline over `chunks` (one bed, one signal) and flush at the end.
 
     Returns (OutputSeries list, events). `progress` is an optional callable(n_samples)."""
-    cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, tasks=(task,), sr_target_hz=float(target_rate),
+    cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, lookahead_s=lookahead_s, tasks=(task,), sr_target_hz=float(target_rate),
                          sr_below_hz=float(target_rate), context_s=0.0,
                          ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
                          sr_signals=(source_signal,))
@@ -143,7 +143,8 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
 
 def translate_recording(recording, task: str, *, target_rate: float | None = None, context: PairedContext | None = None,
                         translator=None, signal: str | None = None, window_s: float = 8.0, hop_s: float = 2.0,
-                        chunk_s: float = 1.0, progress: bool = False) -> OfflineResult:
+                        chunk_s: float = 1.0, progress: bool = False,
+                        lookahead_s: float = PipelineConfig.lookahead_s) -> OfflineResult:
     """Translate one in-memory `operators.records.Recording`.
 
     `translator`: a Translator, a spec string, or None (the default spec). The result holds
@@ -164,6 +165,8 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
         raise OfflineError(f"sr: target rate {target_rate:g} Hz is not above the source rate {src_rate:g} Hz of {src}")
     if hop_s <= 0 or window_s <= 0 or hop_s > window_s:
         raise OfflineError(f"need 0 < hop ({hop_s:g} s) <= window ({window_s:g} s)")
+    if lookahead_s < 0 or hop_s + lookahead_s > window_s:
+        raise OfflineError(f"need 0 <= look-ahead ({lookahead_s:g} s) and hop + look-ahead <= window ({window_s:g} s)")
     if chunk_s <= 0:
         raise OfflineError("--chunk-s must be > 0")
     if translator is None or isinstance(translator, str):
@@ -178,7 +181,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
         outputs, events = translate_chunks(
             iter_source_chunks(recording, src, chunk_s), task, source_signal=src, target_rate=target_rate,
             translator=translator, window_s=window_s, hop_s=hop_s, context=context if task == PPG2ECG else None,
-            progress=bar.update if bar else None)
+            progress=bar.update if bar else None, lookahead_s=lookahead_s)
     finally:
         if bar:
             bar.close()
@@ -205,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signal", default=None, help="source channel name (default: PLETH for ppg2ecg; II or PLETH for sr)")
     p.add_argument("--window-s", type=float, default=8.0)
     p.add_argument("--hop-s", type=float, default=2.0)
+    p.add_argument("--lookahead-s", type=float, default=PipelineConfig.lookahead_s,
+                   help="ppg2ecg: newest part of each window used as context only (as the worker does)")
     p.add_argument("--chunk-s", type=float, default=1.0, help="chunk length, as a replay would publish")
     p.add_argument("--input-rate", type=float, default=None, help="sample rate of a CSV/Parquet without time_s")
     p.add_argument("--context-s", type=float, default=10.0, help="length of the paired context segment")
@@ -253,6 +258,7 @@ def _run(args) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     res = translate_recording(rec, args.task, target_rate=args.target_rate, context=context, translator=translator,
                               signal=args.signal, window_s=args.window_s, hop_s=args.hop_s, chunk_s=args.chunk_s,
+                              lookahead_s=args.lookahead_s,
                               progress=progress)
     out = Path(args.out)
     if out.parent and not out.parent.exists():

@@ -34,6 +34,7 @@ RPEAK_EDGE_S = 0.25  # peaks this close to a window's right edge are left to the
 class PipelineConfig:
     window_s: float = 8.0
     hop_s: float = 2.0
+    lookahead_s: float = 1.0  # applied to streams that feed ppg2ecg (see operators.windowing)
     tasks: tuple[str, ...] = (PPG2ECG, SR)
     sr_target_hz: float = 100.0
     sr_below_hz: float = 100.0
@@ -47,7 +48,7 @@ class PipelineConfig:
 
     @classmethod
     def from_settings(cls, s) -> "PipelineConfig":
-        return cls(window_s=s.window_s, hop_s=s.hop_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
+        return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s)
 
 
@@ -257,7 +258,10 @@ class Pipeline:
         key = (bed, sig)
         st = self._streams.get(key)
         if st is None:
-            st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s))
+            # PPG->ECG output at t depends on the pulse that arrives ~0.6 s later: hold the window's
+            # newest samples back as look-ahead instead of making the model guess at the edge.
+            la = self.config.lookahead_s if (sig == PPG and PPG2ECG in self.config.tasks) else 0.0
+            st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s, lookahead_s=la))
             self._streams[key] = st
         return st
 
@@ -275,7 +279,7 @@ class Pipeline:
         for w in windows:
             for task, rate in self.routes(st.signal, w.rate_hz):
                 self._jobs.append(_Job(st, w, task, rate))
-            st.done_until_ns = max(st.done_until_ns or w.end_ns, w.end_ns)
+            st.done_until_ns = max(st.done_until_ns or w.emit_end_ns, w.emit_end_ns)
 
     def _request(self, job: _Job) -> TranslationRequest:
         st, w = job.stream, job.window
@@ -293,21 +297,23 @@ class Pipeline:
         if len(y) != n_out:
             raise RuntimeError(f"translator {self.model} returned {len(y)} samples for {job.task}, expected {n_out}")
         k0 = w.emit_from_at(job.target_rate) if len(w.samples) else 0
+        k1 = min(n_out, w.emit_to_at(job.target_rate)) if len(w.samples) else n_out
         times = w.timestamps_ns(job.target_rate, n_out)
         kind = "synth" if job.task == PPG2ECG else "sr"
-        if k0 < n_out:
+        if k0 < k1:
             out = OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model,
-                               rate_hz=job.target_rate, times_ns=times[k0:], values=y[k0:], units=st.units if kind == "sr" else "mV")
+                               rate_hz=job.target_rate, times_ns=times[k0:k1], values=y[k0:k1],
+                               units=st.units if kind == "sr" else "mV")
             key = (st.bed, out.topic_signal)
             out.seq = self._seq.get(key, 0)
             self._seq[key] = out.seq + 1
             result.outputs.append(out)
         if kind == "synth" and self.config.rpeaks:
-            ev = self._rpeak_event(st, w, y, times, k0, job.target_rate)
+            ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate)
             if ev is not None:
                 result.events.append(ev)
 
-    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, rate: float):
+    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, k1: int, rate: float):
         """R-peaks of the synthesized ECG, each reported by exactly one window: a window reports
         [last reported end, its end - edge margin) (to its very end when it is a flush), so
         peaks cut by a window edge are found in the next window, where they are interior."""
@@ -318,7 +324,12 @@ class Pipeline:
         if st.rpeak_segment != w.segment or st.rpeak_until_ns is None:
             st.rpeak_segment, st.rpeak_until_ns = w.segment, int(times[0])
         lo = st.rpeak_until_ns
-        hi = int(w.timestamps_ns(rate, len(y) + 1)[-1]) if w.kind == "flush" else int(times[-1]) - int(RPEAK_EDGE_S * 1e9)
+        if w.kind == "flush":
+            hi = int(w.timestamps_ns(rate, len(y) + 1)[-1])
+        else:  # not past what this window emitted (look-ahead samples are the next window's to report)
+            hi = int(times[-1]) - int(RPEAK_EDGE_S * 1e9)
+            if k1 < len(times):
+                hi = min(hi, int(times[k1]))
         if hi <= lo:
             return None
         idx = np.asarray(detect_rpeaks(y, rate), dtype=np.int64)

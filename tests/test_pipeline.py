@@ -62,7 +62,8 @@ def collect(results, bed=None, kind=None):
 
 
 def cfg(**kw):
-    base = dict(window_s=8.0, hop_s=2.0, tasks=("ppg2ecg", "sr"), sr_target_hz=100.0, sr_below_hz=100.0, context_s=0.0)
+    base = dict(window_s=8.0, hop_s=2.0, tasks=("ppg2ecg", "sr"), sr_target_hz=100.0, sr_below_hz=100.0, context_s=0.0,
+                lookahead_s=0.0)
     base.update(kw)
     return PipelineConfig(**base)
 
@@ -287,3 +288,28 @@ def test_settings_reject_bad_values_with_the_variable_name(env, needle):
     with pytest.raises(ConfigError, match=None) as err:
         Settings.from_env(env)
     assert needle in str(err.value)
+
+
+def test_ppg_lookahead_holds_back_edge_but_emits_every_sample_once():
+    rate = 125.0
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(int(37.3 * rate)).astype(np.float32)
+    pipe = Pipeline(cfg(tasks=("ppg2ecg",), lookahead_s=1.0), RecordingTranslator())
+    res = []
+    for i, c in enumerate(chunks(x, rate)):
+        pipe.push(c, token=i)
+        r = pipe.process()
+        res.append(r)
+        t, _ = collect(res, kind="synth")
+        if len(t):  # never emitted closer than the look-ahead to the newest input sample
+            newest = c.start_ns + int(round((len(c.samples) - 1) * 1e9 / rate))
+            assert t.max() <= newest - int(0.99e9)
+    # the tail held back as look-ahead keeps its chunks unacknowledged until flushed
+    assert len([tok for r in res for tok in r.completed]) < i + 1
+    pipe.flush_all()
+    res.append(pipe.process())
+    t, _ = collect(res, kind="synth")
+    assert len(t) == len(x) and len(np.unique(t)) == len(t)
+    np.testing.assert_array_equal(t, T0 + np.round(np.arange(len(x)) * 1e9 / rate).astype(np.int64))
+    done = [tok for r in res for tok in r.completed]
+    assert sorted(done) == list(range(len(done))) and len(done) == i + 1
