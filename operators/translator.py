@@ -9,6 +9,7 @@ Everything here is plain numpy: no torch, no Kafka.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -69,7 +70,10 @@ class Translator(Protocol):
 
 
 def load_translator(spec: str, **kwargs) -> Translator:
-    """Build a translator from `module:Class` (or a short alias) with keyword options."""
+    """Build a translator from `module:Class` (or a short alias) with keyword options.
+
+    Options the class's constructor does not take are dropped, so service-wide settings such as
+    `device` can be passed to any translator (the numpy ones have no device)."""
     aliases = {
         "classic": "operators.baselines:ClassicTranslator",
         "clmt": "models.engine:ClmtTranslator",
@@ -83,4 +87,7 @@ def load_translator(spec: str, **kwargs) -> Translator:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load translator {spec!r}: {exc}") from exc
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
     return cls(**kwargs)

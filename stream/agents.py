@@ -215,14 +215,8 @@ def _produce_ms(message) -> float | None:
 def _load_translator(settings: Settings):
     from operators.translator import load_translator
 
-    if settings.device == "auto":
-        return load_translator(settings.translator)
-    try:  # only translators that take a device get one (the classic ones are plain numpy)
-        return load_translator(settings.translator, device=settings.device)
-    except TypeError as exc:
-        if "device" not in str(exc):
-            raise
-        return load_translator(settings.translator)
+    # translators that take no device (the numpy ones) simply don't get it
+    return load_translator(settings.translator, device=settings.device)
 
 
 def register(app, settings: Settings, translator=None) -> WorkerRuntime:
@@ -234,7 +228,12 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
     async def process(stream):
         rt.stream = stream
         if rt.pipeline is None:
-            await rt.start()
+            try:
+                await rt.start()
+            except Exception as exc:  # e.g. missing weights, CUDA asked for but absent: exit, don't idle
+                log.exception("worker start-up failed (translator or InfluxDB client); crashing the worker")
+                await app.crash(exc)
+                return
         # noack_take yields Events and never acks: we ack each one once its samples are stored.
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
             try:

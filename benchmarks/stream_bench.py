@@ -1,0 +1,349 @@
+"""Streaming benchmark: how many beds one worker sustains in real time on this machine.
+
+Starts a real Tansu broker, a real InfluxDB 1.x (behind the v2-write proxy from tests/support)
+and the worker as a subprocess, then replays a recording as N beds for each N of a ramp. The
+worker appends one JSON line per acknowledged input message to WAVEBRIDGE_STATS_FILE
+(`produce_ms` = the chunk's Kafka timestamp, `written_ms` = when its outputs were stored in
+InfluxDB and sent to Kafka); from these we get end-to-end latency percentiles over each step's
+steady state (messages of a bed's first window, which waits for the window to fill, and of the
+idle-flushed last one are written but not counted). The latency floor is about one hop of signal
+(2 s at ×1, 0.5 s at ×4) plus batching.
+
+Load: N beds replayed at ×speed are N×speed bed-equivalents of message and sample rate. A step
+is *sustained* when every message is written, p99 latency stays below --max-p99-s, and the
+replay itself kept pace (otherwise the load generator, not the worker, was the limit). The ramp
+stops at the first step that is not sustained. The same ramp with the `passthrough` translator
+(no translation) gives the pipeline's ceiling.
+
+    python benchmarks/stream_bench.py                          # classic vs passthrough, ~5 min
+    python benchmarks/stream_bench.py --beds 1,2,4,8 --speed 1 --duration 30 --translator clmt
+
+Not a test: numbers depend on the machine and on whatever else runs on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make stream/, operators/, tests/support importable
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from stream.demo import WorkerProcess  # noqa: E402
+from stream.embedded import EmbeddedBroker, free_port  # noqa: E402
+
+DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
+WINDOW_S = 8.0
+HOP_S = 2.0
+IDLE_FLUSH_S = 5.0
+
+
+@dataclass
+class StepResult:
+    translator: str
+    beds: int
+    speed: float
+    bed_equivalents: float
+    sent: int
+    written: int
+    p50_s: float
+    p99_s: float
+    max_s: float
+    replay_lag_s: float
+    wall_s: float
+    samples_per_s: float
+    sustained: bool
+    why: str = ""
+
+
+# ------------------------------------------------------------------ services
+
+
+class InfluxStack:
+    """influxd 1.x plus the v2-write proxy in its own process (keeps its GIL out of the replay)."""
+
+    def __init__(self, workdir: Path):
+        from tests.support.influx import start_influxdb
+
+        self.server = start_influxdb(workdir / "influxdb")
+        self.port = free_port()
+        code = ("import sys, signal, threading\n"
+                "from tests.support.influx_proxy import influx_v2_proxy\n"
+                "p = influx_v2_proxy(sys.argv[1], port=int(sys.argv[2]))\n"
+                "print('ready', flush=True)\n"
+                "signal.signal(signal.SIGTERM, lambda *a: (p.stop(), sys.exit(0)))\n"
+                "threading.Event().wait()\n")
+        self.proxy = subprocess.Popen([sys.executable, "-c", code, self.server.url, str(self.port)], cwd=REPO,
+                                      stdout=subprocess.PIPE, text=True)
+        if self.proxy.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("InfluxDB v2 proxy did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proxy.poll() is None:
+            self.proxy.terminate()
+            try:
+                self.proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
+                self.proxy.wait()
+        self.server.stop()
+
+
+def _worker_env(bootstrap: str, influx: InfluxStack, db: str, topics: dict[str, str], translator: str,
+                stats: Path, args) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEBRIDGE_")}
+    env.update({
+        "WAVEBRIDGE_BROKER": f"kafka://{bootstrap}",
+        "WAVEBRIDGE_GROUP_ID": f"bench-{db}",
+        "WAVEBRIDGE_TRANSLATOR": translator,
+        "WAVEBRIDGE_DEVICE": args.device,
+        "WAVEBRIDGE_SESSION_TIMEOUT_S": "6",  # Tansu: a group join takes half the session timeout
+        "WAVEBRIDGE_HEARTBEAT_S": "1",
+        "WAVEBRIDGE_WINDOW_S": str(WINDOW_S),
+        "WAVEBRIDGE_HOP_S": str(HOP_S),
+        "WAVEBRIDGE_BATCH_SIZE": str(args.batch_size),
+        "WAVEBRIDGE_IDLE_FLUSH_S": str(IDLE_FLUSH_S),
+        "WAVEBRIDGE_INFLUX_URL": influx.url,
+        "WAVEBRIDGE_INFLUX_BUCKET": db,
+        "WAVEBRIDGE_INFLUX_TOKEN": "bench",
+        "WAVEBRIDGE_STATS_FILE": str(stats),
+        "WAVEBRIDGE_WITHOUT_WEB": "true",
+        "WAVEBRIDGE_LOG_LEVEL": "warn",
+        "WAVEBRIDGE_TOPIC_INPUT": topics["input"],
+        "WAVEBRIDGE_TOPIC_ECG_SYNTH": topics["synth"],
+        "WAVEBRIDGE_TOPIC_SR": topics["sr"],
+        "WAVEBRIDGE_TOPIC_EVENTS": topics["events"],
+        "WAVEBRIDGE_TOPIC_DLQ": topics["dlq"],
+    })
+    return env
+
+
+# ------------------------------------------------------------------ stats
+
+
+def read_stats(path: Path, prefix: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n") and f'"bed":"{prefix}' in line:  # skip a half-written last line
+                    rows.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def wait_written(worker: WorkerProcess, stats: Path, prefix: str, sent: int, timeout_s: float) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    rows = read_stats(stats, prefix)
+    while len(rows) < sent and time.monotonic() < deadline:
+        worker.check()
+        if "Crashed reason=" in worker.log_tail(200):  # a crashed Faust agent leaves the process running
+            raise RuntimeError(f"worker agent crashed; log:\n{worker.log_tail(40)}")
+        time.sleep(0.5)
+        rows = read_stats(stats, prefix)
+    return rows
+
+
+def percentile(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else math.nan
+
+
+# ------------------------------------------------------------------ one translator
+
+
+def run_translator(translator: str, args, broker: EmbeddedBroker, influx: InfluxStack, recording, workdir: Path,
+                   log=print) -> list[StepResult]:
+    from stream.replay import replay
+    from stream.topics import ensure_topics
+
+    tag = "".join(ch if ch.isalnum() else "_" for ch in translator)
+    db = f"bench_{tag}"
+    topics = {k: f"bench.{tag}.{k}" for k in ("input", "synth", "sr", "events", "dlq")}
+    ensure_topics(broker.bootstrap, list(topics.values()), partitions=args.partitions)
+    influx.server.create_database(db)
+    stats = workdir / f"stats-{tag}.jsonl"
+    stats.unlink(missing_ok=True)  # the worker appends: rows of an earlier run would count as written
+    results: list[StepResult] = []
+    env = _worker_env(broker.bootstrap, influx, db, topics, translator, stats, args)
+    with WorkerProcess(env, workdir / f"worker-{tag}.log") as worker:
+        # Warm-up: group join, translator load (torch for clmt) and the first InfluxDB write.
+        t0 = time.monotonic()
+        warm = replay([recording], broker.bootstrap, topics["input"], beds=1, bed_prefix="warmup", speed=0,
+                      duration_s=WINDOW_S + 2 * HOP_S)
+        rows = wait_written(worker, stats, "warmup", warm.chunks, args.warmup_timeout)
+        if len(rows) < warm.chunks:
+            raise RuntimeError(f"{translator}: worker did not process the warm-up bed within {args.warmup_timeout:g} s; "
+                               f"log:\n{worker.log_tail()}")
+        log(f"[{translator}] worker warm after {time.monotonic() - t0:.1f} s")
+
+        for n in args.beds:
+            prefix = f"n{n:03d}-"
+            wall0 = time.time()
+            st = replay([recording], broker.bootstrap, topics["input"], beds=n, bed_prefix=prefix.rstrip("-"),
+                        speed=args.speed, duration_s=args.duration)
+            replay_end_ms = time.time() * 1000.0
+            # Wait for every message to be written (including the idle-flushed tail).
+            drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
+            rows = wait_written(worker, stats, prefix, st.chunks, drain_s)
+            wall = time.time() - wall0
+            # Steady state only: a bed's first window must fill (window_s of signal) before anything
+            # is written, and its last one is closed by the idle flush; both are start/stop effects.
+            head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
+            tail_cut_ms = replay_end_ms - (WINDOW_S / args.speed) * 1000.0 - 1000.0
+            lat = np.array([(r["written_ms"] - r["produce_ms"]) / 1000.0 for r in rows
+                            if r.get("produce_ms") is not None and head_cut_ms <= r["produce_ms"] <= tail_cut_ms])
+            p99 = percentile(lat, 99)
+            why = []
+            if len(rows) < st.chunks:
+                why.append(f"only {len(rows)}/{st.chunks} messages written {drain_s:.0f} s after the replay")
+            if not (p99 <= args.max_p99_s):
+                why.append(f"p99 {p99:.2f} s > {args.max_p99_s:g} s")
+            if st.max_lag_s > args.max_replay_lag_s:
+                why.append(f"replay fell {st.max_lag_s:.1f} s behind (load generator limit)")
+            res = StepResult(
+                translator=translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
+                written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
+                replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
+                sustained=not why, why="; ".join(why))
+            results.append(res)
+            log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
+                f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
+                f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}")
+            if not res.sustained and not args.full_ramp:
+                break
+    return results
+
+
+def sustained(results: list[StepResult]) -> float:
+    """Largest bed-equivalent load sustained before the first failing step (0 if none)."""
+    best = 0.0
+    for r in results:
+        if not r.sustained:
+            break
+        best = r.bed_equivalents
+    return best
+
+
+# ------------------------------------------------------------------ main
+
+
+def load_recording(record: str | None):
+    from operators.records import read_recording
+
+    if record:
+        return read_recording(record, ["II", "PLETH"]), record
+    if DEFAULT_RECORD.with_suffix(".hea").exists():
+        return read_recording(DEFAULT_RECORD, ["II", "PLETH"]), str(DEFAULT_RECORD)
+    from operators.synthetic import synthesize, write_wfdb
+
+    path = write_wfdb(synthesize(seconds=600), Path(tempfile.mkdtemp(prefix="wavebridge-bench-")), "synthetic")
+    return read_recording(path, ["II", "PLETH"]), "synthetic (BIDMC not found)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--record", help="recording to replay (default ../shared/data/bidmc/bidmc01, else synthetic)")
+    p.add_argument("--beds", default="1,2,4,8,16,32,64,128", help="ramp of bed counts")
+    p.add_argument("--speed", type=float, default=4.0, help="replay speed; load = beds x speed bed-equivalents")
+    p.add_argument("--duration", type=float, default=40.0, help="seconds of signal replayed per bed and step")
+    p.add_argument("--translator", default="classic", help="translator spec under test")
+    p.add_argument("--baseline", default="passthrough", help="ceiling translator ('' to skip)")
+    p.add_argument("--device", default="auto", help="WAVEBRIDGE_DEVICE for the worker (auto, cpu, cuda)")
+    p.add_argument("--batch-size", type=int, default=64, help="WAVEBRIDGE_BATCH_SIZE")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topic")
+    p.add_argument("--max-p99-s", type=float, default=5.0, help="p99 latency bound (wall seconds) for 'sustained'")
+    p.add_argument("--max-replay-lag-s", type=float, default=2.0, help="replay lateness beyond which a step is void")
+    p.add_argument("--warmup-timeout", type=float, default=180.0, help="seconds to wait for the warm-up bed")
+    p.add_argument("--drain-s", type=float, default=None,
+                   help="wait this long after a step's replay for all messages (default idle flush + p99 bound + 10 s)")
+    p.add_argument("--full-ramp", action="store_true", help="continue the ramp after the first failing step")
+    p.add_argument("--out", default="out/bench", help="folder for logs and stream_bench.json")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.beds = sorted({int(b) for b in args.beds.split(",") if b.strip()})
+    except ValueError:
+        print(f"--beds must be a comma list of integers, got {args.beds!r}", file=sys.stderr)
+        return 2
+    if not args.beds or args.beds[0] < 1 or args.speed <= 0 or args.duration < 3 * WINDOW_S:
+        print(f"need beds >= 1, speed > 0 and duration >= {3 * WINDOW_S:g} s (a steady-state stretch "
+              "between the first window and the end)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recording, source = load_recording(args.record)
+    print(f"recording: {source}; ramp {args.beds} beds x{args.speed:g}, {args.duration:g} s each; "
+          f"cores: {os.cpu_count()}", flush=True)
+
+    translators = [args.translator] + ([args.baseline] if args.baseline and args.baseline != args.translator else [])
+    all_results: dict[str, list[StepResult]] = {}
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="wavebridge-bench-") as tmp:
+        work = Path(tmp)
+        broker = EmbeddedBroker(log_path=out / "tansu.log").start()
+        influx = None
+        try:
+            influx = InfluxStack(work)
+            for tr in translators:
+                all_results[tr] = run_translator(tr, args, broker, influx, recording, out,
+                                                 log=lambda s: print(s, flush=True))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if influx is not None:
+                influx.stop()
+            broker.stop()
+
+    print(f"\n=== stream benchmark ({time.monotonic() - t_start:.0f} s; p99 bound {args.max_p99_s:g} s, "
+          f"window {WINDOW_S:g} s / hop {HOP_S:g} s) ===")
+    print(f"{'translator':<14}{'beds':>6}{'bed-eq':>8}{'written':>12}{'p50 s':>8}{'p99 s':>8}{'max s':>8}  result")
+    for tr, rows in all_results.items():
+        for r in rows:
+            print(f"{tr:<14}{r.beds:>6}{r.bed_equivalents:>8g}{f'{r.written}/{r.sent}':>12}{r.p50_s:>8.2f}"
+                  f"{r.p99_s:>8.2f}{r.max_s:>8.2f}  {'sustained' if r.sustained else r.why}")
+    summary = {tr: sustained(rows) for tr, rows in all_results.items()}
+    print()
+    for tr, beds in summary.items():
+        capped = all(r.sustained for r in all_results[tr])
+        print(f"beds sustained in real time, {tr}: {beds:g}{'+ (ramp never saturated)' if capped else ''}")
+    ratio = None
+    if len(summary) == 2 and summary[args.baseline]:
+        ratio = summary[args.translator] / summary[args.baseline]
+        print(f"ratio {args.translator} / {args.baseline}: {ratio:.2f}")
+        # The ramp doubles, so equal capacity can hide a cost: compare latency at a common load.
+        common = min(summary.values())
+        if common:
+            at = {tr: next(r for r in rows if r.bed_equivalents == common) for tr, rows in all_results.items()}
+            print(f"at {common:g} bed-eq: p50/p99 " + ", ".join(
+                f"{tr} {r.p50_s:.2f}/{r.p99_s:.2f} s" for tr, r in at.items()))
+    report = {"recording": source, "args": {k: v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),
+              "steps": {tr: [asdict(r) for r in rows] for tr, rows in all_results.items()},
+              "beds_sustained": summary, "ratio": ratio}
+    (out / "stream_bench.json").write_text(json.dumps(report, indent=2))
+    print(f"details: {out / 'stream_bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

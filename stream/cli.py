@@ -1,0 +1,73 @@
+"""`wavebridge` console script: one entry point that dispatches to each tool's own `cli(argv)`.
+
+Subcommand modules are imported only when chosen, so `wavebridge --help` stays fast and needs
+neither torch nor faust.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module, one-line description). Each module exposes `cli(argv) -> int | None`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("stream.demo", "end-to-end demo: embedded broker + worker + replay, writes Parquet and a PNG"),
+    "worker": ("stream.app", "run the Faust streaming worker (Kafka in -> translation -> InfluxDB/Kafka out)"),
+    "replay": ("stream.replay", "replay a WFDB recording onto the input topic as one or more beds"),
+    "broker": ("stream.embedded", "run the embedded Kafka-protocol broker (Tansu) for local use"),
+    "translate": ("stream.offline", "translate a recording offline (no Kafka) to files"),
+    "train": ("models.train", "train the CLMT translation model"),
+    "evaluate": ("stream.evaluate", "evaluate CLMT vs classic baselines on held-out BIDMC patients"),
+    "bench-model": ("models.bench", "benchmark model inference throughput/latency"),
+}
+
+PROG = "wavebridge"
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        f"usage: {PROG} <command> [options]",
+        "",
+        "Streaming ICU waveform translation (PPG->ECG synthesis, super-resolution) on Kafka + InfluxDB.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", f"Run '{PROG} <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        # No command at all is a usage error; asking for help is not.
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"{PROG}: unknown command {name!r}\n", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        # A missing third-party dependency gets a one-line hint; our own import bugs keep their traceback.
+        if not exc.name or exc.name.split(".")[0] in ("stream", "operators", "models"):
+            raise
+        print(f"{PROG} {name}: needs the Python package {exc.name!r}, which is not installed "
+              f"(pip install -e . in the project's virtualenv)", file=sys.stderr)
+        return 1
+    try:
+        rc = module.cli(rest)
+    except SystemExit as exc:  # argparse inside a subcommand exits; keep its code
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)  # sys.exit("message") convention
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

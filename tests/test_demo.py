@@ -1,0 +1,225 @@
+"""`wavebridge demo` end to end (real Tansu broker + worker subprocess) on the embedded synthetic recording."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from operators.synthetic import synthesize, write_wfdb
+from stream.demo import chunks_to_table
+from stream.wire import Chunk
+
+REPO = Path(__file__).resolve().parents[1]
+SECONDS = 20
+RATE = 125.0
+
+
+@pytest.fixture(scope="module")
+def synthetic_record(tmp_path_factory) -> Path:
+    return write_wfdb(synthesize(seconds=60, seed=3), tmp_path_factory.mktemp("rec"), "synthetic")
+
+
+def _demo_cmd(record: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "stream.cli", "demo", "--record", str(record), "--seconds", str(SECONDS),
+            "--beds", "2", "--out", str(out), "--timeout", "150", *extra]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie of an already-reaped child cannot be signalled; anything else counts as alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _port_open(hostport: str) -> bool:
+    host, port = hostport.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _started(stdout: str) -> tuple[int, str]:
+    pid = int(re.search(r"worker started \(pid (\d+)", stdout).group(1))
+    bootstrap = re.search(r"broker \(Tansu\) on (\S+)", stdout).group(1)
+    return pid, bootstrap
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
+    out = tmp_path / "demo"
+    res = subprocess.run(_demo_cmd(synthetic_record, out), cwd=REPO, capture_output=True, text=True, timeout=220)
+    assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
+    assert "[demo] done" in res.stdout
+
+    # Clean-up: the worker process and the broker are gone once the demo has returned.
+    pid, bootstrap = _started(res.stdout)
+    assert not _alive(pid), "worker still running after the demo exited"
+    assert not _port_open(bootstrap), "broker still listening after the demo exited"
+
+    inp = pq.read_table(out / "input.parquet").to_pandas()
+    syn = pq.read_table(out / "ecg_synth.parquet").to_pandas()
+    sr = pq.read_table(out / "sr.parquet").to_pandas()
+
+    # Inputs: two full-rate beds with II + PLETH, one bed whose PLETH is down-sampled to 25 Hz.
+    counts = inp.groupby(["bed", "signal"]).size().to_dict()
+    n = int(SECONDS * RATE)
+    assert counts == {("bed-001", "II"): n, ("bed-001", "PLETH"): n, ("bed-002", "II"): n,
+                      ("bed-002", "PLETH"): n, ("lowres-001", "II"): n, ("lowres-001", "PLETH"): SECONDS * 25}
+
+    for name, df in (("input", inp), ("synth", syn), ("sr", sr)):
+        assert len(df), f"{name} is empty"
+        assert np.isfinite(df["value"]).all(), name
+        for (bed, sig), g in df.groupby(["bed", "signal"]):
+            t = g["time"].astype("int64").to_numpy()
+            dt = np.diff(t)
+            assert (dt > 0).all(), f"{name} {bed}/{sig}: timestamps not strictly increasing"
+            # Spacing is one sample period throughout: no gaps, overlaps or re-sent stretches.
+            rate = float(g["rate_hz"].iloc[0])
+            assert np.allclose(dt, 1e9 / rate, atol=1.0), f"{name} {bed}/{sig}: irregular spacing"
+
+    # Synthesized ECG for every bed with PPG, over (nearly) the whole replayed span.
+    assert set(syn["signal"]) == {"II_SYNTH"}
+    assert set(syn["bed"]) == {"bed-001", "bed-002", "lowres-001"}
+    t_in = inp[(inp.bed == "bed-001") & (inp.signal == "PLETH")]["time"]
+    t_out = syn[syn.bed == "bed-001"]["time"]
+    assert t_out.min() >= t_in.min() and t_out.max() <= t_in.max()
+    assert len(t_out) >= 0.9 * n
+    assert syn[syn.bed == "bed-001"]["value"].std() > 0
+
+    # Super-resolution only for the 25 Hz bed, at 100 Hz, and on the true time axis: it must match
+    # the full-rate PLETH of bed-001 (same recording, same start time) sampled at its timestamps.
+    assert set(zip(sr.bed, sr.signal)) == {("lowres-001", "PLETH_SR")}
+    assert (sr["rate_hz"] == 100).all()
+    assert len(sr) >= 0.9 * SECONDS * 100
+    ref = inp[(inp.bed == "bed-001") & (inp.signal == "PLETH")]
+    expect = np.interp(sr["time"].astype("int64"), ref["time"].astype("int64"), ref["value"])
+    assert np.corrcoef(expect, sr["value"])[0, 1] > 0.9
+
+    png = out / "demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)
+    assert img.shape[0] > 400 and img.shape[1] > 800
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+    assert "samples in      13000" in res.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_demo_interrupt_stops_worker_and_broker(synthetic_record, tmp_path):
+    # Real time speed keeps the demo busy long enough to interrupt it mid-run.
+    proc = subprocess.Popen(_demo_cmd(synthetic_record, tmp_path / "demo", "--speed", "1"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "replaying" in line:
+                break
+        pid, bootstrap = _started("".join(lines))
+        assert _alive(pid) and _port_open(bootstrap)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not _alive(pid), "worker survived Ctrl-C"
+    assert not _port_open(bootstrap), "broker survived Ctrl-C"
+
+
+def test_chunks_to_table_orders_dedups_and_timestamps():
+    c = lambda seq, start_s, vals: Chunk("bed-1", "II_SYNTH", 4.0, int(start_s * 1e9), seq,
+                                         np.asarray(vals, dtype=np.float32))
+    # Out of order, with the second chunk delivered twice (a re-sent output after a worker restart).
+    table = chunks_to_table([c(1, 1.0, [5, 6, 7, 8]), c(0, 0.0, [1, 2, 3, 4]), c(1, 1.0, [5, 6, 7, 8])])
+    t = table["time"].cast("int64").to_numpy()
+    assert table.num_rows == 8
+    assert (np.diff(t) == 250_000_000).all()
+    assert table["value"].to_pylist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert str(table.schema.field("time").type) == "timestamp[ns, tz=UTC]"
+    assert chunks_to_table([]).num_rows == 0
+
+
+def test_default_input_falls_back_to_synthetic_recording(tmp_path, monkeypatch):
+    from operators.records import read_recording
+    from stream import demo
+
+    monkeypatch.setattr(demo, "DEFAULT_RECORD", tmp_path / "absent" / "bidmc01")
+    path, desc = demo.resolve_record(None, tmp_path / "work")
+    assert "synthetic" in desc
+    rec = read_recording(path, ["II", "PLETH"])
+    assert rec.rates == {"II": 125.0, "PLETH": 125.0}
+    assert rec.duration_s("II") >= 120  # "a few minutes"
+    assert (rec.age, rec.sex) == (64.0, "F")  # header comment in BIDMC style is parsed back
+
+
+def test_synthetic_recording_is_deterministic_and_physiological():
+    from scipy.signal import find_peaks
+
+    a, b, c = synthesize(seconds=120, seed=5), synthesize(seconds=120, seed=5), synthesize(seconds=120, seed=6)
+    assert all(np.array_equal(a.signals[k], b.signals[k]) for k in ("II", "PLETH"))
+    assert not np.array_equal(a.signals["II"], c.signals["II"])
+
+    rr = np.diff(a.r_peaks) / a.rate_hz
+    assert 55 < 60 / rr.mean() < 90  # resting adult heart rate
+    assert 0.01 < rr.std() < 0.1  # variability present, but no arrhythmia
+    # R peaks are where the ECG is: the largest sample near each annotated beat.
+    ecg = a.signals["II"]
+    assert all(abs(int(np.argmax(ecg[max(r - 5, 0):r + 6])) - min(r, 5)) <= 1 for r in a.r_peaks[1:-1])
+    # Each PPG systolic peak follows its R peak by PAT + rise time (~0.3-0.4 s), never precedes it.
+    ppg_peaks, _ = find_peaks(a.signals["PLETH"], distance=int(0.4 * a.rate_hz), prominence=0.2)
+    delays = []
+    for r in a.r_peaks[:-1]:
+        later = ppg_peaks[ppg_peaks > r]
+        if len(later):
+            delays.append((later[0] - r) / a.rate_hz)
+    delays = np.array(delays)
+    assert len(delays) > 0.9 * (len(a.r_peaks) - 1)
+    assert 0.25 < np.median(delays) < 0.45
+    assert delays.std() > 0.002  # the delay breathes with respiration
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_writes_to_influxdb_when_asked(synthetic_record, tmp_path, influx):
+    db = "demo_influx"
+    influx.create_database(db)
+    res = subprocess.run(
+        _demo_cmd(synthetic_record, tmp_path / "demo", "--no-sr-bed", "--influx-url", influx.url,
+                  "--influx-bucket", db, "--influx-token", influx.token, "--influx-org", influx.org),
+        cwd=REPO, capture_output=True, text=True, timeout=220)
+    assert res.returncode == 0, f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-3000:]}"
+    syn = pq.read_table(tmp_path / "demo" / "ecg_synth.parquet").to_pandas()
+    rows = influx.query("SELECT count(value) FROM waveform WHERE kind='synth' GROUP BY bed", db)
+    counts = {r["bed"]: r["count"] for r in rows}
+    # Every synthesized sample the demo collected from Kafka is also a point in InfluxDB.
+    assert counts == syn.groupby("bed").size().to_dict()
