@@ -54,21 +54,34 @@ class Progress:
         print(f"[{self.name}] step {step}/{self.total} {vals} ({rate:.2f} it/s, eta {eta / 60:.1f} min)", flush=True)
 
 
-def _save_ckpt(path: Path, **state) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
+class Checkpoint:
+    """One stage's resumable state: model, optimizer, sampler RNG and step, in `workdir/<name>.ckpt`."""
+
+    def __init__(self, workdir: Path, name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler):
+        self.path, self.name, self.model, self.opt, self.sampler = workdir / f"{name}.ckpt", name, model, opt, sampler
+
+    def resume(self) -> int:
+        """Restore the saved state if there is one; returns the step to continue after."""
+        if not self.path.exists():
+            return 0
+        st = torch.load(self.path, weights_only=False)  # our own file (numpy RNG state inside)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.sampler.rng.bit_generator.state = st["rng"]
+        print(f"[{self.name}] resumed at step {st['step']}", flush=True)
+        return int(st["step"])
+
+    def save(self, step: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": step,
+                    "rng": self.sampler.rng.bit_generator.state}, tmp)
+        tmp.replace(self.path)  # atomic: a kill mid-write never leaves a half checkpoint
 
 
 def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float):
-    ckpt = workdir / "tokenizer.ckpt"
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
-    start = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        tok.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); start = st["step"]
-        sampler.rng.bit_generator.state = st["rng"]
-        print(f"[tokenizer] resumed at step {start}", flush=True)
+    ckpt = Checkpoint(workdir, "tokenizer", tok, opt, sampler)
+    start = ckpt.resume()
     prog = Progress("tokenizer", steps, start, 50)
     tok.train()
     for step in range(start + 1, steps + 1):
@@ -81,14 +94,14 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
             rec, _, commit = tok(x, mod)
             loss = waveform_loss(rec, x) + 0.25 * commit
             loss_total = loss_total + loss
-            logs[mod] = float(F.mse_loss(rec, x))
+            logs[mod] = float(F.mse_loss(rec.detach(), x))
         opt.zero_grad(); loss_total.backward()
         torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
         opt.step()
         stats = tok.rvq.stats()
         prog(step, ecg_mse=logs["ecg"], ppg_mse=logs["ppg"], ppl0=stats[0]["perplexity"], dead=sum(s["dead_codes"] for s in stats))
         if step % ckpt_every == 0 or step == steps:
-            _save_ckpt(ckpt, model=tok.state_dict(), opt=opt.state_dict(), step=step, rng=sampler.rng.bit_generator.state)
+            ckpt.save(step)
     tok.eval()
 
 
@@ -124,16 +137,11 @@ def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.
 
 def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, steps: int, batch: int, workdir: Path,
                      ckpt_every: int, lr: float, default_pat: float):
-    ckpt = workdir / "translator.ckpt"
     for p in tok.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
-    start = 0
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
-        tr.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); start = st["step"]
-        sampler.rng.bit_generator.state = st["rng"]
-        print(f"[translator] resumed at step {start}", flush=True)
+    ckpt = Checkpoint(workdir, "translator", tr, opt, sampler)
+    start = ckpt.resume()
     prog = Progress("translator", steps, start, 25)
     tr.train()
     for step in range(start + 1, steps + 1):
@@ -156,9 +164,9 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         with torch.no_grad():
             per = {n: float(F.mse_loss(wave[inp["task"] == k], tgt[inp["task"] == k])) if (inp["task"] == k).any() else float("nan")
                    for k, n in enumerate(("ppg2ecg_mse", "ecgsr_mse", "ppgsr_mse"))}
-        prog(step, loss=float(loss), **per)
+        prog(step, loss=float(loss.detach()), **per)
         if step % ckpt_every == 0 or step == steps:
-            _save_ckpt(ckpt, model=tr.state_dict(), opt=opt.state_dict(), step=step, rng=sampler.rng.bit_generator.state)
+            ckpt.save(step)
     tr.eval()
 
 
@@ -168,6 +176,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=".work/train", help="checkpoints (resume from here)")
     ap.add_argument("--out", default=str(W.DEFAULT_DIR), help="where the safetensors + config + card go")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--records", default=None, help="comma list of training records (default: the training split)")
     ap.add_argument("--tokenizer-steps", type=int, default=1500)
     ap.add_argument("--translator-steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=32)
@@ -188,6 +197,11 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(args.workdir); workdir.mkdir(parents=True, exist_ok=True)
     train_names, val_names = split()
+    if args.records:
+        train_names = args.records.split(",")
+        if overlap := set(train_names) & set(val_names):
+            print(f"error: validation records given for training: {sorted(overlap)}", file=sys.stderr)
+            return 2
     print(f"train records ({len(train_names)}): {' '.join(train_names)}\nvalidation records ({len(val_names)}): {' '.join(val_names)}",
           flush=True)
     t0 = time.time()

@@ -1,0 +1,124 @@
+"""CLMT model: RVQ health, tokenizer/translator shapes, training resume, weights, engine contract."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import weights as W
+from models.data import patients, split
+from models.rvq import ResidualVQ
+from models.tokenizer import Tokenizer, TokenizerConfig
+from models.translator import ContextTranslator, TranslatorConfig
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_split_is_by_patient_and_holds_out_every_fifth_patient():
+    train, val = split()
+    assert not set(train) & set(val) and len(train) + len(val) == 40
+    for group in (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39")):
+        assert set(group) <= set(train) or set(group) <= set(val)  # a patient never straddles the split
+    assert len(patients()) == 33 and len(val) == 7
+
+
+def test_rvq_kmeans_init_ema_and_dead_code_reset():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(levels=3, codes=16, dim=4)
+    rvq.train()
+    x = torch.randn(8, 50, 4)
+    q, idx, commit = rvq(x)
+    assert q.shape == x.shape and idx.shape == (8, 50, 3) and commit.item() >= 0
+    # quantization error shrinks with each residual level
+    errs = [(x - rvq.decode_indices(idx[..., : k + 1])).pow(2).mean().item() for k in range(3)]
+    assert errs[0] > errs[1] > errs[2]
+    # a code nobody uses is moved onto the data instead of staying dead
+    lvl = rvq.levels[0]
+    lvl.codebook[0] = 1e3
+    lvl.ema_count[0] = 0.0
+    rvq(x)
+    assert lvl.codebook[0].abs().max() < 100
+    stats = rvq.stats()
+    assert [s["level"] for s in stats] == [0, 1, 2] and all(0 < s["perplexity"] <= 16 for s in stats)
+
+
+def test_tokenizer_and_translator_shapes():
+    tok = Tokenizer(TokenizerConfig(channels=16, latent_dim=8, levels=2, codes=8))
+    tr = ContextTranslator(tok.cfg, TranslatorConfig(d_model=32, layers=1, heads=2, ff=64))
+    x = torch.randn(3, 160)
+    rec, tokens, _ = tok(x, "ecg")
+    assert rec.shape == x.shape and tokens.shape == (3, 20, 2)
+    ctx = tok.tokens(torch.randn(3, 96), "ecg")
+    z = tr(tokens, torch.tensor([0, 1, 2]), torch.tensor([125.0, 25.0, 50.0]), torch.tensor([70.0, float("nan"), 40.0]),
+           torch.tensor([1, 0, 2]), torch.tensor([0.6, 0.6, 0.6]), ctx, ctx, torch.tensor([1.0, 0.0, 0.0]))
+    assert z.shape == (3, 20, 8) and torch.isfinite(z).all()
+
+
+@pytest.fixture(scope="module")
+def bidmc(shared_data):
+    root = shared_data / "bidmc"
+    if not (root / "bidmc01.hea").exists():
+        pytest.skip(f"BIDMC records not found under {root}")
+    return root
+
+
+def _train(tmp: Path, bidmc: Path, tok_steps: int, tr_steps: int) -> str:
+    cmd = [sys.executable, "-m", "models.train", "--data", str(bidmc), "--workdir", str(tmp / "work"), "--out",
+           str(tmp / "out"), "--records", "01,02", "--tokenizer-steps", str(tok_steps), "--translator-steps",
+           str(tr_steps), "--batch", "4", "--ckpt-every", "2", "--d-model", "32", "--layers", "1"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_training_is_resumable_and_exports_loadable_safetensors(tmp_path, bidmc):
+    out = _train(tmp_path, bidmc, 2, 2)
+    assert "[translator] step 2/2" in out
+    out = _train(tmp_path, bidmc, 2, 4)  # same workdir, more steps: picks up where it stopped
+    assert "[tokenizer] resumed at step 2" in out and "[translator] resumed at step 2" in out
+    assert "[translator] step 4/4" in out and "[translator] step 1/" not in out
+    cfg = json.loads((tmp_path / "out" / "clmt-small.json").read_text())
+    assert cfg["train_records"] == ["01", "02"] and cfg["translator_steps"] == 4
+    tok, tr, _ = W.load(tmp_path / "out")
+    assert W.count_params(tok, tr) == cfg["parameters"]
+    header = (tmp_path / "out" / "clmt-small.safetensors").read_bytes()[:8]
+    assert int.from_bytes(header, "little") > 0  # safetensors header length, not a pickle
+
+
+SHIPPED = W.available()
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_contract_with_shipped_weights():
+    from models.engine import ClmtTranslator
+    from operators.synthetic import synthesize
+
+    rec = synthesize(seconds=40.0, seed=3)
+    ecg, ppg, rate = rec.signals["II"], rec.signals["PLETH"], rec.rate_hz
+    eng = ClmtTranslator(device="cpu")
+    assert not eng.half  # half precision only on CUDA
+    ctx = PairedContext(ecg[:2000], ppg[:2000], rate)
+    reqs = [TranslationRequest(PPG2ECG, ppg[2000:3000], rate, rate, "PLETH", 70, "M", ctx),
+            TranslationRequest(PPG2ECG, ppg[2000:3000], rate, 250.0, "PLETH"),
+            TranslationRequest(SR, ecg[2000:3000:5], 25.0, 100.0, "II"),
+            TranslationRequest(SR, ppg[2000:2500:5], 25.0, 100.0, "PLETH")]
+    outs = eng.translate(reqs)
+    assert [len(o) for o in outs] == [r.n_out for r in reqs] == [1000, 2000, 800, 400]
+    assert all(o.dtype == np.float32 and np.all(np.isfinite(o)) for o in outs)
+    # batched == one at a time (one forward pass over many beds must not mix them up)
+    single = [eng.translate([r])[0] for r in reqs]
+    for a, b in zip(outs, single):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # the patient context is used: same PPG, different context -> different ECG
+    other = PairedContext(-ecg[:2000], ppg[:2000], rate)
+    flipped = eng.translate([TranslationRequest(PPG2ECG, ppg[2000:3000], rate, rate, "PLETH", 70, "M", other)])[0]
+    assert not np.allclose(flipped, outs[0], atol=1e-3)
+    # super-resolution keeps the source's level and spread
+    assert abs(outs[2].mean() - ecg[2000:3000].mean()) < 0.5 * ecg[2000:3000].std()
