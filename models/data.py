@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.prep import CANONICAL_RATE, beat_templates, estimate_pat_s, lowres_then_up, zscore
+from models.prep import CANONICAL_RATE, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
+from operators.translator import PairedContext
 from operators.rpeaks import detect_rpeaks
 from operators.records import read_recording
 from operators.resample import resample
@@ -99,7 +100,7 @@ class Sampler:
 
     def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75) -> dict[str, np.ndarray]:
         w, rng = self.window, self.rng
-        src, tgt, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, self.template, self.template))
+        src, tgt, prior, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, w, self.template, self.template))
         task = rng.choice(3, size=batch, p=p_task)
         has_ctx = np.zeros(batch, np.float32)
         rate = np.full(batch, CANONICAL_RATE, np.float32)
@@ -114,6 +115,7 @@ class Sampler:
                 age[b] = r.age if r.age is not None else np.nan
                 sex[b] = {"M": 1, "F": 2}.get(r.sex or "", 0)
             if task[b] == TASK_PPG2ECG:
+                context = None
                 if rng.random() < p_context:
                     # a paired segment of the same patient from elsewhere in the record (no overlap)
                     c = int(rng.integers(self.context[0], self.context[1] + 1))
@@ -126,6 +128,8 @@ class Sampler:
                             ctx_e[b], ctx_p[b] = tpl
                             has_ctx[b] = 1.0
                             pat[b] = estimate_pat_s(e, p, CANONICAL_RATE)
+                            context = PairedContext(e, p, CANONICAL_RATE)
+                prior[b] = ecg_prior(r.ppg[s : s + w], context)
                 src[b] = zscore(r.ppg[s : s + w])[0]
                 tgt[b] = zscore(r.ecg[s : s + w])[0]
                 rate[b] = float(rng.choice([62.5, 100.0, 125.0, 250.0]))
@@ -135,7 +139,7 @@ class Sampler:
                 src[b] = zscore(r.lowres[(mod, rr, bool(rng.random() < 0.5))][s : s + w])[0]
                 tgt[b] = zscore(getattr(r, mod)[s : s + w])[0]
                 rate[b] = rr
-        return {"src": src, "tgt": tgt, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
+        return {"src": src, "tgt": tgt, "prior": prior, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
                 "rate": rate, "age": age, "sex": sex, "pat": pat}
 
     def _context_start(self, n: int, s: int, c: int) -> int | None:

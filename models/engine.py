@@ -14,12 +14,15 @@ import numpy as np
 import torch
 
 from models import weights as W
-from models.prep import CANONICAL_RATE, align_ppg, beat_templates, estimate_pat_s, to_canonical, zscore
-from operators.resample import resample
-from operators.translator import PPG2ECG, SR, TranslationRequest
+from models.prep import CANONICAL_RATE, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical, zscore
+from operators.resample import merge_bands, resample
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest
 
 ECG_SIGNALS = {"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"}
 MIN_CONTEXT_S = 3.0
+CONTEXT_CACHE = 1024  # beds' contexts kept prepared
+SR_BAND_MERGE = True
+SR_MERGE_FRACTION = 0.9  # merge at 90% of the source's Nyquist frequency
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -48,6 +51,8 @@ class ClmtTranslator:
         self.ecg_scale = tuple(self.cfg.get("ecg_scale", (0.0, 0.3)))  # population (mean, std) of lead II windows, mV
         self.max_batch = max_batch
         self._lock = threading.Lock()  # one forward pass at a time; callers may be worker threads
+        self._cache_lock = threading.Lock()
+        self._ctx_cache: dict[int, tuple] = {}  # insertion-ordered: oldest evicted first
         self.name = f"clmt:{W.DEFAULT_NAME}"
 
     # -- per-request numpy preparation -------------------------------------------------------------
@@ -67,28 +72,51 @@ class ClmtTranslator:
                 "age": float(r.age) if r.age is not None else np.nan, "sex": {"M": 1, "F": 2}.get((r.sex or "").upper(), 0),
                 "has_ctx": 0.0, "pat": self.default_pat}
         ctx = r.context if task == 0 else None
-        if ctx is not None and len(ctx.ecg) / ctx.rate_hz >= MIN_CONTEXT_S:
-            ce = to_canonical(np.nan_to_num(np.asarray(ctx.ecg, np.float64)), ctx.rate_hz)
-            cp = to_canonical(np.nan_to_num(np.asarray(ctx.ppg, np.float64)), ctx.rate_hz)
-            m = min(len(ce), len(cp))
-            ce, cp = ce[:m], cp[:m]
-            tpl = beat_templates(ce, cp, CANONICAL_RATE)
-            pat = estimate_pat_s(ce, cp, CANONICAL_RATE)
+        feats = self._context_features(ctx) if ctx is not None else None
+        if feats is not None:
+            ctx100, tpl, pat = feats
             if tpl is not None:
                 item["ctx_ecg"], item["ctx_ppg"] = tpl
                 item["has_ctx"] = 1.0
                 if np.isfinite(pat):
                     item["pat"] = pat
+            ce = ctx100.ecg
             item["out_scale"] = (float(np.mean(ce)), float(np.std(ce)) or 1.0)  # this patient's ECG level/spread
         elif task == 0:
             item["out_scale"] = self.ecg_scale
         else:
             item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
+            item["source_up"] = x  # the measured band, merged back in `_finish`
         if task == 0:
+            item["prior"] = ecg_prior(x, feats[0] if item["has_ctx"] else None)
             z = align_ppg(z, item["pat"])
         pad = (-n) % self.stride
         item["src"] = np.concatenate([z, np.repeat(z[-1:], pad)]) if pad else z
+        if "prior" in item and pad:
+            item["prior"] = np.concatenate([item["prior"], np.repeat(item["prior"][-1:], pad)])
         return item
+
+    def _context_features(self, ctx: PairedContext):
+        """(context at 100 Hz, beat templates, pulse delay) or None if too short; cached per context
+        object, since the stream hands the same object to every window of a bed until it refreshes."""
+        key = id(ctx)
+        with self._cache_lock:
+            hit = self._ctx_cache.get(key)
+            if hit is not None and hit[0] is ctx:
+                return hit[1]
+        feats = None
+        if len(ctx.ecg) / ctx.rate_hz >= MIN_CONTEXT_S:
+            ce = to_canonical(np.nan_to_num(np.asarray(ctx.ecg, np.float64)), ctx.rate_hz)
+            cp = to_canonical(np.nan_to_num(np.asarray(ctx.ppg, np.float64)), ctx.rate_hz)
+            m = min(len(ce), len(cp))
+            ce, cp = ce[:m], cp[:m]
+            feats = (PairedContext(ce, cp, CANONICAL_RATE), beat_templates(ce, cp, CANONICAL_RATE),
+                     estimate_pat_s(ce, cp, CANONICAL_RATE))
+        with self._cache_lock:
+            self._ctx_cache[key] = (ctx, feats)  # holds `ctx`, so its id cannot be reused while cached
+            while len(self._ctx_cache) > CONTEXT_CACHE:
+                self._ctx_cache.pop(next(iter(self._ctx_cache)))
+        return feats
 
     # -- batched forward ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -107,6 +135,11 @@ class ClmtTranslator:
             ce = torch.from_numpy(np.stack([it.get("ctx_ecg", zeros) for it in items])).to(dev, dt)
             cp = torch.from_numpy(np.stack([it.get("ctx_ppg", zeros) for it in items])).to(dev, dt)
             kw = dict(ctx_ecg_tok=self.tok.tokens(ce, "ecg"), ctx_ppg_tok=self.tok.tokens(cp, "ppg"), has_ctx=has_ctx)
+        has_prior = torch.tensor([float("prior" in it) for it in items], device=dev)
+        if bool(has_prior.any()):
+            zeros = np.zeros(src.shape[1], np.float32)
+            pr = torch.from_numpy(np.stack([it.get("prior", zeros) for it in items])).to(dev, dt)
+            kw |= dict(prior_tok=self.tok.tokens(pr, "ecg"), has_prior=has_prior)
         f = lambda k: torch.tensor([it[k] for it in items], device=dev, dtype=torch.float32)
         z = self.tr(src_tok, task, f("rate"), f("age"), torch.tensor([it["sex"] for it in items], device=dev), f("pat"), **kw)
         _, tokens, _ = self.tok.rvq(z)  # target tokens: re-quantize the predicted frames
@@ -135,6 +168,9 @@ class ClmtTranslator:
     def _finish(r: TranslationRequest, it: dict, y: np.ndarray) -> np.ndarray:
         mu, sd = it["out_scale"]
         y = y[: it["n"]].astype(np.float64) * sd + mu
+        if "source_up" in it and SR_BAND_MERGE and it["rate"] < CANONICAL_RATE:
+            # keep what the low-rate monitor measured; the model supplies only the band above its Nyquist
+            y = merge_bands(it["source_up"], y, CANONICAL_RATE, SR_MERGE_FRACTION * it["rate"] / 2)
         if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
             y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
         n_out = r.n_out

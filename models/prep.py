@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from operators.baselines import ClassicTranslator
 from operators.resample import resample
+from operators.translator import PPG2ECG, PairedContext, TranslationRequest
 from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
 
 CANONICAL_RATE = 100.0
@@ -93,3 +95,13 @@ def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RAT
     e = np.median(np.asarray(ecg, np.float64)[idx], axis=0)
     p = np.median(np.asarray(ppg, np.float64)[idx], axis=0)
     return zscore(e)[0], zscore(p)[0]
+
+
+_CLASSIC = ClassicTranslator()
+
+
+def ecg_prior(ppg: np.ndarray, context: PairedContext | None, rate: float = CANONICAL_RATE) -> np.ndarray:
+    """Classic PPG->ECG synthesis at `rate`, z-scored: the draft the translator refines."""
+    y = _CLASSIC.translate([TranslationRequest(PPG2ECG, np.asarray(ppg, np.float32), rate, rate, "PLETH",
+                                               context=context)])[0]
+    return zscore(y)[0]

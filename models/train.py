@@ -121,9 +121,10 @@ def translator_inputs(tok: Tokenizer, b: dict, default_pat: float):
                 src_tok[mask] = tok.tokens(src_t[mask], mod)
         ctx_e = tok.tokens(torch.from_numpy(b["ctx_ecg"]), "ecg")
         ctx_p = tok.tokens(torch.from_numpy(b["ctx_ppg"]), "ppg")
+        prior = tok.tokens(torch.from_numpy(b["prior"]), "ecg")
     return dict(src_tok=src_tok, task=task, rate=torch.from_numpy(b["rate"]), age=torch.from_numpy(b["age"]),
                 sex=torch.from_numpy(b["sex"]), pat=torch.from_numpy(pat), ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p,
-                has_ctx=torch.from_numpy(b["has_ctx"]))
+                has_ctx=torch.from_numpy(b["has_ctx"]), prior_tok=prior, has_prior=(task == 0).float())
 
 
 def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:

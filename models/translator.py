@@ -3,7 +3,10 @@
 Sequence seen by one transformer encoder:
     [task] [priors: source rate, age, sex, pulse delay] [context flag]  source tokens  context ECG tokens  context PPG tokens
 Source and context token ids are embedded per RVQ level and summed. Context tokens (the same
-patient's earlier paired ECG+PPG) are masked out when absent. One forward pass predicts every target
+patient's earlier paired ECG+PPG) are masked out when absent. For PPG->ECG a physiological prior -
+the classic synthesis (patient beat template placed at PPG-derived beat times, operators.baselines),
+tokenized with the ECG tokenizer - is added position by position to the source tokens, so the
+network refines a time-aligned draft instead of inventing beat timing from scratch. One forward pass predicts every target
 latent frame at once; serving re-quantizes them with the tokenizer's RVQ (target tokens) and decodes.
 """
 from __future__ import annotations
@@ -47,7 +50,7 @@ class ContextTranslator(nn.Module):
         self.cfg = cfg = cfg or TranslatorConfig()
         d = cfg.d_model
         self.level_emb = nn.ModuleList(nn.Embedding(tok.codes, d) for _ in range(tok.levels))
-        self.segment_emb = nn.Embedding(3, d)  # 0 source, 1 context ECG, 2 context PPG
+        self.segment_emb = nn.Embedding(4, d)  # 0 source, 1 context ECG, 2 context PPG, 3 prior
         self.source_mod_emb = nn.Embedding(2, d)  # source modality: 0 ecg, 1 ppg
         self.task_emb = nn.Embedding(N_TASKS, d)
         self.sex_emb = nn.Embedding(3, d)  # unknown, M, F
@@ -62,7 +65,8 @@ class ContextTranslator(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, L) -> (B, T, d)
         return sum(emb(tokens[..., i]) for i, emb in enumerate(self.level_emb[: tokens.shape[-1]]))
 
-    def forward(self, src_tok, task, rate, age, sex, pat, ctx_ecg_tok=None, ctx_ppg_tok=None, has_ctx=None):
+    def forward(self, src_tok, task, rate, age, sex, pat, ctx_ecg_tok=None, ctx_ppg_tok=None, has_ctx=None,
+                prior_tok=None, has_prior=None):
         """src_tok (B,T,L) long; task/sex (B,) long; rate/age/pat/has_ctx (B,) float (age NaN = unknown).
 
         Returns predicted target latent frames (B, T, latent_dim)."""
@@ -82,6 +86,9 @@ class ContextTranslator(nn.Module):
             self.ctx_flag_emb(has_ctx.long()),
         ], dim=1)
         x = self.embed_tokens(src_tok) + self.segment_emb.weight[0] + self.source_mod_emb(src_mod)[:, None]
+        if prior_tok is not None:
+            gate = has_prior.to(x.dtype)[:, None, None]
+            x = x + gate * (self.embed_tokens(prior_tok) + self.segment_emb.weight[3])
         x = x + sinusoid(t, d, dev).to(x.dtype)
         parts, masks = [prompt, x], [torch.zeros(b, N_PROMPT + t, dtype=torch.bool, device=dev)]
         if ctx_ecg_tok is not None:

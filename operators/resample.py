@@ -115,3 +115,22 @@ def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8
     else:
         y = _polyphase(xf, src_hz, dst_hz, n_out)
     return y.astype(x.dtype, copy=False)
+
+
+def merge_bands(low_from: np.ndarray, high_from: np.ndarray, rate_hz: float, cutoff_hz: float, order: int = 4) -> np.ndarray:
+    """`low_from` below `cutoff_hz` plus `high_from` above it (zero-phase Butterworth split).
+
+    Super-resolution keeps the band the low-rate source really measured and takes only what lies
+    above the source's Nyquist frequency from the model."""
+    a = np.asarray(low_from, dtype=np.float64)
+    b = np.asarray(high_from, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"merge_bands: shapes differ ({a.shape} vs {b.shape})")
+    if not 0 < cutoff_hz < rate_hz / 2:
+        raise ValueError(f"cutoff {cutoff_hz} Hz must lie in (0, {rate_hz / 2}) Hz")
+    sos = sps.butter(order, cutoff_hz, btype="low", fs=rate_hz, output="sos")
+    pad = min(len(a) - 1, 3 * int(round(rate_hz / cutoff_hz)) * order)
+    if pad < 1:
+        return b.copy()
+    lp = lambda x: sps.sosfiltfilt(sos, x, padtype="odd", padlen=pad)
+    return lp(a) + (b - lp(b))

@@ -71,3 +71,21 @@ def test_decimate_non_integer_factor_and_refuses_upsampling():
     assert np.max(np.abs(y[50:-50] - _sine(1.0, 100, 10.0)[50:-50])) < 0.02
     with pytest.raises(ValueError):
         decimate_to(x, 25, 100)
+
+
+def test_merge_bands_keeps_low_band_of_one_and_high_band_of_other():
+    from operators.resample import merge_bands
+
+    rate = 100.0
+    t = np.arange(2000) / rate
+    low = np.sin(2 * np.pi * 2 * t)  # 2 Hz: only in `a`
+    high = np.sin(2 * np.pi * 30 * t)  # 30 Hz: only in `b`
+    a = low + 0.5 * np.sin(2 * np.pi * 35 * t)  # its high band must be dropped
+    b = 3 * np.sin(2 * np.pi * 1 * t) + high  # its low band must be dropped
+    y = merge_bands(a, b, rate, cutoff_hz=11.25)
+    mid = slice(200, -200)  # away from the filter's edge transients
+    np.testing.assert_allclose(y[mid], (low + high)[mid], atol=0.02)
+    with pytest.raises(ValueError):
+        merge_bands(a, b[:-1], rate, 10.0)
+    with pytest.raises(ValueError):
+        merge_bands(a, b, rate, 60.0)
