@@ -22,6 +22,7 @@ ECG_SIGNALS = {"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"}
 MIN_CONTEXT_S = 3.0
 CONTEXT_CACHE = 1024  # beds' contexts kept prepared
 SR_BAND_MERGE = True
+QUANTIZE_OUTPUT = True
 SR_MERGE_FRACTION = 0.9  # merge at 90% of the source's Nyquist frequency
 
 
@@ -142,11 +143,12 @@ class ClmtTranslator:
             kw |= dict(prior_tok=self.tok.tokens(pr, "ecg"), has_prior=has_prior)
         f = lambda k: torch.tensor([it[k] for it in items], device=dev, dtype=torch.float32)
         z = self.tr(src_tok, task, f("rate"), f("age"), torch.tensor([it["sex"] for it in items], device=dev), f("pat"), **kw)
-        _, tokens, _ = self.tok.rvq(z)  # target tokens: re-quantize the predicted frames
+        if QUANTIZE_OUTPUT:  # target tokens: re-quantize the predicted frames, decode the tokens
+            z = self.tok.rvq.decode_indices(self.tok.rvq(z)[1]).to(dt)
         out = torch.empty(src.shape, dtype=dt, device=dev)
         for mod, mask in (("ecg", task != 2), ("ppg", task == 2)):
             if mask.any():
-                out[mask] = self.tok.decode_tokens(tokens[mask], mod)
+                out[mask] = self.tok.decode(z[mask], mod)
         return out.float().cpu().numpy()
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:

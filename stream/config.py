@@ -68,7 +68,7 @@ class Settings:
     batch_wait_s: float = 0.2
     idle_flush_s: float = 10.0
     # --- translation -----------------------------------------------------------------------
-    translator: str = "classic"
+    translator: str = "clmt"  # the shipped model (models/weights); "classic" needs no torch
     device: str = "auto"
     tasks: tuple[str, ...] = KNOWN_TASKS
     sr_target_hz: float = 100.0
