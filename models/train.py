@@ -64,7 +64,7 @@ class Checkpoint:
         """Restore the saved state if there is one; returns the step to continue after."""
         if not self.path.exists():
             return 0
-        st = torch.load(self.path, weights_only=False)  # our own file (numpy RNG state inside)
+        st = torch.load(self.path, weights_only=False, map_location="cpu")  # our own file (numpy RNG state inside)
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sampler.rng.bit_generator.state = st["rng"]
@@ -78,7 +78,8 @@ class Checkpoint:
         tmp.replace(self.path)  # atomic: a kill mid-write never leaves a half checkpoint
 
 
-def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float):
+def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float,
+                    device: str = "cpu"):
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
     ckpt = Checkpoint(workdir, "tokenizer", tok, opt, sampler)
     start = ckpt.resume()
@@ -90,7 +91,7 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
         b = sampler.tokenizer_batch(batch, 400)
         loss_total, logs = 0.0, {}
         for mod in ("ecg", "ppg"):
-            x = torch.from_numpy(b[mod])
+            x = torch.from_numpy(b[mod]).to(device)
             rec, _, commit = tok(x, mod)
             loss = waveform_loss(rec, x) + 0.25 * commit
             loss_total = loss_total + loss
@@ -105,31 +106,33 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
     tok.eval()
 
 
-def translator_inputs(tok: Tokenizer, b: dict, default_pat: float):
+def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str = "cpu"):
     """Tokenize a sampled batch the way serving does (frozen tokenizer)."""
-    task = torch.from_numpy(b["task"])
+    t = lambda a: torch.from_numpy(a).to(device)
+    task = t(b["task"])
     pat = np.where(b["has_ctx"] > 0, b["pat"], default_pat)
     pat = np.where(np.isfinite(pat), pat, default_pat).astype(np.float32)
     src = b["src"].copy()
     for i in np.nonzero(b["task"] == 0)[0]:
         src[i] = align_ppg(src[i], float(pat[i]))
-    src_t = torch.from_numpy(src)
+    src_t = t(src)
     with torch.no_grad():
-        src_tok = torch.empty(src_t.shape[0], src_t.shape[1] // tok.cfg.stride, tok.cfg.levels, dtype=torch.long)
+        src_tok = torch.empty(src_t.shape[0], src_t.shape[1] // tok.cfg.stride, tok.cfg.levels, dtype=torch.long,
+                              device=device)
         for mod, mask in (("ppg", (task == 0) | (task == 2)), ("ecg", task == 1)):
             if mask.any():
                 src_tok[mask] = tok.tokens(src_t[mask], mod)
-        ctx_e = tok.tokens(torch.from_numpy(b["ctx_ecg"]), "ecg")
-        ctx_p = tok.tokens(torch.from_numpy(b["ctx_ppg"]), "ppg")
-        prior = tok.tokens(torch.from_numpy(b["prior"]), "ecg")
-    return dict(src_tok=src_tok, task=task, rate=torch.from_numpy(b["rate"]), age=torch.from_numpy(b["age"]),
-                sex=torch.from_numpy(b["sex"]), pat=torch.from_numpy(pat), ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p,
-                has_ctx=torch.from_numpy(b["has_ctx"]), prior_tok=prior, has_prior=(task == 0).float())
+        ctx_e = tok.tokens(t(b["ctx_ecg"]), "ecg")
+        ctx_p = tok.tokens(t(b["ctx_ppg"]), "ppg")
+        prior = tok.tokens(t(b["prior"]), "ecg")
+    return dict(src_tok=src_tok, task=task, rate=t(b["rate"]), age=t(b["age"]), sex=t(b["sex"]), pat=t(pat),
+                ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, has_ctx=t(b["has_ctx"]), prior_tok=prior,
+                has_prior=(task == 0).float())
 
 
 def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
     """Decode predicted latents with the target modality's decoder (ECG for tasks 0/1, PPG for 2)."""
-    out = torch.empty(z.shape[0], z.shape[1] * tok.cfg.stride, dtype=z.dtype)
+    out = torch.empty(z.shape[0], z.shape[1] * tok.cfg.stride, dtype=z.dtype, device=z.device)
     for mod, mask in (("ecg", task != 2), ("ppg", task == 2)):
         if mask.any():
             out[mask] = tok.decode(z[mask], mod)
@@ -137,7 +140,7 @@ def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.
 
 
 def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, steps: int, batch: int, workdir: Path,
-                     ckpt_every: int, lr: float, default_pat: float):
+                     ckpt_every: int, lr: float, default_pat: float, device: str = "cpu"):
     for p in tok.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
@@ -149,10 +152,10 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
         b = sampler.translator_batch(batch)
-        inp = translator_inputs(tok, b, default_pat)
-        tgt = torch.from_numpy(b["tgt"])
+        inp = translator_inputs(tok, b, default_pat, device)
+        tgt = torch.from_numpy(b["tgt"]).to(device)
         with torch.no_grad():
-            z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim)
+            z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim, device=device)
             for mod, mask in (("ecg", inp["task"] != 2), ("ppg", inp["task"] == 2)):
                 if mask.any():
                     z_tgt[mask] = tok.encode(tgt[mask], mod)[0]
@@ -183,12 +186,14 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when torch sees a GPU)")
     ap.add_argument("--d-model", type=int, default=TranslatorConfig.d_model)
     ap.add_argument("--layers", type=int, default=TranslatorConfig.layers)
     args = ap.parse_args(argv)
-    if args.device != "cpu":
-        print("note: training runs on the CPU in this version; --device is used by serving", file=sys.stderr)
+    from models.engine import resolve_device
+
+    device = resolve_device(args.device)
+    print(f"device: {device}", flush=True)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -216,11 +221,11 @@ def cli(argv: list[str] | None = None) -> int:
     ecg_scale = (float(np.median(means)), float(np.median(stds)))
     sampler = Sampler(records, WINDOW, CONTEXT, TEMPLATE, args.seed)
     tok_cfg = TokenizerConfig()
-    tok = Tokenizer(tok_cfg)
-    train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, 2e-3)
+    tok = Tokenizer(tok_cfg).to(device)
+    train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, 2e-3, device)
     tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
-    tr = ContextTranslator(tok_cfg, tr_cfg)
-    train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, 1e-3, default_pat)
+    tr = ContextTranslator(tok_cfg, tr_cfg).to(device)
+    train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, 1e-3, default_pat, device)
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale, "seed": args.seed,
             "train_records": train_names, "val_records": val_names, "tokenizer_steps": args.tokenizer_steps,
             "translator_steps": args.translator_steps, "batch": args.batch, "train_minutes": (time.time() - t0) / 60,
