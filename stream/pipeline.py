@@ -34,7 +34,7 @@ RPEAK_EDGE_S = 0.25  # peaks this close to a window's right edge are left to the
 class PipelineConfig:
     window_s: float = 8.0
     hop_s: float = 2.0
-    lookahead_s: float = 1.0  # applied to streams that feed ppg2ecg (see operators.windowing)
+    lookahead_s: float = 1.0  # newest part of every window is context only (see operators.windowing)
     tasks: tuple[str, ...] = (PPG2ECG, SR)
     sr_target_hz: float = 100.0
     sr_below_hz: float = 100.0
@@ -258,10 +258,12 @@ class Pipeline:
         key = (bed, sig)
         st = self._streams.get(key)
         if st is None:
-            # PPG->ECG output at t depends on the pulse that arrives ~0.6 s later: hold the window's
-            # newest samples back as look-ahead instead of making the model guess at the edge.
-            la = self.config.lookahead_s if (sig == PPG and PPG2ECG in self.config.tasks) else 0.0
-            st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s, lookahead_s=la))
+            # PPG->ECG output at t depends on the pulse that arrives ~0.6 s later: hold each window's
+            # newest samples back as look-ahead instead of making the model guess at the edge. Applied
+            # to every stream, so a signal's windows do not depend on which tasks are enabled (the
+            # offline mode runs one task at a time and must match the worker exactly).
+            st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s,
+                                                   lookahead_s=self.config.lookahead_s))
             self._streams[key] = st
         return st
 
