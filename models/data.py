@@ -13,6 +13,7 @@ import numpy as np
 
 from models.prep import CANONICAL_RATE, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
 from operators.translator import PairedContext
+from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
 from operators.rpeaks import detect_rpeaks
 from operators.records import read_recording
 from operators.resample import resample
@@ -75,7 +76,6 @@ def load_records(root: Path, names: list[str], with_lowres: bool = True) -> list
     return [load_record(root / f"bidmc{n}", with_lowres) for n in names]
 
 
-TASK_PPG2ECG, TASK_ECG_SR, TASK_PPG_SR = 0, 1, 2
 
 
 class Sampler:

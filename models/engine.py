@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models import weights as W
+from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR, modality_masks
 from models.prep import CANONICAL_RATE, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical, zscore
 from operators.resample import merge_bands, resample
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest
@@ -59,9 +60,9 @@ class ClmtTranslator:
     # -- per-request numpy preparation -------------------------------------------------------------
     def _task_id(self, r: TranslationRequest) -> int:
         if r.task == PPG2ECG:
-            return 0
+            return TASK_PPG2ECG
         if r.task == SR:
-            return 1 if r.source_signal.upper() in ECG_SIGNALS else 2
+            return TASK_ECG_SR if r.source_signal.upper() in ECG_SIGNALS else TASK_PPG_SR
         raise ValueError(f"unknown task {r.task!r}")
 
     def _prepare(self, r: TranslationRequest) -> dict:
@@ -72,7 +73,7 @@ class ClmtTranslator:
         item = {"task": task, "n": n, "mu": mu, "sd": sd, "rate": float(r.source_rate),
                 "age": float(r.age) if r.age is not None else np.nan, "sex": {"M": 1, "F": 2}.get((r.sex or "").upper(), 0),
                 "has_ctx": 0.0, "pat": self.default_pat}
-        ctx = r.context if task == 0 else None
+        ctx = r.context if task == TASK_PPG2ECG else None
         feats = self._context_features(ctx) if ctx is not None else None
         if feats is not None:
             ctx100, tpl, pat = feats
@@ -83,12 +84,12 @@ class ClmtTranslator:
                     item["pat"] = pat
             ce = ctx100.ecg
             item["out_scale"] = (float(np.mean(ce)), float(np.std(ce)) or 1.0)  # this patient's ECG level/spread
-        elif task == 0:
+        elif task == TASK_PPG2ECG:
             item["out_scale"] = self.ecg_scale
         else:
             item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
             item["source_up"] = x  # the measured band, merged back in `_finish`
-        if task == 0:
+        if task == TASK_PPG2ECG:
             item["prior"] = ecg_prior(x, feats[0] if item["has_ctx"] else None)
             z = align_ppg(z, item["pat"])
         pad = (-n) % self.stride
@@ -126,9 +127,8 @@ class ClmtTranslator:
         src = torch.from_numpy(np.stack([it["src"] for it in items])).to(dev, dt)
         task = torch.tensor([it["task"] for it in items], device=dev)
         src_tok = torch.empty(src.shape[0], src.shape[1] // self.stride, self.tok.cfg.levels, dtype=torch.long, device=dev)
-        for mod, mask in (("ppg", task != 1), ("ecg", task == 1)):
-            if mask.any():
-                src_tok[mask] = self.tok.tokens(src[mask], mod)
+        for mod, mask in modality_masks(task, 0):
+            src_tok[mask] = self.tok.tokens(src[mask], mod)
         kw = {}
         has_ctx = torch.tensor([it["has_ctx"] for it in items], device=dev)
         if bool(has_ctx.any()):
@@ -146,9 +146,8 @@ class ClmtTranslator:
         if QUANTIZE_OUTPUT:  # target tokens: re-quantize the predicted frames, decode the tokens
             z = self.tok.rvq.decode_indices(self.tok.rvq(z)[1]).to(dt)
         out = torch.empty(src.shape, dtype=dt, device=dev)
-        for mod, mask in (("ecg", task != 2), ("ppg", task == 2)):
-            if mask.any():
-                out[mask] = self.tok.decode(z[mask], mod)
+        for mod, mask in modality_masks(task, 1):
+            out[mask] = self.tok.decode(z[mask], mod)
         return out.float().cpu().numpy()
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:

@@ -16,6 +16,20 @@ from models.rvq import ResidualVQ
 
 CANONICAL_RATE = 100.0
 MODALITIES = ("ecg", "ppg")
+# Task ids used by the translator, training and serving: (source modality, target modality).
+TASK_PPG2ECG, TASK_ECG_SR, TASK_PPG_SR = 0, 1, 2
+TASK_MODALITIES = {TASK_PPG2ECG: ("ppg", "ecg"), TASK_ECG_SR: ("ecg", "ecg"), TASK_PPG_SR: ("ppg", "ppg")}
+
+
+def modality_masks(task: torch.Tensor, side: int):
+    """[(modality, mask of rows whose task has it as source (side 0) / target (side 1))], non-empty only."""
+    out = []
+    for mod in MODALITIES:
+        ids = [t for t, pair in TASK_MODALITIES.items() if pair[side] == mod]
+        mask = torch.isin(task, torch.tensor(ids, device=task.device))
+        if bool(mask.any()):
+            out.append((mod, mask))
+    return out
 
 
 @dataclass

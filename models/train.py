@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from models import weights as W
 from models.data import Sampler, data_root, load_records, split
 from models.prep import align_ppg
-from models.tokenizer import Tokenizer, TokenizerConfig
+from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
 from models.translator import ContextTranslator, TranslatorConfig
 
 WINDOW = 800  # 8 s at 100 Hz
@@ -113,29 +113,27 @@ def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str =
     pat = np.where(b["has_ctx"] > 0, b["pat"], default_pat)
     pat = np.where(np.isfinite(pat), pat, default_pat).astype(np.float32)
     src = b["src"].copy()
-    for i in np.nonzero(b["task"] == 0)[0]:
+    for i in np.nonzero(b["task"] == TASK_PPG2ECG)[0]:
         src[i] = align_ppg(src[i], float(pat[i]))
     src_t = t(src)
     with torch.no_grad():
         src_tok = torch.empty(src_t.shape[0], src_t.shape[1] // tok.cfg.stride, tok.cfg.levels, dtype=torch.long,
                               device=device)
-        for mod, mask in (("ppg", (task == 0) | (task == 2)), ("ecg", task == 1)):
-            if mask.any():
-                src_tok[mask] = tok.tokens(src_t[mask], mod)
+        for mod, mask in modality_masks(task, 0):
+            src_tok[mask] = tok.tokens(src_t[mask], mod)
         ctx_e = tok.tokens(t(b["ctx_ecg"]), "ecg")
         ctx_p = tok.tokens(t(b["ctx_ppg"]), "ppg")
         prior = tok.tokens(t(b["prior"]), "ecg")
     return dict(src_tok=src_tok, task=task, rate=t(b["rate"]), age=t(b["age"]), sex=t(b["sex"]), pat=t(pat),
                 ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, has_ctx=t(b["has_ctx"]), prior_tok=prior,
-                has_prior=(task == 0).float())
+                has_prior=(task == TASK_PPG2ECG).float())
 
 
 def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
     """Decode predicted latents with the target modality's decoder (ECG for tasks 0/1, PPG for 2)."""
     out = torch.empty(z.shape[0], z.shape[1] * tok.cfg.stride, dtype=z.dtype, device=z.device)
-    for mod, mask in (("ecg", task != 2), ("ppg", task == 2)):
-        if mask.any():
-            out[mask] = tok.decode(z[mask], mod)
+    for mod, mask in modality_masks(task, 1):
+        out[mask] = tok.decode(z[mask], mod)
     return out
 
 
@@ -156,9 +154,8 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         tgt = torch.from_numpy(b["tgt"]).to(device)
         with torch.no_grad():
             z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim, device=device)
-            for mod, mask in (("ecg", inp["task"] != 2), ("ppg", inp["task"] == 2)):
-                if mask.any():
-                    z_tgt[mask] = tok.encode(tgt[mask], mod)[0]
+            for mod, mask in modality_masks(inp["task"], 1):
+                z_tgt[mask] = tok.encode(tgt[mask], mod)[0]
         z = tr(**inp)
         wave = decode_target(tok, z, inp["task"])
         loss = F.mse_loss(z, z_tgt) + waveform_loss(wave, tgt)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from models.tokenizer import TokenizerConfig
+from models.tokenizer import TASK_ECG_SR, TASK_MODALITIES, TokenizerConfig
 
-N_TASKS = 3  # ppg2ecg, ecg sr, ppg sr (models.data.TASK_*)
+N_TASKS = len(TASK_MODALITIES)
 N_PROMPT = 3
 
 
@@ -73,8 +73,7 @@ class ContextTranslator(nn.Module):
         b, t, _ = src_tok.shape
         d = self.cfg.d_model
         dev = src_tok.device
-        src_mod = (task == 0).long()  # ppg2ecg has a PPG source; SR tasks: ecg for task 1, ppg for task 2
-        src_mod = torch.where(task == 2, torch.ones_like(src_mod), src_mod)
+        src_mod = (task != TASK_ECG_SR).long()  # source modality id: 0 ecg, 1 ppg (TASK_MODALITIES)
         age_known = torch.isfinite(age).float()
         age_n = torch.where(age_known > 0, (age - 60.0) / 20.0, torch.zeros_like(age))
         nums = torch.stack([torch.log2(rate / 100.0), age_n, age_known, pat / 0.3], dim=-1)
