@@ -70,20 +70,19 @@ class ClmtTranslator:
         x = to_canonical(np.nan_to_num(np.asarray(r.source, dtype=np.float64)), r.source_rate)
         n = len(x)
         z, mu, sd = zscore(x)
-        item = {"task": task, "n": n, "mu": mu, "sd": sd, "rate": float(r.source_rate),
+        item = {"task": task, "n": n, "rate": float(r.source_rate),
                 "age": float(r.age) if r.age is not None else np.nan, "sex": {"M": 1, "F": 2}.get((r.sex or "").upper(), 0),
                 "has_ctx": 0.0, "pat": self.default_pat}
         ctx = r.context if task == TASK_PPG2ECG else None
         feats = self._context_features(ctx) if ctx is not None else None
         if feats is not None:
-            ctx100, tpl, pat = feats
+            _, tpl, pat, ecg_scale = feats
             if tpl is not None:
                 item["ctx_ecg"], item["ctx_ppg"] = tpl
                 item["has_ctx"] = 1.0
                 if np.isfinite(pat):
                     item["pat"] = pat
-            ce = ctx100.ecg
-            item["out_scale"] = (float(np.mean(ce)), float(np.std(ce)) or 1.0)  # this patient's ECG level/spread
+            item["out_scale"] = ecg_scale  # this patient's ECG level/spread
         elif task == TASK_PPG2ECG:
             item["out_scale"] = self.ecg_scale
         else:
@@ -99,7 +98,7 @@ class ClmtTranslator:
         return item
 
     def _context_features(self, ctx: PairedContext):
-        """(context at 100 Hz, beat templates, pulse delay) or None if too short; cached per context
+        """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)) or None if too short; cached per context
         object, since the stream hands the same object to every window of a bed until it refreshes."""
         key = id(ctx)
         with self._cache_lock:
@@ -113,7 +112,7 @@ class ClmtTranslator:
             m = min(len(ce), len(cp))
             ce, cp = ce[:m], cp[:m]
             feats = (PairedContext(ce, cp, CANONICAL_RATE), beat_templates(ce, cp, CANONICAL_RATE),
-                     estimate_pat_s(ce, cp, CANONICAL_RATE))
+                     estimate_pat_s(ce, cp, CANONICAL_RATE), (float(np.mean(ce)), float(np.std(ce)) or 1.0))
         with self._cache_lock:
             self._ctx_cache[key] = (ctx, feats)  # holds `ctx`, so its id cannot be reused while cached
             while len(self._ctx_cache) > CONTEXT_CACHE:

@@ -119,16 +119,20 @@ class Settings:
             if v is not None:
                 kw[attr] = v
 
+        def secret(name: str, attr: str) -> None:
+            """A secret from NAME or from the file named by NAME_FILE (e.g. a Docker secret), not both."""
+            text(name, attr)
+            path = get(name + "_FILE")
+            if path is not None:
+                if attr in kw:
+                    raise ConfigError(f"set only one of {PREFIX}{name} and {PREFIX}{name}_FILE")
+                kw[attr] = _read_secret_file(PREFIX + name + "_FILE", path)
+
         text("BROKER", "broker")
         text("KAFKA_SECURITY_PROTOCOL", "security_protocol")
         text("KAFKA_SASL_MECHANISM", "sasl_mechanism")
         text("KAFKA_SASL_USERNAME", "sasl_username")
-        text("KAFKA_SASL_PASSWORD", "sasl_password")
-        pw_file = get("KAFKA_SASL_PASSWORD_FILE")
-        if pw_file is not None:
-            if "sasl_password" in kw:
-                raise ConfigError(f"set only one of {PREFIX}KAFKA_SASL_PASSWORD and {PREFIX}KAFKA_SASL_PASSWORD_FILE")
-            kw["sasl_password"] = _read_secret_file(PREFIX + "KAFKA_SASL_PASSWORD_FILE", pw_file)
+        secret("KAFKA_SASL_PASSWORD", "sasl_password")
         text("KAFKA_SSL_CAFILE", "ssl_cafile")
         text("KAFKA_SSL_CERTFILE", "ssl_certfile")
         text("KAFKA_SSL_KEYFILE", "ssl_keyfile")
@@ -151,12 +155,7 @@ class Settings:
         text("INFLUX_URL", "influx_url")
         text("INFLUX_ORG", "influx_org")
         text("INFLUX_BUCKET", "influx_bucket")
-        text("INFLUX_TOKEN", "influx_token")
-        tok_file = get("INFLUX_TOKEN_FILE")
-        if tok_file is not None:
-            if "influx_token" in kw:
-                raise ConfigError(f"set only one of {PREFIX}INFLUX_TOKEN and {PREFIX}INFLUX_TOKEN_FILE")
-            kw["influx_token"] = _read_secret_file(PREFIX + "INFLUX_TOKEN_FILE", tok_file)
+        secret("INFLUX_TOKEN", "influx_token")
         num("INFLUX_BATCH_POINTS", "influx_batch_points", int)
         num("INFLUX_TIMEOUT_S", "influx_timeout_s")
         num("RETRY_INITIAL_S", "retry_initial_s")
