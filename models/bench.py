@@ -60,8 +60,10 @@ def cli(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     clmt = ClmtTranslator(args.weights, device=args.device)
     classic = load_translator("classic")
-    tok, tr, _ = W.load(args.weights)
-    print(f"CLMT parameters: {W.count_params(tok, tr):,} (tokenizer {W.count_params(tok):,}, translator {W.count_params(tr):,})")
+    tok, tr, ref, _ = W.load(args.weights)
+    parts = [tok, tr] + ([ref] if ref is not None else [])
+    print(f"CLMT parameters: {W.count_params(*parts):,} (tokenizer {W.count_params(tok):,}, translator {W.count_params(tr):,}, "
+          f"refiner {W.count_params(ref) if ref is not None else 0:,})")
     print(f"device: {clmt.device}{' fp16' if clmt.half else ''}; torch threads {torch.get_num_threads()}")
     rec = synthesize(seconds=120.0, seed=1)
     n = max(args.batch * 2, 64)

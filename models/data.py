@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.prep import CANONICAL_RATE, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
+from models.prep import CANONICAL_RATE, LOWRES_KINDS, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
 from operators.translator import PairedContext
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
 from operators.rpeaks import detect_rpeaks
@@ -51,7 +51,7 @@ class Record:
     sex: str | None
     pat_s: float  # median pulse-arrival delay over the whole record (R-peak -> PPG peak)
     rpeaks: np.ndarray  # R-peak indices of `ecg`
-    lowres: dict  # (modality, rate, anti_aliased) -> the signal as a `rate` Hz monitor sends it, back at 100 Hz
+    lowres: dict  # (modality, rate, kind) -> the signal as a `rate` Hz monitor sends it, back at 100 Hz (prep.LOWRES_KINDS)
 
 
 def load_record(path: Path, with_lowres: bool = True) -> Record:
@@ -66,8 +66,8 @@ def load_record(path: Path, with_lowres: bool = True) -> Record:
     if with_lowres:
         for mod, x in (("ecg", ecg), ("ppg", ppg)):
             for r in SR_SOURCE_RATES:
-                for aa in (True, False):  # monitors differ: some low-pass before decimating, some don't
-                    lowres[(mod, r, aa)] = lowres_then_up(x, r, anti_alias=aa)
+                for kind in LOWRES_KINDS:  # monitors differ: some low-pass before decimating, some don't
+                    lowres[(mod, r, kind)] = lowres_then_up(x, r, kind)
     return Record(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE),
                   detect_rpeaks(ecg, CANONICAL_RATE), lowres)
 
@@ -98,9 +98,13 @@ class Sampler:
             out[mod] = np.stack(xs)
         return out
 
-    def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75) -> dict[str, np.ndarray]:
+    def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75,
+                         lowres_kinds: tuple[str, ...] = ("fir", "plain")) -> dict[str, np.ndarray]:
+        """`tgt` is z-scored on its own; `tgt_src_units` is the target in the units the serving path rescales
+        with (for SR the source's level and spread, for PPG->ECG the same as `tgt`)."""
         w, rng = self.window, self.rng
         src, tgt, prior, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, w, self.template, self.template))
+        tgt_src = np.zeros((batch, w), np.float32)
         task = rng.choice(3, size=batch, p=p_task)
         has_ctx = np.zeros(batch, np.float32)
         rate = np.full(batch, CANONICAL_RATE, np.float32)
@@ -136,10 +140,15 @@ class Sampler:
             else:
                 mod = "ecg" if task[b] == TASK_ECG_SR else "ppg"
                 rr = float(rng.choice(SR_SOURCE_RATES))
-                src[b] = zscore(r.lowres[(mod, rr, bool(rng.random() < 0.5))][s : s + w])[0]
-                tgt[b] = zscore(getattr(r, mod)[s : s + w])[0]
+                kind = lowres_kinds[int(rng.random() * len(lowres_kinds))]
+                src[b], mu, sd = zscore(r.lowres[(mod, rr, kind)][s : s + w])
+                y = getattr(r, mod)[s : s + w]
+                tgt[b] = zscore(y)[0]
+                tgt_src[b] = (y - mu) / sd
                 rate[b] = rr
-        return {"src": src, "tgt": tgt, "prior": prior, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
+                continue
+            tgt_src[b] = tgt[b]
+        return {"src": src, "tgt": tgt, "tgt_src_units": tgt_src, "prior": prior, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
                 "rate": rate, "age": age, "sex": sex, "pat": pat}
 
     def _context_start(self, n: int, s: int, c: int) -> int | None:

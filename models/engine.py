@@ -1,6 +1,7 @@
 """Batched CLMT inference engine: the `Translator` the stream worker and the offline CLI use.
 
-One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
+Per window: tokenize -> translator -> re-quantize -> decode -> refiner (sample-level correction, when the
+weights have one). One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
 CPU or CUDA (config), under `torch.inference_mode`, in half precision on CUDA, with weights loaded from
 safetensors (no pickle). Numpy pre/post-processing matches training exactly (`models.prep`).
 """
@@ -43,11 +44,14 @@ class ClmtTranslator:
         self.device = resolve_device(device)
         if threads:
             torch.set_num_threads(threads)
-        self.tok, self.tr, self.cfg = W.load(weights, self.device)
+        self.tok, self.tr, self.refiner, self.cfg = W.load(weights, self.device)
         self.half = (self.device != "cpu") if half is None else half
         if self.half:
-            self.tok.half(); self.tr.half()
+            for m in (self.tok, self.tr, self.refiner):
+                if m is not None:
+                    m.half()
         self.stride = self.tok.cfg.stride
+        self.refined_tasks = torch.tensor(self.cfg.get("refiner_tasks", []), dtype=torch.long, device=self.device)
         self.template_len = int(self.cfg["template"])
         self.default_pat = float(self.cfg["default_pat_s"])
         self.ecg_scale = tuple(self.cfg.get("ecg_scale", (0.0, 0.3)))  # population (mean, std) of lead II windows, mV
@@ -136,10 +140,10 @@ class ClmtTranslator:
             cp = torch.from_numpy(np.stack([it.get("ctx_ppg", zeros) for it in items])).to(dev, dt)
             kw = dict(ctx_ecg_tok=self.tok.tokens(ce, "ecg"), ctx_ppg_tok=self.tok.tokens(cp, "ppg"), has_ctx=has_ctx)
         has_prior = torch.tensor([float("prior" in it) for it in items], device=dev)
+        zeros = np.zeros(src.shape[1], np.float32)
+        prior = torch.from_numpy(np.stack([it.get("prior", zeros) for it in items])).to(dev, dt)  # zeros where none
         if bool(has_prior.any()):
-            zeros = np.zeros(src.shape[1], np.float32)
-            pr = torch.from_numpy(np.stack([it.get("prior", zeros) for it in items])).to(dev, dt)
-            kw |= dict(prior_tok=self.tok.tokens(pr, "ecg"), has_prior=has_prior)
+            kw |= dict(prior_tok=self.tok.tokens(prior, "ecg"), has_prior=has_prior)
         f = lambda k: torch.tensor([it[k] for it in items], device=dev, dtype=torch.float32)
         z = self.tr(src_tok, task, f("rate"), f("age"), torch.tensor([it["sex"] for it in items], device=dev), f("pat"), **kw)
         if QUANTIZE_OUTPUT:  # target tokens: re-quantize the predicted frames, decode the tokens
@@ -147,6 +151,10 @@ class ClmtTranslator:
         out = torch.empty(src.shape, dtype=dt, device=dev)
         for mod, mask in modality_masks(task, 1):
             out[mask] = self.tok.decode(z[mask], mod)
+        if self.refiner is not None:  # sample-level correction of the decoded frames (models/refiner.py)
+            m = torch.isin(task, self.refined_tasks)
+            if bool(m.any()):
+                out[m] = self.refiner(src[m], prior[m], out[m], task[m])
         return out.float().cpu().numpy()
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:

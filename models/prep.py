@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from operators.baselines import ClassicTranslator
-from operators.resample import resample
+from operators.resample import decimate_to, resample
 from operators.translator import PPG2ECG, PairedContext, TranslationRequest
 from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
 
@@ -19,13 +19,23 @@ def zscore(x: np.ndarray) -> tuple[np.ndarray, float, float]:
     return ((x - mu) / sd).astype(np.float32), mu, sd
 
 
-def lowres_then_up(x: np.ndarray, rate: float, anti_alias: bool = True) -> np.ndarray:
-    """What a `rate` Hz monitor would send (low-passed first, or plainly subsampled), brought back to
-    100 Hz the way the engine does it."""
-    if anti_alias:
+LOWRES_KINDS = ("fir", "plain", "iir")  # how a low-rate monitor makes its samples (see lowres_then_up)
+
+
+def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
+    """What a `rate` Hz monitor would send, brought back to 100 Hz the way the engine does it.
+
+    Monitors differ: "fir" low-passes with a sharp FIR (polyphase) before decimating, "iir" with an 8th-order
+    Butterworth at 0.8 x the new Nyquist frequency (`operators.resample.decimate_to`, what `wavebridge evaluate`
+    calls "aa"), "plain" keeps every k-th sample (aliasing)."""
+    if kind == "fir":
         lo = resample(x, CANONICAL_RATE, rate, method="polyphase")
-    else:
+    elif kind == "iir":
+        lo = decimate_to(x, CANONICAL_RATE, rate)
+    elif kind == "plain":
         lo = np.asarray(x)[:: int(round(CANONICAL_RATE / rate))]
+    else:
+        raise ValueError(f"unknown low-rate kind {kind!r}; expected one of {LOWRES_KINDS}")
     return to_canonical(lo, rate)[: len(x)]
 
 

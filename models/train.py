@@ -19,13 +19,16 @@ import torch.nn.functional as F
 
 from models import weights as W
 from models.data import Sampler, data_root, load_records, split
-from models.prep import align_ppg
+from models.prep import LOWRES_KINDS, align_ppg
+from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
 from models.translator import ContextTranslator, TranslatorConfig
 
 WINDOW = 800  # 8 s at 100 Hz
 CONTEXT = (600, 2000)  # paired context segments of 6-20 s ...
 TEMPLATE = 96  # ... summarised as R-aligned beat templates (models.prep.beat_templates)
+REFINER_TASK_P = (0.0, 0.7, 0.3)  # refiner batches by task id (PPG->ECG, ECG SR, PPG SR): ECG SR is the hard one
+assert all((p > 0) == (t in REFINED_TASKS) for t, p in enumerate(REFINER_TASK_P))
 
 
 def waveform_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,8 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
 
 
 def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str = "cpu"):
-    """Tokenize a sampled batch the way serving does (frozen tokenizer)."""
+    """Tokenize a sampled batch the way serving does (frozen tokenizer). Returns (translator kwargs, the
+    z-scored source as the translator saw it: PPG shifted by the pulse delay)."""
     t = lambda a: torch.from_numpy(a).to(device)
     task = t(b["task"])
     pat = np.where(b["has_ctx"] > 0, b["pat"], default_pat)
@@ -126,7 +130,7 @@ def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str =
         prior = tok.tokens(t(b["prior"]), "ecg")
     return dict(src_tok=src_tok, task=task, rate=t(b["rate"]), age=t(b["age"]), sex=t(b["sex"]), pat=t(pat),
                 ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, has_ctx=t(b["has_ctx"]), prior_tok=prior,
-                has_prior=(task == TASK_PPG2ECG).float())
+                has_prior=(task == TASK_PPG2ECG).float()), src_t
 
 
 def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -150,7 +154,7 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
         b = sampler.translator_batch(batch)
-        inp = translator_inputs(tok, b, default_pat, device)
+        inp, _ = translator_inputs(tok, b, default_pat, device)
         tgt = torch.from_numpy(b["tgt"]).to(device)
         with torch.no_grad():
             z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim, device=device)
@@ -171,6 +175,56 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
     tr.eval()
 
 
+def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """MSE (what per-window Pearson rewards) plus L1 on first differences (QRS edges)."""
+    return F.mse_loss(pred, tgt) + F.l1_loss(pred.diff(dim=-1), tgt.diff(dim=-1))
+
+
+@torch.no_grad()
+def clmt_decode(tok: Tokenizer, tr: ContextTranslator, inp: dict, quantize: bool = True) -> torch.Tensor:
+    """What serving decodes before the refiner: translator -> (re-quantized) latents -> target decoder."""
+    z = tr(**inp)
+    if quantize:
+        z = tok.rvq.decode_indices(tok.rvq(z)[1])
+    return decode_target(tok, z, inp["task"])
+
+
+def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: Sampler, steps: int, batch: int,
+                  workdir: Path, ckpt_every: int, lr: float, default_pat: float, device: str = "cpu"):
+    """Stage 3: tokenizer and translator frozen (eval mode, so the codebooks do not move); the refiner learns
+    the residual between the decoded CLMT output and the target, on every way a monitor may decimate."""
+    for m in (tok, tr):
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=1e-4)
+    ckpt = Checkpoint(workdir, "refiner", ref, opt, sampler)
+    start = ckpt.resume()
+    prog = Progress("refiner", steps, start, 25)
+    ref.train()
+    for step in range(start + 1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr, warmup=100)
+        b = sampler.translator_batch(batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS)
+        inp, src = translator_inputs(tok, b, default_pat, device)
+        decoded = clmt_decode(tok, tr, inp)
+        tgt = torch.from_numpy(b["tgt_src_units"]).to(device)
+        prior = torch.from_numpy(b["prior"]).to(device) * inp["has_prior"][:, None]
+        pred = ref(src, prior, decoded, inp["task"])
+        loss = refiner_loss(pred, tgt)
+        opt.zero_grad(); loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            task = inp["task"]
+            per = {n: float(F.mse_loss(pred[task == k], tgt[task == k])) if (task == k).any() else float("nan")
+                   for k, n in enumerate(("ppg2ecg_mse", "ecgsr_mse", "ppgsr_mse"))}
+        prog(step, loss=float(loss.detach()), **per)
+        if step % ckpt_every == 0 or step == steps:
+            ckpt.save(step)
+    ref.eval()
+
+
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wavebridge train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
@@ -180,6 +234,9 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", default=None, help="comma list of training records (default: the training split)")
     ap.add_argument("--tokenizer-steps", type=int, default=1500)
     ap.add_argument("--translator-steps", type=int, default=2500)
+    ap.add_argument("--refiner-steps", type=int, default=2000, help="0 ships no refiner")
+    ap.add_argument("--init-from", default=None,
+                    help="weights (.safetensors or folder) whose tokenizer and translator are kept: only the refiner is trained")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
@@ -217,18 +274,35 @@ def cli(argv: list[str] | None = None) -> int:
     means = [np.mean(r.ecg[i : i + WINDOW]) for r in records for i in range(0, len(r.ecg) - WINDOW, WINDOW)]
     ecg_scale = (float(np.median(means)), float(np.median(stds)))
     sampler = Sampler(records, WINDOW, CONTEXT, TEMPLATE, args.seed)
-    tok_cfg = TokenizerConfig()
-    tok = Tokenizer(tok_cfg).to(device)
-    train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, 2e-3, device)
-    tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
-    tr = ContextTranslator(tok_cfg, tr_cfg).to(device)
-    train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, 1e-3, default_pat, device)
-    meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale, "seed": args.seed,
-            "train_records": train_names, "val_records": val_names, "tokenizer_steps": args.tokenizer_steps,
-            "translator_steps": args.translator_steps, "batch": args.batch, "train_minutes": (time.time() - t0) / 60,
-            "codebook": tok.rvq.stats()}
-    path = W.save(Path(args.out), tok, tr, meta)
-    print(f"saved {path} ({W.count_params(tok, tr)} parameters) in {(time.time() - t0) / 60:.1f} min", flush=True)
+    if args.init_from:
+        tok, tr, _, base = W.load(args.init_from, device)
+        tok_cfg = tok.cfg
+        default_pat, ecg_scale = float(base["default_pat_s"]), tuple(base["ecg_scale"])
+        if base.get("train_records") != train_names:
+            print("error: --init-from weights were trained on other records than this run's training split", file=sys.stderr)
+            return 2
+        meta_stages = {k: base[k] for k in ("tokenizer_steps", "translator_steps", "codebook", "seed") if k in base}
+        meta_stages |= {"init_from": str(args.init_from), "base_train_minutes": base.get("train_minutes")}
+        print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
+    else:
+        tok_cfg = TokenizerConfig()
+        tok = Tokenizer(tok_cfg).to(device)
+        train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, 2e-3, device)
+        tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
+        tr = ContextTranslator(tok_cfg, tr_cfg).to(device)
+        train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, 1e-3, default_pat, device)
+        meta_stages = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
+                       "codebook": tok.rvq.stats(), "seed": args.seed}
+    ref = None
+    if args.refiner_steps > 0:
+        ref = Refiner(RefinerConfig()).to(device)
+        train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, 2e-3, default_pat, device)
+    meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
+            "train_records": train_names, "val_records": val_names, **meta_stages, "refiner_steps": args.refiner_steps,
+            "refiner_tasks": list(REFINED_TASKS) if ref is not None else [], "refiner_seed": args.seed, "batch": args.batch, "train_minutes": (time.time() - t0) / 60}
+    path = W.save(Path(args.out), tok, tr, meta, refiner=ref)
+    n = W.count_params(tok, tr, *([ref] if ref is not None else []))
+    print(f"saved {path} ({n} parameters) in {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
 
 

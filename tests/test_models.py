@@ -69,27 +69,63 @@ def bidmc(shared_data):
     return root
 
 
-def _train(tmp: Path, bidmc: Path, tok_steps: int, tr_steps: int) -> str:
+def _train(tmp: Path, bidmc: Path, tok_steps: int, tr_steps: int, ref_steps: int = 2, *extra: str,
+           ok: bool = True) -> str:
     cmd = [sys.executable, "-m", "models.train", "--data", str(bidmc), "--workdir", str(tmp / "work"), "--out",
            str(tmp / "out"), "--records", "01,02", "--tokenizer-steps", str(tok_steps), "--translator-steps",
-           str(tr_steps), "--batch", "4", "--ckpt-every", "2", "--d-model", "32", "--layers", "1"]
+           str(tr_steps), "--refiner-steps", str(ref_steps), "--batch", "4", "--ckpt-every", "2", "--d-model", "32",
+           "--layers", "1", *extra]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout
+    assert (res.returncode == 0) == ok, res.stderr[-2000:]
+    return res.stdout + res.stderr
 
 
 def test_training_is_resumable_and_exports_loadable_safetensors(tmp_path, bidmc):
     out = _train(tmp_path, bidmc, 2, 2)
     assert "[translator] step 2/2" in out
-    out = _train(tmp_path, bidmc, 2, 4)  # same workdir, more steps: picks up where it stopped
+    out = _train(tmp_path, bidmc, 2, 4, 4)  # same workdir, more steps: picks up where it stopped
     assert "[tokenizer] resumed at step 2" in out and "[translator] resumed at step 2" in out
     assert "[translator] step 4/4" in out and "[translator] step 1/" not in out
+    assert "[refiner] resumed at step 2" in out and "[refiner] step 4/4" in out
     cfg = json.loads((tmp_path / "out" / "clmt-small.json").read_text())
-    assert cfg["train_records"] == ["01", "02"] and cfg["translator_steps"] == 4
-    tok, tr, _ = W.load(tmp_path / "out")
-    assert W.count_params(tok, tr) == cfg["parameters"]
+    assert cfg["train_records"] == ["01", "02"] and cfg["translator_steps"] == 4 and cfg["refiner_steps"] == 4
+    tok, tr, ref, _ = W.load(tmp_path / "out")
+    assert ref is not None and W.count_params(tok, tr, ref) == cfg["parameters"]
     header = (tmp_path / "out" / "clmt-small.safetensors").read_bytes()[:8]
     assert int.from_bytes(header, "little") > 0  # safetensors header length, not a pickle
+
+
+def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
+    from safetensors.torch import load_file
+
+    _train(tmp_path / "base", bidmc, 2, 2, 0)
+    base = tmp_path / "base" / "out"
+    assert W.load(base)[2] is None  # trained without a refiner: none shipped, serving decodes CLMT as is
+    _train(tmp_path / "ref", bidmc, 0, 0, 2, "--init-from", str(base))
+    a, b = load_file(str(base / "clmt-small.safetensors")), load_file(str(tmp_path / "ref" / "out" / "clmt-small.safetensors"))
+    kept = [k for k in a if not k.startswith("refiner.")]
+    assert kept and all(torch.equal(a[k], b[k]) for k in kept)
+    assert any(k.startswith("refiner.") for k in b)
+    cfg = json.loads((tmp_path / "ref" / "out" / "clmt-small.json").read_text())
+    assert cfg["translator_steps"] == 2 and cfg["init_from"] == str(base)
+    # a base trained on other records would leak: refused
+    out = _train(tmp_path / "bad", bidmc, 0, 0, 2, "--init-from", str(base), "--records", "01,04", ok=False)
+    assert "other records" in out
+
+
+def test_refiner_starts_as_identity_and_keeps_rows_apart():
+    from models.refiner import Refiner
+
+    torch.manual_seed(0)
+    ref = Refiner()
+    src, prior, dec = torch.randn(3, 160), torch.zeros(3, 160), torch.randn(3, 160)
+    task = torch.tensor([0, 1, 2])
+    assert torch.equal(ref(src, prior, dec, task), dec)  # zero-initialised output: training starts from CLMT
+    torch.nn.init.normal_(ref.out.weight, std=0.05)
+    y = ref(src, prior, dec, task)
+    y1 = ref(src[1:2], prior[1:2], dec[1:2], task[1:2])
+    torch.testing.assert_close(y[1:2], y1, atol=1e-5, rtol=1e-4)  # batching never mixes beds
+    assert not torch.allclose(y, dec)
 
 
 SHIPPED = W.available()
@@ -120,5 +156,12 @@ def test_engine_contract_with_shipped_weights():
     other = PairedContext(-ecg[:2000], ppg[:2000], rate)
     flipped = eng.translate([TranslationRequest(PPG2ECG, ppg[2000:3000], rate, rate, "PLETH", 70, "M", other)])[0]
     assert not np.allclose(flipped, outs[0], atol=1e-3)
+    # the refiner corrects super-resolution only; PPG->ECG is the CLMT decode as is
+    assert eng.refiner is not None
+    bare = ClmtTranslator(device="cpu")
+    bare.refiner = None
+    raw = bare.translate(reqs)
+    np.testing.assert_allclose(raw[0], outs[0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(raw[2], outs[2], atol=1e-3)
     # super-resolution keeps the source's level and spread
     assert abs(outs[2].mean() - ecg[2000:3000].mean()) < 0.5 * ecg[2000:3000].std()
