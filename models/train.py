@@ -42,6 +42,24 @@ def _lr(step: int, total: int, base: float, warmup: int = 200) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def _apply(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor) -> None:
+    """One optimizer step with gradient clipping (every stage trains this way)."""
+    opt.zero_grad(); loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+@torch.no_grad()
+def _per_task_mse(pred: torch.Tensor, tgt: torch.Tensor, task: torch.Tensor) -> dict[str, float]:
+    return {n: float(F.mse_loss(pred[task == k], tgt[task == k])) if (task == k).any() else float("nan")
+            for k, n in enumerate(("ppg2ecg_mse", "ecgsr_mse", "ppgsr_mse"))}
+
+
 class Progress:
     def __init__(self, name: str, total: int, start: int, every: int):
         self.name, self.total, self.every = name, total, every
@@ -89,8 +107,7 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
     prog = Progress("tokenizer", steps, start, 50)
     tok.train()
     for step in range(start + 1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
+        _set_lr(opt, _lr(step, steps, lr))
         b = sampler.tokenizer_batch(batch, 400)
         loss_total, logs = 0.0, {}
         for mod in ("ecg", "ppg"):
@@ -99,9 +116,7 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
             loss = waveform_loss(rec, x) + 0.25 * commit
             loss_total = loss_total + loss
             logs[mod] = float(F.mse_loss(rec.detach(), x))
-        opt.zero_grad(); loss_total.backward()
-        torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
-        opt.step()
+        _apply(opt, tok, loss_total)
         stats = tok.rvq.stats()
         prog(step, ecg_mse=logs["ecg"], ppg_mse=logs["ppg"], ppl0=stats[0]["perplexity"], dead=sum(s["dead_codes"] for s in stats))
         if step % ckpt_every == 0 or step == steps:
@@ -151,8 +166,7 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
     prog = Progress("translator", steps, start, 25)
     tr.train()
     for step in range(start + 1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
+        _set_lr(opt, _lr(step, steps, lr))
         b = sampler.translator_batch(batch)
         inp, _ = translator_inputs(tok, b, default_pat, device)
         tgt = torch.from_numpy(b["tgt"]).to(device)
@@ -163,13 +177,8 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         z = tr(**inp)
         wave = decode_target(tok, z, inp["task"])
         loss = F.mse_loss(z, z_tgt) + waveform_loss(wave, tgt)
-        opt.zero_grad(); loss.backward()
-        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            per = {n: float(F.mse_loss(wave[inp["task"] == k], tgt[inp["task"] == k])) if (inp["task"] == k).any() else float("nan")
-                   for k, n in enumerate(("ppg2ecg_mse", "ecgsr_mse", "ppgsr_mse"))}
-        prog(step, loss=float(loss.detach()), **per)
+        _apply(opt, tr, loss)
+        prog(step, loss=float(loss.detach()), **_per_task_mse(wave, tgt, inp["task"]))
         if step % ckpt_every == 0 or step == steps:
             ckpt.save(step)
     tr.eval()
@@ -181,10 +190,13 @@ def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clmt_decode(tok: Tokenizer, tr: ContextTranslator, inp: dict, quantize: bool = True) -> torch.Tensor:
-    """What serving decodes before the refiner: translator -> (re-quantized) latents -> target decoder."""
+def clmt_decode(tok: Tokenizer, tr: ContextTranslator, inp: dict) -> torch.Tensor:
+    """What serving decodes before the refiner: translator -> (re-quantized, as `engine.QUANTIZE_OUTPUT`) latents
+    -> target decoder."""
+    from models.engine import QUANTIZE_OUTPUT
+
     z = tr(**inp)
-    if quantize:
+    if QUANTIZE_OUTPUT:
         z = tok.rvq.decode_indices(tok.rvq(z)[1])
     return decode_target(tok, z, inp["task"])
 
@@ -203,8 +215,7 @@ def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: 
     prog = Progress("refiner", steps, start, 25)
     ref.train()
     for step in range(start + 1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr, warmup=100)
+        _set_lr(opt, _lr(step, steps, lr, warmup=100))
         b = sampler.translator_batch(batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS)
         inp, src = translator_inputs(tok, b, default_pat, device)
         decoded = clmt_decode(tok, tr, inp)
@@ -212,14 +223,8 @@ def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: 
         prior = torch.from_numpy(b["prior"]).to(device) * inp["has_prior"][:, None]
         pred = ref(src, prior, decoded, inp["task"])
         loss = refiner_loss(pred, tgt)
-        opt.zero_grad(); loss.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            task = inp["task"]
-            per = {n: float(F.mse_loss(pred[task == k], tgt[task == k])) if (task == k).any() else float("nan")
-                   for k, n in enumerate(("ppg2ecg_mse", "ecgsr_mse", "ppgsr_mse"))}
-        prog(step, loss=float(loss.detach()), **per)
+        _apply(opt, ref, loss)
+        prog(step, loss=float(loss.detach()), **_per_task_mse(pred, tgt, inp["task"]))
         if step % ckpt_every == 0 or step == steps:
             ckpt.save(step)
     ref.eval()
