@@ -2,7 +2,7 @@
 classic translator measured in the same run (ratios, not absolute timings, are what to compare).
 
 Windows are 8 s of synthetic PLETH at 125 Hz (ppg2ecg, with a paired context) and 8 s of ECG at
-25 Hz (sr -> 100 Hz), so the benchmark needs no data files.
+25 Hz (sr -> 100 Hz, without and with a full-rate context), so the benchmark needs no data files.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _requests(task: str, n: int, rec, with_context: bool) -> list[TranslationReq
             out.append(TranslationRequest(PPG2ECG, ppg[s : s + w], rate, rate, "PLETH", 60, "F", ctx))
         else:
             lo = ecg[s : s + w : 5]
-            out.append(TranslationRequest(SR, lo, rate / 5, 100.0, "II", 60, "F"))
+            out.append(TranslationRequest(SR, lo, rate / 5, 100.0, "II", 60, "F", ctx))
     return out
 
 
@@ -68,7 +68,7 @@ def cli(argv: list[str] | None = None) -> int:
     rec = synthesize(seconds=120.0, seed=1)
     n = max(args.batch * 2, 64)
     print(f"{'task':<22}{'batch':>6}{'clmt win/s':>12}{'classic win/s':>15}{'clmt/classic':>14}")
-    for task, ctx in ((PPG2ECG, True), (SR, False)):
+    for task, ctx in ((PPG2ECG, True), (SR, False), (SR, True)):
         reqs = _requests(task, n, rec, ctx)
         base = windows_per_s(classic, reqs, args.batch, args.seconds)
         one = windows_per_s(clmt, reqs[: max(8, n // 8)], 1, args.seconds)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from models.prep import CANONICAL_RATE, LOWRES_KINDS, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
+from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
 from operators.rpeaks import detect_rpeaks
@@ -99,9 +100,12 @@ class Sampler:
         return out
 
     def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75,
-                         lowres_kinds: tuple[str, ...] = ("fir", "plain")) -> dict[str, np.ndarray]:
+                         lowres_kinds: tuple[str, ...] = ("fir", "plain"), p_sr_context: float = 0.0) -> dict[str, np.ndarray]:
         """`tgt` is z-scored on its own; `tgt_src_units` is the target in the units the serving path rescales
-        with (for SR the source's level and spread, for PPG->ECG the same as `tgt`)."""
+        with (for SR the source's level and spread, for PPG->ECG the same as `tgt`).
+
+        `prior`: for PPG->ECG the classic synthesis; for ECG SR, with probability `p_sr_context`, the high band
+        of the patient's context beat pasted on the source (operators.beatsr), else zeros."""
         w, rng = self.window, self.rng
         src, tgt, prior, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, w, self.template, self.template))
         tgt_src = np.zeros((batch, w), np.float32)
@@ -141,7 +145,15 @@ class Sampler:
                 mod = "ecg" if task[b] == TASK_ECG_SR else "ppg"
                 rr = float(rng.choice(SR_SOURCE_RATES))
                 kind = lowres_kinds[int(rng.random() * len(lowres_kinds))]
-                src[b], mu, sd = zscore(r.lowres[(mod, rr, kind)][s : s + w])
+                x = r.lowres[(mod, rr, kind)][s : s + w]
+                src[b], mu, sd = zscore(x)
+                if p_sr_context > 0 and task[b] == TASK_ECG_SR and rng.random() < p_sr_context:
+                    c = int(rng.integers(self.context[0], self.context[1] + 1))
+                    cs = self._context_start(n, s, c)
+                    if cs is not None:
+                        tpl = qrs_template(r.ecg[cs : cs + c], CANONICAL_RATE, sr_cutoff_hz(rr))
+                        if tpl is not None:  # the refiner's input only: the translator never sees SR context
+                            prior[b] = paste_high_band(x, CANONICAL_RATE, tpl) / sd
                 y = getattr(r, mod)[s : s + w]
                 tgt[b] = zscore(y)[0]
                 tgt_src[b] = (y - mu) / sd

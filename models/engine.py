@@ -17,15 +17,14 @@ import torch
 from models import weights as W
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR, modality_masks
 from models.prep import CANONICAL_RATE, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical, zscore
+from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.resample import merge_bands, resample
-from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
-ECG_SIGNALS = {"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"}
 MIN_CONTEXT_S = 3.0
 CONTEXT_CACHE = 1024  # beds' contexts kept prepared
 SR_BAND_MERGE = True
 QUANTIZE_OUTPUT = True
-SR_MERGE_FRACTION = 0.9  # merge at 90% of the source's Nyquist frequency
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -52,6 +51,8 @@ class ClmtTranslator:
                     m.half()
         self.stride = self.tok.cfg.stride
         self.refined_tasks = torch.tensor(self.cfg.get("refiner_tasks", []), dtype=torch.long, device=self.device)
+        # ECG SR uses a full-rate context beat only if the refiner learnt to (weights say so)
+        self.sr_context = self.refiner is not None and bool(self.cfg.get("refiner_sr_context", False))
         self.template_len = int(self.cfg["template"])
         self.default_pat = float(self.cfg["default_pat_s"])
         self.ecg_scale = tuple(self.cfg.get("ecg_scale", (0.0, 0.3)))  # population (mean, std) of lead II windows, mV
@@ -66,7 +67,7 @@ class ClmtTranslator:
         if r.task == PPG2ECG:
             return TASK_PPG2ECG
         if r.task == SR:
-            return TASK_ECG_SR if r.source_signal.upper() in ECG_SIGNALS else TASK_PPG_SR
+            return TASK_ECG_SR if is_ecg_signal(r.source_signal) else TASK_PPG_SR
         raise ValueError(f"unknown task {r.task!r}")
 
     def _prepare(self, r: TranslationRequest) -> dict:
@@ -92,6 +93,9 @@ class ClmtTranslator:
         else:
             item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
             item["source_up"] = x  # the measured band, merged back in `_finish`
+            tpl = self._sr_template(r.context, r.source_rate) if task == TASK_ECG_SR else None
+            if tpl is not None:  # the refiner's input: the patient's own QRS high band pasted on the source
+                item["prior"] = (paste_high_band(x, CANONICAL_RATE, tpl) / sd).astype(np.float32)
         if task == TASK_PPG2ECG:
             item["prior"] = ecg_prior(x, feats[0] if item["has_ctx"] else None)
             z = align_ppg(z, item["pat"])
@@ -101,14 +105,36 @@ class ClmtTranslator:
             item["prior"] = np.concatenate([item["prior"], np.repeat(item["prior"][-1:], pad)])
         return item
 
-    def _context_features(self, ctx: PairedContext):
-        """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)) or None if too short; cached per context
-        object, since the stream hands the same object to every window of a bed until it refreshes."""
-        key = id(ctx)
+    def _cached(self, ctx: PairedContext, tag, build):
+        """`build()` once per (context object, tag): the stream hands the same object to every window of a bed
+        until it refreshes."""
+        key = (id(ctx), tag)
         with self._cache_lock:
             hit = self._ctx_cache.get(key)
             if hit is not None and hit[0] is ctx:
                 return hit[1]
+        value = build()
+        with self._cache_lock:
+            self._ctx_cache[key] = (ctx, value)  # holds `ctx`, so its id cannot be reused while cached
+            while len(self._ctx_cache) > CONTEXT_CACHE:
+                self._ctx_cache.pop(next(iter(self._ctx_cache)))
+        return value
+
+    def _sr_template(self, ctx: PairedContext | None, source_rate: float):
+        """The context's QRS template for ECG SR from `source_rate`, or None: no context, weights not trained for
+        it, a context too slow to hold the band above the source's Nyquist frequency, or too few beats."""
+        if ctx is None or not self.sr_context or source_rate >= CANONICAL_RATE or ctx.rate_hz < CANONICAL_RATE:
+            return None
+        if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
+            return None
+        cutoff = sr_cutoff_hz(source_rate)
+        return self._cached(ctx, ("sr", cutoff), lambda: qrs_template(np.asarray(ctx.ecg, np.float64), ctx.rate_hz, cutoff))
+
+    def _context_features(self, ctx: PairedContext):
+        """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)) or None if too short; cached."""
+        return self._cached(ctx, "ppg2ecg", lambda: self._build_context_features(ctx))
+
+    def _build_context_features(self, ctx: PairedContext):
         feats = None
         if len(ctx.ecg) / ctx.rate_hz >= MIN_CONTEXT_S:
             ce = to_canonical(np.nan_to_num(np.asarray(ctx.ecg, np.float64)), ctx.rate_hz)
@@ -117,10 +143,6 @@ class ClmtTranslator:
             ce, cp = ce[:m], cp[:m]
             feats = (PairedContext(ce, cp, CANONICAL_RATE), beat_templates(ce, cp, CANONICAL_RATE),
                      estimate_pat_s(ce, cp, CANONICAL_RATE), (float(np.mean(ce)), float(np.std(ce)) or 1.0))
-        with self._cache_lock:
-            self._ctx_cache[key] = (ctx, feats)  # holds `ctx`, so its id cannot be reused while cached
-            while len(self._ctx_cache) > CONTEXT_CACHE:
-                self._ctx_cache.pop(next(iter(self._ctx_cache)))
         return feats
 
     # -- batched forward ---------------------------------------------------------------------------
@@ -139,7 +161,8 @@ class ClmtTranslator:
             ce = torch.from_numpy(np.stack([it.get("ctx_ecg", zeros) for it in items])).to(dev, dt)
             cp = torch.from_numpy(np.stack([it.get("ctx_ppg", zeros) for it in items])).to(dev, dt)
             kw = dict(ctx_ecg_tok=self.tok.tokens(ce, "ecg"), ctx_ppg_tok=self.tok.tokens(cp, "ppg"), has_ctx=has_ctx)
-        has_prior = torch.tensor([float("prior" in it) for it in items], device=dev)
+        # the translator's prior is the PPG->ECG synthesis; an ECG SR context beat goes to the refiner only
+        has_prior = torch.tensor([float("prior" in it and it["task"] == TASK_PPG2ECG) for it in items], device=dev)
         zeros = np.zeros(src.shape[1], np.float32)
         prior = torch.from_numpy(np.stack([it.get("prior", zeros) for it in items])).to(dev, dt)  # zeros where none
         if bool(has_prior.any()):
@@ -178,7 +201,7 @@ class ClmtTranslator:
         y = y[: it["n"]].astype(np.float64) * sd + mu
         if "source_up" in it and SR_BAND_MERGE and it["rate"] < CANONICAL_RATE:
             # keep what the low-rate monitor measured; the model supplies only the band above its Nyquist
-            y = merge_bands(it["source_up"], y, CANONICAL_RATE, SR_MERGE_FRACTION * it["rate"] / 2)
+            y = merge_bands(it["source_up"], y, CANONICAL_RATE, sr_cutoff_hz(it["rate"]))
         if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
             y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
         n_out = r.n_out

@@ -29,6 +29,7 @@ CONTEXT = (600, 2000)  # paired context segments of 6-20 s ...
 TEMPLATE = 96  # ... summarised as R-aligned beat templates (models.prep.beat_templates)
 REFINER_TASK_P = (0.0, 0.7, 0.3)  # refiner batches by task id (PPG->ECG, ECG SR, PPG SR): ECG SR is the hard one
 assert all((p > 0) == (t in REFINED_TASKS) for t, p in enumerate(REFINER_TASK_P))
+REFINER_SR_CONTEXT = 0.5  # share of ECG SR batches whose refiner input carries the patient's context beat
 
 
 def waveform_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -216,11 +217,11 @@ def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: 
     ref.train()
     for step in range(start + 1, steps + 1):
         _set_lr(opt, _lr(step, steps, lr, warmup=100))
-        b = sampler.translator_batch(batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS)
+        b = sampler.translator_batch(batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS, p_sr_context=REFINER_SR_CONTEXT)
         inp, src = translator_inputs(tok, b, default_pat, device)
         decoded = clmt_decode(tok, tr, inp)
         tgt = torch.from_numpy(b["tgt_src_units"]).to(device)
-        prior = torch.from_numpy(b["prior"]).to(device) * inp["has_prior"][:, None]
+        prior = torch.from_numpy(b["prior"]).to(device)  # PPG->ECG synthesis, or ECG SR context beat, or zeros
         pred = ref(src, prior, decoded, inp["task"])
         loss = refiner_loss(pred, tgt)
         _apply(opt, ref, loss)
@@ -304,7 +305,8 @@ def cli(argv: list[str] | None = None) -> int:
         train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, 2e-3, default_pat, device)
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
             "train_records": train_names, "val_records": val_names, **meta_stages, "refiner_steps": args.refiner_steps,
-            "refiner_tasks": list(REFINED_TASKS) if ref is not None else [], "refiner_seed": args.seed, "batch": args.batch, "train_minutes": (time.time() - t0) / 60}
+            "refiner_tasks": list(REFINED_TASKS) if ref is not None else [],
+            "refiner_sr_context": ref is not None, "refiner_seed": args.seed, "batch": args.batch, "train_minutes": (time.time() - t0) / 60}
     path = W.save(Path(args.out), tok, tr, meta, refiner=ref)
     n = W.count_params(tok, tr, *([ref] if ref is not None else []))
     print(f"saved {path} ({n} parameters) in {(time.time() - t0) / 60:.1f} min", flush=True)

@@ -48,7 +48,8 @@ def load(path: str | Path | None = None, device: str = "cpu") -> tuple[Tokenizer
     ref = None
     if "refiner" in cfg:
         rc = cfg["refiner"]
-        ref = Refiner(RefinerConfig(**(rc | {"dilations": tuple(rc["dilations"])})))
+        # files from before `prior_draft` existed were trained without it
+        ref = Refiner(RefinerConfig(**({"prior_draft": False} | rc | {"dilations": tuple(rc["dilations"])})))
         ref.load_state_dict({k[len("refiner."):]: v for k, v in state.items() if k.startswith("refiner.")})
         ref = ref.to(device).eval()
     return tok.to(device).eval(), tr.to(device).eval(), ref, cfg

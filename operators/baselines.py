@@ -1,7 +1,9 @@
 """Classic (non-learned) translators: the comparison baseline and the fallback until CLMT exists.
 
 `ClassicTranslator`
-- `sr`: polyphase (default) or cubic resampling to the target rate.
+- `sr`: polyphase (default) or cubic resampling to the target rate. For an ECG with `request.context` sampled at
+  least at the target rate: below 90% of the source's Nyquist frequency the resampled source, above it that
+  patient's median QRS pasted at beat times matched in the low band (`operators.beatsr`).
 - `ppg2ecg`, "shifted PPG peaks": PPG systolic peaks (sub-sample timed) moved back by a
   pulse-arrival delay give R times; an ECG beat template is drawn at each R time, its P and T
   parts stretched to the local RR interval (QRS kept at its width). Without context: a generic
@@ -26,9 +28,10 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from operators.quality import fill_nonfinite
-from operators.resample import METHODS, resample
+from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
+from operators.resample import METHODS, merge_bands, resample
 from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, refine_peak_times
-from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
 __all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_beat_model",
            "beat_model_from_context", "render_ecg", "DEFAULT_DELAY_S"]
@@ -173,7 +176,7 @@ class ClassicTranslator:
         self.sr_method = sr_method
         self.name = "classic" if sr_method == "polyphase" else f"classic-{sr_method}"
         self._generic = generic_beat_model(default_delay_s)
-        self._cache: OrderedDict[int, tuple[weakref.ref, BeatModel | None]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[weakref.ref, object]] = OrderedDict()
         self._cache_size = int(cache_size)
         self._lock = threading.Lock()
 
@@ -186,7 +189,7 @@ class ClassicTranslator:
         n_out = req.n_out
         src, _ = fill_nonfinite(np.asarray(req.source, dtype=np.float64))
         if req.task == SR:
-            y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
+            y = self._sr(src, req)
         elif req.task == PPG2ECG:
             y = self._ppg2ecg(src, req, n_out)
         else:
@@ -196,25 +199,41 @@ class ClassicTranslator:
             y = np.resize(y, n_out) if len(y) else np.zeros(n_out, np.float32)
         return y
 
-    def _model_for(self, ctx: PairedContext | None) -> BeatModel:
-        if ctx is None:
-            return self._generic
-        key = id(ctx)
+    def _cached(self, ctx: PairedContext, tag, build):
+        """`build()` once per (context object, tag), while the object lives."""
+        key = (id(ctx), tag)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0]() is ctx:
                 self._cache.move_to_end(key)
-                return hit[1] or self._generic
-        model = beat_model_from_context(ctx)
+                return hit[1]
+        value = build()
         try:
             ref = weakref.ref(ctx)
         except TypeError:
-            return model or self._generic
+            return value
         with self._lock:
-            self._cache[key] = (ref, model)
+            self._cache[key] = (ref, value)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return model or self._generic
+        return value
+
+    def _model_for(self, ctx: PairedContext | None) -> BeatModel:
+        if ctx is None:
+            return self._generic
+        return self._cached(ctx, "beat", lambda: beat_model_from_context(ctx)) or self._generic
+
+    def _sr(self, src: np.ndarray, req: TranslationRequest) -> np.ndarray:
+        y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
+        ctx, fs, ft = req.context, float(req.source_rate), float(req.target_rate)
+        # an ECG with a full-rate context of the same patient: add that patient's QRS high band (operators.beatsr)
+        if ctx is None or not is_ecg_signal(req.source_signal) or not (fs < ft <= ctx.rate_hz) or len(y) < 2:
+            return y
+        cutoff = sr_cutoff_hz(fs)
+        tpl = self._cached(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff))
+        if tpl is None:
+            return y
+        return merge_bands(y, np.zeros_like(y), ft, cutoff) + paste_high_band(y, ft, tpl)
 
     def _ppg2ecg(self, ppg: np.ndarray, req: TranslationRequest, n_out: int) -> np.ndarray:
         fs = float(req.source_rate)

@@ -19,6 +19,12 @@ import numpy as np
 PPG2ECG = "ppg2ecg"  # PLETH -> lead II ECG
 SR = "sr"  # low-rate signal -> same signal at a higher rate
 TASKS = (PPG2ECG, SR)
+ECG_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"})
+
+
+def is_ecg_signal(name: str) -> bool:
+    """Whether a channel name is an ECG lead (the rest, e.g. PLETH, is treated as a pulse waveform)."""
+    return name.upper() in ECG_SIGNALS
 
 
 @dataclass(frozen=True)

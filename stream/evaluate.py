@@ -5,9 +5,10 @@ numbers are what a bed would get. Protocol per validation record (125 Hz, 8 min)
   * PPG->ECG: the first `--context-s` seconds are the patient's earlier paired ECG+PPG context; the
     rest is translated from PLETH alone, with and without that context. Reference R-peaks are
     detected on the real lead II (BIDMC has no beat annotations).
-  * SR: lead II and PLETH are brought to 25 Hz (anti-aliased decimation "aa", and plain every-5th-
-    sample "plain", as monitors differ) and super-resolved to 100 Hz; the reference is the original
-    resampled to 100 Hz.
+  * SR: the same part after the context, lead II and PLETH brought to 25 Hz (anti-aliased decimation "aa",
+    and plain every-5th-sample "plain", as monitors differ) and super-resolved to 100 Hz; the reference is
+    the original resampled to 100 Hz. Lead II also runs "+context": the same full-rate context as above
+    supplies the patient's QRS (CLMT's refiner input; the classic baseline pastes it, operators.beatsr).
 Metrics: R-peak F1 at +-50 / +-150 ms (one-to-one matching), HR MAE per 8 s window, waveform Pearson
 and RMSE per 8 s window (mean over windows).
 """
@@ -104,7 +105,7 @@ def cli(argv: list[str] | None = None) -> int:
     def run(key, rec_name, ref, out, rate, peaks=True):
         row = results.setdefault(key, Result()).add(ref, out, rate, peaks)
         per_record.setdefault(rec_name, {})[key] = row
-        print(f"  {key:<34} {_fmt(row)}", flush=True)
+        print(f"  {key:<42} {_fmt(row)}", flush=True)
 
     for name in names:
         rec = read_recording(root / f"bidmc{name}", signals=["II", "PLETH"])
@@ -116,8 +117,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"bidmc{name} (age {rec.age}, sex {rec.sex})", flush=True)
         c = int(args.context_s * rate)
         meta = dict(age=rec.age, sex=rec.sex)
+        ctx = PairedContext(ecg[:c], ppg[:c], rate)
         if "ppg2ecg" in tasks:
-            ctx = PairedContext(ecg[:c], ppg[:c], rate)
             ref = ecg[c:]
             for label, tr in (("clmt", methods["clmt"]), ("baseline", classic)):
                 for with_ctx in (True, False):
@@ -126,17 +127,20 @@ def cli(argv: list[str] | None = None) -> int:
         for sig, task in (("II", "sr-ecg"), ("PLETH", "sr-ppg")):
             if task not in tasks:
                 continue
-            x = rec.signals[sig].astype(np.float64)[: len(ecg)]
+            x = rec.signals[sig].astype(np.float64)[c : len(ecg)]
             ref = resample(x, rate, SR_TARGET, method="polyphase")
+            runs = [("clmt", methods["clmt"], None), ("polyphase", classic, None), ("cubic", cubic, None)]
+            if sig == "II":
+                runs += [("clmt +context", methods["clmt"], ctx), ("polyphase +context", classic, ctx)]
             for kind in args.sr_input.split(","):
                 lo = decimate_to(x, rate, SR_RATE) if kind == "aa" else x[:: int(round(rate / SR_RATE))]
-                for label, tr in (("clmt", methods["clmt"]), ("polyphase", classic), ("cubic", cubic)):
-                    out = translate_array(tr, SR, lo, SR_RATE, SR_TARGET, sig, **meta)
+                for label, tr, context in runs:
+                    out = translate_array(tr, SR, lo, SR_RATE, SR_TARGET, sig, context=context, **meta)
                     run(f"{task} 25->100 {kind} {label}", name, ref, out, SR_TARGET, peaks=sig == "II")
     print(f"\noverall over {len(names)} held-out records ({', '.join(names)}), {time.time() - t0:.0f}s:")
     overall = {k: r.overall() for k, r in results.items()}
     for k, row in overall.items():
-        print(f"  {k:<34} {_fmt(row)}")
+        print(f"  {k:<42} {_fmt(row)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"records": names, "overall": overall, "per_record": per_record,
                                                "context_s": args.context_s}, indent=2, default=float))

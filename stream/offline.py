@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from operators.translator import PPG2ECG, SR, PairedContext
+from operators.translator import PPG2ECG, SR, PairedContext, is_ecg_signal
 from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
 
 ECG_COLUMN = "ecg_ii"
@@ -85,6 +85,11 @@ def pick_source(recording, task: str, signal: str | None) -> str:
         return have[0]
     raise OfflineError(f"sr: cannot tell which channel to super-resolve in {recording.name} (has: {', '.join(have)}); "
                        f"pass --signal")
+
+
+def uses_context(task: str, source_signal: str) -> bool:
+    """PPG->ECG uses the patient's paired context; SR only for an ECG (its QRS high band, operators.beatsr)."""
+    return task == PPG2ECG or is_ecg_signal(source_signal)
 
 
 def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
@@ -180,7 +185,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     try:
         outputs, events = translate_chunks(
             iter_source_chunks(recording, src, chunk_s), task, source_signal=src, target_rate=target_rate,
-            translator=translator, window_s=window_s, hop_s=hop_s, context=context if task == PPG2ECG else None,
+            translator=translator, window_s=window_s, hop_s=hop_s, context=context if uses_context(task, src) else None,
             progress=bar.update if bar else None, lookahead_s=lookahead_s)
     finally:
         if bar:
@@ -203,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--target-rate", type=float, default=None,
                    help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
-    p.add_argument("--context", default=None, help="WFDB record of the same patient with II and PLETH (ppg2ecg)")
+    p.add_argument("--context", default=None,
+                   help="WFDB record of the same patient with II and PLETH (ppg2ecg; sr of an ECG, if II is full-rate)")
     p.add_argument("--translator", default=None, help="classic | clmt | module:Class (default: clmt if weights exist)")
     p.add_argument("--signal", default=None, help="source channel name (default: PLETH for ppg2ecg; II or PLETH for sr)")
     p.add_argument("--window-s", type=float, default=8.0)
@@ -251,10 +257,12 @@ def _run(args) -> int:
     print(f"wavebridge translate: translator {spec} ({why})", file=sys.stderr)
     context = None
     if args.context:
-        if args.task != PPG2ECG:
-            print("wavebridge translate: note: --context is used by ppg2ecg only; ignored for sr", file=sys.stderr)
-        else:
+        src = pick_source(rec, args.task, args.signal)
+        if uses_context(args.task, src):
             context = load_context(args.context, args.context_s)
+        else:
+            print(f"wavebridge translate: note: --context is used by ppg2ecg and ECG sr only; ignored for sr of {src}",
+                  file=sys.stderr)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     res = translate_recording(rec, args.task, target_rate=args.target_rate, context=context, translator=translator,
                               signal=args.signal, window_s=args.window_s, hop_s=args.hop_s, chunk_s=args.chunk_s,

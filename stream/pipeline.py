@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 
-from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.windowing import SlidingWindower, StreamEvent, Window
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,10 @@ class Pipeline:
         ctx = None
         if job.task == PPG2ECG:
             ctx = self._context_provider(st.bed) if self._context_provider else self._contexts.get(st.bed, w.start_ns)
+        elif self._context_provider and is_ecg_signal(st.signal):
+            # ECG SR with a given full-rate context (offline --context). Not from the stream's own per-bed
+            # memory: a bed sending lead II at 25 Hz has no full-rate ECG there, only an upsampled one.
+            ctx = self._context_provider(st.bed)
         return TranslationRequest(task=job.task, source=w.samples, source_rate=w.rate_hz, target_rate=job.target_rate,
                                   source_signal=st.signal, age=age, sex=sex, context=ctx,
                                   meta={"bed": st.bed, "start_ns": w.start_ns})

@@ -155,3 +155,21 @@ def test_bidmc_context_improves_beat_timing():
         scores[use] = 2 * tp / (2 * tp + fp + fn)
     # measured: ~0.42 without, ~0.98 with context (this patient's delay is 0.71 s, default 0.65 s)
     assert scores[True] >= 0.9 and scores[True] > scores[False] + 0.2, scores
+
+
+def test_sr_of_an_ecg_uses_a_full_rate_context_beat():
+    ecg, ppg, _ = _pair(rate=250.0, dur=60.0, seed=5)
+    c = 250 * 20
+    ctx = PairedContext(ecg[:c].astype(np.float32), ppg[:c].astype(np.float32), 250.0)
+    later = ecg[c:]
+    lo = decimate_to(later, 250.0, 25.0)
+    ref = decimate_to(later, 250.0, 100.0)
+    tr = ClassicTranslator(sr_method="cubic")
+    req = lambda sig, context: TranslationRequest("sr", lo[:200], 25.0, 100.0, sig, context=context)
+    r = lambda y: windowed_pearson_rmse(ref[:800], y, 100.0).mean_pearson
+    plain, with_ctx = tr.translate([req("II", None), req("II", ctx)])
+    assert r(with_ctx) > r(plain) + 0.05 and r(with_ctx) > 0.97
+    # a pulse signal, or a context no faster than the source's band, leaves SR as it was
+    slow = PairedContext(decimate_to(ecg[:c], 250.0, 50.0), decimate_to(ppg[:c], 250.0, 50.0), 50.0)
+    assert np.array_equal(tr.translate([req("PLETH", ctx)])[0], tr.translate([req("PLETH", None)])[0])
+    assert np.array_equal(tr.translate([req("II", slow)])[0], plain)

@@ -121,6 +121,11 @@ def test_refiner_starts_as_identity_and_keeps_rows_apart():
     src, prior, dec = torch.randn(3, 160), torch.zeros(3, 160), torch.randn(3, 160)
     task = torch.tensor([0, 1, 2])
     assert torch.equal(ref(src, prior, dec, task), dec)  # zero-initialised output: training starts from CLMT
+    # ... or, for an ECG SR row with a context beat, from the source plus the pasted beat (the classic draft)
+    beat = torch.zeros(3, 160)
+    beat[:, 40:50] = 1.0
+    y = ref(src, beat, dec, task)
+    assert torch.equal(y[1], src[1] + beat[1]) and torch.equal(y[0], dec[0]) and torch.equal(y[2], dec[2])
     torch.nn.init.normal_(ref.out.weight, std=0.05)
     y = ref(src, prior, dec, task)
     y1 = ref(src[1:2], prior[1:2], dec[1:2], task[1:2])
@@ -165,3 +170,35 @@ def test_engine_contract_with_shipped_weights():
     assert not np.allclose(raw[2], outs[2], atol=1e-3)
     # super-resolution keeps the source's level and spread
     assert abs(outs[2].mean() - ecg[2000:3000].mean()) < 0.5 * ecg[2000:3000].std()
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_ecg_sr_uses_a_full_rate_context_beat():
+    from models.engine import ClmtTranslator
+    from operators.metrics import windowed_pearson_rmse
+    from operators.resample import decimate_to, resample
+    from operators.synthetic import synthesize
+
+    rec = synthesize(seconds=60.0, seed=4)
+    ecg, ppg, rate = rec.signals["II"].astype(np.float64), rec.signals["PLETH"], rec.rate_hz
+    c = int(20 * rate)
+    ctx = PairedContext(ecg[:c], ppg[:c], rate)
+    later = ecg[c : c + int(8 * rate)]
+    lo = decimate_to(later, rate, 25.0)
+    truth = resample(later, rate, 100.0)
+    eng = ClmtTranslator(device="cpu")
+    assert eng.sr_context  # the shipped refiner was trained with context beats
+    reqs = [TranslationRequest(SR, lo, 25.0, 100.0, "II", context=ctx), TranslationRequest(SR, lo, 25.0, 100.0, "II"),
+            TranslationRequest(SR, decimate_to(ppg[c : c + int(8 * rate)], rate, 25.0), 25.0, 100.0, "PLETH", context=ctx),
+            TranslationRequest(SR, decimate_to(ppg[c : c + int(8 * rate)], rate, 25.0), 25.0, 100.0, "PLETH")]
+    with_ctx, without, ppg_ctx, ppg_plain = eng.translate(reqs)
+    r = lambda y: windowed_pearson_rmse(truth, y, 100.0).mean_pearson
+    assert r(with_ctx) > r(without) + 0.01, (r(with_ctx), r(without))
+    np.testing.assert_array_equal(ppg_ctx, ppg_plain)  # a pulse signal ignores it
+    np.testing.assert_allclose(eng.translate(reqs[:1])[0], with_ctx, rtol=1e-4, atol=1e-4)  # batch == single
+    # a context no faster than the source carries no high band; weights not trained for it ignore context
+    slow = PairedContext(decimate_to(ecg[:c], rate, 25.0), decimate_to(ppg[:c], rate, 25.0), 25.0)
+    alone = eng.translate(reqs[1:2])[0]  # compared one at a time: batch size moves float rounding
+    np.testing.assert_array_equal(eng.translate([TranslationRequest(SR, lo, 25.0, 100.0, "II", context=slow)])[0], alone)
+    eng.sr_context = False
+    np.testing.assert_array_equal(eng.translate(reqs[:1])[0], alone)

@@ -115,6 +115,28 @@ def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_pa
     assert bad.returncode == 2 and "--context" in bad.stderr and "PLETH" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_sr_of_an_ecg_borrows_the_context_qrs(bidmc_record, tmp_path):
+    """A 25 Hz lead II plus an earlier full-rate record of the same patient: the patient's QRS fills the high band."""
+    from operators.metrics import windowed_pearson_rmse
+    from operators.records import read_recording
+    from operators.resample import decimate_to, resample
+
+    ecg = read_recording(bidmc_record(1), ["II"]).signals["II"].astype(np.float64)[125 * 60 : 125 * 120]
+    src = write_table(tmp_path / "ecg25.parquet", {"II": decimate_to(ecg, 125.0, 25.0)}, 25.0)
+    ref = resample(ecg, 125.0, 100.0)
+    r = {}
+    for label, extra in (("plain", []), ("ctx", ["--context", bidmc_record(1)])):
+        out = tmp_path / f"{label}.parquet"
+        res = run_cli(src, "--task", "sr", "--out", out, "--translator", "classic", *extra)
+        assert res.returncode == 0 and "ignored" not in res.stderr, res.stderr
+        r[label] = windowed_pearson_rmse(ref, pq.read_table(out).column("II").to_numpy(), 100.0).mean_pearson
+    assert r["ctx"] > r["plain"] + 0.02, r
+    ppg = write_table(tmp_path / "ppg25.parquet", {"PLETH": np.sin(np.arange(1500) / 5.0)}, 25.0)
+    res = run_cli(ppg, "--task", "sr", "--out", tmp_path / "p.parquet", "--translator", "classic",
+                  "--context", bidmc_record(1))
+    assert res.returncode == 0 and "ignored for sr of PLETH" in res.stderr, res.stderr
+
+
 def test_default_translator_is_reported(monkeypatch, tmp_path):
     monkeypatch.setattr(offline, "WEIGHTS_GLOB", str(tmp_path / "*.safetensors"))
     assert offline.default_translator_spec()[0] == "classic"

@@ -216,14 +216,29 @@ def test_rpeaks_reported_once_each_with_absolute_times():
     assert hrs and 55 < np.median(hrs) < 90
 
 
-def test_context_provider_is_attached_to_ppg2ecg_only():
+def test_context_provider_is_attached_to_ppg2ecg_and_ecg_sr():
     ctx = PairedContext(np.zeros(100, np.float32), np.zeros(100, np.float32), 125.0)
     tr = RecordingTranslator()
     pipe = Pipeline(cfg(sr_below_hz=200.0, sr_target_hz=250.0), tr, context_provider=lambda bed: ctx)
     pipe.push(Chunk("A", "PLETH", 125.0, T0, 0, np.ones(1000, np.float32)))
+    pipe.push(Chunk("A", "II", 25.0, T0, 0, np.ones(200, np.float32)))
     pipe.process()
-    by_task = {r.task: r for r in tr.calls[0]}
-    assert by_task["ppg2ecg"].context is ctx and by_task["sr"].context is None
+    by_task = {(r.task, r.source_signal): r for call in tr.calls for r in call}
+    assert by_task[("ppg2ecg", "PLETH")].context is ctx and by_task[("sr", "II")].context is ctx
+    assert by_task[("sr", "PLETH")].context is None  # a pulse has no QRS to borrow
+
+
+def test_stream_memory_never_gives_ecg_sr_a_context():
+    """A bed's own context store holds the ECG at whatever rate it arrives (here 25 Hz, upsampled): no high band."""
+    rec = synthesize(seconds=30.0, seed=2)
+    tr = RecordingTranslator()
+    pipe = Pipeline(cfg(context_s=10.0, tasks=("ppg2ecg", "sr")), tr)
+    ecg25 = rec.signals["II"][:: int(round(rec.rate_hz / 25))]
+    feed = sorted(chunks(rec.signals["PLETH"], rec.rate_hz) + chunks(ecg25, 25.0, signal="II"),
+                  key=lambda c: (c.end_ns(), c.signal))
+    run_all(pipe, feed, tokens=False)
+    sr_ecg = [r for call in tr.calls for r in call if r.task == "sr" and r.source_signal == "II"]
+    assert sr_ecg and all(r.context is None for r in sr_ecg)
 
 
 def test_reset_returns_pending_tokens():
