@@ -100,29 +100,39 @@ class Checkpoint:
         tmp.replace(self.path)  # atomic: a kill mid-write never leaves a half checkpoint
 
 
+def _run_stage(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler, steps: int,
+               workdir: Path, ckpt_every: int, lr: float, step_loss, warmup: int = 200, log_every: int = 25) -> None:
+    """The loop every stage shares: resume, lr schedule, one optimizer step per `step_loss()` -> (loss, logs),
+    progress, checkpoints. `model` is in train mode inside the loop and in eval mode after it."""
+    ckpt = Checkpoint(workdir, name, model, opt, sampler)
+    start = ckpt.resume()
+    prog = Progress(name, steps, start, log_every)
+    model.train()
+    for step in range(start + 1, steps + 1):
+        _set_lr(opt, _lr(step, steps, lr, warmup=warmup))
+        loss, logs = step_loss()
+        _apply(opt, model, loss)
+        prog(step, **logs)
+        if step % ckpt_every == 0 or step == steps:
+            ckpt.save(step)
+    model.eval()
+
+
 def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float,
                     device: str = "cpu"):
-    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
-    ckpt = Checkpoint(workdir, "tokenizer", tok, opt, sampler)
-    start = ckpt.resume()
-    prog = Progress("tokenizer", steps, start, 50)
-    tok.train()
-    for step in range(start + 1, steps + 1):
-        _set_lr(opt, _lr(step, steps, lr))
+    def step_loss():
         b = sampler.tokenizer_batch(batch, 400)
         loss_total, logs = 0.0, {}
         for mod in ("ecg", "ppg"):
             x = torch.from_numpy(b[mod]).to(device)
             rec, _, commit = tok(x, mod)
-            loss = waveform_loss(rec, x) + 0.25 * commit
-            loss_total = loss_total + loss
-            logs[mod] = float(F.mse_loss(rec.detach(), x))
-        _apply(opt, tok, loss_total)
-        stats = tok.rvq.stats()
-        prog(step, ecg_mse=logs["ecg"], ppg_mse=logs["ppg"], ppl0=stats[0]["perplexity"], dead=sum(s["dead_codes"] for s in stats))
-        if step % ckpt_every == 0 or step == steps:
-            ckpt.save(step)
-    tok.eval()
+            loss_total = loss_total + (waveform_loss(rec, x) + 0.25 * commit)
+            logs[f"{mod}_mse"] = float(F.mse_loss(rec.detach(), x))
+        stats = tok.rvq.stats()  # codebook usage moves in the forward pass (EMA buffers), not in the optimizer step
+        return loss_total, logs | {"ppl0": stats[0]["perplexity"], "dead": sum(s["dead_codes"] for s in stats)}
+
+    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
+    _run_stage("tokenizer", tok, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, log_every=50)
 
 
 def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str = "cpu"):
@@ -161,13 +171,8 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
                      ckpt_every: int, lr: float, default_pat: float, device: str = "cpu"):
     for p in tok.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
-    ckpt = Checkpoint(workdir, "translator", tr, opt, sampler)
-    start = ckpt.resume()
-    prog = Progress("translator", steps, start, 25)
-    tr.train()
-    for step in range(start + 1, steps + 1):
-        _set_lr(opt, _lr(step, steps, lr))
+
+    def step_loss():
         b = sampler.translator_batch(batch)
         inp, _ = translator_inputs(tok, b, default_pat, device)
         tgt = torch.from_numpy(b["tgt"]).to(device)
@@ -178,11 +183,10 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         z = tr(**inp)
         wave = decode_target(tok, z, inp["task"])
         loss = F.mse_loss(z, z_tgt) + waveform_loss(wave, tgt)
-        _apply(opt, tr, loss)
-        prog(step, loss=float(loss.detach()), **_per_task_mse(wave, tgt, inp["task"]))
-        if step % ckpt_every == 0 or step == steps:
-            ckpt.save(step)
-    tr.eval()
+        return loss, {"loss": float(loss.detach()), **_per_task_mse(wave, tgt, inp["task"])}
+
+    opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
+    _run_stage("translator", tr, opt, sampler, steps, workdir, ckpt_every, lr, step_loss)
 
 
 def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -210,13 +214,8 @@ def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: 
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=1e-4)
-    ckpt = Checkpoint(workdir, "refiner", ref, opt, sampler)
-    start = ckpt.resume()
-    prog = Progress("refiner", steps, start, 25)
-    ref.train()
-    for step in range(start + 1, steps + 1):
-        _set_lr(opt, _lr(step, steps, lr, warmup=100))
+
+    def step_loss():
         b = sampler.translator_batch(batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS, p_sr_context=REFINER_SR_CONTEXT)
         inp, src = translator_inputs(tok, b, default_pat, device)
         decoded = clmt_decode(tok, tr, inp)
@@ -224,11 +223,10 @@ def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: 
         prior = torch.from_numpy(b["prior"]).to(device)  # PPG->ECG synthesis, or ECG SR context beat, or zeros
         pred = ref(src, prior, decoded, inp["task"])
         loss = refiner_loss(pred, tgt)
-        _apply(opt, ref, loss)
-        prog(step, loss=float(loss.detach()), **_per_task_mse(pred, tgt, inp["task"]))
-        if step % ckpt_every == 0 or step == steps:
-            ckpt.save(step)
-    ref.eval()
+        return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, inp["task"])}
+
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=1e-4)
+    _run_stage("refiner", ref, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, warmup=100)
 
 
 def cli(argv: list[str] | None = None) -> int:
