@@ -107,11 +107,13 @@ def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RAT
     return zscore(e)[0], zscore(p)[0]
 
 
-_CLASSIC = ClassicTranslator()
+# sharp (no timing blur): the shipped translator was trained with the sharp drawing as its prior; a blurred
+# one would be a different input distribution (retrain before changing this)
+_CLASSIC = ClassicTranslator(timing_blur_s=0.0)
 
 
 def ecg_prior(ppg: np.ndarray, context: PairedContext | None, rate: float = CANONICAL_RATE) -> np.ndarray:
-    """Classic PPG->ECG synthesis at `rate`, z-scored: the draft the translator refines."""
+    """Classic PPG->ECG synthesis at `rate`, sharp, z-scored: the translator's prior token stream."""
     y = _CLASSIC.translate([TranslationRequest(PPG2ECG, np.asarray(ppg, np.float32), rate, rate, "PLETH",
                                                context=context)])[0]
     return zscore(y)[0]

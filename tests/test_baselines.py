@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.baselines import DEFAULT_DELAY_S, ClassicTranslator, PassthroughTranslator, beat_model_from_context
+from operators.baselines import (DEFAULT_DELAY_S, TIMING_BLUR_S, ClassicTranslator, PassthroughTranslator,
+                                 beat_model_from_context, blur_timing, generic_beat_model, render_ecg)
 from operators.metrics import peak_f1, windowed_pearson_rmse
 from operators.resample import decimate_to
 from operators.rpeaks import detect_rpeaks
@@ -85,6 +86,34 @@ def test_ppg2ecg_with_context_learns_delay_and_places_beats():
     assert bad.f1 < good.f1
     r = windowed_pearson_rmse(ecg[s:s + 1000], with_ctx, rate, 8.0)
     assert r.mean_pearson > 0.7
+
+
+def test_timing_blur_is_what_uncertain_beat_times_call_for():
+    rate = 125.0
+    rng = np.random.default_rng(0)
+    true_r = np.cumsum(np.full(60, 0.8) + rng.normal(0, 0.03, 60))
+    model = generic_beat_model(rr_s=0.8)
+    n = int(true_r[-1] * rate)
+    truth = render_ecg(true_r, model, n, rate)
+    guessed = render_ecg(true_r + rng.normal(0, TIMING_BLUR_S, len(true_r)), model, n, rate)  # R times off by ~16 ms
+    r = lambda y: windowed_pearson_rmse(truth, y, rate).mean_pearson
+    assert r(blur_timing(guessed, rate)) > r(guessed) + 0.03, (r(blur_timing(guessed, rate)), r(guessed))
+    # a Gaussian blur keeps the signal's level; sd 0 is the identity
+    assert blur_timing(guessed, rate).mean() == pytest.approx(guessed.mean(), abs=1e-3)
+    assert blur_timing(guessed, rate, 0.0) is guessed
+    with pytest.raises(ValueError, match="timing_blur_s"):
+        ClassicTranslator(timing_blur_s=-0.01)
+
+
+def test_ppg2ecg_drawing_is_blurred_by_the_timing_error():
+    rate = 125.0
+    ecg, ppg, _ = _pair(rate=rate)
+    ctx = PairedContext(ecg[:1250].astype(np.float32), ppg[:1250].astype(np.float32), rate)
+    req = TranslationRequest("ppg2ecg", ppg[2500:3500].astype(np.float32), rate, rate, context=ctx)
+    (sharp,) = ClassicTranslator(timing_blur_s=0.0).translate([req])
+    (blurred,) = ClassicTranslator().translate([req])
+    np.testing.assert_allclose(blurred, blur_timing(sharp, rate), atol=1e-5)
+    assert np.abs(np.diff(blurred)).max() < 0.8 * np.abs(np.diff(sharp)).max()
 
 
 def test_deterministic_and_thread_safe():
