@@ -18,6 +18,7 @@ from models import weights as W
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR, modality_masks
 from models.prep import CANONICAL_RATE, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical, zscore
 from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
+from operators.context import ContextCache
 from operators.resample import merge_bands, resample
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
@@ -58,8 +59,7 @@ class ClmtTranslator:
         self.ecg_scale = tuple(self.cfg.get("ecg_scale", (0.0, 0.3)))  # population (mean, std) of lead II windows, mV
         self.max_batch = max_batch
         self._lock = threading.Lock()  # one forward pass at a time; callers may be worker threads
-        self._cache_lock = threading.Lock()
-        self._ctx_cache: dict[int, tuple] = {}  # insertion-ordered: oldest evicted first
+        self._ctx_cache = ContextCache(CONTEXT_CACHE)
         self.name = f"clmt:{W.DEFAULT_NAME}"
 
     # -- per-request numpy preparation -------------------------------------------------------------
@@ -105,21 +105,6 @@ class ClmtTranslator:
             item["prior"] = np.concatenate([item["prior"], np.repeat(item["prior"][-1:], pad)])
         return item
 
-    def _cached(self, ctx: PairedContext, tag, build):
-        """`build()` once per (context object, tag): the stream hands the same object to every window of a bed
-        until it refreshes."""
-        key = (id(ctx), tag)
-        with self._cache_lock:
-            hit = self._ctx_cache.get(key)
-            if hit is not None and hit[0] is ctx:
-                return hit[1]
-        value = build()
-        with self._cache_lock:
-            self._ctx_cache[key] = (ctx, value)  # holds `ctx`, so its id cannot be reused while cached
-            while len(self._ctx_cache) > CONTEXT_CACHE:
-                self._ctx_cache.pop(next(iter(self._ctx_cache)))
-        return value
-
     def _sr_template(self, ctx: PairedContext | None, source_rate: float):
         """The context's QRS template for ECG SR from `source_rate`, or None: no context, weights not trained for
         it, a context too slow to hold the band above the source's Nyquist frequency, or too few beats."""
@@ -128,11 +113,11 @@ class ClmtTranslator:
         if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
             return None
         cutoff = sr_cutoff_hz(source_rate)
-        return self._cached(ctx, ("sr", cutoff), lambda: qrs_template(np.asarray(ctx.ecg, np.float64), ctx.rate_hz, cutoff))
+        return self._ctx_cache.get(ctx, ("sr", cutoff), lambda: qrs_template(np.asarray(ctx.ecg, np.float64), ctx.rate_hz, cutoff))
 
     def _context_features(self, ctx: PairedContext):
         """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)) or None if too short; cached."""
-        return self._cached(ctx, "ppg2ecg", lambda: self._build_context_features(ctx))
+        return self._ctx_cache.get(ctx, "ppg2ecg", lambda: self._build_context_features(ctx))
 
     def _build_context_features(self, ctx: PairedContext):
         feats = None

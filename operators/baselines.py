@@ -19,9 +19,6 @@ safe to call from several threads.
 """
 from __future__ import annotations
 
-import threading
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,6 +26,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
+from operators.context import ContextCache
 from operators.quality import fill_nonfinite
 from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.resample import METHODS, merge_bands, resample
@@ -195,9 +193,7 @@ class ClassicTranslator:
         self.timing_blur_s = float(timing_blur_s)
         self.name = "classic" if sr_method == "polyphase" else f"classic-{sr_method}"
         self._generic = generic_beat_model(default_delay_s)
-        self._cache: OrderedDict[tuple, tuple[weakref.ref, object]] = OrderedDict()
-        self._cache_size = int(cache_size)
-        self._lock = threading.Lock()
+        self._cache = ContextCache(cache_size)
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
         return [self._one(r) for r in requests]
@@ -218,29 +214,10 @@ class ClassicTranslator:
             y = np.resize(y, n_out) if len(y) else np.zeros(n_out, np.float32)
         return y
 
-    def _cached(self, ctx: PairedContext, tag, build):
-        """`build()` once per (context object, tag), while the object lives."""
-        key = (id(ctx), tag)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0]() is ctx:
-                self._cache.move_to_end(key)
-                return hit[1]
-        value = build()
-        try:
-            ref = weakref.ref(ctx)
-        except TypeError:
-            return value
-        with self._lock:
-            self._cache[key] = (ref, value)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return value
-
     def _model_for(self, ctx: PairedContext | None) -> BeatModel:
         if ctx is None:
             return self._generic
-        return self._cached(ctx, "beat", lambda: beat_model_from_context(ctx)) or self._generic
+        return self._cache.get(ctx, "beat", lambda: beat_model_from_context(ctx)) or self._generic
 
     def _sr(self, src: np.ndarray, req: TranslationRequest) -> np.ndarray:
         y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
@@ -249,7 +226,7 @@ class ClassicTranslator:
         if ctx is None or not is_ecg_signal(req.source_signal) or not (fs < ft <= ctx.rate_hz) or len(y) < 2:
             return y
         cutoff = sr_cutoff_hz(fs)
-        tpl = self._cached(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff))
+        tpl = self._cache.get(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff))
         if tpl is None:
             return y
         return merge_bands(y, np.zeros_like(y), ft, cutoff) + paste_high_band(y, ft, tpl)

@@ -7,6 +7,8 @@ per bed that has both signals and passes `store.get()` along with each PPG windo
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from typing import Callable, Hashable, TypeVar
 
 import numpy as np
 
@@ -16,7 +18,9 @@ from operators.rpeaks import detect_rpeaks
 from operators.translator import PairedContext
 from operators.windowing import grid_ns
 
-__all__ = ["select_context", "ContextStore", "context_score"]
+__all__ = ["select_context", "ContextStore", "context_score", "ContextCache"]
+
+T = TypeVar("T")
 
 MAX_RR_CV = 0.15  # coefficient of variation of RR allowed in a context segment (regular rhythm)
 MAX_ECG_CLIP = 0.3
@@ -237,3 +241,35 @@ class ContextStore:
             return None
         ecg, ppg, rate, _ = al
         return select_context(ecg, ppg, rate, self.length_s)
+
+
+class ContextCache:
+    """Values derived from a context (beat model, templates, delay), built once per (context object, tag).
+
+    The stream hands the same `PairedContext` object to every window of a bed until it refreshes, so the object's
+    identity is the key. An entry holds the object itself, so its id cannot be reused while cached; the least
+    recently used entries go first beyond `size`. Thread-safe; `build` runs outside the lock.
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self._entries: OrderedDict[tuple, tuple[object, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ctx: object, tag: Hashable, build: Callable[[], T]) -> T:
+        key = (id(ctx), tag)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] is ctx:
+                self._entries.move_to_end(key)
+                return hit[1]
+        value = build()
+        with self._lock:
+            self._entries[key] = (ctx, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from operators.context import ContextStore, select_context
+from operators.translator import PairedContext
 from operators.resample import decimate_to
 from operators.windowing import SlidingWindower
 
@@ -118,3 +119,17 @@ def test_store_gap_resets_and_keeps_last_good():
     assert store.get() is None
     with pytest.raises(ValueError):
         store.push("RESP", T0, rate, ecg[:10])
+
+
+def test_context_cache_builds_once_per_object_and_tag_and_stays_bounded():
+    from operators.context import ContextCache
+
+    cache, calls = ContextCache(2), []
+    build = lambda v: (lambda: calls.append(v) or v)
+    a = PairedContext(np.zeros(10, np.float32), np.zeros(10, np.float32), 100.0)
+    b = PairedContext(np.zeros(10, np.float32), np.zeros(10, np.float32), 100.0)  # equal content, other object
+    assert cache.get(a, "beat", build(1)) == 1 and cache.get(a, "beat", build(2)) == 1
+    assert cache.get(a, "qrs", build(3)) == 3  # another value of the same context
+    assert cache.get(b, "beat", build(4)) == 4  # identity, not content, is the key
+    assert calls == [1, 3, 4] and len(cache) == 2
+    assert cache.get(a, "beat", build(5)) == 5  # least recently used went first
