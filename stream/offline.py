@@ -238,6 +238,9 @@ def _run(args) -> int:
     from operators.translator import load_translator
 
     path = Path(args.input)
+    out = Path(args.out)
+    if not out.parent.is_dir():  # checked first: a long translation must not end in this error
+        raise OfflineError(f"output directory {out.parent} does not exist")
     if path.suffix.lower() in (".parquet", ".pq", ".csv"):
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
@@ -268,9 +271,6 @@ def _run(args) -> int:
                               signal=args.signal, window_s=args.window_s, hop_s=args.hop_s, chunk_s=args.chunk_s,
                               lookahead_s=args.lookahead_s,
                               progress=progress)
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise OfflineError(f"output directory {out.parent} does not exist")
     res.to_parquet(out)
     col = next(iter(res.columns))
     print(f"wavebridge translate: wrote {len(res.times_s)} samples of {col} at {res.rate_hz:g} Hz to {out}",

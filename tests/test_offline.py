@@ -101,6 +101,15 @@ def test_clear_one_line_errors(mitdb_record, tmp_path, args, message):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_missing_output_directory_is_refused_before_any_work(tmp_path, monkeypatch):
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
+    called = []
+    monkeypatch.setattr(offline, "translate_recording", lambda *a, **k: called.append(1))
+    assert offline.cli([str(src), "--task", "sr", "--out", str(tmp_path / "nope" / "x.parquet"), "--translator", "classic"]) == 2
+    assert not called  # refused before reading and translating, not after
+
+
 def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_path):
     out = tmp_path / "ctx.parquet"
     r = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", out, "--translator", "classic",
