@@ -22,6 +22,11 @@ from operators.resample import resample
 SAME_PATIENT = (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39"))
 ALL_RECORDS = tuple(f"{i:02d}" for i in range(1, 41))
 SR_SOURCE_RATES = (25.0, 50.0)
+# ECG SR augmentation (refiner stage): replay a window faster or slower (heart rate and QRS width scale
+# together) and/or with flipped polarity. Factors are k/20 so the
+# polyphase resampler works with small integer ratios.
+STRETCH_FACTORS = tuple(k / 20 for k in range(16, 26) if k != 20)
+AUG_MARGIN = 100  # samples of filter run-in on each side, cropped after decimation
 
 
 def patients() -> list[tuple[str, ...]]:
@@ -100,12 +105,14 @@ class Sampler:
         return out
 
     def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75,
-                         lowres_kinds: tuple[str, ...] = ("fir", "plain"), p_sr_context: float = 0.0) -> dict[str, np.ndarray]:
+                         lowres_kinds: tuple[str, ...] = ("fir", "plain"), p_sr_context: float = 0.0,
+                         p_ecg_stretch: float = 0.0, p_ecg_flip: float = 0.0) -> dict[str, np.ndarray]:
         """`tgt` is z-scored on its own; `tgt_src_units` is the target in the units the serving path rescales
         with (for SR the source's level and spread, for PPG->ECG the same as `tgt`).
 
         `prior`: for PPG->ECG the classic synthesis; for ECG SR, with probability `p_sr_context`, the high band
-        of the patient's context beat pasted on the source (operators.beatsr), else zeros."""
+        of the patient's context beat pasted on the source (operators.beatsr), else zeros. ECG SR rows (and their
+        context) are time-stretched with probability `p_ecg_stretch`, sign-flipped with `p_ecg_flip` (`augment_ecg`)."""
         w, rng = self.window, self.rng
         src, tgt, prior, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, w, self.template, self.template))
         tgt_src = np.zeros((batch, w), np.float32)
@@ -145,16 +152,29 @@ class Sampler:
                 mod = "ecg" if task[b] == TASK_ECG_SR else "ppg"
                 rr = float(rng.choice(SR_SOURCE_RATES))
                 kind = lowres_kinds[int(rng.random() * len(lowres_kinds))]
-                x = r.lowres[(mod, rr, kind)][s : s + w]
+                full = getattr(r, mod)
+                aug = None
+                if mod == "ecg" and (p_ecg_stretch > 0 or p_ecg_flip > 0):
+                    factor = float(rng.choice(STRETCH_FACTORS)) if rng.random() < p_ecg_stretch else 1.0
+                    aug = (factor, -1.0 if rng.random() < p_ecg_flip else 1.0)
+                    aug = None if aug == (1.0, 1.0) else aug
+                if aug is not None:
+                    s = int(rng.integers(AUG_MARGIN * 2, n - int(w * aug[0]) - AUG_MARGIN * 2))
+                    y = augment_ecg(full, s, w, *aug)
+                    x = lowres_then_up(augment_ecg(full, s, w, *aug, margin=AUG_MARGIN), rr, kind)[AUG_MARGIN:-AUG_MARGIN]
+                else:
+                    y = full[s : s + w]
+                    x = r.lowres[(mod, rr, kind)][s : s + w]
                 src[b], mu, sd = zscore(x)
                 if p_sr_context > 0 and task[b] == TASK_ECG_SR and rng.random() < p_sr_context:
                     c = int(rng.integers(self.context[0], self.context[1] + 1))
-                    cs = self._context_start(n, s, c)
+                    span = int(c * aug[0]) + 3 if aug else c
+                    cs = self._context_start(n, s, span, int(w * aug[0]) + 1 if aug else w)
                     if cs is not None:
-                        tpl = qrs_template(r.ecg[cs : cs + c], CANONICAL_RATE, sr_cutoff_hz(rr))
+                        ctx_ecg = augment_ecg(full, cs, c, *aug) if aug else full[cs : cs + c]
+                        tpl = qrs_template(ctx_ecg, CANONICAL_RATE, sr_cutoff_hz(rr))
                         if tpl is not None:  # the refiner's input only: the translator never sees SR context
                             prior[b] = paste_high_band(x, CANONICAL_RATE, tpl) / sd
-                y = getattr(r, mod)[s : s + w]
                 tgt[b] = zscore(y)[0]
                 tgt_src[b] = (y - mu) / sd
                 rate[b] = rr
@@ -163,13 +183,30 @@ class Sampler:
         return {"src": src, "tgt": tgt, "tgt_src_units": tgt_src, "prior": prior, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
                 "rate": rate, "age": age, "sex": sex, "pat": pat}
 
-    def _context_start(self, n: int, s: int, c: int) -> int | None:
-        w = self.window
+    def _context_start(self, n: int, s: int, c: int, w: int | None = None) -> int | None:
+        """Start of a `c`-sample segment that does not overlap the `w`-sample window at `s`."""
+        w = self.window if w is None else w
         for _ in range(10):
             cs = int(self.rng.integers(0, n - c))
             if cs + c <= s or cs >= s + w:
                 return cs
         return None
+
+
+def augment_ecg(x: np.ndarray, start: int, length: int, factor: float, sign: float, margin: int = 0) -> np.ndarray:
+    """`length` (+ 2 `margin`) samples of `x` from `start` replayed `factor` times faster, times `sign`.
+
+    The input span is `length * factor` samples (margins too, so they lie outside the window on both sides);
+    polyphase resampling keeps the band the SR target is scored on."""
+    lo = start - int(round(margin * factor))
+    hi = start + int(round((length + margin) * factor)) + 2
+    if lo < 0 or hi > len(x):
+        raise ValueError(f"augment_ecg: span {lo}..{hi} outside the signal (0..{len(x)})")
+    y = resample(np.asarray(x[lo:hi], np.float64), CANONICAL_RATE * factor, CANONICAL_RATE, method="polyphase")
+    n = length + 2 * margin
+    if len(y) < n:
+        raise ValueError("augment_ecg: resampled span too short")
+    return (sign * y[:n]).astype(np.float32)
 
 
 def data_root(explicit: str | Path | None = None) -> Path:

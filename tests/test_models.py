@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import weights as W
-from models.data import patients, split
+from models.data import Record, Sampler, augment_ecg, patients, split
 from models.rvq import ResidualVQ
 from models.tokenizer import Tokenizer, TokenizerConfig
 from models.translator import ContextTranslator, TranslatorConfig
@@ -27,6 +27,47 @@ def test_split_is_by_patient_and_holds_out_every_fifth_patient():
     for group in (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39")):
         assert set(group) <= set(train) or set(group) <= set(val)  # a patient never straddles the split
     assert len(patients()) == 33 and len(val) == 7
+
+
+def test_augment_ecg_replays_faster_or_inverted_and_refuses_spans_outside():
+    t = np.arange(6000) / 100.0
+    x = np.sin(2 * np.pi * 1.5 * t)
+    assert np.array_equal(augment_ecg(x, 500, 800, 1.0, 1.0), x[500:1300].astype(np.float32))
+    assert np.allclose(augment_ecg(x, 500, 800, 1.0, -1.0, margin=100), -x[400:1400], atol=1e-6)
+    fast = augment_ecg(x, 1000, 2000, 1.2, 1.0)
+    spec = np.abs(np.fft.rfft(fast * np.hanning(len(fast))))
+    assert np.fft.rfftfreq(len(fast), 0.01)[np.argmax(spec)] == pytest.approx(1.8, abs=0.06)  # 1.5 Hz x 1.2
+    with pytest.raises(ValueError, match="outside"):
+        augment_ecg(x, 5500, 800, 1.25, 1.0)
+
+
+def test_sampler_augments_ecg_sr_rows_consistently():
+    """Augmented rows keep source, target and context beat in step: the low-rate source is the target
+    decimated, so the band both share must agree (and plain slicing is unchanged when p is 0)."""
+    from models.prep import CANONICAL_RATE, lowres_then_up
+    from models.tokenizer import TASK_ECG_SR
+
+    rng = np.random.default_rng(1)
+    t = np.arange(30000) / CANONICAL_RATE
+    ecg = np.zeros_like(t)
+    beats = np.arange(50, len(t) - 50, 80)  # 75 bpm, spiky QRS with high-band content
+    for b in beats:
+        ecg[b - 3 : b + 4] += np.array([-0.2, 0.3, 1.0, 2.0, 1.0, 0.3, -0.2])
+    ecg += 0.05 * np.sin(2 * np.pi * 0.3 * t) + 0.01 * rng.standard_normal(len(t))
+    ppg = np.sin(2 * np.pi * 1.25 * t)
+    lowres = {(m, r, k): lowres_then_up(x, r, k) for m, x in (("ecg", ecg), ("ppg", ppg))
+              for r in (25.0, 50.0) for k in ("fir", "plain", "iir")}
+    rec = Record("syn", ecg.astype(np.float32), ppg.astype(np.float32), 60.0, "F", 0.6, beats, lowres)
+    sampler = Sampler([rec], 800, (600, 2000), 120, seed=0)
+    b = sampler.translator_batch(64, p_task=(0.0, 1.0, 0.0), lowres_kinds=("fir",), p_sr_context=1.0, p_ecg_stretch=0.5, p_ecg_flip=0.5)
+    assert (b["task"] == TASK_ECG_SR).all() and np.isfinite(b["src"]).all() and np.isfinite(b["prior"]).all()
+    flipped = 0
+    for src, tgt, rate in zip(b["src"], b["tgt_src_units"], b["rate"]):
+        low = lowres_then_up(tgt.astype(np.float64), float(rate), "fir")
+        assert np.corrcoef(low[100:-100], src[100:-100])[0, 1] > 0.95  # source = target, decimated
+        flipped += -tgt.min() > tgt.max()  # QRS spikes point down
+    assert 10 < flipped < 54  # some rows inverted, not all
+    assert np.abs(b["prior"]).max() > 0  # the context beat was pasted
 
 
 def test_rvq_kmeans_init_ema_and_dead_code_reset():
@@ -101,15 +142,18 @@ def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
     _train(tmp_path / "base", bidmc, 2, 2, 0)
     base = tmp_path / "base" / "out"
     assert W.load(base)[2] is None  # trained without a refiner: none shipped, serving decodes CLMT as is
-    _train(tmp_path / "ref", bidmc, 0, 0, 2, "--init-from", str(base))
+    _train(tmp_path / "ref", bidmc, 0, 0, 2, "--init-from", str(base), "--ecg-stretch", "0.5", "--ecg-flip", "0.5")
     a, b = load_file(str(base / "clmt-small.safetensors")), load_file(str(tmp_path / "ref" / "out" / "clmt-small.safetensors"))
     kept = [k for k in a if not k.startswith("refiner.")]
     assert kept and all(torch.equal(a[k], b[k]) for k in kept)
     assert any(k.startswith("refiner.") for k in b)
     cfg = json.loads((tmp_path / "ref" / "out" / "clmt-small.json").read_text())
     assert cfg["translator_steps"] == 2 and cfg["init_from"] == str(base)
+    assert cfg["refiner_ecg_stretch"] == 0.5 and cfg["refiner_ecg_flip"] == 0.5  # augmentation recorded
+    out = _train(tmp_path / "bad", bidmc, 0, 0, 2, "--init-from", str(base), "--ecg-flip", "1.5", ok=False)
+    assert "between 0 and 1" in out
     # a base trained on other records would leak: refused
-    out = _train(tmp_path / "bad", bidmc, 0, 0, 2, "--init-from", str(base), "--records", "01,04", ok=False)
+    out = _train(tmp_path / "bad2", bidmc, 0, 0, 2, "--init-from", str(base), "--records", "01,04", ok=False)
     assert "other records" in out
 
 
