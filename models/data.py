@@ -23,8 +23,8 @@ SAME_PATIENT = (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39")
 ALL_RECORDS = tuple(f"{i:02d}" for i in range(1, 41))
 SR_SOURCE_RATES = (25.0, 50.0)
 # ECG SR augmentation (refiner stage): replay a window faster or slower (heart rate and QRS width scale
-# together) and/or with flipped polarity. Factors are k/20 so the
-# polyphase resampler works with small integer ratios.
+# together) and/or with flipped polarity. Factors are k/20 so the polyphase resampler works with small
+# integer ratios.
 STRETCH_FACTORS = tuple(k / 20 for k in range(16, 26) if k != 20)
 AUG_MARGIN = 100  # samples of filter run-in on each side, cropped after decimation
 

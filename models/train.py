@@ -244,7 +244,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--refiner-steps", type=int, default=2000, help="0 ships no refiner")
     ap.add_argument("--init-from", default=None,
                     help="weights (.safetensors or folder) whose tokenizer and translator are kept: only the refiner is trained")
-    # Off in the shipped weights: both raised held-out ECG SR Pearson a little but cost R-peak F1 (model card).
+    # Shipped weights: --ecg-stretch 0.5, no flips (flips cost R-peak F1 on held-out record 03; model card).
     ap.add_argument("--ecg-stretch", type=float, default=0.0, help="refiner: share of ECG SR rows replayed 0.8-1.25x as fast")
     ap.add_argument("--ecg-flip", type=float, default=0.0, help="refiner: share of ECG SR rows with inverted polarity")
     ap.add_argument("--batch", type=int, default=32)

@@ -43,7 +43,7 @@ def test_augment_ecg_replays_faster_or_inverted_and_refuses_spans_outside():
 
 def test_sampler_augments_ecg_sr_rows_consistently():
     """Augmented rows keep source, target and context beat in step: the low-rate source is the target
-    decimated, so the band both share must agree (and plain slicing is unchanged when p is 0)."""
+    decimated, so the band both share must agree."""
     from models.prep import CANONICAL_RATE, lowres_then_up
     from models.tokenizer import TASK_ECG_SR
 
