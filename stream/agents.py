@@ -1,9 +1,9 @@
 """The worker's Faust agent: input batches → pipeline → InfluxDB + output topics → manual acks.
 
 Delivery rule (docs/delivery-semantics.md): an input message is acknowledged only after the
-InfluxDB write and the Kafka sends covering ALL its samples succeeded. Faust commits only the
-contiguous prefix of acknowledged offsets per partition, so the committed offset never passes a
-message whose samples are not durably stored. Everything heavy (decode, windowing, torch,
+InfluxDB write and the Kafka sends covering ALL its samples succeeded, and only once every earlier
+message of its partition is acknowledged too (`stream.ackgate`: Faust would commit past a single
+held message), so the committed offset never passes a message whose samples are not durably stored. Everything heavy (decode, windowing, torch,
 synchronous InfluxDB writes) runs on one dedicated thread, never on the event loop.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream import sinks, wire
+from stream.ackgate import AckGate
 from stream.config import Settings
 from stream.pipeline import BatchResult, Pipeline, PipelineConfig
 
@@ -46,6 +47,7 @@ class WorkerRuntime:
         self.counters = sinks.ReasonCounters(settings.counters_log_s, log)
         self.stats = sinks.StatsWriter(settings.stats_file)
         self.stream = None  # the agent's stream, for acks
+        self.gate = AckGate()  # acks leave in offset order per partition
         self._lock: asyncio.Lock | None = None
         self._stopping = False
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -79,12 +81,17 @@ class WorkerRuntime:
             self.influx = sinks.InfluxSink(
                 s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, batch_points=s.influx_batch_points,
                 timeout_s=s.influx_timeout_s, backoff=sinks.Backoff(s.retry_initial_s, s.retry_max_s),
-                on_retry=self._on_influx_retry)
+                on_retry=self._on_influx_retry, on_reject=self._on_influx_reject)
 
     def _on_influx_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.counters.add("influx_write_failed")
         log.warning("InfluxDB write failed (attempt %d); consumption paused, retry in %.1fs: %s", attempt, delay,
                     sinks._short(exc))
+
+    def _on_influx_reject(self, exc: BaseException, n_lines: int) -> None:
+        self.counters.add("influx_rejected", n_lines)
+        log.error("InfluxDB rejected %d lines as unacceptable (stored the rest of the batch if any; not retried): %s",
+                  n_lines, sinks._short(exc))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -108,6 +115,7 @@ class WorkerRuntime:
             # Fetched before a rebalance: Faust re-delivers them from the committed offset.
             log.info("skipping %d events of a previous consumer generation", len(events) - len(fresh))
         async with self.lock:
+            self.gate.taken(ev for ev in fresh)
             result, dead = await self._run(self._compute, fresh)
             await self._deliver(result, dead)
 
@@ -126,6 +134,7 @@ class WorkerRuntime:
             return
         async with self.lock:
             dropped = self.pipeline.reset()
+            self.gate.reset()
             if dropped:
                 log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
                          len(dropped))
@@ -185,11 +194,12 @@ class WorkerRuntime:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
         if written_ms is None:
             written_ms = time.time() * 1000.0
-        # 3) Acknowledge: Faust commits the contiguous acked prefix of each partition.
+        # 3) Acknowledge, each partition's finished head only (the gate holds the rest until it is contiguous).
         done = list(result.completed) + [t for t, _, _ in dead] + [t for t, _, _ in rejected]
-        for tok in done:
-            await self._ack(tok.event)
-        self.counters.add("acked", len(done))
+        released = self.gate.finish(t.event for t in done)
+        for event in released:
+            await self._ack(event)
+        self.counters.add("acked", len(released))
         if self.stats.path is not None:
             self.stats.record(
                 {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "written_ms": written_ms}

@@ -127,16 +127,25 @@ class SinkStopped(RuntimeError):
     the input was not acknowledged, so it will be consumed again)."""
 
 
+# Answers that say the points themselves are unacceptable (unparsable, beyond the retention period, field
+# type conflict): InfluxDB has already stored the rest of the batch ("partial write"), and sending the same
+# points again can never succeed, so retrying would stall every bed on the worker behind one bad point.
+PERMANENT_STATUS = (400, 422)
+
+
 class InfluxSink:
     """Synchronous, batched, retried-forever writer of line protocol.
 
     `write(lines)` returns only once every line is stored; on failure it sleeps with exponential
-    back-off and retries the same batch. Call it from a worker thread, never the event loop.
+    back-off and retries the same batch. The exception: a batch InfluxDB rejects as unacceptable
+    (`PERMANENT_STATUS`) is reported through `on_reject` (or logged as an error) and not retried.
+    Call it from a worker thread, never the event loop.
     """
 
     def __init__(self, url: str, token: str | None, org: str, bucket: str, *, batch_points: int = 20000,
                  timeout_s: float = 10.0, backoff: Backoff | None = None,
-                 on_retry: Callable[[int, BaseException, float], None] | None = None):
+                 on_retry: Callable[[int, BaseException, float], None] | None = None,
+                 on_reject: Callable[[BaseException, int], None] | None = None):
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -145,8 +154,10 @@ class InfluxSink:
         self.batch_points = batch_points
         self.backoff = backoff or Backoff()
         self.on_retry = on_retry
+        self.on_reject = on_reject
         self.stop_event = threading.Event()
         self.failures = 0  # write attempts that failed, total
+        self.rejected_batches = 0  # batches answered with a PERMANENT_STATUS, not retried
         # retries=False: our own loop retries (forever, with back-off); urllib3's would give up.
         self._client = InfluxDBClient(url=url, token=token or "", org=org, timeout=int(timeout_s * 1000), retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
@@ -164,7 +175,15 @@ class InfluxSink:
                 try:
                     self._write_api.write(bucket=self.bucket, org=self.org, record=part, write_precision=WritePrecision.NS)
                     break
-                except Exception as exc:  # network errors, 5xx, 4xx alike: never drop data
+                except Exception as exc:  # network errors, 5xx, auth and missing buckets: retry, never drop data
+                    if getattr(exc, "status", None) in PERMANENT_STATUS:
+                        self.rejected_batches += 1
+                        if self.on_reject:
+                            self.on_reject(exc, part.count("\n") + 1)
+                        else:
+                            log.error("InfluxDB rejected a batch of %d lines (not retried): %s", part.count("\n") + 1,
+                                      _short(exc))
+                        break
                     attempt += 1
                     self.failures += 1
                     delay = next(delays)

@@ -112,6 +112,30 @@ def test_influx_outage_blocks_and_retries_until_stored(influx_up):
 
 
 @pytest.mark.integration
+def test_rejected_points_are_reported_not_retried_and_the_rest_is_stored(influx_up):
+    """One unacceptable line must not stall the worker: InfluxDB stores the good lines and refuses the bad one
+    for good, so the sink reports it instead of retrying forever."""
+    influx = influx_up
+    influx.create_database("sinks_reject")
+    retries, rejects = [], []
+    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_reject", timeout_s=2.0,
+                            backoff=sinks.Backoff(0.05, 0.1), on_retry=lambda a, e, d: retries.append(a),
+                            on_reject=lambda e, n: rejects.append((getattr(e, "status", None), n)))
+    good = sinks.output_lines(series(np.arange(10, dtype=np.float32)))
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (sink.write(good[:5] + ["waveform,bed=a value=notanumber,x 1"] + good[5:]), done.set()))
+    t.start()
+    try:
+        assert done.wait(10), "write kept retrying a batch InfluxDB refused"
+    finally:
+        sink.stop_event.set()
+        t.join(5)
+        sink.close()
+    assert rejects == [(400, 11)] and retries == [] and sink.rejected_batches == 1
+    assert len(influx.query("SELECT value FROM waveform", "sinks_reject")) == 10
+
+
+@pytest.mark.integration
 def test_blocked_write_aborts_on_stop(influx_up):
     influx = influx_up
     sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_stop", timeout_s=1.0,
