@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from stream import wire
+
 PREFIX = "WAVEBRIDGE_"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+# No OAUTHBEARER: it needs a token provider object, which no environment variable can supply.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI")
 DEVICES = ("auto", "cpu", "cuda")
 KNOWN_TASKS = ("ppg2ecg", "sr")
 
@@ -198,6 +201,9 @@ class Settings:
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise bad("KAFKA_SECURITY_PROTOCOL", f"{self.security_protocol!r} not in {SECURITY_PROTOCOLS}")
         if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism == "OAUTHBEARER":
+                raise bad("KAFKA_SASL_MECHANISM", "OAUTHBEARER is not supported (it needs a token provider, "
+                                                  f"which cannot be configured here); use one of {SASL_MECHANISMS}")
             if self.sasl_mechanism not in SASL_MECHANISMS:
                 raise bad("KAFKA_SASL_MECHANISM", f"{self.sasl_mechanism!r} not in {SASL_MECHANISMS}")
             if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
@@ -256,10 +262,12 @@ class Settings:
         for t in self.tasks:
             if t not in KNOWN_TASKS:
                 raise bad("TASKS", f"unknown task {t!r} (known: {', '.join(KNOWN_TASKS)})")
-        if self.sr_target_hz <= 0:
-            raise bad("SR_TARGET_HZ", "must be > 0")
+        if not (wire.MIN_RATE_HZ <= self.sr_target_hz <= wire.MAX_RATE_HZ):
+            raise bad("SR_TARGET_HZ", f"{self.sr_target_hz:g} Hz is outside the wire format's "
+                                      f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
         if not (0 < self.sr_below_hz <= self.sr_target_hz):
             raise bad("SR_BELOW_HZ", f"must be > 0 and <= SR_TARGET_HZ ({self.sr_target_hz})")
+        self._check_output_chunk_size()
         if self.context_s < 0:
             raise bad("CONTEXT_S", "must be >= 0 (0 disables patient context)")
 
@@ -269,6 +277,24 @@ class Settings:
             raise bad("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
         if self.counters_log_s <= 0:
             raise bad("COUNTERS_LOG_S", "must be > 0")
+
+    def _check_output_chunk_size(self) -> None:
+        """Every emitted output chunk must pass `wire` validation, or the worker drops it (only
+        counted) while still acknowledging its input. The longest emitted span is WINDOW_S, not
+        WINDOW_S - LOOKAHEAD_S: a flushed segment shorter than one window (before a gap, at idle
+        flush) is emitted whole. ppg2ecg keeps a fast PPG's own rate, which the wire
+        admits up to MAX_RATE_HZ, so that bounds the output rate whenever ppg2ecg is enabled."""
+        if self.window_s > wire.MAX_DURATION_S:
+            raise ConfigError(f"{PREFIX}WINDOW_S: {self.window_s:g} s > {wire.MAX_DURATION_S:g} s, the longest chunk "
+                              f"the wire format allows (a flushed window can be emitted whole as one chunk)")
+        if "ppg2ecg" in self.tasks:
+            rate, why = wire.MAX_RATE_HZ, "ppg2ecg keeps the PPG's own rate, up to the wire's maximum"
+        else:
+            rate, why = self.sr_target_hz, "SR_TARGET_HZ"
+        if self.window_s * rate > wire.MAX_SAMPLES:
+            raise ConfigError(f"{PREFIX}WINDOW_S: {self.window_s:g} s at {rate:g} Hz ({why}) is "
+                              f"{self.window_s * rate:.0f} samples > {wire.MAX_SAMPLES}, the most the wire format "
+                              f"allows in one chunk; use WINDOW_S <= {wire.MAX_SAMPLES / rate:g}")
 
     # ------------------------------------------------------------------------------------
     @property

@@ -31,6 +31,8 @@ from operators.rpeaks import detect_rpeaks
 from operators.translator import PPG2ECG, SR, PairedContext, load_translator
 
 SR_RATE, SR_TARGET = 25.0, 100.0
+TASKS = ("ppg2ecg", "sr-ecg", "sr-ppg")
+SR_INPUTS = ("aa", "plain")
 
 
 @dataclass
@@ -79,6 +81,14 @@ def translate_array(translator, task: str, x: np.ndarray, rate: float, target_ra
     return next(iter(res.columns.values())).astype(np.float64)
 
 
+def _comma_list(ap: argparse.ArgumentParser, option: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        ap.error(f"{option}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}; choose from {', '.join(allowed)}")
+    return items
+
+
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wavebridge evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
@@ -87,14 +97,17 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--context-s", type=float, default=60.0)
     ap.add_argument("--seconds", type=float, default=None, help="evaluate only this much of each record")
-    ap.add_argument("--tasks", default="ppg2ecg,sr-ecg,sr-ppg")
-    ap.add_argument("--sr-input", default="aa,plain",
-                    help="how the 25 Hz input is made: aa = anti-aliased decimation, plain = every k-th sample")
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
+    ap.add_argument("--sr-input", default=",".join(SR_INPUTS),
+                    help="comma list; how the 25 Hz input is made: aa = anti-aliased decimation, plain = every k-th sample")
     ap.add_argument("--json", default=None, help="also write all numbers here")
     args = ap.parse_args(argv)
+    # Checked before any work: an unknown name would otherwise evaluate nothing (tasks) or run
+    # plain decimation under the user's label (sr-input), and still exit 0.
+    tasks = _comma_list(ap, "--tasks", args.tasks, TASKS)
+    sr_inputs = _comma_list(ap, "--sr-input", args.sr_input, SR_INPUTS)
     root = data_root(args.data)
     names = args.records.split(",") if args.records else split()[1]
-    tasks = args.tasks.split(",")
     methods = {"clmt": load_translator("clmt", weights=args.weights, device=args.device)}
     classic = load_translator("classic")
     cubic = load_translator("classic", sr_method="cubic")
@@ -132,7 +145,7 @@ def cli(argv: list[str] | None = None) -> int:
             runs = [("clmt", methods["clmt"], None), ("polyphase", classic, None), ("cubic", cubic, None)]
             if sig == "II":
                 runs += [("clmt +context", methods["clmt"], ctx), ("polyphase +context", classic, ctx)]
-            for kind in args.sr_input.split(","):
+            for kind in sr_inputs:
                 lo = decimate_to(x, rate, SR_RATE) if kind == "aa" else x[:: int(round(rate / SR_RATE))]
                 for label, tr, context in runs:
                     out = translate_array(tr, SR, lo, SR_RATE, SR_TARGET, sig, context=context, **meta)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ def pick_source(recording, task: str, signal: str | None) -> str:
     have = list(recording.signals)
     if signal is not None:
         name = canonical_name(signal)
+        check_task_source(task, name)
         if name not in recording.signals:
             raise OfflineError(f"channel {signal!r} not found in {recording.name} (has: {', '.join(have) or 'none'})")
         return name
@@ -85,6 +87,33 @@ def pick_source(recording, task: str, signal: str | None) -> str:
         return have[0]
     raise OfflineError(f"sr: cannot tell which channel to super-resolve in {recording.name} (has: {', '.join(have)}); "
                        f"pass --signal")
+
+
+def check_task_source(task: str, name: str) -> None:
+    """ppg2ecg translates PLETH only: the pipeline routes no other signal to it, so any other
+    source would silently produce an empty output."""
+    if task == PPG2ECG and name != PPG:
+        raise OfflineError(f"ppg2ecg translates a PLETH (PPG) channel only; --signal {name} is not one "
+                           f"(omit --signal, or use --task sr)")
+
+
+def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
+    """Chunks go through the wire format like a replay's: refuse sizes it would reject mid-run."""
+    from stream import wire
+
+    if not (0 < chunk_s <= wire.MAX_DURATION_S):
+        raise OfflineError(f"--chunk-s must be in (0, {wire.MAX_DURATION_S:g}] s (the wire format's longest chunk), "
+                           f"got {chunk_s:g}")
+    if not (wire.MIN_RATE_HZ <= rate_hz <= wire.MAX_RATE_HZ):
+        raise OfflineError(f"{signal} is sampled at {rate_hz!r} Hz, outside the wire format's "
+                           f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
+    n = math.ceil(chunk_s * rate_hz)  # chunk_bounds rounds, so a chunk can be one sample longer than chunk_s * rate
+    if n_samples is not None:
+        n = min(n, n_samples)  # a recording shorter than one chunk is sent whole
+    if n > wire.MAX_SAMPLES:
+        most = math.floor(wire.MAX_SAMPLES / rate_hz * 1000) / 1000
+        raise OfflineError(f"--chunk-s {chunk_s:g} at {rate_hz:g} Hz ({signal}) is {n} samples per chunk > "
+                           f"{wire.MAX_SAMPLES}, the wire format's limit; use --chunk-s <= {most:g}")
 
 
 def uses_context(task: str, source_signal: str) -> bool:
@@ -172,8 +201,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
         raise OfflineError(f"need 0 < hop ({hop_s:g} s) <= window ({window_s:g} s)")
     if lookahead_s < 0 or hop_s + lookahead_s > window_s:
         raise OfflineError(f"need 0 <= look-ahead ({lookahead_s:g} s) and hop + look-ahead <= window ({window_s:g} s)")
-    if chunk_s <= 0:
-        raise OfflineError("--chunk-s must be > 0")
+    check_chunk_s(chunk_s, src_rate, src, len(recording.signals[src]))
     if translator is None or isinstance(translator, str):
         translator = load_translator(translator or default_translator_spec()[0])
 
@@ -244,6 +272,10 @@ def _run(args) -> int:
     if path.suffix.lower() in (".parquet", ".pq", ".csv"):
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
+    if args.signal:
+        from operators.records import canonical_name
+
+        check_task_source(args.task, canonical_name(args.signal))  # before reading anything
     wanted = [args.signal] if args.signal else ([PPG] if args.task == PPG2ECG else None)
     try:
         rec = read_recording(path, wanted, rate_hz=args.input_rate)
@@ -252,6 +284,8 @@ def _run(args) -> int:
         raise OfflineError(f"{need}{path}: {exc}") from None
     if not rec.signals:
         raise OfflineError(f"{path}: no channels")
+    src = pick_source(rec, args.task, args.signal)
+    check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model
     spec, why = (args.translator, "given") if args.translator else default_translator_spec()
     try:
         translator = load_translator(spec)
@@ -260,7 +294,6 @@ def _run(args) -> int:
     print(f"wavebridge translate: translator {spec} ({why})", file=sys.stderr)
     context = None
     if args.context:
-        src = pick_source(rec, args.task, args.signal)
         if uses_context(args.task, src):
             context = load_context(args.context, args.context_s)
         else:
@@ -271,8 +304,12 @@ def _run(args) -> int:
                               signal=args.signal, window_s=args.window_s, hop_s=args.hop_s, chunk_s=args.chunk_s,
                               lookahead_s=args.lookahead_s,
                               progress=progress)
-    res.to_parquet(out)
     col = next(iter(res.columns))
+    if len(res.times_s) == 0:
+        dropped = sum(e.type == "short_segment_dropped" for e in res.events)
+        why = f" ({dropped} segment(s) of finite samples too short to translate were dropped)" if dropped else ""
+        raise OfflineError(f"{args.task} of {src} in {path} produced no samples{why}; nothing written")
+    res.to_parquet(out)
     print(f"wavebridge translate: wrote {len(res.times_s)} samples of {col} at {res.rate_hz:g} Hz to {out}",
           file=sys.stderr)
     return 0

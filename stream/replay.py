@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 10 = 10x faster, 0 = as fast as possible")
     p.add_argument("--chunk-s", type=float, default=1.0, help="seconds of signal per message")
     p.add_argument("--format", choices=FORMATS, default="binary", help="wire encoding (docs/wire-format.md)")
-    p.add_argument("--signals", default=",".join(DEFAULT_SIGNALS), help="comma-separated signal names")
+    p.add_argument("--signals", default=None,
+                   help=f"comma-separated signal names (default: whichever of {', '.join(DEFAULT_SIGNALS)} each record has)")
     p.add_argument("--resample", action="append", default=[], metavar="SIGNAL=HZ",
                    help="replay a signal at another rate, e.g. PLETH=25 (repeatable)")
     p.add_argument("--start-ns", type=int, default=None, help="timestamp of the first sample (default: now)")
@@ -356,7 +357,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         resample = _parse_resample(args.resample)
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
-    signals = [s.strip() for s in args.signals.split(",") if s.strip()]
+    # None (not DEFAULT_SIGNALS): replay() then takes whichever default channels each record has.
+    signals = None if args.signals is None else [s.strip() for s in args.signals.split(",") if s.strip()]
     try:
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
         if not args.no_create_topic:

@@ -148,3 +148,23 @@ def test_import_error_inside_project_keeps_traceback(monkeypatch):
     monkeypatch.setattr(cli.importlib, "import_module", fake_import)
     with pytest.raises(ModuleNotFoundError):
         cli.main(["worker"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "ppg2ecg,sr-ecgg"], "--tasks: unknown 'sr-ecgg'; choose from ppg2ecg, sr-ecg, sr-ppg"),
+    (["--tasks", ","], "--tasks: empty"),
+    (["--sr-input", "aa,AA"], "--sr-input: unknown 'AA'; choose from aa, plain"),
+])
+def test_evaluate_refuses_unknown_task_or_sr_input_before_any_work(monkeypatch, capsys, args, message):
+    # A typo used to evaluate nothing (tasks) or run plain decimation under the typed label (sr-input), exit 0.
+    from stream import evaluate
+
+    def no_work(*a, **k):
+        raise AssertionError("evaluation started despite an invalid option")
+
+    monkeypatch.setattr(evaluate, "data_root", no_work)
+    monkeypatch.setattr(evaluate, "load_translator", no_work)
+    with pytest.raises(SystemExit) as exc:
+        evaluate.cli(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

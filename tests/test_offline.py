@@ -151,3 +151,46 @@ def test_default_translator_is_reported(monkeypatch, tmp_path):
     assert offline.default_translator_spec()[0] == "classic"
     (tmp_path / "m.safetensors").write_bytes(b"")
     assert offline.default_translator_spec()[0] == "clmt"
+
+
+def test_ppg2ecg_refuses_a_source_other_than_pleth(tmp_path, capsys):
+    # The pipeline routes ppg2ecg from PLETH only: --signal II used to write an empty file and exit 0.
+    rec = synthesize(seconds=20.0, seed=3)
+    src = write_table(tmp_path / "both.parquet", {"II": rec.signals["II"], "PLETH": rec.signals["PLETH"]}, 125.0)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--signal", "II", "--out", str(out), "--translator", "classic"]) == 2
+    err = capsys.readouterr().err
+    assert "ppg2ecg translates a PLETH (PPG) channel only; --signal II" in err, err
+    assert not out.exists()
+    with pytest.raises(offline.OfflineError, match="PLETH"):
+        offline.translate_recording(offline_read(src), "ppg2ecg", signal="II", translator="classic")
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--signal", "PPG", "--out", str(out), "--translator", "classic"]) == 0
+    assert len(pq.read_table(out)) == len(rec.signals["PLETH"])  # the PLETH alias still works
+
+
+def test_translation_without_output_samples_fails(tmp_path, capsys):
+    # 0.5 s of PLETH: shorter than the pipeline's minimum segment, so nothing is translated
+    src = write_table(tmp_path / "short.parquet", {"PLETH": synthesize(seconds=20.0, seed=4).signals["PLETH"][:62]}, 125.0)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 2
+    err = capsys.readouterr().err
+    assert "produced no samples (1 segment(s) of finite samples too short to translate were dropped)" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("rate, seconds, chunk_s, message", [
+    (125.0, 20.0, 90, "--chunk-s must be in (0, 60] s"),
+    (125.0, 20.0, 0, "--chunk-s must be in (0, 60] s"),
+    (1800.0, 41.0, 40, "--chunk-s 40 at 1800 Hz (PLETH) is 72000 samples per chunk > 65536, the wire format's limit; "
+                       "use --chunk-s <= 36.408"),
+    (4000.0, 2.0, 1, "PLETH is sampled at 4000.0 Hz, outside the wire format's [1, 2000] Hz"),
+])
+def test_chunk_s_beyond_the_wire_limits_is_a_one_line_error(tmp_path, capsys, rate, seconds, chunk_s, message):
+    x = np.sin(np.arange(int(seconds * rate)) / 40.0).astype(np.float32)
+    src = write_table(tmp_path / "in.parquet", {"PLETH": x}, rate)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic",
+                        "--chunk-s", str(chunk_s)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()  # refused before the translator is even loaded

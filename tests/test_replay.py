@@ -144,6 +144,34 @@ def test_replay_rejects_bad_arguments():
         rp.replay([odd], RecordingSink(), signals=["V5"])
 
 
+class OwnedSink(RecordingSink):
+    """Stands in for the KafkaProducer the CLI creates (and flushes and closes) itself."""
+
+    def flush(self, timeout=None):
+        pass
+
+    def close(self, timeout=None):
+        pass
+
+
+@pytest.mark.parametrize("only", ["PLETH", "II"])
+def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch, capsys, only):
+    # The CLI used to pass II,PLETH explicitly, so a single-channel record failed with "has no channel".
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"{only}.parquet"
+    pq.write_table(pa.table({"time_s": np.arange(250) / 125.0, only: np.zeros(250, np.float32)}), path)
+    sink = OwnedSink()
+    monkeypatch.setattr(rp, "_make_producer", lambda bootstrap, **kw: sink)
+    rc = rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-create-topic", "--speed", "0", "--no-progress",
+                 "--start-ns", str(T0)])
+    assert rc == 0, capsys.readouterr().err
+    assert {wire.decode(value).signal for _, _, value in sink.sent} == {only}
+    assert len(sink.sent) == 2  # 2 s in 1 s chunks
+    assert "whichever of II, PLETH each record has" in " ".join(rp.build_parser().format_help().split())
+
+
 # ------------------------------------------------------------------ against a real broker
 
 

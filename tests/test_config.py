@@ -1,0 +1,99 @@
+"""Worker settings: limits the wire format puts on output chunks, and SASL mechanisms that cannot work."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.windowing import grid_ns
+from stream import wire
+from stream.config import ConfigError, Settings
+from stream.pipeline import Pipeline, PipelineConfig
+
+T0 = 1_700_000_000_000_000_000
+
+
+class Identity:
+    """Same-rate translator stand-in: output = input (only chunk sizes matter here)."""
+
+    name = "identity"
+
+    def translate(self, requests):
+        return [np.asarray(r.source, np.float32)[: r.n_out] for r in requests]
+
+
+def emitted_chunks(settings: Settings, rate_hz: float, seconds: float, signal: str = "PLETH") -> list[wire.Chunk]:
+    """Push `seconds` of one signal through the pipeline as the worker would, flush, return the output chunks."""
+    pipe = Pipeline(PipelineConfig.from_settings(settings), Identity())
+    x = np.sin(np.arange(int(round(seconds * rate_hz))) / 50.0).astype(np.float32)
+    per = int(rate_hz)  # 1 s input chunks
+    outs = []
+    for seq, a in enumerate(range(0, len(x), per)):
+        pipe.push(wire.Chunk("bed-1", signal, rate_hz, int(grid_ns(T0, rate_hz, a)), seq, x[a:a + per]))
+        outs += pipe.process().outputs
+    pipe.flush_all()
+    outs += pipe.process().outputs
+    return [wire.Chunk(o.bed, o.topic_signal, o.rate_hz, int(o.times_ns[0]), o.seq, o.values) for o in outs]
+
+
+def test_sr_target_above_the_wire_rate_is_refused():
+    with pytest.raises(ConfigError, match=r"WAVEBRIDGE_SR_TARGET_HZ: 4000 Hz .*\[1, 2000\]"):
+        Settings(window_s=90, sr_target_hz=4000)
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_SR_TARGET_HZ"):
+        Settings(sr_target_hz=0.5, sr_below_hz=0.5)
+    Settings(sr_target_hz=2000)
+
+
+def test_window_longer_than_the_wire_chunk_duration_is_refused():
+    with pytest.raises(ConfigError, match=r"WAVEBRIDGE_WINDOW_S: 90 s > 60 s"):
+        Settings(window_s=90, tasks=("sr",))
+    # hop + look-ahead are not the limit: a segment shorter than one window is flushed whole
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_WINDOW_S"):
+        Settings(window_s=61, hop_s=2, lookahead_s=30, tasks=("sr",))
+    Settings(window_s=60, tasks=("sr",))
+
+
+def test_window_over_the_wire_sample_limit_at_the_highest_output_rate_is_refused():
+    # ppg2ecg keeps the PPG's own rate, which the wire admits up to 2000 Hz: 40 s -> 80,000 samples
+    with pytest.raises(ConfigError, match=r"WAVEBRIDGE_WINDOW_S: 40 s at 2000 Hz .*65536.*WINDOW_S <= 32\.768"):
+        Settings(window_s=40)
+    with pytest.raises(ConfigError, match=r"40 s at 1800 Hz"):
+        Settings(window_s=40, tasks=("sr",), sr_target_hz=1800)
+    Settings(window_s=40, tasks=("sr",))  # SR alone at 100 Hz: 4,000 samples
+    Settings(window_s=wire.MAX_SAMPLES / wire.MAX_RATE_HZ)
+
+
+def test_largest_accepted_window_emits_only_chunks_the_wire_accepts():
+    s = Settings(window_s=wire.MAX_SAMPLES / wire.MAX_RATE_HZ, hop_s=2.0, lookahead_s=1.0, context_s=0.0)
+    # just under one window, flushed: the longest chunk the pipeline emits, at the wire's top rate
+    chunks = emitted_chunks(s, wire.MAX_RATE_HZ, s.window_s - 0.5)
+    assert chunks and max(len(c.samples) for c in chunks) > (s.window_s - s.lookahead_s) * wire.MAX_RATE_HZ
+    for c in chunks:
+        wire.encode_binary(c)
+    # the same input with a window the check refuses would be dropped by the worker
+    too_big = Settings(window_s=32.768, hop_s=2.0, lookahead_s=1.0, context_s=0.0)
+    object.__setattr__(too_big, "window_s", 40.0)  # bypass validation to show what it prevents
+    with pytest.raises(wire.WireError, match="oversized"):
+        for c in emitted_chunks(too_big, wire.MAX_RATE_HZ, 39.5):
+            wire.encode_binary(c)
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_oauthbearer_is_refused_with_a_clear_message(protocol):
+    env = {"WAVEBRIDGE_KAFKA_SECURITY_PROTOCOL": protocol, "WAVEBRIDGE_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+           "WAVEBRIDGE_KAFKA_SASL_USERNAME": "u", "WAVEBRIDGE_KAFKA_SASL_PASSWORD": "p"}
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_KAFKA_SASL_MECHANISM: OAUTHBEARER is not supported"):
+        Settings.from_env(env)
+    env["WAVEBRIDGE_KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-512"
+    assert Settings.from_env(env).sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_configuration_doc_lists_only_accepted_sasl_mechanisms():
+    from stream.config import SASL_MECHANISMS
+    from tests.conftest import REPO
+
+    row = next(ln for ln in (REPO / "docs" / "configuration.md").read_text().splitlines()
+               if ln.startswith("| `WAVEBRIDGE_KAFKA_SASL_MECHANISM`"))
+    assert "OAUTHBEARER" not in SASL_MECHANISMS
+    assert "OAUTHBEARER` is refused" in row
+    for mech in SASL_MECHANISMS:
+        assert f"`{mech}`" in row
