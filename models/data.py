@@ -159,17 +159,20 @@ class Sampler:
                     aug = (factor, -1.0 if rng.random() < p_ecg_flip else 1.0)
                     aug = None if aug == (1.0, 1.0) else aug
                 if aug is not None:
-                    s = int(rng.integers(AUG_MARGIN * 2, n - int(w * aug[0]) - AUG_MARGIN * 2))
-                    y = augment_ecg(full, s, w, *aug)
-                    x = lowres_then_up(augment_ecg(full, s, w, *aug, margin=AUG_MARGIN), rr, kind)[AUG_MARGIN:-AUG_MARGIN]
+                    before, after = augment_span(w, aug[0], AUG_MARGIN)
+                    s = int(rng.integers(before, n - after + 1))
+                    # one resampled span: the target is its middle, the source its decimation, margins cropped
+                    z = augment_ecg(full, s, w, *aug, margin=AUG_MARGIN)
+                    y = z[AUG_MARGIN:-AUG_MARGIN]
+                    x = lowres_then_up(z, rr, kind)[AUG_MARGIN:-AUG_MARGIN]
                 else:
                     y = full[s : s + w]
                     x = r.lowres[(mod, rr, kind)][s : s + w]
                 src[b], mu, sd = zscore(x)
                 if p_sr_context > 0 and task[b] == TASK_ECG_SR and rng.random() < p_sr_context:
                     c = int(rng.integers(self.context[0], self.context[1] + 1))
-                    span = int(c * aug[0]) + 3 if aug else c
-                    cs = self._context_start(n, s, span, int(w * aug[0]) + 1 if aug else w)
+                    span = augment_span(c, aug[0])[1] if aug else c
+                    cs = self._context_start(n, s, span, augment_span(w, aug[0])[1] if aug else w)
                     if cs is not None:
                         ctx_ecg = augment_ecg(full, cs, c, *aug) if aug else full[cs : cs + c]
                         tpl = qrs_template(ctx_ecg, CANONICAL_RATE, sr_cutoff_hz(rr))
@@ -193,13 +196,19 @@ class Sampler:
         return None
 
 
+def augment_span(length: int, factor: float, margin: int = 0) -> tuple[int, int]:
+    """(samples before `start`, samples from `start` on) of the original signal `augment_ecg` reads: the one
+    place that arithmetic lives, so callers drawing a start know how much room to leave."""
+    return int(round(margin * factor)), int(round((length + margin) * factor)) + 2
+
+
 def augment_ecg(x: np.ndarray, start: int, length: int, factor: float, sign: float, margin: int = 0) -> np.ndarray:
     """`length` (+ 2 `margin`) samples of `x` from `start` replayed `factor` times faster, times `sign`.
 
     The input span is `length * factor` samples (margins too, so they lie outside the window on both sides);
     polyphase resampling keeps the band the SR target is scored on."""
-    lo = start - int(round(margin * factor))
-    hi = start + int(round((length + margin) * factor)) + 2
+    before, after = augment_span(length, factor, margin)
+    lo, hi = start - before, start + after
     if lo < 0 or hi > len(x):
         raise ValueError(f"augment_ecg: span {lo}..{hi} outside the signal (0..{len(x)})")
     y = resample(np.asarray(x[lo:hi], np.float64), CANONICAL_RATE * factor, CANONICAL_RATE, method="polyphase")

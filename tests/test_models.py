@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import weights as W
-from models.data import Record, Sampler, augment_ecg, patients, split
+from models.data import STRETCH_FACTORS, Record, Sampler, augment_ecg, augment_span, patients, split
 from models.rvq import ResidualVQ
 from models.tokenizer import Tokenizer, TokenizerConfig
 from models.translator import ContextTranslator, TranslatorConfig
@@ -39,6 +39,13 @@ def test_augment_ecg_replays_faster_or_inverted_and_refuses_spans_outside():
     assert np.fft.rfftfreq(len(fast), 0.01)[np.argmax(spec)] == pytest.approx(1.8, abs=0.06)  # 1.5 Hz x 1.2
     with pytest.raises(ValueError, match="outside"):
         augment_ecg(x, 5500, 800, 1.25, 1.0)
+    for factor in STRETCH_FACTORS:  # augment_span is exactly the room augment_ecg needs: both ends fit, one more does not
+        before, after = augment_span(800, factor, 100)
+        assert len(augment_ecg(x, before, 800, factor, 1.0, margin=100)) == 1000
+        assert len(augment_ecg(x, len(x) - after, 800, factor, 1.0, margin=100)) == 1000
+        for start in (before - 1, len(x) - after + 1):
+            with pytest.raises(ValueError, match="outside"):
+                augment_ecg(x, start, 800, factor, 1.0, margin=100)
 
 
 def test_sampler_augments_ecg_sr_rows_consistently():
