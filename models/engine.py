@@ -4,6 +4,7 @@ Per window: tokenize -> translator -> re-quantize -> decode -> refiner (sample-l
 weights have one). One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
 CPU or CUDA (config), under `torch.inference_mode`, in half precision on CUDA, with weights loaded from
 safetensors (no pickle). Numpy pre/post-processing matches training exactly (`models.prep`).
+Super-resolution of a source sampled at or above the canonical 100 Hz skips the model: polyphase resampling.
 """
 from __future__ import annotations
 
@@ -165,12 +166,20 @@ class ClmtTranslator:
                 out[m] = self.refiner(src[m], prior[m], out[m], task[m])
         return out.float().cpu().numpy()
 
+    @staticmethod
+    def _measured_enough(r: TranslationRequest) -> bool:
+        """SR of a source at or above the canonical rate: the model works at 100 Hz and can add nothing above its
+        own 50 Hz Nyquist frequency, while running it would replace measured signal by a reconstruction from
+        tokens (with a rate prompt training never used). Such rows get the polyphase resample of the source."""
+        return r.task == SR and float(r.source_rate) >= CANONICAL_RATE
+
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
-        items = [self._prepare(r) for r in requests]
+        items = [None if self._measured_enough(r) else self._prepare(r) for r in requests]  # None: no model pass
         results: list[np.ndarray | None] = [None] * len(items)
         by_len = defaultdict(list)
         for i, it in enumerate(items):
-            by_len[len(it["src"])].append(i)
+            if it is not None:
+                by_len[len(it["src"])].append(i)
         with self._lock:
             for idxs in by_len.values():
                 for s in range(0, len(idxs), self.max_batch):
@@ -178,7 +187,12 @@ class ClmtTranslator:
                     out = self._forward([items[i] for i in part])
                     for row, i in zip(out, part):
                         results[i] = row
-        return [self._finish(r, it, y) for r, it, y in zip(requests, items, results)]
+        return [self._resampled(r) if it is None else self._finish(r, it, y) for r, it, y in zip(requests, items, results)]
+
+    @staticmethod
+    def _resampled(r: TranslationRequest) -> np.ndarray:
+        y = resample(np.nan_to_num(np.asarray(r.source, dtype=np.float64)), r.source_rate, r.target_rate, method="polyphase")
+        return _fit(y, r.n_out)
 
     @staticmethod
     def _finish(r: TranslationRequest, it: dict, y: np.ndarray) -> np.ndarray:
@@ -189,7 +203,11 @@ class ClmtTranslator:
             y = merge_bands(it["source_up"], y, CANONICAL_RATE, sr_cutoff_hz(it["rate"]))
         if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
             y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
-        n_out = r.n_out
-        if len(y) < n_out:
-            y = np.concatenate([y, np.repeat(y[-1:], n_out - len(y))])
-        return y[:n_out].astype(np.float32)
+        return _fit(y, r.n_out)
+
+
+def _fit(y: np.ndarray, n_out: int) -> np.ndarray:
+    """Exactly `n_out` float32 samples (the translator contract); a short result holds its last value."""
+    if len(y) < n_out:
+        y = np.concatenate([y, np.repeat(y[-1:], n_out - len(y))])
+    return y[:n_out].astype(np.float32)

@@ -37,7 +37,7 @@ REFINED_TASKS = (TASK_ECG_SR, TASK_PPG_SR)
 @dataclass
 class RefinerConfig:
     channels: int = 64
-    dilations: tuple = (1, 2, 4, 8, 16, 1, 2, 4, 8, 1)  # receptive field ~2.3 s at 100 Hz
+    dilations: tuple = (1, 2, 4, 8, 16, 1, 2, 4, 8, 1)  # receptive field 201 samples = 2.0 s at 100 Hz (7 + 4*47 + 6)
     kernel: int = 5
     prior_draft: bool = True  # ECG SR rows with a context beat start from source + prior (weights saved before: False)
 

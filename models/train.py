@@ -1,12 +1,15 @@
 """`wavebridge train`: train the CLMT tokenizer, then the translator, on BIDMC (split by patient).
 
-Seeded and resumable: a checkpoint (model + optimizer + sampler RNG + step) is written to `--workdir`
-every `--ckpt-every` steps and picked up again by the same command. The final weights are exported as
-safetensors + JSON config to `--out` (default `models/weights/`), which is what serving loads.
+Seeded and resumable: a checkpoint (model + optimizer + sampler and torch RNG + step + the stage's recipe) is
+written to `--workdir` every `--ckpt-every` steps and picked up again by the same command, with the same or more
+steps; a checkpoint of another recipe (seed, records, --init-from, augmentation, model config, batch) is refused.
+The final weights are exported as safetensors + JSON config to `--out` (default `models/weights/`), which is what
+serving loads.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -30,6 +33,7 @@ TEMPLATE = 96  # ... summarised as R-aligned beat templates (models.prep.beat_te
 REFINER_TASK_P = (0.0, 0.7, 0.3)  # refiner batches by task id (PPG->ECG, ECG SR, PPG SR): ECG SR is the hard one
 assert all((p > 0) == (t in REFINED_TASKS) for t, p in enumerate(REFINER_TASK_P))
 REFINER_SR_CONTEXT = 0.5  # share of ECG SR batches whose refiner input carries the patient's context beat
+LR = {"tokenizer": 2e-3, "translator": 1e-3, "refiner": 2e-3}  # peak learning rates (cosine schedule)
 
 
 def waveform_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -76,35 +80,92 @@ class Progress:
         print(f"[{self.name}] step {step}/{self.total} {vals} ({rate:.2f} it/s, eta {eta / 60:.1f} min)", flush=True)
 
 
-class Checkpoint:
-    """One stage's resumable state: model, optimizer, sampler RNG and step, in `workdir/<name>.ckpt`."""
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint in the workdir that this run must not resume."""
 
-    def __init__(self, workdir: Path, name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler):
-        self.path, self.name, self.model, self.opt, self.sampler = workdir / f"{name}.ckpt", name, model, opt, sampler
+
+def _plain(recipe: dict) -> dict:
+    """The recipe as it reads back from a checkpoint (JSON types: tuples become lists)."""
+    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+
+
+_NONE = object()  # a recipe part one side lacks
+
+
+def _recipe_diff(saved: dict, now: dict, most: int = 4) -> str:
+    """`key.sub: saved -> now` for what differs (a part present on one side only is named once, not leaf by leaf)."""
+    short = lambda v: "(none)" if v is _NONE else (r if len(r := repr(v)) <= 40 else r[:37] + "...")
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(a.keys() | b.keys()) for d in walk(a.get(k, _NONE), b.get(k, _NONE), f"{prefix}{k}.")]
+        return [] if a == b else [f"{prefix[:-1]}: {short(a)} -> {short(b)}"]
+
+    diff = walk(saved, now, "")
+    return "; ".join(diff[:most]) + (f"; {len(diff) - most} more" if len(diff) > most else "")
+
+
+def check_checkpoint(workdir: Path, name: str, recipe: dict, steps: int) -> dict | None:
+    """The saved state of stage `name` if this run may resume it (None when there is none); raises
+    `CheckpointMismatch` when it was written by another recipe, or got further than the `steps` asked for (its
+    weights would then be exported under a step count they do not have)."""
+    path = workdir / f"{name}.ckpt"
+    if not path.exists():
+        return None
+    # tensors, dicts and numbers only (numpy's PCG64 state is a dict of ints): no pickle code runs
+    st = torch.load(path, weights_only=True, map_location="cpu")
+    fresh = f"pass a fresh --workdir (or delete {path} to train this stage from scratch)"
+    if "recipe" not in st:
+        raise CheckpointMismatch(f"the workdir {workdir} holds a {name} checkpoint that records no recipe (written "
+                                 f"before checkpoints did), so it cannot be told to belong to this run; {fresh}")
+    if st["recipe"] != _plain(recipe):
+        raise CheckpointMismatch(f"the workdir {workdir} holds a {name} checkpoint of another training recipe "
+                                 f"({_recipe_diff(st['recipe'], _plain(recipe))}); {fresh}")
+    if int(st["step"]) > steps:
+        raise CheckpointMismatch(f"the workdir {workdir} holds a {name} checkpoint at step {st['step']}, past the "
+                                 f"{steps} steps asked for; ask for at least {st['step']} or {fresh}")
+    return st
+
+
+class Checkpoint:
+    """One stage's resumable state: model, optimizer, sampler and torch RNG, step and the stage's recipe (everything
+    that makes its run, but the step count: more steps resume), in `workdir/<name>.ckpt`."""
+
+    def __init__(self, workdir: Path, name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler,
+                 recipe: dict, steps: int):
+        self.workdir, self.path, self.name = workdir, workdir / f"{name}.ckpt", name
+        self.model, self.opt, self.sampler, self.recipe, self.steps = model, opt, sampler, recipe, steps
 
     def resume(self) -> int:
         """Restore the saved state if there is one; returns the step to continue after."""
-        if not self.path.exists():
+        st = check_checkpoint(self.workdir, self.name, self.recipe, self.steps)
+        if st is None:
             return 0
-        st = torch.load(self.path, weights_only=False, map_location="cpu")  # our own file (numpy RNG state inside)
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sampler.rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])  # k-means init, dead-code resets and dropout draw from it
+        if "cuda_rng" in st and torch.cuda.is_available() and len(st["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
         print(f"[{self.name}] resumed at step {st['step']}", flush=True)
         return int(st["step"])
 
     def save(self, step: int) -> None:
         tmp = self.path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": step,
-                    "rng": self.sampler.rng.bit_generator.state}, tmp)
+        st = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": step,
+              "rng": self.sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "recipe": _plain(self.recipe)}
+        if torch.cuda.is_available():
+            st["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(st, tmp)
         tmp.replace(self.path)  # atomic: a kill mid-write never leaves a half checkpoint
 
 
 def _run_stage(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler, steps: int,
-               workdir: Path, ckpt_every: int, lr: float, step_loss, warmup: int = 200, log_every: int = 25) -> None:
+               workdir: Path, ckpt_every: int, lr: float, step_loss, warmup: int = 200, log_every: int = 25, *,
+               recipe: dict) -> None:
     """The loop every stage shares: resume, lr schedule, one optimizer step per `step_loss()` -> (loss, logs),
     progress, checkpoints. `model` is in train mode inside the loop and in eval mode after it."""
-    ckpt = Checkpoint(workdir, name, model, opt, sampler)
+    ckpt = Checkpoint(workdir, name, model, opt, sampler, recipe, steps)
     start = ckpt.resume()
     prog = Progress(name, steps, start, log_every)
     model.train()
@@ -119,7 +180,7 @@ def _run_stage(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sa
 
 
 def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float,
-                    device: str = "cpu"):
+                    device: str = "cpu", *, recipe: dict):
     def step_loss():
         b = sampler.tokenizer_batch(batch, 400)
         loss_total, logs = 0.0, {}
@@ -132,7 +193,7 @@ def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, wo
         return loss_total, logs | {"ppl0": stats[0]["perplexity"], "dead": sum(s["dead_codes"] for s in stats)}
 
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
-    _run_stage("tokenizer", tok, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, log_every=50)
+    _run_stage("tokenizer", tok, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, log_every=50, recipe=recipe)
 
 
 def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str = "cpu"):
@@ -168,7 +229,7 @@ def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.
 
 
 def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, steps: int, batch: int, workdir: Path,
-                     ckpt_every: int, lr: float, default_pat: float, device: str = "cpu"):
+                     ckpt_every: int, lr: float, default_pat: float, device: str = "cpu", *, recipe: dict):
     for p in tok.parameters():
         p.requires_grad_(False)
 
@@ -186,7 +247,7 @@ def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, st
         return loss, {"loss": float(loss.detach()), **_per_task_mse(wave, tgt, inp["task"])}
 
     opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
-    _run_stage("translator", tr, opt, sampler, steps, workdir, ckpt_every, lr, step_loss)
+    _run_stage("translator", tr, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, recipe=recipe)
 
 
 def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -208,7 +269,7 @@ def clmt_decode(tok: Tokenizer, tr: ContextTranslator, inp: dict) -> torch.Tenso
 
 def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: Sampler, steps: int, batch: int,
                   workdir: Path, ckpt_every: int, lr: float, default_pat: float, device: str = "cpu",
-                  ecg_stretch: float = 0.0, ecg_flip: float = 0.0):
+                  ecg_stretch: float = 0.0, ecg_flip: float = 0.0, *, recipe: dict):
     """Stage 3: tokenizer and translator frozen (eval mode, so the codebooks do not move); the refiner learns
     the residual between the decoded CLMT output and the target, on every way a monitor may decimate.
     `ecg_stretch` / `ecg_flip`: share of ECG SR rows replayed faster or slower / inverted (data.augment_ecg)."""
@@ -229,7 +290,36 @@ def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: 
         return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, inp["task"])}
 
     opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=1e-4)
-    _run_stage("refiner", ref, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, warmup=100)
+    _run_stage("refiner", ref, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, warmup=100, recipe=recipe)
+
+
+def tensor_digest(*modules: torch.nn.Module) -> str:
+    """Identity of trained weights (names and exact values of every tensor)."""
+    h = hashlib.sha256()
+    for m in modules:
+        for k, v in sorted(m.state_dict().items()):
+            h.update(k.encode()); h.update(str(v.dtype).encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: TokenizerConfig, tr_cfg: TranslatorConfig | None,
+                  base_digest: str | None) -> dict[str, dict]:
+    """What makes each stage's run, kept in its checkpoint: everything but step counts (the same run asked for more
+    steps resumes, as before). A stage trained on frozen earlier stages carries their recipes, or the digest of the
+    --init-from tensors it starts from, so a refiner checkpoint never resumes over another base."""
+    common = {"seed": args.seed, "records": list(train_names), "window": WINDOW, "context": CONTEXT, "template": TEMPLATE}
+    out = {}
+    if base_digest is None:
+        out["tokenizer"] = common | {"tokenizer": tok_cfg.to_dict(), "batch": args.batch * 2, "lr": LR["tokenizer"]}
+        out["translator"] = common | {"tokenizer": out["tokenizer"], "translator": tr_cfg.to_dict(), "batch": args.batch,
+                                      "lr": LR["translator"]}
+        base = {"translator": out["translator"]}
+    else:
+        base = {"init_from": base_digest}
+    out["refiner"] = common | {"base": base, "refiner": RefinerConfig().to_dict(), "batch": args.batch, "lr": LR["refiner"],
+                               "ecg_stretch": args.ecg_stretch, "ecg_flip": args.ecg_flip, "task_p": REFINER_TASK_P,
+                               "sr_context": REFINER_SR_CONTEXT}
+    return out
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -277,6 +367,24 @@ def cli(argv: list[str] | None = None) -> int:
             return 2
     print(f"train records ({len(train_names)}): {' '.join(train_names)}\nvalidation records ({len(val_names)}): {' '.join(val_names)}",
           flush=True)
+    if args.init_from:
+        tok, tr, _, base = W.load(args.init_from, device)
+        if base.get("train_records") != train_names:
+            print("error: --init-from weights were trained on other records than this run's training split", file=sys.stderr)
+            return 2
+        tok_cfg, tr_cfg, base_digest = tok.cfg, tr.cfg, tensor_digest(tok, tr)
+    else:
+        tok_cfg, base_digest = TokenizerConfig(), None
+        tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
+    recipes = stage_recipes(args, train_names, tok_cfg, tr_cfg, base_digest)
+    stages = [] if args.init_from else [("tokenizer", args.tokenizer_steps), ("translator", args.translator_steps)]
+    stages += [("refiner", args.refiner_steps)] if args.refiner_steps > 0 else []
+    for name, steps in stages:  # before any data is loaded or any stage trains: a refused run costs nothing
+        try:
+            check_checkpoint(workdir, name, recipes[name], steps)
+        except CheckpointMismatch as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     t0 = time.time()
     records = load_records(root, train_names)
     pats = np.array([r.pat_s for r in records])
@@ -288,30 +396,25 @@ def cli(argv: list[str] | None = None) -> int:
     ecg_scale = (float(np.median(means)), float(np.median(stds)))
     sampler = Sampler(records, WINDOW, CONTEXT, TEMPLATE, args.seed)
     if args.init_from:
-        tok, tr, _, base = W.load(args.init_from, device)
-        tok_cfg = tok.cfg
         default_pat, ecg_scale = float(base["default_pat_s"]), tuple(base["ecg_scale"])
-        if base.get("train_records") != train_names:
-            print("error: --init-from weights were trained on other records than this run's training split", file=sys.stderr)
-            return 2
         meta_stages = {k: base[k] for k in ("tokenizer_steps", "translator_steps", "codebook", "seed") if k in base}
         meta_stages |= {"init_from": str(args.init_from), "base_train_minutes": base.get("base_train_minutes", base.get("train_minutes"))}
         # (a base that was itself refiner-only passes on the minutes of the run that trained its tokenizer and translator)
         print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
     else:
-        tok_cfg = TokenizerConfig()
         tok = Tokenizer(tok_cfg).to(device)
-        train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, 2e-3, device)
-        tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
+        train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, LR["tokenizer"], device,
+                        recipe=recipes["tokenizer"])
         tr = ContextTranslator(tok_cfg, tr_cfg).to(device)
-        train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, 1e-3, default_pat, device)
+        train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, LR["translator"],
+                         default_pat, device, recipe=recipes["translator"])
         meta_stages = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
                        "codebook": tok.rvq.stats(), "seed": args.seed}
     ref = None
     if args.refiner_steps > 0:
         ref = Refiner(RefinerConfig()).to(device)
-        train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, 2e-3, default_pat, device,
-                      args.ecg_stretch, args.ecg_flip)
+        train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, LR["refiner"], default_pat,
+                      device, args.ecg_stretch, args.ecg_flip, recipe=recipes["refiner"])
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
             "train_records": train_names, "val_records": val_names, **meta_stages, "refiner_steps": args.refiner_steps,
             "refiner_tasks": list(REFINED_TASKS) if ref is not None else [],

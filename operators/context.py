@@ -142,9 +142,9 @@ class ContextStore:
     """Bounded memory of one bed's most recent ECG ("II") and PPG ("PLETH") samples.
 
     Windows (possibly overlapping, as the windower emits them) are pushed with their start
-    timestamps; `get()` aligns both signals on time at `rate_hz` (default: the PPG rate, i.e.
-    the translator's source rate) and returns the best `length_s` context from the overlap, or the
-    last good one when the current data has none. Thread-safe.
+    timestamps; `get()` aligns both signals on time at `rate_hz` (default: the faster of the two
+    signals' rates, so neither loses band) and returns the best `length_s` context from the overlap, or
+    the last good one when the current data has none. Thread-safe.
     """
 
     def __init__(self, length_s: float = 10.0, keep_s: float = 30.0, rate_hz: float | None = None,
@@ -214,7 +214,9 @@ class ContextStore:
         if not len(self._ecg.buf) or not len(self._ppg.buf):
             return None
         (e0, e1), (p0, p1) = self._ecg.span_ns(), self._ppg.span_ns()
-        rate = float(self.rate_hz or self._ppg.rate)
+        # Not the PPG's rate: a 25 Hz PPG would band-limit a 125 Hz ECG to 12.5 Hz and blunt the QRS that
+        # PPG->ECG draws from this context (the model was trained on full-band contexts). Upsampling the PPG is harmless.
+        rate = float(self.rate_hz or max(self._ecg.rate, self._ppg.rate))
         t0, t1 = max(e0, p0), min(e1, p1)
         n = int((t1 - t0) * rate // 1e9)
         if n < 2:

@@ -85,19 +85,43 @@ def test_store_aligns_overlapping_windows_and_is_bounded():
     assert store.get() is ctx  # cached until new data arrives
 
 
-def test_store_mixed_rates_resamples_to_ppg_rate():
+def test_store_mixed_rates_aligns_at_the_faster_rate():
     ecg_hi, _ = _pair(250.0, dur=30.0)
     _, ppg = _pair(125.0, dur=30.0)
-    ecg_lo, _ = _pair(125.0, dur=30.0)
+    _, ppg_hi = _pair(250.0, dur=30.0)
     store = ContextStore(length_s=10.0, keep_s=30.0)
     _feed(store, "II", ecg_hi, 250.0)
     _feed(store, "PLETH", ppg, 125.0)
     e, p, r, t0 = store.aligned()
-    assert r == 125.0
-    k0 = int(round((t0 - T0) * 125.0 / 1e9))
-    # the 250 Hz ECG brought onto the PPG grid matches the same ECG made at 125 Hz directly
-    assert np.corrcoef(e[100:-100], ecg_lo[k0 + 100:k0 + len(e) - 100])[0, 1] > 0.98
+    assert r == 250.0  # the ECG's rate: its band is kept
+    k0 = int(round((t0 - T0) * 250.0 / 1e9))
+    np.testing.assert_allclose(e, ecg_hi[k0:k0 + len(e)], atol=1e-6)
+    # the 125 Hz PPG brought onto the ECG grid matches the same PPG made at 250 Hz directly
+    assert np.corrcoef(p[100:-100], ppg_hi[k0 + 100:k0 + len(p) - 100])[0, 1] > 0.98
     assert store.get() is not None
+
+
+def test_store_keeps_a_full_rate_ecg_qrs_when_the_ppg_is_slow():
+    """A bed with a 25 Hz PPG and a 125 Hz ECG: the context ECG keeps its band (a PPG-rate grid would cut it at
+    12.5 Hz and blunt the QRS that PPG->ECG draws from the context)."""
+    ecg, _ = _pair(125.0, dur=30.0)
+    _, ppg = _pair(25.0, dur=30.0)
+    store = ContextStore(length_s=10.0, keep_s=30.0)
+    _feed(store, "II", ecg, 125.0)
+    _feed(store, "PLETH", ppg, 25.0)
+    ctx = store.get()
+    assert ctx is not None
+
+    def p2p(x, rate):  # median peak-to-peak over 0.8 s spans (one beat each)
+        n = int(0.8 * rate)
+        return np.median([np.ptp(x[i:i + n]) for i in range(0, len(x) - n, n)])
+
+    assert p2p(ctx.ecg, ctx.rate_hz) == pytest.approx(p2p(ecg, 125.0), rel=0.05)  # a 25 Hz grid kept 67 %
+    assert ctx.rate_hz == 125.0 and len(ctx.ecg) == len(ctx.ppg) == 1250
+    # still a slice of the ECG as measured, and the PPG upsampled onto its grid
+    start = int(np.argmin([np.abs(ecg[s:s + 1250] - ctx.ecg).max() for s in range(len(ecg) - 1250 + 1)]))
+    np.testing.assert_allclose(ctx.ecg, ecg[start:start + 1250], atol=1e-5)
+    assert store.aligned()[2] == 125.0
 
 
 def test_store_gap_resets_and_keeps_last_good():

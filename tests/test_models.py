@@ -141,6 +141,14 @@ def test_training_is_resumable_and_exports_loadable_safetensors(tmp_path, bidmc)
     assert ref is not None and W.count_params(tok, tr, ref) == cfg["parameters"]
     header = (tmp_path / "out" / "clmt-small.safetensors").read_bytes()[:8]
     assert int.from_bytes(header, "little") > 0  # safetensors header length, not a pickle
+    # the same workdir for another run (refiner-only over these weights, stretched): refused before any training,
+    # naming the workdir, instead of resuming the full run's refiner and exporting it as a stretched one
+    work = str(tmp_path / "work")
+    out = _train(tmp_path, bidmc, 0, 0, 6, "--init-from", str(tmp_path / "out"), "--ecg-stretch", "0.5", ok=False)
+    assert "another training recipe" in out and work in out and "--workdir" in out and "[refiner] step" not in out
+    out = _train(tmp_path, bidmc, 2, 4, 3, ok=False)  # the refiner checkpoint is at step 4: not exported as 3
+    assert "at step 4, past the 3 steps" in out and work in out and "[translator] resumed" not in out
+    assert json.loads((tmp_path / "out" / "clmt-small.json").read_text()) == cfg  # nothing overwritten
 
 
 def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
@@ -157,11 +165,81 @@ def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
     cfg = json.loads((tmp_path / "ref" / "out" / "clmt-small.json").read_text())
     assert cfg["translator_steps"] == 2 and cfg["init_from"] == str(base)
     assert cfg["refiner_ecg_stretch"] == 0.5 and cfg["refiner_ecg_flip"] == 0.5  # augmentation recorded
+    # the same refiner-only run again resumes its checkpoint (the base is recognised by its tensors) ...
+    out = _train(tmp_path / "ref", bidmc, 0, 0, 2, "--init-from", str(base), "--ecg-stretch", "0.5", "--ecg-flip", "0.5")
+    assert "[refiner] resumed at step 2" in out
+    # ... and without the augmentation it is another run: refused
+    out = _train(tmp_path / "ref", bidmc, 0, 0, 2, "--init-from", str(base), "--ecg-stretch", "0.5", ok=False)
+    assert "ecg_flip: 0.5 -> 0.0" in out and str(tmp_path / "ref" / "work") in out
     out = _train(tmp_path / "bad", bidmc, 0, 0, 2, "--init-from", str(base), "--ecg-flip", "1.5", ok=False)
     assert "between 0 and 1" in out
     # a base trained on other records would leak: refused
     out = _train(tmp_path / "bad2", bidmc, 0, 0, 2, "--init-from", str(base), "--records", "01,04", ok=False)
     assert "other records" in out
+
+
+def _tiny_checkpoint(workdir: Path, recipe: dict, steps: int):
+    from types import SimpleNamespace
+
+    from models.train import Checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return Checkpoint(workdir, "refiner", model, opt, SimpleNamespace(rng=np.random.default_rng(0)), recipe, steps)
+
+
+def test_checkpoint_resumes_only_its_own_recipe_and_restores_both_rngs(tmp_path):
+    from models.train import CheckpointMismatch, check_checkpoint
+
+    recipe = {"seed": 0, "records": ["01", "02"], "base": {"init_from": "abc"}, "ecg_stretch": 0.0, "task_p": (0.0, 0.7, 0.3)}
+    ck = _tiny_checkpoint(tmp_path, recipe, 10)
+    ck.sampler.rng.random(3)
+    torch.manual_seed(5)
+    ck.save(4)
+    expected_torch, expected_np = torch.rand(3), ck.sampler.rng.random(3)
+    st = torch.load(ck.path, weights_only=True)  # no pickled objects inside
+    assert st["step"] == 4 and st["recipe"]["task_p"] == [0.0, 0.7, 0.3]
+    torch.manual_seed(99)
+    again = _tiny_checkpoint(tmp_path, recipe, 6)  # same recipe, more steps than saved (4): resumes
+    assert again.resume() == 4
+    assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(again.sampler.rng.random(3), expected_np)
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), ck.model.state_dict().values()))
+    # another recipe (e.g. a refiner-only run with stretch over a full run's workdir): refused, naming the workdir
+    with pytest.raises(CheckpointMismatch, match="another training recipe") as err:
+        _tiny_checkpoint(tmp_path, recipe | {"ecg_stretch": 0.5}, 10).resume()
+    assert "ecg_stretch: 0.0 -> 0.5" in str(err.value) and str(tmp_path) in str(err.value) and "--workdir" in str(err.value)
+    with pytest.raises(CheckpointMismatch, match="base.init_from: 'abc' -> 'def'"):
+        check_checkpoint(tmp_path, "refiner", recipe | {"base": {"init_from": "def"}}, 10)
+    # further than asked: its weights would be exported under a step count they do not have
+    with pytest.raises(CheckpointMismatch, match="at step 4, past the 3 steps"):
+        _tiny_checkpoint(tmp_path, recipe, 3).resume()
+    # a checkpoint from before recipes were recorded cannot be vouched for
+    del st["recipe"]
+    torch.save(st, ck.path)
+    with pytest.raises(CheckpointMismatch, match="records no recipe"):
+        check_checkpoint(tmp_path, "refiner", recipe, 10)
+
+
+def test_stage_recipes_leave_out_step_counts_only():
+    import argparse
+
+    from models.train import stage_recipes
+
+    args = lambda **kw: argparse.Namespace(**({"seed": 0, "batch": 32, "ecg_stretch": 0.0, "ecg_flip": 0.0,
+                                               "tokenizer_steps": 1500, "translator_steps": 2500, "refiner_steps": 2000} | kw))
+    tok_cfg, tr_cfg = TokenizerConfig(), TranslatorConfig()
+    r = lambda a, base=None, names=("01", "02"), tc=tr_cfg: stage_recipes(a, list(names), tok_cfg, tc, base)
+    full = r(args())
+    assert r(args(tokenizer_steps=1, translator_steps=2, refiner_steps=3)) == full  # more steps: the same run
+    for other in (r(args(seed=1)), r(args(batch=16)), r(args(), names=("01", "04")), r(args(), tc=TranslatorConfig(layers=2))):
+        assert other["translator"] != full["translator"] and other["refiner"] != full["refiner"]
+    assert r(args(ecg_stretch=0.5))["refiner"] != full["refiner"] and r(args(ecg_flip=0.5))["refiner"] != full["refiner"]
+    assert r(args(ecg_stretch=0.5))["translator"] == full["translator"]  # refiner settings leave earlier stages alone
+    only = r(args(), base="abc")
+    assert set(only) == {"refiner"} and only["refiner"] != full["refiner"]  # over --init-from, not this run's stages
+    assert only["refiner"] != r(args(), base="def")["refiner"]  # another base's tensors
 
 
 def test_refiner_starts_as_identity_and_keeps_rows_apart():
@@ -253,3 +331,26 @@ def test_engine_ecg_sr_uses_a_full_rate_context_beat():
     np.testing.assert_array_equal(eng.translate([TranslationRequest(SR, lo, 25.0, 100.0, "II", context=slow)])[0], alone)
     eng.sr_context = False
     np.testing.assert_array_equal(eng.translate(reqs[:1])[0], alone)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_sr_of_a_source_at_or_above_the_canonical_rate_is_the_polyphase_resample():
+    """The model works at 100 Hz: from a 125 Hz source it has nothing to add, so the measured signal is resampled,
+    not re-synthesized from tokens (batched with a 25 Hz row that does go through the model)."""
+    from models.engine import ClmtTranslator
+    from operators.resample import resample
+    from operators.synthetic import synthesize
+
+    rec = synthesize(seconds=20.0, seed=6)
+    ecg, ppg, rate = rec.signals["II"], rec.signals["PLETH"], rec.rate_hz
+    assert rate == 125.0
+    eng = ClmtTranslator(device="cpu")
+    src, low = ecg[:1000], ecg[:1000:5]
+    reqs = [TranslationRequest(SR, src, rate, 250.0, "II", context=PairedContext(ecg[1000:], ppg[1000:], rate)),
+            TranslationRequest(SR, low, 25.0, 100.0, "II"), TranslationRequest(SR, ppg[:1000], rate, 250.0, "PLETH")]
+    outs = eng.translate(reqs)
+    assert [len(o) for o in outs] == [r.n_out for r in reqs] == [2000, 800, 2000]
+    np.testing.assert_allclose(outs[0], resample(src.astype(np.float64), rate, 250.0, method="polyphase"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[2], resample(ppg[:1000].astype(np.float64), rate, 250.0, method="polyphase"),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[1], eng.translate(reqs[1:2])[0], rtol=1e-4, atol=1e-4)  # the model row is unchanged

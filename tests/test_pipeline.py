@@ -263,6 +263,23 @@ def test_bed_with_ecg_and_ppg_gets_its_own_paired_context():
     assert all(r.context is None for r in reqs if r.meta["bed"] == "B")
 
 
+def test_slow_ppg_bed_gets_a_context_with_its_full_rate_ecg():
+    """25 Hz PPG + 125 Hz lead II: the PPG->ECG context keeps the ECG at 125 Hz (its QRS), not at the PPG's rate."""
+    from operators.resample import decimate_to
+
+    rec = synthesize(seconds=40.0, seed=5)
+    rate = rec.rate_hz
+    ecg = rec.signals["II"]
+    tr = RecordingTranslator()
+    pipe = Pipeline(cfg(context_s=10.0, tasks=("ppg2ecg",)), tr)
+    feed = sorted(chunks(decimate_to(rec.signals["PLETH"], rate, 25.0), 25.0) + chunks(ecg, rate, signal="II"),
+                  key=lambda c: (c.end_ns(), c.signal))
+    run_all(pipe, feed, tokens=False)
+    ctxs = [r.context for call in tr.calls for r in call if r.context is not None]
+    assert ctxs and all(c.rate_hz == rate and len(c.ecg) == int(10 * rate) for c in ctxs)
+    assert np.ptp(ctxs[-1].ecg) == pytest.approx(np.ptp(ecg[int(5 * rate):]), rel=0.1)  # the QRS as measured
+
+
 # ------------------------------------------------------------------ settings (stream/config.py)
 def test_settings_from_env_and_pipeline_config(tmp_path):
     from stream.config import Settings
