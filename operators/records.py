@@ -221,8 +221,12 @@ def _rate_from_time(name: str, t: np.ndarray) -> float:
             f"{name}: non-uniform sampling in '{TIME_COLUMN}' (median step {step:g} s, worst deviation {worst:g} s); "
             "resample to a uniform grid first"
         )
-    # Use the whole span so rounding in individual steps averages out.
-    return (len(t) - 1) / float(t[-1] - t[0])
+    # Use the whole span so rounding in individual steps averages out ...
+    rate = (len(t) - 1) / float(t[-1] - t[0])
+    # ... and snap what is left (time_s printed to a few decimals) to the mHz: 2000.0000001 Hz is 2000 Hz, and the
+    # wire format's rate limit and exact-rate checks downstream would otherwise see a rate just off the real one.
+    snapped = round(rate, 3)
+    return snapped if abs(snapped - rate) <= 1e-5 * rate else rate
 
 
 # ---------------------------------------------------------------- helpers

@@ -5,6 +5,7 @@ at start with one clear message instead of deep inside Kafka/Influx client code.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,10 @@ class Settings:
                 self.sasl_username and self.sasl_password
             ):
                 raise bad("KAFKA_SASL_USERNAME", f"{self.sasl_mechanism} needs a username and a password (or _PASSWORD_FILE)")
+            if self.sasl_mechanism == "GSSAPI" and importlib.util.find_spec("gssapi") is None:
+                # not a dependency (it needs the system's Kerberos libraries); the Kafka clients fail late without it
+                raise bad("KAFKA_SASL_MECHANISM", "GSSAPI needs the 'gssapi' Python package (and a Kerberos set-up): "
+                                                  "pip install gssapi")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise bad("KAFKA_SSL_CERTFILE", "client certificate and key (_SSL_KEYFILE) must be given together")
         for var, path in (("KAFKA_SSL_CAFILE", self.ssl_cafile), ("KAFKA_SSL_CERTFILE", self.ssl_certfile),

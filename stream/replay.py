@@ -359,6 +359,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         p.error(str(exc))
     # None (not DEFAULT_SIGNALS): replay() then takes whichever default channels each record has.
     signals = None if args.signals is None else [s.strip() for s in args.signals.split(",") if s.strip()]
+    if signals == []:
+        p.error("--signals: empty (leave it out to replay whichever of II and PLETH each record has)")
     try:
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
         if not args.no_create_topic:

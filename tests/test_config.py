@@ -97,3 +97,16 @@ def test_configuration_doc_lists_only_accepted_sasl_mechanisms():
     assert "OAUTHBEARER` is refused" in row
     for mech in SASL_MECHANISMS:
         assert f"`{mech}`" in row
+
+
+def test_gssapi_without_its_package_is_refused_up_front(monkeypatch):
+    """GSSAPI is accepted only when the gssapi package is importable (the Kafka clients fail late without it)."""
+    import importlib.util
+
+    env = {"WAVEBRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "WAVEBRIDGE_KAFKA_SASL_MECHANISM": "GSSAPI"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gssapi" else real(name, *a))
+    with pytest.raises(ConfigError, match="GSSAPI needs the 'gssapi' Python package"):
+        Settings.from_env(env)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "gssapi" else real(name, *a))
+    assert Settings.from_env(env).sasl_mechanism == "GSSAPI"

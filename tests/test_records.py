@@ -106,6 +106,15 @@ def test_parquet_round_trip_with_metadata(tmp_path):
     np.testing.assert_array_equal(rec.signals["II"], df["ECG"].to_numpy(np.float32))
 
 
+@pytest.mark.parametrize("rate,decimals", [(2000.0, 4), (360.0, 6), (62.5, 6)])
+def test_rate_from_rounded_time_s_is_the_exact_rate(tmp_path, rate, decimals):
+    """time_s written with a few decimals still gives the exact rate (2000.0000001 Hz broke the wire's 2000 Hz cap)."""
+    n = int(rate * 30)
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"time_s": np.round(np.arange(n) / rate, decimals), "PPG": np.zeros(n)}).to_csv(path, index=False)
+    assert read_recording(path).rates["PLETH"] == rate
+
+
 def test_parquet_time_s_infers_rate(tmp_path):
     path = tmp_path / "t.parquet"
     _frame(rate=62.5).drop(columns=["note"]).to_parquet(path)

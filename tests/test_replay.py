@@ -172,6 +172,12 @@ def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch,
     assert "whichever of II, PLETH each record has" in " ".join(rp.build_parser().format_help().split())
 
 
+def test_cli_refuses_an_empty_signal_list(capsys):
+    with pytest.raises(SystemExit) as exc:
+        rp.cli(["rec.csv", "--broker", "127.0.0.1:1", "--signals", " , ", "--no-create-topic"])
+    assert exc.value.code == 2 and "--signals: empty" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ against a real broker
 
 
