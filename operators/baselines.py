@@ -69,6 +69,7 @@ class BeatModel:
     v: np.ndarray
     rr_s: float  # RR interval the template was built at
     delay_s: float  # R peak -> PPG systolic peak
+    level: float = 0.0  # the ECG's isoelectric level between beats (monitors store lead II with an offset)
 
 
 def _zero_ends(t: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -117,7 +118,8 @@ def beat_model_from_context(ctx: PairedContext) -> BeatModel | None:
         return None
     beats = spline(r_t[inside, None] + t[None, :])
     v = np.median(beats, axis=0)
-    return BeatModel(t, _zero_ends(t, v), rr, DEFAULT_DELAY_S if delay is None else delay)
+    level = 0.5 * float(v[0] + v[-1])  # the beat's ends lie between beats: the baseline the drawing sits on
+    return BeatModel(t, _zero_ends(t, v), rr, DEFAULT_DELAY_S if delay is None else delay, level)
 
 
 def _fill_edges(r: np.ndarray, t0: float, t1: float, rr_default: float, pre: float, post: float) -> np.ndarray:
@@ -240,7 +242,8 @@ class ClassicTranslator:
         rr_default = float(np.median(np.diff(p_t))) if len(p_t) >= 2 else model.rr_s
         dur = len(ppg) / fs
         r_t = _fill_edges(r_t, 0.0, dur, rr_default, PRE_FRAC, 1 - PRE_FRAC)
-        return blur_timing(render_ecg(r_t, model, n_out, float(req.target_rate)), float(req.target_rate), self.timing_blur_s)
+        y = blur_timing(render_ecg(r_t, model, n_out, float(req.target_rate)), float(req.target_rate), self.timing_blur_s)
+        return y + model.level  # in the context ECG's own level, like the patient's real lead II
 
 
 class PassthroughTranslator:

@@ -88,6 +88,24 @@ def test_ppg2ecg_with_context_learns_delay_and_places_beats():
     assert r.mean_pearson > 0.7
 
 
+def test_ppg2ecg_with_context_sits_at_the_patients_ecg_level():
+    """Monitors store lead II with an offset; the synthesized ECG takes the context's, so its RMSE against the real
+    lead is the shape's error, not the offset's."""
+    rate = 125.0
+    ecg, ppg, _ = _pair(rate=rate, pat=0.3)
+    window = ppg[2500:3500].astype(np.float32)
+    outs = []
+    for offset in (0.0, 0.4):
+        ctx = PairedContext((ecg[:1250] + offset).astype(np.float32), ppg[:1250].astype(np.float32), rate)
+        assert beat_model_from_context(ctx).level == pytest.approx(offset + beat_model_from_context(
+            PairedContext(ecg[:1250].astype(np.float32), ppg[:1250].astype(np.float32), rate)).level, abs=1e-6)
+        (y,) = ClassicTranslator().translate([TranslationRequest("ppg2ecg", window, rate, rate, context=ctx)])
+        outs.append(y)
+    np.testing.assert_allclose(outs[1] - outs[0], 0.4, atol=1e-5)
+    ref = ecg[2500:3500] + 0.4
+    assert abs(float(np.median(outs[1])) - float(np.median(ref))) < 0.05  # between beats both sit on the same baseline
+
+
 def test_timing_blur_is_what_uncertain_beat_times_call_for():
     rate = 125.0
     rng = np.random.default_rng(0)
