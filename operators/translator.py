@@ -75,11 +75,60 @@ class Translator(Protocol):
         ...
 
 
+class TaskRouter:
+    """One translator per task behind the one interface: each batch is split by task, every part goes to its
+    translator in one call, results come back in request order. `name_for(task)` is the model that made an
+    output (the stream tags InfluxDB points with it)."""
+
+    def __init__(self, by_task: dict[str, Translator]):
+        unknown = set(by_task) - set(TASKS)
+        if unknown or not by_task:
+            raise ValueError(f"per-task translators for {sorted(unknown) or 'no task'}; tasks are {', '.join(TASKS)}")
+        self.by_task = dict(by_task)
+        self.name = ",".join(f"{t}={self.name_for(t)}" for t in TASKS if t in self.by_task)
+
+    def name_for(self, task: str) -> str:
+        tr = self.by_task.get(task)
+        return "" if tr is None else getattr(tr, "name", type(tr).__name__)
+
+    def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        out: list = [None] * len(requests)
+        for task in {r.task for r in requests}:
+            if task not in self.by_task:
+                raise ValueError(f"no translator configured for task {task!r}")
+            idx = [i for i, r in enumerate(requests) if r.task == task]
+            for i, y in zip(idx, self.by_task[task].translate([requests[i] for i in idx])):
+                out[i] = y
+        return out
+
+
+def parse_spec(spec: str) -> dict[str, str] | str:
+    """`clmt` -> "clmt"; `ppg2ecg=classic,sr=clmt` -> {"ppg2ecg": "classic", "sr": "clmt"} (every task named)."""
+    if "=" not in spec:
+        return spec.strip()
+    by_task = {}
+    for part in spec.split(","):
+        task, _, one = (x.strip() for x in part.partition("="))
+        if task not in TASKS or not one or task in by_task:
+            raise ValueError(f"translator spec {spec!r}: expected TASK=SPEC for each of {', '.join(TASKS)}, "
+                             f"e.g. ppg2ecg=classic,sr=clmt")
+        by_task[task] = one
+    if set(by_task) != set(TASKS):
+        raise ValueError(f"translator spec {spec!r} names no translator for {', '.join(sorted(set(TASKS) - set(by_task)))}")
+    return by_task
+
+
 def load_translator(spec: str, **kwargs) -> Translator:
-    """Build a translator from `module:Class` (or a short alias) with keyword options.
+    """Build a translator from `module:Class` (or a short alias) with keyword options, or one per task
+    (`ppg2ecg=classic,sr=clmt`, a `TaskRouter`; tasks sharing a spec share one instance).
 
     Options the class's constructor does not take are dropped, so service-wide settings such as
     `device` can be passed to any translator (the numpy ones have no device)."""
+    parsed = parse_spec(spec)
+    if isinstance(parsed, dict):
+        built = {one: load_translator(one, **kwargs) for one in set(parsed.values())}
+        return TaskRouter({task: built[one] for task, one in parsed.items()})
+    spec = parsed
     aliases = {
         "classic": "operators.baselines:ClassicTranslator",
         "clmt": "models.engine:ClmtTranslator",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from operators.translator import parse_spec
 from stream import wire
 
 PREFIX = "WAVEBRIDGE_"
@@ -260,6 +261,10 @@ class Settings:
 
         if not self.translator:
             raise bad("TRANSLATOR", "must not be empty")
+        try:
+            parse_spec(self.translator)  # the syntax only; loading happens at start-up (torch import is slow)
+        except ValueError as exc:
+            raise bad("TRANSLATOR", str(exc)) from None
         if self.device not in DEVICES:
             raise bad("DEVICE", f"{self.device!r} not in {DEVICES}")
         if not self.tasks:

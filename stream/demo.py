@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of the recording to replay per bed")
     p.add_argument("--beds", type=int, default=2, help="beds at the recording's own rate (plus one 25 Hz bed)")
     p.add_argument("--speed", type=float, default=0.0, help="replay speed: 1 = real time, 0 = as fast as possible")
-    p.add_argument("--translator", default="clmt", help="translator spec: clmt (shipped model), classic, passthrough, module:Class")
+    p.add_argument("--translator", default="clmt", help="translator spec: clmt (shipped model), classic, passthrough, module:Class, or per task: ppg2ecg=classic,sr=clmt")
     p.add_argument("--no-sr-bed", action="store_true", help="do not add the 25 Hz super-resolution bed")
     p.add_argument("--influx-url", help="also write to this InfluxDB (v2 API); disabled when not given")
     p.add_argument("--influx-org", help="InfluxDB org (with --influx-url)")

@@ -141,6 +141,9 @@ class Pipeline:
         self.config = config
         self.translator = translator
         self.model = getattr(translator, "name", type(translator).__name__)
+        # the model tag of each task's outputs (a per-task translator, operators.translator.TaskRouter, names each)
+        name_for = getattr(translator, "name_for", None)
+        self.model_for = {t: (name_for(t) if name_for else self.model) for t in (PPG2ECG, SR)}
         self.clock = clock
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._jobs: list[_Job] = []
@@ -307,7 +310,7 @@ class Pipeline:
         times = w.timestamps_ns(job.target_rate, n_out)
         kind = "synth" if job.task == PPG2ECG else "sr"
         if k0 < k1:
-            out = OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model,
+            out = OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model_for[job.task],
                                rate_hz=job.target_rate, times_ns=times[k0:k1], values=y[k0:k1],
                                units=st.units if kind == "sr" else "mV")
             key = (st.bed, out.topic_signal)
@@ -345,7 +348,7 @@ class Pipeline:
         hr = heart_rate_bpm(idx, rate) if len(idx) >= 2 else None
         hr = None if hr is None or not np.isfinite(hr) else float(hr)
         return PipelineEvent("rpeaks", st.bed, SYNTH_SIGNAL, int(times[k0]),
-                             {"peaks_ns": [int(p) for p in sel], "hr_bpm": hr, "model": self.model,
+                             {"peaks_ns": [int(p) for p in sel], "hr_bpm": hr, "model": self.model_for[PPG2ECG],
                               "window_start_ns": int(w.start_ns), "until_ns": hi})
 
 

@@ -110,3 +110,9 @@ def test_gssapi_without_its_package_is_refused_up_front(monkeypatch):
         Settings.from_env(env)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "gssapi" else real(name, *a))
     assert Settings.from_env(env).sasl_mechanism == "GSSAPI"
+
+
+def test_translator_may_be_given_per_task_and_a_malformed_one_is_refused_at_start():
+    assert Settings.from_env({"WAVEBRIDGE_TRANSLATOR": "ppg2ecg=classic,sr=clmt"}).translator == "ppg2ecg=classic,sr=clmt"
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_TRANSLATOR: .*names no translator for sr"):
+        Settings.from_env({"WAVEBRIDGE_TRANSLATOR": "ppg2ecg=classic"})

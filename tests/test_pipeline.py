@@ -345,3 +345,21 @@ def test_ppg_lookahead_holds_back_edge_but_emits_every_sample_once():
     np.testing.assert_array_equal(t, T0 + np.round(np.arange(len(x)) * 1e9 / rate).astype(np.int64))
     done = [tok for r in res for tok in r.completed]
     assert sorted(done) == list(range(len(done))) and len(done) == i + 1
+
+
+def test_outputs_carry_the_model_of_their_own_task():
+    """With one translator per task, InfluxDB's model tag names the one that made each series."""
+    from operators.translator import TaskRouter
+
+    class Named(RecordingTranslator):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+    rate = 125.0
+    x = np.sin(np.arange(int(20 * rate)) / 7.0).astype(np.float32)
+    pipe = Pipeline(cfg(), TaskRouter({"ppg2ecg": Named("m-synth"), "sr": Named("m-sr")}))
+    res = run_all(pipe, chunks(x, rate) + chunks(x[::5], 25.0, bed="B"))
+    models = {(o.bed, o.kind): o.model for r in res for o in r.outputs}
+    assert models == {("A", "synth"): "m-synth", ("B", "synth"): "m-synth", ("B", "sr"): "m-sr"}
+    assert {e.fields["model"] for r in res for e in r.events if e.type == "rpeaks"} == {"m-synth"}
