@@ -44,7 +44,7 @@ def windows_per_s(tr, reqs: list[TranslationRequest], batch: int, min_time: floa
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wavebridge bench-model", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="wavebridge bench-model", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--batch", type=int, default=64)

@@ -263,11 +263,13 @@ def test_send_failures_fail_loudly(kafka_bootstrap):
         producer.close(timeout=5)
 
 
-def test_cli_reports_unreachable_broker(capsys, bidmc_record):
+def test_cli_reports_unreachable_broker(capsys, tmp_path):
+    from operators.synthetic import synthesize, write_wfdb
     from stream.embedded import free_port
 
+    rec = write_wfdb(synthesize(seconds=5.0), tmp_path, "r")  # needs no archive: only the broker is missing
     start = time.monotonic()
-    rc = rp.cli([str(bidmc_record(1)), "--broker", f"127.0.0.1:{free_port()}", "--speed", "0", "--duration-s", "1",
+    rc = rp.cli([str(rec), "--broker", f"127.0.0.1:{free_port()}", "--speed", "0", "--duration-s", "1",
                  "--no-progress", "--connect-timeout-s", "2"])
     assert rc == 1
     assert "error" in capsys.readouterr().err
