@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tests.test_worker_integration import (
-    T0, WorkerEnv, WorkerProc, bidmc_recording, committed_total, count, expected_influx_total, influx_series, wait_until,
+    T0, WorkerEnv, WorkerProc, bidmc_recording, committed_total, count, expected_influx_total, influx_series,
+    offline_series, wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,8 +64,7 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
         _wait_ready(first)
         result: dict = {}
         replayer = _replay_thread(wenv, rec, speed=5.0, result=result)  # ~12 s of replay
-        # kill in the steady state, a third of the input committed, while the replay still runs: held PLETH
-        # chunks then sit between acked lead II chunks, where out-of-order acks let Faust commit past them
+        # kill in the steady state, a third of the input committed, while the replay still runs
         n_sent = 60 * 2 * len(BEDS)  # 1 s chunks of II and PLETH per bed
         wait_until(lambda: count(wenv.influx, wenv.db, "waveform") > 0
                    and committed_total(wenv.bootstrap, group, wenv.topics["input"]) >= n_sent // 3, 30,
@@ -74,7 +74,18 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
         first.kill()
         assert 0 < stored_at_kill < total
 
-        second = WorkerProc(wenv, "worker-2")
+        second = _restart_and_verify(wenv, replayer, result, expected, total, group)
+    finally:
+        if first.alive():
+            first.kill()
+        if second is not None:
+            second.stop()
+
+
+def _restart_and_verify(wenv, replayer, result, expected, total, group) -> WorkerProc:
+    """A second worker takes over after the kill; every expected point must land exactly once."""
+    second = WorkerProc(wenv, "worker-2")
+    try:
         replayer.join(60)
         assert "error" not in result, result.get("error")
         n_input = result["stats"].chunks
@@ -85,6 +96,35 @@ def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
         _assert_exact(wenv, expected)
         assert count(wenv.influx, wenv.db, "waveform") == total  # nothing beyond the exact grid
         assert "Seek stream partitions to committed offsets" in second.log()
+    except BaseException:
+        second.stop()
+        raise
+    return second
+
+
+def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
+    """Default routing: a 125 Hz lead II only feeds the patient context, so its chunks are finished at once while
+    the PLETH chunk before each waits for the first window (8 s at x1). Acked as they finish, Faust commits past
+    those PLETH chunks (stream/ackgate.py), and a kill before the window is out loses them."""
+    rec = bidmc_recording(bidmc_record(2), seconds=20.0)
+    wenv.extra["WAVEBRIDGE_SR_BELOW_HZ"] = "100"  # BIDMC is 125 Hz: nothing to super-resolve
+    wenv.create_topics()
+    expected = {("II_SYNTH", "synth"): offline_series(rec, "ppg2ecg", rec.rates["PLETH"], "PLETH")[0]}
+    total = len(expected[("II_SYNTH", "synth")]) * len(BEDS)
+    group = f"{wenv.prefix}-worker"
+
+    first = WorkerProc(wenv, "worker-1")
+    second = None
+    try:
+        _wait_ready(first)
+        result: dict = {}
+        replayer = _replay_thread(wenv, rec, speed=1.0, result=result)
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) > 0, 30, "a first commit",
+                   first, interval=0.1)
+        time.sleep(3.0)  # three more commit intervals while the first window still fills
+        assert count(wenv.influx, wenv.db, "waveform") == 0, "the first window was out before the kill"
+        first.kill()
+        second = _restart_and_verify(wenv, replayer, result, expected, total, group)
     finally:
         if first.alive():
             first.kill()
