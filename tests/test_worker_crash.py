@@ -51,41 +51,22 @@ def _assert_exact(wenv, expected: dict) -> None:
             np.testing.assert_array_equal(np.sort(t), T0 + t_rel, err_msg=f"{bed} {sig} {kind}")
 
 
-def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
-    rec = bidmc_recording(bidmc_record(2), seconds=60.0)
-    wenv.create_topics()
-    expected = expected_influx_total(rec)  # counts and grid do not depend on context/window alignment
+def _kill_then_restart(wenv, rec, expected: dict, speed: float, before_kill) -> None:
+    """Worker 1 consumes a replay of `rec` as two beds and is SIGKILLed once `before_kill(worker, group, total)`
+    returns; worker 2 takes over, and every expected point must land exactly once."""
     total = sum(len(t) for t in expected.values()) * len(BEDS)
     group = f"{wenv.prefix}-worker"
-
     first = WorkerProc(wenv, "worker-1")
     second = None
     try:
         _wait_ready(first)
         result: dict = {}
-        replayer = _replay_thread(wenv, rec, speed=5.0, result=result)  # ~12 s of replay
-        # kill in the steady state, a third of the input committed, while the replay still runs
-        n_sent = 60 * 2 * len(BEDS)  # 1 s chunks of II and PLETH per bed
-        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") > 0
-                   and committed_total(wenv.bootstrap, group, wenv.topics["input"]) >= n_sent // 3, 30,
-                   "steady writes and commits", first, interval=0.2)
+        replayer = _replay_thread(wenv, rec, speed=speed, result=result)
+        before_kill(first, group, total)
         assert replayer.is_alive(), "replay finished before the kill: the test would prove nothing"
-        stored_at_kill = count(wenv.influx, wenv.db, "waveform")
         first.kill()
-        assert 0 < stored_at_kill < total
 
-        second = _restart_and_verify(wenv, replayer, result, expected, total, group)
-    finally:
-        if first.alive():
-            first.kill()
-        if second is not None:
-            second.stop()
-
-
-def _restart_and_verify(wenv, replayer, result, expected, total, group) -> WorkerProc:
-    """A second worker takes over after the kill; every expected point must land exactly once."""
-    second = WorkerProc(wenv, "worker-2")
-    try:
+        second = WorkerProc(wenv, "worker-2")
         replayer.join(60)
         assert "error" not in result, result.get("error")
         n_input = result["stats"].chunks
@@ -96,10 +77,26 @@ def _restart_and_verify(wenv, replayer, result, expected, total, group) -> Worke
         _assert_exact(wenv, expected)
         assert count(wenv.influx, wenv.db, "waveform") == total  # nothing beyond the exact grid
         assert "Seek stream partitions to committed offsets" in second.log()
-    except BaseException:
-        second.stop()
-        raise
-    return second
+    finally:
+        if first.alive():
+            first.kill()
+        if second is not None:
+            second.stop()
+
+
+def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
+    rec = bidmc_recording(bidmc_record(2), seconds=60.0)
+    wenv.create_topics()
+    n_sent = 60 * 2 * len(BEDS)  # 1 s chunks of II and PLETH per bed
+
+    def steady(worker, group, total):  # a third of the input committed and some output stored, replay still running
+        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") > 0
+                   and committed_total(wenv.bootstrap, group, wenv.topics["input"]) >= n_sent // 3, 30,
+                   "steady writes and commits", worker, interval=0.2)
+        assert count(wenv.influx, wenv.db, "waveform") < total
+
+    # counts and grid do not depend on context/window alignment; x5: ~12 s of replay
+    _kill_then_restart(wenv, rec, expected_influx_total(rec), 5.0, steady)
 
 
 def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
@@ -109,27 +106,15 @@ def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
     rec = bidmc_recording(bidmc_record(2), seconds=20.0)
     wenv.extra["WAVEBRIDGE_SR_BELOW_HZ"] = "100"  # BIDMC is 125 Hz: nothing to super-resolve
     wenv.create_topics()
-    expected = {("II_SYNTH", "synth"): offline_series(rec, "ppg2ecg", rec.rates["PLETH"], "PLETH")[0]}
-    total = len(expected[("II_SYNTH", "synth")]) * len(BEDS)
-    group = f"{wenv.prefix}-worker"
 
-    first = WorkerProc(wenv, "worker-1")
-    second = None
-    try:
-        _wait_ready(first)
-        result: dict = {}
-        replayer = _replay_thread(wenv, rec, speed=1.0, result=result)
+    def filling(worker, group, total):
         wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) > 0, 30, "a first commit",
-                   first, interval=0.1)
+                   worker, interval=0.1)
         time.sleep(3.0)  # three more commit intervals while the first window still fills
         assert count(wenv.influx, wenv.db, "waveform") == 0, "the first window was out before the kill"
-        first.kill()
-        second = _restart_and_verify(wenv, replayer, result, expected, total, group)
-    finally:
-        if first.alive():
-            first.kill()
-        if second is not None:
-            second.stop()
+
+    expected = {("II_SYNTH", "synth"): offline_series(rec, "ppg2ecg", rec.rates["PLETH"], "PLETH")[0]}
+    _kill_then_restart(wenv, rec, expected, 1.0, filling)
 
 
 def test_influx_outage_pauses_commits_then_everything_lands(wenv, bidmc_record):
