@@ -2,7 +2,8 @@
 
 Seeded and resumable: a checkpoint (model + optimizer + sampler and torch RNG + step + the stage's recipe) is
 written to `--workdir` every `--ckpt-every` steps and picked up again by the same command, with the same or more
-steps; a checkpoint of another recipe (seed, records, --init-from, augmentation, model config, batch) is refused.
+steps; a checkpoint of another recipe (seed, records, --init-from, augmentation, model config, batch, or earlier
+stages trained for other step counts) is refused.
 The final weights are exported as safetensors + JSON config to `--out` (default `models/weights/`), which is what
 serving loads.
 """
@@ -129,7 +130,7 @@ def check_checkpoint(workdir: Path, name: str, recipe: dict, steps: int) -> dict
 
 class Checkpoint:
     """One stage's resumable state: model, optimizer, sampler and torch RNG, step and the stage's recipe (everything
-    that makes its run, but the step count: more steps resume), in `workdir/<name>.ckpt`."""
+    that makes its run but its own step count: more steps resume), in `workdir/<name>.ckpt`."""
 
     def __init__(self, workdir: Path, name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler,
                  recipe: dict, steps: int):
@@ -304,16 +305,17 @@ def tensor_digest(*modules: torch.nn.Module) -> str:
 
 def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: TokenizerConfig, tr_cfg: TranslatorConfig | None,
                   base_digest: str | None) -> dict[str, dict]:
-    """What makes each stage's run, kept in its checkpoint: everything but step counts (the same run asked for more
-    steps resumes, as before). A stage trained on frozen earlier stages carries their recipes, or the digest of the
-    --init-from tensors it starts from, so a refiner checkpoint never resumes over another base."""
+    """What makes each stage's run, kept in its checkpoint: everything but its own step count (the same run asked for
+    more steps resumes). A stage trained on frozen earlier stages carries their recipes and step counts, or the digest
+    of the --init-from tensors it starts from, so a refiner checkpoint never resumes over another or a further
+    trained base."""
     common = {"seed": args.seed, "records": list(train_names), "window": WINDOW, "context": CONTEXT, "template": TEMPLATE}
     out = {}
     if base_digest is None:
         out["tokenizer"] = common | {"tokenizer": tok_cfg.to_dict(), "batch": args.batch * 2, "lr": LR["tokenizer"]}
-        out["translator"] = common | {"tokenizer": out["tokenizer"], "translator": tr_cfg.to_dict(), "batch": args.batch,
-                                      "lr": LR["translator"]}
-        base = {"translator": out["translator"]}
+        out["translator"] = common | {"tokenizer": out["tokenizer"], "tokenizer_steps": args.tokenizer_steps,
+                                      "translator": tr_cfg.to_dict(), "batch": args.batch, "lr": LR["translator"]}
+        base = {"translator": out["translator"], "translator_steps": args.translator_steps}
     else:
         base = {"init_from": base_digest}
     out["refiner"] = common | {"base": base, "refiner": RefinerConfig().to_dict(), "batch": args.batch, "lr": LR["refiner"],

@@ -129,12 +129,15 @@ def _train(tmp: Path, bidmc: Path, tok_steps: int, tr_steps: int, ref_steps: int
 
 
 def test_training_is_resumable_and_exports_loadable_safetensors(tmp_path, bidmc):
-    out = _train(tmp_path, bidmc, 2, 2)
+    out = _train(tmp_path, bidmc, 2, 2, 0)
     assert "[translator] step 2/2" in out
-    out = _train(tmp_path, bidmc, 2, 4, 4)  # same workdir, more steps: picks up where it stopped
+    out = _train(tmp_path, bidmc, 2, 4, 2)  # same workdir, more steps: picks up where it stopped
     assert "[tokenizer] resumed at step 2" in out and "[translator] resumed at step 2" in out
-    assert "[translator] step 4/4" in out and "[translator] step 1/" not in out
+    assert "[translator] step 4/4" in out and "[translator] step 1/" not in out and "[refiner] step 2/2" in out
+    out = _train(tmp_path, bidmc, 2, 4, 4)
     assert "[refiner] resumed at step 2" in out and "[refiner] step 4/4" in out
+    # a refiner trained over the 4-step translator must not resume over a translator trained further
+    assert "translator_steps: 4 -> 6" in _train(tmp_path, bidmc, 2, 6, 6, ok=False)
     cfg = json.loads((tmp_path / "out" / "clmt-small.json").read_text())
     assert cfg["train_records"] == ["01", "02"] and cfg["translator_steps"] == 4 and cfg["refiner_steps"] == 4
     tok, tr, ref, _ = W.load(tmp_path / "out")
@@ -222,7 +225,7 @@ def test_checkpoint_resumes_only_its_own_recipe_and_restores_both_rngs(tmp_path)
         check_checkpoint(tmp_path, "refiner", recipe, 10)
 
 
-def test_stage_recipes_leave_out_step_counts_only():
+def test_stage_recipes_leave_out_only_their_own_step_count():
     import argparse
 
     from models.train import stage_recipes
@@ -232,7 +235,12 @@ def test_stage_recipes_leave_out_step_counts_only():
     tok_cfg, tr_cfg = TokenizerConfig(), TranslatorConfig()
     r = lambda a, base=None, names=("01", "02"), tc=tr_cfg: stage_recipes(a, list(names), tok_cfg, tc, base)
     full = r(args())
-    assert r(args(tokenizer_steps=1, translator_steps=2, refiner_steps=3)) == full  # more steps: the same run
+    steps = lambda **kw: r(args(**kw))
+    assert steps(refiner_steps=3) == full  # a stage's own step count: more steps resume the same run
+    assert steps(tokenizer_steps=1)["tokenizer"] == full["tokenizer"] and steps(translator_steps=2)["translator"] == full["translator"]
+    # ... but a later stage trained over an earlier stage that trained further is another run
+    assert steps(tokenizer_steps=1)["translator"] != full["translator"] and steps(tokenizer_steps=1)["refiner"] != full["refiner"]
+    assert steps(translator_steps=2)["refiner"] != full["refiner"]
     for other in (r(args(seed=1)), r(args(batch=16)), r(args(), names=("01", "04")), r(args(), tc=TranslatorConfig(layers=2))):
         assert other["translator"] != full["translator"] and other["refiner"] != full["refiner"]
     assert r(args(ecg_stretch=0.5))["refiner"] != full["refiner"] and r(args(ecg_flip=0.5))["refiner"] != full["refiner"]
