@@ -3,8 +3,9 @@
 Delivery rule (docs/delivery-semantics.md): an input message is acknowledged only after the
 InfluxDB write and the Kafka sends covering ALL its samples succeeded, and only once every earlier
 message of its partition is acknowledged too (`stream.ackgate`: Faust would commit past a single
-held message), so the committed offset never passes a message whose samples are not durably stored. Everything heavy (decode, windowing, torch,
-synchronous InfluxDB writes) runs on one dedicated thread, never on the event loop.
+held message), so the committed offset never passes a message whose samples are not durably
+stored. Everything heavy (decode, windowing, torch, synchronous InfluxDB writes) runs on one
+dedicated thread, never on the event loop.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from operators.translator import parse_spec
+from operators.translator import TASKS, parse_spec
 from stream import wire
 
 PREFIX = "WAVEBRIDGE_"
@@ -20,7 +20,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # No OAUTHBEARER: it needs a token provider object, which no environment variable can supply.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI")
 DEVICES = ("auto", "cpu", "cuda")
-KNOWN_TASKS = ("ppg2ecg", "sr")
+KNOWN_TASKS = TASKS  # the translator interface's tasks, one list
 
 
 class ConfigError(ValueError):

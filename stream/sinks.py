@@ -178,11 +178,11 @@ class InfluxSink:
                 except Exception as exc:  # network errors, 5xx, auth and missing buckets: retry, never drop data
                     if getattr(exc, "status", None) in PERMANENT_STATUS:
                         self.rejected_batches += 1
+                        n_lines = part.count("\n") + 1
                         if self.on_reject:
-                            self.on_reject(exc, part.count("\n") + 1)
+                            self.on_reject(exc, n_lines)
                         else:
-                            log.error("InfluxDB rejected a batch of %d lines (not retried): %s", part.count("\n") + 1,
-                                      _short(exc))
+                            log.error("InfluxDB rejected a batch of %d lines (not retried): %s", n_lines, _short(exc))
                         break
                     attempt += 1
                     self.failures += 1
