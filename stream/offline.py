@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,22 +97,13 @@ def check_task_source(task: str, name: str) -> None:
 
 
 def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
-    """Chunks go through the wire format like a replay's: refuse sizes it would reject mid-run."""
-    from stream import wire
+    """Chunks go through the wire format like a replay's: the replay's check, as a one-line OfflineError."""
+    from stream.replay import check_chunk_s as check
 
-    if not (0 < chunk_s <= wire.MAX_DURATION_S):
-        raise OfflineError(f"--chunk-s must be in (0, {wire.MAX_DURATION_S:g}] s (the wire format's longest chunk), "
-                           f"got {chunk_s:g}")
-    if not (wire.MIN_RATE_HZ <= rate_hz <= wire.MAX_RATE_HZ):
-        raise OfflineError(f"{signal} is sampled at {rate_hz!r} Hz, outside the wire format's "
-                           f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
-    n = math.ceil(chunk_s * rate_hz)  # chunk_bounds rounds, so a chunk can be one sample longer than chunk_s * rate
-    if n_samples is not None:
-        n = min(n, n_samples)  # a recording shorter than one chunk is sent whole
-    if n > wire.MAX_SAMPLES:
-        most = math.floor(wire.MAX_SAMPLES / rate_hz * 1000) / 1000
-        raise OfflineError(f"--chunk-s {chunk_s:g} at {rate_hz:g} Hz ({signal}) is {n} samples per chunk > "
-                           f"{wire.MAX_SAMPLES}, the wire format's limit; use --chunk-s <= {most:g}")
+    try:
+        check(chunk_s, rate_hz, signal, n_samples, name="--chunk-s")
+    except ValueError as exc:
+        raise OfflineError(str(exc)) from None
 
 
 def uses_context(task: str, source_signal: str) -> bool:

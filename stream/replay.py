@@ -140,9 +140,12 @@ def iter_chunks(rec: Recording, bed_id: str, chunk_s: float = 1.0, start_ns: int
                 signals: Sequence[str] | None = None, resample: dict[str, float] | None = None,
                 duration_s: float | None = None) -> Iterator[Chunk]:
     """All chunks of one bed, interleaved across signals in order of their end time (when a monitor sends them)."""
-    _check_chunk_s(chunk_s)
+    check_chunk_s(chunk_s)
     rec = resample_recording(rec, resample or {})
     names = select_signals(rec, signals)
+    for s in names:  # before the first chunk, not when the oversized one comes up
+        rate, n = _signal_length(rec, s, None, duration_s)
+        check_chunk_s(chunk_s, rate, s, n)
     streams = [iter_signal_chunks(rec, s, bed_id, chunk_s, start_ns, duration_s) for s in names]
     return heapq.merge(*streams, key=_due_key)
 
@@ -165,9 +168,36 @@ def select_signals(rec: Recording, signals: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _check_chunk_s(chunk_s: float) -> None:
+def check_chunk_s(chunk_s: float, rate_hz: float | None = None, signal: str = "", n_samples: int | None = None,
+                  name: str = "chunk_s") -> None:
+    """Refuse a chunk length the wire format would reject mid-run (ValueError); `name` is how the caller's
+    user spells the option. With `rate_hz`, also the signal's rate and the samples per chunk (`n_samples`: the
+    signal's length, since a signal shorter than one chunk is sent whole)."""
     if not (0 < chunk_s <= wire.MAX_DURATION_S):
-        raise ValueError(f"chunk_s must be in (0, {wire.MAX_DURATION_S:g}] s, got {chunk_s}")
+        raise ValueError(f"{name} must be in (0, {wire.MAX_DURATION_S:g}] s (the wire format's longest chunk), "
+                         f"got {chunk_s:g}")
+    if rate_hz is None:
+        return
+    if not (wire.MIN_RATE_HZ <= rate_hz <= wire.MAX_RATE_HZ):
+        raise ValueError(f"{signal} is sampled at {rate_hz!r} Hz, outside the wire format's "
+                         f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
+    n = math.ceil(chunk_s * rate_hz)  # chunk_bounds rounds, so a chunk can be one sample longer than chunk_s * rate
+    if n_samples is not None:
+        n = min(n, n_samples)
+    if n > wire.MAX_SAMPLES:
+        most = math.floor(wire.MAX_SAMPLES / rate_hz * 1000) / 1000
+        raise ValueError(f"{name} {chunk_s:g} at {rate_hz:g} Hz ({signal}) is {n} samples per chunk > "
+                         f"{wire.MAX_SAMPLES}, the wire format's limit; use {name} <= {most:g}")
+
+
+def _signal_length(rec: Recording, signal: str, resample: dict[str, float] | None,
+                   duration_s: float | None) -> tuple[float, int]:
+    """(rate, samples) of a signal as it will be replayed: after `resample` and the `duration_s` cut."""
+    rate = float((resample or {}).get(signal, rec.rates[signal]))
+    n = int(round(len(rec.signals[signal]) * rate / rec.rates[signal]))
+    if duration_s is not None:
+        n = min(n, int(round(duration_s * rate)))
+    return rate, n
 
 
 def bed_ids(n: int, prefix: str = "bed") -> list[str]:
@@ -202,10 +232,7 @@ def expected_chunk_count(plan, chunk_s, signals=None, resample=None, duration_s=
     total = 0
     for _, rec in plan:
         for s in select_signals(rec, signals):
-            rate = float((resample or {}).get(s, rec.rates[s]))
-            n = int(round(len(rec.signals[s]) * rate / rec.rates[s]))
-            if duration_s is not None:
-                n = min(n, int(round(duration_s * rate)))
+            rate, n = _signal_length(rec, s, resample, duration_s)
             total += len(chunk_bounds(n, rate, chunk_s)) - 1
     return total
 
@@ -229,7 +256,7 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if speed < 0 or not math.isfinite(speed):
         raise ValueError(f"speed must be >= 0, got {speed}")
-    _check_chunk_s(chunk_s)
+    check_chunk_s(chunk_s)
     recs = [r if isinstance(r, Recording) else read_recording(r) for r in recordings]
     plan = plan_beds(recs, beds, bed_prefix)
     for _, rec in plan:  # fail before sending anything
@@ -237,6 +264,8 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
             if not wire.is_known_signal(name):
                 raise ValueError(f"signal {name} of record {rec.name} is not allowed on the wire "
                                  f"(allowed: {', '.join(sorted(wire.BASE_SIGNALS))})")
+            rate, n = _signal_length(rec, name, resample, duration_s)
+            check_chunk_s(chunk_s, rate, f"{rec.name}/{name}", n)
     t0_ns = time.time_ns() if start_ns is None else int(start_ns)
     encode = wire.encode_binary if fmt == "binary" else wire.encode_json
 

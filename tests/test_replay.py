@@ -144,6 +144,22 @@ def test_replay_rejects_bad_arguments():
         rp.replay([odd], RecordingSink(), signals=["V5"])
 
 
+def test_replay_refuses_chunks_the_wire_would_reject_before_sending_anything():
+    # 60 s at 2000 Hz is 120,000 samples, beyond the wire's 65,536: refused up front, not as a WireError mid-run
+    fast = Recording("fast", {"II": np.zeros(130_000, np.float32)}, {"II": 2000.0}, {"II": "mV"})
+    sink = RecordingSink()
+    with pytest.raises(ValueError, match=r"fast/II\) is 120000 samples per chunk > 65536.*use chunk_s <= 32\.768"):
+        rp.replay([fast], sink, chunk_s=60, speed=0, start_ns=T0)
+    assert sink.sent == []
+    with pytest.raises(ValueError, match="120000 samples per chunk"):
+        rp.iter_chunks(fast, "bed-001", chunk_s=60)
+    # the limit is the samples actually sent: a record shorter than one chunk goes whole, a resampled one at its new rate
+    short = rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, duration_s=30)
+    assert short.chunks == 1 and short.samples == 60_000
+    down = rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, resample={"II": 500})
+    assert down.chunks == 2 and down.samples == 32_500
+
+
 class OwnedSink(RecordingSink):
     """Stands in for the KafkaProducer the CLI creates (and flushes and closes) itself."""
 
