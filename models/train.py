@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from models import weights as W
 from models.data import Sampler, data_root, load_records, split
-from models.prep import LOWRES_KINDS, align_ppg
+from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL, align_ppg
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
 from models.translator import ContextTranslator, TranslatorConfig
@@ -314,7 +314,8 @@ def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: Tok
     if base_digest is None:
         out["tokenizer"] = common | {"tokenizer": tok_cfg.to_dict(), "batch": args.batch * 2, "lr": LR["tokenizer"]}
         out["translator"] = common | {"tokenizer": out["tokenizer"], "tokenizer_steps": args.tokenizer_steps,
-                                      "translator": tr_cfg.to_dict(), "batch": args.batch, "lr": LR["translator"]}
+                                      "translator": tr_cfg.to_dict(), "batch": args.batch, "lr": LR["translator"],
+                                      "prior_fiducial": PRIOR_FIDUCIAL}
         base = {"translator": out["translator"], "translator_steps": args.translator_steps}
     else:
         base = {"init_from": base_digest}
@@ -400,6 +401,8 @@ def cli(argv: list[str] | None = None) -> int:
     if args.init_from:
         default_pat, ecg_scale = float(base["default_pat_s"]), tuple(base["ecg_scale"])
         meta_stages = {k: base[k] for k in ("tokenizer_steps", "translator_steps", "codebook", "seed") if k in base}
+        # the PPG->ECG prior timing the translator learnt with (weights from before the record: systolic peaks)
+        meta_stages["prior_fiducial"] = base.get("prior_fiducial", "peak")
         meta_stages |= {"init_from": str(args.init_from), "base_train_minutes": base.get("base_train_minutes", base.get("train_minutes"))}
         # (a base that was itself refiner-only passes on the minutes of the run that trained its tokenizer and translator)
         print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
@@ -411,7 +414,7 @@ def cli(argv: list[str] | None = None) -> int:
         train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, LR["translator"],
                          default_pat, device, recipe=recipes["translator"])
         meta_stages = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
-                       "codebook": tok.rvq.stats(), "seed": args.seed}
+                       "codebook": tok.rvq.stats(), "seed": args.seed, "prior_fiducial": PRIOR_FIDUCIAL}
     ref = None
     if args.refiner_steps > 0:
         ref = Refiner(RefinerConfig()).to(device)

@@ -4,12 +4,13 @@
 - `sr`: polyphase (default) or cubic resampling to the target rate. For an ECG with `request.context` sampled at
   least at the target rate: below 90% of the source's Nyquist frequency the resampled source, above it that
   patient's median QRS pasted at beat times matched in the low band (`operators.beatsr`).
-- `ppg2ecg`, "shifted PPG peaks": PPG systolic peaks (sub-sample timed) moved back by a
-  pulse-arrival delay give R times; an ECG beat template is drawn at each R time, its P and T
-  parts stretched to the local RR interval (QRS kept at its width). Without context: a generic
-  sum-of-Gaussians lead-II beat and `DEFAULT_DELAY_S`. With `request.context` (same patient's
-  ECG + PPG): that patient's median R -> PPG-peak delay and median beat. The drawing is blurred by the
-  beat-timing error (`TIMING_BLUR_S`): the expected ECG when each R time is only known to ~15 ms.
+- `ppg2ecg`, "shifted PPG pulses": each PPG pulse's time (its tangent foot, `operators.rpeaks.ppg_foot_times`,
+  or with `fiducial="peak"` its systolic peak) moved back by a pulse-arrival delay gives an R time; an ECG beat
+  template is drawn at each R time, its P and T parts stretched to the local RR interval (QRS kept at its
+  width). Without context: a generic sum-of-Gaussians lead-II beat and the population delay
+  (`DEFAULT_DELAYS_S`). With `request.context` (same patient's ECG + PPG): that patient's median R -> pulse
+  delay and median beat. The drawing is blurred by the beat-timing error (`TIMING_BLUR_S`): the expected ECG
+  when each R time is only known to ~13 ms.
 
 `PassthroughTranslator`: translation disabled (benchmark ceiling); the source is linearly
 interpolated to the target rate.
@@ -30,24 +31,35 @@ from operators.context import ContextCache
 from operators.quality import fill_nonfinite
 from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.resample import METHODS, merge_bands, resample
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, refine_peak_times
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
 __all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_beat_model",
-           "beat_model_from_context", "render_ecg", "blur_timing", "DEFAULT_DELAY_S", "TIMING_BLUR_S"]
+           "beat_model_from_context", "render_ecg", "blur_timing", "pulse_times", "DEFAULT_DELAYS_S", "FIDUCIALS",
+           "TIMING_BLUR_S"]
 
-# R peak -> first PPG systolic peak >= 150 ms later, median over BIDMC bidmc01-30 at 125 Hz
-# (per-record medians 0.54-0.80 s, IQR within records ~20 ms). This is far above a physiological
-# pulse-arrival time (~0.2-0.3 s) because the MIMIC-II monitor stores PLETH with a latency of
-# roughly one beat relative to ECG; the context path measures each patient's own value.
-DEFAULT_DELAY_S = 0.65
+# Which point of a PPG pulse stands for the beat. "foot" (tangent foot) jitters less against the R peak
+# than "peak" (systolic peak): on the training records with the patient's context the blurred drawing's
+# pooled window Pearson is 0.670 against 0.643 (benchmarks/ppg2ecg_timing_ceiling.py).
+FIDUCIALS = ("foot", "peak")
+# R peak -> the pulse (first systolic peak >= MIN_PAT_S later) at that fiducial: median of the per-record
+# medians over BIDMC's 33 training records at 125 Hz (per record 0.38-0.59 s to the foot, 0.54-0.76 s to
+# the peak). Far above a physiological pulse-arrival time (~0.2-0.3 s to the peak) because the MIMIC-II
+# monitor stores PLETH with a latency of roughly one beat relative to ECG; the context path measures each
+# patient's own value.
+DEFAULT_DELAYS_S = {"foot": 0.52, "peak": 0.65}
+# A foot more than this off the median peak-to-foot interval (noise, a notch taken for the onset) is not used:
+# that pulse is timed from its peak. On the training records (8 s windows with context): no limit / 60 / 40 /
+# 25 ms gave Pearson 0.661 / 0.665 / 0.660 / 0.658 and HR MAE 1.80 / 1.22 / 1.23 / 1.23 bpm (peak timing 0.632, 1.25).
+FOOT_TOLERANCE_S = 0.06
 MIN_PAT_S = 0.15  # a PPG peak sooner than this after an R peak belongs to an earlier beat
 DEFAULT_RR_S = 0.8
-# R times predicted from PPG peaks are off by the beat-to-beat jitter of the pulse delay (robust SD 11-20 ms on
-# BIDMC's training records, half of it slow drift no context can track). Under a Gaussian timing error the
-# MSE-optimal drawing is the template convolved with that Gaussian. SD chosen on the 33 training records with
-# the patient's context (pooled window Pearson 0.597 sharp, 0.635/0.643/0.646/0.641 at 10/13/16/20 ms).
-TIMING_BLUR_S = 0.016
+# R times predicted from PPG pulses are off by the beat-to-beat jitter of the pulse delay (robust SD ~13 ms
+# at the foot on BIDMC's training records, most of it slow drift no context can track). Under a Gaussian
+# timing error the MSE-optimal drawing is the template convolved with that Gaussian. SD chosen on the 33
+# training records with the patient's context and foot timing (pooled window Pearson 0.630 sharp,
+# 0.665/0.670/0.669 at 10/13/16 ms).
+TIMING_BLUR_S = 0.013
 QRS_HALF_S = 0.06  # +-60 ms around R is drawn unstretched
 PRE_FRAC = 0.35  # share of the RR interval drawn before R (P wave side)
 
@@ -68,7 +80,7 @@ class BeatModel:
     t: np.ndarray
     v: np.ndarray
     rr_s: float  # RR interval the template was built at
-    delay_s: float  # R peak -> PPG systolic peak
+    delay_s: float  # R peak -> the PPG pulse's fiducial (foot or systolic peak, as the model was built for)
     level: float = 0.0  # the ECG's isoelectric level between beats (monitors store lead II with an offset)
 
 
@@ -77,7 +89,7 @@ def _zero_ends(t: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v - (v[0] + (v[-1] - v[0]) * (t - t[0]) / (t[-1] - t[0]))
 
 
-def generic_beat_model(delay_s: float = DEFAULT_DELAY_S, rr_s: float = 1.0) -> BeatModel:
+def generic_beat_model(delay_s: float = DEFAULT_DELAYS_S["foot"], rr_s: float = 1.0) -> BeatModel:
     t = np.linspace(-PRE_FRAC * rr_s, (1 - PRE_FRAC) * rr_s, 1001)
     v = np.zeros_like(t)
     for off, amp, width in _GENERIC_WAVES:
@@ -85,18 +97,36 @@ def generic_beat_model(delay_s: float = DEFAULT_DELAY_S, rr_s: float = 1.0) -> B
     return BeatModel(t, _zero_ends(t, v), rr_s, float(delay_s))
 
 
-def _estimate_delay(r_t: np.ndarray, p_t: np.ndarray) -> float | None:
+def pulse_times(ppg: np.ndarray, rate_hz: float, fiducial: str = "foot") -> tuple[np.ndarray, np.ndarray]:
+    """(systolic peak times, pulse times at `fiducial`), s. A pulse whose foot cannot be timed (onset before
+    the signal, no upstroke) or lies beyond FOOT_TOLERANCE_S of the usual is placed the median peak-to-foot
+    interval before its peak, so no beat is lost."""
+    peaks = detect_ppg_peaks(ppg, rate_hz)
+    p_t = refine_peak_times(ppg, peaks, rate_hz)
+    if fiducial == "peak" or len(p_t) == 0:
+        return p_t, p_t
+    f_t = ppg_foot_times(ppg, peaks, rate_hz)
+    ok = np.isfinite(f_t)
+    lead = float(np.median(p_t[ok] - f_t[ok])) if ok.any() else 0.0
+    ok &= np.abs(p_t - f_t - lead) <= FOOT_TOLERANCE_S  # a foot far off its peak's usual lead is mis-timed
+    return p_t, np.where(ok, f_t, p_t - lead)
+
+
+def _estimate_delay(r_t: np.ndarray, p_t: np.ndarray, pulse_t: np.ndarray) -> float | None:
+    """Median R peak -> pulse delay; each R's pulse is the first systolic peak `p_t` >= MIN_PAT_S later
+    (pairing by the peak, the pulse's clearest point), measured to that pulse's `pulse_t`."""
     if len(r_t) < 3 or len(p_t) < 3:
         return None
     j = np.searchsorted(p_t, r_t + MIN_PAT_S)
     ok = j < len(p_t)
-    d = p_t[j[ok]] - r_t[ok]
-    d = d[d < MIN_PAT_S + 2.0]
+    d = pulse_t[j[ok]] - r_t[ok]
+    d = d[p_t[j[ok]] - r_t[ok] < MIN_PAT_S + 2.0]
     return float(np.median(d)) if len(d) >= 3 else None
 
 
-def beat_model_from_context(ctx: PairedContext) -> BeatModel | None:
-    """Patient-specific delay and median beat from earlier simultaneous ECG + PPG (None if unusable)."""
+def beat_model_from_context(ctx: PairedContext, fiducial: str = "foot") -> BeatModel | None:
+    """Patient-specific delay (R peak -> pulse `fiducial`) and median beat from earlier simultaneous
+    ECG + PPG (None if unusable)."""
     fs = float(ctx.rate_hz)
     ecg, _ = fill_nonfinite(np.asarray(ctx.ecg, dtype=np.float64))
     ppg, _ = fill_nonfinite(np.asarray(ctx.ppg, dtype=np.float64))
@@ -104,8 +134,8 @@ def beat_model_from_context(ctx: PairedContext) -> BeatModel | None:
     if len(r) < 3:
         return None
     r_t = refine_peak_times(ecg, r, fs)
-    p_t = refine_peak_times(ppg, detect_ppg_peaks(ppg, fs), fs)
-    delay = _estimate_delay(r_t, p_t)
+    p_t, pulse_t = pulse_times(ppg, fs, fiducial)
+    delay = _estimate_delay(r_t, p_t, pulse_t)
     rr = float(np.median(np.diff(r_t)))
     if not (0.25 <= rr <= 2.5):
         return None
@@ -119,7 +149,7 @@ def beat_model_from_context(ctx: PairedContext) -> BeatModel | None:
     beats = spline(r_t[inside, None] + t[None, :])
     v = np.median(beats, axis=0)
     level = 0.5 * float(v[0] + v[-1])  # the beat's ends lie between beats: the baseline the drawing sits on
-    return BeatModel(t, _zero_ends(t, v), rr, DEFAULT_DELAY_S if delay is None else delay, level)
+    return BeatModel(t, _zero_ends(t, v), rr, DEFAULT_DELAYS_S[fiducial] if delay is None else delay, level)
 
 
 def _fill_edges(r: np.ndarray, t0: float, t1: float, rr_default: float, pre: float, post: float) -> np.ndarray:
@@ -183,12 +213,17 @@ def blur_timing(x: np.ndarray, rate_hz: float, sd_s: float = TIMING_BLUR_S) -> n
 
 
 class ClassicTranslator:
-    """Signal-processing translator (see module doc). `sr_method`: "polyphase" | "cubic"."""
+    """Signal-processing translator (see module doc). `sr_method`: "polyphase" | "cubic"; `fiducial`: "foot" |
+    "peak" (the PPG point beats are timed from); `default_delay_s`: without context, R peak -> that point."""
 
-    def __init__(self, sr_method: str = "polyphase", default_delay_s: float = DEFAULT_DELAY_S, cache_size: int = 256,
-                 timing_blur_s: float = TIMING_BLUR_S):
+    def __init__(self, sr_method: str = "polyphase", default_delay_s: float | None = None, cache_size: int = 256,
+                 timing_blur_s: float = TIMING_BLUR_S, fiducial: str = "foot"):
         if sr_method not in METHODS:
             raise ValueError(f"sr_method must be one of {METHODS}, got {sr_method!r}")
+        if fiducial not in FIDUCIALS:
+            raise ValueError(f"fiducial must be one of {FIDUCIALS}, got {fiducial!r}")
+        self.fiducial = fiducial
+        default_delay_s = DEFAULT_DELAYS_S[fiducial] if default_delay_s is None else default_delay_s
         if timing_blur_s < 0:
             raise ValueError(f"timing_blur_s must be >= 0, got {timing_blur_s}")
         self.sr_method = sr_method
@@ -219,7 +254,7 @@ class ClassicTranslator:
     def _model_for(self, ctx: PairedContext | None) -> BeatModel:
         if ctx is None:
             return self._generic
-        return self._cache.get(ctx, "beat", lambda: beat_model_from_context(ctx)) or self._generic
+        return self._cache.get(ctx, "beat", lambda: beat_model_from_context(ctx, self.fiducial)) or self._generic
 
     def _sr(self, src: np.ndarray, req: TranslationRequest) -> np.ndarray:
         y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
@@ -236,9 +271,8 @@ class ClassicTranslator:
     def _ppg2ecg(self, ppg: np.ndarray, req: TranslationRequest, n_out: int) -> np.ndarray:
         fs = float(req.source_rate)
         model = self._model_for(req.context)
-        peaks = detect_ppg_peaks(ppg, fs)
-        p_t = refine_peak_times(ppg, peaks, fs)
-        r_t = p_t - model.delay_s
+        p_t, pulse_t = pulse_times(ppg, fs, self.fiducial)
+        r_t = pulse_t - model.delay_s
         rr_default = float(np.median(np.diff(p_t))) if len(p_t) >= 2 else model.rr_s
         dur = len(ppg) / fs
         r_t = _fill_edges(r_t, 0.0, dur, rr_default, PRE_FRAC, 1 - PRE_FRAC)

@@ -9,16 +9,20 @@ Nyquist frequency so the same code runs on 25 Hz streams.
 `detect_ppg_peaks` uses Elgendi et al. (2013) "two event-related moving averages": blocks where a
 short (systolic-width) average of the squared, band-passed pulse exceeds a beat-length average.
 (neurokit2 implements both but pulls pandas/sklearn-scale deps into operators/, so hand-written.)
+
+`ppg_foot_times` times each pulse's onset by the tangent method (the steepest upstroke's tangent meets
+the onset minimum's level): the beat-timing fiducial PPG->ECG draws R peaks from.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import signal as sps
+from scipy.interpolate import CubicSpline
 from scipy.ndimage import uniform_filter1d
 
 from operators.quality import fill_nonfinite
 
-__all__ = ["detect_rpeaks", "detect_ppg_peaks", "heart_rate_bpm", "refine_peak_times"]
+__all__ = ["detect_rpeaks", "detect_ppg_peaks", "heart_rate_bpm", "ppg_foot_times", "refine_peak_times"]
 
 REFRACTORY_S = 0.2
 
@@ -231,6 +235,40 @@ def refine_peak_times(x: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.nd
             off = np.where(np.abs(den) > 1e-12, 0.5 * (a - c) / den, 0.0)
         t[inner] += np.clip(off, -0.5, 0.5)
     return t / float(rate_hz)
+
+
+FOOT_SEARCH_S = 0.6  # a pulse's onset minimum lies within this long before its systolic peak
+FOOT_STEP_S = 0.001  # the spline is read on a 1 ms grid
+
+
+def ppg_foot_times(ppg: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.ndarray:
+    """Tangent-foot time (s) of the pulse ending at each systolic peak in `peaks` (sample indices).
+
+    On a cubic spline through the PPG (sub-sample at 25 Hz too): the onset minimum within FOOT_SEARCH_S
+    before the peak, the steepest point of the upstroke after it, and where the tangent there meets the
+    minimum's level. From an R peak to this point the delay varies less from beat to beat than to the systolic
+    peak (BIDMC training records, median robust SD 12.9 vs 14.3 ms; `benchmarks/ppg2ecg_timing_ceiling.py`).
+    NaN where the minimum is at the edge of the search span (onset not in the signal) or no upstroke rises.
+    """
+    x, _ = fill_nonfinite(np.asarray(ppg, dtype=np.float64))
+    p = np.asarray(peaks, dtype=np.int64)
+    out = np.full(len(p), np.nan)
+    if len(p) == 0 or len(x) < 4:
+        return out
+    fs = float(rate_hz)
+    spline = CubicSpline(np.arange(len(x)) / fs, x)
+    steps = np.arange(-int(round(FOOT_SEARCH_S / FOOT_STEP_S)), 1) * FOOT_STEP_S
+    t = p[:, None] / fs + steps[None, :]  # (beats, grid) ending at each peak
+    valid = t >= 0
+    y = np.where(valid, spline(np.clip(t, 0, None)), np.inf)  # before the signal's start: never the minimum
+    slope = spline(np.clip(t, 0, None), 1)
+    m = np.argmin(y, axis=1)
+    first = np.argmax(valid, axis=1)
+    for k in np.flatnonzero((m > first) & (m < len(steps) - 2)):
+        s = m[k] + int(np.argmax(slope[k, m[k]:]))
+        if slope[k, s] > 0:
+            out[k] = t[k, s] - (y[k, s] - y[k, m[k]]) / slope[k, s]
+    return out
 
 
 def heart_rate_bpm(peaks: np.ndarray, rate_hz: float) -> float:

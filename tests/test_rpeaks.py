@@ -9,7 +9,7 @@ import pytest
 
 from operators.metrics import peak_f1
 from operators.resample import decimate_to, resample
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, heart_rate_bpm, refine_peak_times
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, heart_rate_bpm, ppg_foot_times, refine_peak_times
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # WFDB beat annotation symbols (non-beat marks such as '+' rhythm changes are excluded)
@@ -60,6 +60,28 @@ def test_ppg_peaks_synthetic_and_subsample_timing():
     # parabolic refinement beats the 40 ms sample grid
     tt = refine_peak_times(ppg, p, rate)
     assert np.max(np.abs(tt - beats[: len(tt)])) < 0.01
+
+
+@pytest.mark.parametrize("rate", [25.0, 125.0])
+def test_ppg_foot_is_timed_below_the_sample_grid(rate):
+    """Gaussian pulses (SD 0.1 s): the tangent at the steepest upstroke (1 SD before the peak) meets the
+    baseline 2 SD before the peak."""
+    rng = np.random.default_rng(1)
+    beats = np.cumsum(np.full(30, 0.95) + rng.normal(0, 0.03, 30))
+    t = np.arange(int(500 * (beats[-1] + 1))) / 500
+    ppg = sum(np.exp(-0.5 * ((t - b) / 0.1) ** 2) for b in beats)
+    x = decimate_to(ppg, 500, rate)
+    peaks = detect_ppg_peaks(x, rate)
+    foot = ppg_foot_times(x, peaks, rate)
+    want = beats[np.abs(beats[:, None] - peaks[None, :] / rate).argmin(axis=0)] - 0.2
+    inner = np.isfinite(foot)
+    assert inner.sum() >= len(peaks) - 1  # at most the first pulse, whose onset may precede the signal
+    assert np.max(np.abs(foot[inner] - want[inner])) < 0.005
+    # a pulse cut off before its onset has no foot rather than a wrong one
+    cut = int((beats[5] - 0.12) * rate)
+    p2 = detect_ppg_peaks(x[cut:], rate)
+    assert np.isnan(ppg_foot_times(x[cut:], p2, rate)[0])
+    assert len(ppg_foot_times(x, np.zeros(0, np.int64), rate)) == 0
 
 
 def _mitdb():
