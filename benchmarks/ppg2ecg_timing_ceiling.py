@@ -1,0 +1,207 @@
+"""Why PPG->ECG waveform Pearson stays far below 0.85 on BIDMC: beat timing, measured.
+
+Part 1, training records: the delay from each R peak to its pulse in the PPG, for four PPG fiducials
+(systolic peak, maximum upslope, tangent foot, second-derivative peak; located on the PPG upsampled to
+1 kHz). Printed per record: the delay's median, its beat-to-beat robust SD (1.4826 x MAD), the lag-1
+autocorrelation, what is left after removing a centred 9-beat running mean (drift a context could in
+principle track), and after a least-squares fit on the neighbouring RR intervals (what a model could
+predict from the PPG's own rhythm).
+
+Part 2, held-out records, scored like `wavebridge evaluate` (first 60 s = the patient's context, the rest
+scored, Pearson per 8 s window, all windows pooled): the patient's own context beat
+(`operators.baselines.beat_model_from_context`) drawn at the TRUE R peaks of the scored part, then at
+true R peaks plus Gaussian timing errors of a given SD (sharp, and blurred by that SD, the MSE-optimal
+drawing under that error), then at the R times the PPG predicts (each pulse's systolic peak or tangent foot
+minus the context's median delay to it: the classic baseline's timing, `operators.baselines.pulse_times`),
+whose error against the true R peaks is also printed (median |error| per record, which counts the delay's
+drift away from the context's value; the robust SD does not).
+
+    python benchmarks/ppg2ecg_timing_ceiling.py        # ~1 min on 2 cores
+
+Not a test: it needs ../shared/data/bidmc. The model card quotes its output.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from scipy.ndimage import uniform_filter1d  # noqa: E402
+from scipy.signal import resample_poly  # noqa: E402
+
+from models.data import data_root, split  # noqa: E402
+from operators.baselines import (MIN_PAT_S, TIMING_BLUR_S, beat_model_from_context, blur_timing,  # noqa: E402
+                                 pulse_times, render_ecg)
+from operators.metrics import pool_windows, windowed_pearson_rmse  # noqa: E402
+from operators.records import read_recording  # noqa: E402
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times  # noqa: E402
+from operators.translator import PairedContext  # noqa: E402
+
+CONTEXT_S = 60.0
+UP = 8  # 125 Hz -> 1 kHz for the slope fiducials
+FIDUCIALS = ("peak", "max_slope", "tangent_foot", "d2_peak")
+JITTER_MS = (0, 5, 10, 13, 20)
+SEEDS = 3
+
+
+def robust_sd(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if len(x) else float("nan")
+
+
+def ppg_fiducials(ppg: np.ndarray, rate: float) -> dict[str, np.ndarray]:
+    """Per detected PPG beat, the time (s) of each fiducial; NaN where a beat has no clean upstroke. The peak and
+    the tangent foot are the service's own (`operators.rpeaks`); the two slope points are found here."""
+    peaks = detect_ppg_peaks(ppg, rate)
+    out = {"peak": refine_peak_times(ppg, peaks, rate), "tangent_foot": ppg_foot_times(ppg, peaks, rate)}
+    x = resample_poly(ppg - np.median(ppg), UP, 1)
+    fs = rate * UP
+    d1 = np.gradient(x) * fs
+    d2 = np.gradient(d1) * fs
+    slope, dd = (np.full(len(peaks), np.nan) for _ in range(2))
+    for k, p in enumerate(peaks * UP):
+        lo = max(0, p - int(0.6 * fs))
+        if p - lo < 4:
+            continue
+        m = lo + int(np.argmin(x[lo:p]))  # the pulse's onset minimum before its peak
+        if p - m < 4:
+            continue
+        s = m + int(np.argmax(d1[m:p]))
+        slope[k] = s / fs
+        dd[k] = (m + int(np.argmax(d2[m:s + 1]))) / fs
+    out |= {"max_slope": slope, "d2_peak": dd}
+    return out
+
+
+def delays(r_t: np.ndarray, p_peak: np.ndarray, fid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each R peak's delay to its pulse's fiducial (pulse = first systolic peak >= MIN_PAT_S later) and the
+    RR interval before that R; outliers (mismatched beats, > 0.15 s from the median) dropped."""
+    j = np.searchsorted(p_peak, r_t + MIN_PAT_S)
+    ok = j < len(p_peak)
+    d = np.full(len(r_t), np.nan)
+    d[ok] = fid[j[ok]] - r_t[ok]
+    rr = np.concatenate([[np.nan], np.diff(r_t)])
+    good = np.isfinite(d) & np.isfinite(rr) & (d < MIN_PAT_S + 2.0)
+    good &= np.abs(d - np.nanmedian(d[good])) < 0.15
+    return d[good], rr[good]
+
+
+def delay_stats(d: np.ndarray, rr: np.ndarray) -> dict[str, float]:
+    dc = d - d.mean()
+    ac1 = float(np.dot(dc[:-1], dc[1:]) / np.dot(dc, dc)) if len(d) > 2 and np.dot(dc, dc) > 0 else float("nan")
+    drift = uniform_filter1d(d, 9, mode="nearest")
+    a = np.column_stack([np.ones_like(rr), rr, np.concatenate([rr[1:], rr[-1:]])])  # RR before and after
+    coef, *_ = np.linalg.lstsq(a, d, rcond=None)
+    return {"median_ms": 1e3 * float(np.median(d)), "sd_ms": 1e3 * robust_sd(d), "lag1": ac1,
+            "sd_no_drift_ms": 1e3 * robust_sd(d - drift), "sd_after_rr_ms": 1e3 * robust_sd(d - a @ coef), "beats": len(d)}
+
+
+def part1(root: Path, names: list[str]) -> None:
+    print("Part 1: R peak -> PPG fiducial delay on the training records (ms; robust SDs)")
+    print(f"{'record':<7} {'fiducial':<13} {'beats':>5} {'median':>7} {'SD':>6} {'lag-1':>6} {'SD-drift':>9} {'SD-RR fit':>9}")
+    pooled: dict[str, list[dict]] = {f: [] for f in FIDUCIALS}
+    for name in names:
+        rec = read_recording(root / f"bidmc{name}", signals=["II", "PLETH"])
+        rate = rec.rates["II"]
+        ecg, ppg = rec.signals["II"].astype(np.float64), rec.signals["PLETH"].astype(np.float64)
+        r_t = refine_peak_times(ecg, detect_rpeaks(ecg, rate), rate)
+        fids = ppg_fiducials(ppg, rate)
+        for f in FIDUCIALS:
+            d, rr = delays(r_t, fids["peak"], fids[f])
+            if len(d) < 20:
+                print(f"{name:<7} {f:<13} too few matched beats ({len(d)})")
+                continue
+            s = delay_stats(d, rr)
+            pooled[f].append(s)
+            print(f"{name:<7} {f:<13} {s['beats']:>5} {s['median_ms']:>7.0f} {s['sd_ms']:>6.1f} {s['lag1']:>6.2f} "
+                  f"{s['sd_no_drift_ms']:>9.1f} {s['sd_after_rr_ms']:>9.1f}")
+    print("median over records:")
+    for f in FIDUCIALS:
+        rows = pooled[f]
+        if rows:
+            med = {k: float(np.median([r[k] for r in rows])) for k in ("sd_ms", "lag1", "sd_no_drift_ms", "sd_after_rr_ms")}
+            print(f"  {f:<13} SD {med['sd_ms']:.1f}  lag-1 {med['lag1']:.2f}  without drift {med['sd_no_drift_ms']:.1f}  "
+                  f"after RR fit {med['sd_after_rr_ms']:.1f}  ({len(rows)} records)")
+
+
+def part2(root: Path, names: list[str]) -> None:
+    print(f"\nPart 2: own context beat drawn at given R times, held-out records (pooled Pearson per 8 s window; "
+          f"jitter averaged over {SEEDS} seeds)")
+    cases = [f"true R + {j} ms{' blurred' if b else ''}" for j in JITTER_MS for b in ((False, True) if j else (False,))]
+    predicted = [f"R from PPG {fid}{' blurred' if b else ''}" for fid in ("peak", "foot") for b in (False, True)]
+    cases += predicted
+    scores: dict[str, list] = {c: [] for c in cases}
+    errors: dict[str, list] = {"peak": [], "foot": []}  # per record (robust SD, median |error|), ms
+    rng = np.random.default_rng(0)
+    print(f"{'record':<7} {'|error| ms peak/foot':>21} " + " ".join(f"{c:>12}" for c in ("true R", "+13 ms", "+13 ms blur",
+                                                                                        "PPG peak", "PPG foot")))
+    for name in names:
+        rec = read_recording(root / f"bidmc{name}", signals=["II", "PLETH"])
+        rate = rec.rates["II"]
+        ecg, ppg = rec.signals["II"].astype(np.float64), rec.signals["PLETH"].astype(np.float64)
+        c = int(CONTEXT_S * rate)
+        ctx = PairedContext(ecg[:c], ppg[:c], rate)
+        model = beat_model_from_context(ctx)
+        if model is None:
+            print(f"{name:<7} no usable context beat")
+            continue
+        ref = ecg[c:]
+        n = len(ref)
+        r_t = refine_peak_times(ref, detect_rpeaks(ref, rate), rate)
+        draw = lambda t, sd_s=0.0: blur_timing(render_ecg(t, model, n, rate), rate, sd_s) + model.level  # noqa: E731
+        row = {}
+        for j in JITTER_MS:
+            for blur in ((False, True) if j else (False,)):
+                key = f"true R + {j} ms{' blurred' if blur else ''}"
+                ws = [windowed_pearson_rmse(ref, draw(r_t + (rng.normal(0, j / 1e3, len(r_t)) if j else 0.0),
+                                                      j / 1e3 if blur else 0.0), rate) for _ in range(SEEDS if j else 1)]
+                scores[key] += ws
+                row[key] = float(np.mean([w.mean_pearson for w in ws]))
+        for fid in ("peak", "foot"):
+            delay = beat_model_from_context(ctx, fid).delay_s  # the same beat, the delay to this fiducial
+            p_t = pulse_times(ppg[c:], rate, fid)[1] - delay
+            for blur in (False, True):
+                key = f"R from PPG {fid}{' blurred' if blur else ''}"
+                w = windowed_pearson_rmse(ref, draw(p_t, TIMING_BLUR_S if blur else 0.0), rate)
+                scores[key].append(w)
+                row[key] = w.mean_pearson
+            near = np.abs(p_t[:, None] - r_t[None, :]).argmin(axis=1) if len(r_t) else np.zeros(0, int)
+            e = p_t - r_t[near] if len(r_t) else np.zeros(0)
+            e = e[np.abs(e) < 0.15]  # a PPG beat that matches no R peak is a detection error, not jitter
+            errors[fid].append((robust_sd(e) * 1e3, float(np.median(np.abs(e))) * 1e3))
+        print(f"{name:<7} {errors['peak'][-1][1]:>10.1f} / {errors['foot'][-1][1]:<8.1f} " + " ".join(f"{row[k]:>12.3f}" for k in
+              ("true R + 0 ms", "true R + 13 ms", "true R + 13 ms blurred", "R from PPG peak", "R from PPG foot")))
+    print(f"pooled over records (blurred = {TIMING_BLUR_S * 1e3:g} ms for the PPG-predicted R times):")
+    for c in cases:
+        if scores[c]:
+            print(f"  {c:<32} Pearson {pool_windows(scores[c]).mean_pearson:.3f}")
+    for fid, e in errors.items():
+        sd, mae = np.array(e).T
+        print(f"  R from PPG {fid} vs true R peaks: median |error| {np.median(mae):.1f} ms (per record {mae.min():.1f}-"
+              f"{mae.max():.1f}; it includes drift away from the context's delay), robust SD {np.median(sd):.1f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
+    ap.add_argument("--part", choices=("1", "2", "both"), default="both")
+    args = ap.parse_args(argv)
+    root = data_root(args.data)
+    if not (root / "bidmc01.hea").exists():
+        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+        return 2
+    train, val = split()
+    if args.part in ("1", "both"):
+        part1(root, train)
+    if args.part in ("2", "both"):
+        part2(root, val)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
