@@ -34,6 +34,17 @@ def _pair(rate=125.0, dur=40.0, rr=0.8, pat=0.3, seed=0):
     return ecg, ppg, b
 
 
+def _bidmc(record: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(lead II, PLETH, rate) of a BIDMC record; skips the test when the data is not beside the project."""
+    base = DATA / "bidmc"
+    if not (base / f"bidmc{record}.hea").exists():
+        pytest.skip(f"BIDMC records not found under {base}")
+    wfdb = pytest.importorskip("wfdb")
+    rec = wfdb.rdrecord(str(base / f"bidmc{record}"))
+    names = [n.strip(" ,") for n in rec.sig_name]
+    return rec.p_signal[:, names.index("II")], rec.p_signal[:, names.index("PLETH")], float(rec.fs)
+
+
 def test_is_a_translator_and_loads_by_alias():
     tr = load_translator("classic")
     assert isinstance(tr, Translator) and tr.name == "classic"
@@ -153,14 +164,7 @@ def test_pulses_are_timed_at_the_foot_and_none_is_lost():
 
 def test_foot_timing_beats_peak_timing_on_a_bidmc_patient():
     """The reason the foot is the default fiducial (benchmarks/ppg2ecg_timing_ceiling.py has the whole picture)."""
-    base = DATA / "bidmc"
-    if not (base / "bidmc16.hea").exists():
-        pytest.skip(f"BIDMC records not found under {base}")
-    wfdb = pytest.importorskip("wfdb")
-    rec = wfdb.rdrecord(str(base / "bidmc16"))
-    names = [n.strip(" ,") for n in rec.sig_name]
-    fs = float(rec.fs)
-    ecg, ppg = rec.p_signal[:, names.index("II")], rec.p_signal[:, names.index("PLETH")]
+    ecg, ppg, fs = _bidmc("16")
     c, n = int(60 * fs), int(8 * fs)
     ctx = PairedContext(ecg[:c], ppg[:c], fs)
     starts = range(c, len(ecg) - n, n)
@@ -217,14 +221,7 @@ def test_passthrough_linear():
 
 
 def test_bidmc_context_improves_beat_timing():
-    base = DATA / "bidmc"
-    if not (base / "bidmc03.hea").exists():
-        pytest.skip(f"BIDMC records not found under {base}")
-    wfdb = pytest.importorskip("wfdb")
-    rec = wfdb.rdrecord(str(base / "bidmc03"))
-    names = [n.strip(" ,") for n in rec.sig_name]
-    fs = float(rec.fs)
-    ecg, ppg = rec.p_signal[:, names.index("II")], rec.p_signal[:, names.index("PLETH")]
+    ecg, ppg, fs = _bidmc("03")
     from operators.context import select_context
 
     ctx = select_context(ecg[: int(60 * fs)], ppg[: int(60 * fs)], fs)
