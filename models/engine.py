@@ -8,6 +8,7 @@ Super-resolution of a source sampled at or above the canonical 100 Hz skips the 
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from typing import Sequence
@@ -17,11 +18,14 @@ import torch
 
 from models import weights as W
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR, modality_masks
-from models.prep import CANONICAL_RATE, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical, zscore
+from models.prep import (CANONICAL_RATE, PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical,
+                         zscore)
 from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.context import ContextCache
 from operators.resample import merge_bands, resample
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
+
+log = logging.getLogger(__name__)
 
 MIN_CONTEXT_S = 3.0
 CONTEXT_CACHE = 1024  # beds' contexts kept prepared
@@ -62,6 +66,10 @@ class ClmtTranslator:
         self._lock = threading.Lock()  # one forward pass at a time; callers may be worker threads
         self._ctx_cache = ContextCache(CONTEXT_CACHE)
         self.name = f"clmt:{W.DEFAULT_NAME}"
+        trained = self.cfg.get("prior_fiducial", "peak")  # weights from before the record learnt on peak timing
+        if trained != PRIOR_FIDUCIAL:
+            log.info("CLMT weights were trained with PPG->ECG priors timed at the pulse %s; serving priors timed at "
+                     "the pulse %s (models/prep.py, model card)", trained, PRIOR_FIDUCIAL)
 
     # -- per-request numpy preparation -------------------------------------------------------------
     def _task_id(self, r: TranslationRequest) -> int:

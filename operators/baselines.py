@@ -38,9 +38,9 @@ __all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_b
            "beat_model_from_context", "render_ecg", "blur_timing", "pulse_times", "DEFAULT_DELAYS_S", "FIDUCIALS",
            "TIMING_BLUR_S"]
 
-# Which point of a PPG pulse stands for the beat. "foot" (tangent foot) jitters less against the R peak
-# than "peak" (systolic peak): on the training records with the patient's context the blurred drawing's
-# pooled window Pearson is 0.670 against 0.643 (benchmarks/ppg2ecg_timing_ceiling.py).
+# Which point of a PPG pulse stands for the beat. "foot" (tangent foot) drifts less against the R peak than
+# "peak" (systolic peak): on the training records with the patient's context the blurred drawing's pooled window
+# Pearson is 0.677 against 0.646, each at its best blur (`benchmarks/ppg2ecg_timing_ceiling.py --part 2 --split train`).
 FIDUCIALS = ("foot", "peak")
 # R peak -> the pulse (first systolic peak >= MIN_PAT_S later) at that fiducial: median of the per-record
 # medians over BIDMC's 33 training records at 125 Hz (per record 0.38-0.59 s to the foot, 0.54-0.76 s to
@@ -49,16 +49,17 @@ FIDUCIALS = ("foot", "peak")
 # patient's own value.
 DEFAULT_DELAYS_S = {"foot": 0.52, "peak": 0.65}
 # A foot more than this off the median peak-to-foot interval (noise, a notch taken for the onset) is not used:
-# that pulse is timed from its peak. On the training records (8 s windows with context): no limit / 60 / 40 /
-# 25 ms gave Pearson 0.661 / 0.665 / 0.660 / 0.658 and HR MAE 1.80 / 1.22 / 1.23 / 1.23 bpm (peak timing 0.632, 1.25).
+# that pulse is timed from its peak. A guard more than a tuned value: on the training records (classic translator,
+# 8 s windows with context) no limit / 80 / 60 / 40 / 25 ms gave Pearson 0.667 / 0.667 / 0.666 / 0.661 / 0.658 and
+# HR MAE 1.23 / 1.21 / 1.21 / 1.23 / 1.23 bpm (peak timing: 0.632, 1.25 bpm).
 FOOT_TOLERANCE_S = 0.06
 MIN_PAT_S = 0.15  # a PPG peak sooner than this after an R peak belongs to an earlier beat
 DEFAULT_RR_S = 0.8
-# R times predicted from PPG pulses are off by the beat-to-beat jitter of the pulse delay (robust SD ~13 ms
-# at the foot on BIDMC's training records, most of it slow drift no context can track). Under a Gaussian
-# timing error the MSE-optimal drawing is the template convolved with that Gaussian. SD chosen on the 33
-# training records with the patient's context and foot timing (pooled window Pearson 0.630 sharp,
-# 0.665/0.670/0.669 at 10/13/16 ms).
+# R times predicted from PPG pulses are off by the beat-to-beat jitter of the pulse delay (robust SD ~13 ms at
+# the foot on BIDMC's training records, much of it slow drift no context can track). Under a Gaussian timing
+# error the MSE-optimal drawing is the template convolved with that Gaussian. SD chosen on the 33 training
+# records with the patient's context and foot timing (pooled window Pearson 0.636 sharp, 0.672 / 0.677 / 0.677
+# at 10 / 13 / 16 ms; `benchmarks/ppg2ecg_timing_ceiling.py --part 2 --split train`).
 TIMING_BLUR_S = 0.013
 QRS_HALF_S = 0.06  # +-60 ms around R is drawn unstretched
 PRE_FRAC = 0.35  # share of the RR interval drawn before R (P wave side)
@@ -107,7 +108,8 @@ def pulse_times(ppg: np.ndarray, rate_hz: float, fiducial: str = "foot") -> tupl
         return p_t, p_t
     f_t = ppg_foot_times(ppg, peaks, rate_hz)
     ok = np.isfinite(f_t)
-    lead = float(np.median(p_t[ok] - f_t[ok])) if ok.any() else 0.0
+    # no foot timed at all (one pulse cut at the window's start, a noisy window): the population's usual lead
+    lead = float(np.median(p_t[ok] - f_t[ok])) if ok.any() else DEFAULT_DELAYS_S["peak"] - DEFAULT_DELAYS_S["foot"]
     ok &= np.abs(p_t - f_t - lead) <= FOOT_TOLERANCE_S  # a foot far off its peak's usual lead is mis-timed
     return p_t, np.where(ok, f_t, p_t - lead)
 

@@ -245,10 +245,10 @@ def ppg_foot_times(ppg: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.nda
     """Tangent-foot time (s) of the pulse ending at each systolic peak in `peaks` (sample indices).
 
     On a cubic spline through the PPG (sub-sample at 25 Hz too): the onset minimum within FOOT_SEARCH_S
-    before the peak, the steepest point of the upstroke after it, and where the tangent there meets the
-    minimum's level. From an R peak to this point the delay varies less from beat to beat than to the systolic
-    peak (BIDMC training records, median robust SD 12.9 vs 14.3 ms; `benchmarks/ppg2ecg_timing_ceiling.py`).
-    NaN where the minimum is at the edge of the search span (onset not in the signal) or no upstroke rises.
+    before the peak (and after the previous peak), the steepest point of the upstroke after it, and where the
+    tangent there meets the minimum's level. The delay from an R peak to this point drifts less than to the
+    systolic peak (`benchmarks/ppg2ecg_timing_ceiling.py`). NaN where the minimum is at the edge of the search
+    span (onset not in the signal, or no trough since the previous peak) or no upstroke rises.
     """
     x, _ = fill_nonfinite(np.asarray(ppg, dtype=np.float64))
     p = np.asarray(peaks, dtype=np.int64)
@@ -259,8 +259,10 @@ def ppg_foot_times(ppg: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.nda
     spline = CubicSpline(np.arange(len(x)) / fs, x)
     steps = np.arange(-int(round(FOOT_SEARCH_S / FOOT_STEP_S)), 1) * FOOT_STEP_S
     t = p[:, None] / fs + steps[None, :]  # (beats, grid) ending at each peak
-    valid = t >= 0
-    y = np.where(valid, spline(np.clip(t, 0, None)), np.inf)  # before the signal's start: never the minimum
+    # the onset lies after the signal's start and after the previous pulse's peak (RR can be < FOOT_SEARCH_S)
+    prev = np.concatenate([[0.0], p[:-1] / fs])
+    valid = t >= prev[:, None]
+    y = np.where(valid, spline(np.clip(t, 0, None)), np.inf)  # outside the span: never the minimum
     slope = spline(np.clip(t, 0, None), 1)
     m = np.argmin(y, axis=1)
     first = np.argmax(valid, axis=1)

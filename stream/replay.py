@@ -188,12 +188,16 @@ def check_chunk_s(chunk_s: float, rate_hz: float | None = None, signal: str = ""
         most = math.floor(wire.MAX_SAMPLES / rate_hz * 1000) / 1000
         raise ValueError(f"{name} {chunk_s:g} at {rate_hz:g} Hz ({signal}) is {n} samples per chunk > "
                          f"{wire.MAX_SAMPLES}, the wire format's limit; use {name} <= {most:g}")
+    if n / rate_hz > wire.MAX_DURATION_S:  # the rounded-up sample count can overshoot 60 s (60 s at 62.51 Hz: 3751)
+        raise ValueError(f"{name} {chunk_s:g} at {rate_hz:g} Hz ({signal}) makes chunks of {n} samples = "
+                         f"{n / rate_hz:.3f} s > {wire.MAX_DURATION_S:g} s, the wire format's limit; use a shorter {name}")
 
 
 def _signal_length(rec: Recording, signal: str, resample: dict[str, float] | None,
                    duration_s: float | None) -> tuple[float, int]:
     """(rate, samples) of a signal as it will be replayed: after `resample` and the `duration_s` cut."""
-    rate = float((resample or {}).get(signal, rec.rates[signal]))
+    targets = {canonical_name(k): v for k, v in (resample or {}).items()}  # as resample_recording reads them
+    rate = float(targets.get(signal, rec.rates[signal]))
     n = int(round(len(rec.signals[signal]) * rate / rec.rates[signal]))
     if duration_s is not None:
         n = min(n, int(round(duration_s * rate)))

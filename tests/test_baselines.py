@@ -94,7 +94,6 @@ def test_ppg2ecg_with_context_learns_delay_and_places_beats():
     good = peak_f1(ref, detect_rpeaks(with_ctx, rate), rate, 0.05)
     assert good.f1 >= 0.9, good
     # the generic delay (BIDMC, 0.52 s to the foot) is wrong for this 0.12 s patient: beats land off by 0.4 s
-    assert DEFAULT_DELAYS_S["foot"] > 0.4
     bad = peak_f1(ref, detect_rpeaks(without, rate), rate, 0.05)
     assert bad.f1 < good.f1
     r = windowed_pearson_rmse(ecg[s:s + 1000], with_ctx, rate, 8.0)
@@ -126,7 +125,7 @@ def test_timing_blur_is_what_uncertain_beat_times_call_for():
     model = generic_beat_model(rr_s=0.8)
     n = int(true_r[-1] * rate)
     truth = render_ecg(true_r, model, n, rate)
-    guessed = render_ecg(true_r + rng.normal(0, TIMING_BLUR_S, len(true_r)), model, n, rate)  # R times off by ~16 ms
+    guessed = render_ecg(true_r + rng.normal(0, TIMING_BLUR_S, len(true_r)), model, n, rate)  # R times off by ~13 ms
     r = lambda y: windowed_pearson_rmse(truth, y, rate).mean_pearson
     assert r(blur_timing(guessed, rate)) > r(guessed) + 0.03, (r(blur_timing(guessed, rate)), r(guessed))
     # a Gaussian blur keeps the signal's level; sd 0 is the identity
@@ -158,6 +157,10 @@ def test_pulses_are_timed_at_the_foot_and_none_is_lost():
     cut = int(round((p_t[3] - 0.05) * rate))
     p2, f2 = pulse_times(ppg[cut:], rate)
     assert np.all(np.isfinite(f2)) and f2[0] == pytest.approx(p2[0] - np.median(p2[1:] - f2[1:]), abs=1e-9)
+    # a window whose only pulse has no foot falls back to the population's lead, not to the peak itself
+    one = ppg[int(round((p_t[3] - 0.05) * rate)):int(round((p_t[3] + 0.5) * rate))]
+    p1, f1 = pulse_times(one, rate)
+    assert len(p1) == 1 and p1[0] - f1[0] == pytest.approx(DEFAULT_DELAYS_S["peak"] - DEFAULT_DELAYS_S["foot"])
     same_p, same_f = pulse_times(ppg, rate, "peak")
     np.testing.assert_array_equal(same_p, same_f)
 

@@ -158,6 +158,12 @@ def test_replay_refuses_chunks_the_wire_would_reject_before_sending_anything():
     assert short.chunks == 1 and short.samples == 60_000
     down = rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, resample={"II": 500})
     assert down.chunks == 2 and down.samples == 32_500
+    # resample keys are channel aliases like everywhere else ("ecg" is lead II)
+    assert rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, resample={"ecg": 500}).chunks == 2
+    # at 62.51 Hz a 60 s chunk rounds up to 3751 samples = 60.006 s, over the wire's 60 s
+    odd = Recording("odd", {"II": np.zeros(10_000, np.float32)}, {"II": 62.51}, {"II": "mV"})
+    with pytest.raises(ValueError, match="3751 samples = 60.006 s > 60 s"):
+        rp.replay([odd], RecordingSink(), chunk_s=60, speed=0, start_ns=T0)
 
 
 class OwnedSink(RecordingSink):
