@@ -108,9 +108,9 @@ def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RAT
 
 
 # The prior is drawn sharp (no timing blur: a blurred one is another input distribution) with beats timed from
-# the PPG pulses' tangent feet. The shipped translator was trained with systolic-peak timing; serving it the
-# foot-timed prior measured better on held-out and training records alike (model card), so training and
-# serving both use the foot now, and the training recipe records it.
+# the PPG pulses' tangent feet (timed from systolic peaks before; the training recipe and the weights' JSON
+# record which, `prior_fiducial`, and the engine logs a mismatch). Foot-timed priors measured better even for a
+# translator trained on peak-timed ones, and better still retrained on them (model card).
 PRIOR_FIDUCIAL = "foot"
 _CLASSIC = ClassicTranslator(timing_blur_s=0.0, fiducial=PRIOR_FIDUCIAL)
 
