@@ -36,7 +36,7 @@ from scipy.ndimage import uniform_filter1d  # noqa: E402
 from scipy.signal import resample_poly  # noqa: E402
 
 from models.data import data_root, split  # noqa: E402
-from operators.baselines import (MIN_PAT_S, TIMING_BLUR_S, beat_model_from_context, blur_timing,  # noqa: E402
+from operators.baselines import (TIMING_BLUR_S, beat_model_from_context, blur_timing, pulse_delays,  # noqa: E402
                                  pulse_times, render_ecg)
 from operators.metrics import pool_windows, windowed_pearson_rmse  # noqa: E402
 from operators.records import read_recording  # noqa: E402
@@ -81,14 +81,11 @@ def ppg_fiducials(ppg: np.ndarray, rate: float) -> dict[str, np.ndarray]:
 
 
 def delays(r_t: np.ndarray, p_peak: np.ndarray, fid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each R peak's delay to its pulse's fiducial (pulse = first systolic peak >= MIN_PAT_S later) and the
-    RR interval before that R; outliers (mismatched beats, > 0.15 s from the median) dropped."""
-    j = np.searchsorted(p_peak, r_t + MIN_PAT_S)
-    ok = j < len(p_peak)
-    d = np.full(len(r_t), np.nan)
-    d[ok] = fid[j[ok]] - r_t[ok]
-    rr = np.concatenate([[np.nan], np.diff(r_t)])
-    good = np.isfinite(d) & np.isfinite(rr) & (d < MIN_PAT_S + 2.0)
+    """Each R peak's delay to its pulse's fiducial (the service's pairing, `pulse_delays`) and the RR interval
+    before that R; outliers (mismatched beats, > 0.15 s from the median) dropped."""
+    i, d = pulse_delays(r_t, p_peak, fid)
+    rr = np.concatenate([[np.nan], np.diff(r_t)])[i]
+    good = np.isfinite(d) & np.isfinite(rr)
     good &= np.abs(d - np.nanmedian(d[good])) < 0.15
     return d[good], rr[good]
 

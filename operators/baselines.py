@@ -35,7 +35,7 @@ from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, re
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
 __all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_beat_model",
-           "beat_model_from_context", "render_ecg", "blur_timing", "pulse_times", "DEFAULT_DELAYS_S", "FIDUCIALS",
+           "beat_model_from_context", "render_ecg", "blur_timing", "pulse_delays", "pulse_times", "DEFAULT_DELAYS_S", "FIDUCIALS",
            "TIMING_BLUR_S"]
 
 # Which point of a PPG pulse stands for the beat. "foot" (tangent foot) drifts less against the R peak than
@@ -114,15 +114,21 @@ def pulse_times(ppg: np.ndarray, rate_hz: float, fiducial: str = "foot") -> tupl
     return p_t, np.where(ok, f_t, p_t - lead)
 
 
+def pulse_delays(r_t: np.ndarray, p_t: np.ndarray, pulse_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices into `r_t`, R peak -> pulse delays) of the R peaks that have a pulse. Each R's pulse is the first
+    systolic peak `p_t` >= MIN_PAT_S later (pairing by the peak, the pulse's clearest point), no more than
+    MIN_PAT_S + 2 s later, and the delay is measured to that pulse's `pulse_t`."""
+    j = np.searchsorted(p_t, r_t + MIN_PAT_S)
+    i = np.flatnonzero(j < len(p_t))
+    i = i[p_t[j[i]] - r_t[i] < MIN_PAT_S + 2.0]
+    return i, pulse_t[j[i]] - r_t[i]
+
+
 def _estimate_delay(r_t: np.ndarray, p_t: np.ndarray, pulse_t: np.ndarray) -> float | None:
-    """Median R peak -> pulse delay; each R's pulse is the first systolic peak `p_t` >= MIN_PAT_S later
-    (pairing by the peak, the pulse's clearest point), measured to that pulse's `pulse_t`."""
+    """Median R peak -> pulse delay (`pulse_delays`); None with fewer than 3 beats."""
     if len(r_t) < 3 or len(p_t) < 3:
         return None
-    j = np.searchsorted(p_t, r_t + MIN_PAT_S)
-    ok = j < len(p_t)
-    d = pulse_t[j[ok]] - r_t[ok]
-    d = d[p_t[j[ok]] - r_t[ok] < MIN_PAT_S + 2.0]
+    d = pulse_delays(r_t, p_t, pulse_t)[1]
     return float(np.median(d)) if len(d) >= 3 else None
 
 
