@@ -145,7 +145,7 @@ def iter_chunks(rec: Recording, bed_id: str, chunk_s: float = 1.0, start_ns: int
     names = select_signals(rec, signals)
     for s in names:  # before the first chunk, not when the oversized one comes up
         rate, n = _signal_length(rec, s, None, duration_s)
-        check_chunk_s(chunk_s, rate, s, n)
+        check_chunk_s(chunk_s, rate, f"{rec.name}/{s}", n)
     streams = [iter_signal_chunks(rec, s, bed_id, chunk_s, start_ns, duration_s) for s in names]
     return heapq.merge(*streams, key=_due_key)
 
@@ -268,10 +268,10 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
             if not wire.is_known_signal(name):
                 raise ValueError(f"signal {name} of record {rec.name} is not allowed on the wire "
                                  f"(allowed: {', '.join(sorted(wire.BASE_SIGNALS))})")
-            rate, n = _signal_length(rec, name, resample, duration_s)
-            check_chunk_s(chunk_s, rate, f"{rec.name}/{name}", n)
     t0_ns = time.time_ns() if start_ns is None else int(start_ns)
     encode = wire.encode_binary if fmt == "binary" else wire.encode_json
+    # built (recordings resampled, every signal's chunk length checked) before connecting to Kafka
+    chunks = iter_all_chunks(plan, chunk_s, t0_ns, signals, resample, duration_s)
 
     own = isinstance(producer_or_bootstrap, str)
     producer = _make_producer(producer_or_bootstrap, **producer_kwargs) if own else producer_or_bootstrap
@@ -284,7 +284,7 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
                    disable=not progress, desc="replay", dynamic_ncols=True, mininterval=0.5)
         wall0 = clock()
         last_end: dict[tuple[str, str], int] = {}
-        for chunk in iter_all_chunks(plan, chunk_s, t0_ns, signals, resample, duration_s):
+        for chunk in chunks:
             if speed > 0:
                 # A monitor sends a chunk once its last sample exists: at (end - t0) / speed.
                 due = wall0 + (chunk.end_ns() - t0_ns) / 1e9 / speed
