@@ -216,7 +216,7 @@ def part2(root: Path, names: list[str], split_name: str) -> None:
 
 def plethysmogram_glitches(ppg: np.ndarray, rate: float) -> np.ndarray:
     """Times (s) where a PPG sample departs from the cubic through its four neighbours by more than GLITCH_Z
-    times the median departure: where the recorder skipped samples (a smooth pulse wave has none)."""
+    times the median departure. A smooth pulse wave has none; skipped samples and artefacts make them."""
     x = np.asarray(ppg, dtype=np.float64)
     e = np.abs(x[2:-2] - (-x[:-4] + 4 * x[1:-3] + 4 * x[3:-1] - x[4:]) / 6.0)
     return (np.flatnonzero(e > GLITCH_Z * (np.median(e) + 1e-12)) + 2) / rate
