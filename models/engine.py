@@ -22,6 +22,7 @@ from models.prep import (CANONICAL_RATE, PRIOR_FIDUCIAL, align_ppg, beat_templat
                          zscore)
 from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.context import ContextCache
+from operators.quality import fill_nonfinite
 from operators.resample import merge_bands, resample
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
@@ -31,6 +32,7 @@ MIN_CONTEXT_S = 3.0
 CONTEXT_CACHE = 1024  # beds' contexts kept prepared
 SR_BAND_MERGE = True
 QUANTIZE_OUTPUT = True
+FLAT_REL = 1e-6  # a source whose spread is below this fraction of its magnitude is flat (no model pass)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -81,7 +83,7 @@ class ClmtTranslator:
 
     def _prepare(self, r: TranslationRequest) -> dict:
         task = self._task_id(r)
-        x = to_canonical(np.nan_to_num(np.asarray(r.source, dtype=np.float64)), r.source_rate)
+        x = to_canonical(_finite(r.source), r.source_rate)
         n = len(x)
         z, mu, sd = zscore(x)
         item = {"task": task, "n": n, "rate": float(r.source_rate),
@@ -131,8 +133,8 @@ class ClmtTranslator:
     def _build_context_features(self, ctx: PairedContext):
         feats = None
         if len(ctx.ecg) / ctx.rate_hz >= MIN_CONTEXT_S:
-            ce = to_canonical(np.nan_to_num(np.asarray(ctx.ecg, np.float64)), ctx.rate_hz)
-            cp = to_canonical(np.nan_to_num(np.asarray(ctx.ppg, np.float64)), ctx.rate_hz)
+            ce = to_canonical(_finite(ctx.ecg), ctx.rate_hz)
+            cp = to_canonical(_finite(ctx.ppg), ctx.rate_hz)
             m = min(len(ce), len(cp))
             ce, cp = ce[:m], cp[:m]
             feats = (PairedContext(ce, cp, CANONICAL_RATE), beat_templates(ce, cp, CANONICAL_RATE),
@@ -182,7 +184,9 @@ class ClmtTranslator:
         return r.task == SR and float(r.source_rate) >= CANONICAL_RATE
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
-        items = [None if self._measured_enough(r) else self._prepare(r) for r in requests]  # None: no model pass
+        flat = [_is_flat(r.source) for r in requests]
+        # None: no model pass (a flat source, or an SR source the model cannot improve on)
+        items = [None if f or self._measured_enough(r) else self._prepare(r) for r, f in zip(requests, flat)]
         results: list[np.ndarray | None] = [None] * len(items)
         by_len = defaultdict(list)
         for i, it in enumerate(items):
@@ -195,11 +199,23 @@ class ClmtTranslator:
                     out = self._forward([items[i] for i in part])
                     for row, i in zip(out, part):
                         results[i] = row
-        return [self._resampled(r) if it is None else self._finish(r, it, y) for r, it, y in zip(requests, items, results)]
+        return [self._flat_output(r) if f else self._resampled(r) if it is None else self._finish(r, it, y)
+                for r, f, it, y in zip(requests, flat, items, results)]
+
+    def _flat_output(self, r: TranslationRequest) -> np.ndarray:
+        """A flat line for a flat source (a sensor off, a monitor sending a constant). The model, given one, draws
+        beats anyway, and the stream would report a heart rate from them. PPG->ECG stays at the patient's ECG
+        level (from the context) or the population's; SR keeps the source's level."""
+        if r.task == PPG2ECG:
+            feats = self._context_features(r.context) if r.context is not None else None
+            level = feats[3][0] if feats is not None else self.ecg_scale[0]
+        else:
+            level = float(np.mean(_finite(r.source))) if len(r.source) else 0.0
+        return np.full(r.n_out, level, dtype=np.float64)
 
     @staticmethod
     def _resampled(r: TranslationRequest) -> np.ndarray:
-        y = resample(np.nan_to_num(np.asarray(r.source, dtype=np.float64)), r.source_rate, r.target_rate, method="polyphase")
+        y = resample(_finite(r.source), r.source_rate, r.target_rate, method="polyphase")
         return _fit(y, r.n_out)
 
     @staticmethod
@@ -212,6 +228,19 @@ class ClmtTranslator:
         if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
             y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
         return _fit(y, r.n_out)
+
+
+def _finite(x) -> np.ndarray:
+    """float64 copy with NaN/inf runs interpolated (`operators.quality.fill_nonfinite`): a zero or a huge value
+    in their place would be drawn by the model as a beat or squash the window's z-score."""
+    return fill_nonfinite(np.asarray(x, dtype=np.float64))[0]
+
+
+def _is_flat(x) -> bool:
+    """No variation worth translating: spread within float rounding of the level (or no finite sample)."""
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return len(v) == 0 or float(np.std(v)) <= FLAT_REL * max(1.0, float(np.max(np.abs(v))))
 
 
 def _fit(y: np.ndarray, n_out: int) -> np.ndarray:

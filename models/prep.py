@@ -79,7 +79,7 @@ def align_ppg(x: np.ndarray, pat_s: float, rate: float = CANONICAL_RATE) -> np.n
     The last `pat` seconds have no future pulse inside the window; they repeat the edge value and the
     translator learns to extrapolate them (serving can hold those samples back as look-ahead).
     """
-    k = int(round(pat_s * rate))
+    k = min(int(round(pat_s * rate)), len(x))  # a window shorter than the delay is all edge value
     if k <= 0:
         return x
     return np.concatenate([x[k:], np.repeat(x[-1:], k)]).astype(np.float32)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
+from operators.quality import fill_nonfinite
 from operators.resample import resample
 from operators.rpeaks import detect_rpeaks, refine_peak_times
 
@@ -67,7 +68,7 @@ def _bandpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
 
 def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTemplate | None:
     """The patient's median beat from a full-rate context ECG, split at `cutoff_hz`; None with < 3 clean beats."""
-    x = np.nan_to_num(np.asarray(ecg, dtype=np.float64))
+    x = fill_nonfinite(np.asarray(ecg, dtype=np.float64))[0]
     if not 0 < cutoff_hz < rate_hz / 2:
         raise ValueError(f"cutoff {cutoff_hz} Hz must lie below the context's Nyquist frequency ({rate_hz / 2} Hz)")
     r = detect_rpeaks(x, rate_hz)
@@ -91,7 +92,7 @@ def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTempla
 def paste_high_band(x: np.ndarray, rate_hz: float, tpl: QrsTemplate) -> np.ndarray:
     """High band for `x` (a low-rate ECG already interpolated to `rate_hz`, same units as the context):
     the template's high band at each beat, timed and scaled by matching low bands. Same length as `x`."""
-    x = np.nan_to_num(np.asarray(x, dtype=np.float64))
+    x = fill_nonfinite(np.asarray(x, dtype=np.float64))[0]
     n = len(x)
     out = np.zeros(n)
     if n < 2:

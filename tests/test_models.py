@@ -362,3 +362,38 @@ def test_engine_sr_of_a_source_at_or_above_the_canonical_rate_is_the_polyphase_r
     np.testing.assert_allclose(outs[2], resample(ppg[:1000].astype(np.float64), rate, 250.0, method="polyphase"),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(outs[1], eng.translate(reqs[1:2])[0], rtol=1e-4, atol=1e-4)  # the model row is unchanged
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_flat_short_and_non_finite_sources():
+    """A flat source (sensor off) gives a flat line, not beats the stream would report a heart rate from; a window
+    shorter than the pulse delay does not break the batch it rides in; NaN runs are interpolated, not zeroed."""
+    from models.engine import ClmtTranslator
+    from operators.rpeaks import detect_rpeaks
+    from operators.synthetic import synthesize
+
+    rec = synthesize(seconds=40.0, seed=5)
+    ecg, ppg, rate = rec.signals["II"].astype(np.float64), rec.signals["PLETH"].astype(np.float64), rec.rate_hz
+    ctx = PairedContext(ecg[:2000], ppg[:2000], rate)
+    eng = ClmtTranslator(device="cpu")
+    window = ppg[2000:3000]
+    flat = [TranslationRequest(PPG2ECG, np.full(1000, 0.4), rate, rate, "PLETH"),
+            TranslationRequest(PPG2ECG, np.full(1000, 0.4), rate, rate, "PLETH", context=ctx),
+            TranslationRequest(SR, np.full(200, 3.0), 25.0, 100.0, "II"),
+            TranslationRequest(PPG2ECG, window, rate, rate, "PLETH", context=ctx)]
+    outs = eng.translate(flat)
+    for o in outs[:3]:
+        assert np.ptp(o) == 0 and len(detect_rpeaks(o, 100.0)) == 0
+    assert outs[2][0] == pytest.approx(3.0)  # SR keeps the source's level
+    assert outs[1][0] == pytest.approx(float(np.mean(ecg[:2000])), abs=0.05)  # the patient's ECG level
+    np.testing.assert_allclose(outs[3], eng.translate(flat[3:])[0], rtol=1e-4, atol=1e-4)  # the live row is unaffected
+    # 0.5 s of PPG is shorter than any pulse delay; batched with a full window it must still come back
+    short = TranslationRequest(PPG2ECG, window[:62], rate, rate, "PLETH", context=ctx)
+    both = eng.translate([short, flat[3]])
+    assert [len(o) for o in both] == [62, 1000] and np.all(np.isfinite(both[0]))
+    # 12 missing samples: the output stays close to that of the complete window
+    holed = window.copy()
+    holed[500:512] = np.nan
+    full, gap = eng.translate([flat[3], TranslationRequest(PPG2ECG, holed, rate, rate, "PLETH", context=ctx)])
+    assert np.all(np.isfinite(gap))
+    assert np.corrcoef(full, gap)[0, 1] > 0.95

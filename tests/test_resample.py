@@ -89,3 +89,15 @@ def test_merge_bands_keeps_low_band_of_one_and_high_band_of_other():
         merge_bands(a, b[:-1], rate, 10.0)
     with pytest.raises(ValueError):
         merge_bands(a, b, rate, 60.0)
+
+
+def test_polyphase_keeps_a_constant_constant_and_shape_independent_of_offset():
+    """A monitor's DC offset must not leak into the resampled shape (resample_poly's branches pass DC unevenly)."""
+    for src, dst in ((125.0, 100.0), (100.0, 125.0), (62.5, 100.0)):
+        y = resample(np.full(1000, 0.38), src, dst, method="polyphase")
+        assert np.ptp(y) < 1e-12
+    t = np.arange(1000) / 125.0
+    x = np.sin(2 * np.pi * 1.3 * t)
+    a = resample(x, 125.0, 100.0, method="polyphase")
+    b = resample(x + 500.0, 125.0, 100.0, method="polyphase") - 500.0
+    np.testing.assert_allclose(a, b, atol=1e-9)
