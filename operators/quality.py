@@ -23,6 +23,7 @@ __all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "fill_nonf
 # Thresholds for `ok` (documented so a caller can re-judge from the numbers).
 ECG_KURTOSIS_MIN = 3.0
 PPG_PERIODICITY_MIN = 0.5
+BASELINE_HZ = 0.5  # high-pass before scoring either signal
 MAX_NONFINITE = 0.05
 MAX_FLAT = 0.2
 MAX_CLIP = 0.1
@@ -108,6 +109,13 @@ def fill_nonfinite(x: np.ndarray, max_run: int | None = None) -> tuple[np.ndarra
     return y, int(fill.sum())
 
 
+def _without_baseline(x: np.ndarray, rate_hz: float) -> np.ndarray:
+    """Baseline wander removed (1 s median is too slow at 500 Hz; a 0.5 Hz high-pass is cheap)."""
+    if len(x) <= 30 or rate_hz <= 2.0:
+        return x
+    return sps.sosfiltfilt(sps.butter(2, BASELINE_HZ, btype="high", fs=rate_hz, output="sos"), x)
+
+
 def ppg_periodicity(x: np.ndarray, rate_hz: float, min_bpm: float = 30.0, max_bpm: float = 200.0) -> float:
     """Max normalised autocorrelation at beat-period lags (1 = perfectly periodic pulse)."""
     x = np.asarray(x, dtype=np.float64)
@@ -115,7 +123,12 @@ def ppg_periodicity(x: np.ndarray, rate_hz: float, min_bpm: float = 30.0, max_bp
     hi = int(np.ceil(rate_hz * 60.0 / min_bpm))
     if len(x) < 2 * max(lo, 2) or np.std(x) == 0:
         return 0.0
+    # A drifting baseline keeps the autocorrelation above zero at every lag, so the zero-lag lobe below would
+    # swallow the beat lags: score the pulse above the drift, as ecg_quality does.
+    x = _without_baseline(x, rate_hz)
     x = x - np.mean(x)
+    if np.std(x) == 0:
+        return 0.0
     ac = sps.correlate(x, x, mode="full", method="fft")[len(x) - 1:]
     ac = ac / ac[0]
     # unbiased: correct for the shrinking overlap at long lags
@@ -154,11 +167,7 @@ def ecg_quality(x: np.ndarray, rate_hz: float, flat_min_s: float = 0.3) -> Quali
     x, n, nonfinite, xf, flat, clip = _base(x, rate_hz, flat_min_s)
     kurt = skew = 0.0
     if len(xf) > 3 and np.std(xf) > 0:
-        # remove baseline wander (1 s median is too slow at 500 Hz; a 0.5 Hz high-pass is cheap)
-        y = xf
-        if len(xf) > 30 and rate_hz > 2.0:
-            sos = sps.butter(2, 0.5, btype="high", fs=rate_hz, output="sos")
-            y = sps.sosfiltfilt(sos, xf)
+        y = _without_baseline(xf, rate_hz)
         kurt = float(stats.kurtosis(y, fisher=False))
         skew = float(stats.skew(y))
     ok, reason = _verdict(n, nonfinite, flat, clip, kurt >= ECG_KURTOSIS_MIN, f"kurtosis {kurt:.1f} < {ECG_KURTOSIS_MIN:g}")

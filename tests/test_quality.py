@@ -64,3 +64,12 @@ def test_fill_nonfinite_interpolates_and_counts():
     assert n == 4 and np.all(y == 0)
     y, n = fill_nonfinite(np.arange(3.0))
     assert n == 0
+
+
+def test_ppg_periodicity_sees_the_pulse_on_a_drifting_baseline():
+    """Baseline wander (a ramp, a slow swing) twice the pulse's height kept the autocorrelation positive at every
+    lag, and the score fell to 0."""
+    t, _, ppg = _synthetic()
+    for drift in (2 * np.ptp(ppg) * t / t[-1], 2 * np.ptp(ppg) * np.sin(2 * np.pi * 0.1 * t)):
+        q = ppg_quality(ppg + drift, 125.0)
+        assert q.ok and q.sqi > 0.9, q
