@@ -67,7 +67,7 @@ class ClmtTranslator:
         self.max_batch = max_batch
         self._lock = threading.Lock()  # one forward pass at a time; callers may be worker threads
         self._ctx_cache = ContextCache(CONTEXT_CACHE)
-        self.name = f"clmt:{W.DEFAULT_NAME}"
+        self.name = f"clmt:{W.resolve(weights).stem}"  # tags every output: which weights made it
         trained = self.cfg.get("prior_fiducial", "peak")  # weights from before the record learnt on peak timing
         if trained != PRIOR_FIDUCIAL:
             log.info("CLMT weights were trained with PPG->ECG priors timed at the pulse %s; serving priors timed at "

@@ -33,10 +33,15 @@ def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
     elif kind == "iir":
         lo = decimate_to(x, CANONICAL_RATE, rate)
     elif kind == "plain":
-        lo = np.asarray(x)[:: int(round(CANONICAL_RATE / rate))]
+        step = CANONICAL_RATE / rate
+        if abs(step - round(step)) > 1e-9:  # every 2.5th sample does not exist: it would stretch time
+            raise ValueError(f"plain subsampling needs {CANONICAL_RATE:g} Hz / rate to be a whole number, got {rate:g} Hz")
+        lo = np.asarray(x)[:: int(round(step))]
     else:
         raise ValueError(f"unknown low-rate kind {kind!r}; expected one of {LOWRES_KINDS}")
-    return to_canonical(lo, rate)[: len(x)]
+    up = to_canonical(lo, rate)[: len(x)]
+    # rounding at the low rate can leave the round trip a sample or two short: hold the last value
+    return np.concatenate([up, np.repeat(up[-1:], len(x) - len(up))]) if 0 < len(up) < len(x) else up
 
 
 def to_canonical(x: np.ndarray, rate: float) -> np.ndarray:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from models.refiner import Refiner, RefinerConfig
@@ -13,6 +14,7 @@ from models.translator import ContextTranslator, TranslatorConfig
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_NAME = "clmt-small"
+PARTS = ("tokenizer", "translator", "refiner")
 
 
 def count_params(*modules: torch.nn.Module) -> int:
@@ -25,8 +27,11 @@ def save(out_dir: Path, tok: Tokenizer, tr: ContextTranslator, meta: dict, name:
     parts = {"tokenizer": tok, "translator": tr} | ({"refiner": refiner} if refiner is not None else {})
     tensors = {f"{p}.{k}": v.detach().contiguous().cpu() for p, m in parts.items() for k, v in m.state_dict().items()}
     path = out_dir / f"{name}.safetensors"
-    save_file(tensors, str(path))
-    cfg = {p: m.cfg.to_dict() for p, m in parts.items()} | {"parameters": count_params(*parts.values()), **meta}
+    arch = {p: m.cfg.to_dict() for p, m in parts.items()}
+    # The architecture travels inside the tensor file too: settings that change no tensor's shape (heads,
+    # dilations) would otherwise load silently from a mismatched JSON and compute something else.
+    save_file(tensors, str(path), metadata={"architecture": _canonical(arch)})
+    cfg = arch | {"parameters": count_params(*parts.values()), **meta}
     (out_dir / f"{name}.json").write_text(json.dumps(cfg, indent=2, default=float))
     return path
 
@@ -34,15 +39,18 @@ def save(out_dir: Path, tok: Tokenizer, tr: ContextTranslator, meta: dict, name:
 def load(path: str | Path | None = None, device: str = "cpu") -> tuple[Tokenizer, ContextTranslator, Refiner | None, dict]:
     """Load weights with safetensors (no pickle); `path` is the .safetensors file or its folder.
     The refiner is None for weights trained without one."""
-    path = Path(path) if path else DEFAULT_DIR / f"{DEFAULT_NAME}.safetensors"
-    if path.is_dir():
-        path = path / f"{DEFAULT_NAME}.safetensors"
+    path = resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"CLMT weights not found: {path} (train them with `wavebridge train`)")
     cfg = json.loads(path.with_suffix(".json").read_text())
+    _check_matches(path, cfg)
     tok = Tokenizer(TokenizerConfig(**cfg["tokenizer"]))
     tr = ContextTranslator(tok.cfg, TranslatorConfig(**cfg["translator"]))
     state = load_file(str(path), device=device)
+    parts = {k.split(".", 1)[0] for k in state}
+    if parts - set(PARTS) or ("refiner" in parts) != ("refiner" in cfg):
+        raise ValueError(f"{path}: tensors for {sorted(parts)} but {path.with_suffix('.json').name} configures "
+                         f"{sorted(p for p in PARTS if p in cfg)}")
     tok.load_state_dict({k[len("tokenizer."):]: v for k, v in state.items() if k.startswith("tokenizer.")})
     tr.load_state_dict({k[len("translator."):]: v for k, v in state.items() if k.startswith("translator.")})
     ref = None
@@ -55,6 +63,30 @@ def load(path: str | Path | None = None, device: str = "cpu") -> tuple[Tokenizer
     return tok.to(device).eval(), tr.to(device).eval(), ref, cfg
 
 
-def available(path: str | Path | None = None) -> bool:
+def resolve(path: str | Path | None = None) -> Path:
+    """The .safetensors file `path` names (a file, or a folder holding the default one)."""
     p = Path(path) if path else DEFAULT_DIR / f"{DEFAULT_NAME}.safetensors"
-    return (p / f"{DEFAULT_NAME}.safetensors").exists() if p.is_dir() else p.exists()
+    return p / f"{DEFAULT_NAME}.safetensors" if p.is_dir() else p
+
+
+def _canonical(arch: dict) -> str:
+    return json.dumps(json.loads(json.dumps(arch)), sort_keys=True)  # tuples -> lists, stable key order
+
+
+def _check_matches(path: Path, cfg: dict) -> None:
+    """The JSON's architecture must be the one the tensors were saved with (when the file records it)."""
+    with safe_open(str(path), framework="pt") as f:
+        saved = (f.metadata() or {}).get("architecture")
+    if saved is None:
+        return  # written before the file recorded it
+    mine = _canonical({p: cfg[p] for p in PARTS if p in cfg})
+    if mine != saved:
+        a, b = json.loads(saved), json.loads(mine)
+        diff = sorted(f"{p}.{k}" for p in set(a) | set(b) for k in set(a.get(p, {})) | set(b.get(p, {}))
+                      if a.get(p, {}).get(k) != b.get(p, {}).get(k))
+        raise ValueError(f"{path.with_suffix('.json').name} does not describe the tensors in {path.name} "
+                         f"(differs in {', '.join(diff) or 'its parts'})")
+
+
+def available(path: str | Path | None = None) -> bool:
+    return resolve(path).exists()

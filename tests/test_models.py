@@ -397,3 +397,40 @@ def test_engine_flat_short_and_non_finite_sources():
     full, gap = eng.translate([flat[3], TranslationRequest(PPG2ECG, holed, rate, rate, "PLETH", context=ctx)])
     assert np.all(np.isfinite(gap))
     assert np.corrcoef(full, gap)[0, 1] > 0.95
+
+
+def test_lowres_then_up_keeps_length_and_refuses_fractional_plain_steps():
+    from models.prep import lowres_then_up
+
+    x = np.sin(np.arange(1002) / 7.0)
+    for kind in ("fir", "iir", "plain"):
+        for rate in (25.0, 50.0):
+            assert len(lowres_then_up(x, rate, kind)) == len(x)
+    with pytest.raises(ValueError, match="whole number"):
+        lowres_then_up(x, 40.0, "plain")  # every 2.5th sample would stretch time
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_weights_refuse_a_json_that_does_not_describe_the_tensors(tmp_path):
+    """Settings that change no tensor's shape (attention heads) loaded silently from a wrong JSON; refiner tensors
+    were dropped when the JSON had no refiner. The engine names outputs after the file it loaded."""
+    import json
+    import shutil
+
+    from models.engine import ClmtTranslator
+
+    src = W.resolve(None)
+    dst = tmp_path / "ward7.safetensors"
+    shutil.copy(src, dst)
+    cfg = json.loads(src.with_suffix(".json").read_text())
+    dst.with_suffix(".json").write_text(json.dumps(cfg))
+    assert ClmtTranslator(weights=str(dst), device="cpu").name == "clmt:ward7"
+    wrong = json.loads(json.dumps(cfg))
+    wrong["translator"]["heads"] = 2 * int(cfg["translator"]["heads"])
+    dst.with_suffix(".json").write_text(json.dumps(wrong))
+    with pytest.raises(ValueError, match="translator.heads"):
+        W.load(dst)
+    no_refiner = {k: v for k, v in cfg.items() if k != "refiner"}
+    dst.with_suffix(".json").write_text(json.dumps(no_refiner))
+    with pytest.raises(ValueError, match="does not describe|refiner"):
+        W.load(dst)
