@@ -37,6 +37,10 @@ _UNIFORM_RTOL = 1e-3
 TIME_COLUMN = "time_s"
 
 
+class MissingChannel(ValueError):
+    """A requested channel is not in the record (other read errors stay plain ValueError / OSError)."""
+
+
 @dataclass
 class Recording:
     name: str
@@ -243,7 +247,7 @@ def _check_duplicates(name: str, canon: list[str], raw: list[str]) -> None:
 def _require(name: str, wanted: list[str], have: list[str]) -> None:
     for w in wanted:
         if w not in have:
-            raise ValueError(f"record {name} has no channel {w} (has: {', '.join(have)})")
+            raise MissingChannel(f"record {name} has no channel {w} (has: {', '.join(have)})")
 
 
 def _select(rec: Recording, wanted: list[str] | None) -> Recording:

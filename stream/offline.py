@@ -252,7 +252,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from operators.records import read_recording
+    from operators.records import MissingChannel, read_recording
     from operators.translator import load_translator
 
     path = Path(args.input)
@@ -269,9 +269,11 @@ def _run(args) -> int:
     wanted = [args.signal] if args.signal else ([PPG] if args.task == PPG2ECG else None)
     try:
         rec = read_recording(path, wanted, rate_hz=args.input_rate)
-    except (ValueError, OSError, KeyError) as exc:
+    except MissingChannel as exc:
         need = "ppg2ecg needs a PLETH (PPG) channel: " if args.task == PPG2ECG and not args.signal else ""
         raise OfflineError(f"{need}{path}: {exc}") from None
+    except (ValueError, OSError, KeyError) as exc:  # unreadable, not found: no channel advice
+        raise OfflineError(f"{path}: {exc}") from None
     if not rec.signals:
         raise OfflineError(f"{path}: no channels")
     src = pick_source(rec, args.task, args.signal)

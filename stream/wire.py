@@ -280,7 +280,7 @@ def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
                                         f"(optionally suffixed {'/'.join(SIGNAL_SUFFIXES)})")
     if not _is_number(chunk.rate_hz):
         raise WireError(WRONG_TYPE, f"rate_hz must be a number, got {type(chunk.rate_hz).__name__}")
-    rate = float(chunk.rate_hz)
+    rate = _as_float(chunk.rate_hz)
     if not (math.isfinite(rate) and MIN_RATE_HZ <= rate <= MAX_RATE_HZ):
         raise WireError(BAD_RATE, f"rate_hz {rate!r} outside [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}] Hz")
     if not _is_int(chunk.seq):
@@ -291,7 +291,7 @@ def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
         raise WireError(WRONG_TYPE, f"units must be a string, got {type(chunk.units).__name__}")
     if len(chunk.units) > MAX_UNITS_LEN:
         raise WireError(WRONG_TYPE, f"units longer than {MAX_UNITS_LEN} chars")
-    if chunk.age is not None and not (_is_number(chunk.age) and MIN_AGE <= float(chunk.age) <= MAX_AGE):
+    if chunk.age is not None and not (_is_number(chunk.age) and MIN_AGE <= _as_float(chunk.age) <= MAX_AGE):
         raise WireError(BAD_AGE, f"age {chunk.age!r} must be null or a number in [{MIN_AGE:g}, {MAX_AGE:g}]")
     if chunk.sex is not None and chunk.sex not in SEXES:
         raise WireError(BAD_SEX, f"sex {chunk.sex!r} must be null, 'M' or 'F'")
@@ -334,6 +334,14 @@ def _samples_array(samples) -> np.ndarray:
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _as_float(v) -> float:
+    """float(v), with an integer too large for a float (JSON allows any) as inf, so range checks reject it."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
 
 
 def _is_number(v) -> bool:

@@ -194,3 +194,11 @@ def test_chunk_s_beyond_the_wire_limits_is_a_one_line_error(tmp_path, capsys, ra
     err = capsys.readouterr().err
     assert message in err, err
     assert len(err.strip().splitlines()) == 1 and not out.exists()  # refused before the translator is even loaded
+
+
+def test_a_missing_input_is_not_reported_as_a_missing_channel(tmp_path, capsys):
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(tmp_path / "no_such_record"), "--task", "ppg2ecg", "--out", str(out),
+                        "--translator", "classic"]) == 2
+    err = capsys.readouterr().err
+    assert "no WFDB header" in err and "needs a PLETH" not in err, err

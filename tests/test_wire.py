@@ -226,3 +226,10 @@ def test_schema_and_decoder_agree_on_rejects(validator, field, value):
     assert not validator.is_valid(obj)
     with pytest.raises(WireError):
         wire.decode(json.dumps(obj).encode())
+
+
+def test_integers_too_large_for_a_float_are_range_errors_not_crashes():
+    """JSON integers have no size limit; float() of 10**400 raised OverflowError past the WireError handling."""
+    assert reason_of(json.dumps({**json_obj(), "rate_hz": 10**400}).encode()) == wire.BAD_RATE
+    assert reason_of(json.dumps({**json_obj(), "rate_hz": -(10**400)}).encode()) == wire.BAD_RATE
+    assert reason_of(json.dumps({**json_obj(), "age": 10**400}).encode()) == wire.BAD_AGE
