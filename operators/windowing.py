@@ -5,9 +5,10 @@ Both paths push the same chunks through a `SlidingWindower`, so they emit identi
 Timing model: every sample of a segment sits on the exact grid
 `segment_start_ns + round(k * 1e9 / rate)` (k = index in the segment, rounding half up, exact
 integer arithmetic), anchored at the segment's first chunk. Chunk-start jitter up to
-`gap_tolerance` sample periods is absorbed onto that grid. A later start is a gap (tail flushed,
-`gap` event, new segment: never spliced); an earlier start is rejected (`out_of_order`, or
-`duplicate` when its seq is not newer); a rate change flushes and starts a new segment.
+`gap_tolerance` sample periods is absorbed onto that grid, and up to just under one period when the
+chunk's seq directly follows the last one. A later start is a gap (tail flushed, `gap` event, new
+segment: never spliced); an earlier start is rejected (`out_of_order`, or `duplicate` when its seq
+is not newer); a rate change flushes and starts a new segment.
 
 Emission: the first window of a segment when `window` samples are buffered (`emit_from=0`), then
 the latest `window` samples every `hop` new samples (`emit_from = window - hop`). Concatenating
@@ -30,6 +31,9 @@ import numpy as np
 __all__ = ["Window", "StreamEvent", "PushResult", "SlidingWindower", "grid_ns"]
 
 _NS = 10**9
+# Stamp jitter absorbed for a chunk whose seq directly follows the last one (in sample periods; below 1, so a
+# stamp a whole sample late is still a gap). Without seq continuity `gap_tolerance` applies.
+SEQ_JITTER_PERIODS = 0.999
 
 
 def _period_fraction(rate_hz: float) -> Fraction:
@@ -219,7 +223,12 @@ class SlidingWindower:
             period = _NS / self._rate
             expected = self._ts(self._n_total)
             delta = start_ns - expected
-            if delta < -self.gap_tolerance * period:
+            # The chunk whose seq directly follows the last one is the next data whatever its stamp says, so
+            # stamp jitter up to (just under) a sample period is absorbed for it: a 5 ms late stamp at 125 Hz
+            # would otherwise start a segment that rejects the next, correctly stamped chunk as out of order.
+            follows = seq is not None and self._last_seq is not None and seq == self._last_seq + 1
+            tol = (SEQ_JITTER_PERIODS if follows else self.gap_tolerance) * period
+            if delta < -tol:
                 dup = seq is not None and self._last_seq is not None and seq <= self._last_seq
                 kind = "duplicate" if dup else "out_of_order"
                 end = start_ns + _offset_ns(rate_hz, len(x))
@@ -234,7 +243,7 @@ class SlidingWindower:
                 self._flush_into(out)
                 out.events.append(StreamEvent("rate_change", expected, start_ns, f"{old:g} Hz -> {rate_hz:g} Hz"))
                 self._start_segment(start_ns, rate_hz)
-            elif delta > self.gap_tolerance * period:
+            elif delta > tol:
                 self._flush_into(out)
                 missing = delta / period
                 out.events.append(StreamEvent(

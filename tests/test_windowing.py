@@ -250,3 +250,20 @@ def test_lookahead_holds_back_window_edge_and_still_covers_everything(lookahead_
 def test_lookahead_plus_hop_must_fit_in_window():
     with pytest.raises(ValueError, match="lookahead"):
         SlidingWindower(4.0, 2.0, lookahead_s=2.5)
+
+
+@pytest.mark.parametrize("offset_ms", [5.0, -5.0, 7.9, -7.9])
+def test_stamp_jitter_under_a_period_is_absorbed_for_the_next_seq(offset_ms):
+    """At 125 Hz a stamp 5 ms off (0.625 periods) used to start a new segment or be rejected, and the next,
+    correctly stamped chunk then looked out of order: a whole chunk dead-lettered plus a spurious gap."""
+    rate, n = 125.0, 125
+    w = SlidingWindower(8.0, 2.0)
+    results = []
+    for k in range(6):
+        start = grid_ns(T0, rate, k * n) + (int(offset_ms * 1e6) if k == 2 else 0)
+        results.append(w.push(start, rate, np.full(n, float(k), np.float32), seq=k))
+    assert all(r.accepted and not r.events for r in results), [r.events for r in results]
+    assert w.segment == 0 and w.expected_next_ns == grid_ns(T0, rate, 6 * n)
+    # without seq continuity the stricter gap_tolerance still applies
+    late = w.push(grid_ns(T0, rate, 6 * n) + 5_000_000, rate, np.zeros(n, np.float32), seq=9)
+    assert [e.kind for e in late.events] == ["gap"]
