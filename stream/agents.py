@@ -51,6 +51,7 @@ class WorkerRuntime:
         self.gate = AckGate()  # acks leave in offset order per partition
         self._lock: asyncio.Lock | None = None
         self._stopping = False
+        self._rebalancing = False  # between a revoke and the next assignment
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.input_topic = app.topic(settings.topic_input, **raw)
         self.out_topics = {
@@ -110,12 +111,13 @@ class WorkerRuntime:
     # ------------------------------------------------------------------ processing
     async def handle_events(self, events: list) -> None:
         """One input batch (a list of faust Events with raw bytes values)."""
-        current = self.app.consumer_generation_id
-        fresh = [e for e in events if getattr(e.message, "generation_id", current) == current]
-        if len(fresh) != len(events):
-            # Fetched before a rebalance: Faust re-delivers them from the committed offset.
-            log.info("skipping %d events of a previous consumer generation", len(events) - len(fresh))
         async with self.lock:
+            # Checked under the lock: a revoke that queued its reset() ahead of this batch has emptied the
+            # pipeline, and this batch's chunks would start fresh segments there.
+            fresh = self._current(events)
+            if len(fresh) != len(events):
+                # Fetched before a rebalance: Faust re-delivers them from the committed offset.
+                log.info("skipping %d events of a revoked consumer generation", len(events) - len(fresh))
             self.gate.taken(ev for ev in fresh)
             result, dead = await self._run(self._compute, fresh)
             await self._deliver(result, dead)
@@ -129,16 +131,37 @@ class WorkerRuntime:
                 await self._deliver(result, dead)
         self.counters.maybe_log()
 
+    def _current(self, events: list) -> list:
+        """The events of the live consumer generation. Faust sets the new generation id only when the new
+        assignment arrives, after the revoke: in between, every event is stale."""
+        if self._rebalancing:
+            return []
+        current = self.app.consumer_generation_id
+        return [e for e in events if getattr(e.message, "generation_id", current) == current]
+
+    def assigned(self) -> None:
+        """Partitions assigned: events of the new generation count again."""
+        self._rebalancing = False
+
     async def reset(self) -> None:
         """Partitions revoked: drop buffered state; unacknowledged input is consumed again."""
+        self._rebalancing = True  # before waiting for the lock: batches queued on it must see this
         if self.pipeline is None:
             return
-        async with self.lock:
-            dropped = self.pipeline.reset()
-            self.gate.reset()
-            if dropped:
-                log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
-                         len(dropped))
+        if self.influx is not None:
+            # A delivery retrying through an InfluxDB outage holds the lock for as long as it lasts, and Faust
+            # awaits this handler: the whole group's rebalance would wait for InfluxDB. Give that batch up.
+            self.influx.abort_event.set()
+        try:
+            async with self.lock:
+                dropped = self.pipeline.reset()
+                self.gate.reset()
+                if dropped:
+                    log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
+                             len(dropped))
+        finally:
+            if self.influx is not None:
+                self.influx.abort_event.clear()
 
     def _compute(self, events: list) -> tuple[BatchResult, list]:
         dead = []  # (InMsg, reason, detail)
@@ -162,6 +185,19 @@ class WorkerRuntime:
         return self.pipeline.process(), []
 
     async def _deliver(self, result: BatchResult, dead: list) -> None:
+        started = time.monotonic()
+        try:
+            await self._deliver_all(result, dead)
+        except sinks.WriteAborted:
+            # reset() gave this batch up to let a rebalance through; nothing of it is acknowledged, so it is
+            # consumed again, and reset() empties the pipeline it was computed from.
+            log.info("rebalance: gave up a batch blocked on InfluxDB; its input will be consumed again")
+        finally:
+            # Nothing was consumed while this ran (it holds the lock): not silence on the beds' side.
+            if self.pipeline is not None:
+                self.pipeline.discount_stall(time.monotonic() - started)
+
+    async def _deliver_all(self, result: BatchResult, dead: list) -> None:
         s = self.settings
         # 1) InfluxDB (blocks, retrying with back-off, until stored; meanwhile nothing is consumed)
         written_ms = None
@@ -270,6 +306,10 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs):
         await rt.reset()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs):
+        rt.assigned()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender, **kwargs):

@@ -127,6 +127,11 @@ class SinkStopped(RuntimeError):
     the input was not acknowledged, so it will be consumed again)."""
 
 
+class WriteAborted(RuntimeError):
+    """Raised from a blocked retry loop when a rebalance gives the batch up (its input is unacknowledged and will
+    be consumed again, here or by the partitions' new owner); the worker carries on."""
+
+
 # Answers that say the points themselves are unacceptable (unparsable, beyond the retention period, field
 # type conflict): InfluxDB has already stored the rest of the batch ("partial write"), and sending the same
 # points again can never succeed, so retrying would stall every bed on the worker behind one bad point.
@@ -155,7 +160,8 @@ class InfluxSink:
         self.backoff = backoff or Backoff()
         self.on_retry = on_retry
         self.on_reject = on_reject
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # set: shutting down, every write raises SinkStopped
+        self.abort_event = threading.Event()  # set: give up the write in progress (WriteAborted), while set
         self.failures = 0  # write attempts that failed, total
         self.rejected_batches = 0  # batches answered with a PERMANENT_STATUS, not retried
         # retries=False: our own loop retries (forever, with back-off); urllib3's would give up.
@@ -172,6 +178,8 @@ class InfluxSink:
             while True:
                 if self.stop_event.is_set():
                     raise SinkStopped("worker stopping while InfluxDB writes were pending")
+                if self.abort_event.is_set():
+                    raise WriteAborted("batch given up by a rebalance while InfluxDB writes were pending")
                 try:
                     self._write_api.write(bucket=self.bucket, org=self.org, record=part, write_precision=WritePrecision.NS)
                     break
@@ -192,8 +200,17 @@ class InfluxSink:
                     else:
                         log.warning("InfluxDB write failed (attempt %d, retry in %.1fs): %s", attempt, delay,
                                     _short(exc))
-                    self.stop_event.wait(delay)
+                    self._sleep(delay)
         return len(lines)
+
+    def _sleep(self, delay: float) -> None:
+        """Back-off that ends early on stop or abort (polled: two events cannot be waited on together)."""
+        end = time.monotonic() + delay
+        while not (self.stop_event.is_set() or self.abort_event.is_set()):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.stop_event.wait(min(left, 0.05))
 
     def close(self) -> None:
         self.stop_event.set()

@@ -157,3 +157,34 @@ def test_blocked_write_aborts_on_stop(influx_up):
     influx.set_down(False)
     sink.close()
     assert errors and not t.is_alive()
+
+
+def test_a_blocked_write_is_given_up_on_abort_and_the_sink_stays_usable():
+    """A rebalance must not wait for InfluxDB to come back: abort_event ends the retry loop with WriteAborted
+    (the worker carries on; SinkStopped would end it). Nothing listens on port 9 of loopback."""
+    sink = sinks.InfluxSink("http://127.0.0.1:9", "t", "o", "b", timeout_s=0.5, backoff=sinks.Backoff(5.0, 5.0),
+                            on_retry=lambda *a: None)
+    errors = []
+
+    def run():
+        try:
+            sink.write(["waveform,bed=a value=1 1"])
+        except (sinks.WriteAborted, sinks.SinkStopped) as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)  # inside a 5 s back-off
+    started = time.monotonic()
+    sink.abort_event.set()
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - started < 1.0
+    assert len(errors) == 1 and isinstance(errors[0], sinks.WriteAborted)
+    sink.abort_event.clear()
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.3)
+    sink.stop_event.set()  # retrying again until stopped: the abort did not stick
+    t.join(5)
+    sink.close()
+    assert len(errors) == 2 and isinstance(errors[1], sinks.SinkStopped)
