@@ -54,6 +54,11 @@ def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
     return (int(origin_ns) + offs).astype(np.int64).reshape(idx.shape)
 
 
+def _whole_multiple(out_hz: float, in_hz: float) -> bool:
+    ratio = Fraction(float(out_hz)).limit_denominator(10**6) / Fraction(float(in_hz)).limit_denominator(10**6)
+    return ratio.denominator == 1
+
+
 def _offset_ns(rate_hz: float, index: int) -> int:
     p = _period_fraction(rate_hz)
     return (2 * int(index) * p.numerator + p.denominator) // (2 * p.denominator)
@@ -97,6 +102,39 @@ class Window:
         gap or overlap whenever the hop is a whole number of samples at both rates.
         """
         return int(round(self.emit_from * float(rate_hz) / float(self.rate_hz)))
+
+    def on_output_grid(self, rate_hz: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """(times_ns, values, k0, k1): a translation `y` of this window (at `rate_hz`, sample 0 at `start_ns`) on
+        the timestamps it is published at; `[k0, k1)` is its newly emitted part.
+
+        At a whole multiple of the window's rate every input sample is an output sample, so `y` keeps the
+        window's own grid. At any other ratio (62.5 or 40 Hz in, 100 Hz out) windows start where a flush or a
+        restarted segment happens to begin, and their grids would not line up: neighbouring windows would
+        hand over with uneven spacing, and a re-run after a crash would publish other timestamps (duplicates in
+        InfluxDB rather than overwrites). There `y` goes onto the absolute grid `round(k * 1e9 / rate_hz)` ns
+        (cubic interpolation), which every window and every re-run shares.
+        """
+        y = np.asarray(y)
+        n = len(y)
+        if _whole_multiple(rate_hz, self.rate_hz) or n == 0:
+            k0 = self.emit_from_at(rate_hz) if len(self.samples) else 0
+            k1 = min(n, self.emit_to_at(rate_hz)) if len(self.samples) else n
+            return self.timestamps_ns(rate_hz, n), y, k0, k1
+        p = _period_fraction(rate_hz)
+        lo, hi = self.start_ns, self.start_ns + _offset_ns(rate_hz, n)  # the span `y` covers
+        ks = np.arange(math.floor(Fraction(lo) / p), math.ceil(Fraction(hi) / p) + 1, dtype=np.int64)
+        times = grid_ns(0, rate_hz, ks)
+        times = times[(times >= lo) & (times < hi)]
+        pos = (times - lo) * (float(rate_hz) / _NS)  # in [0, n): the last point may lie under a sample past y's end
+        if n >= 2:
+            from scipy.interpolate import CubicSpline
+
+            values = CubicSpline(np.arange(n), y.astype(np.float64))(pos).astype(y.dtype)  # extrapolates that bit
+        else:
+            values = np.full(len(times), y[0], dtype=y.dtype)
+        k0 = int(np.searchsorted(times, self._ts(self.emit_from)))
+        k1 = int(np.searchsorted(times, self.emit_end_ns))
+        return times, values, k0, k1
 
     @property
     def emit_stop(self) -> int:

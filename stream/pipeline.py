@@ -313,9 +313,7 @@ class Pipeline:
         n_out = req.n_out
         if len(y) != n_out:
             raise RuntimeError(f"translator {self.model} returned {len(y)} samples for {job.task}, expected {n_out}")
-        k0 = w.emit_from_at(job.target_rate) if len(w.samples) else 0
-        k1 = min(n_out, w.emit_to_at(job.target_rate)) if len(w.samples) else n_out
-        times = w.timestamps_ns(job.target_rate, n_out)
+        times, y, k0, k1 = w.on_output_grid(job.target_rate, y)
         kind = "synth" if job.task == PPG2ECG else "sr"
         if k0 < k1:
             out = OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model_for[job.task],
@@ -342,7 +340,7 @@ class Pipeline:
             st.rpeak_segment, st.rpeak_until_ns = w.segment, int(times[0])
         lo = st.rpeak_until_ns
         if w.kind == "flush":
-            hi = int(w.timestamps_ns(rate, len(y) + 1)[-1])
+            hi = int(times[-1]) + 1  # to its very end
         else:  # not past what this window emitted (look-ahead samples are the next window's to report)
             hi = int(times[-1]) - int(RPEAK_EDGE_S * 1e9)
             if k1 < len(times):
