@@ -211,7 +211,7 @@ class ClmtTranslator:
             level = feats[3][0] if feats is not None else self.ecg_scale[0]
         else:
             level = float(np.mean(_finite(r.source))) if len(r.source) else 0.0
-        return np.full(r.n_out, level, dtype=np.float64)
+        return np.full(r.n_out, level, dtype=np.float32)  # the translator contract's dtype, as `_fit` gives
 
     @staticmethod
     def _resampled(r: TranslationRequest) -> np.ndarray:

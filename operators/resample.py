@@ -50,7 +50,8 @@ def _polyphase(x: np.ndarray, src_hz: float, dst_hz: float, n_out: int) -> np.nd
     # ripple at the input rate (~6e-4 of the level at 125 -> 100 Hz). Resampling around the mean keeps a
     # monitor's offset from leaking into the shape (and, after a z-score, into what a model sees).
     x = x.astype(np.float64)
-    level = float(np.mean(x)) if len(x) else 0.0
+    finite = x[np.isfinite(x)]
+    level = float(np.mean(finite)) if len(finite) else 0.0  # a NaN must not spread over the whole output
     y = sps.resample_poly(x - level, up, down, padtype="line") + level
     if exact:
         return _fit_length(y, n_out)

@@ -121,20 +121,31 @@ class Window:
             k1 = min(n, self.emit_to_at(rate_hz)) if len(self.samples) else n
             return self.timestamps_ns(rate_hz, n), y, k0, k1
         p = _period_fraction(rate_hz)
-        lo, hi = self.start_ns, self.start_ns + _offset_ns(rate_hz, n)  # the span `y` covers
-        ks = np.arange(math.floor(Fraction(lo) / p), math.ceil(Fraction(hi) / p) + 1, dtype=np.int64)
+        # The window's input span, not `y`'s rounded length: the next window starts emitting at end_ns, and a
+        # grid point between the two would be lost. Every grid time computed stays below end_ns (< 2^63).
+        lo, hi = self.start_ns, self.end_ns
+        ks = np.arange(math.floor(Fraction(lo) / p), math.ceil(Fraction(hi) / p), dtype=np.int64)
         times = grid_ns(0, rate_hz, ks)
         times = times[(times >= lo) & (times < hi)]
-        pos = (times - lo) * (float(rate_hz) / _NS)  # in [0, n): the last point may lie under a sample past y's end
-        if n >= 2:
+        # The span's last grid point can lie up to ~1.5 output samples past y's last one (y's length is rounded):
+        # the spline's end polynomial carries on there, which holding the last value (an error at the end of
+        # every window without look-ahead) does not.
+        pos = (times - lo) * (float(rate_hz) / _NS)
+        if n >= 2 and np.isfinite(y).all():
             from scipy.interpolate import CubicSpline
 
-            values = CubicSpline(np.arange(n), y.astype(np.float64))(pos).astype(y.dtype)  # extrapolates that bit
-        else:
-            values = np.full(len(times), y[0], dtype=y.dtype)
+            values = CubicSpline(np.arange(n), y.astype(np.float64))(pos).astype(y.dtype)
+        else:  # linear (holding at the ends): a non-finite output sample (the sinks skip those) stays local
+            values = np.interp(pos, np.arange(n), y.astype(np.float64)).astype(y.dtype)
         k0 = int(np.searchsorted(times, self._ts(self.emit_from)))
         k1 = int(np.searchsorted(times, self.emit_end_ns))
         return times, values, k0, k1
+
+    def output_end_ns(self, rate_hz: float, n: int) -> int:
+        """Exclusive end of the span an `n`-sample output at `rate_hz` is published over (see on_output_grid)."""
+        if _whole_multiple(rate_hz, self.rate_hz):
+            return int(self.timestamps_ns(rate_hz, n + 1)[-1])
+        return self.end_ns
 
     @property
     def emit_stop(self) -> int:

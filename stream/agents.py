@@ -186,6 +186,7 @@ class WorkerRuntime:
 
     async def _deliver(self, result: BatchResult, dead: list) -> None:
         started = time.monotonic()
+        failures = self.influx.failures if self.influx is not None else 0
         try:
             await self._deliver_all(result, dead)
         except sinks.WriteAborted:
@@ -193,8 +194,9 @@ class WorkerRuntime:
             # consumed again, and reset() empties the pipeline it was computed from.
             log.info("rebalance: gave up a batch blocked on InfluxDB; its input will be consumed again")
         finally:
-            # Nothing was consumed while this ran (it holds the lock): not silence on the beds' side.
-            if self.pipeline is not None:
+            # Nothing was consumed while InfluxDB writes were being retried (this holds the lock): the beds were
+            # not silent. Only a retried delivery counts; an ordinary one is part of consuming.
+            if self.pipeline is not None and self.influx is not None and self.influx.failures > failures:
                 self.pipeline.discount_stall(time.monotonic() - started)
 
     async def _deliver_all(self, result: BatchResult, dead: list) -> None:

@@ -340,7 +340,7 @@ class Pipeline:
             st.rpeak_segment, st.rpeak_until_ns = w.segment, int(times[0])
         lo = st.rpeak_until_ns
         if w.kind == "flush":
-            hi = int(times[-1]) + 1  # to its very end
+            hi = w.output_end_ns(rate, len(y))  # to its very end
         else:  # not past what this window emitted (look-ahead samples are the next window's to report)
             hi = int(times[-1]) - int(RPEAK_EDGE_S * 1e9)
             if k1 < len(times):

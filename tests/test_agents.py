@@ -99,6 +99,7 @@ class _BlockedInflux:
         self.abort_event, self.stop_event = threading.Event(), threading.Event()
         self.down = True
         self.lines: list = []
+        self.failures = 0
 
     def write(self, lines):
         while self.down:
@@ -106,6 +107,7 @@ class _BlockedInflux:
                 raise self.sinks.SinkStopped("stopping")
             if self.abort_event.is_set():
                 raise self.sinks.WriteAborted("aborted")
+            self.failures += 1
             self.stop_event.wait(0.01)
         self.lines += lines
         return len(lines)
@@ -138,3 +140,30 @@ def test_a_revoke_does_not_wait_for_influxdb_to_come_back():
 
     influx, again = asyncio.run(scenario())
     assert influx.lines and any(e.acked for e in again)  # the worker carried on after the rebalance
+
+
+def test_only_a_retried_delivery_is_discounted_from_the_beds_silence():
+    """Time spent retrying InfluxDB is not the beds' silence (their data waits in Kafka); an ordinary delivery is
+    part of consuming and must not postpone a real idle flush."""
+
+    async def scenario():
+        app = _App()
+        rt = WorkerRuntime(app, Settings(influx_enabled=False, tasks=("sr",)), translator=_Zeros())
+        await rt.start()
+        rt.influx = influx = _BlockedInflux()
+        influx.down = False
+        stalls = []
+        rt.pipeline.discount_stall = stalls.append
+        await rt.handle_events([_Event(i, 1) for i in range(10)])  # an 8 s window: written at once
+        assert influx.lines
+        ordinary = list(stalls)
+        influx.down = True
+        batch = asyncio.create_task(rt.handle_events([_Event(i, 1) for i in range(10, 13)]))  # the next hop
+        await asyncio.sleep(0.3)
+        influx.down = False
+        await batch
+        await rt.stop()
+        return ordinary, stalls
+
+    ordinary, stalls = asyncio.run(scenario())
+    assert ordinary == [] and len(stalls) == 1 and stalls[0] >= 0.25

@@ -101,3 +101,7 @@ def test_polyphase_keeps_a_constant_constant_and_shape_independent_of_offset():
     a = resample(x, 125.0, 100.0, method="polyphase")
     b = resample(x + 500.0, 125.0, 100.0, method="polyphase") - 500.0
     np.testing.assert_allclose(a, b, atol=1e-9)
+    holed = x.copy()
+    holed[500] = np.nan
+    c = resample(holed, 125.0, 100.0, method="polyphase")
+    assert 0 < np.count_nonzero(~np.isfinite(c)) < 50  # a NaN stays local (the level is taken over finite samples)

@@ -267,3 +267,31 @@ def test_stamp_jitter_under_a_period_is_absorbed_for_the_next_seq(offset_ms):
     # without seq continuity the stricter gap_tolerance still applies
     late = w.push(grid_ns(T0, rate, 6 * n) + 5_000_000, rate, np.zeros(n, np.float32), seq=9)
     assert [e.kind for e in late.events] == ["gap"]
+
+
+@pytest.mark.parametrize("rate, n_in", [(62.5, 194), (40.0, 121)])
+def test_output_grid_of_a_short_flushed_segment_covers_its_whole_span(rate, n_in):
+    """Rounding the output length down (194 samples at 62.5 Hz -> 310 at 100 Hz) used to end the published span
+    a few ms before the input's end: the 10 ms point there was lost between this flush and the next window."""
+    start = T0 + 8_000_000
+    w = SlidingWindower(8.0, 2.0)
+    w.push(start, rate, np.zeros(n_in, np.float32))
+    win = w.flush().windows[0]
+    n_out = int(round(n_in * 100.0 / rate))
+    times, values, k0, k1 = win.on_output_grid(100.0, np.arange(n_out, dtype=np.float32))
+    first = -(-start // 10_000_000) * 10_000_000
+    np.testing.assert_array_equal(times, np.arange(first, win.end_ns, 10_000_000))
+    assert (k0, k1) == (0, len(times))
+    np.testing.assert_allclose(values, (times - start) / 1e7, atol=1e-3)  # y is a ramp: extrapolated past its end
+
+
+def test_output_grid_keeps_a_non_finite_sample_local_and_works_near_the_end_of_time():
+    rate = 62.5
+    for start in (T0, 2**63 - 10 * 10**9):  # the wire admits chunks ending just below 2^63 ns
+        w = SlidingWindower(8.0, 2.0)
+        win = w.push(start, rate, np.zeros(500, np.float32)).windows[0]
+        y = np.ones(800, np.float32)
+        y[400] = np.nan
+        times, values, _, _ = win.on_output_grid(100.0, y)
+        assert len(times) == 800 and times[-1] < win.end_ns
+        assert 0 < np.count_nonzero(~np.isfinite(values)) <= 3 and np.all(values[np.isfinite(values)] == 1.0)
