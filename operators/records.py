@@ -104,8 +104,14 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
     base = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
     if not base.with_name(base.name + ".hea").exists():
         raise ValueError(f"no WFDB header {base}.hea (and not a .parquet/.csv file)")
-    header = wfdb.rdheader(str(base))
-    names = [clean_name(n) for n in header.sig_name]
+    try:
+        header = wfdb.rdheader(str(base))
+        multi = header.sig_name is None  # a multi-segment record: channel names live in its segments
+        # Multi-segment: all channels, segments merged (a missing one reads as NaN); names known only then.
+        rec = wfdb.rdrecord(str(base), physical=True, smooth_frames=False) if multi else None
+    except Exception as exc:  # wfdb raises many types for a malformed record
+        raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
+    names = [clean_name(n) for n in (rec.sig_name if multi else header.sig_name)]
     canon = [canonical_name(n) for n in names]
     _check_duplicates(base.name, canon, names)
     if wanted is None:
@@ -113,15 +119,22 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
     else:
         _require(base.name, wanted, canon)
         idx = [canon.index(w) for w in wanted]
-    rec = wfdb.rdrecord(str(base), channels=idx, physical=True)
-    data = rec.p_signal  # NaN where the stored sample is the WFDB "invalid" value
+    if not multi:
+        try:
+            # smooth_frames=False: a channel stored at several samples per frame keeps them all (its own rate),
+            # instead of being averaged down to the frame rate
+            rec = wfdb.rdrecord(str(base), channels=idx, physical=True, smooth_frames=False)
+        except Exception as exc:
+            raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
+    cols = idx if multi else list(range(len(idx)))  # positions of the wanted channels in what was read
     fs = float(rec.fs)
     age, sex = _age_sex_from_comments(header.comments or [])
     out = Recording(name=base.name, signals={}, rates={}, units={}, age=age, sex=sex)
-    for col, i in enumerate(idx):
+    for col, i in zip(cols, idx):
         c = canon[i]
-        out.signals[c] = np.ascontiguousarray(data[:, col], dtype=np.float32)
-        out.rates[c] = fs
+        # NaN where the stored sample is the WFDB "invalid" value
+        out.signals[c] = np.ascontiguousarray(rec.e_p_signal[col], dtype=np.float32)
+        out.rates[c] = fs * int(rec.samps_per_frame[col])
         out.units[c] = (rec.units[col] or "").strip()
         out.original_names[c] = names[i]
     return out
@@ -199,11 +212,12 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     if not (math.isfinite(rate_hz) and rate_hz > 0):
         raise ValueError(f"{name}: invalid sampling rate {rate_hz!r}")
     out = Recording(name=name, signals={}, rates={}, units={}, age=age, sex=sex)
-    names = [k for k in cols if k != time_key and pd.api.types.is_numeric_dtype(df[cols[k]])]
+    numeric = {k: _numeric_column(df[cols[k]]) for k in cols if k != time_key}
+    names = [k for k, v in numeric.items() if v is not None]
     canon = [canonical_name(k) for k in names]
     _check_duplicates(name, canon, names)
     for k, c in zip(names, canon):
-        out.signals[c] = df[cols[k]].to_numpy(dtype=np.float32, na_value=np.nan)
+        out.signals[c] = numeric[k]
         out.rates[c] = rate_hz
         out.units[c] = str(units.get(k, units.get(c, "")))
         out.original_names[c] = k
@@ -212,21 +226,41 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     return out
 
 
+def _numeric_column(col) -> np.ndarray | None:
+    """float32 samples of a table column, or None for a column that is not a signal. A mostly numeric column
+    with a few markers ("-", "NaN", "--") keeps its numbers and gets NaN there: pandas reads such a column as
+    text, and skipping it would lose the signal (and then report it as a missing channel)."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(col):
+        return col.to_numpy(dtype=np.float32, na_value=np.nan)
+    if pd.api.types.is_bool_dtype(col) or not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+        return None
+    values = pd.to_numeric(col, errors="coerce")
+    present = int(col.notna().sum())
+    if present == 0 or int(values.notna().sum()) < 0.5 * present:
+        return None  # text: notes, labels
+    return values.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
 def _rate_from_time(name: str, t: np.ndarray) -> float:
     if len(t) < 2:
         raise ValueError(f"{name}: need at least 2 rows in '{TIME_COLUMN}' to infer the sampling rate")
     dt = np.diff(t)
-    step = float(np.median(dt))
-    if not (np.all(np.isfinite(dt)) and step > 0):
+    if not (np.all(np.isfinite(dt)) and np.all(dt > 0)):
         raise ValueError(f"{name}: '{TIME_COLUMN}' must be finite and strictly increasing")
-    worst = float(np.max(np.abs(dt - step)))
-    if worst > _UNIFORM_RTOL * step:
+    # A least-squares line through all the times, so rounding in individual times averages out ...
+    k = np.arange(len(t)) - (len(t) - 1) / 2.0
+    slope = float(np.dot(k, t - t.mean()) / np.dot(k, k))
+    rate = 1.0 / slope
+    # Uniform means every time lies near its place on that line: steps of a time_s printed to a few decimals
+    # (360 Hz to 3 decimals: 0.003, 0.003, 0.002, ...) differ from each other by far more than that.
+    worst = float(np.max(np.abs(t - (t.mean() + k * slope))))
+    if worst > 0.5 / rate:
         raise ValueError(
-            f"{name}: non-uniform sampling in '{TIME_COLUMN}' (median step {step:g} s, worst deviation {worst:g} s); "
-            "resample to a uniform grid first"
+            f"{name}: non-uniform sampling in '{TIME_COLUMN}' (mean step {1 / rate:g} s, a time {worst:g} s off its "
+            "place on that grid); resample to a uniform grid first"
         )
-    # Use the whole span so rounding in individual steps averages out ...
-    rate = (len(t) - 1) / float(t[-1] - t[0])
     # ... and snap what is left (time_s printed to a few decimals) to the mHz: 2000.0000001 Hz is 2000 Hz, and the
     # wire format's rate limit and exact-rate checks downstream would otherwise see a rate just off the real one.
     snapped = round(rate, 3)

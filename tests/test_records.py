@@ -153,3 +153,51 @@ def test_duplicate_canonical_names_are_rejected(tmp_path):
     pd.DataFrame({"ECG": [1.0, 2.0], "II": [3.0, 4.0]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="both map to II"):
         read_recording(path, rate_hz=10)
+
+
+def test_wfdb_multi_segment_record_is_read_whole(tmp_path):
+    """MIMIC-style records are split into segments under a master header; the reader crashed on them."""
+    import wfdb
+
+    t = np.arange(1000) / 125.0
+    for k, seg in enumerate(("ms_0001", "ms_0002")):
+        wfdb.wrsamp(seg, fs=125, units=["mV", "NU"], sig_name=["II", "PLETH"], fmt=["16", "16"], write_dir=str(tmp_path),
+                    p_signal=np.column_stack([np.sin(t + k), np.cos(t + k)]))
+    (tmp_path / "ms.hea").write_text("ms/2 2 125 2000\nms_0001 1000\nms_0002 1000\n")
+    rec = read_recording(tmp_path / "ms", ["PLETH"])
+    assert list(rec.signals) == ["PLETH"] and rec.rates["PLETH"] == 125.0 and rec.units["PLETH"] == "NU"
+    np.testing.assert_allclose(rec.signals["PLETH"], np.concatenate([np.cos(t), np.cos(t + 1)]), atol=1e-3)
+
+
+def test_wfdb_channel_with_several_samples_per_frame_keeps_its_rate(tmp_path):
+    """A 500 Hz lead stored 4 samples per 125 Hz frame was averaged down to 125 Hz without a word."""
+    import wfdb
+
+    ecg = np.sin(np.arange(4000) / 5.0)
+    ppg = np.cos(np.arange(1000) / 20.0)
+    wfdb.wrsamp("spf", fs=125, units=["mV", "NU"], sig_name=["II", "PLETH"], e_p_signal=[ecg, ppg], samps_per_frame=[4, 1],
+                fmt=["16", "16"], write_dir=str(tmp_path))
+    rec = read_recording(tmp_path / "spf")
+    assert (rec.rates["II"], rec.rates["PLETH"]) == (500.0, 125.0)
+    assert (len(rec.signals["II"]), len(rec.signals["PLETH"])) == (4000, 1000)
+    np.testing.assert_allclose(rec.signals["II"], ecg, atol=1e-3)
+
+
+def test_table_column_with_a_few_text_markers_keeps_its_numbers(tmp_path):
+    """pandas reads a column holding "-" as text; it was skipped, then reported as a missing channel."""
+    path = tmp_path / "dash.csv"
+    ii = [str(v) for v in np.sin(np.arange(100) / 5.0)]
+    ii[10] = "-"
+    pd.DataFrame({"II": ii, "PLETH": np.arange(100.0), "note": ["ok"] * 100}).to_csv(path, index=False)
+    rec = read_recording(path, rate_hz=100)
+    assert sorted(rec.signals) == ["II", "PLETH"]  # the text column is not a signal
+    assert np.isnan(rec.signals["II"][10]) and np.count_nonzero(np.isnan(rec.signals["II"])) == 1
+
+
+@pytest.mark.parametrize("rate,decimals", [(360.0, 3), (128.0, 4), (256.0, 5)])
+def test_uniform_time_s_printed_with_few_decimals_is_uniform(tmp_path, rate, decimals):
+    """360 Hz to 3 decimals steps 0.003, 0.003, 0.002, ...: uniform, but the per-step check called it non-uniform."""
+    n = int(rate * 20)
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"time_s": np.round(np.arange(n) / rate, decimals), "II": np.zeros(n)}).to_csv(path, index=False)
+    assert read_recording(path).rates["II"] == rate
