@@ -6,8 +6,9 @@ at start with one clear message instead of deep inside Kafka/Influx client code.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -195,6 +196,10 @@ class Settings:
         def bad(var: str, msg: str) -> ConfigError:
             return ConfigError(f"{PREFIX}{var}: {msg}")
 
+        for f in fields(self):  # NaN passes every `<= 0` check below, and inf means "never"
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise bad(f.name.upper(), f"must be a finite number, got {v}")
         if not self.broker_urls:
             raise bad("BROKER", "no broker given")
         for url in self.broker_urls:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from operators.translator import PPG2ECG, SR, PairedContext, is_ecg_signal
+from stream import wire
 from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
 
 ECG_COLUMN = "ecg_ii"
@@ -218,25 +220,33 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
 
 
 # --------------------------------------------------------------------------------------------
+
+def _finite(text: str) -> float:
+    """argparse type: a finite number ("nan" and "inf" parse as floats and pass every range check)."""
+    v = float(text)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wavebridge translate",
                                 description="Translate a recording offline (same pipeline as the stream worker).")
     p.add_argument("input", help="WFDB record (with or without .hea), .parquet or .csv")
     p.add_argument("--task", required=True, choices=[PPG2ECG, SR])
     p.add_argument("--out", required=True, help="output Parquet file")
-    p.add_argument("--target-rate", type=float, default=None,
+    p.add_argument("--target-rate", type=_finite, default=None,
                    help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
     p.add_argument("--context", default=None,
                    help="WFDB record of the same patient with II and PLETH (ppg2ecg; sr of an ECG, if II is full-rate)")
     p.add_argument("--translator", default=None, help="classic | clmt | module:Class (default: clmt if weights exist)")
     p.add_argument("--signal", default=None, help="source channel name (default: PLETH for ppg2ecg; II or PLETH for sr)")
-    p.add_argument("--window-s", type=float, default=8.0)
-    p.add_argument("--hop-s", type=float, default=2.0)
-    p.add_argument("--lookahead-s", type=float, default=PipelineConfig.lookahead_s,
+    p.add_argument("--window-s", type=_finite, default=8.0)
+    p.add_argument("--hop-s", type=_finite, default=2.0)
+    p.add_argument("--lookahead-s", type=_finite, default=PipelineConfig.lookahead_s,
                    help="ppg2ecg: newest part of each window used as context only (as the worker does)")
-    p.add_argument("--chunk-s", type=float, default=1.0, help="chunk length, as a replay would publish")
-    p.add_argument("--input-rate", type=float, default=None, help="sample rate of a CSV/Parquet without time_s")
-    p.add_argument("--context-s", type=float, default=10.0, help="length of the paired context segment")
+    p.add_argument("--chunk-s", type=_finite, default=1.0, help="chunk length, as a replay would publish")
+    p.add_argument("--input-rate", type=_finite, default=None, help="sample rate of a CSV/Parquet without time_s")
+    p.add_argument("--context-s", type=_finite, default=10.0, help="length of the paired context segment")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     return p
@@ -277,6 +287,9 @@ def _run(args) -> int:
     if not rec.signals:
         raise OfflineError(f"{path}: no channels")
     src = pick_source(rec, args.task, args.signal)
+    if not wire.is_known_signal(src):  # the windows go through the wire's chunk checks, which would refuse it
+        raise OfflineError(f"{path}: channel {src} cannot be translated (translatable: "
+                           f"{', '.join(sorted(wire.BASE_SIGNALS))})")
     check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model
     spec, why = (args.translator, "given") if args.translator else default_translator_spec()
     try:

@@ -215,6 +215,8 @@ def plan_beds(recordings: Sequence[Recording], beds: int | None = None, prefix: 
     n = len(recordings) if beds is None else beds
     if n < 1:
         raise ValueError(f"beds must be >= 1, got {n}")
+    if n < len(recordings):  # the records past the last bed would be read and never sent
+        raise ValueError(f"{n} bed(s) for {len(recordings)} records: each record needs a bed (beds >= records)")
     return [(bed, recordings[i % len(recordings)]) for i, bed in enumerate(bed_ids(n, prefix))]
 
 
@@ -261,6 +263,8 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     if speed < 0 or not math.isfinite(speed):
         raise ValueError(f"speed must be >= 0, got {speed}")
     check_chunk_s(chunk_s)
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration_s must be a positive number of seconds, got {duration_s}")
     recs = [r if isinstance(r, Recording) else read_recording(r) for r in recordings]
     plan = plan_beds(recs, beds, bed_prefix)
     for _, rec in plan:  # fail before sending anything

@@ -116,3 +116,11 @@ def test_translator_may_be_given_per_task_and_a_malformed_one_is_refused_at_star
     assert Settings.from_env({"WAVEBRIDGE_TRANSLATOR": "ppg2ecg=classic,sr=clmt"}).translator == "ppg2ecg=classic,sr=clmt"
     with pytest.raises(ConfigError, match="WAVEBRIDGE_TRANSLATOR: .*names no translator for sr"):
         Settings.from_env({"WAVEBRIDGE_TRANSLATOR": "ppg2ecg=classic"})
+
+
+@pytest.mark.parametrize("var, value", [("WINDOW_S", "nan"), ("IDLE_FLUSH_S", "nan"), ("BATCH_WAIT_S", "inf"),
+                                        ("SESSION_TIMEOUT_S", "inf"), ("CONTEXT_S", "nan")])
+def test_non_finite_numbers_are_refused_up_front(var, value):
+    """NaN passes every `<= 0` check, so the worker accepted it and failed later, deep inside."""
+    with pytest.raises(ConfigError, match=f"WAVEBRIDGE_{var}: must be a finite number"):
+        Settings.from_env({f"WAVEBRIDGE_{var}": value})

@@ -202,3 +202,11 @@ def test_a_missing_input_is_not_reported_as_a_missing_channel(tmp_path, capsys):
                         "--translator", "classic"]) == 2
     err = capsys.readouterr().err
     assert "no WFDB header" in err and "needs a PLETH" not in err, err
+
+
+def test_a_channel_the_wire_cannot_carry_is_a_one_line_error(mitdb_record, tmp_path):
+    """V5 is not a wire signal: the windows' chunk checks raised a WireError traceback after the model was loaded."""
+    r = run_cli(mitdb_record, "--task", "sr", "--signal", "V5", "--target-rate", "720", "--out", tmp_path / "x.parquet",
+                "--translator", "classic")
+    assert r.returncode == 2 and "channel V5 cannot be translated" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

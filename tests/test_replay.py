@@ -101,6 +101,18 @@ def test_plan_cycles_records_over_beds():
     assert len({c.bed_id for c in merged[:10]}) == 5  # beds interleave rather than one after another
 
 
+def test_fewer_beds_than_records_and_bad_durations_are_refused_before_sending():
+    """`--beds 1` with two records read both and silently sent one; a negative duration crashed mid-way."""
+    a, b = make_rec(name="a"), make_rec(name="b")
+    with pytest.raises(ValueError, match="each record needs a bed"):
+        rp.plan_beds([a, b], beds=1)
+    sink = RecordingSink()
+    for bad in (-5.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="duration_s"):
+            rp.replay([a], sink, speed=0, start_ns=T0, duration_s=bad)
+    assert sink.sent == []
+
+
 class RecordingSink:
     """Producer-shaped recorder of send times, to measure pacing without a broker."""
 
