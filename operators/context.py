@@ -98,19 +98,26 @@ class _Track:
     def end(self) -> int:
         return self.first + len(self.buf)
 
-    def push(self, start_ns: int, rate_hz: float, x: np.ndarray) -> None:
+    def push(self, start_ns: int, rate_hz: float, x: np.ndarray) -> float | None:
+        """Add samples; returns None, or how long the break was (s) when it restarted the track (inf: the rate
+        changed or the clock went back before everything held)."""
         x = np.asarray(x, dtype=np.float32).ravel()
         if len(x) == 0:
-            return
+            return None
         if self.rate != rate_hz or not len(self.buf):
+            fresh = not len(self.buf) and self.rate is None
             self._restart(start_ns, rate_hz, x)
-            return
+            return None if fresh else float("inf")
         period = 1e9 / rate_hz
-        k = (start_ns - self.origin_ns) / period  # index of x[0] on the current grid
-        ki = int(round(k))
-        if abs(k - ki) > 0.5 or ki > self.end:  # off-grid or a gap: never splice
+        # x[0]'s index on the current grid: stamp jitter under half a sample snaps onto it, as the windower does
+        ki = int(round((start_ns - self.origin_ns) / period))
+        if ki > self.end:  # a gap: never splice
+            gap_s = (ki - self.end) / rate_hz
             self._restart(start_ns, rate_hz, x)
-            return
+            return gap_s
+        if ki < self.first:  # older than all we hold: the sender's clock went back (or a new recording began)
+            self._restart(start_ns, rate_hz, x)
+            return float("inf")
         new = x[max(0, self.end - ki):]  # sliding windows overlap: keep only the unseen tail
         if len(new):
             self.buf = np.concatenate([self.buf, new])
@@ -118,6 +125,7 @@ class _Track:
         if len(self.buf) > cap:
             self.first += len(self.buf) - cap
             self.buf = self.buf[-cap:].copy()
+        return None
 
     def _restart(self, start_ns: int, rate_hz: float, x: np.ndarray) -> None:
         self.rate = float(rate_hz)
@@ -148,10 +156,13 @@ class ContextStore:
     """
 
     def __init__(self, length_s: float = 10.0, keep_s: float = 30.0, rate_hz: float | None = None,
-                 refresh_s: float | None = None):
+                 refresh_s: float | None = None, forget_after_gap_s: float = 60.0):
         if keep_s < length_s:
             raise ValueError("keep_s must be >= length_s")
         self.length_s = float(length_s)
+        # The last good context outlives an ECG lead coming off (that is what it is for), but not a break
+        # this long in either signal or a clock going back: the bed may hold another patient by then.
+        self.forget_after_gap_s = float(forget_after_gap_s)
         self.rate_hz = rate_hz
         self._ecg = _Track(keep_s)
         self._ppg = _Track(keep_s)
@@ -168,11 +179,14 @@ class ContextStore:
         name = signal.upper()
         with self._lock:
             if name == "II":
-                self._ecg.push(int(start_ns), float(rate_hz), samples)
+                gap_s = self._ecg.push(int(start_ns), float(rate_hz), samples)
             elif name == "PLETH":
-                self._ppg.push(int(start_ns), float(rate_hz), samples)
+                gap_s = self._ppg.push(int(start_ns), float(rate_hz), samples)
             else:
                 raise ValueError(f"ContextStore keeps 'II' and 'PLETH', not {signal!r}")
+            if gap_s is not None and gap_s > self.forget_after_gap_s:
+                self._cached = self._last_good = None
+                self._cached_version = -1
             self._version += 1
             self._new_s += len(np.ravel(samples)) / float(rate_hz) / 2.0  # two signals
 

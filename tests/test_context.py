@@ -132,8 +132,8 @@ def test_store_gap_resets_and_keeps_last_good():
     _feed(store, "PLETH", ppg, rate)
     good = store.get()
     assert good is not None
-    # after a gap only 3 s of new data: no fresh context, the last good one is kept (same patient)
-    later = T0 + 100 * 10**9
+    # after a 15 s gap only 3 s of new data: no fresh context, the last good one is kept (same patient)
+    later = T0 + 45 * 10**9
     store.push("II", later, rate, ecg[:375])
     store.push("PLETH", later, rate, ppg[:375])
     e, p, r, t0 = store.aligned()
@@ -143,6 +143,25 @@ def test_store_gap_resets_and_keeps_last_good():
     assert store.get() is None
     with pytest.raises(ValueError):
         store.push("RESP", T0, rate, ecg[:10])
+
+
+@pytest.mark.parametrize("restart_at_s", [30.0 + 3600.0, 0.0])
+def test_store_forgets_its_last_good_context_after_a_long_break_or_a_clock_going_back(restart_at_s):
+    """An hour's break, or a clock starting again (a re-run replay, a new recording): the bed may hold another
+    patient, whose first unusable seconds used to be translated with the old patient's context. A clock going
+    back also froze the store: every new sample was taken for one already held."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=30.0)
+    store = ContextStore(length_s=10.0, keep_s=20.0)
+    _feed(store, "II", ecg, rate)
+    _feed(store, "PLETH", ppg, rate)
+    assert store.get() is not None
+    later = T0 + int(restart_at_s * 1e9)
+    store.push("II", later, rate, ecg[:375])
+    store.push("PLETH", later, rate, ppg[:375])
+    assert store.get() is None
+    e, _, _, t0 = store.aligned()
+    assert t0 == later and len(e) == 375  # the new data is held, not discarded as already seen
 
 
 def test_context_cache_builds_once_per_object_and_tag_and_stays_bounded():
