@@ -36,6 +36,8 @@ class VQLevel(nn.Module):
         self.register_buffer("ema_sum", self.codebook.clone())
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.register_buffer("usage", torch.zeros(codes))  # EMA of assignment frequency, for stats
+        # codes found dead (and reset) by the last update; not saved: it describes training, not the weights
+        self.register_buffer("last_resets", torch.zeros((), dtype=torch.long), persistent=False)
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
         cb = self.codebook.to(x.dtype)
@@ -76,6 +78,7 @@ class VQLevel(nn.Module):
         # Dead-code reset: a code nobody picks is moved onto a random recent input vector.
         dead = self.ema_count < self.dead_threshold
         n_dead = int(dead.sum())
+        self.last_resets.fill_(n_dead)
         if n_dead:
             pick = x[torch.randint(0, x.shape[0], (n_dead,), device=x.device)]
             self.codebook[dead] = pick
@@ -110,11 +113,12 @@ class ResidualVQ(nn.Module):
 
     @torch.no_grad()
     def stats(self) -> list[dict]:
-        """Per level: perplexity of recent usage (max = number of codes) and dead codes."""
+        """Per level: perplexity of recent usage (max = number of codes) and dead codes: those the last training
+        update found unused and reset. (Counting `ema_count` below the threshold here would always give 0: the
+        update that finds such codes resets them at once.)"""
         out = []
         for i, level in enumerate(self.levels):
             p = level.usage / level.usage.sum().clamp(min=1e-12)
             ent = -(p * (p + 1e-12).log()).sum()
-            out.append({"level": i, "perplexity": float(ent.exp()), "dead_codes": int((level.ema_count < level.dead_threshold).sum()),
-                        "codes": level.codes})
+            out.append({"level": i, "perplexity": float(ent.exp()), "dead_codes": int(level.last_resets), "codes": level.codes})
         return out

@@ -149,11 +149,18 @@ class Checkpoint:
         if "cuda_rng" in st and torch.cuda.is_available() and len(st["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         print(f"[{self.name}] resumed at step {st['step']}", flush=True)
+        planned = int(st.get("scheduled_for", self.steps))
+        if planned != self.steps:
+            # The cosine schedule is laid over the new total, so the learning rate jumps back up here: the result is
+            # not what an uninterrupted run of the new length would give.
+            print(f"[{self.name}] note: this checkpoint was scheduled for {planned} steps; the learning-rate schedule "
+                  f"now spans {self.steps}, so it restarts from mid-schedule (not an ordinary {self.steps}-step run)",
+                  flush=True)
         return int(st["step"])
 
     def save(self, step: int) -> None:
         tmp = self.path.with_suffix(".tmp")
-        st = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": step,
+        st = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": step, "scheduled_for": self.steps,
               "rng": self.sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "recipe": _plain(self.recipe)}
         if torch.cuda.is_available():
             st["cuda_rng"] = torch.cuda.get_rng_state_all()

@@ -95,6 +95,8 @@ def test_rvq_kmeans_init_ema_and_dead_code_reset():
     assert lvl.codebook[0].abs().max() < 100
     stats = rvq.stats()
     assert [s["level"] for s in stats] == [0, 1, 2] and all(0 < s["perplexity"] <= 16 for s in stats)
+    assert stats[0]["dead_codes"] >= 1  # reported, though the same update revived it (it always read 0)
+    assert "last_resets" not in rvq.state_dict()  # training-time only: weight files are unchanged
 
 
 def test_tokenizer_and_translator_shapes():
@@ -133,6 +135,8 @@ def test_training_is_resumable_and_exports_loadable_safetensors(tmp_path, bidmc)
     assert "[translator] step 2/2" in out
     out = _train(tmp_path, bidmc, 2, 4, 2)  # same workdir, more steps: picks up where it stopped
     assert "[tokenizer] resumed at step 2" in out and "[translator] resumed at step 2" in out
+    assert "[translator] note: this checkpoint was scheduled for 2 steps" in out  # the schedule restarts: said
+    assert "[tokenizer] note" not in out
     assert "[translator] step 4/4" in out and "[translator] step 1/" not in out and "[refiner] step 2/2" in out
     out = _train(tmp_path, bidmc, 2, 4, 4)
     assert "[refiner] resumed at step 2" in out and "[refiner] step 4/4" in out
