@@ -133,10 +133,10 @@ def hr_mae(ref_peaks, test_peaks, rate_hz: float, window_s: float = 8.0, n_sampl
 @dataclass(frozen=True)
 class WindowScores:
     pearson: np.ndarray  # per scored window
-    rmse: np.ndarray  # per scored window, in the signals' units
+    rmse: np.ndarray  # per scored window, in the signals' units (NaN where the prediction was not finite)
     starts: np.ndarray  # start sample index of each scored window
     n_windows: int  # windows considered
-    n_skipped: int  # windows left out: either side flat or non-finite
+    n_skipped: int  # windows left out: the reference flat or non-finite
 
     @property
     def mean_pearson(self) -> float:
@@ -148,7 +148,8 @@ class WindowScores:
 
     @property
     def mean_rmse(self) -> float:
-        return float(np.mean(self.rmse)) if len(self.rmse) else float("nan")
+        ok = np.isfinite(self.rmse)
+        return float(np.mean(self.rmse[ok])) if ok.any() else float("nan")
 
 
 def _flat(w: np.ndarray) -> bool:
@@ -159,8 +160,10 @@ def windowed_pearson_rmse(ref, test, rate_hz: float, window_s: float = 8.0) -> W
     """Pearson r and RMSE per consecutive non-overlapping `window_s` window.
 
     A trailing partial window is ignored unless the whole signal is shorter than one window (then
-    it is the only window). Windows where either side is flat or has a non-finite sample are
-    skipped and counted in `n_skipped`.
+    it is the only window). Windows where the reference is flat or has a non-finite sample are
+    skipped and counted in `n_skipped`. A flat or non-finite prediction is scored, as r = 0 (and its
+    RMSE, where finite): skipping it would let a method that gives up on hard windows raise its mean
+    and compare methods over different windows.
     """
     a = np.asarray(ref, dtype=np.float64).ravel()
     b = np.asarray(test, dtype=np.float64).ravel()
@@ -172,12 +175,19 @@ def windowed_pearson_rmse(ref, test, rate_hz: float, window_s: float = 8.0) -> W
     skipped = 0
     for s in starts:
         x, y = a[s:s + w], b[s:s + w]
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or _flat(x) or _flat(y):
+        if not np.all(np.isfinite(x)) or _flat(x):
             skipped += 1
             continue
-        xc, yc = x - x.mean(), y - y.mean()
-        pr.append(float(np.dot(xc, yc) / np.sqrt(np.dot(xc, xc) * np.dot(yc, yc))))
-        rm.append(float(np.sqrt(np.mean((x - y) ** 2))))
+        if not np.all(np.isfinite(y)):
+            pr.append(0.0)
+            rm.append(float("nan"))
+        elif _flat(y):
+            pr.append(0.0)
+            rm.append(float(np.sqrt(np.mean((x - y) ** 2))))
+        else:
+            xc, yc = x - x.mean(), y - y.mean()
+            pr.append(float(np.dot(xc, yc) / np.sqrt(np.dot(xc, xc) * np.dot(yc, yc))))
+            rm.append(float(np.sqrt(np.mean((x - y) ** 2))))
         st.append(s)
     return WindowScores(np.asarray(pr), np.asarray(rm), np.asarray(st, np.int64), len(starts), skipped)
 

@@ -61,23 +61,27 @@ def test_hr_windows_and_mae():
     assert np.isnan(hr_mae([], [], rate))
 
 
-def test_windowed_pearson_rmse_skips_flat_and_nonfinite():
+def test_windowed_pearson_rmse_skips_a_bad_reference_and_scores_a_bad_prediction_as_zero():
+    """A prediction that gives up on a window (flat, NaN) scores r = 0 there: skipping it raised that method's mean
+    and compared methods over different windows. Only a flat or non-finite reference leaves a window out."""
     rate = 50.0
-    t = np.arange(int(rate * 32)) / rate
+    t = np.arange(int(rate * 40)) / rate
     ref = np.sin(2 * np.pi * 1.25 * t)  # whole cycles per 8 s window
     test = 2 * ref + 1.0
-    test[400:800] = 0.0  # window 1 flat
-    test[850] = np.nan  # window 2 non-finite
+    test[400:800] = 0.0  # window 1: flat prediction
+    test[850] = np.nan  # window 2: non-finite prediction
+    ref = ref.copy()
+    ref[1600:2000] = 0.25  # window 4: flat reference
     s = windowed_pearson_rmse(ref, test, rate, 8.0)
-    assert s.n_windows == 4 and s.n_skipped == 2
-    assert list(s.starts) == [0, 1200]
-    np.testing.assert_allclose(s.pearson, 1.0)
-    assert np.all(s.rmse > 0.5)
-    inv = windowed_pearson_rmse(ref, -ref, rate, 8.0)
+    assert s.n_windows == 5 and s.n_skipped == 1
+    assert list(s.starts) == [0, 400, 800, 1200]
+    np.testing.assert_allclose(s.pearson, [1.0, 0.0, 0.0, 1.0])
+    assert np.isnan(s.rmse[2]) and np.all(s.rmse[[0, 1, 3]] > 0.5) and np.isfinite(s.mean_rmse)
+    inv = windowed_pearson_rmse(ref[:1600], -ref[:1600], rate, 8.0)
     np.testing.assert_allclose(inv.pearson, -1.0)
     np.testing.assert_allclose(inv.rmse, np.sqrt(np.mean((2 * ref[:400]) ** 2)), rtol=1e-6)
     pooled = pool_windows([s, inv])
-    assert pooled.n_windows == 8 and pooled.n_skipped == 2 and len(pooled.pearson) == 6
+    assert pooled.n_windows == 9 and pooled.n_skipped == 1 and len(pooled.pearson) == 8
     with pytest.raises(ValueError):
         windowed_pearson_rmse(ref, ref[:-1], rate)
     short = windowed_pearson_rmse(ref[:100], ref[:100], rate, 8.0)  # shorter than one window
