@@ -217,6 +217,10 @@ class WorkerRuntime:
                 self.counters.add(f"output_invalid.{exc.reason}")
                 log.warning("output %s/%s not published: %s", out.bed, out.topic_signal, exc)
                 continue
+            except Exception as exc:  # an encoder failing on one output must not crash-loop the worker
+                self.counters.add("output_invalid.encode_error")
+                log.error("output %s/%s not published: %s: %s", out.bed, out.topic_signal, type(exc).__name__, exc)
+                continue
             futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value))
         for ev in result.events:
             self.counters.add(f"event.{ev.type}")
@@ -226,9 +230,9 @@ class WorkerRuntime:
             self.counters.add(f"dlq.{reason}")
             msg = tok.message
             log.warning("dead-letter %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail)
+            value, extra = sinks.dlq_value(tok.event.value)
             futs.append(await self.dlq_topic.send(
-                key=msg.key, value=tok.event.value if tok.event.value is not None else b"",
-                headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset)))
+                key=msg.key, value=value, headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset) + extra))
         if futs:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
         if written_ms is None:

@@ -15,6 +15,9 @@ from typing import Mapping
 from operators.translator import TASKS, parse_spec
 from stream import wire
 
+JSON_OUTPUT_MAX_BYTES = 900_000  # under Kafka's default 1,000,000-byte request, with room for the header
+JSON_BYTES_PER_SAMPLE = 25  # "-1.2345678431987762e-05," is 24
+
 PREFIX = "WAVEBRIDGE_"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -310,6 +313,13 @@ class Settings:
             raise ConfigError(f"{PREFIX}WINDOW_S: {self.window_s:g} s at {rate:g} Hz ({why}) is "
                               f"{self.window_s * rate:.0f} samples > {wire.MAX_SAMPLES}, the most the wire format "
                               f"allows in one chunk; use WINDOW_S <= {wire.MAX_SAMPLES / rate:g}")
+        # JSON writes each sample as float64 text (up to ~25 bytes): past this a chunk outgrows Kafka's default
+        # 1 MB request, and the failed send would crash the worker on the same input after every restart.
+        json_max = JSON_OUTPUT_MAX_BYTES // JSON_BYTES_PER_SAMPLE
+        if not self.output_binary and self.window_s * rate > json_max:
+            raise ConfigError(f"{PREFIX}WINDOW_S: {self.window_s:g} s at {rate:g} Hz ({why}) makes JSON output chunks "
+                              f"of up to {self.window_s * rate:.0f} samples, over {JSON_OUTPUT_MAX_BYTES:,} bytes; use "
+                              f"WINDOW_S <= {json_max / rate:g} or {PREFIX}OUTPUT_FORMAT=binary")
 
     # ------------------------------------------------------------------------------------
     @property

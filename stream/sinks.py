@@ -262,8 +262,22 @@ def _jsonable(v):
     return v
 
 
+# A dead letter carries the original payload; one larger than this (with its headers) could exceed the producer's
+# request limit (1,000,000 bytes by default), and a send that fails crashes the worker, which then re-reads the
+# same message and crashes again. Such a payload is dead-lettered without its value.
+DLQ_MAX_VALUE_BYTES = 900_000
+
+
+def dlq_value(value: bytes | None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """(value to send, extra headers) for a dead letter of `value`."""
+    value = value if value is not None else b""
+    if len(value) <= DLQ_MAX_VALUE_BYTES:
+        return value, []
+    return b"", [("wavebridge.value_dropped_bytes", str(len(value)).encode())]
+
+
 def dlq_headers(reason: str, detail: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """Kafka headers of a dead-lettered message; its value is the original payload, unchanged."""
+    """Kafka headers of a dead-lettered message; its value is the original payload, unchanged (`dlq_value`)."""
     return [
         ("wavebridge.reason", reason.encode()),
         ("wavebridge.detail", detail[:1000].encode("utf-8", "replace")),

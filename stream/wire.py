@@ -192,6 +192,8 @@ def _parse_json(data: bytes) -> dict:
 def _json_samples(values) -> np.ndarray:
     if not isinstance(values, list):
         raise WireError(WRONG_TYPE, f"samples must be an array of numbers, got {type(values).__name__}")
+    if any(isinstance(v, bool) for v in values):  # np.array would read [1, true, false] as 1, 1, 0
+        raise WireError(WRONG_TYPE, "samples must contain only numbers or null, not true/false")
     try:
         arr = np.array(values)
     except ValueError as exc:  # ragged nesting
@@ -291,6 +293,10 @@ def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
         raise WireError(WRONG_TYPE, f"units must be a string, got {type(chunk.units).__name__}")
     if len(chunk.units) > MAX_UNITS_LEN:
         raise WireError(WRONG_TYPE, f"units longer than {MAX_UNITS_LEN} chars")
+    try:  # JSON admits lone surrogates ("\ud800"); the units travel on into outputs, which must encode them
+        chunk.units.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WireError(WRONG_TYPE, f"units {chunk.units!r} is not valid Unicode text") from None
     if chunk.age is not None and not (_is_number(chunk.age) and MIN_AGE <= _as_float(chunk.age) <= MAX_AGE):
         raise WireError(BAD_AGE, f"age {chunk.age!r} must be null or a number in [{MIN_AGE:g}, {MAX_AGE:g}]")
     if chunk.sex is not None and chunk.sex not in SEXES:

@@ -124,3 +124,13 @@ def test_non_finite_numbers_are_refused_up_front(var, value):
     """NaN passes every `<= 0` check, so the worker accepted it and failed later, deep inside."""
     with pytest.raises(ConfigError, match=f"WAVEBRIDGE_{var}: must be a finite number"):
         Settings.from_env({f"WAVEBRIDGE_{var}": value})
+
+
+def test_json_output_chunks_that_would_outgrow_a_kafka_request_are_refused():
+    env = {"WAVEBRIDGE_OUTPUT_FORMAT": "json", "WAVEBRIDGE_WINDOW_S": "25.6"}  # 2000 Hz ppg2ecg: 51,200 samples
+    with pytest.raises(ConfigError, match="OUTPUT_FORMAT=binary"):
+        Settings.from_env(env)
+    assert Settings.from_env(env | {"WAVEBRIDGE_OUTPUT_FORMAT": "binary"}).window_s == 25.6
+    assert Settings.from_env({"WAVEBRIDGE_OUTPUT_FORMAT": "json"}).window_s == 8.0  # the default fits
+    big = wire.encode_json(wire.Chunk("b", "PLETH", 2000.0, 0, 0, -np.random.default_rng(0).random(18_000).astype(np.float32) / 7e4))
+    assert len(big) < 900_000  # 9 s at 2000 Hz, the largest JSON window that config admits there

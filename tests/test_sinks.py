@@ -188,3 +188,11 @@ def test_a_blocked_write_is_given_up_on_abort_and_the_sink_stays_usable():
     t.join(5)
     sink.close()
     assert len(errors) == 2 and isinstance(errors[1], sinks.SinkStopped)
+
+
+def test_an_oversized_payload_is_dead_lettered_without_its_value():
+    small, extra = sinks.dlq_value(b"x" * 10)
+    assert small == b"x" * 10 and extra == []
+    big, extra = sinks.dlq_value(b"x" * (sinks.DLQ_MAX_VALUE_BYTES + 1))
+    assert big == b"" and extra == [("wavebridge.value_dropped_bytes", str(sinks.DLQ_MAX_VALUE_BYTES + 1).encode())]
+    assert sinks.dlq_value(None) == (b"", [])

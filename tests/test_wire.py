@@ -233,3 +233,11 @@ def test_integers_too_large_for_a_float_are_range_errors_not_crashes():
     assert reason_of(json.dumps({**json_obj(), "rate_hz": 10**400}).encode()) == wire.BAD_RATE
     assert reason_of(json.dumps({**json_obj(), "rate_hz": -(10**400)}).encode()) == wire.BAD_RATE
     assert reason_of(json.dumps({**json_obj(), "age": 10**400}).encode()) == wire.BAD_AGE
+
+
+def test_booleans_among_samples_and_units_that_are_not_unicode_are_refused():
+    """[1, true, false] was read as 1, 1, 0; units "\\ud800" (valid JSON) passed and then crashed the output encoder
+    on every restart."""
+    assert reason_of(json.dumps({**json_obj(), "samples": [1.0, True, False] + [0.5] * 97}).encode()) == wire.WRONG_TYPE
+    bad_units = json.dumps({**json_obj(), "units": "mV"}).replace('"mV"', '"\\ud800"').encode()
+    assert reason_of(bad_units) == wire.WRONG_TYPE
