@@ -91,15 +91,16 @@ class ClmtTranslator:
                 "has_ctx": 0.0, "pat": self.default_pat}
         ctx = r.context if task == TASK_PPG2ECG else None
         feats = self._context_features(ctx) if ctx is not None else None
-        if feats is not None:
+        if feats is not None and feats[1] is not None:
             _, tpl, pat, ecg_scale = feats
-            if tpl is not None:
-                item["ctx_ecg"], item["ctx_ppg"] = tpl
-                item["has_ctx"] = 1.0
-                if np.isfinite(pat):
-                    item["pat"] = pat
+            item["ctx_ecg"], item["ctx_ppg"] = tpl
+            item["has_ctx"] = 1.0
+            if np.isfinite(pat):
+                item["pat"] = pat
             item["out_scale"] = ecg_scale  # this patient's ECG level/spread
         elif task == TASK_PPG2ECG:
+            # no usable beat in the context (flat, noise, too few beats): its spread is not an ECG's either (a flat
+            # context ECG scaled the output to ~3 mV peak to peak)
             item["out_scale"] = self.ecg_scale
         else:
             item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
@@ -208,7 +209,7 @@ class ClmtTranslator:
         level (from the context) or the population's; SR keeps the source's level."""
         if r.task == PPG2ECG:
             feats = self._context_features(r.context) if r.context is not None else None
-            level = feats[3][0] if feats is not None else self.ecg_scale[0]
+            level = feats[3][0] if feats is not None and feats[1] is not None else self.ecg_scale[0]
         else:
             level = float(np.mean(_finite(r.source))) if len(r.source) else 0.0
         return np.full(r.n_out, level, dtype=np.float32)  # the translator contract's dtype, as `_fit` gives

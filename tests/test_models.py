@@ -438,3 +438,19 @@ def test_weights_refuse_a_json_that_does_not_describe_the_tensors(tmp_path):
     dst.with_suffix(".json").write_text(json.dumps(no_refiner))
     with pytest.raises(ValueError, match="does not describe|refiner"):
         W.load(dst)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_ignores_the_scale_of_a_context_without_a_usable_beat():
+    """A flat context ECG has no beat to learn from, and its spread (0, then 1.0) scaled PPG->ECG to ~3 mV."""
+    from models.engine import ClmtTranslator
+    from operators.synthetic import synthesize
+
+    rec = synthesize(seconds=40.0, seed=9)
+    ppg, rate = rec.signals["PLETH"].astype(np.float64), rec.rate_hz
+    eng = ClmtTranslator(device="cpu")
+    flat_ctx = PairedContext(np.full(2500, 0.2), ppg[:2500], rate)
+    with_flat, without = eng.translate([TranslationRequest(PPG2ECG, ppg[2500:3500], rate, rate, "PLETH", context=flat_ctx),
+                                        TranslationRequest(PPG2ECG, ppg[2500:3500], rate, rate, "PLETH")])
+    np.testing.assert_allclose(with_flat, without, atol=1e-5)  # treated as no context at all
+    assert np.ptp(without) < 1.5
