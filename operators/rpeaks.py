@@ -210,7 +210,7 @@ def detect_ppg_peaks(ppg: np.ndarray, rate_hz: float) -> np.ndarray:
         peaks.append(lo + int(np.argmax(x[lo:hi])))
     peaks = np.unique(np.asarray(peaks, dtype=np.int64))
     # physiological limit (< 200 bpm): drop the smaller of two peaks closer than 0.3 s
-    min_d = int(round(0.3 * rate_hz))
+    min_d = max(1, int(np.floor(0.3 * rate_hz)))  # not rounded up: 8 samples at 25 Hz is 0.32 s, and dropped beats at 180 bpm
     out: list[int] = []
     for p in peaks:
         if out and p - out[-1] < min_d:

@@ -262,3 +262,22 @@ def test_sr_of_an_ecg_uses_a_full_rate_context_beat():
     slow = PairedContext(decimate_to(ecg[:c], 250.0, 50.0), decimate_to(ppg[:c], 250.0, 50.0), 50.0)
     assert np.array_equal(tr.translate([req("PLETH", ctx)])[0], tr.translate([req("PLETH", None)])[0])
     assert np.array_equal(tr.translate([req("II", slow)])[0], plain)
+
+
+def test_pulses_of_a_fast_noisy_ppg_are_timed_no_worse_than_at_125_hz():
+    """The foot's tangent followed the sensor noise on a spline through a fast PPG: with the same 1 % noise the
+    foot error SD went from 16 ms at 125 Hz to 21 ms at 500 Hz (classic PPG->ECG Pearson fell with the rate)."""
+    from operators.baselines import pulse_times
+    from operators.resample import resample
+    from operators.synthetic import synthesize
+
+    ppg = synthesize(seconds=60.0, seed=2).signals["PLETH"].astype(np.float64)
+    truth = pulse_times(ppg, 125.0, "foot")[1]
+    rng = np.random.default_rng(0)
+    sd = {}
+    for rate in (125.0, 500.0):
+        x = resample(ppg, 125.0, rate) + rng.normal(0, 0.01 * np.ptp(ppg), int(len(ppg) * rate / 125.0))
+        f = pulse_times(x, rate, "foot")[1]
+        e = f - truth[np.abs(f[:, None] - truth[None, :]).argmin(axis=1)]
+        sd[rate] = float(np.std(e[np.abs(e) < 0.15]))
+    assert sd[500.0] <= sd[125.0], sd
