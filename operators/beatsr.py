@@ -27,7 +27,8 @@ from operators.rpeaks import detect_rpeaks, refine_peak_times
 __all__ = ["QrsTemplate", "qrs_template", "paste_high_band", "sr_cutoff_hz", "FINE_RATE"]
 
 FINE_RATE = 1000.0  # beat timing resolution (1 ms)
-BEFORE_S, AFTER_S = 0.25, 0.45  # template span around R: QRS and most of the T wave
+BEFORE_S, AFTER_S = 0.25, 0.45  # template span around R: QRS and most of the T wave ...
+NEIGHBOUR_GAP_S = 0.1  # ... ending at least this long before a neighbouring R (its QRS starts ~50 ms before it)
 GAIN_RANGE = (0.5, 2.0)  # per-beat amplitude may drift (respiration), within reason
 MIN_BEATS = 3
 REFRACTORY_S = 0.25  # no two beats closer (240 bpm)
@@ -75,7 +76,11 @@ def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTempla
     if len(r) < MIN_BEATS:
         return None
     fine = resample(x, rate_hz, FINE_RATE, method="polyphase")
-    a, b = int(BEFORE_S * FINE_RATE), int(AFTER_S * FINE_RATE)
+    # The span stops short of the neighbouring beats' QRS: above ~130 bpm a fixed +0.45 s reaches the next R, whose
+    # detail was then pasted twice (R drawn 1.58 for 1.25 at 180 bpm) or cut by the end-to-end detrend.
+    rr = float(np.median(np.diff(r))) / rate_hz
+    a = int(min(BEFORE_S, rr - NEIGHBOUR_GAP_S) * FINE_RATE)
+    b = int(min(AFTER_S, rr - NEIGHBOUR_GAP_S) * FINE_RATE)
     ri = np.round(refine_peak_times(x, r, rate_hz) * FINE_RATE).astype(np.int64)
     ri = ri[(ri - a >= 0) & (ri + b <= len(fine))]
     if len(ri) < MIN_BEATS:

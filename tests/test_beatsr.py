@@ -57,3 +57,18 @@ def test_no_beats_nothing_pasted():
     tpl = qrs_template(ecg, 250.0, sr_cutoff_hz(25))
     assert not np.any(paste_high_band(np.zeros(800), 100.0, tpl))
     assert len(paste_high_band(np.zeros(1), 100.0, tpl)) == 1
+
+
+@pytest.mark.parametrize("rr", [0.8, 0.36])
+def test_template_stops_short_of_the_next_beat_at_fast_rates(rr):
+    """At 167 bpm a fixed +0.45 s span held the next beat's QRS, and its detail was pasted twice."""
+    ecg, _, _ = _pair(rate=250.0, dur=60.0, rr=rr, seed=3)
+    ctx, later = ecg[: 250 * 20], ecg[250 * 20 :]
+    tpl = qrs_template(ctx, 250.0, sr_cutoff_hz(25))
+    assert len(tpl.high) <= int((2 * rr - 0.2) * FINE_RATE) + 1
+    ref = resample(later, 250.0, 100.0)
+    up = _lowres_up(later, 250.0)[: len(ref)]
+    hi = np.concatenate([paste_high_band(up[i : i + 800], 100.0, tpl) for i in range(0, len(up), 800)])
+    out = merge_bands(up, np.zeros_like(up), 100.0, sr_cutoff_hz(25)) + hi
+    r = windowed_pearson_rmse(ref, out, 100.0).mean_pearson
+    assert r > (0.98 if rr > 0.5 else 0.95), r  # at 167 bpm the fixed span gave 0.905
