@@ -3,7 +3,8 @@
 Every method runs through the same streaming window logic as the service (`stream.offline`), so the
 numbers are what a bed would get. Protocol per validation record (125 Hz, 8 min):
   * PPG->ECG: the first `--context-s` seconds are the patient's earlier paired ECG+PPG context; the
-    rest is translated from PLETH alone, with and without that context. Reference R-peaks are
+    rest is translated from PLETH alone, with and without that context. The translators get all of it;
+    the worker instead gives them the best 10 s segment of what it holds (`--context-pick 10` does that). Reference R-peaks are
     detected on the real lead II (BIDMC has no beat annotations).
   * SR: the same part after the context, lead II and PLETH brought to 25 Hz (anti-aliased decimation "aa",
     and plain every-5th-sample "plain", as monitors differ) and super-resolved to 100 Hz; the reference is
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from models.data import data_root, split
+from operators.context import select_context
 from operators.metrics import hr_mae, peak_f1, pool_windows, sum_scores, windowed_pearson_rmse
 from operators.records import Recording, read_recording
 from operators.resample import decimate_to, resample
@@ -95,7 +97,10 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", default=None, help="comma list (default: the validation split)")
     ap.add_argument("--weights", default=None, help="CLMT .safetensors (default: shipped weights)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--context-s", type=float, default=60.0)
+    ap.add_argument("--context-s", type=float, default=60.0, help="the first S seconds are the patient's context")
+    ap.add_argument("--context-pick", type=float, default=0.0, metavar="S",
+                    help="give the translators only the best S-second segment of that context, as the worker does "
+                         "(operators.context.select_context; the worker's default is 10); 0 = all of it")
     ap.add_argument("--seconds", type=float, default=None, help="evaluate only this much of each record")
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
     ap.add_argument("--sr-input", default=",".join(SR_INPUTS),
@@ -131,6 +136,11 @@ def cli(argv: list[str] | None = None) -> int:
         c = int(args.context_s * rate)
         meta = dict(age=rec.age, sex=rec.sex)
         ctx = PairedContext(ecg[:c], ppg[:c], rate)
+        if args.context_pick:  # as the worker does: the best segment of that length from what it holds
+            ctx = select_context(ecg[:c], ppg[:c], rate, args.context_pick)
+            if ctx is None:
+                print(f"  no {args.context_pick:g} s segment of the context passes selection: '+context' runs without",
+                      flush=True)
         if "ppg2ecg" in tasks:
             ref = ecg[c:]
             for label, tr in (("clmt", methods["clmt"]), ("baseline", classic)):
@@ -156,7 +166,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"  {k:<42} {_fmt(row)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"records": names, "overall": overall, "per_record": per_record,
-                                               "context_s": args.context_s}, indent=2, default=float))
+                                               "context_s": args.context_s, "context_pick": args.context_pick},
+                                              indent=2, default=float))
     return 0
 
 
