@@ -454,3 +454,23 @@ def test_engine_ignores_the_scale_of_a_context_without_a_usable_beat():
                                         TranslationRequest(PPG2ECG, ppg[2500:3500], rate, rate, "PLETH")])
     np.testing.assert_allclose(with_flat, without, atol=1e-5)  # treated as no context at all
     assert np.ptp(without) < 1.5
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_evaluate_runs_end_to_end_and_can_pick_the_context_as_the_worker_does(bidmc, tmp_path, capsys):
+    """One held-out record, 16 s after a 30 s context: every row is scored, and --context-pick changes what the
+    translators get (the worker gives them the best 10 s segment, not the whole context)."""
+    from stream import evaluate
+
+    rows = {}
+    for pick in (0.0, 10.0):
+        out = tmp_path / f"e{pick:g}.json"
+        assert evaluate.cli(["--data", str(bidmc), "--records", "11", "--context-s", "30", "--seconds", "16",
+                             "--tasks", "ppg2ecg", "--context-pick", str(pick), "--json", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["context_pick"] == pick
+        rows[pick] = res["overall"]
+    assert set(rows[0.0]) == {f"ppg2ecg {m} {c}" for m in ("clmt", "baseline") for c in ("+context", "no context")}
+    assert all(0.5 < r["f1_150"] <= 1.0 for r in rows[0.0].values())
+    assert rows[0.0]["ppg2ecg baseline no context"] == rows[10.0]["ppg2ecg baseline no context"]
+    assert rows[0.0]["ppg2ecg baseline +context"]["pearson"] != rows[10.0]["ppg2ecg baseline +context"]["pearson"]
