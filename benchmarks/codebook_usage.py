@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import weights as W  # noqa: E402
-from models.data import data_root, load_records, split  # noqa: E402
+from models.data import found_data_root, load_records, split  # noqa: E402
 from models.prep import zscore  # noqa: E402
 
 WINDOW, HOP = 800, 200  # samples at 100 Hz
@@ -33,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     ap.add_argument("--weights", default=None, help="CLMT .safetensors (default: the shipped weights)")
     args = ap.parse_args(argv)
-    root = data_root(args.data)
-    if not (root / "bidmc01.hea").exists():
-        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+    root = found_data_root(args.data)
+    if root is None:
         return 2
     torch.set_num_threads(2)
     tok, _, _, _ = W.load(args.weights)

@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # run as a script
 
 import numpy as np  # noqa: E402
 
-from models.data import data_root, split  # noqa: E402
+from models.data import found_data_root, split  # noqa: E402
 from operators.records import read_recording  # noqa: E402
 from operators.resample import decimate_to, resample  # noqa: E402
 from operators.translator import SR, PairedContext, load_translator  # noqa: E402
@@ -42,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     args = ap.parse_args(argv)
-    root = data_root(args.data)
-    if not (root / "bidmc01.hea").exists():
-        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+    root = found_data_root(args.data)
+    if root is None:
         return 2
     train, val = split()
     classic = load_translator("classic")

@@ -6,6 +6,8 @@ listed in record order (a multi-record patient counts once) and every 5th patien
 """
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,3 +225,12 @@ def data_root(explicit: str | Path | None = None) -> Path:
     if explicit:
         return Path(explicit)
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "bidmc"
+
+
+def found_data_root(explicit: str | Path | None = None) -> Path | None:
+    """`data_root(explicit)` when it holds the BIDMC records; else None, after telling a command-line user so."""
+    root = data_root(explicit)
+    if not (root / "bidmc01.hea").exists():
+        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+        return None
+    return root

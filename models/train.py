@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models import weights as W
-from models.data import Sampler, data_root, load_records, split
+from models.data import Sampler, found_data_root, load_records, split
 from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL, align_ppg
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
@@ -361,9 +361,8 @@ def cli(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    root = data_root(args.data)
-    if not (root / "bidmc01.hea").exists():
-        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+    root = found_data_root(args.data)
+    if root is None:
         return 2
     if not (0.0 <= args.ecg_stretch <= 1.0 and 0.0 <= args.ecg_flip <= 1.0):
         print("error: --ecg-stretch and --ecg-flip are shares between 0 and 1", file=sys.stderr)

@@ -106,9 +106,10 @@ def test_parquet_round_trip_with_metadata(tmp_path):
     np.testing.assert_array_equal(rec.signals["II"], df["ECG"].to_numpy(np.float32))
 
 
-@pytest.mark.parametrize("rate,decimals", [(2000.0, 4), (360.0, 6), (62.5, 6)])
+@pytest.mark.parametrize("rate,decimals", [(2000.0, 4), (360.0, 6), (62.5, 6), (360.0, 3), (128.0, 4), (256.0, 5)])
 def test_rate_from_rounded_time_s_is_the_exact_rate(tmp_path, rate, decimals):
-    """time_s written with a few decimals still gives the exact rate (2000.0000001 Hz broke the wire's 2000 Hz cap)."""
+    """time_s written with a few decimals still gives the exact rate (2000.0000001 Hz broke the wire's 2000 Hz cap),
+    and is uniform: 360 Hz to 3 decimals steps 0.003, 0.003, 0.002, ..., which a per-step check called non-uniform."""
     n = int(rate * 30)
     path = tmp_path / "r.csv"
     pd.DataFrame({"time_s": np.round(np.arange(n) / rate, decimals), "PPG": np.zeros(n)}).to_csv(path, index=False)
@@ -192,12 +193,3 @@ def test_table_column_with_a_few_text_markers_keeps_its_numbers(tmp_path):
     rec = read_recording(path, rate_hz=100)
     assert sorted(rec.signals) == ["II", "PLETH"]  # the text column is not a signal
     assert np.isnan(rec.signals["II"][10]) and np.count_nonzero(np.isnan(rec.signals["II"])) == 1
-
-
-@pytest.mark.parametrize("rate,decimals", [(360.0, 3), (128.0, 4), (256.0, 5)])
-def test_uniform_time_s_printed_with_few_decimals_is_uniform(tmp_path, rate, decimals):
-    """360 Hz to 3 decimals steps 0.003, 0.003, 0.002, ...: uniform, but the per-step check called it non-uniform."""
-    n = int(rate * 20)
-    path = tmp_path / "r.csv"
-    pd.DataFrame({"time_s": np.round(np.arange(n) / rate, decimals), "II": np.zeros(n)}).to_csv(path, index=False)
-    assert read_recording(path).rates["II"] == rate
