@@ -115,7 +115,10 @@ class _Track:
             gap_s = (ki - self.end) / rate_hz
             self._restart(start_ns, rate_hz, x)
             return gap_s
-        if ki < self.first:  # older than all we hold: the sender's clock went back (or a new recording began)
+        if ki < self.first:
+            if (self.first - ki) / rate_hz <= self.max_s:
+                return None  # a late or re-delivered chunk (lead II reaches here unfiltered): nothing new
+            # further back than all we hold spans: the sender's clock went back (or a new recording began)
             self._restart(start_ns, rate_hz, x)
             return float("inf")
         new = x[max(0, self.end - ki):]  # sliding windows overlap: keep only the unseen tail

@@ -105,13 +105,15 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
     if not base.with_name(base.name + ".hea").exists():
         raise ValueError(f"no WFDB header {base}.hea (and not a .parquet/.csv file)")
     try:
-        header = wfdb.rdheader(str(base))
-        multi = header.sig_name is None  # a multi-segment record: channel names live in its segments
-        # Multi-segment: all channels, segments merged (a missing one reads as NaN); names known only then.
-        rec = wfdb.rdrecord(str(base), physical=True, smooth_frames=False) if multi else None
+        header = wfdb.rdheader(str(base), rd_segments=True)
+        # a multi-segment record (MIMIC) names its channels in its layout segment (variable layout) or in every one
+        sig_name = header.sig_name
+        if sig_name is None:
+            layout = header.segments[0] if header.layout == "variable" else next(s for s in header.segments if s)
+            sig_name = layout.sig_name
     except Exception as exc:  # wfdb raises many types for a malformed record
         raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
-    names = [clean_name(n) for n in (rec.sig_name if multi else header.sig_name)]
+    names = [clean_name(n) for n in sig_name]
     canon = [canonical_name(n) for n in names]
     _check_duplicates(base.name, canon, names)
     if wanted is None:
@@ -119,23 +121,22 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
     else:
         _require(base.name, wanted, canon)
         idx = [canon.index(w) for w in wanted]
-    if not multi:
-        try:
-            # smooth_frames=False: a channel stored at several samples per frame keeps them all (its own rate),
-            # instead of being averaged down to the frame rate
-            rec = wfdb.rdrecord(str(base), channels=idx, physical=True, smooth_frames=False)
-        except Exception as exc:
-            raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
-    cols = idx if multi else list(range(len(idx)))  # positions of the wanted channels in what was read
+    try:
+        # smooth_frames=False: a channel stored at several samples per frame keeps them all (its own rate) instead
+        # of being averaged down to the frame rate. Segments are merged (a missing one reads as NaN).
+        rec = wfdb.rdrecord(str(base), channels=idx, physical=True, smooth_frames=False)
+    except Exception as exc:
+        raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
+    units = rec.units or [""] * len(idx)  # wfdb gives None when segments disagree on a channel's units
     fs = float(rec.fs)
     age, sex = _age_sex_from_comments(header.comments or [])
     out = Recording(name=base.name, signals={}, rates={}, units={}, age=age, sex=sex)
-    for col, i in zip(cols, idx):
+    for col, i in enumerate(idx):
         c = canon[i]
         # NaN where the stored sample is the WFDB "invalid" value
         out.signals[c] = np.ascontiguousarray(rec.e_p_signal[col], dtype=np.float32)
         out.rates[c] = fs * int(rec.samps_per_frame[col])
-        out.units[c] = (rec.units[col] or "").strip()
+        out.units[c] = (units[col] or "").strip()
         out.original_names[c] = names[i]
     return out
 
@@ -256,7 +257,8 @@ def _rate_from_time(name: str, t: np.ndarray) -> float:
     # Uniform means every time lies near its place on that line: steps of a time_s printed to a few decimals
     # (360 Hz to 3 decimals: 0.003, 0.003, 0.002, ...) differ from each other by far more than that.
     worst = float(np.max(np.abs(t - (t.mean() + k * slope))))
-    if worst > 0.5 / rate:
+    # ... and every step near one period: one missing row mid-record stays within half a period of the line
+    if worst > 0.5 / rate or float(np.max(np.abs(dt * rate - 1.0))) >= 0.5:
         raise ValueError(
             f"{name}: non-uniform sampling in '{TIME_COLUMN}' (mean step {1 / rate:g} s, a time {worst:g} s off its "
             "place on that grid); resample to a uniform grid first"

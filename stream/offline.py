@@ -122,9 +122,15 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
         rec = read_recording(path, [ECG, PPG])
     except ValueError as exc:
         raise OfflineError(f"--context {path}: {exc}") from None
-    if rec.rates[ECG] != rec.rates[PPG]:
-        raise OfflineError(f"--context {path}: II and PLETH rates differ ({rec.rates[ECG]} vs {rec.rates[PPG]} Hz)")
-    ctx = select_context(rec.signals[ECG], rec.signals[PPG], rec.rates[ECG], context_s)
+    ecg, ppg, rate = rec.signals[ECG], rec.signals[PPG], max(rec.rates[ECG], rec.rates[PPG])
+    if rec.rates[ECG] != rec.rates[PPG]:  # e.g. II stored 4 samples a frame: both at the faster rate, as the worker does
+        from operators.resample import resample
+
+        ecg = resample(np.asarray(ecg, np.float64), rec.rates[ECG], rate) if rec.rates[ECG] != rate else ecg
+        ppg = resample(np.asarray(ppg, np.float64), rec.rates[PPG], rate) if rec.rates[PPG] != rate else ppg
+        n = min(len(ecg), len(ppg))
+        ecg, ppg = ecg[:n], ppg[:n]
+    ctx = select_context(ecg, ppg, rate, context_s)
     if ctx is None:
         raise OfflineError(f"--context {path}: no usable paired ECG+PPG segment of {context_s:g} s")
     return ctx

@@ -398,6 +398,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
     signals = None if args.signals is None else [s.strip() for s in args.signals.split(",") if s.strip()]
     if signals == []:
         p.error("--signals: empty (leave it out to replay whichever of II and PLETH each record has)")
+    # before reading records or creating the topic (replay() checks the same, later)
+    if args.beds is not None and args.beds < len(args.records):
+        p.error(f"--beds {args.beds} for {len(args.records)} records: each record needs a bed")
+    if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
+        p.error(f"--duration-s must be a positive number of seconds, got {args.duration_s}")
     try:
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
         if not args.no_create_topic:

@@ -132,5 +132,6 @@ def test_json_output_chunks_that_would_outgrow_a_kafka_request_are_refused():
         Settings.from_env(env)
     assert Settings.from_env(env | {"WAVEBRIDGE_OUTPUT_FORMAT": "binary"}).window_s == 25.6
     assert Settings.from_env({"WAVEBRIDGE_OUTPUT_FORMAT": "json"}).window_s == 8.0  # the default fits
-    big = wire.encode_json(wire.Chunk("b", "PLETH", 2000.0, 0, 0, -np.random.default_rng(0).random(18_000).astype(np.float32) / 7e4))
-    assert len(big) < 900_000  # 9 s at 2000 Hz, the largest JSON window that config admits there
+    assert Settings.from_env(env | {"WAVEBRIDGE_WINDOW_S": "18"}).window_s == 18.0  # the largest it admits at 2000 Hz
+    worst = -np.random.default_rng(0).random(36_000).astype(np.float32) / 7e4  # long float64 texts: "-1.23...e-05"
+    assert len(wire.encode_json(wire.Chunk("b", "PLETH", 2000.0, 0, 0, worst))) < 900_000  # ... and it fits

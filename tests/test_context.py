@@ -145,7 +145,7 @@ def test_store_gap_resets_and_keeps_last_good():
         store.push("RESP", T0, rate, ecg[:10])
 
 
-@pytest.mark.parametrize("restart_at_s", [30.0 + 3600.0, 0.0])
+@pytest.mark.parametrize("restart_at_s", [30.0 + 3600.0, -100.0])
 def test_store_forgets_its_last_good_context_after_a_long_break_or_a_clock_going_back(restart_at_s):
     """An hour's break, or a clock starting again (a re-run replay, a new recording): the bed may hold another
     patient, whose first unusable seconds used to be translated with the old patient's context. A clock going
@@ -162,6 +162,21 @@ def test_store_forgets_its_last_good_context_after_a_long_break_or_a_clock_going
     assert store.get() is None
     e, _, _, t0 = store.aligned()
     assert t0 == later and len(e) == 375  # the new data is held, not discarded as already seen
+
+
+def test_a_late_or_repeated_chunk_does_not_cost_the_context():
+    """Lead II reaches the store unfiltered (the windower never sees a 125 Hz II): a chunk re-delivered from 38 s
+    back, or two chunks swapped, wiped the track and the last good context with it."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=60.0)
+    store = ContextStore(length_s=10.0, keep_s=30.0)
+    _feed(store, "II", ecg, rate)
+    _feed(store, "PLETH", ppg, rate)
+    good = store.get()
+    assert good is not None
+    store.push("II", T0 + 22 * 10**9, rate, ecg[22 * 125:23 * 125])  # from 38 s back
+    e, _, _, _ = store.aligned()
+    assert len(e) >= 29 * 125 and store.get() is not None
 
 
 def test_context_cache_builds_once_per_object_and_tag_and_stays_bounded():

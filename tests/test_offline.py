@@ -210,3 +210,17 @@ def test_a_channel_the_wire_cannot_carry_is_a_one_line_error(mitdb_record, tmp_p
                 "--translator", "classic")
     assert r.returncode == 2 and "channel V5 cannot be translated" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_context_record_with_lead_ii_stored_faster_than_pleth(tmp_path):
+    """A record storing II at 4 samples a frame (500 Hz) beside a 125 Hz PLETH was refused as 'rates differ'."""
+    import wfdb
+
+    from operators.resample import resample
+
+    rec = synthesize(seconds=30.0, seed=4)
+    ecg = resample(rec.signals["II"].astype(np.float64), 125.0, 500.0)
+    wfdb.wrsamp("ctx", fs=125, units=["mV", "NU"], sig_name=["II", "PLETH"], samps_per_frame=[4, 1], fmt=["16", "16"],
+                e_p_signal=[ecg, rec.signals["PLETH"].astype(np.float64)], write_dir=str(tmp_path))
+    ctx = offline.load_context(tmp_path / "ctx")
+    assert ctx.rate_hz == 500.0 and len(ctx.ecg) == len(ctx.ppg) == 5000

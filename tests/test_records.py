@@ -168,6 +168,15 @@ def test_wfdb_multi_segment_record_is_read_whole(tmp_path):
     rec = read_recording(tmp_path / "ms", ["PLETH"])
     assert list(rec.signals) == ["PLETH"] and rec.rates["PLETH"] == 125.0 and rec.units["PLETH"] == "NU"
     np.testing.assert_allclose(rec.signals["PLETH"], np.concatenate([np.cos(t), np.cos(t + 1)]), atol=1e-3)
+    # variable layout (MIMIC): a layout segment names the channels, segments order them their own way, "~" is a gap
+    wfdb.wrsamp("vl_0003", fs=125, units=["NU", "mV"], sig_name=["PLETH", "II"], fmt=["16", "16"], write_dir=str(tmp_path),
+                p_signal=np.column_stack([np.cos(t) + 1, np.sin(t) + 1]))
+    (tmp_path / "vl_layout.hea").write_text("vl_layout 2 125 0\nvl_layout.dat 16 200/mV 16 0 0 0 0 II\n"
+                                            "vl_layout.dat 16 200/NU 16 0 0 0 0 PLETH\n")
+    (tmp_path / "vl.hea").write_text("vl/4 2 125 2500\nvl_layout 0\nms_0001 1000\n~ 500\nvl_0003 1000\n")
+    ii = read_recording(tmp_path / "vl", ["II"]).signals["II"]
+    assert len(ii) == 2500 and np.all(np.isnan(ii[1000:1500]))
+    np.testing.assert_allclose(ii[1500:], np.sin(t) + 1, atol=1e-2)
 
 
 def test_wfdb_channel_with_several_samples_per_frame_keeps_its_rate(tmp_path):
@@ -193,3 +202,14 @@ def test_table_column_with_a_few_text_markers_keeps_its_numbers(tmp_path):
     rec = read_recording(path, rate_hz=100)
     assert sorted(rec.signals) == ["II", "PLETH"]  # the text column is not a signal
     assert np.isnan(rec.signals["II"][10]) and np.count_nonzero(np.isnan(rec.signals["II"])) == 1
+
+
+@pytest.mark.parametrize("where", [0.02, 0.5, 0.9])
+def test_one_missing_row_in_time_s_is_non_uniform_wherever_it_is(tmp_path, where):
+    """Mid-record, a dropped row keeps every time within half a period of the fitted line: it passed, as 124.8 Hz."""
+    t = np.arange(1000) / 125.0
+    t = np.delete(t, int(where * 1000))
+    path = tmp_path / "gap.csv"
+    pd.DataFrame({"time_s": t, "II": np.zeros(len(t))}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="non-uniform sampling"):
+        read_recording(path)
