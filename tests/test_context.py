@@ -124,14 +124,20 @@ def test_store_keeps_a_full_rate_ecg_qrs_when_the_ppg_is_slow():
     assert store.aligned()[2] == 125.0
 
 
-def test_store_gap_resets_and_keeps_last_good():
-    rate = 125.0
-    ecg, ppg = _pair(rate, dur=30.0)
-    store = ContextStore(length_s=10.0, keep_s=20.0)
+def _fed_store(dur: float, keep_s: float, rate: float = 125.0):
+    """(store, ecg, ppg, its context) after `dur` s of a clean synthetic pair, fed as the worker feeds it."""
+    ecg, ppg = _pair(rate, dur=dur)
+    store = ContextStore(length_s=10.0, keep_s=keep_s)
     _feed(store, "II", ecg, rate)
     _feed(store, "PLETH", ppg, rate)
     good = store.get()
     assert good is not None
+    return store, ecg, ppg, good
+
+
+def test_store_gap_resets_and_keeps_last_good():
+    rate = 125.0
+    store, ecg, ppg, good = _fed_store(30.0, 20.0)
     # after a 15 s gap only 3 s of new data: no fresh context, the last good one is kept (same patient)
     later = T0 + 45 * 10**9
     store.push("II", later, rate, ecg[:375])
@@ -151,11 +157,7 @@ def test_store_forgets_its_last_good_context_after_a_long_break_or_a_clock_going
     patient, whose first unusable seconds used to be translated with the old patient's context. A clock going
     back also froze the store: every new sample was taken for one already held."""
     rate = 125.0
-    ecg, ppg = _pair(rate, dur=30.0)
-    store = ContextStore(length_s=10.0, keep_s=20.0)
-    _feed(store, "II", ecg, rate)
-    _feed(store, "PLETH", ppg, rate)
-    assert store.get() is not None
+    store, ecg, ppg, _ = _fed_store(30.0, 20.0)
     later = T0 + int(restart_at_s * 1e9)
     store.push("II", later, rate, ecg[:375])
     store.push("PLETH", later, rate, ppg[:375])
@@ -168,12 +170,7 @@ def test_a_late_or_repeated_chunk_does_not_cost_the_context():
     """Lead II reaches the store unfiltered (the windower never sees a 125 Hz II): a chunk re-delivered from 38 s
     back, or two chunks swapped, wiped the track and the last good context with it."""
     rate = 125.0
-    ecg, ppg = _pair(rate, dur=60.0)
-    store = ContextStore(length_s=10.0, keep_s=30.0)
-    _feed(store, "II", ecg, rate)
-    _feed(store, "PLETH", ppg, rate)
-    good = store.get()
-    assert good is not None
+    store, ecg, _, _ = _fed_store(60.0, 30.0)
     store.push("II", T0 + 22 * 10**9, rate, ecg[22 * 125:23 * 125])  # from 38 s back
     e, _, _, _ = store.aligned()
     assert len(e) >= 29 * 125 and store.get() is not None
