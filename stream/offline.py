@@ -249,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=_finite, default=8.0)
     p.add_argument("--hop-s", type=_finite, default=2.0)
     p.add_argument("--lookahead-s", type=_finite, default=PipelineConfig.lookahead_s,
-                   help="ppg2ecg: newest part of each window used as context only (as the worker does)")
+                   help="newest part of each window used as context only, for every task (as the worker does)")
     p.add_argument("--chunk-s", type=_finite, default=1.0, help="chunk length, as a replay would publish")
     p.add_argument("--input-rate", type=_finite, default=None, help="sample rate of a CSV/Parquet without time_s")
     p.add_argument("--context-s", type=_finite, default=10.0, help="length of the paired context segment")
