@@ -28,9 +28,14 @@ quiet() {
 setup_python() {
   command -v "$PYTHON" >/dev/null || die "$PYTHON not found; install Python >= 3.10"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "$PYTHON is older than 3.10"
-  if [[ ! -x "$VENV/bin/python" ]]; then
+  # A venv whose creation failed (no python3-venv, Ctrl-C) has a python but no pip: make it again.
+  if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$VENV"
     log "creating virtualenv $VENV"
-    quiet "$PYTHON" -m venv "$VENV"
+    "$PYTHON" -m venv "$VENV" >/dev/null 2>&1 || {
+      rm -rf "$VENV"
+      die "$PYTHON -m venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+    }
   fi
   local py="$VENV/bin/python"
   local want
@@ -49,10 +54,12 @@ setup_python() {
 
 setup_influxdb() {
   command -v influxd >/dev/null && return 0
-  if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-    log "installing InfluxDB 1.x (apt-get install influxdb)"
-    quiet apt-get update -q
-    DEBIAN_FRONTEND=noninteractive quiet apt-get install -y -q influxdb
+  local sudo=""  # root installs directly; a CI runner user with passwordless sudo (GitHub Actions) through it
+  [[ "$(id -u)" -eq 0 ]] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; }
+  if { [[ "$(id -u)" -eq 0 ]] || [[ -n "$sudo" ]]; } && command -v apt-get >/dev/null; then
+    log "installing InfluxDB 1.x (${sudo:+sudo }apt-get install influxdb)"
+    quiet $sudo apt-get update -q
+    quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q influxdb
     command -v influxd >/dev/null || die "apt-get installed influxdb but influxd is not on PATH"
   else
     die "influxd (InfluxDB 1.x) is missing. Install it as root, e.g.: apt-get update && apt-get install -y influxdb (Debian/Ubuntu), then rerun ./dev.sh test"

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:  # run as a script: make stream/, operators/, test
 import numpy as np  # noqa: E402
 
 from stream.demo import WorkerProcess  # noqa: E402
-from stream.embedded import EmbeddedBroker, free_port  # noqa: E402
+from stream.embedded import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
 
 DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
 WINDOW_S = 8.0
@@ -84,7 +84,7 @@ class InfluxStack:
                 "signal.signal(signal.SIGTERM, lambda *a: (p.stop(), sys.exit(0)))\n"
                 "threading.Event().wait()\n")
         self.proxy = subprocess.Popen([sys.executable, "-c", code, self.server.url, str(self.port)], cwd=REPO,
-                                      stdout=subprocess.PIPE, text=True)
+                                      stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
         if self.proxy.stdout.readline().strip() != "ready":
             self.stop()
             raise RuntimeError("InfluxDB v2 proxy did not start")

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stream.embedded import die_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
 SR_BED_PREFIX = "lowres"  # beds replayed at 25 Hz: lowres-001
@@ -98,7 +100,7 @@ class WorkerProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "stream.app", "worker"], cwd=REPO, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         return self
 
     def check(self) -> None:

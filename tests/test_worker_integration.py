@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.embedded import die_with_parent
 from tests.conftest import KAFKA_CONSUMER_TEST_KWARGS, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,7 +77,8 @@ class WorkerProc:
         self.log_path = wenv.tmp / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "stream.app", "worker", "-l", "info"], cwd=wenv.tmp,
-                                     env=wenv.env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     env=wenv.env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

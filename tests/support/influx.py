@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stream.embedded import free_port
+from stream.embedded import die_with_parent, free_port, still_ours
 
 START_TIMEOUT_S = 30.0
 
@@ -104,7 +104,7 @@ def start_influxdb(workdir: str | Path, start_timeout_s: float = START_TIMEOUT_S
     log_path = root / "influxd.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen([binary, "run", "-config", str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     log.close()  # the child keeps its own descriptor
     server = InfluxServer(proc, f"http://127.0.0.1:{http_port}", root, log_path)
     atexit.register(server.stop)  # no orphan influxd if the session dies without teardown
@@ -114,7 +114,7 @@ def start_influxdb(workdir: str | Path, start_timeout_s: float = START_TIMEOUT_S
             raise RuntimeError(f"influxd exited with code {proc.returncode}:\n{server.log_tail()}")
         try:
             with urllib.request.urlopen(server.url + "/ping", timeout=1) as resp:
-                if resp.status == 204:
+                if resp.status == 204 and still_ours(proc):  # not another run's influxd on a port taken meanwhile
                     return server
         except (urllib.error.URLError, OSError):
             pass
