@@ -8,7 +8,8 @@ integer arithmetic), anchored at the segment's first chunk. Chunk-start jitter u
 `gap_tolerance` sample periods is absorbed onto that grid, and up to just under one period when the
 chunk's seq directly follows the last one. A later start is a gap (tail flushed, `gap` event, new
 segment: never spliced); an earlier start is rejected (`out_of_order`, or `duplicate` when its seq
-is not newer); a rate change flushes and starts a new segment.
+is not newer), except a chunk next by seq up to MAX_CLOCK_STEP_S early, which starts a new segment at
+its stamp (`clock_step`: a sender clock running fast); a rate change flushes and starts a new segment.
 
 Emission: the first window of a segment when `window` samples are buffered (`emit_from=0`), then
 the latest `window` samples every `hop` new samples (`emit_from = window - hop`). Concatenating
@@ -34,6 +35,9 @@ _NS = 10**9
 # Stamp jitter absorbed for a chunk whose seq directly follows the last one (in sample periods; below 1, so a
 # stamp a whole sample late is still a gap). Without seq continuity `gap_tolerance` applies.
 SEQ_JITTER_PERIODS = 0.999
+# A chunk that follows by seq but starts up to this much earlier than expected is new data from a clock that runs
+# fast or stepped back (`clock_step`, new segment); more than this is an overlap, rejected as out of order.
+MAX_CLOCK_STEP_S = 0.1
 
 
 def _period_fraction(rate_hz: float) -> Fraction:
@@ -93,6 +97,10 @@ class Window:
             return grid_ns(self.segment_start_ns, self.rate_hz, self.offset + np.arange(n))
         if n is None:
             n = int(round(len(self.samples) * float(rate_hz) / float(self.rate_hz)))
+        if self.segment_start_ns is not None and _whole_multiple(rate_hz, self.rate_hz):
+            # on the segment's own grid: the window's start is rounded to a ns, and offsets from it drift off it
+            m = int(round(float(rate_hz) / float(self.rate_hz)))
+            return grid_ns(self.segment_start_ns, float(rate_hz), self.offset * m + np.arange(int(n)))
         return grid_ns(self.start_ns, float(rate_hz), np.arange(int(n)))
 
     def emit_from_at(self, rate_hz: float) -> int:
@@ -173,7 +181,7 @@ class Window:
 
 @dataclass
 class StreamEvent:
-    kind: str  # "gap" | "rate_change" | "out_of_order" | "duplicate" | "short_segment_dropped"
+    kind: str  # "gap" | "rate_change" | "clock_step" | "out_of_order" | "duplicate" | "short_segment_dropped"
     start_ns: int
     end_ns: int
     detail: str
@@ -268,6 +276,10 @@ class SlidingWindower:
         start_ns = int(start_ns)
         out = PushResult(accepted=True)
 
+        if len(x) == 0:  # no samples: nothing to place, and no reason to end a segment
+            if seq is not None:
+                self._last_seq = seq
+            return out
         if self._rate is not None:
             period = _NS / self._rate
             expected = self._ts(self._n_total)
@@ -277,7 +289,17 @@ class SlidingWindower:
             # would otherwise start a segment that rejects the next, correctly stamped chunk as out of order.
             follows = seq is not None and self._last_seq is not None and seq == self._last_seq + 1
             tol = (SEQ_JITTER_PERIODS if follows else self.gap_tolerance) * period
-            if delta < -tol:
+            same_rate = math.isclose(rate_hz, self._rate, rel_tol=1e-9, abs_tol=0.0)
+            if delta < -tol and follows and same_rate and -delta <= MAX_CLOCK_STEP_S * _NS:
+                # Early by a sample or more, yet the next by seq: the sender's clock runs fast against its sample
+                # count (every chunk a little earlier) or stepped back a little. Its samples are all new; a new
+                # segment at its stamp keeps them (outputs around the step overlap by that much).
+                self._flush_into(out)
+                out.events.append(StreamEvent("clock_step", start_ns, expected, (
+                    f"seq {seq} follows {self._last_seq} but starts {-delta / 1e6:.3f} ms before the expected "
+                    f"{expected}; new segment at its stamp")))
+                self._start_segment(start_ns, rate_hz)
+            elif delta < -tol:
                 dup = seq is not None and self._last_seq is not None and seq <= self._last_seq
                 kind = "duplicate" if dup else "out_of_order"
                 end = start_ns + _offset_ns(rate_hz, len(x))
@@ -287,29 +309,31 @@ class SlidingWindower:
                     + (f"; seq {seq} <= last {self._last_seq}" if dup else "")
                 )))
                 return out
-            if not math.isclose(rate_hz, self._rate, rel_tol=1e-9, abs_tol=0.0):
+            elif not same_rate:
                 old = self._rate
                 self._flush_into(out)
-                out.events.append(StreamEvent("rate_change", expected, start_ns, f"{old:g} Hz -> {rate_hz:g} Hz"))
-                self._start_segment(start_ns, rate_hz)
+                if delta > tol:  # an outage that also changed the rate is still an outage
+                    out.events.append(self._gap_event(expected, start_ns, delta, period))
+                out.events.append(StreamEvent("rate_change", expected, max(start_ns, expected), f"{old:g} Hz -> {rate_hz:g} Hz"))
+                # on time (within the jitter tolerance): the new rate starts where the old one ended, not inside it
+                self._start_segment(start_ns if delta > tol else expected, rate_hz)
             elif delta > tol:
                 self._flush_into(out)
-                missing = delta / period
-                out.events.append(StreamEvent(
-                    "gap", expected, start_ns, f"{delta / 1e9:.6f} s missing (~{missing:.1f} samples at {self._rate:g} Hz)"
-                ))
+                out.events.append(self._gap_event(expected, start_ns, delta, period))
                 self._start_segment(start_ns, rate_hz)
         else:
             self._start_segment(start_ns, rate_hz)
 
         if seq is not None:
-            self._last_seq = seq if self._last_seq is None else max(self._last_seq, seq)
-        if len(x) == 0:
-            return out
+            self._last_seq = seq  # the newest accepted: after a producer restart (seq from 0) continuity counts again
         self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
         self._n_total += len(x)
         self._emit_full(out)
         return out
+
+    def _gap_event(self, expected: int, start_ns: int, delta: float, period: float) -> StreamEvent:
+        return StreamEvent("gap", expected, start_ns,
+                           f"{delta / 1e9:.6f} s missing (~{delta / period:.1f} samples at {self._rate:g} Hz)")
 
     def flush(self) -> PushResult:
         """Emit the not-yet-emitted tail (idle timeout / end of input). The segment stays open."""
@@ -357,7 +381,8 @@ class SlidingWindower:
         else:
             out.events.append(StreamEvent(
                 "short_segment_dropped", self._ts(self._emitted), self._ts(n),
-                f"segment of {n} samples ({n / self._rate:.3f} s) < min_segment_s={self.min_segment_s:g}",
+                f"{n - self._emitted} samples of a {n}-sample segment ({n / self._rate:.3f} s) < "
+                f"min_segment_s={self.min_segment_s:g}",
             ))
         self._emitted = n
         self._trim()

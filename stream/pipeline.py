@@ -79,7 +79,7 @@ class OutputSeries:
 
 @dataclass
 class PipelineEvent:
-    type: str  # rpeaks | gap | rate_change | out_of_order | duplicate | short_segment_dropped
+    type: str  # rpeaks | gap | rate_change | clock_step | out_of_order | duplicate | short_segment_dropped
     bed: str
     signal: str
     time_ns: int

@@ -295,3 +295,66 @@ def test_output_grid_keeps_a_non_finite_sample_local_and_works_near_the_end_of_t
         times, values, _, _ = win.on_output_grid(100.0, y)
         assert len(times) == 800 and times[-1] < win.end_ns
         assert 0 < np.count_nonzero(~np.isfinite(values)) <= 3 and np.all(values[np.isfinite(values)] == 1.0)
+
+
+def test_a_fast_sender_clock_steps_segments_instead_of_losing_chunks():
+    """Stamps from a clock 1000 ppm fast drift a sample early every 8 s at 125 Hz: each time, the next chunk by seq
+    was dead-lettered as out of order. Now it starts a new segment at its stamp (a `clock_step`), losing nothing."""
+    rate, n = 125.0, 125
+    w = SlidingWindower(8.0, 2.0)
+    wins, events = [], []
+    for k in range(40):
+        r = w.push(T0 + int(k * n / rate * 1e9 * (1 - 1e-3)), rate, np.full(n, float(k), np.float32), seq=k)
+        assert r.accepted, r.events
+        wins, events = wins + r.windows, events + r.events
+    wins += w.flush().windows
+    assert {e.kind for e in events} == {"clock_step"} and len(events) >= 3
+    vals, _ = _reassemble(wins)
+    np.testing.assert_array_equal(vals, np.repeat(np.arange(40.0), n))  # every sample once, in order
+    # an overlap larger than a clock could step is still refused
+    r = w.push(T0, rate, np.zeros(n, np.float32), seq=40)
+    assert not r.accepted and r.events[0].kind == "out_of_order"
+
+
+def test_seq_continuity_counts_again_after_a_producer_restart():
+    """seq restarts at 0; with the highest seq ever seen kept as 'last', jitter was not absorbed until the new seq
+    passed the old maximum, and a 5 ms late stamp dead-lettered the next chunk."""
+    rate, n = 125.0, 125
+    w = SlidingWindower(8.0, 2.0)
+    for k in range(10):
+        assert w.push(grid_ns(T0, rate, k * n), rate, np.zeros(n, np.float32), seq=100 + k).accepted
+    for k in range(10, 14):
+        jitter = 5_000_000 if k == 12 else 0
+        r = w.push(grid_ns(T0, rate, k * n) + jitter, rate, np.zeros(n, np.float32), seq=k - 10)
+        assert r.accepted and not r.events, r.events
+
+
+def test_rate_change_on_time_continues_where_the_old_rate_ended_and_after_an_outage_reports_the_gap():
+    w = SlidingWindower(2.0, 1.0, min_segment_s=0.5)
+    w.push(T0, 62.5, np.ones(625, np.float32), seq=0)
+    end = w.expected_next_ns
+    r = w.push(end - 12_000_000, 40.0, np.ones(400, np.float32), seq=1)  # 12 ms early: jitter, not an overlap
+    assert [e.kind for e in r.events] == ["rate_change"]
+    new = [wi for wi in r.windows if wi.rate_hz == 40.0]
+    assert new and new[0].start_ns == end  # not inside the old segment's last period
+    later = w.expected_next_ns + 30 * 10**9
+    r = w.push(later, 125.0, np.ones(250, np.float32), seq=2)
+    assert [e.kind for e in r.events] == ["gap", "rate_change"]
+
+
+def test_an_empty_chunk_changes_nothing():
+    w = SlidingWindower(2.0, 1.0)
+    w.push(T0, 100.0, np.ones(150, np.float32), seq=0)
+    before = (w.segment, w.expected_next_ns)
+    r = w.push(T0 + 123_456_789, 50.0, np.zeros(0, np.float32), seq=1)  # off the grid, another rate
+    assert r.accepted and not r.events and not r.windows and (w.segment, w.expected_next_ns) == before
+    assert w.push(w.expected_next_ns, 100.0, np.ones(100, np.float32), seq=2).accepted
+
+
+def test_whole_multiple_outputs_stay_on_the_segment_grid():
+    """300 Hz in, 600 Hz out: offsets from a window's rounded start drifted 1 ns off the segment's grid."""
+    w = SlidingWindower(2.0, 1.0)
+    wins, _ = _run(w, [(grid_ns(T0, 300.0, k * 301), np.zeros(301, np.float32)) for k in range(5)], 300.0)  # flush at 905
+    for win in wins:
+        idx = 2 * win.offset + np.arange(2 * len(win.samples))
+        np.testing.assert_array_equal(win.timestamps_ns(600.0), grid_ns(T0, 600.0, idx))
