@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,8 @@ def worker_env(bootstrap: str, args, stats_file: Path | None = None) -> dict[str
         "WAVEBRIDGE_LOG_LEVEL": "warn",
         "WAVEBRIDGE_COUNTERS_LOG_S": "30",
         "WAVEBRIDGE_INFLUX_ENABLED": "true" if args.influx_url else "false",
+        # Faust's state under the run's own output folder: in the temp folder, one per run piled up
+        "WAVEBRIDGE_DATA_DIR": str(Path(args.out).resolve() / "faust-data"),
         "PYTHONUNBUFFERED": "1",
     })
     if args.influx_url:
@@ -106,6 +109,8 @@ class WorkerProcess:
     def check(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"worker exited with code {self.proc.returncode}; last log lines:\n{self.log_tail()}")
+        if self.proc is not None and "Crashed reason=" in self.log_tail(200):  # a crashed agent leaves Faust running
+            raise RuntimeError(f"the worker's agent crashed; last log lines:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 25) -> str:
         try:
@@ -153,8 +158,15 @@ class Collector(threading.Thread):
         self.errors: list[str] = []
         self.lock = threading.Lock()
         self._stop_evt = threading.Event()
+        self.failure: BaseException | None = None
 
     def run(self) -> None:
+        try:
+            self._collect()
+        except BaseException as exc:  # the demo loop checks this: a dead collector would look like a silent worker
+            self.failure = exc
+
+    def _collect(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         from stream import wire
@@ -370,6 +382,7 @@ def run(args) -> dict:
         broker = stack.enter_context(EmbeddedBroker(log_path=out / "broker.log"))
         print(f"[demo] embedded broker (Tansu) on {broker.bootstrap}", flush=True)
         topics.ensure_topics(broker.bootstrap, topics.DEFAULT_TOPICS, partitions=4)
+        shutil.rmtree(out / "faust-data", ignore_errors=True)  # the last run's worker state: not this run's
         worker = stack.enter_context(WorkerProcess(worker_env(broker.bootstrap, args), out / "worker.log"))
         print(f"[demo] worker started (pid {worker.proc.pid}, translator {args.translator}, log {out / 'worker.log'})",
               flush=True)
@@ -417,6 +430,9 @@ def run(args) -> dict:
                 last_print = now
             if collector.errors and any("not found" in e for e in collector.errors):
                 raise RuntimeError(f"collector: {collector.errors[0]}")
+            if collector.failure is not None:
+                raise RuntimeError(f"the demo's output collector failed: {type(collector.failure).__name__}: "
+                                   f"{collector.failure}") from collector.failure
             if replay_done_at is not None and _outputs_complete(collector, args):
                 break
             last_out = collector.data.last_output_at
