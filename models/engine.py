@@ -91,7 +91,7 @@ class ClmtTranslator:
                 "has_ctx": 0.0, "pat": self.default_pat}
         ctx = r.context if task == TASK_PPG2ECG else None
         feats = self._context_features(ctx) if ctx is not None else None
-        if feats is not None and feats[1] is not None:
+        if feats is not None:
             _, tpl, pat, ecg_scale = feats
             item["ctx_ecg"], item["ctx_ppg"] = tpl
             item["has_ctx"] = 1.0
@@ -99,8 +99,6 @@ class ClmtTranslator:
                 item["pat"] = pat
             item["out_scale"] = ecg_scale  # this patient's ECG level/spread
         elif task == TASK_PPG2ECG:
-            # no usable beat in the context (flat, noise, too few beats): its spread is not an ECG's either (a flat
-            # context ECG scaled the output to ~3 mV peak to peak)
             item["out_scale"] = self.ecg_scale
         else:
             item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
@@ -128,19 +126,23 @@ class ClmtTranslator:
         return self._ctx_cache.get(ctx, ("sr", cutoff), lambda: qrs_template(np.asarray(ctx.ecg, np.float64), ctx.rate_hz, cutoff))
 
     def _context_features(self, ctx: PairedContext):
-        """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)) or None if too short; cached."""
+        """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)), or None if too short or without a usable
+        beat (flat, noise, too few beats: its spread is not an ECG's either; a flat context ECG scaled PPG->ECG to
+        ~3 mV peak to peak); cached."""
         return self._ctx_cache.get(ctx, "ppg2ecg", lambda: self._build_context_features(ctx))
 
     def _build_context_features(self, ctx: PairedContext):
-        feats = None
-        if len(ctx.ecg) / ctx.rate_hz >= MIN_CONTEXT_S:
-            ce = to_canonical(_finite(ctx.ecg), ctx.rate_hz)
-            cp = to_canonical(_finite(ctx.ppg), ctx.rate_hz)
-            m = min(len(ce), len(cp))
-            ce, cp = ce[:m], cp[:m]
-            feats = (PairedContext(ce, cp, CANONICAL_RATE), beat_templates(ce, cp, CANONICAL_RATE),
-                     estimate_pat_s(ce, cp, CANONICAL_RATE), (float(np.mean(ce)), float(np.std(ce)) or 1.0))
-        return feats
+        if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
+            return None
+        ce = to_canonical(_finite(ctx.ecg), ctx.rate_hz)
+        cp = to_canonical(_finite(ctx.ppg), ctx.rate_hz)
+        m = min(len(ce), len(cp))
+        ce, cp = ce[:m], cp[:m]
+        tpl = beat_templates(ce, cp, CANONICAL_RATE)
+        if tpl is None:
+            return None
+        return (PairedContext(ce, cp, CANONICAL_RATE), tpl, estimate_pat_s(ce, cp, CANONICAL_RATE),
+                (float(np.mean(ce)), float(np.std(ce)) or 1.0))
 
     # -- batched forward ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -209,7 +211,7 @@ class ClmtTranslator:
         level (from the context) or the population's; SR keeps the source's level."""
         if r.task == PPG2ECG:
             feats = self._context_features(r.context) if r.context is not None else None
-            level = feats[3][0] if feats is not None and feats[1] is not None else self.ecg_scale[0]
+            level = feats[3][0] if feats is not None else self.ecg_scale[0]
         else:
             level = float(np.mean(_finite(r.source))) if len(r.source) else 0.0
         return np.full(r.n_out, level, dtype=np.float32)  # the translator contract's dtype, as `_fit` gives

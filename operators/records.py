@@ -235,7 +235,7 @@ def _numeric_column(col) -> np.ndarray | None:
 
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy(dtype=np.float32, na_value=np.nan)
-    if pd.api.types.is_bool_dtype(col) or not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+    if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
         return None
     values = pd.to_numeric(col, errors="coerce")
     present = int(col.notna().sum())

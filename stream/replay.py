@@ -210,14 +210,23 @@ def bed_ids(n: int, prefix: str = "bed") -> list[str]:
 
 def plan_beds(recordings: Sequence[Recording], beds: int | None = None, prefix: str = "bed") -> list[tuple[str, Recording]]:
     """Map N bed ids onto the recordings, cycling through them (bed-001 ← rec 0, bed-002 ← rec 1, ...)."""
-    if not recordings:
-        raise ValueError("no recordings to replay")
+    check_plan(len(recordings), beds)
     n = len(recordings) if beds is None else beds
+    return [(bed, recordings[i % len(recordings)]) for i, bed in enumerate(bed_ids(n, prefix))]
+
+
+def check_plan(n_records: int, beds: int | None = None, duration_s: float | None = None) -> None:
+    """Refuse (ValueError) a bed count or duration a replay cannot use; needs only the record count, so callers
+    check before reading any record."""
+    if n_records < 1:
+        raise ValueError("no recordings to replay")
+    n = n_records if beds is None else beds
     if n < 1:
         raise ValueError(f"beds must be >= 1, got {n}")
-    if n < len(recordings):  # the records past the last bed would be read and never sent
-        raise ValueError(f"{n} bed(s) for {len(recordings)} records: each record needs a bed (beds >= records)")
-    return [(bed, recordings[i % len(recordings)]) for i, bed in enumerate(bed_ids(n, prefix))]
+    if n < n_records:  # the records past the last bed would be read and never sent
+        raise ValueError(f"{n} bed(s) for {n_records} records: each record needs a bed (beds >= records)")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration_s must be a positive number of seconds, got {duration_s}")
 
 
 def iter_all_chunks(plan: Sequence[tuple[str, Recording]], chunk_s: float, start_ns: int,
@@ -263,8 +272,7 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     if speed < 0 or not math.isfinite(speed):
         raise ValueError(f"speed must be >= 0, got {speed}")
     check_chunk_s(chunk_s)
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise ValueError(f"duration_s must be a positive number of seconds, got {duration_s}")
+    check_plan(len(recordings), beds, duration_s)
     recs = [r if isinstance(r, Recording) else read_recording(r) for r in recordings]
     plan = plan_beds(recs, beds, bed_prefix)
     for _, rec in plan:  # fail before sending anything
@@ -398,11 +406,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     signals = None if args.signals is None else [s.strip() for s in args.signals.split(",") if s.strip()]
     if signals == []:
         p.error("--signals: empty (leave it out to replay whichever of II and PLETH each record has)")
-    # before reading records or creating the topic (replay() checks the same, later)
-    if args.beds is not None and args.beds < len(args.records):
-        p.error(f"--beds {args.beds} for {len(args.records)} records: each record needs a bed")
-    if args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s > 0):
-        p.error(f"--duration-s must be a positive number of seconds, got {args.duration_s}")
+    try:  # before reading records or creating the topic
+        check_plan(len(args.records), args.beds, args.duration_s)
+    except ValueError as exc:
+        p.error(str(exc))
     try:
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
         if not args.no_create_topic:
