@@ -32,7 +32,14 @@ class AckGate:
         """Register events in the order the stream delivered them (before any of them can finish)."""
         for ev in events:
             tp, off = self._key(ev)
-            self._open.setdefault(tp, OrderedDict())[off] = [ev, False]
+            q = self._open.setdefault(tp, OrderedDict())
+            if off in q:
+                # Re-delivered while the first copy is still held: a rebalance went by without a reset, and the
+                # pipeline would reject the copy as a duplicate (acknowledging it) while the original's samples
+                # are still buffered. Not recoverable here; a crash re-consumes from the committed offsets.
+                raise RuntimeError(f"ack gate: {tp} offset {off} taken again while still held (re-delivered "
+                                   "without a partition reset)")
+            q[off] = [ev, False]
 
     def finish(self, events: Iterable[Any]) -> list[Any]:
         """Mark events finished; returns those now safe to acknowledge (each partition's finished head), in order."""

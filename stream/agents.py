@@ -137,11 +137,20 @@ class WorkerRuntime:
         if self._rebalancing:
             return []
         current = self.app.consumer_generation_id
+        if current is None or current < 0:
+            # An assignment reported while the coordinator's generation was reset (an OffsetCommit failed with
+            # IllegalGenerationError during the join): every event then carries -1, those fetched before the next
+            # revoke too, so -1 cannot tell a stale event from a current one, and no commit in it can succeed.
+            # The coordinator rejoins at once; the new assignment re-delivers from the committed offsets.
+            return []
         return [e for e in events if getattr(e.message, "generation_id", current) == current]
 
     def assigned(self) -> None:
-        """Partitions assigned: events of the new generation count again."""
+        """Partitions assigned: events of the new generation count again (none while it is -1, see `_current`)."""
         self._rebalancing = False
+        if (self.app.consumer_generation_id or 0) < 0:
+            log.warning("partitions assigned in consumer generation -1 (membership lost during the join): "
+                        "consuming nothing until the group is rejoined")
 
     async def reset(self) -> None:
         """Partitions revoked: drop buffered state; unacknowledged input is consumed again."""

@@ -82,3 +82,15 @@ def test_partitions_are_independent_and_reset_forgets_everything():
     assert gate.reset() == 2 and gate.held() == 0
     with pytest.raises(KeyError, match="never taken"):
         gate.finish([a0])  # a token the gate never saw is a bug: the worker crashes rather than mis-commit
+
+
+def test_an_offset_taken_again_while_held_is_refused():
+    """A re-delivery without a partition reset would be rejected as a duplicate and acknowledged while the first
+    copy's samples are still buffered; the gate refuses it instead of silently replacing the held entry."""
+    gate = AckGate()
+    gate.taken([_ev(0), _ev(1)])
+    with pytest.raises(RuntimeError, match="taken again"):
+        gate.taken([_ev(1)])
+    gate.reset()
+    gate.taken([_ev(1)])  # after a reset the offset is new again
+    assert gate.held() == 1
