@@ -123,6 +123,7 @@ def _worker_env(bootstrap: str, influx: InfluxStack, db: str, topics: dict[str, 
         "WAVEBRIDGE_INFLUX_TOKEN": "bench",
         "WAVEBRIDGE_STATS_FILE": str(stats),
         "WAVEBRIDGE_WITHOUT_WEB": "true",
+        "WAVEBRIDGE_METRICS_PORT": "0",  # several workers may run on this host: no fixed port
         "WAVEBRIDGE_LOG_LEVEL": "warn",
         "WAVEBRIDGE_TOPIC_INPUT": topics["input"],
         "WAVEBRIDGE_TOPIC_ECG_SYNTH": topics["synth"],

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from stream import sinks, wire
+from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
 from stream.config import Settings
 from stream.pipeline import BatchResult, Pipeline, PipelineConfig
@@ -49,6 +49,14 @@ class WorkerRuntime:
         self.stats = sinks.StatsWriter(settings.stats_file)
         self.stream = None  # the agent's stream, for acks
         self.gate = AckGate()  # acks leave in offset order per partition
+        self.lag = metrics.LagTracker()
+        self.assignment_seen = False  # a first partition assignment arrived (possibly empty)
+        self.n_assigned = 0
+        self.influx_ok = True  # False from a failed InfluxDB write until the next stored one
+        self.health = metrics.Health()
+        self.health.add_check("partitions_assigned", self._check_assigned)
+        self.health.add_check("translator_loaded", self._check_translator)
+        self.health.add_check("sinks_writable", self._check_sinks)
         self._lock: asyncio.Lock | None = None
         self._stopping = False
         self._rebalancing = False  # between a revoke and the next assignment
@@ -60,6 +68,24 @@ class WorkerRuntime:
         }
         self.events_topic = app.topic(settings.topic_events, **raw)
         self.dlq_topic = app.topic(settings.topic_dlq, **raw)
+
+    # ------------------------------------------------------------------ readiness (/readyz; read-only)
+    def _check_assigned(self) -> tuple[bool, str]:
+        if not self.assignment_seen or self._rebalancing:
+            return False, "waiting for a partition assignment"
+        if (self.app.consumer_generation_id or 0) < 0:
+            return False, "consumer generation -1: waiting to rejoin the group"
+        return True, f"{self.n_assigned} partitions"
+
+    def _check_translator(self) -> tuple[bool, str]:
+        return (True, self.pipeline.model) if self.pipeline is not None else (False, "translator not loaded yet")
+
+    def _check_sinks(self) -> tuple[bool, str]:
+        if not self.settings.influx_enabled:
+            return True, "InfluxDB disabled"
+        if self.influx is None:
+            return False, "InfluxDB client not open yet"
+        return (True, "InfluxDB writes succeed") if self.influx_ok else (False, "InfluxDB writes failing, retrying")
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -87,11 +113,14 @@ class WorkerRuntime:
 
     def _on_influx_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.counters.add("influx_write_failed")
+        metrics.INFLUX_RETRIES.inc()
+        self.influx_ok = False
         log.warning("InfluxDB write failed (attempt %d); consumption paused, retry in %.1fs: %s", attempt, delay,
                     sinks._short(exc))
 
     def _on_influx_reject(self, exc: BaseException, n_lines: int) -> None:
         self.counters.add("influx_rejected", n_lines)
+        metrics.INFLUX_REJECTED.inc(n_lines)
         log.error("InfluxDB rejected %d lines as unacceptable (stored the rest of the batch if any; not retried): %s",
                   n_lines, sinks._short(exc))
 
@@ -111,6 +140,11 @@ class WorkerRuntime:
     # ------------------------------------------------------------------ processing
     async def handle_events(self, events: list) -> None:
         """One input batch (a list of faust Events with raw bytes values)."""
+        started = time.monotonic()
+        for ev in events:
+            msg = ev.message
+            metrics.MESSAGES_IN.labels(msg.topic).inc()
+            self.lag.seen((msg.topic, msg.partition), msg.offset)
         async with self.lock:
             # Checked under the lock: a revoke that queued its reset() ahead of this batch has emptied the
             # pipeline, and this batch's chunks would start fresh segments there.
@@ -121,12 +155,13 @@ class WorkerRuntime:
             self.gate.taken(ev for ev in fresh)
             result, dead = await self._run(self._compute, fresh)
             await self._deliver(result, dead)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
 
     async def flush_idle(self) -> None:
         if self.pipeline is None:
             return
         async with self.lock:
-            result, dead = await self._run(self._compute_idle)
+            result, dead = await self._run(self._compute_idle), []
             if result.outputs or result.events or result.completed or result.rejected or dead:
                 await self._deliver(result, dead)
         self.counters.maybe_log()
@@ -145,12 +180,34 @@ class WorkerRuntime:
             return []
         return [e for e in events if getattr(e.message, "generation_id", current) == current]
 
-    def assigned(self) -> None:
+    def assigned(self, partitions) -> None:
         """Partitions assigned: events of the new generation count again (none while it is -1, see `_current`)."""
         self._rebalancing = False
         if (self.app.consumer_generation_id or 0) < 0:
             log.warning("partitions assigned in consumer generation -1 (membership lost during the join): "
                         "consuming nothing until the group is rejoined")
+        self.assignment_seen = True
+        self.lag.assigned(partitions)
+        self.n_assigned = len(partitions)
+        metrics.PARTITIONS_ASSIGNED.set(self.n_assigned)
+        metrics.CONSUMER_LAG.clear()  # no series for partitions another worker owns now
+
+    def update_lag(self) -> None:
+        """Set the lag gauge of every assigned partition (event loop; reads the consumer's fetch state)."""
+        consumer = self.app.consumer
+        # Faust's record of the group's committed offsets (Kafka's meaning: the next offset to read; it keeps
+        # None for 0): the position of a partition nothing has been fetched from since the assignment.
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.topic_input:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched from yet, or the consumer is restarting
+                highwater = None
+            lag = self.lag.lag(tp, highwater, committed.get(tp))
+            if lag is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def reset(self) -> None:
         """Partitions revoked: drop buffered state; unacknowledged input is consumed again."""
@@ -185,13 +242,20 @@ class WorkerRuntime:
                 dead.append((tok, "decode_error", f"{type(exc).__name__}: {exc}"))
                 continue
             tok.bed, tok.signal = chunk.bed_id, chunk.signal
+            metrics.SAMPLES_IN.labels(ev.message.topic).inc(len(chunk.samples))
             self.pipeline.push(chunk, tok)
-        self.pipeline.flush_idle()
-        return self.pipeline.process(), dead
+        return self._compute_idle(), dead
 
-    def _compute_idle(self) -> tuple[BatchResult, list]:
+    def _compute_idle(self) -> BatchResult:
         self.pipeline.flush_idle()
-        return self.pipeline.process(), []
+        result = self.pipeline.process()
+        metrics.BEDS_ACTIVE.set(self.pipeline.active_beds())
+        if result.n_windows:
+            metrics.MODEL_SECONDS.inc(result.model_s)
+            metrics.MODEL_SECONDS_PER_WINDOW.observe(result.model_s / result.n_windows)
+            for task in set(result.window_tasks):
+                metrics.MODEL_WINDOWS.labels(task).inc(result.window_tasks.count(task))
+        return result
 
     async def _deliver(self, result: BatchResult, dead: list) -> None:
         started = time.monotonic()
@@ -215,7 +279,12 @@ class WorkerRuntime:
         if self.influx is not None:
             lines = sinks.batch_lines(result.outputs, result.events)
             if lines:
-                await self._run(self.influx.write, lines)
+                metrics.INFLUX_BACKLOG.set(len(lines))
+                with metrics.INFLUX_WRITE_SECONDS.time():
+                    await self._run(self.influx.write, lines)
+                metrics.INFLUX_BACKLOG.set(0)
+                metrics.INFLUX_POINTS.inc(len(lines))  # less any rejected lines, counted apart
+                self.influx_ok = True
             written_ms = time.time() * 1000.0
         # 2) Kafka outputs, events, dead letters: send all, then await every delivery.
         futs = []
@@ -224,19 +293,29 @@ class WorkerRuntime:
                 value = sinks.encode_output(out, s.output_binary)
             except wire.WireError as exc:  # e.g. a translator emitting NaN floods: counted and logged
                 self.counters.add(f"output_invalid.{exc.reason}")
+                metrics.OUTPUTS_DROPPED.labels(exc.reason).inc()
                 log.warning("output %s/%s not published: %s", out.bed, out.topic_signal, exc)
                 continue
             except Exception as exc:  # an encoder failing on one output must not crash-loop the worker
                 self.counters.add("output_invalid.encode_error")
+                metrics.OUTPUTS_DROPPED.labels("encode_error").inc()
                 log.error("output %s/%s not published: %s: %s", out.bed, out.topic_signal, type(exc).__name__, exc)
                 continue
             futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value))
+            topic = s.topic_ecg_synth if out.kind == "synth" else s.topic_sr
+            metrics.MESSAGES_OUT.labels(topic).inc()
+            metrics.SAMPLES_OUT.labels(topic).inc(len(out.values))
         for ev in result.events:
             self.counters.add(f"event.{ev.type}")
+            metrics.STREAM_EVENTS.labels(ev.type).inc()
             futs.append(await self.events_topic.send(key=ev.bed.encode(), value=sinks.encode_event(ev)))
+        if result.events:
+            metrics.MESSAGES_OUT.labels(s.topic_events).inc(len(result.events))
         rejected = [(r.token, r.reason, r.detail) for r in result.rejected]
         for tok, reason, detail in dead + rejected:
             self.counters.add(f"dlq.{reason}")
+            metrics.DEAD_LETTERS.labels(reason).inc()
+            metrics.MESSAGES_OUT.labels(s.topic_dlq).inc()
             msg = tok.message
             log.warning("dead-letter %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail)
             value, extra = sinks.dlq_value(tok.event.value)
@@ -252,6 +331,10 @@ class WorkerRuntime:
         for event in released:
             await self._ack(event)
         self.counters.add("acked", len(released))
+        for t in result.completed:
+            produce_ms = _produce_ms(t.message)
+            if produce_ms is not None:
+                metrics.END_TO_END_SECONDS.observe(max(0.0, written_ms - produce_ms) / 1000.0)
         if self.stats.path is not None:
             self.stats.record(
                 {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "written_ms": written_ms}
@@ -267,6 +350,9 @@ class WorkerRuntime:
             await self.stream.ack(event)
         else:
             event.ack()
+        msg = event.message
+        self.lag.acked((msg.topic, msg.partition), msg.offset)
+        metrics.ACKED.labels(msg.topic).inc()
 
 
 def _produce_ms(message) -> float | None:
@@ -324,7 +410,14 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs):
-        rt.assigned()
+        rt.assigned(assigned)
+
+    @app.timer(interval=1.0, name="wavebridge-heartbeat")
+    async def heartbeat():
+        # Never waits on the pipeline lock (a delivery retrying through an InfluxDB outage holds it): /healthz
+        # reports a stuck event loop, not a slow sink.
+        rt.health.beat()
+        rt.update_lag()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender, **kwargs):

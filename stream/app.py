@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, translator=None):
         producer_acks=-1,
         web_enabled=not s.without_web,
         web_port=s.web_port,
-        web_bind="127.0.0.1" if s.without_web else "0.0.0.0",
+        # Faust's own page serves nothing wavebridge needs (health and metrics: WAVEBRIDGE_METRICS_*).
+        web_bind="127.0.0.1",
         # Faust would otherwise create `<app id>-data/` in the current directory.
         datadir=s.data_dir or str(Path(tempfile.gettempdir()) / f"wavebridge-{s.group_id}"),
     )
@@ -104,11 +105,26 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args += ["--loglevel", settings.faust_log_level]
     app = create_app(settings)
+    server = None
+    if settings.metrics_port:
+        from stream.metrics import MetricsServer
+
+        try:
+            server = MetricsServer(settings.metrics_host, settings.metrics_port,
+                                   health=app.wavebridge_runtime.health).start()
+        except OSError as exc:
+            print(f"wavebridge worker: cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+                  f"(WAVEBRIDGE_METRICS_HOST/_PORT; 0 turns it off): {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        log.info("metrics, health and readiness on %s/metrics, /healthz, /readyz", server.url)
     sys.argv = ["wavebridge", "worker", *args]
     try:
         app.main()  # Faust's click CLI; exits via SystemExit
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

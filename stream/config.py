@@ -85,6 +85,9 @@ class Settings:
     context_s: float = 10.0  # paired ECG+PPG context length (ContextStore keeps 3x)
     # --- process ---------------------------------------------------------------------------
     web_port: int = 6066
+    # /metrics, /healthz, /readyz (stream.metrics); loopback by default, port 0 turns the server off
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
     without_web: bool = False
     stats_file: str | None = None
     data_dir: str | None = None  # Faust's state directory; None: <system temp>/wavebridge-<group id>
@@ -187,6 +190,8 @@ class Settings:
         num("CONTEXT_S", "context_s")
 
         num("WEB_PORT", "web_port", int)
+        text("METRICS_HOST", "metrics_host")
+        num("METRICS_PORT", "metrics_port", int)
         flag("WITHOUT_WEB", "without_web")
         text("STATS_FILE", "stats_file")
         text("DATA_DIR", "data_dir")
@@ -291,6 +296,8 @@ class Settings:
 
         if not (0 < self.web_port < 65536):
             raise bad("WEB_PORT", f"{self.web_port} is not a TCP port")
+        if not (0 <= self.metrics_port < 65536):
+            raise bad("METRICS_PORT", f"{self.metrics_port} is not a TCP port (0 turns the metrics server off)")
         if self.log_level.lower() not in ("crit", "critical", "error", "warn", "warning", "info", "debug"):
             raise bad("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
         if self.counters_log_s <= 0:

@@ -72,6 +72,7 @@ def worker_env(bootstrap: str, args, stats_file: Path | None = None) -> dict[str
         "WAVEBRIDGE_HEARTBEAT_S": "1",
         "WAVEBRIDGE_IDLE_FLUSH_S": "2",  # the replay ends abruptly: write each bed's tail soon after
         "WAVEBRIDGE_WITHOUT_WEB": "true",
+        "WAVEBRIDGE_METRICS_PORT": "0",  # a demo is not monitored, and 9108 may be taken
         "WAVEBRIDGE_LOG_LEVEL": "warn",
         "WAVEBRIDGE_COUNTERS_LOG_S": "30",
         "WAVEBRIDGE_INFLUX_ENABLED": "true" if args.influx_url else "false",

@@ -100,6 +100,8 @@ class BatchResult:
     completed: list = field(default_factory=list)  # tokens whose samples are all in `outputs` (or earlier)
     rejected: list[Rejected] = field(default_factory=list)  # tokens to dead-letter, then acknowledge
     n_windows: int = 0
+    model_s: float = 0.0  # wall time of the translator call (monotonic clock), 0 without windows
+    window_tasks: list[str] = field(default_factory=list)  # task of each translated window
 
     def extend(self, other: "BatchResult") -> None:
         self.outputs += other.outputs
@@ -107,6 +109,8 @@ class BatchResult:
         self.completed += other.completed
         self.rejected += other.rejected
         self.n_windows += other.n_windows
+        self.model_s += other.model_s
+        self.window_tasks += other.window_tasks
 
     @property
     def n_samples(self) -> int:
@@ -241,6 +245,11 @@ class Pipeline:
     def has_work(self) -> bool:
         return bool(self._jobs or self._events or self._rejected or self._immediate)
 
+    def active_beds(self, now: float | None = None) -> int:
+        """Beds with routed input within the last `idle_flush_s` (by `clock`)."""
+        now = self.clock() if now is None else now
+        return len({st.bed for st in self._streams.values() if now - st.last_push < self.config.idle_flush_s})
+
     def pending_tokens(self) -> int:
         return sum(len(st.pending) for st in self._streams.values())
 
@@ -252,7 +261,10 @@ class Pipeline:
         self._events, self._rejected, self._immediate = [], [], []
         if jobs:
             requests = [self._request(j) for j in jobs]
+            started = time.monotonic()
             outs = self.translator.translate(requests)
+            result.model_s = time.monotonic() - started
+            result.window_tasks = [j.task for j in jobs]
             if len(outs) != len(requests):
                 raise RuntimeError(f"translator {self.model} returned {len(outs)} results for {len(requests)} requests")
             for job, req, y in zip(jobs, requests, outs):

@@ -76,7 +76,7 @@ def test_a_batch_queued_behind_a_revoke_is_dropped_not_pushed_into_the_emptied_p
         await batch
         assert not any(e.acked for e in late)  # left for the new owner to consume
         app.consumer_generation_id = 2  # the assignment arrives; Faust re-delivers from the committed offset
-        rt.assigned()
+        rt.assigned({("in", 0)})
         again = [_Event(i, 2) for i in range(13)]
         await rt.handle_events(again)
         await rt.stop()
@@ -131,7 +131,7 @@ def test_a_revoke_does_not_wait_for_influxdb_to_come_back():
         await asyncio.wait_for(batch, timeout=2.0)
         assert not any(e.acked for e in events) and not influx.abort_event.is_set()
         app.consumer_generation_id = 2
-        rt.assigned()
+        rt.assigned({("in", 0)})
         influx.down = False
         again = [_Event(i, 2) for i in range(4)]
         await rt.handle_events(again)
@@ -184,21 +184,21 @@ def test_a_second_assignment_in_generation_minus_one_neither_loses_nor_dead_lett
         await rt.start()
         acked_in_minus_one = []
         app.consumer_generation_id = -1  # assignment while the coordinator's generation was reset
-        rt.assigned()
+        rt.assigned({("in", 0)})
         first = [_Event(i, -1) for i in range(10)]
         await rt.handle_events(first)
         acked_in_minus_one += [e for e in first if e.acked]
         stale = [_Event(i, -1) for i in range(10, 13)]  # fetched, still in noack_take's buffer
         await rt.reset()
         app.consumer_generation_id = -1  # the rejoin's assignment, reported as -1 again
-        rt.assigned()
+        rt.assigned({("in", 0)})
         await rt.handle_events(stale)
         redelivered = [_Event(i, -1) for i in range(13)]  # Faust seeks to the committed offset on assignment
         await rt.handle_events(redelivered)
         acked_in_minus_one += [e for e in stale + redelivered if e.acked]
         await rt.reset()  # membership is re-established: a valid generation, re-delivery from offset 0
         app.consumer_generation_id = 7
-        rt.assigned()
+        rt.assigned({("in", 0)})
         again = [_Event(i, 7) for i in range(30)]
         await rt.handle_events(again)
         await rt.stop()

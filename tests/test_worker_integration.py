@@ -58,7 +58,8 @@ class WorkerEnv:
             "WAVEBRIDGE_RETRY_INITIAL_S": "0.2", "WAVEBRIDGE_RETRY_MAX_S": "1",
             "WAVEBRIDGE_TRANSLATOR": "classic", "WAVEBRIDGE_IDLE_FLUSH_S": "2",
             "WAVEBRIDGE_SR_TARGET_HZ": str(SR_TARGET_HZ), "WAVEBRIDGE_SR_BELOW_HZ": str(SR_BELOW_HZ),
-            "WAVEBRIDGE_WITHOUT_WEB": "true", "WAVEBRIDGE_DATA_DIR": str(self.tmp / "faust-data"),
+            "WAVEBRIDGE_WITHOUT_WEB": "true", "WAVEBRIDGE_METRICS_PORT": "0",
+            "WAVEBRIDGE_DATA_DIR": str(self.tmp / "faust-data"),
             "WAVEBRIDGE_STATS_FILE": str(self.tmp / "stats.jsonl"),
             "WAVEBRIDGE_COUNTERS_LOG_S": "5",
         })
