@@ -73,3 +73,125 @@ def test_ppg_periodicity_sees_the_pulse_on_a_drifting_baseline():
     for drift in (2 * np.ptp(ppg) * t / t[-1], 2 * np.ptp(ppg) * np.sin(2 * np.pi * 0.1 * t)):
         q = ppg_quality(ppg + drift, 125.0)
         assert q.ok and q.sqi > 0.9, q
+
+
+# ---------------------------------------------------------------- graded quality: assess()
+from operators.artifacts import inject  # noqa: E402
+from operators.quality import (DEGRADED, GOOD, GOOD_MIN, UNUSABLE, USABLE_MIN, SignalQuality, assess,  # noqa: E402
+                               kind_of)
+from operators.synthetic import synthesize  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return synthesize(seconds=40.0, seed=3)
+
+
+def _window(rec, signal, start_s=10.0, dur_s=8.0):
+    fs = rec.rate_hz
+    return rec.signals[signal][int(start_s * fs): int((start_s + dur_s) * fs)].astype(np.float64), fs
+
+
+@pytest.mark.parametrize("signal,kind", [("II", "ecg"), ("PLETH", "ppg")])
+def test_clean_windows_are_good(rec, signal, kind):
+    for start in (0.0, 8.0, 16.0, 24.0, 32.0):
+        x, fs = _window(rec, signal, start)
+        q = assess(x, fs, kind)
+        assert isinstance(q, SignalQuality)
+        assert (q.cls, q.reason) == (GOOD, "ok") and q.score >= GOOD_MIN and q.usable, q
+
+
+@pytest.mark.parametrize("artifact,signal,kind,reason", [
+    ("flat", "PLETH", "ppg", "probe_off"),
+    ("flat", "II", "ecg", "flat"),
+    ("noise", "PLETH", "ppg", "noise"),
+    ("noise", "II", "ecg", "noise"),
+    ("clipping", "PLETH", "ppg", "clipping"),
+    ("clipping", "II", "ecg", "clipping"),
+    ("nan", "PLETH", "ppg", "nonfinite"),
+    ("nan", "II", "ecg", "nonfinite"),
+])
+def test_artifacts_make_a_window_unusable_with_their_reason(rec, artifact, signal, kind, reason):
+    x, fs = _window(rec, signal)
+    y = inject(artifact, x, 0, len(x), fs, np.random.default_rng(0))
+    q = assess(y, fs, kind)
+    assert (q.cls, q.reason) == (UNUSABLE, reason) and q.score < USABLE_MIN and not q.usable, q
+
+
+@pytest.mark.parametrize("signal,kind", [("PLETH", "ppg"), ("II", "ecg")])
+def test_motion_is_not_good_and_named_motion(rec, signal, kind):
+    x, fs = _window(rec, signal)
+    rng = np.random.default_rng(1)
+    qs = [assess(inject("motion", x, 0, len(x), fs, rng, level=3.0), fs, kind) for _ in range(10)]
+    assert all(q.cls != GOOD and q.reason == "motion" for q in qs), qs
+    assert sum(q.cls == UNUSABLE for q in qs) >= 3, qs
+
+
+def test_partial_artifacts_grade_with_their_share(rec):
+    """A short NaN run or flat stretch degrades a window; a long one makes it unusable."""
+    x, fs = _window(rec, "PLETH")
+    n = len(x)
+    rng = np.random.default_rng(0)
+    short = assess(inject("nan", x, 100, 100 + int(0.04 * n), fs, rng), fs, "ppg")
+    long = assess(inject("nan", x, 100, 100 + int(0.3 * n), fs, rng), fs, "ppg")
+    assert short.cls == DEGRADED and short.reason == "nonfinite", short
+    assert long.cls == UNUSABLE and long.reason == "nonfinite", long
+    assert long.score < short.score
+    flat = assess(inject("flat", x, 100, 100 + int(0.5 * n), fs, rng), fs, "ppg")
+    assert flat.cls == UNUSABLE and flat.reason == "probe_off"
+
+
+def test_lead_off_on_one_of_two_leads(rec):
+    """Lead II off (flat at 0 mV) while a second lead keeps recording: only lead II is unusable."""
+    ii, fs = _window(rec, "II")
+    v = -0.6 * ii + 0.02 * np.random.default_rng(2).standard_normal(len(ii))  # another projection of the same heart
+    ii_off = ii.copy()
+    ii_off[200:] = 0.0
+    q_ii, q_v = assess(ii_off, fs, kind_of("II")), assess(v, fs, kind_of("V"))
+    assert (q_ii.cls, q_ii.reason) == (UNUSABLE, "flat")
+    assert q_v.cls == GOOD, q_v
+
+
+def test_interpolated_dropout_is_flagged(rec):
+    """A NaN run a decoder bridged with a straight line (wire repair) is not a signal."""
+    x, fs = _window(rec, "PLETH")
+    y = x.copy()
+    a, b = 300, 300 + int(2.0 * fs)
+    y[a:b] = np.linspace(y[a - 1], y[b], b - a + 2)[1:-1]
+    q = assess(y.astype(np.float32), fs, "ppg")
+    assert q.cls == UNUSABLE and q.reason == "interpolated", q
+
+
+def test_too_short_and_all_nan():
+    assert assess(np.ones(10), 125.0, "ppg").reason == "too_short"
+    q = assess(np.full(1000, np.nan), 125.0, "ecg")
+    assert (q.cls, q.reason) == (UNUSABLE, "nonfinite")
+    with pytest.raises(ValueError, match="unknown quality kind"):
+        assess(np.zeros(1000), 125.0, "eeg")
+
+
+def test_25hz_signals_are_judged_too(rec):
+    """Super-resolution sources arrive at 25 Hz: clean ones are good, a flat one unusable."""
+    from scipy.signal import resample_poly
+
+    for signal, kind in (("PLETH", "ppg"), ("II", "ecg")):
+        x, _ = _window(rec, signal)
+        x25 = resample_poly(x, 1, 5)
+        assert assess(x25, 25.0, kind).cls == GOOD, (signal, assess(x25, 25.0, kind))
+        assert assess(inject("flat", x25, 0, len(x25), 25.0, np.random.default_rng(0)), 25.0, kind).cls == UNUSABLE
+
+
+def test_kind_of_channel_names():
+    assert [kind_of(s) for s in ("II", "V", "aVR", "II_SYNTH", "II_SR", "MCL")] == ["ecg"] * 6
+    assert [kind_of(s) for s in ("PLETH", "PLETH_SR", "ABP", "RESP")] == ["ppg", "ppg", "abp", "other"]
+
+
+def test_score_and_class_agree():
+    """cls follows from score alone: good >= GOOD_MIN > degraded >= USABLE_MIN > unusable."""
+    rng = np.random.default_rng(5)
+    rec = synthesize(seconds=30.0, seed=5)
+    x = rec.signals["PLETH"].astype(np.float64)
+    for level in np.linspace(0.0, 3.0, 13):
+        q = assess(inject("noise", x[:1000], 0, 1000, rec.rate_hz, rng, level=float(level)), rec.rate_hz, "ppg")
+        assert 0.0 <= q.score <= 1.0
+        assert q.cls == (GOOD if q.score >= GOOD_MIN else DEGRADED if q.score >= USABLE_MIN else UNUSABLE)
