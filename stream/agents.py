@@ -234,7 +234,7 @@ class WorkerRuntime:
         for ev in events:
             tok = InMsg(ev)
             try:
-                chunk = wire.decode(ev.value)
+                chunk = wire.decode_input(ev.value).chunk
             except wire.WireError as exc:
                 dead.append((tok, exc.reason, exc.detail))
                 continue

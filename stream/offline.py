@@ -293,7 +293,7 @@ def _run(args) -> int:
     if not rec.signals:
         raise OfflineError(f"{path}: no channels")
     src = pick_source(rec, args.task, args.signal)
-    if not wire.is_known_signal(src):  # the windows go through the wire's chunk checks, which would refuse it
+    if not wire.is_input_signal(src):  # the windows go through the wire's chunk checks, which would refuse it
         raise OfflineError(f"{path}: channel {src} cannot be translated (translatable: "
                            f"{', '.join(sorted(wire.BASE_SIGNALS))})")
     check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model

@@ -277,7 +277,7 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     plan = plan_beds(recs, beds, bed_prefix)
     for _, rec in plan:  # fail before sending anything
         for name in select_signals(rec, signals):
-            if not wire.is_known_signal(name):
+            if not wire.is_input_signal(name):
                 raise ValueError(f"signal {name} of record {rec.name} is not allowed on the wire "
                                  f"(allowed: {', '.join(sorted(wire.BASE_SIGNALS))})")
     t0_ns = time.time_ns() if start_ns is None else int(start_ns)

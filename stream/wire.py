@@ -5,7 +5,8 @@ Two encodings of the same `Chunk`:
 - binary (`encode_binary`): `MAGIC` + uint32 LE header length + msgpack header map + raw
   little-endian float32 samples; compact and fast for thousands of samples.
 `decode` auto-detects the encoding and validates; invalid input raises `WireError(reason, detail)`
-with a stable machine-readable `reason` (the DLQ records it). A few non-finite samples
+with a stable machine-readable `reason` (the DLQ records it), and nothing else, whatever the bytes
+(tests/test_wire_fuzz.py). `decode_input` also refuses this service's own output signals. A few non-finite samples
 (≤ `MAX_NONFINITE_FRACTION`) are repaired by linear interpolation; `decode_result` reports how many.
 """
 from __future__ import annotations
@@ -37,6 +38,9 @@ MAX_UNITS_LEN = 32
 BASE_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "PLETH", "RESP", "ABP"})
 SIGNAL_SUFFIXES = ("_SYNTH", "_SR")
 MAX_START_NS = 2**63 - 1  # int64 nanoseconds (year 2262)
+# Largest accepted |sample|. Physiological signals in any unit (mV, mmHg, raw 32-bit ADC counts) stay far below;
+# values near float32's 3.4e38 overflow the translators' arithmetic and their outputs would vanish as non-finite.
+MAX_ABS_SAMPLE = 1e12
 
 # Reason codes (stable; documented in docs/wire-format.md).
 BAD_JSON = "bad_json"
@@ -52,8 +56,10 @@ BAD_TIMESTAMP = "bad_timestamp"
 BAD_SEX = "bad_sex"
 BAD_AGE = "bad_age"
 BAD_BED_ID = "bad_bed_id"
+OUT_OF_RANGE = "out_of_range"
+OUTPUT_SIGNAL = "output_signal"
 REASONS = (BAD_JSON, BAD_ENCODING, MISSING_FIELD, WRONG_TYPE, BAD_RATE, OVERSIZED, EMPTY, NAN_FLOOD,
-           UNKNOWN_SIGNAL, BAD_TIMESTAMP, BAD_SEX, BAD_AGE, BAD_BED_ID)
+           UNKNOWN_SIGNAL, BAD_TIMESTAMP, BAD_SEX, BAD_AGE, BAD_BED_ID, OUT_OF_RANGE, OUTPUT_SIGNAL)
 
 REQUIRED_FIELDS = ("bed_id", "signal", "rate_hz", "start_ns", "seq", "samples")
 JSON = "json"
@@ -104,10 +110,17 @@ def message_key(chunk: Chunk) -> bytes:
 
 
 def is_known_signal(name: str) -> bool:
+    """A signal the wire carries: a base signal, or an output name (base + `_SYNTH`/`_SR`)."""
     for suffix in SIGNAL_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
+    return name in BASE_SIGNALS
+
+
+def is_input_signal(name: str) -> bool:
+    """A signal a monitor may send: a base signal. Output names are refused as input, or the worker would
+    translate its own outputs again (`PLETH_SR` -> `PLETH_SR_SR`, which no topic carries)."""
     return name in BASE_SIGNALS
 
 
@@ -148,12 +161,32 @@ def _header(chunk: Chunk) -> dict:
 
 
 def decode(data: bytes) -> Chunk:
-    """Decode and validate a JSON or binary message (auto-detected); raises WireError."""
+    """Decode and validate a JSON or binary message (auto-detected); raises WireError, never anything else."""
     return decode_result(data).chunk
+
+
+def decode_input(data: bytes) -> DecodeResult:
+    """`decode_result` for the worker's input: also refuses output signal names (`OUTPUT_SIGNAL`)."""
+    res = decode_result(data)
+    if not is_input_signal(res.chunk.signal):
+        raise WireError(OUTPUT_SIGNAL, f"signal {res.chunk.signal!r} is an output of this service, not an input "
+                                       f"(inputs: {', '.join(sorted(BASE_SIGNALS))})")
+    return res
 
 
 def decode_result(data: bytes) -> DecodeResult:
     """Like `decode`, also reporting the encoding and how many samples were interpolated."""
+    try:
+        return _decode_result(data)
+    except WireError:
+        raise
+    except RecursionError:  # a C-level guard may trip past json's own: deep nesting anywhere
+        raise WireError(BAD_JSON, "nesting too deep") from None
+    except Exception as exc:  # the contract is WireError only; a case we did not foresee still gets a reason
+        raise WireError(BAD_ENCODING, f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _decode_result(data: bytes) -> DecodeResult:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError(BAD_ENCODING, f"message must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -181,6 +214,8 @@ def _parse_json(data: bytes) -> dict:
         obj = json.loads(text)
     except ValueError as exc:
         raise WireError(BAD_JSON, f"invalid JSON: {exc}") from None
+    except RecursionError:  # e.g. 100,000 nested '['
+        raise WireError(BAD_JSON, "invalid JSON: nesting too deep") from None
     if not isinstance(obj, dict):
         raise WireError(BAD_JSON, f"top level must be an object, got {type(obj).__name__}")
     _check_version(obj)
@@ -198,13 +233,30 @@ def _json_samples(values) -> np.ndarray:
         arr = np.array(values)
     except ValueError as exc:  # ragged nesting
         raise WireError(WRONG_TYPE, f"samples must be a flat array of numbers: {exc}") from None
-    if arr.dtype == object:  # nulls (non-finite samples) mixed with numbers
+    if arr.dtype == object:  # nulls (non-finite samples) mixed with numbers, or integers beyond int64
         if any(not (v is None or _is_number(v)) for v in values):
             raise WireError(WRONG_TYPE, "samples must contain only numbers or null")
-        arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        # _as_float: an integer past float64 (JSON allows any) is out of range, not an OverflowError
+        arr = np.array([np.nan if v is None else _as_float(v) for v in values], dtype=np.float64)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "fiu"):
         raise WireError(WRONG_TYPE, "samples must be a flat array of numbers or null")
+    # Range-checked before the float32 cast, which would turn 1e39 into inf and so into a "repaired" sample. An
+    # inf here was a number (1e400, a huge integer, Infinity), not a null: out of range too.
+    _check_range(arr, allow_inf=False)
     return arr.astype(np.float32)
+
+
+def _check_range(arr: np.ndarray, allow_inf: bool = True) -> None:
+    """Refuse finite samples beyond `MAX_ABS_SAMPLE` (and infinities unless `allow_inf`; NaN is repaired later)."""
+    with np.errstate(invalid="ignore"):  # a signalling NaN (binary payload) warns when widened
+        a = np.abs(arr.astype(np.float64, copy=False))
+    over = a > MAX_ABS_SAMPLE
+    if allow_inf:
+        over &= np.isfinite(a)
+    if over.any():
+        i = int(np.argmax(over))
+        raise WireError(OUT_OF_RANGE, f"{int(over.sum())} sample(s) beyond +-{MAX_ABS_SAMPLE:g} "
+                                      f"(first at index {i})")
 
 
 def _parse_binary(data: bytes) -> dict:
@@ -237,7 +289,7 @@ def _parse_binary(data: bytes) -> dict:
 
 def _check_version(obj: dict) -> None:
     v = obj.get("v", VERSION)
-    if v != VERSION or isinstance(v, bool):
+    if not _is_int(v) or v != VERSION:  # 1.0 == 1 and True == 1 in Python; the schema says integer 1
         raise WireError(BAD_ENCODING, f"unsupported wire version {v!r} (this reader speaks {VERSION})")
 
 
@@ -246,7 +298,8 @@ def _build(f: dict) -> Chunk:
     if missing:
         raise WireError(MISSING_FIELD, f"missing field(s): {', '.join(missing)}")
     return Chunk(bed_id=f["bed_id"], signal=f["signal"], rate_hz=f["rate_hz"], start_ns=f["start_ns"], seq=f["seq"],
-                 samples=f["samples"], units=f.get("units") or "", age=f.get("age"), sex=f.get("sex"))
+                 samples=f["samples"], units="" if f.get("units") is None else f["units"], age=f.get("age"),
+                 sex=f.get("sex"))
 
 
 # ------------------------------------------------------------------ validation
@@ -335,6 +388,7 @@ def _samples_array(samples) -> np.ndarray:
         raise WireError(WRONG_TYPE, f"samples must be 1-D, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in "fiu":
         raise WireError(WRONG_TYPE, f"samples must be numbers, got dtype {arr.dtype}")
+    _check_range(arr)  # before the float32 cast, which would make 1e39 an inf (a repairable sample)
     return arr.astype(np.float32, copy=False)
 
 

@@ -195,7 +195,7 @@ def test_every_reason_code_is_exercised():
     # Guard: a new reason code must get a test above (this list mirrors the tests in this file).
     tested = {wire.BAD_JSON, wire.BAD_ENCODING, wire.MISSING_FIELD, wire.WRONG_TYPE, wire.BAD_RATE, wire.OVERSIZED,
               wire.EMPTY, wire.NAN_FLOOD, wire.UNKNOWN_SIGNAL, wire.BAD_TIMESTAMP, wire.BAD_SEX, wire.BAD_AGE,
-              wire.BAD_BED_ID}
+              wire.BAD_BED_ID, wire.OUT_OF_RANGE, wire.OUTPUT_SIGNAL}
     assert tested == set(wire.REASONS)
     doc = (SCHEMA_PATH.parent / "wire-format.md").read_text()
     assert all(f"`{r}`" in doc for r in wire.REASONS)
@@ -241,3 +241,63 @@ def test_booleans_among_samples_and_units_that_are_not_unicode_are_refused():
     assert reason_of(json.dumps({**json_obj(), "samples": [1.0, True, False] + [0.5] * 97}).encode()) == wire.WRONG_TYPE
     bad_units = json.dumps({**json_obj(), "units": "mV"}).replace('"mV"', '"\\ud800"').encode()
     assert reason_of(bad_units) == wire.WRONG_TYPE
+
+
+def test_deep_nesting_is_bad_json_not_a_recursion_error():
+    for depth in (10_000, 200_000):
+        assert reason_of(b"[" * depth + b"]" * depth) == wire.BAD_JSON
+        assert reason_of(b'{"samples":' + b"[" * depth + b"]" * depth + b"}") == wire.BAD_JSON
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), 1e39, -3.4e38, 2e12])
+def test_samples_out_of_range_are_refused(value):
+    """10**400 raised OverflowError out of decode; +-3.4e38 (float32's limit) passed and the translators' outputs
+    then vanished as non-finite without any event. Both are refused before the float32 cast."""
+    samples = [0.5] * 99 + [value]
+    assert reason_of(json.dumps({**json_obj(), "samples": samples}).encode()) == wire.OUT_OF_RANGE
+    assert reason_of(b'{"bed_id":"b","signal":"II","rate_hz":100,"start_ns":1,"seq":0,"samples":[1e400]}') \
+        == wire.OUT_OF_RANGE  # a number beyond float64, not a null
+    if abs(value) < 3.4e38:
+        x = np.full(100, 0.5, np.float32)
+        x[-1] = value
+        with pytest.raises(WireError) as err:
+            wire.encode_binary(make(samples=x))  # encoders refuse it, so the binary decoder is checked too
+        assert err.value.reason == wire.OUT_OF_RANGE
+        header = msgpack.packb({"bed_id": "b", "signal": "II", "rate_hz": 100.0, "start_ns": 1, "seq": 0, "n": 100})
+        assert reason_of(wire.MAGIC + struct.pack("<I", len(header)) + header + x.astype("<f4").tobytes()) \
+            == wire.OUT_OF_RANGE
+
+
+def test_samples_at_the_range_limit_and_binary_infinities_still_decode():
+    x = np.full(100, wire.MAX_ABS_SAMPLE, np.float64)
+    x[1] = -wire.MAX_ABS_SAMPLE
+    assert wire.decode(json.dumps({**json_obj(), "samples": x.tolist()}).encode()).samples.size == 100
+    y = np.ones(100, np.float32)
+    y[3] = np.inf  # binary carries IEEE non-finite samples: repaired, as documented
+    header = msgpack.packb({"bed_id": "b", "signal": "II", "rate_hz": 100.0, "start_ns": 1, "seq": 0, "n": 100})
+    assert wire.decode_result(wire.MAGIC + struct.pack("<I", len(header)) + header + y.astype("<f4").tobytes()).repaired == 1
+
+
+@pytest.mark.parametrize("units", [0, False, [], {}, 0.0])
+def test_falsy_non_string_units_are_wrong_type(units):
+    """`units or ""` turned 0, false, [] and {} into "" and accepted them."""
+    assert reason_of(json.dumps({**json_obj(), "units": units}).encode()) == wire.WRONG_TYPE
+
+
+@pytest.mark.parametrize("v", [1.0, True, "1", [1]])
+def test_version_must_be_the_integer_1(v):
+    assert reason_of(json.dumps({**json_obj(), "v": v}).encode()) == wire.BAD_ENCODING
+    header = msgpack.packb({"v": v, "bed_id": "b", "signal": "II", "rate_hz": 100.0, "start_ns": 1, "seq": 0, "n": 1})
+    assert reason_of(wire.MAGIC + struct.pack("<I", len(header)) + header + b"\0\0\0\0") == wire.BAD_ENCODING
+
+
+@pytest.mark.parametrize("encode", [wire.encode_json, wire.encode_binary])
+@pytest.mark.parametrize("signal", ["PLETH_SR", "II_SYNTH", "II_SR"])
+def test_output_signals_are_refused_as_input(encode, signal):
+    """The worker's own outputs fed back as input were translated again (`PLETH_SR_SR`) and the result dropped."""
+    data = encode(make(signal=signal))
+    assert wire.decode(data).signal == signal  # a consumer of the output topics still decodes them
+    with pytest.raises(WireError) as err:
+        wire.decode_input(data)
+    assert err.value.reason == wire.OUTPUT_SIGNAL and signal in err.value.detail
+    assert wire.decode_input(encode(make(signal="PLETH"))).chunk.signal == "PLETH"
