@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # wavebridge developer entry point. The two README commands:
 #   ./dev.sh demo [ARGS]   set up (if needed), then run `wavebridge demo ARGS`
-#   ./dev.sh test [ARGS]   set up (if needed, incl. InfluxDB), then run `python -m pytest -q ARGS`
+#   ./dev.sh test [ARGS]   set up (if needed, incl. InfluxDB and Prometheus), then run `python -m pytest -q ARGS`
 # Also: ./dev.sh setup   (only the Python set-up)
 # Set-up is idempotent: the venv is reused and pip runs again only when pyproject.toml changes.
 set -euo pipefail
@@ -52,17 +52,23 @@ setup_python() {
   printf '%s' "$want" >"$STAMP"
 }
 
-setup_influxdb() {
-  command -v influxd >/dev/null && return 0
+# Real services the integration tests start on loopback: InfluxDB 1.x (influxd) and Prometheus 2.x (prometheus,
+# promtool), both from Debian/Ubuntu packages.
+setup_services() {
+  local missing=()
+  command -v influxd >/dev/null || missing+=(influxdb)
+  { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing+=(prometheus)
+  [[ ${#missing[@]} -eq 0 ]] && return 0
   local sudo=""  # root installs directly; a CI runner user with passwordless sudo (GitHub Actions) through it
   [[ "$(id -u)" -eq 0 ]] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && sudo="sudo -n"; }
   if { [[ "$(id -u)" -eq 0 ]] || [[ -n "$sudo" ]]; } && command -v apt-get >/dev/null; then
-    log "installing InfluxDB 1.x (${sudo:+sudo }apt-get install influxdb)"
+    log "installing ${missing[*]} (${sudo:+sudo }apt-get install)"
     quiet $sudo apt-get update -q
-    quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q influxdb
+    quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
     command -v influxd >/dev/null || die "apt-get installed influxdb but influxd is not on PATH"
+    command -v prometheus >/dev/null || die "apt-get installed prometheus but prometheus is not on PATH"
   else
-    die "influxd (InfluxDB 1.x) is missing. Install it as root, e.g.: apt-get update && apt-get install -y influxdb (Debian/Ubuntu), then rerun ./dev.sh test"
+    die "${missing[*]} missing (influxd: InfluxDB 1.x; prometheus + promtool: Prometheus 2.x). Install as root, e.g.: apt-get update && apt-get install -y ${missing[*]} (Debian/Ubuntu), then rerun ./dev.sh test"
   fi
 }
 
@@ -78,7 +84,7 @@ case "$cmd" in
     ;;
   test)
     setup_python
-    setup_influxdb
+    setup_services
     set +e
     "$VENV/bin/python" -m pytest -q "$@"
     rc=$?
