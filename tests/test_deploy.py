@@ -89,7 +89,7 @@ def test_kafka_is_single_node_kraft_with_internal_and_host_listeners(compose):
     assert set(listeners) == set(protocol_map) and set(advertised) <= set(listeners)
     assert advertised["INTERNAL"] == "kafka:9092"  # what the worker's default broker points at
     assert advertised["EXTERNAL"] == "localhost:9094"
-    assert "9094:9094" in k["ports"]
+    assert "127.0.0.1:9094:9094" in k["ports"]  # PLAINTEXT: loopback unless KAFKA_HOST_BIND says otherwise
     assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised  # never advertise the controller
     assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "1"  # one node cannot hold 3 replicas
 
@@ -103,16 +103,17 @@ def test_kafka_init_creates_the_configured_topics(compose):
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
-def test_influxdb2_setup_uses_the_token_secret(compose):
+def test_influxdb2_setup_uses_the_admin_token_secret_and_nobody_else_does(compose):
     influx = compose["services"]["influxdb"]
     assert influx["image"].startswith("influxdb:2")
     env = influx["environment"]
     assert env["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
     for key in ("ORG", "BUCKET", "USERNAME"):
         assert env[f"DOCKER_INFLUXDB_INIT_{key}"]
-    assert env["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN_FILE"] == "/run/secrets/influx_token"
-    assert "influx_token" in influx["secrets"]
+    assert env["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN_FILE"] == "/run/secrets/influx_admin_token"
     assert "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN" not in env  # never a plain-text token in the file
+    holders = {name for name, svc in compose["services"].items() if "influx_admin_token" in svc.get("secrets", [])}
+    assert holders == {"influxdb", "influx-tokens"}
 
 
 def test_worker_environment_configures_settings(compose, tmp_path):
@@ -123,12 +124,13 @@ def test_worker_environment_configures_settings(compose, tmp_path):
     assert worker["command"] == ["worker"]
     deps = worker["depends_on"]
     assert deps["kafka-init"]["condition"] == "service_completed_successfully"
-    assert deps["influxdb"]["condition"] == "service_healthy"
+    assert deps["influx-tokens"]["condition"] == "service_completed_successfully"
 
     env = {k: str(v) for k, v in worker["environment"].items()}
     unknown = set(env) - config_variables()
     assert not unknown, f"worker variables unknown to stream/config.py: {sorted(unknown)}"
-    assert env["WAVEBRIDGE_INFLUX_TOKEN_FILE"] == "/run/secrets/influx_token" and "influx_token" in worker["secrets"]
+    assert env["WAVEBRIDGE_INFLUX_TOKEN_FILE"] == "/run/wavebridge-tokens/worker-write-token"
+    assert "influx-tokens:/run/wavebridge-tokens:ro" in worker["volumes"]
 
     # Settings must accept it; the secret file is stood in for by a temporary file.
     token = tmp_path / "token"
@@ -138,6 +140,8 @@ def test_worker_environment_configures_settings(compose, tmp_path):
     assert s.influx_url == "http://influxdb:8086"
     assert s.influx_token == "s3cret"
     assert s.device == "cpu"
+    assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 9108)  # inside the container; no port published
+    assert "ports" not in worker
 
 
 def test_env_example_variables_are_real_and_valid(compose, tmp_path):
@@ -190,7 +194,7 @@ def test_gpu_override_reserves_nvidia_devices():
 
 def test_dockerfile_builds_from_slim_python_with_cpu_torch():
     text = DOCKERFILE.read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+$", text, re.M)  # a pinned patch release
     assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu$", text, re.M)
     assert '--index-url "${TORCH_INDEX_URL}"' in text
     entry = re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1)
@@ -200,3 +204,135 @@ def test_dockerfile_builds_from_slim_python_with_cpu_torch():
     for src in sum(copies, []):
         assert (REPO / src).exists(), f"Dockerfile copies {src}, which does not exist"
     assert re.search(r"^USER (?!root)\w+", text, re.M), "the image must not run as root"
+
+
+# ------------------------------------------------------------------ hardening (issue 18)
+def _compose_text_defaults(path: Path) -> dict:
+    """The file with every `${VAR:-default}` replaced by its default *before* YAML parsing, as Compose does for
+    values, so numbers come back as numbers."""
+    return yaml.safe_load(interpolate(path.read_text(), {}))
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yml", "deploy/compose.gpu.yml"])
+def test_compose_files_are_valid_compose_spec(name):
+    """Parsed by a Compose-spec implementation (the compose_spec Rust crate's Python bindings): unknown keys,
+    wrong types and invalid enum values (restart policy, depends_on condition) are rejected."""
+    import json
+
+    compose_spec = pytest.importorskip("compose_spec", reason="compose-spec is a test dependency (pip install -e .[test])")
+    parsed = compose_spec.PyCompose.from_json(json.dumps(_compose_text_defaults(REPO / name)))
+    assert "worker" in parsed.service_names()
+
+
+def test_compose_spec_parser_rejects_what_compose_rejects():
+    import json
+
+    compose_spec = pytest.importorskip("compose_spec", reason="compose-spec is a test dependency (pip install -e .[test])")
+    text = interpolate(COMPOSE.read_text(), {})
+    for good, bad in (("restart: unless-stopped", "restart: sometimes"), ("healthcheck:", "helthcheck:"),
+                      ("condition: service_healthy", "condition: service_happy")):
+        with pytest.raises(ValueError):
+            compose_spec.PyCompose.from_json(json.dumps(yaml.safe_load(text.replace(good, bad, 1))))
+
+
+def test_every_long_running_service_has_a_healthcheck(compose):
+    for name, svc in compose["services"].items():
+        if svc.get("restart") == "no":  # one-shots: their exit status is their health
+            continue
+        check = svc.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"service {name} has no healthcheck"
+    worker_check = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert "127.0.0.1:9108/healthz" in worker_check
+
+
+def test_published_ports_bind_loopback_by_default(compose):
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+    assert set(published) == {"kafka", "influxdb", "prometheus", "grafana"}
+    for name, ports in published.items():
+        for p in ports:
+            assert str(p).startswith("127.0.0.1:"), f"{name} publishes {p} beyond loopback"
+
+
+def test_no_env_file_leaks_compose_variables_into_containers(raw_compose):
+    for name, svc in raw_compose["services"].items():
+        assert "env_file" not in svc, f"service {name} gets every compose variable through env_file"
+
+
+def test_every_worker_setting_of_the_env_example_reaches_the_worker():
+    example = parse_env_file(ENV_EXAMPLE)
+    wired = yaml.safe_load(COMPOSE.read_text())["services"]["worker"]["environment"]
+    worker_vars = {k for k in example if k.startswith("WAVEBRIDGE_") and k not in COMPOSE_ONLY_WAVEBRIDGE_VARS}
+    assert worker_vars - set(wired) == set()
+    for k in worker_vars:  # each is passed from the env file, not hard-coded
+        assert f"${{{k}:-" in wired[k], (k, wired[k])
+
+
+def test_worker_gets_a_write_only_token_and_grafana_a_read_only_one():
+    script = (REPO / "deploy" / "influxdb" / "create-tokens.sh").read_text()
+    assert re.search(r"make_token worker-write-token 10001 --write-bucket ", script)
+    assert re.search(r"make_token grafana-read-token 472 --read-bucket ", script)
+    assert "chmod 0400" in script and 'chown "$uid"' in script
+    datasources = (REPO / "deploy" / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
+    assert "$__file{/run/wavebridge-tokens/grafana-read-token}" in datasources
+
+
+def test_images_are_pinned(compose):
+    for name, svc in compose["services"].items():
+        if "build" in svc:  # built here from the pinned Dockerfile
+            continue
+        image = svc["image"]
+        assert re.search(r":v?\d+\.\d+\.\d+$", image), f"service {name} image {image} is not pinned to a release"
+    gpu = _compose_text_defaults(REPO / "deploy" / "compose.gpu.yml")
+    assert all("build" in svc or "image" not in svc for svc in gpu["services"].values())
+
+
+def test_image_dependencies_are_pinned_and_match_dev_sh():
+    text = DOCKERFILE.read_text()
+    dev = (REPO / "dev.sh").read_text()
+    torch = re.search(r'^TORCH_VERSION="([^"]+)"', dev, re.M).group(1)
+    assert re.search(rf"^ARG TORCH_VERSION={re.escape(torch)}$", text, re.M), "Dockerfile torch != dev.sh torch"
+    assert 'pip install -c constraints.txt .' in text
+    pins = {}
+    for line in (REPO / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and re.fullmatch(r"[\w.]+", version), f"not an exact pin: {line}"
+            pins[name.lower()] = version
+    assert pins["torch"] == torch
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        req = Requirement(dep)
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"{req.name} is not pinned in deploy/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {req.specifier}"
+
+
+def test_env_file_is_git_ignored():
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("deploy/.env", "deploy/secrets/influx-admin-token"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0, f"{path} not ignored"
+
+
+def test_compose_mounts_exist_and_prometheus_config_is_valid(compose):
+    import shutil
+    import subprocess
+
+    for name, svc in compose["services"].items():
+        for v in svc.get("volumes", []):
+            src = v.split(":", 1)[0]
+            if src.startswith("./deploy/"):
+                assert (REPO / src).exists(), f"service {name} mounts {src}, which does not exist"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH; `./dev.sh test` installs it (apt-get install prometheus)")
+    res = subprocess.run([promtool, "check", "config", str(REPO / "deploy" / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
