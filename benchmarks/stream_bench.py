@@ -3,9 +3,9 @@
 Starts a real Tansu broker, a real InfluxDB 1.x (behind the v2-write proxy from tests/support)
 and the worker as a subprocess, then replays a recording as N beds for each N of a ramp. The
 worker appends one JSON line per acknowledged input message to WAVEBRIDGE_STATS_FILE
-(`produce_ms` = the chunk's Kafka timestamp, `written_ms` = when its outputs were stored in
-InfluxDB and sent to Kafka); from these we get end-to-end latency percentiles over each step's
-steady state (messages of a bed's first window, which waits for the window to fill, and of the
+(`produce_ms` = the chunk's Kafka timestamp, `published_ms` = when its outputs were delivered to the
+Kafka output topics, the alarm feed; the worker's in-process sink agent writes InfluxDB from those
+topics); from these we get end-to-end latency percentiles over each step's steady state (messages of a bed's first window, which waits for the window to fill, and of the
 idle-flushed last one are written but not counted). The latency floor is about one hop of signal
 (2 s at ×1, 0.5 s at ×4) plus batching.
 
@@ -207,7 +207,7 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
             # is written, and its last one is closed by the idle flush; both are start/stop effects.
             head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
             tail_cut_ms = replay_end_ms - (WINDOW_S / args.speed) * 1000.0 - 1000.0
-            lat = np.array([(r["written_ms"] - r["produce_ms"]) / 1000.0 for r in rows
+            lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in rows
                             if r.get("produce_ms") is not None and head_cut_ms <= r["produce_ms"] <= tail_cut_ms])
             p99 = percentile(lat, 99)
             why = []

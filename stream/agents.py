@@ -1,11 +1,12 @@
-"""The worker's Faust agent: input batches → pipeline → InfluxDB + output topics → manual acks.
+"""The worker's Faust agent: input batches → pipeline → output topics → manual acks.
 
-Delivery rule (docs/delivery-semantics.md): an input message is acknowledged only after the
-InfluxDB write and the Kafka sends covering ALL its samples succeeded, and only once every earlier
-message of its partition is acknowledged too (`stream.ackgate`: Faust would commit past a single
-held message), so the committed offset never passes a message whose samples are not durably
-stored. Everything heavy (decode, windowing, torch, synchronous InfluxDB writes) runs on one
-dedicated thread, never on the event loop.
+Delivery rule (docs/delivery-semantics.md): an input message is acknowledged only after the Kafka
+sends covering ALL its samples are confirmed, and only once every earlier message of its partition
+is acknowledged too (`stream.ackgate`: Faust would commit past a single held message), so the
+committed offset never passes a message whose outputs are not durably published. InfluxDB is not
+on this path: the InfluxDB sink agent (`stream.influxsink`) reads the output topics in a consumer
+group of its own, so an InfluxDB outage never holds the alarm feed. Everything heavy (decode,
+windowing, torch) runs on one dedicated thread, never on the event loop.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class WorkerRuntime:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavebridge-compute")
         self._translator = translator
         self.pipeline: Pipeline | None = None
-        self.influx: sinks.InfluxSink | None = None
+        self.sink = None  # stream.influxsink.InfluxSinkAgent when it runs in this process
         self.counters = sinks.ReasonCounters(settings.counters_log_s, log)
         self.stats = sinks.StatsWriter(settings.stats_file)
         self.stream = None  # the agent's stream, for acks
@@ -52,7 +53,6 @@ class WorkerRuntime:
         self.lag = metrics.LagTracker()
         self.assignment_seen = False  # a first partition assignment arrived (possibly empty)
         self.n_assigned = 0
-        self.influx_ok = True  # False from a failed InfluxDB write until the next stored one
         self.health = metrics.Health()
         self.health.add_check("partitions_assigned", self._check_assigned)
         self.health.add_check("translator_loaded", self._check_translator)
@@ -83,9 +83,12 @@ class WorkerRuntime:
     def _check_sinks(self) -> tuple[bool, str]:
         if not self.settings.influx_enabled:
             return True, "InfluxDB disabled"
-        if self.influx is None:
-            return False, "InfluxDB client not open yet"
-        return (True, "InfluxDB writes succeed") if self.influx_ok else (False, "InfluxDB writes failing, retrying")
+        if self.settings.influx_sink != "worker":
+            return True, "InfluxDB written by a separate `wavebridge sink`"
+        if self.sink is None:
+            return False, "InfluxDB sink agent not started yet"
+        # The output topics do not wait for InfluxDB; this reports the in-process sink agent's writes.
+        return (True, "InfluxDB writes succeed") if self.sink.ok else (False, "InfluxDB writes failing, retrying")
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -95,8 +98,13 @@ class WorkerRuntime:
         return self._lock
 
     async def start(self) -> None:
-        """Load the translator and open InfluxDB off the event loop (torch import is slow)."""
+        """Load the translator off the event loop (torch import is slow); start the in-process InfluxDB sink."""
         await self._run(self._open)
+        s = self.settings
+        if s.influx_enabled and s.influx_sink == "worker":
+            from stream.influxsink import InfluxSinkAgent
+
+            self.sink = InfluxSinkAgent(s, counters=self.counters).start()
 
     def _open(self) -> None:
         if self._translator is None:
@@ -104,30 +112,12 @@ class WorkerRuntime:
         self.pipeline = Pipeline(PipelineConfig.from_settings(self.settings), self._translator)
         log.info("translator %s loaded; tasks=%s window=%ss hop=%ss", self.pipeline.model,
                  ",".join(self.settings.tasks), self.settings.window_s, self.settings.hop_s)
-        s = self.settings
-        if s.influx_enabled:
-            self.influx = sinks.InfluxSink(
-                s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, batch_points=s.influx_batch_points,
-                timeout_s=s.influx_timeout_s, backoff=sinks.Backoff(s.retry_initial_s, s.retry_max_s),
-                on_retry=self._on_influx_retry, on_reject=self._on_influx_reject)
-
-    def _on_influx_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
-        self.counters.add("influx_write_failed")
-        metrics.INFLUX_RETRIES.inc()
-        self.influx_ok = False
-        log.warning("InfluxDB write failed (attempt %d); consumption paused, retry in %.1fs: %s", attempt, delay,
-                    sinks._short(exc))
-
-    def _on_influx_reject(self, exc: BaseException, n_lines: int) -> None:
-        self.counters.add("influx_rejected", n_lines)
-        metrics.INFLUX_REJECTED.inc(n_lines)
-        log.error("InfluxDB rejected %d lines as unacceptable (stored the rest of the batch if any; not retried): %s",
-                  n_lines, sinks._short(exc))
 
     async def stop(self) -> None:
         self._stopping = True
-        if self.influx is not None:
-            self.influx.stop_event.set()  # abort a blocked retry loop: its input stays unacknowledged
+        if self.sink is not None:
+            # its uncommitted batch is read again by the next sink (the points overwrite themselves)
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.stop)
         self.counters.maybe_log(force=True)
         self.stats.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -214,20 +204,12 @@ class WorkerRuntime:
         self._rebalancing = True  # before waiting for the lock: batches queued on it must see this
         if self.pipeline is None:
             return
-        if self.influx is not None:
-            # A delivery retrying through an InfluxDB outage holds the lock for as long as it lasts, and Faust
-            # awaits this handler: the whole group's rebalance would wait for InfluxDB. Give that batch up.
-            self.influx.abort_event.set()
-        try:
-            async with self.lock:
-                dropped = self.pipeline.reset()
-                self.gate.reset()
-                if dropped:
-                    log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
-                             len(dropped))
-        finally:
-            if self.influx is not None:
-                self.influx.abort_event.clear()
+        async with self.lock:
+            dropped = self.pipeline.reset()
+            self.gate.reset()
+            if dropped:
+                log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
+                         len(dropped))
 
     def _compute(self, events: list) -> tuple[BatchResult, list]:
         dead = []  # (InMsg, reason, detail)
@@ -258,39 +240,14 @@ class WorkerRuntime:
         return result
 
     async def _deliver(self, result: BatchResult, dead: list) -> None:
-        started = time.monotonic()
-        failures = self.influx.failures if self.influx is not None else 0
-        try:
-            await self._deliver_all(result, dead)
-        except sinks.WriteAborted:
-            # reset() gave this batch up to let a rebalance through; nothing of it is acknowledged, so it is
-            # consumed again, and reset() empties the pipeline it was computed from.
-            log.info("rebalance: gave up a batch blocked on InfluxDB; its input will be consumed again")
-        finally:
-            # Nothing was consumed while InfluxDB writes were being retried (this holds the lock): the beds were
-            # not silent. Only a retried delivery counts; an ordinary one is part of consuming.
-            if self.pipeline is not None and self.influx is not None and self.influx.failures > failures:
-                self.pipeline.discount_stall(time.monotonic() - started)
-
-    async def _deliver_all(self, result: BatchResult, dead: list) -> None:
         s = self.settings
-        # 1) InfluxDB (blocks, retrying with back-off, until stored; meanwhile nothing is consumed)
-        written_ms = None
-        if self.influx is not None:
-            lines = sinks.batch_lines(result.outputs, result.events)
-            if lines:
-                metrics.INFLUX_BACKLOG.set(len(lines))
-                with metrics.INFLUX_WRITE_SECONDS.time():
-                    await self._run(self.influx.write, lines)
-                metrics.INFLUX_BACKLOG.set(0)
-                metrics.INFLUX_POINTS.inc(len(lines))  # less any rejected lines, counted apart
-                self.influx_ok = True
-            written_ms = time.time() * 1000.0
-        # 2) Kafka outputs, events, dead letters: send all, then await every delivery.
+        # 1) Kafka outputs, events, dead letters: send all, then await every delivery (InfluxDB reads them from
+        # the topics: stream.influxsink).
         futs = []
         for out in result.outputs:
             try:
                 value = sinks.encode_output(out, s.output_binary)
+                headers = sinks.output_headers(out)
             except wire.WireError as exc:  # e.g. a translator emitting NaN floods: counted and logged
                 self.counters.add(f"output_invalid.{exc.reason}")
                 metrics.OUTPUTS_DROPPED.labels(exc.reason).inc()
@@ -301,7 +258,7 @@ class WorkerRuntime:
                 metrics.OUTPUTS_DROPPED.labels("encode_error").inc()
                 log.error("output %s/%s not published: %s: %s", out.bed, out.topic_signal, type(exc).__name__, exc)
                 continue
-            futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value))
+            futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value, headers=headers))
             topic = s.topic_ecg_synth if out.kind == "synth" else s.topic_sr
             metrics.MESSAGES_OUT.labels(topic).inc()
             metrics.SAMPLES_OUT.labels(topic).inc(len(out.values))
@@ -323,9 +280,8 @@ class WorkerRuntime:
                 key=msg.key, value=value, headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset) + extra))
         if futs:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
-        if written_ms is None:
-            written_ms = time.time() * 1000.0
-        # 3) Acknowledge, each partition's finished head only (the gate holds the rest until it is contiguous).
+        published_ms = time.time() * 1000.0
+        # 2) Acknowledge, each partition's finished head only (the gate holds the rest until it is contiguous).
         done = list(result.completed) + [t for t, _, _ in dead] + [t for t, _, _ in rejected]
         released = self.gate.finish(t.event for t in done)
         for event in released:
@@ -334,10 +290,10 @@ class WorkerRuntime:
         for t in result.completed:
             produce_ms = _produce_ms(t.message)
             if produce_ms is not None:
-                metrics.END_TO_END_SECONDS.observe(max(0.0, written_ms - produce_ms) / 1000.0)
+                metrics.END_TO_END_SECONDS.observe(max(0.0, published_ms - produce_ms) / 1000.0)
         if self.stats.path is not None:
             self.stats.record(
-                {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "written_ms": written_ms}
+                {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "published_ms": published_ms}
                 for t in result.completed)
 
     async def _ack(self, event) -> None:
@@ -414,14 +370,14 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
 
     @app.timer(interval=1.0, name="wavebridge-heartbeat")
     async def heartbeat():
-        # Never waits on the pipeline lock (a delivery retrying through an InfluxDB outage holds it): /healthz
-        # reports a stuck event loop, not a slow sink.
+        # Never waits on the pipeline lock (a batch being computed holds it): /healthz reports a stuck event
+        # loop, not a slow batch.
         rt.health.beat()
         rt.update_lag()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender, **kwargs):
-        await rt.stop()  # aborts a blocked InfluxDB retry: that input stays unacknowledged
+        await rt.stop()  # stops the in-process InfluxDB sink (its uncommitted batch is read again)
 
     app.wavebridge_runtime = rt
     app.wavebridge_agent = process

@@ -13,6 +13,7 @@ from typing import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stream.demo", "end-to-end demo: embedded broker + worker + replay, writes Parquet and a PNG"),
     "worker": ("stream.app", "run the Faust streaming worker (Kafka in -> translation -> InfluxDB/Kafka out)"),
+    "sink": ("stream.influxsink", "run the InfluxDB sink agent (output and event topics -> InfluxDB) on its own"),
     "replay": ("stream.replay", "replay a WFDB recording onto the input topic as one or more beds"),
     "broker": ("stream.embedded", "run the embedded Kafka-protocol broker (Tansu) for local use"),
     "translate": ("stream.offline", "translate a recording offline (no Kafka) to files"),

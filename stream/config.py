@@ -24,6 +24,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # No OAUTHBEARER: it needs a token provider object, which no environment variable can supply.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI")
 DEVICES = ("auto", "cpu", "cuda")
+INFLUX_SINKS = ("worker", "separate")
 KNOWN_TASKS = TASKS  # the translator interface's tasks, one list
 
 
@@ -69,6 +70,8 @@ class Settings:
     influx_timeout_s: float = 10.0
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    influx_sink: str = "worker"  # where the InfluxDB sink agent runs: "worker" (in-process) or "separate"
+    influx_group_id: str | None = None  # the sink agent's consumer group; None: "<group_id>-influx"
     # --- windowing / batching -------------------------------------------------------------
     window_s: float = 8.0
     hop_s: float = 2.0
@@ -172,6 +175,8 @@ class Settings:
         num("INFLUX_TIMEOUT_S", "influx_timeout_s")
         num("RETRY_INITIAL_S", "retry_initial_s")
         num("RETRY_MAX_S", "retry_max_s")
+        text("INFLUX_SINK", "influx_sink")
+        text("INFLUX_GROUP_ID", "influx_group_id")
 
         num("WINDOW_S", "window_s")
         num("HOP_S", "hop_s")
@@ -249,6 +254,10 @@ class Settings:
                 raise bad("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
             if not self.influx_bucket:
                 raise bad("INFLUX_BUCKET", "must not be empty")
+        if self.influx_sink not in INFLUX_SINKS:
+            raise bad("INFLUX_SINK", f"{self.influx_sink!r} not in {INFLUX_SINKS} ('separate': run `wavebridge sink`)")
+        if self.influx_sink_group == self.group_id:
+            raise bad("INFLUX_GROUP_ID", "must differ from GROUP_ID (the sink commits offsets of its own)")
         if self.influx_batch_points < 1:
             raise bad("INFLUX_BATCH_POINTS", "must be >= 1")
         if self.influx_timeout_s <= 0:
@@ -334,6 +343,11 @@ class Settings:
         """The level in Faust's spelling (it knows CRIT/ERROR/WARN/INFO/DEBUG)."""
         low = self.log_level.lower()
         return {"critical": "crit", "warning": "warn"}.get(low, low)
+
+    @property
+    def influx_sink_group(self) -> str:
+        """Consumer group of the InfluxDB sink agent (stream/influxsink.py)."""
+        return self.influx_group_id or f"{self.group_id}-influx"
 
     @property
     def broker_urls(self) -> list[str]:

@@ -55,8 +55,8 @@ BATCH_SECONDS = Histogram("wavebridge_batch_seconds", "Wall time of one input ba
                           buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 END_TO_END_SECONDS = Histogram(
     "wavebridge_end_to_end_seconds",
-    "From an input message's Kafka timestamp to the moment its outputs were stored (per acknowledged message; "
-    "includes the window wait).", buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
+    "From an input message's Kafka timestamp to the moment its outputs were delivered to the output topics "
+    "(per acknowledged message; includes the window wait). InfluxDB follows through the sink agent.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 MODEL_SECONDS_PER_WINDOW = Histogram(
     "wavebridge_model_seconds_per_window", "Translator time of one batched call divided by its windows.",
     buckets=MODEL_BUCKETS_S, registry=REGISTRY)

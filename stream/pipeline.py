@@ -214,14 +214,6 @@ class Pipeline:
                 n += 1
         return n
 
-    def discount_stall(self, seconds: float) -> None:
-        """Do not count `seconds` the worker spent unable to consume (a sink retrying) as silence: the input
-        kept arriving meanwhile, it waits in Kafka, and flushing every stream's tail (look-ahead included)
-        after a long InfluxDB outage would end each window early."""
-        if seconds > 0:
-            for st in self._streams.values():
-                st.last_push += seconds
-
     def flush_all(self) -> None:
         """End of input: emit every buffered tail (offline mode, tests)."""
         for st in self._streams.values():

@@ -242,10 +242,66 @@ def encode_output(out, binary: bool = True) -> bytes:
     return wire.encode_binary(chunk) if binary else wire.encode_json(chunk)
 
 
+# Output messages carry what their InfluxDB points need beyond the chunk itself as headers (the wire format is
+# the alarm systems' contract): the model tag, and where a sample's true timestamp is not the chunk grid
+# `start_ns + round(i * 1e9 / rate_hz)` (a segment grid at a period of fractional ns), the difference per sample.
+HEADER_MODEL = "wavebridge.model"
+HEADER_TIME_ADJUST = "wavebridge.time_adjust_ns"  # int8 per sample, only when some differ
+
+
+def output_headers(out) -> list[tuple[str, bytes]]:
+    """Kafka headers of an output message (`decode_output` restores the series exactly from message + headers)."""
+    from operators.windowing import grid_ns
+
+    headers = [(HEADER_MODEL, str(out.model).encode())]
+    times = np.asarray(out.times_ns, dtype=np.int64)
+    adjust = times - grid_ns(int(times[0]), float(out.rate_hz), np.arange(len(times)))
+    if adjust.any():
+        if np.abs(adjust).max() > 127:
+            raise ValueError(f"output {out.bed}/{out.topic_signal}: timestamps off the chunk grid by up to "
+                             f"{int(np.abs(adjust).max())} ns")
+        headers.append((HEADER_TIME_ADJUST, adjust.astype(np.int8).tobytes()))
+    return headers
+
+
+def decode_output(value: bytes, headers: dict[str, bytes]):
+    """The `pipeline.OutputSeries` an output message (value + headers) was made from: same tags, same true
+    timestamps, NaN where the output had no finite value. Raises `wire.WireError` / ValueError if malformed."""
+    from operators.windowing import grid_ns
+    from stream import wire
+    from stream.pipeline import SR_SUFFIX, SYNTH_SIGNAL, OutputSeries
+
+    chunk = wire.decode_result(value, repair=False).chunk
+    kind = "synth" if chunk.signal == SYNTH_SIGNAL else "sr"
+    source = chunk.signal[: -len(SR_SUFFIX)] if kind == "sr" and chunk.signal.endswith(SR_SUFFIX) else chunk.signal
+    n = len(chunk.samples)
+    times = grid_ns(chunk.start_ns, chunk.rate_hz, np.arange(n))
+    adjust = headers.get(HEADER_TIME_ADJUST)
+    if adjust:
+        a = np.frombuffer(adjust, dtype=np.int8)
+        if len(a) != n:
+            raise ValueError(f"{HEADER_TIME_ADJUST}: {len(a)} values for {n} samples")
+        times = times + a.astype(np.int64)
+    model = (headers.get(HEADER_MODEL) or b"").decode("utf-8", "replace")
+    return OutputSeries(bed=chunk.bed_id, source_signal=source, kind=kind, model=model, rate_hz=float(chunk.rate_hz),
+                        times_ns=times, values=chunk.samples, seq=chunk.seq, units=chunk.units)
+
+
 def encode_event(ev) -> bytes:
     payload = {"type": ev.type, "bed": ev.bed, "signal": ev.signal, "time_ns": int(ev.time_ns)}
     payload.update({k: _jsonable(v) for k, v in ev.fields.items()})
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_event(value: bytes):
+    """The `pipeline.PipelineEvent` of an events-topic message (`encode_event`'s inverse)."""
+    from stream.pipeline import PipelineEvent
+
+    obj = json.loads(value)
+    if not isinstance(obj, dict):
+        raise ValueError("event message is not a JSON object")
+    return PipelineEvent(type=str(obj.pop("type")), bed=str(obj.pop("bed")), signal=str(obj.pop("signal")),
+                         time_ns=int(obj.pop("time_ns")), fields=obj)
 
 
 def _jsonable(v):

@@ -174,10 +174,11 @@ def decode_input(data: bytes) -> DecodeResult:
     return res
 
 
-def decode_result(data: bytes) -> DecodeResult:
-    """Like `decode`, also reporting the encoding and how many samples were interpolated."""
+def decode_result(data: bytes, repair: bool = True) -> DecodeResult:
+    """Like `decode`, also reporting the encoding and how many samples were interpolated. `repair=False` keeps
+    non-finite samples as NaN (a reader of the output topics, where a missing output sample stays missing)."""
     try:
-        return _decode_result(data)
+        return _decode_result(data, repair)
     except WireError:
         raise
     except RecursionError:  # a C-level guard may trip past json's own: deep nesting anywhere
@@ -186,7 +187,7 @@ def decode_result(data: bytes) -> DecodeResult:
         raise WireError(BAD_ENCODING, f"undecodable message ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
-def _decode_result(data: bytes) -> DecodeResult:
+def _decode_result(data: bytes, repair: bool) -> DecodeResult:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError(BAD_ENCODING, f"message must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -199,8 +200,8 @@ def _decode_result(data: bytes) -> DecodeResult:
     else:
         fields, encoding = _parse_json(data), JSON
     chunk = _build(fields)
-    repaired = _validate(chunk, repair=True)
-    n_bad = int(np.count_nonzero(~np.isfinite(chunk.samples)))
+    repaired = _validate(chunk, repair=repair)
+    n_bad = int(np.count_nonzero(~np.isfinite(chunk.samples))) if repair else 0
     chunk.samples = repaired
     return DecodeResult(chunk=chunk, encoding=encoding, repaired=n_bad)
 

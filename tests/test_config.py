@@ -135,3 +135,14 @@ def test_json_output_chunks_that_would_outgrow_a_kafka_request_are_refused():
     assert Settings.from_env(env | {"WAVEBRIDGE_WINDOW_S": "18"}).window_s == 18.0  # the largest it admits at 2000 Hz
     worst = -np.random.default_rng(0).random(36_000).astype(np.float32) / 7e4  # long float64 texts: "-1.23...e-05"
     assert len(wire.encode_json(wire.Chunk("b", "PLETH", 2000.0, 0, 0, worst))) < 900_000  # ... and it fits
+
+
+def test_influx_sink_placement_and_its_own_group():
+    s = Settings.from_env({"WAVEBRIDGE_GROUP_ID": "g"})
+    assert (s.influx_sink, s.influx_sink_group) == ("worker", "g-influx")
+    s = Settings.from_env({"WAVEBRIDGE_INFLUX_SINK": "separate", "WAVEBRIDGE_INFLUX_GROUP_ID": "sinks"})
+    assert (s.influx_sink, s.influx_sink_group) == ("separate", "sinks")
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_INFLUX_SINK"):
+        Settings.from_env({"WAVEBRIDGE_INFLUX_SINK": "thread"})
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_INFLUX_GROUP_ID"):  # would share the worker's offsets
+        Settings.from_env({"WAVEBRIDGE_GROUP_ID": "g", "WAVEBRIDGE_INFLUX_GROUP_ID": "g"})

@@ -224,20 +224,6 @@ def test_outputs_at_a_non_integer_ratio_share_one_grid_across_flushes_and_restar
     assert len(again) and set(again.tolist()) <= set(times.tolist())  # a re-run overwrites, never adds
 
 
-def test_time_the_worker_could_not_consume_is_not_silence():
-    """A sink retrying for 10 s blocks consumption; the beds kept sending. Counting that time as idle flushed every
-    stream's tail (look-ahead included) when consumption resumed."""
-    now = [0.0]
-    pipe = Pipeline(cfg(idle_flush_s=3.0), RecordingTranslator(), clock=lambda: now[0])
-    pipe.push(Chunk("A", "PLETH", 125.0, T0, 0, np.ones(250, np.float32)), token="t")
-    pipe.process()
-    now[0] = 11.0
-    pipe.discount_stall(10.0)  # 10 of those 11 s were spent blocked
-    assert pipe.flush_idle() == 0
-    now[0] = 13.0
-    assert pipe.flush_idle() == 1
-
-
 def test_rpeaks_reported_once_each_with_absolute_times():
     """A fake ppg2ecg that returns the true ECG for the window's span: every R-peak of the
     recording must be reported exactly once despite the 4x window overlap."""

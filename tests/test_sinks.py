@@ -196,3 +196,31 @@ def test_an_oversized_payload_is_dead_lettered_without_its_value():
     big, extra = sinks.dlq_value(b"x" * (sinks.DLQ_MAX_VALUE_BYTES + 1))
     assert big == b"" and extra == [("wavebridge.value_dropped_bytes", str(sinks.DLQ_MAX_VALUE_BYTES + 1).encode())]
     assert sinks.dlq_value(None) == (b"", [])
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_the_sink_agent_makes_the_same_points_from_the_topics_as_from_the_pipeline(binary):
+    """InfluxDB is written from the output and event topics (stream/influxsink.py): a message must give exactly the
+    points its OutputSeries / PipelineEvent gives, true timestamps included where the segment grid has a period of
+    fractional ns (360 Hz: no chunk grid can reproduce them), NaN staying absent, SR named by its source."""
+    from operators.windowing import grid_ns
+    from stream.influxsink import EVENT, OUTPUT, message_points
+
+    seg = grid_ns(T0 + 7, 360.0, np.arange(1003, 1003 + 720))  # a segment's grid, 1003 samples in
+    outs = [series([0.5, np.nan, -2.25, 1e-7, 3.0, 4.0], bed="bed-1"), series(np.linspace(-1, 1, 720), kind="sr", source="II", rate=360.0, bed="bed-2"),
+            series([1.0, 2.0], kind="sr", source="PLETH", rate=100.0, bed="bed-3")]
+    outs[1].times_ns = seg
+    for out in outs:
+        value = sinks.encode_output(out, binary)
+        headers = sinks.output_headers(out)
+        assert message_points(OUTPUT, value, headers) == sinks.output_lines(out)
+    assert sum(name == sinks.HEADER_TIME_ADJUST for name, _ in sinks.output_headers(outs[1])) == 1
+    assert [name for name, _ in sinks.output_headers(outs[0])] == [sinks.HEADER_MODEL]  # on the chunk grid
+    events = [PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"peaks_ns": [T0 + 5, T0 + 900], "hr_bpm": 66.5,
+                                                             "model": "m", "until_ns": T0 + 10**9}),
+              PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"peaks_ns": [], "hr_bpm": float("nan"), "model": "m"}),
+              PipelineEvent("gap", "bed 2", "PLETH", T0 + 3, {"end_ns": T0 + 10**9, "detail": 'a "quoted" gap'})]
+    for ev in events:
+        assert message_points(EVENT, sinks.encode_event(ev), None) == sinks.event_lines(ev)
+    with pytest.raises(wire.WireError):
+        message_points(OUTPUT, b"{not json", [])

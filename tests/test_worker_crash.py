@@ -1,5 +1,5 @@
 """Failure behaviour of the worker subprocess: SIGKILL mid-replay loses and duplicates nothing;
-an InfluxDB outage stops consumption and commits, and everything lands once it is back."""
+an InfluxDB outage leaves the output topics on time, and InfluxDB catches up exactly once it is back."""
 from __future__ import annotations
 
 import threading
@@ -42,9 +42,9 @@ def _wait_ready(worker: WorkerProc, timeout: float = 60.0) -> None:
     wait_until(lambda: "Worker]: Ready" in worker.log(), timeout, "worker ready", worker)
 
 
-def _assert_exact(wenv, expected: dict) -> None:
+def _assert_exact(wenv, expected: dict, beds=BEDS) -> None:
     """Every expected sample present once, on its exact timestamp, nothing else."""
-    for bed in BEDS:
+    for bed in beds:
         for (sig, kind), t_rel in expected.items():
             t, _ = influx_series(wenv.influx, wenv.db, bed, sig, kind)
             assert len(np.unique(t)) == len(t)
@@ -117,33 +117,57 @@ def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
     _kill_then_restart(wenv, rec, expected, 1.0, filling)
 
 
-def test_influx_outage_pauses_commits_then_everything_lands(wenv, bidmc_record):
+def _stats_latency_s(wenv, prefix: str) -> np.ndarray:
+    """Per input message of beds `prefix-*`: seconds from its produce time to its outputs' delivery on Kafka."""
+    import json
+
+    path = wenv.tmp / "stats.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in rows if r["bed"].startswith(prefix)])
+
+
+def test_influx_outage_leaves_the_output_topics_on_time_then_influx_catches_up_exactly(wenv, bidmc_record):
+    """The alarm feed never waits for InfluxDB: the same replay with InfluxDB up and then down has the same latency
+    on the output topics, every input offset is committed during the outage, and once InfluxDB is back the sink
+    agent (its own consumer group) writes every expected point exactly once."""
+    from stream.replay import replay
+
     rec = bidmc_recording(bidmc_record(3), seconds=30.0)
     wenv.create_topics()
     expected = expected_influx_total(rec)
-    total = sum(len(t) for t in expected.values()) * len(BEDS)
+    total = sum(len(t) for t in expected.values()) * 4
     group = f"{wenv.prefix}-worker"
-
-    wenv.influx.set_down(True)
     worker = WorkerProc(wenv)
     try:
         _wait_ready(worker)
-        result: dict = {}
-        _replay_thread(wenv, rec, speed=0, result=result).join(60)
-        assert "error" not in result, result.get("error")
-        n_input = result["stats"].chunks
-        wait_until(lambda: worker.log().count("InfluxDB write failed") >= 3, 30, "write retries", worker)
-        time.sleep(3.0)  # several commit intervals
-        assert count(wenv.influx, wenv.db, "waveform") == 0
-        assert committed_total(wenv.bootstrap, group, wenv.topics["input"]) == 0, "committed input that was not stored"
-        assert worker.alive()
+        sent = {}
+        for phase in ("up", "down"):
+            if phase == "down":
+                wenv.influx.set_down(True)
+                down_at = time.monotonic()
+            sent[phase] = replay([rec], wenv.bootstrap, wenv.topics["input"], beds=2, bed_prefix=phase, speed=3.0,
+                                 start_ns=T0, chunk_s=1.0).chunks
+            wait_until(lambda: len(_stats_latency_s(wenv, phase)) >= sent[phase], 60,
+                       f"outputs of every '{phase}' input message on Kafka", worker)
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == sum(sent.values()), 30,
+                   "all input committed during the outage", worker)
+        assert count(wenv.influx, wenv.db, "waveform", "WHERE bed =~ /^down/") == 0, "InfluxDB was reachable"
+        wait_until(lambda: "InfluxDB write failed" in worker.log(), 30, "the sink retrying", worker)
+        outage_s = time.monotonic() - down_at
+        up, down = _stats_latency_s(wenv, "up"), _stats_latency_s(wenv, "down")
+        print(f"output-topic latency p50/p99/max: InfluxDB up {np.median(up):.2f}/{np.percentile(up, 99):.2f}/"
+              f"{up.max():.2f} s, InfluxDB down {np.median(down):.2f}/{np.percentile(down, 99):.2f}/{down.max():.2f} s "
+              f"(outage so far {outage_s:.0f} s)")
+        # the worker does not touch InfluxDB: only scheduling noise on a loaded machine separates the two
+        assert np.percentile(down, 99) <= np.percentile(up, 99) + 1.5
+        assert np.median(down) <= np.median(up) + 0.5
 
         wenv.influx.set_down(False)
         wait_until(lambda: count(wenv.influx, wenv.db, "waveform") == total or count(wenv.influx, wenv.db, "waveform"),
                    90, f"{total} points after the outage", worker)
-        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == n_input, 30,
-                   "all input committed", worker)
-        _assert_exact(wenv, expected)
+        for phase in ("up", "down"):
+            _assert_exact(wenv, expected, beds=(f"{phase}-001", f"{phase}-002"))
+        assert count(wenv.influx, wenv.db, "waveform") == total
     finally:
         wenv.influx.set_down(False)
         worker.stop()

@@ -273,7 +273,7 @@ def test_replay_through_worker_matches_offline(wenv, bidmc_record):
 
         lines = [json.loads(x) for x in (wenv.tmp / "stats.jsonl").read_text().splitlines()]
         assert len(lines) == stats.chunks
-        assert all(r["written_ms"] >= r["produce_ms"] > 0 for r in lines)
+        assert all(r["published_ms"] >= r["produce_ms"] > 0 for r in lines)
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log()[-3000:]

@@ -1,0 +1,265 @@
+"""InfluxDB as its own consumer: read the output and event topics in a consumer group of its own, write their
+points to InfluxDB, commit only after the write.
+
+    wavebridge sink          # standalone (WAVEBRIDGE_INFLUX_SINK=separate on the workers)
+
+Why a consumer of its own: the alarm feed must never wait for InfluxDB. The worker's input offsets wait only
+for its Kafka outputs; while InfluxDB is down this agent retries (with back-off, forever) and the output topics
+keep flowing; once InfluxDB is back it catches up from its own committed offsets.
+
+At-least-once with idempotent points: every point is a function of one topic message alone (a sample on its
+true timestamp, an R-peak at the peak, an `hr` point at its window's first emitted sample, a stream event at
+its start), so a message read again after a crash or a rebalance rewrites the same series at the same
+timestamps, which InfluxDB overwrites instead of adding.
+
+Where each message type becomes points: `POINTS` (topic role -> message -> line protocol) and
+`topic_roles` (topic name -> role). A new message type meant for InfluxDB is one entry in each.
+
+By default the agent runs in the worker process (`WAVEBRIDGE_INFLUX_SINK=worker`), on a thread of its own with
+its own Kafka consumer: it shares nothing with the worker's event loop or compute thread. Any number of sink
+agents may run; the group spreads the output topics' partitions over them.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from stream import metrics, sinks
+from stream.config import ConfigError, Settings
+
+log = logging.getLogger("wavebridge.sink")
+
+OUTPUT, EVENT = "output", "event"
+
+
+def _output_points(value: bytes, headers: dict[str, bytes]) -> list[str]:
+    return sinks.output_lines(sinks.decode_output(value, headers))
+
+
+def _event_points(value: bytes, headers: dict[str, bytes]) -> list[str]:
+    return sinks.event_lines(sinks.decode_event(value))
+
+
+# topic role -> (message value, headers) -> line protocol
+POINTS: dict[str, Callable[[bytes, dict[str, bytes]], list[str]]] = {
+    OUTPUT: _output_points,
+    EVENT: _event_points,
+}
+
+
+def topic_roles(s: Settings) -> dict[str, str]:
+    """The topics whose messages go to InfluxDB, and the `POINTS` role of each."""
+    return {s.topic_ecg_synth: OUTPUT, s.topic_sr: OUTPUT, s.topic_events: EVENT}
+
+
+def message_points(role: str, value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> list[str]:
+    """Line protocol for one message of a topic with `role` (raises on a malformed message)."""
+    return POINTS[role](value, dict(headers or []))
+
+
+class InfluxSinkAgent:
+    """Consumes `topic_roles(settings)` in group `settings.influx_sink_group` and writes them to InfluxDB.
+
+    One batch at a time: poll, build every point, write (retried until stored), commit the batch's offsets.
+    A rebalance during an InfluxDB outage gives the batch up (it is read again by whoever owns its partitions),
+    so the sink group never waits for InfluxDB either.
+    """
+
+    def __init__(self, settings: Settings, *, influx: sinks.InfluxSink | None = None,
+                 counters: sinks.ReasonCounters | None = None, max_records: int = 2000):
+        self.settings = settings
+        self.roles = topic_roles(settings)
+        self.counters = counters or sinks.ReasonCounters(settings.counters_log_s, log)
+        self.max_records = max_records
+        s = settings
+        self.influx = influx or sinks.InfluxSink(
+            s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, batch_points=s.influx_batch_points,
+            timeout_s=s.influx_timeout_s, backoff=sinks.Backoff(s.retry_initial_s, s.retry_max_s),
+            on_retry=self._on_retry, on_reject=self._on_reject)
+        self.written_messages = 0  # messages whose points are stored and offsets committed (or attempted)
+        self.ok = True  # False from a failed InfluxDB write until the next stored one
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "InfluxSinkAgent":
+        """Run on a daemon thread of its own."""
+        self._thread = threading.Thread(target=self.run, name="wavebridge-influx-sink", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop after the batch in progress (a write blocked on an outage is abandoned, not committed)."""
+        self._stop.set()
+        self.influx.stop_event.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self.counters.maybe_log(force=True)
+
+    def run(self) -> None:
+        """Consume until stopped. An unexpected error restarts the consumer from the committed offsets after a
+        back-off (nothing uncommitted is lost: it was not acknowledged)."""
+        delays = sinks.Backoff(self.settings.retry_initial_s, self.settings.retry_max_s).delays()
+        while not self._stop.is_set():
+            try:
+                self._consume()
+            except sinks.SinkStopped:
+                return
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                delay = next(delays)
+                self.counters.add("sink_restarts")
+                log.exception("InfluxDB sink failed (%s); restarting it from its committed offsets in %.1fs",
+                              sinks._short(exc), delay)
+                self._stop.wait(delay)
+
+    # ------------------------------------------------------------------ consuming
+    def _new_consumer(self):
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        s = self.settings
+        agent = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                agent.influx.abort_event.set()  # a write retrying through an outage gives its batch up
+
+            def on_partitions_assigned(self, assigned):
+                log.info("InfluxDB sink assigned %d partitions", len(assigned))
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers, group_id=s.influx_sink_group, client_id="wavebridge-influx-sink",
+            enable_auto_commit=False, auto_offset_reset="earliest",  # a new sink group writes everything retained
+            session_timeout_ms=int(s.session_timeout_s * 1000), heartbeat_interval_ms=int(s.heartbeat_s * 1000),
+            max_poll_records=self.max_records, **s.kafka_client_kwargs())
+        consumer.subscribe(list(self.roles), listener=_Listener())
+        return consumer
+
+    def _consume(self) -> None:
+        self._consumer = consumer = self._new_consumer()
+        try:
+            while not self._stop.is_set():
+                records = consumer.poll(timeout_ms=500)
+                if records:
+                    self._handle(consumer, records)
+                self.counters.maybe_log()
+        finally:
+            self._consumer = None
+            consumer.close(autocommit=False)
+
+    def _handle(self, consumer, records: dict) -> None:
+        from kafka.errors import CommitFailedError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        lines: list[str] = []
+        first: dict = {}
+        commit: dict = {}
+        n = 0
+        for tp, batch in records.items():
+            role = self.roles[tp.topic]
+            first[tp] = batch[0].offset
+            commit[tp] = OffsetAndMetadata(batch[-1].offset + 1, "", -1)
+            for rec in batch:
+                n += 1
+                try:
+                    lines += message_points(role, rec.value, rec.headers)
+                except Exception as exc:  # our own topics: a malformed message is a bug, reported, not retried
+                    self.counters.add(f"sink_malformed.{role}")
+                    log.error("%s[%d]@%d not written to InfluxDB (malformed %s message): %s", tp.topic, tp.partition,
+                              rec.offset, role, sinks._short(exc))
+        self.influx.abort_event.clear()  # set by a rebalance inside the poll that returned these records
+        if lines:
+            metrics.INFLUX_BACKLOG.set(len(lines))
+            try:
+                with metrics.INFLUX_WRITE_SECONDS.time():
+                    self.influx.write(lines)
+                metrics.INFLUX_POINTS.inc(len(lines))  # less any rejected lines, counted apart
+                self.ok = True
+            except sinks.WriteAborted:
+                # A rebalance during the outage: read the batch again where we still own it (others read it from
+                # the committed offsets).
+                owned = consumer.assignment()
+                for tp, off in first.items():
+                    if tp in owned:
+                        consumer.seek(tp, off)
+                log.info("rebalance: gave up a batch blocked on InfluxDB; it will be read again")
+                return
+            finally:
+                metrics.INFLUX_BACKLOG.set(0)
+                consumer.resume(*consumer.paused())
+        try:
+            consumer.commit(commit)
+        except (CommitFailedError, KafkaError) as exc:
+            # Written but not committed (the group rebalanced meanwhile): the new owner writes it again, which
+            # overwrites the same points.
+            log.info("InfluxDB sink commit failed after the write (the batch will be written again): %s",
+                     sinks._short(exc))
+        self.written_messages += n
+
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.counters.add("influx_write_failed")
+        metrics.INFLUX_RETRIES.inc()
+        self.ok = False
+        log.warning("InfluxDB write failed (attempt %d); sink paused, retry in %.1fs (the alarm feed is not "
+                    "affected): %s", attempt, delay, sinks._short(exc))
+        consumer = self._consumer
+        if consumer is not None:
+            # Stay in the group while retrying: a poll on paused partitions fetches nothing but lets a rebalance
+            # through (its revoke aborts this write).
+            consumer.pause(*consumer.assignment())
+            consumer.poll(timeout_ms=0)
+
+    def _on_reject(self, exc: BaseException, n_lines: int) -> None:
+        self.counters.add("influx_rejected", n_lines)
+        metrics.INFLUX_REJECTED.inc(n_lines)
+        log.error("InfluxDB rejected %d lines as unacceptable (stored the rest of the batch if any; not retried): %s",
+                  n_lines, sinks._short(exc))
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge sink`: the InfluxDB sink agent in the foreground, configured by `WAVEBRIDGE_*` variables."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if args:
+        print(f"wavebridge sink: takes no arguments (configured by WAVEBRIDGE_* variables), got {args}", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"wavebridge sink: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.influx_enabled:
+        print("wavebridge sink: WAVEBRIDGE_INFLUX_ENABLED is false: nothing to do", file=sys.stderr)
+        return 2
+    level = {"crit": "CRITICAL", "warn": "WARNING"}.get(settings.log_level.lower(), settings.log_level.upper())
+    logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    try:
+        from stream.topics import ensure_topics
+
+        ensure_topics(",".join(settings.bootstrap_servers), list(topic_roles(settings)), **settings.kafka_client_kwargs())
+    except Exception as exc:
+        print(f"wavebridge sink: cannot create topics on {settings.broker}: {exc}", file=sys.stderr)
+        return 1
+    agent = InfluxSinkAgent(settings)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    agent.start()
+    log.info("InfluxDB sink running: group %s, topics %s", settings.influx_sink_group, ", ".join(agent.roles))
+    while not done.wait(0.5):
+        if not agent._thread.is_alive():
+            return 1
+    agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
