@@ -1,8 +1,15 @@
-"""Training/validation data from BIDMC: patient-level split, 100 Hz arrays, batch sampling.
+"""Training/validation data: BIDMC and Challenge 2015 records, fixed splits, 100 Hz arrays, batch sampling.
 
 BIDMC records 06-09, 20-23 and 38-39 are the same patients, so the split is by patient: patients are
 listed in record order (a multi-record patient counts once) and every 5th patient starting with the
 3rd is held out for validation. The rule, not a hand-picked list, decides.
+
+Challenge 2015 records (250 Hz, `../shared/data/challenge2015`) carry no patient id, so they are split by
+record: the 300 names of its `RECORDS` file in sorted order, every 5th starting with the 3rd held out (the
+same rule, applied before records without both lead II and PLETH are dropped, so the split does not depend on
+that check). What that can leak: one patient with several alarms has several records, which may land on both
+sides, so held-out Challenge figures can be optimistic about unseen patients; BIDMC's split has no such leak.
+Record names tell the datasets apart: BIDMC's are two digits ("01"), Challenge's are its own ("a134s").
 """
 from __future__ import annotations
 
@@ -17,8 +24,9 @@ from models.prep import CANONICAL_RATE, LOWRES_KINDS, beat_templates, ecg_prior,
 from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
+from operators.quality import fill_nonfinite
 from operators.rpeaks import detect_rpeaks
-from operators.records import read_recording
+from operators.records import canonical_name, read_recording
 from operators.resample import resample
 
 SAME_PATIENT = (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39"))
@@ -50,6 +58,29 @@ def split() -> tuple[list[str], list[str]]:
     return train, val
 
 
+def is_bidmc_name(name: str) -> bool:
+    """A BIDMC record name as training and evaluation list them ("01"-"40")."""
+    return len(name) == 2 and name.isdigit()
+
+
+def challenge_paired(root: Path, name: str) -> bool:
+    """Whether Challenge record `name`'s header lists both lead II and PLETH (read from the header only)."""
+    lines = (root / f"{name}.hea").read_text().splitlines()
+    n_sig = int(lines[0].split()[1])
+    have = {canonical_name(ln.split()[-1]) for ln in lines[1 : 1 + n_sig] if ln.strip()}
+    return {"II", "PLETH"} <= have
+
+
+def challenge_split(root: Path) -> tuple[list[str], list[str]]:
+    """(train, held-out) Challenge 2015 records with lead II + PLETH, split by record (module doc)."""
+    names = sorted(ln.strip() for ln in (root / "RECORDS").read_text().splitlines() if ln.strip())
+    train, val = [], []
+    for i, name in enumerate(names):
+        if challenge_paired(root, name):
+            (val if i % 5 == 2 else train).append(name)
+    return train, val
+
+
 @dataclass
 class Record:
     name: str
@@ -66,7 +97,8 @@ def load_record(path: Path, with_lowres: bool = True) -> Record:
     rec = read_recording(path, signals=["II", "PLETH"])
     sig = {}
     for name, key in (("II", "ecg"), ("PLETH", "ppg")):
-        x = np.nan_to_num(rec.signals[name].astype(np.float64))
+        # as serving does (models.engine._finite): NaN runs interpolated, not zeroed (a zero run is a fake beat)
+        x = fill_nonfinite(rec.signals[name].astype(np.float64))[0]
         sig[key] = resample(x, rec.rates[name], CANONICAL_RATE, method="polyphase").astype(np.float32)
     n = min(len(sig["ecg"]), len(sig["ppg"]))
     ecg, ppg = sig["ecg"][:n], sig["ppg"][:n]
@@ -80,8 +112,23 @@ def load_record(path: Path, with_lowres: bool = True) -> Record:
                   detect_rpeaks(ecg, CANONICAL_RATE), lowres)
 
 
-def load_records(root: Path, names: list[str], with_lowres: bool = True) -> list[Record]:
-    return [load_record(root / f"bidmc{n}", with_lowres) for n in names]
+def record_path(name: str, bidmc_root: Path, challenge_root: Path | None = None) -> Path:
+    """Where record `name` lives: BIDMC's "NN" under `bidmc_root`, any other name under `challenge_root`."""
+    if is_bidmc_name(name):
+        return bidmc_root / f"bidmc{name}"
+    if challenge_root is None:
+        raise ValueError(f"record {name!r} is not a BIDMC record and no Challenge 2015 folder was given")
+    return challenge_root / name
+
+
+def load_records(root: Path, names: list[str], with_lowres: bool = True, challenge_root: Path | None = None,
+                 progress: bool = False) -> list[Record]:
+    out = []
+    for i, n in enumerate(names):
+        out.append(load_record(record_path(n, root, challenge_root), with_lowres))
+        if progress and (i + 1) % 25 == 0:
+            print(f"  loaded {i + 1}/{len(names)} records", flush=True)
+    return out
 
 
 
@@ -225,6 +272,22 @@ def data_root(explicit: str | Path | None = None) -> Path:
     if explicit:
         return Path(explicit)
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "bidmc"
+
+
+def challenge_root(explicit: str | Path | None = None) -> Path:
+    """`../shared/data/challenge2015` beside the repo unless given."""
+    if explicit:
+        return Path(explicit)
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "challenge2015"
+
+
+def found_challenge_root(explicit: str | Path | None = None) -> Path | None:
+    """`challenge_root(explicit)` when it holds the Challenge 2015 records; else None, after saying so."""
+    root = challenge_root(explicit)
+    if not (root / "RECORDS").exists():
+        print(f"error: Challenge 2015 records not found under {root} (pass --challenge-data)", file=sys.stderr)
+        return None
+    return root
 
 
 def found_data_root(explicit: str | Path | None = None) -> Path | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = [
     "match_peak_pairs", "match_peaks", "PeakScore", "peak_f1", "sum_scores", "summarize_scores",
-    "windowed_hr", "hr_mae", "WindowScores", "windowed_pearson_rmse", "pool_windows",
+    "windowed_hr", "hr_mae", "WindowScores", "windowed_pearson_rmse", "windowed_aligned_pearson_rmse", "pool_windows",
 ]
 
 
@@ -190,6 +190,40 @@ def windowed_pearson_rmse(ref, test, rate_hz: float, window_s: float = 8.0) -> W
             rm.append(float(np.sqrt(np.mean((x - y) ** 2))))
         st.append(s)
     return WindowScores(np.asarray(pr), np.asarray(rm), np.asarray(st, np.int64), len(starts), skipped)
+
+
+def windowed_aligned_pearson_rmse(ref, test, rate_hz: float, max_shift_s: float = 0.15,
+                                  window_s: float = 8.0) -> WindowScores:
+    """`windowed_pearson_rmse` after the best shift of `test` within +-`max_shift_s` per window.
+
+    The windows scored and skipped are the same as `windowed_pearson_rmse`'s; in each, `test` is read from
+    `shift` samples later for every shift, on the part of the window where that stays inside the signal (a
+    window at a record's edge loses at most `max_shift_s` of its length), and the Pearson r of the best shift
+    (with the RMSE there) is kept. This is the figure comparable with PPG->ECG results published on windows
+    aligned beforehand; the unshifted one is what a bed gets.
+    """
+    a = np.asarray(ref, dtype=np.float64).ravel()
+    b = np.asarray(test, dtype=np.float64).ravel()
+    base = windowed_pearson_rmse(a, b, rate_hz, window_s)
+    k = int(round(max_shift_s * float(rate_hz)))
+    w = min(len(a), max(2, int(round(window_s * rate_hz))))
+    pr, rm = base.pearson.copy(), base.rmse.copy()
+    for i, s in enumerate(base.starts):
+        if not np.all(np.isfinite(b[s:s + w])):
+            continue  # a non-finite prediction keeps its unshifted score (r = 0)
+        for shift in range(-k, k + 1):
+            lo, hi = max(s, -shift), min(s + w, len(b) - shift)  # ref samples whose shifted test exists
+            if hi - lo < w - k or shift == 0:
+                continue
+            x, y = a[lo:hi], b[lo + shift:hi + shift]
+            if not np.all(np.isfinite(y)):
+                continue
+            xc, yc = x - x.mean(), y - y.mean()
+            den = np.sqrt(np.dot(xc, xc) * np.dot(yc, yc))
+            r = float(np.dot(xc, yc) / den) if den > 0 else 0.0
+            if r > pr[i]:
+                pr[i], rm[i] = r, float(np.sqrt(np.mean((x - y) ** 2)))
+    return WindowScores(pr, rm, base.starts, base.n_windows, base.n_skipped)
 
 
 def pool_windows(scores: Iterable[WindowScores]) -> WindowScores:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from operators.metrics import (PeakScore, hr_mae, match_peak_pairs, match_peaks, peak_f1, pool_windows,
-                               summarize_scores, sum_scores, windowed_hr, windowed_pearson_rmse)
+                               summarize_scores, sum_scores, windowed_aligned_pearson_rmse, windowed_hr,
+                               windowed_pearson_rmse)
 
 
 def test_one_to_one_matching_nearest_first():
@@ -86,3 +87,20 @@ def test_windowed_pearson_rmse_skips_a_bad_reference_and_scores_a_bad_prediction
         windowed_pearson_rmse(ref, ref[:-1], rate)
     short = windowed_pearson_rmse(ref[:100], ref[:100], rate, 8.0)  # shorter than one window
     assert short.n_windows == 1 and short.pearson[0] == pytest.approx(1.0)
+
+
+def test_aligned_pearson_finds_a_shift_within_the_limit_only():
+    rate = 100.0
+    t = np.arange(3200) / rate
+    rng = np.random.default_rng(0)
+    ref = np.sin(2 * np.pi * 1.3 * t) ** 9 + 0.05 * rng.standard_normal(len(t))
+    late = np.roll(ref, 10)  # 100 ms late
+    raw, al = windowed_pearson_rmse(ref, late, rate), windowed_aligned_pearson_rmse(ref, late, rate, 0.15)
+    assert raw.mean_pearson < 0.5 and al.mean_pearson > 0.99 and al.mean_rmse < raw.mean_rmse
+    assert np.array_equal(al.starts, raw.starts)  # the same windows, shifted test only
+    # a shift beyond the limit is not found, and never scores below the unshifted window
+    far = windowed_aligned_pearson_rmse(ref, np.roll(ref, 30), rate, 0.15)
+    assert far.mean_pearson < 0.9 and np.all(far.pearson >= windowed_pearson_rmse(ref, np.roll(ref, 30), rate).pearson)
+    bad = ref.copy()
+    bad[50] = np.nan  # a bad reference window is skipped alike
+    assert windowed_aligned_pearson_rmse(bad, late, rate).n_skipped == 1

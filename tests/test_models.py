@@ -474,3 +474,45 @@ def test_evaluate_runs_end_to_end_and_can_pick_the_context_as_the_worker_does(bi
     assert all(0.5 < r["f1_150"] <= 1.0 for r in rows[0.0].values())
     assert rows[0.0]["ppg2ecg baseline no context"] == rows[10.0]["ppg2ecg baseline no context"]
     assert rows[0.0]["ppg2ecg baseline +context"]["pearson"] != rows[10.0]["ppg2ecg baseline +context"]["pearson"]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_evaluate_reports_both_datasets_aligned_pearson_and_25hz_pleth(bidmc, shared_data, tmp_path):
+    """A BIDMC (125 Hz) and a Challenge 2015 (250 Hz) record, PLETH also from 25 Hz: per dataset and pooled rows,
+    and the aligned Pearson (best shift within +-150 ms per window) never below the raw one."""
+    from stream import evaluate
+
+    challenge = shared_data / "challenge2015"
+    if not (challenge / "a134s.hea").exists():
+        pytest.skip(f"Challenge 2015 record a134s not found under {challenge}")
+    out = tmp_path / "e.json"
+    assert evaluate.cli(["--data", str(bidmc), "--challenge-data", str(challenge), "--records", "bidmc11,a134s",
+                         "--context-s", "30", "--seconds", "16", "--tasks", "ppg2ecg", "--ppg-rates", "native,25",
+                         "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["datasets"]["bidmc"]["records"] == ["11"] and res["datasets"]["challenge"]["records"] == ["a134s"]
+    rows = {f"{t} {m} {c}" for t in ("ppg2ecg", "ppg2ecg@25Hz") for m in ("clmt", "baseline") for c in ("+context", "no context")}
+    for part in (res["overall"], *(d["overall"] for d in res["datasets"].values())):
+        assert set(part) == rows
+        assert all(r["pearson_aligned"] >= r["pearson"] - 1e-12 for r in part.values())
+    assert res["per_record"]["challenge/a134s"]["ppg2ecg@25Hz baseline +context"]["f1_150"] > 0.9
+    assert res["overall"]["ppg2ecg clmt +context"]["windows"] == sum(
+        d["overall"]["ppg2ecg clmt +context"]["windows"] for d in res["datasets"].values())
+
+
+def test_evaluate_max_records_spreads_over_the_held_out_list():
+    from stream.evaluate import spread_pick
+
+    names = [f"r{i}" for i in range(10)]
+    assert spread_pick(names, 3) == ["r0", "r4", "r9"] and spread_pick(names, 0) == names and spread_pick(names, 20) == names
+
+
+def test_challenge_split_is_fixed_by_record_name(shared_data):
+    from models.data import challenge_split
+
+    root = shared_data / "challenge2015"
+    if not (root / "RECORDS").exists():
+        pytest.skip(f"Challenge 2015 records not found under {root}")
+    train, val = challenge_split(root)
+    assert not set(train) & set(val) and len(train) + len(val) == 244  # the records with lead II and PLETH
+    assert val[:3] == ["a134s", "a203l", "a278s"] and len(val) == 49
