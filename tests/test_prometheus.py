@@ -70,6 +70,7 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
     from tests.support.prometheus import start_prometheus
 
     _need("prometheus")
+    influx.set_down(False)  # an earlier test's simulated outage must not outlive it
     tmp = tmp_path_factory.mktemp("prometheus-run")
     port = free_port()
     wenv = WorkerEnv(kafka_bootstrap, influx, db="wb_" + uuid.uuid4().hex[:8], tmp=tmp)
