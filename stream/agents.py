@@ -68,6 +68,7 @@ class WorkerRuntime:
         }
         self.events_topic = app.topic(settings.topic_events, **raw)
         self.dlq_topic = app.topic(settings.topic_dlq, **raw)
+        self.chunk_listeners: list = []  # called with every decoded chunk on the compute thread (alarm ring)
 
     # ------------------------------------------------------------------ readiness (/readyz; read-only)
     def _check_assigned(self) -> tuple[bool, str]:
@@ -226,6 +227,8 @@ class WorkerRuntime:
             tok.bed, tok.signal = chunk.bed_id, chunk.signal
             metrics.SAMPLES_IN.labels(ev.message.topic).inc(len(chunk.samples))
             self.pipeline.push(chunk, tok)
+            for listen in self.chunk_listeners:
+                listen(chunk)
         return self._compute_idle(), dead
 
     def _compute_idle(self) -> BatchResult:

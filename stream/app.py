@@ -69,7 +69,11 @@ def create_app(settings: Settings | None = None, translator=None):
         # Faust would otherwise create `<app id>-data/` in the current directory.
         datadir=s.data_dir or str(Path(tempfile.gettempdir()) / f"wavebridge-{s.group_id}"),
     )
-    register(app, s, translator)
+    rt = register(app, s, translator)
+    if s.alarm_enabled:
+        from stream.alarm_agent import register as register_alarms
+
+        register_alarms(app, s, rt)
     app.wavebridge_settings = s
     return app
 
@@ -78,6 +82,8 @@ def _prepare_topics(s: Settings) -> None:
     from stream.topics import ensure_topics
 
     names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq]
+    if s.alarm_enabled:
+        names += [s.topic_alarms, s.topic_verdicts]
     ensure_topics(",".join(s.bootstrap_servers), names, **s.kafka_client_kwargs())
 
 

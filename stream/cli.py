@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("stream.replay", "replay a WFDB recording onto the input topic as one or more beds"),
     "broker": ("stream.embedded", "run the embedded Kafka-protocol broker (Tansu) for local use"),
     "translate": ("stream.offline", "translate a recording offline (no Kafka) to files"),
+    "alarm-check": ("stream.alarms", "verify a Challenge-format record's arrhythmia alarm (true/false/uncertain)"),
     "train": ("models.train", "train the CLMT translation model"),
     "evaluate": ("stream.evaluate", "evaluate CLMT vs classic baselines on held-out BIDMC patients"),
     "bench-model": ("models.bench", "benchmark model inference throughput/latency"),

@@ -96,6 +96,16 @@ class Settings:
     data_dir: str | None = None  # Faust's state directory; None: <system temp>/wavebridge-<group id>
     log_level: str = "info"
     counters_log_s: float = 60.0
+    # --- alarm verification (stream/alarm_agent.py, docs/alarms.md) ----------------------------
+    alarm_enabled: bool = True
+    topic_alarms: str = "wavebridge.alarms"
+    topic_verdicts: str = "wavebridge.verdicts"
+    alarm_mode: str = "realtime"  # an alarm message's own "mode" overrides it
+    alarm_wait_s: float = 30.0  # retrospective mode: data wanted after the onset
+    alarm_grace_s: float = 2.0  # longest wait for a bed's data to reach what the mode needs, past the wait
+    alarm_buffer_s: float = 120.0  # per-bed signal ring, s behind the newest sample
+    alarm_max_beds: int = 256
+    alarm_translator: str = "classic"  # II_SYNTH for verdicts; "none" leaves it out
 
     def __post_init__(self) -> None:
         self.validate()
@@ -202,6 +212,16 @@ class Settings:
         text("DATA_DIR", "data_dir")
         text("LOG_LEVEL", "log_level")
         num("COUNTERS_LOG_S", "counters_log_s")
+
+        flag("ALARM_ENABLED", "alarm_enabled")
+        text("TOPIC_ALARMS", "topic_alarms")
+        text("TOPIC_VERDICTS", "topic_verdicts")
+        text("ALARM_MODE", "alarm_mode")
+        num("ALARM_WAIT_S", "alarm_wait_s")
+        num("ALARM_GRACE_S", "alarm_grace_s")
+        num("ALARM_BUFFER_S", "alarm_buffer_s")
+        num("ALARM_MAX_BEDS", "alarm_max_beds", int)
+        text("ALARM_TRANSLATOR", "alarm_translator")
         return cls(**kw)
 
     # ------------------------------------------------------------------------------------
@@ -311,6 +331,25 @@ class Settings:
             raise bad("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
         if self.counters_log_s <= 0:
             raise bad("COUNTERS_LOG_S", "must be > 0")
+        self._check_alarms(bad, topics)
+
+    def _check_alarms(self, bad, topics: list[str]) -> None:
+        from operators.alarms import LEARN_S, MODES, PRE_S
+
+        if self.alarm_mode not in MODES:
+            raise bad("ALARM_MODE", f"{self.alarm_mode!r} not one of {', '.join(MODES)}")
+        if self.alarm_wait_s < 0 or self.alarm_grace_s < 0:
+            raise bad("ALARM_WAIT_S", "ALARM_WAIT_S and ALARM_GRACE_S must be >= 0")
+        need = PRE_S + LEARN_S + self.alarm_wait_s
+        if self.alarm_buffer_s < need:
+            raise bad("ALARM_BUFFER_S", f"{self.alarm_buffer_s:g} s is shorter than a verdict reads "
+                                        f"({PRE_S:g} s window + {LEARN_S:g} s learning + ALARM_WAIT_S = {need:g} s)")
+        if self.alarm_max_beds < 1:
+            raise bad("ALARM_MAX_BEDS", "must be >= 1")
+        if self.topic_alarms == self.topic_verdicts or {self.topic_alarms, self.topic_verdicts} & set(topics):
+            raise bad("TOPIC_ALARMS", "the alarms and verdicts topics must differ from each other and every other topic")
+        if not self.alarm_translator:
+            raise bad("ALARM_TRANSLATOR", "must not be empty ('none' leaves the synthesized ECG out)")
 
     def _check_output_chunk_size(self) -> None:
         """Every emitted output chunk must pass `wire` validation, or the worker drops it (only

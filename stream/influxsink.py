@@ -33,7 +33,7 @@ from stream.config import ConfigError, Settings
 
 log = logging.getLogger("wavebridge.sink")
 
-OUTPUT, EVENT = "output", "event"
+OUTPUT, EVENT, VERDICT = "output", "event", "verdict"
 
 
 def _output_points(value: bytes, headers: dict[str, bytes]) -> list[str]:
@@ -44,16 +44,28 @@ def _event_points(value: bytes, headers: dict[str, bytes]) -> list[str]:
     return sinks.event_lines(sinks.decode_event(value))
 
 
+def _verdict_points(value: bytes, headers: dict[str, bytes]) -> list[str]:
+    import json
+
+    from stream.alarms import verdict_lines
+
+    return verdict_lines(json.loads(value))
+
+
 # topic role -> (message value, headers) -> line protocol
 POINTS: dict[str, Callable[[bytes, dict[str, bytes]], list[str]]] = {
     OUTPUT: _output_points,
     EVENT: _event_points,
+    VERDICT: _verdict_points,
 }
 
 
 def topic_roles(s: Settings) -> dict[str, str]:
     """The topics whose messages go to InfluxDB, and the `POINTS` role of each."""
-    return {s.topic_ecg_synth: OUTPUT, s.topic_sr: OUTPUT, s.topic_events: EVENT}
+    roles = {s.topic_ecg_synth: OUTPUT, s.topic_sr: OUTPUT, s.topic_events: EVENT}
+    if s.alarm_enabled:
+        roles[s.topic_verdicts] = VERDICT  # stream/alarm_agent.py
+    return roles
 
 
 def message_points(role: str, value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from stream import cli
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = ["demo", "worker", "sink", "replay", "broker", "translate", "train", "evaluate", "bench-model"]
+EXPECTED = ["demo", "worker", "sink", "replay", "broker", "translate", "alarm-check", "train", "evaluate", "bench-model"]
 
 
 def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:

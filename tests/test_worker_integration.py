@@ -41,7 +41,7 @@ class WorkerEnv:
     def topics(self) -> dict:
         p = self.prefix
         return {"input": f"{p}.waveforms", "ecg_synth": f"{p}.ecg-synth", "sr": f"{p}.sr", "events": f"{p}.events",
-                "dlq": f"{p}.dlq"}
+                "dlq": f"{p}.dlq", "alarms": f"{p}.alarms", "verdicts": f"{p}.verdicts"}
 
     def env(self) -> dict:
         t = self.topics
@@ -53,6 +53,7 @@ class WorkerEnv:
             "WAVEBRIDGE_SESSION_TIMEOUT_S": "6", "WAVEBRIDGE_HEARTBEAT_S": "1",
             "WAVEBRIDGE_TOPIC_INPUT": t["input"], "WAVEBRIDGE_TOPIC_ECG_SYNTH": t["ecg_synth"],
             "WAVEBRIDGE_TOPIC_SR": t["sr"], "WAVEBRIDGE_TOPIC_EVENTS": t["events"], "WAVEBRIDGE_TOPIC_DLQ": t["dlq"],
+            "WAVEBRIDGE_TOPIC_ALARMS": t["alarms"], "WAVEBRIDGE_TOPIC_VERDICTS": t["verdicts"],
             "WAVEBRIDGE_INFLUX_URL": self.influx.url, "WAVEBRIDGE_INFLUX_ORG": self.influx.org,
             "WAVEBRIDGE_INFLUX_BUCKET": self.db, "WAVEBRIDGE_INFLUX_TOKEN": self.influx.token,
             "WAVEBRIDGE_RETRY_INITIAL_S": "0.2", "WAVEBRIDGE_RETRY_MAX_S": "1",

@@ -1,0 +1,532 @@
+"""Arrhythmia-alarm verification against a bed's own signals: is a monitor's alarm real?
+
+The classic approach of the 2015 PhysioNet/CinC Challenge's best entries (Plesinger et al., Eerikaeinen et
+al., Fallet et al.): detect beats independently in every channel (each ECG lead with a Pan-Tompkins
+detector, the PLETH and ABP pulses with an event-related moving-average detector, and the ECG synthesized
+from PLETH), grade every channel's quality in the analysis window, and fuse the channels by quality.
+
+The fusion is asymmetric on purpose, because a suppressed true alarm costs a life and a false one costs
+attention (the Challenge weighs a false negative five times): an alarm is judged `false` only when at least
+one channel of good quality *contradicts* the alarm's definition (e.g. regular pulses every second in a
+clean arterial line during an "asystole") and no good channel *supports* it. A channel with poor quality
+never speaks against an alarm: a flat or noisy ECG is exactly what a real asystole or VF looks like. Where
+nothing usable contradicts, the verdict is `true` (a good channel supports it) or `uncertain`; an alarm
+system must treat `uncertain` as `true`.
+
+Per channel and alarm type (definitions of the Challenge, `../shared/data/README.md`):
+- asystole (no QRS for >= 4 s): contradicted by beats with no gap longer than ``ASYSTOLE_CONTRA_GAP_S``;
+- extreme bradycardia (< 40 bpm for 5 consecutive beats): contradicted when the slowest 5 beats are fast;
+- extreme tachycardia (> 140 bpm for 17 consecutive beats): contradicted when the fastest 17 are slow;
+- ventricular tachycardia (>= 5 ventricular beats above 100 bpm): an ECG lead contradicts when no 5 beats
+  exceed 100 bpm, or when every beat matches the patient's own earlier beat (no run of abnormal beats); a
+  pulse channel contradicts, weakly, when its 5-beat rate stays below 100 bpm;
+- ventricular flutter/fibrillation (fibrillatory waveform >= 4 s): contradicted by regular beats or pulses
+  with no gap reaching 4 s (a fibrillating heart ejects nothing).
+Each contradiction is a number in [0, 1] (graded near the threshold); it is weighed by the channel's quality
+score, the strongest support is subtracted, and the result (`false_score`) is compared with a per-type
+threshold (`VerifierConfig.false_threshold`; the evaluation fits it on training folds only).
+
+Modes: ``realtime`` uses data up to the alarm only; ``retrospective`` also the `wait_s` after it (the
+analysis window is extended by up to ``RETRO_POST_S`` and the detectors see the rest as context).
+
+Pure numpy/scipy (operators layering); the synthesized ECG is produced by the caller's translator (any
+`operators.translator.Translator`, loaded by spec) through `synthesize_ecg`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from operators.context import select_context
+from operators.quality import ecg_quality, fill_nonfinite, ppg_quality
+from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
+from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
+
+__all__ = [
+    "ALARM_TYPES", "CHALLENGE_TYPES", "MODES", "VERDICTS", "AlarmVerdict", "ChannelEvidence", "VerifierConfig",
+    "verify_alarm", "fuse", "synthesize_ecg", "add_synthesized_ecg", "channel_kind", "parse_alarm_type", "challenge_score",
+    "read_challenge_record", "ChallengeRecord",
+]
+
+ASYSTOLE, BRADY, TACHY, VTACH, VFIB = "asystole", "bradycardia", "tachycardia", "ventricular_tachycardia", \
+    "ventricular_flutter_fib"
+ALARM_TYPES = (ASYSTOLE, BRADY, TACHY, VTACH, VFIB)
+# the Challenge header's spelling -> ours
+CHALLENGE_TYPES = {"Asystole": ASYSTOLE, "Bradycardia": BRADY, "Tachycardia": TACHY,
+                   "Ventricular_Tachycardia": VTACH, "Ventricular_Flutter_Fib": VFIB}
+MODES = ("realtime", "retrospective")
+VERDICTS = ("true", "false", "uncertain")
+SYNTH = "II_SYNTH"
+
+PRE_S = 16.0  # analysis window before the onset: the Challenge's event lies within the seconds before the alarm
+LEARN_S = 60.0  # detectors see this much before the window (adaptive thresholds, the patient's own beat)
+RETRO_POST_S = 10.0  # retrospective: the window reaches this far past the onset (when the wait allows)
+BLOCK_S = 4.0  # quality is graded per block of this length inside the window
+ASYSTOLE_CONTRA_GAP_S = 3.0  # a channel's longest beat-free gap below this (graded over 1 s) contradicts
+ASYSTOLE_MAX_ABNORMAL = 2  # an ECG lead with a longer run of unusual beats does not contradict an asystole
+VF_CONTRA_GAP_S = 2.5  # a fibrillating heart ejects nothing: pulses this close together throughout contradict
+SYNTH_PULSE_S = (0.1, 1.2)  # a synthesized beat counts when a PLETH pulse follows it this soon (s)
+ABNORMAL_CORR = 0.6  # a beat correlating less than this with the patient's earlier median beat is abnormal
+VT_RUN = 5  # ventricular beats in a row (Challenge definition)
+VT_SHAPE_WEIGHT = 0.6  # all beats of a lead like the patient's usual one, against a VT: weaker than its rate
+
+
+def parse_alarm_type(name: str) -> str:
+    """Our alarm type for any accepted spelling (ours, the Challenge's, or short `asys`/`vt`/`vf`)."""
+    key = str(name).strip()
+    if key in CHALLENGE_TYPES:
+        return CHALLENGE_TYPES[key]
+    low = key.lower().replace("-", "_").replace(" ", "_")
+    short = {"asys": ASYSTOLE, "brady": BRADY, "extreme_bradycardia": BRADY, "tachy": TACHY,
+             "extreme_tachycardia": TACHY, "vt": VTACH, "vtach": VTACH, "vf": VFIB, "vfib": VFIB,
+             "ventricular_fibrillation": VFIB, "ventricular_flutter_fibrillation": VFIB}
+    if low in ALARM_TYPES:
+        return low
+    if low in short:
+        return short[low]
+    raise ValueError(f"unknown alarm type {name!r}; expected one of {', '.join(ALARM_TYPES)}")
+
+
+def channel_kind(name: str) -> str | None:
+    """"ecg", "pulse" (PLETH, ABP), "synth" (ECG synthesized from PLETH) or None (not used, e.g. RESP)."""
+    up = name.upper()
+    if up == SYNTH:
+        return "synth"
+    if is_ecg_signal(up) or up == "MCL":
+        return "ecg"
+    if up in ("PLETH", "ABP", "ART", "AOBP"):
+        return "pulse"
+    return None
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Tunable parts of the verifier; `false_threshold` per alarm type is what cross-validation fits."""
+
+    pre_s: float = PRE_S
+    learn_s: float = LEARN_S
+    retro_post_s: float = RETRO_POST_S
+    false_threshold: Mapping[str, float] = field(default_factory=lambda: {
+        ASYSTOLE: 0.5, BRADY: 0.5, TACHY: 0.9, VTACH: 0.5, VFIB: 0.5})
+    channels: tuple[str, ...] = ("ecg", "pulse", "synth")  # kinds of channel used (the ablation drops some)
+
+    def threshold(self, alarm_type: str) -> float:
+        return float(self.false_threshold.get(alarm_type, 0.5))
+
+
+@dataclass(frozen=True)
+class ChannelEvidence:
+    """What one channel shows in the analysis window (times in s relative to the alarm onset)."""
+
+    name: str
+    kind: str
+    quality: str  # "good" | "degraded" | "unusable"
+    quality_score: float  # share of the window's blocks that pass the quality checks, [0, 1]
+    onset_ok: bool  # the block ending at the onset passes
+    reason: str  # first failed quality check of the worst block; "" when good
+    beats_s: tuple[float, ...]
+    hr_bpm: float | None  # median over the window; None with < 2 beats
+    max_gap_s: float  # longest span without a beat, window edges included
+    hr5_min_bpm: float | None  # slowest / fastest 5 consecutive beats; None with < 5 beats
+    hr5_max_bpm: float | None
+    hr17_max_bpm: float | None  # fastest 17 consecutive beats
+    abnormal_run: int | None  # ECG: longest run of beats unlike the patient's earlier beat (None: no template)
+    contradicts: float  # [0, 1]: how strongly this channel says the alarm is false
+    supports: float  # [0, 1]: how strongly it says the alarm is true
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["beats_s"] = [round(b, 3) for b in self.beats_s]
+        return {k: (_rounded(v) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class AlarmVerdict:
+    alarm_type: str
+    mode: str
+    verdict: str  # "true" | "false" | "uncertain"
+    confidence: float  # in [0, 1]: of `verdict` being right (for "uncertain": the false-score's margin)
+    false_score: float
+    threshold: float
+    window_s: tuple[float, float]  # analysis window relative to the onset
+    channels: tuple[ChannelEvidence, ...]
+    reason: str
+
+    @property
+    def keep_alarm(self) -> bool:
+        """What an alarm system should do: only a `false` verdict may (with human sign-off for
+        asystole/VF) silence an alarm; `uncertain` keeps it."""
+        return self.verdict != "false"
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "confidence": _rounded(self.confidence), "alarm_type": self.alarm_type,
+                "mode": self.mode, "false_score": _rounded(self.false_score), "threshold": _rounded(self.threshold),
+                "window_s": [_rounded(w) for w in self.window_s], "reason": self.reason,
+                "channels": [c.to_dict() for c in self.channels]}
+
+
+def _rounded(v: float | None, nd: int = 4) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return round(float(v), nd)
+
+
+# ---------------------------------------------------------------- per-channel analysis
+
+
+def _quality(x: np.ndarray, rate_hz: float, kind: str):
+    return ecg_quality(x, rate_hz) if kind in ("ecg", "synth") else ppg_quality(x, rate_hz)
+
+
+def _window_quality(x: np.ndarray, rate_hz: float, kind: str, onset: int, a: int, b: int) -> tuple[float, bool, str]:
+    """Quality of x[a:b] in BLOCK_S blocks laid from the onset sample both ways: the share of blocks that pass,
+    whether the block ending at the onset (where the alarm's event is) passes, and the first failing reason."""
+    n = max(1, int(round(BLOCK_S * rate_hz)))
+    starts = [s for s in range(onset - n, a - 1, -n)] + [s for s in range(onset, b - n + 1, n)]
+    if not starts:
+        starts = [a]
+    ok, reason, onset_ok = 0, "", False
+    for s in starts:
+        q = _quality(x[max(s, 0):s + n], rate_hz, kind)
+        ok += q.ok
+        if s == onset - n or len(starts) == 1:
+            onset_ok = q.ok
+        if not q.ok and not reason:
+            reason = q.reason
+    return ok / len(starts), onset_ok, reason
+
+
+def _hr_extremes(beats_s: np.ndarray, k: int) -> tuple[float | None, float | None]:
+    """Slowest and fastest rate (bpm) over any k consecutive beats."""
+    if len(beats_s) < k:
+        return None, None
+    span = beats_s[k - 1:] - beats_s[: len(beats_s) - k + 1]
+    span = span[span > 0]
+    if not len(span):
+        return None, None
+    hr = 60.0 * (k - 1) / span
+    return float(np.min(hr)), float(np.max(hr))
+
+
+def _abnormal_run(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int) -> int | None:
+    """Longest run of consecutive beats at or after sample t0 whose shape correlates less than ABNORMAL_CORR
+    with the median of the earlier beats (the patient's own usual beat); None without enough earlier beats."""
+    lo, hi = int(round(0.12 * rate_hz)), int(round(0.2 * rate_hz))
+    ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
+    early, late = ok[ok < t0], ok[ok >= t0]
+    if len(early) < 5 or not len(late):
+        return None
+    seg = lambda i: x[i - lo:i + hi]  # noqa: E731
+    tpl = np.median(np.stack([seg(i) for i in early[-30:]]), axis=0)
+    tpl = tpl - tpl.mean()
+    if not np.any(tpl):
+        return None
+    run = best = 0
+    for i in late:
+        s = seg(i) - seg(i).mean()
+        den = float(np.linalg.norm(s) * np.linalg.norm(tpl))
+        corr = float(s @ tpl) / den if den > 0 else 0.0
+        run = run + 1 if corr < ABNORMAL_CORR else 0
+        best = max(best, run)
+    return best
+
+
+def _clip01(v: float) -> float:
+    return float(min(1.0, max(0.0, v)))
+
+
+def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr17max: float | None,
+           abnormal: int | None, win_len_s: float, median_rr: float | None) -> tuple[float, float]:
+    """(contradicts, supports) of one channel for one alarm type (see module doc)."""
+    hr5min, hr5max = hr5
+    if alarm_type == ASYSTOLE:
+        if n_beats < 3 or (kind == "ecg" and (abnormal or 0) > ASYSTOLE_MAX_ABNORMAL):
+            return 0.0, _clip01(gap - 4.0)  # "beats" unlike the patient's own are likely noise
+        # a pause: the longest gap is short in seconds and against the window's usual beat interval
+        by_rr = _clip01((2.0 - gap / median_rr) / 0.5) if median_rr else 0.0
+        return min(_clip01(ASYSTOLE_CONTRA_GAP_S - gap), by_rr), _clip01(gap - 4.0)
+    if alarm_type == BRADY:
+        if hr5min is None:
+            return 0.0, _clip01((gap - 6.0) / 2.0)  # < 5 beats in the window: fewer than ~20 bpm
+        return _clip01((hr5min - 45.0) / 10.0), _clip01((40.0 - hr5min) / 5.0 + 0.5)
+    if alarm_type == TACHY:
+        if hr17max is None:
+            # fewer than 17 beats in the window: at most 17 / win_len * 60 bpm
+            return (_clip01((130.0 - 60.0 * n_beats / win_len_s) / 20.0) if gap < 3.0 else 0.0), 0.0
+        return _clip01((130.0 - hr17max) / 20.0), _clip01((hr17max - 140.0) / 10.0)
+    if alarm_type == VTACH:
+        if hr5max is None or kind != "ecg":
+            # pulses (and beats drawn from them) say nothing about QRS shape, and a VT often ejects too little
+            # for a pulse: only ECG leads judge a VT
+            return 0.0, 0.0
+        if gap >= 3.0:
+            return 0.0, 0.0  # missed beats: neither rate nor shape can be judged
+        rate = _clip01((100.0 - hr5max) / 15.0)
+        # every beat shaped like the patient's usual beat: weaker evidence (a VT's beats can be missed)
+        shape = 0.0 if abnormal is None else VT_SHAPE_WEIGHT * _clip01((2.0 - abnormal) / 2.0)
+        support = 1.0 if (abnormal is not None and abnormal >= VT_RUN and hr5max > 100.0) else 0.0
+        return max(rate, shape), support
+    if alarm_type == VFIB:
+        if n_beats < 3:
+            return 0.0, 0.0
+        contra = _clip01((VF_CONTRA_GAP_S - gap) / 1.0)
+        if kind == "ecg" and ((abnormal is not None and abnormal >= VT_RUN) or (hr5max or 0.0) > 150.0):
+            contra = 0.0  # fast or abnormal complexes may be the flutter itself
+        return contra, 0.0
+    raise ValueError(f"unknown alarm type {alarm_type!r}")
+
+
+def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_idx: int, a: int, b: int,
+                     alarm_type: str, pulses: tuple[np.ndarray, float, bool, str] | None = None
+                     ) -> tuple[ChannelEvidence, np.ndarray]:
+    """Evidence of one channel, and its beat indices. x is the channel's data from the start of the learning
+    span up to what the mode may see; a, b the window, onset_idx the onset (indices into x). For II_SYNTH,
+    `pulses` is the PLETH's (peaks, quality score, onset ok, reason): the synthesized ECG is only as good as
+    the PLETH it is drawn from, and only its beats that a real pulse follows are beats (where PLETH has no
+    pulse the translator fills in beats at the last rate: never evidence)."""
+    x, _ = fill_nonfinite(np.asarray(x, dtype=np.float64))
+    if kind == "pulse":
+        peaks = detect_ppg_peaks(x, rate_hz)
+    else:
+        peaks = detect_rpeaks(x, rate_hz)
+    if kind == "synth" and pulses is not None:
+        ppeaks, qscore, onset_ok, reason = pulses
+        lo, hi = int(SYNTH_PULSE_S[0] * rate_hz), int(SYNTH_PULSE_S[1] * rate_hz)
+        j = np.searchsorted(ppeaks, peaks + lo)
+        followed = (j < len(ppeaks)) & (ppeaks[np.minimum(j, len(ppeaks) - 1)] <= peaks + hi)
+        peaks = peaks[followed]
+    else:
+        qscore, onset_ok, reason = _window_quality(x, rate_hz, kind, onset_idx, a, b)
+    inwin = peaks[(peaks >= a) & (peaks < b)]
+    beats_s = (inwin - onset_idx) / rate_hz
+    t_a, t_b = (a - onset_idx) / rate_hz, (b - onset_idx) / rate_hz
+    edges = np.concatenate([[t_a], beats_s, [t_b]])
+    gap = float(np.max(np.diff(edges)))
+    hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
+    hr5 = _hr_extremes(beats_s, 5)
+    hr17 = _hr_extremes(beats_s, 17)[1]
+    abnormal = _abnormal_run(x, rate_hz, peaks[peaks < b], a) if kind == "ecg" else None
+    contra, support = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
+                             None if hr is None else 60.0 / hr)
+    quality = "good" if qscore >= 0.75 and onset_ok else "degraded" if qscore >= 0.25 else "unusable"
+    return ChannelEvidence(name=name, kind=kind, quality=quality, quality_score=qscore, onset_ok=onset_ok,
+                           reason="" if qscore == 1.0 else reason, beats_s=tuple(float(t) for t in beats_s),
+                           hr_bpm=hr, max_gap_s=gap, hr5_min_bpm=hr5[0], hr5_max_bpm=hr5[1], hr17_max_bpm=hr17,
+                           abnormal_run=abnormal, contradicts=contra, supports=support), peaks
+
+
+# ---------------------------------------------------------------- synthesized ECG
+
+
+def synthesize_ecg(translator: Translator, pleth: np.ndarray, rate_hz: float, ecg: np.ndarray | None = None,
+                   context_s: float = 10.0) -> np.ndarray | None:
+    """Lead II synthesized from PLETH by `translator` (its ppg2ecg task), at the PLETH's rate.
+
+    With a simultaneous `ecg` (same rate, same length) the cleanest paired `context_s` segment of it is the
+    patient's context (`operators.context.select_context`). None when PLETH is too short."""
+    pleth = np.asarray(pleth, dtype=np.float64)
+    if len(pleth) < int(2 * rate_hz):
+        return None
+    ctx = None
+    if ecg is not None and len(ecg) == len(pleth) and context_s > 0:
+        e, _ = fill_nonfinite(np.asarray(ecg, dtype=np.float64))
+        p, _ = fill_nonfinite(pleth)
+        ctx = select_context(e, p, rate_hz, length_s=context_s)
+    req = TranslationRequest(task=PPG2ECG, source=fill_nonfinite(pleth)[0].astype(np.float32), source_rate=rate_hz,
+                             target_rate=rate_hz, source_signal="PLETH", context=ctx)
+    return np.asarray(translator.translate([req])[0], dtype=np.float64)
+
+
+def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str, float], translator: Translator,
+                        onset_s: float, *, mode: str = "realtime", wait_s: float = 30.0,
+                        config: VerifierConfig | None = None) -> tuple[dict, dict]:
+    """Copies of `signals`/`rates_hz` with `II_SYNTH` drawn from PLETH over the span `verify_alarm` reads (NaN
+    elsewhere), using the simultaneous lead II there as the patient's context. Unchanged without PLETH."""
+    sig, rates = dict(signals), dict(rates_hz)
+    if "PLETH" not in sig:
+        return sig, rates
+    cfg = config or VerifierConfig()
+    fs = float(rates["PLETH"])
+    x = np.asarray(sig["PLETH"], dtype=np.float64)
+    start = max(0, int(round((onset_s - cfg.pre_s - cfg.learn_s) * fs)))
+    stop = min(len(x), int(round((onset_s + (wait_s if mode == "retrospective" else 0.0)) * fs)))
+    ecg = sig.get("II")
+    ecg = np.asarray(ecg[start:stop], dtype=np.float64) if ecg is not None and float(rates["II"]) == fs else None
+    y = synthesize_ecg(translator, x[start:stop], fs, ecg)
+    if y is None:
+        return sig, rates
+    out = np.full(stop, np.nan)
+    out[start:stop] = y
+    sig[SYNTH], rates[SYNTH] = out, fs
+    return sig, rates
+
+
+# ---------------------------------------------------------------- fusion
+
+
+def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: Mapping[str, float],
+                 onset_s: float, *, mode: str = "realtime", wait_s: float = 30.0,
+                 config: VerifierConfig | None = None) -> AlarmVerdict:
+    """Judge one alarm against a bed's signals.
+
+    Parameters
+    ----------
+    alarm_type : str
+        One of ALARM_TYPES (any spelling `parse_alarm_type` accepts).
+    signals, rates_hz : mapping
+        Channel name -> samples (sample 0 at time 0 s) and its rate. ECG leads, PLETH, ABP and
+        `II_SYNTH` (see `synthesize_ecg`) are used; other channels (RESP) are ignored.
+    onset_s : float
+        The alarm's time on the signals' clock, s.
+    mode : str
+        "realtime": nothing after the onset is read; "retrospective": up to `wait_s` after it.
+    wait_s : float
+        Retrospective mode's wait after the onset, s (data beyond what a channel holds is simply absent).
+    config : VerifierConfig
+        Thresholds and channel kinds; defaults if None.
+    """
+    alarm_type = parse_alarm_type(alarm_type)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (wait_s >= 0):
+        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+    cfg = config or VerifierConfig()
+    post_s = min(wait_s, cfg.retro_post_s) if mode == "retrospective" else 0.0
+    see_s = wait_s if mode == "retrospective" else 0.0
+    chans: list[ChannelEvidence] = []
+    pulses = None
+    # PLETH before II_SYNTH: the synthesized ECG's beats and quality are judged against its PLETH's
+    for name in sorted(signals, key=lambda n: n.upper() == SYNTH):
+        kind = channel_kind(name)
+        if kind is None or kind not in cfg.channels and not (name.upper() == "PLETH" and "synth" in cfg.channels):
+            continue
+        fs = float(rates_hz[name])
+        x = np.asarray(signals[name])
+        onset_idx = int(round(onset_s * fs))
+        start = max(0, int(round((onset_s - cfg.pre_s - cfg.learn_s) * fs)))
+        stop = min(len(x), onset_idx + int(round(see_s * fs)))
+        a = max(start, onset_idx - int(round(cfg.pre_s * fs)))
+        b = min(stop, onset_idx + int(round(post_s * fs)))
+        if b - a < int(2 * fs) or np.all(~np.isfinite(x[a:b])):
+            continue
+        if kind == "synth" and (pulses is None or pulses[1] != fs):
+            continue  # no PLETH at this rate to vouch for its beats
+        ev, peaks = _analyse_channel(name, kind, x[start:stop], fs, onset_idx - start, a - start, b - start,
+                                     alarm_type, pulses[0] if kind == "synth" else None)
+        if name.upper() == "PLETH":  # same rate, so the same slice start: its peak indices line up
+            pulses = ((peaks, ev.quality_score, ev.onset_ok, ev.reason), fs)
+        if kind in cfg.channels:
+            chans.append(ev)
+    return fuse(alarm_type, mode, chans, cfg.threshold(alarm_type), (-cfg.pre_s, post_s))
+
+
+# How channels combine per alarm type: "any" good channel contradicting suffices (a pulse every second rules
+# out asystole and VF; one clean lead's normal rate rules out brady), or "all" usable ones must agree (a missed
+# beat in one channel easily halves a rate: tachycardia; a VT's wide beats are easily missed in one lead).
+FUSION = {ASYSTOLE: "any", BRADY: "any", TACHY: "all", VTACH: "all", VFIB: "any"}
+CONSENSUS_MIN_WEIGHT = 0.5  # channels weighing less take no part in an "all" vote
+
+
+def channel_weight(c: ChannelEvidence) -> float:
+    """How much a channel's evidence counts: its quality score, halved when the block at the onset fails."""
+    return c.quality_score * (1.0 if c.onset_ok else 0.5)
+
+
+def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold: float,
+         window_s: tuple[float, float]) -> AlarmVerdict:
+    """The verdict from per-channel evidence: the quality-weighted contradiction (strongest channel, or the
+    weakest of the usable ones, per FUSION) minus the strongest quality-weighted support, against
+    `threshold` (see the module doc)."""
+    chans = tuple(chans)
+    if not chans:
+        return AlarmVerdict(alarm_type, mode, "uncertain", 0.0, 0.0, threshold, window_s, (), "no usable channel")
+    w = [channel_weight(c) for c in chans]
+    weighted_c = [wi * c.contradicts for wi, c in zip(w, chans)]
+    weighted_s = [wi * c.supports for wi, c in zip(w, chans)]
+    if FUSION[alarm_type] == "all":
+        voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and (
+            alarm_type != VTACH or c.kind == "ecg")]
+        i_c = min(voters, key=lambda i: weighted_c[i]) if voters else None
+    else:
+        i_c = int(np.argmax(weighted_c))
+    contra = 0.0 if i_c is None else weighted_c[i_c]
+    i_s = int(np.argmax(weighted_s))
+    support = weighted_s[i_s]
+    false_score = _clip01(contra - support)
+    if false_score >= threshold and i_c is not None:
+        c = chans[i_c]
+        verdict, reason = "false", f"{c.name} ({c.quality}) contradicts a {alarm_type} alarm"
+        confidence = 0.5 + 0.5 * _clip01((false_score - threshold) / max(1e-6, 1.0 - threshold))
+    elif support >= 0.5:
+        verdict, reason = "true", f"{chans[i_s].name} ({chans[i_s].quality}) shows the {alarm_type}"
+        confidence = 0.5 + 0.5 * support
+    else:
+        verdict = "uncertain"
+        reason = "no good-quality channel contradicts or confirms the alarm"
+        confidence = 0.5 * _clip01(1.0 - false_score / max(threshold, 1e-6))
+    return AlarmVerdict(alarm_type, mode, verdict, confidence, false_score, threshold, window_s, chans, reason)
+
+
+def with_thresholds(cfg: VerifierConfig, thresholds: Mapping[str, float]) -> VerifierConfig:
+    """A copy of `cfg` with some per-type false thresholds replaced."""
+    merged = dict(cfg.false_threshold)
+    merged.update(thresholds)
+    return replace(cfg, false_threshold=merged)
+
+
+def challenge_score(y_true: Sequence[bool], keep: Sequence[bool]) -> dict:
+    """The Challenge's score (TP+TN)/(TP+TN+FP+5*FN), positive = a true alarm kept, with its counts."""
+    t = np.asarray(y_true, dtype=bool)
+    k = np.asarray(keep, dtype=bool)
+    tp, tn = int(np.sum(t & k)), int(np.sum(~t & ~k))
+    fp, fn = int(np.sum(~t & k)), int(np.sum(t & ~k))
+    den = tp + tn + fp + 5 * fn
+    return {"score": (tp + tn) / den if den else float("nan"), "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+
+
+@dataclass
+class ChallengeRecord:
+    """One record of the PhysioNet/CinC 2015 Challenge: the alarm is at `onset_s` (300 s)."""
+
+    name: str
+    alarm_type: str
+    label: bool | None  # True: annotators judged it a true alarm; None: no label in the header
+    signals: dict[str, np.ndarray]
+    rates_hz: dict[str, float]
+    onset_s: float = 300.0
+
+
+CHALLENGE_ONSET_S = 300.0
+
+
+def read_challenge_record(path) -> ChallengeRecord:
+    """Read a Challenge-format WFDB record (`NAME.hea` + `NAME.mat`); the alarm type and label come from the
+    header's comment lines (`Asystole` ... and `True alarm` / `False alarm`). ValueError naming the problem."""
+    from pathlib import Path
+
+    import wfdb
+
+    from operators.records import read_recording
+
+    base = Path(path)
+    if base.suffix.lower() in (".hea", ".mat", ".dat"):
+        base = base.with_suffix("")
+    rec = read_recording(base)  # one-line ValueError for a missing or unreadable record
+    header = wfdb.rdheader(str(base))
+    alarm, label = None, None
+    for line in header.comments or []:
+        line = line.strip()
+        if line in CHALLENGE_TYPES:
+            alarm = CHALLENGE_TYPES[line]
+        elif line.lower() in ("true alarm", "false alarm"):
+            label = line.lower() == "true alarm"
+    if alarm is None:
+        raise ValueError(f"{base.name}: no alarm type in the header comments (expected one of "
+                         f"{', '.join(CHALLENGE_TYPES)})")
+    dur = min(len(v) / rec.rates[k] for k, v in rec.signals.items())
+    if dur < CHALLENGE_ONSET_S:
+        raise ValueError(f"{base.name}: {dur:.0f} s of signal, the alarm is at {CHALLENGE_ONSET_S:g} s")
+    return ChallengeRecord(base.name, alarm, label, dict(rec.signals), dict(rec.rates))

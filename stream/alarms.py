@@ -1,0 +1,321 @@
+"""Alarm verification in the stream, broker-free: alarm and verdict messages, a bounded per-bed signal
+ring, the judge that decides when an alarm has its data, and `wavebridge alarm-check` for recordings.
+
+Messages (JSON; schemas `docs/alarm.schema.json`, `docs/verdict.schema.json`, described in docs/alarms.md):
+an alarm names `bed_id` (spelled as in waveform chunks), `alarm_type`, `onset_ns` and the monitor's
+`alarm_id`; a verdict repeats them and adds `verdict` (`true` / `false` / `uncertain`), `confidence`,
+`keep_alarm` and the per-channel evidence. The Faust side is `stream/alarm_agent.py`; the algorithm is
+`operators/alarms.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from operators import alarms as core
+from stream import wire
+
+VERSION = 1
+NS = 1_000_000_000
+ALARM_VERDICT = "alarm_verdict"  # InfluxDB measurement
+ALARM_FIELDS = ("bed_id", "alarm_type", "onset_ns", "alarm_id")
+BAD_ALARM = "bad_alarm"  # dead-letter reason of an alarm message that cannot be judged
+
+
+class AlarmMessageError(ValueError):
+    """An alarm message that cannot be judged; the text says why (one line)."""
+
+
+@dataclass(frozen=True)
+class AlarmMessage:
+    bed_id: str
+    alarm_type: str  # one of operators.alarms.ALARM_TYPES
+    onset_ns: int
+    alarm_id: str
+    mode: str | None = None  # None: the worker's WAVEBRIDGE_ALARM_MODE
+    source: str | None = None
+
+
+def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
+    """Decode and validate one alarm message (the rules of docs/alarm.schema.json)."""
+    if isinstance(data, (bytes, str)):
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AlarmMessageError(f"not JSON: {exc}") from None
+    else:
+        obj = data
+    if not isinstance(obj, dict):
+        raise AlarmMessageError("an alarm is a JSON object")
+    missing = [k for k in ALARM_FIELDS if k not in obj]
+    if missing:
+        raise AlarmMessageError(f"missing field(s): {', '.join(missing)}")
+    bed, atype, onset, aid = obj["bed_id"], obj["alarm_type"], obj["onset_ns"], obj["alarm_id"]
+    if not isinstance(bed, str) or not wire.BED_ID_PATTERN.fullmatch(bed):
+        raise AlarmMessageError(f"bed_id {bed!r} is not a bed id as waveform chunks spell it "
+                                f"({wire.BED_ID_PATTERN.pattern})")
+    if atype not in core.ALARM_TYPES:
+        raise AlarmMessageError(f"alarm_type {atype!r} is not one of {', '.join(core.ALARM_TYPES)}")
+    if isinstance(onset, bool) or not isinstance(onset, int) or not 0 <= onset <= wire.MAX_START_NS:
+        raise AlarmMessageError(f"onset_ns {onset!r} is not an integer ns timestamp")
+    if not isinstance(aid, str) or not 1 <= len(aid) <= 128:
+        raise AlarmMessageError("alarm_id must be a string of 1-128 characters")
+    mode = obj.get("mode")
+    if mode is not None and mode not in core.MODES:
+        raise AlarmMessageError(f"mode {mode!r} is not one of {', '.join(core.MODES)}")
+    source = obj.get("source")
+    if source is not None and not isinstance(source, str):
+        raise AlarmMessageError("source must be a string")
+    return AlarmMessage(bed, atype, int(onset), aid, mode, source)
+
+
+def encode_alarm(alarm: AlarmMessage) -> bytes:
+    d = {"bed_id": alarm.bed_id, "alarm_type": alarm.alarm_type, "onset_ns": alarm.onset_ns, "alarm_id": alarm.alarm_id}
+    if alarm.mode is not None:
+        d["mode"] = alarm.mode
+    if alarm.source is not None:
+        d["source"] = alarm.source
+    return json.dumps(d).encode()
+
+
+def verdict_message(alarm: AlarmMessage, verdict: core.AlarmVerdict, wait_s: float, data_until_ns: int | None,
+                    decided_ns: int | None = None) -> dict:
+    """The verdicts topic's JSON object (docs/verdict.schema.json)."""
+    d = verdict.to_dict()
+    return {"version": VERSION, "alarm_id": alarm.alarm_id, "bed_id": alarm.bed_id, "alarm_type": alarm.alarm_type,
+            "onset_ns": alarm.onset_ns, "mode": verdict.mode, "wait_s": wait_s if verdict.mode == "retrospective" else 0.0,
+            "verdict": d["verdict"], "confidence": d["confidence"], "keep_alarm": verdict.keep_alarm,
+            "false_score": d["false_score"], "threshold": d["threshold"], "reason": d["reason"],
+            "window_s": d["window_s"], "data_until_ns": data_until_ns,
+            "decided_ns": time.time_ns() if decided_ns is None else decided_ns, "channels": d["channels"]}
+
+
+def verdict_lines(msg: dict) -> list[str]:
+    """InfluxDB line protocol: one `alarm_verdict` point at the alarm's onset (docs/influx-schema.md)."""
+    from stream.sinks import _fields, _tagset
+
+    tags = _tagset({"bed": msg["bed_id"], "alarm_type": msg["alarm_type"], "mode": msg["mode"], "verdict": msg["verdict"]})
+    fields = _fields({"alarm_id": msg["alarm_id"], "confidence": msg["confidence"], "false_score": msg["false_score"],
+                      "keep_alarm": bool(msg["keep_alarm"]), "n_channels": len(msg["channels"]), "reason": msg["reason"]})
+    return [f"{ALARM_VERDICT},{tags} {fields} {int(msg['onset_ns'])}"]
+
+
+# ---------------------------------------------------------------- per-bed signal ring
+
+
+class SignalRing:
+    """Bounded memory of each bed's recent raw samples, for alarm verification.
+
+    Kept apart from the pipeline's windowers (stream/pipeline.py, operators/windowing.py) on purpose: those
+    hold one translation window of the signals being translated and release samples as soon as their output
+    is emitted (that is what bounds acknowledgement latency), while a verdict needs every channel a bed sends
+    (each ECG lead, PLETH, ABP) for the learning span and analysis window before the onset, plus the
+    retrospective wait after it: about two minutes. Bounds: `keep_s` seconds per (bed, signal) behind the
+    newest sample, and `max_beds` beds (the least recently updated one is dropped). Thread-safe: the worker's
+    compute thread adds chunks while the alarm thread reads.
+    """
+
+    def __init__(self, keep_s: float = 120.0, max_beds: int = 256):
+        if not keep_s > 0 or max_beds < 1:
+            raise ValueError("keep_s must be > 0 and max_beds >= 1")
+        self.keep_ns = int(keep_s * NS)
+        self.max_beds = int(max_beds)
+        self._beds: OrderedDict[str, dict[str, deque]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, chunk: wire.Chunk) -> None:
+        if len(chunk.samples) == 0:
+            return
+        with self._lock:
+            bed = self._beds.get(chunk.bed_id)
+            if bed is None:
+                bed = self._beds[chunk.bed_id] = {}
+                while len(self._beds) > self.max_beds:
+                    self._beds.popitem(last=False)
+            self._beds.move_to_end(chunk.bed_id)
+            q = bed.setdefault(chunk.signal, deque())
+            q.append((int(chunk.start_ns), float(chunk.rate_hz), np.asarray(chunk.samples, dtype=np.float32)))
+            newest = max(s + int(round(len(x) * NS / r)) for s, r, x in q)
+            while q and q[0][0] + int(round(len(q[0][2]) * NS / q[0][1])) < newest - self.keep_ns:
+                q.popleft()
+
+    def beds(self) -> list[str]:
+        with self._lock:
+            return list(self._beds)
+
+    def newest_ns(self, bed: str) -> int | None:
+        """End (ns) of the newest sample of any signal of `bed`; None if the bed has sent nothing."""
+        with self._lock:
+            sig = self._beds.get(bed)
+            if not sig:
+                return None
+            return max(s + int(round(len(x) * NS / r)) for q in sig.values() for s, r, x in q)
+
+    def samples(self) -> int:
+        with self._lock:
+            return sum(len(x) for sig in self._beds.values() for q in sig.values() for _, _, x in q)
+
+    def snapshot(self, bed: str, t0_ns: int, t1_ns: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Each signal of `bed` on its own rate's grid from t0_ns (sample 0) up to t1_ns, NaN where nothing
+        arrived. A signal whose rate changed keeps only the chunks at its newest rate."""
+        with self._lock:
+            chunks = {name: list(q) for name, q in self._beds.get(bed, {}).items()}
+        signals, rates = {}, {}
+        for name, cs in chunks.items():
+            if not cs:
+                continue
+            rate = cs[-1][1]
+            n = int(math.floor((t1_ns - t0_ns) * rate / NS))
+            if n <= 0:
+                continue
+            out = np.full(n, np.nan, dtype=np.float32)
+            for start, r, x in cs:
+                if r != rate:
+                    continue
+                i0 = int(round((start - t0_ns) * rate / NS))
+                a, b = max(0, i0), min(n, i0 + len(x))
+                if b > a:
+                    out[a:b] = x[a - i0:b - i0]
+            if np.isfinite(out).any():
+                signals[name], rates[name] = out, rate
+        return signals, rates
+
+
+# ---------------------------------------------------------------- judge
+
+
+@dataclass
+class _Pending:
+    alarm: AlarmMessage
+    mode: str
+    need_ns: int  # data wanted up to here
+    deadline: float  # monotonic: judge with what is there by then
+
+
+@dataclass
+class AlarmJudge:
+    """Holds alarms until their bed's data has arrived (or a deadline passed), then judges them.
+
+    Real-time mode answers as soon as the bed's signals reach the onset (at most `grace_s` after the alarm
+    arrived); retrospective mode waits until they reach `wait_s` past the onset (at most `wait_s + grace_s`)."""
+
+    ring: SignalRing
+    mode: str = "realtime"
+    wait_s: float = 30.0
+    grace_s: float = 2.0
+    translator: object | None = None  # for II_SYNTH; None: no synthesized ECG
+    config: core.VerifierConfig = field(default_factory=core.VerifierConfig)
+    _pending: list = field(default_factory=list)
+
+    def submit(self, alarm: AlarmMessage, now: float | None = None) -> None:
+        mode = alarm.mode or self.mode
+        wait = self.wait_s if mode == "retrospective" else 0.0
+        now = time.monotonic() if now is None else now
+        self._pending.append(_Pending(alarm, mode, alarm.onset_ns + int(wait * NS), now + wait + self.grace_s))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def due(self, now: float | None = None) -> list[_Pending]:
+        """Pending alarms ready to judge (removed from the queue)."""
+        now = time.monotonic() if now is None else now
+        ready, keep = [], []
+        for p in self._pending:
+            newest = self.ring.newest_ns(p.alarm.bed_id)
+            (ready if (newest is not None and newest >= p.need_ns) or now >= p.deadline else keep).append(p)
+        self._pending = keep
+        return ready
+
+    def judge(self, p: _Pending) -> dict:
+        """The verdict message for one alarm, from the ring (runs the verifier: call off the event loop)."""
+        cfg = self.config
+        a = p.alarm
+        wait = self.wait_s if p.mode == "retrospective" else 0.0
+        t0 = a.onset_ns - int((cfg.pre_s + cfg.learn_s) * NS)
+        signals, rates = self.ring.snapshot(a.bed_id, t0, p.need_ns)
+        onset_s = (a.onset_ns - t0) / NS
+        if self.translator is not None and "synth" in cfg.channels:
+            signals, rates = core.add_synthesized_ecg(signals, rates, self.translator, onset_s, mode=p.mode,
+                                                      wait_s=wait, config=cfg)
+        v = core.verify_alarm(a.alarm_type, signals, rates, onset_s, mode=p.mode, wait_s=wait, config=cfg)
+        return verdict_message(a, v, wait, self.ring.newest_ns(a.bed_id))
+
+
+# ---------------------------------------------------------------- wavebridge alarm-check
+
+
+def check_record(path: str, mode: str = "realtime", wait_s: float = 30.0, translator: str | None = "classic",
+                 config: core.VerifierConfig | None = None) -> tuple[core.ChallengeRecord, core.AlarmVerdict]:
+    """Verify the alarm of one Challenge-format record (alarm at 300 s; type from its header)."""
+    rec = core.read_challenge_record(path)
+    signals, rates = rec.signals, rec.rates_hz
+    if translator:
+        from operators.translator import load_translator
+
+        signals, rates = core.add_synthesized_ecg(signals, rates, load_translator(translator), rec.onset_s,
+                                                  mode=mode, wait_s=wait_s, config=config)
+    return rec, core.verify_alarm(rec.alarm_type, signals, rates, rec.onset_s, mode=mode, wait_s=wait_s, config=config)
+
+
+def _text(rec: core.ChallengeRecord, v: core.AlarmVerdict, seconds: float) -> str:
+    label = "" if rec.label is None else f" (annotators: {'true' if rec.label else 'false'} alarm)"
+    lines = [f"{rec.name}: {v.alarm_type} alarm at {rec.onset_s:g} s{label}",
+             f"verdict: {v.verdict}  confidence {v.confidence:.2f}  false score {v.false_score:.2f} "
+             f"(threshold {v.threshold:.2f}; mode {v.mode}; {1000 * seconds:.0f} ms)",
+             f"reason: {v.reason}",
+             f"{'channel':<9} {'quality':<9} {'score':>5} {'beats':>5} {'HR':>5} {'gap s':>6} {'contra':>6} {'supp':>5}  note"]
+    for c in v.channels:
+        hr = "-" if c.hr_bpm is None else f"{c.hr_bpm:.0f}"
+        lines.append(f"{c.name:<9} {c.quality:<9} {c.quality_score:>5.2f} {len(c.beats_s):>5} {hr:>5} "
+                     f"{c.max_gap_s:>6.1f} {c.contradicts:>6.2f} {c.supports:>5.2f}  {c.reason}")
+    return "\n".join(lines)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="wavebridge alarm-check",
+        description="Verify the arrhythmia alarm of a PhysioNet/CinC 2015 Challenge-format record (WFDB .hea + "
+                    ".mat/.dat; alarm type from the header's comment lines, alarm at 300 s) against the record's own "
+                    "ECG leads, PLETH, ABP and the ECG synthesized from PLETH. Exit 0 whatever the verdict; an "
+                    "alarm system must treat 'uncertain' as 'true' (docs/alarms.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("record", help="record path without extension, e.g. ../shared/data/challenge2015/v100s")
+    ap.add_argument("--mode", choices=core.MODES, default="realtime",
+                    help="realtime: data up to the alarm only; retrospective: also --wait-s after it")
+    ap.add_argument("--wait-s", type=float, default=30.0, help="retrospective mode's wait after the alarm (s)")
+    ap.add_argument("--translator", default="classic",
+                    help="translator spec for the ECG synthesized from PLETH ('none' to leave it out)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (verdict, confidence, evidence)")
+    a = ap.parse_args(argv)
+    prog = "wavebridge alarm-check"
+    if not (a.wait_s >= 0 and math.isfinite(a.wait_s)):
+        print(f"{prog}: error: --wait-s must be a finite number >= 0", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        rec, v = check_record(a.record, a.mode, a.wait_s, None if a.translator.lower() == "none" else a.translator)
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - t0
+    if a.json:
+        d = {"record": rec.name, **v.to_dict(), "keep_alarm": v.keep_alarm,
+             "label": None if rec.label is None else ("true" if rec.label else "false"), "seconds": round(seconds, 4)}
+        print(json.dumps(d))
+    else:
+        print(_text(rec, v, seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

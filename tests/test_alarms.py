@@ -1,0 +1,298 @@
+"""Alarm verification: the algorithm on built scenarios, the messages and their schemas, the per-bed ring,
+the judge's timing, `wavebridge alarm-check`, and a few real Challenge records when ../shared is there."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from operators import alarms as core
+from operators.synthetic import synthesize
+from operators.translator import load_translator
+from stream import alarms as sa
+from stream import wire
+from tests.conftest import REPO
+
+RATE = 125.0
+ONSET_S = 90.0
+
+
+@pytest.fixture(scope="module")
+def clean():
+    rec = synthesize(seconds=100.0, rate_hz=RATE, seed=3)
+    return {"II": rec.signals["II"].astype(np.float64), "PLETH": rec.signals["PLETH"].astype(np.float64)}
+
+
+@pytest.fixture(scope="module")
+def classic():
+    return load_translator("classic")
+
+
+def _rates(signals):
+    return {k: RATE for k in signals}
+
+
+def _stop_heart(signals, from_s, rng):
+    """A real asystole: from `from_s` no QRS (low-amplitude noise on the ECG) and no pulse (PLETH at its
+    diastolic level with a little noise)."""
+    out = {k: v.copy() for k, v in signals.items()}
+    i = int(from_s * RATE)
+    out["II"][i:] = 0.02 * rng.standard_normal(len(out["II"]) - i)
+    out["PLETH"][i:] = np.percentile(out["PLETH"][:i], 10) + 0.003 * rng.standard_normal(len(out["PLETH"]) - i)
+    return out
+
+
+@pytest.mark.parametrize("alarm_type", core.ALARM_TYPES)
+def test_regular_72bpm_contradicts_every_alarm_type(clean, alarm_type):
+    v = core.verify_alarm(alarm_type, clean, _rates(clean), ONSET_S)
+    assert v.verdict == "false", (v.reason, [c.to_dict() for c in v.channels])
+    assert not v.keep_alarm and v.confidence >= 0.5
+    ii = next(c for c in v.channels if c.name == "II")
+    assert ii.quality == "good" and 65 < ii.hr_bpm < 80
+    assert all(-16.0 <= b <= 0.0 for b in ii.beats_s)  # real-time: nothing after the onset
+
+
+def test_true_asystole_is_kept(clean):
+    sig = _stop_heart(clean, ONSET_S - 6.0, np.random.default_rng(0))
+    for mode in core.MODES:
+        v = core.verify_alarm("asystole", sig, _rates(sig), ONSET_S, mode=mode, wait_s=5.0)
+        assert v.keep_alarm, (mode, v.reason, [c.to_dict() for c in v.channels])
+        assert v.false_score < 0.25
+
+
+def test_true_asystole_kept_with_the_synthesized_ecg(clean, classic):
+    """The translator fills a pulseless PLETH with beats at the last rate; those must never count."""
+    sig = _stop_heart(clean, ONSET_S - 6.0, np.random.default_rng(1))
+    sig, rates = core.add_synthesized_ecg(sig, _rates(sig), classic, ONSET_S)
+    v = core.verify_alarm("asystole", sig, rates, ONSET_S)
+    synth = next(c for c in v.channels if c.name == core.SYNTH)
+    assert synth.max_gap_s >= 4.0 and synth.contradicts == 0.0
+    assert v.keep_alarm
+
+
+def test_ecg_lead_off_pulses_and_synthesized_ecg_refute_asystole(clean, classic):
+    """Lead II off (flat): no ECG evidence; the pulsatile PLETH and the ECG drawn from it show the beats."""
+    sig = {k: v.copy() for k, v in clean.items()}
+    sig["II"][int((ONSET_S - 10.0) * RATE):] = sig["II"][int((ONSET_S - 10.0) * RATE)]
+    sig, rates = core.add_synthesized_ecg(sig, _rates(sig), classic, ONSET_S)
+    v = core.verify_alarm("asystole", sig, rates, ONSET_S)
+    by = {c.name: c for c in v.channels}
+    assert by["II"].quality != "good" and by["II"].contradicts * by["II"].quality_score < 0.5
+    assert by["PLETH"].quality == "good" and by["PLETH"].contradicts == 1.0
+    assert by[core.SYNTH].quality == "good" and by[core.SYNTH].contradicts == 1.0
+    assert abs(by[core.SYNTH].hr_bpm - by["PLETH"].hr_bpm) < 3.0
+    assert v.verdict == "false"
+    # without the pulse channels the same alarm cannot be refuted
+    ecg_only = core.verify_alarm("asystole", {"II": sig["II"]}, {"II": RATE}, ONSET_S)
+    assert ecg_only.keep_alarm
+
+
+def test_noise_alone_never_refutes(clean):
+    rng = np.random.default_rng(2)
+    noise = {"II": rng.standard_normal(len(clean["II"])), "PLETH": rng.standard_normal(len(clean["PLETH"]))}
+    for t in (core.ASYSTOLE, core.VFIB, core.VTACH):
+        assert core.verify_alarm(t, noise, _rates(noise), ONSET_S).keep_alarm, t
+
+
+def test_realtime_reads_nothing_after_the_onset(clean):
+    after = {k: v.copy() for k, v in clean.items()}
+    rng = np.random.default_rng(3)
+    for v in after.values():
+        v[int(ONSET_S * RATE):] = rng.standard_normal(len(v) - int(ONSET_S * RATE)) * 5
+    a = core.verify_alarm("bradycardia", clean, _rates(clean), ONSET_S)
+    b = core.verify_alarm("bradycardia", after, _rates(after), ONSET_S)
+    assert a.to_dict() == b.to_dict()
+    r = core.verify_alarm("bradycardia", clean, _rates(clean), ONSET_S, mode="retrospective", wait_s=5.0)
+    assert r.window_s == (-16.0, 5.0) and max(next(c for c in r.channels if c.name == "II").beats_s) > 0
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="unknown alarm type"):
+        core.verify_alarm("afib", {}, {}, 1.0)
+    with pytest.raises(ValueError, match="mode"):
+        core.verify_alarm("asystole", {}, {}, 1.0, mode="later")
+    v = core.verify_alarm("asystole", {}, {}, 1.0)
+    assert v.verdict == "uncertain" and v.keep_alarm and v.channels == ()
+
+
+def test_challenge_score():
+    s = core.challenge_score([True, True, False, False], [True, False, False, True])
+    assert (s["tp"], s["fn"], s["tn"], s["fp"]) == (1, 1, 1, 1)
+    assert s["score"] == pytest.approx(2 / (2 + 1 + 5))
+    assert core.parse_alarm_type("Ventricular_Flutter_Fib") == core.VFIB
+    assert core.parse_alarm_type("vt") == core.VTACH
+
+
+# ---------------------------------------------------------------- messages and schemas
+
+
+def _schema(name):
+    return json.loads((REPO / "docs" / name).read_text())
+
+
+GOOD_ALARM = {"bed_id": "bed-001", "alarm_type": "asystole", "onset_ns": 1_750_000_000_000_000_000, "alarm_id": "m-17"}
+
+
+@pytest.mark.parametrize("change, ok", [
+    ({}, True),
+    ({"mode": "retrospective", "source": "gw-3"}, True),
+    ({"bed_id": "bed 001"}, False),
+    ({"alarm_type": "Asystole"}, False),
+    ({"onset_ns": 1.5}, False),
+    ({"onset_ns": -1}, False),
+    ({"alarm_id": ""}, False),
+    ({"mode": "soon"}, False),
+    ({"alarm_id": None}, False),
+])
+def test_alarm_schema_and_parser_agree(change, ok):
+    import jsonschema
+
+    msg = {**GOOD_ALARM, **change}
+    schema_ok = jsonschema.Draft202012Validator(_schema("alarm.schema.json")).is_valid(msg)
+    try:
+        sa.parse_alarm(json.dumps(msg).encode())
+        parsed = True
+    except sa.AlarmMessageError:
+        parsed = False
+    assert schema_ok == parsed == ok
+
+
+def test_alarm_parser_errors_are_one_line():
+    for bad in (b"{nope", b"[]", json.dumps({"bed_id": "b"}).encode()):
+        with pytest.raises(sa.AlarmMessageError) as e:
+            sa.parse_alarm(bad)
+        assert "\n" not in str(e.value)
+    missing = {k: v for k, v in GOOD_ALARM.items() if k != "onset_ns"}
+    with pytest.raises(sa.AlarmMessageError, match="onset_ns"):
+        sa.parse_alarm(missing)
+    assert sa.parse_alarm(sa.encode_alarm(sa.parse_alarm(GOOD_ALARM))) == sa.parse_alarm(GOOD_ALARM)
+
+
+def test_verdict_message_validates_and_goes_to_influx(clean):
+    import jsonschema
+
+    alarm = sa.parse_alarm(GOOD_ALARM)
+    v = core.verify_alarm("asystole", clean, _rates(clean), ONSET_S)
+    msg = sa.verdict_message(alarm, v, 30.0, alarm.onset_ns + 1)
+    jsonschema.validate(json.loads(json.dumps(msg)), _schema("verdict.schema.json"))
+    assert msg["verdict"] == "false" and msg["keep_alarm"] is False and msg["wait_s"] == 0.0
+    empty = sa.verdict_message(alarm, core.verify_alarm("asystole", {}, {}, 1.0), 30.0, None)
+    jsonschema.validate(json.loads(json.dumps(empty)), _schema("verdict.schema.json"))
+    (line,) = sa.verdict_lines(msg)
+    assert line.startswith("alarm_verdict,alarm_type=asystole,bed=bed-001,mode=realtime,verdict=false ")
+    assert line.endswith(f" {alarm.onset_ns}") and 'alarm_id="m-17"' in line and "keep_alarm=false" in line
+
+
+# ---------------------------------------------------------------- ring and judge
+
+T0 = 1_750_000_000_000_000_000
+
+
+def _chunks(signals, bed, start_ns=T0, chunk_s=1.0):
+    n = int(chunk_s * RATE)
+    for name, x in signals.items():
+        for seq, i in enumerate(range(0, len(x), n)):
+            yield wire.Chunk(bed, name, RATE, start_ns + int(round(i * 1e9 / RATE)), seq,
+                             np.asarray(x[i:i + n], dtype=np.float32))
+
+
+def test_ring_is_bounded_and_places_samples_on_their_grid(clean):
+    ring = sa.SignalRing(keep_s=20.0, max_beds=2)
+    for c in _chunks(clean, "a"):
+        ring.add(c)
+    end = T0 + int(100 * 1e9)
+    assert ring.newest_ns("a") == end
+    assert ring.samples() <= 2 * (20 + 1) * RATE  # two signals, keep_s plus one chunk each
+    sig, rates = ring.snapshot("a", end - int(10e9), end)
+    assert rates == {"II": RATE, "PLETH": RATE}
+    np.testing.assert_array_equal(sig["II"], clean["II"][-int(10 * RATE):].astype(np.float32))
+    # older than what is kept: NaN, not shifted data
+    old, _ = ring.snapshot("a", end - int(30e9), end)
+    assert np.isnan(old["II"][: int(9 * RATE)]).all() and np.isfinite(old["II"][-int(20 * RATE):]).all()
+    for bed in ("b", "c"):
+        ring.add(next(_chunks(clean, bed)))
+    assert sorted(ring.beds()) == ["b", "c"] and ring.newest_ns("a") is None
+
+
+def test_judge_waits_for_data_then_answers(clean):
+    ring = sa.SignalRing(keep_s=120.0)
+    judge = sa.AlarmJudge(ring, mode="realtime", wait_s=5.0, grace_s=2.0)
+    onset = T0 + int(ONSET_S * 1e9)
+    chunks = list(_chunks(clean, "bed-1"))
+    early = [c for c in chunks if c.end_ns() <= onset - int(10e9)]
+    for c in early:
+        ring.add(c)
+    judge.submit(sa.parse_alarm({**GOOD_ALARM, "bed_id": "bed-1", "onset_ns": onset}), now=0.0)
+    judge.submit(sa.parse_alarm({**GOOD_ALARM, "bed_id": "bed-1", "onset_ns": onset, "alarm_id": "r",
+                                 "mode": "retrospective"}), now=0.0)
+    assert judge.due(now=1.0) == [] and judge.pending == 2  # data not there yet, deadline not reached
+    for c in chunks:
+        if c.end_ns() > onset - int(10e9) and c.end_ns() <= onset + int(1e9):
+            ring.add(c)
+    (rt,) = judge.due(now=1.0)  # real-time: data reached the onset
+    assert rt.mode == "realtime" and judge.pending == 1
+    msg = judge.judge(rt)
+    assert msg["verdict"] == "false" and msg["mode"] == "realtime"
+    assert judge.due(now=6.0) == []  # retrospective needs 5 s after the onset or its deadline (7 s)
+    (late,) = judge.due(now=7.5)
+    msg = judge.judge(late)
+    assert msg["mode"] == "retrospective" and msg["wait_s"] == 5.0 and msg["window_s"] == [-16.0, 5.0]
+
+
+def test_judge_without_data_is_uncertain():
+    judge = sa.AlarmJudge(sa.SignalRing(), grace_s=0.0)
+    judge.submit(sa.parse_alarm(GOOD_ALARM), now=0.0)
+    (p,) = judge.due(now=0.1)
+    msg = judge.judge(p)
+    assert msg["verdict"] == "uncertain" and msg["keep_alarm"] and msg["data_until_ns"] is None
+
+
+# ---------------------------------------------------------------- CLI and Challenge records
+
+
+def test_alarm_check_cli_errors_and_help(capsys, tmp_path):
+    from stream.cli import main
+
+    assert main(["alarm-check", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        sa.cli(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: realtime)" in out and "(default: 30.0)" in out
+
+
+@pytest.fixture
+def challenge(shared_data) -> Path:
+    d = shared_data / "challenge2015"
+    if not (d / "RECORDS").exists():
+        pytest.skip(f"Challenge 2015 records not found under {d}")
+    return d
+
+
+def test_reads_challenge_records(challenge):
+    for name, atype in (("a109l", core.ASYSTOLE), ("b183l", core.BRADY), ("v100s", core.VTACH)):
+        rec = core.read_challenge_record(challenge / name)
+        assert rec.alarm_type == atype and rec.onset_s == 300.0 and rec.label is not None
+        assert set(rec.rates_hz.values()) == {250.0}
+        assert all(len(x) >= 300 * 250 for x in rec.signals.values())
+
+
+def test_alarm_check_json_on_challenge_records(challenge, capsys):
+    from stream.cli import main
+
+    labels = dict(line.split(",")[0::2] for line in (challenge / "ALARMS").read_text().split())
+    for name in ("a109l", "f545l"):  # a false asystole with a clean arterial line; a true VF
+        assert main(["alarm-check", str(challenge / name), "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["verdict"] in core.VERDICTS and d["record"] == name and d["mode"] == "realtime"
+        assert d["label"] == ("true" if labels[name] == "1" else "false")
+        if labels[name] == "1":
+            assert d["keep_alarm"]  # a true VF is never suppressed
+        else:
+            assert d["verdict"] == "false"
+    assert main(["alarm-check", str(challenge / "f545l"), "--json", "--mode", "retrospective", "--wait-s", "10"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["mode"] == "retrospective" and d["window_s"] == [-16.0, 10.0]
