@@ -13,7 +13,9 @@ ECG_SYNTH = "wavebridge.ecg-synth"  # synthesized lead II (signal "II_SYNTH")
 SR = "wavebridge.sr"  # super-resolved signals ("<SIGNAL>_SR")
 EVENTS = "wavebridge.events"  # R-peaks, HR, gaps
 DLQ = "wavebridge.dlq"  # malformed input with reason
-DEFAULT_TOPICS = (WAVEFORMS, ECG_SYNTH, SR, EVENTS, DLQ)
+ALARMS = "wavebridge.alarms"  # monitor alarms to verify (key = bed id; as many partitions as WAVEFORMS)
+VERDICTS = "wavebridge.verdicts"  # alarm verdicts (docs/alarms.md)
+DEFAULT_TOPICS = (WAVEFORMS, ECG_SYNTH, SR, EVENTS, DLQ, ALARMS, VERDICTS)
 DEFAULT_PARTITIONS = 4
 
 
