@@ -88,8 +88,8 @@ class WorkerRuntime:
             return True, "InfluxDB written by a separate `wavebridge sink`"
         if self.sink is None:
             return False, "InfluxDB sink agent not started yet"
-        # The output topics do not wait for InfluxDB; this reports the in-process sink agent's writes.
-        return (True, "InfluxDB writes succeed") if self.sink.ok else (False, "InfluxDB writes failing, retrying")
+        # The output topics do not wait for InfluxDB; this reports the in-process sink agent's.
+        return self.sink.check_ready()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -181,7 +181,6 @@ class WorkerRuntime:
         self.lag.assigned(partitions)
         self.n_assigned = len(partitions)
         metrics.PARTITIONS_ASSIGNED.set(self.n_assigned)
-        metrics.CONSUMER_LAG.clear()  # no series for partitions another worker owns now
 
     def update_lag(self) -> None:
         """Set the lag gauge of every assigned partition (event loop; reads the consumer's fetch state)."""
@@ -196,9 +195,7 @@ class WorkerRuntime:
                 highwater = consumer.highwater(tp)
             except Exception:  # not fetched from yet, or the consumer is restarting
                 highwater = None
-            lag = self.lag.lag(tp, highwater, committed.get(tp))
-            if lag is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+            self.lag.publish(tp, highwater, committed.get(tp))
 
     async def reset(self) -> None:
         """Partitions revoked: drop buffered state; unacknowledged input is consumed again."""

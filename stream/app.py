@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from stream.config import ConfigError, Settings
+from stream.metrics import MetricsBindError, serve
 
 log = logging.getLogger("wavebridge.worker")
 
@@ -111,18 +112,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args += ["--loglevel", settings.faust_log_level]
     app = create_app(settings)
-    server = None
-    if settings.metrics_port:
-        from stream.metrics import MetricsServer
-
-        try:
-            server = MetricsServer(settings.metrics_host, settings.metrics_port,
-                                   health=app.wavebridge_runtime.health).start()
-        except OSError as exc:
-            print(f"wavebridge worker: cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
-                  f"(WAVEBRIDGE_METRICS_HOST/_PORT; 0 turns it off): {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        log.info("metrics, health and readiness on %s/metrics, /healthz, /readyz", server.url)
+    try:
+        server = serve(settings.metrics_host, settings.metrics_port, app.wavebridge_runtime.health)
+    except MetricsBindError as exc:
+        print(f"wavebridge worker: {exc}", file=sys.stderr)
+        return 1
     sys.argv = ["wavebridge", "worker", *args]
     try:
         app.main()  # Faust's click CLI; exits via SystemExit

@@ -94,6 +94,8 @@ class InfluxSinkAgent:
             on_retry=self._on_retry, on_reject=self._on_reject)
         self.written_messages = 0  # messages whose points are stored and offsets committed (or attempted)
         self.ok = True  # False from a failed InfluxDB write until the next stored one
+        self.assignment_seen = False  # a first partition assignment arrived (possibly empty)
+        self.lag = metrics.LagTracker()  # of this agent's own group (consumer thread only)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer = None
@@ -144,6 +146,8 @@ class InfluxSinkAgent:
 
             def on_partitions_assigned(self, assigned):
                 log.info("InfluxDB sink assigned %d partitions", len(assigned))
+                agent.assignment_seen = True
+                agent.lag.assigned(assigned)
 
         consumer = KafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=s.influx_sink_group, client_id="wavebridge-influx-sink",
@@ -160,6 +164,7 @@ class InfluxSinkAgent:
                 records = consumer.poll(timeout_ms=500)
                 if records:
                     self._handle(consumer, records)
+                self._publish_lag(consumer)
                 self.counters.maybe_log()
         finally:
             self._consumer = None
@@ -176,6 +181,9 @@ class InfluxSinkAgent:
         for tp, batch in records.items():
             role = self.roles[tp.topic]
             first[tp] = batch[0].offset
+            metrics.MESSAGES_IN.labels(tp.topic).inc(len(batch))
+            self.lag.seen(tp, batch[0].offset)
+            self.lag.seen(tp, batch[-1].offset)
             commit[tp] = OffsetAndMetadata(batch[-1].offset + 1, "", -1)
             for rec in batch:
                 n += 1
@@ -207,12 +215,34 @@ class InfluxSinkAgent:
                 consumer.resume(*consumer.paused())
         try:
             consumer.commit(commit)
+            for tp, om in commit.items():
+                self.lag.acked(tp, om.offset - 1)
+                metrics.ACKED.labels(tp.topic).inc(len(records[tp]))
         except (CommitFailedError, KafkaError) as exc:
             # Written but not committed (the group rebalanced meanwhile): the new owner writes it again, which
             # overwrites the same points.
             log.info("InfluxDB sink commit failed after the write (the batch will be written again): %s",
                      sinks._short(exc))
         self.written_messages += n
+
+    def _publish_lag(self, consumer) -> None:
+        """Lag of each assigned partition from the fetch responses' high watermark (never ListOffsets, see
+        stream.metrics); refreshed between batches, so it stands still while a write retries through an outage
+        (`wavebridge_influx_retries_total` and `_backlog_lines` show that)."""
+        for tp in consumer.assignment():
+            try:
+                position = consumer.position(tp, timeout_ms=100)  # = the committed offset until a record is fetched
+            except Exception:
+                position = None
+            self.lag.publish(tp, consumer.highwater(tp), position)
+
+    def check_ready(self) -> tuple[bool, str]:
+        """For `/readyz`: assigned, consuming, and its last InfluxDB write succeeded."""
+        if self._thread is None or not self._thread.is_alive():
+            return False, "InfluxDB sink not running"
+        if not self.assignment_seen:
+            return False, "InfluxDB sink waiting for a partition assignment"
+        return (True, "InfluxDB writes succeed") if self.ok else (False, "InfluxDB writes failing, retrying")
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.counters.add("influx_write_failed")
@@ -261,16 +291,28 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"wavebridge sink: cannot create topics on {settings.broker}: {exc}", file=sys.stderr)
         return 1
     agent = InfluxSinkAgent(settings)
+    health = metrics.Health()
+    health.add_check("influx_sink", agent.check_ready)
+    try:
+        server = metrics.serve(settings.metrics_host, settings.metrics_port, health)
+    except metrics.MetricsBindError as exc:
+        print(f"wavebridge sink: {exc}", file=sys.stderr)
+        return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     agent.start()
     log.info("InfluxDB sink running: group %s, topics %s", settings.influx_sink_group, ", ".join(agent.roles))
-    while not done.wait(0.5):
-        if not agent._thread.is_alive():
-            return 1
-    agent.stop()
-    return 0
+    try:
+        while not done.wait(0.5):
+            health.beat()
+            if not agent._thread.is_alive():
+                return 1
+        agent.stop()
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

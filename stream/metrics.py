@@ -97,22 +97,28 @@ def observe_quality(task: str, quality: str, n: int = 1) -> None:
 class LagTracker:
     """Per-partition consumer lag from what the consumer itself saw (see the module docstring).
 
-    Keys are any hashable partition id (e.g. Faust's `TP(topic, partition)`). Offsets are Kafka offsets;
-    `end` is "one past the newest record known", `position` "the next offset not acknowledged".
-    Not thread-safe: call from one thread (the event loop).
+    Keys are `(topic, partition)` pairs (Faust's `TP` and kafka-python's `TopicPartition` are such pairs). Offsets
+    are Kafka offsets; `end` is "one past the newest record known", `position` "the next offset not acknowledged".
+    Each tracker owns the `wavebridge_consumer_lag_messages` series it `publish`es, so several consumers of one
+    process (the worker's, the InfluxDB sink's) keep theirs apart. Not thread-safe: call from one thread.
     """
 
     def __init__(self) -> None:
         self._end: dict[Hashable, int] = {}
         self._position: dict[Hashable, int] = {}
+        self._published: set = set()
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
-        """Keep only `partitions`; a partition re-assigned later starts from what it fetches next."""
+        """Keep only `partitions` (and their lag series); a partition re-assigned later starts from what it
+        fetches next."""
         keep = set(partitions)
         for d in (self._end, self._position):
             for tp in list(d):
                 if tp not in keep:
                     del d[tp]
+        for tp in self._published - keep:  # another consumer of the group owns it now
+            CONSUMER_LAG.remove(tp[0], str(tp[1]))
+            self._published.discard(tp)
 
     def seen(self, tp: Hashable, offset: int) -> None:
         """A record at `offset` was fetched. The first one after an assignment sets the position: every
@@ -139,6 +145,14 @@ class LagTracker:
             position = committed or 0
         end = max(self._end.get(tp, 0), highwater or 0)
         return max(0, end - position)
+
+    def publish(self, tp: Hashable, highwater: int | None = None, committed: int | None = None) -> int | None:
+        """`lag(...)`, also set as `wavebridge_consumer_lag_messages{topic, partition}` when known."""
+        lag = self.lag(tp, highwater, committed)
+        if lag is not None:
+            CONSUMER_LAG.labels(tp[0], str(tp[1])).set(lag)
+            self._published.add(tp)
+        return lag
 
 
 # ---------------------------------------------------------------------------------- HTTP server
@@ -219,6 +233,24 @@ class _Server(ThreadingHTTPServer):
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
+
+
+class MetricsBindError(RuntimeError):
+    """The metrics address cannot be bound; the message names the variables to fix."""
+
+
+def serve(host: str, port: int, health: Health) -> "MetricsServer | None":
+    """Start the server of a process configured by `WAVEBRIDGE_METRICS_HOST/_PORT`; None when the port is 0.
+
+    Raises `MetricsBindError` (one line) when the address is taken or invalid, so the process stops at start.
+    """
+    if not port:
+        return None
+    try:
+        return MetricsServer(host, port, health=health).start()
+    except OSError as exc:
+        raise MetricsBindError(f"cannot serve metrics on {host}:{port} (WAVEBRIDGE_METRICS_HOST/_PORT; 0 turns the "
+                               f"server off): {exc.strerror or exc}") from None
 
 
 class MetricsServer:

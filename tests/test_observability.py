@@ -69,6 +69,28 @@ def test_lag_forgets_partitions_moved_to_another_worker():
     assert lag.lag(a, highwater=30) == 10
 
 
+def test_each_tracker_publishes_and_removes_only_its_own_series():
+    worker, sink = metrics.LagTracker(), metrics.LagTracker()
+    a, b, c = ("obs.in", 0), ("obs.in", 1), ("obs.out", 0)
+    worker.assigned([a, b])
+    sink.assigned([c])
+    worker.seen(a, 3)
+    assert worker.publish(a, highwater=10) == 7
+    assert worker.publish(b) is None  # unknown: no series rather than a made-up 0
+    sink.seen(c, 0)
+    sink.publish(c, highwater=5)
+
+    def series():
+        return {(x.labels["topic"], x.labels["partition"]): x.value
+                for fam in metrics.CONSUMER_LAG.collect() for x in fam.samples if x.labels["topic"].startswith("obs.")}
+
+    assert series() == {("obs.in", "0"): 7, ("obs.out", "0"): 5}
+    worker.assigned([b])  # partition 0 went to another worker; the sink's series stays
+    assert series() == {("obs.out", "0"): 5}
+    sink.assigned([])
+    assert series() == {}
+
+
 # ------------------------------------------------------------------ server
 def test_server_serves_metrics_health_and_readiness():
     now = [0.0]

@@ -121,6 +121,8 @@ def test_promql_reports_what_the_worker_did(run, capsys):
     topic = w.topics["input"]
     _wait(prom, f'sum(wavebridge_messages_acked_total{{topic="{topic}"}})', run.n_input, run.worker)
     _wait(prom, f'max(wavebridge_consumer_lag_messages{{topic="{topic}"}})', 0, run.worker, timeout=30)
+    synth = w.topics["ecg_synth"]  # read back by the InfluxDB sink agent, in a consumer group of its own
+    _wait(prom, f'max(wavebridge_consumer_lag_messages{{topic="{synth}"}})', 0, run.worker, timeout=30)
     time.sleep(3)  # a few more scrapes after the last write
 
     influx_points = sum(count(w.influx, w.db, m) for m in ("waveform", "rpeak", "hr", "stream_event"))
@@ -139,6 +141,10 @@ def test_promql_reports_what_the_worker_did(run, capsys):
         ("sum(wavebridge_influx_retries_total)", 0),
         ("sum(wavebridge_influx_backlog_lines)", 0),
         (f'count(wavebridge_consumer_lag_messages{{topic="{topic}"}})', 2),  # one series per partition
+        (f'count(wavebridge_consumer_lag_messages{{topic="{synth}"}})', 2),  # the sink's group, on its topics
+        (f'sum(wavebridge_messages_in_total{{topic="{synth}"}}) - sum(wavebridge_messages_out_total{{topic="{synth}"}})',
+         0),  # the sink read every synthesized chunk the worker produced
+        (f'sum(wavebridge_messages_acked_total{{topic="{synth}"}})', lambda v: v >= 2 * (SECONDS / 2 - 4)),
         (f'max(wavebridge_consumer_lag_messages{{topic="{topic}"}})', 0),
         # lag was really measured while input waited for its window, and never went negative
         (f'max_over_time(max(wavebridge_consumer_lag_messages{{topic="{topic}"}})[{window}:1s])', lambda v: v >= 2),
