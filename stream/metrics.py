@@ -36,13 +36,14 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 32.0,
 MODEL_BUCKETS_S = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # ---------------------------------------------------------------------------------- throughput
-MESSAGES_IN = Counter("wavebridge_messages_in", "Input messages consumed.", ["topic"], registry=REGISTRY)
+MESSAGES_IN = Counter("wavebridge_messages_in", "Messages consumed (worker: input; InfluxDB sink: outputs, events).",
+                      ["topic"], registry=REGISTRY)
 SAMPLES_IN = Counter("wavebridge_samples_in", "Samples in decoded input chunks.", ["topic"], registry=REGISTRY)
 MESSAGES_OUT = Counter("wavebridge_messages_out", "Messages produced (outputs, events, dead letters).", ["topic"],
                        registry=REGISTRY)
 SAMPLES_OUT = Counter("wavebridge_samples_out", "Samples in produced output chunks.", ["topic"], registry=REGISTRY)
-ACKED = Counter("wavebridge_messages_acked", "Input messages acknowledged (all their samples stored).", ["topic"],
-                registry=REGISTRY)
+ACKED = Counter("wavebridge_messages_acked", "Consumed messages done with: acknowledged (worker) or committed "
+                "after their points were stored (InfluxDB sink).", ["topic"], registry=REGISTRY)
 # ---------------------------------------------------------------------------------- errors
 DEAD_LETTERS = Counter("wavebridge_dead_letters", "Input messages dead-lettered, by reason code.", ["reason"],
                        registry=REGISTRY)
