@@ -178,8 +178,9 @@ class WorkerRuntime:
             log.warning("partitions assigned in consumer generation -1 (membership lost during the join): "
                         "consuming nothing until the group is rejoined")
         self.assignment_seen = True
-        self.lag.assigned(partitions)
-        self.n_assigned = len(partitions)
+        mine = [tp for tp in partitions if tp[0] == self.settings.topic_input]  # not the alarm agent's topics
+        self.lag.assigned(mine)
+        self.n_assigned = len(mine)
         metrics.PARTITIONS_ASSIGNED.set(self.n_assigned)
 
     def update_lag(self) -> None:
