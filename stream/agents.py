@@ -178,10 +178,17 @@ class WorkerRuntime:
             log.warning("partitions assigned in consumer generation -1 (membership lost during the join): "
                         "consuming nothing until the group is rejoined")
         self.assignment_seen = True
-        mine = [tp for tp in partitions if tp[0] == self.settings.topic_input]  # not the alarm agent's topics
-        self.lag.assigned(mine)
-        self.n_assigned = len(mine)
+        self.lag.assigned(partitions)  # every agent's of this app: the alarm agent reports through `consumed`
+        self.n_assigned = sum(1 for tp in partitions if tp[0] == self.settings.topic_input)
         metrics.PARTITIONS_ASSIGNED.set(self.n_assigned)
+
+    def consumed(self, message) -> None:
+        """Another agent of this app (the alarm agent) is done with `message`: count it and its partition's lag."""
+        tp = (message.topic, message.partition)
+        self.lag.seen(tp, message.offset)
+        self.lag.acked(tp, message.offset)
+        metrics.MESSAGES_IN.labels(message.topic).inc()
+        metrics.ACKED.labels(message.topic).inc()
 
     def update_lag(self) -> None:
         """Set the lag gauge of every assigned partition (event loop; reads the consumer's fetch state)."""
@@ -190,8 +197,6 @@ class WorkerRuntime:
         # None for 0): the position of a partition nothing has been fetched from since the assignment.
         committed = getattr(consumer, "_committed_offset", {})
         for tp in consumer.assignment():
-            if tp.topic != self.settings.topic_input:
-                continue
             try:
                 highwater = consumer.highwater(tp)
             except Exception:  # not fetched from yet, or the consumer is restarting

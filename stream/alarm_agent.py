@@ -22,7 +22,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from stream import sinks
+from stream import metrics, sinks
 from stream.alarms import BAD_ALARM, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
 from stream.config import Settings
 
@@ -62,6 +62,8 @@ class AlarmRuntime:
             alarm = parse_alarm(event.value)
         except AlarmMessageError as exc:
             self.worker.counters.add("dlq.bad_alarm")
+            metrics.DEAD_LETTERS.labels(BAD_ALARM).inc()
+            metrics.MESSAGES_OUT.labels(self.settings.topic_dlq).inc()
             msg = event.message
             log.warning("dead-letter %s[%s]@%s: bad_alarm: %s", msg.topic, msg.partition, msg.offset, exc)
             value, extra = sinks.dlq_value(event.value)
@@ -80,6 +82,8 @@ class AlarmRuntime:
             fut = await self.verdicts_topic.send(key=msg["bed_id"].encode(), value=json.dumps(msg).encode())
             await fut  # confirmed before it is logged as published
             self.worker.counters.add(f"verdict.{msg['verdict']}")
+            metrics.ALARM_VERDICTS.labels(msg["verdict"]).inc()
+            metrics.MESSAGES_OUT.labels(self.settings.topic_verdicts).inc()
             log.info("alarm %s (%s, bed %s): %s, confidence %.2f: %s", msg["alarm_id"], msg["alarm_type"],
                      msg["bed_id"], msg["verdict"], msg["confidence"] or 0.0, msg["reason"])
 
@@ -101,6 +105,7 @@ def register(app, settings: Settings, worker_rt) -> AlarmRuntime:
             return
         async for event in stream.events():
             await rt.on_alarm(event)
+            rt.worker.consumed(event.message)  # Faust acknowledges it at the next event
 
     @app.timer(interval=0.5, name="wavebridge-alarm-judge")
     async def judge_due():

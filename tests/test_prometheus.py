@@ -30,6 +30,7 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 BEDS = ("bed-001", "bed-002")
 SECONDS = 40.0
 SPEED = 4.0  # 10 s of replay: several scrapes see the counters rise
+ALARM_ONSET_S = 30.0
 
 
 def _need(binary: str) -> str:
@@ -90,6 +91,10 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
         producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
         try:
             producer.send(wenv.topics["input"], key=b"bed-001", value=b"{not json").get(10)
+            # a monitor alarm for bed-001, judged by the alarm agent once the bed's data reaches its onset
+            alarm = {"bed_id": "bed-001", "alarm_type": "asystole", "onset_ns": T0 + int(ALARM_ONSET_S * 1e9),
+                     "alarm_id": "mon-1"}
+            producer.send(wenv.topics["alarms"], key=b"bed-001", value=json.dumps(alarm).encode()).get(10)
             stats = replay([rec], producer, wenv.topics["input"], beds=len(BEDS), speed=SPEED, start_ns=T0, chunk_s=1.0)
             # bed-001's first PLETH chunk again: a duplicate, dead-lettered and reported as a stream event
             again = wire.Chunk("bed-001", "PLETH", 125.0, T0, 0, np.zeros(125, np.float32))
@@ -123,9 +128,13 @@ def test_promql_reports_what_the_worker_did(run, capsys):
     _wait(prom, f'max(wavebridge_consumer_lag_messages{{topic="{topic}"}})', 0, run.worker, timeout=30)
     synth = w.topics["ecg_synth"]  # read back by the InfluxDB sink agent, in a consumer group of its own
     _wait(prom, f'max(wavebridge_consumer_lag_messages{{topic="{synth}"}})', 0, run.worker, timeout=30)
+    alarms = w.topics["alarms"]
+    _wait(prom, "sum(wavebridge_alarm_verdicts_total)", 1, run.worker, timeout=60)
     time.sleep(3)  # a few more scrapes after the last write
 
-    influx_points = sum(count(w.influx, w.db, m) for m in ("waveform", "rpeak", "hr", "stream_event"))
+    measurements = [r["name"] for r in w.influx.query("SHOW MEASUREMENTS", w.db)]
+    assert {"waveform", "rpeak", "hr", "stream_event", "alarm_verdict"} <= set(measurements)
+    influx_points = sum(count(w.influx, w.db, m) for m in measurements)
     window = f"{int(time.time() - run.started_s) + 5}s"
     checks = [  # (PromQL, expected value or predicate)
         ('up{job="wavebridge"}', 1),
@@ -145,6 +154,11 @@ def test_promql_reports_what_the_worker_did(run, capsys):
         (f'sum(wavebridge_messages_in_total{{topic="{synth}"}}) - sum(wavebridge_messages_out_total{{topic="{synth}"}})',
          0),  # the sink read every synthesized chunk the worker produced
         (f'sum(wavebridge_messages_acked_total{{topic="{synth}"}})', lambda v: v >= 2 * (SECONDS / 2 - 4)),
+        (f'sum(wavebridge_messages_acked_total{{topic="{alarms}"}})', 1),  # the alarm agent's topic, same group
+        (f'count(wavebridge_consumer_lag_messages{{topic="{alarms}"}})', 2),
+        (f'max(wavebridge_consumer_lag_messages{{topic="{alarms}"}})', 0),
+        ("sum(wavebridge_alarm_verdicts_total)", 1),
+        (f'sum(wavebridge_messages_out_total{{topic="{w.topics["verdicts"]}"}})', 1),
         (f'max(wavebridge_consumer_lag_messages{{topic="{topic}"}})', 0),
         # lag was really measured while input waited for its window, and never went negative
         (f'max_over_time(max(wavebridge_consumer_lag_messages{{topic="{topic}"}})[{window}:1s])', lambda v: v >= 2),
@@ -221,7 +235,7 @@ def test_dashboard_is_provisionable_json():
     queries = dashboard_queries()
     assert {ds for _, ds, _ in queries} == {"influxdb", "prometheus"}
     titles = " ".join(t.lower() for t, _, _ in queries)
-    for topic in ("synthesized", "heart rate", "lag", "throughput", "errors", "latency", "anomalies"):
+    for topic in ("synthesized", "heart rate", "lag", "throughput", "errors", "latency", "anomalies", "alarm verdicts"):
         assert topic in titles, f"the dashboard has no {topic} panel"
 
 
@@ -236,7 +250,8 @@ def test_every_dashboard_query_returns_data(run):
             for bed in BEDS:
                 rows = w.influx.query(_influxql(q, lo, hi, bed), w.db)
                 values = [v for r in rows for k, v in r.items() if k not in ("time", "_measurement") and v is not None]
-                if not values and not (title == "Input anomalies by type" and bed != "bed-001"):  # only bed-001 had one
+                one_bed = title in ("Input anomalies by type", "Alarm verdicts")  # only bed-001 had an anomaly, an alarm
+                if not values and not (one_bed and bed != "bed-001"):
                     empty.append((title, bed, q))
         else:
             m = re.fullmatch(r"label_values\((\w+), (\w+)\)", q)
