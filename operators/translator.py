@@ -118,6 +118,29 @@ def parse_spec(spec: str) -> dict[str, str] | str:
     return by_task
 
 
+ALIASES = {
+    "classic": "operators.baselines:ClassicTranslator",
+    "clmt": "models.engine:ClmtTranslator",
+    "passthrough": "operators.baselines:PassthroughTranslator",  # translation disabled (benchmark ceiling)
+}
+
+
+def check_spec(spec: str) -> None:
+    """Raise ValueError unless every translator the spec names is an alias or `module:Class` (nothing is imported)."""
+    parsed = parse_spec(spec)
+    for one in (parsed.values() if isinstance(parsed, dict) else [parsed]):
+        _resolve(one)
+
+
+def _resolve(one: str) -> tuple[str, str]:
+    target = ALIASES.get(one, one)
+    mod_name, _, cls_name = target.partition(":")
+    if not (mod_name.strip() and cls_name.strip()) or not all(p.isidentifier() for p in mod_name.split(".")) \
+            or not cls_name.isidentifier():
+        raise ValueError(f"translator spec {one!r} is not an alias ({', '.join(ALIASES)}) nor 'module:Class'")
+    return mod_name, cls_name
+
+
 def load_translator(spec: str, **kwargs) -> Translator:
     """Build a translator from `module:Class` (or a short alias) with keyword options, or one per task
     (`ppg2ecg=classic,sr=clmt`, a `TaskRouter`; tasks sharing a spec share one instance).
@@ -128,16 +151,8 @@ def load_translator(spec: str, **kwargs) -> Translator:
     if isinstance(parsed, dict):
         built = {one: load_translator(one, **kwargs) for one in set(parsed.values())}
         return TaskRouter({task: built[one] for task, one in parsed.items()})
-    spec = parsed
-    aliases = {
-        "classic": "operators.baselines:ClassicTranslator",
-        "clmt": "models.engine:ClmtTranslator",
-        "passthrough": "operators.baselines:PassthroughTranslator",  # translation disabled (benchmark ceiling)
-    }
-    spec = aliases.get(spec, spec)
-    if ":" not in spec:
-        raise ValueError(f"translator spec {spec!r} is not an alias ({', '.join(aliases)}) nor 'module:Class'")
-    mod_name, cls_name = spec.split(":", 1)
+    mod_name, cls_name = _resolve(parsed)
+    spec = f"{mod_name}:{cls_name}"
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:

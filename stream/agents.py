@@ -20,6 +20,7 @@ from typing import Any
 from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
 from stream.config import Settings
+from stream.logthrottle import Throttle
 from stream.pipeline import BatchResult, Pipeline, PipelineConfig
 
 log = logging.getLogger("wavebridge.worker")
@@ -47,6 +48,7 @@ class WorkerRuntime:
         self.pipeline: Pipeline | None = None
         self.sink = None  # stream.influxsink.InfluxSinkAgent when it runs in this process
         self.counters = sinks.ReasonCounters(settings.counters_log_s, log)
+        self.log_throttle = Throttle(settings.log_repeat_s)  # dead letters, rejected points: a line per kind
         self.stats = sinks.StatsWriter(settings.stats_file)
         self.stream = None  # the agent's stream, for acks
         self.gate = AckGate()  # acks leave in offset order per partition
@@ -280,7 +282,9 @@ class WorkerRuntime:
             metrics.DEAD_LETTERS.labels(reason).inc()
             metrics.MESSAGES_OUT.labels(s.topic_dlq).inc()
             msg = tok.message
-            log.warning("dead-letter %s[%s]@%s: %s: %s", msg.topic, msg.partition, msg.offset, reason, detail)
+            ok, held = self.log_throttle.allow(("dlq", reason))
+            if ok:  # the detail (it may quote the rejected value) goes to the dead letter's headers, not the log
+                log.warning("dead-letter %s[%s]@%s: %s%s", msg.topic, msg.partition, msg.offset, reason, _held(held))
             value, extra = sinks.dlq_value(tok.event.value)
             futs.append(await self.dlq_topic.send(
                 key=msg.key, value=value, headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset) + extra))
@@ -315,6 +319,10 @@ class WorkerRuntime:
         msg = event.message
         self.lag.acked((msg.topic, msg.partition), msg.offset)
         metrics.ACKED.labels(msg.topic).inc()
+
+
+def _held(n: int) -> str:
+    return f" [{n} more of this kind not shown]" if n else ""
 
 
 def _produce_ms(message) -> float | None:
@@ -356,8 +364,7 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
                 await app.crash(exc)
                 return
 
-    @app.timer(interval=max(0.2, min(1.0, settings.idle_flush_s / 4)), name="wavebridge-idle-flush")
-    async def idle_flush():
+    async def flush_idle_once():
         try:
             await rt.flush_idle()
         except sinks.SinkStopped:
@@ -365,6 +372,17 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
         except Exception as exc:
             log.exception("idle flush failed; crashing the worker")
             await app.crash(exc)
+
+    flushing: list[asyncio.Task] = []
+
+    @app.timer(interval=max(0.2, min(1.0, settings.idle_flush_s / 4)), name="wavebridge-idle-flush")
+    async def idle_flush():
+        # The flush waits for the pipeline lock, which a batch (or an InfluxDB retry) holds for longer than this
+        # interval: awaited here, every such tick logged "Timer wavebridge-idle-flush is overlapping". It runs as
+        # a task instead, one at a time; a tick that finds it still running has nothing to add.
+        if flushing and not flushing[0].done():
+            return
+        flushing[:] = [asyncio.ensure_future(flush_idle_once())]
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs):

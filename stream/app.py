@@ -3,9 +3,11 @@
     wavebridge worker [faust worker options]      # e.g. -l info --web-port 6067
     python -m stream.app worker [faust worker options]
 
-All settings come from `WAVEBRIDGE_*` environment variables (docs/configuration.md). Topics are
-created explicitly (`stream.topics.ensure_topics`) before the worker starts: Faust itself never
-declares topics here.
+All settings come from `WAVEBRIDGE_*` environment variables (docs/configuration.md). Before
+connecting to Kafka the worker validates them, loads the translator on its device and asks
+InfluxDB whether the token may write to the bucket (`preflight`): a configuration error stops it
+with one line naming the variable, exit status 2. It then checks that its topics exist, or creates
+them when WAVEBRIDGE_CREATE_TOPICS=true; Faust itself never declares topics here.
 """
 from __future__ import annotations
 
@@ -79,13 +81,46 @@ def create_app(settings: Settings | None = None, translator=None):
     return app
 
 
+def preflight(s: Settings):
+    """Everything that can be checked before connecting to Kafka; returns the loaded translator.
+
+    Raises ConfigError (naming the variable) for a device without a GPU, a translator that does not
+    load, or an InfluxDB that refuses the token, org or bucket. An unreachable InfluxDB is not an
+    error here: writes retry until it is back.
+    """
+    from stream import sinks
+
+    if s.device.startswith("cuda"):
+        try:
+            import torch
+        except ImportError:
+            raise ConfigError(f"WAVEBRIDGE_DEVICE={s.device}: torch is not installed") from None
+        if not torch.cuda.is_available():
+            raise ConfigError(f"WAVEBRIDGE_DEVICE={s.device}: torch sees no CUDA GPU (use cpu or auto)")
+    from operators.translator import load_translator
+
+    try:
+        # translators that take no device (the numpy ones) simply don't get it
+        translator = load_translator(s.translator, device=s.device)
+    except Exception as exc:  # missing weights, an import error in a plug-in, ...: all configuration
+        raise ConfigError(f"WAVEBRIDGE_TRANSLATOR={s.translator}: cannot load: {sinks.short_error(exc)}") from None
+    if s.influx_enabled and s.influx_sink == "worker":
+        problem = sinks.influx_probe(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, s.influx_timeout_s)
+        if problem is not None:
+            log.warning("InfluxDB not reachable at start (%s); writes will be retried", problem)
+    return translator
+
+
 def _prepare_topics(s: Settings) -> None:
-    from stream.topics import ensure_topics
+    from stream.topics import prepare_topics
 
     names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq]
     if s.alarm_enabled:
         names += [s.topic_alarms, s.topic_verdicts]
-    ensure_topics(",".join(s.bootstrap_servers), names, **s.kafka_client_kwargs())
+    created = prepare_topics(s, names)
+    if created:
+        log.info("created topics %s (%d partitions, replication %d)", ", ".join(created), s.topic_partitions,
+                 s.topic_replication)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -102,16 +137,30 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
         return 2
+    from stream.logthrottle import throttle_kafka_logs
+
+    throttle_kafka_logs(settings.log_repeat_s)
+    try:
+        translator = preflight(settings)
+    except ConfigError as exc:
+        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         _prepare_topics(settings)
-    except Exception as exc:
-        print(f"wavebridge worker: cannot create topics on {settings.broker}: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. NoBrokersAvailable
+        from stream.sinks import short_error
+
+        print(f"wavebridge worker: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
+              file=sys.stderr)
         return 1
     if settings.without_web and "--without-web" not in args:
         args.append("--without-web")
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args += ["--loglevel", settings.faust_log_level]
-    app = create_app(settings)
+    app = create_app(settings, translator)
     try:
         server = serve(settings.metrics_host, settings.metrics_port, app.wavebridge_runtime.health)
     except MetricsBindError as exc:

@@ -5,20 +5,24 @@ at start with one clear message instead of deep inside Kafka/Influx client code.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from operators.translator import TASKS, parse_spec
+from operators.translator import TASKS, check_spec
 from stream import wire
 
 JSON_OUTPUT_MAX_BYTES = 900_000  # under Kafka's default 1,000,000-byte request, with room for the header
 JSON_BYTES_PER_SAMPLE = 25  # "-1.2345678431987762e-05," is 24
 
 PREFIX = "WAVEBRIDGE_"
+TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # No OAUTHBEARER: it needs a token provider object, which no environment variable can supply.
@@ -26,6 +30,12 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI")
 DEVICES = ("auto", "cpu", "cuda")
 INFLUX_SINKS = ("worker", "separate")
 KNOWN_TASKS = TASKS  # the translator interface's tasks, one list
+# WAVEBRIDGE_* names the worker does not read but other parts of the project do (compose's topic set-up and images,
+# dev.sh): not reported as unknown when they reach the worker's environment.
+OTHER_VARIABLES = frozenset({"IMAGE", "IMAGE_GPU", "BATCH_SIZE_GPU", "PARTITIONS", "RETENTION_MS", "DLQ_RETENTION_MS",
+                             "CI", "VENV", "TRACEBACK"})
+# Apache Kafka's default group.min/max.session.timeout.ms: a session outside them is refused at every join.
+SESSION_TIMEOUT_RANGE_S = (6.0, 1800.0)
 
 
 class ConfigError(ValueError):
@@ -34,9 +44,40 @@ class ConfigError(ValueError):
 
 def _read_secret_file(var: str, path: str) -> str:
     try:
-        return Path(path).read_text().strip()
+        value = Path(path).read_text().strip()
     except OSError as exc:
         raise ConfigError(f"{var}: cannot read {path!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{var}: {path!r} is not UTF-8 text") from None
+    if not value:  # an unfilled secret would otherwise authenticate as nobody, and fail much later
+        raise ConfigError(f"{var}: {path!r} is empty")
+    return value
+
+
+def parse_host_port(var: str, url: str, default_port: int | None = None) -> tuple[str, int]:
+    """`host:port` (optionally `kafka://host:port`, `[v6]:port`) -> (host, port); ConfigError names `var`."""
+    rest = url.split("://", 1)[-1]
+    split = urllib.parse.urlsplit("//" + rest)
+    try:
+        port = split.port
+    except ValueError:
+        port_text = rest.rsplit(":", 1)[-1] if ":" in rest else ""
+        raise ConfigError(f"{PREFIX}{var}: {url!r}: port {port_text!r} is not a number in 1-65535") from None
+    host = split.hostname
+    if not host or split.path or split.query or split.fragment or split.username:
+        raise ConfigError(f"{PREFIX}{var}: {url!r} is not host:port")
+    if port is None:
+        if default_port is None or rest.endswith(":"):
+            raise ConfigError(f"{PREFIX}{var}: {url!r} has no port")
+        port = default_port
+    if not 0 < port < 65536:
+        raise ConfigError(f"{PREFIX}{var}: {url!r}: port {port} is not in 1-65535")
+    return host, port
+
+
+def known_variables() -> frozenset[str]:
+    """Every `WAVEBRIDGE_*` name `Settings.from_env` reads."""
+    return Settings._parse({})[1]
 
 
 @dataclass(frozen=True)
@@ -86,6 +127,10 @@ class Settings:
     sr_target_hz: float = 100.0
     sr_below_hz: float = 100.0  # signals sampled below this rate are super-resolved
     context_s: float = 10.0  # paired ECG+PPG context length (ContextStore keeps 3x)
+    # --- topic creation (opt-in: on a managed cluster a typo in a topic name would make a new topic) ----------
+    create_topics: bool = False
+    topic_partitions: int = 4
+    topic_replication: int = 1
     # --- process ---------------------------------------------------------------------------
     web_port: int = 6066
     # /metrics, /healthz, /readyz (stream.metrics); loopback by default, port 0 turns the server off
@@ -106,6 +151,7 @@ class Settings:
     alarm_buffer_s: float = 120.0  # per-bed signal ring, s behind the newest sample
     alarm_max_beds: int = 256
     alarm_translator: str = "classic"  # II_SYNTH for verdicts; "none" leaves it out
+    log_repeat_s: float = 30.0  # a repeating log line (Kafka connection errors, dead letters) at most once per this
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,10 +159,29 @@ class Settings:
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from `WAVEBRIDGE_*` variables; ConfigError on an invalid value or an unknown name."""
         env = os.environ if environ is None else environ
+        kw, known = cls._parse(env)
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known
+                         and k[len(PREFIX):] not in OTHER_VARIABLES)
+        if unknown:
+            def hint(name: str) -> str:  # compared without the shared prefix, which would make everything "close"
+                close = difflib.get_close_matches(name[len(PREFIX):], sorted(k[len(PREFIX):] for k in known), n=1,
+                                                  cutoff=0.7)
+                return f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name
+
+            raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(hint, unknown))}; "
+                              f"the known ones are listed in docs/configuration.md")
+        return cls(**kw)
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str]) -> tuple[dict, frozenset[str]]:
+        """(constructor keywords, every variable name looked at) from `env`."""
         kw: dict = {}
+        known: set[str] = set()
 
         def get(name: str) -> str | None:
+            known.add(PREFIX + name)
             v = env.get(PREFIX + name)
             return None if v is None or v.strip() == "" else v.strip()
 
@@ -170,6 +235,9 @@ class Settings:
         text("TOPIC_SR", "topic_sr")
         text("TOPIC_EVENTS", "topic_events")
         text("TOPIC_DLQ", "topic_dlq")
+        flag("CREATE_TOPICS", "create_topics")
+        num("TOPIC_PARTITIONS", "topic_partitions", int)
+        num("TOPIC_REPLICATION", "topic_replication", int)
         fmt = get("OUTPUT_FORMAT")
         if fmt is not None:
             if fmt.lower() not in ("binary", "json"):
@@ -222,7 +290,8 @@ class Settings:
         num("ALARM_BUFFER_S", "alarm_buffer_s")
         num("ALARM_MAX_BEDS", "alarm_max_beds", int)
         text("ALARM_TRANSLATOR", "alarm_translator")
-        return cls(**kw)
+        num("LOG_REPEAT_S", "log_repeat_s")
+        return kw, frozenset(known)
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -238,6 +307,7 @@ class Settings:
         for url in self.broker_urls:
             if "://" in url and not url.startswith("kafka://"):
                 raise bad("BROKER", f"{url!r}: only kafka:// URLs are supported")
+            parse_host_port("BROKER", url, default_port=9092)
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise bad("KAFKA_SECURITY_PROTOCOL", f"{self.security_protocol!r} not in {SECURITY_PROTOCOLS}")
         if self.security_protocol.startswith("SASL"):
@@ -260,18 +330,36 @@ class Settings:
                           ("KAFKA_SSL_KEYFILE", self.ssl_keyfile)):
             if path and not Path(path).is_file():
                 raise bad(var, f"file {path!r} does not exist")
-        if self.session_timeout_s <= 0 or self.heartbeat_s <= 0:
-            raise bad("SESSION_TIMEOUT_S", "session timeout and heartbeat must be > 0")
+        if self.heartbeat_s <= 0:
+            raise bad("HEARTBEAT_S", "must be > 0")
+        lo, hi = SESSION_TIMEOUT_RANGE_S
+        if not lo <= self.session_timeout_s <= hi:
+            raise bad("SESSION_TIMEOUT_S", f"{self.session_timeout_s:g} s is outside [{lo:g}, {hi:g}] s, the range Kafka "
+                                           f"brokers accept by default (group.min/max.session.timeout.ms)")
         if self.heartbeat_s >= self.session_timeout_s:
             raise bad("HEARTBEAT_S", f"heartbeat ({self.heartbeat_s}s) must be below the session timeout ({self.session_timeout_s}s)")
 
         topics = [self.topic_input, self.topic_ecg_synth, self.topic_sr, self.topic_events, self.topic_dlq]
         if len(set(topics)) != len(topics):
             raise bad("TOPIC_INPUT", f"topic names must be distinct, got {topics}")
+        for var, name in zip(("TOPIC_INPUT", "TOPIC_ECG_SYNTH", "TOPIC_SR", "TOPIC_EVENTS", "TOPIC_DLQ"), topics):
+            if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+                raise bad(var, f"{name!r} is not a Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")
+        if not 1 <= self.topic_partitions <= 10_000:
+            raise bad("TOPIC_PARTITIONS", f"{self.topic_partitions} is not in 1-10000")
+        if not 1 <= self.topic_replication <= 32:
+            raise bad("TOPIC_REPLICATION", f"{self.topic_replication} is not in 1-32")
 
         if self.influx_enabled:
             if not self.influx_url.startswith(("http://", "https://")):
                 raise bad("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
+            split = urllib.parse.urlsplit(self.influx_url)
+            try:
+                split.port
+            except ValueError:
+                raise bad("INFLUX_URL", f"{self.influx_url!r}: the port is not a number in 1-65535") from None
+            if not split.hostname:
+                raise bad("INFLUX_URL", f"{self.influx_url!r} names no host")
             if not self.influx_bucket:
                 raise bad("INFLUX_BUCKET", "must not be empty")
         if self.influx_sink not in INFLUX_SINKS:
@@ -304,7 +392,7 @@ class Settings:
         if not self.translator:
             raise bad("TRANSLATOR", "must not be empty")
         try:
-            parse_spec(self.translator)  # the syntax only; loading happens at start-up (torch import is slow)
+            check_spec(self.translator)  # names only; the worker loads it before connecting (stream.app)
         except ValueError as exc:
             raise bad("TRANSLATOR", str(exc)) from None
         if self.device not in DEVICES:
@@ -331,6 +419,8 @@ class Settings:
             raise bad("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
         if self.counters_log_s <= 0:
             raise bad("COUNTERS_LOG_S", "must be > 0")
+        if self.log_repeat_s < 0:
+            raise bad("LOG_REPEAT_S", "must be >= 0 (0 shows every line)")
         self._check_alarms(bad, topics)
 
     def _check_alarms(self, bad, topics: list[str]) -> None:
@@ -350,6 +440,14 @@ class Settings:
             raise bad("TOPIC_ALARMS", "the alarms and verdicts topics must differ from each other and every other topic")
         if not self.alarm_translator:
             raise bad("ALARM_TRANSLATOR", "must not be empty ('none' leaves the synthesized ECG out)")
+        if self.alarm_translator != "none":
+            try:
+                check_spec(self.alarm_translator)
+            except ValueError as exc:
+                raise bad("ALARM_TRANSLATOR", str(exc)) from None
+        for var, name in (("TOPIC_ALARMS", self.topic_alarms), ("TOPIC_VERDICTS", self.topic_verdicts)):
+            if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+                raise bad(var, f"{name!r} is not a Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")
 
     def _check_output_chunk_size(self) -> None:
         """Every emitted output chunk must pass `wire` validation, or the worker drops it (only

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 from stream import metrics, sinks
 from stream.config import ConfigError, Settings
+from stream.logthrottle import Throttle
 
 log = logging.getLogger("wavebridge.sink")
 
@@ -92,6 +93,7 @@ class InfluxSinkAgent:
             s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, batch_points=s.influx_batch_points,
             timeout_s=s.influx_timeout_s, backoff=sinks.Backoff(s.retry_initial_s, s.retry_max_s),
             on_retry=self._on_retry, on_reject=self._on_reject)
+        self._log_throttle = Throttle(settings.log_repeat_s)
         self.written_messages = 0  # messages whose points are stored and offsets committed (or attempted)
         self.ok = True  # False from a failed InfluxDB write until the next stored one
         self.assignment_seen = False  # a first partition assignment arrived (possibly empty)
@@ -124,13 +126,15 @@ class InfluxSinkAgent:
                 self._consume()
             except sinks.SinkStopped:
                 return
+            except sinks.InfluxConfigError as exc:  # a refused token or bucket: no restart can help
+                sinks.stop_for_configuration(exc)
             except Exception as exc:
                 if self._stop.is_set():
                     return
                 delay = next(delays)
                 self.counters.add("sink_restarts")
                 log.exception("InfluxDB sink failed (%s); restarting it from its committed offsets in %.1fs",
-                              sinks._short(exc), delay)
+                              sinks.short_error(exc), delay)
                 self._stop.wait(delay)
 
     # ------------------------------------------------------------------ consuming
@@ -192,7 +196,7 @@ class InfluxSinkAgent:
                 except Exception as exc:  # our own topics: a malformed message is a bug, reported, not retried
                     self.counters.add(f"sink_malformed.{role}")
                     log.error("%s[%d]@%d not written to InfluxDB (malformed %s message): %s", tp.topic, tp.partition,
-                              rec.offset, role, sinks._short(exc))
+                              rec.offset, role, sinks.short_error(exc))
         self.influx.abort_event.clear()  # set by a rebalance inside the poll that returned these records
         if lines:
             metrics.INFLUX_BACKLOG.set(len(lines))
@@ -222,7 +226,7 @@ class InfluxSinkAgent:
             # Written but not committed (the group rebalanced meanwhile): the new owner writes it again, which
             # overwrites the same points.
             log.info("InfluxDB sink commit failed after the write (the batch will be written again): %s",
-                     sinks._short(exc))
+                     sinks.short_error(exc))
         self.written_messages += n
 
     def _publish_lag(self, consumer) -> None:
@@ -249,7 +253,7 @@ class InfluxSinkAgent:
         metrics.INFLUX_RETRIES.inc()
         self.ok = False
         log.warning("InfluxDB write failed (attempt %d); sink paused, retry in %.1fs (the alarm feed is not "
-                    "affected): %s", attempt, delay, sinks._short(exc))
+                    "affected): %s", attempt, delay, sinks.short_error(exc))
         consumer = self._consumer
         if consumer is not None:
             # Stay in the group while retrying: a poll on paused partitions fetches nothing but lets a rebalance
@@ -257,11 +261,14 @@ class InfluxSinkAgent:
             consumer.pause(*consumer.assignment())
             consumer.poll(timeout_ms=0)
 
-    def _on_reject(self, exc: BaseException, n_lines: int) -> None:
-        self.counters.add("influx_rejected", n_lines)
-        metrics.INFLUX_REJECTED.inc(n_lines)
-        log.error("InfluxDB rejected %d lines as unacceptable (stored the rest of the batch if any; not retried): %s",
-                  n_lines, sinks._short(exc))
+    def _on_reject(self, exc: BaseException, lines: list[str]) -> None:
+        self.counters.add("influx_rejected", len(lines))
+        metrics.INFLUX_REJECTED.inc(len(lines))
+        ok, held = self._log_throttle.allow("influx_rejected")
+        if ok:  # the series, not the values; the rest of the batch is stored
+            log.error("InfluxDB rejected a line of series %s (not retried; the rest of the batch is stored)%s: %s",
+                      sinks.line_series(lines[0]), f" [{held} more not shown]" if held else "",
+                      sinks.short_error(exc))
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -283,12 +290,20 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 2
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(settings.log_level.lower(), settings.log_level.upper())
     logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    try:
-        from stream.topics import ensure_topics
+    from stream.logthrottle import throttle_kafka_logs
+    from stream.topics import prepare_topics
 
-        ensure_topics(",".join(settings.bootstrap_servers), list(topic_roles(settings)), **settings.kafka_client_kwargs())
+    throttle_kafka_logs(settings.log_repeat_s)
+    try:
+        sinks.influx_probe(settings.influx_url, settings.influx_token, settings.influx_org, settings.influx_bucket,
+                           settings.influx_timeout_s)  # a refused token/bucket stops here; an outage is retried
+        prepare_topics(settings, list(topic_roles(settings)))
+    except ConfigError as exc:
+        print(f"wavebridge sink: configuration error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
-        print(f"wavebridge sink: cannot create topics on {settings.broker}: {exc}", file=sys.stderr)
+        print(f"wavebridge sink: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {sinks.short_error(exc)}",
+              file=sys.stderr)
         return 1
     agent = InfluxSinkAgent(settings)
     health = metrics.Health()

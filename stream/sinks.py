@@ -1,4 +1,4 @@
-"""Output sinks: InfluxDB (line protocol, idempotent, retried forever) and Kafka payload builders.
+"""Output sinks: InfluxDB (line protocol, idempotent, retried until stored) and Kafka payload builders.
 
 Schema: docs/influx-schema.md. Delivery rules: docs/delivery-semantics.md.
 
@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from stream.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -132,28 +138,85 @@ class WriteAborted(RuntimeError):
     be consumed again, here or by the partitions' new owner); the worker carries on."""
 
 
-# Answers that say the points themselves are unacceptable (unparsable, beyond the retention period, field
-# type conflict): InfluxDB has already stored the rest of the batch ("partial write"), and sending the same
-# points again can never succeed, so retrying would stall every bed on the worker behind one bad point.
-PERMANENT_STATUS = (400, 422)
+# Answers that say some points are unacceptable (unparsable, beyond the retention period, field type conflict) or
+# the request too large. InfluxDB 1.x then stores the rest of the batch ("partial write"), 2.x stores none of it;
+# sending the same batch again can never succeed. The batch is split in halves until each bad line stands alone:
+# every good point is stored on both versions (rewriting a point 1.x already stored changes nothing), and only
+# the bad lines are reported.
+SPLIT_STATUS = (400, 413, 422)
+# Answers that no retry can change: the worker stops with one line naming the variable to fix.
+CONFIG_STATUS = {401: "INFLUX_TOKEN", 403: "INFLUX_TOKEN", 404: "INFLUX_BUCKET"}
+
+
+class InfluxConfigError(ConfigError):
+    """InfluxDB refused the token, org or bucket (401, 403, 404): a configuration error, not an outage."""
+
+
+def config_error(status: int, url: str, org: str, bucket: str, message: str) -> InfluxConfigError:
+    var = "WAVEBRIDGE_" + CONFIG_STATUS[status]
+    why = {401: "the token is not valid (401 Unauthorized); set WAVEBRIDGE_INFLUX_TOKEN or _TOKEN_FILE",
+           403: f"the token may not write to bucket {bucket!r} (403 Forbidden); give it write access",
+           404: f"bucket {bucket!r} of org {org!r} not found (404); fix WAVEBRIDGE_INFLUX_BUCKET, "
+                f"WAVEBRIDGE_INFLUX_ORG or WAVEBRIDGE_INFLUX_URL"}[status]
+    return InfluxConfigError(f"{var}: InfluxDB at {url}: {why}: {message[:200]}")
+
+
+def stop_for_configuration(exc: BaseException) -> None:
+    """Exit the process at once with one line (exit status 2): a refused InfluxDB token or bucket holds for every
+    batch and every restart. Nothing of the batch was committed, so nothing is lost: it is read again after the fix."""
+    log.critical("stopping: configuration error: %s", exc)
+    logging.shutdown()
+    os._exit(2)
+
+
+def influx_probe(url: str, token: str | None, org: str, bucket: str, timeout_s: float = 10.0) -> str | None:
+    """Ask InfluxDB whether the token may write to the bucket, with an empty write (stores nothing).
+
+    Raises InfluxConfigError on 401/403/404; returns None when the write is accepted, else (InfluxDB
+    unreachable or failing: an outage the worker's writes will retry) a short description.
+    """
+    query = urllib.parse.urlencode({"org": org, "bucket": bucket, "precision": "ns"})
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/v2/write?{query}", data=b"", method="POST",
+                                     headers={"Authorization": f"Token {token or ''}",
+                                              "Content-Type": "text/plain; charset=utf-8"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code in CONFIG_STATUS:
+            raise config_error(exc.code, url, org, bucket, _body_message(exc.read())) from None
+        if exc.code in SPLIT_STATUS:  # an empty body may be "no points" to some versions: the address is right
+            return None
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return short_error(exc)
+
+
+def _body_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message") or body.decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")
 
 
 class InfluxSink:
     """Synchronous, batched, retried-forever writer of line protocol.
 
     `write(lines)` returns only once every line is stored; on failure it sleeps with exponential
-    back-off and retries the same batch. The exception: a batch InfluxDB rejects as unacceptable
-    (`PERMANENT_STATUS`) is reported through `on_reject` (or logged as an error) and not retried.
+    back-off and retries the same batch. The exceptions: lines InfluxDB rejects as unacceptable
+    (`SPLIT_STATUS`) are isolated by splitting the batch and reported through `on_reject` (or logged as an
+    error), the rest stored; a refused token, org or bucket (`CONFIG_STATUS`) raises InfluxConfigError.
     Call it from a worker thread, never the event loop.
     """
 
     def __init__(self, url: str, token: str | None, org: str, bucket: str, *, batch_points: int = 20000,
                  timeout_s: float = 10.0, backoff: Backoff | None = None,
                  on_retry: Callable[[int, BaseException, float], None] | None = None,
-                 on_reject: Callable[[BaseException, int], None] | None = None):
+                 on_reject: Callable[[BaseException, list[str]], None] | None = None):
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
+        self.url = url
         self.bucket = bucket
         self.org = org
         self.batch_points = batch_points
@@ -163,45 +226,64 @@ class InfluxSink:
         self.stop_event = threading.Event()  # set: shutting down, every write raises SinkStopped
         self.abort_event = threading.Event()  # set: give up the write in progress (WriteAborted), while set
         self.failures = 0  # write attempts that failed, total
-        self.rejected_batches = 0  # batches answered with a PERMANENT_STATUS, not retried
+        self.rejected_lines = 0  # lines answered with a SPLIT_STATUS on their own, not retried
+        self.requests = 0  # write requests sent (the splitting of a rejected batch adds some)
         # retries=False: our own loop retries (forever, with back-off); urllib3's would give up.
         self._client = InfluxDBClient(url=url, token=token or "", org=org, timeout=int(timeout_s * 1000), retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, lines: Sequence[str]) -> int:
+        """Store `lines`; returns how many were given (rejected ones included, reported apart)."""
+        for i in range(0, len(lines), self.batch_points):
+            pending = [list(lines[i:i + self.batch_points])]
+            while pending:
+                part = pending.pop()
+                exc = self._write_retrying(part)
+                if exc is None:
+                    continue
+                if len(part) == 1:
+                    self.rejected_lines += 1
+                    if self.on_reject:
+                        self.on_reject(exc, part)
+                    else:
+                        log.error("InfluxDB rejected a line (not retried): %s: %s", line_series(part[0]),
+                                  short_error(exc))
+                    continue
+                mid = len(part) // 2
+                pending += [part[mid:], part[:mid]]  # first half next: points go out in their order
+        return len(lines)
+
+    def _write_retrying(self, part: list[str]) -> BaseException | None:
+        """Write one request, retrying transient failures; the error if InfluxDB found `part` unacceptable."""
         from influxdb_client import WritePrecision
 
-        for i in range(0, len(lines), self.batch_points):
-            part = "\n".join(lines[i:i + self.batch_points])
-            delays = self.backoff.delays()
-            attempt = 0
-            while True:
-                if self.stop_event.is_set():
-                    raise SinkStopped("worker stopping while InfluxDB writes were pending")
-                if self.abort_event.is_set():
-                    raise WriteAborted("batch given up by a rebalance while InfluxDB writes were pending")
-                try:
-                    self._write_api.write(bucket=self.bucket, org=self.org, record=part, write_precision=WritePrecision.NS)
-                    break
-                except Exception as exc:  # network errors, 5xx, auth and missing buckets: retry, never drop data
-                    if getattr(exc, "status", None) in PERMANENT_STATUS:
-                        self.rejected_batches += 1
-                        n_lines = part.count("\n") + 1
-                        if self.on_reject:
-                            self.on_reject(exc, n_lines)
-                        else:
-                            log.error("InfluxDB rejected a batch of %d lines (not retried): %s", n_lines, _short(exc))
-                        break
-                    attempt += 1
-                    self.failures += 1
-                    delay = next(delays)
-                    if self.on_retry:
-                        self.on_retry(attempt, exc, delay)
-                    else:
-                        log.warning("InfluxDB write failed (attempt %d, retry in %.1fs): %s", attempt, delay,
-                                    _short(exc))
-                    self._sleep(delay)
-        return len(lines)
+        body = "\n".join(part)
+        delays = self.backoff.delays()
+        attempt = 0
+        while True:
+            if self.stop_event.is_set():
+                raise SinkStopped("worker stopping while InfluxDB writes were pending")
+            if self.abort_event.is_set():
+                raise WriteAborted("batch given up by a rebalance while InfluxDB writes were pending")
+            try:
+                self.requests += 1
+                self._write_api.write(bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.NS)
+                return None
+            except Exception as exc:  # network errors, 5xx: retry, never drop data
+                status = getattr(exc, "status", None)
+                if status in SPLIT_STATUS:
+                    return exc
+                if status in CONFIG_STATUS:
+                    raise config_error(status, self.url, self.org, self.bucket, _api_message(exc)) from None
+                attempt += 1
+                self.failures += 1
+                delay = next(delays)
+                if self.on_retry:
+                    self.on_retry(attempt, exc, delay)
+                else:
+                    log.warning("InfluxDB write failed (attempt %d, retry in %.1fs): %s", attempt, delay,
+                                short_error(exc))
+                self._sleep(delay)
 
     def _sleep(self, delay: float) -> None:
         """Back-off that ends early on stop or abort (polled: two events cannot be waited on together)."""
@@ -220,7 +302,26 @@ class InfluxSink:
             self._client.close()
 
 
-def _short(exc: BaseException) -> str:
+def line_series(line: str) -> str:
+    """The measurement and tags of a line-protocol line (up to the first unescaped space): names the series of a
+    rejected point in a log line without its values."""
+    i = 0
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        if line[i] == " ":
+            return line[:i][:200]
+        i += 1
+    return line[:200]
+
+
+def _api_message(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    return _body_message(body.encode() if isinstance(body, str) else body) if body else str(exc)
+
+
+def short_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) < 300 else text[:300] + "..."
 

@@ -1,7 +1,9 @@
 """Kafka topic names and explicit, idempotent topic creation.
 
 Topics are created explicitly because the Tansu broker auto-creates unknown topics with 4
-partitions, which would silently fix the partition count.
+partitions, which would silently fix the partition count. The worker only checks that its topics
+exist (`missing_topics`) unless WAVEBRIDGE_CREATE_TOPICS=true: on a managed cluster a typo in a topic
+name must not quietly make a new topic.
 """
 from __future__ import annotations
 
@@ -56,6 +58,38 @@ def ensure_topics(
         return created
     finally:
         admin.close()
+
+
+def missing_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0, **kafka_security_kwargs) -> list[str]:
+    """The names among `names` that the cluster does not have (a metadata request; creates nothing)."""
+    from kafka import KafkaAdminClient
+
+    opts = dict(client_id="wavebridge-topics", request_timeout_ms=int(timeout_s * 1000),
+                bootstrap_timeout_ms=int(timeout_s * 1000))
+    opts.update(kafka_security_kwargs)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **opts)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    return [n for n in dict.fromkeys(names) if n not in existing]
+
+
+def prepare_topics(settings, names: Iterable[str]) -> list[str]:
+    """Create the missing ones of `names` when WAVEBRIDGE_CREATE_TOPICS=true, else require them all; returns the names
+    created. Raises ConfigError naming the missing topics (Kafka errors, e.g. an unreachable broker, pass through)."""
+    from stream.config import ConfigError
+
+    s = settings
+    bootstrap = ",".join(s.bootstrap_servers)
+    if s.create_topics:
+        return ensure_topics(bootstrap, names, partitions=s.topic_partitions, replication=s.topic_replication,
+                             **s.kafka_client_kwargs())
+    missing = missing_topics(bootstrap, names, **s.kafka_client_kwargs())
+    if missing:
+        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {s.broker}: create them "
+                          f"(docs/deploy.md), fix WAVEBRIDGE_TOPIC_*, or set WAVEBRIDGE_CREATE_TOPICS=true")
+    return []
 
 
 def _wait_visible(admin, names: list[str], timeout_s: float) -> None:

@@ -146,3 +146,62 @@ def test_influx_sink_placement_and_its_own_group():
         Settings.from_env({"WAVEBRIDGE_INFLUX_SINK": "thread"})
     with pytest.raises(ConfigError, match="WAVEBRIDGE_INFLUX_GROUP_ID"):  # would share the worker's offsets
         Settings.from_env({"WAVEBRIDGE_GROUP_ID": "g", "WAVEBRIDGE_INFLUX_GROUP_ID": "g"})
+
+
+# ------------------------------------------------------------------ fail-fast validation (issue 18)
+@pytest.mark.parametrize("env, needle", [
+    ({"WAVEBRIDGE_TRANSLATOR": "foo"}, "WAVEBRIDGE_TRANSLATOR: translator spec 'foo' is not an alias"),
+    ({"WAVEBRIDGE_TRANSLATOR": "ppg2ecg=classic,sr=no such"}, "WAVEBRIDGE_TRANSLATOR"),
+    ({"WAVEBRIDGE_BROKER": "127.0.0.1:9092x"}, "WAVEBRIDGE_BROKER: '127.0.0.1:9092x': port '9092x' is not a number"),
+    ({"WAVEBRIDGE_BROKER": "kafka://"}, "WAVEBRIDGE_BROKER: 'kafka://' is not host:port"),
+    ({"WAVEBRIDGE_BROKER": "kafka://a:9092,kafka://b:70000"}, "port '70000'"),
+    ({"WAVEBRIDGE_INFLUX_URL": "http://:8086"}, "WAVEBRIDGE_INFLUX_URL"),
+    ({"WAVEBRIDGE_INFLUX_URL": "http://influx:80x"}, "WAVEBRIDGE_INFLUX_URL"),
+    ({"WAVEBRIDGE_SESSION_TIMEOUT_S": "3", "WAVEBRIDGE_HEARTBEAT_S": "1"}, "WAVEBRIDGE_SESSION_TIMEOUT_S: 3 s"),
+    ({"WAVEBRIDGE_TOPIC_SR": "wave bridge"}, "WAVEBRIDGE_TOPIC_SR"),
+    ({"WAVEBRIDGE_TOPIC_PARTITIONS": "0"}, "WAVEBRIDGE_TOPIC_PARTITIONS"),
+    ({"WAVEBRIDGE_CREATE_TOPICS": "sometimes"}, "WAVEBRIDGE_CREATE_TOPICS"),
+    ({"WAVEBRIDGE_LOG_REPEAT_S": "-1"}, "WAVEBRIDGE_LOG_REPEAT_S"),
+])
+def test_values_that_used_to_fail_late_are_refused_up_front(env, needle):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_names_are_reported_with_the_closest_known_one():
+    with pytest.raises(ConfigError, match=r"unknown setting WAVEBRIDGE_WINDOWS_S \(did you mean WAVEBRIDGE_WINDOW_S\?\)"):
+        Settings.from_env({"WAVEBRIDGE_WINDOWS_S": "4"})
+    with pytest.raises(ConfigError, match=r"settings WAVEBRIDGE_FOO, WAVEBRIDGE_INFLUX_TOKN \(did you mean "
+                                          r"WAVEBRIDGE_INFLUX_TOKEN\?\)"):
+        Settings.from_env({"WAVEBRIDGE_INFLUX_TOKN": "x", "WAVEBRIDGE_FOO": "1"})
+    # names of compose and dev.sh that reach the worker's environment are not the worker's typos
+    assert Settings.from_env({"WAVEBRIDGE_PARTITIONS": "8", "WAVEBRIDGE_CI": "1", "OTHER": "x"}).window_s == 8.0
+
+
+def test_every_known_variable_is_documented():
+    from pathlib import Path
+
+    from stream.config import known_variables
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    missing = sorted(v for v in known_variables() if f"`{v}`" not in doc)
+    assert not missing, f"undocumented in docs/configuration.md: {missing}"
+
+
+def test_an_empty_secret_file_is_refused(tmp_path):
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(ConfigError, match=r"WAVEBRIDGE_INFLUX_TOKEN_FILE: .* is empty"):
+        Settings.from_env({"WAVEBRIDGE_INFLUX_TOKEN_FILE": str(tmp_path / "token")})
+
+
+def test_broker_addresses_accept_ipv6_and_a_default_port():
+    s = Settings.from_env({"WAVEBRIDGE_BROKER": "kafka://[::1]:9093,kafka://b"})
+    assert s.bootstrap_servers == ["[::1]:9093", "b"]
+
+
+def test_topic_creation_is_opt_in():
+    assert Settings().create_topics is False
+    s = Settings.from_env({"WAVEBRIDGE_CREATE_TOPICS": "true", "WAVEBRIDGE_TOPIC_PARTITIONS": "8",
+                           "WAVEBRIDGE_TOPIC_REPLICATION": "3"})
+    assert (s.create_topics, s.topic_partitions, s.topic_replication) == (True, 8, 3)

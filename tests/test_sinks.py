@@ -111,28 +111,81 @@ def test_influx_outage_blocks_and_retries_until_stored(influx_up):
     assert len(influx.query("SELECT value FROM waveform", "sinks_outage")) == 50
 
 
+@pytest.fixture
+def proxy_reset(influx_up):
+    yield influx_up
+    influx_up.proxy.answer_writes(None)
+    influx_up.proxy.reject_whole_batch_if(None)
+
+
 @pytest.mark.integration
-def test_rejected_points_are_reported_not_retried_and_the_rest_is_stored(influx_up):
-    """One unacceptable line must not stall the worker: InfluxDB stores the good lines and refuses the bad one
-    for good, so the sink reports it instead of retrying forever."""
-    influx = influx_up
-    influx.create_database("sinks_reject")
+@pytest.mark.parametrize("v2_whole_batch", [False, True], ids=["1.x-partial-write", "2.x-whole-batch"])
+def test_rejected_lines_are_isolated_by_splitting_and_every_good_line_is_stored(proxy_reset, v2_whole_batch):
+    """InfluxDB 1.x stores the good lines of a batch with a bad one (a partial write, 400); 2.x stores none of it.
+    Both must end with every good line stored and only the bad lines reported, never retried forever."""
+    influx = proxy_reset
+    db = f"sinks_reject_{int(v2_whole_batch)}"
+    influx.create_database(db)
+    if v2_whole_batch:
+        influx.proxy.reject_whole_batch_if(lambda line: "notanumber" in line)
     retries, rejects = [], []
-    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_reject", timeout_s=2.0,
+    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, db, timeout_s=2.0, batch_points=1000,
                             backoff=sinks.Backoff(0.05, 0.1), on_retry=lambda a, e, d: retries.append(a),
-                            on_reject=lambda e, n: rejects.append((getattr(e, "status", None), n)))
-    good = sinks.output_lines(series(np.arange(10, dtype=np.float32)))
+                            on_reject=lambda e, lines: rejects.append((getattr(e, "status", None), lines)))
+    good = sinks.output_lines(series(np.arange(100, dtype=np.float32)))
+    bad = ["waveform,bed=a value=notanumber,x 1", "waveform,bed=b value=notanumber,y 2"]
+    n_requests = influx.proxy.writes_ok + influx.proxy.writes_failed
     done = threading.Event()
-    t = threading.Thread(target=lambda: (sink.write(good[:5] + ["waveform,bed=a value=notanumber,x 1"] + good[5:]), done.set()))
+    t = threading.Thread(target=lambda: (sink.write(good[:30] + bad[:1] + good[30:70] + bad[1:] + good[70:]),
+                                         done.set()))
     t.start()
     try:
-        assert done.wait(10), "write kept retrying a batch InfluxDB refused"
+        assert done.wait(20), "write kept retrying a batch InfluxDB refused"
     finally:
         sink.stop_event.set()
         t.join(5)
         sink.close()
-    assert rejects == [(400, 11)] and retries == [] and sink.rejected_batches == 1
-    assert len(influx.query("SELECT value FROM waveform", "sinks_reject")) == 10
+    assert sorted(rejects) == [(400, [bad[0]]), (400, [bad[1]])] and retries == [] and sink.rejected_lines == 2
+    rows = influx.query("SELECT value FROM waveform", db)
+    assert [r["value"] for r in rows] == list(range(100))
+    # splitting costs a few requests per bad line (about 2 log2(batch)), not one per line
+    assert influx.proxy.writes_ok + influx.proxy.writes_failed - n_requests <= 2 * 2 * 7 + 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("status, variable", [(401, "WAVEBRIDGE_INFLUX_TOKEN"), (403, "WAVEBRIDGE_INFLUX_TOKEN"),
+                                              (404, "WAVEBRIDGE_INFLUX_BUCKET")])
+def test_refused_token_or_bucket_is_a_configuration_error_not_retried(proxy_reset, status, variable):
+    """401/403/404 were retried forever with a warning per attempt: no retry can fix them."""
+    influx = proxy_reset
+    influx.create_database("sinks_conf")
+    influx.proxy.answer_writes(status)
+    retries = []
+    sink = sinks.InfluxSink(influx.url, influx.token, influx.org, "sinks_conf", timeout_s=2.0,
+                            backoff=sinks.Backoff(0.05, 0.1), on_retry=lambda a, e, d: retries.append(a))
+    try:
+        with pytest.raises(sinks.InfluxConfigError) as err:
+            sink.write(sinks.output_lines(series(np.ones(5))))
+    finally:
+        sink.close()
+    assert str(err.value).startswith(variable) and "\n" not in str(err.value) and retries == []
+    with pytest.raises(sinks.InfluxConfigError, match=variable):
+        sinks.influx_probe(influx.url, influx.token, influx.org, "sinks_conf")
+
+
+@pytest.mark.integration
+def test_probe_accepts_a_writable_bucket_and_reports_an_outage_without_raising(proxy_reset):
+    influx = proxy_reset
+    influx.create_database("sinks_probe")
+    assert sinks.influx_probe(influx.url, influx.token, influx.org, "sinks_probe") is None
+    assert len(influx.query("SELECT * FROM waveform", "sinks_probe")) == 0  # the probe stores nothing
+    with pytest.raises(sinks.InfluxConfigError, match="WAVEBRIDGE_INFLUX_BUCKET: .*'no_such_db'"):
+        sinks.influx_probe(influx.url, influx.token, influx.org, "no_such_db")  # 1.x: database not found, 404
+    assert sinks.influx_probe("http://127.0.0.1:9", "t", "o", "b", timeout_s=1.0) is not None
+
+
+def test_line_series_names_the_series_without_the_values():
+    assert sinks.line_series(r"waveform,bed=a\ b,signal=II value=1.5 17") == r"waveform,bed=a\ b,signal=II"
 
 
 @pytest.mark.integration
@@ -224,3 +277,17 @@ def test_the_sink_agent_makes_the_same_points_from_the_topics_as_from_the_pipeli
         assert message_points(EVENT, sinks.encode_event(ev), None) == sinks.event_lines(ev)
     with pytest.raises(wire.WireError):
         message_points(OUTPUT, b"{not json", [])
+
+
+def test_sink_agent_reports_rejected_lines_by_series_without_values_and_throttled(caplog):
+    from stream.config import Settings
+    from stream.influxsink import InfluxSinkAgent
+
+    agent = InfluxSinkAgent(Settings(), influx=object())
+    exc = RuntimeError("partial write: field type conflict")
+    with caplog.at_level("ERROR", logger="wavebridge.sink"):
+        for v in range(5):
+            agent._on_reject(exc, [f"waveform,bed=b1,signal=II value={v + 1234.5} 17"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "waveform,bed=b1,signal=II" in lines[0] and "1234.5" not in lines[0]
+    assert agent.counters.counts["influx_rejected"] == 5

@@ -3,7 +3,10 @@
 Maps `POST /api/v2/write?org=..&bucket=DB[/RP]&precision=ns|us|ms|s` onto
 `POST /write?db=DB[&rp=RP]&precision=n|u|ms|s` (body and `Content-Encoding: gzip` passed through,
 status codes passed back) and answers `/ping` and `/health`. `set_down(True)` simulates an
-InfluxDB outage, either by refusing connections (default) or by answering 503.
+InfluxDB outage, either by refusing connections (default) or by answering 503. Two more InfluxDB
+2.x behaviours: `answer_writes(status)` refuses every write (401 bad token, 403, 404 missing bucket),
+and `reject_whole_batch_if(pred)` answers 400 for a batch with any line matching `pred` and stores
+none of it (1.x would store the good lines: a "partial write").
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class InfluxV2Proxy:
         self.writes_ok = 0  # successful writes forwarded
         self.writes_failed = 0  # writes answered with an error (including while down)
         self._down: str | None = None
+        self.write_status: int | None = None  # answer every write with this status (answer_writes)
+        self.strict_bad_line = None  # predicate: 2.x-style whole-batch rejection (reject_whole_batch_if)
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -79,6 +84,14 @@ class InfluxV2Proxy:
                 self._unlisten()
             else:
                 self._listen()  # same port again (SO_REUSEADDR), so clients reconnect unchanged
+
+    def answer_writes(self, status: int | None) -> None:
+        """Answer every write with `status` (None: forward again)."""
+        self.write_status = status
+
+    def reject_whole_batch_if(self, pred) -> None:
+        """`pred(line: str) -> bool`: a batch with a matching line gets 400 and nothing of it is stored (None: off)."""
+        self.strict_bad_line = pred
 
     def stop(self) -> None:
         with self._lock:
@@ -142,6 +155,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self._unavailable():
             self.proxy._count(False)
+            return
+        if self.proxy.write_status is not None:
+            self.proxy._count(False)
+            self._json(self.proxy.write_status, {"code": "simulated", "message": f"simulated {self.proxy.write_status}"})
+            return
+        pred = self.proxy.strict_bad_line
+        if pred is not None and any(pred(line) for line in body.decode(errors="replace").splitlines()):
+            self.proxy._count(False)
+            self._json(400, {"code": "invalid", "message": "unable to parse points (simulated 2.x: nothing stored)"})
             return
         params = urllib.parse.parse_qs(split.query)
         bucket = (params.get("bucket") or [""])[0]
