@@ -117,6 +117,55 @@ def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
     _kill_then_restart(wenv, rec, expected, 1.0, filling)
 
 
+def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv, bidmc_record):
+    """Scale-out: two workers share the group over 4 partitions and 4 beds; one is SIGKILLed mid-replay and
+    restarted, so the group rebalances when its session expires and again when it rejoins (the rebalances that
+    lost a chunk in issue 17). Every expected sample lands exactly once and every input offset is committed."""
+    from stream.replay import replay
+
+    rec = bidmc_recording(bidmc_record(2), seconds=40.0)
+    wenv.create_topics(partitions=4)
+    beds = tuple(f"bed-{i:03d}" for i in range(1, 5))
+    expected = expected_influx_total(rec)
+    total = sum(len(t) for t in expected.values()) * len(beds)
+    group = f"{wenv.prefix}-worker"
+    workers = [WorkerProc(wenv, "worker-1"), WorkerProc(wenv, "worker-2")]
+    try:
+        for w in workers:
+            _wait_ready(w)
+        result: dict = {}
+
+        def run():
+            try:
+                result["stats"] = replay([rec], wenv.bootstrap, wenv.topics["input"], beds=len(beds), speed=2.0,
+                                         start_ns=T0, chunk_s=1.0)
+            except BaseException as exc:  # reported below
+                result["error"] = exc
+
+        replayer = threading.Thread(target=run, name="replay", daemon=True)
+        replayer.start()
+        n_sent = 40 * 2 * len(beds)
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) >= n_sent // 4, 60,
+                   "a quarter of the input committed", workers[0], interval=0.2)
+        assert replayer.is_alive(), "replay finished before the kill: the test would prove nothing"
+        workers[0].kill()
+        time.sleep(2.0)
+        workers.append(WorkerProc(wenv, "worker-1-restarted"))
+        replayer.join(90)
+        assert "error" not in result, result.get("error")
+        n_input = result["stats"].chunks
+        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") == total or count(wenv.influx, wenv.db, "waveform"),
+                   120, f"{total} points after the rebalances", workers[1])
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == n_input, 30,
+                   "all input committed", workers[1])
+        _assert_exact(wenv, expected, beds=beds)
+        assert count(wenv.influx, wenv.db, "waveform") == total
+    finally:
+        for w in workers:
+            if w.alive():
+                w.stop()
+
+
 def _stats_latency_s(wenv, prefix: str) -> np.ndarray:
     """Per input message of beds `prefix-*`: seconds from its produce time to its outputs' delivery on Kafka."""
     import json
