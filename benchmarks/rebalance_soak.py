@@ -1,0 +1,288 @@
+"""Rebalance soak: replay beds through N workers in one consumer group, SIGKILL and restart workers, and
+compare everything that lands in InfluxDB with an uninterrupted run of the same input.
+
+Each run uses fresh topics, consumer groups and InfluxDB database on one Tansu broker and one InfluxDB 1.x (real
+services, worker subprocesses), replays the same recording as --beds beds from the same start time, and:
+
+- run 0 (the reference) kills nothing;
+- runs 1..K SIGKILL a randomly chosen worker at a random moment of the replay (20-80 % of it), restart it after
+  0-3 s, and then wait until every input offset is committed and InfluxDB has stopped growing.
+
+Counted per run, against the reference (points, summed over beds, signals and kinds):
+- lost: waveform samples of the reference missing from the run;
+- duplicated: waveform samples of the run on timestamps the reference does not have (InfluxDB cannot hold two
+  points on one series and timestamp, so a re-emitted sample off the reference's grid is the only way a duplicate
+  shows);
+- derived-mismatch: waveform samples on common timestamps whose values differ (> 1e-6), plus R-peak and heart-rate
+  points present in one run but not the other (by timestamp) or with a different value (split by measurement in
+  each run's line).
+
+Each run also reports the output-topic latency (input produce time to outputs delivered, from the workers'
+WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the alarm feed.
+
+The reference itself is checked against the offline mode's sample grid (every expected timestamp, nothing else).
+Patient context is off by default (--context-s 0): with it, PPG->ECG values depend on how much lead II had arrived
+when each window was translated, i.e. on batch timing, even without a rebalance.
+
+    python benchmarks/rebalance_soak.py --workers 3 --runs 10
+
+The last line is `rebalance soak: runs K lost L duplicated D derived-mismatch M` (totals over the K kill runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (str(REPO), str(REPO / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import numpy as np  # noqa: E402
+
+from stream.demo import WorkerProcess  # noqa: E402
+from stream.embedded import EmbeddedBroker  # noqa: E402
+
+T0 = 1_750_000_000_000_000_000
+SR_TARGET_HZ, SR_BELOW_HZ = 250.0, 200.0  # BIDMC is 125 Hz: super-resolve it too, as the integration tests do
+
+
+def worker_env(bootstrap: str, influx, db: str, prefix: str, args) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEBRIDGE_")}
+    env.update({
+        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        "WAVEBRIDGE_BROKER": f"kafka://{bootstrap}", "WAVEBRIDGE_GROUP_ID": f"{prefix}-worker",
+        "WAVEBRIDGE_SESSION_TIMEOUT_S": "6", "WAVEBRIDGE_HEARTBEAT_S": "1",
+        "WAVEBRIDGE_TOPIC_INPUT": f"{prefix}.waveforms", "WAVEBRIDGE_TOPIC_ECG_SYNTH": f"{prefix}.ecg-synth",
+        "WAVEBRIDGE_TOPIC_SR": f"{prefix}.sr", "WAVEBRIDGE_TOPIC_EVENTS": f"{prefix}.events",
+        "WAVEBRIDGE_TOPIC_DLQ": f"{prefix}.dlq",
+        "WAVEBRIDGE_INFLUX_URL": influx.url, "WAVEBRIDGE_INFLUX_BUCKET": db, "WAVEBRIDGE_INFLUX_TOKEN": "soak",
+        "WAVEBRIDGE_RETRY_INITIAL_S": "0.2", "WAVEBRIDGE_RETRY_MAX_S": "1",
+        "WAVEBRIDGE_TRANSLATOR": args.translator, "WAVEBRIDGE_IDLE_FLUSH_S": "2",
+        "WAVEBRIDGE_SR_TARGET_HZ": str(SR_TARGET_HZ), "WAVEBRIDGE_SR_BELOW_HZ": str(SR_BELOW_HZ),
+        "WAVEBRIDGE_CONTEXT_S": str(args.context_s),
+        "WAVEBRIDGE_STATS_FILE": str(Path(args.out).resolve() / f"{prefix}-stats.jsonl"),
+        "WAVEBRIDGE_WITHOUT_WEB": "true", "WAVEBRIDGE_METRICS_PORT": "0", "WAVEBRIDGE_LOG_LEVEL": "info",
+    })
+    return env
+
+
+def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="wavebridge-soak-offsets")
+    try:
+        offs = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return sum(max(0, m.offset) for tp, m in offs.items() if tp.topic == topic)
+
+
+def influx_count(server, db: str) -> int:
+    rows = server.query("SELECT count(*) FROM waveform", db)
+    return int(next(v for k, v in rows[0].items() if k.startswith("count"))) if rows else 0
+
+
+def snapshot(server, db: str) -> dict:
+    """Everything derived in InfluxDB: {(measurement, bed, signal, kind): {time_ns: value}}."""
+    out: dict = {}
+    for meas, field, tags in (("waveform", "value", ("bed", "signal", "kind")), ("rpeak", "value", ("bed", "signal")),
+                              ("hr", "bpm", ("bed", "signal"))):
+        rows = server.query(f"SELECT {field}, {', '.join(tags)} FROM {meas}", db)
+        for r in rows:
+            key = (meas,) + tuple(r.get(t) for t in tags)
+            out.setdefault(key, {})[int(r["time"])] = float(r[field])
+    return out
+
+
+def compare(ref: dict, run: dict, tol: float = 1e-6) -> dict:
+    """lost, duplicated and derived-mismatch counts of `run` against `ref` (see the module docstring), the
+    mismatch also split by measurement."""
+    c = {"lost": 0, "duplicated": 0, "waveform_values": 0, "rpeak": 0, "hr": 0}
+    for key in set(ref) | set(run):
+        a, b = ref.get(key, {}), run.get(key, {})
+        common = a.keys() & b.keys()
+        diff = sum(1 for t in common if abs(a[t] - b[t]) > tol)
+        if key[0] == "waveform":
+            c["lost"] += len(a.keys() - b.keys())
+            c["duplicated"] += len(b.keys() - a.keys())
+            c["waveform_values"] += diff
+        else:
+            c[key[0]] += len(a.keys() ^ b.keys()) + diff
+    c["derived_mismatch"] = c["waveform_values"] + c["rpeak"] + c["hr"]
+    return c
+
+
+def expected_grid(rec) -> dict:
+    """{(signal tag, kind): times relative to T0} from the offline mode (what every bed must hold exactly)."""
+    from stream.offline import translate_recording
+
+    out = {}
+    res = translate_recording(rec, "ppg2ecg", target_rate=SR_TARGET_HZ, translator="classic", signal="PLETH")
+    out[("II_SYNTH", "synth")] = res.times_ns
+    for sig in ("PLETH", "II"):
+        out[(sig, "sr")] = translate_recording(rec, "sr", target_rate=SR_TARGET_HZ, translator="classic",
+                                               signal=sig).times_ns
+    return out
+
+
+def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, log=print) -> dict:
+    from stream.replay import replay
+    from stream.topics import ensure_topics
+
+    prefix = f"soak{i:02d}{uuid.uuid4().hex[:6]}"
+    db = f"soak_{prefix}"
+    ensure_topics(broker.bootstrap, [f"{prefix}.{t}" for t in ("waveforms", "ecg-synth", "sr", "events", "dlq")],
+                  partitions=args.partitions)
+    influx.server.create_database(db)
+    env = worker_env(broker.bootstrap, influx, db, prefix, args)
+    workers = [WorkerProcess(env, out / f"run{i:02d}-w{k}.log").start() for k in range(args.workers)]
+    restarts = 0
+    try:
+        deadline = time.monotonic() + 120
+        for w in workers:
+            while "Worker]: Ready" not in w.log_tail(400):
+                w.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"run {i}: a worker was not ready in 120 s:\n{w.log_tail()}")
+                time.sleep(0.3)
+        result: dict = {}
+
+        def run_replay():
+            try:
+                result["stats"] = replay([rec], broker.bootstrap, f"{prefix}.waveforms", beds=args.beds,
+                                         speed=args.speed, start_ns=T0, chunk_s=1.0)
+            except BaseException as exc:
+                result["error"] = exc
+
+        t = threading.Thread(target=run_replay, daemon=True)
+        replay_wall = args.seconds / args.speed
+        t.start()
+        kill = None
+        if i > 0:
+            at_s = rng.uniform(0.2, 0.8) * replay_wall
+            time.sleep(at_s)
+            k = rng.randrange(len(workers))
+            kill = {"worker": k, "at_s": round(at_s, 2), "restart_after_s": round(rng.uniform(0.0, 3.0), 2)}
+            victim = workers[k]
+            os.killpg(victim.proc.pid, 9)
+            victim.proc.wait(10)
+            victim.stop()
+            time.sleep(kill["restart_after_s"])
+            workers[k] = WorkerProcess(env, out / f"run{i:02d}-w{k}-restarted.log").start()
+            restarts += 1
+        t.join(replay_wall + 120)
+        if "error" in result or "stats" not in result:
+            raise RuntimeError(f"run {i}: replay failed: {result.get('error')}")
+        sent = result["stats"].chunks
+        # Settle: every input committed, and InfluxDB no longer growing (the sink agents caught up).
+        deadline = time.monotonic() + args.settle_timeout
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            for w in workers:
+                w.check()
+            done = committed_total(broker.bootstrap, f"{prefix}-worker", f"{prefix}.waveforms") == sent
+            n = influx_count(influx.server, db)
+            if n != last:
+                last, stable_since = n, time.monotonic()
+            if done and time.monotonic() - stable_since > 6.0:
+                break
+            time.sleep(0.5)
+        else:
+            log(f"run {i}: not settled after {args.settle_timeout:g} s (committed/sent or InfluxDB still growing)")
+        dead = 0
+        for k in range(args.workers):
+            for f in out.glob(f"run{i:02d}-w{k}*.log"):
+                dead += f.read_text(errors="replace").count("dead-letter ")
+        stats = Path(env["WAVEBRIDGE_STATS_FILE"])
+        lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0
+                        for r in map(json.loads, stats.read_text().splitlines()) if r.get("produce_ms")])
+        return {"run": i, "sent": sent, "kill": kill, "snapshot": snapshot(influx.server, db), "dead_letters": dead,
+                "latency_p99_s": round(float(np.percentile(lat, 99)), 2), "latency_max_s": round(float(lat.max()), 2)}
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--workers", type=int, default=3, help="workers in the consumer group")
+    ap.add_argument("--runs", type=int, default=10, help="kill-and-restart runs (plus one uninterrupted reference)")
+    ap.add_argument("--beds", type=int, default=8)
+    ap.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
+    ap.add_argument("--seconds", type=float, default=40.0, help="seconds of signal replayed per bed")
+    ap.add_argument("--speed", type=float, default=2.0, help="replay speed")
+    ap.add_argument("--translator", default="classic")
+    ap.add_argument("--context-s", type=float, default=0.0, help="WAVEBRIDGE_CONTEXT_S (0: patient context off)")
+    ap.add_argument("--record", default=str(REPO.parent / "shared" / "data" / "bidmc" / "bidmc02"))
+    ap.add_argument("--settle-timeout", type=float, default=120.0)
+    ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--out", default="out/soak")
+    args = ap.parse_args(argv)
+    if args.workers < 1 or args.runs < 1:
+        print("need --workers >= 1 and --runs >= 1", file=sys.stderr)
+        return 2
+    from dataclasses import replace
+
+    from operators.records import read_recording
+    from stream_bench import InfluxStack
+
+    if not Path(args.record + ".hea").exists():
+        print(f"record {args.record} not found (BIDMC under ../shared/data/bidmc)", file=sys.stderr)
+        return 2
+    rec = read_recording(args.record, ["II", "PLETH"])
+    n = int(round(args.seconds * rec.rates["PLETH"]))
+    rec = replace(rec, signals={k: v[:n] for k, v in rec.signals.items()})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+    grid = expected_grid(rec)
+    totals = {"lost": 0, "duplicated": 0, "derived-mismatch": 0}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wavebridge-soak-") as tmp:
+        broker = EmbeddedBroker(log_path=out / "tansu.log").start()
+        influx = None
+        try:
+            influx = InfluxStack(Path(tmp))
+            ref = one_run(0, args, broker, influx, rec, rng, out)
+            print(f"reference output-topic latency p99/max {ref['latency_p99_s']:.2f}/{ref['latency_max_s']:.2f} s",
+                  flush=True)
+            beds = sorted({k[1] for k in ref["snapshot"] if k[0] == "waveform"})
+            want = {("waveform", b, sig, kind): set((T0 + t).tolist()) for b in beds for (sig, kind), t in grid.items()}
+            ref_grid_missing = sum(len(w - ref["snapshot"].get(k, {}).keys()) for k, w in want.items())
+            ref_grid_extra = sum(len(ref["snapshot"].get(k, {}).keys() - w) for k, w in want.items())
+            print(f"reference: {len(beds)} beds, {sum(len(v) for v in ref['snapshot'].values())} points; against "
+                  f"the offline grid missing {ref_grid_missing}, extra {ref_grid_extra}", flush=True)
+            for i in range(1, args.runs + 1):
+                t0 = time.monotonic()
+                r = one_run(i, args, broker, influx, rec, rng, out)
+                c = compare(ref["snapshot"], r["snapshot"])
+                totals["lost"] += c["lost"]
+                totals["duplicated"] += c["duplicated"]
+                totals["derived-mismatch"] += c["derived_mismatch"]
+                row = {"run": i, "kill": r["kill"], **c, "dead_letters": r["dead_letters"],
+                       "output_latency_p99_s": r["latency_p99_s"], "output_latency_max_s": r["latency_max_s"],
+                       "wall_s": round(time.monotonic() - t0, 1)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            if influx is not None:
+                influx.stop()
+            broker.stop()
+    (out / "rebalance_soak.json").write_text(json.dumps({"args": vars(args), "runs": rows, "totals": totals}, indent=2))
+    print(f"rebalance soak: runs {args.runs} lost {totals['lost']} duplicated {totals['duplicated']} "
+          f"derived-mismatch {totals['derived-mismatch']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
