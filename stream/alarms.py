@@ -251,6 +251,44 @@ class AlarmJudge:
         return verdict_message(a, v, wait, self.ring.newest_ns(a.bed_id))
 
 
+# ---------------------------------------------------------------- end to end (the demo)
+
+
+def publish_and_await_verdict(bootstrap: str, alarm: AlarmMessage, alarms_topic: str, verdicts_topic: str,
+                              timeout_s: float = 60.0) -> dict | None:
+    """Publish `alarm` (key = its bed) and return its verdict from the verdicts topic; None after `timeout_s`."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(verdicts_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=f"wavebridge-verdict-reader-{time.time_ns()}",
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        try:
+            producer.send(alarms_topic, key=alarm.bed_id.encode(), value=encode_alarm(alarm)).get(timeout=30)
+        finally:
+            producer.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for m in batch:
+                    msg = json.loads(m.value)
+                    if msg.get("alarm_id") == alarm.alarm_id:
+                        return msg
+        return None
+    finally:
+        consumer.close()
+
+
+def describe_verdict(msg: dict) -> str:
+    """Two lines for a person: the verdict and the channels behind it."""
+    chans = ", ".join(f"{c['name']} {c['quality']}" + (f" {c['hr_bpm']:.0f} bpm" if c.get("hr_bpm") else "")
+                      for c in msg["channels"]) or "none"
+    return (f"{msg['alarm_type']} alarm {msg['alarm_id']} on {msg['bed_id']}: verdict {msg['verdict']} "
+            f"(confidence {msg['confidence']:.2f}, keep alarm: {msg['keep_alarm']}; {msg['reason']})\n"
+            f"  evidence: {chans}")
+
+
 # ---------------------------------------------------------------- wavebridge alarm-check
 
 

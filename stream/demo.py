@@ -445,6 +445,7 @@ def run(args) -> dict:
             time.sleep(0.25)
         collector.stop()
         data = collector.data
+        verdict = _demo_alarm(broker.bootstrap, start_ns, args, out)
     # Broker and worker are stopped here (ExitStack), before the slower file writing.
 
     paths = write_parquet(data, out)
@@ -461,8 +462,32 @@ def run(args) -> dict:
         "elapsed_s": time.monotonic() - t_start,
         "files": {**{k: str(v) for k, v in paths.items()}, "png": str(png)},
         "decode_errors": len(collector.errors),
+        "verdict": verdict,
     }
     return summary
+
+
+def _demo_alarm(bootstrap: str, start_ns: int, args, out: Path) -> dict | None:
+    """A monitor's asystole alarm on the first bed, 1 s before the replay's end, verified end to end (the
+    recording's heart beats throughout, so the expected verdict is false); written to verdicts.json."""
+    import json
+
+    from stream import topics
+    from stream.alarms import AlarmMessage, describe_verdict, publish_and_await_verdict
+
+    if args.beds < 1:
+        return None
+    alarm = AlarmMessage("bed-001", "asystole", start_ns + int((args.seconds - 1.0) * 1e9), "demo-asystole-1",
+                         source="wavebridge demo")
+    print(f"[demo] publishing a monitor's asystole alarm for bed-001 at {args.seconds - 1.0:g} s; waiting for its verdict",
+          flush=True)
+    msg = publish_and_await_verdict(bootstrap, alarm, topics.ALARMS, topics.VERDICTS, timeout_s=60.0)
+    if msg is None:
+        print("[demo] no verdict arrived within 60 s; see worker.log", file=sys.stderr, flush=True)
+        return None
+    (out / "verdicts.json").write_text(json.dumps([msg], indent=1))
+    print("[demo] " + describe_verdict(msg), flush=True)
+    return msg
 
 
 def _outputs_complete(collector: Collector, args) -> bool:
@@ -515,6 +540,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     print(f"  super-resolved  {summary['samples_sr']} samples  -> {f['sr']}")
     print(f"  input           -> {f['input']}")
     print(f"  plot            -> {f['png']}")
+    if summary.get("verdict"):
+        v = summary["verdict"]
+        print(f"  alarm verdict   {v['alarm_type']} on {v['bed_id']}: {v['verdict']} (confidence {v['confidence']:.2f})"
+              f" -> {Path(args.out) / 'verdicts.json'}")
     print(f"  elapsed         {summary['elapsed_s']:.1f} s")
     if summary["samples_synth"] == 0:
         print("[demo] no synthesized output arrived; see worker.log in the output folder", file=sys.stderr)

@@ -123,6 +123,15 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     assert img[..., :3].std() > 0.05  # not a blank canvas
     assert "samples in      13000" in res.stdout
 
+    # One monitor alarm verified end to end: an asystole alarm on a beating heart is judged false.
+    import json
+
+    (verdict,) = json.loads((out / "verdicts.json").read_text())
+    assert verdict["bed_id"] == "bed-001" and verdict["alarm_type"] == "asystole"
+    assert verdict["verdict"] == "false" and verdict["keep_alarm"] is False
+    assert {"II", "PLETH"} <= {c["name"] for c in verdict["channels"]}
+    assert "alarm verdict   asystole on bed-001: false" in res.stdout
+
 
 @pytest.mark.integration
 @pytest.mark.slow
