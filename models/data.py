@@ -91,17 +91,44 @@ class Record:
     pat_s: float  # median pulse-arrival delay over the whole record (R-peak -> PPG peak)
     rpeaks: np.ndarray  # R-peak indices of `ecg`
     lowres: dict  # (modality, rate, kind) -> the signal as a `rate` Hz monitor sends it, back at 100 Hz (prep.LOWRES_KINDS)
+    bad: np.ndarray | None = None  # cumulative count of unusable samples (missing or flat in either signal), len + 1
+
+    def usable(self, start: int, length: int) -> bool:
+        """Whether `length` samples from `start` hold no missing or flat stretch (`unusable_mask`)."""
+        return self.bad is None or self.bad[start + length] == self.bad[start]
+
+
+FLAT_S = 2.0  # a stretch this long with (almost) no variation is a sensor off or a lead off, not signal
+
+
+def unusable_mask(x: np.ndarray, missing: np.ndarray, rate: float = CANONICAL_RATE) -> np.ndarray:
+    """Samples not to train on: `missing` (non-finite in the record) or inside a flat `FLAT_S` stretch of `x`
+    (a Challenge PLETH whose sensor is off, or an ECG lead off). Training on them would teach the model to draw
+    beats from nothing, which serving refuses to do (flat sources are never translated)."""
+    w = int(FLAT_S * rate)
+    bad = missing.copy()
+    if len(x) >= w:
+        sd = np.lib.stride_tricks.sliding_window_view(x, w).std(axis=1)
+        flat = sd <= 1e-3 * max(float(np.std(x)), 1e-9)
+        for s in np.flatnonzero(flat):  # few in practice; each marks its own stretch
+            bad[s : s + w] = True
+    return bad
 
 
 def load_record(path: Path, with_lowres: bool = True) -> Record:
     rec = read_recording(path, signals=["II", "PLETH"])
-    sig = {}
+    sig, missing = {}, {}
     for name, key in (("II", "ecg"), ("PLETH", "ppg")):
         # as serving does (models.engine._finite): NaN runs interpolated, not zeroed (a zero run is a fake beat)
-        x = fill_nonfinite(rec.signals[name].astype(np.float64))[0]
+        raw = rec.signals[name].astype(np.float64)
+        x = fill_nonfinite(raw)[0]
         sig[key] = resample(x, rec.rates[name], CANONICAL_RATE, method="polyphase").astype(np.float32)
+        t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE / rec.rates[name])
+        missing[key] = np.zeros(len(sig[key]), bool)
+        missing[key][np.clip(np.round(t).astype(np.int64), 0, len(sig[key]) - 1)] = True
     n = min(len(sig["ecg"]), len(sig["ppg"]))
     ecg, ppg = sig["ecg"][:n], sig["ppg"][:n]
+    bad = unusable_mask(ecg, missing["ecg"][:n]) | unusable_mask(ppg, missing["ppg"][:n])
     lowres = {}
     if with_lowres:
         for mod, x in (("ecg", ecg), ("ppg", ppg)):
@@ -109,7 +136,7 @@ def load_record(path: Path, with_lowres: bool = True) -> Record:
                 for kind in LOWRES_KINDS:  # monitors differ: some low-pass before decimating, some don't
                     lowres[(mod, r, kind)] = lowres_then_up(x, r, kind)
     return Record(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE),
-                  detect_rpeaks(ecg, CANONICAL_RATE), lowres)
+                  detect_rpeaks(ecg, CANONICAL_RATE), lowres, np.concatenate([[0], np.cumsum(bad)]))
 
 
 def record_path(name: str, bidmc_root: Path, challenge_root: Path | None = None) -> Path:
@@ -140,15 +167,32 @@ class Sampler:
         """`context`: (min, max) length in samples of the paired segment templates are drawn from."""
         self.records, self.window, self.context, self.template = records, window, context, template
         self.rng = np.random.default_rng(seed)
+        lengths = np.array([len(r.ecg) for r in records], np.float64)
+        # records drawn in proportion to their length (BIDMC's 8 min and Challenge's 5 min alike per hour);
+        # equal lengths keep the plain uniform draw (and the random stream earlier weights were trained on)
+        self._p = None if np.all(lengths == lengths[0]) else lengths / lengths.sum()
+
+    def _record(self) -> Record:
+        if self._p is None:
+            return self.records[self.rng.integers(len(self.records))]
+        return self.records[self.rng.choice(len(self.records), p=self._p)]
+
+    def _start(self, r: Record, lo: int, hi: int, length: int, tries: int = 20) -> int:
+        """A start in [lo, hi) whose `length` samples are usable (`Record.usable`); after `tries` draws the last."""
+        for _ in range(tries):
+            s = int(self.rng.integers(lo, hi))
+            if r.usable(s, length):
+                return s
+        return s
 
     def tokenizer_batch(self, batch: int, length: int) -> dict[str, np.ndarray]:
         out = {}
         for mod in ("ecg", "ppg"):
             xs = []
             for _ in range(batch):
-                r = self.records[self.rng.integers(len(self.records))]
+                r = self._record()
                 x = getattr(r, mod)
-                s = self.rng.integers(0, len(x) - length)
+                s = self._start(r, 0, len(x) - length, length)
                 xs.append(zscore(x[s : s + length])[0])
             out[mod] = np.stack(xs)
         return out
@@ -172,9 +216,9 @@ class Sampler:
         sex = np.zeros(batch, np.int64)  # 0 unknown, 1 M, 2 F
         pat = np.zeros(batch, np.float32)
         for b in range(batch):
-            r = self.records[rng.integers(len(self.records))]
+            r = self._record()
             n = len(r.ecg)
-            s = int(rng.integers(0, n - w))
+            s = self._start(r, 0, n - w, w)
             if rng.random() < 0.8:  # priors are sometimes unknown at the bedside
                 age[b] = r.age if r.age is not None else np.nan
                 sex[b] = {"M": 1, "F": 2}.get(r.sex or "", 0)
@@ -209,7 +253,7 @@ class Sampler:
                     aug = None if aug == (1.0, 1.0) else aug
                 if aug is not None:
                     before, after = augment_span(w, aug[0], AUG_MARGIN)
-                    s = int(rng.integers(before, n - after + 1))
+                    s = self._start(r, before, n - after + 1, after)
                     # one resampled span: the target is its middle, the source its decimation, margins cropped
                     z = augment_ecg(full, s, w, *aug, margin=AUG_MARGIN)
                     y = z[AUG_MARGIN:-AUG_MARGIN]

@@ -1,4 +1,8 @@
-"""`wavebridge train`: train the CLMT tokenizer, then the translator, on BIDMC (split by patient).
+"""`wavebridge train`: train the CLMT tokenizer, then the translator, on BIDMC and Challenge 2015 (fixed splits).
+
+BIDMC is split by patient, Challenge 2015 by record (`models.data`); `--datasets bidmc` trains on BIDMC alone, as
+the weights shipped before Challenge 2015 was added did. `--train-fraction` keeps a seeded share of each dataset's
+training records (a learning curve).
 
 Seeded and resumable: a checkpoint (model + optimizer + sampler and torch RNG + step + the stage's recipe) is
 written to `--workdir` every `--ckpt-every` steps and picked up again by the same command, with the same or more
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from models import weights as W
-from models.data import Sampler, found_data_root, load_records, split
+from models.data import Sampler, challenge_root, challenge_split, found_challenge_root, found_data_root, load_records, split
 from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL, align_ppg
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
@@ -335,6 +339,10 @@ def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: Tok
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wavebridge train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
+    ap.add_argument("--challenge-data", default=None, help="Challenge 2015 folder (default ../shared/data/challenge2015)")
+    ap.add_argument("--datasets", default="bidmc,challenge", help="comma list of bidmc, challenge (training splits of each)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="keep this share of each dataset's training records (seeded pick; validation unchanged)")
     ap.add_argument("--workdir", default=".work/train", help="checkpoints (resume from here)")
     ap.add_argument("--out", default=str(W.DEFAULT_DIR), help="where the safetensors + config + card go")
     ap.add_argument("--seed", type=int, default=0)
@@ -367,8 +375,29 @@ def cli(argv: list[str] | None = None) -> int:
     if not (0.0 <= args.ecg_stretch <= 1.0 and 0.0 <= args.ecg_flip <= 1.0):
         print("error: --ecg-stretch and --ecg-flip are shares between 0 and 1", file=sys.stderr)
         return 2
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if not datasets or set(datasets) - {"bidmc", "challenge"}:
+        print(f"error: --datasets {args.datasets!r}: choose from bidmc, challenge", file=sys.stderr)
+        return 2
+    if not 0.0 < args.train_fraction <= 1.0:
+        print("error: --train-fraction is a share in (0, 1]", file=sys.stderr)
+        return 2
+    only_bidmc = bool(args.records) and all(n.isdigit() for n in args.records.split(","))
+    croot = challenge_root(args.challenge_data)
+    if not (croot / "RECORDS").exists():
+        if not only_bidmc and ("challenge" in datasets or args.records):
+            found_challenge_root(args.challenge_data)  # says what is missing where
+            return 2
+        croot, datasets = None, [d for d in datasets if d != "challenge"]  # BIDMC --records: BIDMC's split only
     workdir = Path(args.workdir); workdir.mkdir(parents=True, exist_ok=True)
-    train_names, val_names = split()
+    train_names, val_names = [], []
+    for d in datasets:
+        tr_d, val_d = split() if d == "bidmc" else challenge_split(croot)
+        if args.train_fraction < 1.0:  # seeded, and a smaller share is a subset of a larger one
+            order = np.random.default_rng(args.seed).permutation(len(tr_d))
+            tr_d = [tr_d[i] for i in sorted(order[: max(1, math.ceil(args.train_fraction * len(tr_d)))])]
+        train_names += tr_d
+        val_names += val_d
     if args.records:
         train_names = args.records.split(",")
         if overlap := set(train_names) & set(val_names):
@@ -395,7 +424,7 @@ def cli(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     t0 = time.time()
-    records = load_records(root, train_names)
+    records = load_records(root, train_names, challenge_root=croot, progress=True)
     pats = np.array([r.pat_s for r in records])
     default_pat = float(np.nanmedian(pats))
     print(f"loaded {len(records)} records in {time.time() - t0:.1f}s; population pulse-arrival delay {default_pat:.3f}s", flush=True)
@@ -427,7 +456,7 @@ def cli(argv: list[str] | None = None) -> int:
         train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, LR["refiner"], default_pat,
                       device, args.ecg_stretch, args.ecg_flip, recipe=recipes["refiner"])
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
-            "train_records": train_names, "val_records": val_names, **meta_stages, "refiner_steps": args.refiner_steps,
+            "train_records": train_names, "val_records": val_names, "device": device, **meta_stages, "refiner_steps": args.refiner_steps,
             "refiner_tasks": list(REFINED_TASKS) if ref is not None else [],
             "refiner_sr_context": ref is not None,
             "refiner_ecg_stretch": args.ecg_stretch if ref is not None else 0.0,

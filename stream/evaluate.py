@@ -188,28 +188,43 @@ def cli(argv: list[str] | None = None) -> int:
     per_record: dict[str, dict] = {}
     t0 = time.time()
 
+    done: dict[str, list[str]] = {}
     for dataset, names in plan.items():
         print(f"== {dataset}: {len(names)} records", flush=True)
         for name in names:
             path = record_path(name, data_root(args.data), challenge_root(args.challenge_data))
             _evaluate_record(dataset, name, read_recording(path, signals=["II", "PLETH"]), args, tasks, sr_inputs,
                              ppg_rates, methods["clmt"], classic, cubic, results[dataset], per_record)
-    out = {"datasets": {}, "context_s": args.context_s, "context_pick": args.context_pick, "max_shift_s": MAX_SHIFT_S}
+            done.setdefault(dataset, []).append(name)
+            if args.json:  # after every record: an interrupted long run keeps what it measured
+                _write_json(args, done, results, per_record, complete=False)
     for dataset, names in plan.items():
-        overall = {k: r.overall() for k, r in results[dataset].items()}
-        out["datasets"][dataset] = {"records": names, "overall": overall}
         print(f"\n{dataset}: overall over {len(names)} held-out records ({', '.join(names)}):")
-        for k, row in overall.items():
+        for k, row in _report(results, done)["datasets"][dataset]["overall"].items():
             print(f"  {k:<44} {_fmt(row)}")
-    keys = {k: None for d in results.values() for k in d}
-    pooled = {k: _merged([results[d][k] for d in results if k in results[d]]).overall() for k in keys}
     print(f"\nall datasets ({', '.join(plan)}), {time.time() - t0:.0f}s:")
-    for k, row in pooled.items():
+    for k, row in _report(results, done)["overall"].items():
         print(f"  {k:<44} {_fmt(row)}")
     if args.json:
-        out |= {"records": [n for v in plan.values() for n in v], "overall": pooled, "per_record": per_record}
-        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+        _write_json(args, done, results, per_record, complete=True)
     return 0
+
+
+def _report(results: dict[str, dict[str, "Result"]], done: dict[str, list[str]]) -> dict:
+    """Per dataset and pooled over the datasets: row -> overall metrics."""
+    out = {"datasets": {d: {"records": names, "overall": {k: r.overall() for k, r in results[d].items()}}
+                        for d, names in done.items()}}
+    keys = {k: None for d in done for k in results[d]}
+    out["overall"] = {k: _merged([results[d][k] for d in done if k in results[d]]).overall() for k in keys}
+    return out
+
+
+def _write_json(args, done, results, per_record, complete: bool) -> None:
+    out = {"complete": complete, "context_s": args.context_s, "context_pick": args.context_pick, "max_shift_s": MAX_SHIFT_S,
+           "records": [n for v in done.values() for n in v], **_report(results, done), "per_record": per_record}
+    tmp = Path(args.json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=float))
+    tmp.replace(args.json)
 
 
 def _merged(parts: list[Result]) -> Result:

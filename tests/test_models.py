@@ -77,6 +77,30 @@ def test_sampler_augments_ecg_sr_rows_consistently():
     assert np.abs(b["prior"]).max() > 0  # the context beat was pasted
 
 
+def test_sampler_skips_flat_or_missing_stretches_and_weights_records_by_length():
+    """A Challenge PLETH with its sensor off (flat) or a NaN run is not trained on: serving never translates a flat
+    source, so windows drawn from one would teach beats drawn from nothing."""
+    from models.data import unusable_mask
+
+    t = np.arange(6000) / 100.0
+    x = np.sin(2 * np.pi * 1.2 * t)
+    x[2000:3000] = 0.3  # 10 s flat
+    missing = np.zeros(len(x), bool)
+    missing[4500:4510] = True
+    bad = unusable_mask(x, missing)
+    assert bad[2000:3000].all() and bad[4500:4510].all() and not bad[:1990].any() and not bad[3000:4500].any()
+    short = np.sin(2 * np.pi * 1.2 * t[:3000]).astype(np.float32)
+    mk = lambda name, n, b: Record(name, x[:n].astype(np.float32), x[:n].astype(np.float32), None, None, 0.6,
+                                   np.arange(50, n, 80), {}, np.concatenate([[0], np.cumsum(b[:n])]))
+    recs = [mk("long", 6000, bad), mk("short", 3000, np.zeros(3000, bool))]
+    sampler = Sampler(recs, 800, (600, 2000), 96, seed=0)
+    for _ in range(200):
+        s = sampler._start(recs[0], 0, 6000 - 800, 800)
+        assert recs[0].usable(s, 800) and not bad[s : s + 800].any()
+    picks = [sampler._record().name for _ in range(3000)]
+    assert 0.6 < picks.count("long") / len(picks) < 0.73  # 2:1 by length
+
+
 def test_rvq_kmeans_init_ema_and_dead_code_reset():
     torch.manual_seed(0)
     rvq = ResidualVQ(levels=3, codes=16, dim=4)
