@@ -43,6 +43,17 @@ def windows_per_s(tr, reqs: list[TranslationRequest], batch: int, min_time: floa
             return done / el
 
 
+def flops_per_window(clmt, req: TranslationRequest) -> int:
+    """Floating-point operations (multiply and add counted apart) of one CLMT forward pass over one window,
+    counted by torch's FlopCounterMode (matrix products and convolutions; element-wise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    items = [clmt._prepare(req)]
+    with FlopCounterMode(display=False) as fc:
+        clmt._forward(items)
+    return int(fc.get_total_flops())
+
+
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wavebridge bench-model", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -50,6 +61,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seconds", type=float, default=5.0, help="minimum timing per measurement")
+    ap.add_argument("--flops-only", action="store_true", help="print parameters and FLOPs per window, time nothing")
     args = ap.parse_args(argv)
     import torch
 
@@ -66,6 +78,11 @@ def cli(argv: list[str] | None = None) -> int:
           f"refiner {W.count_params(ref) if ref is not None else 0:,})")
     print(f"device: {clmt.device}{' fp16' if clmt.half else ''}; torch threads {torch.get_num_threads()}")
     rec = synthesize(seconds=120.0, seed=1)
+    for task, ctx in ((PPG2ECG, True), (PPG2ECG, False), (SR, False), (SR, True)):
+        f = flops_per_window(clmt, _requests(task, 1, rec, ctx)[0])
+        print(f"FLOPs per 8 s window, {task}{' +context' if ctx else ''}: {f / 1e6:.1f} M")
+    if args.flops_only:
+        return 0
     n = max(args.batch * 2, 64)
     print(f"{'task':<22}{'batch':>6}{'clmt win/s':>12}{'classic win/s':>15}{'clmt/classic':>14}")
     for task, ctx in ((PPG2ECG, True), (SR, False), (SR, True)):

@@ -330,7 +330,8 @@ def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: Tok
         base = {"translator": out["translator"], "translator_steps": args.translator_steps}
     else:
         base = {"init_from": base_digest}
-    out["refiner"] = common | {"base": base, "refiner": RefinerConfig().to_dict(), "batch": args.batch, "lr": LR["refiner"],
+    out["refiner"] = common | {"base": base, "refiner": RefinerConfig().to_dict(), "batch": args.batch, "lr": args.refiner_lr,
+                               "refiner_from_base": args.refiner_from_base,
                                "ecg_stretch": args.ecg_stretch, "ecg_flip": args.ecg_flip, "task_p": REFINER_TASK_P,
                                "sr_context": REFINER_SR_CONTEXT}
     return out
@@ -351,7 +352,11 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--translator-steps", type=int, default=2500)
     ap.add_argument("--refiner-steps", type=int, default=2000, help="0 ships no refiner")
     ap.add_argument("--init-from", default=None,
-                    help="weights (.safetensors or folder) whose tokenizer and translator are kept: only the refiner is trained")
+                    help="weights (.safetensors or folder) whose tokenizer and translator are kept: only the refiner is trained "
+                         "(on their training records or more, never on a held-out one)")
+    ap.add_argument("--refiner-from-base", action="store_true",
+                    help="with --init-from: start the refiner from those weights' refiner (fine-tuning) instead of from scratch")
+    ap.add_argument("--refiner-lr", type=float, default=LR["refiner"], help="refiner peak learning rate")
     # Shipped weights: --ecg-stretch 0.5, no flips (flips cost R-peak F1 on held-out record 03; model card).
     ap.add_argument("--ecg-stretch", type=float, default=0.0, help="refiner: share of ECG SR rows replayed 0.8-1.25x as fast")
     ap.add_argument("--ecg-flip", type=float, default=0.0, help="refiner: share of ECG SR rows with inverted polarity")
@@ -406,11 +411,19 @@ def cli(argv: list[str] | None = None) -> int:
     print(f"train records ({len(train_names)}): {' '.join(train_names)}\nvalidation records ({len(val_names)}): {' '.join(val_names)}",
           flush=True)
     if args.init_from:
-        tok, tr, _, base = W.load(args.init_from, device)
-        if base.get("train_records") != train_names:
+        tok, tr, base_ref, base = W.load(args.init_from, device)
+        # their records must all be in this run's training split: one held out here would have been learnt
+        if not set(base.get("train_records", [])) <= set(train_names):
             print("error: --init-from weights were trained on other records than this run's training split", file=sys.stderr)
             return 2
-        tok_cfg, tr_cfg, base_digest = tok.cfg, tr.cfg, tensor_digest(tok, tr)
+        if args.refiner_from_base and base_ref is None:
+            print("error: --refiner-from-base: the --init-from weights have no refiner", file=sys.stderr)
+            return 2
+        kept = (tok, tr, base_ref) if args.refiner_from_base else (tok, tr)
+        tok_cfg, tr_cfg, base_digest = tok.cfg, tr.cfg, tensor_digest(*kept)
+    elif args.refiner_from_base:
+        print("error: --refiner-from-base needs --init-from", file=sys.stderr)
+        return 2
     else:
         tok_cfg, base_digest = TokenizerConfig(), None
         tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
@@ -438,7 +451,8 @@ def cli(argv: list[str] | None = None) -> int:
         meta_stages = {k: base[k] for k in ("tokenizer_steps", "translator_steps", "codebook", "seed") if k in base}
         # the PPG->ECG prior timing the translator learnt with (weights from before the record: systolic peaks)
         meta_stages["prior_fiducial"] = base.get("prior_fiducial", "peak")
-        meta_stages |= {"init_from": str(args.init_from), "base_train_minutes": base.get("base_train_minutes", base.get("train_minutes"))}
+        meta_stages |= {"init_from": str(args.init_from), "refiner_from_base": args.refiner_from_base,
+                        "base_train_records": base.get("train_records"), "base_train_minutes": base.get("base_train_minutes", base.get("train_minutes"))}
         # (a base that was itself refiner-only passes on the minutes of the run that trained its tokenizer and translator)
         print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
     else:
@@ -452,8 +466,10 @@ def cli(argv: list[str] | None = None) -> int:
                        "codebook": tok.rvq.stats(), "seed": args.seed, "prior_fiducial": PRIOR_FIDUCIAL}
     ref = None
     if args.refiner_steps > 0:
-        ref = Refiner(RefinerConfig()).to(device)
-        train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, LR["refiner"], default_pat,
+        ref = Refiner(base_ref.cfg if args.refiner_from_base else RefinerConfig()).to(device)
+        if args.refiner_from_base:
+            ref.load_state_dict(base_ref.state_dict())
+        train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, args.refiner_lr, default_pat,
                       device, args.ecg_stretch, args.ecg_flip, recipe=recipes["refiner"])
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
             "train_records": train_names, "val_records": val_names, "device": device, **meta_stages, "refiner_steps": args.refiner_steps,

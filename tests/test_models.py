@@ -259,7 +259,8 @@ def test_stage_recipes_leave_out_only_their_own_step_count():
     from models.train import stage_recipes
 
     args = lambda **kw: argparse.Namespace(**({"seed": 0, "batch": 32, "ecg_stretch": 0.0, "ecg_flip": 0.0,
-                                               "tokenizer_steps": 1500, "translator_steps": 2500, "refiner_steps": 2000} | kw))
+                                               "tokenizer_steps": 1500, "translator_steps": 2500, "refiner_steps": 2000,
+                                               "refiner_lr": 2e-3, "refiner_from_base": False} | kw))
     tok_cfg, tr_cfg = TokenizerConfig(), TranslatorConfig()
     r = lambda a, base=None, names=("01", "02"), tc=tr_cfg: stage_recipes(a, list(names), tok_cfg, tc, base)
     full = r(args())
@@ -276,6 +277,7 @@ def test_stage_recipes_leave_out_only_their_own_step_count():
     only = r(args(), base="abc")
     assert set(only) == {"refiner"} and only["refiner"] != full["refiner"]  # over --init-from, not this run's stages
     assert only["refiner"] != r(args(), base="def")["refiner"]  # another base's tensors
+    assert r(args(refiner_from_base=True), base="abc")["refiner"] != only["refiner"]  # fine-tuning is another run
 
 
 def test_refiner_starts_as_identity_and_keeps_rows_apart():
@@ -540,3 +542,15 @@ def test_challenge_split_is_fixed_by_record_name(shared_data):
     train, val = challenge_split(root)
     assert not set(train) & set(val) and len(train) + len(val) == 244  # the records with lead II and PLETH
     assert val[:3] == ["a134s", "a203l", "a278s"] and len(val) == 49
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_bench_model_counts_flops_per_window_without_timing(capsys):
+    from models import bench
+
+    assert bench.cli(["--flops-only", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    flops = {m.group(1): float(m.group(2)) for m in re.finditer(r"FLOPs per 8 s window, (.+?): ([\d.]+) M", out)}
+    assert set(flops) == {"ppg2ecg +context", "ppg2ecg", "sr", "sr +context"}
+    assert all(50 < f < 5000 for f in flops.values()) and flops["ppg2ecg +context"] > flops["ppg2ecg"]
+    assert "clmt win/s" not in out  # nothing timed
