@@ -6,7 +6,6 @@ Windows are 8 s of synthetic PLETH at 125 Hz (ppg2ecg, with a paired context) an
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from operators.synthetic import synthesize
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, load_translator
+from stream.cli import ArgumentParser
 
 
 def _requests(task: str, n: int, rec, with_context: bool) -> list[TranslationRequest]:
@@ -55,7 +55,7 @@ def flops_per_window(clmt, req: TranslationRequest) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wavebridge bench-model", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="wavebridge bench-model", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--batch", type=int, default=64)

@@ -31,6 +31,7 @@ from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL, align_ppg
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
 from models.translator import ContextTranslator, TranslatorConfig
+from stream.cli import ArgumentParser
 
 WINDOW = 800  # 8 s at 100 Hz
 CONTEXT = (600, 2000)  # paired context segments of 6-20 s ...
@@ -338,7 +339,7 @@ def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: Tok
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wavebridge train", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="wavebridge train", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     ap.add_argument("--challenge-data", default=None, help="Challenge 2015 folder (default ../shared/data/challenge2015)")
     ap.add_argument("--datasets", default="bidmc,challenge", help="comma list of bidmc, challenge (training splits of each)")

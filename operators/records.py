@@ -102,8 +102,16 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
     import wfdb
 
     base = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
-    if not base.with_name(base.name + ".hea").exists():
+    header_path = base.with_name(base.name + ".hea")
+    if not header_path.exists():
         raise ValueError(f"no WFDB header {base}.hea (and not a .parquet/.csv file)")
+    try:  # wfdb reads an empty header as IndexError: list index out of range
+        blank = not any(ln.strip() and not ln.lstrip().startswith("#")
+                        for ln in header_path.read_text(errors="replace").splitlines())
+    except OSError as exc:
+        raise ValueError(f"{header_path}: cannot read: {exc.strerror}") from None
+    if blank:
+        raise ValueError(f"{header_path}: empty WFDB header (no record line)")
     try:
         header = wfdb.rdheader(str(base), rd_segments=True)
         # a multi-segment record (MIMIC) names its channels in its layout segment (variable layout) or in every one

@@ -9,7 +9,6 @@ an alarm names `bed_id` (spelled as in waveform chunks), `alarm_type`, `onset_ns
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -320,13 +319,14 @@ def _text(rec: core.ChallengeRecord, v: core.AlarmVerdict, seconds: float) -> st
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    from stream.cli import ArgumentParser
+
+    ap = ArgumentParser(
         prog="wavebridge alarm-check",
         description="Verify the arrhythmia alarm of a PhysioNet/CinC 2015 Challenge-format record (WFDB .hea + "
                     ".mat/.dat; alarm type from the header's comment lines, alarm at 300 s) against the record's own "
                     "ECG leads, PLETH, ABP and the ECG synthesized from PLETH. Exit 0 whatever the verdict; an "
-                    "alarm system must treat 'uncertain' as 'true' (docs/alarms.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "alarm system must treat 'uncertain' as 'true' (docs/alarms.md).")
     ap.add_argument("record", help="record path without extension, e.g. ../shared/data/challenge2015/v100s")
     ap.add_argument("--mode", choices=core.MODES, default="realtime",
                     help="realtime: data up to the alarm only; retrospective: also --wait-s after it")

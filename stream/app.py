@@ -129,8 +129,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "worker":
         args = args[1:]
     if args and args[0] in ("-h", "--help"):
+        from stream.config import defaults_table
+
         print(__doc__)
         print("Worker options are Faust's (`faust worker --help`): -l/--loglevel, --web-port, --without-web, ...")
+        print(f"\nSettings and their defaults (ranges and meaning: docs/configuration.md):\n{defaults_table()}")
         return 0
     try:
         settings = Settings.from_env()

@@ -1,13 +1,38 @@
 """`wavebridge` console script: one entry point that dispatches to each tool's own `cli(argv)`.
 
 Subcommand modules are imported only when chosen, so `wavebridge --help` stays fast and needs
-neither torch nor faust.
+neither torch nor faust. Every error ends as one line on stderr and a non-zero exit status, never a
+traceback (WAVEBRIDGE_TRACEBACK=1 shows one, for debugging); each tool builds its options with
+`ArgumentParser` below, whose `--help` shows the defaults.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults in `--help` and usage errors as one line (`prog: error: ... (see --help)`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        # the formatter appends "(default: ...)" only to options that have a help text
+        kwargs.setdefault("help", " ")
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 # name -> (module, one-line description). Each module exposes `cli(argv) -> int | None`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"{PROG}: unknown command {name!r}\n", file=sys.stderr)
-        print(usage(), file=sys.stderr)
+        print(f"{PROG}: unknown command {name!r} (commands: {', '.join(COMMANDS)}; see {PROG} --help)", file=sys.stderr)
         return 2
     try:
         module = importlib.import_module(COMMANDS[name][0])
@@ -66,7 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code
         if code is None or isinstance(code, int):
             return code or 0
-        print(code, file=sys.stderr)  # sys.exit("message") convention
+        print(one_line(code), file=sys.stderr)  # sys.exit("message") convention
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last net: each tool reports its expected errors itself, more precisely
+        if os.environ.get("WAVEBRIDGE_TRACEBACK"):
+            raise
+        print(f"{PROG} {name}: error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
     return int(rc or 0)
 

@@ -77,7 +77,24 @@ def parse_host_port(var: str, url: str, default_port: int | None = None) -> tupl
 
 def known_variables() -> frozenset[str]:
     """Every `WAVEBRIDGE_*` name `Settings.from_env` reads."""
-    return Settings._parse({})[1]
+    return frozenset(Settings._parse({})[1])
+
+
+def defaults_table() -> str:
+    """`WAVEBRIDGE_NAME  default` lines, one per variable, for `--help` (details: docs/configuration.md)."""
+    defaults = Settings()
+    special = {PREFIX + "OUTPUT_FORMAT": "binary", PREFIX + "TASKS": ",".join(KNOWN_TASKS),
+               PREFIX + "INFLUX_GROUP_ID": "<GROUP_ID>-influx", PREFIX + "DATA_DIR": "<system temp>/wavebridge-<GROUP_ID>"}
+    rows = []
+    for var, attr in Settings._parse({})[1].items():
+        value = special.get(var, getattr(defaults, attr) if attr else None)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        rows.append((var, "-" if value is None else str(value)))
+    width = max(len(v) for v, _ in rows)
+    return "\n".join(f"  {var.ljust(width)}  {value}" for var, value in rows)
 
 
 @dataclass(frozen=True)
@@ -175,18 +192,18 @@ class Settings:
         return cls(**kw)
 
     @classmethod
-    def _parse(cls, env: Mapping[str, str]) -> tuple[dict, frozenset[str]]:
-        """(constructor keywords, every variable name looked at) from `env`."""
+    def _parse(cls, env: Mapping[str, str]) -> tuple[dict, dict[str, str | None]]:
+        """(constructor keywords, every variable looked at -> the field it sets) from `env`."""
         kw: dict = {}
-        known: set[str] = set()
+        known: dict[str, str | None] = {}  # variable -> the field it sets (None: set another way)
 
-        def get(name: str) -> str | None:
-            known.add(PREFIX + name)
+        def get(name: str, attr: str | None = None) -> str | None:
+            known.setdefault(PREFIX + name, attr)
             v = env.get(PREFIX + name)
             return None if v is None or v.strip() == "" else v.strip()
 
         def num(name: str, attr: str, conv=float) -> None:
-            v = get(name)
+            v = get(name, attr)
             if v is not None:
                 try:
                     kw[attr] = conv(v)
@@ -194,7 +211,7 @@ class Settings:
                     raise ConfigError(f"{PREFIX}{name}={v!r} is not a valid {conv.__name__}") from None
 
         def flag(name: str, attr: str) -> None:
-            v = get(name)
+            v = get(name, attr)
             if v is not None:
                 low = v.lower()
                 if low in ("1", "true", "yes", "on"):
@@ -205,7 +222,7 @@ class Settings:
                     raise ConfigError(f"{PREFIX}{name}={v!r} is not a boolean (true/false)")
 
         def text(name: str, attr: str) -> None:
-            v = get(name)
+            v = get(name, attr)
             if v is not None:
                 kw[attr] = v
 
@@ -291,7 +308,7 @@ class Settings:
         num("ALARM_MAX_BEDS", "alarm_max_beds", int)
         text("ALARM_TRANSLATOR", "alarm_translator")
         num("LOG_REPEAT_S", "log_repeat_s")
-        return kw, frozenset(known)
+        return kw, known
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> None:

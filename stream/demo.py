@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from stream.cli import ArgumentParser
 from stream.embedded import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -346,8 +347,7 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wavebridge demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="wavebridge demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--record", help="WFDB/Parquet/CSV recording (default: ../shared/data/bidmc/bidmc01 if present, "
                                     "else an embedded synthetic recording)")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of the recording to replay per bed")

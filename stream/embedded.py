@@ -9,7 +9,6 @@ Used by tests, the demo and `wavebridge broker`. Tansu quirks callers must respe
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import importlib.util
 import os
@@ -21,6 +20,8 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+
+from stream.cli import ArgumentParser
 
 START_TIMEOUT_S = 30.0
 _STDERR_TAIL_LINES = 40
@@ -199,7 +200,7 @@ def _port_open(host: str, port: int) -> bool:
 
 def cli(argv: list[str] | None = None) -> int:
     """`wavebridge broker`: run a Tansu broker in the foreground until Ctrl-C."""
-    p = argparse.ArgumentParser(prog="wavebridge broker", description="Run an embedded Tansu (Kafka-compatible) broker.")
+    p = ArgumentParser(prog="wavebridge broker", description="Run an embedded Tansu (Kafka-compatible) broker.")
     p.add_argument("--port", type=int, default=9092, help="loopback port (0 = pick a free one; default 9092)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--topics", action="store_true", help="create the default wavebridge topics after start")

@@ -38,6 +38,7 @@ from operators.records import Recording, read_recording
 from operators.resample import decimate_to, resample
 from operators.rpeaks import detect_rpeaks
 from operators.translator import PPG2ECG, SR, PairedContext, load_translator
+from stream.cli import ArgumentParser
 
 SR_RATE, SR_TARGET = 25.0, 100.0
 TASKS = ("ppg2ecg", "sr-ecg", "sr-ppg")
@@ -136,8 +137,11 @@ def _plan(ap: argparse.ArgumentParser, args: argparse.Namespace, datasets: list[
         root = challenge_root(args.challenge_data) if d == "challenge" else data_root(args.data)
         marker = root / ("RECORDS" if d == "challenge" else "bidmc01.hea")
         if not marker.exists():
-            if args.datasets is not None:  # asked for by name: an error, not a silent skip
-                ap.error(f"--datasets {d}: records not found under {root}")
+            given = args.data if d == "bidmc" else args.challenge_data
+            if args.datasets is not None or given:  # asked for by name or folder: an error, not a silent skip
+                option = "--data" if d == "bidmc" else "--challenge-data"
+                what = f"--datasets {d}" if args.datasets is not None else f"{option} {given}"
+                ap.error(f"{what}: {d} records not found under {root}")
             print(f"{d}: records not found under {root}; skipped", flush=True)
             continue
         plan[d] = spread_pick(challenge_split(root)[1] if d == "challenge" else split()[1], args.max_records)
@@ -145,7 +149,7 @@ def _plan(ap: argparse.ArgumentParser, args: argparse.Namespace, datasets: list[
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wavebridge evaluate", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="wavebridge evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     ap.add_argument("--challenge-data", default=None, help="Challenge 2015 folder (default ../shared/data/challenge2015)")
     ap.add_argument("--datasets", default=None,
@@ -179,8 +183,12 @@ def cli(argv: list[str] | None = None) -> int:
         ap.error("--max-records must be >= 0")
     plan = _plan(ap, args, datasets)
     if not plan:
-        print("error: no records to evaluate", file=sys.stderr)
-        return 2
+        ap.error("no records to evaluate")
+    for d, names in plan.items():  # before loading the model, not after evaluating the records before a bad one
+        root = challenge_root(args.challenge_data) if d == "challenge" else data_root(args.data)
+        missing = [n for n in names if not (root / (n if d == "challenge" else f"bidmc{n}")).with_suffix(".hea").exists()]
+        if missing:
+            ap.error(f"--records: no {d} record {missing[0]} under {root} (--data / --challenge-data)")
     methods = {"clmt": load_translator("clmt", weights=args.weights, device=args.device)}
     classic = load_translator(args.classic)
     cubic = load_translator("classic", sr_method="cubic")

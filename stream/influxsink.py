@@ -275,7 +275,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     """`wavebridge sink`: the InfluxDB sink agent in the foreground, configured by `WAVEBRIDGE_*` variables."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
+        from stream.config import defaults_table
+
         print(__doc__)
+        print(f"Settings and their defaults (ranges and meaning: docs/configuration.md):\n{defaults_table()}")
         return 0
     if args:
         print(f"wavebridge sink: takes no arguments (configured by WAVEBRIDGE_* variables), got {args}", file=sys.stderr)

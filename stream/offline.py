@@ -22,6 +22,7 @@ import numpy as np
 
 from operators.translator import PPG2ECG, SR, PairedContext, is_ecg_signal
 from stream import wire
+from stream.cli import ArgumentParser
 from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
 
 ECG_COLUMN = "ecg_ii"
@@ -235,7 +236,7 @@ def _finite(text: str) -> float:
     return v
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wavebridge translate",
+    p = ArgumentParser(prog="wavebridge translate",
                                 description="Translate a recording offline (same pipeline as the stream worker).")
     p.add_argument("input", help="WFDB record (with or without .hea), .parquet or .csv")
     p.add_argument("--task", required=True, choices=[PPG2ECG, SR])

@@ -24,6 +24,8 @@ import numpy as np
 
 from operators.records import Recording, canonical_name, read_recording
 from stream import wire
+from stream.cli import ArgumentParser, one_line
+from stream.config import ConfigError, parse_host_port
 from stream.topics import WAVEFORMS
 from stream.wire import Chunk
 
@@ -371,7 +373,7 @@ def _parse_resample(items: Iterable[str]) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wavebridge replay",
+    p = ArgumentParser(prog="wavebridge replay",
                                 description="Replay recordings (WFDB/Parquet/CSV) onto Kafka as live bedside monitors.")
     p.add_argument("records", nargs="+", metavar="RECORD", help="WFDB record (with or without .hea), .parquet or .csv")
     p.add_argument("--broker", required=True, metavar="HOST:PORT", help="Kafka bootstrap server")
@@ -408,8 +410,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
         p.error("--signals: empty (leave it out to replay whichever of II and PLETH each record has)")
     try:  # before reading records or creating the topic
         check_plan(len(args.records), args.beds, args.duration_s)
-    except ValueError as exc:
-        p.error(str(exc))
+        for address in args.broker.split(","):
+            parse_host_port("BROKER", address)
+    except (ValueError, ConfigError) as exc:
+        p.error(str(exc).replace("WAVEBRIDGE_BROKER", "--broker"))
     try:
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
         if not args.no_create_topic:
@@ -422,10 +426,16 @@ def cli(argv: Sequence[str] | None = None) -> int:
                        bootstrap_timeout_ms=int(args.connect_timeout_s * 1000),
                        max_block_ms=int(args.connect_timeout_s * 1000))
     except (ValueError, ReplayError, OSError) as exc:
-        print(f"wavebridge replay: error: {exc}", file=sys.stderr)
+        print(f"wavebridge replay: error: {one_line(exc)}", file=sys.stderr)
         return 1
-    except Exception as exc:  # kafka errors (e.g. NoBrokersAvailable from topic creation)
-        print(f"wavebridge replay: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # kafka errors (e.g. KafkaTimeoutError from topic creation)
+        from kafka.errors import KafkaError
+
+        if isinstance(exc, KafkaError):
+            print(f"wavebridge replay: error: cannot reach Kafka at {args.broker} within {args.connect_timeout_s:g} s "
+                  f"(--connect-timeout-s): {type(exc).__name__}", file=sys.stderr)
+        else:
+            print(f"wavebridge replay: error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
     print(f"replayed {stats.chunks} chunks ({stats.samples} samples, {stats.bytes / 1e6:.2f} MB) for {stats.beds} "
           f"bed(s) to {args.topic} in {stats.elapsed_s:.1f} s ({stats.chunks_per_s:.0f} chunks/s, "
