@@ -25,7 +25,7 @@ from scipy import signal as sps
 from scipy import stats
 
 __all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "fill_nonfinite", "ppg_periodicity",
-           "SignalQuality", "assess", "kind_of", "GOOD", "DEGRADED", "UNUSABLE", "REASONS", "KINDS"]
+           "SignalQuality", "assess", "kind_of", "confidence", "GOOD", "DEGRADED", "UNUSABLE", "REASONS", "KINDS"]
 
 # Thresholds for `ok` (documented so a caller can re-judge from the numbers).
 ECG_KURTOSIS_MIN = 3.0
@@ -413,7 +413,8 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     ----------
     x : samples (any float dtype; NaN/inf count as `nonfinite`)
     fs_hz : sampling rate in Hz
-    kind : "ecg", "ppg", "abp" or "other" (`kind_of(signal_name)` maps a channel name)
+    kind : "ecg", "ppg", "abp" or "other" (`kind_of(signal_name)` maps a channel name); "other" gets only the
+        checks that hold for any signal (length, non-finite, flat, clipping, interpolated)
 
     Returns
     -------
@@ -447,6 +448,8 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     metrics["linear_frac"] = lin
     grades.append((CHECKS[CLIPPING].grade(clip), CLIPPING))
     grades.append((CHECKS[INTERPOLATED].grade(lin), INTERPOLATED))
+    if kind == OTHER:  # no model of its waveform: what holds for any signal only
+        return _result(grades, kind, dur, metrics)
     filled = fill_nonfinite(x)[0] if nonfinite else x
     y = _without_baseline(filled, fs_hz)
     band = ECG_BAND_HZ if kind == ECG else PULSE_BAND_HZ
@@ -475,3 +478,40 @@ def _result(grades: list[tuple[float, str]], kind: str, dur: float, metrics: dic
     score = float(np.clip(score, 0.0, 1.0))
     cls = GOOD if score >= GOOD_MIN else DEGRADED if score >= USABLE_MIN else UNUSABLE
     return SignalQuality(cls, score, OK if cls == GOOD else reason, kind, dur, metrics)
+
+
+# ============================================================================================
+# Confidence of a translated window: the probability that its output is right, from its source's quality.
+#
+# A logistic model over a few numbers `assess` already measured on the source span (no extra cost). "Right" means
+# (benchmarks/quality_confidence.py, which fits the coefficients on TRAINING patients with `--fit` and measures
+# them on the held-out ones): for ppg2ecg, every true R-peak of the span found within 50 ms and no extra one;
+# for sr, a normalised RMSE against the true full-rate signal below SR_RIGHT_NRMSE.
+SR_RIGHT_NRMSE = 0.25
+CONFIDENCE_FEATURES = ("score", "shape", "swing", "hf_frac", "context")
+CONFIDENCE_COEFS = {  # task -> (intercept, one coefficient per CONFIDENCE_FEATURES)
+    "ppg2ecg": (0.0, 4.0, 0.0, 0.0, 0.0, 0.0),
+    "sr": (0.0, 4.0, 0.0, 0.0, 0.0, 0.0),
+}
+
+
+def confidence_features(q: SignalQuality, context_used: bool) -> np.ndarray:
+    """Feature vector of `confidence` (order: CONFIDENCE_FEATURES). `shape` is the pulse's beat correlation or
+    the ECG's kurtosis mapped to [0, 1] by its check's grade."""
+    m = q.metrics
+    shape = m.get("beat_corr")
+    if shape is None:
+        shape = CHECKS["kurtosis"].grade(m["kurtosis"]) if "kurtosis" in m else q.score
+    return np.array([q.score, shape, min(m.get("swing", 1.0), 10.0), m.get("hf_frac", 0.0), float(context_used)])
+
+
+def confidence(task: str, q: SignalQuality | None, context_used: bool = False) -> float | None:
+    """Probability in [0, 1] that a window translated by `task` ("ppg2ecg" | "sr") from a source of quality `q`
+    is right (see CONFIDENCE_COEFS); None without a quality, 0 for an unusable source."""
+    if q is None or task not in CONFIDENCE_COEFS:
+        return None
+    if not q.usable:
+        return 0.0
+    c = CONFIDENCE_COEFS[task]
+    z = c[0] + float(np.dot(c[1:], confidence_features(q, context_used)))
+    return round(float(1.0 / (1.0 + np.exp(-z))), 4)

@@ -27,6 +27,8 @@ from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
 
 ECG_COLUMN = "ecg_ii"
 TIME_COLUMN = "time_s"
+QUALITY_COLUMN = "quality"  # 0-1, of the source window that produced the sample (operators.quality)
+USABLE_COLUMN = "usable"  # False: the source (or output) was unusable there and the signal column is NaN
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_GLOB = str(REPO / "models" / "weights" / "*.safetensors")
 OFFLINE_BED = "offline"
@@ -40,11 +42,13 @@ class OfflineError(Exception):
 @dataclass
 class OfflineResult:
     times_s: np.ndarray  # float64, seconds from the input's start
-    columns: dict[str, np.ndarray]  # column name -> float32
+    columns: dict[str, np.ndarray]  # signal column name -> float32 (NaN where not usable)
     rate_hz: float
     times_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # relative to the input start
     translator: str = ""
     events: list = field(default_factory=list)
+    quality: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # per sample, NaN if unjudged
+    usable: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def to_parquet(self, path: str | Path) -> None:
         import pyarrow as pa
@@ -52,6 +56,8 @@ class OfflineResult:
 
         cols = {TIME_COLUMN: pa.array(self.times_s, pa.float64())}
         cols.update({k: pa.array(v, pa.float32()) for k, v in self.columns.items()})
+        cols[QUALITY_COLUMN] = pa.array(self.quality, pa.float32(), from_pandas=True)
+        cols[USABLE_COLUMN] = pa.array(self.usable, pa.bool_())
         table = pa.table(cols).replace_schema_metadata({"rate_hz": str(self.rate_hz), "translator": self.translator})
         pq.write_table(table, str(path))
 
@@ -150,7 +156,8 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
                      progress=None, lookahead_s: float = PipelineConfig.lookahead_s):
     """Run the pipeline over `chunks` (one bed, one signal) and flush at the end.
 
-    Returns (OutputSeries list, events). `progress` is an optional callable(n_samples)."""
+    Returns (OutputSeries list, events): the list holds the published series and the withheld ones (NaN values,
+    `usable=False`). `progress` is an optional callable(n_samples)."""
     cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, lookahead_s=lookahead_s, tasks=(task,), sr_target_hz=float(target_rate),
                          sr_below_hz=float(target_rate), context_s=0.0,
                          ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
@@ -160,6 +167,7 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
 
     def take(res):
         outputs.extend(res.outputs)
+        outputs.extend(res.withheld)
         events.extend(res.events)
 
     for i, chunk in enumerate(chunks, 1):
@@ -181,8 +189,9 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     """Translate one in-memory `operators.records.Recording`.
 
     `translator`: a Translator, a spec string, or None (the default spec). The result holds
-    `time_s` (seconds from the input's start) and one column: `ecg_ii` (ppg2ecg) or the source
-    channel's own name (sr)."""
+    `time_s` (seconds from the input's start), one signal column: `ecg_ii` (ppg2ecg) or the source
+    channel's own name (sr), NaN where the source window was unusable, and per sample `quality`
+    (0-1) and `usable`."""
     from operators.translator import load_translator
 
     if task not in (PPG2ECG, SR):
@@ -219,11 +228,15 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
             bar.close()
     times = np.concatenate([o.times_ns for o in outputs]) if outputs else np.zeros(0, np.int64)
     values = np.concatenate([o.values for o in outputs]) if outputs else np.zeros(0, np.float32)
-    order = np.argsort(times, kind="stable")  # already ascending; cheap safety for multi-segment input
-    times, values = times[order], values[order]
+    quality = np.concatenate([np.full(len(o.values), np.nan if o.quality is None else o.quality, np.float32)
+                              for o in outputs]) if outputs else np.zeros(0, np.float32)
+    usable = np.concatenate([np.full(len(o.values), o.usable) for o in outputs]) if outputs else np.zeros(0, bool)
+    order = np.argsort(times, kind="stable")  # withheld spans were collected apart from the published ones
+    times, values, quality, usable = times[order], values[order], quality[order], usable[order]
     name = ECG_COLUMN if task == PPG2ECG else recording.original_names.get(src, src)
     return OfflineResult(times_s=times / 1e9, columns={name: values}, rate_hz=target_rate, times_ns=times,
-                         translator=getattr(translator, "name", type(translator).__name__), events=events)
+                         translator=getattr(translator, "name", type(translator).__name__), events=events,
+                         quality=quality, usable=usable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +335,9 @@ def _run(args) -> int:
         why = f" ({dropped} segment(s) of finite samples too short to translate were dropped)" if dropped else ""
         raise OfflineError(f"{args.task} of {src} in {path} produced no samples{why}; nothing written")
     res.to_parquet(out)
-    print(f"wavebridge translate: wrote {len(res.times_s)} samples of {col} at {res.rate_hz:g} Hz to {out}",
+    n_bad = int(np.count_nonzero(~res.usable))
+    withheld = f" ({n_bad} NaN: unusable source, see the usable column)" if n_bad else ""
+    print(f"wavebridge translate: wrote {len(res.times_s)} samples of {col}{withheld} at {res.rate_hz:g} Hz to {out}",
           file=sys.stderr)
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 
+from operators import quality as Q
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.windowing import SlidingWindower, StreamEvent, Window
 
@@ -28,6 +29,12 @@ ECG = "II"
 SYNTH_SIGNAL = "II_SYNTH"  # published name of synthesized lead II
 SR_SUFFIX = "_SR"
 RPEAK_EDGE_S = 0.25  # peaks this close to a window's right edge are left to the next window
+# A window's quality is judged on what it emits plus this much on each side (what the output there depends on:
+# the look-ahead after, the pulse before), not on the whole 8 s window: an artifact seconds away does not
+# condemn a clean span, and one inside the span is not diluted by clean context.
+QUALITY_MARGIN_S = 1.0
+SOURCE_UNUSABLE = "source_unusable"
+OUTPUT_UNUSABLE = "output_unusable"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class PipelineConfig:
     # signals to super-resolve when slow; None: any input signal
     sr_signals: tuple[str, ...] | None = None
     rpeaks: bool = True
+    quality: bool = True  # judge every source window (operators.quality) and withhold unusable spans
 
     @classmethod
     def from_settings(cls, s) -> "PipelineConfig":
@@ -65,6 +73,17 @@ class OutputSeries:
     values: np.ndarray  # float32
     seq: int = 0
     units: str = ""
+    quality: float | None = None  # 0-1: the worse of the source span's and this output's own quality score
+    quality_flag: str = ""  # operators.quality class of `quality`: good | degraded | unusable
+    reason: str = ""  # operators.quality reason of the worse of the two ("ok" when good)
+    confidence: float | None = None  # operators.quality.confidence: probability the window's output is right
+    context_used: bool = False  # a paired patient context went into this window
+    usable: bool = True  # False: a withheld span (BatchResult.withheld), values NaN, never published
+
+    @property
+    def synthetic(self) -> bool:
+        """True for synthesized signals (II_SYNTH): not a measured lead, never a diagnostic one."""
+        return self.kind == "synth"
 
     @property
     def influx_signal(self) -> str:
@@ -79,7 +98,7 @@ class OutputSeries:
 
 @dataclass
 class PipelineEvent:
-    type: str  # rpeaks | gap | rate_change | clock_step | out_of_order | duplicate | short_segment_dropped
+    type: str  # rpeaks | source_unusable | output_unusable | gap | rate_change | clock_step | out_of_order | duplicate | short_segment_dropped
     bed: str
     signal: str
     time_ns: int
@@ -96,6 +115,9 @@ class Rejected:
 @dataclass
 class BatchResult:
     outputs: list[OutputSeries] = field(default_factory=list)
+    # spans not published because their source (or the output itself) is unusable: NaN values, usable=False.
+    # The offline mode writes them as NaN rows; the worker publishes only their event.
+    withheld: list[OutputSeries] = field(default_factory=list)
     events: list[PipelineEvent] = field(default_factory=list)
     completed: list = field(default_factory=list)  # tokens whose samples are all in `outputs` (or earlier)
     rejected: list[Rejected] = field(default_factory=list)  # tokens to dead-letter, then acknowledge
@@ -105,6 +127,7 @@ class BatchResult:
 
     def extend(self, other: "BatchResult") -> None:
         self.outputs += other.outputs
+        self.withheld += other.withheld
         self.events += other.events
         self.completed += other.completed
         self.rejected += other.rejected
@@ -137,6 +160,13 @@ class _Job:
     window: Window
     task: str
     target_rate: float
+    quality: Q.SignalQuality | None = None  # of the source window's emitted span (quality_span)
+
+
+def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, int]:
+    """Source sample range `[a, b)` a window's quality is judged on: its emitted part +- `margin_s`."""
+    m = int(round(margin_s * w.rate_hz))
+    return max(0, w.emit_from - m), min(len(w.samples), w.emit_stop + m)
 
 
 class Pipeline:
@@ -294,8 +324,16 @@ class Pipeline:
             if ev.kind == "short_segment_dropped":  # reported, so its samples count as handled
                 st.done_until_ns = max(st.done_until_ns or ev.end_ns, ev.end_ns)
         for w in windows:
-            for task, rate in self.routes(st.signal, w.rate_hz):
-                self._jobs.append(_Job(st, w, task, rate))
+            routes = self.routes(st.signal, w.rate_hz)
+            q = None
+            if routes and self.config.quality:
+                a, b = quality_span(w)
+                q = Q.assess(w.samples[a:b], w.rate_hz, Q.kind_of(st.signal))
+                if not q.usable:
+                    self._events.append(self._unusable_event(SOURCE_UNUSABLE, st, w, q, st.signal,
+                                                             [self._topic_signal(st, t) for t, _ in routes]))
+            for task, rate in routes:
+                self._jobs.append(_Job(st, w, task, rate, q))
             st.done_until_ns = max(st.done_until_ns or w.emit_end_ns, w.emit_end_ns)
 
     def _request(self, job: _Job) -> TranslationRequest:
@@ -312,6 +350,40 @@ class Pipeline:
                                   source_signal=st.signal, age=age, sex=sex, context=ctx,
                                   meta={"bed": st.bed, "start_ns": w.start_ns})
 
+    @staticmethod
+    def _topic_signal(st: _Stream, task: str) -> str:
+        return SYNTH_SIGNAL if task == PPG2ECG else st.signal + SR_SUFFIX
+
+    def _unusable_event(self, etype: str, st: _Stream, w: Window, q: Q.SignalQuality, judged: str,
+                        outputs: list[str]) -> PipelineEvent:
+        """`source_unusable` / `output_unusable`: the span [time_ns, end_ns) of these outputs is withheld."""
+        start, end = w._ts(w.emit_from), w.emit_end_ns
+        return PipelineEvent(etype, st.bed, judged, int(start),
+                             {"end_ns": int(end), "reason": q.reason, "quality": round(q.score, 4),
+                              "quality_flag": q.cls, "outputs": outputs, "window_start_ns": int(w.start_ns)})
+
+    def _series(self, job: _Job, times: np.ndarray, values: np.ndarray, q: Q.SignalQuality | None,
+                confidence: float | None, context_used: bool, usable: bool) -> OutputSeries:
+        st = job.stream
+        kind = "synth" if job.task == PPG2ECG else "sr"
+        return OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model_for[job.task],
+                            rate_hz=job.target_rate, times_ns=times, values=values,
+                            units=st.units if kind == "sr" else "mV",
+                            quality=None if q is None else round(q.score, 4), quality_flag="" if q is None else q.cls,
+                            reason="" if q is None else q.reason, confidence=confidence, context_used=context_used,
+                            usable=usable)
+
+    def _withhold(self, job: _Job, result: BatchResult) -> None:
+        """NaN over the span an unusable source window would have emitted (offline rows; never published)."""
+        w = job.window
+        n_out = TranslationRequest(job.task, w.samples, w.rate_hz, job.target_rate).n_out
+        times, y, k0, k1 = w.on_output_grid(job.target_rate, np.full(n_out, np.nan, dtype=np.float32))
+        if k0 < k1:
+            result.withheld.append(self._series(job, times[k0:k1], y[k0:k1].astype(np.float32), job.quality, 0.0,
+                                                False, usable=False))
+        if job.task == PPG2ECG and self.config.rpeaks:
+            self._skip_rpeaks(job.stream, w, times, k1, job.target_rate)
+
     def _emit(self, job: _Job, req: TranslationRequest, y: np.ndarray, result: BatchResult) -> None:
         st, w = job.stream, job.window
         n_out = req.n_out
@@ -319,10 +391,25 @@ class Pipeline:
             raise RuntimeError(f"translator {self.model} returned {len(y)} samples for {job.task}, expected {n_out}")
         times, y, k0, k1 = w.on_output_grid(job.target_rate, y)
         kind = "synth" if job.task == PPG2ECG else "sr"
+        q = job.quality
+        conf = None
+        if self.config.quality:
+            # The output's own quality over the same span, by the checks that hold for any signal (kind "other"): a
+            # translator that failed (flat, NaN, saturated) is caught here; its waveform's shape is the model's.
+            m = int(round(QUALITY_MARGIN_S * job.target_rate))
+            qo = Q.assess(y[max(0, k0 - m): min(len(y), k1 + m)], job.target_rate, Q.OTHER)
+            if q is None or qo.score < q.score:
+                q = qo if not qo.usable else Q.SignalQuality(qo.cls, qo.score, qo.reason, q.kind if q else qo.kind,
+                                                             qo.duration_s, qo.metrics)
+            if not qo.usable:
+                result.events.append(self._unusable_event(OUTPUT_UNUSABLE, st, w, qo, self._topic_signal(st, job.task),
+                                                          [self._topic_signal(st, job.task)]))
+                job.quality = q
+                self._withhold(job, result)
+                return
+            conf = Q.confidence(job.task, job.quality, req.context is not None)
         if k0 < k1:
-            out = OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model_for[job.task],
-                               rate_hz=job.target_rate, times_ns=times[k0:k1], values=y[k0:k1],
-                               units=st.units if kind == "sr" else "mV")
+            out = self._series(job, times[k0:k1], y[k0:k1], q, conf, req.context is not None, usable=True)
             key = (st.bed, out.topic_signal)
             out.seq = self._seq.get(key, 0)
             self._seq[key] = out.seq + 1
@@ -330,31 +417,48 @@ class Pipeline:
         if kind == "synth" and self.config.rpeaks:
             ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate)
             if ev is not None:
+                if q is not None:
+                    ev.fields.update(quality=round(q.score, 4), quality_flag=q.cls, confidence=conf)
                 result.events.append(ev)
 
-    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, k1: int, rate: float):
-        """R-peaks of the synthesized ECG, each reported by exactly one window: a window reports
-        [last reported end, its end - edge margin) (to its very end when it is a flush), so
-        peaks cut by a window edge are found in the next window, where they are interior."""
-        from operators.rpeaks import detect_rpeaks, heart_rate_bpm
-
-        if len(y) == 0 or k0 >= len(y):
-            return None
+    def _rpeak_range(self, st: _Stream, w: Window, times: np.ndarray, k1: int, n_out: int, rate: float) -> tuple[int, int]:
+        """[lo, hi) ns this window reports R-peaks for: from the last reported end to its end - edge margin (to its
+        very end when it is a flush), so peaks cut by a window edge are found in the next window, where they are
+        interior. A withheld window takes its range too, so no later window reports peaks in it."""
         if st.rpeak_segment != w.segment or st.rpeak_until_ns is None:
             st.rpeak_segment, st.rpeak_until_ns = w.segment, int(times[0])
         lo = st.rpeak_until_ns
         if w.kind == "flush":
-            hi = w.output_end_ns(rate, len(y))  # to its very end
+            hi = w.output_end_ns(rate, n_out)  # to its very end
         else:  # not past what this window emitted (look-ahead samples are the next window's to report)
             hi = int(times[-1]) - int(RPEAK_EDGE_S * 1e9)
             if k1 < len(times):
                 hi = min(hi, int(times[k1]))
+        return lo, hi
+
+    def _skip_rpeaks(self, st: _Stream, w: Window, times: np.ndarray, k1: int, rate: float) -> None:
+        if len(times):
+            lo, hi = self._rpeak_range(st, w, times, k1, len(times), rate)
+            st.rpeak_until_ns = max(lo, hi)
+
+    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, k1: int, rate: float):
+        """R-peaks of the synthesized ECG over this window's reporting range (`_rpeak_range`); the heart rate is
+        from the peaks of the span its quality was judged on (emitted part +- QUALITY_MARGIN_S), so it describes
+        the same samples as the quality it carries."""
+        from operators.rpeaks import detect_rpeaks, heart_rate_bpm
+
+        if len(y) == 0 or k0 >= len(y):
+            return None
+        lo, hi = self._rpeak_range(st, w, times, k1, len(y), rate)
         if hi <= lo:
             return None
         idx = np.asarray(detect_rpeaks(y, rate), dtype=np.int64)
         peaks = times[idx] if len(idx) else np.zeros(0, dtype=np.int64)
         sel = peaks[(peaks >= lo) & (peaks < hi)]
         st.rpeak_until_ns = hi
+        if self.config.quality:
+            m = int(round(QUALITY_MARGIN_S * rate))
+            idx = idx[(idx >= k0 - m) & (idx < k1 + m)]
         hr = heart_rate_bpm(idx, rate) if len(idx) >= 2 else None
         hr = None if hr is None or not np.isfinite(hr) else float(hr)
         return PipelineEvent("rpeaks", st.bed, SYNTH_SIGNAL, int(times[k0]),

@@ -33,7 +33,7 @@ def test_ppg2ecg_on_bidmc_wfdb(bidmc_record, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "translator classic" in r.stderr
     df = pq.read_table(out).to_pandas()
-    assert list(df.columns) == ["time_s", "ecg_ii"]
+    assert list(df.columns) == ["time_s", "ecg_ii", "quality", "usable"]
     from operators.records import read_recording
 
     ppg = read_recording(bidmc_record(1), ["PLETH"]).signals["PLETH"]
@@ -49,7 +49,7 @@ def test_sr_from_parquet_keeps_the_source_name_and_rate(tmp_path):
     r = run_cli(src, "--task", "sr", "--out", out, "--translator", "classic")
     assert r.returncode == 0, r.stderr
     df = pq.read_table(out).to_pandas()
-    assert list(df.columns) == ["time_s", "ECG II"]
+    assert list(df.columns) == ["time_s", "ECG II", "quality", "usable"]
     assert len(df) == 4 * len(rec.signals["II"])  # 25 -> 100 Hz default
     np.testing.assert_allclose(df.time_s.to_numpy(), np.arange(len(df)) / 100.0, atol=1e-9)
 

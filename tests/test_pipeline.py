@@ -62,8 +62,10 @@ def collect(results, bed=None, kind=None):
 
 
 def cfg(**kw):
+    # quality=False: these tests check windowing, timestamps and acknowledgements with ramps, constants and sines,
+    # which quality gating would rightly withhold as flat or pulseless; gating has its own tests below.
     base = dict(window_s=8.0, hop_s=2.0, tasks=("ppg2ecg", "sr"), sr_target_hz=100.0, sr_below_hz=100.0, context_s=0.0,
-                lookahead_s=0.0)
+                lookahead_s=0.0, quality=False)
     base.update(kw)
     return PipelineConfig(**base)
 
