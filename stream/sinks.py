@@ -31,6 +31,8 @@ WAVEFORM = "waveform"
 RPEAK = "rpeak"
 HR = "hr"
 STREAM_EVENT = "stream_event"
+QUALITY = "quality"
+UNUSABLE_EVENTS = ("source_unusable", "output_unusable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,9 +78,15 @@ def _fields(fields: dict) -> str:
 
 
 def output_lines(out) -> list[str]:
-    """Line protocol for one `pipeline.OutputSeries`."""
+    """Line protocol for one `pipeline.OutputSeries`: its samples, and one `quality` point at its first sample."""
     tags = {"bed": out.bed, "signal": out.influx_signal, "kind": out.kind, "model": out.model}
-    return series_lines(WAVEFORM, tags, out.times_ns, out.values)
+    lines = series_lines(WAVEFORM, tags, out.times_ns, out.values)
+    if out.quality is not None and len(out.times_ns):
+        fields = {"score": float(out.quality), "flag": out.quality_flag, "reason": out.reason, "usable": bool(out.usable),
+                  "confidence": out.confidence, "context_used": bool(out.context_used), "synthetic": bool(out.synthetic),
+                  "end_ns": int(out.times_ns[-1])}
+        lines.append(f"{QUALITY},{_tagset(tags)} {_fields(fields)} {int(out.times_ns[0])}")
+    return lines
 
 
 def event_lines(ev) -> list[str]:
@@ -94,8 +102,16 @@ def event_lines(ev) -> list[str]:
             lines.append(f"{RPEAK},{tags} value=1i {int(p)}")
         hr = ev.fields.get("hr_bpm")
         if hr is not None and math.isfinite(hr):
-            lines.append(f"{HR},{tags} bpm={float(hr)!r},n_peaks={len(ev.fields.get('peaks_ns', []))}i {int(ev.time_ns)}")
+            fields = {"bpm": float(hr), "n_peaks": len(ev.fields.get("peaks_ns", [])),
+                      "quality": ev.fields.get("quality"), "confidence": ev.fields.get("confidence")}
+            lines.append(f"{HR},{tags} {_fields(fields)} {int(ev.time_ns)}")
         return lines
+    if ev.type in UNUSABLE_EVENTS:  # the withheld span in the quality measurement too, where dashboards look
+        kind = "source" if ev.type == "source_unusable" else "output"
+        qtags = _tagset({"bed": ev.bed, "signal": ev.signal, "kind": kind})
+        fields = {"score": ev.fields.get("quality"), "flag": ev.fields.get("quality_flag"),
+                  "reason": ev.fields.get("reason"), "usable": False, "end_ns": ev.fields.get("end_ns")}
+        lines.append(f"{QUALITY},{qtags} {_fields(fields)} {int(ev.time_ns)}")
     tags = _tagset({"bed": ev.bed, "signal": ev.signal, "type": ev.type})
     fields = {k: v for k, v in ev.fields.items() if isinstance(v, (str, int, float, bool, np.integer, np.floating))}
     fields.setdefault("count", 1)
@@ -332,8 +348,11 @@ def out_chunk(out):
     """`wire.Chunk` for one output series (topic messages use the `_SR` suffix for SR)."""
     from stream.wire import Chunk
 
+    meta = {"synthetic": bool(out.synthetic), "quality": out.quality, "quality_flag": out.quality_flag or None,
+            "confidence": out.confidence, "context_used": bool(out.context_used), "model": out.model or None}
     return Chunk(bed_id=out.bed, signal=out.topic_signal, rate_hz=float(out.rate_hz), start_ns=int(out.times_ns[0]),
-                 seq=int(out.seq), samples=np.asarray(out.values, dtype=np.float32), units=out.units or "")
+                 seq=int(out.seq), samples=np.asarray(out.values, dtype=np.float32), units=out.units or "",
+                 meta={k: v for k, v in meta.items() if v is not None})
 
 
 def encode_output(out, binary: bool = True) -> bytes:

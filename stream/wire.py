@@ -15,7 +15,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
@@ -61,6 +61,19 @@ OUTPUT_SIGNAL = "output_signal"
 REASONS = (BAD_JSON, BAD_ENCODING, MISSING_FIELD, WRONG_TYPE, BAD_RATE, OVERSIZED, EMPTY, NAN_FLOOD,
            UNKNOWN_SIGNAL, BAD_TIMESTAMP, BAD_SEX, BAD_AGE, BAD_BED_ID, OUT_OF_RANGE, OUTPUT_SIGNAL)
 
+# Optional header keys of OUTPUT chunks (docs/wire-format.md, "Output metadata"): a v1 reader that does not know
+# them ignores them and sees the same chunk. key -> (types, check, what it must be)
+QUALITY_FLAGS = ("good", "degraded")  # an unusable span is never published
+MAX_MODEL_LEN = 64
+OUTPUT_META = {
+    "synthetic": ((bool,), lambda v: True, "true or false"),
+    "quality": ((int, float), lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "quality_flag": ((str,), lambda v: v in QUALITY_FLAGS, f"one of {', '.join(QUALITY_FLAGS)}"),
+    "confidence": ((int, float), lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    "context_used": ((bool,), lambda v: True, "true or false"),
+    "model": ((str,), lambda v: 0 < len(v) <= MAX_MODEL_LEN, f"1-{MAX_MODEL_LEN} chars"),
+}
+
 REQUIRED_FIELDS = ("bed_id", "signal", "rate_hz", "start_ns", "seq", "samples")
 JSON = "json"
 BINARY = "binary"
@@ -79,6 +92,8 @@ class Chunk:
     units: str = ""
     age: float | None = None
     sex: str | None = None  # "M" / "F"
+    # Output chunks only (keys of OUTPUT_META): synthetic, quality, quality_flag, confidence, context_used, model.
+    meta: dict = field(default_factory=dict)
 
     def end_ns(self) -> int:
         """Timestamp one sample period after the last sample."""
@@ -154,6 +169,7 @@ def _header(chunk: Chunk) -> dict:
         "units": chunk.units or "",
         "age": None if chunk.age is None else float(chunk.age),
         "sex": chunk.sex,
+        **{k: chunk.meta[k] for k in OUTPUT_META if chunk.meta.get(k) is not None},
     }
 
 
@@ -300,7 +316,7 @@ def _build(f: dict) -> Chunk:
         raise WireError(MISSING_FIELD, f"missing field(s): {', '.join(missing)}")
     return Chunk(bed_id=f["bed_id"], signal=f["signal"], rate_hz=f["rate_hz"], start_ns=f["start_ns"], seq=f["seq"],
                  samples=f["samples"], units="" if f.get("units") is None else f["units"], age=f.get("age"),
-                 sex=f.get("sex"))
+                 sex=f.get("sex"), meta={k: f[k] for k in OUTPUT_META if f.get(k) is not None})
 
 
 # ------------------------------------------------------------------ validation
@@ -323,8 +339,23 @@ def _array_ok(chunk: Chunk) -> bool:
         return False
 
 
+def _check_meta(meta) -> None:
+    if not isinstance(meta, dict):
+        raise WireError(WRONG_TYPE, f"output metadata must be a mapping, got {type(meta).__name__}")
+    for key, value in meta.items():
+        if key not in OUTPUT_META:
+            raise WireError(WRONG_TYPE, f"unknown output metadata key {key!r} (known: {', '.join(OUTPUT_META)})")
+        if value is None:
+            continue
+        types, ok, what = OUTPUT_META[key]
+        number = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+        if not number or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            raise WireError(WRONG_TYPE, f"{key} must be {what}, got {value!r}")
+
+
 def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
     """Check every field; return the float32 samples (interpolated where non-finite if `repair`)."""
+    _check_meta(chunk.meta)
     if not isinstance(chunk.bed_id, str):
         raise WireError(WRONG_TYPE, f"bed_id must be a string, got {type(chunk.bed_id).__name__}")
     if not BED_ID_PATTERN.fullmatch(chunk.bed_id):
