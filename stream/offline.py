@@ -153,15 +153,16 @@ def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLIN
 
 def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_rate: float, translator,
                      window_s: float = 8.0, hop_s: float = 2.0, context: PairedContext | None = None,
-                     progress=None, lookahead_s: float = PipelineConfig.lookahead_s):
+                     progress=None, lookahead_s: float = PipelineConfig.lookahead_s, quality: bool = True):
     """Run the pipeline over `chunks` (one bed, one signal) and flush at the end.
 
+    `quality=False` turns gating off (benchmarks measure what it changes).
     Returns (OutputSeries list, events): the list holds the published series and the withheld ones (NaN values,
     `usable=False`). `progress` is an optional callable(n_samples)."""
     cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, lookahead_s=lookahead_s, tasks=(task,), sr_target_hz=float(target_rate),
                          sr_below_hz=float(target_rate), context_s=0.0,
                          ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
-                         sr_signals=(source_signal,))
+                         sr_signals=(source_signal,), quality=quality)
     pipe = Pipeline(cfg, translator, context_provider=lambda bed: context)
     outputs, events = [], []
 

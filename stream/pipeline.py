@@ -282,15 +282,20 @@ class Pipeline:
         result = BatchResult(events=self._events, rejected=self._rejected, completed=self._immediate)
         self._events, self._rejected, self._immediate = [], [], []
         if jobs:
-            requests = [self._request(j) for j in jobs]
+            # An unusable source is not translated: its span is withheld (never a flat line, never invented beats).
+            live = [j for j in jobs if j.quality is None or j.quality.usable]
+            requests = [self._request(j) for j in live]
             started = time.monotonic()
-            outs = self.translator.translate(requests)
+            outs = self.translator.translate(requests) if requests else []
             result.model_s = time.monotonic() - started
-            result.window_tasks = [j.task for j in jobs]
+            result.window_tasks = [j.task for j in live]
             if len(outs) != len(requests):
                 raise RuntimeError(f"translator {self.model} returned {len(outs)} results for {len(requests)} requests")
-            for job, req, y in zip(jobs, requests, outs):
+            for job, req, y in zip(live, requests, outs):
                 self._emit(job, req, np.asarray(y, dtype=np.float32), result)
+            for job in jobs:
+                if not (job.quality is None or job.quality.usable):
+                    self._withhold(job, result)
             result.n_windows = len(jobs)
         # Release tokens only now: their windows have been translated into `result`.
         for st in self._streams.values():
@@ -415,7 +420,7 @@ class Pipeline:
             self._seq[key] = out.seq + 1
             result.outputs.append(out)
         if kind == "synth" and self.config.rpeaks:
-            ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate)
+            ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate, q)
             if ev is not None:
                 if q is not None:
                     ev.fields.update(quality=round(q.score, 4), quality_flag=q.cls, confidence=conf)
@@ -441,7 +446,8 @@ class Pipeline:
             lo, hi = self._rpeak_range(st, w, times, k1, len(times), rate)
             st.rpeak_until_ns = max(lo, hi)
 
-    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, k1: int, rate: float):
+    def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, k1: int, rate: float,
+                     quality: Q.SignalQuality | None = None):
         """R-peaks of the synthesized ECG over this window's reporting range (`_rpeak_range`); the heart rate is
         from the peaks of the span its quality was judged on (emitted part +- QUALITY_MARGIN_S), so it describes
         the same samples as the quality it carries."""
@@ -461,6 +467,8 @@ class Pipeline:
             idx = idx[(idx >= k0 - m) & (idx < k1 + m)]
         hr = heart_rate_bpm(idx, rate) if len(idx) >= 2 else None
         hr = None if hr is None or not np.isfinite(hr) else float(hr)
+        if quality is not None and quality.cls != Q.GOOD:
+            hr = None  # a heart rate only from a good window (a degraded one still reports its peaks, flagged)
         return PipelineEvent("rpeaks", st.bed, SYNTH_SIGNAL, int(times[k0]),
                              {"peaks_ns": [int(p) for p in sel], "hr_bpm": hr, "model": self.model_for[PPG2ECG],
                               "window_start_ns": int(w.start_ns), "until_ns": hi})

@@ -39,7 +39,10 @@ def test_ppg2ecg_on_bidmc_wfdb(bidmc_record, tmp_path):
     ppg = read_recording(bidmc_record(1), ["PLETH"]).signals["PLETH"]
     assert len(df) == int(np.isfinite(ppg).sum())  # same rate as the source by default
     np.testing.assert_allclose(np.diff(df.time_s.to_numpy()), 1 / 125.0, atol=1e-9)
-    assert df.time_s.iloc[0] == 0.0 and np.isfinite(df.ecg_ii).all()
+    assert df.time_s.iloc[0] == 0.0
+    # NaN exactly where the source was unusable (bidmc01's PPG has a few artifact spans), quality in [0, 1]
+    assert (np.isfinite(df.ecg_ii) == df.usable).all() and df.usable.mean() > 0.9
+    assert df.quality.between(0.0, 1.0).all() and (df.quality[~df.usable] < 0.3).all()
 
 
 def test_sr_from_parquet_keeps_the_source_name_and_rate(tmp_path):
