@@ -8,6 +8,7 @@ Broker and worker are always stopped on exit, including on Ctrl-C and on errors.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -34,9 +35,10 @@ QUIET_S = 8.0  # after the replay, stop once no output arrived for this long (wo
 
 @dataclass
 class Collected:
-    """Decoded chunks per topic role: "input", "synth", "sr"."""
+    """Decoded chunks per topic role: "input", "synth", "sr"; events (JSON objects) from the events topic."""
 
     chunks: dict[str, list] = field(default_factory=lambda: {"input": [], "synth": [], "sr": []})
+    events: list = field(default_factory=list)
     last_output_at: float = 0.0
 
     def samples(self, role: str) -> int:
@@ -196,6 +198,10 @@ class Collector(threading.Thread):
                 for tp, records in batch.items():
                     role = self.roles[tp.topic]
                     for rec in records:
+                        if role == "events":
+                            with self.lock:
+                                self.data.events.append(json.loads(rec.value))
+                            continue
                         try:
                             chunk = wire.decode(rec.value)
                         except wire.WireError as exc:
@@ -222,20 +228,28 @@ class Collector(threading.Thread):
 
 def chunks_to_table(chunks: Sequence):
     """One row per sample with its true timestamp; sorted by bed, signal, time, de-duplicated
-    (a worker restart may re-send outputs; equal timestamps carry equal values)."""
+    (a worker restart may re-send outputs; equal timestamps carry equal values). Output chunks add their quality
+    metadata per sample: `quality`, `quality_flag`, `confidence`, `synthetic` (null for inputs)."""
     import pyarrow as pa
 
-    cols = {"bed": [], "signal": [], "time": [], "value": [], "rate_hz": []}
+    cols = {"bed": [], "signal": [], "time": [], "value": [], "rate_hz": [], "quality": [], "quality_flag": [],
+            "confidence": [], "synthetic": []}
     for c in chunks:
         n = len(c.samples)
+        meta = getattr(c, "meta", {}) or {}
         cols["bed"].append(np.full(n, c.bed_id, dtype=object))
         cols["signal"].append(np.full(n, c.signal, dtype=object))
         cols["time"].append(c.start_ns + np.round(np.arange(n) * (1e9 / c.rate_hz)).astype(np.int64))
         cols["value"].append(np.asarray(c.samples, dtype=np.float32))
         cols["rate_hz"].append(np.full(n, c.rate_hz, dtype=np.float32))
+        cols["quality"].append(np.full(n, np.nan if meta.get("quality") is None else meta["quality"], np.float32))
+        cols["quality_flag"].append(np.full(n, meta.get("quality_flag"), dtype=object))
+        cols["confidence"].append(np.full(n, np.nan if meta.get("confidence") is None else meta["confidence"], np.float32))
+        cols["synthetic"].append(np.full(n, meta.get("synthetic"), dtype=object))
+    dtypes = {"bed": object, "signal": object, "time": np.int64, "value": np.float32, "rate_hz": np.float32,
+              "quality": np.float32, "quality_flag": object, "confidence": np.float32, "synthetic": object}
     if not chunks:
-        arrays = {k: np.zeros(0, dtype=dt) for k, dt in
-                  (("bed", object), ("signal", object), ("time", np.int64), ("value", np.float32), ("rate_hz", np.float32))}
+        arrays = {k: np.zeros(0, dtype=dt) for k, dt in dtypes.items()}
     else:
         arrays = {k: np.concatenate(v) for k, v in cols.items()}
     order = np.lexsort((arrays["time"], arrays["signal"].astype(str), arrays["bed"].astype(str)))
@@ -251,6 +265,28 @@ def chunks_to_table(chunks: Sequence):
         "time": pa.array(arrays["time"], pa.timestamp("ns", tz="UTC")),
         "value": pa.array(arrays["value"], pa.float32()),
         "rate_hz": pa.array(arrays["rate_hz"], pa.float32()),
+        "quality": pa.array(arrays["quality"], pa.float32(), from_pandas=True),
+        "quality_flag": pa.array(list(arrays["quality_flag"]), pa.string()),
+        "confidence": pa.array(arrays["confidence"], pa.float32(), from_pandas=True),
+        "synthetic": pa.array(list(arrays["synthetic"]), pa.bool_()),
+    })
+
+
+def events_table(events: Sequence[dict]):
+    """One row per event of the events topic: what the outputs' quality and R-peaks were, span by span."""
+    import pyarrow as pa
+
+    def col(key, typ):
+        return pa.array([e.get(key) for e in events], typ)
+
+    return pa.table({
+        "bed": col("bed", pa.string()), "type": col("type", pa.string()), "signal": col("signal", pa.string()),
+        "time": pa.array([e.get("time_ns") for e in events], pa.timestamp("ns", tz="UTC")),
+        "end": pa.array([e.get("end_ns", e.get("until_ns")) for e in events], pa.timestamp("ns", tz="UTC")),
+        "reason": col("reason", pa.string()), "quality": col("quality", pa.float64()),
+        "quality_flag": col("quality_flag", pa.string()), "confidence": col("confidence", pa.float64()),
+        "hr_bpm": col("hr_bpm", pa.float64()), "n_peaks": pa.array([len(e.get("peaks_ns") or []) for e in events], pa.int32()),
+        "json": pa.array([json.dumps(e, separators=(",", ":")) for e in events], pa.string()),
     })
 
 
@@ -261,6 +297,8 @@ def write_parquet(data: Collected, out: Path) -> dict[str, Path]:
     for role, name in (("input", "input.parquet"), ("synth", "ecg_synth.parquet"), ("sr", "sr.parquet")):
         paths[role] = out / name
         pq.write_table(chunks_to_table(data.chunks[role]), paths[role])
+    paths["events"] = out / "events.parquet"
+    pq.write_table(events_table(data.events), paths["events"])
     return paths
 
 
@@ -387,7 +425,8 @@ def run(args) -> dict:
         worker = stack.enter_context(WorkerProcess(worker_env(broker.bootstrap, args), out / "worker.log"))
         print(f"[demo] worker started (pid {worker.proc.pid}, translator {args.translator}, log {out / 'worker.log'})",
               flush=True)
-        collector = Collector(broker.bootstrap, {"input": topics.WAVEFORMS, "synth": topics.ECG_SYNTH, "sr": topics.SR})
+        collector = Collector(broker.bootstrap, {"input": topics.WAVEFORMS, "synth": topics.ECG_SYNTH, "sr": topics.SR,
+                                                 "events": topics.EVENTS})
         collector.start()
         stack.callback(collector.stop)
 

@@ -164,9 +164,12 @@ class _Job:
 
 
 def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, int]:
-    """Source sample range `[a, b)` a window's quality is judged on: its emitted part +- `margin_s`."""
+    """Source sample range `[a, b)` a window's quality is judged on: its emitted part +- `margin_s`, widened back
+    into the window to at least `operators.quality.MIN_GOOD_S` (a flush emits a short tail: two beats are too few
+    to judge a pulse's shape and rhythm by)."""
     m = int(round(margin_s * w.rate_hz))
-    return max(0, w.emit_from - m), min(len(w.samples), w.emit_stop + m)
+    a, b = max(0, w.emit_from - m), min(len(w.samples), w.emit_stop + m)
+    return max(0, min(a, b - int(round(Q.MIN_GOOD_S * w.rate_hz)))), b
 
 
 class Pipeline:

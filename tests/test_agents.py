@@ -11,10 +11,12 @@ from stream.config import Settings
 
 
 class _Zeros:
+    """A stand-in translator with a waveform (a flat output is withheld by quality gating as a failed translation)."""
+
     name = "zeros"
 
     def translate(self, requests):
-        return [np.zeros(r.n_out, np.float32) for r in requests]
+        return [np.sin(np.arange(r.n_out) / 3.0).astype(np.float32) for r in requests]
 
 
 class _Topic:
