@@ -294,10 +294,14 @@ class Pipeline:
             result.window_tasks = [j.task for j in live]
             if len(outs) != len(requests):
                 raise RuntimeError(f"translator {self.model} returned {len(outs)} results for {len(requests)} requests")
-            for job, req, y in zip(live, requests, outs):
-                self._emit(job, req, np.asarray(y, dtype=np.float32), result)
+            # In window order: a withheld window advances its stream's R-peak reporting range before the next
+            # window of that stream reports (a batch can hold both).
+            translated = {id(j): (req, y) for j, req, y in zip(live, requests, outs)}
             for job in jobs:
-                if not (job.quality is None or job.quality.usable):
+                if id(job) in translated:
+                    req, y = translated[id(job)]
+                    self._emit(job, req, np.asarray(y, dtype=np.float32), result)
+                else:
                     self._withhold(job, result)
             result.n_windows = len(jobs)
         # Release tokens only now: their windows have been translated into `result`.

@@ -404,3 +404,103 @@ def test_outputs_carry_the_model_of_their_own_task():
     models = {(o.bed, o.kind): o.model for r in res for o in r.outputs}
     assert models == {("A", "synth"): "m-synth", ("B", "synth"): "m-synth", ("B", "sr"): "m-sr"}
     assert {e.fields["model"] for r in res for e in r.events if e.type == "rpeaks"} == {"m-synth"}
+
+
+# ---------------------------------------------------------------- quality gating
+OFF_S = (14.0, 26.0)
+
+
+def _probe_off_chunks(seconds=40.0):
+    rec = synthesize(seconds=seconds, seed=4)
+    ppg = rec.signals["PLETH"].copy()
+    a, b = int(OFF_S[0] * rec.rate_hz), int(OFF_S[1] * rec.rate_hz)
+    ppg[a:b] = ppg[a]
+    return chunks(ppg, rec.rate_hz)
+
+
+def _run_gated(cks, per_chunk: bool):
+    from operators.translator import load_translator
+
+    pipe = Pipeline(cfg(quality=True, tasks=("ppg2ecg",), lookahead_s=1.0), load_translator("classic"))
+    results = []
+    for c in cks:
+        pipe.push(c)
+        if per_chunk:
+            results.append(pipe.process())
+    results.append(pipe.process())
+    pipe.flush_all()
+    results.append(pipe.process())
+    return results
+
+
+@pytest.mark.parametrize("per_chunk", [True, False], ids=["batch-per-chunk", "one-batch"])
+def test_probe_off_span_is_withheld_with_an_event_and_no_rpeaks(per_chunk):
+    """A flat PPG (probe off) is never translated into a flat II_SYNTH or beats: its span has no published
+    samples and no R-peaks (also when clean windows after it are in the same batch), it is withheld as NaN, and
+    source_unusable events cover it."""
+    results = _run_gated(_probe_off_chunks(), per_chunk)
+    lo, hi = T0 + int(OFF_S[0] * 1e9), T0 + int(OFF_S[1] * 1e9)
+    t, v = collect(results, kind="synth")
+    assert len(t) and not np.any((t >= lo) & (t < hi)) and np.isfinite(v).all()
+    withheld = [o for r in results for o in r.withheld]
+    tw = np.concatenate([o.times_ns for o in withheld])
+    assert all(not o.usable and np.isnan(o.values).all() and o.quality_flag == "unusable" for o in withheld)
+    assert tw.min() <= lo + int(1e9) and tw.max() >= hi - int(1e9)
+    assert len(np.intersect1d(t, tw)) == 0 and len(t) + len(tw) == int(40.0 * 125)  # every sample once
+    events = [e for r in results for e in r.events]
+    unusable = [e for e in events if e.type == "source_unusable"]
+    assert unusable and {(e.signal, e.fields["reason"]) for e in unusable} == {("PLETH", "probe_off")}
+    assert all(e.fields["outputs"] == [SYNTH_SIGNAL] for e in unusable)
+    peaks = np.array([p for e in events if e.type == "rpeaks" for p in e.fields["peaks_ns"]])
+    assert len(peaks) > 20 and not np.any((peaks >= lo) & (peaks < hi))
+    rp = [e for e in events if e.type == "rpeaks"]
+    assert all(e.fields["quality_flag"] in ("good", "degraded") and 0 <= e.fields["confidence"] <= 1 for e in rp)
+    assert all(e.fields["hr_bpm"] is None for e in rp if e.fields["quality_flag"] != "good")
+    published = [o for r in results for o in r.outputs]
+    assert all(o.synthetic and o.quality_flag in ("good", "degraded") and o.confidence is not None for o in published)
+
+
+def test_clean_input_is_published_whole_and_good():
+    """Gating keeps clean input: every sample published, every window good with a heart rate."""
+    rec = synthesize(seconds=40.0, seed=4)
+    results = _run_gated(chunks(rec.signals["PLETH"], rec.rate_hz), per_chunk=False)
+    t, _ = collect(results, kind="synth")
+    assert len(t) == len(rec.signals["PLETH"]) and not [o for r in results for o in r.withheld]
+    rp = [e for r in results for e in r.events if e.type == "rpeaks"]
+    assert rp and sum(e.fields["quality_flag"] == "good" for e in rp) >= len(rp) - 1  # the flushed tail may not be
+    assert all(abs(e.fields["hr_bpm"] - 72) < 15 for e in rp if e.fields["hr_bpm"] is not None)
+
+
+def test_a_failed_translation_is_withheld_as_output_unusable():
+    """A translator returning a flat line for a clean PPG: not published; output_unusable names the output."""
+    rec = synthesize(seconds=20.0, seed=4)
+    pipe = Pipeline(cfg(quality=True, tasks=("ppg2ecg",)), type("Flat", (), {
+        "name": "flat", "translate": lambda self, reqs: [np.full(r.n_out, 0.38, np.float32) for r in reqs]})())
+    results = run_all(pipe, chunks(rec.signals["PLETH"], rec.rate_hz), tokens=False)
+    assert not [o for r in results for o in r.outputs]
+    ev = [e for r in results for e in r.events if e.type == "output_unusable"]
+    assert ev and all(e.signal == SYNTH_SIGNAL and e.fields["reason"] == "flat" for e in ev)
+    assert not [e for r in results for e in r.events if e.type == "rpeaks"]  # no beats from a flat line
+
+
+def test_events_match_the_published_schema():
+    """Every event the pipeline emits (R-peaks, withheld spans, gaps) validates against docs/events.schema.json,
+    once encoded as the worker publishes it."""
+    import json
+    from pathlib import Path
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from stream.sinks import encode_event
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "events.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    cks = _probe_off_chunks()
+    gap = [Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns + 3_000_000_000, c.seq, c.samples) for c in cks[30:]]
+    events = [e for r in _run_gated(cks[:30] + gap, per_chunk=True) for e in r.events]
+    assert {e.type for e in events} >= {"rpeaks", "source_unusable", "gap"}
+    for ev in events:
+        validator.validate(json.loads(encode_event(ev)))
+    bad = json.loads(encode_event(next(e for e in events if e.type == "source_unusable")))
+    bad["reason"] = "bad_luck"
+    assert not validator.is_valid(bad)

@@ -301,3 +301,51 @@ def test_output_signals_are_refused_as_input(encode, signal):
         wire.decode_input(data)
     assert err.value.reason == wire.OUTPUT_SIGNAL and signal in err.value.detail
     assert wire.decode_input(encode(make(signal="PLETH"))).chunk.signal == "PLETH"
+
+
+# ---------------------------------------------------------------- output metadata (docs/wire-format.md)
+META = {"synthetic": True, "quality": 0.93, "quality_flag": "good", "confidence": 0.81, "context_used": False,
+        "model": "classic"}
+
+
+@pytest.mark.parametrize("encode", [wire.encode_json, wire.encode_binary])
+def test_output_metadata_round_trips_and_v1_fields_are_unchanged(encode):
+    plain, tagged = make(signal="II_SYNTH"), make(signal="II_SYNTH", meta=dict(META))
+    back = wire.decode(encode(tagged))
+    assert back.meta == META
+    ref = wire.decode(encode(plain))
+    assert ref.meta == {}
+    # what a v1 reader uses is identical: the keys are additions, `v` stays 1
+    for f in ("bed_id", "signal", "rate_hz", "start_ns", "seq", "units", "age", "sex"):
+        assert getattr(back, f) == getattr(ref, f)
+    np.testing.assert_array_equal(back.samples, ref.samples)
+    if encode is wire.encode_json:
+        assert json.loads(encode(tagged))["v"] == 1
+
+
+@pytest.mark.parametrize("key,value", [("quality", 1.5), ("quality", float("nan")), ("quality_flag", "unusable"),
+                                       ("synthetic", "yes"), ("quality", True), ("model", ""), ("confidence", -0.1),
+                                       ("colour", "red")])
+def test_output_metadata_is_validated(key, value):
+    with pytest.raises(WireError) as err:
+        wire.encode_binary(make(meta={**META, key: value}))
+    assert err.value.reason == "wrong_type" and key in err.value.detail
+
+
+def test_schema_accepts_output_metadata(validator):
+    validator.validate(json.loads(wire.encode_json(make(signal="II_SYNTH", meta=dict(META)))))
+    assert not validator.is_valid({**json.loads(wire.encode_json(make(signal="II_SYNTH"))), "quality_flag": "unusable"})
+
+
+def test_published_output_chunks_carry_their_quality():
+    """sinks.encode_output: what the worker sends for a pipeline output."""
+    from stream.pipeline import OutputSeries
+    from stream.sinks import encode_output
+
+    out = OutputSeries(bed="bed-001", source_signal="PLETH", kind="synth", model="clmt", rate_hz=125.0,
+                       times_ns=T0 + np.arange(250) * 8_000_000, values=np.sin(np.arange(250) / 9).astype(np.float32),
+                       units="mV", quality=0.88, quality_flag="good", reason="ok", confidence=0.9, context_used=True)
+    for binary in (True, False):
+        c = wire.decode(encode_output(out, binary))
+        assert c.signal == "II_SYNTH" and c.meta == {"synthetic": True, "quality": 0.88, "quality_flag": "good",
+                                                     "confidence": 0.9, "context_used": True, "model": "clmt"}
