@@ -35,14 +35,14 @@ Pure numpy/scipy (operators layering); the synthesized ECG is produced by the ca
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import signal as sps
 
 from operators.context import select_context
-from operators.quality import ecg_quality, fill_nonfinite, ppg_quality
+from operators.quality import UNUSABLE, assess, fill_nonfinite, kind_of
 from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
 
@@ -117,7 +117,7 @@ class VerifierConfig:
     # fitted on all 300 shared Challenge records in real-time mode (benchmarks/alarm_eval.py; its
     # cross-validated scores are the estimate for unseen records)
     false_threshold: Mapping[str, float] = field(default_factory=lambda: {
-        ASYSTOLE: 1.0, BRADY: 0.75, TACHY: 0.5, VTACH: 0.3, VFIB: 1.0})
+        ASYSTOLE: 0.983, BRADY: 0.563, TACHY: 0.5, VTACH: 0.6, VFIB: 1.0})
     channels: tuple[str, ...] = ("ecg", "pulse", "synth")  # kinds of channel used (the ablation drops some)
 
     def threshold(self, alarm_type: str) -> float:
@@ -185,24 +185,23 @@ def _rounded(v: float | None, nd: int = 4) -> float | None:
 # ---------------------------------------------------------------- per-channel analysis
 
 
-def _quality(x: np.ndarray, rate_hz: float, kind: str):
-    return ecg_quality(x, rate_hz) if kind in ("ecg", "synth") else ppg_quality(x, rate_hz)
-
-
-def _window_quality(x: np.ndarray, rate_hz: float, kind: str, onset: int, a: int, b: int) -> tuple[float, bool, str]:
-    """Quality of x[a:b] in BLOCK_S blocks laid from the onset sample both ways: the share of blocks that pass,
-    whether the block ending at the onset (where the alarm's event is) passes, and the first failing reason."""
+def _window_quality(x: np.ndarray, rate_hz: float, name: str, onset: int, a: int, b: int) -> tuple[float, bool, str]:
+    """Quality of x[a:b] in BLOCK_S blocks laid from the onset sample both ways (`operators.quality.assess`;
+    a block passes unless it is unusable): the share of blocks that pass, whether the block ending at the
+    onset (where the alarm's event is) passes, and the reason of the first failing block."""
     n = max(1, int(round(BLOCK_S * rate_hz)))
     starts = [s for s in range(onset - n, a - 1, -n)] + [s for s in range(onset, b - n + 1, n)]
     if not starts:
         starts = [a]
     ok, reason, onset_ok = 0, "", False
+    kind = kind_of(name)
     for s in starts:
-        q = _quality(x[max(s, 0):s + n], rate_hz, kind)
-        ok += q.ok
+        q = assess(x[max(s, 0):s + n], rate_hz, kind)
+        passed = q.cls != UNUSABLE
+        ok += passed
         if s == onset - n or len(starts) == 1:
-            onset_ok = q.ok
-        if not q.ok and not reason:
+            onset_ok = passed
+        if not passed and not reason:
             reason = q.reason
     return ok / len(starts), onset_ok, reason
 
@@ -320,7 +319,8 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     `pulses` is the PLETH's (peaks, quality score, onset ok, reason): the synthesized ECG is only as good as
     the PLETH it is drawn from, and only its beats that a real pulse follows are beats (where PLETH has no
     pulse the translator fills in beats at the last rate: never evidence)."""
-    x, _ = fill_nonfinite(np.asarray(x, dtype=np.float64))
+    raw = np.asarray(x, dtype=np.float64)
+    x, _ = fill_nonfinite(raw)
     if kind == "pulse":
         peaks = detect_ppg_peaks(x, rate_hz)
     else:
@@ -332,7 +332,7 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
         followed = (j < len(ppeaks)) & (ppeaks[np.minimum(j, len(ppeaks) - 1)] <= peaks + hi)
         peaks = peaks[followed]
     else:
-        qscore, onset_ok, reason = _window_quality(x, rate_hz, kind, onset_idx, a, b)
+        qscore, onset_ok, reason = _window_quality(raw, rate_hz, name, onset_idx, a, b)
     inwin = peaks[(peaks >= a) & (peaks < b)]
     beats_s = (inwin - onset_idx) / rate_hz
     t_a, t_b = (a - onset_idx) / rate_hz, (b - onset_idx) / rate_hz
@@ -502,13 +502,6 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
         reason = "no good-quality channel contradicts or confirms the alarm"
         confidence = 0.5 * _clip01(1.0 - false_score / max(threshold, 1e-6))
     return AlarmVerdict(alarm_type, mode, verdict, confidence, false_score, threshold, window_s, chans, reason)
-
-
-def with_thresholds(cfg: VerifierConfig, thresholds: Mapping[str, float]) -> VerifierConfig:
-    """A copy of `cfg` with some per-type false thresholds replaced."""
-    merged = dict(cfg.false_threshold)
-    merged.update(thresholds)
-    return replace(cfg, false_threshold=merged)
 
 
 def challenge_score(y_true: Sequence[bool], keep: Sequence[bool]) -> dict:
