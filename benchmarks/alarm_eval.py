@@ -1,6 +1,7 @@
 """Cross-validated Challenge score of alarm verification (operators/alarms.py) on the shared 2015 records.
 
     python benchmarks/alarm_eval.py [--data ../shared/data/challenge2015] [--folds 5] [--out out/alarm_eval]
+    OMP_NUM_THREADS=1 python benchmarks/alarm_eval.py --runtime-every 10     # CPU time per alarm
 
 For every record and both modes the per-channel evidence is computed once (every ECG lead, PLETH, ABP and
 `II_SYNTH` drawn from PLETH by the translator loaded by spec, `--translator classic`). The only fitted
@@ -178,6 +179,26 @@ def report(rows: list[dict], k: int, seed: int) -> tuple[str, dict]:
     return "\n".join(lines), res
 
 
+def runtime(data: Path, every: int, translator: str) -> str:
+    """CPU time per alarm of `stream.alarms.check_record` (record reading included) on every `every`-th record,
+    with and without II_SYNTH; run with OMP_NUM_THREADS=1 for one core."""
+    from stream.alarms import check_record
+
+    names = (data / "RECORDS").read_text().split()[::every]
+    lines = []
+    for tr in (translator, None):
+        cpu = []
+        for name in names:
+            read_challenge_record(data / name)  # page cache warm: time the work, not the disk
+            t = time.process_time()
+            check_record(str(data / name), translator=tr)
+            cpu.append(time.process_time() - t)
+        cpu = 1000 * np.sort(cpu)
+        lines.append(f"II_SYNTH by {tr or 'none'}: {len(cpu)} records, CPU ms per alarm median {np.median(cpu):.0f} "
+                     f"p90 {cpu[int(0.9 * len(cpu))]:.0f} max {cpu[-1]:.0f}")
+    return "\n".join(lines)
+
+
 def cli(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "challenge2015")
@@ -187,10 +208,15 @@ def cli(argv=None) -> int:
     ap.add_argument("--translator", default="classic", help="translator spec for II_SYNTH")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "alarm_eval")
     ap.add_argument("--recompute", action="store_true", help="ignore the cached evidence")
+    ap.add_argument("--runtime-every", type=int, default=0,
+                    help="only time alarm-check's work on every N-th record (CPU time) and exit; 0: evaluate")
     a = ap.parse_args(argv)
     if not (a.data / "RECORDS").exists():
         print(f"alarm_eval: no Challenge records at {a.data} (RECORDS missing)", file=sys.stderr)
         return 2
+    if a.runtime_every > 0:
+        print(runtime(a.data, a.runtime_every, a.translator))
+        return 0
     cache = a.out / f"evidence-{a.translator}-wait{a.wait_s:g}.json"
     if a.recompute and cache.exists():
         cache.unlink()
