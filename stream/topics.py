@@ -34,15 +34,11 @@ def ensure_topics(
     Extra keyword arguments (security_protocol, sasl_*, ssl_*) go to kafka-python's admin client.
     Existing topics are left alone (their partition count is not changed).
     """
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     names = list(dict.fromkeys(names))
-    opts = dict(client_id="wavebridge-topics", request_timeout_ms=int(timeout_s * 1000),
-                bootstrap_timeout_ms=int(timeout_s * 1000))
-    opts.update(kafka_security_kwargs)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **opts)
+    admin = _admin(bootstrap, timeout_s, **kafka_security_kwargs)
     try:
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
@@ -62,12 +58,7 @@ def ensure_topics(
 
 def missing_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0, **kafka_security_kwargs) -> list[str]:
     """The names among `names` that the cluster does not have (a metadata request; creates nothing)."""
-    from kafka import KafkaAdminClient
-
-    opts = dict(client_id="wavebridge-topics", request_timeout_ms=int(timeout_s * 1000),
-                bootstrap_timeout_ms=int(timeout_s * 1000))
-    opts.update(kafka_security_kwargs)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **opts)
+    admin = _admin(bootstrap, timeout_s, **kafka_security_kwargs)
     try:
         existing = set(admin.list_topics())
     finally:
@@ -90,6 +81,15 @@ def prepare_topics(settings, names: Iterable[str]) -> list[str]:
         raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {s.broker}: create them "
                           f"(docs/deploy.md), fix WAVEBRIDGE_TOPIC_*, or set WAVEBRIDGE_CREATE_TOPICS=true")
     return []
+
+
+def _admin(bootstrap: str, timeout_s: float, **kafka_security_kwargs):
+    from kafka import KafkaAdminClient
+
+    opts = dict(client_id="wavebridge-topics", request_timeout_ms=int(timeout_s * 1000),
+                bootstrap_timeout_ms=int(timeout_s * 1000))
+    opts.update(kafka_security_kwargs)
+    return KafkaAdminClient(bootstrap_servers=bootstrap, **opts)
 
 
 def _wait_visible(admin, names: list[str], timeout_s: float) -> None:
