@@ -133,3 +133,32 @@ def test_a_second_assignment_in_generation_minus_one_neither_loses_nor_dead_lett
     sr = [wire.decode(v) for name, v, _ in app.sent if name == settings.topic_sr]
     starts = sorted(c.start_ns for c in sr)
     assert starts[0] == 0 and len(set(starts)) == len(starts)  # from the first chunk on, each output once
+
+
+def test_dead_letters_log_a_line_per_reason_per_interval_without_the_value(caplog):
+    """One WARNING per dead letter, each echoing the rejected value (bed ids, units, ...), flooded the log."""
+
+    class _Bad(_Event):
+        def __init__(self, offset, value):
+            super().__init__(offset, 1)
+            self.value = value
+
+    async def scenario():
+        app = _App()
+        settings = Settings(influx_enabled=False, tasks=("sr",), log_repeat_s=3600)
+        rt = WorkerRuntime(app, settings, translator=_Zeros())
+        await rt.start()
+        bad = [_Bad(i, b'{"bed_id":"SECRET-NAME-%d","signal":"II"' % i) for i in range(50)]  # truncated JSON
+        bad += [_Bad(50 + i, b'{"v":1,"bed_id":"SECRET bed","signal":"II","rate_hz":100,"start_ns":1,"seq":0,'
+                             b'"samples":[1]}') for i in range(30)]
+        await rt.handle_events(bad)
+        await rt.stop()
+        return app, settings, bad
+
+    with caplog.at_level("WARNING", logger="wavebridge.worker"):
+        app, settings, bad = asyncio.run(scenario())
+    dlq = [r for r in caplog.records if "dead-letter" in r.getMessage()]
+    assert [r.getMessage().split(": ")[-1] for r in dlq] == ["bad_json", "bad_bed_id"]
+    assert not any("SECRET" in r.getMessage() for r in caplog.records)
+    assert len([1 for name, _, _ in app.sent if name == settings.topic_dlq]) == 80  # every one dead-lettered
+    assert all(e.acked for e in bad)
