@@ -241,6 +241,49 @@ def sustained(results: list[StepResult]) -> float:
     return best
 
 
+# ------------------------------------------------------------------ memory per bed
+
+
+def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = "passthrough") -> dict:
+    """Bytes of worker state per bed, measured in-process (tracemalloc) on the worker's own pipeline.
+
+    `n_beds` beds each get `seconds` of the recording (II and PLETH, 1 s chunks) with the worker's default
+    settings, so every bed holds full window buffers and a full patient-context store ("active"); then every
+    stream is idle-flushed ("idle": what a bed that stopped sending keeps until WAVEBRIDGE_BED_EVICT_S), then
+    evicted ("evicted": what is left of it). Translation is `passthrough`: the model's own memory is per worker,
+    not per bed.
+    """
+    import tracemalloc
+
+    from operators.translator import load_translator
+    from stream.config import Settings
+    from stream.pipeline import Pipeline, PipelineConfig
+    from stream.replay import iter_all_chunks, plan_beds
+
+    settings = Settings(translator=translator, window_s=WINDOW_S, hop_s=HOP_S)
+    now = [0.0]
+    pipe = Pipeline(PipelineConfig.from_settings(settings), load_translator(translator), clock=lambda: now[0])
+    plan = plan_beds([recording], n_beds, "mem")
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i, chunk in enumerate(iter_all_chunks(plan, 1.0, 1_750_000_000_000_000_000, None, None, seconds)):
+        pipe.push(chunk)
+        if i % (2 * n_beds) == 2 * n_beds - 1:  # one batch per second of signal, as the worker would take them
+            pipe.process()
+    pipe.process()
+    active = tracemalloc.get_traced_memory()[0] - base
+    now[0] = 1e9  # every stream silent for longer than the idle flush
+    pipe.flush_idle()
+    pipe.process()
+    idle = tracemalloc.get_traced_memory()[0] - base
+    now[0] = 2e9  # past the eviction time too
+    pipe.flush_idle()
+    evicted = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return {"beds": n_beds, "seconds": seconds, "active_bytes_per_bed": round(active / n_beds),
+            "idle_bytes_per_bed": round(idle / n_beds), "evicted_bytes_per_bed": round(evicted / n_beds)}
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -275,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-s", type=float, default=None,
                    help="wait this long after a step's replay for all messages (default idle flush + p99 bound + 10 s)")
     p.add_argument("--full-ramp", action="store_true", help="continue the ramp after the first failing step")
+    p.add_argument("--memory-beds", type=int, default=50, help="beds for the in-process bytes-per-bed measurement")
+    p.add_argument("--memory-only", action="store_true", help="only measure bytes per bed (no services, seconds)")
     p.add_argument("--out", default="out/bench", help="folder for logs and stream_bench.json")
     return p
 
@@ -293,6 +338,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recording, source = load_recording(args.record)
+    mem = bed_memory(recording, args.memory_beds)
+    print(f"memory per bed ({mem['beds']} beds, {mem['seconds']:g} s of II+PLETH each, in-process): "
+          f"{mem['active_bytes_per_bed']:,} bytes active, {mem['idle_bytes_per_bed']:,} idle (after the idle flush), "
+          f"{mem['evicted_bytes_per_bed']:,} after WAVEBRIDGE_BED_EVICT_S; 10,000 idle beds: "
+          f"{mem['idle_bytes_per_bed'] * 10_000 / 2**20:.0f} MiB", flush=True)
+    if args.memory_only:
+        return 0
     print(f"recording: {source}; ramp {args.beds} beds x{args.speed:g}, {args.duration:g} s each; "
           f"cores: {os.cpu_count()}", flush=True)
 
@@ -340,7 +392,7 @@ def main(argv=None) -> int:
                 f"{tr} {r.p50_s:.2f}/{r.p99_s:.2f} s" for tr, r in at.items()))
     report = {"recording": source, "args": {k: v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),
               "steps": {tr: [asdict(r) for r in rows] for tr, rows in all_results.items()},
-              "beds_sustained": summary, "ratio": ratio}
+              "beds_sustained": summary, "ratio": ratio, "memory_per_bed": mem}
     (out / "stream_bench.json").write_text(json.dumps(report, indent=2))
     print(f"details: {out / 'stream_bench.json'}")
     return 0

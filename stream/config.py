@@ -137,6 +137,7 @@ class Settings:
     batch_size: int = 64
     batch_wait_s: float = 0.2
     idle_flush_s: float = 10.0
+    bed_evict_s: float = 600.0  # a bed silent this long is forgotten (bounded memory); 0: never
     # --- translation -----------------------------------------------------------------------
     translator: str = "clmt"  # the shipped model (models/weights); "classic" needs no torch
     device: str = "auto"
@@ -279,6 +280,7 @@ class Settings:
         num("BATCH_SIZE", "batch_size", int)
         num("BATCH_WAIT_S", "batch_wait_s")
         num("IDLE_FLUSH_S", "idle_flush_s")
+        num("BED_EVICT_S", "bed_evict_s")
 
         text("TRANSLATOR", "translator")
         text("DEVICE", "device")
@@ -405,6 +407,8 @@ class Settings:
             raise bad("BATCH_WAIT_S", "must be >= 0")
         if self.idle_flush_s <= 0:
             raise bad("IDLE_FLUSH_S", "must be > 0")
+        if self.bed_evict_s < 0 or (self.bed_evict_s and self.bed_evict_s <= self.idle_flush_s):
+            raise bad("BED_EVICT_S", f"must be 0 (never) or longer than IDLE_FLUSH_S ({self.idle_flush_s:g} s)")
 
         if not self.translator:
             raise bad("TRANSLATOR", "must not be empty")

@@ -47,6 +47,8 @@ class PipelineConfig:
     sr_below_hz: float = 100.0
     context_s: float = 10.0
     idle_flush_s: float = 10.0
+    # A bed silent this long is forgotten (windows, context, seq state): bounded memory under bed churn. 0: never.
+    bed_evict_s: float = 600.0
     # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
     ppg2ecg_rate_hz: float | None = None
     # signals to super-resolve when slow; None: any input signal
@@ -57,7 +59,8 @@ class PipelineConfig:
     @classmethod
     def from_settings(cls, s) -> "PipelineConfig":
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
-                   sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s)
+                   sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
+                   bed_evict_s=s.bed_evict_s)
 
 
 @dataclass
@@ -189,6 +192,7 @@ class Pipeline:
         self._immediate: list = []  # tokens with nothing to emit (unrouted signal, empty chunk)
         self._demo: dict[str, tuple[float | None, str | None]] = {}
         self._seq: dict[tuple[str, str], int] = {}
+        self._bed_seen: dict[str, float] = {}  # bed -> clock() of its last chunk, any signal
         self._contexts = _BedContexts(config.context_s) if context_provider is None else None
         self._context_provider = context_provider
 
@@ -210,6 +214,7 @@ class Pipeline:
         """Buffer one `wire.Chunk`. `token` comes back in a later `BatchResult.completed` (or
         `.rejected`) once every sample of the chunk has been emitted."""
         bed, sig = chunk.bed_id, chunk.signal
+        self._bed_seen[bed] = self.clock()
         if chunk.age is not None or chunk.sex is not None:
             self._demo[bed] = (chunk.age, chunk.sex)
         if self._contexts is not None:
@@ -238,14 +243,39 @@ class Pipeline:
                 st.pending.append((st.windower.expected_next_ns, token))
 
     def flush_idle(self, now: float | None = None) -> int:
-        """Flush every stream silent for `idle_flush_s`; returns how many were flushed."""
+        """Flush every stream silent for `idle_flush_s` and forget beds silent for `bed_evict_s`; returns how many
+        streams were flushed."""
         now = self.clock() if now is None else now
         n = 0
         for st in self._streams.values():
             if not st.flushed and now - st.last_push >= self.config.idle_flush_s:
                 self._flush(st)
                 n += 1
+        self._evict(now)
         return n
+
+    def _evict(self, now: float) -> int:
+        """Forget every bed silent for `bed_evict_s` whose streams are flushed and released (an idle bed keeps
+        its window overlap and patient context, ~50 KB, otherwise for ever). A bed that returns starts anew, as it
+        would after any gap that long; only a duplicate of a chunk from before its eviction is no longer caught."""
+        if not self.config.bed_evict_s:
+            return 0
+        old = {b for b, seen in self._bed_seen.items() if now - seen >= self.config.bed_evict_s}
+        if not old:
+            return 0
+        busy = {j.stream.bed for j in self._jobs} | {st.bed for st in self._streams.values()
+                                                     if st.bed in old and (not st.flushed or st.pending)}
+        old -= busy
+        for key in [k for k in self._streams if k[0] in old]:
+            del self._streams[key]
+        for key in [k for k in self._seq if k[0] in old]:
+            del self._seq[key]
+        for bed in old:
+            del self._bed_seen[bed]
+            self._demo.pop(bed, None)
+            if self._contexts is not None:
+                self._contexts.drop(bed)
+        return len(old)
 
     def flush_all(self) -> None:
         """End of input: emit every buffered tail (offline mode, tests)."""
@@ -258,6 +288,7 @@ class Pipeline:
         committed offsets). Returns the tokens that were still pending."""
         tokens = [t for st in self._streams.values() for _, t in st.pending]
         self._streams.clear()
+        self._bed_seen.clear()
         self._jobs.clear()
         self._events.clear()
         self._rejected.clear()
@@ -488,6 +519,10 @@ class _BedContexts:
         self.context_s = context_s
         self._stores: dict[str, Any] = {}
         self._cache: dict[str, tuple[PairedContext | None, int]] = {}
+
+    def drop(self, bed: str) -> None:
+        self._stores.pop(bed, None)
+        self._cache.pop(bed, None)
 
     def add(self, bed: str, signal: str, chunk) -> None:
         if self.context_s <= 0 or signal not in (ECG, PPG):

@@ -504,3 +504,30 @@ def test_events_match_the_published_schema():
     bad = json.loads(encode_event(next(e for e in events if e.type == "source_unusable")))
     bad["reason"] = "bad_luck"
     assert not validator.is_valid(bad)
+
+
+def test_a_bed_silent_past_the_eviction_time_is_forgotten_and_can_start_again():
+    """Idle beds keep window overlap and patient context (~50 KB each) until evicted: a hospital's bed churn must
+    not grow a worker without bound. Eviction waits until the bed's tail is flushed and its tokens released."""
+    now = [0.0]
+    pipe = Pipeline(cfg(idle_flush_s=3.0, bed_evict_s=60.0, context_s=10.0), RecordingTranslator(),
+                    clock=lambda: now[0])
+    ones = np.ones(125, np.float32)
+    for seq in range(13):  # 13 s: the last second waits for the flush
+        for bed in ("A", "B"):
+            pipe.push(Chunk(bed, "PLETH", 125.0, T0 + seq * 10**9, seq, ones), token=(bed, seq))
+            pipe.push(Chunk(bed, "II", 125.0, T0 + seq * 10**9, seq, ones))
+    pipe.process()
+    now[0] = 59.0
+    pipe.push(Chunk("B", "PLETH", 125.0, T0 + 13 * 10**9, 13, ones), token=("B", 13))
+    assert pipe.flush_idle() == 1  # A's tail: flushed, not yet released
+    pipe.flush_idle(now=61.0)
+    assert {k[0] for k in pipe._streams} == {"A", "B"}  # A's flushed windows are still to be processed
+    done = pipe.process().completed
+    assert ("A", 12) in done
+    now[0] = 61.0
+    pipe.flush_idle()
+    assert {k[0] for k in pipe._streams} == {"B"} and set(pipe._contexts._stores) == {"B"}
+    assert not any(k[0] == "A" for k in pipe._seq)
+    pipe.push(Chunk("A", "PLETH", 125.0, T0 + 3 * 10**9, 3, ones), token=("A", 3))  # back, from an older seq
+    assert pipe.process().rejected == []
