@@ -319,7 +319,9 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
     import pyarrow.parquet as pq
 
     inp, syn, sr = (pq.read_table(paths[k]) for k in ("input", "synth", "sr"))
-    fig, axes = plt.subplots(3, 1, figsize=(13, 8.5), constrained_layout=True)
+    events = pq.read_table(paths["events"]).to_pandas() if "events" in paths and Path(paths["events"]).exists() else None
+    fig, axes = plt.subplots(4, 1, figsize=(13, 10.5), constrained_layout=True,
+                             gridspec_kw={"height_ratios": [1, 1, 1, 0.6]})
     fig.suptitle("wavebridge demo: input vs. output (true timestamps)", fontsize=13)
 
     def window(t: np.ndarray) -> tuple[float, float]:
@@ -350,8 +352,8 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
                 axes[1].patch.set_visible(False)
                 twin_lines = ax2.lines
             axes[0].set_title(f"{main_bed}: PPG in", loc="left", fontsize=10)
-            axes[1].set_title(f"{main_bed}: synthesized ECG out (grey: the measured ECG at the same time)",
-                              loc="left", fontsize=10)
+            axes[1].set_title(f"{main_bed}: II_SYNTH, synthesized from the PPG: not a measured or diagnostic lead "
+                              f"(grey: the measured ECG)", loc="left", fontsize=10)
     if sr_bed:
         sig = next((s for s in ("PLETH_SR", "II_SR") if len(_series(sr, sr_bed, s)[0])), None)
         if sig:
@@ -367,6 +369,10 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
             m = (tl / 1e9 >= lo) & (tl / 1e9 < hi)
             ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({SR_INPUT_HZ:g} Hz)")
             ax.set_title(f"{sr_bed}: super-resolution of a {SR_INPUT_HZ:g} Hz monitor", loc="left", fontsize=10)
+    if t0 is not None:
+        _plot_quality(axes, t0, view_s, [(syn, main_bed, "II_SYNTH", "tab:red", 1),
+                                         (sr, sr_bed, next((s for s in ("PLETH_SR", "II_SR") if sr_bed and len(
+                                             _series(sr, sr_bed, s)[0])), None), "tab:green", 2)], events)
     for i, ax in enumerate(axes):
         if ax.lines:
             handles = ax.lines + (twin_lines if i == 1 else [])
@@ -379,6 +385,38 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
     axes[-1].set_xlabel("time (s) from the start of the plotted stretch")
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+
+
+def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None:
+    """Bottom panel: each output's quality score and confidence over the plotted stretch; spans withheld for an
+    unusable source shaded (with the reason) on the output's panel and here."""
+    import pyarrow.compute as pc
+
+    qax = axes[-1]
+    lo, hi = t0, t0 + view_s
+    for table, bed, sig, color, row in outputs:
+        if not bed or not sig:
+            continue
+        sel = table.filter(pc.and_(pc.equal(table["bed"], bed), pc.equal(table["signal"], sig)))
+        t = sel["time"].cast("int64").to_numpy() / 1e9
+        m = (t >= lo) & (t < hi)
+        if m.any():
+            qax.plot(t[m] - t0, sel["quality"].to_numpy(zero_copy_only=False)[m], color=color, lw=1.5,
+                     label=f"{bed} {sig} quality")
+            qax.plot(t[m] - t0, sel["confidence"].to_numpy(zero_copy_only=False)[m], color=color, lw=1.0, ls="--",
+                     label=f"{sig} confidence")
+        if events is not None and len(events):
+            bad = events[(events["bed"] == bed) & events["type"].isin(["source_unusable", "output_unusable"])]
+            for _, ev in bad.iterrows():
+                a, b = ev["time"].value / 1e9, ev["end"].value / 1e9
+                if b > lo and a < hi:
+                    for ax in (axes[row], qax):
+                        ax.axvspan(max(a, lo) - t0, min(b, hi) - t0, color="0.85", zorder=0)
+                    axes[row].text(max(a, lo) - t0, 0.95, f"withheld: {ev['reason']}", transform=axes[row].get_xaxis_transform(),
+                                   fontsize=8, va="top")
+    qax.set_ylim(-0.05, 1.05)
+    qax.set_ylabel("0-1")
+    qax.set_title("quality (solid), confidence (dashed); grey: withheld", loc="left", fontsize=10)
 
 
 # ------------------------------------------------------------------ main flow

@@ -82,7 +82,8 @@ def output_lines(out) -> list[str]:
     tags = {"bed": out.bed, "signal": out.influx_signal, "kind": out.kind, "model": out.model}
     lines = series_lines(WAVEFORM, tags, out.times_ns, out.values)
     if out.quality is not None and len(out.times_ns):
-        fields = {"score": float(out.quality), "flag": out.quality_flag, "reason": out.reason, "usable": bool(out.usable),
+        fields = {"score": float(out.quality), "flag": out.quality_flag or None, "reason": out.reason or None,
+                  "usable": bool(out.usable),
                   "confidence": out.confidence, "context_used": bool(out.context_used), "synthetic": bool(out.synthetic),
                   "end_ns": int(out.times_ns[-1])}
         lines.append(f"{QUALITY},{_tagset(tags)} {_fields(fields)} {int(out.times_ns[0])}")
@@ -349,7 +350,7 @@ def out_chunk(out):
     from stream.wire import Chunk
 
     meta = {"synthetic": bool(out.synthetic), "quality": out.quality, "quality_flag": out.quality_flag or None,
-            "confidence": out.confidence, "context_used": bool(out.context_used), "model": out.model or None}
+            "quality_reason": out.reason or None, "confidence": out.confidence, "context_used": bool(out.context_used), "model": out.model or None}
     return Chunk(bed_id=out.bed, signal=out.topic_signal, rate_hz=float(out.rate_hz), start_ns=int(out.times_ns[0]),
                  seq=int(out.seq), samples=np.asarray(out.values, dtype=np.float32), units=out.units or "",
                  meta={k: v for k, v in meta.items() if v is not None})
@@ -402,9 +403,13 @@ def decode_output(value: bytes, headers: dict[str, bytes]):
         if len(a) != n:
             raise ValueError(f"{HEADER_TIME_ADJUST}: {len(a)} values for {n} samples")
         times = times + a.astype(np.int64)
-    model = (headers.get(HEADER_MODEL) or b"").decode("utf-8", "replace")
+    meta = chunk.meta
+    model = (headers.get(HEADER_MODEL) or b"").decode("utf-8", "replace") or meta.get("model", "")
     return OutputSeries(bed=chunk.bed_id, source_signal=source, kind=kind, model=model, rate_hz=float(chunk.rate_hz),
-                        times_ns=times, values=chunk.samples, seq=chunk.seq, units=chunk.units)
+                        times_ns=times, values=chunk.samples, seq=chunk.seq, units=chunk.units,
+                        quality=meta.get("quality"), quality_flag=meta.get("quality_flag", ""),
+                        reason=meta.get("quality_reason", ""), confidence=meta.get("confidence"),
+                        context_used=bool(meta.get("context_used", False)))
 
 
 def encode_event(ev) -> bytes:

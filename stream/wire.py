@@ -69,6 +69,7 @@ OUTPUT_META = {
     "synthetic": ((bool,), lambda v: True, "true or false"),
     "quality": ((int, float), lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "quality_flag": ((str,), lambda v: v in QUALITY_FLAGS, f"one of {', '.join(QUALITY_FLAGS)}"),
+    "quality_reason": ((str,), lambda v: 0 < len(v) <= 32, "1-32 chars (operators.quality.REASONS)"),
     "confidence": ((int, float), lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "context_used": ((bool,), lambda v: True, "true or false"),
     "model": ((str,), lambda v: 0 < len(v) <= MAX_MODEL_LEN, f"1-{MAX_MODEL_LEN} chars"),
@@ -92,7 +93,8 @@ class Chunk:
     units: str = ""
     age: float | None = None
     sex: str | None = None  # "M" / "F"
-    # Output chunks only (keys of OUTPUT_META): synthetic, quality, quality_flag, confidence, context_used, model.
+    # Output chunks only (keys of OUTPUT_META): synthetic, quality, quality_flag, quality_reason, confidence,
+    # context_used, model.
     meta: dict = field(default_factory=dict)
 
     def end_ns(self) -> int:

@@ -104,6 +104,11 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     assert t_out.min() >= t_in.min() and t_out.max() <= t_in.max()
     assert len(t_out) >= 0.9 * n
     assert syn[syn.bed == "bed-001"]["value"].std() > 0
+    # quality next to the outputs: every published sample says how good its window was and that it is synthetic
+    assert syn["quality"].between(0, 1).all() and set(syn["quality_flag"]) <= {"good", "degraded"}
+    assert syn["synthetic"].all() and not sr["synthetic"].any() and syn["confidence"].between(0, 1).all()
+    ev = pq.read_table(out / "events.parquet").to_pandas()
+    assert (ev["type"] == "rpeaks").any() and ev[ev.type == "rpeaks"]["quality_flag"].notna().all()
 
     # Super-resolution only for the 25 Hz bed, at 100 Hz, and on the true time axis: it must match
     # the full-rate PLETH of bed-001 (same recording, same start time) sampled at its timestamps.

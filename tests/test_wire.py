@@ -304,8 +304,8 @@ def test_output_signals_are_refused_as_input(encode, signal):
 
 
 # ---------------------------------------------------------------- output metadata (docs/wire-format.md)
-META = {"synthetic": True, "quality": 0.93, "quality_flag": "good", "confidence": 0.81, "context_used": False,
-        "model": "classic"}
+META = {"synthetic": True, "quality": 0.93, "quality_flag": "good", "quality_reason": "ok", "confidence": 0.81,
+        "context_used": False, "model": "classic"}
 
 
 @pytest.mark.parametrize("encode", [wire.encode_json, wire.encode_binary])
@@ -348,4 +348,10 @@ def test_published_output_chunks_carry_their_quality():
     for binary in (True, False):
         c = wire.decode(encode_output(out, binary))
         assert c.signal == "II_SYNTH" and c.meta == {"synthetic": True, "quality": 0.88, "quality_flag": "good",
-                                                     "confidence": 0.9, "context_used": True, "model": "clmt"}
+                                                     "quality_reason": "ok", "confidence": 0.9, "context_used": True,
+                                                     "model": "clmt"}
+    # the InfluxDB sink (stream.influxsink) rebuilds the series from the message: the quality point survives
+    from stream.sinks import decode_output, output_lines
+
+    assert [x for x in output_lines(decode_output(encode_output(out, True), {})) if x.startswith("quality,")] == \
+        [x for x in output_lines(out) if x.startswith("quality,")]
