@@ -263,12 +263,17 @@ def test_the_sink_agent_makes_the_same_points_from_the_topics_as_from_the_pipeli
     outs = [series([0.5, np.nan, -2.25, 1e-7, 3.0, 4.0], bed="bed-1"), series(np.linspace(-1, 1, 720), kind="sr", source="II", rate=360.0, bed="bed-2"),
             series([1.0, 2.0], kind="sr", source="PLETH", rate=100.0, bed="bed-3")]
     outs[1].times_ns = seg
+    # a window's quality travels in the message (wire.OUTPUT_META) to its `quality` point
+    outs[0].quality, outs[0].quality_flag, outs[0].reason, outs[0].confidence = 0.5, "degraded", "flat_ppg", 0.75
+    outs[0].context_used = True
+    outs[2].quality, outs[2].quality_flag, outs[2].reason = 0.9, "good", "ok"
     for out in outs:
         value = sinks.encode_output(out, binary)
         headers = sinks.output_headers(out)
         assert message_points(OUTPUT, value, headers) == sinks.output_lines(out)
     assert sum(name == sinks.HEADER_TIME_ADJUST for name, _ in sinks.output_headers(outs[1])) == 1
     assert [name for name, _ in sinks.output_headers(outs[0])] == [sinks.HEADER_MODEL]  # on the chunk grid
+    assert sum(line.startswith("quality,") for out in outs for line in sinks.output_lines(out)) == 2
     events = [PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"peaks_ns": [T0 + 5, T0 + 900], "hr_bpm": 66.5,
                                                              "model": "m", "until_ns": T0 + 10**9}),
               PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"peaks_ns": [], "hr_bpm": float("nan"), "model": "m"}),
