@@ -17,11 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from operators.translator import PPG2ECG, SR
 from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
 from stream.config import Settings
 from stream.logthrottle import Throttle
 from stream.pipeline import BatchResult, Pipeline, PipelineConfig
+
+TASK_OF_KIND = {"synth": PPG2ECG, "sr": SR}  # OutputSeries.kind -> translator task
 
 log = logging.getLogger("wavebridge.worker")
 
@@ -245,6 +248,9 @@ class WorkerRuntime:
             metrics.MODEL_SECONDS_PER_WINDOW.observe(result.model_s / result.n_windows)
             for task in set(result.window_tasks):
                 metrics.MODEL_WINDOWS.labels(task).inc(result.window_tasks.count(task))
+        for out in result.outputs + result.withheld:  # published and withheld windows, by quality class
+            if out.quality_flag:
+                metrics.observe_quality(TASK_OF_KIND[out.kind], out.quality_flag)
         return result
 
     async def _deliver(self, result: BatchResult, dead: list) -> None:

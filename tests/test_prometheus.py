@@ -135,6 +135,7 @@ def test_promql_reports_what_the_worker_did(run, capsys):
     measurements = [r["name"] for r in w.influx.query("SHOW MEASUREMENTS", w.db)]
     assert {"waveform", "rpeak", "hr", "stream_event", "alarm_verdict"} <= set(measurements)
     influx_points = sum(count(w.influx, w.db, m) for m in measurements)
+    usable_quality_points = w.influx.query("SELECT count(score) FROM quality WHERE usable = true", w.db)[0]["count"]
     window = f"{int(time.time() - run.started_s) + 5}s"
     checks = [  # (PromQL, expected value or predicate)
         ('up{job="wavebridge"}', 1),
@@ -158,6 +159,9 @@ def test_promql_reports_what_the_worker_did(run, capsys):
         (f'count(wavebridge_consumer_lag_messages{{topic="{alarms}"}})', 2),
         (f'max(wavebridge_consumer_lag_messages{{topic="{alarms}"}})', 0),
         ("sum(wavebridge_alarm_verdicts_total)", 1),
+        # every published output window has a quality class, and one quality point in InfluxDB
+        ('sum(wavebridge_quality_windows_total{quality!="unusable"})', usable_quality_points),
+        ('sum(wavebridge_quality_windows_total{quality="good"})', lambda v: v > 0),
         (f'sum(wavebridge_messages_out_total{{topic="{w.topics["verdicts"]}"}})', 1),
         (f'max(wavebridge_consumer_lag_messages{{topic="{topic}"}})', 0),
         # lag was really measured while input waited for its window, and never went negative
@@ -235,7 +239,8 @@ def test_dashboard_is_provisionable_json():
     queries = dashboard_queries()
     assert {ds for _, ds, _ in queries} == {"influxdb", "prometheus"}
     titles = " ".join(t.lower() for t, _, _ in queries)
-    for topic in ("synthesized", "heart rate", "lag", "throughput", "errors", "latency", "anomalies", "alarm verdicts"):
+    for topic in ("synthesized", "heart rate", "lag", "throughput", "errors", "latency", "anomalies", "alarm verdicts",
+                  "quality"):
         assert topic in titles, f"the dashboard has no {topic} panel"
 
 
