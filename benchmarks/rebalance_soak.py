@@ -63,7 +63,8 @@ def worker_env(bootstrap: str, influx, db: str, prefix: str, args) -> dict[str, 
         "WAVEBRIDGE_SESSION_TIMEOUT_S": "6", "WAVEBRIDGE_HEARTBEAT_S": "1",
         "WAVEBRIDGE_TOPIC_INPUT": f"{prefix}.waveforms", "WAVEBRIDGE_TOPIC_ECG_SYNTH": f"{prefix}.ecg-synth",
         "WAVEBRIDGE_TOPIC_SR": f"{prefix}.sr", "WAVEBRIDGE_TOPIC_EVENTS": f"{prefix}.events",
-        "WAVEBRIDGE_TOPIC_DLQ": f"{prefix}.dlq",
+        "WAVEBRIDGE_TOPIC_DLQ": f"{prefix}.dlq", "WAVEBRIDGE_TOPIC_ALARMS": f"{prefix}.alarms",
+        "WAVEBRIDGE_TOPIC_VERDICTS": f"{prefix}.verdicts",
         "WAVEBRIDGE_INFLUX_URL": influx.url, "WAVEBRIDGE_INFLUX_BUCKET": db, "WAVEBRIDGE_INFLUX_TOKEN": "soak",
         "WAVEBRIDGE_RETRY_INITIAL_S": "0.2", "WAVEBRIDGE_RETRY_MAX_S": "1",
         "WAVEBRIDGE_TRANSLATOR": args.translator, "WAVEBRIDGE_IDLE_FLUSH_S": "2",
@@ -140,7 +141,8 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
 
     prefix = f"soak{i:02d}{uuid.uuid4().hex[:6]}"
     db = f"soak_{prefix}"
-    ensure_topics(broker.bootstrap, [f"{prefix}.{t}" for t in ("waveforms", "ecg-synth", "sr", "events", "dlq")],
+    ensure_topics(broker.bootstrap, [f"{prefix}.{t}" for t in ("waveforms", "ecg-synth", "sr", "events", "dlq",
+                                                                   "alarms", "verdicts")],
                   partitions=args.partitions)
     influx.server.create_database(db)
     env = worker_env(broker.bootstrap, influx, db, prefix, args)

@@ -64,6 +64,7 @@ class StepResult:
     samples_per_s: float
     sustained: bool
     why: str = ""
+    cpu: dict | None = None  # seconds by stage over the step, and the worker process's CPU seconds
 
 
 # ------------------------------------------------------------------ services
@@ -123,13 +124,16 @@ def _worker_env(bootstrap: str, influx: InfluxStack, db: str, topics: dict[str, 
         "WAVEBRIDGE_INFLUX_TOKEN": "bench",
         "WAVEBRIDGE_STATS_FILE": str(stats),
         "WAVEBRIDGE_WITHOUT_WEB": "true",
-        "WAVEBRIDGE_METRICS_PORT": "0",  # several workers may run on this host: no fixed port
+        "WAVEBRIDGE_METRICS_HOST": "127.0.0.1",
+        "WAVEBRIDGE_METRICS_PORT": str(free_port()),  # scraped for where the worker's time goes
         "WAVEBRIDGE_LOG_LEVEL": "warn",
         "WAVEBRIDGE_TOPIC_INPUT": topics["input"],
         "WAVEBRIDGE_TOPIC_ECG_SYNTH": topics["synth"],
         "WAVEBRIDGE_TOPIC_SR": topics["sr"],
         "WAVEBRIDGE_TOPIC_EVENTS": topics["events"],
         "WAVEBRIDGE_TOPIC_DLQ": topics["dlq"],
+        "WAVEBRIDGE_TOPIC_ALARMS": topics["alarms"],
+        "WAVEBRIDGE_TOPIC_VERDICTS": topics["verdicts"],
     })
     return env
 
@@ -165,6 +169,33 @@ def percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if len(x) else math.nan
 
 
+def scrape_cpu(env: dict[str, str]) -> dict[str, float]:
+    """The worker's `wavebridge_stage_seconds` by stage and `process_cpu_seconds_total` (cumulative)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://{env['WAVEBRIDGE_METRICS_HOST']}:{env['WAVEBRIDGE_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == "wavebridge_stage_seconds_total":
+                out[sample.labels["stage"]] = sample.value
+            elif sample.name == "process_cpu_seconds_total":
+                out["process_cpu"] = sample.value
+    return out
+
+
+def cpu_line(cpu: dict[str, float], wall_s: float) -> str:
+    stages = ("decode", "windowing", "model", "publish", "influx_points", "influx_write")
+    return (f"worker CPU {cpu.get('process_cpu', math.nan):.1f} s in {wall_s:.0f} s "
+            f"({100 * cpu.get('process_cpu', math.nan) / wall_s:.0f} % of a core); wall time by stage "
+            "(includes waiting for a core on a loaded machine): "
+            + ", ".join(f"{k} {cpu.get(k, 0.0):.1f} s" for k in stages))
+
+
 # ------------------------------------------------------------------ one translator
 
 
@@ -175,7 +206,7 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
 
     tag = "".join(ch if ch.isalnum() else "_" for ch in translator)
     db = f"bench_{tag}"
-    topics = {k: f"bench.{tag}.{k}" for k in ("input", "synth", "sr", "events", "dlq")}
+    topics = {k: f"bench.{tag}.{k}" for k in ("input", "synth", "sr", "events", "dlq", "alarms", "verdicts")}
     ensure_topics(broker.bootstrap, list(topics.values()), partitions=args.partitions)
     influx.server.create_database(db)
     stats = workdir / f"stats-{tag}.jsonl"
@@ -195,6 +226,7 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
 
         for n in args.beds:
             prefix = f"n{n:03d}-"
+            cpu0 = scrape_cpu(env)
             wall0 = time.time()
             st = replay([recording], broker.bootstrap, topics["input"], beds=n, bed_prefix=prefix.rstrip("-"),
                         speed=args.speed, duration_s=args.duration)
@@ -203,6 +235,8 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
             drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
             rows = wait_written(worker, stats, prefix, st.chunks, drain_s)
             wall = time.time() - wall0
+            cpu1 = scrape_cpu(env)
+            cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
             # Steady state only: a bed's first window must fill (window_s of signal) before anything
             # is written, and its last one is closed by the idle flush; both are start/stop effects.
             head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
@@ -221,11 +255,12 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
                 translator=translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
                 written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
                 replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
-                sustained=not why, why="; ".join(why))
+                sustained=not why, why="; ".join(why), cpu=cpu)
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
                 f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
-                f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}")
+                f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}\n"
+                f"        {cpu_line(cpu, wall)}")
             if not res.sustained and not args.full_ramp:
                 break
     return results

@@ -222,8 +222,11 @@ class WorkerRuntime:
 
     def _compute(self, events: list) -> tuple[BatchResult, list]:
         dead = []  # (InMsg, reason, detail)
+        decode_s = 0.0
+        started = time.perf_counter()
         for ev in events:
             tok = InMsg(ev)
+            t0 = time.perf_counter()
             try:
                 chunk = wire.decode_input(ev.value).chunk
             except wire.WireError as exc:
@@ -232,16 +235,23 @@ class WorkerRuntime:
             except Exception as exc:  # a decoder bug must not stop the stream either
                 dead.append((tok, "decode_error", f"{type(exc).__name__}: {exc}"))
                 continue
+            finally:
+                decode_s += time.perf_counter() - t0
             tok.bed, tok.signal = chunk.bed_id, chunk.signal
             metrics.SAMPLES_IN.labels(ev.message.topic).inc(len(chunk.samples))
             self.pipeline.push(chunk, tok)
             for listen in self.chunk_listeners:
                 listen(chunk)
+        metrics.STAGE_SECONDS.labels("decode").inc(decode_s)
+        metrics.STAGE_SECONDS.labels("windowing").inc(time.perf_counter() - started - decode_s)
         return self._compute_idle(), dead
 
     def _compute_idle(self) -> BatchResult:
+        started = time.perf_counter()
         self.pipeline.flush_idle()
         result = self.pipeline.process()
+        metrics.STAGE_SECONDS.labels("windowing").inc(time.perf_counter() - started - result.model_s)
+        metrics.STAGE_SECONDS.labels("model").inc(result.model_s)
         metrics.BEDS_ACTIVE.set(self.pipeline.active_beds())
         if result.n_windows:
             metrics.MODEL_SECONDS.inc(result.model_s)
@@ -257,6 +267,7 @@ class WorkerRuntime:
         s = self.settings
         # 1) Kafka outputs, events, dead letters: send all, then await every delivery (InfluxDB reads them from
         # the topics: stream.influxsink).
+        publish_started = time.perf_counter()
         futs = []
         for out in result.outputs:
             try:
@@ -294,6 +305,8 @@ class WorkerRuntime:
             value, extra = sinks.dlq_value(tok.event.value)
             futs.append(await self.dlq_topic.send(
                 key=msg.key, value=value, headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset) + extra))
+        # the event loop's own work (encoding, handing to the producer), not the wait for the broker's acks
+        metrics.STAGE_SECONDS.labels("publish").inc(time.perf_counter() - publish_started)
         if futs:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
         published_ms = time.time() * 1000.0

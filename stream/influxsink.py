@@ -192,7 +192,9 @@ class InfluxSinkAgent:
             for rec in batch:
                 n += 1
                 try:
+                    t0 = time.perf_counter()
                     lines += message_points(role, rec.value, rec.headers)
+                    metrics.STAGE_SECONDS.labels("influx_points").inc(time.perf_counter() - t0)
                 except Exception as exc:  # our own topics: a malformed message is a bug, reported, not retried
                     self.counters.add(f"sink_malformed.{role}")
                     log.error("%s[%d]@%d not written to InfluxDB (malformed %s message): %s", tp.topic, tp.partition,
@@ -201,8 +203,10 @@ class InfluxSinkAgent:
         if lines:
             metrics.INFLUX_BACKLOG.set(len(lines))
             try:
+                t0 = time.perf_counter()
                 with metrics.INFLUX_WRITE_SECONDS.time():
                     self.influx.write(lines)
+                metrics.STAGE_SECONDS.labels("influx_write").inc(time.perf_counter() - t0)
                 metrics.INFLUX_POINTS.inc(len(lines))  # less any rejected lines, counted apart
                 self.ok = True
             except sinks.WriteAborted:

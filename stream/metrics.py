@@ -62,6 +62,11 @@ MODEL_SECONDS_PER_WINDOW = Histogram(
     "wavebridge_model_seconds_per_window", "Translator time of one batched call divided by its windows.",
     buckets=MODEL_BUCKETS_S, registry=REGISTRY)
 MODEL_SECONDS = Counter("wavebridge_model_seconds", "Translator time, total.", registry=REGISTRY)
+STAGE_SECONDS = Counter("wavebridge_stage_seconds",
+                        "Where a worker's time goes, by stage: decode (wire), windowing (routing, windows, stitching, "
+                        "R-peaks), model (translator calls), publish (output encoding and Kafka sends), influx_points "
+                        "(the sink agent's line protocol), influx_write (its InfluxDB writes).",
+                        ["stage"], registry=REGISTRY)
 MODEL_WINDOWS = Counter("wavebridge_model_windows", "Windows translated, by task.", ["task"], registry=REGISTRY)
 # ---------------------------------------------------------------------------------- InfluxDB
 INFLUX_POINTS = Counter("wavebridge_influx_points_written", "Points stored in InfluxDB.", registry=REGISTRY)
