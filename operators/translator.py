@@ -19,6 +19,10 @@ import numpy as np
 PPG2ECG = "ppg2ecg"  # PLETH -> lead II ECG
 SR = "sr"  # low-rate signal -> same signal at a higher rate
 TASKS = (PPG2ECG, SR)
+# The translator each task gets unless configured: per task the one that measures best on the held-out records
+# (`wavebridge evaluate`, models/weights/MODEL_CARD.md "Which translator serves which task"). The classic
+# template is the better PPG->ECG on both datasets; CLMT is kept for super-resolution.
+DEFAULT_SPEC = "ppg2ecg=classic,sr=clmt"
 ECG_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"})
 
 

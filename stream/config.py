@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
-from operators.translator import TASKS, check_spec
+from operators.translator import DEFAULT_SPEC, TASKS, check_spec
 from stream import wire
 
 JSON_OUTPUT_MAX_BYTES = 900_000  # under Kafka's default 1,000,000-byte request, with room for the header
@@ -139,7 +139,7 @@ class Settings:
     idle_flush_s: float = 10.0
     bed_evict_s: float = 600.0  # a bed silent this long is forgotten (bounded memory); 0: never
     # --- translation -----------------------------------------------------------------------
-    translator: str = "clmt"  # the shipped model (models/weights); "classic" needs no torch
+    translator: str = DEFAULT_SPEC  # per task the best measured (operators.translator); "classic" needs no torch
     device: str = "auto"
     tasks: tuple[str, ...] = KNOWN_TASKS
     sr_target_hz: float = 100.0

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from operators.translator import PPG2ECG, SR, PairedContext, is_ecg_signal
+from operators.translator import DEFAULT_SPEC, PPG2ECG, SR, PairedContext, is_ecg_signal
 from stream import wire
 from stream.cli import ArgumentParser
 from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
@@ -63,14 +63,15 @@ class OfflineResult:
 
 
 def default_translator_spec() -> tuple[str, str]:
-    """(`clmt` if trained weights ship and torch imports, else `classic`; the reason)."""
+    """(`DEFAULT_SPEC`, per task the best measured, if trained weights ship and torch imports, else `classic`;
+    the reason)."""
     if not glob.glob(WEIGHTS_GLOB):
         return "classic", "no models/weights/*.safetensors"
     try:
         import torch  # noqa: F401
     except Exception as exc:  # pragma: no cover - torch is a dependency
         return "classic", f"torch does not import ({exc})"
-    return "clmt", "weights found"
+    return DEFAULT_SPEC, "weights found"
 
 
 def pick_source(recording, task: str, signal: str | None) -> str:
