@@ -210,12 +210,47 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"\n{dataset}: overall over {len(names)} held-out records ({', '.join(names)}):")
         for k, row in _report(results, done)["datasets"][dataset]["overall"].items():
             print(f"  {k:<44} {_fmt(row)}")
+    report = _report(results, done)
     print(f"\nall datasets ({', '.join(plan)}), {time.time() - t0:.0f}s:")
-    for k, row in _report(results, done)["overall"].items():
+    for k, row in report["overall"].items():
         print(f"  {k:<44} {_fmt(row)}")
+    for part, rows in [(d, report["datasets"][d]["overall"]) for d in done] + [("all", report["overall"])]:
+        print(f"\nCLMT against the strongest classic method in this run ({part}; Pearson raw / aligned, RMSE, "
+              f"F1 +-50 / +-150 ms, HR MAE bpm):")
+        print(markdown_comparison(rows))
     if args.json:
         _write_json(args, done, results, per_record, complete=True)
     return 0
+
+
+def comparison(rows: dict[str, dict]) -> list[tuple[str, str, dict, str, dict]]:
+    """(task row, CLMT metrics, classic method, its metrics) for each CLMT row, the classic side being
+    the strongest classic method run on the same input (by mean window Pearson: polyphase or cubic for SR; the
+    context paste for ECG SR + context; the template for PPG->ECG)."""
+    out = []
+    for key, row in rows.items():
+        parts = key.split(" ")
+        if "clmt" not in parts:
+            continue
+        i = parts.index("clmt")
+        task, rest = " ".join(parts[:i]), " ".join(parts[i + 1:])
+        names = ("baseline",) if task.startswith("ppg2ecg") else ("polyphase",) if rest else ("polyphase", "cubic")
+        rivals = {n: f"{task} {n}{' ' + rest if rest else ''}" for n in names}
+        rivals = {n: r for n, r in rivals.items() if r in rows}
+        if rivals:
+            best = max(rivals, key=lambda n: rows[rivals[n]]["pearson"])
+            out.append((f"{task}{' ' + rest if rest else ''}", row, best, rows[rivals[best]]))
+    return out
+
+
+def markdown_comparison(rows: dict[str, dict]) -> str:
+    """`comparison` as a markdown table."""
+    cell = lambda r: (f"{r['pearson']:.4f} / {r['pearson_aligned']:.4f}, {r['rmse']:.4f}"
+                      + (f", {r['f1_50']:.3f} / {r['f1_150']:.3f}, {r['hr_mae']:.2f}" if "f1_50" in r else ""))
+    lines = ["| task | CLMT | strongest classic | classic method |", "|---|---|---|---|"]
+    for task, a, method, b in comparison(rows):
+        lines.append(f"| {task} | {cell(a)} | {cell(b)} | {method} |")
+    return "\n".join(lines)
 
 
 def _report(results: dict[str, dict[str, "Result"]], done: dict[str, list[str]]) -> dict:
