@@ -148,36 +148,37 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
         return 2
-    try:
-        _prepare_topics(settings)
-    except ConfigError as exc:
-        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # e.g. NoBrokersAvailable
-        from stream.sinks import short_error
-
-        print(f"wavebridge worker: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
-              file=sys.stderr)
-        return 1
     if settings.without_web and "--without-web" not in args:
         args.append("--without-web")
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args += ["--loglevel", settings.faust_log_level]
     app = create_app(settings, translator)
-    try:
+    try:  # bound before connecting: a taken port is a configuration error too
         server = serve(settings.metrics_host, settings.metrics_port, app.wavebridge_runtime.health)
     except MetricsBindError as exc:
-        print(f"wavebridge worker: {exc}", file=sys.stderr)
-        return 1
-    sys.argv = ["wavebridge", "worker", *args]
+        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
-        app.main()  # Faust's click CLI; exits via SystemExit
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        try:
+            _prepare_topics(settings)
+        except ConfigError as exc:
+            print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # e.g. NoBrokersAvailable
+            from stream.sinks import short_error
+
+            print(f"wavebridge worker: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
+                  file=sys.stderr)
+            return 1
+        sys.argv = ["wavebridge", "worker", *args]
+        try:
+            app.main()  # Faust's click CLI; exits via SystemExit
+        except SystemExit as exc:
+            return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        return 0
     finally:
         if server is not None:
             server.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -135,6 +135,31 @@ def test_a_taken_port_fails_at_start():
             metrics.MetricsServer("127.0.0.1", s.getsockname()[1])
 
 
+def test_worker_with_a_taken_metrics_port_stops_before_connecting():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "WAVEBRIDGE_BROKER": "kafka://127.0.0.1:1",
+               "WAVEBRIDGE_TRANSLATOR": "classic", "WAVEBRIDGE_INFLUX_ENABLED": "false",
+               "WAVEBRIDGE_METRICS_PORT": str(port)}
+        started = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "stream.app", "worker"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "WAVEBRIDGE_METRICS_HOST/_PORT" in lines[0] and f":{port}" in lines[0], res.stderr
+    assert "Kafka" not in res.stderr  # refused before any connection attempt
+    assert time.monotonic() - started < 60
+
+
 def test_metrics_settings():
     s = Settings.from_env({})
     assert (s.metrics_host, s.metrics_port) == ("127.0.0.1", 9108)  # loopback unless asked
