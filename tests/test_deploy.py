@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from operators.translator import DEFAULT_SPEC
 from stream import topics
 from stream.config import Settings
 
@@ -140,6 +141,7 @@ def test_worker_environment_configures_settings(compose, tmp_path):
     assert s.influx_url == "http://influxdb:8086"
     assert s.influx_token == "s3cret"
     assert s.device == "cpu"
+    assert s.translator == DEFAULT_SPEC  # compose's default is the worker's own
     assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 9108)  # inside the container; no port published
     assert "ports" not in worker
 
