@@ -324,7 +324,6 @@ def test_env_file_is_git_ignored():
 
 
 def test_compose_mounts_exist_and_prometheus_config_is_valid(compose):
-    import shutil
     import subprocess
 
     for name, svc in compose["services"].items():
@@ -332,9 +331,9 @@ def test_compose_mounts_exist_and_prometheus_config_is_valid(compose):
             src = v.split(":", 1)[0]
             if src.startswith("./deploy/"):
                 assert (REPO / src).exists(), f"service {name} mounts {src}, which does not exist"
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH; `./dev.sh test` installs it (apt-get install prometheus)")
+    from tests.test_prometheus import _need
+
+    promtool = _need("promtool")
     res = subprocess.run([promtool, "check", "config", str(REPO / "deploy" / "prometheus" / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
