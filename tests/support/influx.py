@@ -1,17 +1,14 @@
 """Start a throw-away InfluxDB 1.x (`influxd`) on loopback and query it with InfluxQL."""
 from __future__ import annotations
 
-import atexit
 import json
 import shutil
-import subprocess
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stream.embedded import die_with_parent, free_port, still_ours
+from stream.embedded import free_port
+from tests.support.service import ServiceProcess, start_service
 
 START_TIMEOUT_S = 30.0
 
@@ -51,20 +48,8 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
 
 
-class InfluxServer:
+class InfluxServer(ServiceProcess):
     """A running `influxd` (v1 HTTP API at `.url`). Stop it with `.stop()`."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, workdir: Path, log_path: Path):
-        self.proc = proc
-        self.url = url
-        self.workdir = workdir
-        self.log_path = log_path
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
     def create_database(self, name: str) -> None:
         _post_query(self.url, f'CREATE DATABASE "{name}"')
@@ -74,15 +59,6 @@ class InfluxServer:
 
     def query(self, q: str, db: str) -> list[dict]:
         return query(q, db, self.url)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout_s)
 
 
 def influxd_path() -> str | None:
@@ -101,26 +77,8 @@ def start_influxdb(workdir: str | Path, start_timeout_s: float = START_TIMEOUT_S
         rpc_port = free_port()
     config = root / "influxdb.conf"
     config.write_text(_CONFIG.format(root=root, http_port=http_port, rpc_port=rpc_port))
-    log_path = root / "influxd.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([binary, "run", "-config", str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
-    log.close()  # the child keeps its own descriptor
-    server = InfluxServer(proc, f"http://127.0.0.1:{http_port}", root, log_path)
-    atexit.register(server.stop)  # no orphan influxd if the session dies without teardown
-    deadline = time.monotonic() + start_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"influxd exited with code {proc.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(server.url + "/ping", timeout=1) as resp:
-                if resp.status == 204 and still_ours(proc):  # not another run's influxd on a port taken meanwhile
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"influxd did not answer /ping within {start_timeout_s:.0f} s:\n{server.log_tail()}")
+    return start_service(InfluxServer, [binary, "run", "-config", str(config)], f"http://127.0.0.1:{http_port}", root,
+                         root / "influxd.log", "/ping", 204, start_timeout_s)
 
 
 def _post_query(url: str, q: str) -> dict:

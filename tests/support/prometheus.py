@@ -1,35 +1,21 @@
 """Start a throw-away Prometheus 2.x (Debian's `prometheus`) on loopback and query it with PromQL."""
 from __future__ import annotations
 
-import atexit
 import json
 import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stream.embedded import die_with_parent, free_port, still_ours
+from stream.embedded import free_port
+from tests.support.service import ServiceProcess, start_service
 
 START_TIMEOUT_S = 60.0
 
 
-class PrometheusServer:
+class PrometheusServer(ServiceProcess):
     """A running `prometheus` (HTTP API at `.url`). Stop it with `.stop()`."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, workdir: Path, log_path: Path):
-        self.proc = proc
-        self.url = url
-        self.workdir = workdir
-        self.log_path = log_path
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
     def _api(self, path: str, params: dict) -> dict:
         url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -65,15 +51,6 @@ class PrometheusServer:
     def targets_up(self) -> list[dict]:
         return [t for t in self._api("targets", {})["activeTargets"] if t.get("health") == "up"]
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout_s)
-
 
 def prometheus_path() -> str | None:
     return shutil.which("prometheus")
@@ -95,26 +72,7 @@ def start_prometheus(workdir: str | Path, targets: list[str], job: str = "wavebr
     }
     (root / "prometheus.yml").write_text(json.dumps(config, indent=1))  # JSON is YAML
     port = free_port()
-    log_path = root / "prometheus.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        preexec_fn=die_with_parent)
-    log.close()
-    server = PrometheusServer(proc, f"http://127.0.0.1:{port}", root, log_path)
-    atexit.register(server.stop)
-    deadline = time.monotonic() + start_timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited with code {proc.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(server.url + "/-/ready", timeout=1) as resp:
-                if resp.status == 200 and still_ours(proc):
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"prometheus did not answer /-/ready within {start_timeout_s:.0f} s:\n{server.log_tail()}")
+    cmd = [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    return start_service(PrometheusServer, cmd, f"http://127.0.0.1:{port}", root, root / "prometheus.log", "/-/ready",
+                         200, start_timeout_s)
