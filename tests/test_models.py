@@ -209,6 +209,16 @@ def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
     assert "other records" in out
 
 
+def test_training_refuses_held_out_challenge_records_and_unknown_datasets(tmp_path, bidmc, shared_data):
+    if not (shared_data / "challenge2015" / "RECORDS").exists():
+        pytest.skip("Challenge 2015 records not found")
+    out = _train(tmp_path, bidmc, 2, 2, 0, "--records", "01,a123l,a134s", ok=False)  # a134s is held out
+    assert "validation records given for training: ['a134s']" in out
+    assert "choose from bidmc, challenge" in _train(tmp_path, bidmc, 2, 2, 0, "--datasets", "bidmc,mimic", ok=False)
+    assert "--train-fraction" in _train(tmp_path, bidmc, 2, 2, 0, "--train-fraction", "0", ok=False)
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())  # refused before training
+
+
 def _tiny_checkpoint(workdir: Path, recipe: dict, steps: int):
     from types import SimpleNamespace
 
