@@ -132,10 +132,11 @@ def influx_series(influx, db: str, bed: str, signal: str, kind: str):
 
 
 def count(influx, db: str, measurement: str, where: str = "") -> int:
+    """Points in `measurement`: the largest per-field count (a field absent from every point counts null)."""
     rows = influx.query(f"SELECT count(*) FROM {measurement} {where}", db)
     if not rows:
         return 0
-    return int(next(v for k, v in rows[0].items() if k.startswith("count")))
+    return max((int(v) for k, v in rows[0].items() if k.startswith("count") and v is not None), default=0)
 
 
 def wait_until(pred, timeout: float, what: str, worker: WorkerProc | None = None, interval: float = 0.5):
