@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 
 from stream.demo import WorkerProcess  # noqa: E402
 from stream.embedded import EmbeddedBroker  # noqa: E402
+from stream.topics import committed_total  # noqa: E402
 
 T0 = 1_750_000_000_000_000_000
 SR_TARGET_HZ, SR_BELOW_HZ = 250.0, 200.0  # BIDMC is 125 Hz: super-resolve it too, as the integration tests do
@@ -74,17 +75,6 @@ def worker_env(bootstrap: str, influx, db: str, prefix: str, args) -> dict[str, 
         "WAVEBRIDGE_WITHOUT_WEB": "true", "WAVEBRIDGE_METRICS_PORT": "0", "WAVEBRIDGE_LOG_LEVEL": "info",
     })
     return env
-
-
-def committed_total(bootstrap: str, group: str, topic: str) -> int:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="wavebridge-soak-offsets")
-    try:
-        offs = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return sum(max(0, m.offset) for tp, m in offs.items() if tp.topic == topic)
 
 
 def influx_count(server, db: str) -> int:

@@ -103,6 +103,19 @@ def _wait_visible(admin, names: list[str], timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+def committed_total(bootstrap: str, group: str, topic: str, **kafka_kwargs) -> int:
+    """Sum of a consumer group's committed offsets over a topic's partitions (0 where none): how many of the
+    topic's messages the group has finished, when the topic started at offset 0."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="wavebridge-offsets", **kafka_kwargs)
+    try:
+        offs = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return sum(max(0, m.offset) for tp, m in offs.items() if tp.topic == topic)
+
+
 def partition_count(bootstrap: str, name: str, **kafka_kwargs) -> int:
     """Number of partitions of an existing topic (via a metadata request)."""
     from kafka import KafkaConsumer

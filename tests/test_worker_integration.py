@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from stream.embedded import die_with_parent
+from stream.topics import committed_total  # noqa: F401  (shared with tests/test_worker_crash.py)
 from tests.conftest import KAFKA_CONSUMER_TEST_KWARGS, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -151,18 +152,6 @@ def wait_until(pred, timeout: float, what: str, worker: WorkerProc | None = None
         time.sleep(interval)
     tail = worker.log()[-4000:] if worker else ""
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})\n{tail}")
-
-
-def committed_total(bootstrap: str, group: str, topic: str) -> int:
-    """Sum of the group's committed offsets over the topic's partitions (0 where none)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="wavebridge-test-offsets")
-    try:
-        offs = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return sum(max(0, m.offset) for tp, m in offs.items() if tp.topic == topic)
 
 
 def consume_all(bootstrap: str, topic: str, min_count: int, timeout: float = 20.0) -> list:
