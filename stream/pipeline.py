@@ -49,6 +49,11 @@ class PipelineConfig:
     idle_flush_s: float = 10.0
     # A bed silent this long is forgotten (windows, context, seq state): bounded memory under bed churn. 0: never.
     bed_evict_s: float = 600.0
+    # A token is completed only once its chunk ends this long before everything emitted (until the stream is
+    # flushed), so the committed offset keeps the input the next window still needs: a new owner after a
+    # rebalance re-consumes it and computes that window on the same data and grid (the worker uses
+    # window - hop - look-ahead; 0 releases a chunk as soon as all its samples are emitted).
+    ack_lag_s: float = 0.0
     # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
     ppg2ecg_rate_hz: float | None = None
     # signals to super-resolve when slow; None: any input signal
@@ -60,7 +65,7 @@ class PipelineConfig:
     def from_settings(cls, s) -> "PipelineConfig":
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
-                   bed_evict_s=s.bed_evict_s)
+                   bed_evict_s=s.bed_evict_s, ack_lag_s=max(0.0, s.window_s - s.hop_s - s.lookahead_s))
 
 
 @dataclass
@@ -336,8 +341,12 @@ class Pipeline:
                     self._withhold(job, result)
             result.n_windows = len(jobs)
         # Release tokens only now: their windows have been translated into `result`.
+        lag_ns = int(round(self.config.ack_lag_s * 1e9))
         for st in self._streams.values():
-            while st.pending and st.done_until_ns is not None and st.pending[0][0] <= st.done_until_ns:
+            if st.done_until_ns is None:
+                continue
+            limit = st.done_until_ns if st.flushed else st.done_until_ns - lag_ns
+            while st.pending and st.pending[0][0] <= limit:
                 result.completed.append(st.pending.popleft()[1])
         return result
 

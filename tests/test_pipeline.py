@@ -531,3 +531,19 @@ def test_a_bed_silent_past_the_eviction_time_is_forgotten_and_can_start_again():
     assert not any(k[0] == "A" for k in pipe._seq)
     pipe.push(Chunk("A", "PLETH", 125.0, T0 + 3 * 10**9, 3, ones), token=("A", 3))  # back, from an older seq
     assert pipe.process().rejected == []
+
+
+def test_the_worker_keeps_a_window_of_input_unacknowledged_for_the_next_owner():
+    """With ack_lag_s = window - hop - look-ahead a chunk is completed only once the next window no longer needs
+    it, so a new owner after a rebalance re-consumes the data of that window (a lone look-ahead tail of 1 s was
+    withheld as too short by the quality gate, and the next window was computed on other data). A flush releases
+    everything."""
+    pipe = Pipeline(cfg(lookahead_s=1.0, ack_lag_s=5.0, tasks=("ppg2ecg",)), RecordingTranslator())
+    done = []
+    for seq in range(20):  # 1 s chunks: windows end at 8, 10, ... 20 s and emit up to 1 s before their end
+        pipe.push(Chunk("A", "PLETH", 125.0, T0 + seq * 10**9, seq, np.ones(125, np.float32)), token=seq)
+        done += pipe.process().completed
+    # emitted up to 19 s: chunks ending at or before 19 - 5 = 14 s are done, the next window's data is not
+    assert done == list(range(14))
+    pipe.flush_all()
+    assert pipe.process().completed == list(range(14, 20))
