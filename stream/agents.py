@@ -316,14 +316,14 @@ class WorkerRuntime:
         for event in released:
             await self._ack(event)
         self.counters.add("acked", len(released))
-        for t in result.completed:
+        for t in result.emitted:  # latency: to the outputs, not to the (ack-lagged) acknowledgement
             produce_ms = _produce_ms(t.message)
             if produce_ms is not None:
                 metrics.END_TO_END_SECONDS.observe(max(0.0, published_ms - produce_ms) / 1000.0)
         if self.stats.path is not None:
             self.stats.record(
                 {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "published_ms": published_ms}
-                for t in result.completed)
+                for t in result.emitted)
 
     async def _ack(self, event) -> None:
         gen = getattr(event.message, "generation_id", None)

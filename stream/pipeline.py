@@ -128,6 +128,9 @@ class BatchResult:
     withheld: list[OutputSeries] = field(default_factory=list)
     events: list[PipelineEvent] = field(default_factory=list)
     completed: list = field(default_factory=list)  # tokens whose samples are all in `outputs` (or earlier)
+    # tokens whose samples are all in `outputs` for the first time (latency records): `completed` may follow
+    # later, by the ack lag
+    emitted: list = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)  # tokens to dead-letter, then acknowledge
     n_windows: int = 0
     model_s: float = 0.0  # wall time of the translator call (monotonic clock), 0 without windows
@@ -138,6 +141,7 @@ class BatchResult:
         self.withheld += other.withheld
         self.events += other.events
         self.completed += other.completed
+        self.emitted += other.emitted
         self.rejected += other.rejected
         self.n_windows += other.n_windows
         self.model_s += other.model_s
@@ -157,6 +161,7 @@ class _Stream:
     last_push: float = 0.0
     done_until_ns: int | None = None  # grid end of everything emitted or dropped
     pending: deque = field(default_factory=deque)  # (grid end ns, token), push order
+    n_emitted: int = 0  # leading `pending` tokens already reported in a BatchResult.emitted
     rpeak_until_ns: int | None = None
     rpeak_segment: int = -1
     flushed: bool = True  # nothing buffered since the last flush
@@ -318,7 +323,8 @@ class Pipeline:
     def process(self) -> BatchResult:
         """Translate every window collected since the last call in ONE translator call."""
         jobs, self._jobs = self._jobs, []
-        result = BatchResult(events=self._events, rejected=self._rejected, completed=self._immediate)
+        result = BatchResult(events=self._events, rejected=self._rejected, completed=self._immediate,
+                             emitted=list(self._immediate))
         self._events, self._rejected, self._immediate = [], [], []
         if jobs:
             # An unusable source is not translated: its span is withheld (never a flat line, never invented beats).
@@ -345,9 +351,13 @@ class Pipeline:
         for st in self._streams.values():
             if st.done_until_ns is None:
                 continue
+            while st.n_emitted < len(st.pending) and st.pending[st.n_emitted][0] <= st.done_until_ns:
+                result.emitted.append(st.pending[st.n_emitted][1])
+                st.n_emitted += 1
             limit = st.done_until_ns if st.flushed else st.done_until_ns - lag_ns
-            while st.pending and st.pending[0][0] <= limit:
+            while st.pending and st.pending[0][0] <= limit:  # limit <= done_until: counted in n_emitted
                 result.completed.append(st.pending.popleft()[1])
+                st.n_emitted -= 1
         return result
 
     # ------------------------------------------------------------------ internals

@@ -539,11 +539,15 @@ def test_the_worker_keeps_a_window_of_input_unacknowledged_for_the_next_owner():
     withheld as too short by the quality gate, and the next window was computed on other data). A flush releases
     everything."""
     pipe = Pipeline(cfg(lookahead_s=1.0, ack_lag_s=5.0, tasks=("ppg2ecg",)), RecordingTranslator())
-    done = []
+    done, emitted = [], []
     for seq in range(20):  # 1 s chunks: windows end at 8, 10, ... 20 s and emit up to 1 s before their end
         pipe.push(Chunk("A", "PLETH", 125.0, T0 + seq * 10**9, seq, np.ones(125, np.float32)), token=seq)
-        done += pipe.process().completed
+        res = pipe.process()
+        done += res.completed
+        emitted += res.emitted
     # emitted up to 19 s: chunks ending at or before 19 - 5 = 14 s are done, the next window's data is not
     assert done == list(range(14))
+    assert emitted == list(range(19))  # each reported once, when its samples are out (latency records)
     pipe.flush_all()
-    assert pipe.process().completed == list(range(14, 20))
+    res = pipe.process()
+    assert res.completed == list(range(14, 20)) and res.emitted == [19]
