@@ -78,8 +78,8 @@ def worker_env(bootstrap: str, influx, db: str, prefix: str, args) -> dict[str, 
 
 
 def influx_count(server, db: str) -> int:
-    rows = server.query("SELECT count(*) FROM waveform", db)
-    return int(next(v for k, v in rows[0].items() if k.startswith("count"))) if rows else 0
+    rows = server.query("SELECT count(value) FROM waveform", db)
+    return int(rows[0]["count"]) if rows else 0
 
 
 def snapshot(server, db: str) -> dict:
