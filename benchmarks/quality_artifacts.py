@@ -147,6 +147,119 @@ def run_record(name, root, translator, kinds, args, rng):
     return rows
 
 
+SR_RATE, SR_TARGET = 25.0, 100.0
+
+
+def run_record_detectors(name, root, kinds, rng, window_s=4.0):
+    """`assess` alone on `window_s` windows of PLETH, II and V (the judged span of a steady pipeline window), each
+    artifact over the whole window; "lead_off" flattens II at 0 mV while V keeps recording (one of two leads)."""
+    rec = read_recording(root / f"bidmc{name}", ["II", "V", "PLETH"])
+    rows = []
+    for sig in ("PLETH", "II", "V"):
+        fs = float(rec.rates[sig])
+        x = rec.signals[sig].astype(np.float64)
+        n = int(window_s * fs)
+        for i in range(int(CONTEXT_S * fs), len(x) - n, n):
+            w = x[i:i + n]
+            for kind in kinds:
+                y = w if kind == "clean" else inject(kind, w, 0, n, fs, rng)
+                q = Q.assess(y, fs, Q.kind_of(sig))
+                rows.append({"record": name, "signal": sig, "kind": kind, "cls": q.cls, "reason": q.reason})
+            if sig == "II":  # lead II off, V on: judged separately
+                v = rec.signals["V"].astype(np.float64)[i:i + n]
+                qi, qv = Q.assess(np.zeros(n), fs, "ecg"), Q.assess(v, fs, "ecg")
+                rows.append({"record": name, "signal": "II", "kind": "lead_off", "cls": qi.cls, "reason": qi.reason})
+                rows.append({"record": name, "signal": "V", "kind": "lead_off (other lead)", "cls": qv.cls,
+                             "reason": qv.reason})
+    return rows
+
+
+def report_detectors(rows):
+    print("\n## Detectors alone (operators.quality.assess on 4 s windows, artifact over the whole window)")
+    print("| signal | artifact | windows | unusable | not good | most common reason |")
+    print("|---|---|---|---|---|---|")
+    keys = sorted({(r["signal"], r["kind"]) for r in rows}, key=lambda k: (k[0], k[1] != "clean", k[1]))
+    for sig, kind in keys:
+        g = [r for r in rows if r["signal"] == sig and r["kind"] == kind]
+        reasons = {}
+        for r in g:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        top = max(reasons, key=reasons.get)
+        print(f"| {sig} | {kind} | {len(g)} | {sum(r['cls'] == 'unusable' for r in g) / len(g):.1%} | "
+              f"{sum(r['cls'] != 'good' for r in g) / len(g):.1%} | {top} ({reasons[top] / len(g):.0%}) |")
+
+
+def run_record_sr(name, root, translator, kinds, args, rng):
+    """Super-resolution windows (25 -> 100 Hz) of PLETH and lead II with their confidence and measured error:
+    normalised RMSE (RMSE / the record's SD of the truth: a window's own SD is ~0 where the truth is flat) against
+    the full-rate signal resampled to 100 Hz."""
+    from operators.resample import decimate_to, resample
+    from operators.translator import SR
+    from stream.offline import iter_source_chunks, translate_chunks
+
+    rec = read_recording(root / f"bidmc{name}", ["II", "PLETH"])
+    rows = []
+    for sig in ("PLETH", "II"):
+        fs = float(rec.rates[sig])
+        x = Q.fill_nonfinite(rec.signals[sig].astype(np.float64)[int(CONTEXT_S * fs):])[0]
+        ref = resample(x, fs, SR_TARGET, method="polyphase")
+        lo = decimate_to(x, fs, SR_RATE)
+        sd = float(np.std(ref))
+        for kind in kinds:
+            y = lo.copy()
+            if kind not in ("clean", "nan"):
+                for a in range(int(5 * SR_RATE), len(y) - int(args.span_s * SR_RATE), int(args.every_s * SR_RATE)):
+                    y = inject(kind, y, a, a + int(args.span_s * SR_RATE), SR_RATE, rng)
+            r = Recording(f"bidmc{name}", {sig: y.astype(np.float32)}, {sig: SR_RATE}, {sig: ""}, rec.age, rec.sex,
+                          {sig: sig})
+            outs, _ = translate_chunks(iter_source_chunks(r, sig, 1.0), SR, source_signal=sig, target_rate=SR_TARGET,
+                                       translator=translator)
+            for o in outs:
+                if not o.usable or o.confidence is None:
+                    continue
+                k = np.round(o.times_ns / 1e7).astype(np.int64)
+                k = k[k < len(ref)]
+                truth, got = ref[k], np.asarray(o.values[: len(k)], np.float64)
+                if len(k) < 10 or sd == 0:
+                    continue
+                nrmse = float(np.sqrt(np.mean((got - truth) ** 2)) / sd)
+                row = {"record": name, "signal": sig, "kind": kind, "confidence": o.confidence, "nrmse": nrmse,
+                       "flag": o.quality_flag}
+                if args.fit:
+                    t0, t1 = o.times_ns[0] / 1e9, o.times_ns[-1] / 1e9
+                    src = y[max(0, int((t0 - 2.0) * SR_RATE)): int((t1 + 1.0) * SR_RATE)]
+                    row["features"] = Q.confidence_features(Q.assess(src, SR_RATE, Q.kind_of(sig)), False).tolist()
+                rows.append(row)
+        print(f"  bidmc{name} sr {sig}", file=sys.stderr)
+    return rows
+
+
+def report_sr(rows):
+    if len(rows) < 10:
+        return
+    conf = np.array([r["confidence"] for r in rows])
+    err = np.array([r["nrmse"] for r in rows])
+    right = err < Q.SR_RIGHT_NRMSE
+    rho, p = stats.spearmanr(conf, err)
+    print(f"\n## Confidence of published *_SR windows, 25 -> 100 Hz ({len(rows)} windows: PLETH and II, clean and "
+          f"corrupted runs)")
+    print(f"Spearman rho(confidence, normalised RMSE) = {rho:.3f} (p = {p:.2g}); per signal: " + ", ".join(
+        f"{s} {stats.spearmanr(conf[m], err[m])[0]:.3f}" for s in ("PLETH", "II")
+        if (m := np.array([r['signal'] == s for r in rows])).sum() > 10))
+    _calibration(conf, right, err, "normalised RMSE", f"right (nRMSE < {Q.SR_RIGHT_NRMSE:g})", 1.0)
+
+
+def _calibration(conf, right, err, err_name, right_name, scale):
+    edges = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0001]
+    print(f"| confidence | windows | predicted P(right) | observed {right_name} | mean {err_name} | median {err_name} |")
+    print("|---|---|---|---|---|---|")
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf >= lo) & (conf < hi)
+        if m.any():
+            print(f"| [{lo:.2f}, {min(hi, 1):.2f}) | {m.sum()} | {conf[m].mean():.3f} | {right[m].mean():.3f} | "
+                  f"{err[m].mean() * scale:.3g} | {np.median(err[m]) * scale:.3g} |")
+
+
 def _share(rows, pred):
     rows = list(rows)
     return (sum(1 for r in rows if pred(r)) / len(rows) if rows else float("nan")), len(rows)
@@ -194,28 +307,23 @@ def report_confidence(rows):
     print(f"\n## Confidence of published II_SYNTH windows ({len(pub)} windows, clean and corrupted runs)")
     print(f"Spearman rho(confidence, R-peak timing error) = {rho:.3f} (p = {p:.2g}); "
           f"rho(confidence, right) = {stats.spearmanr(conf, right)[0]:.3f}")
-    edges = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0001]
-    print("| confidence | windows | predicted P(right) | observed right | mean error ms | median error ms |")
-    print("|---|---|---|---|---|---|")
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf >= lo) & (conf < hi)
-        if m.any():
-            print(f"| [{lo:.2f}, {min(hi, 1):.2f}) | {m.sum()} | {conf[m].mean():.3f} | {right[m].mean():.3f} | "
-                  f"{err[m].mean():.1f} | {np.median(err[m]):.1f} |")
+    _calibration(conf, right, err, "error ms", "right", 1.0)
 
 
-def fit(rows):
-    """Logistic regression (Newton's method, small ridge) of `right` on the confidence features."""
-    pub = [r for r in rows if r["gated"] and r["published"] and "features" in r]
+def fit(rows, task, target):
+    """Logistic regression (Newton's method, small ridge) of `target(row)` on the confidence features."""
+    pub = [r for r in rows if r.get("gated", True) and r.get("published", True) and "features" in r]
+    if len(pub) < 20:
+        return
     X = np.array([[1.0] + r["features"] for r in pub])
-    y = np.array([float(r["right"]) for r in pub])
+    y = np.array([float(target(r)) for r in pub])
     w = np.zeros(X.shape[1])
     for _ in range(50):
         p = 1.0 / (1.0 + np.exp(-X @ w))
         g = X.T @ (p - y) + 1e-2 * w
         H = (X * (p * (1 - p))[:, None]).T @ X + 1e-2 * np.eye(len(w))
         w -= np.linalg.solve(H, g)
-    print(f"\nfitted on {len(pub)} windows, {y.mean():.1%} right: CONFIDENCE_COEFS['ppg2ecg'] = "
+    print(f"\nfitted on {len(pub)} windows, {y.mean():.1%} right: CONFIDENCE_COEFS[{task!r}] = "
           f"({', '.join(f'{v:.3f}' for v in w)})  # {', '.join(('intercept',) + Q.CONFIDENCE_FEATURES)}")
 
 
@@ -232,7 +340,9 @@ def main(argv=None) -> int:
     ap.add_argument("--every-s", type=float, default=40.0)
     ap.add_argument("--seconds", type=float, default=None, help="use only the first S seconds of each record")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the ungated runs")
-    ap.add_argument("--fit", action="store_true", help="fit the ppg2ecg confidence coefficients")
+    ap.add_argument("--fit", action="store_true", help="fit the confidence coefficients (use --split train)")
+    ap.add_argument("--parts", default="detectors,ppg2ecg,sr",
+                    help="comma list: detectors (assess alone, PLETH/II/V), ppg2ecg (gating + its confidence), sr")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -243,17 +353,29 @@ def main(argv=None) -> int:
     kinds = args.kinds.split(",")
     translator = load_translator(args.translator)
     rng = np.random.default_rng(args.seed)
-    rows = []
+    parts = args.parts.split(",")
+    rows, sr_rows, det_rows = [], [], []
     for name in names:
-        rows += run_record(name, root, translator, kinds, args, rng)
+        if "detectors" in parts:
+            det_rows += run_record_detectors(name, root, kinds, rng)
+        if "ppg2ecg" in parts:
+            rows += run_record(name, root, translator, kinds, args, rng)
+        if "sr" in parts:
+            sr_rows += run_record_sr(name, root, translator, [k for k in kinds if k in ("clean", "motion", "noise",
+                                                                                       "clipping")], args, rng)
     print(f"records {','.join(names)}; translator {args.translator}; artifacts {args.span_s:g} s every "
           f"{args.every_s:g} s; wrong HR = more than {HR_WRONG_BPM:g} bpm off")
-    report(rows, kinds)
-    report_confidence(rows)
+    if det_rows:
+        report_detectors(det_rows)
+    if rows:
+        report(rows, kinds)
+        report_confidence(rows)
+    report_sr(sr_rows)
     if args.fit:
-        fit(rows)
+        fit(rows, "ppg2ecg", lambda r: r["right"])
+        fit(sr_rows, "sr", lambda r: r["nrmse"] < Q.SR_RIGHT_NRMSE)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows))
+        Path(args.json).write_text(json.dumps({"detectors": det_rows, "ppg2ecg": rows, "sr": sr_rows}))
     return 0
 
 

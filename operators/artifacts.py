@@ -4,13 +4,14 @@ Each function returns a corrupted copy of `x` over the sample span `[a, b)`; the
 what bedside monitors deliver when something goes wrong:
 
 - `flat`: the lead or probe is off and the monitor holds its last value (lead-off / probe-off);
-- `noise`: broadband noise `level` times the clean signal's standard deviation is added (electrode or
+- `noise`: broadband noise `level` times the span's clean standard deviation is added (electrode or
   electrical noise);
 - `clipping`: the signal saturates at its `level` quantile (ADC or display rails): pulse tops are cut;
-- `motion`: band-limited 0.5-3 Hz random swings of `level` times the clean peak-to-peak, inside the cardiac band
-  (a moving hand or patient);
+- `motion`: band-limited 0.5-3 Hz random swings of `level` times the span's clean peak-to-peak, inside the
+  cardiac band (a moving hand or patient);
 - `nan_run`: samples are invalid (NaN), as a monitor marks a dropout.
 
+Amplitudes come from the span itself, so artifacts injected one after another into a record do not compound.
 Plain numpy; seeded by the caller's `numpy.random.Generator`.
 """
 from __future__ import annotations
@@ -33,9 +34,9 @@ def flat(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator, 
 
 
 def noise(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator, level: float = 2.0) -> np.ndarray:
-    """Add white Gaussian noise of `level` x the clean signal's standard deviation over `[a, b)`."""
+    """Add white Gaussian noise of `level` x the span's standard deviation over `[a, b)`."""
     y = _copy(x)
-    y[a:b] += level * float(np.nanstd(x)) * rng.standard_normal(max(0, min(b, len(y)) - a))
+    y[a:b] += level * float(np.nanstd(x[a:b])) * rng.standard_normal(max(0, min(b, len(y)) - a))
     return y
 
 
@@ -48,7 +49,7 @@ def clipping(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generat
 
 
 def motion(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator, level: float = 2.0) -> np.ndarray:
-    """Add 0.5-3 Hz band-limited random swings, `level` x the clean peak-to-peak at their largest, over `[a, b)`."""
+    """Add 0.5-3 Hz band-limited random swings, `level` x the span's peak-to-peak at their largest, over `[a, b)`."""
     y = _copy(x)
     n = max(0, min(b, len(y)) - a)
     if n < 8:
@@ -56,7 +57,7 @@ def motion(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator
     w = rng.standard_normal(n + int(2 * fs_hz))
     hi = min(3.0, 0.45 * fs_hz)
     w = sps.sosfiltfilt(sps.butter(2, [0.5, hi], btype="band", fs=fs_hz, output="sos"), w)[int(fs_hz): int(fs_hz) + n]
-    w *= level * float(np.nanmax(x) - np.nanmin(x)) / max(float(np.max(np.abs(w))), 1e-12)
+    w *= level * float(np.nanmax(x[a:b]) - np.nanmin(x[a:b])) / max(float(np.max(np.abs(w))), 1e-12)
     y[a:a + n] += w * np.hanning(n) ** 0.25  # soft edges: a motion starts and ends, it does not step
     return y
 
