@@ -315,7 +315,8 @@ def fit(rows, task, target):
     pub = [r for r in rows if r.get("gated", True) and r.get("published", True) and "features" in r]
     if len(pub) < 20:
         return
-    X = np.array([[1.0] + r["features"] for r in pub])
+    used = np.array([True] + [f not in Q.CONFIDENCE_UNUSED.get(task, ()) for f in Q.CONFIDENCE_FEATURES])
+    X = np.array([[1.0] + r["features"] for r in pub]) * used  # an unused feature is a zero column: weight 0
     y = np.array([float(target(r)) for r in pub])
     w = np.zeros(X.shape[1])
     for _ in range(50):

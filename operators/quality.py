@@ -500,12 +500,18 @@ def _result(grades: list[tuple[float, str]], kind: str, dur: float, metrics: dic
 # (benchmarks/quality_confidence.py, which fits the coefficients on TRAINING patients with `--fit` and measures
 # them on the held-out ones): for ppg2ecg, every true R-peak of the span found within 50 ms and no extra one;
 # for sr, a normalised RMSE against the true full-rate signal below SR_RIGHT_NRMSE.
-SR_RIGHT_NRMSE = 0.25
-CONFIDENCE_FEATURES = ("score", "shape", "swing", "hf_frac", "context")
+SR_RIGHT_NRMSE = 0.25  # RMSE / the record's SD of the true full-rate signal
+CONFIDENCE_FEATURES = ("score", "shape", "swing", "hf_frac", "context", "ecg")
+# Fitted by `python benchmarks/quality_artifacts.py --records 01,05,08,12,15,19,22,26,30,33,37 --fit` (every third
+# training patient, clean runs and runs with motion, clipping and noise injected; classic translator).
 CONFIDENCE_COEFS = {  # task -> (intercept, one coefficient per CONFIDENCE_FEATURES)
-    "ppg2ecg": (0.0, 4.0, 0.0, 0.0, 0.0, 0.0),
-    "sr": (0.0, 4.0, 0.0, 0.0, 0.0, 0.0),
+    "ppg2ecg": (-14.858, 2.570, 13.699, -0.461, -5.472, 1.508, 0.0),
+    "sr": (-34.101, -2.203, 40.355, 0.554, 0.0, 0.0, -8.096),
 }
+# Features a task's model leaves out: SR has no patient context, and for SR hf_frac (measured only where the rate
+# can show it: PPG at 25 Hz, never ECG) would stand in for the signal's kind, which `ecg` states; PPG->ECG's
+# source is always a PPG.
+CONFIDENCE_UNUSED = {"ppg2ecg": ("ecg",), "sr": ("hf_frac", "context")}
 
 
 def confidence_features(q: SignalQuality, context_used: bool) -> np.ndarray:
@@ -515,7 +521,8 @@ def confidence_features(q: SignalQuality, context_used: bool) -> np.ndarray:
     shape = m.get("beat_corr")
     if shape is None:
         shape = CHECKS["kurtosis"].grade(m["kurtosis"]) if "kurtosis" in m else q.score
-    return np.array([q.score, shape, min(m.get("swing", 1.0), 10.0), m.get("hf_frac", 0.0), float(context_used)])
+    return np.array([q.score, shape, min(m.get("swing", 1.0), 10.0), m.get("hf_frac", 0.0), float(context_used),
+                     float(q.kind == ECG)])
 
 
 def confidence(task: str, q: SignalQuality | None, context_used: bool = False) -> float | None:
