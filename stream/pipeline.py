@@ -460,16 +460,15 @@ class Pipeline:
             # translator that failed (flat, NaN, saturated) is caught here; its waveform's shape is the model's.
             m = int(round(QUALITY_MARGIN_S * job.target_rate))
             qo = Q.assess(y[max(0, k0 - m): min(len(y), k1 + m)], job.target_rate, Q.OTHER)
-            if q is None or qo.score < q.score:
-                q = qo if not qo.usable else Q.SignalQuality(qo.cls, qo.score, qo.reason, q.kind if q else qo.kind,
-                                                             qo.duration_s, qo.metrics)
             if not qo.usable:
-                result.events.append(self._unusable_event(OUTPUT_UNUSABLE, st, w, qo, self._topic_signal(st, job.task),
-                                                          [self._topic_signal(st, job.task)]))
-                job.quality = q
+                out_signal = self._topic_signal(st, job.task)
+                result.events.append(self._unusable_event(OUTPUT_UNUSABLE, st, w, qo, out_signal, [out_signal]))
+                job.quality = qo
                 self._withhold(job, result)
                 return
-            conf = Q.confidence(job.task, job.quality, req.context is not None)
+            conf = Q.confidence(job.task, q, req.context is not None)  # from the source: what the model saw
+            if q is None or qo.score < q.score:
+                q = qo
         if k0 < k1:
             out = self._series(job, times[k0:k1], y[k0:k1], q, conf, req.context is not None, usable=True)
             key = (st.bed, out.topic_signal)
