@@ -8,8 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.test_worker_integration import (T0, WorkerProc, bidmc_recording, consume_all, count, wait_until,  # noqa: F401
-                                           wenv)
+from tests.test_worker_integration import T0, WorkerProc, bidmc_recording, consume_all, wait_until, wenv  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCHEMA = json.loads((__import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "events.schema.json").read_text())
@@ -38,8 +37,11 @@ def test_probe_off_span_publishes_no_synthetic_ecg_and_no_rpeaks(wenv, bidmc_rec
             replay([rec], producer, wenv.topics["input"], beds=1, speed=0, start_ns=T0, chunk_s=1.0)
         finally:
             producer.close()
-        wait_until(lambda: count(wenv.influx, wenv.db, "quality", "WHERE usable=false") > 0 or None, 90,
-                   "a withheld span in the quality measurement", worker)
+        def withheld_points():
+            rows = wenv.influx.query("SELECT count(score) FROM quality WHERE usable=false", wenv.db)
+            return bool(rows) and (rows[0].get("count") or 0) > 0 or None
+
+        wait_until(withheld_points, 90, "a withheld span in the quality measurement", worker)
         events = [json.loads(m.value) for m in consume_all(wenv.bootstrap, wenv.topics["events"], 15, timeout=20)]
         synth = [wire.decode(m.value) for m in consume_all(wenv.bootstrap, wenv.topics["ecg_synth"], 10, timeout=20)]
     finally:
