@@ -19,7 +19,8 @@ Per channel and alarm type (definitions of the Challenge, `../shared/data/README
 - extreme tachycardia (> 140 bpm for 17 consecutive beats): contradicted when the fastest 17 are slow;
 - ventricular tachycardia (>= 5 ventricular beats above 100 bpm): an ECG lead contradicts when no 5 beats
   exceed 100 bpm, or when every beat matches the patient's own earlier beat (no run of abnormal beats); a
-  pulse channel contradicts, weakly, when its 5-beat rate stays below 100 bpm;
+  pulse channel (PLETH, ABP) contradicts when its pulses stay regular through the window (`VT_PULSE_CV`):
+  a ventricular run disturbs the pulse rhythm, noise on the ECG does not;
 - ventricular flutter/fibrillation (fibrillatory waveform >= 4 s): contradicted by regular beats or pulses
   with no gap reaching 4 s (a fibrillating heart ejects nothing).
 Each contradiction is a number in [0, 1] (graded near the threshold); it is weighed by the channel's quality
@@ -77,6 +78,12 @@ ABNORMAL_CORR = 0.5  # a beat correlating less than this with the patient's earl
 ABNORMAL_WIDTH = 1.3  # ... or whose QRS is this much wider than that beat's
 VT_MAX_RR_S = 0.6  # 100 bpm
 VT_RUN = 5  # ventricular beats in a row (Challenge definition)
+# A run of ventricular beats disturbs the pulse rhythm (premature beats fill the ventricle less: small or missing
+# pulses, then a compensatory pause), whereas sinus rhythm varies its beat-to-beat interval by a few percent.
+# A good pulse channel whose pulse-interval coefficient of variation over the window stays at or below the
+# first value contradicts a VT fully, graded to nothing at the second (not fitted: physiology).
+VT_PULSE_CV = (0.05, 0.10)
+VT_PULSE_MIN_BEATS = 6  # pulses in the window needed to measure their regularity (5 intervals)
 
 
 def parse_alarm_type(name: str) -> str:
@@ -271,8 +278,10 @@ def _clip01(v: float) -> float:
 
 
 def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr17max: float | None,
-           abnormal: int | None, win_len_s: float, median_rr: float | None) -> tuple[float, float]:
-    """(contradicts, supports) of one channel for one alarm type (see module doc)."""
+           abnormal: int | None, win_len_s: float, median_rr: float | None,
+           rr_cv: float | None = None) -> tuple[float, float]:
+    """(contradicts, supports) of one channel for one alarm type (see module doc); `rr_cv` is the
+    coefficient of variation of the window's beat intervals (None with fewer than VT_PULSE_MIN_BEATS)."""
     hr5min, hr5max = hr5
     if alarm_type == ASYSTOLE:
         if n_beats < 3 or (kind == "ecg" and (abnormal or 0) > ASYSTOLE_MAX_ABNORMAL):
@@ -290,9 +299,15 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
             return (_clip01((130.0 - 60.0 * n_beats / win_len_s) / 20.0) if gap < 3.0 else 0.0), 0.0
         return _clip01((130.0 - hr17max) / 20.0), _clip01((hr17max - 140.0) / 10.0)
     if alarm_type == VTACH:
+        if kind == "pulse":
+            # pulses say nothing about QRS shape and a VT may eject too little for a pulse (so they never
+            # support one), but pulses regular throughout contradict a run of ventricular beats
+            if rr_cv is None or gap >= 3.0:
+                return 0.0, 0.0
+            lo, hi = VT_PULSE_CV
+            return _clip01((hi - rr_cv) / (hi - lo)), 0.0
         if hr5max is None or kind != "ecg":
-            # pulses (and beats drawn from them) say nothing about QRS shape, and a VT often ejects too little
-            # for a pulse: only ECG leads judge a VT
+            # beats drawn from the pulse add nothing to the pulse itself: only ECG leads judge the QRS
             return 0.0, 0.0
         if gap >= 3.0:
             return 0.0, 0.0  # missed beats: neither rate nor shape can be judged
@@ -342,8 +357,10 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     hr5 = _hr_extremes(beats_s, 5)
     hr17 = _hr_extremes(beats_s, 17)[1]
     abnormal = _abnormal_run(x, rate_hz, peaks[peaks < b], a) if kind == "ecg" else None
+    rr = np.diff(beats_s)
+    rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     contra, support = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
-                             None if hr is None else 60.0 / hr)
+                             None if hr is None else 60.0 / hr, rr_cv)
     quality = "good" if qscore >= 0.75 and onset_ok else "degraded" if qscore >= 0.25 else "unusable"
     return ChannelEvidence(name=name, kind=kind, quality=quality, quality_score=qscore, onset_ok=onset_ok,
                            reason="" if qscore == 1.0 else reason, beats_s=tuple(float(t) for t in beats_s),
@@ -490,6 +507,13 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
     i_s = int(np.argmax(weighted_s))
     support = weighted_s[i_s]
     false_score = _clip01(contra - support)
+    if alarm_type == VTACH:
+        # the strongest regular pulse stands on its own: ECG noise that looks like a run of unusual beats (the
+        # ECG's "support") leaves the pulse regular, a real ventricular run does not
+        pulse = [i for i, c in enumerate(chans) if c.kind == "pulse"]
+        i_p = max(pulse, key=lambda i: weighted_c[i]) if pulse else None
+        if i_p is not None and weighted_c[i_p] > false_score:
+            i_c, false_score = i_p, weighted_c[i_p]
     if false_score >= threshold and i_c is not None:
         c = chans[i_c]
         verdict, reason = "false", f"{c.name} ({c.quality}) contradicts a {alarm_type} alarm"

@@ -296,3 +296,46 @@ def test_alarm_check_json_on_challenge_records(challenge, capsys):
     assert main(["alarm-check", str(challenge / "f545l"), "--json", "--mode", "retrospective", "--wait-s", "10"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["mode"] == "retrospective" and d["window_s"] == [-16.0, 10.0]
+
+
+def _pulse_train(times_s, amps, seconds, rate_hz=RATE):
+    """A PLETH-like wave: one smooth pulse (0.12 s rise, slower decay) per time, of the given amplitude."""
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    x = np.zeros_like(t)
+    for t0, a in zip(times_s, amps):
+        d = t - t0
+        m = (d > -0.5) & (d < 1.0)
+        x[m] += a * np.exp(-0.5 * (d[m] / np.where(d[m] < 0, 0.12, 0.25)) ** 2)
+    return x
+
+
+def test_regular_pulse_refutes_vt_on_a_noisy_ecg(clean):
+    """ECG noise that the monitor took for a ventricular run leaves the pulse regular: PLETH refutes the VT,
+    where the ECG alone cannot."""
+    sig = {k: v.copy() for k, v in clean.items()}
+    i = int((ONSET_S - 6.0) * RATE)
+    sig["II"][i:] += 2.0 * np.random.default_rng(4).standard_normal(len(sig["II"]) - i)
+    v = core.verify_alarm(core.VTACH, sig, _rates(sig), ONSET_S)
+    pleth = next(c for c in v.channels if c.name == "PLETH")
+    assert pleth.quality == "good" and pleth.contradicts == 1.0, pleth.to_dict()
+    assert v.verdict == "false" and "PLETH" in v.reason
+    assert core.verify_alarm(core.VTACH, {"II": sig["II"]}, {"II": RATE}, ONSET_S).keep_alarm
+
+
+def test_pulse_disturbed_by_a_ventricular_run_does_not_refute_vt():
+    """Six premature beats at 150 bpm eject small pulses and end in a pause: the pulse is irregular, so it
+    says nothing against the VT."""
+    beats = list(np.arange(1.0, ONSET_S - 8.0, 0.8))
+    run = [beats[-1] + 0.4 * (k + 1) for k in range(6)]
+    after = list(np.arange(run[-1] + 1.2, ONSET_S + 5.0, 0.8))
+    times = beats + run + after
+    amps = [1.0] * len(beats) + [0.4] * len(run) + [1.0] * len(after)
+    pleth = _pulse_train(times, amps, ONSET_S + 10.0)
+    v = core.verify_alarm(core.VTACH, {"PLETH": pleth}, {"PLETH": RATE}, ONSET_S)
+    c = v.channels[0]
+    assert len(c.beats_s) >= core.VT_PULSE_MIN_BEATS and c.contradicts == 0.0, c.to_dict()
+    assert v.keep_alarm
+    # the same channel with the run replaced by regular pulses refutes it
+    steady = _pulse_train(np.arange(1.0, ONSET_S + 5.0, 0.8), np.ones(200), ONSET_S + 10.0)
+    w = core.verify_alarm(core.VTACH, {"PLETH": steady}, {"PLETH": RATE}, ONSET_S)
+    assert w.channels[0].contradicts == 1.0 and w.verdict == "false"
