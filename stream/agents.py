@@ -356,6 +356,21 @@ def _load_translator(settings: Settings):
     return load_translator(settings.translator, device=settings.device)
 
 
+async def crash_on_error(app, what: str, coro) -> None:
+    """Await a timer's work `coro`: a stopping sink ends it quietly, any other error crashes the worker.
+
+    A timer has no stream to fail, so an error it swallowed would leave state half-updated while input keeps
+    being acknowledged; crashing makes a restart re-consume from the committed offsets instead.
+    """
+    try:
+        await coro
+    except sinks.SinkStopped:
+        pass
+    except Exception as exc:
+        log.exception("%s failed; crashing the worker", what)
+        await app.crash(exc)
+
+
 def register(app, settings: Settings, translator=None) -> WorkerRuntime:
     """Attach the input agent, the idle-flush timer and rebalance/stop hooks to `app`."""
     rt = WorkerRuntime(app, settings, translator)
@@ -384,13 +399,7 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
                 return
 
     async def flush_idle_once():
-        try:
-            await rt.flush_idle()
-        except sinks.SinkStopped:
-            pass
-        except Exception as exc:
-            log.exception("idle flush failed; crashing the worker")
-            await app.crash(exc)
+        await crash_on_error(app, "idle flush", rt.flush_idle())
 
     flushing: list[asyncio.Task] = []
 

@@ -23,6 +23,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
+from stream.agents import crash_on_error
 from stream.alarms import BAD_ALARM, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
 from stream.config import Settings
 
@@ -109,13 +110,7 @@ def register(app, settings: Settings, worker_rt) -> AlarmRuntime:
 
     @app.timer(interval=0.5, name="wavebridge-alarm-judge")
     async def judge_due():
-        try:
-            await rt.tick()
-        except sinks.SinkStopped:
-            pass
-        except Exception as exc:
-            log.exception("judging alarms failed; crashing the worker")
-            await app.crash(exc)
+        await crash_on_error(app, "judging alarms", rt.tick())
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender, **kwargs):
