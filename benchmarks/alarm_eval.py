@@ -1,4 +1,4 @@
-"""Cross-validated Challenge score of alarm verification (operators/alarms.py) on the shared 2015 records.
+"""Cross-validated Challenge score of alarm verification (operators/processing/alarms.py) on the shared 2015 records.
 
     python benchmarks/alarm_eval.py [--data ../shared/data/challenge2015] [--folds 5] [--out out/alarm_eval]
     OMP_NUM_THREADS=1 python benchmarks/alarm_eval.py --runtime-every 10     # CPU time per alarm
@@ -12,7 +12,7 @@ fold. `uncertain` counts as keeping the alarm (positive). Score: (TP+TN)/(TP+TN+
 alarm kept. Ablation: the same with only some channel kinds. Writes `results.json` and `report.md` in --out
 and prints the report.
 
-The rules and fixed constants of operators/alarms.py were written while looking at these records' overall
+The rules and fixed constants of operators/processing/alarms.py were written while looking at these records' overall
 results, so the numbers are cross-validated for the thresholds but not free of design choices made on the
 same data (see docs/alarms.md).
 """
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from operators.alarms import (ALARM_TYPES, ASYSTOLE, MODES, SAFETY_FLOOR, VFIB, ChannelEvidence,  # noqa: E402
+from operators.processing.alarms import (ALARM_TYPES, ASYSTOLE, MODES, SAFETY_FLOOR, VFIB, ChannelEvidence,  # noqa: E402
                               add_synthesized_ecg, challenge_score, fuse, read_challenge_record, verify_alarm)
 
 NEVER = 2.0  # a threshold no false score reaches: the type is never suppressed
@@ -182,7 +182,7 @@ def report(rows: list[dict], k: int, seed: int) -> tuple[str, dict]:
 def runtime(data: Path, every: int, translator: str) -> str:
     """CPU time per alarm of `stream.alarms.check_record` (record reading included) on every `every`-th record,
     with and without II_SYNTH; run with OMP_NUM_THREADS=1 for one core."""
-    from stream.alarms import check_record
+    from stream.tools.alarm_check import check_record
 
     names = (data / "RECORDS").read_text().split()[::every]
     lines = []

@@ -12,7 +12,7 @@ feeds the GPU from one host thread, so the host-side cost is usually the limit, 
     python benchmarks/gpu_bench.py                      # on a GPU: fp16, batch 1..1024, under 5 minutes
     python benchmarks/gpu_bench.py --device cpu --quick # proves the script on CPU (fp32, a few batch sizes)
 
-Windows are synthetic (operators.synthetic), so the benchmark needs no data files. Not a test.
+Windows are synthetic (operators.io.synthetic), so the benchmark needs no data files. Not a test.
 """
 from __future__ import annotations
 
@@ -68,9 +68,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from models.bench import _requests
+    from stream.tools.bench_model import _requests
     from models.engine import ClmtTranslator, resolve_device
-    from operators.synthetic import synthesize
+    from operators.io.synthetic import synthesize
     from operators.translator import PPG2ECG, SR
 
     device = resolve_device(args.device)

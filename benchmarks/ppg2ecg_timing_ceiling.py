@@ -9,10 +9,10 @@ predict from the PPG's own rhythm).
 
 Part 2, held-out records (`--split train`: the training records), scored like `wavebridge evaluate` (first 60 s = the patient's context, the rest
 scored, Pearson per 8 s window, all windows pooled): the patient's own context beat
-(`operators.baselines.beat_model_from_context`) drawn at the TRUE R peaks of the scored part, then at
+(`operators.classic.beat_model_from_context`) drawn at the TRUE R peaks of the scored part, then at
 true R peaks plus Gaussian timing errors of a given SD (sharp, and blurred by that SD, the MSE-optimal
 drawing under that error), then at the R times the PPG predicts (each pulse's systolic peak or tangent foot
-minus the context's median delay to it: the classic baseline's timing, `operators.baselines.pulse_times`),
+minus the context's median delay to it: the classic baseline's timing, `operators.classic.pulse_times`),
 whose error against the true R peaks is also printed (median |error| per record, which counts the delay's
 drift away from the context's value; the robust SD does not), and finally at the PPG foot with the delay's drift
 known exactly (a running median of the scored part's true delays: a ceiling for any drift tracking, since only
@@ -43,11 +43,11 @@ from scipy.ndimage import median_filter, uniform_filter1d  # noqa: E402
 from scipy.signal import resample_poly  # noqa: E402
 
 from models.data import found_data_root, split  # noqa: E402
-from operators.baselines import (TIMING_BLUR_S, beat_model_from_context, blur_timing, pulse_delays,  # noqa: E402
+from operators.classic import (TIMING_BLUR_S, beat_model_from_context, blur_timing, pulse_delays,  # noqa: E402
                                  pulse_times, render_ecg)
-from operators.metrics import pool_windows, windowed_pearson_rmse  # noqa: E402
-from operators.records import read_recording  # noqa: E402
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times  # noqa: E402
+from operators.processing.metrics import pool_windows, windowed_pearson_rmse  # noqa: E402
+from operators.io.records import read_recording  # noqa: E402
+from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times  # noqa: E402
 from operators.translator import PairedContext  # noqa: E402
 
 CONTEXT_S = 60.0
@@ -69,7 +69,7 @@ def robust_sd(x: np.ndarray) -> float:
 
 def ppg_fiducials(ppg: np.ndarray, rate: float) -> dict[str, np.ndarray]:
     """Per detected PPG beat, the time (s) of each fiducial; NaN where a beat has no clean upstroke. The peak and
-    the tangent foot are the service's own (`operators.rpeaks`); the two slope points are found here."""
+    the tangent foot are the service's own (`operators.processing.rpeaks`); the two slope points are found here."""
     peaks = detect_ppg_peaks(ppg, rate)
     out = {"peak": refine_peak_times(ppg, peaks, rate), "tangent_foot": ppg_foot_times(ppg, peaks, rate)}
     x = resample_poly(ppg - np.median(ppg), UP, 1)

@@ -1,9 +1,9 @@
 """Signal-quality gating measured on injected PPG artifacts, and the confidence of synthesized-ECG windows.
 
 For each BIDMC record (default: the held-out validation patients, models.data.split) the PLETH channel is
-corrupted with one artifact kind at a time (operators.artifacts: flat = probe off, noise, clipping, motion, NaN
+corrupted with one artifact kind at a time (operators.processing.artifacts: flat = probe off, noise, clipping, motion, NaN
 runs), in `--span-s` spans every `--every-s` seconds after the first 60 s (the patient's paired context, as in
-`wavebridge evaluate`), and translated PPG->ECG by the offline pipeline (stream.offline: the worker's windows, its
+`wavebridge evaluate`), and translated PPG->ECG by the offline pipeline (stream.tools.offline: the worker's windows, its
 quality gating and events) with gating on, and once more with it off (`--no-baseline` skips that). A window is
 the emitted span of one pipeline window; it is *corrupted* when its quality span (emitted part +- 1 s) touches an
 injected span, and *clean* when the record is uncorrupted. Printed per artifact kind:
@@ -11,12 +11,12 @@ injected span, and *clean* when the record is uncorrupted. Printed per artifact 
 - flagged: share of corrupted windows withheld (source_unusable) / not judged good;
 - kept: share of clean windows published;
 - wrong HR: share of windows that publish an `hr_bpm` more than 10 bpm from the true ECG's heart rate over the
-  same span (true R-peaks of lead II, operators.rpeaks), gated and ungated.
+  same span (true R-peaks of lead II, operators.processing.rpeaks), gated and ungated.
 
 Then the confidence of every published window (clean runs) against its measured error: R-peak timing error
 (median |synth - true| ms of the peaks it reports, 150 ms for a missed or extra peak), Spearman's rho, and a
 calibration table (confidence bins: windows, share "right" = every true peak found within 50 ms and no extra
-one, mean error). `--fit` instead fits operators.quality.CONFIDENCE_COEFS["ppg2ecg"] on the given records
+one, mean error). `--fit` instead fits operators.processing.quality.CONFIDENCE_COEFS["ppg2ecg"] on the given records
 (use `--split train`: never fit and score on the same patients) and prints them.
 
     python benchmarks/quality_artifacts.py                       # held-out patients, clmt, ~5-10 min on 2 cores
@@ -40,11 +40,11 @@ if str(REPO) not in sys.path:  # run as a script
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from operators import quality as Q  # noqa: E402
-from operators.artifacts import ARTIFACTS, inject  # noqa: E402
-from operators.context import select_context  # noqa: E402
-from operators.records import Recording, read_recording  # noqa: E402
-from operators.rpeaks import detect_rpeaks, heart_rate_bpm  # noqa: E402
+from operators.processing import quality as Q  # noqa: E402
+from operators.processing.artifacts import ARTIFACTS, inject  # noqa: E402
+from operators.state.context import select_context  # noqa: E402
+from operators.io.records import Recording, read_recording  # noqa: E402
+from operators.processing.rpeaks import detect_rpeaks, heart_rate_bpm  # noqa: E402
 from operators.translator import PPG2ECG, load_translator  # noqa: E402
 
 CONTEXT_S = 60.0
@@ -102,7 +102,7 @@ def _timing_error(peaks_ns, r_ns, lo, hi):
 
 
 def run_record(name, root, translator, kinds, args, rng):
-    from stream.offline import iter_source_chunks, translate_chunks
+    from stream.tools.offline import iter_source_chunks, translate_chunks
 
     rec = read_recording(root / f"bidmc{name}", ["II", "PLETH"])
     fs = float(rec.rates["PLETH"])
@@ -175,7 +175,7 @@ def run_record_detectors(name, root, kinds, rng, window_s=4.0):
 
 
 def report_detectors(rows):
-    print("\n## Detectors alone (operators.quality.assess on 4 s windows, artifact over the whole window)")
+    print("\n## Detectors alone (operators.processing.quality.assess on 4 s windows, artifact over the whole window)")
     print("| signal | artifact | windows | unusable | not good | most common reason |")
     print("|---|---|---|---|---|---|")
     keys = sorted({(r["signal"], r["kind"]) for r in rows}, key=lambda k: (k[0], k[1] != "clean", k[1]))
@@ -193,9 +193,9 @@ def run_record_sr(name, root, translator, kinds, args, rng):
     """Super-resolution windows (25 -> 100 Hz) of PLETH and lead II with their confidence and measured error:
     normalised RMSE (RMSE / the record's SD of the truth: a window's own SD is ~0 where the truth is flat) against
     the full-rate signal resampled to 100 Hz."""
-    from operators.resample import decimate_to, resample
+    from operators.processing.resample import decimate_to, resample
     from operators.translator import SR
-    from stream.offline import iter_source_chunks, translate_chunks
+    from stream.tools.offline import iter_source_chunks, translate_chunks
 
     rec = read_recording(root / f"bidmc{name}", ["II", "PLETH"])
     rows = []

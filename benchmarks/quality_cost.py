@@ -20,8 +20,8 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from operators import quality as Q  # noqa: E402
-from operators.records import read_recording  # noqa: E402
+from operators.processing import quality as Q  # noqa: E402
+from operators.io.records import read_recording  # noqa: E402
 from operators.translator import TranslationRequest, load_translator  # noqa: E402
 
 

@@ -48,8 +48,8 @@ for p in (str(REPO), str(REPO / "benchmarks")):
 
 import numpy as np  # noqa: E402
 
-from stream.demo import WorkerProcess  # noqa: E402
-from stream.embedded import EmbeddedBroker  # noqa: E402
+from stream.tools.demo import WorkerProcess  # noqa: E402
+from stream.tools.embedded import EmbeddedBroker  # noqa: E402
 from stream.topics import committed_total  # noqa: E402
 
 T0 = 1_750_000_000_000_000_000
@@ -114,7 +114,7 @@ def compare(ref: dict, run: dict, tol: float = 1e-6) -> dict:
 
 def expected_grid(rec) -> dict:
     """{(signal tag, kind): times relative to T0} from the offline mode (what every bed must hold exactly)."""
-    from stream.offline import translate_recording
+    from stream.tools.offline import translate_recording
 
     out = {}
     res = translate_recording(rec, "ppg2ecg", target_rate=SR_TARGET_HZ, translator="classic", signal="PLETH")
@@ -126,7 +126,7 @@ def expected_grid(rec) -> dict:
 
 
 def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, log=print) -> dict:
-    from stream.replay import replay
+    from stream.tools.replay import replay
     from stream.topics import ensure_topics
 
     prefix = f"soak{i:02d}{uuid.uuid4().hex[:6]}"
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
         return 2
     from dataclasses import replace
 
-    from operators.records import read_recording
+    from operators.io.records import read_recording
     from stream_bench import InfluxStack
 
     if not Path(args.record + ".hea").exists():

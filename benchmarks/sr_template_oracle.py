@@ -1,7 +1,7 @@
 """How far can other patients' beats take ECG super-resolution without a context of the patient's own?
 
 For every held-out BIDMC record, the classic SR path (polyphase + QRS high band pasted at matched beats,
-`operators/beatsr.py`) is run with the first 60 s of EACH training record as the "context", i.e. with a
+`operators/processing/beatsr.py`) is run with the first 60 s of EACH training record as the "context", i.e. with a
 foreign patient's beat. Printed per held-out record: the best foreign beat (chosen against the truth: an
 oracle no selector can beat), the median foreign beat, the patient's own first 60 s, and polyphase alone;
 then the means. The model card quotes the result (mean best 0.947 vs own 0.978). Scored like
@@ -24,10 +24,10 @@ if str(REPO) not in sys.path:  # run as a script
 import numpy as np  # noqa: E402
 
 from models.data import found_data_root, split  # noqa: E402
-from operators.records import read_recording  # noqa: E402
-from operators.resample import decimate_to, resample  # noqa: E402
+from operators.io.records import read_recording  # noqa: E402
+from operators.processing.resample import decimate_to, resample  # noqa: E402
 from operators.translator import SR, PairedContext, load_translator  # noqa: E402
-from stream.evaluate import SR_RATE, SR_TARGET, Result, translate_array  # noqa: E402
+from stream.tools.evaluate import SR_RATE, SR_TARGET, Result, translate_array  # noqa: E402
 
 CONTEXT_S = 60.0
 

@@ -39,8 +39,8 @@ if str(REPO) not in sys.path:  # run as a script: make stream/, operators/, test
 
 import numpy as np  # noqa: E402
 
-from stream.demo import WorkerProcess  # noqa: E402
-from stream.embedded import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
+from stream.tools.demo import WorkerProcess  # noqa: E402
+from stream.tools.embedded import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
 
 DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
 WINDOW_S = 8.0
@@ -201,7 +201,7 @@ def cpu_line(cpu: dict[str, float], wall_s: float) -> str:
 
 def run_translator(translator: str, args, broker: EmbeddedBroker, influx: InfluxStack, recording, workdir: Path,
                    log=print) -> list[StepResult]:
-    from stream.replay import replay
+    from stream.tools.replay import replay
     from stream.topics import ensure_topics
 
     tag = "".join(ch if ch.isalnum() else "_" for ch in translator)
@@ -293,7 +293,7 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
     from operators.translator import load_translator
     from stream.config import Settings
     from stream.pipeline import Pipeline, PipelineConfig
-    from stream.replay import iter_all_chunks, plan_beds
+    from stream.tools.replay import iter_all_chunks, plan_beds
 
     settings = Settings(translator=translator, window_s=WINDOW_S, hop_s=HOP_S)
     now = [0.0]
@@ -323,13 +323,13 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
 
 
 def load_recording(record: str | None):
-    from operators.records import read_recording
+    from operators.io.records import read_recording
 
     if record:
         return read_recording(record, ["II", "PLETH"]), record
     if DEFAULT_RECORD.with_suffix(".hea").exists():
         return read_recording(DEFAULT_RECORD, ["II", "PLETH"]), str(DEFAULT_RECORD)
-    from operators.synthetic import synthesize, write_wfdb
+    from operators.io.synthetic import synthesize, write_wfdb
 
     path = write_wfdb(synthesize(seconds=600), Path(tempfile.mkdtemp(prefix="wavebridge-bench-")), "synthetic")
     return read_recording(path, ["II", "PLETH"]), "synthetic (BIDMC not found)"

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from models.prep import CANONICAL_RATE, LOWRES_KINDS, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
-from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
+from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
-from operators.quality import fill_nonfinite
-from operators.rpeaks import detect_rpeaks
-from operators.records import canonical_name, read_recording
-from operators.resample import resample
+from operators.processing.quality import fill_nonfinite
+from operators.processing.rpeaks import detect_rpeaks
+from operators.io.records import canonical_name, read_recording
+from operators.processing.resample import resample
 
 SAME_PATIENT = (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39"))
 ALL_RECORDS = tuple(f"{i:02d}" for i in range(1, 41))
@@ -204,7 +204,7 @@ class Sampler:
         with (for SR the source's level and spread, for PPG->ECG the same as `tgt`).
 
         `prior`: for PPG->ECG the classic synthesis; for ECG SR, with probability `p_sr_context`, the high band
-        of the patient's context beat pasted on the source (operators.beatsr), else zeros. ECG SR rows (and their
+        of the patient's context beat pasted on the source (operators.processing.beatsr), else zeros. ECG SR rows (and their
         context) are time-stretched with probability `p_ecg_stretch`, sign-flipped with `p_ecg_flip` (`augment_ecg`)."""
         w, rng = self.window, self.rng
         src, tgt, prior, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, w, self.template, self.template))

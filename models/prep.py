@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.baselines import ClassicTranslator
-from operators.resample import decimate_to, resample
+from operators.classic import ClassicTranslator
+from operators.processing.resample import decimate_to, resample
 from operators.translator import PPG2ECG, PairedContext, TranslationRequest
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
+from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 
 CANONICAL_RATE = 100.0
 PAT_RANGE_S = (0.05, 1.0)  # R-peak -> PPG systolic peak, incl. monitor processing delay
@@ -26,7 +26,7 @@ def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
     """What a `rate` Hz monitor would send, brought back to 100 Hz the way the engine does it.
 
     Monitors differ: "fir" low-passes with a sharp FIR (polyphase) before decimating, "iir" with an 8th-order
-    Butterworth at 0.8 x the new Nyquist frequency (`operators.resample.decimate_to`, what `wavebridge evaluate`
+    Butterworth at 0.8 x the new Nyquist frequency (`operators.processing.resample.decimate_to`, what `wavebridge evaluate`
     calls "aa"), "plain" keeps every k-th sample (aliasing)."""
     if kind == "fir":
         lo = resample(x, CANONICAL_RATE, rate, method="polyphase")

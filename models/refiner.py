@@ -7,7 +7,7 @@ template at the true R-peaks reaches Pearson 0.99 on ECG 25->100 Hz; the token p
 refiner sees, sample by sample, what the translator cannot resolve in token space:
     channel 0  the source as the translator got it (z-scored; for PPG->ECG shifted by the pulse delay)
     channel 1  a prior: for ECG SR with a full-rate context of the same patient, that patient's QRS high band
-               pasted at matched beat times (operators.beatsr), else zeros (PPG->ECG's template synthesis
+               pasted at matched beat times (operators.processing.beatsr), else zeros (PPG->ECG's template synthesis
                would go here, but PPG->ECG is not refined)
     channel 2  the decoded CLMT output
 plus the task as a learned per-channel bias, and predicts a residual added to a draft: the CLMT decode

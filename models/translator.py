@@ -4,7 +4,7 @@ Sequence seen by one transformer encoder:
     [task] [priors: source rate, age, sex, pulse delay] [context flag]  source tokens  context ECG tokens  context PPG tokens
 Source and context token ids are embedded per RVQ level and summed. Context tokens (the same
 patient's earlier paired ECG+PPG) are masked out when absent. For PPG->ECG a physiological prior -
-the classic synthesis (patient beat template placed at PPG-derived beat times, operators.baselines),
+the classic synthesis (patient beat template placed at PPG-derived beat times, operators.classic),
 tokenized with the ECG tokenizer - is added position by position to the source tokens, so the
 network refines a time-aligned draft instead of inventing beat timing from scratch. One forward pass predicts every target
 latent frame at once; serving re-quantizes them with the tokenizer's RVQ (target tokens) and decodes.

@@ -1,6 +1,6 @@
 """The translator interface: the one seam between the stream and any model.
 
-`stream/` only ever talks to a `Translator`; `models/` (CLMT) and `operators/baselines.py`
+`stream/` only ever talks to a `Translator`; `models/` (CLMT) and `operators/classic.py`
 (classic methods) implement it. A translator is chosen by a spec string, so a new model plugs in
 by configuration (`WAVEBRIDGE_TRANSLATOR=models.engine:ClmtTranslator`) without touching `stream/`.
 
@@ -123,9 +123,9 @@ def parse_spec(spec: str) -> dict[str, str] | str:
 
 
 ALIASES = {
-    "classic": "operators.baselines:ClassicTranslator",
+    "classic": "operators.classic:ClassicTranslator",
     "clmt": "models.engine:ClmtTranslator",
-    "passthrough": "operators.baselines:PassthroughTranslator",  # translation disabled (benchmark ceiling)
+    "passthrough": "operators.classic:PassthroughTranslator",  # translation disabled (benchmark ceiling)
 }
 
 

@@ -44,7 +44,7 @@ class AlarmRuntime:
         worker_rt.chunk_listeners.append(self.ring.add)
 
     def _open(self) -> None:
-        from operators.alarms import VerifierConfig
+        from operators.processing.alarms import VerifierConfig
         from operators.translator import load_translator
 
         s = self.settings

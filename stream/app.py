@@ -84,19 +84,13 @@ def create_app(settings: Settings | None = None, translator=None):
 def preflight(s: Settings):
     """Everything that can be checked before connecting to Kafka; returns the loaded translator.
 
-    Raises ConfigError (naming the variable) for a device without a GPU, a translator that does not
-    load, or an InfluxDB that refuses the token, org or bucket. An unreachable InfluxDB is not an
-    error here: writes retry until it is back.
+    Raises ConfigError (naming the variable) for a translator that does not load (a CUDA device
+    without a GPU is the CLMT engine's own refusal: the service itself never imports torch), or an
+    InfluxDB that refuses the token, org or bucket. An unreachable InfluxDB is not an error here:
+    writes retry until it is back.
     """
     from stream import sinks
 
-    if s.device.startswith("cuda"):
-        try:
-            import torch
-        except ImportError:
-            raise ConfigError(f"WAVEBRIDGE_DEVICE={s.device}: torch is not installed") from None
-        if not torch.cuda.is_available():
-            raise ConfigError(f"WAVEBRIDGE_DEVICE={s.device}: torch sees no CUDA GPU (use cpu or auto)")
     from operators.translator import load_translator
 
     try:

@@ -445,7 +445,7 @@ class Settings:
         self._check_alarms(bad, topics)
 
     def _check_alarms(self, bad, topics: list[str]) -> None:
-        from operators.alarms import LEARN_S, MODES, PRE_S
+        from operators.processing.alarms import LEARN_S, MODES, PRE_S
 
         if self.alarm_mode not in MODES:
             raise bad("ALARM_MODE", f"{self.alarm_mode!r} not one of {', '.join(MODES)}")

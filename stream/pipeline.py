@@ -18,9 +18,9 @@ from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
 
-from operators import quality as Q
+from operators.processing import quality as Q
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
-from operators.windowing import SlidingWindower, StreamEvent, Window
+from operators.state.windowing import SlidingWindower, StreamEvent, Window
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ OUTPUT_UNUSABLE = "output_unusable"
 class PipelineConfig:
     window_s: float = 8.0
     hop_s: float = 2.0
-    lookahead_s: float = 1.0  # newest part of every window is context only (see operators.windowing)
+    lookahead_s: float = 1.0  # newest part of every window is context only (see operators.state.windowing)
     tasks: tuple[str, ...] = (PPG2ECG, SR)
     sr_target_hz: float = 100.0
     sr_below_hz: float = 100.0
@@ -63,7 +63,7 @@ class PipelineConfig:
     # signals to super-resolve when slow; None: any input signal
     sr_signals: tuple[str, ...] | None = None
     rpeaks: bool = True
-    quality: bool = True  # judge every source window (operators.quality) and withhold unusable spans
+    quality: bool = True  # judge every source window (operators.processing.quality) and withhold unusable spans
 
     @classmethod
     def from_settings(cls, s) -> "PipelineConfig":
@@ -86,9 +86,9 @@ class OutputSeries:
     seq: int = 0
     units: str = ""
     quality: float | None = None  # 0-1: the worse of the source span's and this output's own quality score
-    quality_flag: str = ""  # operators.quality class of `quality`: good | degraded | unusable
-    reason: str = ""  # operators.quality reason of the worse of the two ("ok" when good)
-    confidence: float | None = None  # operators.quality.confidence: probability the window's output is right
+    quality_flag: str = ""  # operators.processing.quality class of `quality`: good | degraded | unusable
+    reason: str = ""  # operators.processing.quality reason of the worse of the two ("ok" when good)
+    confidence: float | None = None  # operators.processing.quality.confidence: probability the window's output is right
     context_used: bool = False  # a paired patient context went into this window
     usable: bool = True  # False: a withheld span (BatchResult.withheld), values NaN, never published
 
@@ -182,7 +182,7 @@ class _Job:
 
 def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, int]:
     """Source sample range `[a, b)` a window's quality is judged on: its emitted part +- `margin_s`, widened back
-    into the window to at least `operators.quality.MIN_GOOD_S` (a flush emits a short tail: two beats are too few
+    into the window to at least `operators.processing.quality.MIN_GOOD_S` (a flush emits a short tail: two beats are too few
     to judge a pulse's shape and rhythm by)."""
     m = int(round(margin_s * w.rate_hz))
     a, b = max(0, w.emit_from - m), min(len(w.samples), w.emit_stop + m)
@@ -511,7 +511,7 @@ class Pipeline:
         """R-peaks of the synthesized ECG over this window's reporting range (`_rpeak_range`); the heart rate is
         from the peaks of the span its quality was judged on (emitted part +- QUALITY_MARGIN_S), so it describes
         the same samples as the quality it carries."""
-        from operators.rpeaks import detect_rpeaks, heart_rate_bpm
+        from operators.processing.rpeaks import detect_rpeaks, heart_rate_bpm
 
         if len(y) == 0 or k0 >= len(y):
             return None
@@ -535,7 +535,7 @@ class Pipeline:
 
 
 class _BedContexts:
-    """Per-bed paired ECG+PPG memory (operators.context.ContextStore), built from the stream."""
+    """Per-bed paired ECG+PPG memory (operators.state.context.ContextStore), built from the stream."""
 
     def __init__(self, context_s: float):
         self.context_s = context_s
@@ -550,8 +550,8 @@ class _BedContexts:
         if self.context_s <= 0 or signal not in (ECG, PPG):
             return
         try:
-            from operators.context import ContextStore
-        except ImportError as exc:  # pragma: no cover - operators.context ships with the package
+            from operators.state.context import ContextStore
+        except ImportError as exc:  # pragma: no cover - operators.state.context ships with the package
             log.warning("patient context disabled: %s", exc)
             self.context_s = 0
             return

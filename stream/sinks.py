@@ -372,7 +372,7 @@ HEADER_TIME_ADJUST = "wavebridge.time_adjust_ns"  # int8 per sample, only when s
 
 def output_headers(out) -> list[tuple[str, bytes]]:
     """Kafka headers of an output message (`decode_output` restores the series exactly from message + headers)."""
-    from operators.windowing import grid_ns
+    from operators.state.windowing import grid_ns
 
     headers = [(HEADER_MODEL, str(out.model).encode())]
     times = np.asarray(out.times_ns, dtype=np.int64)
@@ -388,7 +388,7 @@ def output_headers(out) -> list[tuple[str, bytes]]:
 def decode_output(value: bytes, headers: dict[str, bytes]):
     """The `pipeline.OutputSeries` an output message (value + headers) was made from: same tags, same true
     timestamps, NaN where the output had no finite value. Raises `wire.WireError` / ValueError if malformed."""
-    from operators.windowing import grid_ns
+    from operators.state.windowing import grid_ns
     from stream import wire
     from stream.pipeline import SR_SUFFIX, SYNTH_SIGNAL, OutputSeries
 

@@ -69,7 +69,7 @@ OUTPUT_META = {
     "synthetic": ((bool,), lambda v: True, "true or false"),
     "quality": ((int, float), lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "quality_flag": ((str,), lambda v: v in QUALITY_FLAGS, f"one of {', '.join(QUALITY_FLAGS)}"),
-    "quality_reason": ((str,), lambda v: 0 < len(v) <= 32, "1-32 chars (operators.quality.REASONS)"),
+    "quality_reason": ((str,), lambda v: 0 < len(v) <= 32, "1-32 chars (operators.processing.quality.REASONS)"),
     "confidence": ((int, float), lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "context_used": ((bool,), lambda v: True, "true or false"),
     "model": ((str,), lambda v: 0 < len(v) <= MAX_MODEL_LEN, f"1-{MAX_MODEL_LEN} chars"),

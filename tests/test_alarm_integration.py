@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from operators.records import Recording
-from operators.synthetic import synthesize
+from operators.io.records import Recording
+from operators.io.synthetic import synthesize
 from stream import wire
 from tests.conftest import REPO
 from tests.test_worker_integration import T0, WorkerEnv, WorkerProc, consume_all, count, wait_until
@@ -43,7 +43,7 @@ def test_published_alarms_get_verdicts(wenv):
     import jsonschema
     from kafka import KafkaProducer
 
-    from stream.replay import iter_chunks
+    from stream.tools.replay import iter_chunks
 
     wenv.extra.update({"WAVEBRIDGE_TASKS": "ppg2ecg", "WAVEBRIDGE_ALARM_MODE": "realtime",
                        "WAVEBRIDGE_ALARM_GRACE_S": "20"})

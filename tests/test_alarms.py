@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators import alarms as core
-from operators.synthetic import synthesize
+from operators.processing import alarms as core
+from operators.io.synthetic import synthesize
 from operators.translator import load_translator
 from stream import alarms as sa
 from stream import wire
+from stream.tools import alarm_check
 from tests.conftest import REPO
 
 RATE = 125.0
@@ -253,13 +254,13 @@ def test_judge_without_data_is_uncertain():
 
 
 def test_alarm_check_cli_errors_and_help(capsys, tmp_path):
-    from stream.cli import main
+    from stream.tools.cli import main
 
     assert main(["alarm-check", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1
     with pytest.raises(SystemExit):
-        sa.cli(["--help"])
+        alarm_check.cli(["--help"])
     out = capsys.readouterr().out
     assert "(default: realtime)" in out and "(default: 30.0)" in out
 
@@ -281,7 +282,7 @@ def test_reads_challenge_records(challenge):
 
 
 def test_alarm_check_json_on_challenge_records(challenge, capsys):
-    from stream.cli import main
+    from stream.tools.cli import main
 
     labels = dict(line.split(",")[0::2] for line in (challenge / "ALARMS").read_text().split())
     for name in ("a109l", "f545l"):  # a false asystole with a clean arterial line; a true VF

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.baselines import (DEFAULT_DELAYS_S, TIMING_BLUR_S, ClassicTranslator, PassthroughTranslator,
+from operators.classic import (DEFAULT_DELAYS_S, TIMING_BLUR_S, ClassicTranslator, PassthroughTranslator,
                                  beat_model_from_context, blur_timing, generic_beat_model, pulse_times, render_ecg)
-from operators.metrics import peak_f1, windowed_pearson_rmse
-from operators.resample import decimate_to
-from operators.rpeaks import detect_rpeaks
+from operators.processing.metrics import peak_f1, windowed_pearson_rmse
+from operators.processing.resample import decimate_to
+from operators.processing.rpeaks import detect_rpeaks
 from operators.translator import PairedContext, TranslationRequest, Translator, load_translator
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -48,7 +48,7 @@ def _bidmc(record: str) -> tuple[np.ndarray, np.ndarray, float]:
 def test_is_a_translator_and_loads_by_alias():
     tr = load_translator("classic")
     assert isinstance(tr, Translator) and tr.name == "classic"
-    assert load_translator("operators.baselines:ClassicTranslator", sr_method="cubic").name == "classic-cubic"
+    assert load_translator("operators.classic:ClassicTranslator", sr_method="cubic").name == "classic-cubic"
     assert isinstance(PassthroughTranslator(), Translator)
     with pytest.raises(ValueError):
         ClassicTranslator(sr_method="sinc")
@@ -225,7 +225,7 @@ def test_passthrough_linear():
 
 def test_bidmc_context_improves_beat_timing():
     ecg, ppg, fs = _bidmc("03")
-    from operators.context import select_context
+    from operators.state.context import select_context
 
     ctx = select_context(ecg[: int(60 * fs)], ppg[: int(60 * fs)], fs)
     assert ctx is not None
@@ -267,9 +267,9 @@ def test_sr_of_an_ecg_uses_a_full_rate_context_beat():
 def test_pulses_of_a_fast_noisy_ppg_are_timed_no_worse_than_at_125_hz():
     """The foot's tangent followed the sensor noise on a spline through a fast PPG: with the same 1 % noise the
     foot error SD went from 16 ms at 125 Hz to 21 ms at 500 Hz (classic PPG->ECG Pearson fell with the rate)."""
-    from operators.baselines import pulse_times
-    from operators.resample import resample
-    from operators.synthetic import synthesize
+    from operators.classic import pulse_times
+    from operators.processing.resample import resample
+    from operators.io.synthetic import synthesize
 
     ppg = synthesize(seconds=60.0, seed=2).signals["PLETH"].astype(np.float64)
     truth = pulse_times(ppg, 125.0, "foot")[1]

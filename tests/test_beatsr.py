@@ -1,12 +1,12 @@
-"""operators.beatsr: ECG super-resolution from the patient's own context beat."""
+"""operators.processing.beatsr: ECG super-resolution from the patient's own context beat."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from operators.beatsr import FINE_RATE, paste_high_band, qrs_template, sr_cutoff_hz
-from operators.metrics import windowed_pearson_rmse
-from operators.resample import decimate_to, merge_bands, resample
+from operators.processing.beatsr import FINE_RATE, paste_high_band, qrs_template, sr_cutoff_hz
+from operators.processing.metrics import windowed_pearson_rmse
+from operators.processing.resample import decimate_to, merge_bands, resample
 from tests.test_baselines import _pair
 
 

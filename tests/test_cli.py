@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from stream import cli
+from stream.tools import cli
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = ["demo", "worker", "sink", "replay", "broker", "translate", "alarm-check", "train", "evaluate", "bench-model"]
 
 
 def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "stream.cli", *args]
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "stream.tools.cli", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -33,7 +33,7 @@ def test_help_imports_neither_torch_nor_faust():
     # Lazy dispatch is what keeps `wavebridge --help` instant on a machine with a cold disk cache.
     res = run_cli(code=(
         "import sys, io, contextlib\n"
-        "from stream.cli import main\n"
+        "from stream.tools.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    rc = main(['--help'])\n"
         "heavy = sorted(m for m in ('torch', 'faust', 'aiokafka', 'kafka') if m in sys.modules)\n"
@@ -108,7 +108,7 @@ def test_every_command_resolves_to_a_module_with_cli_help():
     # One child process for all commands so torch/faust are imported once.
     res = run_cli(code=(
         "import contextlib, io, json\n"
-        "from stream.cli import COMMANDS, main\n"
+        "from stream.tools.cli import COMMANDS, main\n"
         "out = {}\n"
         "for name in COMMANDS:\n"
         "    buf = io.StringIO()\n"
@@ -157,7 +157,7 @@ def test_import_error_inside_project_keeps_traceback(monkeypatch):
 ])
 def test_evaluate_refuses_unknown_task_or_sr_input_before_any_work(monkeypatch, capsys, args, message):
     # A typo used to evaluate nothing (tasks) or run plain decimation under the typed label (sr-input), exit 0.
-    from stream import evaluate
+    from stream.tools import evaluate
 
     def no_work(*a, **k):
         raise AssertionError("evaluation started despite an invalid option")

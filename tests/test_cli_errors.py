@@ -12,14 +12,14 @@ import sys
 
 import pytest
 
-from stream.cli import COMMANDS
+from stream.tools.cli import COMMANDS
 from tests.conftest import REPO
 
 
 def run(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("WAVEBRIDGE_")}
     base["PYTHONPATH"] = str(REPO) + os.pathsep + base.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "stream.cli", *args], cwd=cwd or REPO, env={**base, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "stream.tools.cli", *args], cwd=cwd or REPO, env={**base, **(env or {})},
                           capture_output=True, text=True, timeout=120)
 
 
@@ -27,7 +27,7 @@ def test_every_subcommand_help_shows_its_defaults():
     # One child process for every command: torch and faust are imported once.
     code = (
         "import contextlib, io, json\n"
-        "from stream.cli import COMMANDS, main\n"
+        "from stream.tools.cli import COMMANDS, main\n"
         "out = {}\n"
         "for name in COMMANDS:\n"
         "    buf = io.StringIO()\n"

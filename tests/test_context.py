@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.context import ContextStore, select_context
+from operators.state.context import ContextStore, select_context
 from operators.translator import PairedContext
-from operators.resample import decimate_to
-from operators.windowing import SlidingWindower
+from operators.processing.resample import decimate_to
+from operators.state.windowing import SlidingWindower
 
 T0 = 1_700_000_000_000_000_000
 
@@ -177,7 +177,7 @@ def test_a_late_or_repeated_chunk_does_not_cost_the_context():
 
 
 def test_context_cache_builds_once_per_object_and_tag_and_stays_bounded():
-    from operators.context import ContextCache
+    from operators.state.context import ContextCache
 
     cache, calls = ContextCache(2), []
     build = lambda v: (lambda: calls.append(v) or v)

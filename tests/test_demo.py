@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from operators.synthetic import synthesize, write_wfdb
-from stream.demo import chunks_to_table
+from operators.io.synthetic import synthesize, write_wfdb
+from stream.tools.demo import chunks_to_table
 from stream.wire import Chunk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def synthetic_record(tmp_path_factory) -> Path:
 
 
 def _demo_cmd(record: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "stream.cli", "demo", "--record", str(record), "--seconds", str(SECONDS),
+    return [sys.executable, "-m", "stream.tools.cli", "demo", "--record", str(record), "--seconds", str(SECONDS),
             "--beds", "2", "--out", str(out), "--timeout", "150", *extra]
 
 
@@ -183,8 +183,8 @@ def test_chunks_to_table_orders_dedups_and_timestamps():
 
 
 def test_default_input_falls_back_to_synthetic_recording(tmp_path, monkeypatch):
-    from operators.records import read_recording
-    from stream import demo
+    from operators.io.records import read_recording
+    from stream.tools import demo
 
     monkeypatch.setattr(demo, "DEFAULT_RECORD", tmp_path / "absent" / "bidmc01")
     path, desc = demo.resolve_record(None, tmp_path / "work")

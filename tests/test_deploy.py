@@ -175,7 +175,7 @@ def test_env_example_variables_are_documented():
 
 
 def test_replay_profile_command_parses(compose):
-    from stream.replay import build_parser
+    from stream.tools.replay import build_parser
 
     replay = compose["services"]["replay"]
     assert replay["command"][0] == "replay"

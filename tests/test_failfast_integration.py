@@ -49,7 +49,7 @@ def test_missing_bucket_and_missing_topics_stop_the_worker_before_it_consumes(we
 
 
 def test_a_token_refused_while_running_stops_the_worker_with_one_line(wenv, bidmc_record):
-    from stream.replay import replay
+    from stream.tools.replay import replay
     from tests.test_worker_integration import T0, bidmc_recording
 
     wenv.create_topics()

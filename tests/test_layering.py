@@ -1,7 +1,9 @@
 """Layering rules from docs/architecture.md.
 
 `operators/` must stay importable without Kafka or torch (pure signal code, reusable offline);
-`models/` must not depend on Kafka (the model is trained and served without a broker).
+`models/` must not depend on Kafka (the model is trained and served without a broker); the service
+half of `stream/` (everything but `stream/tools/`) loads translators by spec only, so it imports
+neither torch nor `models`, and never the tools.
 Checked twice: every import statement (parsed with `ast`, including imports inside functions),
 and by really importing each module and looking at what ends up in `sys.modules` (catches
 indirect imports through another package).
@@ -23,24 +25,43 @@ TORCH = {"torch", "torchvision", "torchaudio"}
 RULES = {
     # operators is the bottom layer: it may not reach up into stream/ or models/ either.
     "operators": KAFKA | TORCH | {"stream", "models"},
-    "models": KAFKA,
+    "models": KAFKA | {"stream"},
+    # the service: a worker image must not need torch unless a spec asks for CLMT
+    "stream": TORCH | {"models", "stream.tools"},
 }
+# Packages whose rule does not apply to one of their subpackages (the tools may use everything).
+EXEMPT = {"stream": "stream/tools"}
 
 
-def imported_roots(path: Path) -> set[tuple[str, int]]:
-    """Top-level package names imported anywhere in `path` (incl. inside functions), with line numbers."""
+def imported_names(path: Path) -> set[tuple[str, int]]:
+    """Dotted module names imported anywhere in `path` (incl. inside functions), with line numbers."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: set[tuple[str, int]] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {(alias.name.split(".")[0], node.lineno) for alias in node.names}
+            found |= {(alias.name, node.lineno) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add((node.module.split(".")[0], node.lineno))
+            found.add((node.module, node.lineno))
+            # `from stream import tools` names the subpackage in the alias
+            found |= {(f"{node.module}.{alias.name}", node.lineno) for alias in node.names}
         elif isinstance(node, ast.Call) and _is_dynamic_import(node):
             arg = node.args[0] if node.args else None
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                found.add((arg.value.split(".")[0], node.lineno))
+                found.add((arg.value, node.lineno))
     return found
+
+
+def imported_roots(path: Path) -> set[tuple[str, int]]:
+    """Top-level package names imported anywhere in `path`, with line numbers."""
+    return {(name.split(".")[0], line) for name, line in imported_names(path)}
+
+
+def _forbidden(name: str, forbidden: set[str]) -> str | None:
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        if ".".join(parts[:i]) in forbidden:
+            return ".".join(parts[:i])
+    return None
 
 
 def _is_dynamic_import(call: ast.Call) -> bool:
@@ -51,17 +72,26 @@ def _is_dynamic_import(call: ast.Call) -> bool:
 
 def violations(package: str, forbidden: set[str]) -> list[str]:
     out = []
-    for path in sorted((REPO / package).rglob("*.py")):
-        for root, line in sorted(imported_roots(path)):
-            if root in forbidden:
-                out.append(f"{path.relative_to(REPO)}:{line} imports {root}")
-    return out
+    for path in _files(package):
+        for name, line in sorted(imported_names(path)):
+            hit = _forbidden(name, forbidden)
+            if hit:
+                out.append(f"{path.relative_to(REPO)}:{line} imports {hit}")
+    return sorted(set(out))
+
+
+def _files(package: str) -> list[Path]:
+    exempt = EXEMPT.get(package)
+    return [
+        p for p in sorted((REPO / package).rglob("*.py"))
+        if not (exempt and p.relative_to(REPO).as_posix().startswith(exempt + "/"))
+    ]
 
 
 @pytest.mark.parametrize("package", sorted(RULES))
 def test_package_respects_layering(package):
     assert (REPO / package).is_dir()
-    files = list((REPO / package).rglob("*.py"))
+    files = _files(package)
     assert files, f"{package}/ has no Python files to check"
     bad = violations(package, RULES[package])
     assert not bad, "layering violations:\n" + "\n".join(bad)
@@ -85,16 +115,24 @@ def test_checker_catches_violations(tmp_path):
     assert "sibling" not in roots  # relative imports stay inside the package
 
 
+def test_checker_sees_subpackages(tmp_path):
+    (tmp_path / "svc.py").write_text("from stream import tools\nfrom stream.tools.cli import main\nimport stream.wire\n")
+    names = {n for n, _ in imported_names(tmp_path / "svc.py")}
+    assert _forbidden("stream.tools", RULES["stream"]) == "stream.tools"
+    assert {"stream.tools", "stream.tools.cli"} <= names
+    assert _forbidden("stream.wire", RULES["stream"]) is None
+
+
 def _module_names(package: str) -> list[str]:
     names = []
-    for path in sorted((REPO / package).rglob("*.py")):
+    for path in _files(package):
         rel = path.relative_to(REPO).with_suffix("")
         parts = list(rel.parts[:-1]) if rel.name == "__init__" else list(rel.parts)
         names.append(".".join(parts))
     return names
 
 
-@pytest.mark.parametrize("package, forbidden", [("operators", KAFKA | TORCH), ("models", KAFKA)])
+@pytest.mark.parametrize("package, forbidden", [("operators", KAFKA | TORCH), ("models", KAFKA), ("stream", TORCH | {"models"})])
 def test_importing_package_loads_no_forbidden_module(package, forbidden):
     # A fresh interpreter: the test process itself may already have Kafka/torch loaded.
     code = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.metrics import (PeakScore, hr_mae, match_peak_pairs, match_peaks, peak_f1, pool_windows,
+from operators.processing.metrics import (PeakScore, hr_mae, match_peak_pairs, match_peaks, peak_f1, pool_windows,
                                summarize_scores, sum_scores, windowed_aligned_pearson_rmse, windowed_hr,
                                windowed_pearson_rmse)
 

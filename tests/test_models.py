@@ -145,7 +145,7 @@ def bidmc(shared_data):
 
 def _train(tmp: Path, bidmc: Path, tok_steps: int, tr_steps: int, ref_steps: int = 2, *extra: str,
            ok: bool = True) -> str:
-    cmd = [sys.executable, "-m", "models.train", "--data", str(bidmc), "--workdir", str(tmp / "work"), "--out",
+    cmd = [sys.executable, "-m", "stream.tools.train", "--data", str(bidmc), "--workdir", str(tmp / "work"), "--out",
            str(tmp / "out"), "--records", "01,02", "--tokenizer-steps", str(tok_steps), "--translator-steps",
            str(tr_steps), "--refiner-steps", str(ref_steps), "--batch", "4", "--ckpt-every", "2", "--d-model", "32",
            "--layers", "1", *extra]
@@ -316,7 +316,7 @@ SHIPPED = W.available()
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
 def test_engine_contract_with_shipped_weights():
     from models.engine import ClmtTranslator
-    from operators.synthetic import synthesize
+    from operators.io.synthetic import synthesize
 
     rec = synthesize(seconds=40.0, seed=3)
     ecg, ppg, rate = rec.signals["II"], rec.signals["PLETH"], rec.rate_hz
@@ -352,9 +352,9 @@ def test_engine_contract_with_shipped_weights():
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
 def test_engine_ecg_sr_uses_a_full_rate_context_beat():
     from models.engine import ClmtTranslator
-    from operators.metrics import windowed_pearson_rmse
-    from operators.resample import decimate_to, resample
-    from operators.synthetic import synthesize
+    from operators.processing.metrics import windowed_pearson_rmse
+    from operators.processing.resample import decimate_to, resample
+    from operators.io.synthetic import synthesize
 
     rec = synthesize(seconds=60.0, seed=4)
     ecg, ppg, rate = rec.signals["II"].astype(np.float64), rec.signals["PLETH"], rec.rate_hz
@@ -386,8 +386,8 @@ def test_engine_sr_of_a_source_at_or_above_the_canonical_rate_is_the_polyphase_r
     """The model works at 100 Hz: from a 125 Hz source it has nothing to add, so the measured signal is resampled,
     not re-synthesized from tokens (batched with a 25 Hz row that does go through the model)."""
     from models.engine import ClmtTranslator
-    from operators.resample import resample
-    from operators.synthetic import synthesize
+    from operators.processing.resample import resample
+    from operators.io.synthetic import synthesize
 
     rec = synthesize(seconds=20.0, seed=6)
     ecg, ppg, rate = rec.signals["II"], rec.signals["PLETH"], rec.rate_hz
@@ -409,8 +409,8 @@ def test_engine_flat_short_and_non_finite_sources():
     """A flat source (sensor off) gives a flat line, not beats the stream would report a heart rate from; a window
     shorter than the pulse delay does not break the batch it rides in; NaN runs are interpolated, not zeroed."""
     from models.engine import ClmtTranslator
-    from operators.rpeaks import detect_rpeaks
-    from operators.synthetic import synthesize
+    from operators.processing.rpeaks import detect_rpeaks
+    from operators.io.synthetic import synthesize
 
     rec = synthesize(seconds=40.0, seed=5)
     ecg, ppg, rate = rec.signals["II"].astype(np.float64), rec.signals["PLETH"].astype(np.float64), rec.rate_hz
@@ -480,7 +480,7 @@ def test_weights_refuse_a_json_that_does_not_describe_the_tensors(tmp_path):
 def test_engine_ignores_the_scale_of_a_context_without_a_usable_beat():
     """A flat context ECG has no beat to learn from, and its spread (0, then 1.0) scaled PPG->ECG to ~3 mV."""
     from models.engine import ClmtTranslator
-    from operators.synthetic import synthesize
+    from operators.io.synthetic import synthesize
 
     rec = synthesize(seconds=40.0, seed=9)
     ppg, rate = rec.signals["PLETH"].astype(np.float64), rec.rate_hz
@@ -496,7 +496,7 @@ def test_engine_ignores_the_scale_of_a_context_without_a_usable_beat():
 def test_evaluate_runs_end_to_end_and_can_pick_the_context_as_the_worker_does(bidmc, tmp_path, capsys):
     """One held-out record, 16 s after a 30 s context: every row is scored, and --context-pick changes what the
     translators get (the worker gives them the best 10 s segment, not the whole context)."""
-    from stream import evaluate
+    from stream.tools import evaluate
 
     rows = {}
     for pick in (0.0, 10.0):
@@ -516,7 +516,7 @@ def test_evaluate_runs_end_to_end_and_can_pick_the_context_as_the_worker_does(bi
 def test_evaluate_reports_both_datasets_aligned_pearson_and_25hz_pleth(bidmc, shared_data, tmp_path):
     """A BIDMC (125 Hz) and a Challenge 2015 (250 Hz) record, PLETH also from 25 Hz: per dataset and pooled rows,
     and the aligned Pearson (best shift within +-150 ms per window) never below the raw one."""
-    from stream import evaluate
+    from stream.tools import evaluate
 
     challenge = shared_data / "challenge2015"
     if not (challenge / "a134s.hea").exists():
@@ -537,14 +537,14 @@ def test_evaluate_reports_both_datasets_aligned_pearson_and_25hz_pleth(bidmc, sh
 
 
 def test_evaluate_max_records_spreads_over_the_held_out_list():
-    from stream.evaluate import spread_pick
+    from stream.tools.evaluate import spread_pick
 
     names = [f"r{i}" for i in range(10)]
     assert spread_pick(names, 3) == ["r0", "r4", "r9"] and spread_pick(names, 0) == names and spread_pick(names, 20) == names
 
 
 def test_evaluate_compares_clmt_with_the_strongest_classic_method_on_the_same_input():
-    from stream.evaluate import comparison, markdown_comparison
+    from stream.tools.evaluate import comparison, markdown_comparison
 
     m = lambda p: {"pearson": p, "pearson_aligned": p, "rmse": 1 - p}
     rows = {"sr-ecg 25->100 aa clmt": m(0.9), "sr-ecg 25->100 aa polyphase": m(0.8), "sr-ecg 25->100 aa cubic": m(0.85),

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.synthetic import synthesize
-from stream import offline
+from operators.io.synthetic import synthesize
+from stream.tools import offline
 from tests.conftest import REPO
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "stream.offline", *map(str, args)], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, "-m", "stream.tools.offline", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -34,7 +34,7 @@ def test_ppg2ecg_on_bidmc_wfdb(bidmc_record, tmp_path):
     assert "translator classic" in r.stderr
     df = pq.read_table(out).to_pandas()
     assert list(df.columns) == ["time_s", "ecg_ii", "quality", "usable"]
-    from operators.records import read_recording
+    from operators.io.records import read_recording
 
     ppg = read_recording(bidmc_record(1), ["PLETH"]).signals["PLETH"]
     assert len(df) == int(np.isfinite(ppg).sum())  # same rate as the source by default
@@ -71,13 +71,13 @@ def test_nan_runs_are_gaps_not_splices(tmp_path):
 
 
 def offline_read(path):
-    from operators.records import read_recording
+    from operators.io.records import read_recording
 
     return read_recording(path)
 
 
 def test_library_matches_cli(bidmc_record, tmp_path):
-    from operators.records import read_recording
+    from operators.io.records import read_recording
 
     rec = read_recording(bidmc_record(1), ["PLETH"])
     rec = replace(rec, signals={"PLETH": rec.signals["PLETH"][:125 * 30]})
@@ -129,9 +129,9 @@ def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_pa
 
 def test_sr_of_an_ecg_borrows_the_context_qrs(bidmc_record, tmp_path):
     """A 25 Hz lead II plus an earlier full-rate record of the same patient: the patient's QRS fills the high band."""
-    from operators.metrics import windowed_pearson_rmse
-    from operators.records import read_recording
-    from operators.resample import decimate_to, resample
+    from operators.processing.metrics import windowed_pearson_rmse
+    from operators.io.records import read_recording
+    from operators.processing.resample import decimate_to, resample
 
     ecg = read_recording(bidmc_record(1), ["II"]).signals["II"].astype(np.float64)[125 * 60 : 125 * 120]
     src = write_table(tmp_path / "ecg25.parquet", {"II": decimate_to(ecg, 125.0, 25.0)}, 25.0)
@@ -219,7 +219,7 @@ def test_context_record_with_lead_ii_stored_faster_than_pleth(tmp_path):
     """A record storing II at 4 samples a frame (500 Hz) beside a 125 Hz PLETH was refused as 'rates differ'."""
     import wfdb
 
-    from operators.resample import resample
+    from operators.processing.resample import resample
 
     rec = synthesize(seconds=30.0, seed=4)
     ecg = resample(rec.signals["II"].astype(np.float64), 125.0, 500.0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.synthetic import synthesize
+from operators.io.synthetic import synthesize
 from operators.translator import PairedContext, output_length
-from operators.windowing import grid_ns
+from operators.state.windowing import grid_ns
 from stream.pipeline import SYNTH_SIGNAL, Pipeline, PipelineConfig
 from stream.wire import Chunk
 
@@ -306,7 +306,7 @@ def test_bed_with_ecg_and_ppg_gets_its_own_paired_context():
 
 def test_slow_ppg_bed_gets_a_context_with_its_full_rate_ecg():
     """25 Hz PPG + 125 Hz lead II: the PPG->ECG context keeps the ECG at 125 Hz (its QRS), not at the PPG's rate."""
-    from operators.resample import decimate_to
+    from operators.processing.resample import decimate_to
 
     rec = synthesize(seconds=40.0, seed=5)
     rate = rec.rate_hz

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from stream.embedded import free_port
+from stream.tools.embedded import free_port
 from tests.conftest import REPO
 from tests.test_worker_integration import T0, WorkerEnv, WorkerProc, bidmc_recording, count
 
@@ -70,7 +70,7 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
     from kafka import KafkaProducer
 
     from stream import wire
-    from stream.replay import replay
+    from stream.tools.replay import replay
     from tests.support.prometheus import start_prometheus
 
     _need("prometheus")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.quality import ecg_quality, fill_nonfinite, ppg_quality, signal_quality
+from operators.processing.quality import ecg_quality, fill_nonfinite, ppg_quality, signal_quality
 
 
 def _synthetic(rate=125.0, dur=10.0):
@@ -76,10 +76,10 @@ def test_ppg_periodicity_sees_the_pulse_on_a_drifting_baseline():
 
 
 # ---------------------------------------------------------------- graded quality: assess()
-from operators.artifacts import inject  # noqa: E402
-from operators.quality import (DEGRADED, GOOD, GOOD_MIN, UNUSABLE, USABLE_MIN, SignalQuality, assess,  # noqa: E402
+from operators.processing.artifacts import inject  # noqa: E402
+from operators.processing.quality import (DEGRADED, GOOD, GOOD_MIN, UNUSABLE, USABLE_MIN, SignalQuality, assess,  # noqa: E402
                                kind_of)
-from operators.synthetic import synthesize  # noqa: E402
+from operators.io.synthetic import synthesize  # noqa: E402
 
 
 @pytest.fixture(scope="module")

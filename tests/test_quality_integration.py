@@ -20,7 +20,7 @@ def test_probe_off_span_publishes_no_synthetic_ecg_and_no_rpeaks(wenv, bidmc_rec
     from kafka import KafkaProducer
 
     from stream import wire
-    from stream.replay import replay
+    from stream.tools.replay import replay
 
     rec = bidmc_recording(bidmc_record(3), 50.0)
     fs = rec.rates["PLETH"]

@@ -1,4 +1,4 @@
-"""operators.records: WFDB (BIDMC, MIT-BIH), Parquet and CSV into one `Recording`."""
+"""operators.io.records: WFDB (BIDMC, MIT-BIH), Parquet and CSV into one `Recording`."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.records import Recording, canonical_name, read_recording
+from operators.io.records import Recording, canonical_name, read_recording
 
 
 @pytest.mark.parametrize("raw,canon", [("II", "II"), ("II, ", "II"), ("ii,", "II"), ("ECG", "II"), ("ecg_ii", "II"),

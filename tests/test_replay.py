@@ -7,8 +7,8 @@ import uuid
 import numpy as np
 import pytest
 
-from operators.records import Recording, read_recording
-from stream import replay as rp
+from operators.io.records import Recording, read_recording
+from stream.tools import replay as rp
 from stream import wire
 
 T0 = 1_700_000_000_000_000_000
@@ -298,8 +298,8 @@ def test_send_failures_fail_loudly(kafka_bootstrap):
 
 
 def test_cli_reports_unreachable_broker(capsys, tmp_path):
-    from operators.synthetic import synthesize, write_wfdb
-    from stream.embedded import free_port
+    from operators.io.synthetic import synthesize, write_wfdb
+    from stream.tools.embedded import free_port
 
     rec = write_wfdb(synthesize(seconds=5.0), tmp_path, "r")  # needs no archive: only the broker is missing
     start = time.monotonic()

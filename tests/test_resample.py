@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.resample import decimate_to, rational_ratio, resample
+from operators.processing.resample import decimate_to, rational_ratio, resample
 
 
 def _sine(f, rate, dur, phase=0.3):
@@ -74,7 +74,7 @@ def test_decimate_non_integer_factor_and_refuses_upsampling():
 
 
 def test_merge_bands_keeps_low_band_of_one_and_high_band_of_other():
-    from operators.resample import merge_bands
+    from operators.processing.resample import merge_bands
 
     rate = 100.0
     t = np.arange(2000) / rate

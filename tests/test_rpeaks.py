@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators.metrics import peak_f1
-from operators.resample import decimate_to, resample
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, heart_rate_bpm, ppg_foot_times, refine_peak_times
+from operators.processing.metrics import peak_f1
+from operators.processing.resample import decimate_to, resample
+from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks, heart_rate_bpm, ppg_foot_times, refine_peak_times
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # WFDB beat annotation symbols (non-beat marks such as '+' rhythm changes are excluded)

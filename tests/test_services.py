@@ -111,7 +111,7 @@ def test_tansu_roundtrip(kafka_bootstrap):
 
 
 def test_embedded_broker_start_failure_is_clear():
-    from stream import embedded
+    from stream.tools import embedded
 
     broker = embedded.EmbeddedBroker(storage_engine="bogus://nowhere/", start_timeout_s=10)
     with pytest.raises(embedded.BrokerError) as err:
@@ -124,7 +124,7 @@ def test_embedded_broker_start_failure_is_clear():
 def test_a_broker_on_a_port_in_use_is_refused_not_taken_for_ours(kafka_bootstrap):
     """The readiness check answered from the broker already on the port, 'ready' was printed, and ours then
     exited with 'address in use': topics and data went to another run's broker."""
-    from stream import embedded
+    from stream.tools import embedded
 
     port = int(kafka_bootstrap.rsplit(":", 1)[1])
     with pytest.raises(embedded.BrokerError, match="already in use"):
@@ -141,7 +141,7 @@ def test_service_children_die_with_the_process_that_started_them(tmp_path):
 
     from tests.conftest import REPO
 
-    code = ("from stream.embedded import EmbeddedBroker\nimport sys, time\nb = EmbeddedBroker().start()\n"
+    code = ("from stream.tools.embedded import EmbeddedBroker\nimport sys, time\nb = EmbeddedBroker().start()\n"
             "print(b._proc.pid, flush=True)\ntime.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     broker_pid = int(parent.stdout.readline())

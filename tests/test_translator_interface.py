@@ -9,10 +9,10 @@ def test_aliases_load_and_service_options_are_dropped_where_not_taken():
     assert load_translator("classic", device="cuda").name == "classic"  # numpy: no device
     assert load_translator("classic", sr_method="cubic").name == "classic-cubic"
     assert load_translator("passthrough", device="cpu").name == "passthrough"
-    assert load_translator("operators.baselines:ClassicTranslator").name == "classic"
+    assert load_translator("operators.classic:ClassicTranslator").name == "classic"
 
 
-@pytest.mark.parametrize("spec", ["nope", "operators.baselines:Nope", "no.such.module:X"])
+@pytest.mark.parametrize("spec", ["nope", "operators.classic:Nope", "no.such.module:X"])
 def test_bad_specs_fail_with_a_clear_error(spec):
     with pytest.raises(ValueError, match="translator"):
         load_translator(spec)

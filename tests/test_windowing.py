@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.windowing import SlidingWindower, Window, grid_ns
+from operators.state.windowing import SlidingWindower, Window, grid_ns
 
 T0 = 1_700_000_000_000_000_000
 

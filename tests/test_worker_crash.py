@@ -24,7 +24,7 @@ def wenv(kafka_bootstrap, influx_up, tmp_path):
 
 
 def _replay_thread(wenv, rec, speed: float, result: dict) -> threading.Thread:
-    from stream.replay import replay
+    from stream.tools.replay import replay
 
     def run():
         try:
@@ -121,7 +121,7 @@ def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv
     """Scale-out: two workers share the group over 4 partitions and 4 beds; one is SIGKILLed mid-replay and
     restarted, so the group rebalances when its session expires and again when it rejoins (the rebalances that
     lost a chunk in issue 17). Every expected sample lands exactly once and every input offset is committed."""
-    from stream.replay import replay
+    from stream.tools.replay import replay
 
     rec = bidmc_recording(bidmc_record(2), seconds=40.0)
     wenv.create_topics(partitions=4)
@@ -179,7 +179,7 @@ def test_influx_outage_leaves_the_output_topics_on_time_then_influx_catches_up_e
     """The alarm feed never waits for InfluxDB: the same replay with InfluxDB up and then down has the same latency
     on the output topics, every input offset is committed during the outage, and once InfluxDB is back the sink
     agent (its own consumer group) writes every expected point exactly once."""
-    from stream.replay import replay
+    from stream.tools.replay import replay
 
     rec = bidmc_recording(bidmc_record(3), seconds=30.0)
     wenv.create_topics()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.embedded import die_with_parent
+from stream.tools.embedded import die_with_parent
 from stream.topics import committed_total  # noqa: F401  (shared with tests/test_worker_crash.py)
 from tests.conftest import KAFKA_CONSUMER_TEST_KWARGS, REPO
 
@@ -110,7 +110,7 @@ def bidmc_recording(path: Path, seconds: float = DURATION_S):
     """bidmc record cut to `seconds` (II + PLETH, chosen by name)."""
     from dataclasses import replace
 
-    from operators.records import read_recording
+    from operators.io.records import read_recording
 
     rec = read_recording(path, ["II", "PLETH"])
     n = int(round(seconds * rec.rates["PLETH"]))
@@ -119,7 +119,7 @@ def bidmc_recording(path: Path, seconds: float = DURATION_S):
 
 def offline_series(rec, task: str, target_rate: float, signal: str):
     """The offline mode's output for the chunks a replay publishes: (times_ns relative to T0, values)."""
-    from stream.offline import translate_recording
+    from stream.tools.offline import translate_recording
 
     res = translate_recording(rec, task, target_rate=target_rate, translator="classic", signal=signal)
     return res.times_ns, next(iter(res.columns.values()))
@@ -192,7 +192,7 @@ def wenv(kafka_bootstrap, influx_up, tmp_path):
 def test_replay_through_worker_matches_offline(wenv, bidmc_record):
     from kafka import KafkaProducer
 
-    from stream.replay import replay
+    from stream.tools.replay import replay
 
     rec = bidmc_recording(bidmc_record(1))
     # Context off here: with it, ppg2ecg values depend on how much lead II had arrived when each

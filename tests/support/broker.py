@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.embedded import EmbeddedBroker
+from stream.tools.embedded import EmbeddedBroker
 
 
 def start_tansu(workdir: str | Path) -> EmbeddedBroker:

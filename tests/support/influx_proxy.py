@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from stream.embedded import free_port
+from stream.tools.embedded import free_port
 
 _PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
 DOWN_MODES = ("refuse", "503")

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stream.embedded import free_port
+from stream.tools.embedded import free_port
 from tests.support.service import ServiceProcess, start_service
 
 START_TIMEOUT_S = 60.0

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stream.embedded import die_with_parent, still_ours
+from stream.tools.embedded import die_with_parent, still_ours
 
 
 class ServiceProcess:

@@ -4,7 +4,7 @@
 or other channel (and of an output, e.g. `II_SYNTH`) as good / degraded / unusable with a score in [0, 1] and
 a reason (flat, probe_off, noise, clipping, motion, nonfinite, interpolated, too_short); how each check is
 computed and its thresholds: docs/quality.md. The older boolean `ecg_quality` / `ppg_quality` below pick
-patient-context segments (operators.context).
+patient-context segments (operators.state.context).
 
 Cheap checks that a stream worker can run on every window:
 - `nonfinite_frac`: NaN/inf samples (dropouts, invalid WFDB values);

@@ -1,7 +1,7 @@
 """`wavebridge evaluate`: CLMT vs classic baselines on held-out records of BIDMC and Challenge 2015, per record,
 per dataset and overall.
 
-Every method runs through the same streaming window logic as the service (`stream.offline`), so the
+Every method runs through the same streaming window logic as the service (`stream.tools.offline`), so the
 numbers are what a bed would get. Held-out records (`models.data`): BIDMC's validation patients (125 Hz, 8 min,
 split by patient) and Challenge 2015's held-out records with lead II + PLETH (250 Hz, 5-5.5 min, split by record:
 one patient may have records on both sides, so those figures can be optimistic). Protocol per record:
@@ -13,7 +13,7 @@ one patient may have records on both sides, so those figures can be optimistic).
   * SR: the same part after the context, lead II and PLETH brought to 25 Hz (anti-aliased decimation "aa",
     and plain every-k-th-sample "plain", as monitors differ) and super-resolved to 100 Hz; the reference is
     the original resampled to 100 Hz. Lead II also runs "+context": the same full-rate context as above
-    supplies the patient's QRS (CLMT's refiner input; the classic baseline pastes it, operators.beatsr).
+    supplies the patient's QRS (CLMT's refiner input; the classic baseline pastes it, operators.processing.beatsr).
 Metrics: R-peak F1 at +-50 / +-150 ms (one-to-one matching, pooled counts), HR MAE per 8 s window, waveform
 Pearson and RMSE per 8 s window (mean over windows), raw and after the best shift within +-150 ms per window
 ("aligned", the figure comparable with published PPG->ECG results on pre-aligned windows).
@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from models.data import challenge_root, challenge_split, data_root, is_bidmc_name, record_path, split
-from operators.context import select_context
-from operators.metrics import (hr_mae, peak_f1, pool_windows, sum_scores, windowed_aligned_pearson_rmse,
+from operators.state.context import select_context
+from operators.processing.metrics import (hr_mae, peak_f1, pool_windows, sum_scores, windowed_aligned_pearson_rmse,
                                windowed_pearson_rmse)
-from operators.quality import fill_nonfinite
-from operators.records import Recording, read_recording
-from operators.resample import decimate_to, resample
-from operators.rpeaks import detect_rpeaks
+from operators.processing.quality import fill_nonfinite
+from operators.io.records import Recording, read_recording
+from operators.processing.resample import decimate_to, resample
+from operators.processing.rpeaks import detect_rpeaks
 from operators.translator import PPG2ECG, SR, PairedContext, load_translator
-from stream.cli import ArgumentParser
+from stream.tools.cli import ArgumentParser
 
 SR_RATE, SR_TARGET = 25.0, 100.0
 TASKS = ("ppg2ecg", "sr-ecg", "sr-ppg")
@@ -94,9 +94,9 @@ def _fmt(row: dict) -> str:
 
 def translate_array(translator, task: str, x: np.ndarray, rate: float, target_rate: float, signal: str,
                     context: PairedContext | None = None, age=None, sex=None) -> np.ndarray:
-    """One signal through the service's own window/stitch logic (stream.offline), output on its grid: the
+    """One signal through the service's own window/stitch logic (stream.tools.offline), output on its grid: the
     samples of a gap the service leaves (a NaN run in `x`) stay NaN, so everything after it stays in step."""
-    from stream.offline import translate_recording  # Kafka-free: the pipeline core without a broker
+    from stream.tools.offline import translate_recording  # Kafka-free: the pipeline core without a broker
 
     rec = Recording("eval", {signal: np.asarray(x, np.float32)}, {signal: rate}, {signal: ""}, age, sex, {signal: signal})
     res = translate_recording(rec, task, target_rate=target_rate, context=context, translator=translator, signal=signal)
@@ -164,7 +164,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--context-s", type=float, default=60.0, help="the first S seconds are the patient's context")
     ap.add_argument("--context-pick", type=float, default=0.0, metavar="S",
                     help="give the translators only the best S-second segment of that context, as the worker does "
-                         "(operators.context.select_context; the worker's default is 10); 0 = all of it")
+                         "(operators.state.context.select_context; the worker's default is 10); 0 = all of it")
     ap.add_argument("--seconds", type=float, default=None, help="evaluate only this much of each record")
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
     ap.add_argument("--ppg-rates", default="native",

@@ -4,7 +4,7 @@ Channel names are mapped onto canonical names so callers can ask for "II" (lead 
 "PLETH" (PPG) whatever the archive calls them (BIDMC writes "II," and "PLETH,", MIT-BIH "MLII").
 
 NaN handling: invalid WFDB samples (and empty Parquet/CSV cells) are kept as NaN. Callers must
-handle them (e.g. `stream.replay` splits the chunk stream at NaN runs).
+handle them (e.g. `stream.tools.replay` splits the chunk stream at NaN runs).
 """
 from __future__ import annotations
 

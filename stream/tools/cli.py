@@ -36,16 +36,16 @@ def one_line(text: str, limit: int = 500) -> str:
 
 # name -> (module, one-line description). Each module exposes `cli(argv) -> int | None`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("stream.demo", "end-to-end demo: embedded broker + worker + replay, writes Parquet and a PNG"),
+    "demo": ("stream.tools.demo", "end-to-end demo: embedded broker + worker + replay, writes Parquet and a PNG"),
     "worker": ("stream.app", "run the Faust streaming worker (Kafka in -> translation -> InfluxDB/Kafka out)"),
     "sink": ("stream.influxsink", "run the InfluxDB sink agent (output and event topics -> InfluxDB) on its own"),
-    "replay": ("stream.replay", "replay a WFDB recording onto the input topic as one or more beds"),
-    "broker": ("stream.embedded", "run the embedded Kafka-protocol broker (Tansu) for local use"),
-    "translate": ("stream.offline", "translate a recording offline (no Kafka) to files"),
-    "alarm-check": ("stream.alarms", "verify a Challenge-format record's arrhythmia alarm (true/false/uncertain)"),
-    "train": ("models.train", "train the CLMT translation model"),
-    "evaluate": ("stream.evaluate", "evaluate CLMT vs classic baselines on held-out BIDMC patients"),
-    "bench-model": ("models.bench", "benchmark model inference throughput/latency"),
+    "replay": ("stream.tools.replay", "replay a WFDB recording onto the input topic as one or more beds"),
+    "broker": ("stream.tools.embedded", "run the embedded Kafka-protocol broker (Tansu) for local use"),
+    "translate": ("stream.tools.offline", "translate a recording offline (no Kafka) to files"),
+    "alarm-check": ("stream.tools.alarm_check", "verify a Challenge-format record's arrhythmia alarm (true/false/uncertain)"),
+    "train": ("stream.tools.train", "train the CLMT translation model"),
+    "evaluate": ("stream.tools.evaluate", "evaluate CLMT vs classic baselines on held-out BIDMC patients"),
+    "bench-model": ("stream.tools.bench_model", "benchmark model inference throughput/latency"),
 }
 
 PROG = "wavebridge"

@@ -1,4 +1,4 @@
-"""Injected artifacts for testing and measuring signal-quality detectors (`operators.quality`).
+"""Injected artifacts for testing and measuring signal-quality detectors (`operators.processing.quality`).
 
 Each function returns a corrupted copy of `x` over the sample span `[a, b)`; the rest is untouched. They model
 what bedside monitors deliver when something goes wrong:

@@ -22,9 +22,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from operators.records import Recording, canonical_name, read_recording
+from operators.io.records import Recording, canonical_name, read_recording
 from stream import wire
-from stream.cli import ArgumentParser, one_line
+from stream.tools.cli import ArgumentParser, one_line
 from stream.config import ConfigError, parse_host_port
 from stream.topics import WAVEFORMS
 from stream.wire import Chunk

@@ -3,7 +3,7 @@
     wavebridge translate INPUT --task ppg2ecg|sr --out OUT.parquet [--target-rate HZ]
         [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--lookahead-s S] [--chunk-s S]
 
-The recording is cut into exactly the chunks a replay would publish (`stream.replay.iter_chunks`:
+The recording is cut into exactly the chunks a replay would publish (`stream.tools.replay.iter_chunks`:
 NaN runs become gaps, never splices), each chunk goes through the wire format round trip the
 worker sees, then through the same `stream.pipeline.Pipeline`, flushed at the end of input. So
 for identical chunks the worker and this mode produce identical values.
@@ -22,14 +22,14 @@ import numpy as np
 
 from operators.translator import DEFAULT_SPEC, PPG2ECG, SR, PairedContext, is_ecg_signal
 from stream import wire
-from stream.cli import ArgumentParser
+from stream.tools.cli import ArgumentParser
 from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
 
 ECG_COLUMN = "ecg_ii"
 TIME_COLUMN = "time_s"
-QUALITY_COLUMN = "quality"  # 0-1, of the source window that produced the sample (operators.quality)
+QUALITY_COLUMN = "quality"  # 0-1, of the source window that produced the sample (operators.processing.quality)
 USABLE_COLUMN = "usable"  # False: the source (or output) was unusable there and the signal column is NaN
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WEIGHTS_GLOB = str(REPO / "models" / "weights" / "*.safetensors")
 OFFLINE_BED = "offline"
 BATCH_CHUNKS = 64  # chunks pushed between translator calls (same order of magnitude as the worker)
@@ -76,7 +76,7 @@ def default_translator_spec() -> tuple[str, str]:
 
 def pick_source(recording, task: str, signal: str | None) -> str:
     """Canonical name of the source channel for `task`."""
-    from operators.records import canonical_name
+    from operators.io.records import canonical_name
 
     have = list(recording.signals)
     if signal is not None:
@@ -108,7 +108,7 @@ def check_task_source(task: str, name: str) -> None:
 
 def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
     """Chunks go through the wire format like a replay's: the replay's check, as a one-line OfflineError."""
-    from stream.replay import check_chunk_s as check
+    from stream.tools.replay import check_chunk_s as check
 
     try:
         check(chunk_s, rate_hz, signal, n_samples, name="--chunk-s")
@@ -117,14 +117,14 @@ def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | 
 
 
 def uses_context(task: str, source_signal: str) -> bool:
-    """PPG->ECG uses the patient's paired context; SR only for an ECG (its QRS high band, operators.beatsr)."""
+    """PPG->ECG uses the patient's paired context; SR only for an ECG (its QRS high band, operators.processing.beatsr)."""
     return task == PPG2ECG or is_ecg_signal(source_signal)
 
 
 def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
     """Best paired ECG+PPG segment of a context record of the same patient."""
-    from operators.context import select_context
-    from operators.records import read_recording
+    from operators.state.context import select_context
+    from operators.io.records import read_recording
 
     try:
         rec = read_recording(path, [ECG, PPG])
@@ -132,7 +132,7 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
         raise OfflineError(f"--context {path}: {exc}") from None
     ecg, ppg, rate = rec.signals[ECG], rec.signals[PPG], max(rec.rates[ECG], rec.rates[PPG])
     if rec.rates[ECG] != rec.rates[PPG]:  # e.g. II stored 4 samples a frame: both at the faster rate, as the worker does
-        from operators.resample import resample
+        from operators.processing.resample import resample
 
         ecg = resample(np.asarray(ecg, np.float64), rec.rates[ECG], rate) if rec.rates[ECG] != rate else ecg
         ppg = resample(np.asarray(ppg, np.float64), rec.rates[PPG], rate) if rec.rates[PPG] != rate else ppg
@@ -146,7 +146,8 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
 
 def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLINE_BED, start_ns: int = 0):
     """The chunks a replay publishes for this signal, after the wire round trip the worker sees."""
-    from stream import replay, wire
+    from stream import wire
+    from stream.tools import replay
 
     for chunk in replay.iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=[signal]):
         yield wire.decode(wire.encode_binary(chunk))
@@ -188,7 +189,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
                         translator=None, signal: str | None = None, window_s: float = 8.0, hop_s: float = 2.0,
                         chunk_s: float = 1.0, progress: bool = False,
                         lookahead_s: float = PipelineConfig.lookahead_s) -> OfflineResult:
-    """Translate one in-memory `operators.records.Recording`.
+    """Translate one in-memory `operators.io.records.Recording`.
 
     `translator`: a Translator, a spec string, or None (the default spec). The result holds
     `time_s` (seconds from the input's start), one signal column: `ecg_ii` (ppg2ecg) or the source
@@ -284,7 +285,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from operators.records import MissingChannel, read_recording
+    from operators.io.records import MissingChannel, read_recording
     from operators.translator import load_translator
 
     path = Path(args.input)
@@ -295,7 +296,7 @@ def _run(args) -> int:
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
     if args.signal:
-        from operators.records import canonical_name
+        from operators.io.records import canonical_name
 
         check_task_source(args.task, canonical_name(args.signal))  # before reading anything
     wanted = [args.signal] if args.signal else ([PPG] if args.task == PPG2ECG else None)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 
-from operators.synthetic import synthesize
+from operators.io.synthetic import synthesize
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, load_translator
-from stream.cli import ArgumentParser
+from stream.tools.cli import ArgumentParser
 
 
 def _requests(task: str, n: int, rec, with_context: bool) -> list[TranslationRequest]:

@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from stream.cli import ArgumentParser
-from stream.embedded import die_with_parent
+from stream.tools.cli import ArgumentParser
+from stream.tools.embedded import die_with_parent
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
 SR_BED_PREFIX = "lowres"  # beds replayed at 25 Hz: lowres-001
 SR_INPUT_HZ = 25.0
@@ -54,7 +54,7 @@ def resolve_record(record: str | None, workdir: Path) -> tuple[Path, str]:
         return Path(record), f"record {record}"
     if DEFAULT_RECORD.with_suffix(".hea").exists():
         return DEFAULT_RECORD, f"BIDMC {DEFAULT_RECORD.name} (from {DEFAULT_RECORD.parent})"
-    from operators.synthetic import synthesize, write_wfdb
+    from operators.io.synthetic import synthesize, write_wfdb
 
     rec = synthesize(seconds=180.0)
     path = write_wfdb(rec, workdir, "synthetic")
@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> dict:
     from stream import topics
-    from stream.embedded import EmbeddedBroker
-    from stream.replay import replay
+    from stream.tools.embedded import EmbeddedBroker
+    from stream.tools.replay import replay
 
     if args.beds < 1 and args.no_sr_bed:
         raise ValueError("nothing to replay: --beds 0 and --no-sr-bed")

@@ -10,7 +10,7 @@ supplies it:
    where the shapes match (normalised cross-correlation, one beat per refractory period) the high band is
    added with the least-squares gain. The low band fixes a beat's time to well under one 40 ms source sample.
 
-The result is only the high band; callers add it to their own low band (`operators.resample.merge_bands`).
+The result is only the high band; callers add it to their own low band (`operators.processing.resample.merge_bands`).
 The context must be sampled at least as fast as the output: its high band is what gets pasted.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
-from operators.quality import fill_nonfinite
-from operators.resample import resample
-from operators.rpeaks import detect_rpeaks, refine_peak_times
+from operators.processing.quality import fill_nonfinite
+from operators.processing.resample import resample
+from operators.processing.rpeaks import detect_rpeaks, refine_peak_times
 
 __all__ = ["QrsTemplate", "qrs_template", "paste_high_band", "sr_cutoff_hz", "FINE_RATE"]
 

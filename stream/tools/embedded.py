@@ -21,7 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from stream.cli import ArgumentParser
+from stream.tools.cli import ArgumentParser
 
 START_TIMEOUT_S = 30.0
 _STDERR_TAIL_LINES = 40

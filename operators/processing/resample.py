@@ -2,7 +2,7 @@
 
 `resample` returns `round(len(x) * dst / src)` samples (the same rule as
 `operators.translator.output_length`), so outputs line up with window timestamps.
-Non-finite input propagates: fill it first (`operators.quality.fill_nonfinite`).
+Non-finite input propagates: fill it first (`operators.processing.quality.fill_nonfinite`).
 """
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ from typing import Callable, Hashable, TypeVar
 
 import numpy as np
 
-from operators.quality import ECG_KURTOSIS_MIN, MAX_FLAT, ecg_quality, ppg_quality
-from operators.resample import resample
-from operators.rpeaks import detect_rpeaks
+from operators.processing.quality import ECG_KURTOSIS_MIN, MAX_FLAT, ecg_quality, ppg_quality
+from operators.processing.resample import resample
+from operators.processing.rpeaks import detect_rpeaks
 from operators.translator import PairedContext
-from operators.windowing import grid_ns
+from operators.state.windowing import grid_ns
 
 __all__ = ["select_context", "ContextStore", "context_score", "ContextCache"]
 

@@ -42,9 +42,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import signal as sps
 
-from operators.context import select_context
-from operators.quality import UNUSABLE, assess, fill_nonfinite, kind_of
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks
+from operators.state.context import select_context
+from operators.processing.quality import UNUSABLE, assess, fill_nonfinite, kind_of
+from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
 
 __all__ = [
@@ -193,7 +193,7 @@ def _rounded(v: float | None, nd: int = 4) -> float | None:
 
 
 def _window_quality(x: np.ndarray, rate_hz: float, name: str, onset: int, a: int, b: int) -> tuple[float, bool, str]:
-    """Quality of x[a:b] in BLOCK_S blocks laid from the onset sample both ways (`operators.quality.assess`;
+    """Quality of x[a:b] in BLOCK_S blocks laid from the onset sample both ways (`operators.processing.quality.assess`;
     a block passes unless it is unusable): the share of blocks that pass, whether the block ending at the
     onset (where the alarm's event is) passes, and the reason of the first failing block."""
     n = max(1, int(round(BLOCK_S * rate_hz)))
@@ -376,7 +376,7 @@ def synthesize_ecg(translator: Translator, pleth: np.ndarray, rate_hz: float, ec
     """Lead II synthesized from PLETH by `translator` (its ppg2ecg task), at the PLETH's rate.
 
     With a simultaneous `ecg` (same rate, same length) the cleanest paired `context_s` segment of it is the
-    patient's context (`operators.context.select_context`). None when PLETH is too short."""
+    patient's context (`operators.state.context.select_context`). None when PLETH is too short."""
     pleth = np.asarray(pleth, dtype=np.float64)
     if len(pleth) < int(2 * rate_hz):
         return None
@@ -560,7 +560,7 @@ def read_challenge_record(path) -> ChallengeRecord:
 
     import wfdb
 
-    from operators.records import read_recording
+    from operators.io.records import read_recording
 
     base = Path(path)
     if base.suffix.lower() in (".hea", ".mat", ".dat"):

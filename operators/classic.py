@@ -3,8 +3,8 @@
 `ClassicTranslator`
 - `sr`: polyphase (default) or cubic resampling to the target rate. For an ECG with `request.context` sampled at
   least at the target rate: below 90% of the source's Nyquist frequency the resampled source, above it that
-  patient's median QRS pasted at beat times matched in the low band (`operators.beatsr`).
-- `ppg2ecg`, "shifted PPG pulses": each PPG pulse's time (its tangent foot, `operators.rpeaks.ppg_foot_times`,
+  patient's median QRS pasted at beat times matched in the low band (`operators.processing.beatsr`).
+- `ppg2ecg`, "shifted PPG pulses": each PPG pulse's time (its tangent foot, `operators.processing.rpeaks.ppg_foot_times`,
   or with `fiducial="peak"` its systolic peak) moved back by a pulse-arrival delay gives an R time; an ECG beat
   template is drawn at each R time, its P and T parts stretched to the local RR interval (QRS kept at its
   width). Without context: a generic sum-of-Gaussians lead-II beat and the population delay
@@ -27,11 +27,11 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
-from operators.context import ContextCache
-from operators.quality import fill_nonfinite
-from operators.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
-from operators.resample import METHODS, merge_bands, resample
-from operators.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times
+from operators.state.context import ContextCache
+from operators.processing.quality import fill_nonfinite
+from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
+from operators.processing.resample import METHODS, merge_bands, resample
+from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
 __all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_beat_model",
@@ -272,7 +272,7 @@ class ClassicTranslator:
     def _sr(self, src: np.ndarray, req: TranslationRequest) -> np.ndarray:
         y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
         ctx, fs, ft = req.context, float(req.source_rate), float(req.target_rate)
-        # an ECG with a full-rate context of the same patient: add that patient's QRS high band (operators.beatsr)
+        # an ECG with a full-rate context of the same patient: add that patient's QRS high band (operators.processing.beatsr)
         if ctx is None or not is_ecg_signal(req.source_signal) or not (fs < ft <= ctx.rate_hz) or len(y) < 2:
             return y
         cutoff = sr_cutoff_hz(fs)
