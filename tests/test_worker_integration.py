@@ -154,7 +154,8 @@ def wait_until(pred, timeout: float, what: str, worker: WorkerProc | None = None
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})\n{tail}")
 
 
-def consume_all(bootstrap: str, topic: str, min_count: int, timeout: float = 20.0) -> list:
+def consume_all(bootstrap: str, topic: str, min_count: int, timeout: float = 20.0, until=None) -> list:
+    """At least `min_count` records of `topic` from the start (and, with `until`, until it holds for one of them)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
@@ -163,7 +164,7 @@ def consume_all(bootstrap: str, topic: str, min_count: int, timeout: float = 20.
     out: list = []
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and len(out) < min_count:
+        while time.monotonic() < deadline and (len(out) < min_count or (until and not any(map(until, out)))):
             for batch in consumer.poll(timeout_ms=500).values():
                 out.extend(batch)
     finally:
@@ -251,8 +252,10 @@ def test_replay_through_worker_matches_offline(wenv, bidmc_record):
         assert reasons == ["bad_json", "bad_rate"]
         assert b"{not json" in [m.value for m in dlq]
         # events topic carries R-peak windows as JSON
-        events = consume_all(wenv.bootstrap, wenv.topics["events"], 10, timeout=10)
-        assert any(b'"type":"rpeaks"' in m.value for m in events)
+        # (quality and gap events share the topic: read on until an R-peak window turns up)
+        is_rpeaks = lambda m: b'"type":"rpeaks"' in m.value  # noqa: E731
+        events = consume_all(wenv.bootstrap, wenv.topics["events"], 10, timeout=30, until=is_rpeaks)
+        assert any(map(is_rpeaks, events))
         # output topics carry the chunks in the wire format
         from stream import wire
 
