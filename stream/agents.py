@@ -22,7 +22,8 @@ from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
 from stream.config import Settings
 from stream.logthrottle import Throttle
-from stream.pipeline import BatchResult, Pipeline, PipelineConfig
+from stream.pipeline import Pipeline, PipelineConfig
+from stream.results import BatchResult, Rejected
 
 TASK_OF_KIND = {"synth": PPG2ECG, "sr": SR}  # OutputSeries.kind -> translator task
 
@@ -220,8 +221,8 @@ class WorkerRuntime:
                 log.info("rebalance: dropped %d buffered, unacknowledged input messages (they will be re-consumed)",
                          len(dropped))
 
-    def _compute(self, events: list) -> tuple[BatchResult, list]:
-        dead = []  # (InMsg, reason, detail)
+    def _compute(self, events: list) -> tuple[BatchResult, list[Rejected]]:
+        dead: list[Rejected] = []  # undecodable input: tokens are InMsg
         decode_s = 0.0
         started = time.perf_counter()
         for ev in events:
@@ -230,10 +231,10 @@ class WorkerRuntime:
             try:
                 chunk = wire.decode_input(ev.value).chunk
             except wire.WireError as exc:
-                dead.append((tok, exc.reason, exc.detail))
+                dead.append(Rejected(tok, exc.reason, exc.detail))
                 continue
             except Exception as exc:  # a decoder bug must not stop the stream either
-                dead.append((tok, "decode_error", f"{type(exc).__name__}: {exc}"))
+                dead.append(Rejected(tok, "decode_error", f"{type(exc).__name__}: {exc}"))
                 continue
             finally:
                 decode_s += time.perf_counter() - t0
@@ -263,7 +264,7 @@ class WorkerRuntime:
                 metrics.observe_quality(TASK_OF_KIND[out.kind], out.quality_flag)
         return result
 
-    async def _deliver(self, result: BatchResult, dead: list) -> None:
+    async def _deliver(self, result: BatchResult, dead: list[Rejected]) -> None:
         s = self.settings
         # 1) Kafka outputs, events, dead letters: send all, then await every delivery (InfluxDB reads them from
         # the topics: stream.influxsink).
@@ -288,13 +289,12 @@ class WorkerRuntime:
             metrics.MESSAGES_OUT.labels(topic).inc()
             metrics.SAMPLES_OUT.labels(topic).inc(len(out.values))
         for ev in result.events:
-            self.counters.add(f"event.{ev.type}")
-            metrics.STREAM_EVENTS.labels(ev.type).inc()
+            self.counters.add(f"event.{ev.kind}")
+            metrics.STREAM_EVENTS.labels(ev.kind).inc()
             futs.append(await self.events_topic.send(key=ev.bed.encode(), value=sinks.encode_event(ev)))
         if result.events:
             metrics.MESSAGES_OUT.labels(s.topic_events).inc(len(result.events))
-        rejected = [(r.token, r.reason, r.detail) for r in result.rejected]
-        for tok, reason, detail in dead + rejected:
+        for tok, reason, detail in ((r.token, r.reason, r.detail) for r in dead + result.rejected):
             self.counters.add(f"dlq.{reason}")
             metrics.DEAD_LETTERS.labels(reason).inc()
             metrics.MESSAGES_OUT.labels(s.topic_dlq).inc()
@@ -311,7 +311,7 @@ class WorkerRuntime:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
         published_ms = time.time() * 1000.0
         # 2) Acknowledge, each partition's finished head only (the gate holds the rest until it is contiguous).
-        done = list(result.completed) + [t for t, _, _ in dead] + [t for t, _, _ in rejected]
+        done = list(result.completed) + [r.token for r in dead + result.rejected]
         released = self.gate.finish(t.event for t in done)
         for event in released:
             await self._ack(event)
@@ -321,9 +321,8 @@ class WorkerRuntime:
             if produce_ms is not None:
                 metrics.END_TO_END_SECONDS.observe(max(0.0, published_ms - produce_ms) / 1000.0)
         if self.stats.path is not None:
-            self.stats.record(
-                {"bed": t.bed, "signal": t.signal, "produce_ms": _produce_ms(t.message), "published_ms": published_ms}
-                for t in result.emitted)
+            self.stats.record(sinks.LatencyRecord(t.bed, t.signal, _produce_ms(t.message), published_ms)
+                              for t in result.emitted)
 
     async def _ack(self, event) -> None:
         gen = getattr(event.message, "generation_id", None)

@@ -98,10 +98,10 @@ def verdict_message(alarm: AlarmMessage, verdict: core.AlarmVerdict, wait_s: flo
 
 def verdict_lines(msg: dict) -> list[str]:
     """InfluxDB line protocol: one `alarm_verdict` point at the alarm's onset (docs/influx-schema.md)."""
-    from stream.sinks import _fields, _tagset
+    from stream.sinks.lineprotocol import field_set, tag_set
 
-    tags = _tagset({"bed": msg["bed_id"], "alarm_type": msg["alarm_type"], "mode": msg["mode"], "verdict": msg["verdict"]})
-    fields = _fields({"alarm_id": msg["alarm_id"], "confidence": msg["confidence"], "false_score": msg["false_score"],
+    tags = tag_set({"bed": msg["bed_id"], "alarm_type": msg["alarm_type"], "mode": msg["mode"], "verdict": msg["verdict"]})
+    fields = field_set({"alarm_id": msg["alarm_id"], "confidence": msg["confidence"], "false_score": msg["false_score"],
                       "keep_alarm": bool(msg["keep_alarm"]), "n_channels": len(msg["channels"]), "reason": msg["reason"]})
     return [f"{ALARM_VERDICT},{tags} {fields} {int(msg['onset_ns'])}"]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from stream.config import ConfigError, Settings
+from stream.errors import short_error
 from stream.metrics import MetricsBindError, serve
 
 log = logging.getLogger("wavebridge.worker")
@@ -97,7 +98,7 @@ def preflight(s: Settings):
         # translators that take no device (the numpy ones) simply don't get it
         translator = load_translator(s.translator, device=s.device)
     except Exception as exc:  # missing weights, an import error in a plug-in, ...: all configuration
-        raise ConfigError(f"WAVEBRIDGE_TRANSLATOR={s.translator}: cannot load: {sinks.short_error(exc)}") from None
+        raise ConfigError(f"WAVEBRIDGE_TRANSLATOR={s.translator}: cannot load: {short_error(exc)}") from None
     if s.influx_enabled and s.influx_sink == "worker":
         problem = sinks.influx_probe(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, s.influx_timeout_s)
         if problem is not None:
@@ -159,8 +160,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
             print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
             return 2
         except Exception as exc:  # e.g. NoBrokersAvailable
-            from stream.sinks import short_error
-
             print(f"wavebridge worker: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
                   file=sys.stderr)
             return 1

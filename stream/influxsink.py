@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 from stream import metrics, sinks
 from stream.config import ConfigError, Settings
+from stream.errors import short_error
 from stream.logthrottle import Throttle
 
 log = logging.getLogger("wavebridge.sink")
@@ -134,7 +135,7 @@ class InfluxSinkAgent:
                 delay = next(delays)
                 self.counters.add("sink_restarts")
                 log.exception("InfluxDB sink failed (%s); restarting it from its committed offsets in %.1fs",
-                              sinks.short_error(exc), delay)
+                              short_error(exc), delay)
                 self._stop.wait(delay)
 
     # ------------------------------------------------------------------ consuming
@@ -198,7 +199,7 @@ class InfluxSinkAgent:
                 except Exception as exc:  # our own topics: a malformed message is a bug, reported, not retried
                     self.counters.add(f"sink_malformed.{role}")
                     log.error("%s[%d]@%d not written to InfluxDB (malformed %s message): %s", tp.topic, tp.partition,
-                              rec.offset, role, sinks.short_error(exc))
+                              rec.offset, role, short_error(exc))
         self.influx.abort_event.clear()  # set by a rebalance inside the poll that returned these records
         if lines:
             metrics.INFLUX_BACKLOG.set(len(lines))
@@ -230,7 +231,7 @@ class InfluxSinkAgent:
             # Written but not committed (the group rebalanced meanwhile): the new owner writes it again, which
             # overwrites the same points.
             log.info("InfluxDB sink commit failed after the write (the batch will be written again): %s",
-                     sinks.short_error(exc))
+                     short_error(exc))
         self.written_messages += n
 
     def _publish_lag(self, consumer) -> None:
@@ -257,7 +258,7 @@ class InfluxSinkAgent:
         metrics.INFLUX_RETRIES.inc()
         self.ok = False
         log.warning("InfluxDB write failed (attempt %d); sink paused, retry in %.1fs (the alarm feed is not "
-                    "affected): %s", attempt, delay, sinks.short_error(exc))
+                    "affected): %s", attempt, delay, short_error(exc))
         consumer = self._consumer
         if consumer is not None:
             # Stay in the group while retrying: a poll on paused partitions fetches nothing but lets a rebalance
@@ -272,7 +273,7 @@ class InfluxSinkAgent:
         if ok:  # the series, not the values; the rest of the batch is stored
             log.error("InfluxDB rejected a line of series %s (not retried; the rest of the batch is stored)%s: %s",
                       sinks.line_series(lines[0]), f" [{held} more not shown]" if held else "",
-                      sinks.short_error(exc))
+                      short_error(exc))
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +310,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"wavebridge sink: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        print(f"wavebridge sink: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {sinks.short_error(exc)}",
+        print(f"wavebridge sink: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
               file=sys.stderr)
         return 1
     agent = InfluxSinkAgent(settings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable, Iterable
 
 import numpy as np
@@ -21,13 +21,13 @@ import numpy as np
 from operators.processing import quality as Q
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
+from stream.results import (OUTPUT_UNUSABLE, SOURCE_UNUSABLE, SR_SUFFIX, SYNTH_SIGNAL, BatchResult, OutputSeries,
+                            PipelineEvent, Rejected)
 
 log = logging.getLogger(__name__)
 
 PPG = "PLETH"
 ECG = "II"
-SYNTH_SIGNAL = "II_SYNTH"  # published name of synthesized lead II
-SR_SUFFIX = "_SR"
 RPEAK_EDGE_S = 0.25  # peaks this close to a window's right edge are left to the next window
 # A window's quality is judged on what it emits plus this much on each side (what the output there depends on:
 # the look-ahead after, the pulse before), not on the whole 8 s window: an artifact seconds away does not
@@ -37,8 +37,6 @@ QUALITY_MARGIN_S = 1.0
 # it halved the wrong heart rates under injected motion, 1.7% -> 0.7%, for 6 points of clean windows' heart rates;
 # docs/quality.md has the held-out numbers).
 HR_MIN_CONFIDENCE = 0.7
-SOURCE_UNUSABLE = "source_unusable"
-OUTPUT_UNUSABLE = "output_unusable"
 
 
 @dataclass(frozen=True)
@@ -70,90 +68,6 @@ class PipelineConfig:
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
                    bed_evict_s=s.bed_evict_s, ack_lag_s=max(0.0, s.window_s - s.hop_s - s.lookahead_s))
-
-
-@dataclass
-class OutputSeries:
-    """Newly emitted output samples of one window of one task."""
-
-    bed: str
-    source_signal: str
-    kind: str  # "synth" | "sr"
-    model: str
-    rate_hz: float
-    times_ns: np.ndarray  # int64, true timestamps
-    values: np.ndarray  # float32
-    seq: int = 0
-    units: str = ""
-    quality: float | None = None  # 0-1: the worse of the source span's and this output's own quality score
-    quality_flag: str = ""  # operators.processing.quality class of `quality`: good | degraded | unusable
-    reason: str = ""  # operators.processing.quality reason of the worse of the two ("ok" when good)
-    confidence: float | None = None  # operators.processing.quality.confidence: probability the window's output is right
-    context_used: bool = False  # a paired patient context went into this window
-    usable: bool = True  # False: a withheld span (BatchResult.withheld), values NaN, never published
-
-    @property
-    def synthetic(self) -> bool:
-        """True for synthesized signals (II_SYNTH): not a measured lead, never a diagnostic one."""
-        return self.kind == "synth"
-
-    @property
-    def influx_signal(self) -> str:
-        """`signal` tag in InfluxDB: II_SYNTH for synthesis, the source name for SR (kind=sr)."""
-        return SYNTH_SIGNAL if self.kind == "synth" else self.source_signal
-
-    @property
-    def topic_signal(self) -> str:
-        """Signal name in output topic messages: II_SYNTH, or `<source>_SR`."""
-        return SYNTH_SIGNAL if self.kind == "synth" else self.source_signal + SR_SUFFIX
-
-
-@dataclass
-class PipelineEvent:
-    type: str  # rpeaks | source_unusable | output_unusable | gap | rate_change | clock_step | out_of_order | duplicate | short_segment_dropped
-    bed: str
-    signal: str
-    time_ns: int
-    fields: dict = field(default_factory=dict)
-
-
-@dataclass
-class Rejected:
-    token: Any
-    reason: str  # "out_of_order" | "duplicate"
-    detail: str
-
-
-@dataclass
-class BatchResult:
-    outputs: list[OutputSeries] = field(default_factory=list)
-    # spans not published because their source (or the output itself) is unusable: NaN values, usable=False.
-    # The offline mode writes them as NaN rows; the worker publishes only their event.
-    withheld: list[OutputSeries] = field(default_factory=list)
-    events: list[PipelineEvent] = field(default_factory=list)
-    completed: list = field(default_factory=list)  # tokens whose samples are all in `outputs` (or earlier)
-    # tokens whose samples are all in `outputs` for the first time (latency records): `completed` may follow
-    # later, by the ack lag
-    emitted: list = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)  # tokens to dead-letter, then acknowledge
-    n_windows: int = 0
-    model_s: float = 0.0  # wall time of the translator call (monotonic clock), 0 without windows
-    window_tasks: list[str] = field(default_factory=list)  # task of each translated window
-
-    def extend(self, other: "BatchResult") -> None:
-        self.outputs += other.outputs
-        self.withheld += other.withheld
-        self.events += other.events
-        self.completed += other.completed
-        self.emitted += other.emitted
-        self.rejected += other.rejected
-        self.n_windows += other.n_windows
-        self.model_s += other.model_s
-        self.window_tasks += other.window_tasks
-
-    @property
-    def n_samples(self) -> int:
-        return sum(len(o.values) for o in self.outputs)
 
 
 @dataclass
@@ -204,7 +118,7 @@ class Pipeline:
         self._events: list[PipelineEvent] = []
         self._rejected: list[Rejected] = []
         self._immediate: list = []  # tokens with nothing to emit (unrouted signal, empty chunk)
-        self._demo: dict[str, tuple[float | None, str | None]] = {}
+        self._demographics: dict[str, tuple[float | None, str | None]] = {}  # bed -> (age in years, sex)
         self._seq: dict[tuple[str, str], int] = {}
         self._bed_seen: dict[str, float] = {}  # bed -> clock() of its last chunk, any signal
         self._contexts = _BedContexts(config.context_s) if context_provider is None else None
@@ -230,7 +144,7 @@ class Pipeline:
         bed, sig = chunk.bed_id, chunk.signal
         self._bed_seen[bed] = self.clock()
         if chunk.age is not None or chunk.sex is not None:
-            self._demo[bed] = (chunk.age, chunk.sex)
+            self._demographics[bed] = (chunk.age, chunk.sex)
         if self._contexts is not None:
             self._contexts.add(bed, sig, chunk)
         if not self.routes(sig, chunk.rate_hz):
@@ -286,7 +200,7 @@ class Pipeline:
             del self._seq[key]
         for bed in old:
             del self._bed_seen[bed]
-            self._demo.pop(bed, None)
+            self._demographics.pop(bed, None)
             if self._contexts is not None:
                 self._contexts.drop(bed)
         return len(old)
@@ -311,10 +225,6 @@ class Pipeline:
             self._contexts = _BedContexts(self.config.context_s)
         return tokens
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self._jobs or self._events or self._rejected or self._immediate)
-
     def active_beds(self, now: float | None = None) -> int:
         """Beds with routed input within the last `idle_flush_s` (by `clock`)."""
         now = self.clock() if now is None else now
@@ -336,8 +246,8 @@ class Pipeline:
             requests = [self._request(j) for j in live]
             started = time.monotonic()
             outs = self.translator.translate(requests) if requests else []
-            result.model_s = time.monotonic() - started
-            result.window_tasks = [j.task for j in live]
+            result = replace(result, model_s=time.monotonic() - started, window_tasks=[j.task for j in live],
+                             n_windows=len(jobs))
             if len(outs) != len(requests):
                 raise RuntimeError(f"translator {self.model} returned {len(outs)} results for {len(requests)} requests")
             # In window order: a withheld window advances its stream's R-peak reporting range before the next
@@ -349,7 +259,6 @@ class Pipeline:
                     self._emit(job, req, np.asarray(y, dtype=np.float32), result)
                 else:
                     self._withhold(job, result)
-            result.n_windows = len(jobs)
         # Release tokens only now: their windows have been translated into `result`.
         lag_ns = int(round(self.config.ack_lag_s * 1e9))
         for st in self._streams.values():
@@ -385,8 +294,8 @@ class Pipeline:
 
     def _take(self, st: _Stream, windows: Iterable[Window], events: Iterable[StreamEvent]) -> None:
         for ev in events:
-            self._events.append(PipelineEvent(ev.kind, st.bed, st.signal, int(ev.start_ns),
-                                              {"end_ns": int(ev.end_ns), "detail": ev.detail}))
+            self._events.append(PipelineEvent.stream_anomaly(ev.kind, st.bed, st.signal, ev.start_ns, ev.end_ns,
+                                                             ev.detail))
             if ev.kind == "short_segment_dropped":  # reported, so its samples count as handled
                 st.done_until_ns = max(st.done_until_ns or ev.end_ns, ev.end_ns)
         for w in windows:
@@ -404,7 +313,7 @@ class Pipeline:
 
     def _request(self, job: _Job) -> TranslationRequest:
         st, w = job.stream, job.window
-        age, sex = self._demo.get(st.bed, (None, None))
+        age, sex = self._demographics.get(st.bed, (None, None))
         ctx = None
         if job.task == PPG2ECG:
             ctx = self._context_provider(st.bed) if self._context_provider else self._contexts.get(st.bed, w.start_ns)
@@ -420,20 +329,20 @@ class Pipeline:
     def _topic_signal(st: _Stream, task: str) -> str:
         return SYNTH_SIGNAL if task == PPG2ECG else st.signal + SR_SUFFIX
 
-    def _unusable_event(self, etype: str, st: _Stream, w: Window, q: Q.SignalQuality, judged: str,
+    @staticmethod
+    def _unusable_event(kind: str, st: _Stream, w: Window, q: Q.SignalQuality, judged: str,
                         outputs: list[str]) -> PipelineEvent:
         """`source_unusable` / `output_unusable`: the span [time_ns, end_ns) of these outputs is withheld."""
-        start, end = w._ts(w.emit_from), w.emit_end_ns
-        return PipelineEvent(etype, st.bed, judged, int(start),
-                             {"end_ns": int(end), "reason": q.reason, "quality": round(q.score, 4),
-                              "quality_flag": q.cls, "outputs": outputs, "window_start_ns": int(w.start_ns)})
+        return PipelineEvent.unusable(kind, st.bed, judged, w._ts(w.emit_from), w.emit_end_ns, reason=q.reason,
+                                      quality=round(q.score, 4), quality_flag=q.cls, outputs=outputs,
+                                      window_start_ns=w.start_ns)
 
     def _series(self, job: _Job, times: np.ndarray, values: np.ndarray, q: Q.SignalQuality | None,
-                confidence: float | None, context_used: bool, usable: bool) -> OutputSeries:
+                confidence: float | None, context_used: bool, usable: bool, seq: int = 0) -> OutputSeries:
         st = job.stream
         kind = "synth" if job.task == PPG2ECG else "sr"
         return OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model_for[job.task],
-                            rate_hz=job.target_rate, times_ns=times, values=values,
+                            rate_hz=job.target_rate, times_ns=times, values=values, seq=seq,
                             units=st.units if kind == "sr" else "mV",
                             quality=None if q is None else round(q.score, 4), quality_flag="" if q is None else q.cls,
                             reason="" if q is None else q.reason, confidence=confidence, context_used=context_used,
@@ -474,16 +383,14 @@ class Pipeline:
             if q is None or qo.score < q.score:
                 q = qo
         if k0 < k1:
-            out = self._series(job, times[k0:k1], y[k0:k1], q, conf, req.context is not None, usable=True)
-            key = (st.bed, out.topic_signal)
-            out.seq = self._seq.get(key, 0)
-            self._seq[key] = out.seq + 1
-            result.outputs.append(out)
+            key = (st.bed, self._topic_signal(st, job.task))
+            seq = self._seq.get(key, 0)
+            self._seq[key] = seq + 1
+            result.outputs.append(self._series(job, times[k0:k1], y[k0:k1], q, conf, req.context is not None,
+                                               usable=True, seq=seq))
         if kind == "synth" and self.config.rpeaks:
             ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate, q, conf)
             if ev is not None:
-                if q is not None:
-                    ev.fields.update(quality=round(q.score, 4), quality_flag=q.cls, confidence=conf)
                 result.events.append(ev)
 
     def _rpeak_range(self, st: _Stream, w: Window, times: np.ndarray, k1: int, n_out: int, rate: float) -> tuple[int, int]:
@@ -507,7 +414,7 @@ class Pipeline:
             st.rpeak_until_ns = max(lo, hi)
 
     def _rpeak_event(self, st: _Stream, w: Window, y: np.ndarray, times: np.ndarray, k0: int, k1: int, rate: float,
-                     quality: Q.SignalQuality | None = None, confidence: float | None = None):
+                     quality: Q.SignalQuality | None = None, confidence: float | None = None) -> PipelineEvent | None:
         """R-peaks of the synthesized ECG over this window's reporting range (`_rpeak_range`); the heart rate is
         from the peaks of the span its quality was judged on (emitted part +- QUALITY_MARGIN_S), so it describes
         the same samples as the quality it carries."""
@@ -529,9 +436,10 @@ class Pipeline:
         hr = None if hr is None or not np.isfinite(hr) else float(hr)
         if quality is not None and (quality.cls != Q.GOOD or (confidence is not None and confidence < HR_MIN_CONFIDENCE)):
             hr = None  # a heart rate only from a good, confident window (the others still report their peaks, flagged)
-        return PipelineEvent("rpeaks", st.bed, SYNTH_SIGNAL, int(times[k0]),
-                             {"peaks_ns": [int(p) for p in sel], "hr_bpm": hr, "model": self.model_for[PPG2ECG],
-                              "window_start_ns": int(w.start_ns), "until_ns": hi})
+        judged = {} if quality is None else {"quality": round(quality.score, 4), "quality_flag": quality.cls,
+                                             "confidence": confidence}
+        return PipelineEvent.rpeaks(st.bed, int(times[k0]), peaks_ns=sel, hr_bpm=hr, model=self.model_for[PPG2ECG],
+                                    window_start_ns=w.start_ns, until_ns=hi, **judged)
 
 
 class _BedContexts:

@@ -67,7 +67,7 @@ def test_nan_runs_are_gaps_not_splices(tmp_path):
     t = res.times_s
     assert not np.any((t >= 15.0 - 1e-9) & (t < 18.0 - 1e-9))
     assert len(t) == int(np.isfinite(ppg).sum())
-    assert any(e.type == "gap" for e in res.events)
+    assert any(e.kind == "gap" for e in res.events)
 
 
 def offline_read(path):

@@ -146,7 +146,7 @@ def test_gap_becomes_event_and_is_never_spliced():
     later = [Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns + 5_000_000_000, c.seq + 100, c.samples) for c in cks[10:]]
     pipe = Pipeline(cfg(), RecordingTranslator())
     res = run_all(pipe, cks[:10] + later)
-    gaps = [e for r in res for e in r.events if e.type == "gap"]
+    gaps = [e for r in res for e in r.events if e.kind == "gap"]
     assert len(gaps) == 1 and gaps[0].time_ns == cks[10].start_ns
     t, v = collect(res, kind="synth")
     assert len(t) == len(x) and len(np.unique(t)) == len(t)
@@ -170,7 +170,7 @@ def test_duplicate_and_out_of_order_chunks_are_rejected_not_emitted_twice():
     pipe.flush_all()
     r = pipe.process()
     assert [(rj.token, rj.reason) for rj in rejected] == [(("tok", 5), "duplicate")]
-    assert any(e.type == "duplicate" for e in events)
+    assert any(e.kind == "duplicate" for e in events)
 
 
 def test_idle_flush_uses_the_clock():
@@ -245,7 +245,7 @@ def test_rpeaks_reported_once_each_with_absolute_times():
 
     pipe = Pipeline(cfg(), TrueEcg())
     res = run_all(pipe, chunks(rec.signals["PLETH"], rate, chunk_s=0.5))
-    ev = [e for r in res for e in r.events if e.type == "rpeaks"]
+    ev = [e for r in res for e in r.events if e.kind == "rpeaks"]
     peaks = np.array([p for e in ev for p in e.fields["peaks_ns"]], dtype=np.int64)
     assert len(np.unique(peaks)) == len(peaks)
     truth = grid_ns(T0, rate, rec.r_peaks[rec.r_peaks < len(ecg)])
@@ -403,7 +403,7 @@ def test_outputs_carry_the_model_of_their_own_task():
     res = run_all(pipe, chunks(x, rate) + chunks(x[::5], 25.0, bed="B"))
     models = {(o.bed, o.kind): o.model for r in res for o in r.outputs}
     assert models == {("A", "synth"): "m-synth", ("B", "synth"): "m-synth", ("B", "sr"): "m-sr"}
-    assert {e.fields["model"] for r in res for e in r.events if e.type == "rpeaks"} == {"m-synth"}
+    assert {e.fields["model"] for r in res for e in r.events if e.kind == "rpeaks"} == {"m-synth"}
 
 
 # ---------------------------------------------------------------- quality gating
@@ -448,12 +448,12 @@ def test_probe_off_span_is_withheld_with_an_event_and_no_rpeaks(per_chunk):
     assert tw.min() <= lo + int(1e9) and tw.max() >= hi - int(1e9)
     assert len(np.intersect1d(t, tw)) == 0 and len(t) + len(tw) == int(40.0 * 125)  # every sample once
     events = [e for r in results for e in r.events]
-    unusable = [e for e in events if e.type == "source_unusable"]
+    unusable = [e for e in events if e.kind == "source_unusable"]
     assert unusable and {(e.signal, e.fields["reason"]) for e in unusable} == {("PLETH", "probe_off")}
     assert all(e.fields["outputs"] == [SYNTH_SIGNAL] for e in unusable)
-    peaks = np.array([p for e in events if e.type == "rpeaks" for p in e.fields["peaks_ns"]])
+    peaks = np.array([p for e in events if e.kind == "rpeaks" for p in e.fields["peaks_ns"]])
     assert len(peaks) > 20 and not np.any((peaks >= lo) & (peaks < hi))
-    rp = [e for e in events if e.type == "rpeaks"]
+    rp = [e for e in events if e.kind == "rpeaks"]
     assert all(e.fields["quality_flag"] in ("good", "degraded") and 0 <= e.fields["confidence"] <= 1 for e in rp)
     assert all(e.fields["hr_bpm"] is None for e in rp if e.fields["quality_flag"] != "good" or e.fields["confidence"] < 0.7)
     published = [o for r in results for o in r.outputs]
@@ -466,7 +466,7 @@ def test_clean_input_is_published_whole_and_good():
     results = _run_gated(chunks(rec.signals["PLETH"], rec.rate_hz), per_chunk=False)
     t, _ = collect(results, kind="synth")
     assert len(t) == len(rec.signals["PLETH"]) and not [o for r in results for o in r.withheld]
-    rp = [e for r in results for e in r.events if e.type == "rpeaks"]
+    rp = [e for r in results for e in r.events if e.kind == "rpeaks"]
     assert rp and sum(e.fields["quality_flag"] == "good" for e in rp) >= len(rp) - 1  # the flushed tail may not be
     assert all(abs(e.fields["hr_bpm"] - 72) < 15 for e in rp if e.fields["hr_bpm"] is not None)
 
@@ -478,9 +478,9 @@ def test_a_failed_translation_is_withheld_as_output_unusable():
         "name": "flat", "translate": lambda self, reqs: [np.full(r.n_out, 0.38, np.float32) for r in reqs]})())
     results = run_all(pipe, chunks(rec.signals["PLETH"], rec.rate_hz), tokens=False)
     assert not [o for r in results for o in r.outputs]
-    ev = [e for r in results for e in r.events if e.type == "output_unusable"]
+    ev = [e for r in results for e in r.events if e.kind == "output_unusable"]
     assert ev and all(e.signal == SYNTH_SIGNAL and e.fields["reason"] == "flat" for e in ev)
-    assert not [e for r in results for e in r.events if e.type == "rpeaks"]  # no beats from a flat line
+    assert not [e for r in results for e in r.events if e.kind == "rpeaks"]  # no beats from a flat line
 
 
 def test_events_match_the_published_schema():
@@ -498,10 +498,10 @@ def test_events_match_the_published_schema():
     cks = _probe_off_chunks()
     gap = [Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns + 3_000_000_000, c.seq, c.samples) for c in cks[30:]]
     events = [e for r in _run_gated(cks[:30] + gap, per_chunk=True) for e in r.events]
-    assert {e.type for e in events} >= {"rpeaks", "source_unusable", "gap"}
+    assert {e.kind for e in events} >= {"rpeaks", "source_unusable", "gap"}
     for ev in events:
         validator.validate(json.loads(encode_event(ev)))
-    bad = json.loads(encode_event(next(e for e in events if e.type == "source_unusable")))
+    bad = json.loads(encode_event(next(e for e in events if e.kind == "source_unusable")))
     bad["reason"] = "bad_luck"
     assert not validator.is_valid(bad)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from stream import sinks, wire
-from stream.pipeline import OutputSeries, PipelineEvent
+from stream.results import OutputSeries, PipelineEvent
 
 T0 = 1_700_000_000_000_000_000
 
@@ -262,11 +263,11 @@ def test_the_sink_agent_makes_the_same_points_from_the_topics_as_from_the_pipeli
     seg = grid_ns(T0 + 7, 360.0, np.arange(1003, 1003 + 720))  # a segment's grid, 1003 samples in
     outs = [series([0.5, np.nan, -2.25, 1e-7, 3.0, 4.0], bed="bed-1"), series(np.linspace(-1, 1, 720), kind="sr", source="II", rate=360.0, bed="bed-2"),
             series([1.0, 2.0], kind="sr", source="PLETH", rate=100.0, bed="bed-3")]
-    outs[1].times_ns = seg
+    outs[1] = replace(outs[1], times_ns=seg)
     # a window's quality travels in the message (wire.OUTPUT_META) to its `quality` point
-    outs[0].quality, outs[0].quality_flag, outs[0].reason, outs[0].confidence = 0.5, "degraded", "flat_ppg", 0.75
-    outs[0].context_used = True
-    outs[2].quality, outs[2].quality_flag, outs[2].reason = 0.9, "good", "ok"
+    outs[0] = replace(outs[0], quality=0.5, quality_flag="degraded", reason="flat_ppg", confidence=0.75,
+                      context_used=True)
+    outs[2] = replace(outs[2], quality=0.9, quality_flag="good", reason="ok")
     for out in outs:
         value = sinks.encode_output(out, binary)
         headers = sinks.output_headers(out)

@@ -339,7 +339,7 @@ def test_schema_accepts_output_metadata(validator):
 
 def test_published_output_chunks_carry_their_quality():
     """sinks.encode_output: what the worker sends for a pipeline output."""
-    from stream.pipeline import OutputSeries
+    from stream.results import OutputSeries
     from stream.sinks import encode_output
 
     out = OutputSeries(bed="bed-001", source_signal="PLETH", kind="synth", model="clmt", rate_hz=125.0,

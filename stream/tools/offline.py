@@ -334,7 +334,7 @@ def _run(args) -> int:
                               progress=progress)
     col = next(iter(res.columns))
     if len(res.times_s) == 0:
-        dropped = sum(e.type == "short_segment_dropped" for e in res.events)
+        dropped = sum(e.kind == "short_segment_dropped" for e in res.events)
         why = f" ({dropped} segment(s) of finite samples too short to translate were dropped)" if dropped else ""
         raise OfflineError(f"{args.task} of {src} in {path} produced no samples{why}; nothing written")
     res.to_parquet(out)
