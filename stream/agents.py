@@ -430,6 +430,4 @@ def register(app, settings: Settings, translator=None) -> WorkerRuntime:
     async def on_shutdown(sender, **kwargs):
         await rt.stop()  # stops the in-process InfluxDB sink (its uncommitted batch is read again)
 
-    app.wavebridge_runtime = rt
-    app.wavebridge_agent = process
     return rt

@@ -116,5 +116,4 @@ def register(app, settings: Settings, worker_rt) -> AlarmRuntime:
     async def on_shutdown(sender, **kwargs):
         await rt.stop()
 
-    app.wavebridge_alarms = rt
     return rt

@@ -15,12 +15,19 @@ import logging
 import ssl
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from operators.translator import Translator
+from stream import metrics
 from stream.config import ConfigError, Settings
 from stream.errors import short_error
-from stream.metrics import MetricsBindError, serve
+from stream.startup import run_service
+
+if TYPE_CHECKING:  # the agents import faust: loaded with the app, not with this module
+    from stream.agents import WorkerRuntime
+    from stream.alarm_agent import AlarmRuntime
 
 log = logging.getLogger("wavebridge.worker")
 
@@ -41,13 +48,60 @@ def _credentials(s: Settings):
     return None
 
 
-def create_app(settings: Settings | None = None, translator=None):
-    """Build the Faust app with the input agent registered (`app.wavebridge_runtime`)."""
+@dataclass(frozen=True)
+class Worker:
+    """The worker process: its Faust app and the runtimes its agents share, passed explicitly where needed.
+
+    `run` hands the command line to Faust's worker CLI (`faust_args`, e.g. `--loglevel info`).
+    """
+
+    app: Any  # faust.App
+    settings: Settings
+    runtime: WorkerRuntime
+    alarms: AlarmRuntime | None = None
+    faust_args: list[str] = field(default_factory=list)
+
+    @property
+    def health(self) -> metrics.Health:
+        """Liveness and readiness checks of the input agent (served by `stream.startup`)."""
+        return self.runtime.health
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic the worker reads or writes (required to exist before it connects)."""
+        s = self.settings
+        names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq]
+        if s.alarm_enabled:
+            names += [s.topic_alarms, s.topic_verdicts]
+        return names
+
+    def run(self) -> int:
+        """Faust's worker CLI in the foreground; its exit status."""
+        sys.argv = ["wavebridge", "worker", *self.faust_args]
+        try:
+            self.app.main()  # Faust's click CLI; exits via SystemExit
+        except SystemExit as exc:
+            return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        return 0
+
+
+def create_worker(settings: Settings, translator: Translator | None = None, faust_args: Sequence[str] = ()) -> Worker:
+    """Build the Faust app with the input agent (and the alarm agent when enabled) registered.
+
+    Parameters
+    ----------
+    settings : Settings
+        The worker's configuration.
+    translator : Translator, optional
+        Already loaded (`preflight`); loaded on the compute thread at start otherwise.
+    faust_args : sequence of str
+        Faust worker options for `Worker.run`.
+    """
     import faust
 
     from stream.agents import register
 
-    s = settings or Settings.from_env()
+    s = settings
     app = faust.App(
         s.group_id,
         broker=s.faust_broker,
@@ -74,25 +128,31 @@ def create_app(settings: Settings | None = None, translator=None):
         datadir=s.data_dir or str(Path(tempfile.gettempdir()) / f"wavebridge-{s.group_id}"),
     )
     rt = register(app, s, translator)
+    alarms = None
     if s.alarm_enabled:
         from stream.alarm_agent import register as register_alarms
 
-        register_alarms(app, s, rt)
-    app.wavebridge_settings = s
-    return app
+        alarms = register_alarms(app, s, rt)
+    return Worker(app, s, rt, alarms, list(faust_args))
 
 
-def preflight(s: Settings):
+def preflight(s: Settings) -> Translator:
     """Everything that can be checked before connecting to Kafka; returns the loaded translator.
 
-    Raises ConfigError (naming the variable) for a translator that does not load (a CUDA device
-    without a GPU is the CLMT engine's own refusal: the service itself never imports torch), or an
-    InfluxDB that refuses the token, org or bucket. An unreachable InfluxDB is not an error here:
-    writes retry until it is back.
-    """
-    from stream import sinks
+    Parameters
+    ----------
+    s : Settings
+        The worker's configuration.
 
+    Raises
+    ------
+    ConfigError
+        Naming the variable, for a translator that does not load (a CUDA device without a GPU is the CLMT
+        engine's own refusal: the service itself never imports torch), or an InfluxDB that refuses the token,
+        org or bucket. An unreachable InfluxDB is not an error here: writes retry until it is back.
+    """
     from operators.translator import load_translator
+    from stream.sinks.influx import influx_probe
 
     try:
         # translators that take no device (the numpy ones) simply don't get it
@@ -100,78 +160,37 @@ def preflight(s: Settings):
     except Exception as exc:  # missing weights, an import error in a plug-in, ...: all configuration
         raise ConfigError(f"WAVEBRIDGE_TRANSLATOR={s.translator}: cannot load: {short_error(exc)}") from None
     if s.influx_enabled and s.influx_sink == "worker":
-        problem = sinks.influx_probe(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, s.influx_timeout_s)
+        problem = influx_probe(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, s.influx_timeout_s)
         if problem is not None:
             log.warning("InfluxDB not reachable at start (%s); writes will be retried", problem)
     return translator
 
 
-def _prepare_topics(s: Settings) -> None:
-    from stream.topics import prepare_topics
-
-    names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq]
-    if s.alarm_enabled:
-        names += [s.topic_alarms, s.topic_verdicts]
-    created = prepare_topics(s, names)
-    if created:
-        log.info("created topics %s (%d partitions, replication %d)", ", ".join(created), s.topic_partitions,
-                 s.topic_replication)
-
-
-def cli(argv: Sequence[str] | None = None) -> int:
-    """`wavebridge worker [faust worker options]`."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "worker":
-        args = args[1:]
-    if args and args[0] in ("-h", "--help"):
-        from stream.config import defaults_table
-
-        print(__doc__)
-        print("Worker options are Faust's (`faust worker --help`): -l/--loglevel, --web-port, --without-web, ...")
-        print(f"\nSettings and their defaults (ranges and meaning: docs/configuration.md):\n{defaults_table()}")
-        return 0
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
-        return 2
-    from stream.logthrottle import throttle_kafka_logs
-
-    throttle_kafka_logs(settings.log_repeat_s)
-    try:
-        translator = preflight(settings)
-    except ConfigError as exc:
-        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
-        return 2
+def _open_worker(settings: Settings, args: list[str]) -> Worker:
+    """`stream.startup`'s hook: every check before Kafka (`preflight`), then the app."""
+    translator = preflight(settings)
+    args = list(args)
     if settings.without_web and "--without-web" not in args:
         args.append("--without-web")
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args += ["--loglevel", settings.faust_log_level]
-    app = create_app(settings, translator)
-    try:  # bound before connecting: a taken port is a configuration error too
-        server = serve(settings.metrics_host, settings.metrics_port, app.wavebridge_runtime.health)
-    except MetricsBindError as exc:
-        print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        try:
-            _prepare_topics(settings)
-        except ConfigError as exc:
-            print(f"wavebridge worker: configuration error: {exc}", file=sys.stderr)
-            return 2
-        except Exception as exc:  # e.g. NoBrokersAvailable
-            print(f"wavebridge worker: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
-                  file=sys.stderr)
-            return 1
-        sys.argv = ["wavebridge", "worker", *args]
-        try:
-            app.main()  # Faust's click CLI; exits via SystemExit
-        except SystemExit as exc:
-            return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-        return 0
-    finally:
-        if server is not None:
-            server.stop()
+    return create_worker(settings, translator, args)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge worker [faust worker options]`; returns the exit status (`stream.startup`).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: `sys.argv[1:]`); a leading `worker` is skipped.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "worker":
+        args = args[1:]
+    return run_service("worker", __doc__, args, _open_worker, takes_args=True,
+                       help_note="Worker options are Faust's (`faust worker --help`): -l/--loglevel, --web-port, "
+                                 "--without-web, ...")
 
 
 if __name__ == "__main__":

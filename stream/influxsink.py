@@ -32,6 +32,7 @@ from stream import metrics, sinks
 from stream.config import ConfigError, Settings
 from stream.errors import short_error
 from stream.logthrottle import Throttle
+from stream.startup import run_service
 
 log = logging.getLogger("wavebridge.sink")
 
@@ -245,9 +246,13 @@ class InfluxSinkAgent:
                 position = None
             self.lag.publish(tp, consumer.highwater(tp), position)
 
+    def alive(self) -> bool:
+        """Whether its thread runs (started and not ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def check_ready(self) -> tuple[bool, str]:
         """For `/readyz`: assigned, consuming, and its last InfluxDB write succeeded."""
-        if self._thread is None or not self._thread.is_alive():
+        if not self.alive():
             return False, "InfluxDB sink not running"
         if not self.assignment_seen:
             return False, "InfluxDB sink waiting for a partition assignment"
@@ -276,66 +281,59 @@ class InfluxSinkAgent:
                       short_error(exc))
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """`wavebridge sink`: the InfluxDB sink agent in the foreground, configured by `WAVEBRIDGE_*` variables."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        from stream.config import defaults_table
+class SinkProcess:
+    """`wavebridge sink`: the agent in the foreground until SIGTERM or SIGINT (`stream.startup` runs it)."""
 
-        print(__doc__)
-        print(f"Settings and their defaults (ranges and meaning: docs/configuration.md):\n{defaults_table()}")
+    def __init__(self, settings: Settings):
+        self.agent = InfluxSinkAgent(settings)
+        self.health = metrics.Health()
+        self.health.add_check("influx_sink", self.agent.check_ready)
+        self.topics = list(self.agent.roles)
+
+    def run(self) -> int:
+        """Consume until a signal (exit status 0) or until the agent's thread dies (1)."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.agent.start()
+        log.info("InfluxDB sink running: group %s, topics %s", self.agent.settings.influx_sink_group,
+                 ", ".join(self.topics))
+        while not done.wait(0.5):
+            self.health.beat()
+            if not self.agent.alive():
+                return 1
+        self.agent.stop()
         return 0
-    if args:
-        print(f"wavebridge sink: takes no arguments (configured by WAVEBRIDGE_* variables), got {args}", file=sys.stderr)
-        return 2
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"wavebridge sink: configuration error: {exc}", file=sys.stderr)
-        return 2
+
+
+def _open_sink(settings: Settings, args: list[str]) -> SinkProcess:
+    """`stream.startup`'s hook: InfluxDB enabled and its token accepted, logging set up."""
     if not settings.influx_enabled:
-        print("wavebridge sink: WAVEBRIDGE_INFLUX_ENABLED is false: nothing to do", file=sys.stderr)
-        return 2
+        raise ConfigError("WAVEBRIDGE_INFLUX_ENABLED is false: nothing to do")
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(settings.log_level.lower(), settings.log_level.upper())
     logging.basicConfig(level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    from stream.logthrottle import throttle_kafka_logs
-    from stream.topics import prepare_topics
+    # a refused token or bucket stops here (InfluxConfigError); an outage is retried by the writes
+    problem = sinks.influx_probe(settings.influx_url, settings.influx_token, settings.influx_org,
+                                 settings.influx_bucket, settings.influx_timeout_s)
+    if problem is not None:
+        log.warning("InfluxDB not reachable at start (%s); writes will be retried", problem)
+    return SinkProcess(settings)
 
-    throttle_kafka_logs(settings.log_repeat_s)
-    try:
-        sinks.influx_probe(settings.influx_url, settings.influx_token, settings.influx_org, settings.influx_bucket,
-                           settings.influx_timeout_s)  # a refused token/bucket stops here; an outage is retried
-        prepare_topics(settings, list(topic_roles(settings)))
-    except ConfigError as exc:
-        print(f"wavebridge sink: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        print(f"wavebridge sink: cannot reach Kafka at {settings.broker} (WAVEBRIDGE_BROKER): {short_error(exc)}",
-              file=sys.stderr)
-        return 1
-    agent = InfluxSinkAgent(settings)
-    health = metrics.Health()
-    health.add_check("influx_sink", agent.check_ready)
-    try:
-        server = metrics.serve(settings.metrics_host, settings.metrics_port, health)
-    except metrics.MetricsBindError as exc:
-        print(f"wavebridge sink: {exc}", file=sys.stderr)
-        return 1
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    agent.start()
-    log.info("InfluxDB sink running: group %s, topics %s", settings.influx_sink_group, ", ".join(agent.roles))
-    try:
-        while not done.wait(0.5):
-            health.beat()
-            if not agent._thread.is_alive():
-                return 1
-        agent.stop()
-        return 0
-    finally:
-        if server is not None:
-            server.stop()
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge sink`: the InfluxDB sink agent in the foreground, configured by `WAVEBRIDGE_*` variables.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: `sys.argv[1:]`): none but `--help`.
+
+    Returns
+    -------
+    int
+        Exit status (`stream.startup`).
+    """
+    return run_service("sink", __doc__, list(sys.argv[1:] if argv is None else argv), _open_sink)
 
 
 if __name__ == "__main__":

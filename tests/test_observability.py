@@ -135,27 +135,46 @@ def test_a_taken_port_fails_at_start():
             metrics.MetricsServer("127.0.0.1", s.getsockname()[1])
 
 
-def test_worker_with_a_taken_metrics_port_stops_before_connecting():
+@pytest.mark.parametrize("command", [["stream.app", "worker"], ["stream.influxsink"]], ids=["worker", "sink"])
+def test_a_taken_metrics_port_stops_worker_and_sink_alike_before_connecting(command):
     import os
     import subprocess
     import sys
+    import threading
     import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from tests.conftest import REPO
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "WAVEBRIDGE_BROKER": "kafka://127.0.0.1:1",
-               "WAVEBRIDGE_TRANSLATOR": "classic", "WAVEBRIDGE_INFLUX_ENABLED": "false",
-               "WAVEBRIDGE_METRICS_PORT": str(port)}
-        started = time.monotonic()
-        res = subprocess.run([sys.executable, "-m", "stream.app", "worker"], env=env, capture_output=True, text=True,
-                             timeout=120)
+    class _AcceptWrites(BaseHTTPRequestHandler):  # the sink's start-up probe: an InfluxDB that accepts the token
+        def do_POST(self):
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    influx = ThreadingHTTPServer(("127.0.0.1", 0), _AcceptWrites)
+    threading.Thread(target=influx.serve_forever, daemon=True).start()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEBRIDGE_")}
+            env.update({"PYTHONPATH": str(REPO), "WAVEBRIDGE_BROKER": "kafka://127.0.0.1:1",
+                        "WAVEBRIDGE_TRANSLATOR": "classic", "WAVEBRIDGE_INFLUX_ENABLED": str(command[-1] == "stream.influxsink").lower(),
+                        "WAVEBRIDGE_INFLUX_URL": f"http://127.0.0.1:{influx.server_address[1]}",
+                        "WAVEBRIDGE_METRICS_PORT": str(port)})
+            started = time.monotonic()
+            res = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        influx.shutdown()
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "WAVEBRIDGE_METRICS_HOST/_PORT" in lines[0] and f":{port}" in lines[0], res.stderr
+    name = "worker" if command[-1] == "worker" else "sink"
+    assert len(lines) == 1 and lines[0].startswith(f"wavebridge {name}: configuration error: "), res.stderr
+    assert "WAVEBRIDGE_METRICS_HOST/_PORT" in lines[0] and f":{port}" in lines[0], res.stderr
     assert "Kafka" not in res.stderr  # refused before any connection attempt
     assert time.monotonic() - started < 60
 
