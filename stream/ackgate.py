@@ -29,7 +29,18 @@ class AckGate:
         return (m.topic, m.partition), int(m.offset)
 
     def taken(self, events: Iterable[Any]) -> None:
-        """Register events in the order the stream delivered them (before any of them can finish)."""
+        """Register events in the order the stream delivered them (before any of them can finish).
+
+        Parameters
+        ----------
+        events : iterable of faust.Event
+            Each with `.message.topic`, `.partition` and `.offset`.
+
+        Raises
+        ------
+        RuntimeError
+            If an offset is taken again while still held (re-delivered without a partition reset).
+        """
         for ev in events:
             tp, off = self._key(ev)
             q = self._open.setdefault(tp, OrderedDict())
@@ -42,7 +53,23 @@ class AckGate:
             q[off] = [ev, False]
 
     def finish(self, events: Iterable[Any]) -> list[Any]:
-        """Mark events finished; returns those now safe to acknowledge (each partition's finished head), in order."""
+        """Mark events finished.
+
+        Parameters
+        ----------
+        events : iterable of faust.Event
+            Events taken earlier.
+
+        Returns
+        -------
+        list of faust.Event
+            Those now safe to acknowledge (each partition's finished head), in offset order.
+
+        Raises
+        ------
+        KeyError
+            If an event was never taken.
+        """
         touched = set()
         for ev in events:
             tp, off = self._key(ev)

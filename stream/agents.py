@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from operators.translator import PPG2ECG, SR
+from operators.translator import PPG2ECG, SR, Translator
 from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
 from stream.config import Settings
@@ -40,11 +40,24 @@ class InMsg:
 
     @property
     def message(self):
+        """The Faust message (topic, partition, offset, key, timestamp)."""
         return self.event.message
 
 
 class WorkerRuntime:
-    def __init__(self, app, settings: Settings, translator=None):
+    """State of the worker's input agent, owned by its app and passed explicitly to whatever needs it.
+
+    Parameters
+    ----------
+    app : faust.App
+        The app whose topics it reads and writes.
+    settings : Settings
+        The worker's configuration.
+    translator : Translator, optional
+        Already loaded; loaded on the compute thread by `start` otherwise.
+    """
+
+    def __init__(self, app, settings: Settings, translator: Translator | None = None):
         self.app = app
         self.settings = settings
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavebridge-compute")
@@ -100,6 +113,7 @@ class WorkerRuntime:
     # ------------------------------------------------------------------ lifecycle
     @property
     def lock(self) -> asyncio.Lock:
+        """Held by a batch and the idle flush while they use the pipeline (made in the running event loop)."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
@@ -115,12 +129,13 @@ class WorkerRuntime:
 
     def _open(self) -> None:
         if self._translator is None:
-            self._translator = _load_translator(self.settings)
+            self._translator = configured_translator(self.settings)
         self.pipeline = Pipeline(PipelineConfig.from_settings(self.settings), self._translator)
         log.info("translator %s loaded; tasks=%s window=%ss hop=%ss", self.pipeline.model,
                  ",".join(self.settings.tasks), self.settings.window_s, self.settings.hop_s)
 
     async def stop(self) -> None:
+        """Shut down: stop the in-process InfluxDB sink, log the counters, close the stats file."""
         self._stopping = True
         if self.sink is not None:
             # its uncommitted batch is read again by the next sink (the points overwrite themselves)
@@ -136,7 +151,13 @@ class WorkerRuntime:
 
     # ------------------------------------------------------------------ processing
     async def handle_events(self, events: list) -> None:
-        """One input batch (a list of faust Events with raw bytes values)."""
+        """Process one input batch and deliver what it produced (outputs, events, dead letters, acks).
+
+        Parameters
+        ----------
+        events : list of faust.Event
+            Input messages with raw bytes values, in partition order.
+        """
         started = time.monotonic()
         for ev in events:
             msg = ev.message
@@ -155,6 +176,7 @@ class WorkerRuntime:
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
 
     async def flush_idle(self) -> None:
+        """Flush idle streams (`WAVEBRIDGE_IDLE_FLUSH_S`) and deliver what that produced."""
         if self.pipeline is None:
             return
         async with self.lock:
@@ -178,7 +200,13 @@ class WorkerRuntime:
         return [e for e in events if getattr(e.message, "generation_id", current) == current]
 
     def assigned(self, partitions) -> None:
-        """Partitions assigned: events of the new generation count again (none while it is -1, see `_current`)."""
+        """Partitions assigned: events of the new generation count again (none while it is -1, see `_current`).
+
+        Parameters
+        ----------
+        partitions : iterable of (topic, partition)
+            Every partition assigned to this app.
+        """
         self._rebalancing = False
         if (self.app.consumer_generation_id or 0) < 0:
             log.warning("partitions assigned in consumer generation -1 (membership lost during the join): "
@@ -189,7 +217,13 @@ class WorkerRuntime:
         metrics.PARTITIONS_ASSIGNED.set(self.n_assigned)
 
     def consumed(self, message) -> None:
-        """Another agent of this app (the alarm agent) is done with `message`: count it and its partition's lag."""
+        """Another agent of this app (the alarm agent) is done with `message`: count it and its partition's lag.
+
+        Parameters
+        ----------
+        message : faust message
+            Its topic, partition and offset.
+        """
         tp = (message.topic, message.partition)
         self.lag.seen(tp, message.offset)
         self.lag.acked(tp, message.offset)
@@ -348,7 +382,14 @@ def _produce_ms(message) -> float | None:
     return None if ts is None else round(float(ts) * 1000.0, 3)
 
 
-def _load_translator(settings: Settings):
+def configured_translator(settings: Settings) -> Translator:
+    """The translator `WAVEBRIDGE_TRANSLATOR` names, on `WAVEBRIDGE_DEVICE`.
+
+    Parameters
+    ----------
+    settings : Settings
+        The worker's configuration.
+    """
     from operators.translator import load_translator
 
     # translators that take no device (the numpy ones) simply don't get it
@@ -360,6 +401,15 @@ async def crash_on_error(app, what: str, coro) -> None:
 
     A timer has no stream to fail, so an error it swallowed would leave state half-updated while input keeps
     being acknowledged; crashing makes a restart re-consume from the committed offsets instead.
+
+    Parameters
+    ----------
+    app : faust.App
+        The app to crash.
+    what : str
+        What the timer does, for the log line.
+    coro : awaitable
+        The timer's work.
     """
     try:
         await coro
@@ -370,8 +420,23 @@ async def crash_on_error(app, what: str, coro) -> None:
         await app.crash(exc)
 
 
-def register(app, settings: Settings, translator=None) -> WorkerRuntime:
-    """Attach the input agent, the idle-flush timer and rebalance/stop hooks to `app`."""
+def register(app, settings: Settings, translator: Translator | None = None) -> WorkerRuntime:
+    """Attach the input agent, the idle-flush timer and rebalance/stop hooks to `app`.
+
+    Parameters
+    ----------
+    app : faust.App
+        The worker's app.
+    settings : Settings
+        The worker's configuration.
+    translator : Translator, optional
+        Already loaded (else loaded when the agent starts).
+
+    Returns
+    -------
+    WorkerRuntime
+        The agent's state, for the caller to pass where needed (`stream.app.Worker`).
+    """
     rt = WorkerRuntime(app, settings, translator)
 
     # concurrency=1: with more, Faust could commit past messages another actor still holds.

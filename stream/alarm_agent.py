@@ -23,7 +23,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
-from stream.agents import crash_on_error
+from stream.agents import WorkerRuntime, crash_on_error
 from stream.alarms import BAD_ALARM, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
 from stream.config import Settings
 
@@ -31,7 +31,19 @@ log = logging.getLogger("wavebridge.alarms")
 
 
 class AlarmRuntime:
-    def __init__(self, app, settings: Settings, worker_rt):
+    """State of the alarm agent: the signal ring the worker fills, the judge, the verdicts topic.
+
+    Parameters
+    ----------
+    app : faust.App
+        The worker's app.
+    settings : Settings
+        The worker's configuration.
+    worker_rt : stream.agents.WorkerRuntime
+        The input agent's state: its decoded chunks fill the ring, its dead-letter topic and counters are shared.
+    """
+
+    def __init__(self, app, settings: Settings, worker_rt: WorkerRuntime):
         self.app = app
         self.settings = settings
         self.worker = worker_rt
@@ -55,10 +67,18 @@ class AlarmRuntime:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def start(self) -> None:
+        """Load the alarm translator and make the judge, off the event loop."""
         if self.judge is None:
             await self._run(self._open)
 
     async def on_alarm(self, event) -> None:
+        """Queue one alarm message for judging, or dead-letter it (`bad_alarm`) if malformed.
+
+        Parameters
+        ----------
+        event : faust.Event
+            An alarms-topic message (JSON, docs/alarm.schema.json).
+        """
         try:
             alarm = parse_alarm(event.value)
         except AlarmMessageError as exc:
@@ -89,11 +109,22 @@ class AlarmRuntime:
                      msg["bed_id"], msg["verdict"], msg["confidence"] or 0.0, msg["reason"])
 
     async def stop(self) -> None:
+        """Stop the judging thread (pending alarms are not judged)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def register(app, settings: Settings, worker_rt) -> AlarmRuntime:
-    """Attach the alarms agent and its judging timer to `app` (after `stream.agents.register`)."""
+def register(app, settings: Settings, worker_rt: WorkerRuntime) -> AlarmRuntime:
+    """Attach the alarms agent and its judging timer to `app` (after `stream.agents.register`).
+
+    Parameters
+    ----------
+    app : faust.App
+        The worker's app.
+    settings : Settings
+        The worker's configuration.
+    worker_rt : stream.agents.WorkerRuntime
+        What `stream.agents.register` returned.
+    """
     rt = AlarmRuntime(app, settings, worker_rt)
 
     @app.agent(rt.alarms_topic, concurrency=1, name="wavebridge-alarms")

@@ -43,7 +43,18 @@ class AlarmMessage:
 
 
 def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
-    """Decode and validate one alarm message (the rules of docs/alarm.schema.json)."""
+    """Decode and validate one alarm message (the rules of docs/alarm.schema.json).
+
+    Parameters
+    ----------
+    data : bytes, str or dict
+        The message value, or its decoded JSON object.
+
+    Raises
+    ------
+    AlarmMessageError
+        Naming the first problem.
+    """
     if isinstance(data, (bytes, str)):
         try:
             obj = json.loads(data)
@@ -76,6 +87,13 @@ def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
 
 
 def encode_alarm(alarm: AlarmMessage) -> bytes:
+    """The JSON message value of `alarm` (`parse_alarm`'s inverse).
+
+    Parameters
+    ----------
+    alarm : AlarmMessage
+        The alarm; absent mode and source are left out.
+    """
     d = {"bed_id": alarm.bed_id, "alarm_type": alarm.alarm_type, "onset_ns": alarm.onset_ns, "alarm_id": alarm.alarm_id}
     if alarm.mode is not None:
         d["mode"] = alarm.mode
@@ -86,7 +104,21 @@ def encode_alarm(alarm: AlarmMessage) -> bytes:
 
 def verdict_message(alarm: AlarmMessage, verdict: core.AlarmVerdict, wait_s: float, data_until_ns: int | None,
                     decided_ns: int | None = None) -> dict:
-    """The verdicts topic's JSON object (docs/verdict.schema.json)."""
+    """The verdicts topic's JSON object (docs/verdict.schema.json).
+
+    Parameters
+    ----------
+    alarm : AlarmMessage
+        The alarm judged.
+    verdict : operators.processing.alarms.AlarmVerdict
+        The verifier's answer.
+    wait_s : float
+        Seconds of data after the onset a retrospective verdict waited for (0 in real time).
+    data_until_ns : int or None
+        End of the bed's newest data when judged, ns since the epoch.
+    decided_ns : int, optional
+        When it was decided, ns since the epoch (default: now).
+    """
     d = verdict.to_dict()
     return {"version": VERSION, "alarm_id": alarm.alarm_id, "bed_id": alarm.bed_id, "alarm_type": alarm.alarm_type,
             "onset_ns": alarm.onset_ns, "mode": verdict.mode, "wait_s": wait_s if verdict.mode == "retrospective" else 0.0,
@@ -97,7 +129,13 @@ def verdict_message(alarm: AlarmMessage, verdict: core.AlarmVerdict, wait_s: flo
 
 
 def verdict_lines(msg: dict) -> list[str]:
-    """InfluxDB line protocol: one `alarm_verdict` point at the alarm's onset (docs/influx-schema.md)."""
+    """InfluxDB line protocol: one `alarm_verdict` point at the alarm's onset (docs/influx-schema.md).
+
+    Parameters
+    ----------
+    msg : dict
+        A verdict message (`verdict_message`).
+    """
     from stream.sinks.lineprotocol import field_set, tag_set
 
     tags = tag_set({"bed": msg["bed_id"], "alarm_type": msg["alarm_type"], "mode": msg["mode"], "verdict": msg["verdict"]})
@@ -130,6 +168,13 @@ class SignalRing:
         self._lock = threading.Lock()
 
     def add(self, chunk: wire.Chunk) -> None:
+        """Keep `chunk`; drop what is older than `keep_s` and the least recently heard beds beyond `max_beds`.
+
+        Parameters
+        ----------
+        chunk : stream.wire.Chunk
+            Decoded input (the worker's compute thread calls this for every chunk).
+        """
         if len(chunk.samples) == 0:
             return
         with self._lock:
@@ -146,11 +191,18 @@ class SignalRing:
                 q.popleft()
 
     def beds(self) -> list[str]:
+        """Bed ids held, least recently heard first."""
         with self._lock:
             return list(self._beds)
 
     def newest_ns(self, bed: str) -> int | None:
-        """End (ns) of the newest sample of any signal of `bed`; None if the bed has sent nothing."""
+        """End (ns since the epoch) of the newest sample of any signal of `bed`; None if the bed has sent nothing.
+
+        Parameters
+        ----------
+        bed : str
+            Bed id.
+        """
         with self._lock:
             sig = self._beds.get(bed)
             if not sig:
@@ -158,12 +210,26 @@ class SignalRing:
             return max(s + int(round(len(x) * NS / r)) for q in sig.values() for s, r, x in q)
 
     def samples(self) -> int:
+        """Samples held, all beds and signals."""
         with self._lock:
             return sum(len(x) for sig in self._beds.values() for q in sig.values() for _, _, x in q)
 
     def snapshot(self, bed: str, t0_ns: int, t1_ns: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Each signal of `bed` on its own rate's grid from t0_ns (sample 0) up to t1_ns, NaN where nothing
-        arrived. A signal whose rate changed keeps only the chunks at its newest rate."""
+        arrived. A signal whose rate changed keeps only the chunks at its newest rate.
+
+        Parameters
+        ----------
+        bed : str
+            Bed id.
+        t0_ns, t1_ns : int
+            Span, ns since the epoch.
+
+        Returns
+        -------
+        (dict of str to ndarray, dict of str to float)
+            Samples (float32) and rate in Hz per signal; signals with no finite sample in the span left out.
+        """
         with self._lock:
             chunks = {name: list(q) for name, q in self._beds.get(bed, {}).items()}
         signals, rates = {}, {}
@@ -214,6 +280,15 @@ class AlarmJudge:
     _pending: list = field(default_factory=list)
 
     def submit(self, alarm: AlarmMessage, now: float | None = None) -> None:
+        """Queue `alarm` until its data is there or its deadline passes.
+
+        Parameters
+        ----------
+        alarm : AlarmMessage
+            The alarm; its own mode, if any, overrides the judge's.
+        now : float, optional
+            `time.monotonic()` seconds (default: now).
+        """
         mode = alarm.mode or self.mode
         wait = self.wait_s if mode == "retrospective" else 0.0
         now = time.monotonic() if now is None else now
@@ -221,10 +296,17 @@ class AlarmJudge:
 
     @property
     def pending(self) -> int:
+        """Alarms queued."""
         return len(self._pending)
 
     def due(self, now: float | None = None) -> list[_Pending]:
-        """Pending alarms ready to judge (removed from the queue)."""
+        """Pending alarms ready to judge (removed from the queue).
+
+        Parameters
+        ----------
+        now : float, optional
+            `time.monotonic()` seconds (default: now).
+        """
         now = time.monotonic() if now is None else now
         ready, keep = [], []
         for p in self._pending:
@@ -234,7 +316,13 @@ class AlarmJudge:
         return ready
 
     def judge(self, p: _Pending) -> dict:
-        """The verdict message for one alarm, from the ring (runs the verifier: call off the event loop)."""
+        """The verdict message for one alarm, from the ring (runs the verifier: call off the event loop).
+
+        Parameters
+        ----------
+        p : pending alarm
+            One returned by `due`.
+        """
         cfg = self.config
         a = p.alarm
         wait = self.wait_s if p.mode == "retrospective" else 0.0
@@ -253,7 +341,19 @@ class AlarmJudge:
 
 def publish_and_await_verdict(bootstrap: str, alarm: AlarmMessage, alarms_topic: str, verdicts_topic: str,
                               timeout_s: float = 60.0) -> dict | None:
-    """Publish `alarm` (key = its bed) and return its verdict from the verdicts topic; None after `timeout_s`."""
+    """Publish `alarm` (key = its bed) and return its verdict from the verdicts topic; None after `timeout_s`.
+
+    Parameters
+    ----------
+    bootstrap : str
+        Kafka bootstrap servers, `host:port[,...]`.
+    alarm : AlarmMessage
+        The alarm to publish.
+    alarms_topic, verdicts_topic : str
+        Topic names.
+    timeout_s : float
+        Seconds to wait for the verdict.
+    """
     from kafka import KafkaConsumer, KafkaProducer
 
     consumer = KafkaConsumer(verdicts_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -278,7 +378,13 @@ def publish_and_await_verdict(bootstrap: str, alarm: AlarmMessage, alarms_topic:
 
 
 def describe_verdict(msg: dict) -> str:
-    """Two lines for a person: the verdict and the channels behind it."""
+    """Two lines for a person: the verdict and the channels behind it.
+
+    Parameters
+    ----------
+    msg : dict
+        A verdict message.
+    """
     chans = ", ".join(f"{c['name']} {c['quality']}" + (f" {c['hr_bpm']:.0f} bpm" if c.get("hr_bpm") else "")
                       for c in msg["channels"]) or "none"
     return (f"{msg['alarm_type']} alarm {msg['alarm_id']} on {msg['bed_id']}: verdict {msg['verdict']} "

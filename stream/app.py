@@ -151,12 +151,11 @@ def preflight(s: Settings) -> Translator:
         engine's own refusal: the service itself never imports torch), or an InfluxDB that refuses the token,
         org or bucket. An unreachable InfluxDB is not an error here: writes retry until it is back.
     """
-    from operators.translator import load_translator
+    from stream.agents import configured_translator
     from stream.sinks.influx import influx_probe
 
     try:
-        # translators that take no device (the numpy ones) simply don't get it
-        translator = load_translator(s.translator, device=s.device)
+        translator = configured_translator(s)
     except Exception as exc:  # missing weights, an import error in a plug-in, ...: all configuration
         raise ConfigError(f"WAVEBRIDGE_TRANSLATOR={s.translator}: cannot load: {short_error(exc)}") from None
     if s.influx_enabled and s.influx_sink == "worker":

@@ -64,7 +64,13 @@ POINTS: dict[str, Callable[[bytes, dict[str, bytes]], list[str]]] = {
 
 
 def topic_roles(s: Settings) -> dict[str, str]:
-    """The topics whose messages go to InfluxDB, and the `POINTS` role of each."""
+    """The topics whose messages go to InfluxDB, and the `POINTS` role of each.
+
+    Parameters
+    ----------
+    s : Settings
+        Topic names; the verdicts topic only when the alarm agent is enabled.
+    """
     roles = {s.topic_ecg_synth: OUTPUT, s.topic_sr: OUTPUT, s.topic_events: EVENT}
     if s.alarm_enabled:
         roles[s.topic_verdicts] = VERDICT  # stream/alarm_agent.py
@@ -72,7 +78,22 @@ def topic_roles(s: Settings) -> dict[str, str]:
 
 
 def message_points(role: str, value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> list[str]:
-    """Line protocol for one message of a topic with `role` (raises on a malformed message)."""
+    """Line protocol for one message of a topic with `role`.
+
+    Parameters
+    ----------
+    role : str
+        `OUTPUT`, `EVENT` or `VERDICT`.
+    value : bytes
+        Message value.
+    headers : sequence of (str, bytes), optional
+        Message headers.
+
+    Raises
+    ------
+    Exception
+        Whatever the decoder raises for a malformed message (`stream.wire.WireError`, ValueError, KeyError).
+    """
     return POINTS[role](value, dict(headers or []))
 
 
@@ -112,7 +133,13 @@ class InfluxSinkAgent:
         return self
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop after the batch in progress (a write blocked on an outage is abandoned, not committed)."""
+        """Stop after the batch in progress (a write blocked on an outage is abandoned, not committed).
+
+        Parameters
+        ----------
+        timeout_s : float
+            Seconds to wait for the thread to end.
+        """
         self._stop.set()
         self.influx.stop_event.set()
         if self._thread is not None and self._thread is not threading.current_thread():

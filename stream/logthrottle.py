@@ -31,7 +31,18 @@ class Throttle:
         self._lock = threading.Lock()  # the Kafka clients log from several threads
 
     def allow(self, key: Hashable) -> tuple[bool, int]:
-        """(whether to emit this one, how many of `key` were held back since the last emitted one)."""
+        """Whether to emit this event of `key`.
+
+        Parameters
+        ----------
+        key : hashable
+            The kind of event.
+
+        Returns
+        -------
+        tuple of (bool, int)
+            Whether to emit it, and how many of `key` were held back since the last one emitted.
+        """
         now = self.clock()
         with self._lock:
             last = self._last.get(key)
@@ -51,6 +62,7 @@ class RepeatFilter(logging.Filter):
         self.throttle = Throttle(interval_s, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Pass the record if it is the first of its kind in the interval (with the count of those held back)."""
         ok, held = self.throttle.allow((record.name, record.levelno, str(record.msg)))
         if ok and held:
             record.msg = f"{record.getMessage()} [{held} more like this in the last {self.throttle.interval_s:g} s " \
@@ -60,7 +72,18 @@ class RepeatFilter(logging.Filter):
 
 
 def throttle_kafka_logs(interval_s: float) -> RepeatFilter:
-    """Attach one `RepeatFilter` to every Kafka client logger. Returns the filter."""
+    """Attach one `RepeatFilter` to every Kafka client logger.
+
+    Parameters
+    ----------
+    interval_s : float
+        Seconds between two lines of the same kind (`WAVEBRIDGE_LOG_REPEAT_S`).
+
+    Returns
+    -------
+    RepeatFilter
+        The filter attached.
+    """
     import importlib
 
     for name in _KAFKA_PACKAGES:

@@ -96,7 +96,17 @@ QUALITY_WINDOWS = Counter("wavebridge_quality_windows", "Output windows by signa
 
 
 def observe_quality(task: str, quality: str, n: int = 1) -> None:
-    """Count `n` windows of `task` classified as `quality`."""
+    """Count `n` windows of `task` classified as `quality`.
+
+    Parameters
+    ----------
+    task : str
+        Translator task (`ppg2ecg`, `sr`).
+    quality : str
+        Quality class: good | degraded | unusable.
+    n : int
+        How many windows.
+    """
     QUALITY_WINDOWS.labels(task, quality).inc(n)
 
 
@@ -117,7 +127,13 @@ class LagTracker:
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
         """Keep only `partitions` (and their lag series); a partition re-assigned later starts from what it
-        fetches next."""
+        fetches next.
+
+        Parameters
+        ----------
+        partitions : iterable of (str, int)
+            Every (topic, partition) now assigned to this consumer.
+        """
         keep = set(partitions)
         for d in (self._end, self._position):
             for tp in list(d):
@@ -129,21 +145,43 @@ class LagTracker:
 
     def seen(self, tp: Hashable, offset: int) -> None:
         """A record at `offset` was fetched. The first one after an assignment sets the position: every
-        earlier offset was committed (the consumer starts at the committed offset)."""
+        earlier offset was committed (the consumer starts at the committed offset).
+
+        Parameters
+        ----------
+        tp : (str, int)
+            Topic and partition.
+        offset : int
+            Kafka offset of the record.
+        """
         self._end[tp] = max(self._end.get(tp, 0), offset + 1)
         self._position.setdefault(tp, offset)
 
     def acked(self, tp: Hashable, offset: int) -> None:
-        """The record at `offset`, and (per the ack gate) every earlier one, is done."""
+        """The record at `offset`, and (per the ack gate) every earlier one, is done.
+
+        Parameters
+        ----------
+        tp : (str, int)
+            Topic and partition.
+        offset : int
+            Kafka offset of the record.
+        """
         self._position[tp] = max(self._position.get(tp, 0), offset + 1)
         self._end[tp] = max(self._end.get(tp, 0), offset + 1)
 
     def lag(self, tp: Hashable, highwater: int | None = None, committed: int | None = None) -> int | None:
         """Messages not yet acknowledged on `tp`, or None while nothing is known about it.
 
-        `highwater`: the high watermark of the last fetch response (None before the first one).
-        `committed`: the group's committed offset (next offset to read; None: none or 0), the position of a
-        partition nothing was fetched from since the assignment (an idle one, fully consumed).
+        Parameters
+        ----------
+        tp : (str, int)
+            Topic and partition.
+        highwater : int, optional
+            The high watermark of the last fetch response (None before the first one).
+        committed : int, optional
+            The group's committed offset (next offset to read; None: none or 0), the position of a partition
+            nothing was fetched from since the assignment (an idle one, fully consumed).
         """
         position = self._position.get(tp)
         if position is None:
@@ -154,7 +192,13 @@ class LagTracker:
         return max(0, end - position)
 
     def publish(self, tp: Hashable, highwater: int | None = None, committed: int | None = None) -> int | None:
-        """`lag(...)`, also set as `wavebridge_consumer_lag_messages{topic, partition}` when known."""
+        """`lag(...)`, also set as `wavebridge_consumer_lag_messages{topic, partition}` when known.
+
+        Parameters
+        ----------
+        tp, highwater, committed
+            As for `lag`.
+        """
         lag = self.lag(tp, highwater, committed)
         if lag is not None:
             CONSUMER_LAG.labels(tp[0], str(tp[1])).set(lag)
@@ -180,18 +224,29 @@ class Health:
         self._checks: dict[str, Check] = {}
 
     def beat(self) -> None:
+        """The event loop is alive (call it from a timer)."""
         self._last_beat = self.clock()
 
     def add_check(self, name: str, check: Check) -> None:
-        """`check()` -> (ok, detail); it runs on the HTTP thread, so it must only read state."""
+        """Add a readiness check.
+
+        Parameters
+        ----------
+        name : str
+            Its key in the `/readyz` body.
+        check : callable() -> (bool, str)
+            (ok, detail); it runs on the HTTP thread, so it must only read state.
+        """
         self._checks[name] = check
 
     def alive(self) -> tuple[bool, dict]:
+        """(alive, `/healthz` body): whether `beat` was called within `max_silence_s` seconds."""
         silent_s = self.clock() - self._last_beat
         ok = silent_s <= self.max_silence_s
         return ok, {"alive": ok, "event_loop_silent_s": round(silent_s, 3)}
 
     def ready(self) -> tuple[bool, dict]:
+        """(ready, `/readyz` body): alive and every check passes."""
         alive, body = self.alive()
         checks = {}
         for name, check in self._checks.items():
@@ -249,7 +304,19 @@ class MetricsBindError(RuntimeError):
 def serve(host: str, port: int, health: Health) -> "MetricsServer | None":
     """Start the server of a process configured by `WAVEBRIDGE_METRICS_HOST/_PORT`; None when the port is 0.
 
-    Raises `MetricsBindError` (one line) when the address is taken or invalid, so the process stops at start.
+    Parameters
+    ----------
+    host : str
+        Address to bind (an IPv6 one too).
+    port : int
+        TCP port; 0 turns the server off.
+    health : Health
+        What `/healthz` and `/readyz` report.
+
+    Raises
+    ------
+    MetricsBindError
+        One line, when the address is taken or invalid, so the process stops at start.
     """
     if not port:
         return None
@@ -277,15 +344,18 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
+        """`http://host:port` of the server."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
     def start(self) -> "MetricsServer":
+        """Serve from a daemon thread; returns self."""
         self._thread = threading.Thread(target=self._server.serve_forever, name="wavebridge-metrics", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest,
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
 from stream.results import (OUTPUT_UNUSABLE, SOURCE_UNUSABLE, SR_SUFFIX, SYNTH_SIGNAL, BatchResult, OutputSeries,
                             PipelineEvent, Rejected)
+
+if TYPE_CHECKING:
+    from stream.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,15 @@ class PipelineConfig:
     quality: bool = True  # judge every source window (operators.processing.quality) and withhold unusable spans
 
     @classmethod
-    def from_settings(cls, s) -> "PipelineConfig":
+    def from_settings(cls, s: Settings) -> "PipelineConfig":
+        """The worker's configuration: windows, tasks and rates from `s`, and the ack lag that keeps a rebalance's new
+        owner computing the same windows (window - hop - look-ahead, seconds).
+
+        Parameters
+        ----------
+        s : stream.config.Settings
+            The worker's settings.
+        """
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
                    bed_evict_s=s.bed_evict_s, ack_lag_s=max(0.0, s.window_s - s.hop_s - s.lookahead_s))
@@ -95,9 +106,23 @@ class _Job:
 
 
 def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, int]:
-    """Source sample range `[a, b)` a window's quality is judged on: its emitted part +- `margin_s`, widened back
-    into the window to at least `operators.processing.quality.MIN_GOOD_S` (a flush emits a short tail: two beats are too few
-    to judge a pulse's shape and rhythm by)."""
+    """Source sample range `[a, b)` a window's quality is judged on.
+
+    Its emitted part +- `margin_s`, widened back into the window to at least `operators.processing.quality.MIN_GOOD_S`
+    (a flush emits a short tail: two beats are too few to judge a pulse's shape and rhythm by).
+
+    Parameters
+    ----------
+    w : Window
+        A source window.
+    margin_s : float
+        Seconds on each side of the emitted part.
+
+    Returns
+    -------
+    tuple of int
+        Sample indices into `w.samples`.
+    """
     m = int(round(margin_s * w.rate_hz))
     a, b = max(0, w.emit_from - m), min(len(w.samples), w.emit_stop + m)
     return max(0, min(a, b - int(round(Q.MIN_GOOD_S * w.rate_hz)))), b
@@ -126,7 +151,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ routing
     def routes(self, signal: str, rate_hz: float) -> list[tuple[str, float]]:
-        """(task, target rate) pairs for windows of `signal` at `rate_hz`."""
+        """The tasks windows of a signal go to.
+
+        Parameters
+        ----------
+        signal : str
+            Input signal name.
+        rate_hz : float
+            Its sample rate, Hz.
+
+        Returns
+        -------
+        list of (str, float)
+            (task, target rate in Hz) pairs; empty when the signal only feeds the patient context.
+        """
         c = self.config
         out: list[tuple[str, float]] = []
         slow = rate_hz < c.sr_below_hz
@@ -139,8 +177,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------ input
     def push(self, chunk, token: Hashable | None = None) -> None:
-        """Buffer one `wire.Chunk`. `token` comes back in a later `BatchResult.completed` (or
-        `.rejected`) once every sample of the chunk has been emitted."""
+        """Buffer one chunk.
+
+        Parameters
+        ----------
+        chunk : stream.wire.Chunk
+            Input samples of one bed and signal; its age and sex update the bed's demographics.
+        token : hashable, optional
+            Comes back in a later `BatchResult.completed` once every sample of the chunk has been emitted (or in
+            `.rejected`, for a duplicate or out-of-order chunk).
+        """
         bed, sig = chunk.bed_id, chunk.signal
         self._bed_seen[bed] = self.clock()
         if chunk.age is not None or chunk.sex is not None:
@@ -171,8 +217,18 @@ class Pipeline:
                 st.pending.append((st.windower.expected_next_ns, token))
 
     def flush_idle(self, now: float | None = None) -> int:
-        """Flush every stream silent for `idle_flush_s` and forget beds silent for `bed_evict_s`; returns how many
-        streams were flushed."""
+        """Flush every stream silent for `idle_flush_s` and forget beds silent for `bed_evict_s`.
+
+        Parameters
+        ----------
+        now : float, optional
+            `clock()` seconds (default: now).
+
+        Returns
+        -------
+        int
+            How many streams were flushed.
+        """
         now = self.clock() if now is None else now
         n = 0
         for st in self._streams.values():
@@ -226,12 +282,15 @@ class Pipeline:
         return tokens
 
     def active_beds(self, now: float | None = None) -> int:
-        """Beds with routed input within the last `idle_flush_s` (by `clock`)."""
+        """Beds with routed input within the last `idle_flush_s`.
+
+        Parameters
+        ----------
+        now : float, optional
+            `clock()` seconds (default: now).
+        """
         now = self.clock() if now is None else now
         return len({st.bed for st in self._streams.values() if now - st.last_push < self.config.idle_flush_s})
-
-    def pending_tokens(self) -> int:
-        return sum(len(st.pending) for st in self._streams.values())
 
     # ------------------------------------------------------------------ processing
     def process(self) -> BatchResult:

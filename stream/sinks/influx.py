@@ -197,9 +197,22 @@ class InfluxSink:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, lines: Sequence[str]) -> int:
-        """Store `lines`, in order; returns how many were given (rejected ones included, reported apart).
+        """Store `lines`, in order, `batch_points` per request.
 
-        Raises SinkStopped, WriteAborted or InfluxConfigError as the class docstring says.
+        Parameters
+        ----------
+        lines : sequence of str
+            Line protocol, ns precision.
+
+        Returns
+        -------
+        int
+            How many were given (rejected ones included, reported apart).
+
+        Raises
+        ------
+        SinkStopped, WriteAborted, InfluxConfigError
+            As the class docstring says.
         """
         for i in range(0, len(lines), self.batch_points):
             pending = [list(lines[i:i + self.batch_points])]

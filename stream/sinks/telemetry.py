@@ -40,7 +40,15 @@ class ReasonCounters:
         self._log = logger or log
 
     def add(self, reason: str, n: int = 1) -> None:
-        """Count `n` more of `reason`."""
+        """Count `n` more of `reason`.
+
+        Parameters
+        ----------
+        reason : str
+            Counter name (e.g. `dlq.bad_json`, `event.gap`).
+        n : int
+            How many.
+        """
         self.counts[reason] += n
 
     def maybe_log(self, now: float | None = None, force: bool = False) -> bool:
@@ -92,7 +100,13 @@ class StatsWriter:
         self._fh = open(self.path, "a", encoding="utf-8") if self.path else None
 
     def record(self, rows: Iterable[LatencyRecord]) -> None:
-        """Append `rows` and flush."""
+        """Append `rows` and flush.
+
+        Parameters
+        ----------
+        rows : iterable of LatencyRecord
+            One per input message whose outputs were published.
+        """
         if self._fh is None:
             return
         for row in rows:
