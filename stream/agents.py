@@ -425,12 +425,8 @@ def register(app, settings: Settings, translator: Translator | None = None) -> W
 
     Parameters
     ----------
-    app : faust.App
-        The worker's app.
-    settings : Settings
-        The worker's configuration.
-    translator : Translator, optional
-        Already loaded (else loaded when the agent starts).
+    app, settings, translator
+        As for `WorkerRuntime`.
 
     Returns
     -------

@@ -118,12 +118,8 @@ def register(app, settings: Settings, worker_rt: WorkerRuntime) -> AlarmRuntime:
 
     Parameters
     ----------
-    app : faust.App
-        The worker's app.
-    settings : Settings
-        The worker's configuration.
-    worker_rt : stream.agents.WorkerRuntime
-        What `stream.agents.register` returned.
+    app, settings, worker_rt
+        As for `AlarmRuntime` (`worker_rt`: what `stream.agents.register` returned).
     """
     rt = AlarmRuntime(app, settings, worker_rt)
 

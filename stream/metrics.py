@@ -162,10 +162,8 @@ class LagTracker:
 
         Parameters
         ----------
-        tp : (str, int)
-            Topic and partition.
-        offset : int
-            Kafka offset of the record.
+        tp, offset
+            As for `seen`.
         """
         self._position[tp] = max(self._position.get(tp, 0), offset + 1)
         self._end[tp] = max(self._end.get(tp, 0), offset + 1)
