@@ -34,6 +34,8 @@ class AlarmMessageError(ValueError):
 
 @dataclass(frozen=True)
 class AlarmMessage:
+    """One monitor alarm to judge (docs/alarm.schema.json)."""
+
     bed_id: str
     alarm_type: str  # one of operators.processing.alarms.ALARM_TYPES
     onset_ns: int

@@ -44,6 +44,9 @@ HR_MIN_CONFIDENCE = 0.7
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """What the pipeline computes: windows and look-ahead (s), tasks and their rates (Hz), context, idle and eviction
+    times (s), R-peaks and quality gating. `from_settings` gives the worker's."""
+
     window_s: float = 8.0
     hop_s: float = 2.0
     lookahead_s: float = 1.0  # newest part of every window is context only (see operators.state.windowing)
@@ -129,6 +132,20 @@ def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, in
 
 
 class Pipeline:
+    """Chunks of many beds in (`push`), one batched translator call and its results out (`process`).
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        What to compute.
+    translator : Translator
+        Called once per `process` with every window collected; its `name` (or `name_for(task)`) is the model tag.
+    clock : callable() -> float
+        Monotonic seconds, for idle flush and eviction (tests pass a fake).
+    context_provider : callable(bed) -> PairedContext or None, optional
+        The patient context of a bed (offline `--context`); default: built per bed from its own ECG and PPG.
+    """
+
     def __init__(self, config: PipelineConfig, translator: Translator, *,
                  clock: Callable[[], float] = time.monotonic, context_provider: Callable[[str], PairedContext | None] | None = None):
         self.config = config
