@@ -31,8 +31,20 @@ def ensure_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created.
 
-    Extra keyword arguments (security_protocol, sasl_*, ssl_*) go to kafka-python's admin client.
     Existing topics are left alone (their partition count is not changed).
+
+    Parameters
+    ----------
+    bootstrap : str
+        Kafka bootstrap servers, `host:port[,...]`.
+    names : iterable of str
+        Topics wanted.
+    partitions, replication : int
+        Of each topic created.
+    timeout_s : float
+        Seconds for each admin request, and for the topics to become visible.
+    **kafka_security_kwargs
+        security_protocol, sasl_*, ssl_*: to kafka-python's admin client.
     """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -57,7 +69,15 @@ def ensure_topics(
 
 
 def missing_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0, **kafka_security_kwargs) -> list[str]:
-    """The names among `names` that the cluster does not have (a metadata request; creates nothing)."""
+    """The names among `names` that the cluster does not have (a metadata request; creates nothing).
+
+    Parameters
+    ----------
+    bootstrap, timeout_s, **kafka_security_kwargs
+        As for `ensure_topics`.
+    names : iterable of str
+        Topics wanted.
+    """
     admin = _admin(bootstrap, timeout_s, **kafka_security_kwargs)
     try:
         existing = set(admin.list_topics())
@@ -67,8 +87,25 @@ def missing_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0
 
 
 def prepare_topics(settings, names: Iterable[str]) -> list[str]:
-    """Create the missing ones of `names` when WAVEBRIDGE_CREATE_TOPICS=true, else require them all; returns the names
-    created. Raises ConfigError naming the missing topics (Kafka errors, e.g. an unreachable broker, pass through)."""
+    """Create the missing ones of `names` when WAVEBRIDGE_CREATE_TOPICS=true, else require them all.
+
+    Parameters
+    ----------
+    settings : stream.config.Settings
+        Broker, security, topic creation, partitions and replication.
+    names : iterable of str
+        Topics the process needs.
+
+    Returns
+    -------
+    list of str
+        The names created.
+
+    Raises
+    ------
+    ConfigError
+        Naming the missing topics (Kafka errors, e.g. an unreachable broker, pass through).
+    """
     from stream.config import ConfigError
 
     s = settings
@@ -105,7 +142,17 @@ def _wait_visible(admin, names: list[str], timeout_s: float) -> None:
 
 def committed_total(bootstrap: str, group: str, topic: str, **kafka_kwargs) -> int:
     """Sum of a consumer group's committed offsets over a topic's partitions (0 where none): how many of the
-    topic's messages the group has finished, when the topic started at offset 0."""
+    topic's messages the group has finished, when the topic started at offset 0.
+
+    Parameters
+    ----------
+    bootstrap : str
+        Kafka bootstrap servers.
+    group, topic : str
+        Consumer group and topic.
+    **kafka_kwargs
+        To kafka-python's admin client.
+    """
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="wavebridge-offsets", **kafka_kwargs)
@@ -117,7 +164,17 @@ def committed_total(bootstrap: str, group: str, topic: str, **kafka_kwargs) -> i
 
 
 def partition_count(bootstrap: str, name: str, **kafka_kwargs) -> int:
-    """Number of partitions of an existing topic (via a metadata request)."""
+    """Number of partitions of an existing topic (via a metadata request; ValueError if it does not exist).
+
+    Parameters
+    ----------
+    bootstrap : str
+        Kafka bootstrap servers.
+    name : str
+        Topic.
+    **kafka_kwargs
+        To kafka-python's consumer.
+    """
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_kwargs)

@@ -111,18 +111,27 @@ class WireError(ValueError):
         self.detail = detail
 
     def to_dict(self) -> dict:
+        """`{"reason": ..., "detail": ...}` (JSON-ready)."""
         return {"reason": self.reason, "detail": self.detail}
 
 
 @dataclass
 class DecodeResult:
+    """A decoded chunk, with how it was encoded and how much was repaired."""
+
     chunk: Chunk
     encoding: str  # JSON or BINARY
     repaired: int  # non-finite samples replaced by linear interpolation
 
 
 def message_key(chunk: Chunk) -> bytes:
-    """Kafka message key: the bed id, so all chunks of one bed stay ordered on one partition."""
+    """Kafka message key: the bed id, so all chunks of one bed stay ordered on one partition.
+
+    Parameters
+    ----------
+    chunk : Chunk
+        Any chunk.
+    """
     return chunk.bed_id.encode("utf-8")
 
 
@@ -145,7 +154,13 @@ def is_input_signal(name: str) -> bool:
 
 
 def encode_json(chunk: Chunk) -> bytes:
-    """UTF-8 JSON object; non-finite samples become `null`. Validates first (raises WireError)."""
+    """UTF-8 JSON object; non-finite samples become `null`. Validates first (raises WireError).
+
+    Parameters
+    ----------
+    chunk : Chunk
+        The chunk to encode.
+    """
     samples = _validate(chunk, repair=False)
     values = samples.tolist()  # float32 -> float64 is exact, so decoding gives back identical float32
     if not np.all(np.isfinite(samples)):
@@ -155,7 +170,13 @@ def encode_json(chunk: Chunk) -> bytes:
 
 
 def encode_binary(chunk: Chunk) -> bytes:
-    """MAGIC | uint32 LE header length | msgpack header | float32 LE samples. Validates first."""
+    """MAGIC | uint32 LE header length | msgpack header | float32 LE samples. Validates first (raises WireError).
+
+    Parameters
+    ----------
+    chunk : Chunk
+        The chunk to encode.
+    """
     samples = _validate(chunk, repair=False)
     header = msgpack.packb({"v": VERSION, **_header(chunk), "n": int(samples.size)}, use_bin_type=True)
     return b"".join((MAGIC, _HEADER_LEN.pack(len(header)), header, samples.astype("<f4", copy=False).tobytes()))
@@ -179,7 +200,13 @@ def _header(chunk: Chunk) -> dict:
 
 
 def decode(data: bytes) -> Chunk:
-    """Decode and validate a JSON or binary message (auto-detected); raises WireError, never anything else."""
+    """Decode and validate a JSON or binary message (auto-detected); raises WireError, never anything else.
+
+    Parameters
+    ----------
+    data : bytes
+        A message value.
+    """
     return decode_result(data).chunk
 
 
@@ -193,8 +220,16 @@ def decode_input(data: bytes) -> DecodeResult:
 
 
 def decode_result(data: bytes, repair: bool = True) -> DecodeResult:
-    """Like `decode`, also reporting the encoding and how many samples were interpolated. `repair=False` keeps
-    non-finite samples as NaN (a reader of the output topics, where a missing output sample stays missing)."""
+    """Like `decode`, also reporting the encoding and how many samples were interpolated.
+
+    Parameters
+    ----------
+    data : bytes
+        A message value.
+    repair : bool
+        Interpolate a few non-finite samples (input); False keeps them as NaN (a reader of the output topics,
+        where a missing output sample stays missing).
+    """
     try:
         return _decode_result(data, repair)
     except WireError:
@@ -327,7 +362,20 @@ def _build(f: dict) -> Chunk:
 def validate(chunk: Chunk) -> int:
     """Validate a chunk in place (what `decode` does); repairs a few non-finite samples.
 
-    Returns the number of samples interpolated; raises WireError.
+    Parameters
+    ----------
+    chunk : Chunk
+        Its `samples` are replaced by the validated float32 array.
+
+    Returns
+    -------
+    int
+        The number of samples interpolated.
+
+    Raises
+    ------
+    WireError
+        Naming the first problem.
     """
     n_bad = int(np.count_nonzero(~np.isfinite(np.asarray(chunk.samples, dtype=np.float32)))) if _array_ok(chunk) else 0
     chunk.samples = _validate(chunk, repair=True)
