@@ -297,3 +297,30 @@ def test_sink_agent_reports_rejected_lines_by_series_without_values_and_throttle
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "waveform,bed=b1,signal=II" in lines[0] and "1234.5" not in lines[0]
     assert agent.counters.counts["influx_rejected"] == 5
+
+
+def test_results_are_frozen_and_events_keep_the_published_field_order():
+    """What the pipeline hands to the sinks cannot be changed by one consumer under the next; an event's message is
+    the same bytes whichever constructor made it (docs/events.schema.json's field order)."""
+    import dataclasses
+
+    out = series([1.0, 2.0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.seq = 5
+    rp = PipelineEvent.rpeaks("A", T0, peaks_ns=np.array([T0 + 5]), hr_bpm=None, model="m", window_start_ns=T0 - 9,
+                              until_ns=T0 + 10, quality=0.9, quality_flag="good", confidence=0.8)
+    with pytest.raises(TypeError):
+        rp.fields["hr_bpm"] = 60.0
+    assert sinks.encode_event(rp) == (
+        b'{"type":"rpeaks","bed":"A","signal":"II_SYNTH","time_ns":%d,"peaks_ns":[%d],"hr_bpm":null,"model":"m",'
+        b'"window_start_ns":%d,"until_ns":%d,"quality":0.9,"quality_flag":"good","confidence":0.8}'
+        % (T0, T0 + 5, T0 - 9, T0 + 10))
+    bad = PipelineEvent.unusable("source_unusable", "A", "PLETH", T0, T0 + 2, reason="flat", quality=0.1,
+                                 quality_flag="unusable", outputs=["II_SYNTH"], window_start_ns=T0 - 1)
+    assert sinks.encode_event(bad) == (
+        b'{"type":"source_unusable","bed":"A","signal":"PLETH","time_ns":%d,"end_ns":%d,"reason":"flat",'
+        b'"quality":0.1,"quality_flag":"unusable","outputs":["II_SYNTH"],"window_start_ns":%d}' % (T0, T0 + 2, T0 - 1))
+    gap = PipelineEvent.stream_anomaly("gap", "A", "PLETH", T0, T0 + 3, "3 ns")
+    assert sinks.encode_event(gap) == b'{"type":"gap","bed":"A","signal":"PLETH","time_ns":%d,"end_ns":%d,"detail":"3 ns"}' % (
+        T0, T0 + 3)
+    assert sinks.decode_event(sinks.encode_event(rp)) == dataclasses.replace(rp, fields={**rp.fields, "peaks_ns": [T0 + 5]})
