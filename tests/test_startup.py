@@ -135,3 +135,21 @@ def test_arguments_and_help(env, capsys):
     assert startup.run_service("worker", "doc", ["-l", "info"], lambda s, a: got.append(a) or _Process(),
                                takes_args=True) == 0
     assert got == [["-l", "info"]]
+
+
+def test_the_worker_object_holds_its_runtimes_and_nothing_is_hung_on_the_faust_app(tmp_path):
+    import dataclasses
+
+    from stream.app import create_worker
+    from stream.config import Settings
+
+    s = Settings(translator="classic", influx_enabled=False, alarm_enabled=True, topic_input="in", topic_ecg_synth="synth",
+                 topic_sr="sr", topic_events="ev", topic_dlq="dlq", topic_alarms="al", topic_verdicts="ve",
+                 data_dir=str(tmp_path))
+    w = create_worker(s, faust_args=["-l", "info"])
+    assert w.runtime.app is w.app and w.alarms is not None and w.alarms.worker is w.runtime
+    assert w.health is w.runtime.health and w.settings is s and w.faust_args == ["-l", "info"]
+    assert [a for a in vars(w.app) if a.startswith("wavebridge")] == []
+    assert w.topics == ["in", "synth", "sr", "ev", "dlq", "al", "ve"]
+    without_alarms = create_worker(dataclasses.replace(s, alarm_enabled=False, group_id="other"))
+    assert without_alarms.alarms is None and without_alarms.topics == ["in", "synth", "sr", "ev", "dlq"]
