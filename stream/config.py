@@ -75,9 +75,99 @@ def parse_host_port(var: str, url: str, default_port: int | None = None) -> tupl
     return host, port
 
 
+@dataclass(frozen=True)
+class Variable:
+    """One `WAVEBRIDGE_<name>` variable: the `Settings` field it sets and how its text reads and writes.
+
+    `kind` is one of "text", "float", "int", "flag" (true/false, 1/0, yes/no, on/off), "secret" (text, or read
+    from the file named by `<name>_FILE`, e.g. a Docker secret; not both), "format" (binary/json -> a bool) and
+    "list" (comma list -> tuple)."""
+
+    name: str
+    attr: str
+    kind: str = "text"
+
+
+# In the order `--help` lists them (defaults_table) and the order a bad value is reported in.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("BROKER", "broker"),
+    Variable("KAFKA_SECURITY_PROTOCOL", "security_protocol"),
+    Variable("KAFKA_SASL_MECHANISM", "sasl_mechanism"),
+    Variable("KAFKA_SASL_USERNAME", "sasl_username"),
+    Variable("KAFKA_SASL_PASSWORD", "sasl_password", "secret"),
+    Variable("KAFKA_SSL_CAFILE", "ssl_cafile"),
+    Variable("KAFKA_SSL_CERTFILE", "ssl_certfile"),
+    Variable("KAFKA_SSL_KEYFILE", "ssl_keyfile"),
+    Variable("GROUP_ID", "group_id"),
+    Variable("SESSION_TIMEOUT_S", "session_timeout_s", "float"),
+    Variable("HEARTBEAT_S", "heartbeat_s", "float"),
+    Variable("TOPIC_INPUT", "topic_input"),
+    Variable("TOPIC_ECG_SYNTH", "topic_ecg_synth"),
+    Variable("TOPIC_SR", "topic_sr"),
+    Variable("TOPIC_EVENTS", "topic_events"),
+    Variable("TOPIC_DLQ", "topic_dlq"),
+    Variable("CREATE_TOPICS", "create_topics", "flag"),
+    Variable("TOPIC_PARTITIONS", "topic_partitions", "int"),
+    Variable("TOPIC_REPLICATION", "topic_replication", "int"),
+    Variable("OUTPUT_FORMAT", "output_binary", "format"),
+    Variable("INFLUX_ENABLED", "influx_enabled", "flag"),
+    Variable("INFLUX_URL", "influx_url"),
+    Variable("INFLUX_ORG", "influx_org"),
+    Variable("INFLUX_BUCKET", "influx_bucket"),
+    Variable("INFLUX_TOKEN", "influx_token", "secret"),
+    Variable("INFLUX_BATCH_POINTS", "influx_batch_points", "int"),
+    Variable("INFLUX_TIMEOUT_S", "influx_timeout_s", "float"),
+    Variable("RETRY_INITIAL_S", "retry_initial_s", "float"),
+    Variable("RETRY_MAX_S", "retry_max_s", "float"),
+    Variable("INFLUX_SINK", "influx_sink"),
+    Variable("INFLUX_GROUP_ID", "influx_group_id"),
+    Variable("WINDOW_S", "window_s", "float"),
+    Variable("HOP_S", "hop_s", "float"),
+    Variable("LOOKAHEAD_S", "lookahead_s", "float"),
+    Variable("BATCH_SIZE", "batch_size", "int"),
+    Variable("BATCH_WAIT_S", "batch_wait_s", "float"),
+    Variable("IDLE_FLUSH_S", "idle_flush_s", "float"),
+    Variable("BED_EVICT_S", "bed_evict_s", "float"),
+    Variable("TRANSLATOR", "translator"),
+    Variable("DEVICE", "device"),
+    Variable("TASKS", "tasks", "list"),
+    Variable("SR_TARGET_HZ", "sr_target_hz", "float"),
+    Variable("SR_BELOW_HZ", "sr_below_hz", "float"),
+    Variable("CONTEXT_S", "context_s", "float"),
+    Variable("WEB_PORT", "web_port", "int"),
+    Variable("METRICS_HOST", "metrics_host"),
+    Variable("METRICS_PORT", "metrics_port", "int"),
+    Variable("WITHOUT_WEB", "without_web", "flag"),
+    Variable("STATS_FILE", "stats_file"),
+    Variable("DATA_DIR", "data_dir"),
+    Variable("LOG_LEVEL", "log_level"),
+    Variable("COUNTERS_LOG_S", "counters_log_s", "float"),
+    Variable("ALARM_ENABLED", "alarm_enabled", "flag"),
+    Variable("TOPIC_ALARMS", "topic_alarms"),
+    Variable("TOPIC_VERDICTS", "topic_verdicts"),
+    Variable("ALARM_MODE", "alarm_mode"),
+    Variable("ALARM_WAIT_S", "alarm_wait_s", "float"),
+    Variable("ALARM_GRACE_S", "alarm_grace_s", "float"),
+    Variable("ALARM_BUFFER_S", "alarm_buffer_s", "float"),
+    Variable("ALARM_MAX_BEDS", "alarm_max_beds", "int"),
+    Variable("ALARM_TRANSLATOR", "alarm_translator"),
+    Variable("LOG_REPEAT_S", "log_repeat_s", "float"),
+)
+
+
+def _variable_names() -> dict[str, Variable | None]:
+    """Every variable name read, in order -> its Variable (None: a secret's `_FILE` variant)."""
+    names: dict[str, Variable | None] = {}
+    for var in VARIABLES:
+        names[PREFIX + var.name] = var
+        if var.kind == "secret":
+            names[PREFIX + var.name + "_FILE"] = None
+    return names
+
+
 def known_variables() -> frozenset[str]:
     """Every `WAVEBRIDGE_*` name `Settings.from_env` reads."""
-    return frozenset(Settings._parse({})[1])
+    return frozenset(_variable_names())
 
 
 def defaults_table() -> str:
@@ -86,15 +176,123 @@ def defaults_table() -> str:
     special = {PREFIX + "OUTPUT_FORMAT": "binary", PREFIX + "TASKS": ",".join(KNOWN_TASKS),
                PREFIX + "INFLUX_GROUP_ID": "<GROUP_ID>-influx", PREFIX + "DATA_DIR": "<system temp>/wavebridge-<GROUP_ID>"}
     rows = []
-    for var, attr in Settings._parse({})[1].items():
-        value = special.get(var, getattr(defaults, attr) if attr else None)
+    for name, var in _variable_names().items():
+        value = special.get(name, getattr(defaults, var.attr) if var else None)
         if isinstance(value, tuple):
             value = ",".join(value)
         elif isinstance(value, bool):
             value = str(value).lower()
-        rows.append((var, "-" if value is None else str(value)))
+        rows.append((name, "-" if value is None else str(value)))
     width = max(len(v) for v, _ in rows)
     return "\n".join(f"  {var.ljust(width)}  {value}" for var, value in rows)
+
+
+# ------------------------------------------------------------------ reading and writing one variable
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    """The stripped text of `WAVEBRIDGE_<name>`; None when unset or blank."""
+    v = env.get(PREFIX + name)
+    return None if v is None or v.strip() == "" else v.strip()
+
+
+def _read_number(conv):
+    def read(name: str, text: str):
+        try:
+            return conv(text)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={text!r} is not a valid {conv.__name__}") from None
+    return read
+
+
+def _read_flag(name: str, text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{PREFIX}{name}={text!r} is not a boolean (true/false)")
+
+
+def _read_format(name: str, text: str) -> bool:
+    if text.lower() not in ("binary", "json"):
+        raise ConfigError(f"{PREFIX}{name}={text!r} must be 'binary' or 'json'")
+    return text.lower() == "binary"
+
+
+_READERS = {
+    "text": lambda name, text: text,
+    "secret": lambda name, text: text,
+    "float": _read_number(float),
+    "int": _read_number(int),
+    "flag": _read_flag,
+    "format": _read_format,
+    "list": lambda name, text: tuple(t.strip() for t in text.split(",") if t.strip()),
+}
+
+_WRITERS = {
+    "text": str,
+    "secret": str,
+    "float": str,  # str(float) is its shortest round-tripping repr
+    "int": str,
+    "flag": lambda v: "true" if v else "false",
+    "format": lambda binary: "binary" if binary else "json",
+    "list": ",".join,
+}
+
+
+def _read_variable(env: Mapping[str, str], var: Variable):
+    """The value `var` sets from `env`, or None when it is unset."""
+    text = _raw(env, var.name)
+    if var.kind == "secret":
+        path = _raw(env, var.name + "_FILE")
+        if path is not None:
+            if text is not None:
+                raise ConfigError(f"set only one of {PREFIX}{var.name} and {PREFIX}{var.name}_FILE")
+            return _read_secret_file(PREFIX + var.name + "_FILE", path)
+    return None if text is None else _READERS[var.kind](var.name, text)
+
+
+def _read_variables(env: Mapping[str, str]) -> dict:
+    """`Settings` keywords for every variable set in `env`."""
+    kw = {}
+    for var in VARIABLES:
+        value = _read_variable(env, var)
+        if value is not None:
+            kw[var.attr] = value
+    return kw
+
+
+def _refuse_unknown_names(env: Mapping[str, str]) -> None:
+    """ConfigError naming every `WAVEBRIDGE_*` variable nobody reads, each with the closest known name."""
+    known = _variable_names()
+    unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known and k[len(PREFIX):] not in OTHER_VARIABLES)
+    if not unknown:
+        return
+    short_known = sorted(k[len(PREFIX):] for k in known)
+
+    def hint(name: str) -> str:  # compared without the shared prefix, which would make everything "close"
+        close = difflib.get_close_matches(name[len(PREFIX):], short_known, n=1, cutoff=0.7)
+        return f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name
+
+    raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(hint, unknown))}; "
+                      f"the known ones are listed in docs/configuration.md")
+
+
+def _error(var: str, msg: str) -> ConfigError:
+    return ConfigError(f"{PREFIX}{var}: {msg}")
+
+
+def _check_topic_name(var: str, name: str) -> None:
+    if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise _error(var, f"{name!r} is not a Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")
+
+
+def _check_translator_spec(var: str, spec: str) -> None:
+    try:
+        check_spec(spec)  # names only; loading is the worker's first step (stream.app)
+    except ValueError as exc:
+        raise _error(var, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -177,298 +375,246 @@ class Settings:
     # ------------------------------------------------------------------------------------
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Settings from `WAVEBRIDGE_*` variables; ConfigError on an invalid value or an unknown name."""
-        env = os.environ if environ is None else environ
-        kw, known = cls._parse(env)
-        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known
-                         and k[len(PREFIX):] not in OTHER_VARIABLES)
-        if unknown:
-            def hint(name: str) -> str:  # compared without the shared prefix, which would make everything "close"
-                close = difflib.get_close_matches(name[len(PREFIX):], sorted(k[len(PREFIX):] for k in known), n=1,
-                                                  cutoff=0.7)
-                return f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name
+        """Settings from `WAVEBRIDGE_*` variables.
 
-            raise ConfigError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(hint, unknown))}; "
-                              f"the known ones are listed in docs/configuration.md")
+        Parameters
+        ----------
+        environ : mapping of str to str, optional
+            The environment to read; `os.environ` when None. Empty values count as unset.
+
+        Returns
+        -------
+        Settings
+            Validated settings.
+
+        Raises
+        ------
+        ConfigError
+            A value does not parse or is invalid, or a `WAVEBRIDGE_*` name is unknown (with the closest known one).
+        """
+        env = os.environ if environ is None else environ
+        kw = _read_variables(env)
+        _refuse_unknown_names(env)
         return cls(**kw)
 
-    @classmethod
-    def _parse(cls, env: Mapping[str, str]) -> tuple[dict, dict[str, str | None]]:
-        """(constructor keywords, every variable looked at -> the field it sets) from `env`."""
-        kw: dict = {}
-        known: dict[str, str | None] = {}  # variable -> the field it sets (None: set another way)
+    def to_env(self) -> dict[str, str]:
+        """These settings as `WAVEBRIDGE_*` variables, the inverse of `from_env`: `from_env(s.to_env()) == s`.
 
-        def get(name: str, attr: str | None = None) -> str | None:
-            known.setdefault(PREFIX + name, attr)
-            v = env.get(PREFIX + name)
-            return None if v is None or v.strip() == "" else v.strip()
+        Only values that differ from the defaults are written; secrets are written as values (never as `_FILE`
+        paths), so the result is for a child process's environment, not for a log.
 
-        def num(name: str, attr: str, conv=float) -> None:
-            v = get(name, attr)
-            if v is not None:
-                try:
-                    kw[attr] = conv(v)
-                except ValueError:
-                    raise ConfigError(f"{PREFIX}{name}={v!r} is not a valid {conv.__name__}") from None
+        Returns
+        -------
+        dict of str to str
+            Variable name -> value text.
 
-        def flag(name: str, attr: str) -> None:
-            v = get(name, attr)
-            if v is not None:
-                low = v.lower()
-                if low in ("1", "true", "yes", "on"):
-                    kw[attr] = True
-                elif low in ("0", "false", "no", "off"):
-                    kw[attr] = False
-                else:
-                    raise ConfigError(f"{PREFIX}{name}={v!r} is not a boolean (true/false)")
-
-        def text(name: str, attr: str) -> None:
-            v = get(name, attr)
-            if v is not None:
-                kw[attr] = v
-
-        def secret(name: str, attr: str) -> None:
-            """A secret from NAME or from the file named by NAME_FILE (e.g. a Docker secret), not both."""
-            text(name, attr)
-            path = get(name + "_FILE")
-            if path is not None:
-                if attr in kw:
-                    raise ConfigError(f"set only one of {PREFIX}{name} and {PREFIX}{name}_FILE")
-                kw[attr] = _read_secret_file(PREFIX + name + "_FILE", path)
-
-        text("BROKER", "broker")
-        text("KAFKA_SECURITY_PROTOCOL", "security_protocol")
-        text("KAFKA_SASL_MECHANISM", "sasl_mechanism")
-        text("KAFKA_SASL_USERNAME", "sasl_username")
-        secret("KAFKA_SASL_PASSWORD", "sasl_password")
-        text("KAFKA_SSL_CAFILE", "ssl_cafile")
-        text("KAFKA_SSL_CERTFILE", "ssl_certfile")
-        text("KAFKA_SSL_KEYFILE", "ssl_keyfile")
-        text("GROUP_ID", "group_id")
-        num("SESSION_TIMEOUT_S", "session_timeout_s")
-        num("HEARTBEAT_S", "heartbeat_s")
-
-        text("TOPIC_INPUT", "topic_input")
-        text("TOPIC_ECG_SYNTH", "topic_ecg_synth")
-        text("TOPIC_SR", "topic_sr")
-        text("TOPIC_EVENTS", "topic_events")
-        text("TOPIC_DLQ", "topic_dlq")
-        flag("CREATE_TOPICS", "create_topics")
-        num("TOPIC_PARTITIONS", "topic_partitions", int)
-        num("TOPIC_REPLICATION", "topic_replication", int)
-        fmt = get("OUTPUT_FORMAT")
-        if fmt is not None:
-            if fmt.lower() not in ("binary", "json"):
-                raise ConfigError(f"{PREFIX}OUTPUT_FORMAT={fmt!r} must be 'binary' or 'json'")
-            kw["output_binary"] = fmt.lower() == "binary"
-
-        flag("INFLUX_ENABLED", "influx_enabled")
-        text("INFLUX_URL", "influx_url")
-        text("INFLUX_ORG", "influx_org")
-        text("INFLUX_BUCKET", "influx_bucket")
-        secret("INFLUX_TOKEN", "influx_token")
-        num("INFLUX_BATCH_POINTS", "influx_batch_points", int)
-        num("INFLUX_TIMEOUT_S", "influx_timeout_s")
-        num("RETRY_INITIAL_S", "retry_initial_s")
-        num("RETRY_MAX_S", "retry_max_s")
-        text("INFLUX_SINK", "influx_sink")
-        text("INFLUX_GROUP_ID", "influx_group_id")
-
-        num("WINDOW_S", "window_s")
-        num("HOP_S", "hop_s")
-        num("LOOKAHEAD_S", "lookahead_s")
-        num("BATCH_SIZE", "batch_size", int)
-        num("BATCH_WAIT_S", "batch_wait_s")
-        num("IDLE_FLUSH_S", "idle_flush_s")
-        num("BED_EVICT_S", "bed_evict_s")
-
-        text("TRANSLATOR", "translator")
-        text("DEVICE", "device")
-        tasks = get("TASKS")
-        if tasks is not None:
-            kw["tasks"] = tuple(t.strip() for t in tasks.split(",") if t.strip())
-        num("SR_TARGET_HZ", "sr_target_hz")
-        num("SR_BELOW_HZ", "sr_below_hz")
-        num("CONTEXT_S", "context_s")
-
-        num("WEB_PORT", "web_port", int)
-        text("METRICS_HOST", "metrics_host")
-        num("METRICS_PORT", "metrics_port", int)
-        flag("WITHOUT_WEB", "without_web")
-        text("STATS_FILE", "stats_file")
-        text("DATA_DIR", "data_dir")
-        text("LOG_LEVEL", "log_level")
-        num("COUNTERS_LOG_S", "counters_log_s")
-
-        flag("ALARM_ENABLED", "alarm_enabled")
-        text("TOPIC_ALARMS", "topic_alarms")
-        text("TOPIC_VERDICTS", "topic_verdicts")
-        text("ALARM_MODE", "alarm_mode")
-        num("ALARM_WAIT_S", "alarm_wait_s")
-        num("ALARM_GRACE_S", "alarm_grace_s")
-        num("ALARM_BUFFER_S", "alarm_buffer_s")
-        num("ALARM_MAX_BEDS", "alarm_max_beds", int)
-        text("ALARM_TRANSLATOR", "alarm_translator")
-        num("LOG_REPEAT_S", "log_repeat_s")
-        return kw, known
+        Raises
+        ------
+        ConfigError
+            A text value the environment cannot carry: empty or with surrounding white space (`from_env` reads
+            those as unset or trimmed).
+        """
+        defaults = Settings()
+        env = {}
+        for var in VARIABLES:
+            value = getattr(self, var.attr)
+            if value is None or value == getattr(defaults, var.attr):
+                continue
+            text = _WRITERS[var.kind](value)
+            if not text or text != text.strip():
+                raise ConfigError(f"{PREFIX}{var.name}: {value!r} cannot be carried by an environment variable "
+                                  f"(an empty or space-padded value reads as unset or trimmed)")
+            env[PREFIX + var.name] = text
+        return env
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> None:
-        def bad(var: str, msg: str) -> ConfigError:
-            return ConfigError(f"{PREFIX}{var}: {msg}")
+        """Refuse any value the worker could not run with, one group of settings after the other.
 
+        Raises
+        ------
+        ConfigError
+            The first invalid value, naming its `WAVEBRIDGE_*` variable.
+        """
+        self._check_finite()
+        self._check_kafka()
+        self._check_topics()
+        self._check_influx()
+        self._check_windows()
+        self._check_translation()
+        self._check_process()
+        self._check_alarms()
+
+    def _check_finite(self) -> None:
         for f in fields(self):  # NaN passes every `<= 0` check below, and inf means "never"
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
-                raise bad(f.name.upper(), f"must be a finite number, got {v}")
+                raise _error(f.name.upper(), f"must be a finite number, got {v}")
+
+    def _check_kafka(self) -> None:
         if not self.broker_urls:
-            raise bad("BROKER", "no broker given")
+            raise _error("BROKER", "no broker given")
         for url in self.broker_urls:
             if "://" in url and not url.startswith("kafka://"):
-                raise bad("BROKER", f"{url!r}: only kafka:// URLs are supported")
+                raise _error("BROKER", f"{url!r}: only kafka:// URLs are supported")
             parse_host_port("BROKER", url, default_port=9092)
         if self.security_protocol not in SECURITY_PROTOCOLS:
-            raise bad("KAFKA_SECURITY_PROTOCOL", f"{self.security_protocol!r} not in {SECURITY_PROTOCOLS}")
+            raise _error("KAFKA_SECURITY_PROTOCOL", f"{self.security_protocol!r} not in {SECURITY_PROTOCOLS}")
         if self.security_protocol.startswith("SASL"):
-            if self.sasl_mechanism == "OAUTHBEARER":
-                raise bad("KAFKA_SASL_MECHANISM", "OAUTHBEARER is not supported (it needs a token provider, "
-                                                  f"which cannot be configured here); use one of {SASL_MECHANISMS}")
-            if self.sasl_mechanism not in SASL_MECHANISMS:
-                raise bad("KAFKA_SASL_MECHANISM", f"{self.sasl_mechanism!r} not in {SASL_MECHANISMS}")
-            if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
-                self.sasl_username and self.sasl_password
-            ):
-                raise bad("KAFKA_SASL_USERNAME", f"{self.sasl_mechanism} needs a username and a password (or _PASSWORD_FILE)")
-            if self.sasl_mechanism == "GSSAPI" and importlib.util.find_spec("gssapi") is None:
-                # not a dependency (it needs the system's Kerberos libraries); the Kafka clients fail late without it
-                raise bad("KAFKA_SASL_MECHANISM", "GSSAPI needs the 'gssapi' Python package (and a Kerberos set-up): "
-                                                  "pip install gssapi")
+            self._check_sasl()
+        self._check_ssl_files()
+        if self.heartbeat_s <= 0:
+            raise _error("HEARTBEAT_S", "must be > 0")
+        lo, hi = SESSION_TIMEOUT_RANGE_S
+        if not lo <= self.session_timeout_s <= hi:
+            raise _error("SESSION_TIMEOUT_S", f"{self.session_timeout_s:g} s is outside [{lo:g}, {hi:g}] s, the range "
+                                              f"Kafka brokers accept by default (group.min/max.session.timeout.ms)")
+        if self.heartbeat_s >= self.session_timeout_s:
+            raise _error("HEARTBEAT_S", f"heartbeat ({self.heartbeat_s}s) must be below the session timeout "
+                                        f"({self.session_timeout_s}s)")
+
+    def _check_sasl(self) -> None:
+        if self.sasl_mechanism == "OAUTHBEARER":
+            raise _error("KAFKA_SASL_MECHANISM", "OAUTHBEARER is not supported (it needs a token provider, "
+                                                 f"which cannot be configured here); use one of {SASL_MECHANISMS}")
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise _error("KAFKA_SASL_MECHANISM", f"{self.sasl_mechanism!r} not in {SASL_MECHANISMS}")
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise _error("KAFKA_SASL_USERNAME",
+                         f"{self.sasl_mechanism} needs a username and a password (or _PASSWORD_FILE)")
+        if self.sasl_mechanism == "GSSAPI" and importlib.util.find_spec("gssapi") is None:
+            # not a dependency (it needs the system's Kerberos libraries); the Kafka clients fail late without it
+            raise _error("KAFKA_SASL_MECHANISM", "GSSAPI needs the 'gssapi' Python package (and a Kerberos set-up): "
+                                                 "pip install gssapi")
+
+    def _check_ssl_files(self) -> None:
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
-            raise bad("KAFKA_SSL_CERTFILE", "client certificate and key (_SSL_KEYFILE) must be given together")
+            raise _error("KAFKA_SSL_CERTFILE", "client certificate and key (_SSL_KEYFILE) must be given together")
         for var, path in (("KAFKA_SSL_CAFILE", self.ssl_cafile), ("KAFKA_SSL_CERTFILE", self.ssl_certfile),
                           ("KAFKA_SSL_KEYFILE", self.ssl_keyfile)):
             if path and not Path(path).is_file():
-                raise bad(var, f"file {path!r} does not exist")
-        if self.heartbeat_s <= 0:
-            raise bad("HEARTBEAT_S", "must be > 0")
-        lo, hi = SESSION_TIMEOUT_RANGE_S
-        if not lo <= self.session_timeout_s <= hi:
-            raise bad("SESSION_TIMEOUT_S", f"{self.session_timeout_s:g} s is outside [{lo:g}, {hi:g}] s, the range Kafka "
-                                           f"brokers accept by default (group.min/max.session.timeout.ms)")
-        if self.heartbeat_s >= self.session_timeout_s:
-            raise bad("HEARTBEAT_S", f"heartbeat ({self.heartbeat_s}s) must be below the session timeout ({self.session_timeout_s}s)")
+                raise _error(var, f"file {path!r} does not exist")
 
-        topics = [self.topic_input, self.topic_ecg_synth, self.topic_sr, self.topic_events, self.topic_dlq]
+    @property
+    def _pipeline_topics(self) -> dict[str, str]:
+        """Variable (without the prefix) -> topic name, for the pipeline's five topics."""
+        return {"TOPIC_INPUT": self.topic_input, "TOPIC_ECG_SYNTH": self.topic_ecg_synth, "TOPIC_SR": self.topic_sr,
+                "TOPIC_EVENTS": self.topic_events, "TOPIC_DLQ": self.topic_dlq}
+
+    def _check_topics(self) -> None:
+        topics = list(self._pipeline_topics.values())
         if len(set(topics)) != len(topics):
-            raise bad("TOPIC_INPUT", f"topic names must be distinct, got {topics}")
-        for var, name in zip(("TOPIC_INPUT", "TOPIC_ECG_SYNTH", "TOPIC_SR", "TOPIC_EVENTS", "TOPIC_DLQ"), topics):
-            if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
-                raise bad(var, f"{name!r} is not a Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")
+            raise _error("TOPIC_INPUT", f"topic names must be distinct, got {topics}")
+        for var, name in self._pipeline_topics.items():
+            _check_topic_name(var, name)
         if not 1 <= self.topic_partitions <= 10_000:
-            raise bad("TOPIC_PARTITIONS", f"{self.topic_partitions} is not in 1-10000")
+            raise _error("TOPIC_PARTITIONS", f"{self.topic_partitions} is not in 1-10000")
         if not 1 <= self.topic_replication <= 32:
-            raise bad("TOPIC_REPLICATION", f"{self.topic_replication} is not in 1-32")
+            raise _error("TOPIC_REPLICATION", f"{self.topic_replication} is not in 1-32")
 
+    def _check_influx(self) -> None:
         if self.influx_enabled:
-            if not self.influx_url.startswith(("http://", "https://")):
-                raise bad("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
-            split = urllib.parse.urlsplit(self.influx_url)
-            try:
-                split.port
-            except ValueError:
-                raise bad("INFLUX_URL", f"{self.influx_url!r}: the port is not a number in 1-65535") from None
-            if not split.hostname:
-                raise bad("INFLUX_URL", f"{self.influx_url!r} names no host")
+            self._check_influx_url()
             if not self.influx_bucket:
-                raise bad("INFLUX_BUCKET", "must not be empty")
+                raise _error("INFLUX_BUCKET", "must not be empty")
         if self.influx_sink not in INFLUX_SINKS:
-            raise bad("INFLUX_SINK", f"{self.influx_sink!r} not in {INFLUX_SINKS} ('separate': run `wavebridge sink`)")
+            raise _error("INFLUX_SINK", f"{self.influx_sink!r} not in {INFLUX_SINKS} ('separate': run `wavebridge sink`)")
         if self.influx_sink_group == self.group_id:
-            raise bad("INFLUX_GROUP_ID", "must differ from GROUP_ID (the sink commits offsets of its own)")
+            raise _error("INFLUX_GROUP_ID", "must differ from GROUP_ID (the sink commits offsets of its own)")
         if self.influx_batch_points < 1:
-            raise bad("INFLUX_BATCH_POINTS", "must be >= 1")
+            raise _error("INFLUX_BATCH_POINTS", "must be >= 1")
         if self.influx_timeout_s <= 0:
-            raise bad("INFLUX_TIMEOUT_S", "must be > 0")
+            raise _error("INFLUX_TIMEOUT_S", "must be > 0")
         if not (0 < self.retry_initial_s <= self.retry_max_s):
-            raise bad("RETRY_INITIAL_S", "need 0 < RETRY_INITIAL_S <= RETRY_MAX_S")
+            raise _error("RETRY_INITIAL_S", "need 0 < RETRY_INITIAL_S <= RETRY_MAX_S")
 
-        if self.window_s <= 0:
-            raise bad("WINDOW_S", "must be > 0")
-        if self.hop_s <= 0:
-            raise bad("HOP_S", "must be > 0")
-        if self.hop_s > self.window_s:
-            raise bad("HOP_S", f"hop ({self.hop_s}s) must not exceed the window ({self.window_s}s)")
-        if self.lookahead_s < 0 or self.hop_s + self.lookahead_s > self.window_s:
-            raise bad("LOOKAHEAD_S", f"need 0 <= look-ahead and hop + look-ahead ({self.hop_s + self.lookahead_s}s) "
-                                     f"<= window ({self.window_s}s)")
-        if self.batch_size < 1:
-            raise bad("BATCH_SIZE", "must be >= 1")
-        if self.batch_wait_s < 0:
-            raise bad("BATCH_WAIT_S", "must be >= 0")
-        if self.idle_flush_s <= 0:
-            raise bad("IDLE_FLUSH_S", "must be > 0")
-        if self.bed_evict_s < 0 or (self.bed_evict_s and self.bed_evict_s <= self.idle_flush_s):
-            raise bad("BED_EVICT_S", f"must be 0 (never) or longer than IDLE_FLUSH_S ({self.idle_flush_s:g} s)")
-
-        if not self.translator:
-            raise bad("TRANSLATOR", "must not be empty")
+    def _check_influx_url(self) -> None:
+        if not self.influx_url.startswith(("http://", "https://")):
+            raise _error("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
+        split = urllib.parse.urlsplit(self.influx_url)
         try:
-            check_spec(self.translator)  # names only; the worker loads it before connecting (stream.app)
-        except ValueError as exc:
-            raise bad("TRANSLATOR", str(exc)) from None
+            split.port
+        except ValueError:
+            raise _error("INFLUX_URL", f"{self.influx_url!r}: the port is not a number in 1-65535") from None
+        if not split.hostname:
+            raise _error("INFLUX_URL", f"{self.influx_url!r} names no host")
+
+    def _check_windows(self) -> None:
+        if self.window_s <= 0:
+            raise _error("WINDOW_S", "must be > 0")
+        if self.hop_s <= 0:
+            raise _error("HOP_S", "must be > 0")
+        if self.hop_s > self.window_s:
+            raise _error("HOP_S", f"hop ({self.hop_s}s) must not exceed the window ({self.window_s}s)")
+        if self.lookahead_s < 0 or self.hop_s + self.lookahead_s > self.window_s:
+            raise _error("LOOKAHEAD_S", f"need 0 <= look-ahead and hop + look-ahead ({self.hop_s + self.lookahead_s}s) "
+                                        f"<= window ({self.window_s}s)")
+        if self.batch_size < 1:
+            raise _error("BATCH_SIZE", "must be >= 1")
+        if self.batch_wait_s < 0:
+            raise _error("BATCH_WAIT_S", "must be >= 0")
+        if self.idle_flush_s <= 0:
+            raise _error("IDLE_FLUSH_S", "must be > 0")
+        if self.bed_evict_s < 0 or (self.bed_evict_s and self.bed_evict_s <= self.idle_flush_s):
+            raise _error("BED_EVICT_S", f"must be 0 (never) or longer than IDLE_FLUSH_S ({self.idle_flush_s:g} s)")
+
+    def _check_translation(self) -> None:
+        if not self.translator:
+            raise _error("TRANSLATOR", "must not be empty")
+        _check_translator_spec("TRANSLATOR", self.translator)  # names only; the worker loads it before connecting
         if self.device not in DEVICES:
-            raise bad("DEVICE", f"{self.device!r} not in {DEVICES}")
+            raise _error("DEVICE", f"{self.device!r} not in {DEVICES}")
         if not self.tasks:
-            raise bad("TASKS", f"enable at least one of {KNOWN_TASKS}")
+            raise _error("TASKS", f"enable at least one of {KNOWN_TASKS}")
         for t in self.tasks:
             if t not in KNOWN_TASKS:
-                raise bad("TASKS", f"unknown task {t!r} (known: {', '.join(KNOWN_TASKS)})")
+                raise _error("TASKS", f"unknown task {t!r} (known: {', '.join(KNOWN_TASKS)})")
         if not (wire.MIN_RATE_HZ <= self.sr_target_hz <= wire.MAX_RATE_HZ):
-            raise bad("SR_TARGET_HZ", f"{self.sr_target_hz:g} Hz is outside the wire format's "
-                                      f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
+            raise _error("SR_TARGET_HZ", f"{self.sr_target_hz:g} Hz is outside the wire format's "
+                                         f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
         if not (0 < self.sr_below_hz <= self.sr_target_hz):
-            raise bad("SR_BELOW_HZ", f"must be > 0 and <= SR_TARGET_HZ ({self.sr_target_hz})")
+            raise _error("SR_BELOW_HZ", f"must be > 0 and <= SR_TARGET_HZ ({self.sr_target_hz})")
         self._check_output_chunk_size()
         if self.context_s < 0:
-            raise bad("CONTEXT_S", "must be >= 0 (0 disables patient context)")
+            raise _error("CONTEXT_S", "must be >= 0 (0 disables patient context)")
 
+    def _check_process(self) -> None:
         if not (0 < self.web_port < 65536):
-            raise bad("WEB_PORT", f"{self.web_port} is not a TCP port")
+            raise _error("WEB_PORT", f"{self.web_port} is not a TCP port")
         if not (0 <= self.metrics_port < 65536):
-            raise bad("METRICS_PORT", f"{self.metrics_port} is not a TCP port (0 turns the metrics server off)")
+            raise _error("METRICS_PORT", f"{self.metrics_port} is not a TCP port (0 turns the metrics server off)")
         if self.log_level.lower() not in ("crit", "critical", "error", "warn", "warning", "info", "debug"):
-            raise bad("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
+            raise _error("LOG_LEVEL", f"{self.log_level!r} not one of crit, error, warn, info, debug")
         if self.counters_log_s <= 0:
-            raise bad("COUNTERS_LOG_S", "must be > 0")
+            raise _error("COUNTERS_LOG_S", "must be > 0")
         if self.log_repeat_s < 0:
-            raise bad("LOG_REPEAT_S", "must be >= 0 (0 shows every line)")
-        self._check_alarms(bad, topics)
+            raise _error("LOG_REPEAT_S", "must be >= 0 (0 shows every line)")
 
-    def _check_alarms(self, bad, topics: list[str]) -> None:
+    def _check_alarms(self) -> None:
         from operators.processing.alarms import LEARN_S, MODES, PRE_S
 
         if self.alarm_mode not in MODES:
-            raise bad("ALARM_MODE", f"{self.alarm_mode!r} not one of {', '.join(MODES)}")
+            raise _error("ALARM_MODE", f"{self.alarm_mode!r} not one of {', '.join(MODES)}")
         if self.alarm_wait_s < 0 or self.alarm_grace_s < 0:
-            raise bad("ALARM_WAIT_S", "ALARM_WAIT_S and ALARM_GRACE_S must be >= 0")
+            raise _error("ALARM_WAIT_S", "ALARM_WAIT_S and ALARM_GRACE_S must be >= 0")
         need = PRE_S + LEARN_S + self.alarm_wait_s
         if self.alarm_buffer_s < need:
-            raise bad("ALARM_BUFFER_S", f"{self.alarm_buffer_s:g} s is shorter than a verdict reads "
-                                        f"({PRE_S:g} s window + {LEARN_S:g} s learning + ALARM_WAIT_S = {need:g} s)")
+            raise _error("ALARM_BUFFER_S", f"{self.alarm_buffer_s:g} s is shorter than a verdict reads "
+                                           f"({PRE_S:g} s window + {LEARN_S:g} s learning + ALARM_WAIT_S = {need:g} s)")
         if self.alarm_max_beds < 1:
-            raise bad("ALARM_MAX_BEDS", "must be >= 1")
-        if self.topic_alarms == self.topic_verdicts or {self.topic_alarms, self.topic_verdicts} & set(topics):
-            raise bad("TOPIC_ALARMS", "the alarms and verdicts topics must differ from each other and every other topic")
+            raise _error("ALARM_MAX_BEDS", "must be >= 1")
+        others = set(self._pipeline_topics.values())
+        if self.topic_alarms == self.topic_verdicts or {self.topic_alarms, self.topic_verdicts} & others:
+            raise _error("TOPIC_ALARMS", "the alarms and verdicts topics must differ from each other and every other "
+                                         "topic")
         if not self.alarm_translator:
-            raise bad("ALARM_TRANSLATOR", "must not be empty ('none' leaves the synthesized ECG out)")
+            raise _error("ALARM_TRANSLATOR", "must not be empty ('none' leaves the synthesized ECG out)")
         if self.alarm_translator != "none":
-            try:
-                check_spec(self.alarm_translator)
-            except ValueError as exc:
-                raise bad("ALARM_TRANSLATOR", str(exc)) from None
-        for var, name in (("TOPIC_ALARMS", self.topic_alarms), ("TOPIC_VERDICTS", self.topic_verdicts)):
-            if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
-                raise bad(var, f"{name!r} is not a Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")
+            _check_translator_spec("ALARM_TRANSLATOR", self.alarm_translator)
+        _check_topic_name("TOPIC_ALARMS", self.topic_alarms)
+        _check_topic_name("TOPIC_VERDICTS", self.topic_verdicts)
 
     def _check_output_chunk_size(self) -> None:
         """Every emitted output chunk must pass `wire` validation, or the worker drops it (only

@@ -205,3 +205,29 @@ def test_topic_creation_is_opt_in():
     s = Settings.from_env({"WAVEBRIDGE_CREATE_TOPICS": "true", "WAVEBRIDGE_TOPIC_PARTITIONS": "8",
                            "WAVEBRIDGE_TOPIC_REPLICATION": "3"})
     assert (s.create_topics, s.topic_partitions, s.topic_replication) == (True, 8, 3)
+
+
+# ------------------------------------------------------------------ to_env: the inverse of from_env
+def test_to_env_round_trips_through_from_env(tmp_path):
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("x")
+    s = Settings(broker="kafka://a:9092,kafka://[::1]:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                 sasl_username="u", sasl_password="p w", ssl_cafile=str(cafile), session_timeout_s=6.0, heartbeat_s=0.1,
+                 topic_input="t.in", output_binary=False, window_s=7.3, hop_s=1.7, lookahead_s=0.0, batch_size=3,
+                 influx_enabled=False, influx_token="tok", influx_group_id="sinks", tasks=("sr",), create_topics=True,
+                 translator="ppg2ecg=classic,sr=passthrough", metrics_port=0, without_web=True, alarm_enabled=False,
+                 sr_target_hz=250.0, sr_below_hz=200.0, stats_file=str(tmp_path / "stats.jsonl"))
+    env = s.to_env()
+    assert all(k.startswith("WAVEBRIDGE_") and isinstance(v, str) for k, v in env.items())
+    assert env["WAVEBRIDGE_OUTPUT_FORMAT"] == "json" and env["WAVEBRIDGE_TASKS"] == "sr"
+    assert env["WAVEBRIDGE_INFLUX_ENABLED"] == "false" and env["WAVEBRIDGE_KAFKA_SASL_PASSWORD"] == "p w"
+    assert Settings.from_env(env) == s
+    assert Settings().to_env() == {}  # defaults are left to the reader
+    assert Settings.from_env(Settings(window_s=2.1 + 0.2, hop_s=0.1).to_env()).window_s == 2.1 + 0.2  # exact floats
+
+
+def test_to_env_refuses_a_value_the_environment_cannot_carry():
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_INFLUX_ORG: '' cannot be carried"):
+        Settings(influx_org="").to_env()
+    with pytest.raises(ConfigError, match="WAVEBRIDGE_GROUP_ID"):
+        Settings(group_id=" g").to_env()
