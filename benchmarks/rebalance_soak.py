@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -48,33 +47,24 @@ for p in (str(REPO), str(REPO / "benchmarks")):
 
 import numpy as np  # noqa: E402
 
-from stream.tools.demo import WorkerProcess  # noqa: E402
+from stream.config import Settings  # noqa: E402
 from stream.tools.embedded import EmbeddedBroker  # noqa: E402
+from stream.tools.worker_process import (LOCAL_BROKER_TIMING, WorkerProcess, prefixed_topics,  # noqa: E402
+                                         worker_environment)
 from stream.topics import committed_total  # noqa: E402
 
 T0 = 1_750_000_000_000_000_000
 SR_TARGET_HZ, SR_BELOW_HZ = 250.0, 200.0  # BIDMC is 125 Hz: super-resolve it too, as the integration tests do
 
 
-def worker_env(bootstrap: str, influx, db: str, prefix: str, args) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEBRIDGE_")}
-    env.update({
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-        "WAVEBRIDGE_BROKER": f"kafka://{bootstrap}", "WAVEBRIDGE_GROUP_ID": f"{prefix}-worker",
-        "WAVEBRIDGE_SESSION_TIMEOUT_S": "6", "WAVEBRIDGE_HEARTBEAT_S": "1",
-        "WAVEBRIDGE_TOPIC_INPUT": f"{prefix}.waveforms", "WAVEBRIDGE_TOPIC_ECG_SYNTH": f"{prefix}.ecg-synth",
-        "WAVEBRIDGE_TOPIC_SR": f"{prefix}.sr", "WAVEBRIDGE_TOPIC_EVENTS": f"{prefix}.events",
-        "WAVEBRIDGE_TOPIC_DLQ": f"{prefix}.dlq", "WAVEBRIDGE_TOPIC_ALARMS": f"{prefix}.alarms",
-        "WAVEBRIDGE_TOPIC_VERDICTS": f"{prefix}.verdicts",
-        "WAVEBRIDGE_INFLUX_URL": influx.url, "WAVEBRIDGE_INFLUX_BUCKET": db, "WAVEBRIDGE_INFLUX_TOKEN": "soak",
-        "WAVEBRIDGE_RETRY_INITIAL_S": "0.2", "WAVEBRIDGE_RETRY_MAX_S": "1",
-        "WAVEBRIDGE_TRANSLATOR": args.translator, "WAVEBRIDGE_IDLE_FLUSH_S": "2",
-        "WAVEBRIDGE_SR_TARGET_HZ": str(SR_TARGET_HZ), "WAVEBRIDGE_SR_BELOW_HZ": str(SR_BELOW_HZ),
-        "WAVEBRIDGE_CONTEXT_S": str(args.context_s),
-        "WAVEBRIDGE_STATS_FILE": str(Path(args.out).resolve() / f"{prefix}-stats.jsonl"),
-        "WAVEBRIDGE_WITHOUT_WEB": "true", "WAVEBRIDGE_METRICS_PORT": "0", "WAVEBRIDGE_LOG_LEVEL": "info",
-    })
-    return env
+def worker_settings(bootstrap: str, influx, db: str, prefix: str, args) -> Settings:
+    """One run's workers: topics and consumer group named by `prefix`, InfluxDB database `db`."""
+    return Settings(
+        broker=f"kafka://{bootstrap}", group_id=f"{prefix}-worker", **LOCAL_BROKER_TIMING, **prefixed_topics(prefix),
+        influx_url=influx.url, influx_bucket=db, influx_token="soak", retry_initial_s=0.2, retry_max_s=1.0,
+        translator=args.translator, idle_flush_s=2.0, sr_target_hz=SR_TARGET_HZ, sr_below_hz=SR_BELOW_HZ,
+        context_s=args.context_s, stats_file=str(Path(args.out).resolve() / f"{prefix}-stats.jsonl"),
+        without_web=True, metrics_port=0, log_level="info")
 
 
 def influx_count(server, db: str) -> int:
@@ -126,16 +116,15 @@ def expected_grid(rec) -> dict:
 
 
 def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, log=print) -> dict:
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
     from stream.topics import ensure_topics
 
     prefix = f"soak{i:02d}{uuid.uuid4().hex[:6]}"
     db = f"soak_{prefix}"
-    ensure_topics(broker.bootstrap, [f"{prefix}.{t}" for t in ("waveforms", "ecg-synth", "sr", "events", "dlq",
-                                                                   "alarms", "verdicts")],
-                  partitions=args.partitions)
+    ensure_topics(broker.bootstrap, list(prefixed_topics(prefix).values()), partitions=args.partitions)
     influx.server.create_database(db)
-    env = worker_env(broker.bootstrap, influx, db, prefix, args)
+    settings = worker_settings(broker.bootstrap, influx, db, prefix, args)
+    env = worker_environment(settings)
     workers = [WorkerProcess(env, out / f"run{i:02d}-w{k}.log").start() for k in range(args.workers)]
     restarts = 0
     try:
@@ -150,8 +139,8 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
 
         def run_replay():
             try:
-                result["stats"] = replay([rec], broker.bootstrap, f"{prefix}.waveforms", beds=args.beds,
-                                         speed=args.speed, start_ns=T0, chunk_s=1.0)
+                result["stats"] = replay([rec], broker.bootstrap, ReplayOptions(
+                    topic=settings.topic_input, beds=args.beds, speed=args.speed, start_ns=T0, chunk_s=1.0))
             except BaseException as exc:
                 result["error"] = exc
 
@@ -164,10 +153,7 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
             time.sleep(at_s)
             k = rng.randrange(len(workers))
             kill = {"worker": k, "at_s": round(at_s, 2), "restart_after_s": round(rng.uniform(0.0, 3.0), 2)}
-            victim = workers[k]
-            os.killpg(victim.proc.pid, 9)
-            victim.proc.wait(10)
-            victim.stop()
+            workers[k].kill()
             time.sleep(kill["restart_after_s"])
             workers[k] = WorkerProcess(env, out / f"run{i:02d}-w{k}-restarted.log").start()
             restarts += 1
@@ -181,7 +167,7 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
         while time.monotonic() < deadline:
             for w in workers:
                 w.check()
-            done = committed_total(broker.bootstrap, f"{prefix}-worker", f"{prefix}.waveforms") == sent
+            done = committed_total(broker.bootstrap, settings.group_id, settings.topic_input) == sent
             n = influx_count(influx.server, db)
             if n != last:
                 last, stable_since = n, time.monotonic()
@@ -194,7 +180,7 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
         for k in range(args.workers):
             for f in out.glob(f"run{i:02d}-w{k}*.log"):
                 dead += f.read_text(errors="replace").count("dead-letter ")
-        stats = Path(env["WAVEBRIDGE_STATS_FILE"])
+        stats = Path(settings.stats_file)
         lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0
                         for r in map(json.loads, stats.read_text().splitlines()) if r.get("produce_ms")])
         return {"run": i, "sent": sent, "kill": kill, "snapshot": snapshot(influx.server, db), "dead_letters": dead,

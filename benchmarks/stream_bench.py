@@ -39,8 +39,10 @@ if str(REPO) not in sys.path:  # run as a script: make stream/, operators/, test
 
 import numpy as np  # noqa: E402
 
-from stream.tools.demo import WorkerProcess  # noqa: E402
+from stream.config import Settings  # noqa: E402
 from stream.tools.embedded import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
+from stream.tools.worker_process import (LOCAL_BROKER_TIMING, WorkerProcess, prefixed_topics,  # noqa: E402
+                                         worker_environment)
 
 DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
 WINDOW_S = 8.0
@@ -105,37 +107,14 @@ class InfluxStack:
         self.server.stop()
 
 
-def _worker_env(bootstrap: str, influx: InfluxStack, db: str, topics: dict[str, str], translator: str,
-                stats: Path, args) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVEBRIDGE_")}
-    env.update({
-        "WAVEBRIDGE_BROKER": f"kafka://{bootstrap}",
-        "WAVEBRIDGE_GROUP_ID": f"bench-{db}",
-        "WAVEBRIDGE_TRANSLATOR": translator,
-        "WAVEBRIDGE_DEVICE": args.device,
-        "WAVEBRIDGE_SESSION_TIMEOUT_S": "6",  # Tansu: a group join takes half the session timeout
-        "WAVEBRIDGE_HEARTBEAT_S": "1",
-        "WAVEBRIDGE_WINDOW_S": str(WINDOW_S),
-        "WAVEBRIDGE_HOP_S": str(HOP_S),
-        "WAVEBRIDGE_BATCH_SIZE": str(args.batch_size),
-        "WAVEBRIDGE_IDLE_FLUSH_S": str(IDLE_FLUSH_S),
-        "WAVEBRIDGE_INFLUX_URL": influx.url,
-        "WAVEBRIDGE_INFLUX_BUCKET": db,
-        "WAVEBRIDGE_INFLUX_TOKEN": "bench",
-        "WAVEBRIDGE_STATS_FILE": str(stats),
-        "WAVEBRIDGE_WITHOUT_WEB": "true",
-        "WAVEBRIDGE_METRICS_HOST": "127.0.0.1",
-        "WAVEBRIDGE_METRICS_PORT": str(free_port()),  # scraped for where the worker's time goes
-        "WAVEBRIDGE_LOG_LEVEL": "warn",
-        "WAVEBRIDGE_TOPIC_INPUT": topics["input"],
-        "WAVEBRIDGE_TOPIC_ECG_SYNTH": topics["synth"],
-        "WAVEBRIDGE_TOPIC_SR": topics["sr"],
-        "WAVEBRIDGE_TOPIC_EVENTS": topics["events"],
-        "WAVEBRIDGE_TOPIC_DLQ": topics["dlq"],
-        "WAVEBRIDGE_TOPIC_ALARMS": topics["alarms"],
-        "WAVEBRIDGE_TOPIC_VERDICTS": topics["verdicts"],
-    })
-    return env
+def worker_settings(bootstrap: str, influx: InfluxStack, db: str, prefix: str, translator: str, stats: Path,
+                    args) -> Settings:
+    """The benchmarked worker: topics named by `prefix`, metrics on a free port (scraped for where its time goes)."""
+    return Settings(
+        broker=f"kafka://{bootstrap}", group_id=f"bench-{db}", translator=translator, device=args.device,
+        **LOCAL_BROKER_TIMING, window_s=WINDOW_S, hop_s=HOP_S, batch_size=args.batch_size, idle_flush_s=IDLE_FLUSH_S,
+        influx_url=influx.url, influx_bucket=db, influx_token="bench", stats_file=str(stats), without_web=True,
+        metrics_host="127.0.0.1", metrics_port=free_port(), log_level="warn", **prefixed_topics(prefix))
 
 
 # ------------------------------------------------------------------ stats
@@ -157,9 +136,7 @@ def wait_written(worker: WorkerProcess, stats: Path, prefix: str, sent: int, tim
     deadline = time.monotonic() + timeout_s
     rows = read_stats(stats, prefix)
     while len(rows) < sent and time.monotonic() < deadline:
-        worker.check()
-        if "Crashed reason=" in worker.log_tail(200):  # a crashed Faust agent leaves the process running
-            raise RuntimeError(f"worker agent crashed; log:\n{worker.log_tail(40)}")
+        worker.check()  # also a crashed Faust agent, which leaves the process running
         time.sleep(0.5)
         rows = read_stats(stats, prefix)
     return rows
@@ -169,13 +146,13 @@ def percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if len(x) else math.nan
 
 
-def scrape_cpu(env: dict[str, str]) -> dict[str, float]:
+def scrape_cpu(settings: Settings) -> dict[str, float]:
     """The worker's `wavebridge_stage_seconds` by stage and `process_cpu_seconds_total` (cumulative)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://{env['WAVEBRIDGE_METRICS_HOST']}:{env['WAVEBRIDGE_METRICS_PORT']}/metrics"
+    url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
@@ -201,23 +178,23 @@ def cpu_line(cpu: dict[str, float], wall_s: float) -> str:
 
 def run_translator(translator: str, args, broker: EmbeddedBroker, influx: InfluxStack, recording, workdir: Path,
                    log=print) -> list[StepResult]:
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
     from stream.topics import ensure_topics
 
     tag = "".join(ch if ch.isalnum() else "_" for ch in translator)
     db = f"bench_{tag}"
-    topics = {k: f"bench.{tag}.{k}" for k in ("input", "synth", "sr", "events", "dlq", "alarms", "verdicts")}
-    ensure_topics(broker.bootstrap, list(topics.values()), partitions=args.partitions)
+    ensure_topics(broker.bootstrap, list(prefixed_topics(f"bench.{tag}").values()), partitions=args.partitions)
     influx.server.create_database(db)
     stats = workdir / f"stats-{tag}.jsonl"
     stats.unlink(missing_ok=True)  # the worker appends: rows of an earlier run would count as written
     results: list[StepResult] = []
-    env = _worker_env(broker.bootstrap, influx, db, topics, translator, stats, args)
-    with WorkerProcess(env, workdir / f"worker-{tag}.log") as worker:
+    settings = worker_settings(broker.bootstrap, influx, db, f"bench.{tag}", translator, stats, args)
+    with WorkerProcess(worker_environment(settings), workdir / f"worker-{tag}.log") as worker:
         # Warm-up: group join, translator load (torch for clmt) and the first InfluxDB write.
         t0 = time.monotonic()
-        warm = replay([recording], broker.bootstrap, topics["input"], beds=1, bed_prefix="warmup", speed=0,
-                      duration_s=WINDOW_S + 2 * HOP_S)
+        warm = replay([recording], broker.bootstrap, ReplayOptions(topic=settings.topic_input, beds=1,
+                                                                   bed_prefix="warmup", speed=0,
+                                                                   duration_s=WINDOW_S + 2 * HOP_S))
         rows = wait_written(worker, stats, "warmup", warm.chunks, args.warmup_timeout)
         if len(rows) < warm.chunks:
             raise RuntimeError(f"{translator}: worker did not process the warm-up bed within {args.warmup_timeout:g} s; "
@@ -226,16 +203,17 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
 
         for n in args.beds:
             prefix = f"n{n:03d}-"
-            cpu0 = scrape_cpu(env)
+            cpu0 = scrape_cpu(settings)
             wall0 = time.time()
-            st = replay([recording], broker.bootstrap, topics["input"], beds=n, bed_prefix=prefix.rstrip("-"),
-                        speed=args.speed, duration_s=args.duration)
+            st = replay([recording], broker.bootstrap, ReplayOptions(
+                topic=settings.topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed,
+                duration_s=args.duration))
             replay_end_ms = time.time() * 1000.0
             # Wait for every message to be written (including the idle-flushed tail).
             drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
             rows = wait_written(worker, stats, prefix, st.chunks, drain_s)
             wall = time.time() - wall0
-            cpu1 = scrape_cpu(env)
+            cpu1 = scrape_cpu(settings)
             cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
             # Steady state only: a bed's first window must fill (window_s of signal) before anything
             # is written, and its last one is closed by the idle flush; both are start/stop effects.
@@ -293,7 +271,7 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
     from operators.translator import load_translator
     from stream.config import Settings
     from stream.pipeline import Pipeline, PipelineConfig
-    from stream.tools.replay import iter_all_chunks, plan_beds
+    from stream.tools.chunker import iter_all_chunks, plan_beds
 
     settings = Settings(translator=translator, window_s=WINDOW_S, hop_s=HOP_S)
     now = [0.0]

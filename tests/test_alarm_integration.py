@@ -12,7 +12,8 @@ from operators.io.records import Recording
 from operators.io.synthetic import synthesize
 from stream import wire
 from tests.conftest import REPO
-from tests.test_worker_integration import T0, WorkerEnv, WorkerProc, consume_all, count, wait_until
+from tests.support.worker import WorkerEnv, start_worker
+from tests.test_worker_integration import T0, consume_all, count, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,14 +44,14 @@ def test_published_alarms_get_verdicts(wenv):
     import jsonschema
     from kafka import KafkaProducer
 
-    from stream.tools.replay import iter_chunks
+    from stream.tools.chunker import iter_chunks
 
     wenv.extra.update({"WAVEBRIDGE_TASKS": "ppg2ecg", "WAVEBRIDGE_ALARM_MODE": "realtime",
                        "WAVEBRIDGE_ALARM_GRACE_S": "20"})
     wenv.create_topics()
     beds = {"bed-ok": _recording(None), "bed-asys": _recording(ONSET_S - 7.0)}
     onset_ns = T0 + int(ONSET_S * 1e9)
-    worker = WorkerProc(wenv)
+    worker = start_worker(wenv)
     try:
         producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
         try:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.io.synthetic import synthesize, write_wfdb
-from stream.tools.demo import chunks_to_table
+from stream.tools.tables import chunks_to_table
 from stream.wire import Chunk
 
 REPO = Path(__file__).resolve().parents[1]

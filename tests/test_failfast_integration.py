@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from tests.test_worker_integration import WorkerEnv, WorkerProc, wait_until
+from tests.support.worker import WorkerEnv, start_worker
+from tests.test_worker_integration import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,16 +50,16 @@ def test_missing_bucket_and_missing_topics_stop_the_worker_before_it_consumes(we
 
 
 def test_a_token_refused_while_running_stops_the_worker_with_one_line(wenv, bidmc_record):
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
     from tests.test_worker_integration import T0, bidmc_recording
 
     wenv.create_topics()
-    worker = WorkerProc(wenv)
+    worker = start_worker(wenv)
     try:
         wait_until(lambda: "InfluxDB sink assigned" in worker.log(), 90, "the InfluxDB sink's assignment", worker)
         wenv.influx.proxy.answer_writes(401)  # after the start-up probe passed: the token is revoked meanwhile
         rec = bidmc_recording(bidmc_record(1), seconds=20.0)
-        replay([rec], wenv.bootstrap, wenv.topics["input"], speed=0, start_ns=T0, progress=False)
+        replay([rec], wenv.bootstrap, ReplayOptions(topic=wenv.topics["input"], speed=0, start_ns=T0, progress=False))
         deadline = time.monotonic() + 90
         while worker.alive() and time.monotonic() < deadline:
             time.sleep(0.5)

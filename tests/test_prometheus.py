@@ -22,7 +22,8 @@ import pytest
 
 from stream.tools.embedded import free_port
 from tests.conftest import REPO
-from tests.test_worker_integration import T0, WorkerEnv, WorkerProc, bidmc_recording, count
+from tests.support.worker import WorkerEnv, WorkerProcess, start_worker
+from tests.test_worker_integration import T0, bidmc_recording, count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,7 +58,7 @@ def _http_status(url: str) -> int:
 class Run:
     wenv: WorkerEnv
     prom: object
-    worker: WorkerProc
+    worker: WorkerProcess
     metrics_url: str
     n_input: int
     n_data: int
@@ -70,7 +71,7 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
     from kafka import KafkaProducer
 
     from stream import wire
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
     from tests.support.prometheus import start_prometheus
 
     _need("prometheus")
@@ -83,7 +84,7 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
     rec = bidmc_recording(bidmc_record(1), seconds=SECONDS)
     started_s = time.time()
     prom = start_prometheus(tmp / "prometheus", [f"127.0.0.1:{port}"], rule_files=[ALERTS])
-    worker = WorkerProc(wenv)
+    worker = start_worker(wenv)
     metrics_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -98,7 +99,8 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
             alarm = {"bed_id": "bed-001", "alarm_type": "asystole", "onset_ns": T0 + int(ALARM_ONSET_S * 1e9),
                      "alarm_id": "mon-1"}
             producer.send(wenv.topics["alarms"], key=b"bed-001", value=json.dumps(alarm).encode()).get(10)
-            stats = replay([rec], producer, wenv.topics["input"], beds=len(BEDS), speed=SPEED, start_ns=T0, chunk_s=1.0)
+            stats = replay([rec], producer, ReplayOptions(topic=wenv.topics["input"], beds=len(BEDS), speed=SPEED,
+                                                          start_ns=T0, chunk_s=1.0))
             # bed-001's first PLETH chunk again: a duplicate, dead-lettered and reported as a stream event
             again = wire.Chunk("bed-001", "PLETH", 125.0, T0, 0, np.zeros(125, np.float32))
             producer.send(wenv.topics["input"], key=b"bed-001", value=wire.encode_json(again)).get(10)
@@ -111,7 +113,7 @@ def run(kafka_bootstrap, influx, bidmc_record, tmp_path_factory):
         prom.stop()
 
 
-def _wait(prom, promql: str, want: float, worker: WorkerProc, timeout: float = 120.0) -> None:
+def _wait(prom, promql: str, want: float, worker: WorkerProcess, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     got = None
     while time.monotonic() < deadline:

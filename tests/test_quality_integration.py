@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tests.test_worker_integration import T0, WorkerProc, bidmc_recording, consume_all, wait_until, wenv  # noqa: F401
+from tests.support.worker import start_worker
+from tests.test_worker_integration import T0, bidmc_recording, consume_all, wait_until, wenv  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCHEMA = json.loads((__import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "events.schema.json").read_text())
@@ -20,7 +21,7 @@ def test_probe_off_span_publishes_no_synthetic_ecg_and_no_rpeaks(wenv, bidmc_rec
     from kafka import KafkaProducer
 
     from stream import wire
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
 
     rec = bidmc_recording(bidmc_record(3), 50.0)
     fs = rec.rates["PLETH"]
@@ -30,11 +31,12 @@ def test_probe_off_span_publishes_no_synthetic_ecg_and_no_rpeaks(wenv, bidmc_rec
     rec = replace(rec, signals={**rec.signals, "PLETH": ppg})
     wenv.extra.update({"WAVEBRIDGE_CONTEXT_S": "0", "WAVEBRIDGE_TASKS": "ppg2ecg"})
     wenv.create_topics()
-    worker = WorkerProc(wenv)
+    worker = start_worker(wenv)
     try:
         producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
         try:
-            replay([rec], producer, wenv.topics["input"], beds=1, speed=0, start_ns=T0, chunk_s=1.0)
+            replay([rec], producer,
+                   ReplayOptions(topic=wenv.topics["input"], beds=1, speed=0, start_ns=T0, chunk_s=1.0))
         finally:
             producer.close()
         def withheld_points():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from operators.io.records import Recording, read_recording
+from stream.tools import chunker, publisher, resampling
 from stream.tools import replay as rp
+from stream.tools.publisher import ReplayOptions
 from stream import wire
 
 T0 = 1_700_000_000_000_000_000
@@ -28,7 +30,7 @@ def make_rec(seconds=10.0, rate=125.0, name="r", nan_at=None, ppg_rate=None) -> 
 
 def test_iter_chunks_timing_and_seq_are_exact():
     rec = make_rec(seconds=10.5, rate=125.0, ppg_rate=50.0)
-    chunks = list(rp.iter_chunks(rec, "bed-007", chunk_s=1.0, start_ns=T0))
+    chunks = list(chunker.iter_chunks(rec, "bed-007", chunk_s=1.0, start_ns=T0))
     for sig, rate in (("II", 125.0), ("PLETH", 50.0)):
         mine = [c for c in chunks if c.signal == sig]
         assert [c.seq for c in mine] == list(range(11))
@@ -46,14 +48,14 @@ def test_iter_chunks_timing_and_seq_are_exact():
 
 def test_odd_rate_timestamps_do_not_drift():
     rec = make_rec(seconds=30, rate=360.0)
-    chunks = [c for c in rp.iter_chunks(rec, "b", chunk_s=0.3, start_ns=0, signals=["II"])]
+    chunks = [c for c in chunker.iter_chunks(rec, "b", chunk_s=0.3, start_ns=0, signals=["II"])]
     assert chunks[-1].end_ns() == int(round(30 * 360 * 1e9 / 360))
     assert {len(c.samples) for c in chunks} == {108}
 
 
 def test_fractional_chunk_sizes_stay_aligned():
     rec = make_rec(seconds=3, rate=125.0)
-    ii = [c for c in rp.iter_chunks(rec, "b", chunk_s=0.5, start_ns=0, signals=["II"])]
+    ii = [c for c in chunker.iter_chunks(rec, "b", chunk_s=0.5, start_ns=0, signals=["II"])]
     # 62.5 samples per chunk: sizes alternate and chunk k starts within one sample of k * 0.5 s.
     assert sorted({len(c.samples) for c in ii}) == [62, 63]
     assert len(ii) == 6 and sum(len(c.samples) for c in ii) == 375
@@ -63,7 +65,7 @@ def test_fractional_chunk_sizes_stay_aligned():
 
 def test_nan_runs_split_the_stream():
     rec = make_rec(seconds=4, rate=100.0, nan_at=slice(150, 170))
-    ii = [c for c in rp.iter_chunks(rec, "b", chunk_s=1.0, start_ns=0, signals=["II"])]
+    ii = [c for c in chunker.iter_chunks(rec, "b", chunk_s=1.0, start_ns=0, signals=["II"])]
     assert [c.seq for c in ii] == list(range(5))
     assert [(c.start_ns, len(c.samples)) for c in ii] == [(0, 100), (1_000_000_000, 50), (1_700_000_000, 30),
                                                           (2_000_000_000, 100), (3_000_000_000, 100)]
@@ -73,29 +75,29 @@ def test_nan_runs_split_the_stream():
 
 def test_resample_to_monitor_rate():
     rec = make_rec(seconds=8, rate=125.0)
-    out = rp.resample_recording(rec, {"PLETH": 25})
+    out = resampling.resample_recording(rec, {"PLETH": 25})
     assert out.rates["PLETH"] == 25.0 and out.signals["PLETH"].size == 200 and out.signals["PLETH"].dtype == np.float32
     t = np.arange(200) / 25
     ref = np.cos(2 * np.pi * 1.2 * t)
     np.testing.assert_allclose(out.signals["PLETH"][10:-10], ref[10:-10], atol=0.02)  # 1.2 Hz is far below Nyquist
     assert out.signals["II"] is rec.signals["II"]  # others untouched
-    chunks = [c for c in rp.iter_chunks(rec, "b", 1.0, 0, resample={"PLETH": 25}) if c.signal == "PLETH"]
+    chunks = [c for c in chunker.iter_chunks(rec, "b", 1.0, 0, resample={"PLETH": 25}) if c.signal == "PLETH"]
     assert len(chunks) == 8 and all(len(c.samples) == 25 and c.rate_hz == 25.0 for c in chunks)
 
 
 def test_resample_keeps_nan_runs_invalid():
     rec = make_rec(seconds=4, rate=125.0, nan_at=slice(250, 300))
-    out = rp.resample_recording(rec, {"II": 25})
+    out = resampling.resample_recording(rec, {"II": 25})
     bad = np.flatnonzero(np.isnan(out.signals["II"]))
     assert bad.min() == 50 and bad.max() == 59
 
 
 def test_plan_cycles_records_over_beds():
     a, b = make_rec(name="a"), make_rec(name="b")
-    plan = rp.plan_beds([a, b], beds=5, prefix="icu")
+    plan = chunker.plan_beds([a, b], beds=5, prefix="icu")
     assert [(bed, rec.name) for bed, rec in plan] == [("icu-001", "a"), ("icu-002", "b"), ("icu-003", "a"),
                                                       ("icu-004", "b"), ("icu-005", "a")]
-    merged = list(rp.iter_all_chunks(plan, 1.0, 0, duration_s=3))
+    merged = list(chunker.iter_all_chunks(plan, 1.0, 0, duration_s=3))
     assert len(merged) == 5 * 2 * 3
     assert [c.end_ns() for c in merged] == sorted(c.end_ns() for c in merged)
     assert len({c.bed_id for c in merged[:10]}) == 5  # beds interleave rather than one after another
@@ -105,11 +107,11 @@ def test_fewer_beds_than_records_and_bad_durations_are_refused_before_sending():
     """`--beds 1` with two records read both and silently sent one; a negative duration crashed mid-way."""
     a, b = make_rec(name="a"), make_rec(name="b")
     with pytest.raises(ValueError, match="each record needs a bed"):
-        rp.plan_beds([a, b], beds=1)
+        chunker.plan_beds([a, b], beds=1)
     sink = RecordingSink()
     for bad in (-5.0, 0.0, float("nan")):
         with pytest.raises(ValueError, match="duration_s"):
-            rp.replay([a], sink, speed=0, start_ns=T0, duration_s=bad)
+            publisher.replay([a], sink, ReplayOptions(speed=0, start_ns=T0, duration_s=bad))
     assert sink.sent == []
 
 
@@ -130,7 +132,7 @@ def test_pacing_at_speed():
     rec = make_rec(seconds=2.0, rate=100.0)
     sink = RecordingSink()
     t_start = time.monotonic()
-    stats = rp.replay([rec], sink, beds=2, speed=10.0, chunk_s=0.25, start_ns=T0, signals=["II"])
+    stats = publisher.replay([rec], sink, ReplayOptions(beds=2, speed=10.0, chunk_s=0.25, start_ns=T0, signals=["II"]))
     assert stats.chunks == 2 * 8 and len(sink.sent) == 16
     # Chunk k (k = 1..8) is due (k * 0.25 s) / 10 after start; measured loosely (shared, busy CPU).
     for i, (t, key, value) in enumerate(sink.sent):
@@ -140,7 +142,8 @@ def test_pacing_at_speed():
         assert key == chunk.bed_id.encode()
     assert 0.19 <= stats.elapsed_s < 1.5
     fast = RecordingSink()
-    stats = rp.replay([rec], fast, beds=2, speed=0, chunk_s=0.25, start_ns=T0, signals=["II"], fmt="json")
+    stats = publisher.replay([rec], fast, ReplayOptions(beds=2, speed=0, chunk_s=0.25, start_ns=T0, signals=["II"],
+                                                        fmt="json"))
     assert stats.elapsed_s < 0.15 and len(fast.sent) == 16
     assert fast.sent[0][2].startswith(b"{")
 
@@ -148,12 +151,12 @@ def test_pacing_at_speed():
 def test_replay_rejects_bad_arguments():
     rec = make_rec()
     with pytest.raises(ValueError, match="chunk_s"):
-        rp.replay([rec], RecordingSink(), chunk_s=61)
+        publisher.replay([rec], RecordingSink(), ReplayOptions(chunk_s=61))
     with pytest.raises(ValueError, match="no channel RESP"):
-        rp.replay([rec], RecordingSink(), signals=["RESP"])
+        publisher.replay([rec], RecordingSink(), ReplayOptions(signals=["RESP"]))
     odd = Recording("odd", {"V5": np.zeros(100, np.float32)}, {"V5": 100.0}, {"V5": "mV"})
     with pytest.raises(ValueError, match="not allowed on the wire"):
-        rp.replay([odd], RecordingSink(), signals=["V5"])
+        publisher.replay([odd], RecordingSink(), ReplayOptions(signals=["V5"]))
 
 
 def test_replay_refuses_chunks_the_wire_would_reject_before_sending_anything():
@@ -161,21 +164,23 @@ def test_replay_refuses_chunks_the_wire_would_reject_before_sending_anything():
     fast = Recording("fast", {"II": np.zeros(130_000, np.float32)}, {"II": 2000.0}, {"II": "mV"})
     sink = RecordingSink()
     with pytest.raises(ValueError, match=r"fast/II\) is 120000 samples per chunk > 65536.*use chunk_s <= 32\.768"):
-        rp.replay([fast], sink, chunk_s=60, speed=0, start_ns=T0)
+        publisher.replay([fast], sink, ReplayOptions(chunk_s=60, speed=0, start_ns=T0))
     assert sink.sent == []
     with pytest.raises(ValueError, match="120000 samples per chunk"):
-        rp.iter_chunks(fast, "bed-001", chunk_s=60)
+        chunker.iter_chunks(fast, "bed-001", chunk_s=60)
     # the limit is the samples actually sent: a record shorter than one chunk goes whole, a resampled one at its new rate
-    short = rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, duration_s=30)
+    short = publisher.replay([fast], RecordingSink(), ReplayOptions(chunk_s=60, speed=0, start_ns=T0, duration_s=30))
     assert short.chunks == 1 and short.samples == 60_000
-    down = rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, resample={"II": 500})
+    down = publisher.replay([fast], RecordingSink(),
+                            ReplayOptions(chunk_s=60, speed=0, start_ns=T0, resample={"II": 500}))
     assert down.chunks == 2 and down.samples == 32_500
     # resample keys are channel aliases like everywhere else ("ecg" is lead II)
-    assert rp.replay([fast], RecordingSink(), chunk_s=60, speed=0, start_ns=T0, resample={"ecg": 500}).chunks == 2
+    opts = ReplayOptions(chunk_s=60, speed=0, start_ns=T0, resample={"ecg": 500})
+    assert publisher.replay([fast], RecordingSink(), opts).chunks == 2
     # at 62.51 Hz a 60 s chunk rounds up to 3751 samples = 60.006 s, over the wire's 60 s
     odd = Recording("odd", {"II": np.zeros(10_000, np.float32)}, {"II": 62.51}, {"II": "mV"})
     with pytest.raises(ValueError, match="3751 samples = 60.006 s > 60 s"):
-        rp.replay([odd], RecordingSink(), chunk_s=60, speed=0, start_ns=T0)
+        publisher.replay([odd], RecordingSink(), ReplayOptions(chunk_s=60, speed=0, start_ns=T0))
 
 
 class OwnedSink(RecordingSink):
@@ -197,7 +202,7 @@ def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch,
     path = tmp_path / f"{only}.parquet"
     pq.write_table(pa.table({"time_s": np.arange(250) / 125.0, only: np.zeros(250, np.float32)}), path)
     sink = OwnedSink()
-    monkeypatch.setattr(rp, "_make_producer", lambda bootstrap, **kw: sink)
+    monkeypatch.setattr(publisher, "_make_producer", lambda bootstrap, **kw: sink)
     rc = rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-create-topic", "--speed", "0", "--no-progress",
                  "--start-ns", str(T0)])
     assert rc == 0, capsys.readouterr().err
@@ -242,7 +247,8 @@ def test_replay_into_tansu_round_trip(kafka_bootstrap, bidmc_record, fmt):
     ensure_topics(kafka_bootstrap, [topic], partitions=3)
     rec = read_recording(bidmc_record(1), ["II", "PLETH"])
     kw = dict(chunk_s=1.0, resample={"PLETH": 25}, duration_s=5.0, signals=["II", "PLETH"])
-    stats = rp.replay([rec], kafka_bootstrap, topic, beds=3, speed=0, fmt=fmt, start_ns=T0, **kw)
+    stats = publisher.replay([rec], kafka_bootstrap,
+                             ReplayOptions(topic=topic, beds=3, speed=0, fmt=fmt, start_ns=T0, **kw))
     assert stats.chunks == 3 * 2 * 5 and stats.failed == 0
     msgs = _consume_all(kafka_bootstrap, topic, stats.chunks)
     assert len(msgs) == stats.chunks
@@ -255,7 +261,7 @@ def test_replay_into_tansu_round_trip(kafka_bootstrap, bidmc_record, fmt):
         got.setdefault((c.bed_id, c.signal), []).append(c)
     assert all(len(p) == 1 for p in partition_of.values())  # one bed -> one partition
     for bed in ("bed-001", "bed-002", "bed-003"):
-        expected = list(rp.iter_chunks(rec, bed, start_ns=T0, **kw))
+        expected = list(chunker.iter_chunks(rec, bed, start_ns=T0, **kw))
         for sig in ("II", "PLETH"):
             want = [c for c in expected if c.signal == sig]
             have = got[(bed, sig)]  # per-partition order = send order
@@ -291,8 +297,9 @@ def test_send_failures_fail_loudly(kafka_bootstrap):
 
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=200)  # every chunk is bigger
     try:
-        with pytest.raises(rp.ReplayError, match="failed"):
-            rp.replay([make_rec()], producer, f"test.replay.fail.{uuid.uuid4().hex[:6]}", speed=0, start_ns=T0)
+        with pytest.raises(publisher.ReplayError, match="failed"):
+            publisher.replay([make_rec()], producer,
+                             ReplayOptions(topic=f"test.replay.fail.{uuid.uuid4().hex[:6]}", speed=0, start_ns=T0))
     finally:
         producer.close(timeout=5)
 

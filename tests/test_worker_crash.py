@@ -9,8 +9,9 @@ import uuid
 import numpy as np
 import pytest
 
+from tests.support.worker import WorkerEnv, WorkerProcess, start_worker
 from tests.test_worker_integration import (
-    T0, WorkerEnv, WorkerProc, bidmc_recording, committed_total, count, expected_influx_total, influx_series,
+    T0, bidmc_recording, committed_total, count, expected_influx_total, influx_series,
     offline_series, wait_until,
 )
 
@@ -24,12 +25,12 @@ def wenv(kafka_bootstrap, influx_up, tmp_path):
 
 
 def _replay_thread(wenv, rec, speed: float, result: dict) -> threading.Thread:
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
 
     def run():
         try:
-            result["stats"] = replay([rec], wenv.bootstrap, wenv.topics["input"], beds=len(BEDS), speed=speed,
-                                     start_ns=T0, chunk_s=1.0)
+            result["stats"] = replay([rec], wenv.bootstrap, ReplayOptions(topic=wenv.topics["input"], beds=len(BEDS),
+                                                                          speed=speed, start_ns=T0, chunk_s=1.0))
         except BaseException as exc:  # reported by the test
             result["error"] = exc
 
@@ -38,7 +39,7 @@ def _replay_thread(wenv, rec, speed: float, result: dict) -> threading.Thread:
     return t
 
 
-def _wait_ready(worker: WorkerProc, timeout: float = 60.0) -> None:
+def _wait_ready(worker: WorkerProcess, timeout: float = 60.0) -> None:
     wait_until(lambda: "Worker]: Ready" in worker.log(), timeout, "worker ready", worker)
 
 
@@ -56,7 +57,7 @@ def _kill_then_restart(wenv, rec, expected: dict, speed: float, before_kill) -> 
     returns; worker 2 takes over, and every expected point must land exactly once."""
     total = sum(len(t) for t in expected.values()) * len(BEDS)
     group = f"{wenv.prefix}-worker"
-    first = WorkerProc(wenv, "worker-1")
+    first = start_worker(wenv, "worker-1")
     second = None
     try:
         _wait_ready(first)
@@ -66,7 +67,7 @@ def _kill_then_restart(wenv, rec, expected: dict, speed: float, before_kill) -> 
         assert replayer.is_alive(), "replay finished before the kill: the test would prove nothing"
         first.kill()
 
-        second = WorkerProc(wenv, "worker-2")
+        second = start_worker(wenv, "worker-2")
         replayer.join(60)
         assert "error" not in result, result.get("error")
         n_input = result["stats"].chunks
@@ -121,7 +122,7 @@ def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv
     """Scale-out: two workers share the group over 4 partitions and 4 beds; one is SIGKILLed mid-replay and
     restarted, so the group rebalances when its session expires and again when it rejoins (the rebalances that
     lost a chunk in issue 17). Every expected sample lands exactly once and every input offset is committed."""
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
 
     rec = bidmc_recording(bidmc_record(2), seconds=40.0)
     wenv.create_topics(partitions=4)
@@ -129,7 +130,7 @@ def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv
     expected = expected_influx_total(rec)
     total = sum(len(t) for t in expected.values()) * len(beds)
     group = f"{wenv.prefix}-worker"
-    workers = [WorkerProc(wenv, "worker-1"), WorkerProc(wenv, "worker-2")]
+    workers = [start_worker(wenv, "worker-1"), start_worker(wenv, "worker-2")]
     try:
         for w in workers:
             _wait_ready(w)
@@ -137,8 +138,8 @@ def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv
 
         def run():
             try:
-                result["stats"] = replay([rec], wenv.bootstrap, wenv.topics["input"], beds=len(beds), speed=2.0,
-                                         start_ns=T0, chunk_s=1.0)
+                result["stats"] = replay([rec], wenv.bootstrap, ReplayOptions(
+                    topic=wenv.topics["input"], beds=len(beds), speed=2.0, start_ns=T0, chunk_s=1.0))
             except BaseException as exc:  # reported below
                 result["error"] = exc
 
@@ -150,7 +151,7 @@ def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv
         assert replayer.is_alive(), "replay finished before the kill: the test would prove nothing"
         workers[0].kill()
         time.sleep(2.0)
-        workers.append(WorkerProc(wenv, "worker-1-restarted"))
+        workers.append(start_worker(wenv, "worker-1-restarted"))
         replayer.join(90)
         assert "error" not in result, result.get("error")
         n_input = result["stats"].chunks
@@ -179,14 +180,14 @@ def test_influx_outage_leaves_the_output_topics_on_time_then_influx_catches_up_e
     """The alarm feed never waits for InfluxDB: the same replay with InfluxDB up and then down has the same latency
     on the output topics, every input offset is committed during the outage, and once InfluxDB is back the sink
     agent (its own consumer group) writes every expected point exactly once."""
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
 
     rec = bidmc_recording(bidmc_record(3), seconds=30.0)
     wenv.create_topics()
     expected = expected_influx_total(rec)
     total = sum(len(t) for t in expected.values()) * 4
     group = f"{wenv.prefix}-worker"
-    worker = WorkerProc(wenv)
+    worker = start_worker(wenv)
     try:
         _wait_ready(worker)
         sent = {}
@@ -194,8 +195,8 @@ def test_influx_outage_leaves_the_output_topics_on_time_then_influx_catches_up_e
             if phase == "down":
                 wenv.influx.set_down(True)
                 down_at = time.monotonic()
-            sent[phase] = replay([rec], wenv.bootstrap, wenv.topics["input"], beds=2, bed_prefix=phase, speed=3.0,
-                                 start_ns=T0, chunk_s=1.0).chunks
+            sent[phase] = replay([rec], wenv.bootstrap, ReplayOptions(topic=wenv.topics["input"], beds=2, bed_prefix=phase,
+                                                                      speed=3.0, start_ns=T0, chunk_s=1.0)).chunks
             wait_until(lambda: len(_stats_latency_s(wenv, phase)) >= sent[phase], 60,
                        f"outputs of every '{phase}' input message on Kafka", worker)
         wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == sum(sent.values()), 30,

@@ -5,105 +5,21 @@ Helpers here are shared with tests/test_worker_crash.py.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stream.tools.embedded import die_with_parent
 from stream.topics import committed_total  # noqa: F401  (shared with tests/test_worker_crash.py)
-from tests.conftest import KAFKA_CONSUMER_TEST_KWARGS, REPO
+from tests.conftest import KAFKA_CONSUMER_TEST_KWARGS
+from tests.support.worker import SR_TARGET_HZ, WorkerEnv, WorkerProcess, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 T0 = 1_750_000_000_000_000_000  # replay start: fixed, so every run writes the same series
 DURATION_S = 60.0
-SR_TARGET_HZ = 250.0  # BIDMC is 125 Hz: SR everything below 200 Hz to 250 Hz so SR is exercised too
-SR_BELOW_HZ = 200.0
-
-
-@dataclass
-class WorkerEnv:
-    bootstrap: str
-    influx: object
-    db: str
-    tmp: Path
-    prefix: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def topics(self) -> dict:
-        p = self.prefix
-        return {"input": f"{p}.waveforms", "ecg_synth": f"{p}.ecg-synth", "sr": f"{p}.sr", "events": f"{p}.events",
-                "dlq": f"{p}.dlq", "alarms": f"{p}.alarms", "verdicts": f"{p}.verdicts"}
-
-    def env(self) -> dict:
-        t = self.topics
-        env = dict(os.environ)
-        env.update({
-            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-            "WAVEBRIDGE_BROKER": f"kafka://{self.bootstrap}",
-            "WAVEBRIDGE_GROUP_ID": f"{self.prefix}-worker",
-            "WAVEBRIDGE_SESSION_TIMEOUT_S": "6", "WAVEBRIDGE_HEARTBEAT_S": "1",
-            "WAVEBRIDGE_TOPIC_INPUT": t["input"], "WAVEBRIDGE_TOPIC_ECG_SYNTH": t["ecg_synth"],
-            "WAVEBRIDGE_TOPIC_SR": t["sr"], "WAVEBRIDGE_TOPIC_EVENTS": t["events"], "WAVEBRIDGE_TOPIC_DLQ": t["dlq"],
-            "WAVEBRIDGE_TOPIC_ALARMS": t["alarms"], "WAVEBRIDGE_TOPIC_VERDICTS": t["verdicts"],
-            "WAVEBRIDGE_INFLUX_URL": self.influx.url, "WAVEBRIDGE_INFLUX_ORG": self.influx.org,
-            "WAVEBRIDGE_INFLUX_BUCKET": self.db, "WAVEBRIDGE_INFLUX_TOKEN": self.influx.token,
-            "WAVEBRIDGE_RETRY_INITIAL_S": "0.2", "WAVEBRIDGE_RETRY_MAX_S": "1",
-            "WAVEBRIDGE_TRANSLATOR": "classic", "WAVEBRIDGE_IDLE_FLUSH_S": "2",
-            "WAVEBRIDGE_SR_TARGET_HZ": str(SR_TARGET_HZ), "WAVEBRIDGE_SR_BELOW_HZ": str(SR_BELOW_HZ),
-            "WAVEBRIDGE_WITHOUT_WEB": "true", "WAVEBRIDGE_METRICS_PORT": "0",
-            "WAVEBRIDGE_DATA_DIR": str(self.tmp / "faust-data"),
-            "WAVEBRIDGE_STATS_FILE": str(self.tmp / "stats.jsonl"),
-            "WAVEBRIDGE_COUNTERS_LOG_S": "5",
-        })
-        env.update(self.extra)
-        return env
-
-    def create_topics(self, partitions: int = 2) -> None:
-        from stream.topics import ensure_topics
-
-        ensure_topics(self.bootstrap, list(self.topics.values()), partitions=partitions)
-        self.influx.create_database(self.db)
-
-
-class WorkerProc:
-    def __init__(self, wenv: WorkerEnv, name: str = "worker"):
-        self.log_path = wenv.tmp / f"{name}.log"
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream.app", "worker", "-l", "info"], cwd=wenv.tmp,
-                                     env=wenv.env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=die_with_parent)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._log.close()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
 
 
 def bidmc_recording(path: Path, seconds: float = DURATION_S):
@@ -140,7 +56,7 @@ def count(influx, db: str, measurement: str, where: str = "") -> int:
     return max((int(v) for k, v in rows[0].items() if k.startswith("count") and v is not None), default=0)
 
 
-def wait_until(pred, timeout: float, what: str, worker: WorkerProc | None = None, interval: float = 0.5):
+def wait_until(pred, timeout: float, what: str, worker: WorkerProcess | None = None, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -193,7 +109,7 @@ def wenv(kafka_bootstrap, influx_up, tmp_path):
 def test_replay_through_worker_matches_offline(wenv, bidmc_record):
     from kafka import KafkaProducer
 
-    from stream.tools.replay import replay
+    from stream.tools.publisher import ReplayOptions, replay
 
     rec = bidmc_recording(bidmc_record(1))
     # Context off here: with it, ppg2ecg values depend on how much lead II had arrived when each
@@ -206,7 +122,7 @@ def test_replay_through_worker_matches_offline(wenv, bidmc_record):
         ("PLETH", "sr"): offline_series(rec, "sr", SR_TARGET_HZ, "PLETH")[1],
         ("II", "sr"): offline_series(rec, "sr", SR_TARGET_HZ, "II")[1],
     }
-    worker = WorkerProc(wenv)
+    worker = start_worker(wenv)
     try:
         producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
         try:
@@ -215,7 +131,8 @@ def test_replay_through_worker_matches_offline(wenv, bidmc_record):
             producer.send(wenv.topics["input"], key=b"bed-002",
                           value=b'{"v":1,"bed_id":"bed-002","signal":"PLETH","rate_hz":-5,"start_ns":1,"seq":0,"samples":[1]}')
             producer.flush()
-            stats = replay([rec], producer, wenv.topics["input"], beds=2, speed=0, start_ns=T0, chunk_s=1.0)
+            stats = replay([rec], producer, ReplayOptions(topic=wenv.topics["input"], beds=2, speed=0, start_ns=T0,
+                                                          chunk_s=1.0))
         finally:
             producer.close()
         n_input = stats.chunks + 2

@@ -3,7 +3,7 @@
     wavebridge translate INPUT --task ppg2ecg|sr --out OUT.parquet [--target-rate HZ]
         [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--lookahead-s S] [--chunk-s S]
 
-The recording is cut into exactly the chunks a replay would publish (`stream.tools.replay.iter_chunks`:
+The recording is cut into exactly the chunks a replay would publish (`stream.tools.chunker.iter_chunks`:
 NaN runs become gaps, never splices), each chunk goes through the wire format round trip the
 worker sees, then through the same `stream.pipeline.Pipeline`, flushed at the end of input. So
 for identical chunks the worker and this mode produce identical values.
@@ -108,7 +108,7 @@ def check_task_source(task: str, name: str) -> None:
 
 def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
     """Chunks go through the wire format like a replay's: the replay's check, as a one-line OfflineError."""
-    from stream.tools.replay import check_chunk_s as check
+    from stream.tools.chunker import check_chunk_s as check
 
     try:
         check(chunk_s, rate_hz, signal, n_samples, name="--chunk-s")
@@ -146,10 +146,9 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
 
 def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLINE_BED, start_ns: int = 0):
     """The chunks a replay publishes for this signal, after the wire round trip the worker sees."""
-    from stream import wire
-    from stream.tools import replay
+    from stream.tools.chunker import iter_chunks
 
-    for chunk in replay.iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=[signal]):
+    for chunk in iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=[signal]):
         yield wire.decode(wire.encode_binary(chunk))
 
 

@@ -1,0 +1,138 @@
+"""The demo's picture: input vs. output on true timestamps, with each output's quality and confidence."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _series(table, bed: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.compute as pc
+
+    sel = table.filter(pc.and_(pc.equal(table["bed"], bed), pc.equal(table["signal"], signal)))
+    t = sel["time"].cast("int64").to_numpy()
+    return t, sel["value"].to_numpy()
+
+
+def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: str | None, sr_input_hz: float,
+         view_s: float = 8.0) -> None:
+    """Input vs output: PPG → synthesized ECG (with the real ECG for reference), and a low-rate input → SR.
+
+    Parameters
+    ----------
+    paths : dict of str to Path
+        The Parquet files of `stream.tools.tables.write_parquet` ("input", "synth", "sr", optionally "events").
+    out_png : Path
+        The PNG written.
+    main_bed, sr_bed : str or None
+        The bed whose PPG -> ECG is shown, and the one whose super-resolution is; None leaves its panel empty.
+    sr_input_hz : float
+        Rate of the super-resolved bed's input, in Hz (for the labels).
+    view_s : float
+        Seconds of signal shown, from the middle of the output.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    inp, syn, sr = (pq.read_table(paths[k]) for k in ("input", "synth", "sr"))
+    events = pq.read_table(paths["events"]).to_pandas() if "events" in paths and Path(paths["events"]).exists() else None
+    fig, axes = plt.subplots(4, 1, figsize=(13, 10.5), constrained_layout=True,
+                             gridspec_kw={"height_ratios": [1, 1, 1, 0.6]})
+    fig.suptitle("wavebridge demo: input vs. output (true timestamps)", fontsize=13)
+
+    def window(t: np.ndarray) -> tuple[float, float]:
+        # A stretch in the middle of the output, where every window has its full context.
+        mid = t[len(t) // 2] / 1e9
+        return mid - view_s / 2, mid + view_s / 2
+
+    t0 = None
+    twin_lines: list = []
+    if main_bed:
+        ts, ys = _series(syn, main_bed, "II_SYNTH")
+        tp, yp = _series(inp, main_bed, "PLETH")
+        te, ye = _series(inp, main_bed, "II")
+        if len(ts):
+            lo, hi = window(ts)
+            t0 = lo
+            for ax, (t, y, label, color) in zip(axes[:2], [(tp, yp, "input PLETH (PPG)", "tab:blue"),
+                                                           (ts, ys, "output II_SYNTH (synthesized ECG)", "tab:red")]):
+                m = (t / 1e9 >= lo) & (t / 1e9 < hi)
+                ax.plot(t[m] / 1e9 - t0, y[m], color=color, lw=1.2, label=label)
+            m = (te / 1e9 >= lo) & (te / 1e9 < hi)
+            if m.any():
+                # The real lead II on a twin axis: the synthesized one is not in mV-calibrated units.
+                ax2 = axes[1].twinx()
+                ax2.plot(te[m] / 1e9 - t0, ye[m], color="0.55", lw=0.9, alpha=0.8, label="measured II (reference)")
+                ax2.set_ylabel("measured II")
+                ax2.set_zorder(axes[1].get_zorder() - 1)  # keep the output trace on top
+                axes[1].patch.set_visible(False)
+                twin_lines = ax2.lines
+            axes[0].set_title(f"{main_bed}: PPG in", loc="left", fontsize=10)
+            axes[1].set_title(f"{main_bed}: II_SYNTH, synthesized from the PPG: not a measured or diagnostic lead "
+                              f"(grey: the measured ECG)", loc="left", fontsize=10)
+    if sr_bed:
+        sig = next((s for s in ("PLETH_SR", "II_SR") if len(_series(sr, sr_bed, s)[0])), None)
+        if sig:
+            base = sig[:-3]
+            tr, yr = _series(sr, sr_bed, sig)
+            tl, yl = _series(inp, sr_bed, base)
+            lo, hi = (t0, t0 + view_s) if t0 is not None else window(tr)
+            t0 = lo if t0 is None else t0
+            ax = axes[2]
+            m = (tr / 1e9 >= lo) & (tr / 1e9 < hi)
+            rate_out = round(1e9 / float(np.median(np.diff(tr)))) if len(tr) > 1 else 0
+            ax.plot(tr[m] / 1e9 - t0, yr[m], color="tab:green", lw=1.2, label=f"output {sig} ({rate_out:g} Hz)")
+            m = (tl / 1e9 >= lo) & (tl / 1e9 < hi)
+            ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({sr_input_hz:g} Hz)")
+            ax.set_title(f"{sr_bed}: super-resolution of a {sr_input_hz:g} Hz monitor", loc="left", fontsize=10)
+    if t0 is not None:
+        _plot_quality(axes, t0, view_s, [(syn, main_bed, "II_SYNTH", "tab:red", 1),
+                                         (sr, sr_bed, next((s for s in ("PLETH_SR", "II_SR") if sr_bed and len(
+                                             _series(sr, sr_bed, s)[0])), None), "tab:green", 2)], events)
+    for i, ax in enumerate(axes):
+        if ax.lines:
+            handles = ax.lines + (twin_lines if i == 1 else [])
+            # Above the axes, right-aligned: never on top of the traces; titles sit on the left.
+            ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles),
+                      fontsize=9, frameon=False, borderaxespad=0.2)
+        else:
+            ax.text(0.5, 0.5, "no output collected", ha="center", va="center", transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (s) from the start of the plotted stretch")
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None:
+    """Bottom panel: each output's quality score and confidence over the plotted stretch; spans withheld for an
+    unusable source shaded (with the reason) on the output's panel and here."""
+    import pyarrow.compute as pc
+
+    qax = axes[-1]
+    lo, hi = t0, t0 + view_s
+    for table, bed, sig, color, row in outputs:
+        if not bed or not sig:
+            continue
+        sel = table.filter(pc.and_(pc.equal(table["bed"], bed), pc.equal(table["signal"], sig)))
+        t = sel["time"].cast("int64").to_numpy() / 1e9
+        m = (t >= lo) & (t < hi)
+        if m.any():
+            qax.plot(t[m] - t0, sel["quality"].to_numpy(zero_copy_only=False)[m], color=color, lw=1.5,
+                     label=f"{bed} {sig} quality")
+            qax.plot(t[m] - t0, sel["confidence"].to_numpy(zero_copy_only=False)[m], color=color, lw=1.0, ls="--",
+                     label=f"{sig} confidence")
+        if events is not None and len(events):
+            bad = events[(events["bed"] == bed) & events["type"].isin(["source_unusable", "output_unusable"])]
+            for _, ev in bad.iterrows():
+                a, b = ev["time"].value / 1e9, ev["end"].value / 1e9
+                if b > lo and a < hi:
+                    for ax in (axes[row], qax):
+                        ax.axvspan(max(a, lo) - t0, min(b, hi) - t0, color="0.85", zorder=0)
+                    axes[row].text(max(a, lo) - t0, 0.95, f"withheld: {ev['reason']}", transform=axes[row].get_xaxis_transform(),
+                                   fontsize=8, va="top")
+    qax.set_ylim(-0.05, 1.05)
+    qax.set_ylabel("0-1")
+    qax.set_title("quality (solid), confidence (dashed); grey: withheld", loc="left", fontsize=10)

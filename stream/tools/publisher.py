@@ -1,0 +1,225 @@
+"""Publishes recordings onto a Kafka topic as live bedside monitors, paced like real ones (`wavebridge replay`).
+
+What is sent is the pure chunker's output (stream.tools.chunker); this module adds the pacing, the encoding and
+the producer, and fails loudly: a send the broker refused ends the replay with a `ReplayError`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+from operators.io.records import Recording, read_recording
+from stream import wire
+from stream.tools.chunker import (check_chunk_s, check_plan, expected_chunk_count, iter_all_chunks, plan_beds,
+                                  select_signals)
+from stream.topics import WAVEFORMS
+from stream.wire import Chunk
+
+FORMATS = ("binary", "json")
+
+
+class ReplayError(RuntimeError):
+    """A send failed (broker unreachable, message refused); the message says after how many chunks."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What a replay sends, where and how fast. Checked when made (ValueError).
+
+    Attributes
+    ----------
+    topic : str
+        Kafka topic written.
+    beds : int, optional
+        Number of beds, the recordings cycled over them; default one per recording.
+    bed_prefix : str
+        Bed ids are `bed_prefix-001` ...
+    speed : float
+        1 = real time, 10 = ten times faster, 0 = as fast as possible.
+    chunk_s : float
+        Seconds of signal per message.
+    fmt : str
+        Wire encoding, "binary" or "json" (docs/wire-format.md).
+    signals : tuple of str, optional
+        Signals sent; default whichever of `chunker.DEFAULT_SIGNALS` each record has.
+    resample : mapping of str to float
+        Signal -> rate in Hz it is sent at (e.g. {"PLETH": 25}).
+    start_ns : int, optional
+        Timestamp of the first sample, ns since the epoch; default: now.
+    duration_s : float, optional
+        Send only the first `duration_s` seconds of each record.
+    progress : bool
+        Show a progress bar.
+    """
+
+    topic: str = WAVEFORMS
+    beds: int | None = None
+    bed_prefix: str = "bed"
+    speed: float = 1.0
+    chunk_s: float = 1.0
+    fmt: str = "binary"
+    signals: tuple[str, ...] | None = None
+    resample: Mapping[str, float] = field(default_factory=dict)
+    start_ns: int | None = None
+    duration_s: float | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.signals is not None:
+            object.__setattr__(self, "signals", tuple(self.signals))
+        object.__setattr__(self, "resample", dict(self.resample or {}))
+        if self.fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.fmt!r}")
+        if self.speed < 0 or not math.isfinite(self.speed):
+            raise ValueError(f"speed must be >= 0, got {self.speed}")
+        check_chunk_s(self.chunk_s)
+
+
+@dataclass
+class ReplayStats:
+    """What a replay sent (counts), and how well it kept pace (seconds)."""
+
+    chunks: int = 0
+    samples: int = 0
+    bytes: int = 0
+    beds: int = 0
+    gaps: int = 0  # extra chunk boundaries caused by NaN runs
+    elapsed_s: float = 0.0
+    max_lag_s: float = 0.0  # worst lateness of a send versus its real-time due time
+    failed: int = 0
+    per_signal: dict[str, int] = field(default_factory=dict)  # chunks per signal
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.elapsed_s if self.elapsed_s > 0 else float("inf")
+
+    def count(self, chunk: Chunk, payload: bytes, last_end: dict[tuple[str, str], int]) -> None:
+        """Count one sent chunk; `last_end` (bed, signal) -> end ns of its previous chunk, updated here."""
+        key = (chunk.bed_id, chunk.signal)
+        if key in last_end and chunk.start_ns != last_end[key]:
+            self.gaps += 1
+        last_end[key] = chunk.end_ns()
+        self.chunks += 1
+        self.samples += len(chunk.samples)
+        self.bytes += len(payload)
+        self.per_signal[chunk.signal] = self.per_signal.get(chunk.signal, 0) + 1
+
+
+def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, options: ReplayOptions = ReplayOptions(),
+           *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+           producer_kwargs: Mapping | None = None) -> ReplayStats:
+    """Publish recordings as live monitors.
+
+    Parameters
+    ----------
+    recordings : sequence of Recording, str or Path
+        Recordings, or files `read_recording` reads.
+    producer_or_bootstrap : str or producer
+        `host:port` (a KafkaProducer with acks=all is created and closed here) or an existing producer-like object
+        with `send(topic, key=, value=)` and `flush()`.
+    options : ReplayOptions
+        What to send, where and how fast.
+    clock, sleep : callable
+        Monotonic seconds and the wait; replaced in tests.
+    producer_kwargs : mapping, optional
+        Extra KafkaProducer options (with a `host:port` only).
+
+    Returns
+    -------
+    ReplayStats
+
+    Raises
+    ------
+    ValueError
+        Before anything is sent: a plan the records cannot fill, a signal not allowed on the wire, a chunk length
+        the wire would refuse.
+    ReplayError
+        A send failed.
+    """
+    check_plan(len(recordings), options.beds, options.duration_s)
+    recs = [r if isinstance(r, Recording) else read_recording(r) for r in recordings]
+    plan = plan_beds(recs, options.beds, options.bed_prefix)
+    _check_wire_signals(plan, options.signals)
+    t0_ns = time.time_ns() if options.start_ns is None else int(options.start_ns)
+    # built (recordings resampled, every signal's chunk length checked) before connecting to Kafka
+    chunks = iter_all_chunks(plan, options.chunk_s, t0_ns, options.signals, options.resample, options.duration_s)
+    total = expected_chunk_count(plan, options.chunk_s, options.signals, options.resample, options.duration_s)
+
+    own = isinstance(producer_or_bootstrap, str)
+    producer = _make_producer(producer_or_bootstrap, **(producer_kwargs or {})) if own else producer_or_bootstrap
+    stats = ReplayStats(beds=len(plan))
+    try:
+        errors = _publish(chunks, producer, own, options, t0_ns, total, stats, clock, sleep)
+    finally:
+        if own:
+            producer.close(timeout=10)
+    stats.failed = len(errors)
+    if errors:
+        raise ReplayError(f"{len(errors)} send(s) to topic {options.topic!r} failed after {stats.chunks} chunks; "
+                          f"first error: {errors[0]!r}")
+    return stats
+
+
+def _check_wire_signals(plan: Sequence[tuple[str, Recording]], signals: Sequence[str] | None) -> None:
+    """Fail before sending anything when a selected signal is not an input signal of the wire format."""
+    for _, rec in plan:
+        for name in select_signals(rec, signals):
+            if not wire.is_input_signal(name):
+                raise ValueError(f"signal {name} of record {rec.name} is not allowed on the wire "
+                                 f"(allowed: {', '.join(sorted(wire.BASE_SIGNALS))})")
+
+
+def _publish(chunks: Iterator[Chunk], producer, own: bool, options: ReplayOptions, t0_ns: int, total: int,
+             stats: ReplayStats, clock: Callable[[], float], sleep: Callable[[float], None]) -> list[BaseException]:
+    """Send every chunk when a monitor would (a chunk once its last sample exists: at (end - t0) / speed), counting
+    into `stats`; stops at the first failed send. Returns the send errors."""
+    from tqdm import tqdm
+
+    encode = wire.encode_binary if options.fmt == "binary" else wire.encode_json
+    errors: list[BaseException] = []
+    bar = tqdm(total=total, unit="chunk", disable=not options.progress, desc="replay", dynamic_ncols=True,
+               mininterval=0.5)
+    wall0 = clock()
+    last_end: dict[tuple[str, str], int] = {}
+    for chunk in chunks:
+        if options.speed > 0:
+            wait = wall0 + (chunk.end_ns() - t0_ns) / 1e9 / options.speed - clock()
+            if wait > 0:
+                sleep(wait)
+            else:
+                stats.max_lag_s = max(stats.max_lag_s, -wait)
+        payload = encode(chunk)
+        try:
+            fut = producer.send(options.topic, key=wire.message_key(chunk), value=payload)
+        except Exception as exc:  # e.g. MessageSizeTooLargeError, KafkaTimeoutError (no metadata)
+            errors.append(exc)
+            break
+        if hasattr(fut, "add_errback"):
+            fut.add_errback(errors.append)
+        stats.count(chunk, payload, last_end)
+        bar.update(1)
+        if errors:
+            break  # fail fast: the broker is rejecting messages
+    try:
+        producer.flush(timeout=60) if own else producer.flush()
+    except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
+        errors.append(exc)
+    stats.elapsed_s = clock() - wall0
+    bar.close()
+    return errors
+
+
+def _make_producer(bootstrap: str, **kwargs):
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    opts = dict(acks="all", linger_ms=5, retries=5, max_in_flight_requests_per_connection=1,
+                request_timeout_ms=30000, client_id="wavebridge-replay")
+    opts.update(kwargs)
+    try:
+        return KafkaProducer(bootstrap_servers=bootstrap, **opts)
+    except KafkaError as exc:
+        raise ReplayError(f"cannot connect to Kafka at {bootstrap}: {exc!r}") from exc
