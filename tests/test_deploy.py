@@ -53,12 +53,10 @@ def parse_env_file(path: Path) -> dict[str, str]:
 
 
 def config_variables() -> set[str]:
-    """Every WAVEBRIDGE_* name `Settings.from_env` reads (from its source, so new ones are picked up)."""
-    src = (REPO / "stream" / "config.py").read_text()
-    names = {"WAVEBRIDGE_" + n for n in re.findall(r'(?:text|num|flag|get)\(\s*"([A-Z0-9_]+)"', src)}
-    for n in re.findall(r'secret\(\s*"([A-Z0-9_]+)"', src):  # a secret is read from NAME or NAME_FILE
-        names |= {"WAVEBRIDGE_" + n, "WAVEBRIDGE_" + n + "_FILE"}
-    return names
+    """Every WAVEBRIDGE_* name `Settings.from_env` reads (a secret's NAME_FILE too)."""
+    from stream.config import known_variables
+
+    return set(known_variables())
 
 
 @pytest.fixture(scope="module")
