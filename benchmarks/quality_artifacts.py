@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from operators.processing import quality as Q  # noqa: E402
+from operators.processing.samples import fill_nonfinite  # noqa: E402
 from operators.processing.artifacts import ARTIFACTS, inject  # noqa: E402
 from operators.state.context import select_context  # noqa: E402
 from operators.io.records import Recording, read_recording  # noqa: E402
@@ -201,7 +202,7 @@ def run_record_sr(name, root, translator, kinds, args, rng):
     rows = []
     for sig in ("PLETH", "II"):
         fs = float(rec.rates[sig])
-        x = Q.fill_nonfinite(rec.signals[sig].astype(np.float64)[int(CONTEXT_S * fs):])[0]
+        x = fill_nonfinite(rec.signals[sig].astype(np.float64)[int(CONTEXT_S * fs):])[0]
         ref = resample(x, fs, SR_TARGET, method="polyphase")
         lo = decimate_to(x, fs, SR_RATE)
         sd = float(np.std(ref))

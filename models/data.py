@@ -24,7 +24,7 @@ from models.prep import CANONICAL_RATE, LOWRES_KINDS, beat_templates, ecg_prior,
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
-from operators.processing.quality import fill_nonfinite
+from operators.processing.samples import fill_nonfinite
 from operators.processing.rpeaks import detect_rpeaks
 from operators.io.records import canonical_name, read_recording
 from operators.processing.resample import resample

@@ -22,7 +22,7 @@ from models.prep import (CANONICAL_RATE, PRIOR_FIDUCIAL, align_ppg, beat_templat
                          zscore)
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.state.context import ContextCache
-from operators.processing.quality import fill_nonfinite
+from operators.processing.samples import fill_nonfinite
 from operators.processing.resample import merge_bands, resample
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
@@ -234,7 +234,7 @@ class ClmtTranslator:
 
 
 def _finite(x) -> np.ndarray:
-    """float64 copy with NaN/inf runs interpolated (`operators.processing.quality.fill_nonfinite`): a zero or a huge value
+    """float64 copy with NaN/inf runs interpolated (`operators.processing.samples.fill_nonfinite`): a zero or a huge value
     in their place would be drawn by the model as a beat or squash the window's z-score."""
     return fill_nonfinite(np.asarray(x, dtype=np.float64))[0]
 

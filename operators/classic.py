@@ -28,7 +28,7 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
 from operators.state.context import ContextCache
-from operators.processing.quality import fill_nonfinite
+from operators.processing.samples import fill_nonfinite
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.processing.resample import METHODS, merge_bands, resample
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times

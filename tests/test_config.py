@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.state.windowing import grid_ns
+from operators.processing.samples import grid_ns
 from stream import wire
 from stream.config import ConfigError, Settings
 from stream.pipeline import Pipeline, PipelineConfig

@@ -7,7 +7,7 @@ import pytest
 
 from operators.io.synthetic import synthesize
 from operators.translator import PairedContext, output_length
-from operators.state.windowing import grid_ns
+from operators.processing.samples import grid_ns
 from stream.pipeline import SYNTH_SIGNAL, Pipeline, PipelineConfig
 from stream.wire import Chunk
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.processing.quality import ecg_quality, fill_nonfinite, ppg_quality, signal_quality
+from operators.processing.quality import ecg_quality, ppg_quality, signal_quality
 
 
 def _synthetic(rate=125.0, dur=10.0):
@@ -50,20 +50,6 @@ def test_flatline_clipping_nonfinite():
     holes[::10] = np.nan
     q = ecg_quality(holes, 125.0)
     assert q.nonfinite_frac == pytest.approx(0.1) and not q.ok
-
-
-def test_fill_nonfinite_interpolates_and_counts():
-    x = np.array([np.nan, 1.0, np.nan, 3.0, np.inf, -np.inf, 9.0, np.nan])
-    y, n = fill_nonfinite(x)
-    np.testing.assert_allclose(y, [1, 1, 2, 3, 5, 7, 9, 9])
-    assert n == 5
-    assert np.isnan(x[0])  # input untouched
-    y, n = fill_nonfinite(np.array([0.0, np.nan, np.nan, np.nan, 4.0, np.nan, 6.0]), max_run=2)
-    assert n == 1 and np.isnan(y[1:4]).all() and y[5] == 5.0
-    y, n = fill_nonfinite(np.full(4, np.nan))
-    assert n == 4 and np.all(y == 0)
-    y, n = fill_nonfinite(np.arange(3.0))
-    assert n == 0
 
 
 def test_ppg_periodicity_sees_the_pulse_on_a_drifting_baseline():

@@ -257,7 +257,7 @@ def test_the_sink_agent_makes_the_same_points_from_the_topics_as_from_the_pipeli
     """InfluxDB is written from the output and event topics (stream/influxsink.py): a message must give exactly the
     points its OutputSeries / PipelineEvent gives, true timestamps included where the segment grid has a period of
     fractional ns (360 Hz: no chunk grid can reproduce them), NaN staying absent, SR named by its source."""
-    from operators.state.windowing import grid_ns
+    from operators.processing.samples import grid_ns
     from stream.influxsink import EVENT, OUTPUT, message_points
 
     seg = grid_ns(T0 + 7, 360.0, np.arange(1003, 1003 + 720))  # a segment's grid, 1003 samples in

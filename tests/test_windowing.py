@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.state.windowing import SlidingWindower, Window, grid_ns
+from operators.processing.samples import grid_ns
+from operators.state.windowing import SlidingWindower, Window
 
 T0 = 1_700_000_000_000_000_000
 

@@ -43,7 +43,8 @@ import numpy as np
 from scipy import signal as sps
 
 from operators.state.context import select_context
-from operators.processing.quality import UNUSABLE, assess, fill_nonfinite, kind_of
+from operators.processing.quality import UNUSABLE, assess, kind_of
+from operators.processing.samples import fill_nonfinite
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
 

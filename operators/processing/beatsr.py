@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
-from operators.processing.quality import fill_nonfinite
+from operators.processing.samples import fill_nonfinite
 from operators.processing.resample import resample
 from operators.processing.rpeaks import detect_rpeaks, refine_peak_times
 

@@ -24,7 +24,9 @@ import numpy as np
 from scipy import signal as sps
 from scipy import stats
 
-__all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "fill_nonfinite", "ppg_periodicity",
+from operators.processing.samples import fill_nonfinite, true_runs
+
+__all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "ppg_periodicity",
            "SignalQuality", "assess", "kind_of", "confidence", "GOOD", "DEGRADED", "UNUSABLE", "REASONS", "KINDS"]
 
 # Thresholds for `ok` (documented so a caller can re-judge from the numbers).
@@ -49,18 +51,11 @@ class Quality:
     reason: str  # "" when ok, else the first failed check
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) indices of True runs."""
-    m = np.concatenate([[False], mask, [False]]).astype(np.int8)
-    d = np.diff(m)
-    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-
-
 def _run_fraction(mask_pairs: np.ndarray, min_len_pairs: int, n: int) -> float:
     """Fraction of samples covered by runs of `mask_pairs` (mask over diffs) >= min_len_pairs long."""
     if n == 0:
         return 0.0
-    starts, ends = _runs(mask_pairs)
+    starts, ends = true_runs(mask_pairs)
     keep = (ends - starts) >= min_len_pairs
     # a run of k equal diffs covers k + 1 samples
     return float(np.sum(ends[keep] - starts[keep] + 1)) / n
@@ -85,35 +80,10 @@ def _clip_frac(x: np.ndarray) -> float:
         if abs(level - med) <= 0.25 * float(np.ptp(x)):
             continue
         at = np.abs(x - level) <= tol
-        starts, ends = _runs(at)
+        starts, ends = true_runs(at)
         lens = ends - starts
         total += int(np.sum(lens[lens >= 3]))
     return total / len(x)
-
-
-def fill_nonfinite(x: np.ndarray, max_run: int | None = None) -> tuple[np.ndarray, int]:
-    """Copy of `x` with NaN/inf runs linearly interpolated from their finite neighbours.
-
-    Runs at the edges hold the nearest finite value; runs longer than `max_run` samples (if
-    given) are left non-finite. All-non-finite input becomes zeros. Returns (array, filled count).
-    """
-    y = np.array(x, dtype=np.result_type(np.asarray(x).dtype, np.float32), copy=True)
-    bad = ~np.isfinite(y)
-    if not bad.any():
-        return y, 0
-    good = ~bad
-    if not good.any():
-        y[:] = 0.0
-        return y, int(bad.sum())
-    fill = bad.copy()
-    if max_run is not None:
-        starts, ends = _runs(bad)
-        for s, e in zip(starts, ends):
-            if e - s > max_run:
-                fill[s:e] = False
-    idx = np.arange(len(y))
-    y[fill] = np.interp(idx[fill], idx[good], y[good])
-    return y, int(fill.sum())
 
 
 def _without_baseline(x: np.ndarray, rate_hz: float) -> np.ndarray:
@@ -336,7 +306,7 @@ def _linear_frac(x: np.ndarray, fs_hz: float) -> float:
     scale = max(float(np.ptp(x)), 1e-12)
     straight = (np.abs(np.diff(d)) <= 1e-5 * scale) & (np.abs(d[1:]) > 1e-7 * scale)
     # a run of k equal slopes (k + 1 diffs) covers k + 2 samples
-    starts, ends = _runs(straight)
+    starts, ends = true_runs(straight)
     keep = (ends - starts) >= max(2, int(round(LINEAR_MIN_S * fs_hz)) - 1)
     return float(np.sum(ends[keep] - starts[keep] + 2)) / len(x)
 
@@ -383,7 +353,7 @@ def _rail_mask(x: np.ndarray) -> np.ndarray:
     for level in (float(np.max(x)), float(np.min(x))):
         if abs(level - med) <= 0.02 * span:
             continue
-        starts, ends = _runs(np.abs(x - level) <= tol)
+        starts, ends = true_runs(np.abs(x - level) <= tol)
         keep = (ends - starts) >= 3
         if np.count_nonzero(keep) >= 2:
             for s, e in zip(starts[keep], ends[keep]):

@@ -2,7 +2,7 @@
 
 `resample` returns `round(len(x) * dst / src)` samples (the same rule as
 `operators.translator.output_length`), so outputs line up with window timestamps.
-Non-finite input propagates: fill it first (`operators.processing.quality.fill_nonfinite`).
+Non-finite input propagates: fill it first (`operators.processing.samples.fill_nonfinite`).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import signal as sps
 from scipy.interpolate import CubicSpline
+
+from operators.processing.samples import fit_length
 
 __all__ = ["resample", "decimate_to", "rational_ratio", "METHODS"]
 
@@ -34,13 +36,6 @@ def rational_ratio(src_hz: float, dst_hz: float, max_den: int = _MAX_DEN) -> tup
     return f.numerator, f.denominator
 
 
-def _fit_length(y: np.ndarray, n_out: int) -> np.ndarray:
-    if len(y) >= n_out:
-        return y[:n_out]
-    pad = n_out - len(y)  # off by one at most from rounding: hold the last value
-    return np.concatenate([y, np.full(pad, y[-1] if len(y) else 0.0, dtype=y.dtype)])
-
-
 def _polyphase(x: np.ndarray, src_hz: float, dst_hz: float, n_out: int) -> np.ndarray:
     up, down = rational_ratio(src_hz, dst_hz)
     exact = abs(up / down - dst_hz / src_hz) <= 1e-9 * dst_hz / src_hz
@@ -54,7 +49,7 @@ def _polyphase(x: np.ndarray, src_hz: float, dst_hz: float, n_out: int) -> np.nd
     level = float(np.mean(finite)) if len(finite) else 0.0  # a NaN must not spread over the whole output
     y = sps.resample_poly(x - level, up, down, padtype="line") + level
     if exact:
-        return _fit_length(y, n_out)
+        return fit_length(y, n_out)
     # Irrational-ish ratio: polyphase to the nearby rational rate, then place onto the exact grid.
     mid_hz = src_hz * up / down
     t_mid = np.arange(len(y)) / mid_hz
@@ -117,7 +112,7 @@ def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8
         xf = sps.sosfiltfilt(sos, xf, padtype="odd" if padlen > 0 else None, padlen=max(padlen, 0))
     q = src_hz / dst_hz
     if abs(q - round(q)) < 1e-9:
-        y = _fit_length(xf[:: int(round(q))], n_out)
+        y = fit_length(xf[:: int(round(q))], n_out)
     else:
         y = _polyphase(xf, src_hz, dst_hz, n_out)
     return y.astype(x.dtype, copy=False)

@@ -20,7 +20,7 @@ from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import uniform_filter1d
 
-from operators.processing.quality import fill_nonfinite
+from operators.processing.samples import fill_nonfinite
 
 __all__ = ["detect_rpeaks", "detect_ppg_peaks", "heart_rate_bpm", "ppg_foot_times", "refine_peak_times"]
 

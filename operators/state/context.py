@@ -16,7 +16,7 @@ from operators.processing.quality import ECG_KURTOSIS_MIN, MAX_FLAT, ecg_quality
 from operators.processing.resample import resample
 from operators.processing.rpeaks import detect_rpeaks
 from operators.translator import PairedContext
-from operators.state.windowing import grid_ns
+from operators.processing.samples import grid_ns
 
 __all__ = ["select_context", "ContextStore", "context_score", "ContextCache"]
 

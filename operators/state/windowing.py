@@ -29,9 +29,10 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["Window", "StreamEvent", "PushResult", "SlidingWindower", "grid_ns"]
+from operators.processing.samples import NS_PER_S, grid_ns, period_ns
 
-_NS = 10**9
+__all__ = ["Window", "StreamEvent", "PushResult", "SlidingWindower"]
+
 # Stamp jitter absorbed for a chunk whose seq directly follows the last one (in sample periods; below 1, so a
 # stamp a whole sample late is still a gap). Without seq continuity `gap_tolerance` applies.
 SEQ_JITTER_PERIODS = 0.999
@@ -40,32 +41,9 @@ SEQ_JITTER_PERIODS = 0.999
 MAX_CLOCK_STEP_S = 0.1
 
 
-def _period_fraction(rate_hz: float) -> Fraction:
-    """Sample period in ns as an exact fraction (rates like 62.5 or 360 Hz stay exact)."""
-    return Fraction(_NS) / Fraction(float(rate_hz)).limit_denominator(10**6)
-
-
-def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
-    """`origin_ns + round(index * 1e9 / rate_hz)` with exact integer arithmetic (half rounds up)."""
-    p = _period_fraction(rate_hz)
-    idx = np.asarray(index, dtype=np.int64)
-    num, den = p.numerator, p.denominator
-    # int64 is exact while 2*idx*num fits; fall back to Python ints for absurdly long segments.
-    if idx.size == 0 or int(np.max(np.abs(idx))) * 2 * num < 2**62:
-        offs = (2 * idx * num + den) // (2 * den)
-        return int(origin_ns) + offs
-    offs = np.array([(2 * int(i) * num + den) // (2 * den) for i in idx.ravel()], dtype=object)
-    return (int(origin_ns) + offs).astype(np.int64).reshape(idx.shape)
-
-
 def _whole_multiple(out_hz: float, in_hz: float) -> bool:
     ratio = Fraction(float(out_hz)).limit_denominator(10**6) / Fraction(float(in_hz)).limit_denominator(10**6)
     return ratio.denominator == 1
-
-
-def _offset_ns(rate_hz: float, index: int) -> int:
-    p = _period_fraction(rate_hz)
-    return (2 * int(index) * p.numerator + p.denominator) // (2 * p.denominator)
 
 
 @dataclass
@@ -128,7 +106,7 @@ class Window:
             k0 = self.emit_from_at(rate_hz) if len(self.samples) else 0
             k1 = min(n, self.emit_to_at(rate_hz)) if len(self.samples) else n
             return self.timestamps_ns(rate_hz, n), y, k0, k1
-        p = _period_fraction(rate_hz)
+        p = period_ns(rate_hz)
         # The window's input span, not `y`'s rounded length: the next window starts emitting at end_ns, and a
         # grid point between the two would be lost. Every grid time computed stays below end_ns (< 2^63).
         lo, hi = self.start_ns, self.end_ns
@@ -138,7 +116,7 @@ class Window:
         # The span's last grid point can lie up to ~1.5 output samples past y's last one (y's length is rounded):
         # the spline's end polynomial carries on there, which holding the last value (an error at the end of
         # every window without look-ahead) does not.
-        pos = (times - lo) * (float(rate_hz) / _NS)
+        pos = (times - lo) * (float(rate_hz) / NS_PER_S)
         if n >= 2 and np.isfinite(y).all():
             from scipy.interpolate import CubicSpline
 
@@ -176,7 +154,7 @@ class Window:
     def _ts(self, index: int) -> int:
         anchor = self.start_ns if self.segment_start_ns is None else self.segment_start_ns
         off = 0 if self.segment_start_ns is None else self.offset
-        return anchor + _offset_ns(self.rate_hz, off + index)
+        return int(grid_ns(anchor, self.rate_hz, off + index))
 
 
 @dataclass
@@ -239,7 +217,7 @@ class SlidingWindower:
         self._min_seg = max(1, int(math.ceil(self.min_segment_s * rate_hz - 1e-9)))
 
     def _ts(self, index: int) -> int:
-        return self._seg_start_ns + _offset_ns(self._rate, index)
+        return int(grid_ns(self._seg_start_ns, self._rate, index))
 
     @property
     def segment(self) -> int:
@@ -281,7 +259,7 @@ class SlidingWindower:
                 self._last_seq = seq
             return out
         if self._rate is not None:
-            period = _NS / self._rate
+            period = NS_PER_S / self._rate
             expected = self._ts(self._n_total)
             delta = start_ns - expected
             # The chunk whose seq directly follows the last one is the next data whatever its stamp says, so
@@ -290,7 +268,7 @@ class SlidingWindower:
             follows = seq is not None and self._last_seq is not None and seq == self._last_seq + 1
             tol = (SEQ_JITTER_PERIODS if follows else self.gap_tolerance) * period
             same_rate = math.isclose(rate_hz, self._rate, rel_tol=1e-9, abs_tol=0.0)
-            if delta < -tol and follows and same_rate and -delta <= MAX_CLOCK_STEP_S * _NS:
+            if delta < -tol and follows and same_rate and -delta <= MAX_CLOCK_STEP_S * NS_PER_S:
                 # Early by a sample or more, yet the next by seq: the sender's clock runs fast against its sample
                 # count (every chunk a little earlier) or stepped back a little. Its samples are all new; a new
                 # segment at its stamp keeps them (outputs around the step overlap by that much).
@@ -302,7 +280,7 @@ class SlidingWindower:
             elif delta < -tol:
                 dup = seq is not None and self._last_seq is not None and seq <= self._last_seq
                 kind = "duplicate" if dup else "out_of_order"
-                end = start_ns + _offset_ns(rate_hz, len(x))
+                end = int(grid_ns(start_ns, rate_hz, len(x)))
                 out.accepted = False
                 out.events.append(StreamEvent(kind, start_ns, end, (
                     f"chunk starts {-delta / 1e6:.3f} ms before the expected {expected}"

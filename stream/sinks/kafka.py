@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from operators.state.windowing import grid_ns
+from operators.processing.samples import grid_ns
 from stream import wire
 from stream.results import SR_SUFFIX, SYNTH_SIGNAL, OutputSeries, PipelineEvent
 

@@ -33,7 +33,7 @@ from models.data import challenge_root, challenge_split, data_root, is_bidmc_nam
 from operators.state.context import select_context
 from operators.processing.metrics import (hr_mae, peak_f1, pool_windows, sum_scores, windowed_aligned_pearson_rmse,
                                windowed_pearson_rmse)
-from operators.processing.quality import fill_nonfinite
+from operators.processing.samples import fill_nonfinite
 from operators.io.records import Recording, read_recording
 from operators.processing.resample import decimate_to, resample
 from operators.processing.rpeaks import detect_rpeaks

@@ -1,0 +1,128 @@
+"""Sample-level primitives every layer shares: NaN/inf repair, fit to a length, the timestamp grid.
+
+One implementation each, so the wire decoder, the replay tool, serving, training and the classic
+translators treat a dropout, a rounding-short output and a sample's instant the same way.
+
+- `fill_nonfinite`: NaN/inf runs linearly interpolated from their finite neighbours (edges hold the
+  nearest finite value). Interpolation, not zeros: a zero inside a PPG or ECG window would be read as a
+  beat (or squash the window's z-score).
+- `fit_length`: exactly `n_out` samples; a short array holds its last value (rate conversion rounds
+  lengths, so it is short by a sample at most).
+- `grid_ns`: sample k of a segment sits at `origin_ns + round(k * 1e9 / rate_hz)` ns, computed with
+  exact integer arithmetic (ties round up), so rates like 62.5, 360 or 1024 Hz never drift.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["fill_nonfinite", "fit_length", "grid_ns", "period_ns", "true_runs"]
+
+NS_PER_S = 10**9
+# Rates are read as fractions with denominators up to this (exact for every rate a monitor sends).
+_RATE_MAX_DEN = 10**6
+
+
+def true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices of the runs of True in a 1-D boolean mask.
+
+    Parameters
+    ----------
+    mask : 1-D boolean array.
+
+    Returns
+    -------
+    (starts, ends) : int arrays of equal length; run i covers `mask[starts[i]:ends[i]]`.
+    """
+    m = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    d = np.diff(m)
+    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+
+
+def fill_nonfinite(x: np.ndarray, max_run: int | None = None) -> tuple[np.ndarray, int]:
+    """Copy of `x` with NaN/inf runs linearly interpolated from their finite neighbours.
+
+    Parameters
+    ----------
+    x : 1-D samples (any numeric dtype).
+    max_run : runs longer than this many samples are left non-finite (None: fill every run).
+
+    Returns
+    -------
+    (y, filled) : `y` has dtype `result_type(x.dtype, float32)` (float32 stays float32, float64 stays
+        float64); runs at the edges hold the nearest finite value; all-non-finite input becomes zeros.
+        `filled` is the number of samples replaced.
+    """
+    y = np.array(x, dtype=np.result_type(np.asarray(x).dtype, np.float32), copy=True)
+    bad = ~np.isfinite(y)
+    if not bad.any():
+        return y, 0
+    good = ~bad
+    if not good.any():
+        y[:] = 0.0
+        return y, int(bad.sum())
+    fill = bad.copy()
+    if max_run is not None:
+        starts, ends = true_runs(bad)
+        for s, e in zip(starts, ends):
+            if e - s > max_run:
+                fill[s:e] = False
+    idx = np.arange(len(y))
+    y[fill] = np.interp(idx[fill], idx[good], y[good])
+    return y, int(fill.sum())
+
+
+def fit_length(y: np.ndarray, n_out: int) -> np.ndarray:
+    """`y` cut or padded to exactly `n_out` samples, dtype kept.
+
+    Parameters
+    ----------
+    y : 1-D samples.
+    n_out : wanted length (>= 0).
+
+    Returns
+    -------
+    The first `n_out` samples of `y` (a view when `y` is long enough), else `y` followed by copies of
+    its last value (zeros when `y` is empty).
+    """
+    if len(y) >= n_out:
+        return y[:n_out]
+    pad = n_out - len(y)
+    return np.concatenate([y, np.full(pad, y[-1] if len(y) else 0.0, dtype=y.dtype)])
+
+
+@lru_cache(maxsize=256)
+def period_ns(rate_hz: float) -> Fraction:
+    """Sample period in ns as an exact fraction, e.g. 1e9/360 = 25000000/9 ns.
+
+    Parameters
+    ----------
+    rate_hz : sample rate in Hz (> 0), read as a fraction with denominator <= 10^6.
+    """
+    return Fraction(NS_PER_S) / Fraction(float(rate_hz)).limit_denominator(_RATE_MAX_DEN)
+
+
+def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
+    """Timestamps `origin_ns + round(index * 1e9 / rate_hz)` ns with exact integer arithmetic (ties round up).
+
+    Parameters
+    ----------
+    origin_ns : timestamp of sample 0 (ns, integer).
+    rate_hz : sample rate in Hz (> 0).
+    index : sample index or array of indices (integers, may be negative).
+
+    Returns
+    -------
+    int64 array of `index`'s shape (0-d for a scalar index).
+    """
+    p = period_ns(rate_hz)
+    idx = np.asarray(index, dtype=np.int64)
+    num, den = p.numerator, p.denominator
+    # int64 is exact while 2*idx*num fits; fall back to Python ints for absurdly long segments.
+    if idx.size == 0 or int(np.max(np.abs(idx))) * 2 * num < 2**62:
+        offs = (2 * idx * num + den) // (2 * den)
+        return int(origin_ns) + offs
+    offs = np.array([(2 * int(i) * num + den) // (2 * den) for i in idx.ravel()], dtype=object)
+    return (int(origin_ns) + offs).astype(np.int64).reshape(idx.shape)

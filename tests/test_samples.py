@@ -1,0 +1,57 @@
+"""operators.processing.samples: the one NaN/inf repair, fit-to-length and timestamp grid."""
+from fractions import Fraction
+
+import numpy as np
+
+from operators.processing.samples import fill_nonfinite, fit_length, grid_ns, period_ns, true_runs
+
+
+def test_fill_nonfinite_interpolates_and_counts():
+    x = np.array([np.nan, 1.0, np.nan, 3.0, np.inf, -np.inf, 9.0, np.nan])
+    y, n = fill_nonfinite(x)
+    np.testing.assert_allclose(y, [1, 1, 2, 3, 5, 7, 9, 9])
+    assert n == 5
+    assert np.isnan(x[0])  # input untouched
+    y, n = fill_nonfinite(np.array([0.0, np.nan, np.nan, np.nan, 4.0, np.nan, 6.0]), max_run=2)
+    assert n == 1 and np.isnan(y[1:4]).all() and y[5] == 5.0
+    y, n = fill_nonfinite(np.full(4, np.nan))
+    assert n == 4 and np.all(y == 0)
+    y, n = fill_nonfinite(np.arange(3.0))
+    assert n == 0
+
+
+def test_fill_nonfinite_keeps_float32_and_interpolates_in_float64():
+    x = np.array([1.0, np.nan, 2.0], dtype=np.float32)
+    y, n = fill_nonfinite(x)
+    assert y.dtype == np.float32 and n == 1 and y[1] == np.float32(1.5)
+    assert fill_nonfinite(np.array([1, 2, 3]))[0].dtype == np.float64  # integers come back as float
+
+
+def test_true_runs():
+    starts, ends = true_runs(np.array([True, True, False, True, False, False, True]))
+    assert starts.tolist() == [0, 3, 6] and ends.tolist() == [2, 4, 7]
+    assert [len(a) for a in true_runs(np.zeros(3, bool))] == [0, 0]
+
+
+def test_fit_length_cuts_or_holds_the_last_value():
+    y = np.arange(5, dtype=np.float32)
+    assert fit_length(y, 3).tolist() == [0, 1, 2]
+    out = fit_length(y, 7)
+    assert out.dtype == np.float32 and out.tolist() == [0, 1, 2, 3, 4, 4, 4]
+    assert fit_length(np.zeros(0), 2).tolist() == [0.0, 0.0]
+    assert len(fit_length(y, 0)) == 0
+
+
+def test_grid_is_exact_and_rounds_ties_up():
+    assert period_ns(360.0) == Fraction(25_000_000, 9)
+    # 1024 Hz: a period of 976562.5 ns, so odd indices are ties
+    np.testing.assert_array_equal(grid_ns(7, 1024.0, [0, 1, 2, 3]), [7, 7 + 976563, 7 + 1953125, 7 + 2929688])
+    # no drift after a day at 360 Hz (float steps of 1e9/360 would)
+    k = 360 * 86_400
+    assert int(grid_ns(0, 360.0, k)) == 86_400 * 10**9
+    assert grid_ns(0, 125.0, np.arange(3).reshape(1, 3)).shape == (1, 3)
+
+
+def test_grid_survives_indices_beyond_int64_products():
+    k = 2**40
+    assert int(grid_ns(0, 360.0, [k])[0]) == (2 * k * 25_000_000 + 9) // 18
