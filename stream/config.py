@@ -55,7 +55,22 @@ def _read_secret_file(var: str, path: str) -> str:
 
 
 def parse_host_port(var: str, url: str, default_port: int | None = None) -> tuple[str, int]:
-    """`host:port` (optionally `kafka://host:port`, `[v6]:port`) -> (host, port); ConfigError names `var`."""
+    """`host:port` (optionally `kafka://host:port`, `[v6]:port`) -> (host, port).
+
+    Parameters
+    ----------
+    var : str
+        The variable's name without `WAVEBRIDGE_`, for the error message.
+    url : str
+        The address.
+    default_port : int, optional
+        Port when `url` names none; without it a missing port is an error.
+
+    Raises
+    ------
+    ConfigError
+        Not `host:port`, or the port is not a number in 1-65535.
+    """
     rest = url.split("://", 1)[-1]
     split = urllib.parse.urlsplit("//" + rest)
     try:
@@ -297,6 +312,10 @@ def _check_translator_spec(var: str, spec: str) -> None:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the worker and the sink, validated when made (`validate`; ConfigError naming the
+    variable). Units are in the names (`_s` seconds, `_hz` Hz); docs/configuration.md describes each field by
+    its `WAVEBRIDGE_*` variable (`VARIABLES`)."""
+
     # --- Kafka -----------------------------------------------------------------------------
     broker: str = "kafka://localhost:9092"  # comma list allowed: kafka://a:9092,kafka://b:9092
     security_protocol: str = "PLAINTEXT"
@@ -655,6 +674,7 @@ class Settings:
 
     @property
     def broker_urls(self) -> list[str]:
+        """`broker` split at commas."""
         return [u.strip() for u in self.broker.split(",") if u.strip()]
 
     @property

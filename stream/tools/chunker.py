@@ -150,9 +150,21 @@ def select_signals(rec: Recording, signals: Sequence[str] | None) -> list[str]:
 
 def check_chunk_s(chunk_s: float, rate_hz: float | None = None, signal: str = "", n_samples: int | None = None,
                   name: str = "chunk_s") -> None:
-    """Refuse a chunk length the wire format would reject mid-run (ValueError); `name` is how the caller's
-    user spells the option. With `rate_hz`, also the signal's rate and the samples per chunk (`n_samples`: the
-    signal's length, since a signal shorter than one chunk is sent whole)."""
+    """Refuse a chunk length the wire format would reject mid-run (ValueError).
+
+    Parameters
+    ----------
+    chunk_s : float
+        Seconds of signal per chunk.
+    rate_hz : float, optional
+        The signal's rate, Hz; with it, also the rate and the samples per chunk are checked.
+    signal : str
+        The signal's name, for the message.
+    n_samples : int, optional
+        The signal's length: a signal shorter than one chunk is sent whole.
+    name : str
+        How the caller's user spells the option (`chunk_s`, `--chunk-s`).
+    """
     if not (0 < chunk_s <= wire.MAX_DURATION_S):
         raise ValueError(f"{name} must be in (0, {wire.MAX_DURATION_S:g}] s (the wire format's longest chunk), "
                          f"got {chunk_s:g}")
@@ -213,7 +225,17 @@ def plan_beds(recordings: Sequence[Recording], beds: int | None = None, prefix: 
 
 def check_plan(n_records: int, beds: int | None = None, duration_s: float | None = None) -> None:
     """Refuse (ValueError) a bed count or duration a replay cannot use; needs only the record count, so callers
-    check before reading any record."""
+    check before reading any record.
+
+    Parameters
+    ----------
+    n_records : int
+        Recordings to replay.
+    beds : int, optional
+        Beds asked for (None: one per recording); at least one per recording.
+    duration_s : float, optional
+        Seconds replayed per recording; positive and finite.
+    """
     if n_records < 1:
         raise ValueError("no recordings to replay")
     n = n_records if beds is None else beds

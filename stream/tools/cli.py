@@ -27,10 +27,12 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):
+        """Exit 2 with `message` on one line."""
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def one_line(text: str, limit: int = 500) -> str:
+    """`text` with its white space runs (newlines included) made single spaces, cut to `limit` characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -52,6 +54,7 @@ PROG = "wavebridge"
 
 
 def usage() -> str:
+    """`wavebridge --help`: the commands, one line each."""
     width = max(len(n) for n in COMMANDS)
     lines = [
         f"usage: {PROG} <command> [options]",
@@ -66,6 +69,8 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge ARGV` (default `sys.argv[1:]`); returns the exit status: the tool's own, 2 for a usage error,
+    1 for a missing dependency or an unexpected error, 130 for Ctrl-C."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())

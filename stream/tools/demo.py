@@ -56,6 +56,7 @@ def resolve_record(record: str | None, workdir: Path) -> tuple[Path, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of `wavebridge demo`."""
     p = ArgumentParser(prog="wavebridge demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--record", help="WFDB/Parquet/CSV recording (default: ../shared/data/bidmc/bidmc01 if present, "
                                     "else an embedded synthetic recording)")
@@ -284,6 +285,8 @@ def _outputs_complete(collector: Collector) -> bool:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge demo ARGV`: run it and print the summary; returns the exit status (1: failed or no synthesized
+    output, 130: interrupted)."""
     args = build_parser().parse_args(argv)
 
     # SIGTERM (e.g. from a supervisor) takes the same clean-up path as Ctrl-C.

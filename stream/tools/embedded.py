@@ -57,12 +57,21 @@ def die_with_parent() -> None:
 
 def still_ours(proc: subprocess.Popen, settle_s: float = 0.3) -> bool:
     """After a readiness check passed: is our child still running? A port picked free and bound later can be
-    taken in between; the check then answers from the other process while ours exits with "address in use"."""
+    taken in between; the check then answers from the other process while ours exits with "address in use".
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The child.
+    settle_s : float
+        Seconds to wait before looking: long enough for a child that lost the port to exit.
+    """
     time.sleep(settle_s)
     return proc.poll() is None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the OS picks it; another process may take it before it is bound)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -73,6 +82,19 @@ class EmbeddedBroker:
 
     >>> with EmbeddedBroker() as broker:
     ...     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+
+    Parameters
+    ----------
+    port : int, optional
+        Port to listen on; default a free one.
+    host : str
+        Address to listen on (loopback by default).
+    start_timeout_s : float
+        Seconds `start` waits for the first metadata answer.
+    log_path : str or Path, optional
+        File the broker's output is appended to.
+    storage_engine : str
+        Tansu's storage URL.
     """
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", start_timeout_s: float = START_TIMEOUT_S,
@@ -89,14 +111,23 @@ class EmbeddedBroker:
 
     @property
     def bootstrap(self) -> str:
+        """`host:port` for Kafka clients."""
         return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        """The Tansu command line."""
         url = f"tcp://{self.host}:{self.port}"
         return [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                 "--storage-engine", self.storage_engine]
 
     def start(self) -> "EmbeddedBroker":
+        """Start the broker and wait until it answers a metadata request; returns self.
+
+        Raises
+        ------
+        BrokerError
+            The port is taken, or the broker exited or did not answer within `start_timeout_s`.
+        """
         if self._proc is not None:
             return self
         env = dict(os.environ)
@@ -129,6 +160,7 @@ class EmbeddedBroker:
                 self._log_file.flush()
 
     def stderr_tail(self) -> str:
+        """The broker's last output lines."""
         return "\n".join(self._tail)
 
     def _wait_ready(self) -> None:
@@ -160,6 +192,7 @@ class EmbeddedBroker:
                           f"(last error: {last!r}); broker output:\n{self.stderr_tail()}")
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s` seconds; idempotent."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -181,6 +214,7 @@ class EmbeddedBroker:
 
     @property
     def running(self) -> bool:
+        """Started and not exited."""
         return self._proc is not None and self._proc.poll() is None
 
     def __enter__(self) -> "EmbeddedBroker":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import math
 import sys
 from dataclasses import dataclass, field
@@ -29,10 +30,20 @@ ECG_COLUMN = "ecg_ii"
 TIME_COLUMN = "time_s"
 QUALITY_COLUMN = "quality"  # 0-1, of the source window that produced the sample (operators.processing.quality)
 USABLE_COLUMN = "usable"  # False: the source (or output) was unusable there and the signal column is NaN
-REPO = Path(__file__).resolve().parents[2]
-WEIGHTS_GLOB = str(REPO / "models" / "weights" / "*.safetensors")
 OFFLINE_BED = "offline"
 BATCH_CHUNKS = 64  # chunks pushed between translator calls (same order of magnitude as the worker)
+
+
+def _weights_glob() -> str:
+    """`*.safetensors` in `models/weights`, found through the `models` package's location without importing it
+    (its modules import torch); '' when the package is absent."""
+    spec = importlib.util.find_spec("models")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return str(Path(next(iter(spec.submodule_search_locations))) / "weights" / "*.safetensors")
+
+
+WEIGHTS_GLOB = _weights_glob()
 
 
 class OfflineError(Exception):
@@ -41,6 +52,8 @@ class OfflineError(Exception):
 
 @dataclass
 class OfflineResult:
+    """One translated signal: sample times, the values, and per sample their quality and usability."""
+
     times_s: np.ndarray  # float64, seconds from the input's start
     columns: dict[str, np.ndarray]  # signal column name -> float32 (NaN where not usable)
     rate_hz: float
@@ -51,6 +64,7 @@ class OfflineResult:
     usable: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def to_parquet(self, path: str | Path) -> None:
+        """Write `time_s`, the signal column, `quality` and `usable` to `path`; rate and translator as metadata."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -65,7 +79,7 @@ class OfflineResult:
 def default_translator_spec() -> tuple[str, str]:
     """(`DEFAULT_SPEC`, per task the best measured, if trained weights ship and torch imports, else `classic`;
     the reason)."""
-    if not glob.glob(WEIGHTS_GLOB):
+    if not WEIGHTS_GLOB or not glob.glob(WEIGHTS_GLOB):
         return "classic", "no models/weights/*.safetensors"
     try:
         import torch  # noqa: F401
@@ -75,7 +89,22 @@ def default_translator_spec() -> tuple[str, str]:
 
 
 def pick_source(recording, task: str, signal: str | None) -> str:
-    """Canonical name of the source channel for `task`."""
+    """Canonical name of the source channel for `task`.
+
+    Parameters
+    ----------
+    recording : Recording
+        The input.
+    task : str
+        "ppg2ecg" (the source is PLETH) or "sr" (II, else PLETH, else the only channel).
+    signal : str, optional
+        The channel asked for (`--signal`), any spelling `canonical_name` knows.
+
+    Raises
+    ------
+    OfflineError
+        The channel is missing, cannot feed `task`, or "sr" cannot tell which channel to use.
+    """
     from operators.io.records import canonical_name
 
     have = list(recording.signals)
@@ -107,7 +136,8 @@ def check_task_source(task: str, name: str) -> None:
 
 
 def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
-    """Chunks go through the wire format like a replay's: the replay's check, as a one-line OfflineError."""
+    """Chunks go through the wire format like a replay's: `chunker.check_chunk_s` (seconds, Hz, the signal's
+    name and length), as a one-line OfflineError naming `--chunk-s`."""
     from stream.tools.chunker import check_chunk_s as check
 
     try:
@@ -122,7 +152,20 @@ def uses_context(task: str, source_signal: str) -> bool:
 
 
 def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
-    """Best paired ECG+PPG segment of a context record of the same patient."""
+    """Best paired ECG+PPG segment of a context record of the same patient.
+
+    Parameters
+    ----------
+    path : str or Path
+        A record with II and PLETH (both brought to the faster one's rate, as the worker does).
+    context_s : float
+        Length of the segment, s.
+
+    Raises
+    ------
+    OfflineError
+        The record lacks a channel, or has no usable paired segment that long.
+    """
     from operators.state.context import select_context
     from operators.io.records import read_recording
 
@@ -145,7 +188,21 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
 
 
 def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLINE_BED, start_ns: int = 0):
-    """The chunks a replay publishes for this signal, after the wire round trip the worker sees."""
+    """The chunks a replay publishes for this signal, after the wire round trip the worker sees.
+
+    Parameters
+    ----------
+    recording : Recording
+        The input.
+    signal : str
+        Its canonical channel name.
+    chunk_s : float
+        Seconds of signal per chunk.
+    bed : str
+        Bed id of the chunks.
+    start_ns : int
+        Timestamp of the first sample, ns.
+    """
     from stream.tools.chunker import iter_chunks
 
     for chunk in iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=[signal]):
@@ -157,9 +214,32 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
                      progress=None, lookahead_s: float = PipelineConfig.lookahead_s, quality: bool = True):
     """Run the pipeline over `chunks` (one bed, one signal) and flush at the end.
 
-    `quality=False` turns gating off (benchmarks measure what it changes).
-    Returns (OutputSeries list, events): the list holds the published series and the withheld ones (NaN values,
-    `usable=False`). `progress` is an optional callable(n_samples)."""
+    Parameters
+    ----------
+    chunks : iterable of Chunk
+        One bed's chunks of `source_signal`, in order.
+    task : str
+        "ppg2ecg" or "sr".
+    source_signal : str
+        The signal translated.
+    target_rate : float
+        Output rate, Hz (for ppg2ecg too: the synthesized ECG's rate).
+    translator : Translator
+        A loaded translator (`operators.translator.load_translator`).
+    window_s, hop_s, lookahead_s : float
+        The worker's window, hop and look-ahead, s.
+    context : PairedContext, optional
+        The patient's paired ECG+PPG context.
+    progress : callable, optional
+        Called with the sample count of every chunk pushed.
+    quality : bool
+        False turns gating off (benchmarks measure what it changes).
+
+    Returns
+    -------
+    (list of OutputSeries, list of events)
+        The published series and the withheld ones (NaN values, `usable=False`), and the pipeline's events.
+    """
     cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, lookahead_s=lookahead_s, tasks=(task,), sr_target_hz=float(target_rate),
                          sr_below_hz=float(target_rate), context_s=0.0,
                          ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
@@ -188,12 +268,38 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
                         translator=None, signal: str | None = None, window_s: float = 8.0, hop_s: float = 2.0,
                         chunk_s: float = 1.0, progress: bool = False,
                         lookahead_s: float = PipelineConfig.lookahead_s) -> OfflineResult:
-    """Translate one in-memory `operators.io.records.Recording`.
+    """Translate one in-memory `operators.io.records.Recording`, cut into a replay's chunks.
 
-    `translator`: a Translator, a spec string, or None (the default spec). The result holds
-    `time_s` (seconds from the input's start), one signal column: `ecg_ii` (ppg2ecg) or the source
-    channel's own name (sr), NaN where the source window was unusable, and per sample `quality`
-    (0-1) and `usable`."""
+    Parameters
+    ----------
+    recording : Recording
+        The input.
+    task : str
+        "ppg2ecg" or "sr".
+    target_rate : float, optional
+        Output rate, Hz; default: the source's rate for ppg2ecg, 100 Hz for sr.
+    context : PairedContext, optional
+        The patient's paired context (used by ppg2ecg and by sr of an ECG).
+    translator : Translator or str, optional
+        A translator, a spec string, or None (`default_translator_spec`).
+    signal : str, optional
+        The source channel (`pick_source`).
+    window_s, hop_s, lookahead_s, chunk_s : float
+        The worker's window, hop and look-ahead, and the replay's chunk length, s.
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    OfflineResult
+        `time_s` (seconds from the input's start), one signal column: `ecg_ii` (ppg2ecg) or the source channel's
+        own name (sr), NaN where the source window was unusable, and per sample `quality` (0-1) and `usable`.
+
+    Raises
+    ------
+    OfflineError
+        An unknown task, a bad rate, window or chunk length, or a missing source channel.
+    """
     from operators.translator import load_translator
 
     if task not in (PPG2ECG, SR):
@@ -275,6 +381,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
+    """`wavebridge translate ARGV`; returns the exit status (2: a one-line error)."""
     args = _parser().parse_args(argv)
     try:
         return _run(args)
