@@ -17,20 +17,12 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from operators.io.records import Recording, canonical_name
+from operators.processing.samples import true_runs
 from stream import wire
 from stream.tools.resampling import resample_recording
 from stream.wire import Chunk
 
 DEFAULT_SIGNALS = ("II", "PLETH")
-
-
-def _finite_runs(x: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) index ranges of finite samples."""
-    ok = np.isfinite(x)
-    if ok.all():
-        return [(0, x.size)]
-    edges = np.diff(np.concatenate(([0], ok.astype(np.int8), [0])))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
 def chunk_bounds(n: int, rate_hz: float, chunk_s: float) -> np.ndarray:
@@ -84,7 +76,8 @@ def iter_signal_chunks(rec: Recording, signal: str, bed_id: str, chunk_s: float,
     seq = 0
     for g0, g1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         part = x[g0:g1]
-        for a, b in _finite_runs(part):
+        starts, ends = true_runs(np.isfinite(part))
+        for a, b in zip(starts.tolist(), ends.tolist()):
             k = g0 + a  # absolute sample index
             yield Chunk(bed_id=bed_id, signal=signal, rate_hz=rate, start_ns=start_ns + int(round(k * 1e9 / rate)),
                         seq=seq, samples=np.ascontiguousarray(part[a:b], dtype=np.float32), units=rec.units.get(signal, ""),

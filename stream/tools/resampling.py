@@ -9,6 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from operators.io.records import Recording, canonical_name
+from operators.processing.samples import fill_nonfinite
 
 
 def resample_recording(rec: Recording, targets: Mapping[str, float]) -> Recording:
@@ -52,9 +53,7 @@ def resample_recording(rec: Recording, targets: Mapping[str, float]) -> Recordin
         bad = ~np.isfinite(x)
         if bad.all():
             raise ValueError(f"{rec.name}/{name} has no finite samples to resample")
-        if bad.any():
-            idx = np.arange(x.size)
-            x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
+        x, _ = fill_nonfinite(x)
         y = resample_poly(x, ratio.numerator, ratio.denominator)
         n_out = int(round(x.size * target / src_rate))
         y = y[:n_out]
