@@ -68,6 +68,7 @@ def worker_settings(bootstrap: str, influx, db: str, prefix: str, args) -> Setti
 
 
 def influx_count(server, db: str) -> int:
+    """Waveform points in `db`."""
     rows = server.query("SELECT count(value) FROM waveform", db)
     return int(rows[0]["count"]) if rows else 0
 
@@ -116,6 +117,8 @@ def expected_grid(rec) -> dict:
 
 
 def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, log=print) -> dict:
+    """Run `i` (see the module docstring): fresh topics, group and database, `args.workers` workers, the replay,
+    in a kill run (i > 0) one SIGKILL and restart, then settle; returns its counts and InfluxDB snapshot."""
     from stream.tools.publisher import ReplayOptions, replay
     from stream.topics import ensure_topics
 
@@ -191,6 +194,7 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
 
 
 def main(argv=None) -> int:
+    """Run the soak; prints one line per run and the totals."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--workers", type=int, default=3, help="workers in the consumer group")

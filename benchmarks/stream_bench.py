@@ -94,9 +94,11 @@ class InfluxStack:
 
     @property
     def url(self) -> str:
+        """The v2-write proxy's URL (the worker's WAVEBRIDGE_INFLUX_URL)."""
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """Stop the proxy process, then influxd."""
         if self.proxy.poll() is None:
             self.proxy.terminate()
             try:
@@ -121,6 +123,7 @@ def worker_settings(bootstrap: str, influx: InfluxStack, db: str, prefix: str, t
 
 
 def read_stats(path: Path, prefix: str) -> list[dict]:
+    """The complete lines of the worker's stats file for beds whose id starts with `prefix`."""
     rows = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -133,6 +136,8 @@ def read_stats(path: Path, prefix: str) -> list[dict]:
 
 
 def wait_written(worker: WorkerProcess, stats: Path, prefix: str, sent: int, timeout_s: float) -> list[dict]:
+    """Stats rows of `prefix` once `sent` of them are written, or what there is after `timeout_s` seconds;
+    RuntimeError when the worker exits or its agent crashes meanwhile."""
     deadline = time.monotonic() + timeout_s
     rows = read_stats(stats, prefix)
     while len(rows) < sent and time.monotonic() < deadline:
@@ -143,6 +148,7 @@ def wait_written(worker: WorkerProcess, stats: Path, prefix: str, sent: int, tim
 
 
 def percentile(x: np.ndarray, q: float) -> float:
+    """The `q`-th percentile of `x`, NaN when empty."""
     return float(np.percentile(x, q)) if len(x) else math.nan
 
 
@@ -166,6 +172,7 @@ def scrape_cpu(settings: Settings) -> dict[str, float]:
 
 
 def cpu_line(cpu: dict[str, float], wall_s: float) -> str:
+    """One line: the worker's CPU seconds over `wall_s` seconds, and wall time by stage."""
     stages = ("decode", "windowing", "model", "publish", "influx_points", "influx_write")
     return (f"worker CPU {cpu.get('process_cpu', math.nan):.1f} s in {wall_s:.0f} s "
             f"({100 * cpu.get('process_cpu', math.nan) / wall_s:.0f} % of a core); wall time by stage "
@@ -178,6 +185,8 @@ def cpu_line(cpu: dict[str, float], wall_s: float) -> str:
 
 def run_translator(translator: str, args, broker: EmbeddedBroker, influx: InfluxStack, recording, workdir: Path,
                    log=print) -> list[StepResult]:
+    """The ramp for one translator spec: one worker (its own topics and database), a warm-up bed, then one step
+    per bed count of `args.beds` until a step is not sustained (all of them with `--full-ramp`)."""
     from stream.tools.publisher import ReplayOptions, replay
     from stream.topics import ensure_topics
 
@@ -301,6 +310,7 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
 
 
 def load_recording(record: str | None):
+    """(II + PLETH recording, its description): `record`, else BIDMC bidmc01, else a synthetic one."""
     from operators.io.records import read_recording
 
     if record:
@@ -314,6 +324,7 @@ def load_recording(record: str | None):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--record", help="recording to replay (default ../shared/data/bidmc/bidmc01, else synthetic)")
@@ -338,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the benchmark; returns the exit status (2: bad options)."""
     args = build_parser().parse_args(argv)
     try:
         args.beds = sorted({int(b) for b in args.beds.split(",") if b.strip()})

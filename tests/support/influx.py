@@ -52,16 +52,20 @@ class InfluxServer(ServiceProcess):
     """A running `influxd` (v1 HTTP API at `.url`). Stop it with `.stop()`."""
 
     def create_database(self, name: str) -> None:
+        """CREATE DATABASE `name` (no error if it exists)."""
         _post_query(self.url, f'CREATE DATABASE "{name}"')
 
     def drop_database(self, name: str) -> None:
+        """DROP DATABASE `name`."""
         _post_query(self.url, f'DROP DATABASE "{name}"')
 
     def query(self, q: str, db: str) -> list[dict]:
+        """InfluxQL `q` on database `db` (see the module's `query`)."""
         return query(q, db, self.url)
 
 
 def influxd_path() -> str | None:
+    """The `influxd` binary on PATH, or None."""
     return shutil.which("influxd")
 
 

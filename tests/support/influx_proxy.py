@@ -40,13 +40,16 @@ class InfluxV2Proxy:
 
     @property
     def url(self) -> str:
+        """The proxy's base URL (give it to influxdb-client)."""
         return f"http://{self.host}:{self.port}"
 
     @property
     def down(self) -> bool:
+        """An outage is being simulated (`set_down`)."""
         return self._down is not None
 
     def start(self) -> "InfluxV2Proxy":
+        """Listen in a background thread; returns self."""
         with self._lock:
             self._listen()
         return self
@@ -94,6 +97,7 @@ class InfluxV2Proxy:
         self.strict_bad_line = pred
 
     def stop(self) -> None:
+        """Stop listening."""
         with self._lock:
             self._unlisten()
 

@@ -49,10 +49,12 @@ class PrometheusServer(ServiceProcess):
         return self._api("query_range", {"query": promql, "start": start_s, "end": end_s, "step": step_s})["result"]
 
     def targets_up(self) -> list[dict]:
+        """The scrape targets whose last scrape succeeded."""
         return [t for t in self._api("targets", {})["activeTargets"] if t.get("health") == "up"]
 
 
 def prometheus_path() -> str | None:
+    """The `prometheus` binary on PATH, or None."""
     return shutil.which("prometheus")
 
 

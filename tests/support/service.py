@@ -21,12 +21,14 @@ class ServiceProcess:
         self.log_path = log_path
 
     def log_tail(self, n: int = 30) -> str:
+        """The log's last `n` lines ('' when unreadable)."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s` seconds."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -31,6 +31,8 @@ class WorkerEnv:
         return {f[len("topic_"):]: name for f, name in prefixed_topics(self.prefix).items()}
 
     def settings(self) -> Settings:
+        """The worker's settings: classic translator, SR of everything below 200 Hz to 250 Hz, quick idle flush and
+        InfluxDB retries, no web server and no metrics port, state and stats file under `tmp`."""
         return Settings(
             broker=f"kafka://{self.bootstrap}", group_id=f"{self.prefix}-worker", **LOCAL_BROKER_TIMING,
             **prefixed_topics(self.prefix),
@@ -41,9 +43,11 @@ class WorkerEnv:
             stats_file=str(self.tmp / "stats.jsonl"), counters_log_s=5.0)
 
     def env(self) -> dict[str, str]:
+        """The worker's environment (`worker_environment`), `extra` set last."""
         return worker_environment(self.settings(), extra=self.extra)
 
     def create_topics(self, partitions: int = 2) -> None:
+        """Create this test's topics (`partitions` each) and its InfluxDB database."""
         from stream.topics import ensure_topics
 
         ensure_topics(self.bootstrap, list(self.topics.values()), partitions=partitions)
