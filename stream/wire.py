@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from operators.processing.samples import fill_nonfinite, grid_ns
+
 VERSION = 1
 MAGIC = b"WBC\x01"  # "WaveBridge Chunk", format version 1
 _HEADER_LEN = struct.Struct("<I")
@@ -99,7 +101,7 @@ class Chunk:
 
     def end_ns(self) -> int:
         """Timestamp one sample period after the last sample."""
-        return self.start_ns + int(round(len(self.samples) * 1e9 / self.rate_hz))
+        return int(grid_ns(self.start_ns, self.rate_hz, len(self.samples)))
 
 
 class WireError(ValueError):
@@ -454,10 +456,7 @@ def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
     if n_bad > MAX_NONFINITE_FRACTION * n:
         raise WireError(NAN_FLOOD, f"{n_bad}/{n} samples are not finite (> {MAX_NONFINITE_FRACTION:.0%})")
     if n_bad and repair:
-        idx = np.arange(n)
-        samples = samples.copy()
-        # Linear between finite neighbours; edges hold the nearest finite value.
-        samples[~finite] = np.interp(idx[~finite], idx[finite], samples[finite].astype(np.float64))
+        samples = fill_nonfinite(samples)[0]  # linear between finite neighbours; edges hold the nearest one
     return samples
 
 

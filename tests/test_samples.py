@@ -55,3 +55,11 @@ def test_grid_is_exact_and_rounds_ties_up():
 def test_grid_survives_indices_beyond_int64_products():
     k = 2**40
     assert int(grid_ns(0, 360.0, [k])[0]) == (2 * k * 25_000_000 + 9) // 18
+
+
+def test_grid_scalar_path_matches_the_array_path():
+    rng = np.random.default_rng(3)
+    for rate in (125.0, 360.0, 1024.0, 62.5, 33.3):
+        for k in rng.integers(-10**9, 10**10, size=50).tolist() + [2**33]:  # 2**33: the exact Python-int branch
+            origin = 1_700_000_000_000_000_000
+            assert grid_ns(origin, rate, k) == grid_ns(origin, rate, [k])[0] == grid_ns(origin, rate, np.int64(k))

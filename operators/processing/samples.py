@@ -115,11 +115,13 @@ def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
 
     Returns
     -------
-    int64 array of `index`'s shape (0-d for a scalar index).
+    int64 array of `index`'s shape (an `np.int64` for a scalar index).
     """
     p = period_ns(rate_hz)
-    idx = np.asarray(index, dtype=np.int64)
     num, den = p.numerator, p.denominator
+    if isinstance(index, (int, np.integer)):  # one timestamp (chunk ends, window edges): Python ints, no array overhead
+        return np.int64(int(origin_ns) + (2 * int(index) * num + den) // (2 * den))
+    idx = np.asarray(index, dtype=np.int64)
     # int64 is exact while 2*idx*num fits; fall back to Python ints for absurdly long segments.
     if idx.size == 0 or int(np.max(np.abs(idx))) * 2 * num < 2**62:
         offs = (2 * idx * num + den) // (2 * den)

@@ -17,7 +17,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from operators.io.records import Recording, canonical_name
-from operators.processing.samples import true_runs
+from operators.processing.samples import grid_ns, true_runs
 from stream import wire
 from stream.tools.resampling import resample_recording
 from stream.wire import Chunk
@@ -79,7 +79,7 @@ def iter_signal_chunks(rec: Recording, signal: str, bed_id: str, chunk_s: float,
         starts, ends = true_runs(np.isfinite(part))
         for a, b in zip(starts.tolist(), ends.tolist()):
             k = g0 + a  # absolute sample index
-            yield Chunk(bed_id=bed_id, signal=signal, rate_hz=rate, start_ns=start_ns + int(round(k * 1e9 / rate)),
+            yield Chunk(bed_id=bed_id, signal=signal, rate_hz=rate, start_ns=int(grid_ns(start_ns, rate, k)),
                         seq=seq, samples=np.ascontiguousarray(part[a:b], dtype=np.float32), units=rec.units.get(signal, ""),
                         age=rec.age, sex=rec.sex)
             seq += 1
