@@ -152,7 +152,18 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     producer = _make_producer(producer_or_bootstrap, **(producer_kwargs or {})) if own else producer_or_bootstrap
     stats = ReplayStats(beds=len(plan))
     try:
-        errors = _publish(chunks, producer, own, options, t0_ns, total, stats, clock, sleep)
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="chunk", disable=not options.progress, desc="replay", dynamic_ncols=True,
+                   mininterval=0.5)
+        pacer = _Pacer(t0_ns, options.speed, clock, sleep)
+        errors = _send_all(chunks, producer, options, pacer, stats, bar)
+        try:
+            producer.flush(timeout=60) if own else producer.flush()
+        except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
+            errors.append(exc)
+        stats.elapsed_s = pacer.elapsed_s()
+        bar.close()
     finally:
         if own:
             producer.close(timeout=10)
@@ -172,25 +183,42 @@ def _check_wire_signals(plan: Sequence[tuple[str, Recording]], signals: Sequence
                                  f"(allowed: {', '.join(sorted(wire.BASE_SIGNALS))})")
 
 
-def _publish(chunks: Iterator[Chunk], producer, own: bool, options: ReplayOptions, t0_ns: int, total: int,
-             stats: ReplayStats, clock: Callable[[], float], sleep: Callable[[float], None]) -> list[BaseException]:
-    """Send every chunk when a monitor would (a chunk once its last sample exists: at (end - t0) / speed), counting
-    into `stats`; stops at the first failed send. Returns the send errors."""
-    from tqdm import tqdm
+@dataclass
+class _Pacer:
+    """Holds each chunk back until a monitor would send it: once its last sample exists, at
+    (end - t0) / speed seconds after the start (speed 0: never waits)."""
 
+    t0_ns: int
+    speed: float
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+
+    def __post_init__(self) -> None:
+        self.wall0 = self.clock()
+
+    def wait_for(self, chunk: Chunk) -> float:
+        """Sleep until `chunk` is due; returns how late it already was, s (0 when on time)."""
+        if self.speed <= 0:
+            return 0.0
+        wait = self.wall0 + (chunk.end_ns() - self.t0_ns) / 1e9 / self.speed - self.clock()
+        if wait > 0:
+            self.sleep(wait)
+            return 0.0
+        return -wait
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.wall0
+
+
+def _send_all(chunks: Iterator[Chunk], producer, options: ReplayOptions, pacer: _Pacer, stats: ReplayStats,
+              bar) -> list[BaseException]:
+    """Send every chunk when `pacer` says, counting into `stats`; stops at the first failed send. Returns the send
+    errors (flushing is the caller's)."""
     encode = wire.encode_binary if options.fmt == "binary" else wire.encode_json
     errors: list[BaseException] = []
-    bar = tqdm(total=total, unit="chunk", disable=not options.progress, desc="replay", dynamic_ncols=True,
-               mininterval=0.5)
-    wall0 = clock()
     last_end: dict[tuple[str, str], int] = {}
     for chunk in chunks:
-        if options.speed > 0:
-            wait = wall0 + (chunk.end_ns() - t0_ns) / 1e9 / options.speed - clock()
-            if wait > 0:
-                sleep(wait)
-            else:
-                stats.max_lag_s = max(stats.max_lag_s, -wait)
+        stats.max_lag_s = max(stats.max_lag_s, pacer.wait_for(chunk))
         payload = encode(chunk)
         try:
             fut = producer.send(options.topic, key=wire.message_key(chunk), value=payload)
@@ -203,12 +231,6 @@ def _publish(chunks: Iterator[Chunk], producer, own: bool, options: ReplayOption
         bar.update(1)
         if errors:
             break  # fail fast: the broker is rejecting messages
-    try:
-        producer.flush(timeout=60) if own else producer.flush()
-    except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
-        errors.append(exc)
-    stats.elapsed_s = clock() - wall0
-    bar.close()
     return errors
 
 
