@@ -28,7 +28,7 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
 from operators.state.context import ContextCache
-from operators.processing.samples import fill_nonfinite
+from operators.processing.samples import fill_nonfinite, fit_length
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.processing.resample import METHODS, merge_bands, resample
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks, ppg_foot_times, refine_peak_times
@@ -39,8 +39,7 @@ __all__ = ["ClassicTranslator", "PassthroughTranslator", "BeatModel", "generic_b
            "TIMING_BLUR_S"]
 
 # Which point of a PPG pulse stands for the beat. "foot" (tangent foot) drifts less against the R peak than
-# "peak" (systolic peak): on the training records with the patient's context the blurred drawing's pooled window
-# Pearson is 0.677 against 0.646, each at its best blur (`benchmarks/ppg2ecg_timing_ceiling.py --part 2 --split train`).
+# "peak" (systolic peak); measurements: models/weights/MODEL_CARD.md, "Beat timing from the PPG pulse's foot".
 FIDUCIALS = ("foot", "peak")
 # R peak -> the pulse (first systolic peak >= MIN_PAT_S later) at that fiducial: median of the per-record
 # medians over BIDMC's 33 training records at 125 Hz (per record 0.38-0.59 s to the foot, 0.54-0.76 s to
@@ -49,18 +48,14 @@ FIDUCIALS = ("foot", "peak")
 # patient's own value.
 DEFAULT_DELAYS_S = {"foot": 0.52, "peak": 0.65}
 # A foot more than this off the median peak-to-foot interval (noise, a notch taken for the onset) is not used:
-# that pulse is timed from its peak. A guard more than a tuned value: on the training records (classic translator,
-# 8 s windows with context) no limit / 80 / 60 / 40 / 25 ms gave Pearson 0.667 / 0.667 / 0.666 / 0.661 / 0.658 and
-# HR MAE 1.23 / 1.21 / 1.21 / 1.23 / 1.23 bpm (peak timing: 0.632, 1.25 bpm).
+# that pulse is timed from its peak. A guard rather than a tuned value (the limit barely moves the scores; model card).
 FOOT_TOLERANCE_S = 0.06
 MIN_PAT_S = 0.15  # a PPG peak sooner than this after an R peak belongs to an earlier beat
 TIMING_RATE_HZ = 125.0  # pulses are timed at no more than this rate (see pulse_times)
 DEFAULT_RR_S = 0.8
 # R times predicted from PPG pulses are off by the beat-to-beat jitter of the pulse delay (robust SD ~13 ms at
-# the foot on BIDMC's training records, much of it slow drift no context can track). Under a Gaussian timing
-# error the MSE-optimal drawing is the template convolved with that Gaussian. SD chosen on the 33 training
-# records with the patient's context and foot timing (pooled window Pearson 0.636 sharp, 0.672 / 0.677 / 0.677
-# at 10 / 13 / 16 ms; `benchmarks/ppg2ecg_timing_ceiling.py --part 2 --split train`).
+# the foot on BIDMC's training records). Under a Gaussian timing error the MSE-optimal drawing is the template
+# convolved with that Gaussian; how the SD was chosen on the training records: models/weights/MODEL_CARD.md.
 TIMING_BLUR_S = 0.013
 QRS_HALF_S = 0.06  # +-60 ms around R is drawn unstretched
 PRE_FRAC = 0.35  # share of the RR interval drawn before R (P wave side)
@@ -260,9 +255,7 @@ class ClassicTranslator:
         else:
             raise ValueError(f"ClassicTranslator cannot serve task {req.task!r}")
         y = np.asarray(y, dtype=np.float32)
-        if len(y) != n_out:  # defensive: the contract is exact length
-            y = np.resize(y, n_out) if len(y) else np.zeros(n_out, np.float32)
-        return y
+        return fit_length(y, n_out)  # the contract is exact length
 
     def _model_for(self, ctx: PairedContext | None) -> BeatModel:
         if ctx is None:

@@ -206,8 +206,6 @@ def _read_csv(path: Path, rate_hz: float | None) -> Recording:
 
 
 def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
-    import pandas as pd
-
     cols = {clean_name(c): c for c in df.columns}
     time_key = next((k for k in cols if k.lower() == TIME_COLUMN), None)
     if time_key is not None:

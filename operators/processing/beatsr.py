@@ -76,8 +76,8 @@ def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTempla
     if len(r) < MIN_BEATS:
         return None
     fine = resample(x, rate_hz, FINE_RATE, method="polyphase")
-    # The span stops short of the neighbouring beats' QRS: above ~130 bpm a fixed +0.45 s reaches the next R, whose
-    # detail was then pasted twice (R drawn 1.58 for 1.25 at 180 bpm) or cut by the end-to-end detrend.
+    # The span stops short of the neighbouring beats' QRS: above ~130 bpm a fixed +0.45 s would reach the next R,
+    # whose detail would be pasted twice (R drawn 1.58 for 1.25 at 180 bpm) or cut by the end-to-end detrend.
     rr = float(np.median(np.diff(r))) / rate_hz
     a = int(min(BEFORE_S, rr - NEIGHBOUR_GAP_S) * FINE_RATE)
     b = int(min(AFTER_S, rr - NEIGHBOUR_GAP_S) * FINE_RATE)

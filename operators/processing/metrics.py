@@ -143,10 +143,6 @@ class WindowScores:
         return float(np.mean(self.pearson)) if len(self.pearson) else float("nan")
 
     @property
-    def median_pearson(self) -> float:
-        return float(np.median(self.pearson)) if len(self.pearson) else float("nan")
-
-    @property
     def mean_rmse(self) -> float:
         ok = np.isfinite(self.rmse)
         return float(np.mean(self.rmse[ok])) if ok.any() else float("nan")

@@ -28,7 +28,6 @@ REFRACTORY_S = 0.2
 
 
 def _bandpass(x: np.ndarray, rate_hz: float, lo: float, hi: float, order: int = 2) -> np.ndarray:
-    nyq = rate_hz / 2.0
     hi = min(hi, 0.45 * rate_hz)
     lo = min(lo, 0.5 * hi)
     sos = sps.butter(order, [lo, hi], btype="band", fs=rate_hz, output="sos")
@@ -148,7 +147,7 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
     return np.asarray(sorted(set(beats)), dtype=np.int64)
 
 
-def _refine(x_hp: np.ndarray, bp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
+def _refine(x_hp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
     if len(idx) == 0:
         return idx
     w = max(1, int(round(0.08 * rate_hz)))
@@ -181,7 +180,7 @@ def detect_rpeaks(ecg: np.ndarray, rate_hz: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     bp, env = _envelope(x, rate_hz)
     coarse = _thresholding(env, bp, rate_hz)
-    return _refine(_highpass(x, rate_hz), bp, coarse, rate_hz)
+    return _refine(_highpass(x, rate_hz), coarse, rate_hz)
 
 
 def detect_ppg_peaks(ppg: np.ndarray, rate_hz: float) -> np.ndarray:

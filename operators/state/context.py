@@ -193,12 +193,6 @@ class ContextStore:
             self._version += 1
             self._new_s += len(np.ravel(samples)) / float(rate_hz) / 2.0  # two signals
 
-    def push_ecg(self, start_ns: int, rate_hz: float, samples: np.ndarray) -> None:
-        self.push("II", start_ns, rate_hz, samples)
-
-    def push_ppg(self, start_ns: int, rate_hz: float, samples: np.ndarray) -> None:
-        self.push("PLETH", start_ns, rate_hz, samples)
-
     def clear(self) -> None:
         """Forget everything (e.g. a new patient in the bed)."""
         with self._lock:
