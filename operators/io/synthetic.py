@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from operators.io.records import Recording
+
 RATE_HZ = 125.0
 
 # PQRST waves: (offset from R in s, amplitude in mV, width in s) at RR = 1 s.
@@ -25,24 +27,22 @@ _ECG_WAVES = (
 
 
 @dataclass
-class SyntheticRecording:
-    """Same shape as a read recording: named signals at one rate plus demographics."""
+class SyntheticRecording(Recording):
+    """A `Recording` whose signals share one rate, plus its ground truth: the R peaks it drew."""
 
-    name: str
-    rate_hz: float
-    signals: dict[str, np.ndarray]  # "II" (mV), "PLETH" (normalised units)
-    units: dict[str, str]
-    age: float | None = None
-    sex: str | None = None
     r_peaks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sample indices
 
     @property
-    def n_samples(self) -> int:
-        return len(next(iter(self.signals.values())))
+    def rate_hz(self) -> float:
+        """The one sample rate (Hz) of every signal."""
+        return _one_rate(self)
 
-    @property
-    def duration_s(self) -> float:
-        return self.n_samples / self.rate_hz
+
+def _one_rate(rec: Recording) -> float:
+    rates = set(rec.rates.values())
+    if len(rates) != 1:
+        raise ValueError(f"{rec.name}: signals at several rates {sorted(rates)}; one rate expected")
+    return float(rates.pop())
 
 
 def _beat_times(duration_s: float, rng: np.random.Generator, mean_hr: float) -> np.ndarray:
@@ -71,7 +71,21 @@ def synthesize(
     sex: str = "F",
     noise: float = 0.01,
 ) -> SyntheticRecording:
-    """Build a reproducible recording: the same arguments always give the same samples."""
+    """Build a reproducible recording: the same arguments always give the same samples.
+
+    Parameters
+    ----------
+    seconds : duration (s).
+    rate_hz : sample rate of both signals (Hz).
+    seed : random seed (beat jitter, noise); also names the recording `synthetic-<seed>`.
+    mean_hr : mean heart rate (beats per minute).
+    age, sex : demographics carried like a monitor's (years; "M" / "F").
+    noise : SD of the white noise added to each signal (mV for II, before PLETH's 0..1 scaling).
+
+    Returns
+    -------
+    SyntheticRecording with "II" (mV) and "PLETH" (normalised units, 0..1) as float32 and the drawn R peaks.
+    """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate_hz))
     t = np.arange(n) / rate_hz
@@ -103,8 +117,8 @@ def synthesize(
 
     return SyntheticRecording(
         name=f"synthetic-{seed}",
-        rate_hz=float(rate_hz),
         signals={"II": ecg.astype(np.float32), "PLETH": ppg.astype(np.float32)},
+        rates={"II": float(rate_hz), "PLETH": float(rate_hz)},
         units={"II": "mV", "PLETH": "NU"},
         age=float(age),
         sex=sex,
@@ -113,9 +127,18 @@ def synthesize(
 
 
 def write_wfdb(rec: SyntheticRecording, directory: str | Path, name: str = "synthetic") -> Path:
-    """Write `rec` as a WFDB record (BIDMC-style header comment) and return the record path (no suffix).
+    """Write `rec` as a WFDB record (BIDMC-style header comment), so every record reader and the replay tool
+    treat the synthetic recording like a PhysioNet one.
 
-    Lets every record reader and the replay tool treat the synthetic recording like a PhysioNet one.
+    Parameters
+    ----------
+    rec : the recording (signals at one rate, age and sex set).
+    directory : where to write (created if missing).
+    name : record name (the `.hea` / `.dat` file stem).
+
+    Returns
+    -------
+    The record path without suffix, as `operators.io.records.read_recording` takes it.
     """
     import wfdb  # archive I/O is allowed in operators/; imported lazily so synthesize() stays numpy-only
 
@@ -125,7 +148,7 @@ def write_wfdb(rec: SyntheticRecording, directory: str | Path, name: str = "synt
     sig = np.column_stack([rec.signals[k].astype(np.float64) for k in names])
     wfdb.wrsamp(
         name,
-        fs=rec.rate_hz,
+        fs=_one_rate(rec),
         units=[rec.units[k] for k in names],
         sig_name=names,
         p_signal=sig,
