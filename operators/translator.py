@@ -15,6 +15,10 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+__all__ = ["PPG2ECG", "SR", "TASKS", "DEFAULT_SPEC", "ECG_SIGNALS", "is_ecg_signal", "PairedContext",
+           "TranslationRequest", "output_length", "Translator", "TaskRouter", "parse_spec", "check_spec",
+           "load_translator"]
+
 # Tasks a translator may serve.
 PPG2ECG = "ppg2ecg"  # PLETH -> lead II ECG
 SR = "sr"  # low-rate signal -> same signal at a higher rate

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = ["Recording", "MissingChannel", "read_recording", "canonical_name", "clean_name", "TIME_COLUMN"]
+
 # Alias (upper-case, trailing punctuation stripped) -> canonical name.
 _ALIASES = {
     "II": "II",

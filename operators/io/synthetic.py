@@ -14,6 +14,8 @@ import numpy as np
 
 from operators.io.records import Recording
 
+__all__ = ["SyntheticRecording", "synthesize", "write_wfdb", "RATE_HZ"]
+
 RATE_HZ = 125.0
 
 # PQRST waves: (offset from R in s, amplitude in mV, width in s) at RR = 1 s.

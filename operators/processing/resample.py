@@ -14,7 +14,7 @@ from scipy.interpolate import CubicSpline
 
 from operators.processing.samples import fit_length
 
-__all__ = ["resample", "decimate_to", "rational_ratio", "METHODS"]
+__all__ = ["resample", "decimate_to", "merge_bands", "rational_ratio", "METHODS"]
 
 METHODS = ("polyphase", "cubic")
 _MAX_DEN = 1000
