@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import weights as W  # noqa: E402
-from models.data import found_data_root, load_records, split  # noqa: E402
+from models.data import found_dataset, load_records, split  # noqa: E402
 from models.prep import zscore  # noqa: E402
 
 WINDOW, HOP = 800, 200  # samples at 100 Hz
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     ap.add_argument("--weights", default=None, help="CLMT .safetensors (default: the shipped weights)")
     args = ap.parse_args(argv)
-    root = found_data_root(args.data)
+    root = found_dataset("bidmc", args.data)
     if root is None:
         return 2
     torch.set_num_threads(2)

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from scipy.ndimage import median_filter, uniform_filter1d  # noqa: E402
 from scipy.signal import resample_poly  # noqa: E402
 
-from models.data import found_data_root, split  # noqa: E402
+from models.data import found_dataset, split  # noqa: E402
 from operators.classic import (TIMING_BLUR_S, beat_model_from_context, blur_timing, pulse_delays,  # noqa: E402
                                  pulse_times, render_ecg)
 from operators.processing.metrics import pool_windows, windowed_pearson_rmse  # noqa: E402
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", choices=("1", "2", "3", "all"), default="all")
     ap.add_argument("--split", choices=("val", "train"), default="val", help="records for part 2 (part 1: training)")
     args = ap.parse_args(argv)
-    root = found_data_root(args.data)
+    root = found_dataset("bidmc", args.data)
     if root is None:
         return 2
     train, val = split()

@@ -330,7 +330,7 @@ def fit(rows, task, target):
 
 
 def main(argv=None) -> int:
-    from models.data import found_data_root, split
+    from models.data import found_dataset, split
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None)
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    root = found_data_root(args.data)
+    root = found_dataset("bidmc", args.data)
     if root is None:
         return 2
     names = args.records.split(",") if args.records else split()[0 if args.split == "train" else 1]

@@ -26,7 +26,7 @@ from operators.translator import TranslationRequest, load_translator  # noqa: E4
 
 
 def main(argv=None) -> int:
-    from models.data import found_data_root
+    from models.data import found_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None)
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--translators", default="classic,clmt")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
-    root = found_data_root(args.data)
+    root = found_dataset("bidmc", args.data)
     if root is None:
         return 2
     rec = read_recording(root / f"bidmc{args.record}", ["PLETH"])

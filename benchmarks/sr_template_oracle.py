@@ -23,11 +23,12 @@ if str(REPO) not in sys.path:  # run as a script
 
 import numpy as np  # noqa: E402
 
-from models.data import found_data_root, split  # noqa: E402
+from models.data import found_dataset, split  # noqa: E402
 from operators.io.records import read_recording  # noqa: E402
 from operators.processing.resample import decimate_to, resample  # noqa: E402
 from operators.translator import SR, PairedContext, load_translator  # noqa: E402
-from stream.tools.evaluate import SR_RATE, SR_TARGET, Result, translate_array  # noqa: E402
+from models.evaluate import SR_RATE, SR_TARGET, Result  # noqa: E402
+from stream.tools.evaluate import translate_array  # noqa: E402
 
 CONTEXT_S = 60.0
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     args = ap.parse_args(argv)
-    root = found_data_root(args.data)
+    root = found_dataset("bidmc", args.data)
     if root is None:
         return 2
     train, val = split()

@@ -311,33 +311,86 @@ def augment_ecg(x: np.ndarray, start: int, length: int, factor: float, sign: flo
     return (sign * y[:n]).astype(np.float32)
 
 
-def data_root(explicit: str | Path | None = None) -> Path:
-    """`../shared/data/bidmc` beside the repo unless given."""
-    if explicit:
-        return Path(explicit)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "bidmc"
+# The one path in the package computed from a file's place: the datasets live in `shared/data` beside the
+# checkout (a checkout at /work/main reads /work/shared/data; a worktree's parent folder holds a `shared` link),
+# so every command finds them from any working directory. Tools take an explicit folder to read another copy.
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def challenge_root(explicit: str | Path | None = None) -> Path:
-    """`../shared/data/challenge2015` beside the repo unless given."""
-    if explicit:
-        return Path(explicit)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "challenge2015"
+@dataclass(frozen=True)
+class DatasetPlace:
+    """Where a dataset lives under `DATA_DIR`, the file whose presence shows its records are there, and the
+    command-line option that names another folder (quoted in the error when it is missing)."""
+
+    title: str
+    folder: str
+    marker: str
+    option: str
 
 
-def found_challenge_root(explicit: str | Path | None = None) -> Path | None:
-    """`challenge_root(explicit)` when it holds the Challenge 2015 records; else None, after saying so."""
-    root = challenge_root(explicit)
-    if not (root / "RECORDS").exists():
-        print(f"error: Challenge 2015 records not found under {root} (pass --challenge-data)", file=sys.stderr)
-        return None
+DATASET_PLACES = {
+    "bidmc": DatasetPlace("BIDMC", "bidmc", "bidmc01.hea", "--data"),
+    "challenge": DatasetPlace("Challenge 2015", "challenge2015", "RECORDS", "--challenge-data"),
+}
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A dataset's records are not in the folder looked at; the message is one line naming it and the option."""
+
+    def __init__(self, dataset: str, root: Path):
+        place = DATASET_PLACES[dataset]
+        super().__init__(f"{place.title} records not found under {root} (pass {place.option})")
+        self.dataset, self.root = dataset, root
+
+
+def dataset_root(dataset: str, explicit: str | Path | None = None) -> Path:
+    """Folder of a dataset's records, whether or not they are there.
+
+    Parameters
+    ----------
+    dataset : str
+        "bidmc" or "challenge" (a key of `DATASET_PLACES`).
+    explicit : str or Path, optional
+        A folder the user named; when empty, the dataset's folder under `DATA_DIR`.
+
+    Returns
+    -------
+    Path
+    """
+    return Path(explicit) if explicit else DATA_DIR / DATASET_PLACES[dataset].folder
+
+
+def find_dataset(dataset: str, explicit: str | Path | None = None) -> Path:
+    """Folder holding a dataset's records, or an error that says what is missing where.
+
+    Parameters
+    ----------
+    dataset : str
+        "bidmc" or "challenge".
+    explicit : str or Path, optional
+        A folder the user named (else the default, `dataset_root`).
+
+    Returns
+    -------
+    Path
+        The folder; its marker file (`DatasetPlace.marker`) exists.
+
+    Raises
+    ------
+    DatasetNotFound
+        When the marker file is not there.
+    """
+    root = dataset_root(dataset, explicit)
+    if not (root / DATASET_PLACES[dataset].marker).exists():
+        raise DatasetNotFound(dataset, root)
     return root
 
 
-def found_data_root(explicit: str | Path | None = None) -> Path | None:
-    """`data_root(explicit)` when it holds the BIDMC records; else None, after telling a command-line user so."""
-    root = data_root(explicit)
-    if not (root / "bidmc01.hea").exists():
-        print(f"error: BIDMC records not found under {root} (pass --data)", file=sys.stderr)
+def found_dataset(dataset: str, explicit: str | Path | None = None) -> Path | None:
+    """`find_dataset` for a command's main: the folder, or None after printing the error to stderr as one line
+    (the caller then exits with status 2)."""
+    try:
+        return find_dataset(dataset, explicit)
+    except DatasetNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return None
-    return root

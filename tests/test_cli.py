@@ -162,7 +162,8 @@ def test_evaluate_refuses_unknown_task_or_sr_input_before_any_work(monkeypatch, 
     def no_work(*a, **k):
         raise AssertionError("evaluation started despite an invalid option")
 
-    monkeypatch.setattr(evaluate, "data_root", no_work)
+    monkeypatch.setattr(evaluate, "find_dataset", no_work)
+    monkeypatch.setattr(evaluate, "dataset_root", no_work)
     monkeypatch.setattr(evaluate, "load_translator", no_work)
     with pytest.raises(SystemExit) as exc:
         evaluate.cli(args)

@@ -537,14 +537,14 @@ def test_evaluate_reports_both_datasets_aligned_pearson_and_25hz_pleth(bidmc, sh
 
 
 def test_evaluate_max_records_spreads_over_the_held_out_list():
-    from stream.tools.evaluate import spread_pick
+    from models.evaluate import spread_pick
 
     names = [f"r{i}" for i in range(10)]
     assert spread_pick(names, 3) == ["r0", "r4", "r9"] and spread_pick(names, 0) == names and spread_pick(names, 20) == names
 
 
 def test_evaluate_compares_clmt_with_the_strongest_classic_method_on_the_same_input():
-    from stream.tools.evaluate import comparison, markdown_comparison
+    from models.evaluate import comparison, markdown_comparison
 
     m = lambda p: {"pearson": p, "pearson_aligned": p, "rmse": 1 - p}
     rows = {"sr-ecg 25->100 aa clmt": m(0.9), "sr-ecg 25->100 aa polyphase": m(0.8), "sr-ecg 25->100 aa cubic": m(0.85),

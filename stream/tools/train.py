@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from models import weights as W
-from models.data import challenge_root, challenge_split, found_challenge_root, found_data_root, load_records, split, Sampler
+from models.data import DatasetNotFound, challenge_split, find_dataset, found_dataset, load_records, split, Sampler
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import Tokenizer, TokenizerConfig
 from models.translator import ContextTranslator, TranslatorConfig
@@ -59,7 +59,7 @@ def cli(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
-    root = found_data_root(args.data)
+    root = found_dataset("bidmc", args.data)
     if root is None:
         return 2
     if not (0.0 <= args.ecg_stretch <= 1.0 and 0.0 <= args.ecg_flip <= 1.0):
@@ -73,10 +73,11 @@ def cli(argv: list[str] | None = None) -> int:
         print("error: --train-fraction is a share in (0, 1]", file=sys.stderr)
         return 2
     only_bidmc = bool(args.records) and all(n.isdigit() for n in args.records.split(","))
-    croot = challenge_root(args.challenge_data)
-    if not (croot / "RECORDS").exists():
+    try:
+        croot = find_dataset("challenge", args.challenge_data)
+    except DatasetNotFound as exc:
         if not only_bidmc and ("challenge" in datasets or args.records):
-            found_challenge_root(args.challenge_data)  # says what is missing where
+            print(f"error: {exc}", file=sys.stderr)
             return 2
         croot, datasets = None, [d for d in datasets if d != "challenge"]  # BIDMC --records: BIDMC's split only
     workdir = Path(args.workdir); workdir.mkdir(parents=True, exist_ok=True)
