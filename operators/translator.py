@@ -31,7 +31,12 @@ ECG_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "EC
 
 
 def is_ecg_signal(name: str) -> bool:
-    """Whether a channel name is an ECG lead (the rest, e.g. PLETH, is treated as a pulse waveform)."""
+    """Whether a channel name is an ECG lead (the rest, e.g. PLETH, is treated as a pulse waveform).
+
+    Parameters
+    ----------
+    name : canonical channel name, any case ("II", "MLII", "PLETH").
+    """
     return name.upper() in ECG_SIGNALS
 
 
@@ -65,10 +70,18 @@ class TranslationRequest:
 
     @property
     def n_out(self) -> int:
+        """Samples the translator must return (`output_length` of the source)."""
         return output_length(len(self.source), self.source_rate, self.target_rate)
 
 
 def output_length(n_in: int, source_rate: float, target_rate: float) -> int:
+    """Samples an output has: `round(n_in * target_rate / source_rate)` (the rule `resample` follows).
+
+    Parameters
+    ----------
+    n_in : source samples.
+    source_rate, target_rate : rates (Hz, > 0).
+    """
     return int(round(n_in * float(target_rate) / float(source_rate)))
 
 
@@ -79,7 +92,16 @@ class Translator(Protocol):
     name: str
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
-        """Translate a batch (windows of many beds) in one call; one float32 array per request."""
+        """Translate a batch (windows of many beds) in one call.
+
+        Parameters
+        ----------
+        requests : windows of any beds and tasks this translator serves.
+
+        Returns
+        -------
+        One float32 array of exactly `request.n_out` samples per request, in request order.
+        """
         ...
 
 
@@ -96,10 +118,12 @@ class TaskRouter:
         self.name = ",".join(f"{t}={self.name_for(t)}" for t in TASKS if t in self.by_task)
 
     def name_for(self, task: str) -> str:
+        """Name of the translator serving `task` ("" if none): the `name` attribute, else the class name."""
         tr = self.by_task.get(task)
         return "" if tr is None else getattr(tr, "name", type(tr).__name__)
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        """`Translator.translate`; raises ValueError for a task no translator serves."""
         out: list = [None] * len(requests)
         for task in {r.task for r in requests}:
             if task not in self.by_task:
@@ -111,7 +135,16 @@ class TaskRouter:
 
 
 def parse_spec(spec: str) -> dict[str, str] | str:
-    """`clmt` -> "clmt"; `ppg2ecg=classic,sr=clmt` -> {"ppg2ecg": "classic", "sr": "clmt"} (every task named)."""
+    """`clmt` -> "clmt"; `ppg2ecg=classic,sr=clmt` -> {"ppg2ecg": "classic", "sr": "clmt"}.
+
+    Parameters
+    ----------
+    spec : one translator for every task, or `task=translator` pairs that name every task once.
+
+    Raises
+    ------
+    ValueError : an unknown, repeated or missing task, or an empty translator.
+    """
     if "=" not in spec:
         return spec.strip()
     by_task = {}
@@ -134,7 +167,12 @@ ALIASES = {
 
 
 def check_spec(spec: str) -> None:
-    """Raise ValueError unless every translator the spec names is an alias or `module:Class` (nothing is imported)."""
+    """Raise ValueError unless every translator the spec names is an alias or `module:Class` (nothing is imported).
+
+    Parameters
+    ----------
+    spec : as `load_translator` takes it.
+    """
     parsed = parse_spec(spec)
     for one in (parsed.values() if isinstance(parsed, dict) else [parsed]):
         _resolve(one)
@@ -154,7 +192,17 @@ def load_translator(spec: str, **kwargs) -> Translator:
     (`ppg2ecg=classic,sr=clmt`, a `TaskRouter`; tasks sharing a spec share one instance).
 
     Options the class's constructor does not take are dropped, so service-wide settings such as
-    `device` can be passed to any translator (the numpy ones have no device)."""
+    `device` can be passed to any translator (the numpy ones have no device).
+
+    Parameters
+    ----------
+    spec : "classic", "clmt", "passthrough", "module:Class", or `task=...` pairs (`parse_spec`).
+    **kwargs : constructor options (e.g. `device`).
+
+    Raises
+    ------
+    ValueError : a malformed spec, or a module or class that cannot be imported.
+    """
     parsed = parse_spec(spec)
     if isinstance(parsed, dict):
         built = {one: load_translator(one, **kwargs) for one in set(parsed.values())}

@@ -45,6 +45,8 @@ class MissingChannel(ValueError):
 
 @dataclass
 class Recording:
+    """A recording in memory: named signals (each at its own rate) plus the patient's demographics."""
+
     name: str
     signals: dict[str, np.ndarray]  # float32, canonical names
     rates: dict[str, float]  # Hz per signal
@@ -55,16 +57,28 @@ class Recording:
     original_names: dict[str, str] = field(default_factory=dict)
 
     def duration_s(self, signal: str) -> float:
+        """Length of `signal` in seconds."""
         return len(self.signals[signal]) / self.rates[signal]
 
 
 def clean_name(raw: str) -> str:
-    """File channel name without trailing punctuation/whitespace ("II, " -> "II")."""
+    """File channel name without trailing punctuation/whitespace ("II, " -> "II").
+
+    Parameters
+    ----------
+    raw : the name as written in the file.
+    """
     return re.sub(r"[\s,;:.]+$", "", str(raw)).strip()
 
 
 def canonical_name(raw: str) -> str:
-    """Canonical signal name for a channel/column name (case-insensitive)."""
+    """Canonical signal name for a channel/column name, case-insensitive ("ECG" and "MLII" -> "II",
+    "PPG" -> "PLETH"); an unknown name comes back cleaned and upper-cased.
+
+    Parameters
+    ----------
+    raw : the channel or column name.
+    """
     cleaned = clean_name(raw)
     upper = cleaned.upper()
     if upper in _ALIASES:
@@ -81,9 +95,20 @@ def read_recording(
 ) -> Recording:
     """Load a WFDB record (with or without `.hea`), a `.parquet` or a `.csv` file.
 
-    `signals` selects channels by (any alias of) their canonical name; missing ones raise a
-    ValueError naming what the record has. `rate_hz` supplies the rate for tables without a
-    `time_s` column or `rate_hz` metadata.
+    Parameters
+    ----------
+    path : the record (WFDB: with or without `.hea`) or table file.
+    signals : channels to keep, by (any alias of) their canonical name; None keeps all.
+    rate_hz : sample rate (Hz) for tables without a `time_s` column or `rate_hz` metadata.
+
+    Returns
+    -------
+    Recording with float32 signals under canonical names; invalid WFDB samples and empty cells are NaN.
+
+    Raises
+    ------
+    MissingChannel : a requested channel is not in the record (the message names what it has).
+    ValueError, OSError : the file is unreadable or inconsistent (e.g. non-uniform `time_s`).
     """
     path = Path(path)
     suffix = path.suffix.lower()

@@ -31,7 +31,13 @@ def _float_out(x: np.ndarray) -> np.ndarray:
 
 
 def rational_ratio(src_hz: float, dst_hz: float, max_den: int = _MAX_DEN) -> tuple[int, int]:
-    """(up, down) with up/down ~= dst/src, e.g. 125 -> 100 Hz gives (4, 5)."""
+    """(up, down) with up/down ~= dst/src, e.g. 125 -> 100 Hz gives (4, 5).
+
+    Parameters
+    ----------
+    src_hz, dst_hz : source and target rates (Hz, > 0).
+    max_den : largest `down` tried (the ratio is rounded to the nearest fraction with this denominator).
+    """
     f = Fraction(float(dst_hz) / float(src_hz)).limit_denominator(max_den)
     return f.numerator, f.denominator
 
@@ -69,7 +75,18 @@ def _cubic(x: np.ndarray, src_hz: float, dst_hz: float, n_out: int) -> np.ndarra
 
 
 def resample(x: np.ndarray, src_hz: float, dst_hz: float, method: str = "polyphase") -> np.ndarray:
-    """Resample `x` from `src_hz` to `dst_hz` ("polyphase" anti-aliased FIR, or "cubic" spline)."""
+    """Resample `x` from `src_hz` to `dst_hz`, sample 0 kept at its instant.
+
+    Parameters
+    ----------
+    x : 1-D samples (float32 stays float32; other dtypes give float64). Non-finite samples propagate.
+    src_hz, dst_hz : source and target rates (Hz, > 0).
+    method : "polyphase" (anti-aliased FIR around the mean) or "cubic" (not-a-knot spline, end held).
+
+    Returns
+    -------
+    `round(len(x) * dst_hz / src_hz)` samples (a copy of `x` when the rates are equal).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown resampling method {method!r}; use one of {METHODS}")
     src_hz, dst_hz = float(src_hz), float(dst_hz)
@@ -91,6 +108,13 @@ def resample(x: np.ndarray, src_hz: float, dst_hz: float, method: str = "polypha
 
 def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8, order: int = 8) -> np.ndarray:
     """Low-rate copy of `x` (e.g. 100 -> 25 Hz) for training/test inputs.
+
+    Parameters
+    ----------
+    x : 1-D samples.
+    src_hz, dst_hz : source and (lower or equal) target rates (Hz).
+    cutoff : low-pass corner as a fraction of the new Nyquist frequency (`dst_hz / 2`).
+    order : Butterworth order of the low-pass.
 
     A zero-phase Butterworth low-pass at `cutoff` x the new Nyquist frequency removes what would
     alias (filtfilt pads with odd reflection, so no start/end transient); then exact samples are
@@ -122,7 +146,19 @@ def merge_bands(low_from: np.ndarray, high_from: np.ndarray, rate_hz: float, cut
     """`low_from` below `cutoff_hz` plus `high_from` above it (zero-phase Butterworth split).
 
     Super-resolution keeps the band the low-rate source really measured and takes only what lies
-    above the source's Nyquist frequency from the model."""
+    above the source's Nyquist frequency from the model.
+
+    Parameters
+    ----------
+    low_from, high_from : signals of one shape at `rate_hz`.
+    rate_hz : their sample rate (Hz).
+    cutoff_hz : split frequency (Hz), in (0, rate_hz / 2).
+    order : Butterworth order of the split.
+
+    Returns
+    -------
+    float64 array: low-pass(`low_from`) + (`high_from` - low-pass(`high_from`)).
+    """
     a = np.asarray(low_from, dtype=np.float64)
     b = np.asarray(high_from, dtype=np.float64)
     if a.shape != b.shape:

@@ -174,7 +174,17 @@ def _refine(x_hp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
 
 
 def detect_rpeaks(ecg: np.ndarray, rate_hz: float) -> np.ndarray:
-    """Sample indices (int64, ascending) of R peaks in a lead-II-like ECG."""
+    """R peaks in a lead-II-like ECG (Pan-Tompkins decision rules on a 5-15 Hz envelope, refined to the extremum).
+
+    Parameters
+    ----------
+    ecg : 1-D samples (NaN/inf runs are interpolated first).
+    rate_hz : sample rate (Hz, > 0); works from 25 Hz up.
+
+    Returns
+    -------
+    Sample indices (int64, ascending); empty for a flat or shorter than 0.5 s signal.
+    """
     x = _clean(ecg, rate_hz)
     if len(x) < max(4, int(0.5 * rate_hz)) or np.ptp(x) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -184,7 +194,17 @@ def detect_rpeaks(ecg: np.ndarray, rate_hz: float) -> np.ndarray:
 
 
 def detect_ppg_peaks(ppg: np.ndarray, rate_hz: float) -> np.ndarray:
-    """Sample indices (int64, ascending) of PPG systolic peaks."""
+    """PPG systolic peaks (two moving averages over the squared 0.5-8 Hz band).
+
+    Parameters
+    ----------
+    ppg : 1-D samples (NaN/inf runs are interpolated first).
+    rate_hz : sample rate (Hz, > 0).
+
+    Returns
+    -------
+    Sample indices (int64, ascending); empty for a flat or shorter than 0.5 s signal.
+    """
     x = _clean(ppg, rate_hz)
     if len(x) < max(4, int(0.5 * rate_hz)) or np.ptp(x) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -222,7 +242,18 @@ def detect_ppg_peaks(ppg: np.ndarray, rate_hz: float) -> np.ndarray:
 
 def refine_peak_times(x: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.ndarray:
     """Sub-sample peak times in seconds by parabolic interpolation through each peak's neighbours
-    (matters at 25 Hz, where one sample is 40 ms)."""
+    (matters at 25 Hz, where one sample is 40 ms).
+
+    Parameters
+    ----------
+    x : the signal the peaks were found in.
+    peaks : peak sample indices.
+    rate_hz : sample rate (Hz).
+
+    Returns
+    -------
+    float64 times (s from sample 0), one per peak, each within half a sample of its index.
+    """
     x = np.asarray(x, dtype=np.float64)
     p = np.asarray(peaks, dtype=np.int64)
     t = p.astype(np.float64)
@@ -248,6 +279,16 @@ def ppg_foot_times(ppg: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.nda
     tangent there meets the minimum's level. The delay from an R peak to this point drifts less than to the
     systolic peak (`benchmarks/ppg2ecg_timing_ceiling.py`). NaN where the minimum is at the edge of the search
     span (onset not in the signal, or no trough since the previous peak) or no upstroke rises.
+
+    Parameters
+    ----------
+    ppg : 1-D samples (NaN/inf runs are interpolated first).
+    peaks : systolic peak sample indices, ascending (`detect_ppg_peaks`).
+    rate_hz : sample rate (Hz).
+
+    Returns
+    -------
+    float64 times (s from sample 0), one per peak, NaN where no foot was found.
     """
     x, _ = fill_nonfinite(np.asarray(ppg, dtype=np.float64))
     p = np.asarray(peaks, dtype=np.int64)
@@ -273,7 +314,17 @@ def ppg_foot_times(ppg: np.ndarray, peaks: np.ndarray, rate_hz: float) -> np.nda
 
 
 def heart_rate_bpm(peaks: np.ndarray, rate_hz: float) -> float:
-    """Heart rate from beat indices: 60 / median RR (robust to one missed or extra beat); NaN if < 2."""
+    """Heart rate from beat indices: 60 / median RR (robust to one missed or extra beat).
+
+    Parameters
+    ----------
+    peaks : beat sample indices (any order).
+    rate_hz : sample rate (Hz).
+
+    Returns
+    -------
+    Beats per minute; NaN with fewer than two distinct beats.
+    """
     p = np.asarray(peaks, dtype=np.float64)
     if len(p) < 2:
         return float("nan")

@@ -27,7 +27,19 @@ MAX_ECG_CLIP = 0.3
 
 
 def context_score(ecg: np.ndarray, ppg: np.ndarray, rate_hz: float, r_peaks: np.ndarray | None = None) -> float | None:
-    """Quality score of one aligned segment (higher is better), or None if it is unusable."""
+    """Quality score of one aligned segment (higher is better), or None if it is unusable.
+
+    Parameters
+    ----------
+    ecg, ppg : simultaneous segments at `rate_hz`, same length.
+    rate_hz : their sample rate (Hz).
+    r_peaks : the ECG's R peaks (sample indices) if already known; detected otherwise.
+
+    Returns
+    -------
+    PPG periodicity - 2 x RR coefficient of variation - ECG clip fraction + a little QRS peakedness; None for
+    non-finite samples, failed quality, fewer than 30 bpm, irregular RR or a heart rate outside 30-220 bpm.
+    """
     if not (np.all(np.isfinite(ecg)) and np.all(np.isfinite(ppg))):
         return None
     qe, qp = ecg_quality(ecg, rate_hz), ppg_quality(ppg, rate_hz)
@@ -54,7 +66,20 @@ def select_context(ecg: np.ndarray, ppg: np.ndarray, rate_hz: float, length_s: f
                    step_s: float | None = None) -> PairedContext | None:
     """Best-quality aligned `length_s` segment of simultaneous ECG + PPG (same rate, same length).
 
-    Candidates every `step_s` (default length_s / 4), latest first on ties; None if none passes.
+    Parameters
+    ----------
+    ecg, ppg : simultaneous signals at `rate_hz`, same length (NaN allowed; a candidate holding one is skipped).
+    rate_hz : their sample rate (Hz).
+    length_s : context length (s).
+    step_s : candidate spacing (s); default `length_s / 4`. The latest candidate wins a tie.
+
+    Returns
+    -------
+    PairedContext (float32, `rate_hz`), or None if no candidate passes `context_score`.
+
+    Raises
+    ------
+    ValueError : `ecg` and `ppg` differ in length.
     """
     ecg = np.asarray(ecg, dtype=np.float64).ravel()
     ppg = np.asarray(ppg, dtype=np.float64).ravel()
@@ -179,6 +204,19 @@ class ContextStore:
         self._new_s = 0.0
 
     def push(self, signal: str, start_ns: int, rate_hz: float, samples: np.ndarray) -> None:
+        """Add a window (or chunk) of one signal; overlap with what is held is ignored, a gap restarts that track.
+
+        Parameters
+        ----------
+        signal : "II" or "PLETH" (any case).
+        start_ns : timestamp of `samples[0]` (ns).
+        rate_hz : sample rate (Hz).
+        samples : 1-D samples.
+
+        Raises
+        ------
+        ValueError : another signal.
+        """
         name = signal.upper()
         with self._lock:
             if name == "II":
@@ -204,6 +242,8 @@ class ContextStore:
             self._version += 1
 
     def get(self) -> PairedContext | None:
+        """The best context from the data held (re-selected after `refresh_s` of new data), else the last good one
+        (forgotten after a break longer than `forget_after_gap_s`), else None."""
         with self._lock:
             fresh = self._cached_version == self._version
             if fresh or (self._cached_version >= 0 and self._new_s < self.refresh_s):
@@ -270,6 +310,14 @@ class ContextCache:
         self._lock = threading.Lock()
 
     def get(self, ctx: object, tag: Hashable, build: Callable[[], T]) -> T:
+        """The value cached for (`ctx`, `tag`), else `build()` (cached, even when None).
+
+        Parameters
+        ----------
+        ctx : the context object (its identity is the key).
+        tag : what is derived from it, e.g. "beat" or ("qrs", cutoff_hz).
+        build : makes the value; called outside the lock (two threads may build the same value once each).
+        """
         key = (id(ctx), tag)
         with self._lock:
             hit = self._entries.get(key)

@@ -48,6 +48,12 @@ def _whole_multiple(out_hz: float, in_hz: float) -> bool:
 
 @dataclass
 class Window:
+    """One window of a segment: `samples` from `start_ns` on the segment's exact grid.
+
+    Invariant: `samples[emit_from:emit_stop]` is the part no earlier window emitted; what lies before is
+    context, what lies after is look-ahead that a later window (or the flush) emits.
+    """
+
     start_ns: int  # timestamp of samples[0]
     rate_hz: float
     samples: np.ndarray  # float32; window length, or shorter for a flushed short segment
@@ -135,6 +141,7 @@ class Window:
 
     @property
     def emit_stop(self) -> int:
+        """End (exclusive sample index) of the newly emitted part."""
         return len(self.samples) if self.emit_to is None else self.emit_to
 
     def emit_to_at(self, rate_hz: float) -> int:
@@ -159,6 +166,9 @@ class Window:
 
 @dataclass
 class StreamEvent:
+    """Something in the stream that is not a window: a gap, a rate change, a refused chunk, a dropped segment,
+    over [start_ns, end_ns) ns, with `detail` for humans."""
+
     kind: str  # "gap" | "rate_change" | "clock_step" | "out_of_order" | "duplicate" | "short_segment_dropped"
     start_ns: int
     end_ns: int
@@ -167,6 +177,8 @@ class StreamEvent:
 
 @dataclass
 class PushResult:
+    """What one `push` or `flush` produced: whether the chunk was taken, the windows and the events, in order."""
+
     accepted: bool
     windows: list[Window] = field(default_factory=list)
     events: list[StreamEvent] = field(default_factory=list)
@@ -221,10 +233,12 @@ class SlidingWindower:
 
     @property
     def segment(self) -> int:
+        """Number of the current segment (-1 before the first chunk; +1 at every gap, rate change, clock step)."""
         return self._segment
 
     @property
     def rate_hz(self) -> float | None:
+        """The current segment's sample rate (Hz); None before the first chunk."""
         return self._rate
 
     @property
@@ -247,6 +261,24 @@ class SlidingWindower:
     # ------------------------------------------------------------------ API
 
     def push(self, start_ns: int, rate_hz: float, samples: np.ndarray, seq: int | None = None) -> PushResult:
+        """Add one chunk; return the windows it completes and the events it causes (module doc: timing model).
+
+        Parameters
+        ----------
+        start_ns : timestamp of `samples[0]` (ns since the epoch).
+        rate_hz : the chunk's sample rate (Hz, finite, > 0); a change starts a new segment.
+        samples : 1-D samples (stored as float32).
+        seq : the sender's per-stream sequence number, if any (tells a late chunk from a duplicate and lets
+            stamp jitter up to just under a period pass).
+
+        Returns
+        -------
+        PushResult; `accepted` is False for an out-of-order or duplicate chunk (an event says which).
+
+        Raises
+        ------
+        ValueError : `rate_hz` not a positive finite number.
+        """
         rate_hz = float(rate_hz)
         if not (math.isfinite(rate_hz) and rate_hz > 0):
             raise ValueError(f"rate_hz must be a positive finite number, got {rate_hz}")
