@@ -44,12 +44,23 @@ SOURCE_BAND_FRACTION = 0.9  # SR keeps a source below 90% of its Nyquist frequen
 
 
 def sr_cutoff_hz(source_rate: float) -> float:
-    """Where super-resolution splits what a `source_rate` signal measured from what it lost."""
+    """Where super-resolution splits what a `source_rate` signal measured from what it lost.
+
+    Parameters
+    ----------
+    source_rate : the low-rate source's sample rate (Hz).
+
+    Returns
+    -------
+    SOURCE_BAND_FRACTION x the source's Nyquist frequency (Hz).
+    """
     return SOURCE_BAND_FRACTION * float(source_rate) / 2.0
 
 
 @dataclass(frozen=True)
 class QrsTemplate:
+    """A patient's median beat around R at FINE_RATE, split at `cutoff_hz` into the band matched and the band pasted."""
+
     low: np.ndarray  # zero-mean band MATCH_HP_HZ..cutoff_hz at FINE_RATE: matched against the source
     high: np.ndarray  # band above `cutoff_hz`: what gets pasted
     cutoff_hz: float
@@ -68,7 +79,18 @@ def _bandpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
 
 
 def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTemplate | None:
-    """The patient's median beat from a full-rate context ECG, split at `cutoff_hz`; None with < 3 clean beats."""
+    """The patient's median beat from a full-rate context ECG, split at `cutoff_hz`; None with < 3 clean beats.
+
+    Parameters
+    ----------
+    ecg : the context's ECG (NaN/inf runs are interpolated first).
+    rate_hz : its sample rate (Hz).
+    cutoff_hz : the split (Hz, `sr_cutoff_hz` of the low-rate source), below `rate_hz / 2`.
+
+    Raises
+    ------
+    ValueError : `cutoff_hz` not below the context's Nyquist frequency.
+    """
     x = fill_nonfinite(np.asarray(ecg, dtype=np.float64))[0]
     if not 0 < cutoff_hz < rate_hz / 2:
         raise ValueError(f"cutoff {cutoff_hz} Hz must lie below the context's Nyquist frequency ({rate_hz / 2} Hz)")
@@ -96,7 +118,14 @@ def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTempla
 
 def paste_high_band(x: np.ndarray, rate_hz: float, tpl: QrsTemplate) -> np.ndarray:
     """High band for `x` (a low-rate ECG already interpolated to `rate_hz`, same units as the context):
-    the template's high band at each beat, timed and scaled by matching low bands. Same length as `x`."""
+    the template's high band at each beat, timed and scaled by matching low bands. Same length as `x`.
+
+    Parameters
+    ----------
+    x : the interpolated low-rate ECG (NaN/inf runs are interpolated first).
+    rate_hz : `x`'s sample rate (Hz).
+    tpl : the patient's template (`qrs_template`).
+    """
     x = fill_nonfinite(np.asarray(x, dtype=np.float64))[0]
     n = len(x)
     out = np.zeros(n)

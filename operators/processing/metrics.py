@@ -52,7 +52,13 @@ def match_peak_pairs(ref, test, tol_samples: float) -> tuple[np.ndarray, np.ndar
 
 
 def match_peaks(ref, test, tol_samples: float) -> tuple[int, int, int]:
-    """(tp, fp, fn) under one-to-one nearest-first matching within `tol_samples`."""
+    """(tp, fp, fn) under one-to-one nearest-first matching within `tol_samples`.
+
+    Parameters
+    ----------
+    ref, test : reference and detected peak positions (samples, any order).
+    tol_samples : largest |ref - test| that counts as a match (samples).
+    """
     mr, _ = match_peak_pairs(ref, test, tol_samples)
     tp = len(mr)
     return tp, len(np.ravel(test)) - tp, len(np.ravel(ref)) - tp
@@ -60,6 +66,8 @@ def match_peaks(ref, test, tol_samples: float) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class PeakScore:
+    """Beat-detection counts and the precision, recall and F1 they give (add two to pool their counts)."""
+
     precision: float
     recall: float
     f1: float
@@ -69,6 +77,7 @@ class PeakScore:
 
     @classmethod
     def from_counts(cls, tp: int, fp: int, fn: int) -> "PeakScore":
+        """Score from true positive, false positive and false negative counts."""
         # Empty reference and empty prediction agree perfectly; otherwise missing terms score 0.
         precision = tp / (tp + fp) if tp + fp else (1.0 if fn == 0 else 0.0)
         recall = tp / (tp + fn) if tp + fn else (1.0 if fp == 0 else 0.0)
@@ -80,7 +89,14 @@ class PeakScore:
 
 
 def peak_f1(ref, test, rate_hz: float, tol_s: float) -> PeakScore:
-    """Beat-detection precision/recall/F1 with a tolerance of `tol_s` seconds (e.g. 0.05, 0.15)."""
+    """Beat-detection precision/recall/F1 with a tolerance of `tol_s` seconds (e.g. 0.05, 0.15).
+
+    Parameters
+    ----------
+    ref, test : reference and detected peak sample indices.
+    rate_hz : their sample rate (Hz).
+    tol_s : match tolerance (s).
+    """
     return PeakScore.from_counts(*match_peaks(ref, test, tol_s * float(rate_hz)))
 
 
@@ -116,8 +132,16 @@ def windowed_hr(peaks, rate_hz: float, n_samples: int, window_s: float = 8.0) ->
 def hr_mae(ref_peaks, test_peaks, rate_hz: float, window_s: float = 8.0, n_samples: int | None = None) -> float:
     """Mean absolute HR difference (bpm) over `window_s` windows where both sides have >= 2 beats.
 
-    `n_samples` (signal length) defaults to just past the last peak of either side. NaN when no
-    window qualifies.
+    Parameters
+    ----------
+    ref_peaks, test_peaks : beat sample indices.
+    rate_hz : their sample rate (Hz).
+    window_s : window length (s).
+    n_samples : signal length (samples); defaults to just past the last peak of either side.
+
+    Returns
+    -------
+    Mean |HR difference| in beats per minute; NaN when no window qualifies.
     """
     if n_samples is None:
         last = [np.max(a) for a in (np.ravel(ref_peaks), np.ravel(test_peaks)) if len(a)]
@@ -132,6 +156,8 @@ def hr_mae(ref_peaks, test_peaks, rate_hz: float, window_s: float = 8.0, n_sampl
 
 @dataclass(frozen=True)
 class WindowScores:
+    """Per-window waveform agreement (`windowed_pearson_rmse`); windows that could not be scored are only counted."""
+
     pearson: np.ndarray  # per scored window
     rmse: np.ndarray  # per scored window, in the signals' units (NaN where the prediction was not finite)
     starts: np.ndarray  # start sample index of each scored window
@@ -140,10 +166,12 @@ class WindowScores:
 
     @property
     def mean_pearson(self) -> float:
+        """Mean Pearson r over the scored windows (NaN if none)."""
         return float(np.mean(self.pearson)) if len(self.pearson) else float("nan")
 
     @property
     def mean_rmse(self) -> float:
+        """Mean RMSE over the scored windows with a finite prediction (NaN if none)."""
         ok = np.isfinite(self.rmse)
         return float(np.mean(self.rmse[ok])) if ok.any() else float("nan")
 
@@ -160,6 +188,16 @@ def windowed_pearson_rmse(ref, test, rate_hz: float, window_s: float = 8.0) -> W
     skipped and counted in `n_skipped`. A flat or non-finite prediction is scored, as r = 0 (and its
     RMSE, where finite): skipping it would let a method that gives up on hard windows raise its mean
     and compare methods over different windows.
+
+    Parameters
+    ----------
+    ref, test : reference and predicted signals, same length, same rate.
+    rate_hz : their sample rate (Hz).
+    window_s : window length (s).
+
+    Raises
+    ------
+    ValueError : the lengths differ.
     """
     a = np.asarray(ref, dtype=np.float64).ravel()
     b = np.asarray(test, dtype=np.float64).ravel()

@@ -40,6 +40,8 @@ MAX_CLIP = 0.1
 
 @dataclass(frozen=True)
 class Quality:
+    """Boolean verdict of `ecg_quality` / `ppg_quality` (patient-context selection) with the numbers behind it."""
+
     n: int
     nonfinite_frac: float
     flat_frac: float
@@ -94,7 +96,14 @@ def _without_baseline(x: np.ndarray, rate_hz: float) -> np.ndarray:
 
 
 def ppg_periodicity(x: np.ndarray, rate_hz: float, min_bpm: float = 30.0, max_bpm: float = 200.0) -> float:
-    """Max normalised autocorrelation at beat-period lags (1 = perfectly periodic pulse)."""
+    """Max normalised autocorrelation at beat-period lags (1 = perfectly periodic pulse).
+
+    Parameters
+    ----------
+    x : finite PPG samples.
+    rate_hz : sample rate (Hz).
+    min_bpm, max_bpm : heart-rate range whose beat periods are searched (beats per minute).
+    """
     x = np.asarray(x, dtype=np.float64)
     lo = int(np.floor(rate_hz * 60.0 / max_bpm))
     hi = int(np.ceil(rate_hz * 60.0 / min_bpm))
@@ -141,6 +150,14 @@ def _verdict(n, nonfinite, flat, clip, sqi_ok, sqi_msg) -> tuple[bool, str]:
 
 
 def ecg_quality(x: np.ndarray, rate_hz: float, flat_min_s: float = 0.3) -> Quality:
+    """Boolean ECG quality: few non-finite, flat or clipped samples and kurtosis >= ECG_KURTOSIS_MIN.
+
+    Parameters
+    ----------
+    x : ECG samples (NaN/inf allowed: they count as non-finite).
+    rate_hz : sample rate (Hz).
+    flat_min_s : a constant run counts as flat from this length (s).
+    """
     x, n, nonfinite, xf, flat, clip = _base(x, rate_hz, flat_min_s)
     kurt = skew = 0.0
     if len(xf) > 3 and np.std(xf) > 0:
@@ -152,6 +169,14 @@ def ecg_quality(x: np.ndarray, rate_hz: float, flat_min_s: float = 0.3) -> Quali
 
 
 def ppg_quality(x: np.ndarray, rate_hz: float, flat_min_s: float = 0.3) -> Quality:
+    """Boolean PPG quality: few non-finite, flat or clipped samples and periodicity >= PPG_PERIODICITY_MIN.
+
+    Parameters
+    ----------
+    x : PPG samples (NaN/inf allowed: they count as non-finite).
+    rate_hz : sample rate (Hz).
+    flat_min_s : a constant run counts as flat from this length (s).
+    """
     x, n, nonfinite, xf, flat, clip = _base(x, rate_hz, flat_min_s)
     per = skew = 0.0
     if len(xf) > 3 and np.std(xf) > 0:
@@ -163,7 +188,18 @@ def ppg_quality(x: np.ndarray, rate_hz: float, flat_min_s: float = 0.3) -> Quali
 
 
 def signal_quality(x: np.ndarray, rate_hz: float, signal: str) -> Quality:
-    """Dispatch on the canonical signal name: "II" (and "*_SYNTH" ECG) or "PLETH"."""
+    """`ppg_quality` or `ecg_quality` by canonical signal name: "PLETH*" or "II*" (an "II_SYNTH" is ECG).
+
+    Parameters
+    ----------
+    x : samples.
+    rate_hz : sample rate (Hz).
+    signal : canonical signal name.
+
+    Raises
+    ------
+    ValueError : a signal neither PLETH nor II.
+    """
     name = signal.upper()
     if name.startswith("PLETH"):
         return ppg_quality(x, rate_hz)
@@ -214,6 +250,8 @@ class Check:
     unusable: float
 
     def grade(self, m: float) -> float:
+        """Score in [0, 1] of metric value `m`: 1 at `good`, GOOD_MIN at `degraded`, USABLE_MIN at `unusable`,
+        linear in between and 0 one more step past `unusable`."""
         g, d, u = self.good, self.degraded, self.unusable
         far = u + (u - d)
         xp, fp = [g, d, u, far], [1.0, GOOD_MIN, USABLE_MIN, 0.0]
@@ -276,6 +314,7 @@ class SignalQuality:
 
     @property
     def usable(self) -> bool:
+        """Whether the window may be translated (class good or degraded)."""
         return self.cls != UNUSABLE
 
     def to_dict(self) -> dict:
@@ -284,7 +323,12 @@ class SignalQuality:
 
 
 def kind_of(signal: str) -> str:
-    """Quality model for a channel name: "II", "V", "II_SYNTH" -> ecg; "PLETH*" -> ppg; "ABP*" -> abp."""
+    """Quality model for a channel name: "II", "V", "II_SYNTH" -> ecg; "PLETH*" -> ppg; "ABP*" -> abp; else other.
+
+    Parameters
+    ----------
+    signal : channel name, any case, with or without the `_SYNTH` / `_SR` output suffix.
+    """
     base = signal.upper()
     for suffix in ("_SYNTH", "_SR"):
         if base.endswith(suffix):
@@ -497,7 +541,14 @@ def confidence_features(q: SignalQuality, context_used: bool) -> np.ndarray:
 
 def confidence(task: str, q: SignalQuality | None, context_used: bool = False) -> float | None:
     """Probability in [0, 1] that a window translated by `task` ("ppg2ecg" | "sr") from a source of quality `q`
-    is right (see CONFIDENCE_COEFS); None without a quality, 0 for an unusable source."""
+    is right (see CONFIDENCE_COEFS); None without a quality, 0 for an unusable source.
+
+    Parameters
+    ----------
+    task : "ppg2ecg" or "sr" (None is returned for any other).
+    q : the source window's quality (`assess`).
+    context_used : whether the translator had the patient's context.
+    """
     if q is None or task not in CONFIDENCE_COEFS:
         return None
     if not q.usable:
