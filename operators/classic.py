@@ -87,6 +87,13 @@ def _zero_ends(t: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def generic_beat_model(delay_s: float = DEFAULT_DELAYS_S["foot"], rr_s: float = 1.0) -> BeatModel:
+    """The population's beat: a sum-of-Gaussians lead-II PQRST (mV) for when no patient context is known.
+
+    Parameters
+    ----------
+    delay_s : R peak -> PPG pulse delay the model assumes (s).
+    rr_s : RR interval the template spans (s).
+    """
     t = np.linspace(-PRE_FRAC * rr_s, (1 - PRE_FRAC) * rr_s, 1001)
     v = np.zeros_like(t)
     for off, amp, width in _GENERIC_WAVES:
@@ -97,7 +104,14 @@ def generic_beat_model(delay_s: float = DEFAULT_DELAYS_S["foot"], rr_s: float = 
 def pulse_times(ppg: np.ndarray, rate_hz: float, fiducial: str = "foot") -> tuple[np.ndarray, np.ndarray]:
     """(systolic peak times, pulse times at `fiducial`), s. A pulse whose foot cannot be timed (onset before
     the signal, no upstroke) or lies beyond FOOT_TOLERANCE_S of the usual is placed the median peak-to-foot
-    interval before its peak, so no beat is lost."""
+    interval before its peak, so no beat is lost.
+
+    Parameters
+    ----------
+    ppg : PPG samples (finite).
+    rate_hz : sample rate (Hz); above TIMING_RATE_HZ the PPG is resampled to it first.
+    fiducial : "foot" or "peak".
+    """
     if rate_hz > TIMING_RATE_HZ:
         # The foot's tangent is a slope: on a spline through a fast, unfiltered PPG it follows the sensor noise
         # (foot SD 4 ms at 125 Hz, 16 ms at 500 Hz with the same 1 % noise). A pulse holds nothing above ~15 Hz.
@@ -117,7 +131,14 @@ def pulse_times(ppg: np.ndarray, rate_hz: float, fiducial: str = "foot") -> tupl
 def pulse_delays(r_t: np.ndarray, p_t: np.ndarray, pulse_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(indices into `r_t`, R peak -> pulse delays) of the R peaks that have a pulse. Each R's pulse is the first
     systolic peak `p_t` >= MIN_PAT_S later (pairing by the peak, the pulse's clearest point), no more than
-    MIN_PAT_S + 2 s later, and the delay is measured to that pulse's `pulse_t`."""
+    MIN_PAT_S + 2 s later, and the delay is measured to that pulse's `pulse_t`.
+
+    Parameters
+    ----------
+    r_t : R peak times (s, ascending).
+    p_t : systolic peak times (s, ascending).
+    pulse_t : each pulse's time at the fiducial in use (s), aligned with `p_t`.
+    """
     j = np.searchsorted(p_t, r_t + MIN_PAT_S)
     i = np.flatnonzero(j < len(p_t))
     i = i[p_t[j[i]] - r_t[i] < MIN_PAT_S + 2.0]
@@ -134,7 +155,13 @@ def _estimate_delay(r_t: np.ndarray, p_t: np.ndarray, pulse_t: np.ndarray) -> fl
 
 def beat_model_from_context(ctx: PairedContext, fiducial: str = "foot") -> BeatModel | None:
     """Patient-specific delay (R peak -> pulse `fiducial`) and median beat from earlier simultaneous
-    ECG + PPG (None if unusable)."""
+    ECG + PPG (None if unusable: fewer than 3 R peaks, or a median RR outside 0.25-2.5 s).
+
+    Parameters
+    ----------
+    ctx : the patient's paired context.
+    fiducial : "foot" or "peak" (the PPG point the delay is measured to).
+    """
     fs = float(ctx.rate_hz)
     ecg, _ = fill_nonfinite(np.asarray(ctx.ecg, dtype=np.float64))
     ppg, _ = fill_nonfinite(np.asarray(ctx.ppg, dtype=np.float64))
@@ -187,6 +214,17 @@ def render_ecg(r_t: np.ndarray, model: BeatModel, n_out: int, rate_hz: float) ->
 
     Sample k belongs to the beat whose territory [R - PRE_FRAC*RR_before, R + (1-PRE_FRAC)*RR_after)
     holds it; outside the QRS (+-QRS_HALF_S) time is scaled so the territory maps onto the template.
+
+    Parameters
+    ----------
+    r_t : beat (R peak) times (s from sample 0).
+    model : the beat drawn.
+    n_out : output samples.
+    rate_hz : output rate (Hz).
+
+    Returns
+    -------
+    float64 drawing, zero-based (add `model.level` for the patient's ECG level).
     """
     out = np.zeros(n_out, dtype=np.float64)
     if len(r_t) == 0 or n_out == 0:
@@ -214,7 +252,14 @@ def render_ecg(r_t: np.ndarray, model: BeatModel, n_out: int, rate_hz: float) ->
 
 def blur_timing(x: np.ndarray, rate_hz: float, sd_s: float = TIMING_BLUR_S) -> np.ndarray:
     """`x` convolved with a Gaussian of `sd_s` seconds: what a drawing with that beat-timing error looks like on
-    average. `sd_s` = 0 returns `x` unchanged."""
+    average. `sd_s` = 0 returns `x` unchanged.
+
+    Parameters
+    ----------
+    x : samples.
+    rate_hz : sample rate (Hz).
+    sd_s : timing error SD (s).
+    """
     if sd_s <= 0 or len(x) < 2:
         return x
     return gaussian_filter1d(np.asarray(x, dtype=np.float64), sd_s * float(rate_hz), mode="nearest")
@@ -241,6 +286,7 @@ class ClassicTranslator:
         self._cache = ContextCache(cache_size)
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        """`operators.translator.Translator.translate`: one float32 array of `n_out` samples per request."""
         return [self._one(r) for r in requests]
 
     # ------------------------------------------------------------------
@@ -292,6 +338,7 @@ class PassthroughTranslator:
     name = "passthrough"
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        """`operators.translator.Translator.translate`: each source linearly interpolated to `n_out` samples."""
         out = []
         for req in requests:
             x = np.asarray(req.source, dtype=np.float32)

@@ -88,7 +88,16 @@ VT_PULSE_MIN_BEATS = 6  # pulses in the window needed to measure their regularit
 
 
 def parse_alarm_type(name: str) -> str:
-    """Our alarm type for any accepted spelling (ours, the Challenge's, or short `asys`/`vt`/`vf`)."""
+    """Our alarm type for any accepted spelling (ours, the Challenge's, or short `asys`/`vt`/`vf`).
+
+    Parameters
+    ----------
+    name : the alarm type as a monitor or the Challenge writes it (case, "-" and spaces ignored).
+
+    Raises
+    ------
+    ValueError : an unknown alarm type.
+    """
     key = str(name).strip()
     if key in CHALLENGE_TYPES:
         return CHALLENGE_TYPES[key]
@@ -104,7 +113,12 @@ def parse_alarm_type(name: str) -> str:
 
 
 def channel_kind(name: str) -> str | None:
-    """"ecg", "pulse" (PLETH, ABP), "synth" (ECG synthesized from PLETH) or None (not used, e.g. RESP)."""
+    """"ecg", "pulse" (PLETH, ABP), "synth" (ECG synthesized from PLETH) or None (not used, e.g. RESP).
+
+    Parameters
+    ----------
+    name : canonical channel name, any case.
+    """
     up = name.upper()
     if up == SYNTH:
         return "synth"
@@ -154,6 +168,7 @@ class ChannelEvidence:
     supports: float  # [0, 1]: how strongly it says the alarm is true
 
     def to_dict(self) -> dict:
+        """JSON-ready form (floats rounded; what a verdict message carries per channel)."""
         d = asdict(self)
         d["beats_s"] = [round(b, 3) for b in self.beats_s]
         return {k: (_rounded(v) if isinstance(v, float) else v) for k, v in d.items()}
@@ -161,6 +176,9 @@ class ChannelEvidence:
 
 @dataclass(frozen=True)
 class AlarmVerdict:
+    """The verification of one alarm: verdict, confidence, the fused false-score against its threshold, and the
+    evidence of every channel read (`fuse`)."""
+
     alarm_type: str
     mode: str
     verdict: str  # "true" | "false" | "uncertain"
@@ -178,6 +196,7 @@ class AlarmVerdict:
         return self.verdict != "false"
 
     def to_dict(self) -> dict:
+        """JSON-ready form (docs/verdict.schema.json)."""
         return {"verdict": self.verdict, "confidence": _rounded(self.confidence), "alarm_type": self.alarm_type,
                 "mode": self.mode, "false_score": _rounded(self.false_score), "threshold": _rounded(self.threshold),
                 "window_s": [_rounded(w) for w in self.window_s], "reason": self.reason,
@@ -377,7 +396,16 @@ def synthesize_ecg(translator: Translator, pleth: np.ndarray, rate_hz: float, ec
     """Lead II synthesized from PLETH by `translator` (its ppg2ecg task), at the PLETH's rate.
 
     With a simultaneous `ecg` (same rate, same length) the cleanest paired `context_s` segment of it is the
-    patient's context (`operators.state.context.select_context`). None when PLETH is too short."""
+    patient's context (`operators.state.context.select_context`). None when PLETH is too short.
+
+    Parameters
+    ----------
+    translator : serves the "ppg2ecg" task.
+    pleth : PPG samples (NaN/inf runs are interpolated first).
+    rate_hz : the PLETH's (and the output's) sample rate (Hz); at least 2 s of PLETH are needed.
+    ecg : simultaneous lead II, for the context; ignored unless as long as `pleth`.
+    context_s : context length (s); 0 for none.
+    """
     pleth = np.asarray(pleth, dtype=np.float64)
     if len(pleth) < int(2 * rate_hz):
         return None
@@ -395,7 +423,15 @@ def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str
                         onset_s: float, *, mode: str = "realtime", wait_s: float = 30.0,
                         config: VerifierConfig | None = None) -> tuple[dict, dict]:
     """Copies of `signals`/`rates_hz` with `II_SYNTH` drawn from PLETH over the span `verify_alarm` reads (NaN
-    elsewhere), using the simultaneous lead II there as the patient's context. Unchanged without PLETH."""
+    elsewhere), using the simultaneous lead II there as the patient's context. Unchanged without PLETH.
+
+    Parameters
+    ----------
+    signals, rates_hz : the record's channels and their rates (Hz), by canonical name.
+    translator : serves the "ppg2ecg" task.
+    onset_s : the alarm's onset (s from the record's start).
+    mode, wait_s, config : as `verify_alarm` takes them (they set the span read).
+    """
     sig, rates = dict(signals), dict(rates_hz)
     if "PLETH" not in sig:
         return sig, rates
@@ -490,7 +526,15 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
          window_s: tuple[float, float]) -> AlarmVerdict:
     """The verdict from per-channel evidence: the quality-weighted contradiction (strongest channel, or the
     weakest of the usable ones, per FUSION) minus the strongest quality-weighted support, against
-    `threshold` (see the module doc)."""
+    `threshold` (see the module doc).
+
+    Parameters
+    ----------
+    alarm_type, mode : what was verified and how (carried into the verdict).
+    chans : every channel's evidence.
+    threshold : false-score above which the verdict is "false".
+    window_s : the analysis window relative to the onset (s), carried into the verdict.
+    """
     chans = tuple(chans)
     if not chans:
         return AlarmVerdict(alarm_type, mode, "uncertain", 0.0, 0.0, threshold, window_s, (), "no usable channel")

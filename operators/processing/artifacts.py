@@ -74,7 +74,23 @@ ARTIFACTS = {"flat": flat, "noise": noise, "clipping": clipping, "motion": motio
 
 def inject(kind: str, x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator,
            level: float | None = None) -> np.ndarray:
-    """Corrupted copy of `x` over `[a, b)` with artifact `kind` (a key of `ARTIFACTS`)."""
+    """Corrupted copy of `x` over `[a, b)` with artifact `kind` (a key of `ARTIFACTS`).
+
+    Every artifact function takes the same arguments as this one, minus `kind`.
+
+    Parameters
+    ----------
+    kind : "flat", "noise", "clipping", "motion" or "nan".
+    x : clean samples (not changed).
+    a, b : the corrupted span (sample indices, `b` exclusive).
+    fs_hz : sample rate (Hz).
+    rng : random generator (noise, motion).
+    level : the artifact's strength (its function's default if None; meaning per function).
+
+    Returns
+    -------
+    float64 copy of `x`.
+    """
     try:
         fn = ARTIFACTS[kind]
     except KeyError:
