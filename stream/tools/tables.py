@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from operators.processing.samples import grid_ns
 from stream.tools.collector import Collected
 
 # Role of a collected topic -> its Parquet file.
@@ -26,7 +27,7 @@ def chunks_to_table(chunks: Sequence):
         meta = getattr(c, "meta", {}) or {}
         cols["bed"].append(np.full(n, c.bed_id, dtype=object))
         cols["signal"].append(np.full(n, c.signal, dtype=object))
-        cols["time"].append(c.start_ns + np.round(np.arange(n) * (1e9 / c.rate_hz)).astype(np.int64))
+        cols["time"].append(grid_ns(c.start_ns, c.rate_hz, np.arange(n)))
         cols["value"].append(np.asarray(c.samples, dtype=np.float32))
         cols["rate_hz"].append(np.full(n, c.rate_hz, dtype=np.float32))
         cols["quality"].append(np.full(n, np.nan if meta.get("quality") is None else meta["quality"], np.float32))
