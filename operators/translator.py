@@ -15,7 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["PPG2ECG", "SR", "TASKS", "DEFAULT_SPEC", "ECG_SIGNALS", "is_ecg_signal", "PairedContext",
+__all__ = ["PPG2ECG", "SR", "TASKS", "DEFAULT_SPEC", "is_ecg_signal", "PairedContext",
            "TranslationRequest", "output_length", "Translator", "TaskRouter", "parse_spec", "check_spec",
            "load_translator"]
 

@@ -39,3 +39,12 @@ def test_importing_the_packages_loads_no_submodule_or_heavy_library():
             "print(sorted(m for m in sys.modules if m.startswith(('operators.', 'scipy', 'wfdb', 'pyarrow', 'pandas'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(out) == ["operators._lazy", "operators.io", "operators.processing", "operators.state"]
+
+
+def test_every_module_all_names_exist():
+    import operators
+
+    for info in pkgutil.walk_packages(operators.__path__, "operators."):
+        mod = importlib.import_module(info.name)
+        for name in getattr(mod, "__all__", ()):
+            assert hasattr(mod, name), f"{info.name}.__all__ lists {name!r}, which it does not define"
