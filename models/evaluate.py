@@ -202,7 +202,20 @@ def format_row(row: dict) -> str:
 
 def spread_pick(names: list[str], most: int) -> list[str]:
     """At most `most` of `names`, evenly spread over the list (Challenge names are sorted by alarm type, so the
-    first few would all be asystole records); `most` <= 0 keeps all."""
+    first few would all be asystole records).
+
+    Parameters
+    ----------
+    names : list of str
+        Record names, in order.
+    most : int
+        How many to keep; <= 0 (or at least ``len(names)``) keeps all.
+
+    Returns
+    -------
+    list of str
+        The kept names in their order, first and last included.
+    """
     if most <= 0 or most >= len(names):
         return list(names)
     return [names[int(i)] for i in np.linspace(0, len(names) - 1, most).round()]
@@ -232,9 +245,20 @@ def records_by_dataset(names: list[str]) -> dict[str, list[str]]:
 
 
 def comparison(rows: dict[str, dict]) -> list[tuple[str, dict, str, dict]]:
-    """(task row, CLMT metrics, classic method, its metrics) for each CLMT row, the classic side being
-    the strongest classic method run on the same input (by mean window Pearson: polyphase or cubic for SR; the
-    context paste for ECG SR + context; the template for PPG->ECG)."""
+    """CLMT against the strongest classic method run on the same input, row by row.
+
+    Parameters
+    ----------
+    rows : dict
+        Row name ("sr-ecg 25->100 aa clmt +context") -> its figures (`Result.overall`).
+
+    Returns
+    -------
+    list of tuple
+        (task row without the method, CLMT figures, classic method, its figures) for each CLMT row that has a
+        classic rival; the strongest is the one with the highest mean window Pearson: polyphase or cubic for SR,
+        the context paste ("polyphase +context") for ECG SR + context, the template ("baseline") for PPG->ECG.
+    """
     out = []
     for key, row in rows.items():
         parts = key.split(" ")
@@ -252,7 +276,8 @@ def comparison(rows: dict[str, dict]) -> list[tuple[str, dict, str, dict]]:
 
 
 def markdown_comparison(rows: dict[str, dict]) -> str:
-    """`comparison` as a markdown table."""
+    """`comparison` as a markdown table: Pearson raw / aligned, RMSE, and for ECG outputs F1 at +-50 / +-150 ms
+    and HR MAE (bpm)."""
     cell = lambda r: (f"{r['pearson']:.4f} / {r['pearson_aligned']:.4f}, {r['rmse']:.4f}"
                       + (f", {r['f1_50']:.3f} / {r['f1_150']:.3f}, {r['hr_mae']:.2f}" if "f1_50" in r else ""))
     lines = ["| task | CLMT | strongest classic | classic method |", "|---|---|---|---|"]
