@@ -42,56 +42,77 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
     fig, axes = plt.subplots(4, 1, figsize=(13, 10.5), constrained_layout=True,
                              gridspec_kw={"height_ratios": [1, 1, 1, 0.6]})
     fig.suptitle("wavebridge demo: input vs. output (true timestamps)", fontsize=13)
-
-    def window(t: np.ndarray) -> tuple[float, float]:
-        # A stretch in the middle of the output, where every window has its full context.
-        mid = t[len(t) // 2] / 1e9
-        return mid - view_s / 2, mid + view_s / 2
-
-    t0 = None
-    twin_lines: list = []
-    if main_bed:
-        ts, ys = _series(syn, main_bed, "II_SYNTH")
-        tp, yp = _series(inp, main_bed, "PLETH")
-        te, ye = _series(inp, main_bed, "II")
-        if len(ts):
-            lo, hi = window(ts)
-            t0 = lo
-            for ax, (t, y, label, color) in zip(axes[:2], [(tp, yp, "input PLETH (PPG)", "tab:blue"),
-                                                           (ts, ys, "output II_SYNTH (synthesized ECG)", "tab:red")]):
-                m = (t / 1e9 >= lo) & (t / 1e9 < hi)
-                ax.plot(t[m] / 1e9 - t0, y[m], color=color, lw=1.2, label=label)
-            m = (te / 1e9 >= lo) & (te / 1e9 < hi)
-            if m.any():
-                # The real lead II on a twin axis: the synthesized one is not in mV-calibrated units.
-                ax2 = axes[1].twinx()
-                ax2.plot(te[m] / 1e9 - t0, ye[m], color="0.55", lw=0.9, alpha=0.8, label="measured II (reference)")
-                ax2.set_ylabel("measured II")
-                ax2.set_zorder(axes[1].get_zorder() - 1)  # keep the output trace on top
-                axes[1].patch.set_visible(False)
-                twin_lines = ax2.lines
-            axes[0].set_title(f"{main_bed}: PPG in", loc="left", fontsize=10)
-            axes[1].set_title(f"{main_bed}: II_SYNTH, synthesized from the PPG: not a measured or diagnostic lead "
-                              f"(grey: the measured ECG)", loc="left", fontsize=10)
+    t0, twin_lines = _plot_ppg2ecg(axes[0], axes[1], inp, syn, main_bed, view_s) if main_bed else (None, [])
+    sr_signal = None
     if sr_bed:
-        sig = next((s for s in ("PLETH_SR", "II_SR") if len(_series(sr, sr_bed, s)[0])), None)
-        if sig:
-            base = sig[:-3]
-            tr, yr = _series(sr, sr_bed, sig)
-            tl, yl = _series(inp, sr_bed, base)
-            lo, hi = (t0, t0 + view_s) if t0 is not None else window(tr)
-            t0 = lo if t0 is None else t0
-            ax = axes[2]
-            m = (tr / 1e9 >= lo) & (tr / 1e9 < hi)
-            rate_out = round(1e9 / float(np.median(np.diff(tr)))) if len(tr) > 1 else 0
-            ax.plot(tr[m] / 1e9 - t0, yr[m], color="tab:green", lw=1.2, label=f"output {sig} ({rate_out:g} Hz)")
-            m = (tl / 1e9 >= lo) & (tl / 1e9 < hi)
-            ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({sr_input_hz:g} Hz)")
-            ax.set_title(f"{sr_bed}: super-resolution of a {sr_input_hz:g} Hz monitor", loc="left", fontsize=10)
+        t0, sr_signal = _plot_sr(axes[2], inp, sr, sr_bed, t0, view_s, sr_input_hz)
     if t0 is not None:
         _plot_quality(axes, t0, view_s, [(syn, main_bed, "II_SYNTH", "tab:red", 1),
-                                         (sr, sr_bed, next((s for s in ("PLETH_SR", "II_SR") if sr_bed and len(
-                                             _series(sr, sr_bed, s)[0])), None), "tab:green", 2)], events)
+                                         (sr, sr_bed, sr_signal, "tab:green", 2)], events)
+    _finish_axes(axes, twin_lines)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def _middle(t_ns: np.ndarray, view_s: float) -> tuple[float, float]:
+    """(start, end) in s of a `view_s` stretch in the middle of the output, where every window has its full
+    context."""
+    mid = t_ns[len(t_ns) // 2] / 1e9
+    return mid - view_s / 2, mid + view_s / 2
+
+
+def _plot_ppg2ecg(ax_in, ax_out, inp, syn, bed: str, view_s: float) -> tuple[float | None, list]:
+    """Top panels: the bed's PPG, and its synthesized ECG over the measured one. Returns (the stretch's start in s,
+    None without output; the measured ECG's lines, for the legend)."""
+    ts, ys = _series(syn, bed, "II_SYNTH")
+    tp, yp = _series(inp, bed, "PLETH")
+    te, ye = _series(inp, bed, "II")
+    if not len(ts):
+        return None, []
+    lo, hi = _middle(ts, view_s)
+    t0 = lo
+    twin_lines: list = []
+    for ax, (t, y, label, color) in zip((ax_in, ax_out), [(tp, yp, "input PLETH (PPG)", "tab:blue"),
+                                                          (ts, ys, "output II_SYNTH (synthesized ECG)", "tab:red")]):
+        m = (t / 1e9 >= lo) & (t / 1e9 < hi)
+        ax.plot(t[m] / 1e9 - t0, y[m], color=color, lw=1.2, label=label)
+    m = (te / 1e9 >= lo) & (te / 1e9 < hi)
+    if m.any():
+        # The real lead II on a twin axis: the synthesized one is not in mV-calibrated units.
+        ax2 = ax_out.twinx()
+        ax2.plot(te[m] / 1e9 - t0, ye[m], color="0.55", lw=0.9, alpha=0.8, label="measured II (reference)")
+        ax2.set_ylabel("measured II")
+        ax2.set_zorder(ax_out.get_zorder() - 1)  # keep the output trace on top
+        ax_out.patch.set_visible(False)
+        twin_lines = ax2.lines
+    ax_in.set_title(f"{bed}: PPG in", loc="left", fontsize=10)
+    ax_out.set_title(f"{bed}: II_SYNTH, synthesized from the PPG: not a measured or diagnostic lead "
+                     f"(grey: the measured ECG)", loc="left", fontsize=10)
+    return t0, twin_lines
+
+
+def _plot_sr(ax, inp, sr, bed: str, t0: float | None, view_s: float, sr_input_hz: float) -> tuple[float | None, str | None]:
+    """Third panel: the bed's super-resolved output over its low-rate input samples, on the same stretch as the
+    panels above (or the middle of its own output). Returns (the stretch's start in s, the output signal shown)."""
+    sig = next((s for s in ("PLETH_SR", "II_SR") if len(_series(sr, bed, s)[0])), None)
+    if not sig:
+        return t0, None
+    base = sig[:-3]
+    tr, yr = _series(sr, bed, sig)
+    tl, yl = _series(inp, bed, base)
+    lo, hi = (t0, t0 + view_s) if t0 is not None else _middle(tr, view_s)
+    t0 = lo if t0 is None else t0
+    m = (tr / 1e9 >= lo) & (tr / 1e9 < hi)
+    rate_out = round(1e9 / float(np.median(np.diff(tr)))) if len(tr) > 1 else 0
+    ax.plot(tr[m] / 1e9 - t0, yr[m], color="tab:green", lw=1.2, label=f"output {sig} ({rate_out:g} Hz)")
+    m = (tl / 1e9 >= lo) & (tl / 1e9 < hi)
+    ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({sr_input_hz:g} Hz)")
+    ax.set_title(f"{bed}: super-resolution of a {sr_input_hz:g} Hz monitor", loc="left", fontsize=10)
+    return t0, sig
+
+
+def _finish_axes(axes, twin_lines: list) -> None:
+    """Legends above each panel (the ECG panel's with the measured ECG), grids, and a note on empty panels."""
     for i, ax in enumerate(axes):
         if ax.lines:
             handles = ax.lines + (twin_lines if i == 1 else [])
@@ -102,8 +123,6 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
             ax.text(0.5, 0.5, "no output collected", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("time (s) from the start of the plotted stretch")
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
 
 
 def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None:
