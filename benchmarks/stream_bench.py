@@ -187,7 +187,6 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
                    log=print) -> list[StepResult]:
     """The ramp for one translator spec: one worker (its own topics and database), a warm-up bed, then one step
     per bed count of `args.beds` until a step is not sustained (all of them with `--full-ramp`)."""
-    from stream.tools.publisher import ReplayOptions, replay
     from stream.topics import ensure_topics
 
     tag = "".join(ch if ch.isalnum() else "_" for ch in translator)
@@ -199,58 +198,69 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
     results: list[StepResult] = []
     settings = worker_settings(broker.bootstrap, influx, db, f"bench.{tag}", translator, stats, args)
     with WorkerProcess(worker_environment(settings), workdir / f"worker-{tag}.log") as worker:
-        # Warm-up: group join, translator load (torch for clmt) and the first InfluxDB write.
         t0 = time.monotonic()
-        warm = replay([recording], broker.bootstrap, ReplayOptions(topic=settings.topic_input, beds=1,
-                                                                   bed_prefix="warmup", speed=0,
-                                                                   duration_s=WINDOW_S + 2 * HOP_S))
-        rows = wait_written(worker, stats, "warmup", warm.chunks, args.warmup_timeout)
-        if len(rows) < warm.chunks:
-            raise RuntimeError(f"{translator}: worker did not process the warm-up bed within {args.warmup_timeout:g} s; "
-                               f"log:\n{worker.log_tail()}")
+        _warm_up(worker, settings, stats, recording, args)
         log(f"[{translator}] worker warm after {time.monotonic() - t0:.1f} s")
-
         for n in args.beds:
-            prefix = f"n{n:03d}-"
-            cpu0 = scrape_cpu(settings)
-            wall0 = time.time()
-            st = replay([recording], broker.bootstrap, ReplayOptions(
-                topic=settings.topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed,
-                duration_s=args.duration))
-            replay_end_ms = time.time() * 1000.0
-            # Wait for every message to be written (including the idle-flushed tail).
-            drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
-            rows = wait_written(worker, stats, prefix, st.chunks, drain_s)
-            wall = time.time() - wall0
-            cpu1 = scrape_cpu(settings)
-            cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
-            # Steady state only: a bed's first window must fill (window_s of signal) before anything
-            # is written, and its last one is closed by the idle flush; both are start/stop effects.
-            head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
-            tail_cut_ms = replay_end_ms - (WINDOW_S / args.speed) * 1000.0 - 1000.0
-            lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in rows
-                            if r.get("produce_ms") is not None and head_cut_ms <= r["produce_ms"] <= tail_cut_ms])
-            p99 = percentile(lat, 99)
-            why = []
-            if len(rows) < st.chunks:
-                why.append(f"only {len(rows)}/{st.chunks} messages written {drain_s:.0f} s after the replay")
-            if not (p99 <= args.max_p99_s):
-                why.append(f"p99 {p99:.2f} s > {args.max_p99_s:g} s")
-            if st.max_lag_s > args.max_replay_lag_s:
-                why.append(f"replay fell {st.max_lag_s:.1f} s behind (load generator limit)")
-            res = StepResult(
-                translator=translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
-                written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
-                replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
-                sustained=not why, why="; ".join(why), cpu=cpu)
+            res = run_step(n, worker, settings, stats, recording, args)
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
                 f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
                 f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}\n"
-                f"        {cpu_line(cpu, wall)}")
+                f"        {cpu_line(res.cpu, res.wall_s)}")
             if not res.sustained and not args.full_ramp:
                 break
     return results
+
+
+def _warm_up(worker: WorkerProcess, settings: Settings, stats: Path, recording, args) -> None:
+    """One short bed, waited for: group join, translator load (torch for clmt) and the first InfluxDB write."""
+    from stream.tools.publisher import ReplayOptions, replay
+
+    warm = replay([recording], settings.bootstrap_servers[0],
+                  ReplayOptions(topic=settings.topic_input, beds=1, bed_prefix="warmup", speed=0,
+                                duration_s=WINDOW_S + 2 * HOP_S))
+    rows = wait_written(worker, stats, "warmup", warm.chunks, args.warmup_timeout)
+    if len(rows) < warm.chunks:
+        raise RuntimeError(f"{settings.translator}: worker did not process the warm-up bed within "
+                           f"{args.warmup_timeout:g} s; log:\n{worker.log_tail()}")
+
+
+def run_step(n: int, worker: WorkerProcess, settings: Settings, stats: Path, recording, args) -> StepResult:
+    """One step of the ramp: `n` beds replayed at `args.speed`, every message waited for, latency over the steady
+    state (a bed's first window must fill before anything is written, and its last one is closed by the idle
+    flush: both are start/stop effects), and whether the step was sustained."""
+    from stream.tools.publisher import ReplayOptions, replay
+
+    prefix = f"n{n:03d}-"
+    cpu0 = scrape_cpu(settings)
+    wall0 = time.time()
+    st = replay([recording], settings.bootstrap_servers[0], ReplayOptions(
+        topic=settings.topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed, duration_s=args.duration))
+    replay_end_ms = time.time() * 1000.0
+    # Wait for every message to be written (including the idle-flushed tail).
+    drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
+    rows = wait_written(worker, stats, prefix, st.chunks, drain_s)
+    wall = time.time() - wall0
+    cpu1 = scrape_cpu(settings)
+    cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
+    head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
+    tail_cut_ms = replay_end_ms - (WINDOW_S / args.speed) * 1000.0 - 1000.0
+    lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in rows
+                    if r.get("produce_ms") is not None and head_cut_ms <= r["produce_ms"] <= tail_cut_ms])
+    p99 = percentile(lat, 99)
+    why = []
+    if len(rows) < st.chunks:
+        why.append(f"only {len(rows)}/{st.chunks} messages written {drain_s:.0f} s after the replay")
+    if not (p99 <= args.max_p99_s):
+        why.append(f"p99 {p99:.2f} s > {args.max_p99_s:g} s")
+    if st.max_lag_s > args.max_replay_lag_s:
+        why.append(f"replay fell {st.max_lag_s:.1f} s behind (load generator limit)")
+    return StepResult(
+        translator=settings.translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
+        written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
+        replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
+        sustained=not why, why="; ".join(why), cpu=cpu)
 
 
 def sustained(results: list[StepResult]) -> float:
