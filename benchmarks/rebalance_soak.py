@@ -116,6 +116,36 @@ def expected_grid(rec) -> dict:
     return out
 
 
+def wait_ready(workers: list[WorkerProcess], what: str, timeout_s: float = 120.0) -> None:
+    """Until every worker logged that it is ready; RuntimeError when one exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    for w in workers:
+        while "Worker]: Ready" not in w.log_tail(400):
+            w.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: a worker was not ready in {timeout_s:g} s:\n{w.log_tail()}")
+            time.sleep(0.3)
+
+
+def settle(workers: list[WorkerProcess], bootstrap: str, settings: Settings, influx, sent: int,
+           timeout_s: float) -> bool:
+    """Until every input message is committed and InfluxDB has not grown for 6 s (the sink agents caught up);
+    False when `timeout_s` passed first."""
+    deadline = time.monotonic() + timeout_s
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        for w in workers:
+            w.check()
+        done = committed_total(bootstrap, settings.group_id, settings.topic_input) == sent
+        n = influx_count(influx.server, settings.influx_bucket)
+        if n != last:
+            last, stable_since = n, time.monotonic()
+        if done and time.monotonic() - stable_since > 6.0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, log=print) -> dict:
     """Run `i` (see the module docstring): fresh topics, group and database, `args.workers` workers, the replay,
     in a kill run (i > 0) one SIGKILL and restart, then settle; returns its counts and InfluxDB snapshot."""
@@ -129,15 +159,8 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
     settings = worker_settings(broker.bootstrap, influx, db, prefix, args)
     env = worker_environment(settings)
     workers = [WorkerProcess(env, out / f"run{i:02d}-w{k}.log").start() for k in range(args.workers)]
-    restarts = 0
     try:
-        deadline = time.monotonic() + 120
-        for w in workers:
-            while "Worker]: Ready" not in w.log_tail(400):
-                w.check()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"run {i}: a worker was not ready in 120 s:\n{w.log_tail()}")
-                time.sleep(0.3)
+        wait_ready(workers, f"run {i}")
         result: dict = {}
 
         def run_replay():
@@ -159,25 +182,11 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
             workers[k].kill()
             time.sleep(kill["restart_after_s"])
             workers[k] = WorkerProcess(env, out / f"run{i:02d}-w{k}-restarted.log").start()
-            restarts += 1
         t.join(replay_wall + 120)
         if "error" in result or "stats" not in result:
             raise RuntimeError(f"run {i}: replay failed: {result.get('error')}")
         sent = result["stats"].chunks
-        # Settle: every input committed, and InfluxDB no longer growing (the sink agents caught up).
-        deadline = time.monotonic() + args.settle_timeout
-        last, stable_since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            for w in workers:
-                w.check()
-            done = committed_total(broker.bootstrap, settings.group_id, settings.topic_input) == sent
-            n = influx_count(influx.server, db)
-            if n != last:
-                last, stable_since = n, time.monotonic()
-            if done and time.monotonic() - stable_since > 6.0:
-                break
-            time.sleep(0.5)
-        else:
+        if not settle(workers, broker.bootstrap, settings, influx, sent, args.settle_timeout):
             log(f"run {i}: not settled after {args.settle_timeout:g} s (committed/sent or InfluxDB still growing)")
         dead = 0
         for k in range(args.workers):
