@@ -39,7 +39,7 @@ class RefinerConfig:
     channels: int = 64
     dilations: tuple = (1, 2, 4, 8, 16, 1, 2, 4, 8, 1)  # receptive field 201 samples = 2.0 s at 100 Hz (7 + 4*47 + 6)
     kernel: int = 5
-    prior_draft: bool = True  # ECG SR rows with a context beat start from source + prior (weights saved before: False)
+    prior_draft: bool = True  # ECG SR rows with a context beat start from source + prior, not from the CLMT decode
 
     def to_dict(self) -> dict:
         return asdict(self)

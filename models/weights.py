@@ -18,11 +18,15 @@ PARTS = ("tokenizer", "translator", "refiner")
 
 
 def count_params(*modules: torch.nn.Module) -> int:
+    """Number of parameters (not buffers such as codebooks) of `modules` together."""
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
 def save(out_dir: Path, tok: Tokenizer, tr: ContextTranslator, meta: dict, name: str = DEFAULT_NAME,
          refiner: Refiner | None = None) -> Path:
+    """Write `<out_dir>/<name>.safetensors` (tensors, the architecture in its header) and `<name>.json`
+    (architecture, parameter count and `meta`: what serving reads, e.g. `default_pat_s`, `ecg_scale`,
+    `refiner_tasks`, `prior_fiducial`); returns the .safetensors path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = {"tokenizer": tok, "translator": tr} | ({"refiner": refiner} if refiner is not None else {})
     tensors = {f"{p}.{k}": v.detach().contiguous().cpu() for p, m in parts.items() for k, v in m.state_dict().items()}
@@ -56,8 +60,7 @@ def load(path: str | Path | None = None, device: str = "cpu") -> tuple[Tokenizer
     ref = None
     if "refiner" in cfg:
         rc = cfg["refiner"]
-        # files from before `prior_draft` existed were trained without it
-        ref = Refiner(RefinerConfig(**({"prior_draft": False} | rc | {"dilations": tuple(rc["dilations"])})))
+        ref = Refiner(RefinerConfig(**(rc | {"dilations": tuple(rc["dilations"])})))
         ref.load_state_dict({k[len("refiner."):]: v for k, v in state.items() if k.startswith("refiner.")})
         ref = ref.to(device).eval()
     return tok.to(device).eval(), tr.to(device).eval(), ref, cfg
@@ -74,11 +77,11 @@ def _canonical(arch: dict) -> str:
 
 
 def _check_matches(path: Path, cfg: dict) -> None:
-    """The JSON's architecture must be the one the tensors were saved with (when the file records it)."""
+    """The JSON's architecture must be the one the tensors were saved with (the tensor file's header records it)."""
     with safe_open(str(path), framework="pt") as f:
         saved = (f.metadata() or {}).get("architecture")
     if saved is None:
-        return  # written before the file recorded it
+        raise ValueError(f"{path.name} records no architecture in its header: not a file `weights.save` wrote")
     mine = _canonical({p: cfg[p] for p in PARTS if p in cfg})
     if mine != saved:
         a, b = json.loads(saved), json.loads(mine)
@@ -89,4 +92,5 @@ def _check_matches(path: Path, cfg: dict) -> None:
 
 
 def available(path: str | Path | None = None) -> bool:
+    """Whether the weights `path` names (default: the shipped ones) exist."""
     return resolve(path).exists()
