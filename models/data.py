@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.prep import CANONICAL_RATE, LOWRES_KINDS, beat_templates, ecg_prior, estimate_pat_s, lowres_then_up, zscore
+from models.batch import ModelBatch, TrainingBatch, sex_code
+from models.prep import (CANONICAL_RATE, LOWRES_KINDS, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite,
+                         lowres_then_up, prior_translator, zscore)
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
 from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
-from operators.processing.samples import fill_nonfinite
 from operators.processing.rpeaks import detect_rpeaks
 from operators.io.records import canonical_name, read_recording
 from operators.processing.resample import resample
@@ -40,6 +41,7 @@ AUG_MARGIN = 100  # samples of filter run-in on each side, cropped after decimat
 
 
 def patients() -> list[tuple[str, ...]]:
+    """BIDMC's patients in record order, each as the tuple of its record names."""
     grouped = {r: g for g in SAME_PATIENT for r in g}
     out, seen = [], set()
     for r in ALL_RECORDS:
@@ -82,7 +84,12 @@ def challenge_split(root: Path) -> tuple[list[str], list[str]]:
 
 
 @dataclass
-class Record:
+class TrainingRecord:
+    """One recording made ready for training: lead II and PLETH at 100 Hz plus what the sampler draws from them.
+
+    Not `operators.io.records.Recording` (a file's channels at their own rates): this one is resampled, NaN runs
+    interpolated as serving does (`models.prep.finite`), with R-peaks, low-rate versions and an unusable mask."""
+
     name: str
     ecg: np.ndarray  # lead II at 100 Hz, float32
     ppg: np.ndarray  # PLETH at 100 Hz
@@ -115,13 +122,14 @@ def unusable_mask(x: np.ndarray, missing: np.ndarray, rate: float = CANONICAL_RA
     return bad
 
 
-def load_record(path: Path, with_lowres: bool = True) -> Record:
+def load_record(path: Path, with_lowres: bool = True) -> TrainingRecord:
+    """Read the WFDB record at `path` (lead II and PLETH) into a `TrainingRecord`; `with_lowres` also makes its
+    25 and 50 Hz versions (every `LOWRES_KINDS` way) for SR windows."""
     rec = read_recording(path, signals=["II", "PLETH"])
     sig, missing = {}, {}
     for name, key in (("II", "ecg"), ("PLETH", "ppg")):
-        # as serving does (models.engine._finite): NaN runs interpolated, not zeroed (a zero run is a fake beat)
         raw = rec.signals[name].astype(np.float64)
-        x = fill_nonfinite(raw)[0]
+        x = finite(raw)  # as serving repairs a window: NaN runs interpolated (a zero run would be a fake beat)
         sig[key] = resample(x, rec.rates[name], CANONICAL_RATE, method="polyphase").astype(np.float32)
         t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE / rec.rates[name])
         missing[key] = np.zeros(len(sig[key]), bool)
@@ -135,7 +143,7 @@ def load_record(path: Path, with_lowres: bool = True) -> Record:
             for r in SR_SOURCE_RATES:
                 for kind in LOWRES_KINDS:  # monitors differ: some low-pass before decimating, some don't
                     lowres[(mod, r, kind)] = lowres_then_up(x, r, kind)
-    return Record(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE),
+    return TrainingRecord(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE),
                   detect_rpeaks(ecg, CANONICAL_RATE), lowres, np.concatenate([[0], np.cumsum(bad)]))
 
 
@@ -149,7 +157,8 @@ def record_path(name: str, bidmc_root: Path, challenge_root: Path | None = None)
 
 
 def load_records(root: Path, names: list[str], with_lowres: bool = True, challenge_root: Path | None = None,
-                 progress: bool = False) -> list[Record]:
+                 progress: bool = False) -> list[TrainingRecord]:
+    """`load_record` for each of `names` (`record_path` finds them); `progress` prints every 25 records."""
     out = []
     for i, n in enumerate(names):
         out.append(load_record(record_path(n, root, challenge_root), with_lowres))
@@ -161,24 +170,42 @@ def load_records(root: Path, names: list[str], with_lowres: bool = True, challen
 
 
 class Sampler:
-    """Draws random training windows; everything is z-scored per window like at inference."""
+    """Draws random training windows, each prepared as serving prepares a request (`models.batch.ModelBatch`).
 
-    def __init__(self, records: list[Record], window: int, context: tuple[int, int], template: int, seed: int):
-        """`context`: (min, max) length in samples of the paired segment templates are drawn from."""
+    Parameters
+    ----------
+    records : list of TrainingRecord
+        What to draw from (in proportion to their length).
+    window : int
+        Samples per window at 100 Hz.
+    context : (int, int)
+        (min, max) length in samples of the paired segment beat templates are drawn from.
+    template : int
+        Samples per beat template.
+    seed : int
+        Seeds the sampler's random stream (saved in checkpoints).
+    default_pat_s : float
+        Pulse-arrival delay in s for PPG->ECG rows without a measured one (the population's, as serving uses).
+    """
+
+    def __init__(self, records: list[TrainingRecord], window: int, context: tuple[int, int], template: int, seed: int,
+                 default_pat_s: float):
         self.records, self.window, self.context, self.template = records, window, context, template
+        self.default_pat_s = default_pat_s
+        self.prior_translator = prior_translator()  # the same classic prior serving draws
         self.rng = np.random.default_rng(seed)
         lengths = np.array([len(r.ecg) for r in records], np.float64)
         # records drawn in proportion to their length (BIDMC's 8 min and Challenge's 5 min alike per hour);
-        # equal lengths keep the plain uniform draw (and the random stream earlier weights were trained on)
+        # equal lengths (BIDMC alone, the shipped weights' recipe) keep the uniform draw, so that run reproduces
         self._p = None if np.all(lengths == lengths[0]) else lengths / lengths.sum()
 
-    def _record(self) -> Record:
+    def _record(self) -> TrainingRecord:
         if self._p is None:
             return self.records[self.rng.integers(len(self.records))]
         return self.records[self.rng.choice(len(self.records), p=self._p)]
 
-    def _start(self, r: Record, lo: int, hi: int, length: int, tries: int = 20) -> int:
-        """A start in [lo, hi) whose `length` samples are usable (`Record.usable`); after `tries` draws the last."""
+    def _start(self, r: TrainingRecord, lo: int, hi: int, length: int, tries: int = 20) -> int:
+        """A start in [lo, hi) whose `length` samples are usable (`TrainingRecord.usable`); after `tries` draws the last."""
         for _ in range(tries):
             s = int(self.rng.integers(lo, hi))
             if r.usable(s, length):
@@ -186,6 +213,7 @@ class Sampler:
         return s
 
     def tokenizer_batch(self, batch: int, length: int) -> dict[str, np.ndarray]:
+        """{"ecg": (batch, length), "ppg": (batch, length)} float32 windows at 100 Hz, each z-scored on its own."""
         out = {}
         for mod in ("ecg", "ppg"):
             xs = []
@@ -199,85 +227,101 @@ class Sampler:
 
     def translator_batch(self, batch: int, p_task=(0.5, 0.3, 0.2), p_context: float = 0.75,
                          lowres_kinds: tuple[str, ...] = ("fir", "plain"), p_sr_context: float = 0.0,
-                         p_ecg_stretch: float = 0.0, p_ecg_flip: float = 0.0) -> dict[str, np.ndarray]:
-        """`tgt` is z-scored on its own; `tgt_src_units` is the target in the units the serving path rescales
-        with (for SR the source's level and spread, for PPG->ECG the same as `tgt`).
+                         p_ecg_stretch: float = 0.0, p_ecg_flip: float = 0.0) -> TrainingBatch:
+        """`batch` windows, task drawn per row with probabilities `p_task` (PPG->ECG, ECG SR, PPG SR).
 
-        `prior`: for PPG->ECG the classic synthesis; for ECG SR, with probability `p_sr_context`, the high band
-        of the patient's context beat pasted on the source (operators.processing.beatsr), else zeros. ECG SR rows (and their
-        context) are time-stretched with probability `p_ecg_stretch`, sign-flipped with `p_ecg_flip` (`augment_ecg`)."""
+        PPG->ECG rows carry the patient's beat templates with probability `p_context` and the classic synthesis as
+        `prior`. SR rows come from a 25 or 50 Hz version made one of the `lowres_kinds` ways; ECG SR rows carry the
+        high band of the patient's context beat pasted on the source as `prior` with probability `p_sr_context`
+        (`operators.processing.beatsr`; the refiner's input), and are time-stretched with probability
+        `p_ecg_stretch`, sign-flipped with `p_ecg_flip` (`augment_ecg`)."""
         w, rng = self.window, self.rng
-        src, tgt, prior, ctx_e, ctx_p = (np.zeros((batch, n), np.float32) for n in (w, w, w, self.template, self.template))
-        tgt_src = np.zeros((batch, w), np.float32)
+        src, tgt, tgt_src, prior = (np.zeros((batch, w), np.float32) for _ in range(4))
+        ctx_e, ctx_p = (np.zeros((batch, self.template), np.float32) for _ in range(2))
         task = rng.choice(3, size=batch, p=p_task)
         has_ctx = np.zeros(batch, np.float32)
         rate = np.full(batch, CANONICAL_RATE, np.float32)
         age = np.full(batch, np.nan, np.float32)
-        sex = np.zeros(batch, np.int64)  # 0 unknown, 1 M, 2 F
+        sex = np.zeros(batch, np.int64)
         pat = np.zeros(batch, np.float32)
         for b in range(batch):
             r = self._record()
-            n = len(r.ecg)
-            s = self._start(r, 0, n - w, w)
+            s = self._start(r, 0, len(r.ecg) - w, w)
             if rng.random() < 0.8:  # priors are sometimes unknown at the bedside
                 age[b] = r.age if r.age is not None else np.nan
-                sex[b] = {"M": 1, "F": 2}.get(r.sex or "", 0)
+                sex[b] = sex_code(r.sex)
             if task[b] == TASK_PPG2ECG:
-                context = None
-                if rng.random() < p_context:
-                    # a paired segment of the same patient from elsewhere in the record (no overlap)
-                    c = int(rng.integers(self.context[0], self.context[1] + 1))
-                    cs = self._context_start(n, s, c)
-                    if cs is not None:
-                        e, p = r.ecg[cs : cs + c], r.ppg[cs : cs + c]
-                        rp = r.rpeaks[(r.rpeaks >= cs) & (r.rpeaks < cs + c)] - cs
-                        tpl = beat_templates(e, p, CANONICAL_RATE, rpeaks=rp)
-                        if tpl is not None:
-                            ctx_e[b], ctx_p[b] = tpl
-                            has_ctx[b] = 1.0
-                            pat[b] = estimate_pat_s(e, p, CANONICAL_RATE)
-                            context = PairedContext(e, p, CANONICAL_RATE)
-                prior[b] = ecg_prior(r.ppg[s : s + w], context)
-                src[b] = zscore(r.ppg[s : s + w])[0]
-                tgt[b] = zscore(r.ecg[s : s + w])[0]
-                rate[b] = float(rng.choice([62.5, 100.0, 125.0, 250.0]))
+                src[b], tgt[b], prior[b], rate[b], tpl, pat[b] = self._ppg2ecg_row(r, s, p_context)
+                tgt_src[b] = tgt[b]
+                if tpl is not None:
+                    (ctx_e[b], ctx_p[b]), has_ctx[b] = tpl, 1.0
             else:
-                mod = "ecg" if task[b] == TASK_ECG_SR else "ppg"
-                rr = float(rng.choice(SR_SOURCE_RATES))
-                kind = lowres_kinds[int(rng.random() * len(lowres_kinds))]
-                full = getattr(r, mod)
-                aug = None
-                if mod == "ecg" and (p_ecg_stretch > 0 or p_ecg_flip > 0):
-                    factor = float(rng.choice(STRETCH_FACTORS)) if rng.random() < p_ecg_stretch else 1.0
-                    aug = (factor, -1.0 if rng.random() < p_ecg_flip else 1.0)
-                    aug = None if aug == (1.0, 1.0) else aug
-                if aug is not None:
-                    before, after = augment_span(w, aug[0], AUG_MARGIN)
-                    s = self._start(r, before, n - after + 1, after)
-                    # one resampled span: the target is its middle, the source its decimation, margins cropped
-                    z = augment_ecg(full, s, w, *aug, margin=AUG_MARGIN)
-                    y = z[AUG_MARGIN:-AUG_MARGIN]
-                    x = lowres_then_up(z, rr, kind)[AUG_MARGIN:-AUG_MARGIN]
-                else:
-                    y = full[s : s + w]
-                    x = r.lowres[(mod, rr, kind)][s : s + w]
-                src[b], mu, sd = zscore(x)
-                if p_sr_context > 0 and task[b] == TASK_ECG_SR and rng.random() < p_sr_context:
-                    c = int(rng.integers(self.context[0], self.context[1] + 1))
-                    span = augment_span(c, aug[0])[1] if aug else c
-                    cs = self._context_start(n, s, span, augment_span(w, aug[0])[1] if aug else w)
-                    if cs is not None:
-                        ctx_ecg = augment_ecg(full, cs, c, *aug) if aug else full[cs : cs + c]
-                        tpl = qrs_template(ctx_ecg, CANONICAL_RATE, sr_cutoff_hz(rr))
-                        if tpl is not None:  # the refiner's input only: the translator never sees SR context
-                            prior[b] = paste_high_band(x, CANONICAL_RATE, tpl) / sd
-                tgt[b] = zscore(y)[0]
-                tgt_src[b] = (y - mu) / sd
-                rate[b] = rr
-                continue
-            tgt_src[b] = tgt[b]
-        return {"src": src, "tgt": tgt, "tgt_src_units": tgt_src, "prior": prior, "ctx_ecg": ctx_e, "ctx_ppg": ctx_p, "has_ctx": has_ctx, "task": task,
-                "rate": rate, "age": age, "sex": sex, "pat": pat}
+                src[b], tgt[b], tgt_src[b], prior[b], rate[b] = self._sr_row(
+                    r, s, int(task[b]), lowres_kinds, p_sr_context, p_ecg_stretch, p_ecg_flip)
+        # as the engine: the context's pulse delay where measured, else the population's; PPG shifted by it
+        pat = np.where((has_ctx > 0) & np.isfinite(pat), pat, self.default_pat_s).astype(np.float32)
+        for i in np.flatnonzero(task == TASK_PPG2ECG):
+            src[i] = align_ppg(src[i], float(pat[i]))
+        inputs = ModelBatch(source=src, task=task, source_rate_hz=rate, age_years=age, sex=sex, pat_s=pat,
+                            has_context=has_ctx, context_ecg=ctx_e, context_ppg=ctx_p, prior=prior)
+        return TrainingBatch(inputs, tgt, tgt_src)
+
+    def _ppg2ecg_row(self, r: TrainingRecord, s: int, p_context: float):
+        """(source, target, prior, source rate in Hz, beat templates or None, context pulse delay in s) of the
+        window at `s`; the source not yet shifted by the delay."""
+        w, rng, n = self.window, self.rng, len(r.ecg)
+        context, tpl, pat_s = None, None, 0.0
+        if rng.random() < p_context:
+            # a paired segment of the same patient from elsewhere in the record (no overlap)
+            c = int(rng.integers(self.context[0], self.context[1] + 1))
+            cs = self._context_start(n, s, c)
+            if cs is not None:
+                e, p = r.ecg[cs : cs + c], r.ppg[cs : cs + c]
+                rp = r.rpeaks[(r.rpeaks >= cs) & (r.rpeaks < cs + c)] - cs
+                tpl = beat_templates(e, p, CANONICAL_RATE, rpeaks=rp)
+                if tpl is not None:
+                    pat_s = estimate_pat_s(e, p, CANONICAL_RATE)
+                    context = PairedContext(e, p, CANONICAL_RATE)
+        prior = ecg_prior(self.prior_translator, r.ppg[s : s + w], context)
+        source_rate_hz = float(rng.choice([62.5, 100.0, 125.0, 250.0]))
+        return zscore(r.ppg[s : s + w])[0], zscore(r.ecg[s : s + w])[0], prior, source_rate_hz, tpl, pat_s
+
+    def _sr_row(self, r: TrainingRecord, s: int, task: int, lowres_kinds: tuple[str, ...], p_sr_context: float,
+                p_ecg_stretch: float, p_ecg_flip: float):
+        """(source, target, target in the source's z-units, prior, source rate in Hz) of an SR window at `s` (an
+        augmented ECG window draws its own start)."""
+        w, rng, n = self.window, self.rng, len(r.ecg)
+        mod = "ecg" if task == TASK_ECG_SR else "ppg"
+        source_rate_hz = float(rng.choice(SR_SOURCE_RATES))
+        kind = lowres_kinds[int(rng.random() * len(lowres_kinds))]
+        full = getattr(r, mod)
+        aug = None
+        if mod == "ecg" and (p_ecg_stretch > 0 or p_ecg_flip > 0):
+            factor = float(rng.choice(STRETCH_FACTORS)) if rng.random() < p_ecg_stretch else 1.0
+            aug = (factor, -1.0 if rng.random() < p_ecg_flip else 1.0)
+            aug = None if aug == (1.0, 1.0) else aug
+        if aug is not None:
+            before, after = augment_span(w, aug[0], AUG_MARGIN)
+            s = self._start(r, before, n - after + 1, after)
+            # one resampled span: the target is its middle, the source its decimation, margins cropped
+            z = augment_ecg(full, s, w, *aug, margin=AUG_MARGIN)
+            y = z[AUG_MARGIN:-AUG_MARGIN]
+            x = lowres_then_up(z, source_rate_hz, kind)[AUG_MARGIN:-AUG_MARGIN]
+        else:
+            y = full[s : s + w]
+            x = r.lowres[(mod, source_rate_hz, kind)][s : s + w]
+        src, mu, sd = zscore(x)
+        prior = np.zeros(w, np.float32)
+        if p_sr_context > 0 and task == TASK_ECG_SR and rng.random() < p_sr_context:
+            c = int(rng.integers(self.context[0], self.context[1] + 1))
+            span = augment_span(c, aug[0])[1] if aug else c
+            cs = self._context_start(n, s, span, augment_span(w, aug[0])[1] if aug else w)
+            if cs is not None:
+                ctx_ecg = augment_ecg(full, cs, c, *aug) if aug else full[cs : cs + c]
+                tpl = qrs_template(ctx_ecg, CANONICAL_RATE, sr_cutoff_hz(source_rate_hz))
+                if tpl is not None:  # the refiner's input only: the translator never sees SR context
+                    prior = paste_high_band(x, CANONICAL_RATE, tpl) / sd
+        return src, zscore(y)[0], (y - mu) / sd, prior, source_rate_hz
 
     def _context_start(self, n: int, s: int, c: int, w: int | None = None) -> int | None:
         """Start of a `c`-sample segment that does not overlap the `w`-sample window at `s`."""

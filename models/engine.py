@@ -8,34 +8,34 @@ Super-resolution of a source sampled at or above the canonical 100 Hz skips the 
 """
 from __future__ import annotations
 
-import logging
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from models import weights as W
-from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR, modality_masks
-from models.prep import (CANONICAL_RATE, PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, to_canonical,
-                         zscore)
+from models.batch import Clmt, ModelBatch, WindowInput, sex_code
+from models.prep import (CANONICAL_RATE, PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite,
+                         prior_translator, to_canonical, zscore)
+from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.state.context import ContextCache
-from operators.processing.samples import fill_nonfinite
 from operators.processing.resample import merge_bands, resample
+from operators.processing.samples import fit_length
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 
-log = logging.getLogger(__name__)
 
 MIN_CONTEXT_S = 3.0
 CONTEXT_CACHE = 1024  # beds' contexts kept prepared
-SR_BAND_MERGE = True
-QUANTIZE_OUTPUT = True
 FLAT_REL = 1e-6  # a source whose spread is below this fraction of its magnitude is flat (no model pass)
 
 
 def resolve_device(device: str = "auto") -> str:
+    """The torch device to run on: "auto" is "cuda" when torch sees a GPU, else "cpu"; an explicit CUDA device
+    without a GPU raises RuntimeError."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -44,34 +44,47 @@ def resolve_device(device: str = "auto") -> str:
 
 
 class ClmtTranslator:
+    """The CLMT model behind the `operators.translator.Translator` protocol.
+
+    Parameters
+    ----------
+    weights : str, optional
+        A .safetensors file or its folder (default: the shipped `models/weights/clmt-small`).
+    device : str
+        "cpu", "cuda[:n]" or "auto" (CUDA when torch sees a GPU). Torch's CPU thread count is the process's
+        business: set it where the process starts (`torch.set_num_threads`), not here.
+    half : bool, optional
+        Half precision (default: on CUDA only).
+    max_batch : int
+        Most windows in one forward pass.
+    """
+
     name = "clmt"
 
-    def __init__(self, weights: str | None = None, device: str = "auto", half: bool | None = None, max_batch: int = 256,
-                 threads: int | None = None):
+    def __init__(self, weights: str | None = None, device: str = "auto", half: bool | None = None, max_batch: int = 256):
         self.device = resolve_device(device)
-        if threads:
-            torch.set_num_threads(threads)
-        self.tok, self.tr, self.refiner, self.cfg = W.load(weights, self.device)
+        tok, tr, refiner, self.cfg = W.load(weights, self.device)
         self.half = (self.device != "cpu") if half is None else half
         if self.half:
-            for m in (self.tok, self.tr, self.refiner):
+            for m in (tok, tr, refiner):
                 if m is not None:
                     m.half()
-        self.stride = self.tok.cfg.stride
-        self.refined_tasks = torch.tensor(self.cfg.get("refiner_tasks", []), dtype=torch.long, device=self.device)
+        self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"])
+        self.stride = tok.cfg.stride
+        self.prior_translator = prior_translator()  # draws the PPG->ECG prior the translator refines
         # ECG SR uses a full-rate context beat only if the refiner learnt to (weights say so)
-        self.sr_context = self.refiner is not None and bool(self.cfg.get("refiner_sr_context", False))
+        self.sr_context = refiner is not None and bool(self.cfg["refiner_sr_context"])
         self.template_len = int(self.cfg["template"])
         self.default_pat = float(self.cfg["default_pat_s"])
-        self.ecg_scale = tuple(self.cfg.get("ecg_scale", (0.0, 0.3)))  # population (mean, std) of lead II windows, mV
+        self.ecg_scale = tuple(self.cfg["ecg_scale"])  # population (mean, std) of lead II windows, mV
         self.max_batch = max_batch
         self._lock = threading.Lock()  # one forward pass at a time; callers may be worker threads
         self._ctx_cache = ContextCache(CONTEXT_CACHE)
         self.name = f"clmt:{W.resolve(weights).stem}"  # tags every output: which weights made it
-        trained = self.cfg.get("prior_fiducial", "peak")  # weights from before the record learnt on peak timing
-        if trained != PRIOR_FIDUCIAL:
-            log.info("CLMT weights were trained with PPG->ECG priors timed at the pulse %s; serving priors timed at "
-                     "the pulse %s (models/prep.py, model card)", trained, PRIOR_FIDUCIAL)
+        if self.cfg["prior_fiducial"] != PRIOR_FIDUCIAL:
+            # the translator learnt PPG->ECG priors timed at one fiducial; fed another, its input distribution moves
+            raise ValueError(f"{W.resolve(weights).name}: trained on PPG->ECG priors timed at the pulse "
+                             f"{self.cfg['prior_fiducial']}, serving times them at the pulse {PRIOR_FIDUCIAL}")
 
     # -- per-request numpy preparation -------------------------------------------------------------
     def _task_id(self, r: TranslationRequest) -> int:
@@ -81,39 +94,32 @@ class ClmtTranslator:
             return TASK_ECG_SR if is_ecg_signal(r.source_signal) else TASK_PPG_SR
         raise ValueError(f"unknown task {r.task!r}")
 
-    def _prepare(self, r: TranslationRequest) -> dict:
+    def _prepare(self, r: TranslationRequest) -> _Prepared:
         task = self._task_id(r)
-        x = to_canonical(_finite(r.source), r.source_rate)
-        n = len(x)
+        x = to_canonical(finite(r.source), r.source_rate)
         z, mu, sd = zscore(x)
-        item = {"task": task, "n": n, "rate": float(r.source_rate),
-                "age": float(r.age) if r.age is not None else np.nan, "sex": {"M": 1, "F": 2}.get((r.sex or "").upper(), 0),
-                "has_ctx": 0.0, "pat": self.default_pat}
+        pat, tpl, prior, source_up = self.default_pat, None, None, None
         ctx = r.context if task == TASK_PPG2ECG else None
         feats = self._context_features(ctx) if ctx is not None else None
         if feats is not None:
-            _, tpl, pat, ecg_scale = feats
-            item["ctx_ecg"], item["ctx_ppg"] = tpl
-            item["has_ctx"] = 1.0
-            if np.isfinite(pat):
-                item["pat"] = pat
-            item["out_scale"] = ecg_scale  # this patient's ECG level/spread
+            ctx_100, tpl, ctx_pat, out_scale = feats  # this patient's ECG level and spread
+            if np.isfinite(ctx_pat):
+                pat = ctx_pat
         elif task == TASK_PPG2ECG:
-            item["out_scale"] = self.ecg_scale
+            out_scale = self.ecg_scale
         else:
-            item["out_scale"] = (mu, sd)  # SR keeps the source's level and spread
-            item["source_up"] = x  # the measured band, merged back in `_finish`
-            tpl = self._sr_template(r.context, r.source_rate) if task == TASK_ECG_SR else None
-            if tpl is not None:  # the refiner's input: the patient's own QRS high band pasted on the source
-                item["prior"] = (paste_high_band(x, CANONICAL_RATE, tpl) / sd).astype(np.float32)
+            out_scale = (mu, sd)  # SR keeps the source's level and spread
+            source_up = x  # the measured band, merged back in `_finish`
+            sr_tpl = self._sr_template(r.context, r.source_rate) if task == TASK_ECG_SR else None
+            if sr_tpl is not None:  # the refiner's input: the patient's own QRS high band pasted on the source
+                prior = (paste_high_band(x, CANONICAL_RATE, sr_tpl) / sd).astype(np.float32)
         if task == TASK_PPG2ECG:
-            item["prior"] = ecg_prior(x, feats[0] if item["has_ctx"] else None)
-            z = align_ppg(z, item["pat"])
-        pad = (-n) % self.stride
-        item["src"] = np.concatenate([z, np.repeat(z[-1:], pad)]) if pad else z
-        if "prior" in item and pad:
-            item["prior"] = np.concatenate([item["prior"], np.repeat(item["prior"][-1:], pad)])
-        return item
+            prior = ecg_prior(self.prior_translator, x, ctx_100 if feats is not None else None)
+            z = align_ppg(z, pat)
+        row = WindowInput(task=task, source=_pad(z, self.stride), source_rate_hz=float(r.source_rate),
+                          age_years=float(r.age) if r.age is not None else np.nan, sex=sex_code(r.sex), pat_s=pat,
+                          context=tpl, prior=_pad(prior, self.stride) if prior is not None else None)
+        return _Prepared(row, len(x), out_scale, float(r.source_rate), source_up)
 
     def _sr_template(self, ctx: PairedContext | None, source_rate: float):
         """The context's QRS template for ECG SR from `source_rate`, or None: no context, weights not trained for
@@ -134,8 +140,8 @@ class ClmtTranslator:
     def _build_context_features(self, ctx: PairedContext):
         if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
             return None
-        ce = to_canonical(_finite(ctx.ecg), ctx.rate_hz)
-        cp = to_canonical(_finite(ctx.ppg), ctx.rate_hz)
+        ce = to_canonical(finite(ctx.ecg), ctx.rate_hz)
+        cp = to_canonical(finite(ctx.ppg), ctx.rate_hz)
         m = min(len(ce), len(cp))
         ce, cp = ce[:m], cp[:m]
         tpl = beat_templates(ce, cp, CANONICAL_RATE)
@@ -146,38 +152,9 @@ class ClmtTranslator:
 
     # -- batched forward ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, items: list[dict]) -> np.ndarray:
-        dev, dt = self.device, (torch.float16 if self.half else torch.float32)
-        src = torch.from_numpy(np.stack([it["src"] for it in items])).to(dev, dt)
-        task = torch.tensor([it["task"] for it in items], device=dev)
-        src_tok = torch.empty(src.shape[0], src.shape[1] // self.stride, self.tok.cfg.levels, dtype=torch.long, device=dev)
-        for mod, mask in modality_masks(task, 0):
-            src_tok[mask] = self.tok.tokens(src[mask], mod)
-        kw = {}
-        has_ctx = torch.tensor([it["has_ctx"] for it in items], device=dev)
-        if bool(has_ctx.any()):
-            zeros = np.zeros(self.template_len, np.float32)
-            ce = torch.from_numpy(np.stack([it.get("ctx_ecg", zeros) for it in items])).to(dev, dt)
-            cp = torch.from_numpy(np.stack([it.get("ctx_ppg", zeros) for it in items])).to(dev, dt)
-            kw = dict(ctx_ecg_tok=self.tok.tokens(ce, "ecg"), ctx_ppg_tok=self.tok.tokens(cp, "ppg"), has_ctx=has_ctx)
-        # the translator's prior is the PPG->ECG synthesis; an ECG SR context beat goes to the refiner only
-        has_prior = torch.tensor([float("prior" in it and it["task"] == TASK_PPG2ECG) for it in items], device=dev)
-        zeros = np.zeros(src.shape[1], np.float32)
-        prior = torch.from_numpy(np.stack([it.get("prior", zeros) for it in items])).to(dev, dt)  # zeros where none
-        if bool(has_prior.any()):
-            kw |= dict(prior_tok=self.tok.tokens(prior, "ecg"), has_prior=has_prior)
-        f = lambda k: torch.tensor([it[k] for it in items], device=dev, dtype=torch.float32)
-        z = self.tr(src_tok, task, f("rate"), f("age"), torch.tensor([it["sex"] for it in items], device=dev), f("pat"), **kw)
-        if QUANTIZE_OUTPUT:  # target tokens: re-quantize the predicted frames, decode the tokens
-            z = self.tok.rvq.decode_indices(self.tok.rvq(z)[1]).to(dt)
-        out = torch.empty(src.shape, dtype=dt, device=dev)
-        for mod, mask in modality_masks(task, 1):
-            out[mask] = self.tok.decode(z[mask], mod)
-        if self.refiner is not None:  # sample-level correction of the decoded frames (models/refiner.py)
-            m = torch.isin(task, self.refined_tasks)
-            if bool(m.any()):
-                out[m] = self.refiner(src[m], prior[m], out[m], task[m])
-        return out.float().cpu().numpy()
+    def _forward(self, items: list[_Prepared]) -> np.ndarray:
+        batch = ModelBatch.stack([it.row for it in items], self.template_len)
+        return self.model(batch, self.device, torch.float16 if self.half else torch.float32)
 
     @staticmethod
     def _measured_enough(r: TranslationRequest) -> bool:
@@ -187,6 +164,10 @@ class ClmtTranslator:
         return r.task == SR and float(r.source_rate) >= CANONICAL_RATE
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
+        """One output per request, each `request.n_out` float32 samples at `request.target_rate` Hz.
+
+        Requests of equal length (at 100 Hz) share forward passes of up to `max_batch` rows; a flat source gets a
+        flat line and an SR source at or above 100 Hz its polyphase resample, without a model pass."""
         flat = [_is_flat(r.source) for r in requests]
         # None: no model pass (a flat source, or an SR source the model cannot improve on)
         items = [None if f or self._measured_enough(r) else self._prepare(r) for r, f in zip(requests, flat)]
@@ -194,7 +175,7 @@ class ClmtTranslator:
         by_len = defaultdict(list)
         for i, it in enumerate(items):
             if it is not None:
-                by_len[len(it["src"])].append(i)
+                by_len[len(it.row.source)].append(i)
         with self._lock:
             for idxs in by_len.values():
                 for s in range(0, len(idxs), self.max_batch):
@@ -213,30 +194,40 @@ class ClmtTranslator:
             feats = self._context_features(r.context) if r.context is not None else None
             level = feats[3][0] if feats is not None else self.ecg_scale[0]
         else:
-            level = float(np.mean(_finite(r.source))) if len(r.source) else 0.0
+            level = float(np.mean(finite(r.source))) if len(r.source) else 0.0
         return np.full(r.n_out, level, dtype=np.float32)  # the translator contract's dtype, as `_fit` gives
 
     @staticmethod
     def _resampled(r: TranslationRequest) -> np.ndarray:
-        y = resample(_finite(r.source), r.source_rate, r.target_rate, method="polyphase")
+        y = resample(finite(r.source), r.source_rate, r.target_rate, method="polyphase")
         return _fit(y, r.n_out)
 
     @staticmethod
-    def _finish(r: TranslationRequest, it: dict, y: np.ndarray) -> np.ndarray:
-        mu, sd = it["out_scale"]
-        y = y[: it["n"]].astype(np.float64) * sd + mu
-        if "source_up" in it and SR_BAND_MERGE and it["rate"] < CANONICAL_RATE:
+    def _finish(r: TranslationRequest, it: _Prepared, y: np.ndarray) -> np.ndarray:
+        mu, sd = it.out_scale
+        y = y[: it.n].astype(np.float64) * sd + mu
+        if it.source_up is not None and it.source_rate_hz < CANONICAL_RATE:
             # keep what the low-rate monitor measured; the model supplies only the band above its Nyquist
-            y = merge_bands(it["source_up"], y, CANONICAL_RATE, sr_cutoff_hz(it["rate"]))
+            y = merge_bands(it.source_up, y, CANONICAL_RATE, sr_cutoff_hz(it.source_rate_hz))
         if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
             y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
         return _fit(y, r.n_out)
 
 
-def _finite(x) -> np.ndarray:
-    """float64 copy with NaN/inf runs interpolated (`operators.processing.samples.fill_nonfinite`): a zero or a huge value
-    in their place would be drawn by the model as a beat or squash the window's z-score."""
-    return fill_nonfinite(np.asarray(x, dtype=np.float64))[0]
+@dataclass(frozen=True)
+class _Prepared:
+    """A request made ready for the model: its batch row, and what `_finish` needs to bring the output back."""
+
+    row: WindowInput
+    n: int  # samples of the source at 100 Hz, before padding to the tokenizer stride
+    out_scale: tuple[float, float]  # (level, spread) the z-scored output is rescaled with
+    source_rate_hz: float
+    source_up: np.ndarray | None  # SR: the source at 100 Hz, whose measured band is kept
+
+
+def _pad(x: np.ndarray, stride: int) -> np.ndarray:
+    """`x` lengthened to a multiple of `stride` by holding its last value."""
+    return fit_length(x, len(x) + (-len(x)) % stride)
 
 
 def _is_flat(x) -> bool:
@@ -248,6 +239,4 @@ def _is_flat(x) -> bool:
 
 def _fit(y: np.ndarray, n_out: int) -> np.ndarray:
     """Exactly `n_out` float32 samples (the translator contract); a short result holds its last value."""
-    if len(y) < n_out:
-        y = np.concatenate([y, np.repeat(y[-1:], n_out - len(y))])
-    return y[:n_out].astype(np.float32)
+    return fit_length(y, n_out).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from operators.classic import ClassicTranslator
+from operators.processing.samples import fill_nonfinite
 from operators.processing.resample import decimate_to, resample
 from operators.translator import PPG2ECG, PairedContext, TranslationRequest
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
@@ -13,6 +14,7 @@ PAT_RANGE_S = (0.05, 1.0)  # R-peak -> PPG systolic peak, incl. monitor processi
 
 
 def zscore(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(float32 `(x - mean) / std`, mean, std); a spread below 1e-6 counts as 1 (a flat window stays flat)."""
     x = np.asarray(x, dtype=np.float64)
     mu, sd = float(np.mean(x)), float(np.std(x))
     sd = sd if sd > 1e-6 else 1.0
@@ -45,7 +47,7 @@ def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
 
 
 def to_canonical(x: np.ndarray, rate: float) -> np.ndarray:
-    """Any rate -> 100 Hz. Upsampling uses a cubic spline (no ringing around sharp QRS); downsampling
+    """`x` sampled at `rate` Hz -> float32 at 100 Hz. Upsampling uses a cubic spline (no ringing around sharp QRS); downsampling
     is anti-aliased polyphase."""
     if abs(rate - CANONICAL_RATE) < 1e-9:
         return np.asarray(x, dtype=np.float32)
@@ -113,15 +115,44 @@ def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RAT
 
 
 # The prior is drawn sharp (no timing blur: a blurred one is another input distribution) with beats timed from
-# the PPG pulses' tangent feet (timed from systolic peaks before; the training recipe and the weights' JSON
-# record which, `prior_fiducial`, and the engine logs a mismatch). Foot-timed priors measured better even for a
-# translator trained on peak-timed ones, and better still retrained on them (model card).
+# the PPG pulses' tangent feet, which measured better than systolic peaks (model card). The weights' JSON records
+# the fiducial they were trained with (`prior_fiducial`); the engine refuses weights trained with another.
 PRIOR_FIDUCIAL = "foot"
-_CLASSIC = ClassicTranslator(timing_blur_s=0.0, fiducial=PRIOR_FIDUCIAL)
 
 
-def ecg_prior(ppg: np.ndarray, context: PairedContext | None, rate: float = CANONICAL_RATE) -> np.ndarray:
-    """Classic PPG->ECG synthesis at `rate`, sharp, z-scored: the translator's prior token stream."""
-    y = _CLASSIC.translate([TranslationRequest(PPG2ECG, np.asarray(ppg, np.float32), rate, rate, "PLETH",
-                                               context=context)])[0]
+def prior_translator() -> ClassicTranslator:
+    """The classic translator that draws the PPG->ECG prior (sharp, beats timed at `PRIOR_FIDUCIAL`); the engine and
+    the training sampler each hold one."""
+    return ClassicTranslator(timing_blur_s=0.0, fiducial=PRIOR_FIDUCIAL)
+
+
+def ecg_prior(classic: ClassicTranslator, ppg: np.ndarray, context: PairedContext | None,
+              rate: float = CANONICAL_RATE) -> np.ndarray:
+    """The translator's prior: classic PPG->ECG synthesis, z-scored.
+
+    Parameters
+    ----------
+    classic : ClassicTranslator
+        From `prior_translator()`.
+    ppg : np.ndarray
+        (N,) PPG window at `rate` Hz (not shifted by the pulse delay).
+    context : PairedContext, optional
+        The patient's paired ECG + PPG; without one the synthesis uses a population beat.
+    rate : float
+        Sample rate of `ppg` in Hz.
+
+    Returns
+    -------
+    np.ndarray
+        (N,) float32 synthetic lead II at `rate` Hz, z-scored.
+    """
+    y = classic.translate([TranslationRequest(PPG2ECG, np.asarray(ppg, np.float32), rate, rate, "PLETH",
+                                              context=context)])[0]
     return zscore(y)[0]
+
+
+def finite(x) -> np.ndarray:
+    """float64 copy with NaN/inf runs interpolated (`operators.processing.samples.fill_nonfinite`), for serving and
+    training alike: a zero or a huge value in their place would be drawn by the model as a beat or squash the
+    window's z-score."""
+    return fill_nonfinite(np.asarray(x, dtype=np.float64))[0]

@@ -5,6 +5,8 @@ for codebook health is visible here, and `stats()` reports perplexity and dead c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -86,6 +88,25 @@ class VQLevel(nn.Module):
             self.ema_count[dead] = 1.0
 
 
+@dataclass(frozen=True)
+class Quantized:
+    """What `ResidualVQ.encode` returns (the shape of encodec's `QuantizedResult`).
+
+    Attributes
+    ----------
+    latent : torch.Tensor
+        (B, T, D) the sum of the chosen codes; in training, gradients pass straight through to the input.
+    codes : torch.Tensor
+        (B, T, L) long, the code index per level (the tokens).
+    commit_loss : torch.Tensor
+        Scalar MSE between the input and its quantization (the encoder's commitment term).
+    """
+
+    latent: torch.Tensor
+    codes: torch.Tensor
+    commit_loss: torch.Tensor
+
+
 class ResidualVQ(nn.Module):
     """Hierarchical RVQ: level l quantizes what levels < l left over."""
 
@@ -93,8 +114,16 @@ class ResidualVQ(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList(VQLevel(codes, dim, decay) for _ in range(levels))
 
-    def forward(self, z: torch.Tensor, n_levels: int | None = None):
-        """z: (B, T, D) -> (quantized (B,T,D) with straight-through grads, indices (B,T,L), commit loss)."""
+    def encode(self, z: torch.Tensor, n_levels: int | None = None) -> Quantized:
+        """Quantize latent frames; in training mode the codebooks also take their EMA update.
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            (B, T, D) latent frames.
+        n_levels : int, optional
+            Use only the first `n_levels` levels (default: all).
+        """
         b, t, d = z.shape
         flat = z.reshape(-1, d)
         residual, total, idxs = flat, torch.zeros_like(flat), []
@@ -105,11 +134,17 @@ class ResidualVQ(nn.Module):
             idxs.append(idx)
         commit = F.mse_loss(flat, total.detach())
         quantized = flat + (total - flat).detach()
-        return quantized.view(b, t, d), torch.stack(idxs, -1).view(b, t, -1), commit
+        return Quantized(quantized.view(b, t, d), torch.stack(idxs, -1).view(b, t, -1), commit)
 
-    def decode_indices(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T, L) indices -> (B, T, D) latent."""
-        return sum(level.lookup(idx[..., i]) for i, level in enumerate(self.levels[: idx.shape[-1]]))
+    forward = encode
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, T, L) code indices (L may be fewer than the levels) -> (B, T, D) latent frames, the codes' sum."""
+        return sum(level.lookup(codes[..., i]) for i, level in enumerate(self.levels[: codes.shape[-1]]))
+
+    def requantize(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): each frame replaced by its nearest code sum (`decode(encode(z).codes)`)."""
+        return self.decode(self.encode(z).codes)
 
     @torch.no_grad()
     def stats(self) -> list[dict]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.rvq import ResidualVQ
+from models.rvq import Quantized, ResidualVQ
 
 CANONICAL_RATE = 100.0
 MODALITIES = ("ecg", "ppg")
@@ -21,8 +21,8 @@ TASK_PPG2ECG, TASK_ECG_SR, TASK_PPG_SR = 0, 1, 2
 TASK_MODALITIES = {TASK_PPG2ECG: ("ppg", "ecg"), TASK_ECG_SR: ("ecg", "ecg"), TASK_PPG_SR: ("ppg", "ppg")}
 
 
-def modality_masks(task: torch.Tensor, side: int):
-    """[(modality, mask of rows whose task has it as source (side 0) / target (side 1))], non-empty only."""
+def modality_masks(task: torch.Tensor, side: int) -> list[tuple[str, torch.Tensor]]:
+    """[(modality, (B,) bool mask of rows whose task has it as source (side 0) / target (side 1))], non-empty only."""
     out = []
     for mod in MODALITIES:
         ids = [t for t, pair in TASK_MODALITIES.items() if pair[side] == mod]
@@ -98,19 +98,36 @@ class Tokenizer(nn.Module):
         self.decoders = nn.ModuleDict({m: Decoder(self.cfg) for m in MODALITIES})
         self.rvq = ResidualVQ(self.cfg.levels, self.cfg.codes, self.cfg.latent_dim, self.cfg.decay)
 
-    def encode(self, x: torch.Tensor, modality: str):
-        """z-scored (B, N) at 100 Hz, N a multiple of stride -> (quantized latent, tokens (B, T, L), commit loss)."""
-        return self.rvq(self.encoders[modality](x))
+    def encode(self, x: torch.Tensor, modality: str) -> Quantized:
+        """Encode and quantize.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, N) z-scored signal at 100 Hz, N a multiple of `cfg.stride`.
+        modality : str
+            "ecg" or "ppg" (which encoder).
+
+        Returns
+        -------
+        Quantized
+            latent (B, N / stride, latent_dim), codes (B, N / stride, levels), commit loss.
+        """
+        return self.rvq.encode(self.encoders[modality](x))
 
     def tokens(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.encode(x, modality)[1]
+        """(B, N) z-scored at 100 Hz -> (B, N / stride, levels) long token ids."""
+        return self.encode(x, modality).codes
 
     def decode(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """(B, T, latent_dim) latent frames -> (B, T * stride) z-scored signal at 100 Hz."""
         return self.decoders[modality](z)
 
     def decode_tokens(self, tokens: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.decode(self.rvq.decode_indices(tokens), modality)
+        """(B, T, L) token ids -> (B, T * stride) z-scored signal at 100 Hz."""
+        return self.decode(self.rvq.decode(tokens), modality)
 
-    def forward(self, x: torch.Tensor, modality: str):
-        z, tok, commit = self.encode(x, modality)
-        return self.decode(z, modality), tok, commit
+    def forward(self, x: torch.Tensor, modality: str) -> tuple[torch.Tensor, Quantized]:
+        """(B, N) -> (reconstruction (B, N), the quantization it was decoded from)."""
+        q = self.encode(x, modality)
+        return self.decode(q.latent, modality), q

@@ -1,7 +1,7 @@
 """CLMT training stages: tokenizer, then translator, then refiner, on BIDMC and Challenge 2015 (fixed splits).
 
 BIDMC is split by patient, Challenge 2015 by record (`models.data`); `--datasets bidmc` trains on BIDMC alone, as
-the weights shipped before Challenge 2015 was added did. `--train-fraction` keeps a seeded share of each dataset's
+the shipped weights were. `--train-fraction` keeps a seeded share of each dataset's
 training records (a learning curve).
 
 Seeded and resumable: a checkpoint (model + optimizer + sampler and torch RNG + step + the stage's recipe) is
@@ -18,17 +18,18 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.batch import Clmt
 from models.data import Sampler
-from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL, align_ppg
+from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
-from models.tokenizer import TASK_PPG2ECG, Tokenizer, TokenizerConfig, modality_masks
-from models.translator import ContextTranslator, TranslatorConfig
+from models.tokenizer import Tokenizer, TokenizerConfig, modality_masks
+from models.translator import TranslatorConfig
 
 WINDOW = 800  # 8 s at 100 Hz
 CONTEXT = (600, 2000)  # paired context segments of 6-20 s ...
@@ -118,12 +119,9 @@ def check_checkpoint(workdir: Path, name: str, recipe: dict, steps: int) -> dict
     # tensors, dicts and numbers only (numpy's PCG64 state is a dict of ints): no pickle code runs
     st = torch.load(path, weights_only=True, map_location="cpu")
     fresh = f"pass a fresh --workdir (or delete {path} to train this stage from scratch)"
-    if "recipe" not in st:
-        raise CheckpointMismatch(f"the workdir {workdir} holds a {name} checkpoint that records no recipe (written "
-                                 f"before checkpoints did), so it cannot be told to belong to this run; {fresh}")
-    if st["recipe"] != _plain(recipe):
+    if st.get("recipe") != _plain(recipe):  # a file that records none is no run of this recipe either
         raise CheckpointMismatch(f"the workdir {workdir} holds a {name} checkpoint of another training recipe "
-                                 f"({_recipe_diff(st['recipe'], _plain(recipe))}); {fresh}")
+                                 f"({_recipe_diff(st.get('recipe', {}), _plain(recipe))}); {fresh}")
     if int(st["step"]) > steps:
         raise CheckpointMismatch(f"the workdir {workdir} holds a {name} checkpoint at step {st['step']}, past the "
                                  f"{steps} steps asked for; ask for at least {st['step']} or {fresh}")
@@ -151,7 +149,7 @@ class Checkpoint:
         if "cuda_rng" in st and torch.cuda.is_available() and len(st["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         print(f"[{self.name}] resumed at step {st['step']}", flush=True)
-        planned = int(st.get("scheduled_for", self.steps))
+        planned = int(st["scheduled_for"])
         if planned != self.steps:
             # The cosine schedule is laid over the new total, so the learning rate jumps back up here: the result is
             # not what an uninterrupted run of the new length would give.
@@ -170,94 +168,86 @@ class Checkpoint:
         tmp.replace(self.path)  # atomic: a kill mid-write never leaves a half checkpoint
 
 
-def _run_stage(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sampler: Sampler, steps: int,
-               workdir: Path, ckpt_every: int, lr: float, step_loss, warmup: int = 200, log_every: int = 25, *,
-               recipe: dict) -> None:
+@dataclass(frozen=True)
+class StageRun:
+    """What every stage of one training run shares: where windows come from, where checkpoints go."""
+
+    sampler: Sampler
+    workdir: Path
+    ckpt_every: int  # steps between checkpoints
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's settings: its name (and checkpoint file), length, batch, peak learning rate and recipe (what
+    makes its run but its own step count, `stage_recipes`)."""
+
+    name: str
+    steps: int
+    batch: int
+    lr: float
+    recipe: dict
+    warmup: int = 200  # linear learning-rate warm-up steps before the cosine decay
+    log_every: int = 25
+
+
+def _run_stage(run: StageRun, stage: Stage, model: torch.nn.Module, opt: torch.optim.Optimizer, step_loss) -> None:
     """The loop every stage shares: resume, lr schedule, one optimizer step per `step_loss()` -> (loss, logs),
     progress, checkpoints. `model` is in train mode inside the loop and in eval mode after it."""
-    ckpt = Checkpoint(workdir, name, model, opt, sampler, recipe, steps)
+    ckpt = Checkpoint(run.workdir, stage.name, model, opt, run.sampler, stage.recipe, stage.steps)
     start = ckpt.resume()
-    prog = Progress(name, steps, start, log_every)
+    prog = Progress(stage.name, stage.steps, start, stage.log_every)
     model.train()
-    for step in range(start + 1, steps + 1):
-        _set_lr(opt, _lr(step, steps, lr, warmup=warmup))
+    for step in range(start + 1, stage.steps + 1):
+        _set_lr(opt, _lr(step, stage.steps, stage.lr, warmup=stage.warmup))
         loss, logs = step_loss()
         _apply(opt, model, loss)
         prog(step, **logs)
-        if step % ckpt_every == 0 or step == steps:
+        if step % run.ckpt_every == 0 or step == stage.steps:
             ckpt.save(step)
     model.eval()
 
 
-def train_tokenizer(tok: Tokenizer, sampler: Sampler, steps: int, batch: int, workdir: Path, ckpt_every: int, lr: float,
-                    device: str = "cpu", *, recipe: dict):
+def train_tokenizer(tok: Tokenizer, run: StageRun, stage: Stage) -> None:
+    """Stage 1: the tokenizer learns to reconstruct 4 s windows of both modalities through its codebooks."""
     def step_loss():
-        b = sampler.tokenizer_batch(batch, 400)
+        b = run.sampler.tokenizer_batch(stage.batch, 400)
         loss_total, logs = 0.0, {}
         for mod in ("ecg", "ppg"):
-            x = torch.from_numpy(b[mod]).to(device)
-            rec, _, commit = tok(x, mod)
-            loss_total = loss_total + (waveform_loss(rec, x) + 0.25 * commit)
+            x = torch.from_numpy(b[mod]).to(run.device)
+            rec, q = tok(x, mod)
+            loss_total = loss_total + (waveform_loss(rec, x) + 0.25 * q.commit_loss)
             logs[f"{mod}_mse"] = float(F.mse_loss(rec.detach(), x))
         stats = tok.rvq.stats()  # codebook usage moves in the forward pass (EMA buffers), not in the optimizer step
         return loss_total, logs | {"ppl0": stats[0]["perplexity"], "dead": sum(s["dead_codes"] for s in stats)}
 
-    opt = torch.optim.AdamW(tok.parameters(), lr=lr, weight_decay=1e-4)
-    _run_stage("tokenizer", tok, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, log_every=50, recipe=recipe)
+    opt = torch.optim.AdamW(tok.parameters(), lr=stage.lr, weight_decay=1e-4)
+    _run_stage(run, stage, tok, opt, step_loss)
 
 
-def translator_inputs(tok: Tokenizer, b: dict, default_pat: float, device: str = "cpu"):
-    """Tokenize a sampled batch the way serving does (frozen tokenizer). Returns (translator kwargs, the
-    z-scored source as the translator saw it: PPG shifted by the pulse delay)."""
-    t = lambda a: torch.from_numpy(a).to(device)
-    task = t(b["task"])
-    pat = np.where(b["has_ctx"] > 0, b["pat"], default_pat)
-    pat = np.where(np.isfinite(pat), pat, default_pat).astype(np.float32)
-    src = b["src"].copy()
-    for i in np.nonzero(b["task"] == TASK_PPG2ECG)[0]:
-        src[i] = align_ppg(src[i], float(pat[i]))
-    src_t = t(src)
-    with torch.no_grad():
-        src_tok = torch.empty(src_t.shape[0], src_t.shape[1] // tok.cfg.stride, tok.cfg.levels, dtype=torch.long,
-                              device=device)
-        for mod, mask in modality_masks(task, 0):
-            src_tok[mask] = tok.tokens(src_t[mask], mod)
-        ctx_e = tok.tokens(t(b["ctx_ecg"]), "ecg")
-        ctx_p = tok.tokens(t(b["ctx_ppg"]), "ppg")
-        prior = tok.tokens(t(b["prior"]), "ecg")
-    return dict(src_tok=src_tok, task=task, rate=t(b["rate"]), age=t(b["age"]), sex=t(b["sex"]), pat=t(pat),
-                ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, has_ctx=t(b["has_ctx"]), prior_tok=prior,
-                has_prior=(task == TASK_PPG2ECG).float()), src_t
-
-
-def decode_target(tok: Tokenizer, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-    """Decode predicted latents with the target modality's decoder (ECG for tasks 0/1, PPG for 2)."""
-    out = torch.empty(z.shape[0], z.shape[1] * tok.cfg.stride, dtype=z.dtype, device=z.device)
-    for mod, mask in modality_masks(task, 1):
-        out[mask] = tok.decode(z[mask], mod)
-    return out
-
-
-def train_translator(tok: Tokenizer, tr: ContextTranslator, sampler: Sampler, steps: int, batch: int, workdir: Path,
-                     ckpt_every: int, lr: float, default_pat: float, device: str = "cpu", *, recipe: dict):
+def train_translator(clmt: Clmt, run: StageRun, stage: Stage) -> None:
+    """Stage 2: tokenizer frozen; the translator learns the target's latent frames (MSE) and, through the frozen
+    decoder, its waveform."""
+    tok, dev = clmt.tok, run.device
     for p in tok.parameters():
         p.requires_grad_(False)
 
     def step_loss():
-        b = sampler.translator_batch(batch)
-        inp, _ = translator_inputs(tok, b, default_pat, device)
-        tgt = torch.from_numpy(b["tgt"]).to(device)
+        b = run.sampler.translator_batch(stage.batch)
+        inp = clmt.tokenize(b.inputs, dev)
+        tgt = torch.from_numpy(b.target).to(dev)
         with torch.no_grad():
-            z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim, device=device)
-            for mod, mask in modality_masks(inp["task"], 1):
-                z_tgt[mask] = tok.encode(tgt[mask], mod)[0]
-        z = tr(**inp)
-        wave = decode_target(tok, z, inp["task"])
+            z_tgt = torch.empty(tgt.shape[0], tgt.shape[1] // tok.cfg.stride, tok.cfg.latent_dim, device=dev)
+            for mod, mask in modality_masks(inp.task, 1):
+                z_tgt[mask] = tok.encode(tgt[mask], mod).latent
+        z = clmt.latents(inp)
+        wave = clmt.decode(z, inp.task)
         loss = F.mse_loss(z, z_tgt) + waveform_loss(wave, tgt)
-        return loss, {"loss": float(loss.detach()), **_per_task_mse(wave, tgt, inp["task"])}
+        return loss, {"loss": float(loss.detach()), **_per_task_mse(wave, tgt, inp.task)}
 
-    opt = torch.optim.AdamW(tr.parameters(), lr=lr, weight_decay=1e-2)
-    _run_stage("translator", tr, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, recipe=recipe)
+    opt = torch.optim.AdamW(clmt.tr.parameters(), lr=stage.lr, weight_decay=1e-2)
+    _run_stage(run, stage, clmt.tr, opt, step_loss)
 
 
 def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -265,42 +255,28 @@ def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, tgt) + F.l1_loss(pred.diff(dim=-1), tgt.diff(dim=-1))
 
 
-@torch.no_grad()
-def clmt_decode(tok: Tokenizer, tr: ContextTranslator, inp: dict) -> torch.Tensor:
-    """What serving decodes before the refiner: translator -> (re-quantized, as `engine.QUANTIZE_OUTPUT`) latents
-    -> target decoder."""
-    from models.engine import QUANTIZE_OUTPUT
-
-    z = tr(**inp)
-    if QUANTIZE_OUTPUT:
-        z = tok.rvq.decode_indices(tok.rvq(z)[1])
-    return decode_target(tok, z, inp["task"])
-
-
-def train_refiner(tok: Tokenizer, tr: ContextTranslator, ref: Refiner, sampler: Sampler, steps: int, batch: int,
-                  workdir: Path, ckpt_every: int, lr: float, default_pat: float, device: str = "cpu",
-                  ecg_stretch: float = 0.0, ecg_flip: float = 0.0, *, recipe: dict):
+def train_refiner(clmt: Clmt, ref: Refiner, run: StageRun, stage: Stage, ecg_stretch: float = 0.0,
+                  ecg_flip: float = 0.0) -> None:
     """Stage 3: tokenizer and translator frozen (eval mode, so the codebooks do not move); the refiner learns
-    the residual between the decoded CLMT output and the target, on every way a monitor may decimate.
-    `ecg_stretch` / `ecg_flip`: share of ECG SR rows replayed faster or slower / inverted (data.augment_ecg)."""
-    for m in (tok, tr):
+    the residual between the decoded CLMT output (`Clmt.draft`, as serving decodes it) and the target, on every way a
+    monitor may decimate. `ecg_stretch` / `ecg_flip`: share of ECG SR rows replayed faster or slower / inverted
+    (`models.data.augment_ecg`)."""
+    for m in (clmt.tok, clmt.tr):
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
 
     def step_loss():
-        b = sampler.translator_batch(batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS, p_sr_context=REFINER_SR_CONTEXT,
-                                    p_ecg_stretch=ecg_stretch, p_ecg_flip=ecg_flip)
-        inp, src = translator_inputs(tok, b, default_pat, device)
-        decoded = clmt_decode(tok, tr, inp)
-        tgt = torch.from_numpy(b["tgt_src_units"]).to(device)
-        prior = torch.from_numpy(b["prior"]).to(device)  # PPG->ECG synthesis, or ECG SR context beat, or zeros
-        pred = ref(src, prior, decoded, inp["task"])
+        b = run.sampler.translator_batch(stage.batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS,
+                                         p_sr_context=REFINER_SR_CONTEXT, p_ecg_stretch=ecg_stretch, p_ecg_flip=ecg_flip)
+        inp = clmt.tokenize(b.inputs, run.device)
+        tgt = torch.from_numpy(b.target_source_units).to(run.device)
+        pred = clmt.refine(inp, clmt.draft(inp), refiner=ref)
         loss = refiner_loss(pred, tgt)
-        return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, inp["task"])}
+        return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, inp.task)}
 
-    opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=1e-4)
-    _run_stage("refiner", ref, opt, sampler, steps, workdir, ckpt_every, lr, step_loss, warmup=100, recipe=recipe)
+    opt = torch.optim.AdamW(ref.parameters(), lr=stage.lr, weight_decay=1e-4)
+    _run_stage(run, stage, ref, opt, step_loss)
 
 
 def tensor_digest(*modules: torch.nn.Module) -> str:

@@ -36,6 +36,7 @@ class TranslatorConfig:
 
 
 def sinusoid(n: int, d: int, device=None) -> torch.Tensor:
+    """(n, d) sinusoidal position encoding."""
     pos = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
     div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
     pe = torch.zeros(n, d, device=device)
@@ -67,9 +68,28 @@ class ContextTranslator(nn.Module):
 
     def forward(self, src_tok, task, rate, age, sex, pat, ctx_ecg_tok=None, ctx_ppg_tok=None, has_ctx=None,
                 prior_tok=None, has_prior=None):
-        """src_tok (B,T,L) long; task/sex (B,) long; rate/age/pat/has_ctx (B,) float (age NaN = unknown).
+        """Predict the target's latent frames.
 
-        Returns predicted target latent frames (B, T, latent_dim)."""
+        Parameters
+        ----------
+        src_tok : torch.Tensor
+            (B, T, L) long source tokens.
+        task, sex : torch.Tensor
+            (B,) long task ids and sex codes (0 unknown, 1 M, 2 F).
+        rate, age, pat : torch.Tensor
+            (B,) float: source rate in Hz, age in years (NaN unknown), pulse-arrival delay in s.
+        ctx_ecg_tok, ctx_ppg_tok : torch.Tensor, optional
+            (B, Tc, L) beat-template tokens; rows with `has_ctx` < 0.5 are masked out.
+        has_ctx : torch.Tensor, optional
+            (B,) float, 1.0 where the row has context (default: none has).
+        prior_tok, has_prior : torch.Tensor, optional
+            (B, T, L) prior tokens, added where `has_prior` (B,) is 1.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T, latent_dim) predicted target latent frames.
+        """
         b, t, _ = src_tok.shape
         d = self.cfg.d_model
         dev = src_tok.device

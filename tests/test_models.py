@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import weights as W
-from models.data import STRETCH_FACTORS, Record, Sampler, augment_ecg, augment_span, patients, split
+from models.data import STRETCH_FACTORS, Sampler, TrainingRecord, augment_ecg, augment_span, patients, split
 from models.rvq import ResidualVQ
 from models.tokenizer import Tokenizer, TokenizerConfig
 from models.translator import ContextTranslator, TranslatorConfig
@@ -64,17 +64,18 @@ def test_sampler_augments_ecg_sr_rows_consistently():
     ppg = np.sin(2 * np.pi * 1.25 * t)
     lowres = {(m, r, k): lowres_then_up(x, r, k) for m, x in (("ecg", ecg), ("ppg", ppg))
               for r in (25.0, 50.0) for k in ("fir", "plain", "iir")}
-    rec = Record("syn", ecg.astype(np.float32), ppg.astype(np.float32), 60.0, "F", 0.6, beats, lowres)
-    sampler = Sampler([rec], 800, (600, 2000), 120, seed=0)
+    rec = TrainingRecord("syn", ecg.astype(np.float32), ppg.astype(np.float32), 60.0, "F", 0.6, beats, lowres)
+    sampler = Sampler([rec], 800, (600, 2000), 120, seed=0, default_pat_s=0.6)
     b = sampler.translator_batch(64, p_task=(0.0, 1.0, 0.0), lowres_kinds=("fir",), p_sr_context=1.0, p_ecg_stretch=0.5, p_ecg_flip=0.5)
-    assert (b["task"] == TASK_ECG_SR).all() and np.isfinite(b["src"]).all() and np.isfinite(b["prior"]).all()
+    inp = b.inputs
+    assert (inp.task == TASK_ECG_SR).all() and np.isfinite(inp.source).all() and np.isfinite(inp.prior).all()
     flipped = 0
-    for src, tgt, rate in zip(b["src"], b["tgt_src_units"], b["rate"]):
+    for src, tgt, rate in zip(inp.source, b.target_source_units, inp.source_rate_hz):
         low = lowres_then_up(tgt.astype(np.float64), float(rate), "fir")
         assert np.corrcoef(low[100:-100], src[100:-100])[0, 1] > 0.95  # source = target, decimated
         flipped += -tgt.min() > tgt.max()  # QRS spikes point down
     assert 10 < flipped < 54  # some rows inverted, not all
-    assert np.abs(b["prior"]).max() > 0  # the context beat was pasted
+    assert np.abs(inp.prior).max() > 0  # the context beat was pasted
 
 
 def test_sampler_skips_flat_or_missing_stretches_and_weights_records_by_length():
@@ -90,10 +91,10 @@ def test_sampler_skips_flat_or_missing_stretches_and_weights_records_by_length()
     bad = unusable_mask(x, missing)
     assert bad[2000:3000].all() and bad[4500:4510].all() and not bad[:1990].any() and not bad[3000:4500].any()
     short = np.sin(2 * np.pi * 1.2 * t[:3000]).astype(np.float32)
-    mk = lambda name, n, b: Record(name, x[:n].astype(np.float32), x[:n].astype(np.float32), None, None, 0.6,
+    mk = lambda name, n, b: TrainingRecord(name, x[:n].astype(np.float32), x[:n].astype(np.float32), None, None, 0.6,
                                    np.arange(50, n, 80), {}, np.concatenate([[0], np.cumsum(b[:n])]))
     recs = [mk("long", 6000, bad), mk("short", 3000, np.zeros(3000, bool))]
-    sampler = Sampler(recs, 800, (600, 2000), 96, seed=0)
+    sampler = Sampler(recs, 800, (600, 2000), 96, seed=0, default_pat_s=0.6)
     for _ in range(200):
         s = sampler._start(recs[0], 0, 6000 - 800, 800)
         assert recs[0].usable(s, 800) and not bad[s : s + 800].any()
@@ -106,10 +107,10 @@ def test_rvq_kmeans_init_ema_and_dead_code_reset():
     rvq = ResidualVQ(levels=3, codes=16, dim=4)
     rvq.train()
     x = torch.randn(8, 50, 4)
-    q, idx, commit = rvq(x)
-    assert q.shape == x.shape and idx.shape == (8, 50, 3) and commit.item() >= 0
+    q = rvq.encode(x)
+    assert q.latent.shape == x.shape and q.codes.shape == (8, 50, 3) and q.commit_loss.item() >= 0
     # quantization error shrinks with each residual level
-    errs = [(x - rvq.decode_indices(idx[..., : k + 1])).pow(2).mean().item() for k in range(3)]
+    errs = [(x - rvq.decode(q.codes[..., : k + 1])).pow(2).mean().item() for k in range(3)]
     assert errs[0] > errs[1] > errs[2]
     # a code nobody uses is moved onto the data instead of staying dead
     lvl = rvq.levels[0]
@@ -127,8 +128,9 @@ def test_tokenizer_and_translator_shapes():
     tok = Tokenizer(TokenizerConfig(channels=16, latent_dim=8, levels=2, codes=8))
     tr = ContextTranslator(tok.cfg, TranslatorConfig(d_model=32, layers=1, heads=2, ff=64))
     x = torch.randn(3, 160)
-    rec, tokens, _ = tok(x, "ecg")
-    assert rec.shape == x.shape and tokens.shape == (3, 20, 2)
+    rec, q = tok(x, "ecg")
+    assert rec.shape == x.shape and q.codes.shape == (3, 20, 2)
+    tokens = q.codes
     ctx = tok.tokens(torch.randn(3, 96), "ecg")
     z = tr(tokens, torch.tensor([0, 1, 2]), torch.tensor([125.0, 25.0, 50.0]), torch.tensor([70.0, float("nan"), 40.0]),
            torch.tensor([1, 0, 2]), torch.tensor([0.6, 0.6, 0.6]), ctx, ctx, torch.tensor([1.0, 0.0, 0.0]))
@@ -256,10 +258,10 @@ def test_checkpoint_resumes_only_its_own_recipe_and_restores_both_rngs(tmp_path)
     # further than asked: its weights would be exported under a step count they do not have
     with pytest.raises(CheckpointMismatch, match="at step 4, past the 3 steps"):
         _tiny_checkpoint(tmp_path, recipe, 3).resume()
-    # a checkpoint from before recipes were recorded cannot be vouched for
+    # a checkpoint that records no recipe cannot be vouched for
     del st["recipe"]
     torch.save(st, ck.path)
-    with pytest.raises(CheckpointMismatch, match="records no recipe"):
+    with pytest.raises(CheckpointMismatch, match="another training recipe"):
         check_checkpoint(tmp_path, "refiner", recipe, 10)
 
 
@@ -339,14 +341,37 @@ def test_engine_contract_with_shipped_weights():
     flipped = eng.translate([TranslationRequest(PPG2ECG, ppg[2000:3000], rate, rate, "PLETH", 70, "M", other)])[0]
     assert not np.allclose(flipped, outs[0], atol=1e-3)
     # the refiner corrects super-resolution only; PPG->ECG is the CLMT decode as is
-    assert eng.refiner is not None
+    assert eng.model.refiner is not None
     bare = ClmtTranslator(device="cpu")
-    bare.refiner = None
+    bare.model.refiner = None
     raw = bare.translate(reqs)
     np.testing.assert_allclose(raw[0], outs[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(raw[2], outs[2], atol=1e-3)
     # super-resolution keeps the source's level and spread
     assert abs(outs[2].mean() - ecg[2000:3000].mean()) < 0.5 * ecg[2000:3000].std()
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_training_draws_a_window_as_serving_prepares_it(monkeypatch):
+    """The sampler's PPG->ECG row and the engine's row for the same window are the same `ModelBatch` row: source
+    z-scored and shifted by the population pulse delay, the same classic prior."""
+    from models.engine import ClmtTranslator
+    from models.prep import to_canonical
+    from operators.io.synthetic import synthesize
+
+    syn = synthesize(seconds=60.0, seed=2)
+    ecg, ppg = (to_canonical(syn.signals[k], syn.rate_hz) for k in ("II", "PLETH"))
+    eng = ClmtTranslator(device="cpu")
+    rec = TrainingRecord("syn", ecg, ppg, 60.0, "F", 0.6, np.arange(50, len(ecg), 80), {})
+    sampler = Sampler([rec], 800, (600, 2000), eng.template_len, seed=0, default_pat_s=eng.default_pat)
+    monkeypatch.setattr(sampler, "_start", lambda *a, **k: 1000)
+    drawn = sampler.translator_batch(4, p_task=(1.0, 0.0, 0.0), p_context=0.0).inputs
+    served = eng._prepare(TranslationRequest(PPG2ECG, ppg[1000:1800], 100.0, 100.0, "PLETH")).row
+    for i in range(4):
+        np.testing.assert_array_equal(drawn.source[i], served.source)
+        np.testing.assert_array_equal(drawn.prior[i], served.prior)
+        assert drawn.pat_s[i] == np.float32(served.pat_s) and drawn.has_prior[i] == 1.0
+    assert not np.array_equal(drawn.source[0], (ppg[1000:1800] - ppg[1000:1800].mean()) / ppg[1000:1800].std())
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
@@ -569,7 +594,7 @@ def test_challenge_split_is_fixed_by_record_name(shared_data):
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
 def test_bench_model_counts_flops_per_window_without_timing(capsys):
-    from models import bench
+    from stream.tools import bench_model as bench
 
     assert bench.cli(["--flops-only", "--threads", "1"]) == 0
     out = capsys.readouterr().out

@@ -4,6 +4,7 @@ The stages themselves are `models.train`; this is their command line.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -13,16 +14,22 @@ import numpy as np
 import torch
 
 from models import weights as W
+from models.batch import Clmt
 from models.data import DatasetNotFound, challenge_split, find_dataset, found_dataset, load_records, split, Sampler
+from models.engine import resolve_device
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import Tokenizer, TokenizerConfig
 from models.translator import ContextTranslator, TranslatorConfig
-from models.train import (CONTEXT, LR, TEMPLATE, WINDOW, CheckpointMismatch, PRIOR_FIDUCIAL, check_checkpoint,
-                          stage_recipes, tensor_digest, train_refiner, train_tokenizer, train_translator)
+from models.train import (CONTEXT, LR, TEMPLATE, WINDOW, CheckpointMismatch, PRIOR_FIDUCIAL, Stage, StageRun,
+                          check_checkpoint, stage_recipes, tensor_digest, train_refiner, train_tokenizer, train_translator)
 from stream.tools.cli import ArgumentParser
 
 
-def cli(argv: list[str] | None = None) -> int:
+class Refused(Exception):
+    """A run refused before training, with the one-line reason printed to stderr (exit status 2)."""
+
+
+def _parser() -> ArgumentParser:
     ap = ArgumentParser(prog="wavebridge train", description=__doc__.splitlines()[0].split(": ", 1)[1])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     ap.add_argument("--challenge-data", default=None, help="Challenge 2015 folder (default ../shared/data/challenge2015)")
@@ -47,40 +54,36 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--ecg-flip", type=float, default=0.0, help="refiner: share of ECG SR rows with inverted polarity")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--ckpt-every", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of this process")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when torch sees a GPU)")
     ap.add_argument("--d-model", type=int, default=TranslatorConfig.d_model)
     ap.add_argument("--layers", type=int, default=TranslatorConfig.layers)
-    args = ap.parse_args(argv)
-    from models.engine import resolve_device
+    return ap
 
-    device = resolve_device(args.device)
-    print(f"device: {device}", flush=True)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    torch.set_num_threads(args.threads)
-    root = found_dataset("bidmc", args.data)
-    if root is None:
-        return 2
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """The --datasets listed, after the share options are checked."""
     if not (0.0 <= args.ecg_stretch <= 1.0 and 0.0 <= args.ecg_flip <= 1.0):
-        print("error: --ecg-stretch and --ecg-flip are shares between 0 and 1", file=sys.stderr)
-        return 2
+        raise Refused("--ecg-stretch and --ecg-flip are shares between 0 and 1")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not datasets or set(datasets) - {"bidmc", "challenge"}:
-        print(f"error: --datasets {args.datasets!r}: choose from bidmc, challenge", file=sys.stderr)
-        return 2
+        raise Refused(f"--datasets {args.datasets!r}: choose from bidmc, challenge")
     if not 0.0 < args.train_fraction <= 1.0:
-        print("error: --train-fraction is a share in (0, 1]", file=sys.stderr)
-        return 2
+        raise Refused("--train-fraction is a share in (0, 1]")
+    if args.refiner_from_base and not args.init_from:
+        raise Refused("--refiner-from-base needs --init-from")
+    return datasets
+
+
+def _record_lists(args: argparse.Namespace, datasets: list[str]) -> tuple[list[str], list[str], Path | None]:
+    """(training records, validation records, Challenge 2015 folder or None when not used)."""
     only_bidmc = bool(args.records) and all(n.isdigit() for n in args.records.split(","))
     try:
         croot = find_dataset("challenge", args.challenge_data)
     except DatasetNotFound as exc:
         if not only_bidmc and ("challenge" in datasets or args.records):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            raise Refused(str(exc)) from exc
         croot, datasets = None, [d for d in datasets if d != "challenge"]  # BIDMC --records: BIDMC's split only
-    workdir = Path(args.workdir); workdir.mkdir(parents=True, exist_ok=True)
     train_names, val_names = [], []
     for d in datasets:
         tr_d, val_d = split() if d == "bidmc" else challenge_split(croot)
@@ -92,62 +95,105 @@ def cli(argv: list[str] | None = None) -> int:
     if args.records:
         train_names = args.records.split(",")
         if overlap := set(train_names) & set(val_names):
-            print(f"error: validation records given for training: {sorted(overlap)}", file=sys.stderr)
-            return 2
+            raise Refused(f"validation records given for training: {sorted(overlap)}")
+    return train_names, val_names, croot
+
+
+def _base(args: argparse.Namespace, train_names: list[str], device: str):
+    """(tokenizer, translator, refiner or None, weights' JSON) of --init-from, checked against this run."""
+    tok, tr, base_ref, base = W.load(args.init_from, device)
+    # their records must all be in this run's training split: one held out here would have been learnt
+    if not set(base.get("train_records", [])) <= set(train_names):
+        raise Refused("--init-from weights were trained on other records than this run's training split")
+    if args.refiner_from_base and base_ref is None:
+        raise Refused("--refiner-from-base: the --init-from weights have no refiner")
+    return tok, tr, base_ref, base
+
+
+def _population(records) -> tuple[float, tuple[float, float]]:
+    """(median pulse-arrival delay in s, median lead II (level, spread) per 8 s window in mV): what serving uses for
+    a bed without context."""
+    default_pat = float(np.nanmedian(np.array([r.pat_s for r in records])))
+    starts = [(r, i) for r in records for i in range(0, len(r.ecg) - WINDOW, WINDOW)]
+    means = [np.mean(r.ecg[i : i + WINDOW]) for r, i in starts]
+    stds = [np.std(r.ecg[i : i + WINDOW]) for r, i in starts]
+    return default_pat, (float(np.median(means)), float(np.median(stds)))
+
+
+def _base_meta(args: argparse.Namespace, base: dict) -> dict:
+    """What a refiner-only run's weights record of the tokenizer and translator they keep."""
+    meta = {k: base[k] for k in ("tokenizer_steps", "translator_steps", "codebook", "seed") if k in base}
+    meta["prior_fiducial"] = base["prior_fiducial"]  # the prior timing the translator learnt with
+    # a base that was itself refiner-only passes on the minutes of the run that trained its tokenizer and translator
+    meta |= {"init_from": str(args.init_from), "refiner_from_base": args.refiner_from_base,
+             "base_train_records": base.get("train_records"),
+             "base_train_minutes": base.get("base_train_minutes", base.get("train_minutes"))}
+    return meta
+
+
+def _refiner_meta(args: argparse.Namespace, ref) -> dict:
+    on = ref is not None
+    return {"refiner_steps": args.refiner_steps, "refiner_tasks": list(REFINED_TASKS) if on else [],
+            "refiner_sr_context": on, "refiner_ecg_stretch": args.ecg_stretch if on else 0.0,
+            "refiner_ecg_flip": args.ecg_flip if on else 0.0, "refiner_seed": args.seed}
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _train(args)
+    except (Refused, CheckpointMismatch) as exc:
+        if str(exc):
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    print(f"device: {device}", flush=True)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)  # this process's edge: the library code never sets it
+    root = found_dataset("bidmc", args.data)
+    if root is None:
+        raise Refused("")  # found_dataset said what is missing where
+    datasets = _check_args(args)
+    train_names, val_names, croot = _record_lists(args, datasets)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     print(f"train records ({len(train_names)}): {' '.join(train_names)}\nvalidation records ({len(val_names)}): {' '.join(val_names)}",
           flush=True)
     if args.init_from:
-        tok, tr, base_ref, base = W.load(args.init_from, device)
-        # their records must all be in this run's training split: one held out here would have been learnt
-        if not set(base.get("train_records", [])) <= set(train_names):
-            print("error: --init-from weights were trained on other records than this run's training split", file=sys.stderr)
-            return 2
-        if args.refiner_from_base and base_ref is None:
-            print("error: --refiner-from-base: the --init-from weights have no refiner", file=sys.stderr)
-            return 2
-        kept = (tok, tr, base_ref) if args.refiner_from_base else (tok, tr)
-        tok_cfg, tr_cfg, base_digest = tok.cfg, tr.cfg, tensor_digest(*kept)
-    elif args.refiner_from_base:
-        print("error: --refiner-from-base needs --init-from", file=sys.stderr)
-        return 2
+        tok, tr, base_ref, base = _base(args, train_names, device)
+        tok_cfg, tr_cfg = tok.cfg, tr.cfg
+        base_digest = tensor_digest(*((tok, tr, base_ref) if args.refiner_from_base else (tok, tr)))
     else:
-        tok_cfg, base_digest = TokenizerConfig(), None
+        base = base_ref = base_digest = None
+        tok_cfg = TokenizerConfig()
         tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
     recipes = stage_recipes(args, train_names, tok_cfg, tr_cfg, base_digest)
     stages = [] if args.init_from else [("tokenizer", args.tokenizer_steps), ("translator", args.translator_steps)]
     stages += [("refiner", args.refiner_steps)] if args.refiner_steps > 0 else []
     for name, steps in stages:  # before any data is loaded or any stage trains: a refused run costs nothing
-        try:
-            check_checkpoint(workdir, name, recipes[name], steps)
-        except CheckpointMismatch as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        check_checkpoint(workdir, name, recipes[name], steps)
     t0 = time.time()
     records = load_records(root, train_names, challenge_root=croot, progress=True)
-    pats = np.array([r.pat_s for r in records])
-    default_pat = float(np.nanmedian(pats))
+    default_pat, ecg_scale = _population(records)
     print(f"loaded {len(records)} records in {time.time() - t0:.1f}s; population pulse-arrival delay {default_pat:.3f}s", flush=True)
-    # population lead II level and spread per 8 s window (mV): output scale when no context is given
-    stds = [np.std(r.ecg[i : i + WINDOW]) for r in records for i in range(0, len(r.ecg) - WINDOW, WINDOW)]
-    means = [np.mean(r.ecg[i : i + WINDOW]) for r in records for i in range(0, len(r.ecg) - WINDOW, WINDOW)]
-    ecg_scale = (float(np.median(means)), float(np.median(stds)))
-    sampler = Sampler(records, WINDOW, CONTEXT, TEMPLATE, args.seed)
-    if args.init_from:
+    if base is not None:  # the kept translator learnt with its own run's population values
         default_pat, ecg_scale = float(base["default_pat_s"]), tuple(base["ecg_scale"])
-        meta_stages = {k: base[k] for k in ("tokenizer_steps", "translator_steps", "codebook", "seed") if k in base}
-        # the PPG->ECG prior timing the translator learnt with (weights from before the record: systolic peaks)
-        meta_stages["prior_fiducial"] = base.get("prior_fiducial", "peak")
-        meta_stages |= {"init_from": str(args.init_from), "refiner_from_base": args.refiner_from_base,
-                        "base_train_records": base.get("train_records"), "base_train_minutes": base.get("base_train_minutes", base.get("train_minutes"))}
-        # (a base that was itself refiner-only passes on the minutes of the run that trained its tokenizer and translator)
+    run = StageRun(Sampler(records, WINDOW, CONTEXT, TEMPLATE, args.seed, default_pat_s=default_pat), workdir,
+                   args.ckpt_every, device)
+    if base is not None:
+        meta_stages = _base_meta(args, base)
         print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
     else:
         tok = Tokenizer(tok_cfg).to(device)
-        train_tokenizer(tok, sampler, args.tokenizer_steps, args.batch * 2, workdir, args.ckpt_every, LR["tokenizer"], device,
-                        recipe=recipes["tokenizer"])
+        train_tokenizer(tok, run, Stage("tokenizer", args.tokenizer_steps, args.batch * 2, LR["tokenizer"],
+                                        recipes["tokenizer"], log_every=50))
         tr = ContextTranslator(tok_cfg, tr_cfg).to(device)
-        train_translator(tok, tr, sampler, args.translator_steps, args.batch, workdir, args.ckpt_every, LR["translator"],
-                         default_pat, device, recipe=recipes["translator"])
+        train_translator(Clmt(tok, tr), run, Stage("translator", args.translator_steps, args.batch, LR["translator"],
+                                                   recipes["translator"]))
         meta_stages = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
                        "codebook": tok.rvq.stats(), "seed": args.seed, "prior_fiducial": PRIOR_FIDUCIAL}
     ref = None
@@ -155,14 +201,12 @@ def cli(argv: list[str] | None = None) -> int:
         ref = Refiner(base_ref.cfg if args.refiner_from_base else RefinerConfig()).to(device)
         if args.refiner_from_base:
             ref.load_state_dict(base_ref.state_dict())
-        train_refiner(tok, tr, ref, sampler, args.refiner_steps, args.batch, workdir, args.ckpt_every, args.refiner_lr, default_pat,
-                      device, args.ecg_stretch, args.ecg_flip, recipe=recipes["refiner"])
+        train_refiner(Clmt(tok, tr, refined_tasks=REFINED_TASKS), ref, run,
+                      Stage("refiner", args.refiner_steps, args.batch, args.refiner_lr, recipes["refiner"], warmup=100),
+                      args.ecg_stretch, args.ecg_flip)
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
-            "train_records": train_names, "val_records": val_names, "device": device, **meta_stages, "refiner_steps": args.refiner_steps,
-            "refiner_tasks": list(REFINED_TASKS) if ref is not None else [],
-            "refiner_sr_context": ref is not None,
-            "refiner_ecg_stretch": args.ecg_stretch if ref is not None else 0.0,
-            "refiner_ecg_flip": args.ecg_flip if ref is not None else 0.0, "refiner_seed": args.seed, "batch": args.batch, "train_minutes": (time.time() - t0) / 60}
+            "train_records": train_names, "val_records": val_names, "device": device, **meta_stages,
+            **_refiner_meta(args, ref), "batch": args.batch, "train_minutes": (time.time() - t0) / 60}
     path = W.save(Path(args.out), tok, tr, meta, refiner=ref)
     n = W.count_params(tok, tr, *([ref] if ref is not None else []))
     print(f"saved {path} ({n} parameters) in {(time.time() - t0) / 60:.1f} min", flush=True)

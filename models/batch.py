@@ -1,0 +1,226 @@
+"""The model batch and the one forward path that training and serving share.
+
+`ModelBatch` is what the CLMT model takes, as numpy arrays: the serving engine stacks it from translation requests
+(`models.engine`), the training sampler draws it from records (`models.data.Sampler`). `Clmt` runs it: tokenize
+(frozen tokenizer) -> translator -> re-quantize -> decode -> refiner. Training calls the same steps, so what a stage
+learns from is what serving computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.refiner import Refiner
+from models.tokenizer import TASK_PPG2ECG, Tokenizer, modality_masks
+from models.translator import ContextTranslator
+
+SEX_CODES = {"M": 1, "F": 2}  # 0: unknown (the translator's sex embedding)
+
+
+def sex_code(sex: str | None) -> int:
+    """0 unknown, 1 male, 2 female (`"M"`/`"F"`, any case)."""
+    return SEX_CODES.get((sex or "").upper(), 0)
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """B windows of N samples at the canonical 100 Hz (N a multiple of the tokenizer stride), K-sample templates.
+
+    Attributes
+    ----------
+    source : np.ndarray
+        (B, N) float32, each window z-scored on its own; PPG->ECG rows shifted earlier by `pat_s`
+        (`models.prep.align_ppg`) so each pulse sits where its R-peak will be.
+    task : np.ndarray
+        (B,) int64 task ids (`models.tokenizer.TASK_*`).
+    source_rate_hz : np.ndarray
+        (B,) float32, the rate the monitor sent the source at (a prompt: the model still sees 100 Hz).
+    age_years : np.ndarray
+        (B,) float32, NaN when unknown.
+    sex : np.ndarray
+        (B,) int64, `sex_code`.
+    pat_s : np.ndarray
+        (B,) float32 pulse-arrival delay (R-peak -> PPG systolic peak): the context's, or the population's.
+    has_context : np.ndarray
+        (B,) float32, 1.0 where the row carries the patient's beat templates.
+    context_ecg, context_ppg : np.ndarray
+        (B, K) float32 z-scored R-aligned median beats (`models.prep.beat_templates`); zeros where none.
+    prior : np.ndarray
+        (B, N) float32 in the source's z-units: for PPG->ECG the classic synthesis (the translator's prior); for ECG
+        SR the patient's QRS high band pasted on the source (the refiner's input only); zeros where none.
+    """
+
+    source: np.ndarray
+    task: np.ndarray
+    source_rate_hz: np.ndarray
+    age_years: np.ndarray
+    sex: np.ndarray
+    pat_s: np.ndarray
+    has_context: np.ndarray
+    context_ecg: np.ndarray
+    context_ppg: np.ndarray
+    prior: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    @property
+    def has_prior(self) -> np.ndarray:
+        """(B,) float32, 1.0 where the translator takes the prior: PPG->ECG rows (SR priors go to the refiner)."""
+        return (self.task == TASK_PPG2ECG).astype(np.float32)
+
+    @classmethod
+    def stack(cls, rows: Sequence["WindowInput"], template_len: int) -> "ModelBatch":
+        """One batch from windows of equal length (zeros where a row has no context or prior)."""
+        n = len(rows[0].source)
+        none_tpl, none_prior = np.zeros(template_len, np.float32), np.zeros(n, np.float32)
+        f32 = lambda vals: np.array(vals, np.float32)
+        return cls(source=np.stack([r.source for r in rows]),
+                   task=np.array([r.task for r in rows], np.int64),
+                   source_rate_hz=f32([r.source_rate_hz for r in rows]),
+                   age_years=f32([r.age_years for r in rows]),
+                   sex=np.array([r.sex for r in rows], np.int64),
+                   pat_s=f32([r.pat_s for r in rows]),
+                   has_context=f32([r.context is not None for r in rows]),
+                   context_ecg=np.stack([r.context[0] if r.context is not None else none_tpl for r in rows]),
+                   context_ppg=np.stack([r.context[1] if r.context is not None else none_tpl for r in rows]),
+                   prior=np.stack([r.prior if r.prior is not None else none_prior for r in rows]))
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    """A drawn `ModelBatch` and what the model should have made of it.
+
+    Attributes
+    ----------
+    inputs : ModelBatch
+        (B rows of N samples at 100 Hz.)
+    target : np.ndarray
+        (B, N) float32 target window z-scored on its own (the translator stage's target).
+    target_source_units : np.ndarray
+        (B, N) float32 target in the units serving rescales the output with: for SR the source's level and spread,
+        for PPG->ECG the same as `target` (the refiner stage's target).
+    """
+
+    inputs: ModelBatch
+    target: np.ndarray
+    target_source_units: np.ndarray
+
+
+@dataclass(frozen=True)
+class WindowInput:
+    """One row of a `ModelBatch` (the serving engine prepares one per request; fields as there, per row)."""
+
+    task: int
+    source: np.ndarray
+    source_rate_hz: float
+    age_years: float
+    sex: int
+    pat_s: float
+    context: tuple[np.ndarray, np.ndarray] | None = None
+    prior: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    """A `ModelBatch` on the device, its sequences tokenized: the translator's and refiner's inputs.
+
+    `src_tok` is (B, N / stride, levels) long; the context and prior tokens are None when no row of the batch has
+    one (the translator then sees no such segment at all). `source` and `prior` stay samples: the refiner's inputs.
+    """
+
+    task: torch.Tensor
+    source: torch.Tensor
+    prior: torch.Tensor
+    src_tok: torch.Tensor
+    rate: torch.Tensor
+    age: torch.Tensor
+    sex: torch.Tensor
+    pat: torch.Tensor
+    has_ctx: torch.Tensor
+    ctx_ecg_tok: torch.Tensor | None
+    ctx_ppg_tok: torch.Tensor | None
+    prior_tok: torch.Tensor | None
+    has_prior: torch.Tensor | None
+
+
+class Clmt:
+    """Tokenizer, translator and optional refiner run as one model, by serving and by every training stage.
+
+    Parameters
+    ----------
+    tok, tr, refiner
+        The three trained modules (the refiner may be None).
+    refined_tasks : sequence of int
+        Task ids the refiner corrects (the weights' `refiner_tasks`).
+    """
+
+    def __init__(self, tok: Tokenizer, tr: ContextTranslator, refiner: Refiner | None = None,
+                 refined_tasks: Sequence[int] = ()):
+        self.tok, self.tr, self.refiner = tok, tr, refiner
+        self.refined_tasks = list(refined_tasks)
+
+    @torch.no_grad()
+    def tokenize(self, batch: ModelBatch, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> TokenizedBatch:
+        """Move `batch` to `device` (samples in `dtype`; rate, age, delay in float32) and tokenize its sequences."""
+        tok = self.tok
+        t = lambda a, dt=None: torch.from_numpy(np.ascontiguousarray(a)).to(device, dt)
+        src, task = t(batch.source, dtype), t(batch.task)
+        src_tok = torch.empty(src.shape[0], src.shape[1] // tok.cfg.stride, tok.cfg.levels, dtype=torch.long,
+                              device=device)
+        for mod, mask in modality_masks(task, 0):
+            src_tok[mask] = tok.tokens(src[mask], mod)
+        has_ctx = t(batch.has_context)
+        ctx_e = ctx_p = None
+        if bool(has_ctx.any()):
+            ctx_e, ctx_p = tok.tokens(t(batch.context_ecg, dtype), "ecg"), tok.tokens(t(batch.context_ppg, dtype), "ppg")
+        prior = t(batch.prior, dtype)
+        has_prior = t(batch.has_prior)
+        prior_tok = tok.tokens(prior, "ecg") if bool(has_prior.any()) else None
+        return TokenizedBatch(task=task, source=src, prior=prior, src_tok=src_tok, rate=t(batch.source_rate_hz),
+                              age=t(batch.age_years), sex=t(batch.sex), pat=t(batch.pat_s), has_ctx=has_ctx,
+                              ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, prior_tok=prior_tok,
+                              has_prior=has_prior if prior_tok is not None else None)
+
+    def latents(self, inp: TokenizedBatch) -> torch.Tensor:
+        """The translator's predicted target latent frames, (B, N / stride, latent_dim)."""
+        return self.tr(inp.src_tok, inp.task, inp.rate, inp.age, inp.sex, inp.pat, ctx_ecg_tok=inp.ctx_ecg_tok,
+                       ctx_ppg_tok=inp.ctx_ppg_tok, has_ctx=inp.has_ctx, prior_tok=inp.prior_tok,
+                       has_prior=inp.has_prior)
+
+    def decode(self, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """(B, T, latent_dim) -> (B, T * stride) z-scored at 100 Hz, each row by its task's target decoder."""
+        out = torch.empty(z.shape[0], z.shape[1] * self.tok.cfg.stride, dtype=z.dtype, device=z.device)
+        for mod, mask in modality_masks(task, 1):
+            out[mask] = self.tok.decode(z[mask], mod)
+        return out
+
+    @torch.no_grad()
+    def draft(self, inp: TokenizedBatch) -> torch.Tensor:
+        """What the refiner corrects: predicted frames re-quantized to target tokens, decoded; (B, N)."""
+        z = self.latents(inp)
+        return self.decode(self.tok.rvq.requantize(z).to(z.dtype), inp.task)
+
+    def refine(self, inp: TokenizedBatch, draft: torch.Tensor, refiner: nn.Module | None = None) -> torch.Tensor:
+        """`draft` with the rows of refined tasks corrected by the refiner (`refiner` overrides the member)."""
+        refiner = refiner if refiner is not None else self.refiner
+        if refiner is None:
+            return draft
+        m = torch.isin(inp.task, torch.tensor(self.refined_tasks, dtype=torch.long, device=draft.device))
+        if not bool(m.any()):
+            return draft
+        out = draft.clone()
+        out[m] = refiner(inp.source[m], inp.prior[m], draft[m], inp.task[m])
+        return out
+
+    @torch.no_grad()
+    def __call__(self, batch: ModelBatch, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> np.ndarray:
+        """Serving's forward pass: (B, N) float32 outputs, z-scored in the units the caller rescales with."""
+        inp = self.tokenize(batch, device, dtype)
+        return self.refine(inp, self.draft(inp)).float().cpu().numpy()
