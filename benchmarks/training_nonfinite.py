@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # run as a script
 
 import numpy as np  # noqa: E402
 
-from models.data import challenge_root, challenge_split, found_data_root, record_path, split, unusable_mask  # noqa: E402
+from models.data import challenge_split, dataset_root, found_dataset, record_path, split, unusable_mask  # noqa: E402
 from models.prep import CANONICAL_RATE, finite  # noqa: E402
 from operators.io.records import read_recording  # noqa: E402
 from operators.processing.resample import resample  # noqa: E402
@@ -51,10 +51,10 @@ def record_changes(path: Path) -> dict[str, tuple[int, int, int, int]]:
 
 
 def main() -> int:
-    bidmc = found_data_root(None)
+    bidmc = found_dataset("bidmc")
     if bidmc is None:
         return 2
-    croot = challenge_root(None)
+    croot = dataset_root("challenge")
     names = [("bidmc", n) for n in split()[0]]
     if (croot / "RECORDS").exists():
         names += [("challenge", n) for n in challenge_split(croot)[0]]
