@@ -499,6 +499,17 @@ def test_weights_refuse_a_json_that_does_not_describe_the_tensors(tmp_path):
     dst.with_suffix(".json").write_text(json.dumps(no_refiner))
     with pytest.raises(ValueError, match="does not describe|refiner"):
         W.load(dst)
+    # weights trained on priors timed at another fiducial would be fed inputs they never learnt: refused
+    dst.with_suffix(".json").write_text(json.dumps(cfg | {"prior_fiducial": "peak"}))
+    with pytest.raises(ValueError, match="pulse peak, serving times them at the pulse foot"):
+        ClmtTranslator(weights=str(dst), device="cpu")
+    # a tensor file without the architecture header is not one `weights.save` wrote
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(src)), str(dst))
+    dst.with_suffix(".json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="records no architecture"):
+        W.load(dst)
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
