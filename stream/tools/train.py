@@ -138,6 +138,33 @@ def _refiner_meta(args: argparse.Namespace, ref) -> dict:
             "refiner_ecg_flip": args.ecg_flip if on else 0.0, "refiner_seed": args.seed}
 
 
+def _train_base(args: argparse.Namespace, run: StageRun, recipes: dict, tok_cfg: TokenizerConfig,
+                tr_cfg: TranslatorConfig):
+    """Stages 1 and 2: (tokenizer, translator, what the weights record of their training)."""
+    tok = Tokenizer(tok_cfg).to(run.device)
+    train_tokenizer(tok, run, Stage("tokenizer", args.tokenizer_steps, args.batch * 2, LR["tokenizer"],
+                                    recipes["tokenizer"], log_every=50))
+    tr = ContextTranslator(tok_cfg, tr_cfg).to(run.device)
+    train_translator(Clmt(tok, tr), run, Stage("translator", args.translator_steps, args.batch, LR["translator"],
+                                               recipes["translator"]))
+    meta = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
+            "codebook": tok.rvq.stats(), "seed": args.seed, "prior_fiducial": PRIOR_FIDUCIAL}
+    return tok, tr, meta
+
+
+def _train_refiner(args: argparse.Namespace, run: StageRun, recipe: dict, clmt: Clmt, base_ref: Refiner | None):
+    """Stage 3 over the frozen `clmt` (from scratch, or from `base_ref` with --refiner-from-base); None when
+    --refiner-steps is 0."""
+    if args.refiner_steps <= 0:
+        return None
+    ref = Refiner(base_ref.cfg if args.refiner_from_base else RefinerConfig()).to(run.device)
+    if args.refiner_from_base:
+        ref.load_state_dict(base_ref.state_dict())
+    train_refiner(clmt, ref, run, Stage("refiner", args.refiner_steps, args.batch, args.refiner_lr, recipe, warmup=100),
+                  args.ecg_stretch, args.ecg_flip)
+    return ref
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -188,22 +215,8 @@ def _train(args: argparse.Namespace) -> int:
         meta_stages = _base_meta(args, base)
         print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
     else:
-        tok = Tokenizer(tok_cfg).to(device)
-        train_tokenizer(tok, run, Stage("tokenizer", args.tokenizer_steps, args.batch * 2, LR["tokenizer"],
-                                        recipes["tokenizer"], log_every=50))
-        tr = ContextTranslator(tok_cfg, tr_cfg).to(device)
-        train_translator(Clmt(tok, tr), run, Stage("translator", args.translator_steps, args.batch, LR["translator"],
-                                                   recipes["translator"]))
-        meta_stages = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
-                       "codebook": tok.rvq.stats(), "seed": args.seed, "prior_fiducial": PRIOR_FIDUCIAL}
-    ref = None
-    if args.refiner_steps > 0:
-        ref = Refiner(base_ref.cfg if args.refiner_from_base else RefinerConfig()).to(device)
-        if args.refiner_from_base:
-            ref.load_state_dict(base_ref.state_dict())
-        train_refiner(Clmt(tok, tr, refined_tasks=REFINED_TASKS), ref, run,
-                      Stage("refiner", args.refiner_steps, args.batch, args.refiner_lr, recipes["refiner"], warmup=100),
-                      args.ecg_stretch, args.ecg_flip)
+        tok, tr, meta_stages = _train_base(args, run, recipes, tok_cfg, tr_cfg)
+    ref = _train_refiner(args, run, recipes["refiner"], Clmt(tok, tr, refined_tasks=REFINED_TASKS), base_ref)
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
             "train_records": train_names, "val_records": val_names, "device": device, **meta_stages,
             **_refiner_meta(args, ref), "batch": args.batch, "train_minutes": (time.time() - t0) / 60}
