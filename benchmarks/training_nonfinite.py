@@ -21,7 +21,8 @@ if str(REPO) not in sys.path:  # run as a script
 import numpy as np  # noqa: E402
 
 from models.data import challenge_split, dataset_root, found_dataset, record_path, split, unusable_mask  # noqa: E402
-from models.prep import CANONICAL_RATE, finite  # noqa: E402
+from models.prep import finite  # noqa: E402
+from operators.vocab import CANONICAL_RATE_HZ
 from operators.io.records import read_recording  # noqa: E402
 from operators.processing.resample import resample  # noqa: E402
 
@@ -37,11 +38,11 @@ def record_changes(path: Path) -> dict[str, tuple[int, int, int, int]]:
     at100, changed, missing = {}, {}, {}
     for k, x in raw.items():
         rate = rec.rates[k]
-        repaired = resample(finite(x), rate, CANONICAL_RATE, method="polyphase")
-        zeroed = resample(np.nan_to_num(x), rate, CANONICAL_RATE, method="polyphase")
+        repaired = resample(finite(x), rate, CANONICAL_RATE_HZ, method="polyphase")
+        zeroed = resample(np.nan_to_num(x), rate, CANONICAL_RATE_HZ, method="polyphase")
         at100[k] = repaired.astype(np.float32)
         changed[k] = np.abs(repaired - zeroed) > 1e-3 * np.std(repaired)
-        t = np.flatnonzero(~np.isfinite(x)) * (CANONICAL_RATE / rate)
+        t = np.flatnonzero(~np.isfinite(x)) * (CANONICAL_RATE_HZ / rate)
         missing[k] = np.zeros(len(repaired), bool)
         missing[k][np.clip(np.round(t).astype(np.int64), 0, len(repaired) - 1)] = True
     n = min(len(v) for v in at100.values())

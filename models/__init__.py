@@ -11,7 +11,8 @@ from models.data import Sampler, TrainingRecord, challenge_split, load_record, l
 from models.engine import ClmtTranslator, resolve_device
 from models.refiner import Refiner, RefinerConfig
 from models.rvq import Quantized, ResidualVQ
-from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR, Tokenizer, TokenizerConfig
+from models.tokenizer import Tokenizer, TokenizerConfig
+from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 from models.train import Stage, StageRun, train_refiner, train_tokenizer, train_translator
 from models.translator import ContextTranslator, TranslatorConfig
 from models.weights import load as load_weights

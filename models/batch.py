@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 
 from models.refiner import Refiner
-from models.tokenizer import TASK_PPG2ECG, Tokenizer, modality_masks
+from models.tokenizer import Tokenizer, modality_masks
+from operators.vocab import TASK_PPG2ECG
 from models.translator import ContextTranslator
+from operators.vocab import SEX_CODES
 
-SEX_CODES = {"M": 1, "F": 2}  # 0: unknown (the translator's sex embedding)
 
 
 def sex_code(sex: str | None) -> int:

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from models.batch import ModelBatch, TrainingBatch, sex_code
-from models.prep import (CANONICAL_RATE, LOWRES_KINDS, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite,
-                         lowres_then_up, prior_translator, zscore)
+from models.prep import (align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite, lowres_then_up, prior_translator, zscore)
+from operators.vocab import CANONICAL_RATE_HZ, LOWRES_KINDS
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
-from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG
+from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG
 from operators.processing.rpeaks import detect_rpeaks
 from operators.io.records import canonical_name, read_recording
 from operators.processing.resample import resample
@@ -108,7 +108,7 @@ class TrainingRecord:
 FLAT_S = 2.0  # a stretch this long with (almost) no variation is a sensor off or a lead off, not signal
 
 
-def unusable_mask(x: np.ndarray, missing: np.ndarray, rate: float = CANONICAL_RATE) -> np.ndarray:
+def unusable_mask(x: np.ndarray, missing: np.ndarray, rate: float = CANONICAL_RATE_HZ) -> np.ndarray:
     """Samples not to train on: `missing` (non-finite in the record) or inside a flat `FLAT_S` stretch of `x`
     (a Challenge PLETH whose sensor is off, or an ECG lead off). Training on them would teach the model to draw
     beats from nothing, which serving refuses to do (flat sources are never translated)."""
@@ -130,8 +130,8 @@ def load_record(path: Path, with_lowres: bool = True) -> TrainingRecord:
     for name, key in (("II", "ecg"), ("PLETH", "ppg")):
         raw = rec.signals[name].astype(np.float64)
         x = finite(raw)  # as serving repairs a window: NaN runs interpolated (a zero run would be a fake beat)
-        sig[key] = resample(x, rec.rates[name], CANONICAL_RATE, method="polyphase").astype(np.float32)
-        t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE / rec.rates[name])
+        sig[key] = resample(x, rec.rates[name], CANONICAL_RATE_HZ, method="polyphase").astype(np.float32)
+        t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE_HZ / rec.rates[name])
         missing[key] = np.zeros(len(sig[key]), bool)
         missing[key][np.clip(np.round(t).astype(np.int64), 0, len(sig[key]) - 1)] = True
     n = min(len(sig["ecg"]), len(sig["ppg"]))
@@ -143,8 +143,8 @@ def load_record(path: Path, with_lowres: bool = True) -> TrainingRecord:
             for r in SR_SOURCE_RATES:
                 for kind in LOWRES_KINDS:  # monitors differ: some low-pass before decimating, some don't
                     lowres[(mod, r, kind)] = lowres_then_up(x, r, kind)
-    return TrainingRecord(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE),
-                  detect_rpeaks(ecg, CANONICAL_RATE), lowres, np.concatenate([[0], np.cumsum(bad)]))
+    return TrainingRecord(path.name, ecg, ppg, rec.age, rec.sex, estimate_pat_s(ecg, ppg, CANONICAL_RATE_HZ),
+                  detect_rpeaks(ecg, CANONICAL_RATE_HZ), lowres, np.concatenate([[0], np.cumsum(bad)]))
 
 
 def record_path(name: str, bidmc_root: Path, challenge_root: Path | None = None) -> Path:
@@ -240,7 +240,7 @@ class Sampler:
         ctx_e, ctx_p = (np.zeros((batch, self.template), np.float32) for _ in range(2))
         task = rng.choice(3, size=batch, p=p_task)
         has_ctx = np.zeros(batch, np.float32)
-        rate = np.full(batch, CANONICAL_RATE, np.float32)
+        rate = np.full(batch, CANONICAL_RATE_HZ, np.float32)
         age = np.full(batch, np.nan, np.float32)
         sex = np.zeros(batch, np.int64)
         pat = np.zeros(batch, np.float32)
@@ -278,10 +278,10 @@ class Sampler:
             if cs is not None:
                 e, p = r.ecg[cs : cs + c], r.ppg[cs : cs + c]
                 rp = r.rpeaks[(r.rpeaks >= cs) & (r.rpeaks < cs + c)] - cs
-                tpl = beat_templates(e, p, CANONICAL_RATE, rpeaks=rp)
+                tpl = beat_templates(e, p, CANONICAL_RATE_HZ, rpeaks=rp)
                 if tpl is not None:
-                    pat_s = estimate_pat_s(e, p, CANONICAL_RATE)
-                    context = PairedContext(e, p, CANONICAL_RATE)
+                    pat_s = estimate_pat_s(e, p, CANONICAL_RATE_HZ)
+                    context = PairedContext(e, p, CANONICAL_RATE_HZ)
         prior = ecg_prior(self.prior_translator, r.ppg[s : s + w], context)
         source_rate_hz = float(rng.choice([62.5, 100.0, 125.0, 250.0]))
         return zscore(r.ppg[s : s + w])[0], zscore(r.ecg[s : s + w])[0], prior, source_rate_hz, tpl, pat_s
@@ -318,9 +318,9 @@ class Sampler:
             cs = self._context_start(n, s, span, augment_span(w, aug[0])[1] if aug else w)
             if cs is not None:
                 ctx_ecg = augment_ecg(full, cs, c, *aug) if aug else full[cs : cs + c]
-                tpl = qrs_template(ctx_ecg, CANONICAL_RATE, sr_cutoff_hz(source_rate_hz))
+                tpl = qrs_template(ctx_ecg, CANONICAL_RATE_HZ, sr_cutoff_hz(source_rate_hz))
                 if tpl is not None:  # the refiner's input only: the translator never sees SR context
-                    prior = paste_high_band(x, CANONICAL_RATE, tpl) / sd
+                    prior = paste_high_band(x, CANONICAL_RATE_HZ, tpl) / sd
         return src, zscore(y)[0], (y - mu) / sd, prior, source_rate_hz
 
     def _context_start(self, n: int, s: int, c: int, w: int | None = None) -> int | None:
@@ -348,7 +348,7 @@ def augment_ecg(x: np.ndarray, start: int, length: int, factor: float, sign: flo
     lo, hi = start - before, start + after
     if lo < 0 or hi > len(x):
         raise ValueError(f"augment_ecg: span {lo}..{hi} outside the signal (0..{len(x)})")
-    y = resample(np.asarray(x[lo:hi], np.float64), CANONICAL_RATE * factor, CANONICAL_RATE, method="polyphase")
+    y = resample(np.asarray(x[lo:hi], np.float64), CANONICAL_RATE_HZ * factor, CANONICAL_RATE_HZ, method="polyphase")
     n = length + 2 * margin
     if len(y) < n:
         raise ValueError("augment_ecg: resampled span too short")

@@ -18,9 +18,9 @@ import torch
 
 from models import weights as W
 from models.batch import Clmt, ModelBatch, WindowInput, sex_code
-from models.prep import (CANONICAL_RATE, PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite,
-                         prior_translator, to_canonical, zscore)
-from models.tokenizer import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
+from models.prep import (PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite, prior_translator, to_canonical, zscore)
+from operators.vocab import CANONICAL_RATE_HZ
+from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.state.context import ContextCache
 from operators.processing.resample import merge_bands, resample
@@ -112,7 +112,7 @@ class ClmtTranslator:
             source_up = x  # the measured band, merged back in `_finish`
             sr_tpl = self._sr_template(r.context, r.source_rate) if task == TASK_ECG_SR else None
             if sr_tpl is not None:  # the refiner's input: the patient's own QRS high band pasted on the source
-                prior = (paste_high_band(x, CANONICAL_RATE, sr_tpl) / sd).astype(np.float32)
+                prior = (paste_high_band(x, CANONICAL_RATE_HZ, sr_tpl) / sd).astype(np.float32)
         if task == TASK_PPG2ECG:
             prior = ecg_prior(self.prior_translator, x, ctx_100 if feats is not None else None)
             z = align_ppg(z, pat)
@@ -124,7 +124,7 @@ class ClmtTranslator:
     def _sr_template(self, ctx: PairedContext | None, source_rate: float):
         """The context's QRS template for ECG SR from `source_rate`, or None: no context, weights not trained for
         it, a context too slow to hold the band above the source's Nyquist frequency, or too few beats."""
-        if ctx is None or not self.sr_context or source_rate >= CANONICAL_RATE or ctx.rate_hz < CANONICAL_RATE:
+        if ctx is None or not self.sr_context or source_rate >= CANONICAL_RATE_HZ or ctx.rate_hz < CANONICAL_RATE_HZ:
             return None
         if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
             return None
@@ -144,10 +144,10 @@ class ClmtTranslator:
         cp = to_canonical(finite(ctx.ppg), ctx.rate_hz)
         m = min(len(ce), len(cp))
         ce, cp = ce[:m], cp[:m]
-        tpl = beat_templates(ce, cp, CANONICAL_RATE)
+        tpl = beat_templates(ce, cp, CANONICAL_RATE_HZ)
         if tpl is None:
             return None
-        return (PairedContext(ce, cp, CANONICAL_RATE), tpl, estimate_pat_s(ce, cp, CANONICAL_RATE),
+        return (PairedContext(ce, cp, CANONICAL_RATE_HZ), tpl, estimate_pat_s(ce, cp, CANONICAL_RATE_HZ),
                 (float(np.mean(ce)), float(np.std(ce)) or 1.0))
 
     # -- batched forward ---------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class ClmtTranslator:
         """SR of a source at or above the canonical rate: the model works at 100 Hz and can add nothing above its
         own 50 Hz Nyquist frequency, while running it would replace measured signal by a reconstruction from
         tokens (with a rate prompt training never used). Such rows get the polyphase resample of the source."""
-        return r.task == SR and float(r.source_rate) >= CANONICAL_RATE
+        return r.task == SR and float(r.source_rate) >= CANONICAL_RATE_HZ
 
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
         """One output per request, each `request.n_out` float32 samples at `request.target_rate` Hz.
@@ -206,11 +206,11 @@ class ClmtTranslator:
     def _finish(r: TranslationRequest, it: _Prepared, y: np.ndarray) -> np.ndarray:
         mu, sd = it.out_scale
         y = y[: it.n].astype(np.float64) * sd + mu
-        if it.source_up is not None and it.source_rate_hz < CANONICAL_RATE:
+        if it.source_up is not None and it.source_rate_hz < CANONICAL_RATE_HZ:
             # keep what the low-rate monitor measured; the model supplies only the band above its Nyquist
-            y = merge_bands(it.source_up, y, CANONICAL_RATE, sr_cutoff_hz(it.source_rate_hz))
-        if abs(r.target_rate - CANONICAL_RATE) > 1e-9:
-            y = resample(y, CANONICAL_RATE, r.target_rate, method="polyphase")
+            y = merge_bands(it.source_up, y, CANONICAL_RATE_HZ, sr_cutoff_hz(it.source_rate_hz))
+        if abs(r.target_rate - CANONICAL_RATE_HZ) > 1e-9:
+            y = resample(y, CANONICAL_RATE_HZ, r.target_rate, method="polyphase")
         return _fit(y, r.n_out)
 
 

@@ -43,8 +43,9 @@ from operators.processing.resample import decimate_to, resample
 from operators.processing.rpeaks import detect_rpeaks
 from operators.state.context import select_context
 from operators.translator import PPG2ECG, SR, PairedContext, Translator
+from operators.vocab import LOW_RATE_HZ, SR_TARGET_HZ
 
-SR_RATE, SR_TARGET = 25.0, 100.0  # Hz: the low monitor rate SR is evaluated from, and the rate it produces
+SR_RATE, SR_TARGET = LOW_RATE_HZ, SR_TARGET_HZ  # the low monitor rate SR is evaluated from, and the rate it produces
 TASKS = ("ppg2ecg", "sr-ecg", "sr-ppg")
 SR_INPUTS = ("aa", "plain")  # how the 25 Hz input is made: anti-aliased decimation, every k-th sample
 DATASETS = ("bidmc", "challenge")

@@ -8,8 +8,8 @@ from operators.processing.samples import fill_nonfinite
 from operators.processing.resample import decimate_to, resample
 from operators.translator import PPG2ECG, PairedContext, TranslationRequest
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
+from operators.vocab import CANONICAL_RATE_HZ, LOWRES_KINDS
 
-CANONICAL_RATE = 100.0
 PAT_RANGE_S = (0.05, 1.0)  # R-peak -> PPG systolic peak, incl. monitor processing delay
 
 
@@ -21,7 +21,6 @@ def zscore(x: np.ndarray) -> tuple[np.ndarray, float, float]:
     return ((x - mu) / sd).astype(np.float32), mu, sd
 
 
-LOWRES_KINDS = ("fir", "plain", "iir")  # how a low-rate monitor makes its samples (see lowres_then_up)
 
 
 def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
@@ -31,13 +30,13 @@ def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
     Butterworth at 0.8 x the new Nyquist frequency (`operators.processing.resample.decimate_to`, what `wavebridge evaluate`
     calls "aa"), "plain" keeps every k-th sample (aliasing)."""
     if kind == "fir":
-        lo = resample(x, CANONICAL_RATE, rate, method="polyphase")
+        lo = resample(x, CANONICAL_RATE_HZ, rate, method="polyphase")
     elif kind == "iir":
-        lo = decimate_to(x, CANONICAL_RATE, rate)
+        lo = decimate_to(x, CANONICAL_RATE_HZ, rate)
     elif kind == "plain":
-        step = CANONICAL_RATE / rate
+        step = CANONICAL_RATE_HZ / rate
         if abs(step - round(step)) > 1e-9:  # every 2.5th sample does not exist: it would stretch time
-            raise ValueError(f"plain subsampling needs {CANONICAL_RATE:g} Hz / rate to be a whole number, got {rate:g} Hz")
+            raise ValueError(f"plain subsampling needs {CANONICAL_RATE_HZ:g} Hz / rate to be a whole number, got {rate:g} Hz")
         lo = np.asarray(x)[:: int(round(step))]
     else:
         raise ValueError(f"unknown low-rate kind {kind!r}; expected one of {LOWRES_KINDS}")
@@ -49,10 +48,10 @@ def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
 def to_canonical(x: np.ndarray, rate: float) -> np.ndarray:
     """`x` sampled at `rate` Hz -> float32 at 100 Hz. Upsampling uses a cubic spline (no ringing around sharp QRS); downsampling
     is anti-aliased polyphase."""
-    if abs(rate - CANONICAL_RATE) < 1e-9:
+    if abs(rate - CANONICAL_RATE_HZ) < 1e-9:
         return np.asarray(x, dtype=np.float32)
-    method = "cubic" if rate < CANONICAL_RATE else "polyphase"
-    return resample(np.asarray(x, dtype=np.float64), rate, CANONICAL_RATE, method=method).astype(np.float32)
+    method = "cubic" if rate < CANONICAL_RATE_HZ else "polyphase"
+    return resample(np.asarray(x, dtype=np.float64), rate, CANONICAL_RATE_HZ, method=method).astype(np.float32)
 
 
 def estimate_pat_s(ecg: np.ndarray, ppg: np.ndarray, rate: float, prior_s: float = 0.64) -> float:
@@ -80,7 +79,7 @@ def estimate_pat_s(ecg: np.ndarray, ppg: np.ndarray, rate: float, prior_s: float
     return float(np.median(near) / rate) if len(near) else float(best)
 
 
-def align_ppg(x: np.ndarray, pat_s: float, rate: float = CANONICAL_RATE) -> np.ndarray:
+def align_ppg(x: np.ndarray, pat_s: float, rate: float = CANONICAL_RATE_HZ) -> np.ndarray:
     """Shift PPG earlier by the pulse-arrival delay so each beat's pulse sits where its R-peak will be.
 
     The last `pat` seconds have no future pulse inside the window; they repeat the edge value and the
@@ -96,7 +95,7 @@ TEMPLATE_BEFORE_S, TEMPLATE_AFTER_S = 0.32, 0.64  # 96 samples = 12 tokens at 10
 MIN_BEATS = 3
 
 
-def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RATE,
+def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RATE_HZ,
                    rpeaks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """The patient's median ECG beat and the PPG that follows it, both aligned on R-peaks.
 
@@ -127,7 +126,7 @@ def prior_translator() -> ClassicTranslator:
 
 
 def ecg_prior(classic: ClassicTranslator, ppg: np.ndarray, context: PairedContext | None,
-              rate: float = CANONICAL_RATE) -> np.ndarray:
+              rate: float = CANONICAL_RATE_HZ) -> np.ndarray:
     """The translator's prior: classic PPG->ECG synthesis, z-scored.
 
     Parameters

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.tokenizer import TASK_ECG_SR, TASK_PPG_SR
+from operators.vocab import TASK_ECG_SR, TASK_PPG_SR
 from models.translator import N_TASKS
 
 N_INPUTS = 3

@@ -13,12 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.rvq import Quantized, ResidualVQ
+from operators.vocab import TASK_MODALITIES
 
-CANONICAL_RATE = 100.0
 MODALITIES = ("ecg", "ppg")
 # Task ids used by the translator, training and serving: (source modality, target modality).
-TASK_PPG2ECG, TASK_ECG_SR, TASK_PPG_SR = 0, 1, 2
-TASK_MODALITIES = {TASK_PPG2ECG: ("ppg", "ecg"), TASK_ECG_SR: ("ecg", "ecg"), TASK_PPG_SR: ("ppg", "ppg")}
 
 
 def modality_masks(task: torch.Tensor, side: int) -> list[tuple[str, torch.Tensor]]:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from models.batch import Clmt
 from models.data import Sampler
-from models.prep import LOWRES_KINDS, PRIOR_FIDUCIAL
+from models.prep import PRIOR_FIDUCIAL
+from operators.vocab import LOWRES_KINDS
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import Tokenizer, TokenizerConfig, modality_masks
 from models.translator import TranslatorConfig

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from models.tokenizer import TASK_ECG_SR, TASK_MODALITIES, TokenizerConfig
+from models.tokenizer import TokenizerConfig
+from operators.vocab import TASK_ECG_SR, TASK_MODALITIES
 
 N_TASKS = len(TASK_MODALITIES)
 N_PROMPT = 3

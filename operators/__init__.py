@@ -7,7 +7,8 @@ Subpackages by job:
   verification);
 - `operators.state`: per-bed streaming state (sliding windows, patient context);
 - `operators.translator`: the seam between the stream and any translator (Protocol, request, spec loader);
-- `operators.classic`: the classic, non-learned translators.
+- `operators.classic`: the classic, non-learned translators;
+- `operators.vocab`: the vocabulary every layer shares (signal names, tasks, rates, topic defaults).
 
 The names below are what the other layers use most; each is also importable from its module. Imports are
 lazy: `import operators` loads no submodule until a name is used.
@@ -15,7 +16,8 @@ lazy: `import operators` loads no submodule until a name is used.
 from operators._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "operators.translator": ["PPG2ECG", "SR", "TASKS", "PairedContext", "TaskRouter", "TranslationRequest",
+    "operators.vocab": ["ECG", "PPG", "SYNTH_ECG", "PPG2ECG", "SR", "TASKS", "is_ecg_signal"],
+    "operators.translator": ["PairedContext", "TaskRouter", "TranslationRequest",
                              "Translator", "load_translator", "output_length"],
     "operators.classic": ["ClassicTranslator"],
     "operators.io.records": ["Recording", "read_recording"],

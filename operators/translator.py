@@ -15,29 +15,18 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["PPG2ECG", "SR", "TASKS", "DEFAULT_SPEC", "is_ecg_signal", "PairedContext",
+# The tasks a translator may serve and which channels are ECG belong to the vocabulary; the seam
+# re-exports them because every request names one.
+from operators.vocab import PPG2ECG, SR, TASKS, is_ecg_signal
+
+__all__ = ["DEFAULT_SPEC", "PairedContext",
            "TranslationRequest", "output_length", "Translator", "TaskRouter", "parse_spec", "check_spec",
            "load_translator"]
 
-# Tasks a translator may serve.
-PPG2ECG = "ppg2ecg"  # PLETH -> lead II ECG
-SR = "sr"  # low-rate signal -> same signal at a higher rate
-TASKS = (PPG2ECG, SR)
 # The translator each task gets unless configured: per task the one that measures best on the held-out records
 # (`wavebridge evaluate`, models/weights/MODEL_CARD.md "Which translator serves which task"). The classic
 # template is the better PPG->ECG on both datasets; CLMT is kept for super-resolution.
 DEFAULT_SPEC = "ppg2ecg=classic,sr=clmt"
-ECG_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "ECG"})
-
-
-def is_ecg_signal(name: str) -> bool:
-    """Whether a channel name is an ECG lead (the rest, e.g. PLETH, is treated as a pulse waveform).
-
-    Parameters
-    ----------
-    name : canonical channel name, any case ("II", "MLII", "PLETH").
-    """
-    return name.upper() in ECG_SIGNALS
 
 
 @dataclass(frozen=True)

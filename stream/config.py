@@ -17,6 +17,7 @@ from typing import Mapping
 
 from operators.translator import DEFAULT_SPEC, TASKS, check_spec
 from stream import wire
+from operators import vocab
 
 JSON_OUTPUT_MAX_BYTES = 900_000  # under Kafka's default 1,000,000-byte request, with room for the header
 JSON_BYTES_PER_SAMPLE = 25  # "-1.2345678431987762e-05," is 24
@@ -329,11 +330,11 @@ class Settings:
     session_timeout_s: float = 30.0
     heartbeat_s: float = 3.0
     # --- topics ----------------------------------------------------------------------------
-    topic_input: str = "wavebridge.waveforms"
-    topic_ecg_synth: str = "wavebridge.ecg-synth"
-    topic_sr: str = "wavebridge.sr"
-    topic_events: str = "wavebridge.events"
-    topic_dlq: str = "wavebridge.dlq"
+    topic_input: str = vocab.TOPIC_WAVEFORMS
+    topic_ecg_synth: str = vocab.TOPIC_ECG_SYNTH
+    topic_sr: str = vocab.TOPIC_SR
+    topic_events: str = vocab.TOPIC_EVENTS
+    topic_dlq: str = vocab.TOPIC_DLQ
     output_binary: bool = True  # wire format of out chunks: binary (default) or JSON
     # --- InfluxDB --------------------------------------------------------------------------
     influx_enabled: bool = True
@@ -378,8 +379,8 @@ class Settings:
     counters_log_s: float = 60.0
     # --- alarm verification (stream/alarm_agent.py, docs/alarms.md) ----------------------------
     alarm_enabled: bool = True
-    topic_alarms: str = "wavebridge.alarms"
-    topic_verdicts: str = "wavebridge.verdicts"
+    topic_alarms: str = vocab.TOPIC_ALARMS
+    topic_verdicts: str = vocab.TOPIC_VERDICTS
     alarm_mode: str = "realtime"  # an alarm message's own "mode" overrides it
     alarm_wait_s: float = 30.0  # retrospective mode: data wanted after the onset
     alarm_grace_s: float = 2.0  # longest wait for a bed's data to reach what the mode needs, past the wait

@@ -21,16 +21,15 @@ import numpy as np
 from operators.processing import quality as Q
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
-from stream.results import (OUTPUT_UNUSABLE, SOURCE_UNUSABLE, SR_SUFFIX, SYNTH_SIGNAL, BatchResult, OutputSeries,
-                            PipelineEvent, Rejected)
+from stream.results import OUTPUT_UNUSABLE, SOURCE_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
+from operators.vocab import SR_SUFFIX, SYNTH_ECG
+from operators.vocab import ECG, PPG
 
 if TYPE_CHECKING:
     from stream.config import Settings
 
 log = logging.getLogger(__name__)
 
-PPG = "PLETH"
-ECG = "II"
 RPEAK_EDGE_S = 0.25  # peaks this close to a window's right edge are left to the next window
 # A window's quality is judged on what it emits plus this much on each side (what the output there depends on:
 # the look-ahead after, the pulse before), not on the whole 8 s window: an artifact seconds away does not
@@ -403,7 +402,7 @@ class Pipeline:
 
     @staticmethod
     def _topic_signal(st: _Stream, task: str) -> str:
-        return SYNTH_SIGNAL if task == PPG2ECG else st.signal + SR_SUFFIX
+        return SYNTH_ECG if task == PPG2ECG else st.signal + SR_SUFFIX
 
     @staticmethod
     def _unusable_event(kind: str, st: _Stream, w: Window, q: Q.SignalQuality, judged: str,

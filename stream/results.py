@@ -16,12 +16,11 @@ from types import MappingProxyType
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
+from operators.vocab import SR_SUFFIX, SYNTH_ECG
 
-__all__ = ["SYNTH_SIGNAL", "SR_SUFFIX", "SOURCE_UNUSABLE", "OUTPUT_UNUSABLE", "RPEAKS", "OutputSeries",
+__all__ = ["SOURCE_UNUSABLE", "OUTPUT_UNUSABLE", "RPEAKS", "OutputSeries",
            "PipelineEvent", "Rejected", "BatchResult"]
 
-SYNTH_SIGNAL = "II_SYNTH"  # published name of synthesized lead II
-SR_SUFFIX = "_SR"
 SOURCE_UNUSABLE = "source_unusable"
 OUTPUT_UNUSABLE = "output_unusable"
 RPEAKS = "rpeaks"
@@ -55,12 +54,12 @@ class OutputSeries:
     @property
     def influx_signal(self) -> str:
         """`signal` tag in InfluxDB: II_SYNTH for synthesis, the source name for SR (kind=sr)."""
-        return SYNTH_SIGNAL if self.kind == "synth" else self.source_signal
+        return SYNTH_ECG if self.kind == "synth" else self.source_signal
 
     @property
     def topic_signal(self) -> str:
         """Signal name in output topic messages: II_SYNTH, or `<source>_SR`."""
-        return SYNTH_SIGNAL if self.kind == "synth" else self.source_signal + SR_SUFFIX
+        return SYNTH_ECG if self.kind == "synth" else self.source_signal + SR_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ class PipelineEvent:
                                   "window_start_ns": int(window_start_ns), "until_ns": int(until_ns)}
         if quality_flag is not None:
             fields.update(quality=quality, quality_flag=quality_flag, confidence=confidence)
-        return cls(RPEAKS, bed, SYNTH_SIGNAL, int(time_ns), fields)
+        return cls(RPEAKS, bed, SYNTH_ECG, int(time_ns), fields)
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-WAVEFORMS = "wavebridge.waveforms"  # input chunks from monitors (key = bed id)
-ECG_SYNTH = "wavebridge.ecg-synth"  # synthesized lead II (signal "II_SYNTH")
-SR = "wavebridge.sr"  # super-resolved signals ("<SIGNAL>_SR")
-EVENTS = "wavebridge.events"  # R-peaks, HR, gaps
-DLQ = "wavebridge.dlq"  # malformed input with reason
-ALARMS = "wavebridge.alarms"  # monitor alarms to verify (key = bed id; as many partitions as WAVEFORMS)
-VERDICTS = "wavebridge.verdicts"  # alarm verdicts (docs/alarms.md)
-DEFAULT_TOPICS = (WAVEFORMS, ECG_SYNTH, SR, EVENTS, DLQ, ALARMS, VERDICTS)
-DEFAULT_PARTITIONS = 4
+from operators.vocab import DEFAULT_PARTITIONS, DEFAULT_TOPICS  # noqa: F401  (topic names: operators/vocab.py)
 
 
 def ensure_topics(

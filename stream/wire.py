@@ -21,6 +21,7 @@ import msgpack
 import numpy as np
 
 from operators.processing.samples import fill_nonfinite, grid_ns
+from operators.vocab import OUTPUT_SUFFIXES, SEXES, WIRE_SIGNALS
 
 VERSION = 1
 MAGIC = b"WBC\x01"  # "WaveBridge Chunk", format version 1
@@ -35,10 +36,7 @@ MAX_NONFINITE_FRACTION = 0.20
 MAX_BED_ID_LEN = 64
 BED_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_BED_ID_LEN)
 MIN_AGE, MAX_AGE = 0.0, 150.0
-SEXES = ("M", "F")
 MAX_UNITS_LEN = 32
-BASE_SIGNALS = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "PLETH", "RESP", "ABP"})
-SIGNAL_SUFFIXES = ("_SYNTH", "_SR")
 MAX_START_NS = 2**63 - 1  # int64 nanoseconds (year 2262)
 # Largest accepted |sample|. Physiological signals in any unit (mV, mmHg, raw 32-bit ADC counts) stay far below;
 # values near float32's 3.4e38 overflow the translators' arithmetic and their outputs would vanish as non-finite.
@@ -139,17 +137,17 @@ def message_key(chunk: Chunk) -> bytes:
 
 def is_known_signal(name: str) -> bool:
     """A signal the wire carries: a base signal, or an output name (base + `_SYNTH`/`_SR`)."""
-    for suffix in SIGNAL_SUFFIXES:
+    for suffix in OUTPUT_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return name in BASE_SIGNALS
+    return name in WIRE_SIGNALS
 
 
 def is_input_signal(name: str) -> bool:
     """A signal a monitor may send: a base signal. Output names are refused as input, or the worker would
     translate its own outputs again (`PLETH_SR` -> `PLETH_SR_SR`, which no topic carries)."""
-    return name in BASE_SIGNALS
+    return name in WIRE_SIGNALS
 
 
 # ------------------------------------------------------------------ encode
@@ -217,7 +215,7 @@ def decode_input(data: bytes) -> DecodeResult:
     res = decode_result(data)
     if not is_input_signal(res.chunk.signal):
         raise WireError(OUTPUT_SIGNAL, f"signal {res.chunk.signal!r} is an output of this service, not an input "
-                                       f"(inputs: {', '.join(sorted(BASE_SIGNALS))})")
+                                       f"(inputs: {', '.join(sorted(WIRE_SIGNALS))})")
     return res
 
 
@@ -415,8 +413,8 @@ def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
     if not isinstance(chunk.signal, str):
         raise WireError(WRONG_TYPE, f"signal must be a string, got {type(chunk.signal).__name__}")
     if not is_known_signal(chunk.signal):
-        raise WireError(UNKNOWN_SIGNAL, f"signal {chunk.signal[:40]!r} not in {sorted(BASE_SIGNALS)} "
-                                        f"(optionally suffixed {'/'.join(SIGNAL_SUFFIXES)})")
+        raise WireError(UNKNOWN_SIGNAL, f"signal {chunk.signal[:40]!r} not in {sorted(WIRE_SIGNALS)} "
+                                        f"(optionally suffixed {'/'.join(OUTPUT_SUFFIXES)})")
     if not _is_number(chunk.rate_hz):
         raise WireError(WRONG_TYPE, f"rate_hz must be a number, got {type(chunk.rate_hz).__name__}")
     rate = _as_float(chunk.rate_hz)

@@ -51,11 +51,12 @@ def test_augment_ecg_replays_faster_or_inverted_and_refuses_spans_outside():
 def test_sampler_augments_ecg_sr_rows_consistently():
     """Augmented rows keep source, target and context beat in step: the low-rate source is the target
     decimated, so the band both share must agree."""
-    from models.prep import CANONICAL_RATE, lowres_then_up
-    from models.tokenizer import TASK_ECG_SR
+    from models.prep import lowres_then_up
+    from operators.vocab import CANONICAL_RATE_HZ
+    from operators.vocab import TASK_ECG_SR
 
     rng = np.random.default_rng(1)
-    t = np.arange(30000) / CANONICAL_RATE
+    t = np.arange(30000) / CANONICAL_RATE_HZ
     ecg = np.zeros_like(t)
     beats = np.arange(50, len(t) - 50, 80)  # 75 bpm, spiky QRS with high-band content
     for b in beats:

@@ -8,7 +8,8 @@ import pytest
 from operators.io.synthetic import synthesize
 from operators.translator import PairedContext, output_length
 from operators.processing.samples import grid_ns
-from stream.pipeline import SYNTH_SIGNAL, Pipeline, PipelineConfig
+from stream.pipeline import Pipeline, PipelineConfig
+from operators.vocab import SYNTH_ECG
 from stream.wire import Chunk
 
 T0 = 1_700_000_000_000_000_000
@@ -79,7 +80,7 @@ def test_every_sample_emitted_once_on_its_true_timestamp():
     assert len(t) == len(x)
     np.testing.assert_array_equal(t, grid_ns(T0, rate, np.arange(len(x))))
     np.testing.assert_array_equal(v, 2.0 * x)  # each sample comes from the window that first emitted it
-    assert all(o.source_signal == "PLETH" and o.topic_signal == SYNTH_SIGNAL for r in res for o in r.outputs)
+    assert all(o.source_signal == "PLETH" and o.topic_signal == SYNTH_ECG for r in res for o in r.outputs)
 
 
 def test_super_resolution_output_grid_and_count():
@@ -450,7 +451,7 @@ def test_probe_off_span_is_withheld_with_an_event_and_no_rpeaks(per_chunk):
     events = [e for r in results for e in r.events]
     unusable = [e for e in events if e.kind == "source_unusable"]
     assert unusable and {(e.signal, e.fields["reason"]) for e in unusable} == {("PLETH", "probe_off")}
-    assert all(e.fields["outputs"] == [SYNTH_SIGNAL] for e in unusable)
+    assert all(e.fields["outputs"] == [SYNTH_ECG] for e in unusable)
     peaks = np.array([p for e in events if e.kind == "rpeaks" for p in e.fields["peaks_ns"]])
     assert len(peaks) > 20 and not np.any((peaks >= lo) & (peaks < hi))
     rp = [e for e in events if e.kind == "rpeaks"]
@@ -479,7 +480,7 @@ def test_a_failed_translation_is_withheld_as_output_unusable():
     results = run_all(pipe, chunks(rec.signals["PLETH"], rec.rate_hz), tokens=False)
     assert not [o for r in results for o in r.outputs]
     ev = [e for r in results for e in r.events if e.kind == "output_unusable"]
-    assert ev and all(e.signal == SYNTH_SIGNAL and e.fields["reason"] == "flat" for e in ev)
+    assert ev and all(e.signal == SYNTH_ECG and e.fields["reason"] == "flat" for e in ev)
     assert not [e for r in results for e in r.events if e.kind == "rpeaks"]  # no beats from a flat line
 
 

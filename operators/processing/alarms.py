@@ -47,6 +47,7 @@ from operators.processing.quality import UNUSABLE, assess, kind_of
 from operators.processing.samples import fill_nonfinite
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
+from operators.vocab import SYNTH_ECG
 
 __all__ = [
     "ALARM_TYPES", "CHALLENGE_TYPES", "MODES", "VERDICTS", "AlarmVerdict", "ChannelEvidence", "VerifierConfig",
@@ -62,7 +63,7 @@ CHALLENGE_TYPES = {"Asystole": ASYSTOLE, "Bradycardia": BRADY, "Tachycardia": TA
                    "Ventricular_Tachycardia": VTACH, "Ventricular_Flutter_Fib": VFIB}
 MODES = ("realtime", "retrospective")
 VERDICTS = ("true", "false", "uncertain")
-SYNTH = "II_SYNTH"
+SYNTH = SYNTH_ECG
 
 # An asystole or VF alarm is judged false only on near-complete contradiction (e.g. a good channel with beats
 # throughout the window), whatever threshold a fit finds: suppressing a true one costs a life.
@@ -122,7 +123,7 @@ def channel_kind(name: str) -> str | None:
     up = name.upper()
     if up == SYNTH:
         return "synth"
-    if is_ecg_signal(up) or up == "MCL":
+    if is_ecg_signal(up):
         return "ecg"
     if up in ("PLETH", "ABP", "ART", "AOBP"):
         return "pulse"

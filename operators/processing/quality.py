@@ -25,6 +25,7 @@ from scipy import signal as sps
 from scipy import stats
 
 from operators.processing.samples import fill_nonfinite, true_runs
+from operators.vocab import ECG_LEADS
 
 __all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "ppg_periodicity",
            "SignalQuality", "assess", "kind_of", "confidence", "GOOD", "DEGRADED", "UNUSABLE", "REASONS", "KINDS"]
@@ -238,7 +239,6 @@ REASONS = (OK, TOO_SHORT, NONFINITE, FLAT, PROBE_OFF, CLIPPING, INTERPOLATED, MO
 
 ECG, PPG, ABP, OTHER = "ecg", "ppg", "abp", "other"
 KINDS = (ECG, PPG, ABP, OTHER)
-_ECG_NAMES = frozenset({"II", "I", "III", "V", "AVR", "AVL", "AVF", "MLII", "MCL", "ECG", "V1", "V2", "V5"})
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ def kind_of(signal: str) -> str:
     for suffix in ("_SYNTH", "_SR"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
-    if base in _ECG_NAMES:
+    if base in ECG_LEADS:
         return ECG
     if base.startswith("PLETH") or base == "PPG":
         return PPG

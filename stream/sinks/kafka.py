@@ -17,7 +17,8 @@ import numpy as np
 
 from operators.processing.samples import grid_ns
 from stream import wire
-from stream.results import SR_SUFFIX, SYNTH_SIGNAL, OutputSeries, PipelineEvent
+from stream.results import OutputSeries, PipelineEvent
+from operators.vocab import SR_SUFFIX, SYNTH_ECG
 
 __all__ = ["HEADER_MODEL", "HEADER_TIME_ADJUST", "DLQ_MAX_VALUE_BYTES", "encode_output", "output_headers",
            "decode_output", "encode_event", "decode_event", "dlq_value", "dlq_headers"]
@@ -99,7 +100,7 @@ def decode_output(value: bytes, headers: Mapping[str, bytes]) -> OutputSeries:
         If the message is malformed.
     """
     chunk = wire.decode_result(value, repair=False).chunk
-    kind = "synth" if chunk.signal == SYNTH_SIGNAL else "sr"
+    kind = "synth" if chunk.signal == SYNTH_ECG else "sr"
     source = chunk.signal[: -len(SR_SUFFIX)] if kind == "sr" and chunk.signal.endswith(SR_SUFFIX) else chunk.signal
     n = len(chunk.samples)
     times = grid_ns(chunk.start_ns, chunk.rate_hz, np.arange(n))

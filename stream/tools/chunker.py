@@ -21,8 +21,9 @@ from operators.processing.samples import grid_ns, true_runs
 from stream import wire
 from stream.tools.resampling import resample_recording
 from stream.wire import Chunk
+from operators import vocab
 
-DEFAULT_SIGNALS = ("II", "PLETH")
+DEFAULT_SIGNALS = (vocab.ECG, vocab.PPG)
 
 
 def chunk_bounds(n: int, rate_hz: float, chunk_s: float) -> np.ndarray:

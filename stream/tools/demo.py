@@ -26,12 +26,13 @@ from stream.tools.demo_plot import plot
 from stream.tools.replay import ReplayOptions, replay
 from stream.tools.tables import write_parquet
 from stream.tools.worker_process import LOCAL_BROKER_TIMING, WorkerProcess, worker_environment
+from operators import vocab
 
 # The shared data sits beside the checkout (`<checkout>/../shared/data`), not inside the package, and the demo
 # must find it from any working directory: only this file's own location says where the checkout is.
 DEFAULT_RECORD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bidmc" / "bidmc01"
 SR_BED_PREFIX = "lowres"  # beds replayed at 25 Hz: lowres-001
-SR_INPUT_HZ = 25.0
+SR_INPUT_HZ = vocab.LOW_RATE_HZ
 QUIET_S = 8.0  # after the replay, stop once no output arrived for this long (worker idle-flushes in 2 s)
 FAUST_DATA = "faust-data"  # the worker's state folder under --out
 
@@ -197,7 +198,7 @@ def run(args) -> dict:
         broker = stack.enter_context(EmbeddedBroker(log_path=out / "broker.log"))
         print(f"[demo] embedded broker (Tansu) on {broker.bootstrap}", flush=True)
         settings = demo_settings(broker.bootstrap, args)
-        topics.ensure_topics(broker.bootstrap, topics.DEFAULT_TOPICS, partitions=4)
+        topics.ensure_topics(broker.bootstrap, vocab.DEFAULT_TOPICS, partitions=vocab.DEFAULT_PARTITIONS)
         shutil.rmtree(out / FAUST_DATA, ignore_errors=True)  # the last run's worker state: not this run's
         worker = stack.enter_context(WorkerProcess(worker_environment(settings), out / "worker.log"))
         print(f"[demo] worker started (pid {worker.pid}, translator {args.translator}, log {out / 'worker.log'})",
@@ -243,7 +244,6 @@ def _write_outputs(collector: Collector, out: Path, t_start: float, verdict: dic
 def _demo_alarm(bootstrap: str, start_ns: int, args, out: Path) -> dict | None:
     """A monitor's asystole alarm on the first bed, 1 s before the replay's end, verified end to end (the
     recording's heart beats throughout, so the expected verdict is false); written to verdicts.json."""
-    from stream import topics
     from stream.alarms import AlarmMessage, describe_verdict, publish_and_await_verdict
 
     if args.beds < 1:
@@ -252,7 +252,7 @@ def _demo_alarm(bootstrap: str, start_ns: int, args, out: Path) -> dict | None:
                          source="wavebridge demo")
     print(f"[demo] publishing a monitor's asystole alarm for bed-001 at {args.seconds - 1.0:g} s; waiting for its verdict",
           flush=True)
-    msg = publish_and_await_verdict(bootstrap, alarm, topics.ALARMS, topics.VERDICTS, timeout_s=60.0)
+    msg = publish_and_await_verdict(bootstrap, alarm, vocab.TOPIC_ALARMS, vocab.TOPIC_VERDICTS, timeout_s=60.0)
     if msg is None:
         print("[demo] no verdict arrived within 60 s; see worker.log", file=sys.stderr, flush=True)
         return None

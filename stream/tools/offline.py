@@ -24,7 +24,9 @@ import numpy as np
 from operators.translator import DEFAULT_SPEC, PPG2ECG, SR, PairedContext, is_ecg_signal
 from stream import wire
 from stream.tools.cli import ArgumentParser
-from stream.pipeline import ECG, PPG, Pipeline, PipelineConfig
+from stream.pipeline import Pipeline, PipelineConfig
+from operators.vocab import ECG, PPG
+from operators import vocab
 
 ECG_COLUMN = "ecg_ii"
 TIME_COLUMN = "time_s"
@@ -418,7 +420,7 @@ def _run(args) -> int:
     src = pick_source(rec, args.task, args.signal)
     if not wire.is_input_signal(src):  # the windows go through the wire's chunk checks, which would refuse it
         raise OfflineError(f"{path}: channel {src} cannot be translated (translatable: "
-                           f"{', '.join(sorted(wire.BASE_SIGNALS))})")
+                           f"{', '.join(sorted(vocab.WIRE_SIGNALS))})")
     check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model
     spec, why = (args.translator, "given") if args.translator else default_translator_spec()
     try:

@@ -15,8 +15,9 @@ from operators.io.records import Recording, read_recording
 from stream import wire
 from stream.tools.chunker import (check_chunk_s, check_plan, expected_chunk_count, iter_all_chunks, plan_beds,
                                   select_signals)
-from stream.topics import WAVEFORMS
+from operators.vocab import TOPIC_WAVEFORMS
 from stream.wire import Chunk
+from operators import vocab
 
 FORMATS = ("binary", "json")
 
@@ -55,7 +56,7 @@ class ReplayOptions:
         Show a progress bar.
     """
 
-    topic: str = WAVEFORMS
+    topic: str = TOPIC_WAVEFORMS
     beds: int | None = None
     bed_prefix: str = "bed"
     speed: float = 1.0
@@ -180,7 +181,7 @@ def _check_wire_signals(plan: Sequence[tuple[str, Recording]], signals: Sequence
         for name in select_signals(rec, signals):
             if not wire.is_input_signal(name):
                 raise ValueError(f"signal {name} of record {rec.name} is not allowed on the wire "
-                                 f"(allowed: {', '.join(sorted(wire.BASE_SIGNALS))})")
+                                 f"(allowed: {', '.join(sorted(vocab.WIRE_SIGNALS))})")
 
 
 @dataclass

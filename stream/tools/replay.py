@@ -14,7 +14,7 @@ from stream.config import ConfigError, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
 from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, replay
-from stream.topics import WAVEFORMS
+from operators.vocab import TOPIC_WAVEFORMS
 
 
 def _parse_resample(items: Iterable[str]) -> dict[str, float]:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Replay recordings (WFDB/Parquet/CSV) onto Kafka as live bedside monitors.")
     p.add_argument("records", nargs="+", metavar="RECORD", help="WFDB record (with or without .hea), .parquet or .csv")
     p.add_argument("--broker", required=True, metavar="HOST:PORT", help="Kafka bootstrap server")
-    p.add_argument("--topic", default=WAVEFORMS)
+    p.add_argument("--topic", default=TOPIC_WAVEFORMS)
     p.add_argument("--beds", type=int, default=None, help="number of beds (records are cycled); default one per record")
     p.add_argument("--bed-prefix", default="bed", help="bed ids are PREFIX-001 ... PREFIX-N")
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time, 10 = 10x faster, 0 = as fast as possible")
