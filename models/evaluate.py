@@ -11,7 +11,7 @@ How each record is run (`Evaluation.add_record`):
     instead gives them the best 10 s segment of what it holds (`context_pick_s=10` does that). PPG rate "25"
     also translates the PLETH brought to 25 Hz (anti-aliased; the context stays at the record's rate).
     Reference R-peaks are detected on the real lead II (neither dataset's beats are annotated here).
-  * SR: the same part after the context, lead II and PLETH brought to 25 Hz (anti-aliased decimation "aa", and
+  * SR: the same part after the context, lead II and PLETH brought to 25 Hz (anti-aliased decimation "iir", and
     plain every-k-th-sample "plain", as monitors differ) and super-resolved to 100 Hz; the reference is the
     original resampled to 100 Hz. Lead II also runs "+context": the same full-rate context as above supplies
     the patient's QRS (CLMT's refiner input; the classic baseline pastes it, operators.processing.beatsr).
@@ -47,7 +47,7 @@ from operators.vocab import LOW_RATE_HZ, SR_TARGET_HZ
 
 SR_RATE, SR_TARGET = LOW_RATE_HZ, SR_TARGET_HZ  # the low monitor rate SR is evaluated from, and the rate it produces
 TASKS = ("ppg2ecg", "sr-ecg", "sr-ppg")
-SR_INPUTS = ("aa", "plain")  # how the 25 Hz input is made: anti-aliased decimation, every k-th sample
+SR_INPUTS = ("iir", "plain")  # how the 25 Hz input is made (operators.vocab.LOWRES_KINDS): anti-aliased, every k-th sample
 DATASETS = ("bidmc", "challenge")
 PPG_RATES = ("native", "25")  # PLETH rates PPG->ECG translates from: the record's own, 25 Hz
 MAX_SHIFT_S = 0.15  # "aligned": best shift of each 8 s window within this
@@ -251,7 +251,7 @@ def comparison(rows: dict[str, dict]) -> list[tuple[str, dict, str, dict]]:
     Parameters
     ----------
     rows : dict
-        Row name ("sr-ecg 25->100 aa clmt +context") -> its figures (`Result.overall`).
+        Row name ("sr-ecg 25->100 iir clmt +context") -> its figures (`Result.overall`).
 
     Returns
     -------
@@ -360,7 +360,7 @@ class Evaluation:
             if sig == "II":
                 runs += [("clmt +context", m.clmt, ctx), ("polyphase +context", m.classic, ctx)]
             for kind in o.sr_inputs:
-                lo = decimate_to(fill_nonfinite(x)[0], rate, SR_RATE) if kind == "aa" else x[:: int(round(rate / SR_RATE))]
+                lo = decimate_to(fill_nonfinite(x)[0], rate, SR_RATE) if kind == "iir" else x[:: int(round(rate / SR_RATE))]
                 for label, tr, context in runs:
                     out = self.translate(tr, SR, lo, SR_RATE, SR_TARGET, sig, context=context, **meta)
                     score(f"{task} 25->100 {kind} {label}", ref, out, SR_TARGET, peaks=sig == "II")

@@ -27,8 +27,8 @@ def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
     """What a `rate` Hz monitor would send, brought back to 100 Hz the way the engine does it.
 
     Monitors differ: "fir" low-passes with a sharp FIR (polyphase) before decimating, "iir" with an 8th-order
-    Butterworth at 0.8 x the new Nyquist frequency (`operators.processing.resample.decimate_to`, what `wavebridge evaluate`
-    calls "aa"), "plain" keeps every k-th sample (aliasing)."""
+    Butterworth at 0.8 x the new Nyquist frequency (`operators.processing.resample.decimate_to`, also `wavebridge evaluate`'s
+    anti-aliased input), "plain" keeps every k-th sample (aliasing)."""
     if kind == "fir":
         lo = resample(x, CANONICAL_RATE_HZ, rate, method="polyphase")
     elif kind == "iir":

@@ -153,7 +153,7 @@ def test_import_error_inside_project_keeps_traceback(monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "ppg2ecg,sr-ecgg"], "--tasks: unknown 'sr-ecgg'; choose from ppg2ecg, sr-ecg, sr-ppg"),
     (["--tasks", ","], "--tasks: empty"),
-    (["--sr-input", "aa,AA"], "--sr-input: unknown 'AA'; choose from aa, plain"),
+    (["--sr-input", "iir,IIR"], "--sr-input: unknown 'IIR'; choose from iir, plain"),
 ])
 def test_evaluate_refuses_unknown_task_or_sr_input_before_any_work(monkeypatch, capsys, args, message):
     # A typo used to evaluate nothing (tasks) or run plain decimation under the typed label (sr-input), exit 0.

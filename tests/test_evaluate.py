@@ -45,20 +45,20 @@ def test_an_oracle_scores_perfectly_a_flat_output_finds_no_beat_and_each_row_get
         return np.asarray(out[:n], np.float64)
 
     lines = []
-    options = EvalOptions(context_s=CONTEXT_S, tasks=("ppg2ecg", "sr-ecg"), ppg_rates=("native", "25"), sr_inputs=("aa",))
+    options = EvalOptions(context_s=CONTEXT_S, tasks=("ppg2ecg", "sr-ecg"), ppg_rates=("native", "25"), sr_inputs=("iir",))
     ev = Evaluation(options, Methods(clmt="oracle", classic="flat", cubic="flat"), translate, say=lines.append)
     ev.add_record("bidmc", "syn", rec)
     rows = ev.report()["overall"]
 
-    for key in ("ppg2ecg clmt +context", "ppg2ecg@25Hz clmt no context", "sr-ecg 25->100 aa clmt",
-                "sr-ecg 25->100 aa clmt +context"):
+    for key in ("ppg2ecg clmt +context", "ppg2ecg@25Hz clmt no context", "sr-ecg 25->100 iir clmt",
+                "sr-ecg 25->100 iir clmt +context"):
         assert rows[key]["pearson"] == pytest.approx(1.0, abs=1e-6), key
         assert rows[key]["f1_50"] == 1.0 and rows[key]["hr_mae"] == pytest.approx(0.0, abs=1e-9), key
     assert rows["ppg2ecg baseline +context"]["f1_150"] == 0.0
     assert rows["ppg2ecg clmt +context"]["windows"] == int((60.0 - CONTEXT_S) // 8)
     assert [t for t, *_ in comparison(rows)] == ["ppg2ecg +context", "ppg2ecg no context", "ppg2ecg@25Hz +context",
-                                                 "ppg2ecg@25Hz no context", "sr-ecg 25->100 aa",
-                                                 "sr-ecg 25->100 aa +context"]
+                                                 "ppg2ecg@25Hz no context", "sr-ecg 25->100 iir",
+                                                 "sr-ecg 25->100 iir +context"]
 
     ppg_calls = {(tr, rate, ctx) for tr, task, rate, target, sig, ctx, *_ in calls if task == PPG2ECG}
     assert ppg_calls == {(tr, r, ctx) for tr in ("oracle", "flat") for r in (RATE_HZ, 25.0) for ctx in (True, False)}
@@ -71,7 +71,7 @@ def test_an_oracle_scores_perfectly_a_flat_output_finds_no_beat_and_each_row_get
     ev.write_json(out, complete=True)
     saved = json.loads(out.read_text())
     assert saved["complete"] and saved["records"] == ["syn"] and saved["context_s"] == CONTEXT_S
-    assert saved["per_record"]["bidmc/syn"]["sr-ecg 25->100 aa clmt"]["f1_150"] == 1.0
+    assert saved["per_record"]["bidmc/syn"]["sr-ecg 25->100 iir clmt"]["f1_150"] == 1.0
 
 
 def test_a_record_whose_two_rates_differ_is_skipped_with_a_note():

@@ -584,13 +584,13 @@ def test_evaluate_compares_clmt_with_the_strongest_classic_method_on_the_same_in
     from models.evaluate import comparison, markdown_comparison
 
     m = lambda p: {"pearson": p, "pearson_aligned": p, "rmse": 1 - p}
-    rows = {"sr-ecg 25->100 aa clmt": m(0.9), "sr-ecg 25->100 aa polyphase": m(0.8), "sr-ecg 25->100 aa cubic": m(0.85),
-            "sr-ecg 25->100 aa clmt +context": m(0.95), "sr-ecg 25->100 aa polyphase +context": m(0.97),
+    rows = {"sr-ecg 25->100 iir clmt": m(0.9), "sr-ecg 25->100 iir polyphase": m(0.8), "sr-ecg 25->100 iir cubic": m(0.85),
+            "sr-ecg 25->100 iir clmt +context": m(0.95), "sr-ecg 25->100 iir polyphase +context": m(0.97),
             "ppg2ecg clmt +context": m(0.6), "ppg2ecg baseline +context": m(0.66), "ppg2ecg baseline no context": m(0.2)}
     got = {task: (method, b["pearson"]) for task, _, method, b in comparison(rows)}
-    assert got == {"sr-ecg 25->100 aa": ("cubic", 0.85), "sr-ecg 25->100 aa +context": ("polyphase", 0.97),
+    assert got == {"sr-ecg 25->100 iir": ("cubic", 0.85), "sr-ecg 25->100 iir +context": ("polyphase", 0.97),
                    "ppg2ecg +context": ("baseline", 0.66)}  # a classic row without its CLMT row is not compared
-    assert "| sr-ecg 25->100 aa | 0.9000 / 0.9000, 0.1000 | 0.8500 / 0.8500, 0.1500 | cubic |" in markdown_comparison(rows)
+    assert "| sr-ecg 25->100 iir | 0.9000 / 0.9000, 0.1000 | 0.8500 / 0.8500, 0.1500 | cubic |" in markdown_comparison(rows)
 
 
 def test_challenge_split_is_fixed_by_record_name(shared_data):

@@ -91,7 +91,7 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--ppg-rates", default="native",
                     help="comma list of the PLETH rates PPG->ECG translates from: native (the record's) and/or 25 (Hz)")
     ap.add_argument("--sr-input", default=",".join(SR_INPUTS),
-                    help="comma list; how the 25 Hz input is made: aa = anti-aliased decimation, plain = every k-th sample")
+                    help="comma list; how the 25 Hz input is made: iir = anti-aliased decimation (8th-order Butterworth), plain = every k-th sample")
     ap.add_argument("--json", default=None, help="also write all numbers here")
     args = ap.parse_args(argv)
     # Checked before any work: an unknown name would otherwise evaluate nothing (tasks) or run
