@@ -86,8 +86,8 @@ def _plot_ppg2ecg(ax_in, ax_out, inp, syn, bed: str, view_s: float) -> tuple[flo
         ax_out.patch.set_visible(False)
         twin_lines = ax2.lines
     ax_in.set_title(f"{bed}: PPG in", loc="left", fontsize=10)
-    ax_out.set_title(f"{bed}: II_SYNTH, synthesized from the PPG: not a measured or diagnostic lead "
-                     f"(grey: the measured ECG)", loc="left", fontsize=10)
+    # short titles: the legends sit above the right half of each panel
+    ax_out.set_title(f"{bed}: II_SYNTH from the PPG, not a diagnostic lead", loc="left", fontsize=10)
     return t0, twin_lines
 
 
@@ -154,4 +154,4 @@ def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None
                                    fontsize=8, va="top")
     qax.set_ylim(-0.05, 1.05)
     qax.set_ylabel("0-1")
-    qax.set_title("quality (solid), confidence (dashed); grey: withheld", loc="left", fontsize=10)
+    qax.set_title("quality, confidence; grey: withheld", loc="left", fontsize=10)
