@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 
 from models.data import challenge_split, dataset_root, found_dataset, record_path, split, unusable_mask  # noqa: E402
 from models.prep import finite  # noqa: E402
-from operators.vocab import CANONICAL_RATE_HZ
 from operators.io.records import read_recording  # noqa: E402
 from operators.processing.resample import resample  # noqa: E402
+from operators.vocab import CANONICAL_RATE_HZ
 
 SIGNALS = ("II", "PLETH")
 

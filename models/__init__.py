@@ -12,11 +12,11 @@ from models.engine import ClmtTranslator, resolve_device
 from models.refiner import Refiner, RefinerConfig
 from models.rvq import Quantized, ResidualVQ
 from models.tokenizer import Tokenizer, TokenizerConfig
-from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 from models.train import Stage, StageRun, train_refiner, train_tokenizer, train_translator
 from models.translator import ContextTranslator, TranslatorConfig
 from models.weights import load as load_weights
 from models.weights import save as save_weights
+from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 
 __all__ = [
     "Clmt", "ClmtTranslator", "ContextTranslator", "ModelBatch", "Quantized", "Refiner", "RefinerConfig",

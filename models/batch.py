@@ -16,10 +16,8 @@ import torch.nn as nn
 
 from models.refiner import Refiner
 from models.tokenizer import Tokenizer, modality_masks
-from operators.vocab import TASK_PPG2ECG
 from models.translator import ContextTranslator
-from operators.vocab import SEX_CODES
-
+from operators.vocab import SEX_CODES, TASK_PPG2ECG
 
 
 def sex_code(sex: str | None) -> int:

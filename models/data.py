@@ -22,13 +22,12 @@ import numpy as np
 
 from models.batch import ModelBatch, TrainingBatch, sex_code
 from models.prep import (align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite, lowres_then_up, prior_translator, zscore)
-from operators.vocab import CANONICAL_RATE_HZ, LOWRES_KINDS
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.translator import PairedContext
-from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG
 from operators.processing.rpeaks import detect_rpeaks
 from operators.io.records import canonical_name, read_recording
 from operators.processing.resample import resample
+from operators.vocab import CANONICAL_RATE_HZ, LOWRES_KINDS, TASK_ECG_SR, TASK_PPG2ECG
 
 SAME_PATIENT = (("06", "07", "08", "09"), ("20", "21", "22", "23"), ("38", "39"))
 ALL_RECORDS = tuple(f"{i:02d}" for i in range(1, 41))

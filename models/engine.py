@@ -19,13 +19,12 @@ import torch
 from models import weights as W
 from models.batch import Clmt, ModelBatch, WindowInput, sex_code
 from models.prep import (PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite, prior_translator, to_canonical, zscore)
-from operators.vocab import CANONICAL_RATE_HZ
-from operators.vocab import TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.state.context import ContextCache
 from operators.processing.resample import merge_bands, resample
 from operators.processing.samples import fit_length
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
+from operators.vocab import CANONICAL_RATE_HZ, TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
 
 
 MIN_CONTEXT_S = 3.0

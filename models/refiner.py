@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from operators.vocab import TASK_ECG_SR, TASK_PPG_SR
 from models.translator import N_TASKS
+from operators.vocab import TASK_ECG_SR, TASK_PPG_SR
 
 N_INPUTS = 3
 # Tasks the refiner is trained on and applied to. Not PPG->ECG: there the sample-level error is beat timing,

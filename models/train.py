@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from models.batch import Clmt
 from models.data import Sampler
 from models.prep import PRIOR_FIDUCIAL
-from operators.vocab import LOWRES_KINDS
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import Tokenizer, TokenizerConfig, modality_masks
 from models.translator import TranslatorConfig
+from operators.vocab import LOWRES_KINDS
 
 WINDOW = 800  # 8 s at 100 Hz
 CONTEXT = (600, 2000)  # paired context segments of 6-20 s ...

@@ -17,7 +17,7 @@ import numpy as np
 
 # The tasks a translator may serve and which channels are ECG belong to the vocabulary; the seam
 # re-exports them because every request names one.
-from operators.vocab import PPG2ECG, SR, TASKS, is_ecg_signal
+from operators.vocab import PPG2ECG, SR, TASKS, is_ecg_signal  # noqa: F401
 
 __all__ = ["DEFAULT_SPEC", "PairedContext",
            "TranslationRequest", "output_length", "Translator", "TaskRouter", "parse_spec", "check_spec",

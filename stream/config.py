@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 from operators.translator import DEFAULT_SPEC, TASKS, check_spec
-from stream import wire
 from operators import vocab
+from stream import wire
 
 JSON_OUTPUT_MAX_BYTES = 900_000  # under Kafka's default 1,000,000-byte request, with room for the header
 JSON_BYTES_PER_SAMPLE = 25  # "-1.2345678431987762e-05," is 24
@@ -360,7 +360,7 @@ class Settings:
     translator: str = DEFAULT_SPEC  # per task the best measured (operators.translator); "classic" needs no torch
     device: str = "auto"
     tasks: tuple[str, ...] = KNOWN_TASKS
-    sr_target_hz: float = 100.0
+    sr_target_hz: float = vocab.SR_TARGET_HZ
     sr_below_hz: float = 100.0  # signals sampled below this rate are super-resolved
     context_s: float = 10.0  # paired ECG+PPG context length (ContextStore keeps 3x)
     # --- topic creation (opt-in: on a managed cluster a typo in a topic name would make a new topic) ----------

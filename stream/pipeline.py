@@ -21,9 +21,8 @@ import numpy as np
 from operators.processing import quality as Q
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
+from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG
 from stream.results import OUTPUT_UNUSABLE, SOURCE_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
-from operators.vocab import SR_SUFFIX, SYNTH_ECG
-from operators.vocab import ECG, PPG
 
 if TYPE_CHECKING:
     from stream.config import Settings
@@ -50,7 +49,7 @@ class PipelineConfig:
     hop_s: float = 2.0
     lookahead_s: float = 1.0  # newest part of every window is context only (see operators.state.windowing)
     tasks: tuple[str, ...] = (PPG2ECG, SR)
-    sr_target_hz: float = 100.0
+    sr_target_hz: float = SR_TARGET_HZ
     sr_below_hz: float = 100.0
     context_s: float = 10.0
     idle_flush_s: float = 10.0

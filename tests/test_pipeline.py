@@ -8,8 +8,8 @@ import pytest
 from operators.io.synthetic import synthesize
 from operators.translator import PairedContext, output_length
 from operators.processing.samples import grid_ns
-from stream.pipeline import Pipeline, PipelineConfig
 from operators.vocab import SYNTH_ECG
+from stream.pipeline import Pipeline, PipelineConfig
 from stream.wire import Chunk
 
 T0 = 1_700_000_000_000_000_000

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from operators.processing.samples import grid_ns
+from operators.vocab import SR_SUFFIX, SYNTH_ECG
 from stream import wire
 from stream.results import OutputSeries, PipelineEvent
-from operators.vocab import SR_SUFFIX, SYNTH_ECG
 
 __all__ = ["HEADER_MODEL", "HEADER_TIME_ADJUST", "DLQ_MAX_VALUE_BYTES", "encode_output", "output_headers",
            "decode_output", "encode_event", "decode_event", "dlq_value", "dlq_headers"]

@@ -12,6 +12,7 @@ import time
 
 from operators.io.synthetic import synthesize
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, load_translator
+from operators.vocab import ECG, SR_TARGET_HZ
 from stream.tools.cli import ArgumentParser
 
 
@@ -26,7 +27,7 @@ def _requests(task: str, n: int, rec, with_context: bool) -> list[TranslationReq
             out.append(TranslationRequest(PPG2ECG, ppg[s : s + w], rate, rate, "PLETH", 60, "F", ctx))
         else:
             lo = ecg[s : s + w : 5]
-            out.append(TranslationRequest(SR, lo, rate / 5, 100.0, "II", 60, "F", ctx))
+            out.append(TranslationRequest(SR, lo, rate / 5, SR_TARGET_HZ, ECG, 60, "F", ctx))
     return out
 
 

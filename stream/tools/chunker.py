@@ -18,10 +18,10 @@ import numpy as np
 
 from operators.io.records import Recording, canonical_name
 from operators.processing.samples import grid_ns, true_runs
+from operators import vocab
 from stream import wire
 from stream.tools.resampling import resample_recording
 from stream.wire import Chunk
-from operators import vocab
 
 DEFAULT_SIGNALS = (vocab.ECG, vocab.PPG)
 

@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
+from operators import vocab
 from stream.config import ConfigError, Settings
 from stream.tools.cli import ArgumentParser
 from stream.tools.collector import Collector
@@ -26,7 +27,6 @@ from stream.tools.demo_plot import plot
 from stream.tools.replay import ReplayOptions, replay
 from stream.tools.tables import write_parquet
 from stream.tools.worker_process import LOCAL_BROKER_TIMING, WorkerProcess, worker_environment
-from operators import vocab
 
 # The shared data sits beside the checkout (`<checkout>/../shared/data`), not inside the package, and the demo
 # must find it from any working directory: only this file's own location says where the checkout is.
@@ -277,7 +277,7 @@ def _outputs_complete(collector: Collector) -> bool:
     want = []
     for (bed, sig), end in in_end.items():
         if sig == "PLETH":
-            want.append(((bed, "II_SYNTH"), end))
+            want.append(((bed, vocab.SYNTH_ECG), end))
         if bed.startswith(SR_BED_PREFIX) and sig == "PLETH":
             want.append(((bed, "PLETH_SR"), end))
     slack_ns = int(0.5e9)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from operators.vocab import SYNTH_ECG
+
 
 def _series(table, bed: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.compute as pc
@@ -47,7 +49,7 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
     if sr_bed:
         t0, sr_signal = _plot_sr(axes[2], inp, sr, sr_bed, t0, view_s, sr_input_hz)
     if t0 is not None:
-        _plot_quality(axes, t0, view_s, [(syn, main_bed, "II_SYNTH", "tab:red", 1),
+        _plot_quality(axes, t0, view_s, [(syn, main_bed, SYNTH_ECG, "tab:red", 1),
                                          (sr, sr_bed, sr_signal, "tab:green", 2)], events)
     _finish_axes(axes, twin_lines)
     fig.savefig(out_png, dpi=110)
@@ -64,7 +66,7 @@ def _middle(t_ns: np.ndarray, view_s: float) -> tuple[float, float]:
 def _plot_ppg2ecg(ax_in, ax_out, inp, syn, bed: str, view_s: float) -> tuple[float | None, list]:
     """Top panels: the bed's PPG, and its synthesized ECG over the measured one. Returns (the stretch's start in s,
     None without output; the measured ECG's lines, for the legend)."""
-    ts, ys = _series(syn, bed, "II_SYNTH")
+    ts, ys = _series(syn, bed, SYNTH_ECG)
     tp, yp = _series(inp, bed, "PLETH")
     te, ye = _series(inp, bed, "II")
     if not len(ts):

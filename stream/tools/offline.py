@@ -22,11 +22,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from operators.translator import DEFAULT_SPEC, PPG2ECG, SR, PairedContext, is_ecg_signal
+from operators import vocab
+from operators.vocab import ECG, PPG
 from stream import wire
 from stream.tools.cli import ArgumentParser
 from stream.pipeline import Pipeline, PipelineConfig
-from operators.vocab import ECG, PPG
-from operators import vocab
 
 ECG_COLUMN = "ecg_ii"
 TIME_COLUMN = "time_s"
@@ -309,7 +309,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     src = pick_source(recording, task, signal)
     src_rate = float(recording.rates[src])
     if target_rate is None:
-        target_rate = src_rate if task == PPG2ECG else 100.0
+        target_rate = src_rate if task == PPG2ECG else vocab.SR_TARGET_HZ
     target_rate = float(target_rate)
     if target_rate <= 0:
         raise OfflineError(f"--target-rate must be > 0, got {target_rate:g}")

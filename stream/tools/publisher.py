@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from operators.io.records import Recording, read_recording
+from operators import vocab
+from operators.vocab import TOPIC_WAVEFORMS
 from stream import wire
 from stream.tools.chunker import (check_chunk_s, check_plan, expected_chunk_count, iter_all_chunks, plan_beds,
                                   select_signals)
-from operators.vocab import TOPIC_WAVEFORMS
 from stream.wire import Chunk
-from operators import vocab
 
 FORMATS = ("binary", "json")
 

@@ -10,11 +10,11 @@ import sys
 from typing import Iterable, Sequence
 
 from operators.io.records import canonical_name, read_recording
+from operators.vocab import TOPIC_WAVEFORMS
 from stream.config import ConfigError, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
 from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, replay
-from operators.vocab import TOPIC_WAVEFORMS
 
 
 def _parse_resample(items: Iterable[str]) -> dict[str, float]:
