@@ -44,7 +44,7 @@ from scipy import signal as sps
 
 from operators.state.context import select_context
 from operators.processing.quality import UNUSABLE, assess, kind_of
-from operators.processing.samples import fill_nonfinite
+from operators.processing.samples import fill_nonfinite, true_runs
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
 from operators.vocab import SYNTH_ECG
@@ -80,6 +80,14 @@ ABNORMAL_CORR = 0.5  # a beat correlating less than this with the patient's earl
 ABNORMAL_WIDTH = 1.3  # ... or whose QRS is this much wider than that beat's
 VT_MAX_RR_S = 0.6  # 100 bpm
 VT_RUN = 5  # ventricular beats in a row (Challenge definition)
+# An ECG lead vouches for "no ventricular run" only where its beats explain its activity: five beats above 100 bpm
+# span at least ~1.2 s (at 200 bpm), so an unexplained stretch that long may hide one. Shape contradiction is
+# full up to the first value and gone at the second (s).
+VT_UNEXPLAINED_S = (0.8, 1.6)
+UNEXPLAINED_LEVEL = 0.25  # 0.1 s RMS above this share of the usual QRS's counts as activity
+UNEXPLAINED_BRIDGE_S = 0.3  # activity gaps shorter than this (between wide complexes) do not end a stretch
+EXPLAIN_CORR = 0.9  # a beat explains its activity only when it correlates at least this well with the usual beat
+EXPLAINED_S = (0.15, 0.5)  # a usual beat accounts for the activity this long before / after its R peak (QRS, T)
 # A run of ventricular beats disturbs the pulse rhythm (premature beats fill the ventricle less: small or missing
 # pulses, then a compensatory pause), whereas sinus rhythm varies its beat-to-beat interval by a few percent.
 # A good pulse channel whose pulse-interval coefficient of variation over the window stays at or below the
@@ -167,6 +175,7 @@ class ChannelEvidence:
     abnormal_run: int | None  # ECG: longest run of beats unlike the patient's earlier beat (None: no template)
     contradicts: float  # [0, 1]: how strongly this channel says the alarm is false
     supports: float  # [0, 1]: how strongly it says the alarm is true
+    unexplained_s: float | None = None  # ECG: longest activity its usual beats do not explain (None: no template)
 
     def to_dict(self) -> dict:
         """JSON-ready form (floats rounded; what a verdict message carries per channel)."""
@@ -262,16 +271,34 @@ def _half_width(seg: np.ndarray, r: int, rate_hz: float) -> float:
     return (j - i + 1) / rate_hz
 
 
-def _abnormal_run(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int) -> int | None:
-    """Longest run of consecutive beats at or after sample t0 unlike the patient's usual beat (the median of
-    the earlier beats): shape correlating less than ABNORMAL_CORR with it, or a QRS wider than
-    ABNORMAL_WIDTH times its width; a run continues only at a ventricular-tachycardia rate (RR below
-    VT_MAX_RR_S). None without enough earlier beats."""
+def _longest_run_s(mask: np.ndarray, rate_hz: float, bridge_s: float) -> float:
+    """Length (s) of the longest run of True in `mask` once gaps shorter than `bridge_s` are closed."""
+    starts, ends = true_runs(mask)
+    if not len(starts):
+        return 0.0
+    keep = np.concatenate([[True], starts[1:] - ends[:-1] >= bridge_s * rate_hz])
+    first = starts[keep]
+    last = np.concatenate([ends[:-1][keep[1:]], ends[-1:]])
+    return float(np.max(last - first)) / rate_hz
+
+
+def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int, t1: int
+                          ) -> tuple[int | None, np.ndarray | None]:
+    """(abnormal run, unexplained-activity mask over x[t0:t1]) of an ECG lead against the patient's usual beat
+    (the median of the beats before t0); both None without enough earlier beats.
+
+    The abnormal run is the longest run of consecutive beats unlike that beat: shape correlating less than
+    ABNORMAL_CORR with it, or a QRS wider than ABNORMAL_WIDTH times its width; a run continues only at a
+    ventricular-tachycardia rate (RR below VT_MAX_RR_S). The mask marks where the lead carries QRS-like
+    energy (0.1 s RMS above UNEXPLAINED_LEVEL times that of the usual beat's QRS) that no usual-looking beat
+    (correlation >= EXPLAIN_CORR, not wide) accounts for, from EXPLAINED_S[0] before to EXPLAINED_S[1] after
+    it: the beat detector misses wide, slurred ventricular complexes, so a lead whose activity its beats do
+    not explain cannot vouch that no ventricular run happened."""
     lo, hi = int(round(0.12 * rate_hz)), int(round(0.2 * rate_hz))
     ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
     early, late = ok[ok < t0], ok[ok >= t0]
-    if len(early) < 5 or not len(late):
-        return None
+    if len(early) < 5:
+        return None, None
     # 1 Hz high-pass: beat shapes compared without baseline wander
     xh = sps.sosfiltfilt(sps.butter(2, 1.0, btype="high", fs=rate_hz, output="sos"), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
@@ -279,19 +306,30 @@ def _abnormal_run(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int) -> 
     tpl = tpl - tpl.mean()
     width = float(np.median([_half_width(seg(i), lo, rate_hz) for i in early[-30:]]))
     if not np.any(tpl):
-        return None
+        return None, None
+    odd = np.zeros(len(late), dtype=bool)
+    usual = np.zeros(len(late), dtype=bool)
     run = best = 0
     prev = None
-    for i in late:
+    for k, i in enumerate(late):
         s = seg(i) - seg(i).mean()
         den = float(np.linalg.norm(s) * np.linalg.norm(tpl))
         corr = float(s @ tpl) / den if den > 0 else 0.0
-        odd = corr < ABNORMAL_CORR or _half_width(seg(i), lo, rate_hz) > ABNORMAL_WIDTH * width
+        wide = _half_width(seg(i), lo, rate_hz) > ABNORMAL_WIDTH * width
+        odd[k] = corr < ABNORMAL_CORR or wide
+        usual[k] = corr >= EXPLAIN_CORR and not wide
         fast = prev is not None and (i - prev) / rate_hz < VT_MAX_RR_S
-        run = (run + 1 if fast or run == 0 else 1) if odd else 0
+        run = (run + 1 if fast or run == 0 else 1) if odd[k] else 0
         best = max(best, run)
         prev = i
-    return best
+    n_rms = max(1, int(round(0.1 * rate_hz)))
+    rms = np.sqrt(np.convolve(xh ** 2, np.ones(n_rms) / n_rms, mode="same"))
+    ref = float(np.median([np.max(rms[i - lo:i + hi]) for i in early[-30:]]))
+    explained = np.zeros(len(x), dtype=bool)
+    e_lo, e_hi = int(round(EXPLAINED_S[0] * rate_hz)), int(round(EXPLAINED_S[1] * rate_hz))
+    for i in np.concatenate([early[-3:], late[usual]]):
+        explained[max(0, i - e_lo):i + e_hi] = True
+    return best, (rms[t0:t1] > UNEXPLAINED_LEVEL * ref) & ~explained[t0:t1]
 
 
 def _clip01(v: float) -> float:
@@ -300,9 +338,10 @@ def _clip01(v: float) -> float:
 
 def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr17max: float | None,
            abnormal: int | None, win_len_s: float, median_rr: float | None,
-           rr_cv: float | None = None) -> tuple[float, float]:
+           rr_cv: float | None = None, unexplained_s: float | None = None) -> tuple[float, float]:
     """(contradicts, supports) of one channel for one alarm type (see module doc); `rr_cv` is the
-    coefficient of variation of the window's beat intervals (None with fewer than VT_PULSE_MIN_BEATS)."""
+    coefficient of variation of the window's beat intervals (None with fewer than VT_PULSE_MIN_BEATS),
+    `unexplained_s` an ECG lead's longest activity its usual beats do not explain (`_ventricular_evidence`)."""
     hr5min, hr5max = hr5
     if alarm_type == ASYSTOLE:
         if n_beats < 3 or (kind == "ecg" and (abnormal or 0) > ASYSTOLE_MAX_ABNORMAL):
@@ -335,8 +374,12 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
         rate = _clip01((100.0 - hr5max) / 15.0)
         # no run of unusual beats at a VT rate: graded by how far the longest run is from VT_RUN
         shape = 0.0 if abnormal is None else _clip01((VT_RUN - abnormal) / VT_RUN)
+        # activity the beats do not explain may be a ventricular run the detector missed: then neither the
+        # beats' rate nor their shapes vouch against it
+        lo, hi = VT_UNEXPLAINED_S
+        explained = 1.0 if unexplained_s is None else _clip01((hi - unexplained_s) / (hi - lo))
         support = 1.0 if (abnormal is not None and abnormal >= VT_RUN and hr5max > 100.0) else 0.0
-        return max(rate, shape), support
+        return explained * max(rate, shape), support
     if alarm_type == VFIB:
         if n_beats < 3:
             return 0.0, 0.0
@@ -345,6 +388,27 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
             contra = 0.0  # fast or abnormal complexes may be the flutter itself
         return contra, 0.0
     raise ValueError(f"unknown alarm type {alarm_type!r}")
+
+
+def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int, onset_idx: int, kind: str,
+                alarm_type: str) -> dict:
+    """Beat statistics of x[a:b] from the channel's beat indices `peaks`, and their (contradicts, supports)."""
+    inwin = peaks[(peaks >= a) & (peaks < b)]
+    beats_s = (inwin - onset_idx) / rate_hz
+    t_a, t_b = (a - onset_idx) / rate_hz, (b - onset_idx) / rate_hz
+    edges = np.concatenate([[t_a], beats_s, [t_b]])
+    gap = float(np.max(np.diff(edges)))
+    hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
+    hr5 = _hr_extremes(beats_s, 5)
+    hr17 = _hr_extremes(beats_s, 17)[1]
+    abnormal, active = _ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg" else (None, None)
+    unexplained = None if active is None else _longest_run_s(active, rate_hz, UNEXPLAINED_BRIDGE_S)
+    rr = np.diff(beats_s)
+    rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
+    judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
+                    None if hr is None else 60.0 / hr, rr_cv, unexplained)
+    return {"gap": gap, "hr": hr, "hr5": hr5, "hr17": hr17, "abnormal": abnormal, "unexplained": unexplained,
+            "judged": judged}
 
 
 def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_idx: int, a: int, b: int,
@@ -367,26 +431,22 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
         j = np.searchsorted(ppeaks, peaks + lo)
         followed = (j < len(ppeaks)) & (ppeaks[np.minimum(j, len(ppeaks) - 1)] <= peaks + hi)
         peaks = peaks[followed]
-    else:
-        qscore, onset_ok, reason = _window_quality(raw, rate_hz, name, onset_idx, a, b)
-    inwin = peaks[(peaks >= a) & (peaks < b)]
-    beats_s = (inwin - onset_idx) / rate_hz
-    t_a, t_b = (a - onset_idx) / rate_hz, (b - onset_idx) / rate_hz
-    edges = np.concatenate([[t_a], beats_s, [t_b]])
-    gap = float(np.max(np.diff(edges)))
-    hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
-    hr5 = _hr_extremes(beats_s, 5)
-    hr17 = _hr_extremes(beats_s, 17)[1]
-    abnormal = _abnormal_run(x, rate_hz, peaks[peaks < b], a) if kind == "ecg" else None
-    rr = np.diff(beats_s)
-    rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
-    contra, support = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
-                             None if hr is None else 60.0 / hr, rr_cv)
+    # The Challenge's event lies before the alarm: every number is judged on the window up to the onset. In
+    # retrospective mode the detectors still see the data after it, so no beat near the onset is lost to the
+    # edge of the data; letting the data after the onset add support or dilute the contradiction scored worse.
+    pre_b = min(b, onset_idx) if onset_idx - a >= int(2 * rate_hz) else b
+    if kind != "synth" or pulses is None:
+        qscore, onset_ok, reason = _window_quality(raw, rate_hz, name, onset_idx, a, pre_b)
+    stats = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type)
+    contra, support = stats["judged"]
+    gap, hr, hr5, hr17, abnormal = stats["gap"], stats["hr"], stats["hr5"], stats["hr17"], stats["abnormal"]
+    beats_s = (peaks[(peaks >= a) & (peaks < b)] - onset_idx) / rate_hz  # shown: the whole window
     quality = "good" if qscore >= 0.75 and onset_ok else "degraded" if qscore >= 0.25 else "unusable"
     return ChannelEvidence(name=name, kind=kind, quality=quality, quality_score=qscore, onset_ok=onset_ok,
                            reason="" if qscore == 1.0 else reason, beats_s=tuple(float(t) for t in beats_s),
                            hr_bpm=hr, max_gap_s=gap, hr5_min_bpm=hr5[0], hr5_max_bpm=hr5[1], hr17_max_bpm=hr17,
-                           abnormal_run=abnormal, contradicts=contra, supports=support), peaks
+                           abnormal_run=abnormal, contradicts=contra, supports=support,
+                           unexplained_s=stats["unexplained"]), peaks
 
 
 # ---------------------------------------------------------------- synthesized ECG
@@ -511,11 +571,13 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
     return fuse(alarm_type, mode, chans, cfg.threshold(alarm_type), (-cfg.pre_s, post_s))
 
 
+
 # How channels combine per alarm type: "any" good channel contradicting suffices (a pulse every second rules
 # out asystole and VF; one clean lead's normal rate rules out brady), or "all" usable ones must agree (a missed
 # beat in one channel easily halves a rate: tachycardia; a VT's wide beats are easily missed in one lead).
 FUSION = {ASYSTOLE: "any", BRADY: "any", TACHY: "all", VTACH: "all", VFIB: "any"}
 CONSENSUS_MIN_WEIGHT = 0.5  # channels weighing less take no part in an "all" vote
+LEAD_AGREEMENT = (BRADY,)  # an ECG lead's support counts only as far as no other ECG lead contradicts it
 
 
 def channel_weight(c: ChannelEvidence) -> float:
@@ -543,6 +605,12 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
     weighted_c = [wi * c.contradicts for wi, c in zip(w, chans)]
     # support only from a channel usable where the event is: a flat (lead-off) lead "shows" every asystole
     weighted_s = [wi * c.supports if c.onset_ok else 0.0 for wi, c in zip(w, chans)]
+    if alarm_type in LEAD_AGREEMENT:
+        # every lead sees the same QRS complexes: a slow rate in one lead that another clean lead contradicts is
+        # beats the first one missed (low amplitude in its axis, noise), not a bradycardia
+        weighted_s = [s_i * (1.0 - max([weighted_c[j] for j, d in enumerate(chans)
+                                         if j != i and d.kind == "ecg" == c.kind] or [0.0]))
+                      for i, (s_i, c) in enumerate(zip(weighted_s, chans))]
     if FUSION[alarm_type] == "all":
         voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and (
             alarm_type != VTACH or c.kind == "ecg")]
