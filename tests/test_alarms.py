@@ -340,3 +340,71 @@ def test_pulse_disturbed_by_a_ventricular_run_does_not_refute_vt():
     steady = _pulse_train(np.arange(1.0, ONSET_S + 5.0, 0.8), np.ones(200), ONSET_S + 10.0)
     w = core.verify_alarm(core.VTACH, {"PLETH": steady}, {"PLETH": RATE}, ONSET_S)
     assert w.channels[0].contradicts == 1.0 and w.verdict == "false"
+
+
+def _wide_run(signals, start_s, seconds, bpm, rng):
+    """A run of wide, slurred complexes (a smooth 0.2 s half-sine per beat, twice the R amplitude) replacing
+    lead II from `start_s`: what a ventricular run looks like and what the beat detector tends to miss."""
+    out = {k: v.copy() for k, v in signals.items()}
+    ii = out["II"]
+    i0, n = int(start_s * RATE), int(seconds * RATE)
+    amp = 2.0 * float(np.percentile(ii[:i0], 99.5) - np.median(ii[:i0]))
+    t = np.arange(n) / RATE
+    phase = (t * bpm / 60.0) % 1.0
+    beat = np.where(phase < 0.4, np.sin(np.pi * phase / 0.4), 0.0)
+    ii[i0:i0 + n] = np.median(ii[:i0]) + amp * beat + 0.01 * rng.standard_normal(n)
+    return out
+
+
+def test_unexplained_rhythmic_activity_keeps_a_vt():
+    """A ventricular run the beat detector may miss must not let the lead vouch against the VT: its activity
+    is not explained by beats like the patient's own, and it repeats at a VT rate."""
+    base = synthesize(seconds=100.0, rate_hz=RATE, seed=5)
+    sig = _wide_run({"II": base.signals["II"].astype(np.float64)}, ONSET_S - 6.0, 3.0, 150.0,
+                    np.random.default_rng(6))
+    v = core.verify_alarm(core.VTACH, sig, _rates(sig), ONSET_S)
+    ii = v.channels[0]
+    assert ii.unexplained_s is not None and ii.unexplained_s >= core.VT_UNEXPLAINED_S[1], ii.to_dict()
+    assert ii.contradicts == 0.0 and v.keep_alarm
+    # the same lead without the run explains all its activity and refutes the VT by rate and shape
+    clean = core.verify_alarm(core.VTACH, {"II": base.signals["II"].astype(np.float64)}, {"II": RATE}, ONSET_S)
+    assert clean.channels[0].unexplained_s < core.VT_UNEXPLAINED_S[0] and clean.verdict == "false"
+
+
+def test_retrospective_judges_the_window_before_the_onset(clean):
+    """The Challenge's event precedes the alarm: noise after the onset changes nothing in retrospective mode,
+    while the beats after the onset are still reported."""
+    after = {k: v.copy() for k, v in clean.items()}
+    rng = np.random.default_rng(8)
+    for v in after.values():
+        v[int(ONSET_S * RATE):] = rng.standard_normal(len(v) - int(ONSET_S * RATE)) * 5
+    for t in core.ALARM_TYPES:
+        a = core.verify_alarm(t, clean, _rates(clean), ONSET_S, mode="retrospective", wait_s=5.0)
+        b = core.verify_alarm(t, after, _rates(after), ONSET_S, mode="retrospective", wait_s=5.0)
+        r = core.verify_alarm(t, clean, _rates(clean), ONSET_S)
+        assert a.false_score == b.false_score == r.false_score and a.verdict == b.verdict == "false", t
+        assert max(next(c for c in a.channels if c.name == "II").beats_s) > 0
+
+
+def _evidence(name, kind, contradicts=0.0, supports=0.0):
+    return core.ChannelEvidence(name=name, kind=kind, quality="good", quality_score=1.0, onset_ok=True, reason="",
+                                beats_s=(), hr_bpm=None, max_gap_s=1.0, hr5_min_bpm=None, hr5_max_bpm=None,
+                                hr17_max_bpm=None, abnormal_run=None, contradicts=contradicts, supports=supports)
+
+
+def test_bradycardia_in_one_lead_that_another_clean_lead_contradicts_is_missed_beats():
+    chans = [_evidence("II", "ecg", supports=1.0), _evidence("V", "ecg", contradicts=1.0)]
+    assert core.fuse(core.BRADY, "realtime", chans, 0.5, (-16.0, 0.0)).false_score == 1.0
+    # a pulse channel does not discount an ECG lead's support (it may count dicrotic notches as beats) ...
+    pulse = [chans[0], _evidence("PLETH", "pulse", contradicts=1.0)]
+    assert core.fuse(core.BRADY, "realtime", pulse, 0.5, (-16.0, 0.0)).false_score == 0.0
+    # ... and asystole keeps the plain rule: any support is subtracted
+    assert core.fuse(core.ASYSTOLE, "realtime", chans, 0.9, (-16.0, 0.0)).false_score == 0.0
+
+
+def test_asystole_short_gaps_in_a_pulse_channel_refute_it_whatever_its_rate():
+    """Pulses at most 1.5 s apart rule out 4 s without a heartbeat even when one pulse in three is missed
+    (gap 3 RR); on an ECG lead the same beats could be noise during a true asystole."""
+    args = dict(n_beats=12, gap=1.5, hr5=(None, None), hr17max=None, abnormal=0, win_len_s=16.0, median_rr=0.5)
+    assert core._judge(core.ASYSTOLE, "pulse", **args)[0] == 1.0
+    assert core._judge(core.ASYSTOLE, "ecg", **args)[0] == 0.0

@@ -14,21 +14,26 @@ nothing usable contradicts, the verdict is `true` (a good channel supports it) o
 system must treat `uncertain` as `true`.
 
 Per channel and alarm type (definitions of the Challenge, `../shared/data/README.md`):
-- asystole (no QRS for >= 4 s): contradicted by beats with no gap longer than ``ASYSTOLE_CONTRA_GAP_S``;
+- asystole (no QRS for >= 4 s): contradicted by beats with no gap longer than ``ASYSTOLE_CONTRA_GAP_S``
+  (on an ECG lead also short against its own beat interval);
 - extreme bradycardia (< 40 bpm for 5 consecutive beats): contradicted when the slowest 5 beats are fast;
+  an ECG lead's support counts only as far as no other ECG lead contradicts (`LEAD_AGREEMENT`);
 - extreme tachycardia (> 140 bpm for 17 consecutive beats): contradicted when the fastest 17 are slow;
 - ventricular tachycardia (>= 5 ventricular beats above 100 bpm): an ECG lead contradicts when no 5 beats
-  exceed 100 bpm, or when every beat matches the patient's own earlier beat (no run of abnormal beats); a
-  pulse channel (PLETH, ABP) contradicts when its pulses stay regular through the window (`VT_PULSE_CV`):
-  a ventricular run disturbs the pulse rhythm, noise on the ECG does not;
+  exceed 100 bpm, or when every beat matches the patient's own earlier beat (no run of abnormal beats), but
+  only as far as its usual-looking beats explain its activity (a rhythmic unexplained stretch may be a run
+  the beat detector missed); a pulse channel (PLETH, ABP) contradicts when its pulses stay regular through
+  the window (`VT_PULSE_CV`): a ventricular run disturbs the pulse rhythm, noise on the ECG does not;
 - ventricular flutter/fibrillation (fibrillatory waveform >= 4 s): contradicted by regular beats or pulses
   with no gap reaching 4 s (a fibrillating heart ejects nothing).
 Each contradiction is a number in [0, 1] (graded near the threshold); it is weighed by the channel's quality
 score, the strongest support is subtracted, and the result (`false_score`) is compared with a per-type
 threshold (`VerifierConfig.false_threshold`; the evaluation fits it on training folds only).
 
-Modes: ``realtime`` uses data up to the alarm only; ``retrospective`` also the `wait_s` after it (the
-analysis window is extended by up to ``RETRO_POST_S`` and the detectors see the rest as context).
+Modes: ``realtime`` uses data up to the alarm only; ``retrospective`` also the `wait_s` after it: the
+detectors see it (no beat near the onset is lost to the data's edge) and the reported beats reach
+``RETRO_POST_S`` past the onset, but every number is judged on the window up to the onset, where the
+Challenge's event is.
 
 Pure numpy/scipy (operators layering); the synthesized ECG is produced by the caller's translator (any
 `operators.translator.Translator`, loaded by spec) through `synthesize_ecg`.
@@ -43,7 +48,7 @@ import numpy as np
 from scipy import signal as sps
 
 from operators.state.context import select_context
-from operators.processing.quality import UNUSABLE, assess, kind_of
+from operators.processing.quality import UNUSABLE, assess, kind_of, ppg_periodicity
 from operators.processing.samples import fill_nonfinite, true_runs
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
@@ -86,6 +91,8 @@ VT_RUN = 5  # ventricular beats in a row (Challenge definition)
 VT_UNEXPLAINED_S = (0.8, 1.6)
 UNEXPLAINED_LEVEL = 0.25  # 0.1 s RMS above this share of the usual QRS's counts as activity
 UNEXPLAINED_BRIDGE_S = 0.3  # activity gaps shorter than this (between wide complexes) do not end a stretch
+VT_RHYTHM_MIN = 0.5  # unexplained activity counts when its autocorrelation at 100-250 bpm periods reaches this
+VT_RHYTHM_MIN_S = 2.4  # ... measured over at least this long (four periods at 100 bpm)
 EXPLAIN_CORR = 0.9  # a beat explains its activity only when it correlates at least this well with the usual beat
 EXPLAINED_S = (0.15, 0.5)  # a usual beat accounts for the activity this long before / after its R peak (QRS, T)
 # A run of ventricular beats disturbs the pulse rhythm (premature beats fill the ventricle less: small or missing
@@ -271,29 +278,30 @@ def _half_width(seg: np.ndarray, r: int, rate_hz: float) -> float:
     return (j - i + 1) / rate_hz
 
 
-def _longest_run_s(mask: np.ndarray, rate_hz: float, bridge_s: float) -> float:
-    """Length (s) of the longest run of True in `mask` once gaps shorter than `bridge_s` are closed."""
+def _bridged_runs(mask: np.ndarray, rate_hz: float, bridge_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices of the runs of True in `mask` once gaps shorter than `bridge_s` are
+    closed."""
     starts, ends = true_runs(mask)
     if not len(starts):
-        return 0.0
+        return starts, ends
     keep = np.concatenate([[True], starts[1:] - ends[:-1] >= bridge_s * rate_hz])
-    first = starts[keep]
-    last = np.concatenate([ends[:-1][keep[1:]], ends[-1:]])
-    return float(np.max(last - first)) / rate_hz
+    return starts[keep], np.concatenate([ends[:-1][keep[1:]], ends[-1:]])
 
 
 def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int, t1: int
-                          ) -> tuple[int | None, np.ndarray | None]:
-    """(abnormal run, unexplained-activity mask over x[t0:t1]) of an ECG lead against the patient's usual beat
-    (the median of the beats before t0); both None without enough earlier beats.
+                          ) -> tuple[int | None, float | None]:
+    """(abnormal run, unexplained s) of an ECG lead in x[t0:t1] against the patient's usual beat (the median
+    of the beats before t0); both None without enough earlier beats.
 
     The abnormal run is the longest run of consecutive beats unlike that beat: shape correlating less than
     ABNORMAL_CORR with it, or a QRS wider than ABNORMAL_WIDTH times its width; a run continues only at a
-    ventricular-tachycardia rate (RR below VT_MAX_RR_S). The mask marks where the lead carries QRS-like
-    energy (0.1 s RMS above UNEXPLAINED_LEVEL times that of the usual beat's QRS) that no usual-looking beat
-    (correlation >= EXPLAIN_CORR, not wide) accounts for, from EXPLAINED_S[0] before to EXPLAINED_S[1] after
-    it: the beat detector misses wide, slurred ventricular complexes, so a lead whose activity its beats do
-    not explain cannot vouch that no ventricular run happened."""
+    ventricular-tachycardia rate (RR below VT_MAX_RR_S). The unexplained time is the longest stretch (gaps
+    under UNEXPLAINED_BRIDGE_S closed) where the lead carries QRS-like energy (0.1 s RMS above
+    UNEXPLAINED_LEVEL times that of the usual beat's QRS) that no usual-looking beat (correlation >=
+    EXPLAIN_CORR, not wide) accounts for, from EXPLAINED_S[0] before to EXPLAINED_S[1] after it, and that
+    repeats at a ventricular-tachycardia rate (`_rhythmic`): the beat detector misses wide, slurred
+    ventricular complexes, so a lead whose activity its beats do not explain cannot vouch that no ventricular
+    run happened; activity with no rhythm in it is noise."""
     lo, hi = int(round(0.12 * rate_hz)), int(round(0.2 * rate_hz))
     ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
     early, late = ok[ok < t0], ok[ok >= t0]
@@ -329,7 +337,21 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     e_lo, e_hi = int(round(EXPLAINED_S[0] * rate_hz)), int(round(EXPLAINED_S[1] * rate_hz))
     for i in np.concatenate([early[-3:], late[usual]]):
         explained[max(0, i - e_lo):i + e_hi] = True
-    return best, (rms[t0:t1] > UNEXPLAINED_LEVEL * ref) & ~explained[t0:t1]
+    starts, ends = _bridged_runs((rms[t0:t1] > UNEXPLAINED_LEVEL * ref) & ~explained[t0:t1], rate_hz,
+                                 UNEXPLAINED_BRIDGE_S)
+    longest = 0.0
+    for a, b in zip(starts + t0, ends + t0):
+        if (b - a) / rate_hz > longest and _rhythmic(xh, rate_hz, a, b, t0, t1):
+            longest = (b - a) / rate_hz
+    return best, longest
+
+
+def _rhythmic(xh: np.ndarray, rate_hz: float, a: int, b: int, t0: int, t1: int) -> bool:
+    """Whether xh[a:b] (widened to VT_RHYTHM_MIN_S inside [t0, t1)) repeats at 100-250 bpm: its normalised
+    autocorrelation at those beat periods reaches VT_RHYTHM_MIN (`quality.ppg_periodicity`, any signal)."""
+    pad = max(0, int(round(VT_RHYTHM_MIN_S * rate_hz)) - (b - a)) // 2
+    a, b = max(t0, a - pad), min(t1, b + pad)
+    return ppg_periodicity(xh[a:b], rate_hz, min_bpm=100.0, max_bpm=250.0) >= VT_RHYTHM_MIN
 
 
 def _clip01(v: float) -> float:
@@ -346,8 +368,12 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
     if alarm_type == ASYSTOLE:
         if n_beats < 3 or (kind == "ecg" and (abnormal or 0) > ASYSTOLE_MAX_ABNORMAL):
             return 0.0, _clip01(gap - 4.0)  # "beats" unlike the patient's own are likely noise
-        # a pause: the longest gap is short in seconds and against the window's usual beat interval
+        # a pause: the longest gap is short in seconds and, on an ECG lead (where noise and P waves pass for
+        # beats during a true asystole), against the window's usual beat interval; a good pulse channel's pulses
+        # cannot be there without ejection
         by_rr = _clip01((2.0 - gap / median_rr) / 0.5) if median_rr else 0.0
+        if kind == "pulse":
+            by_rr = 1.0
         return min(_clip01(ASYSTOLE_CONTRA_GAP_S - gap), by_rr), _clip01(gap - 4.0)
     if alarm_type == BRADY:
         if hr5min is None:
@@ -401,8 +427,7 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
     hr5 = _hr_extremes(beats_s, 5)
     hr17 = _hr_extremes(beats_s, 17)[1]
-    abnormal, active = _ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg" else (None, None)
-    unexplained = None if active is None else _longest_run_s(active, rate_hz, UNEXPLAINED_BRIDGE_S)
+    abnormal, unexplained = _ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg" else (None, None)
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
