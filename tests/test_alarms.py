@@ -408,3 +408,15 @@ def test_asystole_short_gaps_in_a_pulse_channel_refute_it_whatever_its_rate():
     args = dict(n_beats=12, gap=1.5, hr5=(None, None), hr17max=None, abnormal=0, win_len_s=16.0, median_rr=0.5)
     assert core._judge(core.ASYSTOLE, "pulse", **args)[0] == 1.0
     assert core._judge(core.ASYSTOLE, "ecg", **args)[0] == 0.0
+
+
+def test_wide_complex_tachycardia_is_not_refuted_by_its_own_shape():
+    """A tachycardia whose usual beat is already wide (the whole learning span in VT, or a bundle-branch block)
+    looks like its own template: shape cannot vouch against a VT there; a narrow one at the same rate can."""
+    ii = synthesize(seconds=100.0, rate_hz=RATE, seed=9, mean_hr=120.0).signals["II"].astype(np.float64)
+    win = np.hanning(int(0.16 * RATE))  # QRS half-amplitude width ~24 -> ~64 ms
+    wide = np.convolve(ii, win / win.sum(), mode="same") * 4.0
+    narrow_v = core.verify_alarm(core.VTACH, {"II": ii}, {"II": RATE}, ONSET_S)
+    wide_v = core.verify_alarm(core.VTACH, {"II": wide}, {"II": RATE}, ONSET_S)
+    assert narrow_v.channels[0].hr5_max_bpm > 100.0 and narrow_v.verdict == "false", narrow_v.channels[0].to_dict()
+    assert wide_v.channels[0].contradicts == 0.0 and wide_v.keep_alarm, wide_v.channels[0].to_dict()

@@ -93,6 +93,7 @@ UNEXPLAINED_LEVEL = 0.25  # 0.1 s RMS above this share of the usual QRS's counts
 UNEXPLAINED_BRIDGE_S = 0.3  # activity gaps shorter than this (between wide complexes) do not end a stretch
 VT_RHYTHM_MIN = 0.5  # unexplained activity counts when its autocorrelation at 100-250 bpm periods reaches this
 VT_RHYTHM_MIN_S = 2.4  # ... measured over at least this long (four periods at 100 bpm)
+WCT_HALF_WIDTH_S = 0.06  # a usual QRS this wide at half amplitude (~120 ms QRS) cannot vouch against a VT
 EXPLAIN_CORR = 0.9  # a beat explains its activity only when it correlates at least this well with the usual beat
 EXPLAINED_S = (0.15, 0.5)  # a usual beat accounts for the activity this long before / after its R peak (QRS, T)
 # A run of ventricular beats disturbs the pulse rhythm (premature beats fill the ventricle less: small or missing
@@ -289,9 +290,9 @@ def _bridged_runs(mask: np.ndarray, rate_hz: float, bridge_s: float) -> tuple[np
 
 
 def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int, t1: int
-                          ) -> tuple[int | None, float | None]:
-    """(abnormal run, unexplained s) of an ECG lead in x[t0:t1] against the patient's usual beat (the median
-    of the beats before t0); both None without enough earlier beats.
+                          ) -> tuple[int | None, float | None, float | None]:
+    """(abnormal run, unexplained s, usual beat's half-amplitude width s) of an ECG lead in x[t0:t1] against
+    the patient's usual beat (the median of the beats before t0); all None without enough earlier beats.
 
     The abnormal run is the longest run of consecutive beats unlike that beat: shape correlating less than
     ABNORMAL_CORR with it, or a QRS wider than ABNORMAL_WIDTH times its width; a run continues only at a
@@ -306,7 +307,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
     early, late = ok[ok < t0], ok[ok >= t0]
     if len(early) < 5:
-        return None, None
+        return None, None, None
     # 1 Hz high-pass: beat shapes compared without baseline wander
     xh = sps.sosfiltfilt(sps.butter(2, 1.0, btype="high", fs=rate_hz, output="sos"), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
@@ -314,7 +315,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     tpl = tpl - tpl.mean()
     width = float(np.median([_half_width(seg(i), lo, rate_hz) for i in early[-30:]]))
     if not np.any(tpl):
-        return None, None
+        return None, None, None
     odd = np.zeros(len(late), dtype=bool)
     usual = np.zeros(len(late), dtype=bool)
     run = best = 0
@@ -342,8 +343,8 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     longest = 0.0
     for a, b in zip(starts + t0, ends + t0):
         if (b - a) / rate_hz > longest and _rhythmic(xh, rate_hz, a, b, t0, t1):
-            longest = (b - a) / rate_hz
-    return best, longest
+            longest = float(b - a) / rate_hz
+    return best, longest, width
 
 
 def _rhythmic(xh: np.ndarray, rate_hz: float, a: int, b: int, t0: int, t1: int) -> bool:
@@ -427,11 +428,14 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
     hr5 = _hr_extremes(beats_s, 5)
     hr17 = _hr_extremes(beats_s, 17)[1]
-    abnormal, unexplained = _ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg" else (None, None)
+    abnormal, unexplained, width = (_ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg"
+                                    else (None, None, None))
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
                     None if hr is None else 60.0 / hr, rr_cv, unexplained)
+    if alarm_type == VTACH and width is not None and width >= WCT_HALF_WIDTH_S and (hr5[1] or 0.0) > 100.0:
+        judged = (0.0, judged[1])  # a wide-complex tachycardia is a VT until proven otherwise: shape cannot tell
     return {"gap": gap, "hr": hr, "hr5": hr5, "hr17": hr17, "abnormal": abnormal, "unexplained": unexplained,
             "judged": judged}
 
