@@ -303,7 +303,7 @@ def test_bidmc_25hz_lead_ii_is_kept(bidmc_record):
     x = fill_nonfinite(rec.signals["II"].astype(np.float64))[0]
     lo = decimate_to(x, fs, 25.0)
     rng = np.random.default_rng(0)
-    kept = clean = noisy = 0
+    kept = clean = noisy = clipped = 0
     for s in range(0, int(len(x) / fs) - 4, 4):
         if assess(x[int(s * fs): int((s + 4) * fs)], fs, "ecg").cls != GOOD:
             continue
@@ -311,4 +311,7 @@ def test_bidmc_25hz_lead_ii_is_kept(bidmc_record):
         clean += 1
         kept += assess(w, 25.0, "ecg").usable
         noisy += assess(inject("noise", w, 0, len(w), 25.0, rng), 25.0, "ecg").usable
-    assert clean > 100 and kept >= 0.95 * clean and noisy <= 0.02 * clean, (clean, kept, noisy)
+        clipped += assess(inject("clipping", w, 0, len(w), 25.0, rng), 25.0, "ecg").usable
+    assert clean > 100 and kept >= 0.95 * clean, (clean, kept)
+    # at 25 Hz a clipped R-peak is a 2-sample plateau; clipped beats still match each other
+    assert noisy <= 0.02 * clean and clipped <= 0.05 * clean, (clean, noisy, clipped)

@@ -297,6 +297,9 @@ CHECKS = {
 PULSE_BAND_HZ = 8.0  # PPG/ABP carry their beats below this; white noise spreads far above it
 ECG_BAND_HZ = 40.0
 LOW_RATE_ECG_HZ = 2.2 * ECG_BAND_HZ  # at or below this rate an ECG's QRS is low-passed: shape is judged by beat_match
+# Samples in a clipping plateau of an ECG at or below LOW_RATE_ECG_HZ (3 elsewhere): at 25 Hz a QRS cut at a rail
+# lasts about 2 samples, and clipped beats still match each other, so only this check sees the clipping.
+RAIL_MIN_RUN_LOW_RATE = 2
 BEAT_MIN_S = 0.3  # ECG beats closer than this (200 bpm) are one beat
 BEAT_SPAN_S = (0.2, 0.3)  # an ECG beat compared by beat_match: this long before and after its main peak (a longer span
 # reaches into the next beat in a fast irregular rhythm)
@@ -399,8 +402,8 @@ def _swing(y: np.ndarray, fs_hz: float) -> float:
     return float(ptp.max() / med) if med > 0 else 1.0
 
 
-def _rail_mask(x: np.ndarray) -> np.ndarray:
-    """Samples in plateaus (>= 3 samples) at the window's max or min, where at least two plateaus sit at that
+def _rail_mask(x: np.ndarray, min_run: int = 3) -> np.ndarray:
+    """Samples in plateaus (>= `min_run` samples) at the window's max or min, where at least two plateaus sit at that
     level: saturation cuts every beat at one rail, where a held value (flat) is one run at any level. A level at
     the median is a baseline (an exactly constant synthetic one), not a rail."""
     mask = np.zeros(len(x), dtype=bool)
@@ -412,7 +415,7 @@ def _rail_mask(x: np.ndarray) -> np.ndarray:
         if abs(level - med) <= 0.02 * span:
             continue
         starts, ends = true_runs(np.abs(x - level) <= tol)
-        keep = (ends - starts) >= 3
+        keep = (ends - starts) >= min_run
         if np.count_nonzero(keep) >= 2:
             for s, e in zip(starts[keep], ends[keep]):
                 mask[s:e] = True
@@ -504,7 +507,7 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     grades.append((float(np.interp(dur, [MIN_USABLE_S, MIN_GOOD_S], [USABLE_MIN, GOOD_MIN + 1e-9])), TOO_SHORT)
                   if dur < MIN_GOOD_S else (1.0, TOO_SHORT))
     grades.append((CHECKS[NONFINITE].grade(nonfinite), NONFINITE))
-    rail = _rail_mask(xf)
+    rail = _rail_mask(xf, RAIL_MIN_RUN_LOW_RATE if kind == ECG and fs_hz <= LOW_RATE_ECG_HZ else 3)
     clip = float(rail.mean())
     flat = _flat_frac(xf[~rail], fs_hz, FLAT_MIN_S) * (1.0 - clip)
     metrics.update(flat_frac=flat, clip_frac=clip)
