@@ -47,6 +47,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import signal as sps
 
+from operators.processing.filters import butter_sos
 from operators.state.context import select_context
 from operators.processing.quality import UNUSABLE, assess, kind_of, ppg_periodicity
 from operators.processing.samples import fill_nonfinite, true_runs
@@ -309,7 +310,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     if len(early) < 5:
         return None, None, None
     # 1 Hz high-pass: beat shapes compared without baseline wander
-    xh = sps.sosfiltfilt(sps.butter(2, 1.0, btype="high", fs=rate_hz, output="sos"), x) if len(x) > 30 else x
+    xh = sps.sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
     tpl = np.median(np.stack([seg(i) for i in early[-30:]]), axis=0)
     tpl = tpl - tpl.mean()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
+from operators.processing.filters import butter_sos
 from operators.processing.samples import fill_nonfinite
 from operators.processing.resample import resample
 from operators.processing.rpeaks import detect_rpeaks, refine_peak_times
@@ -68,13 +69,13 @@ class QrsTemplate:
 
 
 def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
-    sos = sps.butter(4, cutoff_hz, btype="low", fs=FINE_RATE, output="sos")
+    sos = butter_sos(4, cutoff_hz, "low", FINE_RATE)
     return sps.sosfiltfilt(sos, x)
 
 
 def _bandpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
     """The band beats are matched in: below the source's cutoff, above baseline wander."""
-    sos = sps.butter(2, [MATCH_HP_HZ, cutoff_hz], btype="band", fs=FINE_RATE, output="sos")
+    sos = butter_sos(2, (MATCH_HP_HZ, cutoff_hz), "band", FINE_RATE)
     return sps.sosfiltfilt(sos, x)
 
 

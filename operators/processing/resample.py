@@ -12,6 +12,7 @@ import numpy as np
 from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
+from operators.processing.filters import butter_sos
 from operators.processing.samples import fit_length
 
 __all__ = ["resample", "decimate_to", "merge_bands", "rational_ratio", "METHODS"]
@@ -129,7 +130,7 @@ def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8
         return x.copy()
     if len(x) == 0 or n_out == 0:
         return np.zeros(n_out, dtype=x.dtype)
-    sos = sps.butter(order, cutoff * dst_hz / 2.0, btype="low", fs=src_hz, output="sos")
+    sos = butter_sos(order, cutoff * dst_hz / 2.0, "low", src_hz)
     xf = x.astype(np.float64)
     padlen = min(len(xf) - 1, 3 * (2 * len(sos) + 1) * 4)
     if len(xf) > 1:
@@ -165,7 +166,7 @@ def merge_bands(low_from: np.ndarray, high_from: np.ndarray, rate_hz: float, cut
         raise ValueError(f"merge_bands: shapes differ ({a.shape} vs {b.shape})")
     if not 0 < cutoff_hz < rate_hz / 2:
         raise ValueError(f"cutoff {cutoff_hz} Hz must lie in (0, {rate_hz / 2}) Hz")
-    sos = sps.butter(order, cutoff_hz, btype="low", fs=rate_hz, output="sos")
+    sos = butter_sos(order, cutoff_hz, "low", rate_hz)
     pad = min(len(a) - 1, 3 * int(round(rate_hz / cutoff_hz)) * order)
     if pad < 1:
         return b.copy()
