@@ -34,6 +34,24 @@ def test_waveform_lines_schema_escaping_and_float32_roundtrip():
     assert ",kind=sr," in sr and ",signal=II " in sr
 
 
+def test_series_lines_match_one_format_per_sample():
+    """The whole-series formatting writes the bytes a per-sample `f"{v:.9g} {t}"` writes: NaN/inf skipped, tags
+    escaped (a '%' or newline in a tag included), float32 extremes, -0.0 and int64 timestamps near the limit."""
+    rng = np.random.default_rng(7)
+    v = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-40, 38, 500),
+                        [np.nan, np.inf, -np.inf, -0.0, 0.0, np.finfo(np.float32).max, np.finfo(np.float32).tiny,
+                         1e-45, -1e-45, 1.0, 123456789.0]]).astype(np.float32)
+    t = np.int64(2**63 - 10**12) - np.arange(len(v), dtype=np.int64)[::-1] * 7_999_999
+    tags = {"bed": "b 1,x=%d\\", "signal": "II_SYNTH", "kind": "synth", "model": "clmt%s\nz"}
+    prefix = f"waveform,{sinks.tag_set(tags)} value="
+    ok = np.isfinite(v)
+    expected = [f"{prefix}{x:.9g} {int(ti)}" for x, ti in zip(v[ok].tolist(), t[ok].tolist())]
+    assert sinks.series_lines("waveform", tags, t, v) == expected
+    assert len(expected) == len(v) - 3
+    assert sinks.series_lines("waveform", tags, t[:3], np.full(3, np.nan, np.float32)) == []
+    assert sinks.series_lines("waveform", tags, t[:0], v[:0]) == []
+
+
 def test_event_lines_expand_peaks_and_hr():
     ev = PipelineEvent("rpeaks", "A", "II_SYNTH", T0, {"peaks_ns": [T0 + 5, T0 + 900], "hr_bpm": 66.5, "model": "m"})
     lines = sinks.event_lines(ev)

@@ -95,10 +95,18 @@ def series_lines(measurement: str, tags: Mapping[str, Any], times_ns: np.ndarray
         Sample values, written as float32 (`%.9g` round-trips any float32 exactly); non-finite ones are
         skipped: the sample is absent, which the gap and unusable events explain.
     """
-    prefix = f"{measurement},{tag_set(tags)} value="
     vals = np.asarray(values, dtype=np.float32)
     ok = np.isfinite(vals)
-    return [f"{prefix}{v:.9g} {t}" for v, t in zip(vals[ok].tolist(), np.asarray(times_ns, dtype=np.int64)[ok].tolist())]
+    n = int(np.count_nonzero(ok))
+    if n == 0:
+        return []
+    # The numbers of the whole series in one %-format call (no interpreter loop formatting sample by sample); the
+    # body holds only numbers, so splitting it on newlines is safe whatever the tags hold.
+    args: list = [None] * (2 * n)
+    args[0::2] = vals[ok].tolist()
+    args[1::2] = np.asarray(times_ns, dtype=np.int64)[ok].tolist()
+    prefix = f"{measurement},{tag_set(tags)} value="
+    return [prefix + body for body in ("%.9g %d\n" * n % tuple(args))[:-1].split("\n")]
 
 
 def output_lines(out: OutputSeries) -> list[str]:
