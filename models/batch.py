@@ -51,6 +51,10 @@ class ModelBatch:
     prior : np.ndarray
         (B, N) float32 in the source's z-units: for PPG->ECG the classic synthesis (the translator's prior); for ECG
         SR the patient's QRS high band pasted on the source (the refiner's input only); zeros where none.
+    context_tokens : tuple of np.ndarray, optional
+        (ECG, PPG) tokens of the templates, each (B, K / stride, levels) int64, zeros where a row has none: the
+        serving engine tokenizes each patient's templates once per context (`Clmt.context_tokens`) instead of in
+        every window's batch. None: `Clmt.tokenize` tokenizes `context_ecg` and `context_ppg`.
     """
 
     source: np.ndarray
@@ -63,6 +67,7 @@ class ModelBatch:
     context_ecg: np.ndarray
     context_ppg: np.ndarray
     prior: np.ndarray
+    context_tokens: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.task)
@@ -74,10 +79,17 @@ class ModelBatch:
 
     @classmethod
     def stack(cls, rows: Sequence["WindowInput"], template_len: int) -> "ModelBatch":
-        """One batch from windows of equal length (zeros where a row has no context or prior)."""
+        """One batch from windows of equal length (zeros where a row has no context or prior); context tokens when
+        every row with a context carries them."""
         n = len(rows[0].source)
         none_tpl, none_prior = np.zeros(template_len, np.float32), np.zeros(n, np.float32)
         f32 = lambda vals: np.array(vals, np.float32)
+        with_ctx = [r for r in rows if r.context is not None]
+        ctx_tok = None
+        if with_ctx and all(r.context_tokens is not None for r in with_ctx):
+            none_tok = np.zeros_like(with_ctx[0].context_tokens[0])
+            ctx_tok = tuple(np.stack([r.context_tokens[i] if r.context is not None else none_tok for r in rows])
+                            for i in (0, 1))
         return cls(source=np.stack([r.source for r in rows]),
                    task=np.array([r.task for r in rows], np.int64),
                    source_rate_hz=f32([r.source_rate_hz for r in rows]),
@@ -87,7 +99,8 @@ class ModelBatch:
                    has_context=f32([r.context is not None for r in rows]),
                    context_ecg=np.stack([r.context[0] if r.context is not None else none_tpl for r in rows]),
                    context_ppg=np.stack([r.context[1] if r.context is not None else none_tpl for r in rows]),
-                   prior=np.stack([r.prior if r.prior is not None else none_prior for r in rows]))
+                   prior=np.stack([r.prior if r.prior is not None else none_prior for r in rows]),
+                   context_tokens=ctx_tok)
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,7 @@ class WindowInput:
     pat_s: float
     context: tuple[np.ndarray, np.ndarray] | None = None
     prior: np.ndarray | None = None
+    context_tokens: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -176,8 +190,10 @@ class Clmt:
             src_tok[mask] = tok.tokens(src[mask], mod)
         has_ctx = t(batch.has_context)
         ctx_e = ctx_p = None
-        if bool(has_ctx.any()):
-            ctx_e, ctx_p = tok.tokens(t(batch.context_ecg, dtype), "ecg"), tok.tokens(t(batch.context_ppg, dtype), "ppg")
+        if batch.context_tokens is not None:
+            ctx_e, ctx_p = t(batch.context_tokens[0]), t(batch.context_tokens[1])
+        elif bool(has_ctx.any()):
+            ctx_e, ctx_p = self.context_tokens(t(batch.context_ecg, dtype), t(batch.context_ppg, dtype))
         prior = t(batch.prior, dtype)
         has_prior = t(batch.has_prior)
         prior_tok = tok.tokens(prior, "ecg") if bool(has_prior.any()) else None
@@ -185,6 +201,11 @@ class Clmt:
                               age=t(batch.age_years), sex=t(batch.sex), pat=t(batch.pat_s), has_ctx=has_ctx,
                               ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, prior_tok=prior_tok,
                               has_prior=has_prior if prior_tok is not None else None)
+
+    @torch.no_grad()
+    def context_tokens(self, ecg: torch.Tensor, ppg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) z-scored ECG and PPG beat templates -> their (B, K / stride, levels) token ids."""
+        return self.tok.tokens(ecg, "ecg"), self.tok.tokens(ppg, "ppg")
 
     def latents(self, inp: TokenizedBatch) -> torch.Tensor:
         """The translator's predicted target latent frames, (B, N / stride, latent_dim)."""

@@ -28,7 +28,9 @@ from operators.vocab import CANONICAL_RATE_HZ, TASK_ECG_SR, TASK_PPG2ECG, TASK_P
 
 
 MIN_CONTEXT_S = 3.0
-CONTEXT_CACHE = 1024  # beds' contexts kept prepared
+# Values derived from beds' contexts kept prepared (features, template tokens, SR template: up to three per bed, one
+# per bed and kind however often a bed's context is refreshed; about 10 KB each, so at most ~40 MB).
+CONTEXT_CACHE = 4096
 FLAT_REL = 1e-6  # a source whose spread is below this fraction of its magnitude is flat (no model pass)
 
 
@@ -70,7 +72,8 @@ class ClmtTranslator:
                     m.half()
         self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"])
         self.stride = tok.cfg.stride
-        self.prior_translator = prior_translator()  # draws the PPG->ECG prior the translator refines
+        # draws the PPG->ECG prior the translator refines; keeps every served bed's beat model
+        self.prior_translator = prior_translator(cache_size=CONTEXT_CACHE)
         # ECG SR uses a full-rate context beat only if the refiner learnt to (weights say so)
         self.sr_context = refiner is not None and bool(self.cfg["refiner_sr_context"])
         self.template_len = int(self.cfg["template"])
@@ -97,11 +100,13 @@ class ClmtTranslator:
         task = self._task_id(r)
         x = to_canonical(finite(r.source), r.source_rate)
         z, mu, sd = zscore(x)
-        pat, tpl, prior, source_up = self.default_pat, None, None, None
+        pat, tpl, tpl_tokens, prior, source_up = self.default_pat, None, None, None, None
         ctx = r.context if task == TASK_PPG2ECG else None
-        feats = self._context_features(ctx) if ctx is not None else None
+        slot = _bed(r)
+        feats = self._context_features(ctx, slot) if ctx is not None else None
         if feats is not None:
             ctx_100, tpl, ctx_pat, out_scale = feats  # this patient's ECG level and spread
+            tpl_tokens = self._ctx_cache.get(ctx, "template_tokens", lambda: self._template_tokens(tpl), slot)
             if np.isfinite(ctx_pat):
                 pat = ctx_pat
         elif task == TASK_PPG2ECG:
@@ -109,7 +114,7 @@ class ClmtTranslator:
         else:
             out_scale = (mu, sd)  # SR keeps the source's level and spread
             source_up = x  # the measured band, merged back in `_finish`
-            sr_tpl = self._sr_template(r.context, r.source_rate) if task == TASK_ECG_SR else None
+            sr_tpl = self._sr_template(r.context, r.source_rate, slot) if task == TASK_ECG_SR else None
             if sr_tpl is not None:  # the refiner's input: the patient's own QRS high band pasted on the source
                 prior = (paste_high_band(x, CANONICAL_RATE_HZ, sr_tpl) / sd).astype(np.float32)
         if task == TASK_PPG2ECG:
@@ -117,10 +122,11 @@ class ClmtTranslator:
             z = align_ppg(z, pat)
         row = WindowInput(task=task, source=_pad(z, self.stride), source_rate_hz=float(r.source_rate),
                           age_years=float(r.age) if r.age is not None else np.nan, sex=sex_code(r.sex), pat_s=pat,
-                          context=tpl, prior=_pad(prior, self.stride) if prior is not None else None)
+                          context=tpl, prior=_pad(prior, self.stride) if prior is not None else None,
+                          context_tokens=tpl_tokens)
         return _Prepared(row, len(x), out_scale, float(r.source_rate), source_up)
 
-    def _sr_template(self, ctx: PairedContext | None, source_rate: float):
+    def _sr_template(self, ctx: PairedContext | None, source_rate: float, slot=None):
         """The context's QRS template for ECG SR from `source_rate`, or None: no context, weights not trained for
         it, a context too slow to hold the band above the source's Nyquist frequency, or too few beats."""
         if ctx is None or not self.sr_context or source_rate >= CANONICAL_RATE_HZ or ctx.rate_hz < CANONICAL_RATE_HZ:
@@ -128,13 +134,24 @@ class ClmtTranslator:
         if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
             return None
         cutoff = sr_cutoff_hz(source_rate)
-        return self._ctx_cache.get(ctx, ("sr", cutoff), lambda: qrs_template(np.asarray(ctx.ecg, np.float64), ctx.rate_hz, cutoff))
+        return self._ctx_cache.get(ctx, ("sr", cutoff), lambda: qrs_template(np.asarray(ctx.ecg, np.float64), ctx.rate_hz, cutoff),
+                                   slot)
 
-    def _context_features(self, ctx: PairedContext):
+    def _context_features(self, ctx: PairedContext, slot=None):
         """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)), or None if too short or without a usable
         beat (flat, noise, too few beats: its spread is not an ECG's either; a flat context ECG scaled PPG->ECG to
-        ~3 mV peak to peak); cached."""
-        return self._ctx_cache.get(ctx, "ppg2ecg", lambda: self._build_context_features(ctx))
+        ~3 mV peak to peak); cached per context version, in the bed's `slot` when given."""
+        return self._ctx_cache.get(ctx, "ppg2ecg", lambda: self._build_context_features(ctx), slot)
+
+    def _template_tokens(self, tpl: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The (ECG, PPG) beat templates' tokens, each (K / stride, levels) int64: tokenized once per context version
+        instead of in every window's forward pass (the tokenizer treats each row on its own, so the tokens are the
+        ones the batch would have computed)."""
+        dtype = torch.float16 if self.half else torch.float32
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a[None])).to(self.device, dtype)
+        with self._lock, torch.inference_mode():
+            e, p = self.model.context_tokens(t(tpl[0]), t(tpl[1]))
+        return e[0].cpu().numpy(), p[0].cpu().numpy()
 
     def _build_context_features(self, ctx: PairedContext):
         if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
@@ -190,7 +207,7 @@ class ClmtTranslator:
         beats anyway, and the stream would report a heart rate from them. PPG->ECG stays at the patient's ECG
         level (from the context) or the population's; SR keeps the source's level."""
         if r.task == PPG2ECG:
-            feats = self._context_features(r.context) if r.context is not None else None
+            feats = self._context_features(r.context, _bed(r)) if r.context is not None else None
             level = feats[3][0] if feats is not None else self.ecg_scale[0]
         else:
             level = float(np.mean(finite(r.source))) if len(r.source) else 0.0
@@ -222,6 +239,12 @@ class _Prepared:
     out_scale: tuple[float, float]  # (level, spread) the z-scored output is rescaled with
     source_rate_hz: float
     source_up: np.ndarray | None  # SR: the source at 100 Hz, whose measured band is kept
+
+
+def _bed(r: TranslationRequest):
+    """The request's bed (`meta["bed"]`, set by the stream pipeline), the slot its context's values are cached in;
+    None without one (then keyed by the context object alone)."""
+    return r.meta.get("bed") if r.meta else None
 
 
 def _pad(x: np.ndarray, stride: int) -> np.ndarray:

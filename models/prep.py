@@ -119,10 +119,10 @@ def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RAT
 PRIOR_FIDUCIAL = "foot"
 
 
-def prior_translator() -> ClassicTranslator:
+def prior_translator(cache_size: int = 256) -> ClassicTranslator:
     """The classic translator that draws the PPG->ECG prior (sharp, beats timed at `PRIOR_FIDUCIAL`); the engine and
-    the training sampler each hold one."""
-    return ClassicTranslator(timing_blur_s=0.0, fiducial=PRIOR_FIDUCIAL)
+    the training sampler each hold one. `cache_size`: contexts whose beat model it keeps (the engine: one per bed)."""
+    return ClassicTranslator(timing_blur_s=0.0, fiducial=PRIOR_FIDUCIAL, cache_size=cache_size)
 
 
 def ecg_prior(classic: ClassicTranslator, ppg: np.ndarray, context: PairedContext | None,

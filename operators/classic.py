@@ -269,7 +269,7 @@ class ClassicTranslator:
     """Signal-processing translator (see module doc). `sr_method`: "polyphase" | "cubic"; `fiducial`: "foot" |
     "peak" (the PPG point beats are timed from); `default_delay_s`: without context, R peak -> that point."""
 
-    def __init__(self, sr_method: str = "polyphase", default_delay_s: float | None = None, cache_size: int = 256,
+    def __init__(self, sr_method: str = "polyphase", default_delay_s: float | None = None, cache_size: int = 4096,
                  timing_blur_s: float = TIMING_BLUR_S, fiducial: str = "foot"):
         if sr_method not in METHODS:
             raise ValueError(f"sr_method must be one of {METHODS}, got {sr_method!r}")
@@ -303,10 +303,10 @@ class ClassicTranslator:
         y = np.asarray(y, dtype=np.float32)
         return fit_length(y, n_out)  # the contract is exact length
 
-    def _model_for(self, ctx: PairedContext | None) -> BeatModel:
+    def _model_for(self, ctx: PairedContext | None, bed=None) -> BeatModel:
         if ctx is None:
             return self._generic
-        return self._cache.get(ctx, "beat", lambda: beat_model_from_context(ctx, self.fiducial)) or self._generic
+        return self._cache.get(ctx, "beat", lambda: beat_model_from_context(ctx, self.fiducial), bed) or self._generic
 
     def _sr(self, src: np.ndarray, req: TranslationRequest) -> np.ndarray:
         y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
@@ -315,14 +315,14 @@ class ClassicTranslator:
         if ctx is None or not is_ecg_signal(req.source_signal) or not (fs < ft <= ctx.rate_hz) or len(y) < 2:
             return y
         cutoff = sr_cutoff_hz(fs)
-        tpl = self._cache.get(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff))
+        tpl = self._cache.get(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff), req.meta.get("bed"))
         if tpl is None:
             return y
         return merge_bands(y, np.zeros_like(y), ft, cutoff) + paste_high_band(y, ft, tpl)
 
     def _ppg2ecg(self, ppg: np.ndarray, req: TranslationRequest, n_out: int) -> np.ndarray:
         fs = float(req.source_rate)
-        model = self._model_for(req.context)
+        model = self._model_for(req.context, req.meta.get("bed"))
         p_t, pulse_t = pulse_times(ppg, fs, self.fiducial)
         r_t = pulse_t - model.delay_s
         rr_default = float(np.median(np.diff(p_t))) if len(p_t) >= 2 else model.rr_s

@@ -188,3 +188,21 @@ def test_context_cache_builds_once_per_object_and_tag_and_stays_bounded():
     assert cache.get(b, "beat", build(4)) == 4  # identity, not content, is the key
     assert calls == [1, 3, 4] and len(cache) == 2
     assert cache.get(a, "beat", build(5)) == 5  # least recently used went first
+
+
+def test_context_cache_slot_holds_one_version_per_bed():
+    """Keyed by bed, a refreshed context replaces its bed's entry: as many entries as beds, however often contexts
+    change, and a stale version is rebuilt, never served for the new one."""
+    from operators.state.context import ContextCache
+
+    cache, calls = ContextCache(4), []
+    build = lambda v: (lambda: calls.append(v) or v)
+    ctx = lambda: PairedContext(np.zeros(10, np.float32), np.zeros(10, np.float32), 100.0)
+    versions = [ctx() for _ in range(5)]
+    for i, c in enumerate(versions):
+        assert cache.get(c, "beat", build(i), slot="bed-1") == i
+        assert cache.get(c, "beat", build(-1), slot="bed-1") == i  # the current version is cached
+    assert calls == [0, 1, 2, 3, 4] and len(cache) == 1
+    assert cache.get(versions[0], "beat", build(9), slot="bed-1") == 9  # the old one was replaced
+    other = ctx()
+    assert cache.get(other, "beat", build(7), slot="bed-2") == 7 and len(cache) == 2

@@ -353,6 +353,47 @@ def test_engine_contract_with_shipped_weights():
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_tokenizes_a_beds_context_once_per_version_with_identical_outputs(monkeypatch):
+    """The beat templates are tokenized once per context version and bed, not in every window's forward pass; the
+    model's output is bitwise what tokenizing them in the batch gives; a refreshed context replaces its bed's entry."""
+    from dataclasses import replace
+
+    from models.batch import ModelBatch
+    from models.engine import ClmtTranslator
+    from operators.io.synthetic import synthesize
+
+    eng = ClmtTranslator(device="cpu")
+    calls = []
+    tokens = eng.model.context_tokens
+    monkeypatch.setattr(eng.model, "context_tokens", lambda e, p: (calls.append(len(e)), tokens(e, p))[1])
+    recs = {bed: synthesize(seconds=60.0, seed=seed) for bed, seed in (("A", 4), ("B", 5))}
+    rate = recs["A"].rate_hz
+    ctx = {(bed, v): PairedContext(r.signals["II"][v * 500: v * 500 + 1250], r.signals["PLETH"][v * 500: v * 500 + 1250],
+                                   rate) for bed, r in recs.items() for v in (0, 1)}
+
+    def req(bed, version, k, context=True):
+        ppg = recs[bed].signals["PLETH"][2500 + 250 * k: 3500 + 250 * k]
+        return TranslationRequest(PPG2ECG, ppg, rate, rate, "PLETH", 60, "F", ctx[(bed, version)] if context else None,
+                                  meta={"bed": bed})
+
+    batch = [req("A", 0, k) for k in range(4)] + [req("B", 0, k) for k in range(3)] + [req("A", 0, 5, context=False)]
+    eng.translate(batch)
+    assert len(calls) == 2  # one per bed, not one per window
+    eng.translate([req("A", 0, 6), req("B", 0, 7)])
+    assert len(calls) == 2  # cached
+    n_entries = len(eng._ctx_cache)
+    eng.translate([req("A", 1, 8)])
+    assert len(calls) == 3 and len(eng._ctx_cache) == n_entries  # the new version replaced bed A's entries
+    # bitwise the model output of the same batch with the templates tokenized in it
+    items = [eng._prepare(r) for r in batch + [req("A", 1, 9)]]
+    assert sum(it.row.context_tokens is not None for it in items) == 8
+    cached = ModelBatch.stack([it.row for it in items], eng.template_len)
+    in_batch = ModelBatch.stack([replace(it.row, context_tokens=None) for it in items], eng.template_len)
+    assert cached.context_tokens is not None and in_batch.context_tokens is None
+    np.testing.assert_array_equal(eng.model(cached), eng.model(in_batch))
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
 def test_training_draws_a_window_as_serving_prepares_it(monkeypatch):
     """The sampler's PPG->ECG row and the engine's row for the same window are the same `ModelBatch` row: source
     z-scored and shifted by the population pulse delay, the same classic prior."""

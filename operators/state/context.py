@@ -309,7 +309,7 @@ class ContextCache:
         self._entries: OrderedDict[tuple, tuple[object, object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, ctx: object, tag: Hashable, build: Callable[[], T]) -> T:
+    def get(self, ctx: object, tag: Hashable, build: Callable[[], T], slot: Hashable | None = None) -> T:
         """The value cached for (`ctx`, `tag`), else `build()` (cached, even when None).
 
         Parameters
@@ -317,8 +317,12 @@ class ContextCache:
         ctx : the context object (its identity is the key).
         tag : what is derived from it, e.g. "beat" or ("qrs", cutoff_hz).
         build : makes the value; called outside the lock (two threads may build the same value once each).
+        slot : where the value lives instead of the object's identity, e.g. the bed: a bed's next context version
+            then replaces its last one, so the cache holds one entry per bed and tag however often contexts are
+            refreshed, and a pass over more beds than `size` / tags no longer evicts every entry before its reuse
+            (the LRU worst case).
         """
-        key = (id(ctx), tag)
+        key = (id(ctx) if slot is None else ("slot", slot), tag)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit[0] is ctx:
