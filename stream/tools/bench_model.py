@@ -45,12 +45,22 @@ def windows_per_s(tr, reqs: list[TranslationRequest], batch: int, min_time: floa
 
 def flops_per_window(clmt, req: TranslationRequest) -> int:
     """Floating-point operations (multiply and add counted apart) of one CLMT forward pass over one window,
-    counted by torch's FlopCounterMode (matrix products and convolutions; element-wise work is not counted)."""
+    counted by torch's FlopCounterMode (matrix products and convolutions; element-wise work is not counted).
+
+    The patient's beat templates are tokenized once per context, not per window (`ClmtTranslator`): not counted.
+    The transformer layers are counted on torch's unfused path (the fused inference kernel serving uses computes
+    the same products, but the counter does not see inside it)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     items = [clmt._prepare(req)]
-    with FlopCounterMode(display=False) as fc:
-        clmt._forward(items)
+    fused = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as fc:
+            clmt._forward(items)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fused)
     return int(fc.get_total_flops())
 
 
