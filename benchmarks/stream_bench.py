@@ -1,8 +1,8 @@
-"""Streaming benchmark: how many beds one worker sustains in real time on this machine.
+"""Streaming benchmark: how many beds one worker (or a group of them) sustains in real time on this machine.
 
 Starts a real Tansu broker, a real InfluxDB 1.x (behind the v2-write proxy from tests/support)
-and the worker as a subprocess, then replays a recording as N beds for each N of a ramp. The
-worker appends one JSON line per acknowledged input message to WAVEBRIDGE_STATS_FILE
+and the worker as a subprocess (`--workers N`: N of them in one consumer group), then replays a recording as N beds
+for each N of a ramp. Each worker appends one JSON line per acknowledged input message to WAVEBRIDGE_STATS_FILE
 (`produce_ms` = the chunk's Kafka timestamp, `published_ms` = when its outputs were delivered to the
 Kafka output topics, the alarm feed; the worker's in-process sink agent writes InfluxDB from those
 topics); from these we get end-to-end latency percentiles over each step's steady state (messages of a bed's first window, which waits for the window to fill, and of the
@@ -13,16 +13,20 @@ Load: N beds replayed at ×speed are N×speed bed-equivalents of message and sam
 is *sustained* when every message is written, p99 latency stays below --max-p99-s, and the
 replay itself kept pace (otherwise the load generator, not the worker, was the limit). The ramp
 stops at the first step that is not sustained. The same ramp with the `passthrough` translator
-(no translation) gives the pipeline's ceiling.
+(no translation) gives the pipeline's ceiling. Each step prints the workers' CPU time and where it went by stage
+(decode, windowing: routing, quality, context selection and R-peaks, model: the translator call, publish, and the
+sink agent's influx_points and influx_write); the run starts with bytes of state per bed.
 
     python benchmarks/stream_bench.py                          # classic vs passthrough, ~5 min
     python benchmarks/stream_bench.py --beds 1,2,4,8 --speed 1 --duration 30 --translator clmt
+    python benchmarks/stream_bench.py --translator clmt --beds 16,32,64 --workers 2 --threads 1
 
 Not a test: numbers depend on the machine and on whatever else runs on it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -122,26 +126,29 @@ def worker_settings(bootstrap: str, influx: InfluxStack, db: str, prefix: str, t
 # ------------------------------------------------------------------ stats
 
 
-def read_stats(path: Path, prefix: str) -> list[dict]:
-    """The complete lines of the worker's stats file for beds whose id starts with `prefix`."""
+def read_stats(paths: Path | list[Path], prefix: str) -> list[dict]:
+    """The complete lines of the workers' stats files for beds whose id starts with `prefix`."""
     rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.endswith("\n") and f'"bed":"{prefix}' in line:  # skip a half-written last line
-                    rows.append(json.loads(line))
-    except FileNotFoundError:
-        pass
+    for path in [paths] if isinstance(paths, Path) else paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.endswith("\n") and f'"bed":"{prefix}' in line:  # skip a half-written last line
+                        rows.append(json.loads(line))
+        except FileNotFoundError:
+            pass
     return rows
 
 
-def wait_written(worker: WorkerProcess, stats: Path, prefix: str, sent: int, timeout_s: float) -> list[dict]:
+def wait_written(workers: list[WorkerProcess], stats: list[Path], prefix: str, sent: int,
+                 timeout_s: float) -> list[dict]:
     """Stats rows of `prefix` once `sent` of them are written, or what there is after `timeout_s` seconds;
-    RuntimeError when the worker exits or its agent crashes meanwhile."""
+    RuntimeError when a worker exits or its agent crashes meanwhile."""
     deadline = time.monotonic() + timeout_s
     rows = read_stats(stats, prefix)
     while len(rows) < sent and time.monotonic() < deadline:
-        worker.check()  # also a crashed Faust agent, which leaves the process running
+        for w in workers:
+            w.check()  # also a crashed Faust agent, which leaves the process running
         time.sleep(0.5)
         rows = read_stats(stats, prefix)
     return rows
@@ -152,32 +159,59 @@ def percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if len(x) else math.nan
 
 
-def scrape_cpu(settings: Settings) -> dict[str, float]:
-    """The worker's `wavebridge_stage_seconds` by stage and `process_cpu_seconds_total` (cumulative)."""
+def scrape(settings: Settings) -> list:
+    """The worker's metric samples (prometheus_client `Sample`s)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
+    with urllib.request.urlopen(f"http://{settings.metrics_host}:{settings.metrics_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
+    return [sample for fam in text_string_to_metric_families(text) for sample in fam.samples]
+
+
+def scrape_cpu(settings: list[Settings]) -> dict[str, float]:
+    """The workers' `wavebridge_stage_seconds` by stage and `process_cpu_seconds_total` (cumulative, summed)."""
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
+    for s in settings:
+        for sample in scrape(s):
             if sample.name == "wavebridge_stage_seconds_total":
-                out[sample.labels["stage"]] = sample.value
+                out[sample.labels["stage"]] = out.get(sample.labels["stage"], 0.0) + sample.value
             elif sample.name == "process_cpu_seconds_total":
-                out["process_cpu"] = sample.value
+                out["process_cpu"] = out.get("process_cpu", 0.0) + sample.value
     return out
 
 
-def cpu_line(cpu: dict[str, float], wall_s: float) -> str:
-    """One line: the worker's CPU seconds over `wall_s` seconds, and wall time by stage."""
-    stages = ("decode", "windowing", "model", "publish", "influx_points", "influx_write")
-    return (f"worker CPU {cpu.get('process_cpu', math.nan):.1f} s in {wall_s:.0f} s "
-            f"({100 * cpu.get('process_cpu', math.nan) / wall_s:.0f} % of a core); wall time by stage "
-            "(includes waiting for a core on a loaded machine): "
-            + ", ".join(f"{k} {cpu.get(k, 0.0):.1f} s" for k in stages))
+def wait_assigned(workers: list[WorkerProcess], settings: list[Settings], partitions: int, timeout_s: float) -> None:
+    """Until every input partition is assigned and every worker holds one (as far as there are partitions), so no
+    step starts with a rebalance pending; RuntimeError after `timeout_s` seconds."""
+    import urllib.error
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            held = [sum(x.value for x in scrape(s) if x.name == "wavebridge_partitions_assigned") for s in settings]
+        except urllib.error.URLError:  # a worker still starting: its metrics server is not up yet
+            held = [0] * len(settings)
+        if sum(held) == partitions and sum(h > 0 for h in held) == min(len(settings), partitions):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"input partitions held by the workers: {held} of {partitions} after {timeout_s:g} s")
+        for w in workers:
+            w.check()
+        time.sleep(0.5)
+
+
+STAGES = ("decode", "windowing", "model", "publish", "influx_points", "influx_write")
+
+
+def cpu_line(cpu: dict[str, float], wall_s: float, workers: int = 1) -> str:
+    """One line: the workers' CPU seconds over `wall_s` seconds, and their time by stage (seconds and share)."""
+    total = sum(cpu.get(k, 0.0) for k in STAGES) or math.nan
+    return (f"worker{'s' if workers > 1 else ''} CPU {cpu.get('process_cpu', math.nan):.1f} s in {wall_s:.0f} s "
+            f"({100 * cpu.get('process_cpu', math.nan) / wall_s:.0f} % of a core); time by stage "
+            "(wall, includes waiting for a core on a loaded machine): "
+            + ", ".join(f"{k} {cpu.get(k, 0.0):.1f} s {100 * cpu.get(k, 0.0) / total:.0f}%" for k in STAGES))
 
 
 # ------------------------------------------------------------------ one translator
@@ -193,40 +227,49 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
     db = f"bench_{tag}"
     ensure_topics(broker.bootstrap, list(prefixed_topics(f"bench.{tag}").values()), partitions=args.partitions)
     influx.server.create_database(db)
-    stats = workdir / f"stats-{tag}.jsonl"
-    stats.unlink(missing_ok=True)  # the worker appends: rows of an earlier run would count as written
+    # one stats file and metrics port per worker (same consumer group: the input partitions are spread over them)
+    stats = [workdir / f"stats-{tag}-w{i}.jsonl" for i in range(args.workers)]
+    for path in stats:
+        path.unlink(missing_ok=True)  # the worker appends: rows of an earlier run would count as written
     results: list[StepResult] = []
-    settings = worker_settings(broker.bootstrap, influx, db, f"bench.{tag}", translator, stats, args)
-    with WorkerProcess(worker_environment(settings), workdir / f"worker-{tag}.log") as worker:
+    settings = [worker_settings(broker.bootstrap, influx, db, f"bench.{tag}", translator, path, args) for path in stats]
+    threads = {} if not args.threads else {v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    with contextlib.ExitStack() as stack:
+        workers = [stack.enter_context(WorkerProcess(worker_environment(s, extra=threads),
+                                                     workdir / f"worker-{tag}-w{i}.log"))
+                   for i, s in enumerate(settings)]
         t0 = time.monotonic()
-        _warm_up(worker, settings, stats, recording, args)
-        log(f"[{translator}] worker warm after {time.monotonic() - t0:.1f} s")
+        wait_assigned(workers, settings, args.partitions, args.warmup_timeout)
+        _warm_up(workers, settings, stats, recording, args)
+        log(f"[{translator}] {len(workers)} worker(s) warm after {time.monotonic() - t0:.1f} s")
         for n in args.beds:
-            res = run_step(n, worker, settings, stats, recording, args)
+            res = run_step(n, workers, settings, stats, recording, args)
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
                 f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
                 f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}\n"
-                f"        {cpu_line(res.cpu, res.wall_s)}")
+                f"        {cpu_line(res.cpu, res.wall_s, len(workers))}")
             if not res.sustained and not args.full_ramp:
                 break
     return results
 
 
-def _warm_up(worker: WorkerProcess, settings: Settings, stats: Path, recording, args) -> None:
-    """One short bed, waited for: group join, translator load (torch for clmt) and the first InfluxDB write."""
+def _warm_up(workers: list[WorkerProcess], settings: list[Settings], stats: list[Path], recording, args) -> None:
+    """One short bed per input partition, waited for: group join, translator load (torch for clmt) and the first
+    InfluxDB write, in every worker."""
     from stream.tools.publisher import ReplayOptions, replay
 
-    warm = replay([recording], settings.bootstrap_servers[0],
-                  ReplayOptions(topic=settings.topic_input, beds=1, bed_prefix="warmup", speed=0,
-                                duration_s=WINDOW_S + 2 * HOP_S))
-    rows = wait_written(worker, stats, "warmup", warm.chunks, args.warmup_timeout)
+    warm = replay([recording], settings[0].bootstrap_servers[0],
+                  ReplayOptions(topic=settings[0].topic_input, beds=max(1, 2 * args.partitions), bed_prefix="warmup",
+                                speed=0, duration_s=WINDOW_S + 2 * HOP_S, resample=args.resample))
+    rows = wait_written(workers, stats, "warmup", warm.chunks, args.warmup_timeout)
     if len(rows) < warm.chunks:
-        raise RuntimeError(f"{settings.translator}: worker did not process the warm-up bed within "
-                           f"{args.warmup_timeout:g} s; log:\n{worker.log_tail()}")
+        raise RuntimeError(f"{settings[0].translator}: workers did not process the warm-up beds within "
+                           f"{args.warmup_timeout:g} s; log:\n" + "\n".join(w.log_tail() for w in workers))
 
 
-def run_step(n: int, worker: WorkerProcess, settings: Settings, stats: Path, recording, args) -> StepResult:
+def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], stats: list[Path], recording,
+             args) -> StepResult:
     """One step of the ramp: `n` beds replayed at `args.speed`, every message waited for, latency over the steady
     state (a bed's first window must fill before anything is written, and its last one is closed by the idle
     flush: both are start/stop effects), and whether the step was sustained."""
@@ -235,12 +278,13 @@ def run_step(n: int, worker: WorkerProcess, settings: Settings, stats: Path, rec
     prefix = f"n{n:03d}-"
     cpu0 = scrape_cpu(settings)
     wall0 = time.time()
-    st = replay([recording], settings.bootstrap_servers[0], ReplayOptions(
-        topic=settings.topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed, duration_s=args.duration))
+    st = replay([recording], settings[0].bootstrap_servers[0], ReplayOptions(
+        topic=settings[0].topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed, duration_s=args.duration,
+        resample=args.resample))
     replay_end_ms = time.time() * 1000.0
     # Wait for every message to be written (including the idle-flushed tail).
     drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
-    rows = wait_written(worker, stats, prefix, st.chunks, drain_s)
+    rows = wait_written(workers, stats, prefix, st.chunks, drain_s)
     wall = time.time() - wall0
     cpu1 = scrape_cpu(settings)
     cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
@@ -257,7 +301,7 @@ def run_step(n: int, worker: WorkerProcess, settings: Settings, stats: Path, rec
     if st.max_lag_s > args.max_replay_lag_s:
         why.append(f"replay fell {st.max_lag_s:.1f} s behind (load generator limit)")
     return StepResult(
-        translator=settings.translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
+        translator=settings[0].translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
         written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
         replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
         sustained=not why, why="; ".join(why), cpu=cpu)
@@ -345,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="passthrough", help="ceiling translator ('' to skip)")
     p.add_argument("--device", default="auto", help="WAVEBRIDGE_DEVICE for the worker (auto, cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=64, help="WAVEBRIDGE_BATCH_SIZE")
-    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topic")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topic (most workers that get work)")
+    p.add_argument("--resample", default="", metavar="SIGNAL=HZ,...",
+                   help="send these signals at a lower rate, e.g. PLETH=25: a 25 Hz PPG gets super-resolution too")
+    p.add_argument("--workers", type=int, default=1, help="worker processes in one consumer group")
+    p.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS / MKL_NUM_THREADS of each worker (torch's CPU threads); 0: torch's default")
     p.add_argument("--max-p99-s", type=float, default=5.0, help="p99 latency bound (wall seconds) for 'sustained'")
     p.add_argument("--max-replay-lag-s", type=float, default=2.0, help="replay lateness beyond which a step is void")
     p.add_argument("--warmup-timeout", type=float, default=180.0, help="seconds to wait for the warm-up bed")
@@ -365,6 +414,14 @@ def main(argv=None) -> int:
         args.beds = sorted({int(b) for b in args.beds.split(",") if b.strip()})
     except ValueError:
         print(f"--beds must be a comma list of integers, got {args.beds!r}", file=sys.stderr)
+        return 2
+    try:
+        args.resample = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.resample.split(",") if kv.strip())}
+    except ValueError:
+        print(f"--resample must look like PLETH=25[,II=50], got {args.resample!r}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("--workers must be >= 1", file=sys.stderr)
         return 2
     if not args.beds or args.beds[0] < 1 or args.speed <= 0 or args.duration < 3 * WINDOW_S:
         print(f"need beds >= 1, speed > 0 and duration >= {3 * WINDOW_S:g} s (a steady-state stretch "
