@@ -55,10 +55,12 @@ class PipelineConfig:
     idle_flush_s: float = 10.0
     # A bed silent this long is forgotten (windows, context, seq state): bounded memory under bed churn. 0: never.
     bed_evict_s: float = 600.0
-    # A token is completed only once its chunk ends this long before everything emitted (until the stream is
-    # flushed), so the committed offset keeps the input the next window still needs: a new owner after a
-    # rebalance re-consumes it and computes that window on the same data and grid (the worker uses
-    # window - hop - look-ahead; 0 releases a chunk as soon as all its samples are emitted).
+    # A token is completed only once its samples are emitted AND its stream has received this much input after
+    # the point where a reader resuming after it would start (the chunk's end; after a gap, the new segment's
+    # start), until the stream is flushed. The worker uses one window: the committed offset then keeps every
+    # window not yet emitted, and the head of a segment not yet emitted, wholly uncommitted, so a new owner
+    # after a rebalance re-consumes them and computes the same windows on the same grid and data
+    # (operators.state.windowing, "Resuming mid-stream"). 0 releases a chunk as soon as its samples are emitted.
     ack_lag_s: float = 0.0
     # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
     ppg2ecg_rate_hz: float | None = None
@@ -70,7 +72,7 @@ class PipelineConfig:
     @classmethod
     def from_settings(cls, s: Settings) -> "PipelineConfig":
         """The worker's configuration: windows, tasks and rates from `s`, and the ack lag that keeps a rebalance's new
-        owner computing the same windows (window - hop - look-ahead, seconds).
+        owner computing the same windows (one window, seconds).
 
         Parameters
         ----------
@@ -79,7 +81,7 @@ class PipelineConfig:
         """
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
-                   bed_evict_s=s.bed_evict_s, ack_lag_s=max(0.0, s.window_s - s.hop_s - s.lookahead_s))
+                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s)
 
 
 @dataclass
@@ -89,8 +91,10 @@ class _Stream:
     windower: SlidingWindower
     units: str = ""
     last_push: float = 0.0
-    done_until_ns: int | None = None  # grid end of everything emitted or dropped
-    pending: deque = field(default_factory=deque)  # (grid end ns, token), push order
+    done_until_ns: int | None = None  # grid end of everything emitted or dropped (or, resumed, taken as emitted)
+    # (grid end ns, resume point ns, token), push order; the resume point is where a reader that starts after this
+    # chunk starts: its end, or the start of a segment begun after it
+    pending: deque = field(default_factory=deque)
     n_emitted: int = 0  # leading `pending` tokens already reported in a BatchResult.emitted
     rpeak_until_ns: int | None = None
     rpeak_segment: int = -1
@@ -217,7 +221,13 @@ class Pipeline:
         if chunk.units:
             st.units = chunk.units
         st.last_push = self.clock()
+        segment = st.windower.segment
         res = st.windower.push(chunk.start_ns, chunk.rate_hz, chunk.samples, seq=chunk.seq)
+        if st.windower.segment != segment and st.pending:
+            # A new segment (gap, clock step, rate change): a reader resuming after the pending chunks starts at
+            # it, and must find its head computed, so they wait for that too.
+            start = st.windower.segment_start_ns
+            st.pending = deque([(end, max(key, start), tok) for end, key, tok in st.pending])
         self._take(st, res.windows, res.events)
         if not res.accepted:
             ev = next((e for e in res.events if e.kind in ("duplicate", "out_of_order")), None)
@@ -229,7 +239,8 @@ class Pipeline:
             if len(chunk.samples) == 0:
                 self._immediate.append(token)
             else:
-                st.pending.append((st.windower.expected_next_ns, token))
+                end = st.windower.expected_next_ns
+                st.pending.append((end, end, token))
 
     def flush_idle(self, now: float | None = None) -> int:
         """Flush every stream silent for `idle_flush_s` and forget beds silent for `bed_evict_s`.
@@ -285,7 +296,7 @@ class Pipeline:
     def reset(self) -> list:
         """Forget all buffered state (after a partition rebalance the input is re-consumed from the
         committed offsets). Returns the tokens that were still pending."""
-        tokens = [t for st in self._streams.values() for _, t in st.pending]
+        tokens = [t for st in self._streams.values() for _, _, t in st.pending]
         self._streams.clear()
         self._bed_seen.clear()
         self._jobs.clear()
@@ -339,11 +350,14 @@ class Pipeline:
             if st.done_until_ns is None:
                 continue
             while st.n_emitted < len(st.pending) and st.pending[st.n_emitted][0] <= st.done_until_ns:
-                result.emitted.append(st.pending[st.n_emitted][1])
+                result.emitted.append(st.pending[st.n_emitted][2])
                 st.n_emitted += 1
-            limit = st.done_until_ns if st.flushed else st.done_until_ns - lag_ns
-            while st.pending and st.pending[0][0] <= limit:  # limit <= done_until: counted in n_emitted
-                result.completed.append(st.pending.popleft()[1])
+            limit = st.done_until_ns
+            if not st.flushed:
+                limit = min(limit, st.windower.expected_next_ns - lag_ns)
+            # in push order, a chunk's end and resume point never decrease: the head stops at the first one not done
+            while st.pending and st.n_emitted and st.pending[0][0] <= st.done_until_ns and st.pending[0][1] <= limit:
+                result.completed.append(st.pending.popleft()[2])
                 st.n_emitted -= 1
         return result
 
@@ -372,6 +386,9 @@ class Pipeline:
                                                              ev.detail))
             if ev.kind == "short_segment_dropped":  # reported, so its samples count as handled
                 st.done_until_ns = max(st.done_until_ns or ev.end_ns, ev.end_ns)
+        taken_until = st.windower.emitted_until_ns  # a resumed segment's head counts as emitted (by its earlier reader)
+        if taken_until is not None:
+            st.done_until_ns = max(st.done_until_ns or taken_until, taken_until)
         for w in windows:
             routes = self.routes(st.signal, w.rate_hz)
             q = None
@@ -472,7 +489,18 @@ class Pipeline:
         very end when it is a flush), so peaks cut by a window edge are found in the next window, where they are
         interior. A withheld window takes its range too, so no later window reports peaks in it."""
         if st.rpeak_segment != w.segment or st.rpeak_until_ns is None:
-            st.rpeak_segment, st.rpeak_until_ns = w.segment, int(times[0])
+            # A segment's first window: from its start, or, resumed mid-stream, from where the window before it on
+            # the grid stopped (the same rule, applied to that window's span), so every peak has one reporting window.
+            if w.emit_from == 0:
+                start = int(times[0])
+            else:
+                k0 = int(np.searchsorted(times, w._ts(w.emit_from)))
+                start = int(times[k0])
+                if w.kind == "full":  # the previous window ended where this one's emitted part starts, + look-ahead
+                    prev_end = w._ts(w.emit_from + len(w.samples) - w.emit_stop)
+                    start = min(start, prev_end - (int(times[1] - times[0]) if len(times) > 1 else 0)
+                                - int(RPEAK_EDGE_S * 1e9))
+            st.rpeak_segment, st.rpeak_until_ns = w.segment, start
         lo = st.rpeak_until_ns
         if w.kind == "flush":
             hi = w.output_end_ns(rate, n_out)  # to its very end

@@ -32,8 +32,8 @@ def _run(w, chunks, rate, seq0=0):
 
 
 def _reassemble(wins):
-    vals = np.concatenate([w.samples[w.emit_from:] for w in wins]) if wins else np.zeros(0)
-    ts = np.concatenate([w.timestamps_ns()[w.emit_from:] for w in wins]) if wins else np.zeros(0, np.int64)
+    vals = np.concatenate([w.samples[w.emit_from:w.emit_stop] for w in wins]) if wins else np.zeros(0)
+    ts = np.concatenate([w.timestamps_ns()[w.emit_from:w.emit_stop] for w in wins]) if wins else np.zeros(0, np.int64)
     return vals, ts
 
 
@@ -62,7 +62,13 @@ def test_random_chunkings_reassemble_exactly(rate):
         full = [wi for wi in wins if wi.kind == "full"]
         if full:
             assert full[0].emit_from == 0
-            assert all(wi.emit_from == win_len - hop for wi in full[1:])
+            hop_ns = round(hop_s * 1e9)
+            for wi in full[1:]:
+                # on the absolute grid: the window ends at the first sample at or after a multiple of the hop,
+                # and emits (about) one hop
+                last = int(wi.timestamps_ns()[-1])
+                assert last < -(-(last + 1) // hop_ns) * hop_ns <= wi.end_ns
+                assert abs(wi.emit_stop - wi.emit_from - hop) <= 1
 
 
 def test_jitter_is_absorbed_onto_the_grid():
@@ -359,3 +365,41 @@ def test_whole_multiple_outputs_stay_on_the_segment_grid():
     for win in wins:
         idx = 2 * win.offset + np.arange(2 * len(win.samples))
         np.testing.assert_array_equal(win.timestamps_ns(600.0), grid_ns(T0, 600.0, idx))
+
+
+@pytest.mark.parametrize("rate, window_s, hop_s, lookahead_s", [(125.0, 8.0, 2.0, 1.0), (62.5, 4.0, 1.3, 0.5),
+                                                                 (360.0, 3.0, 1.0, 0.0)])
+def test_windows_lie_on_the_absolute_grid_and_a_resumed_stream_computes_the_same_ones(rate, window_s, hop_s,
+                                                                                      lookahead_s):
+    """A stream joined mid-way (first chunk with seq > 0, as after a rebalance) emits no head: from the first grid
+    window wholly in its data on, it emits the very windows (same samples, same emitted part) an uninterrupted
+    windower emits, whatever chunk it starts at. Windows used to be anchored at the first chunk a process saw."""
+    rng = np.random.default_rng(int(rate))
+    x = rng.standard_normal(int(40 * rate)).astype(np.float32)
+    t0 = T0 + 1_234_567_000  # not on the hop grid
+    if (1e9 / rate).is_integer():
+        cks = list(_chunks(x, rate, rng, t0=t0, max_chunk=int(rate)))
+    else:  # a resumed grid starts at its first chunk's stamp: exact when that stamp is exact (1 s chunks at 360 Hz)
+        cks = [(int(grid_ns(t0, rate, i)), x[i:i + int(rate)]) for i in range(0, len(x), int(rate))]
+    full = SlidingWindower(window_s, hop_s, lookahead_s=lookahead_s)
+    ref, _ = _run(full, cks, rate)
+    hop_ns = round(hop_s * 1e9)
+    for wi in ref[1:-1]:  # every window but the head and the final flush ends on the grid
+        last = int(wi.timestamps_ns()[-1])
+        assert last < -(-(last + 1) // hop_ns) * hop_ns <= wi.end_ns
+    by_start = {wi.start_ns: wi for wi in ref}
+    for j in rng.integers(1, len(cks) - 1, size=5):
+        w = SlidingWindower(window_s, hop_s, lookahead_s=lookahead_s)
+        wins, _ = _run(w, cks[j:], rate, seq0=int(j))
+        assert w.resumed
+        head_end = wins[0].timestamps_ns()[wins[0].emit_from] if wins else None
+        # nothing before the first grid core whose window lies wholly in the data
+        assert head_end is None or head_end >= cks[j][0] + int(window_s * 1e9) - round((hop_s + lookahead_s) * 1e9) - 2e9 / rate
+        for wi in wins:
+            twin = by_start[wi.start_ns]
+            np.testing.assert_array_equal(wi.samples, twin.samples)
+            assert (wi.emit_from, wi.emit_stop, wi.kind) == (twin.emit_from, twin.emit_stop, twin.kind)
+    # a first chunk with seq 0 (or none) is a stream's start: its head is emitted
+    w = SlidingWindower(window_s, hop_s, lookahead_s=lookahead_s)
+    first, _ = _run(w, cks, rate)
+    assert not w.resumed and first[0].emit_from == 0 and first[0].start_ns == t0

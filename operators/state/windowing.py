@@ -11,15 +11,31 @@ segment: never spliced); an earlier start is rejected (`out_of_order`, or `dupli
 is not newer), except a chunk next by seq up to MAX_CLOCK_STEP_S early, which starts a new segment at
 its stamp (`clock_step`: a sender clock running fast); a rate change flushes and starts a new segment.
 
-Emission: the first window of a segment when `window` samples are buffered (`emit_from=0`), then
-the latest `window` samples every `hop` new samples (`emit_from = window - hop`). Concatenating
-`w.samples[w.emit_from:w.emit_to]` over all emitted windows reproduces the input exactly (minus
-segments reported by a `short_segment_dropped` event).
+Emission on an absolute grid: window ends lie on multiples of `hop` in integer ns since the epoch
+(`G_m = m * hop_ns`; a window ending at G_m holds the `window` samples before the first sample at or
+after G_m), so every window is a function of the input and the epoch alone, not of where a process
+started reading. Window m emits its *core* `[E_{m-1} - lookahead, E_m - lookahead)` (E_m: first sample
+index at or after G_m): consecutive cores tile the segment without gap or overlap. A segment's *head*
+(before the first core whose window lies wholly in the segment) is emitted once, by one window of the
+segment's first `window` samples (`emit_from=0`). Concatenating `w.samples[w.emit_from:w.emit_stop]`
+over all emitted windows reproduces the input exactly (minus segments reported by a
+`short_segment_dropped` event). With window and hop whole seconds and a segment starting on a
+multiple of the hop (offline mode: t = 0), these are the windows of the segment's first sample + k*hop.
+
+Resuming mid-stream: a stream's first chunk with `seq > 0` is a continuation another process (a worker
+before a rebalance) may have emitted from. The segment is then *resumed*: no head; its head span is
+taken as emitted and its first emitted window is the first grid window wholly in the data, which is
+the same window, with the same samples, that an uninterrupted process computes there. Given at least
+`window` seconds of input before the point where the previous process stopped emitting (the worker's
+commit rule keeps that much uncommitted), every later output is identical to an uninterrupted run.
 
 Look-ahead: with `lookahead_s > 0` the newest `lookahead` samples of a full window are context only
 (`emit_to = window - lookahead`) and are emitted by the next window or the flush. A translator whose
 output at time t depends on input after t (PPG->ECG: the pulse arrives ~0.6 s after its R-peak)
 then never has to guess at the window's right edge; latency grows by the look-ahead.
+
+A flush (idle timeout, end of input, gap) emits the not-yet-emitted tail with the segment's last
+`window` samples; a segment that continues contiguously afterwards goes on on the same grid.
 """
 from __future__ import annotations
 
@@ -203,6 +219,7 @@ class SlidingWindower:
         self.hop_s = float(hop_s)
         self.min_segment_s = float(min_segment_s)
         self.gap_tolerance = float(gap_tolerance)
+        self._hop_ns = int(round(self.hop_s * NS_PER_S))  # window ends lie on multiples of this since the epoch
         self._segment = -1
         self._last_seq: int | None = None
         self._reset_state()
@@ -215,10 +232,11 @@ class SlidingWindower:
         self._n_total = 0  # samples pushed into this segment
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # segment index of _buf[0]
-        self._emitted = 0  # segment index: everything before was emitted (or dropped)
+        self._emitted = 0  # segment index: everything before was emitted (or dropped, or, resumed, taken as emitted)
+        self._resumed = False
         self._win = self._hop = self._min_seg = self._la = 0
 
-    def _start_segment(self, start_ns: int, rate_hz: float) -> None:
+    def _start_segment(self, start_ns: int, rate_hz: float, resumed: bool = False) -> None:
         self._reset_state()
         self._segment += 1
         self._rate = float(rate_hz)
@@ -227,14 +245,38 @@ class SlidingWindower:
         self._hop = min(self._win, max(1, int(round(self.hop_s * rate_hz))))
         self._la = min(self._win - self._hop, int(round(self.lookahead_s * rate_hz)))
         self._min_seg = max(1, int(math.ceil(self.min_segment_s * rate_hz - 1e-9)))
+        if resumed:  # the head span counts as emitted by whoever read this stream before (module doc)
+            self._resumed = True
+            self._emitted = self._head_end()
 
     def _ts(self, index: int) -> int:
         return int(grid_ns(self._seg_start_ns, self._rate, index))
+
+    def _grid_index(self, t_ns: int) -> int:
+        """First segment sample index whose timestamp is at or after `t_ns` (inverse of the exact grid)."""
+        p = period_ns(self._rate)
+        num, den = p.numerator, p.denominator
+        d = int(t_ns) - self._seg_start_ns  # ts(i) - start = floor((2*i*num + den) / (2*den)) >= d  <=>  i >= ...
+        return max(0, -(-(den * (2 * d - 1)) // (2 * num)))
+
+    def _grid_end(self, m: int) -> int:
+        """E_m: end (exclusive sample index) of the grid window ending at m * hop_ns."""
+        return self._grid_index(m * self._hop_ns)
+
+    def _head_end(self) -> int:
+        """End of the head: the core start of the first grid window wholly inside the segment (>= 0)."""
+        m = self._ts(self._win) // self._hop_ns  # the last grid end at or before the head window's end
+        return max(0, self._grid_end(m) - self._la)
 
     @property
     def segment(self) -> int:
         """Number of the current segment (-1 before the first chunk; +1 at every gap, rate change, clock step)."""
         return self._segment
+
+    @property
+    def segment_start_ns(self) -> int | None:
+        """Timestamp of the current segment's first sample (None before the first chunk)."""
+        return None if self._rate is None else self._seg_start_ns
 
     @property
     def rate_hz(self) -> float | None:
@@ -248,15 +290,21 @@ class SlidingWindower:
 
     @property
     def emitted_until_ns(self) -> int | None:
-        """End (exclusive) of everything already emitted in the current segment."""
+        """End (exclusive) of everything already emitted in the current segment (for a resumed segment: taken as
+        emitted, which can lie beyond the data received so far)."""
         if self._rate is None or self._emitted == 0:
             return None
         return self._ts(self._emitted)
 
     @property
+    def resumed(self) -> bool:
+        """The current segment was joined mid-stream (first chunk with seq > 0): no head window."""
+        return self._resumed
+
+    @property
     def pending(self) -> int:
         """Samples buffered but not yet emitted."""
-        return self._n_total - self._emitted
+        return max(0, self._n_total - self._emitted)
 
     # ------------------------------------------------------------------ API
 
@@ -332,7 +380,8 @@ class SlidingWindower:
                 out.events.append(self._gap_event(expected, start_ns, delta, period))
                 self._start_segment(start_ns, rate_hz)
         else:
-            self._start_segment(start_ns, rate_hz)
+            # A first chunk with seq > 0 continues a stream that may have been emitted from before (module doc).
+            self._start_segment(start_ns, rate_hz, resumed=seq is not None and seq > 0)
 
         if seq is not None:
             self._last_seq = seq  # the newest accepted: after a producer restart (seq from 0) continuity counts again
@@ -354,13 +403,15 @@ class SlidingWindower:
     # ------------------------------------------------------------------ internals
 
     def _next_end(self) -> int:
-        # First window needs a full window; afterwards one hop of new samples (plus the look-ahead).
-        return max(self._emitted + self._hop + self._la, self._win)
+        """E_m of the first grid window with samples not yet emitted (its core ends after the emit mark)."""
+        m = self._ts(self._emitted + self._la) // self._hop_ns + 1
+        return self._grid_end(m)
 
     def _window(self, end: int, length: int, kind: str, emit_end: int | None = None) -> Window:
         lo = end - length
         a = lo - self._buf_start
         samples = self._buf[a:a + length].copy()
+        assert len(samples) == length and lo <= self._emitted, "window outside the buffer"
         return Window(
             start_ns=self._ts(lo),
             rate_hz=self._rate,
@@ -374,9 +425,23 @@ class SlidingWindower:
         )
 
     def _emit_full(self, out: PushResult) -> None:
-        while self._n_total >= self._next_end():
+        while True:
             end = self._next_end()
-            out.windows.append(self._window(end, self._win, "full", end - self._la if self._la else None))
+            if end < self._win:
+                # The grid window would start before the segment: its head (everything before the first grid core
+                # whose window lies wholly in the segment) comes from the segment's first `window` samples.
+                if self._n_total < self._win:
+                    break
+                head = self._head_end()
+                assert head > self._emitted, "head window with nothing to emit"  # that grid core ends at or before it
+                out.windows.append(self._window(self._win, self._win, "full", head))
+                self._emitted = head
+                continue
+            if self._n_total < end:
+                break
+            # `window` samples, or (hop + look-ahead = window at a fractional hop) one more to reach the emit mark
+            length = max(self._win, end - self._emitted)
+            out.windows.append(self._window(end, length, "full", end - self._la if self._la else None))
             self._emitted = end - self._la
         self._trim()
 
@@ -400,7 +465,7 @@ class SlidingWindower:
     def _trim(self) -> None:
         # Keep what a later window or flush can still need: `window` samples before the emit mark
         # plus the pending tail (< hop after emission), so memory stays <= window + hop.
-        keep_from = max(0, self._emitted - self._win)
+        keep_from = max(0, min(self._emitted, self._n_total) - self._win)
         drop = keep_from - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:].copy()
