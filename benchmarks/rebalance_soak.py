@@ -15,7 +15,7 @@ Counted per run, against the reference (points, summed over beds, signals and ki
   shows);
 - derived-mismatch: waveform samples on common timestamps whose values differ (> 1e-6), plus R-peak and heart-rate
   points present in one run but not the other (by timestamp) or with a different value (split by measurement in
-  each run's line).
+  each run's line); `first_mismatches` gives, per diverging series, where it first departs (seconds of signal).
 
 Each run also reports the output-topic latency (input produce time to outputs delivered, from the workers'
 WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the alarm feed.
@@ -103,6 +103,20 @@ def compare(ref: dict, run: dict, tol: float = 1e-6) -> dict:
     return c
 
 
+def first_mismatches(ref: dict, run: dict, tol: float = 1e-6, limit: int = 6) -> list:
+    """Where `run` first departs from `ref`, per series, earliest first: [measurement, bed, signal, kind, seconds
+    after the replay's start, what] for at most `limit` series (what: "value", "missing" or "extra")."""
+    firsts = []
+    for key in set(ref) | set(run):
+        a, b = ref.get(key, {}), run.get(key, {})
+        bad = [(t, "missing") for t in a.keys() - b.keys()] + [(t, "extra") for t in b.keys() - a.keys()]
+        bad += [(t, "value") for t in a.keys() & b.keys() if abs(a[t] - b[t]) > tol]
+        if bad:
+            t, what = min(bad)
+            firsts.append([*key, *([None] * (4 - len(key))), round((t - T0) / 1e9, 3), what])
+    return sorted(firsts, key=lambda f: f[4])[:limit]
+
+
 def expected_grid(rec) -> dict:
     """{(signal tag, kind): times relative to T0} from the offline mode (what every bed must hold exactly)."""
     from stream.tools.offline import translate_recording
@@ -178,7 +192,7 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
             at_s = rng.uniform(0.2, 0.8) * replay_wall
             time.sleep(at_s)
             k = rng.randrange(len(workers))
-            kill = {"worker": k, "at_s": round(at_s, 2), "restart_after_s": round(rng.uniform(0.0, 3.0), 2)}
+            kill = {"worker": k, "at_s": round(at_s, 2), "at_signal_s": round(at_s * args.speed, 1), "restart_after_s": round(rng.uniform(0.0, 3.0), 2)}
             workers[k].kill()
             time.sleep(kill["restart_after_s"])
             workers[k] = WorkerProcess(env, out / f"run{i:02d}-w{k}-restarted.log").start()
@@ -260,7 +274,8 @@ def main(argv=None) -> int:
                 totals["lost"] += c["lost"]
                 totals["duplicated"] += c["duplicated"]
                 totals["derived-mismatch"] += c["derived_mismatch"]
-                row = {"run": i, "kill": r["kill"], **c, "dead_letters": r["dead_letters"],
+                row = {"run": i, "kill": r["kill"], **c, "first_mismatches": first_mismatches(ref["snapshot"], r["snapshot"]),
+                       "dead_letters": r["dead_letters"],
                        "output_latency_p99_s": r["latency_p99_s"], "output_latency_max_s": r["latency_max_s"],
                        "wall_s": round(time.monotonic() - t0, 1)}
                 rows.append(row)
