@@ -22,7 +22,7 @@ WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the 
 
 The reference itself is checked against the offline mode's sample grid (every expected timestamp, nothing else).
 Patient context is off by default (--context-s 0): with it, PPG->ECG values depend on how much lead II had arrived
-when each window was translated, i.e. on batch timing, even without a rebalance.
+when each window was translated, i.e. on batch timing, even without a rebalance (--no-kill measures that part).
 
     python benchmarks/rebalance_soak.py --workers 3 --runs 10
 
@@ -188,7 +188,7 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
         replay_wall = args.seconds / args.speed
         t.start()
         kill = None
-        if i > 0:
+        if i > 0 and not args.no_kill:
             at_s = rng.uniform(0.2, 0.8) * replay_wall
             time.sleep(at_s)
             k = rng.randrange(len(workers))
@@ -228,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speed", type=float, default=2.0, help="replay speed")
     ap.add_argument("--translator", default="classic")
     ap.add_argument("--context-s", type=float, default=0.0, help="WAVEBRIDGE_CONTEXT_S (0: patient context off)")
+    ap.add_argument("--no-kill", action="store_true",
+                    help="kill nothing in runs 1..K either: the mismatch is then run-to-run variation alone")
     ap.add_argument("--record", default=str(REPO.parent / "shared" / "data" / "bidmc" / "bidmc02"))
     ap.add_argument("--settle-timeout", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=17)
