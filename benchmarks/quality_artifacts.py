@@ -19,11 +19,19 @@ calibration table (confidence bins: windows, share "right" = every true peak fou
 one, mean error). `--fit` instead fits operators.processing.quality.CONFIDENCE_COEFS["ppg2ecg"] on the given records
 (use `--split train`: never fit and score on the same patients) and prints them.
 
+`--rate-hz 25` runs only the `lowrate` part: `assess` alone on 4 s ECG windows (the pipeline's judged span) at the
+super-resolution input's rate, made anti-aliased (`--lowres iir`, as `wavebridge evaluate`) and by taking every k-th
+sample (`plain`). Windows whose native-rate span is good are *clean*; per case it prints the share kept (usable),
+good and unusable: the clean window, each artifact injected at the low rate, the record re-timed into an AF-like
+irregular rhythm (`af`), and white and pink noise alone; then the worst records' clean windows kept.
+
     python benchmarks/quality_artifacts.py                       # held-out patients, clmt, ~5-10 min on 2 cores
     python benchmarks/quality_artifacts.py --translator classic  # the classic template translator
     python benchmarks/quality_artifacts.py --split train --fit   # fit the confidence model on training patients
+    python benchmarks/quality_artifacts.py --rate-hz 25 --records all   # lead II at the 25 Hz SR input, ~5 min
+    python benchmarks/quality_artifacts.py --rate-hz 25 --dataset challenge   # every ECG lead, held-out records
 
-Not a test: it needs ../shared/data/bidmc.
+Not a test: it needs ../shared/data/bidmc (and challenge2015 for `--dataset challenge`).
 """
 from __future__ import annotations
 
@@ -154,9 +162,9 @@ SR_RATE, SR_TARGET = 25.0, 100.0
 def run_record_detectors(name, root, kinds, rng, window_s=4.0):
     """`assess` alone on `window_s` windows of PLETH, II and V (the judged span of a steady pipeline window), each
     artifact over the whole window; "lead_off" flattens II at 0 mV while V keeps recording (one of two leads)."""
-    rec = read_recording(root / f"bidmc{name}", ["II", "V", "PLETH"])
+    rec = read_recording(root / f"bidmc{name}")  # not every record has lead V
     rows = []
-    for sig in ("PLETH", "II", "V"):
+    for sig in [s for s in ("PLETH", "II", "V") if s in rec.signals]:
         fs = float(rec.rates[sig])
         x = rec.signals[sig].astype(np.float64)
         n = int(window_s * fs)
@@ -166,7 +174,7 @@ def run_record_detectors(name, root, kinds, rng, window_s=4.0):
                 y = w if kind == "clean" else inject(kind, w, 0, n, fs, rng)
                 q = Q.assess(y, fs, Q.kind_of(sig))
                 rows.append({"record": name, "signal": sig, "kind": kind, "cls": q.cls, "reason": q.reason})
-            if sig == "II":  # lead II off, V on: judged separately
+            if sig == "II" and "V" in rec.signals:  # lead II off, V on: judged separately
                 v = rec.signals["V"].astype(np.float64)[i:i + n]
                 qi, qv = Q.assess(np.zeros(n), fs, "ecg"), Q.assess(v, fs, "ecg")
                 rows.append({"record": name, "signal": "II", "kind": "lead_off", "cls": qi.cls, "reason": qi.reason})
@@ -188,6 +196,115 @@ def report_detectors(rows):
         top = max(reasons, key=reasons.get)
         print(f"| {sig} | {kind} | {len(g)} | {sum(r['cls'] == 'unusable' for r in g) / len(g):.1%} | "
               f"{sum(r['cls'] != 'good' for r in g) / len(g):.1%} | {top} ({reasons[top] / len(g):.0%}) |")
+
+
+def _pink_noise(n, rng):
+    """Pink (1/f power) Gaussian noise, zero mean."""
+    f = np.fft.rfftfreq(n)
+    spec = rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))
+    spec[1:] /= np.sqrt(f[1:])
+    spec[0] = 0.0
+    return np.fft.irfft(spec, n)
+
+
+def _irregular(x, fs, rng, cv=0.25):
+    """`x` (clean ECG) re-timed beat by beat into an irregularly irregular rhythm (atrial fibrillation-like).
+
+    Each beat cycle (0.2 s before its R-peak to 0.2 s before the next) gets a new length, the record's mean RR times
+    a log-normal factor (coefficient of variation ~`cv`, 0.3-2 s). Its first 0.65 s (P, QRS, T) stay as recorded;
+    the T-P baseline after them is cut short or extended by mirroring it (no stretched waves, no straight lines);
+    a cycle shorter than 0.65 s is cut: the next beat arrives during the T wave, as in fast AF."""
+    r = detect_rpeaks(x, fs)
+    if len(r) < 3:
+        return x.copy()
+    q, keep, rr_mean = int(round(0.2 * fs)), int(round(0.65 * fs)), float(np.mean(np.diff(r)))
+    out = [x[: max(r[0] - q, 0)]]
+    for a, b in zip(r[:-1], r[1:]):
+        cyc = x[max(a - q, 0): b - q]
+        m = int(round(np.clip(rr_mean * np.exp(rng.normal(0.0, cv)), 0.3 * fs, 2.0 * fs)))
+        if m > len(cyc) and len(cyc) >= 2:
+            base = cyc[keep:] if len(cyc) - keep >= 2 else cyc
+            cyc = np.concatenate([cyc, np.pad(base, (0, m - len(cyc)), mode="reflect")[len(base):]])
+        out.append(cyc[:m])
+    out.append(x[r[-1] - q:])
+    return np.concatenate(out)
+
+
+def _lowres(x, fs, rate_hz, how):
+    """The `rate_hz` copy of `x` a super-resolution source sees: anti-aliased ("iir", `decimate_to`, as `wavebridge
+    evaluate` makes it) or every k-th sample ("plain")."""
+    from operators.processing.resample import decimate_to
+
+    if how == "iir":
+        return decimate_to(fill_nonfinite(x)[0], fs, rate_hz)
+    return x[:: int(round(fs / rate_hz))]
+
+
+def run_record_lowrate(label, path, kinds, args, rng):
+    """`assess` on ECG windows (BIDMC: lead II; Challenge: every ECG lead) brought to `--rate-hz` (the
+    super-resolution input), per `--lowres` kind.
+
+    A window is *clean* when its native-rate span is judged good; each clean window is then judged at the low rate
+    as it is (kept = usable), with each artifact injected at the low rate, and re-timed into an AF-like rhythm
+    (`_irregular`, the whole record, then the same span). White and pink noise windows of the same length are
+    judged too (noise_white, noise_pink: no signal at all)."""
+    rec = read_recording(path, None if args.dataset == "challenge" else ["II"])
+    rows = []
+    for sig in [s for s in rec.signals if Q.kind_of(s) == Q.ECG]:
+        fs = float(rec.rates[sig])
+        x = rec.signals[sig].astype(np.float64)
+        fl, n = args.rate_hz, int(round(args.window_s * args.rate_hz))
+        hop = int(round(args.window_s / 2 * fl))
+        af = _irregular(fill_nonfinite(x)[0], fs, rng) if "af" in kinds else x
+        for how in args.lowres.split(","):
+            lo, lo_af = _lowres(x, fs, fl, how), _lowres(af, fs, fl, how)
+            for i in range(0, len(lo) - n + 1, hop):
+                a = int(round(i * fs / fl))
+                if Q.assess(x[a: a + int(round(args.window_s * fs))], fs, "ecg").cls != Q.GOOD:
+                    continue
+                w = lo[i: i + n]
+                cases = [(k, w if k == "clean" else inject(k, w, 0, n, fl, rng)) for k in kinds if k in ARTIFACTS
+                         or k == "clean"]
+                if "af" in kinds and i + n <= len(lo_af):
+                    cases.append(("af", lo_af[i: i + n]))
+                if "noise_only" in kinds:
+                    cases += [("noise_white", rng.standard_normal(n)), ("noise_pink", _pink_noise(n, rng))]
+                for kind, y in cases:
+                    q = Q.assess(y, fl, "ecg")
+                    rows.append({"record": label, "signal": sig, "lowres": how, "kind": kind, "cls": q.cls,
+                                 "reason": q.reason})
+    print(f"  {label} lowrate", file=sys.stderr)
+    return rows
+
+
+def report_lowrate(rows, rate_hz, window_s, worst=8):
+    print(f"\n## ECG ({', '.join(sorted({r['signal'] for r in rows}))}) at {rate_hz:g} Hz ({window_s:g} s windows "
+          f"whose native-rate span is good)")
+    print("| input | case | windows | usable (kept) | good | unusable | most common reason when unusable |")
+    print("|---|---|---|---|---|---|---|")
+    for how in sorted({r["lowres"] for r in rows}):
+        for kind in dict.fromkeys(r["kind"] for r in rows):
+            g = [r for r in rows if r["lowres"] == how and r["kind"] == kind]
+            if not g:
+                continue
+            bad = {}
+            for r in g:
+                if r["cls"] == Q.UNUSABLE:
+                    bad[r["reason"]] = bad.get(r["reason"], 0) + 1
+            top = max(bad, key=bad.get) if bad else "-"
+            print(f"| {how} | {kind} | {len(g)} | {sum(r['cls'] != Q.UNUSABLE for r in g) / len(g):.1%} | "
+                  f"{sum(r['cls'] == Q.GOOD for r in g) / len(g):.1%} | "
+                  f"{sum(r['cls'] == Q.UNUSABLE for r in g) / len(g):.1%} | {top} |")
+        per = {}
+        for r in rows:
+            if r["lowres"] == how and r["kind"] == "clean":
+                k = per.setdefault(r["record"] if r["signal"] == "II" else f"{r['record']} {r['signal']}", [0, 0])
+                k[0] += r["cls"] != Q.UNUSABLE
+                k[1] += 1
+        ranked = sorted(per.items(), key=lambda kv: kv[1][0] / kv[1][1])
+        print(f"\n{how}, clean windows kept per record (worst {worst}): " + ", ".join(
+            f"{rec} {k}/{m}" for rec, (k, m) in ranked[:worst]) + f"; records (leads) losing any: "
+            f"{sum(k < m for k, m in per.values())} of {len(per)}")
 
 
 def run_record_sr(name, root, translator, kinds, args, rng):
@@ -330,12 +447,14 @@ def fit(rows, task, target):
 
 
 def main(argv=None) -> int:
-    from models.data import found_dataset, split
+    from models.data import challenge_split, found_dataset, split
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=None)
+    ap.add_argument("--data", default=None, help="the dataset's folder (default ../shared/data/<dataset>)")
+    ap.add_argument("--dataset", choices=("bidmc", "challenge"), default="bidmc",
+                    help="challenge: Challenge 2015 records (held-out split), every ECG lead; lowrate part only")
     ap.add_argument("--split", choices=("val", "train"), default="val")
-    ap.add_argument("--records", default=None, help="comma list of BIDMC numbers (overrides --split)")
+    ap.add_argument("--records", default=None, help="comma list of BIDMC numbers, or all (overrides --split)")
     ap.add_argument("--translator", default="clmt")
     ap.add_argument("--kinds", default=",".join(["clean", *ARTIFACTS]))
     ap.add_argument("--span-s", type=float, default=10.0)
@@ -344,24 +463,42 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the ungated runs")
     ap.add_argument("--fit", action="store_true", help="fit the confidence coefficients (use --split train)")
     ap.add_argument("--parts", default="detectors,ppg2ecg,sr",
-                    help="comma list: detectors (assess alone, PLETH/II/V), ppg2ecg (gating + its confidence), sr")
+                    help="comma list: detectors (assess alone, PLETH/II/V), ppg2ecg (gating + its confidence), sr, "
+                         "lowrate (assess alone on lead II at --rate-hz)")
+    ap.add_argument("--rate-hz", type=float, default=None,
+                    help="judge lead II at this rate (the 25 Hz super-resolution input); implies --parts lowrate")
+    ap.add_argument("--lowres", default="iir,plain", help="comma list of how the low-rate copy is made: iir "
+                    "(anti-aliased, as `wavebridge evaluate`), plain (every k-th sample)")
+    ap.add_argument("--window-s", type=float, default=4.0, help="lowrate window length (s; the pipeline judges 4 s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    root = found_dataset("bidmc", args.data)
+    root = found_dataset(args.dataset, args.data)
     if root is None:
         return 2
-    names = args.records.split(",") if args.records else split()[0 if args.split == "train" else 1]
+    if args.dataset == "challenge":
+        if not args.rate_hz:
+            ap.error("--dataset challenge only runs the lowrate part: give --rate-hz")
+        names = challenge_split(root)[0 if args.split == "train" else 1]
+        names = args.records.split(",") if args.records else names
+    else:
+        if args.records == "all":
+            args.records = ",".join(f"{i:02d}" for i in range(1, 41))
+        names = args.records.split(",") if args.records else split()[0 if args.split == "train" else 1]
     kinds = args.kinds.split(",")
-    translator = load_translator(args.translator)
     rng = np.random.default_rng(args.seed)
-    parts = args.parts.split(",")
-    rows, sr_rows, det_rows = [], [], []
+    parts = ["lowrate"] if args.rate_hz else args.parts.split(",")
+    args.rate_hz = args.rate_hz or SR_RATE
+    rows, sr_rows, det_rows, low_rows = [], [], [], []
+    translator = load_translator(args.translator) if {"ppg2ecg", "sr"} & set(parts) else None
     for name in names:
         if "detectors" in parts:
             det_rows += run_record_detectors(name, root, kinds, rng)
         if "ppg2ecg" in parts:
             rows += run_record(name, root, translator, kinds, args, rng)
+        if "lowrate" in parts:
+            path = root / (name if args.dataset == "challenge" else f"bidmc{name}")
+            low_rows += run_record_lowrate(name, path, kinds + ["af", "noise_only"], args, rng)
         if "sr" in parts:
             sr_rows += run_record_sr(name, root, translator, [k for k in kinds if k in ("clean", "motion", "noise",
                                                                                        "clipping")], args, rng)
@@ -369,6 +506,8 @@ def main(argv=None) -> int:
           f"{args.every_s:g} s; wrong HR = more than {HR_WRONG_BPM:g} bpm off")
     if det_rows:
         report_detectors(det_rows)
+    if low_rows:
+        report_lowrate(low_rows, args.rate_hz, args.window_s)
     if rows:
         report(rows, kinds)
         report_confidence(rows)
@@ -377,7 +516,8 @@ def main(argv=None) -> int:
         fit(rows, "ppg2ecg", lambda r: r["right"])
         fit(sr_rows, "sr", lambda r: r["nrmse"] < Q.SR_RIGHT_NRMSE)
     if args.json:
-        Path(args.json).write_text(json.dumps({"detectors": det_rows, "ppg2ecg": rows, "sr": sr_rows}))
+        Path(args.json).write_text(json.dumps({"detectors": det_rows, "ppg2ecg": rows, "sr": sr_rows,
+                                               "lowrate": low_rows}))
     return 0
 
 
