@@ -50,7 +50,7 @@ from scipy import stats  # noqa: E402
 
 from operators.processing import quality as Q  # noqa: E402
 from operators.processing.samples import fill_nonfinite  # noqa: E402
-from operators.processing.artifacts import ARTIFACTS, inject  # noqa: E402
+from operators.processing.artifacts import ARTIFACTS, inject, pink_noise  # noqa: E402
 from operators.state.context import select_context  # noqa: E402
 from operators.io.records import Recording, read_recording  # noqa: E402
 from operators.processing.rpeaks import detect_rpeaks, heart_rate_bpm  # noqa: E402
@@ -198,15 +198,6 @@ def report_detectors(rows):
               f"{sum(r['cls'] != 'good' for r in g) / len(g):.1%} | {top} ({reasons[top] / len(g):.0%}) |")
 
 
-def _pink_noise(n, rng):
-    """Pink (1/f power) Gaussian noise, zero mean."""
-    f = np.fft.rfftfreq(n)
-    spec = rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))
-    spec[1:] /= np.sqrt(f[1:])
-    spec[0] = 0.0
-    return np.fft.irfft(spec, n)
-
-
 def _irregular(x, fs, rng, cv=0.25):
     """`x` (clean ECG) re-timed beat by beat into an irregularly irregular rhythm (atrial fibrillation-like).
 
@@ -268,7 +259,7 @@ def run_record_lowrate(label, path, kinds, args, rng):
                 if "af" in kinds and i + n <= len(lo_af):
                     cases.append(("af", lo_af[i: i + n]))
                 if "noise_only" in kinds:
-                    cases += [("noise_white", rng.standard_normal(n)), ("noise_pink", _pink_noise(n, rng))]
+                    cases += [("noise_white", rng.standard_normal(n)), ("noise_pink", pink_noise(n, rng))]
                 for kind, y in cases:
                     q = Q.assess(y, fl, "ecg")
                     rows.append({"record": label, "signal": sig, "lowres": how, "kind": kind, "cls": q.cls,

@@ -62,7 +62,7 @@ def test_ppg_periodicity_sees_the_pulse_on_a_drifting_baseline():
 
 
 # ---------------------------------------------------------------- graded quality: assess()
-from operators.processing.artifacts import inject  # noqa: E402
+from operators.processing.artifacts import inject, pink_noise  # noqa: E402
 from operators.processing.quality import (DEGRADED, GOOD, GOOD_MIN, UNUSABLE, USABLE_MIN, SignalQuality, assess,  # noqa: E402
                                kind_of, ppg_periodicity)
 from operators.io.synthetic import synthesize  # noqa: E402
@@ -257,19 +257,11 @@ def test_ectopic_beats_at_25hz_keep_the_window(ectopic):
     assert all(q.usable for q in qs), [(q.cls, q.reason, q.metrics) for q in qs if not q.usable]
 
 
-def _pink(n, rng):
-    f = np.fft.rfftfreq(n)
-    s = rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))
-    s[1:] /= np.sqrt(f[1:])
-    s[0] = 0.0
-    return np.fft.irfft(s, n)
-
-
 def test_25hz_noise_is_unusable():
     """White or pink noise at 25 Hz has kurtosis about 3 (at 25 Hz the 125 Hz rule let 4 s of it pass as
     degraded about half the time); beats of noise do not match each other."""
     rng = np.random.default_rng(0)
-    for make in (lambda: rng.standard_normal(100), lambda: _pink(100, rng)):
+    for make in (lambda: rng.standard_normal(100), lambda: pink_noise(100, rng)):
         qs = [assess(make(), 25.0, "ecg") for _ in range(300)]
         assert sum(q.usable for q in qs) <= 3, [q.metrics for q in qs if q.usable]
         assert all(q.reason == "noise" for q in qs if not q.usable)

@@ -21,7 +21,7 @@ from scipy import signal as sps
 
 from operators.processing.filters import butter_sos
 
-__all__ = ["ARTIFACTS", "inject", "flat", "noise", "clipping", "motion", "nan_run"]
+__all__ = ["ARTIFACTS", "inject", "flat", "noise", "clipping", "motion", "nan_run", "pink_noise"]
 
 
 def _copy(x: np.ndarray) -> np.ndarray:
@@ -72,6 +72,22 @@ def nan_run(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generato
 
 
 ARTIFACTS = {"flat": flat, "noise": noise, "clipping": clipping, "motion": motion, "nan": nan_run}
+
+
+def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` samples of zero-mean pink (1/f power) Gaussian noise: a signal-free window with more slow power than
+    white noise, as electrode and baseline noise have.
+
+    Parameters
+    ----------
+    n : number of samples.
+    rng : random generator.
+    """
+    f = np.fft.rfftfreq(n)
+    spec = rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))
+    spec[1:] /= np.sqrt(f[1:])
+    spec[0] = 0.0
+    return np.fft.irfft(spec, n)
 
 
 def inject(kind: str, x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator,
