@@ -420,3 +420,23 @@ def test_wide_complex_tachycardia_is_not_refuted_by_its_own_shape():
     wide_v = core.verify_alarm(core.VTACH, {"II": wide}, {"II": RATE}, ONSET_S)
     assert narrow_v.channels[0].hr5_max_bpm > 100.0 and narrow_v.verdict == "false", narrow_v.channels[0].to_dict()
     assert wide_v.channels[0].contradicts == 0.0 and wide_v.keep_alarm, wide_v.channels[0].to_dict()
+
+
+def test_a_pulse_keeping_its_rhythm_through_unexplained_ecg_activity_shows_it_is_noise():
+    """Unexplained, rhythmic ECG activity from -5 s for 2 s keeps a VT alarm unless a usable pulse keeps its
+    rhythm through that stretch (a ventricular run changes what the pulse follows)."""
+    lead = core.ChannelEvidence(name="II", kind="ecg", quality="good", quality_score=1.0, onset_ok=True, reason="",
+                                beats_s=tuple(np.arange(-15.6, 0.0, 0.8)), hr_bpm=75.0, max_gap_s=1.0,
+                                hr5_min_bpm=70.0, hr5_max_bpm=80.0, hr17_max_bpm=None, abnormal_run=0,
+                                contradicts=0.0, supports=0.0, unexplained_s=2.0, unexplained_from_s=-5.0,
+                                usual_width_s=0.03)
+    # irregular early on (so the whole-window regularity rule does not refute), steady through the stretch
+    steady = tuple(np.concatenate([[-15.9, -15.5, -14.3, -13.9], np.arange(-13.0, 0.0, 0.8)]))
+    pulse = _evidence("PLETH", "pulse")
+    pulse = core.ChannelEvidence(**{**pulse.__dict__, "beats_s": steady})
+    assert core.fuse(core.VTACH, "realtime", [lead], 0.5, (-16.0, 0.0)).keep_alarm
+    assert core.fuse(core.VTACH, "realtime", [lead, pulse], 0.5, (-16.0, 0.0)).verdict == "false"
+    # small, fast pulses during the stretch (the run ejecting): no longer steady, the alarm stays
+    run = tuple(b for b in steady if not -5.5 < b < -2.5) + tuple(np.arange(-5.2, -2.8, 0.45))
+    pulse_run = core.ChannelEvidence(**{**pulse.__dict__, "beats_s": tuple(sorted(run))})
+    assert core.fuse(core.VTACH, "realtime", [lead, pulse_run], 0.5, (-16.0, 0.0)).keep_alarm

@@ -94,6 +94,9 @@ UNEXPLAINED_LEVEL = 0.25  # 0.1 s RMS above this share of the usual QRS's counts
 UNEXPLAINED_BRIDGE_S = 0.3  # activity gaps shorter than this (between wide complexes) do not end a stretch
 VT_RHYTHM_MIN = 0.5  # unexplained activity counts when its autocorrelation at 100-250 bpm periods reaches this
 VT_RHYTHM_MIN_S = 2.4  # ... measured over at least this long (four periods at 100 bpm)
+# A pulse keeping its rhythm (intervals within this share of its usual one) through an ECG lead's unexplained
+# stretch shows the stretch is noise: a ventricular run changes what the pulse follows.
+STEADY_PULSE_TOL = 0.2
 WCT_HALF_WIDTH_S = 0.06  # a usual QRS this wide at half amplitude (~120 ms QRS) cannot vouch against a VT
 EXPLAIN_CORR = 0.9  # a beat explains its activity only when it correlates at least this well with the usual beat
 EXPLAINED_S = (0.15, 0.5)  # a usual beat accounts for the activity this long before / after its R peak (QRS, T)
@@ -185,6 +188,8 @@ class ChannelEvidence:
     contradicts: float  # [0, 1]: how strongly this channel says the alarm is false
     supports: float  # [0, 1]: how strongly it says the alarm is true
     unexplained_s: float | None = None  # ECG: longest activity its usual beats do not explain (None: no template)
+    unexplained_from_s: float | None = None  # ECG: where that stretch starts (None: no stretch)
+    usual_width_s: float | None = None  # ECG: half-amplitude width of the patient's usual beat (None: no template)
 
     def to_dict(self) -> dict:
         """JSON-ready form (floats rounded; what a verdict message carries per channel)."""
@@ -291,9 +296,10 @@ def _bridged_runs(mask: np.ndarray, rate_hz: float, bridge_s: float) -> tuple[np
 
 
 def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int, t1: int
-                          ) -> tuple[int | None, float | None, float | None]:
-    """(abnormal run, unexplained s, usual beat's half-amplitude width s) of an ECG lead in x[t0:t1] against
-    the patient's usual beat (the median of the beats before t0); all None without enough earlier beats.
+                          ) -> tuple[int | None, float | None, int | None, float | None]:
+    """(abnormal run, unexplained s, its first sample, the usual beat's half-amplitude width s) of an ECG lead
+    in x[t0:t1] against the patient's usual beat (the median of the beats before t0); None without enough
+    earlier beats.
 
     The abnormal run is the longest run of consecutive beats unlike that beat: shape correlating less than
     ABNORMAL_CORR with it, or a QRS wider than ABNORMAL_WIDTH times its width; a run continues only at a
@@ -308,7 +314,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
     early, late = ok[ok < t0], ok[ok >= t0]
     if len(early) < 5:
-        return None, None, None
+        return None, None, None, None
     # 1 Hz high-pass: beat shapes compared without baseline wander
     xh = sps.sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
@@ -316,7 +322,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     tpl = tpl - tpl.mean()
     width = float(np.median([_half_width(seg(i), lo, rate_hz) for i in early[-30:]]))
     if not np.any(tpl):
-        return None, None, None
+        return None, None, None, None
     odd = np.zeros(len(late), dtype=bool)
     usual = np.zeros(len(late), dtype=bool)
     run = best = 0
@@ -341,11 +347,11 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
         explained[max(0, i - e_lo):i + e_hi] = True
     starts, ends = _bridged_runs((rms[t0:t1] > UNEXPLAINED_LEVEL * ref) & ~explained[t0:t1], rate_hz,
                                  UNEXPLAINED_BRIDGE_S)
-    longest = 0.0
+    longest, first = 0.0, None
     for a, b in zip(starts + t0, ends + t0):
         if (b - a) / rate_hz > longest and _rhythmic(xh, rate_hz, a, b, t0, t1):
-            longest = float(b - a) / rate_hz
-    return best, longest, width
+            longest, first = float(b - a) / rate_hz, int(a)
+    return best, longest, first, width
 
 
 def _rhythmic(xh: np.ndarray, rate_hz: float, a: int, b: int, t0: int, t1: int) -> bool:
@@ -362,7 +368,8 @@ def _clip01(v: float) -> float:
 
 def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr17max: float | None,
            abnormal: int | None, win_len_s: float, median_rr: float | None,
-           rr_cv: float | None = None, unexplained_s: float | None = None) -> tuple[float, float]:
+           rr_cv: float | None = None, unexplained_s: float | None = None,
+           usual_width_s: float | None = None) -> tuple[float, float]:
     """(contradicts, supports) of one channel for one alarm type (see module doc); `rr_cv` is the
     coefficient of variation of the window's beat intervals (None with fewer than VT_PULSE_MIN_BEATS),
     `unexplained_s` an ECG lead's longest activity its usual beats do not explain (`_ventricular_evidence`)."""
@@ -406,6 +413,8 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
         # beats' rate nor their shapes vouch against it
         lo, hi = VT_UNEXPLAINED_S
         explained = 1.0 if unexplained_s is None else _clip01((hi - unexplained_s) / (hi - lo))
+        if usual_width_s is not None and usual_width_s >= WCT_HALF_WIDTH_S and hr5max > 100.0:
+            explained = 0.0  # a wide-complex tachycardia is a VT until proven otherwise: shape cannot tell
         support = 1.0 if (abnormal is not None and abnormal >= VT_RUN and hr5max > 100.0) else 0.0
         return explained * max(rate, shape), support
     if alarm_type == VFIB:
@@ -429,15 +438,14 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
     hr5 = _hr_extremes(beats_s, 5)
     hr17 = _hr_extremes(beats_s, 17)[1]
-    abnormal, unexplained, width = (_ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg"
-                                    else (None, None, None))
+    abnormal, unexplained, first, width = (_ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b)
+                                           if kind == "ecg" else (None, None, None, None))
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
-                    None if hr is None else 60.0 / hr, rr_cv, unexplained)
-    if alarm_type == VTACH and width is not None and width >= WCT_HALF_WIDTH_S and (hr5[1] or 0.0) > 100.0:
-        judged = (0.0, judged[1])  # a wide-complex tachycardia is a VT until proven otherwise: shape cannot tell
+                    None if hr is None else 60.0 / hr, rr_cv, unexplained, width)
     return {"gap": gap, "hr": hr, "hr5": hr5, "hr17": hr17, "abnormal": abnormal, "unexplained": unexplained,
+            "unexplained_from": None if first is None else (first - onset_idx) / rate_hz, "width": width,
             "judged": judged}
 
 
@@ -476,7 +484,8 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
                            reason="" if qscore == 1.0 else reason, beats_s=tuple(float(t) for t in beats_s),
                            hr_bpm=hr, max_gap_s=gap, hr5_min_bpm=hr5[0], hr5_max_bpm=hr5[1], hr17_max_bpm=hr17,
                            abnormal_run=abnormal, contradicts=contra, supports=support,
-                           unexplained_s=stats["unexplained"]), peaks
+                           unexplained_s=stats["unexplained"], unexplained_from_s=stats["unexplained_from"],
+                           usual_width_s=stats["width"]), peaks
 
 
 # ---------------------------------------------------------------- synthesized ECG
@@ -615,6 +624,37 @@ def channel_weight(c: ChannelEvidence) -> float:
     return c.quality_score * (1.0 if c.onset_ok else 0.5)
 
 
+def _steady_pulse_rejudge(c: ChannelEvidence, chans: Sequence[ChannelEvidence], weight: float) -> float:
+    """An ECG lead's weighted VT contradiction, with its unexplained stretch set aside when a usable pulse
+    channel (weight >= CONSENSUS_MIN_WEIGHT, good at the onset) keeps its rhythm through it: a ventricular run
+    replaces the rhythm the pulse follows (missing, small or faster pulses), noise on the ECG does not."""
+    if not c.unexplained_s or c.unexplained_from_s is None:
+        return weight * c.contradicts
+    t0, t1 = c.unexplained_from_s, min(0.0, c.unexplained_from_s + c.unexplained_s)
+    for p in chans:
+        if p.kind == "pulse" and p.onset_ok and channel_weight(p) >= CONSENSUS_MIN_WEIGHT and \
+                _pulse_steady(np.asarray(p.beats_s), t0, t1):
+            contra, _ = _judge(VTACH, c.kind, len(c.beats_s), c.max_gap_s, (c.hr5_min_bpm, c.hr5_max_bpm),
+                               c.hr17_max_bpm, c.abnormal_run, 0.0, None, None, 0.0, c.usual_width_s)
+            return weight * max(c.contradicts, contra)
+    return weight * c.contradicts
+
+
+def _pulse_steady(beats_s: np.ndarray, t0: float, t1: float) -> bool:
+    """Whether pulses span [t0, t1] (s) at intervals within STEADY_PULSE_TOL of their usual interval (the
+    median before the onset), at least three of them."""
+    pre = beats_s[beats_s <= 0.0]
+    if len(pre) < VT_PULSE_MIN_BEATS:
+        return False
+    usual = float(np.median(np.diff(pre)))
+    i0 = np.searchsorted(pre, t0, side="right") - 1  # the last pulse at or before the stretch
+    i1 = np.searchsorted(pre, t1, side="left")  # the first pulse at or after its end
+    if i0 < 0 or i1 >= len(pre) or i1 - i0 < 3:
+        return False
+    rr = np.diff(pre[i0:i1 + 1])
+    return bool(np.all(np.abs(rr / usual - 1.0) <= STEADY_PULSE_TOL))
+
+
 def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold: float,
          window_s: tuple[float, float]) -> AlarmVerdict:
     """The verdict from per-channel evidence: the quality-weighted contradiction (strongest channel, or the
@@ -641,6 +681,9 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
         weighted_s = [s_i * (1.0 - max([weighted_c[j] for j, d in enumerate(chans)
                                          if j != i and d.kind == "ecg" == c.kind] or [0.0]))
                       for i, (s_i, c) in enumerate(zip(weighted_s, chans))]
+    if alarm_type == VTACH:
+        weighted_c = [_steady_pulse_rejudge(c, chans, w[i]) if c.kind == "ecg" else weighted_c[i]
+                      for i, c in enumerate(chans)]
     if FUSION[alarm_type] == "all":
         voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and (
             alarm_type != VTACH or c.kind == "ecg")]
