@@ -165,6 +165,9 @@ class Pipeline:
         self._demographics: dict[str, tuple[float | None, str | None]] = {}  # bed -> (age in years, sex)
         self._seq: dict[tuple[str, str], int] = {}
         self._bed_seen: dict[str, float] = {}  # bed -> clock() of its last chunk, any signal
+        # Beds this pipeline evicted after emitting all they sent: a stream of theirs that comes back starts anew
+        # (with its head), not as a mid-stream resume (operators.state.windowing), whatever its seq.
+        self._evicted: set[str] = set()
         self._contexts = _BedContexts(config.context_s) if context_provider is None else None
         self._context_provider = context_provider
 
@@ -280,6 +283,7 @@ class Pipeline:
             del self._streams[key]
         for key in [k for k in self._seq if k[0] in old]:
             del self._seq[key]
+        self._evicted |= old
         for bed in old:
             del self._bed_seen[bed]
             self._demographics.pop(bed, None)
@@ -299,6 +303,7 @@ class Pipeline:
         tokens = [t for st in self._streams.values() for _, _, t in st.pending]
         self._streams.clear()
         self._bed_seen.clear()
+        self._evicted.clear()  # after a rebalance nothing says who emitted what: continuations resume
         self._jobs.clear()
         self._events.clear()
         self._rejected.clear()
@@ -371,7 +376,8 @@ class Pipeline:
             # to every stream, so a signal's windows do not depend on which tasks are enabled (the
             # offline mode runs one task at a time and must match the worker exactly).
             st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s,
-                                                   lookahead_s=self.config.lookahead_s))
+                                                   lookahead_s=self.config.lookahead_s,
+                                                   resume_mid_stream=bed not in self._evicted))
             self._streams[key] = st
         return st
 

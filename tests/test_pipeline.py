@@ -532,6 +532,11 @@ def test_a_bed_silent_past_the_eviction_time_is_forgotten_and_can_start_again():
     assert not any(k[0] == "A" for k in pipe._seq)
     pipe.push(Chunk("A", "PLETH", 125.0, T0 + 3 * 10**9, 3, ones), token=("A", 3))  # back, from an older seq
     assert pipe.process().rejected == []
+    # A stream this pipeline evicted starts anew, head included, though its seq says continuation (a seq > 0 first
+    # chunk is otherwise a mid-stream resume whose head someone else emitted): nothing of it goes unpublished.
+    back = [pipe.process()] + run_all(pipe, [Chunk("A", "PLETH", 125.0, T0 + k * 10**9, k, ones) for k in range(4, 13)])
+    t, _ = collect(back, bed="A", kind="synth")
+    np.testing.assert_array_equal(np.sort(t), grid_ns(T0 + 3 * 10**9, 125.0, np.arange(10 * 125)))
 
 
 def test_the_worker_keeps_a_window_of_input_unacknowledged_for_the_next_owner():

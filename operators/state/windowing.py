@@ -25,7 +25,9 @@ multiple of the hop (offline mode: t = 0), these are the windows of the segment'
 Resuming mid-stream: a stream's first chunk with `seq > 0` is a continuation another process (a worker
 before a rebalance) may have emitted from. The segment is then *resumed*: no head; its head span is
 taken as emitted and its first emitted window is the first grid window wholly in the data, which is
-the same window, with the same samples, that an uninterrupted process computes there. Given at least
+the same window, with the same samples, that an uninterrupted process computes there.
+`resume_mid_stream=False` turns this off for a reader that knows nobody emitted from the stream (the
+pipeline's own evicted beds). Given at least
 `window` seconds of input before the point where the previous process stopped emitting (the worker's
 commit rule keeps that much uncommitted), every later output is identical to an uninterrupted run.
 
@@ -204,7 +206,7 @@ class SlidingWindower:
     """Sliding windows over one (bed, signal) stream. Not thread-safe: one instance per stream."""
 
     def __init__(self, window_s: float, hop_s: float, min_segment_s: float = 1.0, gap_tolerance: float = 0.5,
-                 lookahead_s: float = 0.0):
+                 lookahead_s: float = 0.0, resume_mid_stream: bool = True):
         if not (window_s > 0 and hop_s > 0):
             raise ValueError("window_s and hop_s must be > 0")
         if not lookahead_s >= 0:
@@ -219,6 +221,8 @@ class SlidingWindower:
         self.hop_s = float(hop_s)
         self.min_segment_s = float(min_segment_s)
         self.gap_tolerance = float(gap_tolerance)
+        # False: the first chunk starts the stream whatever its seq (its reader knows nobody emitted from it)
+        self.resume_mid_stream = bool(resume_mid_stream)
         self._hop_ns = int(round(self.hop_s * NS_PER_S))  # window ends lie on multiples of this since the epoch
         self._segment = -1
         self._last_seq: int | None = None
@@ -381,7 +385,7 @@ class SlidingWindower:
                 self._start_segment(start_ns, rate_hz)
         else:
             # A first chunk with seq > 0 continues a stream that may have been emitted from before (module doc).
-            self._start_segment(start_ns, rate_hz, resumed=seq is not None and seq > 0)
+            self._start_segment(start_ns, rate_hz, resumed=self.resume_mid_stream and seq is not None and seq > 0)
 
         if seq is not None:
             self._last_seq = seq  # the newest accepted: after a producer restart (seq from 0) continuity counts again
