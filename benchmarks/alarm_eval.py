@@ -59,10 +59,10 @@ CONDITIONS = {
 MAIN = "all (ecg+pleth+abp+synth)"
 
 
-# the modules whose source decides the evidence: the cache is keyed by their text
-EVIDENCE_SOURCES = ("operators/processing/alarms.py", "operators/processing/quality.py",
-                    "operators/processing/rpeaks.py", "operators/processing/samples.py",
-                    "operators/state/context.py", "operators/translator.py")
+# the packages whose source decides the evidence: the cache is keyed by the text of every module in them (the
+# verifier imports filters, resample and vocab besides its own modules, and a translator spec loads operators.classic
+# or models/: a short list of files missed edits to those and served stale evidence)
+EVIDENCE_SOURCES = ("operators", "models")
 HOLDOUT_SEED = 20151
 HOLDOUT_FRAC = 0.2
 
@@ -70,8 +70,8 @@ HOLDOUT_FRAC = 0.2
 def code_key(translator_spec: str, wait_s: float) -> str:
     """A short hash of the evidence code, the translator spec and the wait: the evidence cache's key."""
     h = hashlib.sha256(f"{translator_spec}|{wait_s:g}".encode())
-    for rel in EVIDENCE_SOURCES:
-        h.update((ROOT / rel).read_bytes())
+    for path in sorted(p for rel in EVIDENCE_SOURCES for p in (ROOT / rel).rglob("*.py")):
+        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
 
