@@ -28,7 +28,7 @@ irregular rhythm (`af`), and white and pink noise alone; then the worst records'
     python benchmarks/quality_artifacts.py                       # held-out patients, clmt, ~5-10 min on 2 cores
     python benchmarks/quality_artifacts.py --translator classic  # the classic template translator
     python benchmarks/quality_artifacts.py --split train --fit   # fit the confidence model on training patients
-    python benchmarks/quality_artifacts.py --rate-hz 25 --records all   # lead II at the 25 Hz SR input, ~5 min
+    python benchmarks/quality_artifacts.py --rate-hz 25 --records all   # lead II at the 25 Hz SR input, ~5-10 min
     python benchmarks/quality_artifacts.py --rate-hz 25 --dataset challenge   # every ECG lead, held-out records
 
 Not a test: it needs ../shared/data/bidmc (and challenge2015 for `--dataset challenge`).
