@@ -267,6 +267,32 @@ def test_25hz_noise_is_unusable():
         assert all(q.reason == "noise" for q in qs if not q.usable)
 
 
+@pytest.mark.parametrize("f_hz", [1.5, 3.0, 5.0, 6.0, 8.0, 10.0, 12.0])
+def test_25hz_tone_is_not_ecg(f_hz):
+    """Every "beat" of a sinusoid matches every other, so beat_match alone would call it a clean lead (it did for
+    3.5-10 Hz). A tone at 25 Hz is, e.g., 60 Hz mains aliased to 10 Hz on a detached lead: noise, not beats."""
+    rng = np.random.default_rng(int(f_hz * 10))
+    t = np.arange(100) / 25.0
+    for _ in range(10):
+        x = np.sin(2 * np.pi * f_hz * t + rng.uniform(0, 2 * np.pi)) + 0.3 * rng.standard_normal(len(t))
+        q = assess(x, 25.0, "ecg")
+        assert not q.usable, q
+        assert q.metrics["tonal_frac"] > 0.7
+
+
+def test_25hz_mains_on_a_detached_lead_is_unusable():
+    """60 Hz hum sampled every 5th sample at 125 Hz (no anti-aliasing) lands at 10 Hz; with a little drift and no
+    heart it must be withheld, while the same hum at a tenth of the amplitude on a real ECG leaves it usable."""
+    fs = 125.0
+    t = np.arange(int(40 * fs)) / fs
+    hum = np.sin(2 * np.pi * 60.0 * t) + 0.2 * np.sin(2 * np.pi * 0.2 * t)
+    lead_off = [assess(w, 25.0, "ecg") for w in _windows_25(hum, lowres="plain")]
+    assert not any(q.usable for q in lead_off), [q.metrics for q in lead_off if q.usable]
+    ecg = _ecg_beats(np.arange(0.3, 40.0, 0.75))
+    noisy = ecg + 0.1 * np.ptp(ecg) * np.sin(2 * np.pi * 60.0 * np.arange(len(ecg)) / fs)
+    assert all(assess(w, 25.0, "ecg").usable for w in _windows_25(noisy, lowres="plain"))
+
+
 @pytest.mark.parametrize("artifact,reason", [("flat", "flat"), ("noise", "noise"), ("clipping", "clipping"),
                                              ("nan", "nonfinite")])
 def test_25hz_ecg_artifacts_stay_unusable(artifact, reason):

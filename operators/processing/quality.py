@@ -290,6 +290,13 @@ CHECKS = {
     # 0.84; kurtosis at most 7.9). The window's shape grade is the better of the two.
     "beat_match": Check(0.9, 0.86, 0.82),
     "kurtosis_low_rate": Check(8.0, 7.0, 6.0),
+    # ECG at or below LOW_RATE_ECG_HZ: share of the baseline-free power within TONAL_HALF_HZ of the spectrum's
+    # peak. Any periodic wave passes beat_match (all its "beats" are alike), so a tone - e.g. 60 Hz mains aliased
+    # to 10 Hz by a 25 Hz sampler without anti-aliasing, or a test generator - needs this check: a heartbeat
+    # spreads its power over the harmonics of the heart rate. BIDMC lead II 4 s windows good at 125 Hz, at 25 Hz:
+    # training patients median 0.30 / 99.9th percentile 0.60 / max 0.64 (iir; plain 0.21 / 0.62 / 0.64), held-out
+    # max 0.58; a 0.8-12 Hz sine with noise of 0.3 x its amplitude: at least 0.76.
+    "tonal_frac": Check(0.6, 0.65, 0.7),
     # ECG: power at 0.5-3 Hz over the QRS band's (5-20 Hz): slow in-band swings the 0.5 Hz high-pass leaves
     "lf_ratio": Check(3.0, 6.0, 10.0),
     # share of the baseline-free power above the kind's band (PULSE_BAND_HZ, ECG_BAND_HZ): broadband noise
@@ -301,6 +308,7 @@ LOW_RATE_ECG_HZ = 2.2 * ECG_BAND_HZ  # at or below this rate an ECG's QRS is low
 # Samples in a clipping plateau of an ECG at or below LOW_RATE_ECG_HZ (3 elsewhere): at 25 Hz a QRS cut at a rail
 # lasts about 2 samples, and clipped beats still match each other, so only this check sees the clipping.
 RAIL_MIN_RUN_LOW_RATE = 2
+TONAL_HALF_HZ = 0.3  # tonal_frac's band around the spectral peak (a 4 s Hann window's main lobe is +-0.5 Hz wide)
 BEAT_MIN_S = 0.3  # ECG beats closer than this (200 bpm) are one beat
 BEAT_SPAN_S = (0.2, 0.3)  # an ECG beat compared by beat_match: this long before and after its main peak (a longer span
 # reaches into the next beat in a fast irregular rhythm)
@@ -447,6 +455,18 @@ def _pulse_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     return float(np.median(beats @ mean / np.maximum(norm, 1e-12))), ibi_cv
 
 
+def _tonal_frac(y: np.ndarray, fs_hz: float) -> float:
+    """Share of the power of `y` (baseline-free, Hann-windowed, DC left out) within TONAL_HALF_HZ of its peak
+    frequency: near 1 for a sinusoid, 0.2-0.6 for an ECG, whose beats put power at every harmonic of the rate."""
+    spec = np.abs(np.fft.rfft((y - y.mean()) * np.hanning(len(y)))) ** 2
+    spec[0] = 0.0
+    total = float(spec.sum())
+    if total <= 0:
+        return 0.0
+    f = np.fft.rfftfreq(len(y), 1.0 / fs_hz)
+    return float(spec[np.abs(f - f[int(np.argmax(spec))]) <= TONAL_HALF_HZ].sum()) / total
+
+
 def _beat_match(y: np.ndarray, fs_hz: float) -> float:
     """Median over the beats of a baseline-free ECG of each beat's best correlation with another beat.
 
@@ -542,8 +562,9 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
         metrics.update(kurtosis=kurt, lf_ratio=lf)
         grades.append((CHECKS["lf_ratio"].grade(lf), MOTION))
         if fs_hz <= LOW_RATE_ECG_HZ:
-            match = _beat_match(y, fs_hz)
-            metrics["beat_match"] = match
+            match, tonal = _beat_match(y, fs_hz), _tonal_frac(y, fs_hz)
+            metrics.update(beat_match=match, tonal_frac=tonal)
+            grades.append((CHECKS["tonal_frac"].grade(tonal), NOISE))
             grades.append((max(CHECKS["beat_match"].grade(match), CHECKS["kurtosis_low_rate"].grade(kurt)),
                            shape_reason))
         else:
