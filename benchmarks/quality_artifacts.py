@@ -16,8 +16,10 @@ injected span, and *clean* when the record is uncorrupted. Printed per artifact 
 Then the confidence of every published window (clean runs) against its measured error: R-peak timing error
 (median |synth - true| ms of the peaks it reports, 150 ms for a missed or extra peak), Spearman's rho, and a
 calibration table (confidence bins: windows, share "right" = every true peak found within 50 ms and no extra
-one, mean error). `--fit` instead fits operators.processing.quality.CONFIDENCE_COEFS["ppg2ecg"] on the given records
-(use `--split train`: never fit and score on the same patients) and prints them.
+one, mean error). `--fit` also fits operators.processing.quality.CONFIDENCE_COEFS["ppg2ecg"] and ["sr"] on the given
+records (training patients only: never fit and score on the same patients) and prints them; a feature whose weight
+comes out with the wrong sign (FIT_SIGNS) is dropped. The `sr` part (PLETH and lead II anti-aliased to 25 Hz, as the
+service gets them, super-resolved to 100 Hz) reports the same for *_SR windows against their normalised RMSE.
 
 `--rate-hz 25` runs only the `lowrate` part: `assess` alone on 4 s ECG windows (the pipeline's judged span) at the
 super-resolution input's rate, made anti-aliased (`--lowres iir`, as `wavebridge evaluate`) and by taking every k-th
@@ -335,12 +337,26 @@ def run_record_sr(name, root, translator, kinds, args, rng):
                 row = {"record": name, "signal": sig, "kind": kind, "confidence": o.confidence, "nrmse": nrmse,
                        "flag": o.quality_flag}
                 if args.fit:
-                    t0, t1 = o.times_ns[0] / 1e9, o.times_ns[-1] / 1e9
-                    src = y[max(0, int((t0 - 2.0) * SR_RATE)): int((t1 + 1.0) * SR_RATE)]
-                    row["features"] = Q.confidence_features(Q.assess(src, SR_RATE, Q.kind_of(sig)), False).tolist()
+                    src = r.signals[sig][slice(*_judged_span(o, len(y)))]  # the float32 samples the pipeline saw
+                    q = Q.assess(src, SR_RATE, Q.kind_of(sig))
+                    if Q.confidence("sr", q) != o.confidence:  # not the span the pipeline judged
+                        raise RuntimeError(f"bidmc{name} {sig} at {o.times_ns[0] / 1e9:.2f} s: confidence "
+                                           f"{o.confidence} published, {Q.confidence('sr', q)} recomputed")
+                    row["features"] = Q.confidence_features(q, False).tolist()
                 rows.append(row)
         print(f"  bidmc{name} sr {sig}", file=sys.stderr)
     return rows
+
+
+def _judged_span(o, n_src):
+    """Source sample range `[a, b)` at SR_RATE the pipeline judged for output chunk `o` (stream.pipeline.quality_span
+    in time: the emitted part +- QUALITY_MARGIN_S, widened back to at least MIN_GOOD_S)."""
+    from stream.pipeline import QUALITY_MARGIN_S
+
+    m = int(round(QUALITY_MARGIN_S * SR_RATE))
+    a = int(round(o.times_ns[0] / NS * SR_RATE)) - m
+    b = min(n_src, int(round((o.times_ns[-1] / NS + 1.0 / SR_TARGET) * SR_RATE)) + m)
+    return max(0, min(a, b - int(round(Q.MIN_GOOD_S * SR_RATE)))), b
 
 
 def report_sr(rows):
@@ -356,6 +372,10 @@ def report_sr(rows):
         f"{s} {stats.spearmanr(conf[m], err[m])[0]:.3f}" for s in ("PLETH", "II")
         if (m := np.array([r['signal'] == s for r in rows])).sum() > 10))
     _calibration(conf, right, err, "normalised RMSE", f"right (nRMSE < {Q.SR_RIGHT_NRMSE:g})", 1.0)
+    for s in ("PLETH", "II"):
+        if (m := np.array([r["signal"] == s for r in rows])).sum() > 10:
+            print(f"\n{s} only ({m.sum()} windows):")
+            _calibration(conf[m], right[m], err[m], "normalised RMSE", "right", 1.0)
 
 
 def _calibration(conf, right, err, err_name, right_name, scale):
@@ -419,22 +439,39 @@ def report_confidence(rows):
     _calibration(conf, right, err, "error ms", "right", 1.0)
 
 
+# Sign each quality feature's weight must have: confidence never rises as the source's quality falls. A feature
+# fitted with the other sign (a confound of the training mix, e.g. lead II windows with a high shape grade whose SR
+# is never right) is dropped and the model refitted.
+FIT_SIGNS = {"score": 1, "shape": 1, "swing": -1, "hf_frac": -1}
+
+
 def fit(rows, task, target):
-    """Logistic regression (Newton's method, small ridge) of `target(row)` on the confidence features."""
+    """Logistic regression (Newton's method, small ridge) of `target(row)` on the confidence features, a feature
+    with the wrong sign (FIT_SIGNS) dropped at a time, the worst first."""
     pub = [r for r in rows if r.get("gated", True) and r.get("published", True) and "features" in r]
     if len(pub) < 20:
         return
+    names = ("intercept",) + Q.CONFIDENCE_FEATURES
     used = np.array([True] + [f not in Q.CONFIDENCE_UNUSED.get(task, ()) for f in Q.CONFIDENCE_FEATURES])
-    X = np.array([[1.0] + r["features"] for r in pub]) * used  # an unused feature is a zero column: weight 0
+    X = np.array([[1.0] + r["features"] for r in pub])
     y = np.array([float(target(r)) for r in pub])
-    w = np.zeros(X.shape[1])
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-X @ w))
-        g = X.T @ (p - y) + 1e-2 * w
-        H = (X * (p * (1 - p))[:, None]).T @ X + 1e-2 * np.eye(len(w))
-        w -= np.linalg.solve(H, g)
+    while True:
+        Xu = X * used  # an unused feature is a zero column: weight 0
+        w = np.zeros(X.shape[1])
+        for _ in range(50):
+            p = 1.0 / (1.0 + np.exp(-Xu @ w))
+            g = Xu.T @ (p - y) + 1e-2 * w
+            H = (Xu * (p * (1 - p))[:, None]).T @ Xu + 1e-2 * np.eye(len(w))
+            w -= np.linalg.solve(H, g)
+        wrong = {i: -w[i] * FIT_SIGNS[f] for i, f in enumerate(names) if f in FIT_SIGNS and used[i]
+                 and w[i] * FIT_SIGNS[f] < 0}
+        if not wrong:
+            break
+        i = max(wrong, key=wrong.get)
+        print(f"\n{task}: {names[i]} fitted with the wrong sign ({w[i]:.3f}): dropped, refitting")
+        used[i] = False
     print(f"\nfitted on {len(pub)} windows, {y.mean():.1%} right: CONFIDENCE_COEFS[{task!r}] = "
-          f"({', '.join(f'{v:.3f}' for v in w)})  # {', '.join(('intercept',) + Q.CONFIDENCE_FEATURES)}")
+          f"({', '.join(f'{v:.3f}' for v in w)})  # {', '.join(names)}")
 
 
 def main(argv=None) -> int:
