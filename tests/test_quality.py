@@ -333,3 +333,50 @@ def test_bidmc_25hz_lead_ii_is_kept(bidmc_record):
     assert clean > 100 and kept >= 0.95 * clean, (clean, kept)
     # at 25 Hz a clipped R-peak is a 2-sample plateau; clipped beats still match each other
     assert noisy <= 0.02 * clean and clipped <= 0.05 * clean, (clean, noisy, clipped)
+
+
+# ---------------------------------------------------------------- confidence
+from operators.processing.quality import CHECKS, confidence, confidence_features, ecg_shape_grade  # noqa: E402
+
+SHAPE = 1  # index of "shape" in CONFIDENCE_FEATURES
+
+
+@pytest.mark.parametrize("lowres", ["iir", "plain"])
+def test_confidence_sees_the_shape_grade_assess_gated_on(lowres):
+    """At 25 Hz (anti-aliased) a clean lead's kurtosis falls under the 125 Hz rule's degraded point; `assess` keeps
+    it by beat_match, and the confidence's shape feature is that same grade, not the kurtosis one."""
+    x = _ecg_beats(np.arange(0.3, 40.0, 0.75))
+    for w in _windows_25(x, lowres=lowres)[:6]:
+        q = assess(w, 25.0, "ecg")
+        shape = confidence_features(q, False)[SHAPE]
+        assert q.cls == GOOD and shape == ecg_shape_grade(q.metrics) >= GOOD_MIN, (q, shape)
+        assert shape == max(CHECKS["beat_match"].grade(q.metrics["beat_match"]),
+                            CHECKS["kurtosis_low_rate"].grade(q.metrics["kurtosis"]))
+    kurt_grades = [CHECKS["kurtosis"].grade(assess(w, 25.0, "ecg").metrics["kurtosis"]) for w in _windows_25(x)]
+    assert np.median(kurt_grades) < GOOD_MIN  # what the confidence used to see (iir)
+
+
+def test_confidence_shape_at_125hz_is_the_kurtosis_grade(rec):
+    x, fs = _window(rec, "II")
+    q = assess(x, fs, "ecg")
+    assert confidence_features(q, False)[SHAPE] == CHECKS["kurtosis"].grade(q.metrics["kurtosis"])
+
+
+def test_sr_confidence_of_a_25hz_ecg_falls_with_its_shape():
+    """A clean 25 Hz lead gets a higher SR confidence than the same lead with noise over part of it (a usable window
+    of lower shape grade), and an unusable one gets 0."""
+    x = _ecg_beats(np.arange(0.3, 40.0, 0.75))
+    rng = np.random.default_rng(2)
+    clean, worse, unusable = [], [], 0
+    for w in _windows_25(x):
+        q = assess(w, 25.0, "ecg")
+        for frac in (0.2, 0.35, 0.5):
+            qn = assess(inject("noise", w, 10, 10 + int(frac * len(w)), 25.0, rng), 25.0, "ecg")
+            if not qn.usable:
+                unusable += 1
+                assert confidence("sr", qn) == 0.0
+            elif ecg_shape_grade(qn.metrics) < ecg_shape_grade(q.metrics) - 0.05:
+                clean.append(confidence("sr", q))
+                worse.append(confidence("sr", qn))
+    assert unusable and len(worse) >= 5, (unusable, len(worse))
+    assert all(c > 2 * n for c, n in zip(clean, worse)), list(zip(clean, worse))

@@ -565,11 +565,18 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
             match, tonal = _beat_match(y, fs_hz), _tonal_frac(y, fs_hz)
             metrics.update(beat_match=match, tonal_frac=tonal)
             grades.append((CHECKS["tonal_frac"].grade(tonal), NOISE))
-            grades.append((max(CHECKS["beat_match"].grade(match), CHECKS["kurtosis_low_rate"].grade(kurt)),
-                           shape_reason))
-        else:
-            grades.append((CHECKS["kurtosis"].grade(kurt), shape_reason))
+        grades.append((ecg_shape_grade(metrics), shape_reason))
     return _result(grades, kind, dur, metrics)
+
+
+def ecg_shape_grade(metrics: dict) -> float:
+    """Grade in [0, 1] of an ECG window's shape from the metrics `assess` measured: the better of the beat_match
+    and kurtosis_low_rate grades where it measured `beat_match` (at or below LOW_RATE_ECG_HZ), else the kurtosis
+    grade. `assess` gates on it and `confidence_features` uses it, so the confidence sees the shape the gate saw."""
+    if "beat_match" in metrics:
+        return max(CHECKS["beat_match"].grade(metrics["beat_match"]),
+                   CHECKS["kurtosis_low_rate"].grade(metrics["kurtosis"]))
+    return CHECKS["kurtosis"].grade(metrics["kurtosis"])
 
 
 def _result(grades: list[tuple[float, str]], kind: str, dur: float, metrics: dict) -> SignalQuality:
@@ -586,16 +593,19 @@ def _result(grades: list[tuple[float, str]], kind: str, dur: float, metrics: dic
 # Confidence of a translated window: the probability that its output is right, from its source's quality.
 #
 # A logistic model over a few numbers `assess` already measured on the source span (no extra cost). "Right" means
-# (benchmarks/quality_confidence.py, which fits the coefficients on TRAINING patients with `--fit` and measures
+# (benchmarks/quality_artifacts.py, which fits the coefficients on TRAINING patients with `--fit` and measures
 # them on the held-out ones): for ppg2ecg, every true R-peak of the span found within 50 ms and no extra one;
 # for sr, a normalised RMSE against the true full-rate signal below SR_RIGHT_NRMSE.
 SR_RIGHT_NRMSE = 0.25  # RMSE / the record's SD of the true full-rate signal
 CONFIDENCE_FEATURES = ("score", "shape", "swing", "hf_frac", "context", "ecg")
-# Fitted by `python benchmarks/quality_artifacts.py --records 01,05,08,12,15,19,22,26,30,33,37 --fit` (every third
-# training patient, clean runs and runs with motion, clipping and noise injected; classic translator).
+# Fitted by `python benchmarks/quality_artifacts.py --records 01,05,08,12,15,19,22,26,30,33,37 --fit --no-baseline
+# --kinds clean,motion,clipping,noise --translator classic` (every third training patient, clean runs and runs with
+# motion, clipping and noise injected; "sr" refitted with `--parts sr` once an ECG's shape at 25 Hz became the
+# beat_match grade). A weight fitted with the sign that would raise the confidence as quality falls is dropped
+# (the fit's FIT_SIGNS): SR's score and swing were, so SR keeps only shape and kind.
 CONFIDENCE_COEFS = {  # task -> (intercept, one coefficient per CONFIDENCE_FEATURES)
     "ppg2ecg": (-14.858, 2.570, 13.699, -0.461, -5.472, 1.508, 0.0),
-    "sr": (-34.101, -2.203, 40.355, 0.554, 0.0, 0.0, -8.096),
+    "sr": (-19.928, 0.0, 23.844, 0.0, 0.0, 0.0, -7.090),
 }
 # Features a task's model leaves out: SR has no patient context, and for SR hf_frac (measured only where the rate
 # can show it: PPG at 25 Hz, never ECG) would stand in for the signal's kind, which `ecg` states; PPG->ECG's
@@ -605,11 +615,12 @@ CONFIDENCE_UNUSED = {"ppg2ecg": ("ecg",), "sr": ("hf_frac", "context")}
 
 def confidence_features(q: SignalQuality, context_used: bool) -> np.ndarray:
     """Feature vector of `confidence` (order: CONFIDENCE_FEATURES). `shape` is the pulse's beat correlation or
-    the ECG's kurtosis mapped to [0, 1] by its check's grade."""
+    the ECG's shape grade in [0, 1] as `assess` graded it (`ecg_shape_grade`: kurtosis, or at a low rate the
+    better of beat_match and the low-rate kurtosis)."""
     m = q.metrics
     shape = m.get("beat_corr")
     if shape is None:
-        shape = CHECKS["kurtosis"].grade(m["kurtosis"]) if "kurtosis" in m else q.score
+        shape = ecg_shape_grade(m) if "kurtosis" in m else q.score
     return np.array([q.score, shape, min(m.get("swing", 1.0), 10.0), m.get("hf_frac", 0.0), float(context_used),
                      float(q.kind == ECG)])
 
