@@ -72,7 +72,7 @@ class ClmtTranslator:
                     m.half()
         self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"])
         self.stride = tok.cfg.stride
-        # draws the PPG->ECG prior the translator refines; keeps every served bed's beat model
+        # draws the PPG->ECG prior the translator refines; keeps each served bed's beat model (its latest context's)
         self.prior_translator = prior_translator(cache_size=CONTEXT_CACHE)
         # ECG SR uses a full-rate context beat only if the refiner learnt to (weights say so)
         self.sr_context = refiner is not None and bool(self.cfg["refiner_sr_context"])
@@ -118,7 +118,7 @@ class ClmtTranslator:
             if sr_tpl is not None:  # the refiner's input: the patient's own QRS high band pasted on the source
                 prior = (paste_high_band(x, CANONICAL_RATE_HZ, sr_tpl) / sd).astype(np.float32)
         if task == TASK_PPG2ECG:
-            prior = ecg_prior(self.prior_translator, x, ctx_100 if feats is not None else None)
+            prior = ecg_prior(self.prior_translator, x, ctx_100 if feats is not None else None, bed=slot)
             z = align_ppg(z, pat)
         row = WindowInput(task=task, source=_pad(z, self.stride), source_rate_hz=float(r.source_rate),
                           age_years=float(r.age) if r.age is not None else np.nan, sex=sex_code(r.sex), pat_s=pat,

@@ -126,7 +126,7 @@ def prior_translator(cache_size: int = 256) -> ClassicTranslator:
 
 
 def ecg_prior(classic: ClassicTranslator, ppg: np.ndarray, context: PairedContext | None,
-              rate: float = CANONICAL_RATE_HZ) -> np.ndarray:
+              rate: float = CANONICAL_RATE_HZ, bed: str | None = None) -> np.ndarray:
     """The translator's prior: classic PPG->ECG synthesis, z-scored.
 
     Parameters
@@ -139,6 +139,8 @@ def ecg_prior(classic: ClassicTranslator, ppg: np.ndarray, context: PairedContex
         The patient's paired ECG + PPG; without one the synthesis uses a population beat.
     rate : float
         Sample rate of `ppg` in Hz.
+    bed : str, optional
+        The bed: `classic` then keeps one beat model per bed, the latest context version's (serving).
 
     Returns
     -------
@@ -146,7 +148,7 @@ def ecg_prior(classic: ClassicTranslator, ppg: np.ndarray, context: PairedContex
         (N,) float32 synthetic lead II at `rate` Hz, z-scored.
     """
     y = classic.translate([TranslationRequest(PPG2ECG, np.asarray(ppg, np.float32), rate, rate, "PLETH",
-                                              context=context)])[0]
+                                              context=context, meta={"bed": bed} if bed is not None else {})])[0]
     return zscore(y)[0]
 
 

@@ -381,9 +381,10 @@ def test_engine_tokenizes_a_beds_context_once_per_version_with_identical_outputs
     assert len(calls) == 2  # one per bed, not one per window
     eng.translate([req("A", 0, 6), req("B", 0, 7)])
     assert len(calls) == 2  # cached
-    n_entries = len(eng._ctx_cache)
+    n_entries, n_priors = len(eng._ctx_cache), len(eng.prior_translator._cache)
     eng.translate([req("A", 1, 8)])
     assert len(calls) == 3 and len(eng._ctx_cache) == n_entries  # the new version replaced bed A's entries
+    assert len(eng.prior_translator._cache) == n_priors == 2  # one beat model per bed for the prior, too
     # bitwise the model output of the same batch with the templates tokenized in it
     items = [eng._prepare(r) for r in batch + [req("A", 1, 9)]]
     assert sum(it.row.context_tokens is not None for it in items) == 8
