@@ -326,8 +326,10 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
     `n_beds` beds each get `seconds` of the recording (II and PLETH, 1 s chunks) with the worker's default
     settings, so every bed holds full window buffers and a full patient-context store ("active"); then every
     stream is idle-flushed ("idle": what a bed that stopped sending keeps until WAVEBRIDGE_BED_EVICT_S), then
-    evicted ("evicted": what is left of it). Translation is `passthrough`: the model's own memory is per worker,
-    not per bed.
+    evicted ("evicted": what is left of it). Translation is `translator`: `passthrough` (the default) keeps nothing per
+    bed; `clmt` adds its per-bed context cache (features, template tokens, the prior's beat model: one context version
+    per bed, at most `models.engine.CONTEXT_CACHE` entries), which outlives the bed's eviction until the cache's least
+    recently used entries go. The model's own memory is per worker, not per bed.
     """
     import tracemalloc
 
@@ -402,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait this long after a step's replay for all messages (default idle flush + p99 bound + 10 s)")
     p.add_argument("--full-ramp", action="store_true", help="continue the ramp after the first failing step")
     p.add_argument("--memory-beds", type=int, default=50, help="beds for the in-process bytes-per-bed measurement")
+    p.add_argument("--memory-translator", default="passthrough",
+                   help="translator of the bytes-per-bed measurement (clmt: adds the engine's per-bed context cache)")
     p.add_argument("--memory-only", action="store_true", help="only measure bytes per bed (no services, seconds)")
     p.add_argument("--out", default="out/bench", help="folder for logs and stream_bench.json")
     return p
@@ -430,8 +434,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     recording, source = load_recording(args.record)
-    mem = bed_memory(recording, args.memory_beds)
-    print(f"memory per bed ({mem['beds']} beds, {mem['seconds']:g} s of II+PLETH each, in-process): "
+    mem = bed_memory(recording, args.memory_beds, translator=args.memory_translator)
+    print(f"memory per bed ({mem['beds']} beds, {mem['seconds']:g} s of II+PLETH each, {args.memory_translator}, in-process): "
           f"{mem['active_bytes_per_bed']:,} bytes active, {mem['idle_bytes_per_bed']:,} idle (after the idle flush), "
           f"{mem['evicted_bytes_per_bed']:,} after WAVEBRIDGE_BED_EVICT_S; 10,000 idle beds: "
           f"{mem['idle_bytes_per_bed'] * 10_000 / 2**20:.0f} MiB", flush=True)
