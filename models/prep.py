@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from operators.classic import ClassicTranslator
-from operators.processing.samples import fill_nonfinite
+from operators.processing.samples import fill_nonfinite, segment_index
 from operators.processing.resample import decimate_to, resample
 from operators.translator import PPG2ECG, PairedContext, TranslationRequest
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
@@ -104,10 +104,9 @@ def beat_templates(ecg: np.ndarray, ppg: np.ndarray, rate: float = CANONICAL_RAT
     """
     r = detect_rpeaks(ecg, rate) if rpeaks is None else rpeaks
     a, b = int(round(TEMPLATE_BEFORE_S * rate)), int(round(TEMPLATE_AFTER_S * rate))
-    r = r[(r - a >= 0) & (r + b <= len(ecg))]
-    if len(r) < MIN_BEATS:
+    idx = segment_index(r, a, b, len(ecg))
+    if len(idx) < MIN_BEATS:
         return None
-    idx = r[:, None] + np.arange(-a, b)[None, :]
     e = np.median(np.asarray(ecg, np.float64)[idx], axis=0)
     p = np.median(np.asarray(ppg, np.float64)[idx], axis=0)
     return zscore(e)[0], zscore(p)[0]

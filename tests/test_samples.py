@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from operators.processing.samples import fill_nonfinite, fit_length, grid_ns, period_ns, true_runs
+from operators.processing.samples import fill_nonfinite, fit_length, grid_ns, period_ns, segment_index, true_runs
 
 
 def test_fill_nonfinite_interpolates_and_counts():
@@ -63,3 +63,13 @@ def test_grid_scalar_path_matches_the_array_path():
         for k in rng.integers(-10**9, 10**10, size=50).tolist() + [2**33]:  # 2**33: the exact Python-int branch
             origin = 1_700_000_000_000_000_000
             assert grid_ns(origin, rate, k) == grid_ns(origin, rate, [k])[0] == grid_ns(origin, rate, np.int64(k))
+
+
+def test_segment_index_keeps_only_spans_wholly_inside():
+    """A beat too near either end has no row: a row that wrapped to the other end or ran past it would mix a
+    piece of another beat into a template."""
+    idx = segment_index(np.array([0, 2, 5, 9, 7]), 2, 3, 10)
+    assert idx.dtype == np.int64
+    assert idx.tolist() == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7], [5, 6, 7, 8, 9]]
+    assert segment_index(np.array([], dtype=np.int64), 2, 3, 10).shape == (0, 5)
+    assert segment_index(np.array([1, 8]), 2, 3, 10).shape == (0, 5)

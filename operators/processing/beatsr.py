@@ -21,7 +21,7 @@ import numpy as np
 from scipy import signal as sps
 
 from operators.processing.filters import butter_sos
-from operators.processing.samples import fill_nonfinite
+from operators.processing.samples import fill_nonfinite, segment_index
 from operators.processing.resample import resample
 from operators.processing.rpeaks import detect_rpeaks, refine_peak_times
 
@@ -105,16 +105,16 @@ def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTempla
     a = int(min(BEFORE_S, rr - NEIGHBOUR_GAP_S) * FINE_RATE)
     b = int(min(AFTER_S, rr - NEIGHBOUR_GAP_S) * FINE_RATE)
     ri = np.round(refine_peak_times(x, r, rate_hz) * FINE_RATE).astype(np.int64)
-    ri = ri[(ri - a >= 0) & (ri + b <= len(fine))]
-    if len(ri) < MIN_BEATS:
+    idx = segment_index(ri, a, b, len(fine))
+    if len(idx) < MIN_BEATS:
         return None
-    tpl = np.median(fine[ri[:, None] + np.arange(-a, b)[None, :]], axis=0)
+    tpl = np.median(fine[idx], axis=0)
     tpl -= np.linspace(tpl[0], tpl[-1], len(tpl))  # ends at zero: pasting leaves no steps
     pad = np.zeros(len(tpl))
     padded = np.concatenate([pad, tpl, pad])
     low = _lowpass(padded, cutoff_hz)[len(pad) : -len(pad)]
     match = _bandpass(padded, cutoff_hz)[len(pad) : -len(pad)]
-    return QrsTemplate(low=match - match.mean(), high=tpl - low, cutoff_hz=float(cutoff_hz), n_beats=len(ri))
+    return QrsTemplate(low=match - match.mean(), high=tpl - low, cutoff_hz=float(cutoff_hz), n_beats=len(idx))
 
 
 def paste_high_band(x: np.ndarray, rate_hz: float, tpl: QrsTemplate) -> np.ndarray:

@@ -25,7 +25,7 @@ from scipy import signal as sps
 from scipy import stats
 
 from operators.processing.filters import butter_sos
-from operators.processing.samples import fill_nonfinite, true_runs
+from operators.processing.samples import fill_nonfinite, segment_index, true_runs
 from operators.vocab import ECG_LEADS
 
 __all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "ppg_periodicity",
@@ -444,11 +444,9 @@ def _pulse_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     peaks, _ = sps.find_peaks(y, distance=max(1, int(0.33 * fs_hz)), prominence=0.3 * (hi - lo))
     ibi = np.diff(peaks)
     ibi_cv = float(np.std(ibi) / np.mean(ibi)) if len(ibi) >= 2 else 0.0
-    a, b = int(round(0.3 * fs_hz)), int(round(0.4 * fs_hz))
-    peaks = peaks[(peaks >= a) & (peaks + b <= len(y))]
-    if len(peaks) < 2:
+    beats = y[segment_index(peaks, int(round(0.3 * fs_hz)), int(round(0.4 * fs_hz)), len(y))]
+    if len(beats) < 2:
         return 0.0, ibi_cv
-    beats = y[peaks[:, None] + np.arange(-a, b)[None, :]]
     beats = beats - beats.mean(axis=1, keepdims=True)
     mean = beats.mean(axis=0)
     norm = np.linalg.norm(beats, axis=1) * np.linalg.norm(mean)
@@ -486,10 +484,9 @@ def _beat_match(y: np.ndarray, fs_hz: float) -> float:
     rank = max(2, int(round(len(z) / fs_hz * BEAT_RANK_PER_S)))
     ref = np.sort(prom)[::-1][min(rank, len(prom)) - 1]
     a, b = int(round(BEAT_SPAN_S[0] * fs_hz)), int(round(BEAT_SPAN_S[1] * fs_hz))
-    peaks = peaks[(prom >= 0.5 * ref) & (peaks >= a) & (peaks + b <= len(z))]
-    if len(peaks) < 2:
+    beats = z[segment_index(peaks[prom >= 0.5 * ref], a, b, len(z))]
+    if len(beats) < 2:
         return 0.0
-    beats = z[peaks[:, None] + np.arange(-a, b)[None, :]]
     beats = beats - beats.mean(axis=1, keepdims=True)
     beats /= np.maximum(np.linalg.norm(beats, axis=1, keepdims=True), 1e-12)
     corr = beats @ beats.T

@@ -8,6 +8,8 @@ translators treat a dropout, a rounding-short output and a sample's instant the 
   beat (or squash the window's z-score).
 - `fit_length`: exactly `n_out` samples; a short array holds its last value (rate conversion rounds
   lengths, so it is short by a sample at most).
+- `segment_index`: index rows of the spans around beats (templates, beat-to-beat comparisons) that lie
+  wholly in the signal.
 - `grid_ns`: sample k of a segment sits at `origin_ns + round(k * 1e9 / rate_hz)` ns, computed with
   exact integer arithmetic (ties round up), so rates like 62.5, 360 or 1024 Hz never drift.
 """
@@ -18,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["fill_nonfinite", "fit_length", "grid_ns", "period_ns", "true_runs"]
+__all__ = ["fill_nonfinite", "fit_length", "grid_ns", "period_ns", "segment_index", "true_runs"]
 
 NS_PER_S = 10**9
 # Rates are read as fractions with denominators up to this (exact for every rate a monitor sends).
@@ -39,6 +41,26 @@ def true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = np.concatenate([[False], mask, [False]]).astype(np.int8)
     d = np.diff(m)
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+
+
+def segment_index(centers: np.ndarray, before: int, after: int, n: int) -> np.ndarray:
+    """Index rows `[c - before, c + after)` of each center `c` whose whole span lies in `[0, n)`.
+
+    Parameters
+    ----------
+    centers : sample indices (e.g. R-peaks or pulse peaks), in any order.
+    before, after : samples taken before and from each center.
+    n : length of the signal the rows index.
+
+    Returns
+    -------
+    np.ndarray
+        int64 array of shape (kept centers, before + after); `x[segment_index(...)]` is one row per beat.
+        Centers too near either end are left out, so a row never wraps or runs past the signal.
+    """
+    c = np.asarray(centers, dtype=np.int64)
+    c = c[(c >= before) & (c + after <= n)]
+    return c[:, None] + np.arange(-before, after)[None, :]
 
 
 def fill_nonfinite(x: np.ndarray, max_run: int | None = None) -> tuple[np.ndarray, int]:
