@@ -102,7 +102,7 @@ class ClmtTranslator:
         z, mu, sd = zscore(x)
         pat, tpl, tpl_tokens, prior, source_up = self.default_pat, None, None, None, None
         ctx = r.context if task == TASK_PPG2ECG else None
-        slot = _bed(r)
+        slot = r.bed
         feats = self._context_features(ctx, slot) if ctx is not None else None
         if feats is not None:
             ctx_100, tpl, ctx_pat, out_scale = feats  # this patient's ECG level and spread
@@ -207,7 +207,7 @@ class ClmtTranslator:
         beats anyway, and the stream would report a heart rate from them. PPG->ECG stays at the patient's ECG
         level (from the context) or the population's; SR keeps the source's level."""
         if r.task == PPG2ECG:
-            feats = self._context_features(r.context, _bed(r)) if r.context is not None else None
+            feats = self._context_features(r.context, r.bed) if r.context is not None else None
             level = feats[3][0] if feats is not None else self.ecg_scale[0]
         else:
             level = float(np.mean(finite(r.source))) if len(r.source) else 0.0
@@ -239,12 +239,6 @@ class _Prepared:
     out_scale: tuple[float, float]  # (level, spread) the z-scored output is rescaled with
     source_rate_hz: float
     source_up: np.ndarray | None  # SR: the source at 100 Hz, whose measured band is kept
-
-
-def _bed(r: TranslationRequest):
-    """The request's bed (`meta["bed"]`, set by the stream pipeline), the slot its context's values are cached in;
-    None without one (then keyed by the context object alone)."""
-    return r.meta.get("bed") if r.meta else None
 
 
 def _pad(x: np.ndarray, stride: int) -> np.ndarray:

@@ -315,14 +315,14 @@ class ClassicTranslator:
         if ctx is None or not is_ecg_signal(req.source_signal) or not (fs < ft <= ctx.rate_hz) or len(y) < 2:
             return y
         cutoff = sr_cutoff_hz(fs)
-        tpl = self._cache.get(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff), req.meta.get("bed"))
+        tpl = self._cache.get(ctx, ("qrs", cutoff), lambda: qrs_template(ctx.ecg, ctx.rate_hz, cutoff), req.bed)
         if tpl is None:
             return y
         return merge_bands(y, np.zeros_like(y), ft, cutoff) + paste_high_band(y, ft, tpl)
 
     def _ppg2ecg(self, ppg: np.ndarray, req: TranslationRequest, n_out: int) -> np.ndarray:
         fs = float(req.source_rate)
-        model = self._model_for(req.context, req.meta.get("bed"))
+        model = self._model_for(req.context, req.bed)
         p_t, pulse_t = pulse_times(ppg, fs, self.fiducial)
         r_t = pulse_t - model.delay_s
         rr_default = float(np.median(np.diff(p_t))) if len(p_t) >= 2 else model.rr_s

@@ -62,6 +62,12 @@ class TranslationRequest:
         """Samples the translator must return (`output_length` of the source)."""
         return output_length(len(self.source), self.source_rate, self.target_rate)
 
+    @property
+    def bed(self):
+        """The bed this window belongs to (`meta["bed"]`, set by the stream pipeline): the slot a translator caches
+        its values of this bed's context in. None without one (then keyed by the context object alone)."""
+        return self.meta.get("bed") if self.meta else None
+
 
 def output_length(n_in: int, source_rate: float, target_rate: float) -> int:
     """Samples an output has: `round(n_in * target_rate / source_rate)` (the rule `resample` follows).
