@@ -126,10 +126,10 @@ def worker_settings(bootstrap: str, influx: InfluxStack, db: str, prefix: str, t
 # ------------------------------------------------------------------ stats
 
 
-def read_stats(paths: Path | list[Path], prefix: str) -> list[dict]:
+def read_stats(paths: list[Path], prefix: str) -> list[dict]:
     """The complete lines of the workers' stats files for beds whose id starts with `prefix`."""
     rows = []
-    for path in [paths] if isinstance(paths, Path) else paths:
+    for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
                 for line in f:

@@ -192,11 +192,12 @@ class Clmt:
         ctx_e = ctx_p = None
         if batch.context_tokens is not None:
             ctx_e, ctx_p = t(batch.context_tokens[0]), t(batch.context_tokens[1])
-        elif bool(has_ctx.any()):
+        elif batch.has_context.any():  # host-side flags: no device sync
             ctx_e, ctx_p = self.context_tokens(t(batch.context_ecg, dtype), t(batch.context_ppg, dtype))
         prior = t(batch.prior, dtype)
-        has_prior = t(batch.has_prior)
-        prior_tok = tok.tokens(prior, "ecg") if bool(has_prior.any()) else None
+        prior_rows = batch.has_prior
+        has_prior = t(prior_rows)
+        prior_tok = tok.tokens(prior, "ecg") if prior_rows.any() else None
         return TokenizedBatch(task=task, source=src, prior=prior, src_tok=src_tok, rate=t(batch.source_rate_hz),
                               age=t(batch.age_years), sex=t(batch.sex), pat=t(batch.pat_s), has_ctx=has_ctx,
                               ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, prior_tok=prior_tok,

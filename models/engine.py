@@ -124,7 +124,7 @@ class ClmtTranslator:
                           age_years=float(r.age) if r.age is not None else np.nan, sex=sex_code(r.sex), pat_s=pat,
                           context=tpl, prior=_pad(prior, self.stride) if prior is not None else None,
                           context_tokens=tpl_tokens)
-        return _Prepared(row, len(x), out_scale, float(r.source_rate), source_up)
+        return _Prepared(row, len(x), out_scale, source_up)
 
     def _sr_template(self, ctx: PairedContext | None, source_rate: float, slot=None):
         """The context's QRS template for ECG SR from `source_rate`, or None: no context, weights not trained for
@@ -222,9 +222,9 @@ class ClmtTranslator:
     def _finish(r: TranslationRequest, it: _Prepared, y: np.ndarray) -> np.ndarray:
         mu, sd = it.out_scale
         y = y[: it.n].astype(np.float64) * sd + mu
-        if it.source_up is not None and it.source_rate_hz < CANONICAL_RATE_HZ:
+        if it.source_up is not None and it.row.source_rate_hz < CANONICAL_RATE_HZ:
             # keep what the low-rate monitor measured; the model supplies only the band above its Nyquist
-            y = merge_bands(it.source_up, y, CANONICAL_RATE_HZ, sr_cutoff_hz(it.source_rate_hz))
+            y = merge_bands(it.source_up, y, CANONICAL_RATE_HZ, sr_cutoff_hz(it.row.source_rate_hz))
         if abs(r.target_rate - CANONICAL_RATE_HZ) > 1e-9:
             y = resample(y, CANONICAL_RATE_HZ, r.target_rate, method="polyphase")
         return _fit(y, r.n_out)
@@ -237,7 +237,6 @@ class _Prepared:
     row: WindowInput
     n: int  # samples of the source at 100 Hz, before padding to the tokenizer stride
     out_scale: tuple[float, float]  # (level, spread) the z-scored output is rescaled with
-    source_rate_hz: float
     source_up: np.ndarray | None  # SR: the source at 100 Hz, whose measured band is kept
 
 
