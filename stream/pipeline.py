@@ -551,16 +551,17 @@ class Pipeline:
 
 
 class _BedContexts:
-    """Per-bed paired ECG+PPG memory (operators.state.context.ContextStore), built from the stream."""
+    """Per-bed paired ECG+PPG context (operators.state.context.ContextStore), built from the stream.
+
+    The context of a window is the store's decision at the last point of its `context_s / 2` grid at or before the
+    window's start: a function of the input before that point, not of batch timing (see ContextStore)."""
 
     def __init__(self, context_s: float):
         self.context_s = context_s
         self._stores: dict[str, Any] = {}
-        self._cache: dict[str, tuple[PairedContext | None, int]] = {}
 
     def drop(self, bed: str) -> None:
         self._stores.pop(bed, None)
-        self._cache.pop(bed, None)
 
     def add(self, bed: str, signal: str, chunk) -> None:
         if self.context_s <= 0 or signal not in (ECG, PPG):
@@ -574,19 +575,13 @@ class _BedContexts:
 
         st = self._stores.get(bed)
         if st is None:
-            # keep 3x the context length so the best segment can be chosen, not just the latest
-            st = self._stores[bed] = ContextStore(self.context_s, keep_s=3 * self.context_s)
+            # keep 3x the context length so the best segment can be chosen, not just the latest; a selection
+            # costs milliseconds: one per context_s / 2 of stream time
+            st = self._stores[bed] = ContextStore(self.context_s, keep_s=3 * self.context_s,
+                                                  refresh_s=self.context_s / 2)
         st.push(signal, chunk.start_ns, chunk.rate_hz, chunk.samples)
 
     def get(self, bed: str, at_ns: int) -> PairedContext | None:
-        """Context for a window starting at `at_ns`. Re-selected at most every context_s / 2 of
-        stream time per bed: selection costs milliseconds, and batches arrive many times a second."""
+        """Context for a window starting at `at_ns` (ns)."""
         st = self._stores.get(bed)
-        if st is None:
-            return None
-        hit = self._cache.get(bed)
-        if hit is not None and 0 <= at_ns - hit[1] < self.context_s * 0.5e9:
-            return hit[0]
-        ctx = st.get()
-        self._cache[bed] = (ctx, at_ns)
-        return ctx
+        return None if st is None else st.get(at_ns)

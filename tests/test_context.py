@@ -70,19 +70,21 @@ def _feed(store, name, x, rate, window_s=8.0, hop_s=2.0, t0=T0):
 def test_store_aligns_overlapping_windows_and_is_bounded():
     rate = 125.0
     ecg, ppg = _pair(rate, dur=40.0)
-    store = ContextStore(length_s=10.0, keep_s=20.0)
-    assert store.get() is None
+    store = ContextStore(length_s=10.0, keep_s=20.0, refresh_s=5.0)
     _feed(store, "II", ecg, rate)
-    assert store.get() is None  # no PPG yet
+    assert store.get(T0 + 6 * 10**9) is None  # no PPG yet
     _feed(store, "PLETH", ppg, rate)
-    e, p, r, t0 = store.aligned()
-    assert r == rate and len(e) == len(p) == 20 * 125  # bounded by keep_s
+    g = T0 + 35 * 10**9
+    e, p, r, t0 = store.aligned(g)
+    assert r == rate and len(e) == len(p) == 20 * 125 and t0 == g - 20 * 10**9  # the keep_s before the point
     k0 = int(round((t0 - T0) * rate / 1e9))
-    np.testing.assert_allclose(e, ecg[k0:k0 + len(e)], atol=1e-6)
-    np.testing.assert_allclose(p, ppg[k0:k0 + len(p)], atol=1e-6)
-    ctx = store.get()
+    np.testing.assert_array_equal(e, ecg[k0:k0 + len(e)].astype(np.float32))
+    np.testing.assert_array_equal(p, ppg[k0:k0 + len(p)].astype(np.float32))
+    ctx = store.get(g + 10**9)
     assert ctx is not None and len(ctx.ecg) == 1250
-    assert store.get() is ctx  # cached until new data arrives
+    assert store.get(g + 4 * 10**9) is ctx  # the same grid point: the same object
+    # what is held is bounded by the pending point, not by arrival: samples before it - keep_s are gone
+    assert store.nbytes() <= 2 * 4 * (20 + 5 + 8) * 125
 
 
 def test_store_mixed_rates_aligns_at_the_faster_rate():
@@ -92,24 +94,26 @@ def test_store_mixed_rates_aligns_at_the_faster_rate():
     store = ContextStore(length_s=10.0, keep_s=30.0)
     _feed(store, "II", ecg_hi, 250.0)
     _feed(store, "PLETH", ppg, 125.0)
-    e, p, r, t0 = store.aligned()
+    end = T0 + 30 * 10**9
+    e, p, r, t0 = store.aligned(end)
     assert r == 250.0  # the ECG's rate: its band is kept
     k0 = int(round((t0 - T0) * 250.0 / 1e9))
     np.testing.assert_allclose(e, ecg_hi[k0:k0 + len(e)], atol=1e-6)
     # the 125 Hz PPG brought onto the ECG grid matches the same PPG made at 250 Hz directly
     assert np.corrcoef(p[100:-100], ppg_hi[k0 + 100:k0 + len(p) - 100])[0, 1] > 0.98
-    assert store.get() is not None
+    assert store.get(end) is not None
 
 
 def test_store_keeps_a_full_rate_ecg_qrs_when_the_ppg_is_slow():
     """A bed with a 25 Hz PPG and a 125 Hz ECG: the context ECG keeps its band (a PPG-rate grid would cut it at
-    12.5 Hz and blunt the QRS that PPG->ECG draws from the context)."""
+    12.5 Hz and blunt the QRS that PPG->ECG draws from this context)."""
     ecg, _ = _pair(125.0, dur=30.0)
     _, ppg = _pair(25.0, dur=30.0)
     store = ContextStore(length_s=10.0, keep_s=30.0)
     _feed(store, "II", ecg, 125.0)
     _feed(store, "PLETH", ppg, 25.0)
-    ctx = store.get()
+    end = T0 + 30 * 10**9
+    ctx = store.get(end)
     assert ctx is not None
 
     def p2p(x, rate):  # median peak-to-peak over 0.8 s spans (one beat each)
@@ -121,32 +125,33 @@ def test_store_keeps_a_full_rate_ecg_qrs_when_the_ppg_is_slow():
     # still a slice of the ECG as measured, and the PPG upsampled onto its grid
     start = int(np.argmin([np.abs(ecg[s:s + 1250] - ctx.ecg).max() for s in range(len(ecg) - 1250 + 1)]))
     np.testing.assert_allclose(ctx.ecg, ecg[start:start + 1250], atol=1e-5)
-    assert store.aligned()[2] == 125.0
+    assert store.aligned(end)[2] == 125.0
 
 
 def _fed_store(dur: float, keep_s: float, rate: float = 125.0):
-    """(store, ecg, ppg, its context) after `dur` s of a clean synthetic pair, fed as the worker feeds it."""
+    """(store, ecg, ppg, its context at the end) after `dur` s of a clean synthetic pair, fed as the worker feeds it."""
     ecg, ppg = _pair(rate, dur=dur)
-    store = ContextStore(length_s=10.0, keep_s=keep_s)
+    store = ContextStore(length_s=10.0, keep_s=keep_s, refresh_s=5.0)
     _feed(store, "II", ecg, rate)
     _feed(store, "PLETH", ppg, rate)
-    good = store.get()
+    good = store.get(T0 + int(dur * 1e9))
     assert good is not None
     return store, ecg, ppg, good
 
 
-def test_store_gap_resets_and_keeps_last_good():
+def test_store_gap_starts_a_segment_and_keeps_last_good():
     rate = 125.0
     store, ecg, ppg, good = _fed_store(30.0, 20.0)
-    # after a 15 s gap only 3 s of new data: no fresh context, the last good one is kept (same patient)
+    # after a 15 s gap only 4 s of new data: no fresh context from them, the last good one is kept (same patient)
     later = T0 + 45 * 10**9
-    store.push("II", later, rate, ecg[:375])
-    store.push("PLETH", later, rate, ppg[:375])
-    e, p, r, t0 = store.aligned()
-    assert t0 == later and len(e) == 375  # never spliced across the gap
-    assert store.get() is good
+    store.push("II", later, rate, ecg[:500])
+    store.push("PLETH", later, rate, ppg[:500])
+    before = store.get(later)  # chosen from the data before the gap
+    assert before is not None and not np.array_equal(before.ecg, good.ecg)
+    assert store.aligned(later + 5 * 10**9)[3] == later  # never spliced across the gap
+    assert store.get(later + 5 * 10**9) is before
     store.clear()
-    assert store.get() is None
+    assert store.get(later + 5 * 10**9) is None
     with pytest.raises(ValueError):
         store.push("RESP", T0, rate, ecg[:10])
 
@@ -161,8 +166,9 @@ def test_store_forgets_its_last_good_context_after_a_long_break_or_a_clock_going
     later = T0 + int(restart_at_s * 1e9)
     store.push("II", later, rate, ecg[:375])
     store.push("PLETH", later, rate, ppg[:375])
-    assert store.get() is None
-    e, _, _, t0 = store.aligned()
+    end = later + 3 * 10**9
+    assert store.get(end) is None
+    e, _, _, t0 = store.aligned(end)
     assert t0 == later and len(e) == 375  # the new data is held, not discarded as already seen
 
 
@@ -170,10 +176,98 @@ def test_a_late_or_repeated_chunk_does_not_cost_the_context():
     """Lead II reaches the store unfiltered (the windower never sees a 125 Hz II): a chunk re-delivered from 38 s
     back, or two chunks swapped, wiped the track and the last good context with it."""
     rate = 125.0
-    store, ecg, _, _ = _fed_store(60.0, 30.0)
+    store, ecg, _, good = _fed_store(60.0, 30.0)
+    end = T0 + 60 * 10**9
+    held = store.aligned(end)[0]
     store.push("II", T0 + 22 * 10**9, rate, ecg[22 * 125:23 * 125])  # from 38 s back
-    e, _, _, _ = store.aligned()
-    assert len(e) >= 29 * 125 and store.get() is not None
+    store.push("II", T0 + 59 * 10**9, rate, ecg[59 * 125:60 * 125])  # again
+    np.testing.assert_array_equal(store.aligned(end)[0], held)
+    assert store.get(end) is good
+
+
+# ------------------------------------------------------------------ determinism
+def _chunks(ecg, ppg, rate, chunk_s=1.0):
+    """(signal, start_ns, samples) of both signals, interleaved by end time as a monitor sends them."""
+    n = int(chunk_s * rate)
+    out = []
+    for i in range(0, len(ecg), n):
+        t = T0 + int(round(i * 1e9 / rate))
+        out += [("II", t, ecg[i:i + n]), ("PLETH", t, ppg[i:i + n])]
+    return out
+
+
+def _contexts(feed, rate, ask_when, starts, **kw):
+    """Context per window start: `feed` pushed in its order, a window asking once `ask_when(i, signal, end_ns)`
+    says so and its PLETH (start + 8 s) has arrived, as the worker asks when it translates a window."""
+    store = ContextStore(length_s=10.0, keep_s=30.0, refresh_s=5.0, **kw)
+    got, todo = {}, list(starts)
+    for i, (sig, t, x) in enumerate(feed):
+        store.push(sig, t, rate, x)
+        end = t + int(round(len(x) * 1e9 / rate))
+        if sig == "PLETH" and ask_when(i, sig, end):
+            while todo and todo[0] + 8 * 10**9 <= end:
+                s = todo.pop(0)
+                got[s] = store.get(s)
+    for s in todo:
+        got[s] = store.get(s)
+    return got, store
+
+
+def _same(a, b):
+    return (a is None and b is None) or (a is not None and b is not None and a.rate_hz == b.rate_hz
+                                         and np.array_equal(a.ecg, b.ecg) and np.array_equal(a.ppg, b.ppg))
+
+
+def test_a_windows_context_depends_on_the_input_only_not_on_interleaving_or_asking():
+    """Issue 17: two runs over the same input gave different contexts (so different synthesized ECG), because the
+    store re-selected from whatever had arrived when a window happened to ask. Here lead II arrives all before
+    PLETH, chunk by chunk with it, or in 0.5 s chunks, and windows ask right away, in bursts, or only at the end;
+    a stretch of noisy ECG makes the last good context matter. Every window gets the same context each time."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=90.0)
+    rng = np.random.default_rng(7)
+    ecg[40 * 125:] += 3.0 * rng.standard_normal(50 * 125)  # from 40 s no usable ECG: the last good one holds
+    starts = [T0 + k * 2 * 10**9 for k in range(42)]
+    inter = _chunks(ecg, ppg, rate)
+    ii_first = [c for c in inter if c[0] == "II"] + [c for c in inter if c[0] == "PLETH"]
+    fine = _chunks(ecg, ppg, rate, chunk_s=0.5)
+    ref, store = _contexts(inter, rate, lambda i, s, e: True, starts, max_lag_s=120.0)
+    assert store.scored == 29  # each candidate (every 2.5 s, 0 ... 70 s) scored once, not once per window
+    assert all(ref[s] is not None for s in starts if s >= T0 + 10 * 10**9)
+    runs = [_contexts(ii_first, rate, lambda i, s, e: True, starts, max_lag_s=120.0)[0],
+            _contexts(fine, rate, lambda i, s, e: i % 23 == 0, starts, max_lag_s=120.0)[0],
+            _contexts(inter, rate, lambda i, s, e: False, starts, max_lag_s=120.0)[0]]
+    held = [ref[s] for s in starts if s >= T0 + 65 * 10**9]  # no clean 10 s before these grid points
+    assert held and all(c is ref[T0 + 60 * 10**9] for c in held)  # the last good context, from before the noise
+    for got in runs:
+        bad = [(s - T0) / 1e9 for s in starts if not _same(got[s], ref[s])]
+        assert not bad, f"contexts differ at window starts {bad} s"
+
+
+def test_a_context_is_chosen_from_data_before_its_grid_point_only():
+    """What comes at or after a grid point (the window itself, later data) never changes that point's context."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=60.0)
+    at = T0 + 42 * 10**9  # grid point 40 s
+    a, _ = _contexts(_chunks(ecg, ppg, rate), rate, lambda i, s, e: True, [at])
+    ecg2, ppg2 = ecg.copy(), ppg.copy()
+    ecg2[40 * 125:] = 0.0  # a flat ECG from the grid point on
+    b, _ = _contexts(_chunks(ecg2, ppg2, rate), rate, lambda i, s, e: True, [at])
+    assert a[at] is not None and _same(a[at], b[at])
+    k = int(np.flatnonzero(ecg.astype(np.float32) == a[at].ecg[0])[0])
+    assert 10 * 125 <= k and k + 1250 <= 40 * 125  # inside [grid point - keep_s, grid point)
+
+
+def test_a_signal_that_never_comes_bounds_what_the_store_holds():
+    """Lead II without PLETH (or a lead far ahead of the other): the pending points are decided without the
+    missing signal once the other is max_lag_s ahead, so memory stays bounded."""
+    rate = 125.0
+    ecg, _ = _pair(rate, dur=150.0)
+    store = ContextStore(length_s=10.0, keep_s=30.0, refresh_s=5.0, max_lag_s=30.0)
+    for sig, t, x in _chunks(ecg, ecg, rate)[::2]:
+        store.push(sig, t, rate, x)
+    assert store.nbytes() <= 4 * (30 + 30 + 5 + 1) * 125
+    assert store.get(T0 + 140 * 10**9) is None and store.scored == 0
 
 
 def test_context_cache_builds_once_per_object_and_tag_and_stays_bounded():

@@ -2,12 +2,14 @@
 
 A `PairedContext` (earlier, simultaneous ECG + PPG of the same patient) lets a translator adapt
 to the patient (pulse-arrival delay, beat morphology). The stream worker keeps one `ContextStore`
-per bed that has both signals and passes `store.get()` along with each PPG window.
+per bed that has both signals and passes `store.get(window start)` along with each PPG window; the
+context is a function of the bed's input alone (see `ContextStore`).
 """
 from __future__ import annotations
 
+import math
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Callable, Hashable, TypeVar
 
 import numpy as np
@@ -16,7 +18,7 @@ from operators.processing.quality import ECG_KURTOSIS_MIN, MAX_FLAT, ecg_quality
 from operators.processing.resample import resample
 from operators.processing.rpeaks import detect_rpeaks
 from operators.translator import PairedContext
-from operators.processing.samples import grid_ns
+from operators.processing.samples import grid_ns, period_ns
 
 __all__ = ["select_context", "ContextStore", "context_score", "ContextCache"]
 
@@ -109,102 +111,188 @@ def select_context(ecg: np.ndarray, ppg: np.ndarray, rate_hz: float, length_s: f
     )
 
 
-class _Track:
-    """Recent samples of one signal on an exact time grid; resets on gaps and rate changes."""
+class _Segment:
+    """A contiguous run of one signal's samples on the exact grid `grid_ns(origin_ns, rate, k)`."""
 
-    def __init__(self, max_samples_s: float):
-        self.max_s = max_samples_s
-        self.rate: float | None = None
-        self.origin_ns = 0  # timestamp of sample index 0 of the current run
-        self.first = 0  # index of buf[0]
-        self.buf = np.zeros(0, np.float32)
+    __slots__ = ("origin_ns", "rate", "first", "buf", "gap_before_s")
+
+    def __init__(self, origin_ns: int, rate: float, x: np.ndarray, gap_before_s: float | None):
+        self.origin_ns, self.rate, self.first, self.buf = int(origin_ns), float(rate), 0, x.copy()
+        self.gap_before_s = gap_before_s  # break before it (s; inf: rate change); None: the track's first
 
     @property
     def end(self) -> int:
         return self.first + len(self.buf)
 
-    def push(self, start_ns: int, rate_hz: float, x: np.ndarray) -> float | None:
-        """Add samples; returns None, or how long the break was (s) when it restarted the track (inf: the rate
-        changed or the clock went back before everything held)."""
-        x = np.asarray(x, dtype=np.float32).ravel()
-        if len(x) == 0:
-            return None
-        if self.rate != rate_hz or not len(self.buf):
-            fresh = not len(self.buf) and self.rate is None
-            self._restart(start_ns, rate_hz, x)
-            return None if fresh else float("inf")
+    def t_ns(self, k: int) -> int:
+        return int(grid_ns(self.origin_ns, self.rate, int(k)))
+
+    def index_at(self, t_ns: int) -> int:
+        """First sample index whose timestamp is >= t_ns."""
+        p = period_ns(self.rate)
+        k = max(0, math.ceil((int(t_ns) - self.origin_ns) / p) - 1)
+        while self.t_ns(k) < t_ns:
+            k += 1
+        return k
+
+
+class _Track:
+    """One signal's held samples as segments on exact time grids: a gap or a rate change starts a new segment
+    (never spliced). What is dropped is decided by the store (`drop_before`), never by arrival."""
+
+    def __init__(self, late_s: float):
+        self.late_s = late_s  # a chunk starting up to this much before what is held is late: ignored
+        self.segs: list[_Segment] = []
+        self.dropped_end_ns: int | None = None  # just after the newest sample of the segments dropped
+
+    @property
+    def end_ns(self) -> int | None:
+        """Timestamp just after the newest sample held (ns), or None."""
+        return self.segs[-1].t_ns(self.segs[-1].end) if self.segs else None
+
+    def push(self, start_ns: int, rate_hz: float, x: np.ndarray) -> bool:
+        """Add samples; False when they start further back than `late_s` before everything held (the sender's clock
+        went back, or a new recording began): the caller starts anew."""
+        if not self.segs:
+            self.segs.append(_Segment(start_ns, rate_hz, x, None))
+            return True
+        seg = self.segs[-1]
+        if seg.rate != rate_hz:
+            if start_ns < self.end_ns:
+                return False
+            self.segs.append(_Segment(start_ns, rate_hz, x, float("inf")))
+            return True
         period = 1e9 / rate_hz
         # x[0]'s index on the current grid: stamp jitter under half a sample snaps onto it, as the windower does
-        ki = int(round((start_ns - self.origin_ns) / period))
-        if ki > self.end:  # a gap: never splice
-            gap_s = (ki - self.end) / rate_hz
-            self._restart(start_ns, rate_hz, x)
-            return gap_s
-        if ki < self.first:
-            if (self.first - ki) / rate_hz <= self.max_s:
-                return None  # a late or re-delivered chunk (lead II reaches here unfiltered): nothing new
-            # further back than all we hold spans: the sender's clock went back (or a new recording began)
-            self._restart(start_ns, rate_hz, x)
-            return float("inf")
-        new = x[max(0, self.end - ki):]  # sliding windows overlap: keep only the unseen tail
-        if len(new):
-            self.buf = np.concatenate([self.buf, new])
-        cap = int(round(self.max_s * rate_hz))
-        if len(self.buf) > cap:
-            self.first += len(self.buf) - cap
-            self.buf = self.buf[-cap:].copy()
-        return None
+        ki = int(round((start_ns - seg.origin_ns) / period))
+        if ki > seg.end:  # a gap: never splice
+            self.segs.append(_Segment(start_ns, rate_hz, x, (ki - seg.end) / rate_hz))
+            return True
+        if (seg.end - ki) / rate_hz > self.late_s:
+            return False  # further back than a late chunk can be
+        if ki + len(x) > seg.end:  # sliding windows overlap: keep only the unseen tail
+            seg.buf = np.concatenate([seg.buf, x[seg.end - ki:]])
+        return True  # else nothing new: a late, re-delivered or overlapping chunk (lead II comes unfiltered)
 
-    def _restart(self, start_ns: int, rate_hz: float, x: np.ndarray) -> None:
-        self.rate = float(rate_hz)
-        self.origin_ns = int(start_ns)
-        self.first = 0
-        self.buf = x.copy()
-        cap = int(round(self.max_s * rate_hz))
-        if len(self.buf) > cap:
-            self.first = len(self.buf) - cap
-            self.buf = self.buf[-cap:].copy()
+    def drop_before(self, t_ns: int) -> None:
+        """Forget samples stamped before `t_ns` (segments ending before it go; their breaks are in the past)."""
+        while len(self.segs) > 1 and self.segs[0].t_ns(self.segs[0].end) <= t_ns:
+            self.dropped_end_ns = self._pop_first()
+        seg = self.segs[0] if self.segs else None
+        if seg is not None and seg.t_ns(seg.first) < t_ns:
+            k = min(seg.index_at(t_ns), seg.end - 1)  # the last sample stays: the track's end and grid live on
+            if k > seg.first:
+                seg.buf = seg.buf[k - seg.first:].copy()
+                seg.first = k
 
-    def span_ns(self) -> tuple[int, int]:
-        return (int(grid_ns(self.origin_ns, self.rate, self.first)), int(grid_ns(self.origin_ns, self.rate, self.end)))
+    def _pop_first(self) -> int:
+        seg = self.segs.pop(0)
+        return seg.t_ns(seg.end)
 
-    def values_at(self, t_ns: np.ndarray) -> np.ndarray:
-        """Linear interpolation onto other timestamps (inside the span)."""
-        t = (t_ns - self.origin_ns) / (1e9 / self.rate) - self.first
-        return np.interp(t, np.arange(len(self.buf)), self.buf)
+    def silent_since(self, t_ns: int) -> int | None:
+        """Timestamp just after the newest sample stamped before `t_ns` (ns), or None if there never was one."""
+        seg = next((s for s in reversed(self.segs) if s.origin_ns < t_ns), None)
+        if seg is None:
+            return self.dropped_end_ns
+        return seg.t_ns(min(seg.end, seg.index_at(t_ns)))
+
+    def clip(self, t0_ns: int, t1_ns: int) -> tuple[int, int, float, np.ndarray] | None:
+        """(timestamp of the first sample, of the one after the last, rate, samples) of the newest segment begun
+        before `t1_ns`, restricted to stamps in [t0_ns, t1_ns); None if under two samples."""
+        seg = next((s for s in reversed(self.segs) if s.origin_ns < t1_ns), None)
+        if seg is None:
+            return None
+        a, b = max(seg.first, seg.index_at(t0_ns)), min(seg.end, seg.index_at(t1_ns))
+        if b - a < 2:
+            return None
+        return seg.t_ns(a), seg.t_ns(b), seg.rate, seg.buf[a - seg.first:b - seg.first]
+
+    def segs_key(self, t_ns: int) -> tuple[int, float] | None:
+        """(origin ns, rate) of the newest segment begun before `t_ns`."""
+        seg = next((s for s in reversed(self.segs) if s.origin_ns < t_ns), None)
+        return None if seg is None else (seg.origin_ns, seg.rate)
+
+    def breaks(self, t0_ns: int, t1_ns: int) -> list[float]:
+        """Breaks (s) before the segments that begin in [t0_ns, t1_ns)."""
+        return [s.gap_before_s for s in self.segs
+                if s.gap_before_s is not None and t0_ns <= s.origin_ns < t1_ns]
+
+    def nbytes(self) -> int:
+        return sum(s.buf.nbytes for s in self.segs)
 
 
 class ContextStore:
-    """Bounded memory of one bed's most recent ECG ("II") and PPG ("PLETH") samples.
+    """One bed's paired ECG ("II") + PPG ("PLETH") context, a function of the input data alone.
 
-    Windows (possibly overlapping, as the windower emits them) are pushed with their start
-    timestamps; `get()` aligns both signals on time at `rate_hz` (default: the faster of the two
-    signals' rates, so neither loses band) and returns the best `length_s` context from the overlap, or
-    the last good one when the current data has none. Thread-safe.
+    Why: the context changes the synthesized ECG, so it must not depend on batch timing, on how the two signals'
+    chunks interleave, or on which windows asked for it; otherwise two runs over the same input (or a worker and
+    `wavebridge translate`) publish different values.
+
+    Invariants (all times integer ns since the epoch):
+
+    - Decision points lie on an absolute grid `G_k = k * refresh_ns` (`refresh_ns = round(refresh_s * 1e9)`).
+    - The decision at `G_k` is the best `length_s` candidate by `context_score` (latest wins a tie) among those
+      starting on multiples of `length_s / 4` (ns, absolute) within both signals' samples stamped in
+      `[G_k - keep_ns, G_k)` (`keep_ns = round(keep_s * 1e9)`; the newest segment of each begun before `G_k`, aligned
+      on time at `rate_hz`, default the faster signal's rate). A candidate is scored once, at the first decision
+      that holds it, and keeps that score while it stays in range. When no candidate passes, the decision is the
+      context last found (the *last good* one); None if there is none.
+    - The last good context is forgotten at `G_k` when, in the data before `G_k`, either signal has been silent for
+      longer than `forget_after_gap_s`, or starts a segment in `[G_k - refresh_ns, G_k)` after such a break or a
+      rate change: the bed may hold another patient by then. It outlives an ECG lead sending noise or flat data.
+    - Decisions are made grid point by grid point, in order, each exactly once: `get(at_ns)` first decides every
+      pending point up to `floor(at_ns / refresh_ns) * refresh_ns`, then returns that point's decision. A point no
+      window asked for is still decided before the next, so the last good context never depends on which windows
+      happened to ask. A decision that finds the same samples as the last good context returns that very object
+      (`ContextCache` keys on identity).
+    - Samples are held from `next pending point - keep_ns` on; what arrives stamped before that is ignored.
+
+    Lag between the signals: a point is decided with what is held when it is decided. That is the whole input
+    before it as long as neither signal arrives more than `max_lag_s` behind the other, and (for `get`) no sample
+    stamped before the point arrives after a window at or after it asked: the worker asks when a PLETH window is
+    translated, at least one window after its start, so lead II may lag PLETH by a window without effect. Beyond
+    that, the late samples are missing from the decision and the context depends on arrival timing. When one signal
+    is more than `max_lag_s` ahead of the other's pending point, the pending points up to it are decided with what
+    is held (the lagging signal is taken as absent there), which bounds memory: each track holds at most about
+    `keep_s + max_lag_s`. A chunk stamped more than `keep_s + max_lag_s` before the newest sample of its signal (a
+    clock going back, a new recording) starts the store anew at its arrival. Not thread-safe: one caller at a time
+    (the pipeline's).
     """
 
     def __init__(self, length_s: float = 10.0, keep_s: float = 30.0, rate_hz: float | None = None,
-                 refresh_s: float | None = None, forget_after_gap_s: float = 60.0):
+                 refresh_s: float | None = None, forget_after_gap_s: float = 60.0, max_lag_s: float | None = None):
         if keep_s < length_s:
             raise ValueError("keep_s must be >= length_s")
         self.length_s = float(length_s)
+        self.keep_s = float(keep_s)
         # The last good context outlives an ECG lead coming off (that is what it is for), but not a break
         # this long in either signal or a clock going back: the bed may hold another patient by then.
         self.forget_after_gap_s = float(forget_after_gap_s)
         self.rate_hz = rate_hz
-        self._ecg = _Track(keep_s)
-        self._ppg = _Track(keep_s)
-        self._lock = threading.Lock()
-        self._version = 0
-        self._cached_version = -1
-        self._cached: PairedContext | None = None
-        self._last_good: PairedContext | None = None
-        # re-select only after this much new data (selection costs ~10 ms; get() runs per window)
+        # a selection costs milliseconds: one per grid point, not one per window
         self.refresh_s = self.length_s / 4 if refresh_s is None else float(refresh_s)
-        self._new_s = 0.0
+        self.max_lag_s = self.keep_s if max_lag_s is None else float(max_lag_s)
+        self._refresh_ns = max(1, int(round(self.refresh_s * 1e9)))
+        self._step_ns = max(1, int(round(self.length_s / 4 * 1e9)))  # candidate spacing, as select_context
+        self._keep_ns = int(round(self.keep_s * 1e9))
+        self._lag_ns = int(round(self.max_lag_s * 1e9))
+        if self._keep_ns < self._refresh_ns:
+            raise ValueError("keep_s must be >= refresh_s")
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (e.g. a new patient in the bed)."""
+        self._ecg = _Track(self.keep_s + self.max_lag_s)
+        self._ppg = _Track(self.keep_s + self.max_lag_s)
+        self._next_g: int | None = None  # the next grid point to decide
+        self._first_g: int | None = None  # the first grid point decided (earlier ones: no data, None)
+        self._last_good: PairedContext | None = None
+        self._decided: deque[tuple[int, PairedContext | None]] = deque()  # (grid point, decision), recent
+        self._scores: dict[tuple, float | None] = {}  # candidate (start ns, samples, sources) -> context_score
+        self.scored = 0  # candidates scored by context_score (cost accounting)
 
     def push(self, signal: str, start_ns: int, rate_hz: float, samples: np.ndarray) -> None:
-        """Add a window (or chunk) of one signal; overlap with what is held is ignored, a gap restarts that track.
+        """Add a window (or chunk) of one signal; overlap with what is held is ignored, a gap starts a new segment.
 
         Parameters
         ----------
@@ -218,82 +306,141 @@ class ContextStore:
         ValueError : another signal.
         """
         name = signal.upper()
-        with self._lock:
-            if name == "II":
-                gap_s = self._ecg.push(int(start_ns), float(rate_hz), samples)
-            elif name == "PLETH":
-                gap_s = self._ppg.push(int(start_ns), float(rate_hz), samples)
-            else:
-                raise ValueError(f"ContextStore keeps 'II' and 'PLETH', not {signal!r}")
-            if gap_s is not None and gap_s > self.forget_after_gap_s:
-                self._cached = self._last_good = None
-                self._cached_version = -1
-            self._version += 1
-            self._new_s += len(np.ravel(samples)) / float(rate_hz) / 2.0  # two signals
+        if name not in ("II", "PLETH"):
+            raise ValueError(f"ContextStore keeps 'II' and 'PLETH', not {signal!r}")
+        x = np.asarray(samples, dtype=np.float32).ravel()
+        if len(x) == 0:
+            return
+        start_ns, rate_hz = int(start_ns), float(rate_hz)
+        if not (self._ecg if name == "II" else self._ppg).push(start_ns, rate_hz, x):
+            self.clear()  # the sender's clock went back (or a new recording began): start anew
+            (self._ecg if name == "II" else self._ppg).push(start_ns, rate_hz, x)
+        if self._next_g is None:  # the first point with data before it
+            self._next_g = self._first_g = (start_ns // self._refresh_ns + 1) * self._refresh_ns
+        ends = [e for e in (self._ecg.end_ns, self._ppg.end_ns) if e is not None]
+        # memory bound: a signal far ahead of the pending point decides it without the lagging one
+        self._decide_until(max(ends) - self._lag_ns)
+        self._drop()
 
-    def clear(self) -> None:
-        """Forget everything (e.g. a new patient in the bed)."""
-        with self._lock:
-            self._ecg = _Track(self._ecg.max_s)
-            self._ppg = _Track(self._ppg.max_s)
-            self._cached = self._last_good = None
-            self._cached_version = -1
-            self._new_s = 0.0
-            self._version += 1
+    def get(self, at_ns: int) -> PairedContext | None:
+        """The context decided at the last grid point at or before `at_ns` (see the class invariants).
 
-    def get(self) -> PairedContext | None:
-        """The best context from the data held (re-selected after `refresh_s` of new data), else the last good one
-        (forgotten after a break longer than `forget_after_gap_s`), else None."""
-        with self._lock:
-            fresh = self._cached_version == self._version
-            if fresh or (self._cached_version >= 0 and self._new_s < self.refresh_s):
-                return self._cached
-            self._new_s = 0.0
-            ctx = self._select()
-            if ctx is not None:
-                self._last_good = ctx
-            self._cached = ctx or self._last_good
-            self._cached_version = self._version
-            return self._cached
+        Parameters
+        ----------
+        at_ns : int
+            Timestamp the context is for (the worker: a PLETH window's first sample), ns since the epoch.
 
-    def aligned(self) -> tuple[np.ndarray, np.ndarray, float, int] | None:
-        """(ecg, ppg, rate_hz, start_ns) over the time both signals cover, or None."""
-        with self._lock:
-            return self._aligned()
-
-    def _aligned(self):
-        if not len(self._ecg.buf) or not len(self._ppg.buf):
+        Returns
+        -------
+        PairedContext or None
+            None before both signals have `length_s` of usable paired data (and no earlier context is kept).
+        """
+        g = int(at_ns) // self._refresh_ns * self._refresh_ns
+        if self._next_g is None or g < self._first_g:
             return None
-        (e0, e1), (p0, p1) = self._ecg.span_ns(), self._ppg.span_ns()
+        self._decide_until(g)
+        self._drop()
+        while len(self._decided) > 1 and self._decided[1][0] <= g:  # asks come in time order: older ones go
+            self._decided.popleft()
+        # an ask older than what is kept (a window far behind the others) gets the oldest decision kept
+        return self._decided[0][1] if self._decided else None
+
+    def aligned(self, before_ns: int) -> tuple[np.ndarray, np.ndarray, float, int] | None:
+        """(ecg, ppg, rate_hz, start_ns) over the time both signals cover in `[before_ns - keep_s, before_ns)`, or
+        None: what the decision at grid point `before_ns` selects from."""
+        al = self._aligned(int(before_ns))
+        return None if al is None else al[:4]
+
+    def nbytes(self) -> int:
+        """Bytes of samples held (both signals, context arrays not counted)."""
+        return self._ecg.nbytes() + self._ppg.nbytes()
+
+    def _decide_until(self, g_last: int) -> None:
+        while self._next_g is not None and self._next_g <= g_last:
+            g = self._next_g
+            self._decide(g)
+            self._next_g = g + self._refresh_ns
+
+    def _decide(self, g: int) -> None:
+        limit_ns = int(round(self.forget_after_gap_s * 1e9))
+        for track in (self._ecg, self._ppg):
+            quiet = track.silent_since(g)
+            if (quiet is not None and g - quiet > limit_ns) or any(
+                    b > self.forget_after_gap_s for b in track.breaks(g - self._refresh_ns, g)):
+                self._last_good = None
+        ctx = self._select(g)
+        if ctx is not None:
+            old = self._last_good
+            if not (old is not None and old.rate_hz == ctx.rate_hz and np.array_equal(old.ecg, ctx.ecg)
+                    and np.array_equal(old.ppg, ctx.ppg)):
+                self._last_good = ctx
+        self._decided.append((g, self._last_good))
+        # bounded: a point is asked for within max_lag_s of the newest data, or was decided for the memory bound
+        while len(self._decided) > 2 + (self._keep_ns + self._lag_ns) // self._refresh_ns:
+            self._decided.popleft()
+
+    def _drop(self) -> None:
+        if self._next_g is not None:
+            self._ecg.drop_before(self._next_g - self._keep_ns)
+            self._ppg.drop_before(self._next_g - self._keep_ns)
+
+    def _aligned(self, g: int):
+        e = self._ecg.clip(g - self._keep_ns, g)
+        p = self._ppg.clip(g - self._keep_ns, g)
+        if e is None or p is None:
+            return None
         # Not the PPG's rate: a 25 Hz PPG would band-limit a 125 Hz ECG to 12.5 Hz and blunt the QRS that
         # PPG->ECG draws from this context (the model was trained on full-band contexts). Upsampling the PPG is harmless.
-        rate = float(self.rate_hz or max(self._ecg.rate, self._ppg.rate))
-        t0, t1 = max(e0, p0), min(e1, p1)
+        rate = float(self.rate_hz or max(e[2], p[2]))
+        t0, t1 = max(e[0], p[0]), min(e[1], p[1])
         n = int((t1 - t0) * rate // 1e9)
         if n < 2:
             return None
-        # grid at `rate` from t0; each signal is brought onto it (polyphase when the rate differs)
         t = grid_ns(t0, rate, np.arange(n))
-        ecg = self._on_grid(self._ecg, t, rate)
-        ppg = self._on_grid(self._ppg, t, rate)
-        return ecg, ppg, rate, int(t0)
+        # what a candidate's samples depend on besides its time: the segments and rates they come from
+        key = (rate, self._ecg.segs_key(g), self._ppg.segs_key(g))
+        return self._on_grid(e, t, rate), self._on_grid(p, t, rate), rate, int(t0), key
 
     @staticmethod
-    def _on_grid(track: _Track, t: np.ndarray, rate: float) -> np.ndarray:
-        if track.rate == rate:
-            return track.values_at(t)
-        # anti-aliased rate change first, then sub-sample alignment by interpolation
-        x = resample(track.buf.astype(np.float64), track.rate, rate)
-        tmp = _Track(track.max_s)
-        tmp.rate, tmp.origin_ns, tmp.first, tmp.buf = rate, int(grid_ns(track.origin_ns, track.rate, track.first)), 0, x
-        return tmp.values_at(t)
+    def _on_grid(clip: tuple[int, int, float, np.ndarray], t: np.ndarray, rate: float) -> np.ndarray:
+        t0, _, r, x = clip
+        if r != rate:  # anti-aliased rate change first, then sub-sample alignment by interpolation
+            x, r = resample(x.astype(np.float64), r, rate), rate
+        # offsets from the clip's first sample: the same clip gives the same values however it was pushed
+        return np.interp((t - t0) / (1e9 / r), np.arange(len(x)), x)
 
-    def _select(self) -> PairedContext | None:
-        al = self._aligned()
+    def _select(self, g: int) -> PairedContext | None:
+        """`select_context` over the data before `g`, its candidates on an absolute grid (multiples of
+        `length_s / 4`), each scored once: the score of a candidate is kept while it lies within `keep_s` before the
+        pending point, so a decision scores only the candidates new since the last one."""
+        al = self._aligned(g)
         if al is None:
             return None
-        ecg, ppg, rate, _ = al
-        return select_context(ecg, ppg, rate, self.length_s)
+        ecg, ppg, rate, t0, key = al
+        n = int(round(self.length_s * rate))
+        if n < 2 or len(ecg) < n:
+            return None
+        t = grid_ns(t0, rate, np.arange(len(ecg)))
+        step = self._step_ns
+        best, best_i = None, None
+        c = int(t[len(ecg) - n]) // step * step
+        while c >= t0:  # latest first: the most recent wins a tie
+            i = int(np.searchsorted(t, c))
+            if i + n <= len(ecg):
+                k = (c, n, key)
+                if k not in self._scores:
+                    self._scores[k] = context_score(ecg[i:i + n], ppg[i:i + n], rate)
+                    self.scored += 1
+                sc = self._scores[k]
+                if sc is not None and (best is None or sc > best + 1e-9):
+                    best, best_i = sc, i
+            c -= step
+        for k in [k for k in self._scores if k[0] < g - self._keep_ns]:
+            del self._scores[k]
+        if best_i is None:
+            return None
+        return PairedContext(ecg=ecg[best_i:best_i + n].astype(np.float32), ppg=ppg[best_i:best_i + n].astype(np.float32),
+                             rate_hz=float(rate))
 
 
 class ContextCache:
