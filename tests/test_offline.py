@@ -119,9 +119,15 @@ def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_pa
                 "--context", bidmc_record(1))
     assert r.returncode == 0, r.stderr
     with_ctx = pq.read_table(out).column("ecg_ii").to_numpy()
-    r2 = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "no.parquet", "--translator", "classic")
+    r2 = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "no.parquet", "--translator", "classic",
+                 "--context-s", "0")
     without = pq.read_table(tmp_path / "no.parquet").column("ecg_ii").to_numpy()
     assert len(with_ctx) == len(without) and not np.allclose(with_ctx, without)  # the patient's own beat shape
+    # without --context, the context the worker builds from the record's own lead II and PLETH
+    r3 = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "own.parquet", "--translator", "classic")
+    assert r3.returncode == 0 and "patient context: from the record's own II and PLETH" in r3.stderr, r3.stderr
+    own = pq.read_table(tmp_path / "own.parquet").column("ecg_ii").to_numpy()
+    assert len(own) == len(without) and not np.allclose(own, without, equal_nan=True)
     bad = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "b.parquet", "--translator", "classic",
                   "--context", mitdb_record)
     assert bad.returncode == 2 and "--context" in bad.stderr and "PLETH" in bad.stderr and "Traceback" not in bad.stderr

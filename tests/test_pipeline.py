@@ -360,6 +360,32 @@ def test_synthesized_ecg_with_context_does_not_depend_on_batch_timing():
     np.testing.assert_array_equal(v1, v2)
 
 
+def test_offline_translate_builds_the_context_the_worker_builds():
+    """`wavebridge translate` without --context gives PPG->ECG the context the worker builds from the same chunks
+    (the record's own lead II and PLETH), whatever the worker's batches."""
+    from stream.tools.offline import iter_source_chunks, translate_recording
+
+    rec = synthesize(seconds=60.0, seed=5)
+    off = translate_recording(rec, "ppg2ecg", translator=ContextTranslator(), context_s=10.0)
+    plain = translate_recording(rec, "ppg2ecg", translator=ContextTranslator())
+    assert not np.allclose(off.columns["ecg_ii"], plain.columns["ecg_ii"])  # the context was used
+    tr = ContextTranslator()
+    pipe = Pipeline(PipelineConfig(context_s=10.0, tasks=("ppg2ecg",)), tr)  # the worker's defaults
+    feed = list(iter_source_chunks(rec, ["PLETH", "II"], 1.0, bed="A"))
+    results = []
+    for i in range(0, len(feed), 5):
+        for c in feed[i:i + 5]:
+            pipe.push(c)
+        results.append(pipe.process())
+    pipe.flush_all()
+    results.append(pipe.process())
+    outs = [o for r in results for o in r.outputs + r.withheld]
+    t = np.concatenate([o.times_ns for o in outs])
+    v = np.concatenate([o.values for o in outs])[np.argsort(t, kind="stable")]
+    np.testing.assert_array_equal(np.sort(t), off.times_ns)
+    np.testing.assert_array_equal(v, off.columns["ecg_ii"])
+
+
 # ------------------------------------------------------------------ settings (stream/config.py)
 def test_settings_from_env_and_pipeline_config(tmp_path):
     from stream.config import Settings

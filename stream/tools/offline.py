@@ -189,15 +189,17 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
     return ctx
 
 
-def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLINE_BED, start_ns: int = 0):
-    """The chunks a replay publishes for this signal, after the wire round trip the worker sees.
+def iter_source_chunks(recording, signal: str | Sequence[str], chunk_s: float, bed: str = OFFLINE_BED,
+                       start_ns: int = 0):
+    """The chunks a replay publishes for this signal (or these, interleaved as a monitor sends them), after the wire
+    round trip the worker sees.
 
     Parameters
     ----------
     recording : Recording
         The input.
-    signal : str
-        Its canonical channel name.
+    signal : str or sequence of str
+        Canonical channel name(s).
     chunk_s : float
         Seconds of signal per chunk.
     bed : str
@@ -207,19 +209,21 @@ def iter_source_chunks(recording, signal: str, chunk_s: float, bed: str = OFFLIN
     """
     from stream.tools.chunker import iter_chunks
 
-    for chunk in iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=[signal]):
+    signals = [signal] if isinstance(signal, str) else list(signal)
+    for chunk in iter_chunks(recording, bed, chunk_s=chunk_s, start_ns=start_ns, signals=signals):
         yield wire.decode(wire.encode_binary(chunk))
 
 
 def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_rate: float, translator,
                      window_s: float = 8.0, hop_s: float = 2.0, context: PairedContext | None = None,
-                     progress=None, lookahead_s: float = PipelineConfig.lookahead_s, quality: bool = True):
-    """Run the pipeline over `chunks` (one bed, one signal) and flush at the end.
+                     progress=None, lookahead_s: float = PipelineConfig.lookahead_s, quality: bool = True,
+                     context_s: float = 0.0):
+    """Run the pipeline over `chunks` (one bed) and flush at the end.
 
     Parameters
     ----------
     chunks : iterable of Chunk
-        One bed's chunks of `source_signal`, in order.
+        One bed's chunks of `source_signal` in order (with `context_s`, also its lead II: context only).
     task : str
         "ppg2ecg" or "sr".
     source_signal : str
@@ -233,9 +237,12 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
     context : PairedContext, optional
         The patient's paired ECG+PPG context.
     progress : callable, optional
-        Called with the sample count of every chunk pushed.
+        Called with the sample count of every `source_signal` chunk pushed.
     quality : bool
         False turns gating off (benchmarks measure what it changes).
+    context_s : float
+        Without `context`: > 0 builds the bed's context from its own lead II and PLETH chunks, as the worker does
+        (`WAVEBRIDGE_CONTEXT_S`, s; the same chunks give the same context, operators.state.context.ContextStore).
 
     Returns
     -------
@@ -243,10 +250,11 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
         The published series and the withheld ones (NaN values, `usable=False`), and the pipeline's events.
     """
     cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, lookahead_s=lookahead_s, tasks=(task,), sr_target_hz=float(target_rate),
-                         sr_below_hz=float(target_rate), context_s=0.0,
+                         sr_below_hz=float(target_rate), context_s=0.0 if context is not None else float(context_s),
                          ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
                          sr_signals=(source_signal,), quality=quality)
-    pipe = Pipeline(cfg, translator, context_provider=lambda bed: context)
+    own = context is None and context_s > 0
+    pipe = Pipeline(cfg, translator, context_provider=None if own else (lambda bed: context))
     outputs, events = [], []
 
     def take(res):
@@ -256,7 +264,7 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
 
     for i, chunk in enumerate(chunks, 1):
         pipe.push(chunk)
-        if progress:
+        if progress and chunk.signal == source_signal:
             progress(len(chunk.samples))
         if i % BATCH_CHUNKS == 0:
             take(pipe.process())
@@ -269,7 +277,7 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
 def translate_recording(recording, task: str, *, target_rate: float | None = None, context: PairedContext | None = None,
                         translator=None, signal: str | None = None, window_s: float = 8.0, hop_s: float = 2.0,
                         chunk_s: float = 1.0, progress: bool = False,
-                        lookahead_s: float = PipelineConfig.lookahead_s) -> OfflineResult:
+                        lookahead_s: float = PipelineConfig.lookahead_s, context_s: float = 0.0) -> OfflineResult:
     """Translate one in-memory `operators.io.records.Recording`, cut into a replay's chunks.
 
     Parameters
@@ -290,6 +298,9 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
         The worker's window, hop and look-ahead, and the replay's chunk length, s.
     progress : bool
         A progress bar on stderr.
+    context_s : float
+        ppg2ecg without `context`: > 0 builds the patient context from the recording's own lead II (if it has one)
+        and PLETH, as the worker does with `WAVEBRIDGE_CONTEXT_S` (s); 0: none.
 
     Returns
     -------
@@ -328,11 +339,13 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
         from tqdm import tqdm
 
         bar = tqdm(total=len(recording.signals[src]), unit="sample", unit_scale=True, desc=recording.name, file=sys.stderr)
+    context = context if uses_context(task, src) else None
+    own = task == PPG2ECG and context is None and context_s > 0 and ECG in recording.signals
     try:
         outputs, events = translate_chunks(
-            iter_source_chunks(recording, src, chunk_s), task, source_signal=src, target_rate=target_rate,
-            translator=translator, window_s=window_s, hop_s=hop_s, context=context if uses_context(task, src) else None,
-            progress=bar.update if bar else None, lookahead_s=lookahead_s)
+            iter_source_chunks(recording, [src, ECG] if own else src, chunk_s), task, source_signal=src,
+            target_rate=target_rate, translator=translator, window_s=window_s, hop_s=hop_s, context=context,
+            progress=bar.update if bar else None, lookahead_s=lookahead_s, context_s=context_s if own else 0.0)
     finally:
         if bar:
             bar.close()
@@ -376,7 +389,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="newest part of each window used as context only, for every task (as the worker does)")
     p.add_argument("--chunk-s", type=_finite, default=1.0, help="chunk length, as a replay would publish")
     p.add_argument("--input-rate", type=_finite, default=None, help="sample rate of a CSV/Parquet without time_s")
-    p.add_argument("--context-s", type=_finite, default=10.0, help="length of the paired context segment")
+    p.add_argument("--context-s", type=_finite, default=10.0,
+                   help="length of the paired context segment; ppg2ecg without --context builds it from the record's "
+                        "own II and PLETH as the worker does (0: no context)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     return p
@@ -408,8 +423,15 @@ def _run(args) -> int:
 
         check_task_source(args.task, canonical_name(args.signal))  # before reading anything
     wanted = [args.signal] if args.signal else ([PPG] if args.task == PPG2ECG else None)
+    own_context = args.task == PPG2ECG and not args.context and args.context_s > 0
     try:
-        rec = read_recording(path, wanted, rate_hz=args.input_rate)
+        try:  # ppg2ecg: the record's own lead II too, for the patient context the worker would build
+            rec = read_recording(path, wanted + [ECG] if own_context else wanted, rate_hz=args.input_rate)
+        except MissingChannel:
+            if not own_context:
+                raise
+            own_context = False
+            rec = read_recording(path, wanted, rate_hz=args.input_rate)
     except MissingChannel as exc:
         need = "ppg2ecg needs a PLETH (PPG) channel: " if args.task == PPG2ECG and not args.signal else ""
         raise OfflineError(f"{need}{path}: {exc}") from None
@@ -436,9 +458,12 @@ def _run(args) -> int:
             print(f"wavebridge translate: note: --context is used by ppg2ecg and ECG sr only; ignored for sr of {src}",
                   file=sys.stderr)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if own_context:
+        print("wavebridge translate: patient context: from the record's own II and PLETH, as the worker builds it "
+              "(--context-s 0: none)", file=sys.stderr)
     res = translate_recording(rec, args.task, target_rate=args.target_rate, context=context, translator=translator,
                               signal=args.signal, window_s=args.window_s, hop_s=args.hop_s, chunk_s=args.chunk_s,
-                              lookahead_s=args.lookahead_s,
+                              lookahead_s=args.lookahead_s, context_s=args.context_s if own_context else 0.0,
                               progress=progress)
     col = next(iter(res.columns))
     if len(res.times_s) == 0:
