@@ -441,3 +441,36 @@ def test_a_pulse_keeping_its_rhythm_through_unexplained_ecg_activity_shows_it_is
     run = tuple(b for b in steady if not -5.5 < b < -2.5) + tuple(np.arange(-5.2, -2.8, 0.45))
     pulse_run = core.ChannelEvidence(**{**pulse.__dict__, "beats_s": tuple(sorted(run))})
     assert core.fuse(core.VTACH, "realtime", [lead, pulse_run], 0.5, (-16.0, 0.0)).keep_alarm
+
+
+def _run_of_beats(ii, start_s, n_beats, bpm, shape_of):
+    """Lead II with its beats from `start_s` replaced by `n_beats` complexes at `bpm`, the k-th drawn by
+    `shape_of(k, t)` (t: s from the complex's centre), on the lead's own baseline."""
+    out = ii.copy()
+    i0 = int(start_s * RATE)
+    n = int((n_beats * 60.0 / bpm + 0.3) * RATE)
+    amp = float(np.percentile(ii[:i0], 99.5) - np.median(ii[:i0]))
+    t = np.arange(n) / RATE
+    seg = np.full(n, np.median(ii[:i0])) + 0.01 * np.random.default_rng(1).standard_normal(n)
+    for k in range(n_beats):
+        seg += amp * shape_of(k, t - 0.15 - k * 60.0 / bpm)
+    out[i0:i0 + n] = seg
+    return out
+
+
+def test_a_run_of_ventricular_beats_repeats_one_shape_noise_does_not():
+    """Six fast complexes unlike the patient's beat: one repeated wide shape is a ventricular run (it supports
+    the VT); six unrelated shapes at the same times are noise the detector took for beats (no run)."""
+    ii = synthesize(seconds=100.0, rate_hz=RATE, seed=5).signals["II"].astype(np.float64)
+    g = lambda t, c, w: np.exp(-0.5 * ((t - c) / w) ** 2)  # noqa: E731
+    mono = _run_of_beats(ii, ONSET_S - 6.0, 6, 140.0, lambda k, t: -1.5 * g(t, 0.0, 0.035) + 0.8 * g(t, 0.09, 0.04))
+    rng = np.random.default_rng(7)
+    shapes = [(rng.choice([-1.5, 1.5], 3) * rng.uniform(0.5, 1.0, 3), rng.uniform(-0.06, 0.1, 3),
+               rng.uniform(0.008, 0.03, 3)) for _ in range(6)]
+    noise = _run_of_beats(ii, ONSET_S - 6.0, 6, 140.0,
+                          lambda k, t: sum(a * g(t, c, w) for a, c, w in zip(*shapes[k])))
+    v_mono = core.verify_alarm(core.VTACH, {"II": mono}, {"II": RATE}, ONSET_S).channels[0]
+    v_noise = core.verify_alarm(core.VTACH, {"II": noise}, {"II": RATE}, ONSET_S).channels[0]
+    assert v_mono.abnormal_run >= core.VT_RUN and v_mono.supports == 1.0, v_mono.to_dict()
+    assert "vvvvv" in v_mono.beat_shapes and "vvvvv" in v_noise.beat_shapes, (v_mono.beat_shapes, v_noise.beat_shapes)
+    assert v_noise.abnormal_run < 3 and v_noise.supports == 0.0, v_noise.to_dict()

@@ -20,7 +20,7 @@ Per channel and alarm type (definitions of the Challenge, `../shared/data/README
   an ECG lead's support counts only as far as no other ECG lead contradicts (`LEAD_AGREEMENT`);
 - extreme tachycardia (> 140 bpm for 17 consecutive beats): contradicted when the fastest 17 are slow;
 - ventricular tachycardia (>= 5 ventricular beats above 100 bpm): an ECG lead contradicts when no 5 beats
-  exceed 100 bpm, or when every beat matches the patient's own earlier beat (no run of abnormal beats), but
+  exceed 100 bpm, or when no run of beats unlike the patient's own earlier beat repeats one shape, but
   only as far as its usual-looking beats explain its activity (a rhythmic unexplained stretch may be a run
   the beat detector missed); a pulse channel (PLETH, ABP) contradicts when its pulses stay regular through
   the window (`VT_PULSE_CV`): a ventricular run disturbs the pulse rhythm, noise on the ECG does not;
@@ -84,6 +84,9 @@ VF_CONTRA_GAP_S = 2.5  # a fibrillating heart ejects nothing: pulses this close 
 SYNTH_PULSE_S = (0.1, 1.2)  # a synthesized beat counts when a PLETH pulse follows it this soon (s)
 ABNORMAL_CORR = 0.5  # a beat correlating less than this with the patient's earlier median beat is abnormal
 ABNORMAL_WIDTH = 1.3  # ... or whose QRS is this much wider than that beat's
+# A run of ventricular beats continues only while each beat's shape correlates at least this well with the one
+# before it: beats from one ventricular focus repeat their shape, noise taken for beats does not.
+RUN_CORR = 0.6
 VT_MAX_RR_S = 0.6  # 100 bpm
 VT_RUN = 5  # ventricular beats in a row (Challenge definition)
 # An ECG lead vouches for "no ventricular run" only where its beats explain its activity: five beats above 100 bpm
@@ -190,6 +193,9 @@ class ChannelEvidence:
     unexplained_s: float | None = None  # ECG: longest activity its usual beats do not explain (None: no template)
     unexplained_from_s: float | None = None  # ECG: where that stretch starts (None: no stretch)
     usual_width_s: float | None = None  # ECG: half-amplitude width of the patient's usual beat (None: no template)
+    # ECG: one letter per beat of beats_s: "n" shaped like the usual beat, "v" unlike it, "." neither or not judged
+    # (after the judged span); None without a usual beat
+    beat_shapes: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready form (floats rounded; what a verdict message carries per channel)."""
@@ -296,14 +302,16 @@ def _bridged_runs(mask: np.ndarray, rate_hz: float, bridge_s: float) -> tuple[np
 
 
 def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int, t1: int
-                          ) -> tuple[int | None, float | None, int | None, float | None]:
-    """(abnormal run, unexplained s, its first sample, the usual beat's half-amplitude width s) of an ECG lead
-    in x[t0:t1] against the patient's usual beat (the median of the beats before t0); None without enough
-    earlier beats.
+                          ) -> tuple[int | None, float | None, int | None, float | None, dict]:
+    """(abnormal run, unexplained s, its first sample, the usual beat's half-amplitude width s, each judged beat's
+    shape by sample index) of an ECG lead in x[t0:t1] against the patient's usual beat (the median of the beats
+    before t0); None (and no shapes) without enough earlier beats. A beat's shape is "n" when it explains its
+    activity (see below), "v" when it is unlike the usual beat, "." otherwise.
 
     The abnormal run is the longest run of consecutive beats unlike that beat: shape correlating less than
     ABNORMAL_CORR with it, or a QRS wider than ABNORMAL_WIDTH times its width; a run continues only at a
-    ventricular-tachycardia rate (RR below VT_MAX_RR_S). The unexplained time is the longest stretch (gaps
+    ventricular-tachycardia rate (RR below VT_MAX_RR_S) and while each beat is shaped like the one before it
+    (correlation >= RUN_CORR). The unexplained time is the longest stretch (gaps
     under UNEXPLAINED_BRIDGE_S closed) where the lead carries QRS-like energy (0.1 s RMS above
     UNEXPLAINED_LEVEL times that of the usual beat's QRS) that no usual-looking beat (correlation >=
     EXPLAIN_CORR, not wide) accounts for, from EXPLAINED_S[0] before to EXPLAINED_S[1] after it, and that
@@ -314,7 +322,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
     early, late = ok[ok < t0], ok[ok >= t0]
     if len(early) < 5:
-        return None, None, None, None
+        return None, None, None, None, {}
     # 1 Hz high-pass: beat shapes compared without baseline wander
     xh = sps.sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
@@ -322,22 +330,23 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     tpl = tpl - tpl.mean()
     width = float(np.median([_half_width(seg(i), lo, rate_hz) for i in early[-30:]]))
     if not np.any(tpl):
-        return None, None, None, None
+        return None, None, None, None, {}
     odd = np.zeros(len(late), dtype=bool)
     usual = np.zeros(len(late), dtype=bool)
     run = best = 0
-    prev = None
+    prev = prev_s = None
     for k, i in enumerate(late):
         s = seg(i) - seg(i).mean()
-        den = float(np.linalg.norm(s) * np.linalg.norm(tpl))
-        corr = float(s @ tpl) / den if den > 0 else 0.0
+        corr = _corr(s, tpl)
         wide = _half_width(seg(i), lo, rate_hz) > ABNORMAL_WIDTH * width
         odd[k] = corr < ABNORMAL_CORR or wide
         usual[k] = corr >= EXPLAIN_CORR and not wide
         fast = prev is not None and (i - prev) / rate_hz < VT_MAX_RR_S
-        run = (run + 1 if fast or run == 0 else 1) if odd[k] else 0
+        # a ventricular run repeats one shape (one focus): noise that the detector takes for beats does not
+        same = prev_s is not None and _corr(s, prev_s) >= RUN_CORR
+        run = (run + 1 if fast and same or run == 0 else 1) if odd[k] else 0
         best = max(best, run)
-        prev = i
+        prev, prev_s = i, s
     n_rms = max(1, int(round(0.1 * rate_hz)))
     rms = np.sqrt(np.convolve(xh ** 2, np.ones(n_rms) / n_rms, mode="same"))
     ref = float(np.median([np.max(rms[i - lo:i + hi]) for i in early[-30:]]))
@@ -351,7 +360,14 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     for a, b in zip(starts + t0, ends + t0):
         if (b - a) / rate_hz > longest and _rhythmic(xh, rate_hz, a, b, t0, t1):
             longest, first = float(b - a) / rate_hz, int(a)
-    return best, longest, first, width
+    shapes = {int(i): "n" if u else "v" if o else "." for i, o, u in zip(late, odd, usual)}
+    return best, longest, first, width, shapes
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two zero-mean beat segments of equal length (0 when either is flat)."""
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / den if den > 0 else 0.0
 
 
 def _rhythmic(xh: np.ndarray, rate_hz: float, a: int, b: int, t0: int, t1: int) -> bool:
@@ -436,15 +452,15 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
     hr5 = _hr_extremes(beats_s, 5)
     hr17 = _hr_extremes(beats_s, 17)[1]
-    abnormal, unexplained, first, width = (_ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b)
-                                           if kind == "ecg" else (None, None, None, None))
+    abnormal, unexplained, first, width, shapes = (_ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b)
+                                                   if kind == "ecg" else (None, None, None, None, {}))
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
                     None if hr is None else 60.0 / hr, rr_cv, unexplained, width)
     return {"gap": gap, "hr": hr, "hr5": hr5, "hr17": hr17, "abnormal": abnormal, "unexplained": unexplained,
             "unexplained_from": None if first is None else (first - onset_idx) / rate_hz, "width": width,
-            "judged": judged}
+            "shapes": shapes, "judged": judged}
 
 
 def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_idx: int, a: int, b: int,
@@ -476,14 +492,16 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     stats = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type)
     contra, support = stats["judged"]
     gap, hr, hr5, hr17, abnormal = stats["gap"], stats["hr"], stats["hr5"], stats["hr17"], stats["abnormal"]
-    beats_s = (peaks[(peaks >= a) & (peaks < b)] - onset_idx) / rate_hz  # shown: the whole window
+    shown = peaks[(peaks >= a) & (peaks < b)]  # the whole window
+    beats_s = (shown - onset_idx) / rate_hz
+    shape = "".join(stats["shapes"].get(int(i), ".") for i in shown) if kind == "ecg" and stats["shapes"] else None
     quality = "good" if qscore >= 0.75 and onset_ok else "degraded" if qscore >= 0.25 else "unusable"
     return ChannelEvidence(name=name, kind=kind, quality=quality, quality_score=qscore, onset_ok=onset_ok,
                            reason="" if qscore == 1.0 else reason, beats_s=tuple(float(t) for t in beats_s),
                            hr_bpm=hr, max_gap_s=gap, hr5_min_bpm=hr5[0], hr5_max_bpm=hr5[1], hr17_max_bpm=hr17,
                            abnormal_run=abnormal, contradicts=contra, supports=support,
                            unexplained_s=stats["unexplained"], unexplained_from_s=stats["unexplained_from"],
-                           usual_width_s=stats["width"]), peaks
+                           usual_width_s=stats["width"], beat_shapes=shape), peaks
 
 
 # ---------------------------------------------------------------- synthesized ECG
