@@ -474,3 +474,18 @@ def test_a_run_of_ventricular_beats_repeats_one_shape_noise_does_not():
     assert v_mono.abnormal_run >= core.VT_RUN and v_mono.supports == 1.0, v_mono.to_dict()
     assert "vvvvv" in v_mono.beat_shapes and "vvvvv" in v_noise.beat_shapes, (v_mono.beat_shapes, v_noise.beat_shapes)
     assert v_noise.abnormal_run < 3 and v_noise.supports == 0.0, v_noise.to_dict()
+
+
+@pytest.mark.parametrize("alarm_type", [core.VTACH, core.TACHY])
+def test_all_leads_must_agree_each_as_far_as_its_quality_goes(alarm_type):
+    """A degraded lead (half its blocks failing) that mostly agrees must not drag a clean lead's full
+    contradiction down to its own weight; a clean lead that dissents still keeps the alarm."""
+    clean = _evidence("II", "ecg", contradicts=1.0)
+    degraded = core.ChannelEvidence(**{**_evidence("V", "ecg", contradicts=0.8).__dict__, "quality_score": 0.5,
+                                       "quality": "degraded"})
+    v = core.fuse(alarm_type, "realtime", [clean, degraded], 0.6, (-16.0, 0.0))
+    assert v.false_score == pytest.approx(0.9) and v.verdict == "false", v.reason  # 1 - 0.5 x (1 - 0.8)
+    dissent = _evidence("V", "ecg", contradicts=0.4)
+    assert core.fuse(alarm_type, "realtime", [clean, dissent], 0.6, (-16.0, 0.0)).false_score == pytest.approx(0.4)
+    # equal weights: the weakest contradiction, as before; one degraded lead alone: its weighted contradiction
+    assert core.fuse(alarm_type, "realtime", [degraded], 0.6, (-16.0, 0.0)).false_score == pytest.approx(0.4)

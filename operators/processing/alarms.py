@@ -673,8 +673,9 @@ def _pulse_steady(beats_s: np.ndarray, t0: float, t1: float) -> bool:
 
 def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold: float,
          window_s: tuple[float, float]) -> AlarmVerdict:
-    """The verdict from per-channel evidence: the quality-weighted contradiction (strongest channel, or the
-    weakest of the usable ones, per FUSION) minus the strongest quality-weighted support, against
+    """The verdict from per-channel evidence: the quality-weighted contradiction (strongest channel, or, per
+    FUSION, the consensus of the usable ones, each voter's dissent weighed by its quality) minus the strongest
+    quality-weighted support, against
     `threshold` (see the module doc).
 
     Parameters
@@ -703,10 +704,14 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
     if FUSION[alarm_type] == "all":
         voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and (
             alarm_type != VTACH or c.kind == "ecg")]
-        i_c = min(voters, key=lambda i: weighted_c[i]) if voters else None
+        # all voters must agree, each as far as its quality goes: the strongest weighted contradiction, lowered by
+        # the strongest weighted dissent (weight x (1 - contradicts)); with equal weights, the weakest contradiction
+        i_c = max(voters, key=lambda i: weighted_c[i]) if voters else None
+        dissent = max([w[i] - weighted_c[i] for i in voters] or [0.0])
+        contra = 0.0 if i_c is None else min(weighted_c[i_c], 1.0 - dissent)
     else:
         i_c = int(np.argmax(weighted_c))
-    contra = 0.0 if i_c is None else weighted_c[i_c]
+        contra = weighted_c[i_c]
     i_s = int(np.argmax(weighted_s))
     support = weighted_s[i_s]
     false_score = _clip01(contra - support)
