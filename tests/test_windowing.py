@@ -403,3 +403,23 @@ def test_windows_lie_on_the_absolute_grid_and_a_resumed_stream_computes_the_same
     w = SlidingWindower(window_s, hop_s, lookahead_s=lookahead_s)
     first, _ = _run(w, cks, rate)
     assert not w.resumed and first[0].emit_from == 0 and first[0].start_ns == t0
+
+
+@pytest.mark.parametrize("known_s", [0.0, 17.0, 18.5, 40.0])
+def test_the_windower_takes_its_head_as_emitted_only_up_to_a_known_end(known_s):
+    """Resumed at seq 15 (15 s), output known complete up to `known_s`: everything after it is emitted exactly once;
+    at or before the segment's start that is a whole head, beyond the head the mid-stream rule."""
+    rate = 125.0
+    w = SlidingWindower(8.0, 2.0, lookahead_s=1.0, flushed_until_ns=T0 + int(known_s * 1e9))
+    emitted = []
+    for k in range(15, 40):
+        res = w.push(T0 + k * 10**9, rate, np.arange(125, dtype=np.float32) + k * 125, seq=k)
+        emitted += [x.samples[x.emit_from:x.emit_stop] for x in res.windows]
+    emitted += [x.samples[x.emit_from:x.emit_stop] for x in w.flush().windows]
+    got = np.concatenate(emitted)
+    plain = SlidingWindower(8.0, 2.0, lookahead_s=1.0)
+    plain.push(T0 + 15 * 10**9, rate, np.zeros(125, np.float32), seq=15)
+    head_s = (plain.emitted_until_ns - T0) / 1e9  # where the mid-stream rule starts emitting
+    first_s = max(15.0, min(known_s, head_s))
+    np.testing.assert_array_equal(got, np.arange(int(np.ceil(first_s * 125)), 40 * 125, dtype=np.float32))
+    assert w.resumed == (known_s >= head_s)

@@ -27,7 +27,9 @@ before a rebalance) may have emitted from. The segment is then *resumed*: no hea
 taken as emitted and its first emitted window is the first grid window wholly in the data, which is
 the same window, with the same samples, that an uninterrupted process computes there.
 `resume_mid_stream=False` turns this off for a reader that knows nobody emitted from the stream (the
-pipeline's own evicted beds). Given at least
+pipeline's own evicted beds). `flushed_until_ns` is for a reader that knows where the output stopped (a flush
+point the previous reader persisted): the first segment then takes its head as emitted only up to there, and its
+head window emits the rest; at or before the segment's start that is a start with a whole head. Given at least
 `window` seconds of input before the point where the previous process stopped emitting (the worker's
 commit rule keeps that much uncommitted), every later output is identical to an uninterrupted run.
 
@@ -206,7 +208,7 @@ class SlidingWindower:
     """Sliding windows over one (bed, signal) stream. Not thread-safe: one instance per stream."""
 
     def __init__(self, window_s: float, hop_s: float, min_segment_s: float = 1.0, gap_tolerance: float = 0.5,
-                 lookahead_s: float = 0.0, resume_mid_stream: bool = True):
+                 lookahead_s: float = 0.0, resume_mid_stream: bool = True, flushed_until_ns: int | None = None):
         if not (window_s > 0 and hop_s > 0):
             raise ValueError("window_s and hop_s must be > 0")
         if not lookahead_s >= 0:
@@ -223,6 +225,8 @@ class SlidingWindower:
         self.gap_tolerance = float(gap_tolerance)
         # False: the first chunk starts the stream whatever its seq (its reader knows nobody emitted from it)
         self.resume_mid_stream = bool(resume_mid_stream)
+        # output before this is known emitted, after it not: bounds the head a resumed first segment takes as emitted
+        self.flushed_until_ns = None if flushed_until_ns is None else int(flushed_until_ns)
         self._hop_ns = int(round(self.hop_s * NS_PER_S))  # window ends lie on multiples of this since the epoch
         self._segment = -1
         self._last_seq: int | None = None
@@ -250,8 +254,11 @@ class SlidingWindower:
         self._la = min(self._win - self._hop, int(round(self.lookahead_s * rate_hz)))
         self._min_seg = max(1, int(math.ceil(self.min_segment_s * rate_hz - 1e-9)))
         if resumed:  # the head span counts as emitted by whoever read this stream before (module doc)
-            self._resumed = True
-            self._emitted = self._head_end()
+            head = self._head_end()
+            known = head if self.flushed_until_ns is None else min(head, self._grid_index(self.flushed_until_ns))
+            # a known end of the output inside the head: the head window emits from there (not a mid-stream resume)
+            self._resumed = known == head
+            self._emitted = known
 
     def _ts(self, index: int) -> int:
         return int(grid_ns(self._seg_start_ns, self._rate, index))
@@ -302,8 +309,14 @@ class SlidingWindower:
 
     @property
     def resumed(self) -> bool:
-        """The current segment was joined mid-stream (first chunk with seq > 0): no head window."""
+        """The current segment was joined mid-stream (first chunk with seq > 0, its head not known unemitted): no
+        head window."""
         return self._resumed
+
+    @property
+    def last_seq(self) -> int | None:
+        """The newest accepted chunk's seq (None before any chunk with one)."""
+        return self._last_seq
 
     @property
     def pending(self) -> int:
