@@ -10,7 +10,7 @@ __all__ = ["ECG", "PPG", "ABP", "ECG_LEADS", "WIRE_SIGNALS", "SYNTH_SUFFIX", "SR
            "is_ecg_signal", "PPG2ECG", "SR", "TASKS", "TASK_PPG2ECG", "TASK_ECG_SR",
            "TASK_PPG_SR", "TASK_MODALITIES", "CANONICAL_RATE_HZ", "SR_TARGET_HZ", "LOW_RATE_HZ", "LOWRES_KINDS", "SEXES",
            "SEX_CODES", "TOPIC_WAVEFORMS", "TOPIC_ECG_SYNTH", "TOPIC_SR", "TOPIC_EVENTS", "TOPIC_DLQ", "TOPIC_ALARMS",
-           "TOPIC_VERDICTS", "DEFAULT_TOPICS", "DEFAULT_PARTITIONS"]
+           "TOPIC_VERDICTS", "TOPIC_PROGRESS", "DEFAULT_TOPICS", "DEFAULT_PARTITIONS"]
 
 # --- signals (channel names as monitors send them, WFDB-style) ------------------------------------
 ECG = "II"  # lead II: the ECG the model synthesizes and super-resolves
@@ -62,5 +62,7 @@ TOPIC_EVENTS = "wavebridge.events"  # R-peaks, HR, quality, gaps
 TOPIC_DLQ = "wavebridge.dlq"  # malformed input with reason
 TOPIC_ALARMS = "wavebridge.alarms"  # monitor alarms to verify (key = bed id; as many partitions as waveforms)
 TOPIC_VERDICTS = "wavebridge.verdicts"  # alarm verdicts (docs/alarms.md)
-DEFAULT_TOPICS = (TOPIC_WAVEFORMS, TOPIC_ECG_SYNTH, TOPIC_SR, TOPIC_EVENTS, TOPIC_DLQ, TOPIC_ALARMS, TOPIC_VERDICTS)
+TOPIC_PROGRESS = "wavebridge.progress"  # each stream's idle-flush point, for the next owner (stream/progress.py)
+DEFAULT_TOPICS = (TOPIC_WAVEFORMS, TOPIC_ECG_SYNTH, TOPIC_SR, TOPIC_EVENTS, TOPIC_DLQ, TOPIC_ALARMS, TOPIC_VERDICTS,
+                  TOPIC_PROGRESS)
 DEFAULT_PARTITIONS = 4

@@ -3,7 +3,9 @@
 Delivery rule (docs/delivery-semantics.md): an input message is acknowledged only after the Kafka
 sends covering ALL its samples are confirmed, and only once every earlier message of its partition
 is acknowledged too (`stream.ackgate`: Faust would commit past a single held message), so the
-committed offset never passes a message whose outputs are not durably published. InfluxDB is not
+committed offset never passes a message whose outputs are not durably published; input released by an idle
+flush also waits for the flush point written after those outputs (`stream.progress`), and no input of a new
+partition assignment is processed before every flush point written so far is read. InfluxDB is not
 on this path: the InfluxDB sink agent (`stream.influxsink`) reads the output topics in a consumer
 group of its own, so an InfluxDB outage never holds the alarm feed. Everything heavy (decode,
 windowing, torch) runs on one dedicated thread, never on the event loop.
@@ -23,6 +25,7 @@ from stream.ackgate import AckGate
 from stream.config import Settings
 from stream.logthrottle import Throttle
 from stream.pipeline import Pipeline, PipelineConfig
+from stream.progress import ProgressLog
 from stream.results import BatchResult, Rejected
 
 TASK_OF_KIND = {"synth": PPG2ECG, "sr": SR}  # OutputSeries.kind -> translator task
@@ -55,9 +58,13 @@ class WorkerRuntime:
         The worker's configuration.
     translator : Translator, optional
         Already loaded; loaded on the compute thread by `start` otherwise.
+    progress : ProgressLog, optional
+        Reader of the progress topic's flush points (`register` passes one); None reads none, so a stream that
+        continues after another worker's idle flush is resumed by the mid-stream rule alone (tests without a broker).
     """
 
-    def __init__(self, app, settings: Settings, translator: Translator | None = None):
+    def __init__(self, app, settings: Settings, translator: Translator | None = None,
+                 progress: ProgressLog | None = None):
         self.app = app
         self.settings = settings
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavebridge-compute")
@@ -87,6 +94,9 @@ class WorkerRuntime:
         }
         self.events_topic = app.topic(settings.topic_events, **raw)
         self.dlq_topic = app.topic(settings.topic_dlq, **raw)
+        self.progress_topic = app.topic(settings.topic_progress, **raw)
+        self.progress = progress
+        self._progress_generation: int | None = None  # the consumer generation the flush points were read up to in
         self.chunk_listeners: list = []  # called with every decoded chunk on the compute thread (alarm ring)
 
     # ------------------------------------------------------------------ readiness (/readyz; read-only)
@@ -130,7 +140,8 @@ class WorkerRuntime:
     def _open(self) -> None:
         if self._translator is None:
             self._translator = configured_translator(self.settings)
-        self.pipeline = Pipeline(PipelineConfig.from_settings(self.settings), self._translator)
+        self.pipeline = Pipeline(PipelineConfig.from_settings(self.settings), self._translator,
+                                 resume_from=None if self.progress is None else self._resume_from)
         log.info("translator %s loaded; tasks=%s window=%ss hop=%ss", self.pipeline.model,
                  ",".join(self.settings.tasks), self.settings.window_s, self.settings.hop_s)
 
@@ -143,6 +154,8 @@ class WorkerRuntime:
         self.counters.maybe_log(force=True)
         self.stats.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.progress is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.progress.close)
 
     async def _run(self, fn, *args):
         if self._stopping:
@@ -170,6 +183,8 @@ class WorkerRuntime:
             if len(fresh) != len(events):
                 # Fetched before a rebalance: Faust re-delivers them from the committed offset.
                 log.info("skipping %d events of a revoked consumer generation", len(events) - len(fresh))
+            if fresh and self.progress is not None and self._progress_generation != self.app.consumer_generation_id:
+                await self._read_flush_points()
             self.gate.taken(ev for ev in fresh)
             result, dead = await self._run(self._compute, fresh)
             await self._deliver(result, dead)
@@ -184,6 +199,31 @@ class WorkerRuntime:
             if result.outputs or result.events or result.completed or result.rejected or dead:
                 await self._deliver(result, dead)
         self.counters.maybe_log()
+
+    async def _read_flush_points(self) -> None:
+        """Read the progress topic up to this worker's markers, once per consumer generation, before its first batch:
+        a flush point written before the old owner committed is then known before the continuation is pushed."""
+        generation = self.app.consumer_generation_id
+        started = time.monotonic()
+        try:
+            n = await self._run(self.progress.catch_up)
+        except Exception:
+            metrics.PROGRESS_ERRORS.labels("read").inc()
+            log.error("progress topic %s: flush points not read; crashing rather than resume streams without them "
+                      "(input is re-consumed after the restart)", self.settings.topic_progress)
+            raise
+        metrics.PROGRESS_CATCHUP_SECONDS.observe(time.monotonic() - started)
+        metrics.FLUSH_POINTS.labels("read").inc(n)
+        self._progress_generation = generation
+
+    def _resume_from(self, bed: str, signal: str, seq: int, start_ns: int) -> int | None:
+        """The pipeline's `resume_from`: the stream's flush point when it applies (stream.progress), counted."""
+        at = self.progress.points.resume_from(bed, signal, seq, start_ns)
+        if at is not None:
+            metrics.FLUSH_POINTS.labels("applied").inc()
+            log.info("%s/%s continues after a flush at %d ns (seq %d): its output is published from there",
+                     bed, signal, at, seq)
+        return at
 
     def _current(self, events: list) -> list:
         """The events of the live consumer generation. Faust sets the new generation id only when the new
@@ -246,6 +286,7 @@ class WorkerRuntime:
     async def reset(self) -> None:
         """Partitions revoked: drop buffered state; unacknowledged input is consumed again."""
         self._rebalancing = True  # before waiting for the lock: batches queued on it must see this
+        self._progress_generation = None
         if self.pipeline is None:
             return
         async with self.lock:
@@ -344,6 +385,8 @@ class WorkerRuntime:
         if futs:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
         published_ms = time.time() * 1000.0
+        if result.flushed:
+            await self._persist(result.flushed)
         # 2) Acknowledge, each partition's finished head only (the gate holds the rest until it is contiguous).
         done = list(result.completed) + [r.token for r in dead + result.rejected]
         released = self.gate.finish(t.event for t in done)
@@ -357,6 +400,18 @@ class WorkerRuntime:
         if self.stats.path is not None:
             self.stats.record(sinks.LatencyRecord(t.bed, t.signal, _produce_ms(t.message), published_ms)
                               for t in result.emitted)
+
+    async def _persist(self, flushed: list) -> None:
+        """Write the flush points of this result, after its outputs are delivered and before its input is acked."""
+        try:
+            await asyncio.gather(*[await self.progress_topic.send(key=fp.key, value=fp.encode()) for fp in flushed])
+        except Exception as exc:
+            metrics.PROGRESS_ERRORS.labels("write").inc(len(flushed))
+            log.error("progress topic %s: %d flush point(s) not delivered (%s: %s); their input stays unacknowledged "
+                      "and the worker crashes", self.settings.topic_progress, len(flushed), type(exc).__name__, exc)
+            raise
+        metrics.FLUSH_POINTS.labels("written").inc(len(flushed))
+        metrics.MESSAGES_OUT.labels(self.settings.topic_progress).inc(len(flushed))
 
     async def _ack(self, event) -> None:
         gen = getattr(event.message, "generation_id", None)
@@ -433,7 +488,7 @@ def register(app, settings: Settings, translator: Translator | None = None) -> W
     WorkerRuntime
         The agent's state, for the caller to pass where needed (`stream.app.Worker`).
     """
-    rt = WorkerRuntime(app, settings, translator)
+    rt = WorkerRuntime(app, settings, translator, progress=ProgressLog(settings))
 
     # concurrency=1: with more, Faust could commit past messages another actor still holds.
     @app.agent(rt.input_topic, concurrency=1, name="wavebridge-input")

@@ -70,7 +70,7 @@ class Worker:
     def topics(self) -> list[str]:
         """Every topic the worker reads or writes (required to exist before it connects)."""
         s = self.settings
-        names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq]
+        names = [s.topic_input, s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_dlq, s.topic_progress]
         if s.alarm_enabled:
             names += [s.topic_alarms, s.topic_verdicts]
         return names

@@ -122,6 +122,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TOPIC_SR", "topic_sr"),
     Variable("TOPIC_EVENTS", "topic_events"),
     Variable("TOPIC_DLQ", "topic_dlq"),
+    Variable("TOPIC_PROGRESS", "topic_progress"),
     Variable("CREATE_TOPICS", "create_topics", "flag"),
     Variable("TOPIC_PARTITIONS", "topic_partitions", "int"),
     Variable("TOPIC_REPLICATION", "topic_replication", "int"),
@@ -335,6 +336,7 @@ class Settings:
     topic_sr: str = vocab.TOPIC_SR
     topic_events: str = vocab.TOPIC_EVENTS
     topic_dlq: str = vocab.TOPIC_DLQ
+    topic_progress: str = vocab.TOPIC_PROGRESS
     output_binary: bool = True  # wire format of out chunks: binary (default) or JSON
     # --- InfluxDB --------------------------------------------------------------------------
     influx_enabled: bool = True
@@ -519,9 +521,9 @@ class Settings:
 
     @property
     def _pipeline_topics(self) -> dict[str, str]:
-        """Variable (without the prefix) -> topic name, for the pipeline's five topics."""
+        """Variable (without the prefix) -> topic name, for the pipeline's six topics."""
         return {"TOPIC_INPUT": self.topic_input, "TOPIC_ECG_SYNTH": self.topic_ecg_synth, "TOPIC_SR": self.topic_sr,
-                "TOPIC_EVENTS": self.topic_events, "TOPIC_DLQ": self.topic_dlq}
+                "TOPIC_EVENTS": self.topic_events, "TOPIC_DLQ": self.topic_dlq, "TOPIC_PROGRESS": self.topic_progress}
 
     def _check_topics(self) -> None:
         topics = list(self._pipeline_topics.values())

@@ -80,6 +80,14 @@ INFLUX_BACKLOG = Gauge("wavebridge_influx_backlog_lines",
 INFLUX_WRITE_SECONDS = Histogram("wavebridge_influx_write_seconds", "Wall time of one InfluxDB write, retries included.",
                                  buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 # ---------------------------------------------------------------------------------- state
+FLUSH_POINTS = Counter("wavebridge_flush_points", "Idle-flush points (stream/progress.py): written to the progress "
+                       "topic, read from it, applied to a stream continuing here.", ["what"], registry=REGISTRY)
+PROGRESS_ERRORS = Counter("wavebridge_progress_errors", "Progress topic failures (each crashes the worker: its input is "
+                          "re-consumed): a flush point not written, the topic not read up to the markers.", ["what"],
+                          registry=REGISTRY)
+PROGRESS_CATCHUP_SECONDS = Histogram("wavebridge_progress_catchup_seconds", "Reading the progress topic up to this "
+                                     "worker's markers after a partition assignment (input waits meanwhile).",
+                                     buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 BEDS_ACTIVE = Gauge("wavebridge_beds_active", "Beds with input in the last WAVEBRIDGE_IDLE_FLUSH_S on this process.",
                     registry=REGISTRY)
 CONSUMER_LAG = Gauge("wavebridge_consumer_lag_messages",

@@ -22,6 +22,7 @@ from operators.processing import quality as Q
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
 from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG
+from stream.progress import FlushPoint
 from stream.results import OUTPUT_UNUSABLE, SOURCE_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
 
 if TYPE_CHECKING:
@@ -146,10 +147,14 @@ class Pipeline:
         Monotonic seconds, for idle flush and eviction (tests pass a fake).
     context_provider : callable(bed) -> PairedContext or None, optional
         The patient context of a bed (offline `--context`); default: built per bed from its own ECG and PPG.
+    resume_from : callable(bed, signal, seq, start_ns) -> int or None, optional
+        Where the output of a stream whose first chunk here is (seq, start_ns) is known complete, in ns (the worker's
+        persisted flush points, `stream.progress.FlushPoints.resume_from`); None, or no callable: the mid-stream rule.
     """
 
     def __init__(self, config: PipelineConfig, translator: Translator, *,
-                 clock: Callable[[], float] = time.monotonic, context_provider: Callable[[str], PairedContext | None] | None = None):
+                 clock: Callable[[], float] = time.monotonic, context_provider: Callable[[str], PairedContext | None] | None = None,
+                 resume_from: Callable[[str, str, int, int], int | None] | None = None):
         self.config = config
         self.translator = translator
         self.model = getattr(translator, "name", type(translator).__name__)
@@ -168,6 +173,8 @@ class Pipeline:
         # Beds this pipeline evicted after emitting all they sent: a stream of theirs that comes back starts anew
         # (with its head), not as a mid-stream resume (operators.state.windowing), whatever its seq.
         self._evicted: set[str] = set()
+        self._resume_from = resume_from
+        self._flushed: list[FlushPoint] = []  # flush points since the last process(), for BatchResult.flushed
         self._contexts = _BedContexts(config.context_s) if context_provider is None else None
         self._context_provider = context_provider
 
@@ -220,12 +227,16 @@ class Pipeline:
             if token is not None:
                 self._immediate.append(token)
             return
-        st = self._stream(bed, sig)
+        st = self._stream(bed, sig, chunk)
         if chunk.units:
             st.units = chunk.units
         st.last_push = self.clock()
         segment = st.windower.segment
         res = st.windower.push(chunk.start_ns, chunk.rate_hz, chunk.samples, seq=chunk.seq)
+        w = st.windower
+        if segment < 0 and w.flushed_until_ns is not None and not w.resumed:
+            # Started at a flush point (stream.progress): the old owner's flush reported R-peaks up to there.
+            st.rpeak_segment, st.rpeak_until_ns = w.segment, max(w.flushed_until_ns, w.segment_start_ns)
         if st.windower.segment != segment and st.pending:
             # A new segment (gap, clock step, rate change): a reader resuming after the pending chunks starts at
             # it, and must find its head computed, so they wait for that too.
@@ -303,7 +314,8 @@ class Pipeline:
         tokens = [t for st in self._streams.values() for _, _, t in st.pending]
         self._streams.clear()
         self._bed_seen.clear()
-        self._evicted.clear()  # after a rebalance nothing says who emitted what: continuations resume
+        self._evicted.clear()  # after a rebalance only flush points say who emitted what: continuations resume
+        self._flushed.clear()
         self._jobs.clear()
         self._events.clear()
         self._rejected.clear()
@@ -328,8 +340,8 @@ class Pipeline:
         """Translate every window collected since the last call in ONE translator call."""
         jobs, self._jobs = self._jobs, []
         result = BatchResult(events=self._events, rejected=self._rejected, completed=self._immediate,
-                             emitted=list(self._immediate))
-        self._events, self._rejected, self._immediate = [], [], []
+                             emitted=list(self._immediate), flushed=self._flushed)
+        self._events, self._rejected, self._immediate, self._flushed = [], [], [], []
         if jobs:
             # An unusable source is not translated: its span is withheld (never a flat line, never invented beats).
             live = [j for j in jobs if j.quality is None or j.quality.usable]
@@ -367,17 +379,23 @@ class Pipeline:
         return result
 
     # ------------------------------------------------------------------ internals
-    def _stream(self, bed: str, sig: str) -> _Stream:
+    def _stream(self, bed: str, sig: str, first) -> _Stream:
         key = (bed, sig)
         st = self._streams.get(key)
         if st is None:
+            # A stream this pipeline evicted starts anew; one another process may have read is resumed, from its
+            # flush point where one is known (stream.progress).
+            fresh = bed in self._evicted
+            known = None
+            if not fresh and self._resume_from is not None:
+                known = self._resume_from(bed, sig, int(first.seq), int(first.start_ns))
             # PPG->ECG output at t depends on the pulse that arrives ~0.6 s later: hold each window's
             # newest samples back as look-ahead instead of making the model guess at the edge. Applied
             # to every stream, so a signal's windows do not depend on which tasks are enabled (the
             # offline mode runs one task at a time and must match the worker exactly).
             st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s,
                                                    lookahead_s=self.config.lookahead_s,
-                                                   resume_mid_stream=bed not in self._evicted))
+                                                   resume_mid_stream=not fresh, flushed_until_ns=known))
             self._streams[key] = st
         return st
 
@@ -385,6 +403,8 @@ class Pipeline:
         res = st.windower.flush()
         self._take(st, res.windows, res.events)
         st.flushed = True
+        if st.windower.last_seq is not None:  # its output is complete up to here, whoever reads the stream next
+            self._flushed.append(FlushPoint(st.bed, st.signal, st.windower.expected_next_ns, st.windower.last_seq))
 
     def _take(self, st: _Stream, windows: Iterable[Window], events: Iterable[StreamEvent]) -> None:
         for ev in events:

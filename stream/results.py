@@ -181,3 +181,5 @@ class BatchResult:
     n_windows: int = 0
     model_s: float = 0.0  # wall time of the translator call (monotonic clock), 0 without windows
     window_tasks: list[str] = field(default_factory=list)  # task of each translated window
+    # streams flushed (stream.progress.FlushPoint): the worker persists them before acknowledging the flushed input
+    flushed: list = field(default_factory=list)

@@ -8,7 +8,7 @@ name must not quietly make a new topic.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from operators.vocab import DEFAULT_PARTITIONS, DEFAULT_TOPICS  # noqa: F401  (topic names: operators/vocab.py)
 
@@ -19,6 +19,7 @@ def ensure_topics(
     partitions: int = DEFAULT_PARTITIONS,
     replication: int = 1,
     timeout_s: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     **kafka_security_kwargs,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created.
@@ -35,6 +36,8 @@ def ensure_topics(
         Of each topic created.
     timeout_s : float
         Seconds for each admin request, and for the topics to become visible.
+    configs : mapping of str to mapping, optional
+        Topic name -> its topic configs at creation (e.g. the progress topic's `cleanup.policy=compact`).
     **kafka_security_kwargs
         security_protocol, sasl_*, ssl_*: to kafka-python's admin client.
     """
@@ -49,7 +52,8 @@ def ensure_topics(
         created: list[str] = []
         for name in missing:
             try:
-                admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=replication)],
+                admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=replication,
+                                              topic_configs=dict((configs or {}).get(name, {})))],
                                     timeout_ms=int(timeout_s * 1000))
                 created.append(name)
             except TopicAlreadyExistsError:
@@ -103,8 +107,10 @@ def prepare_topics(settings, names: Iterable[str]) -> list[str]:
     s = settings
     bootstrap = ",".join(s.bootstrap_servers)
     if s.create_topics:
+        from stream.progress import TOPIC_CONFIG
+
         return ensure_topics(bootstrap, names, partitions=s.topic_partitions, replication=s.topic_replication,
-                             **s.kafka_client_kwargs())
+                             configs={s.topic_progress: TOPIC_CONFIG}, **s.kafka_client_kwargs())
     missing = missing_topics(bootstrap, names, **s.kafka_client_kwargs())
     if missing:
         raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {s.broker}: create them "

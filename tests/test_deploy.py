@@ -95,10 +95,11 @@ def test_kafka_is_single_node_kraft_with_internal_and_host_listeners(compose):
 
 def test_kafka_init_creates_the_configured_topics(compose):
     init = compose["services"]["kafka-init"]
-    names = init["environment"]["TOPICS"].split() + [init["environment"]["DLQ_TOPIC"]]
+    names = init["environment"]["TOPICS"].split() + [init["environment"]["DLQ_TOPIC"], init["environment"]["PROGRESS_TOPIC"]]
     assert sorted(names) == sorted(topics.DEFAULT_TOPICS)
     script = init["command"][0]
     assert "--if-not-exists" in script and "$PARTITIONS" in script  # `$$` became `$` for the shell
+    assert '--topic "$PROGRESS_TOPIC"' in script and "cleanup.policy=compact" in script
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 

@@ -145,11 +145,11 @@ def test_the_worker_object_holds_its_runtimes_and_nothing_is_hung_on_the_faust_a
 
     s = Settings(translator="classic", influx_enabled=False, alarm_enabled=True, topic_input="in", topic_ecg_synth="synth",
                  topic_sr="sr", topic_events="ev", topic_dlq="dlq", topic_alarms="al", topic_verdicts="ve",
-                 data_dir=str(tmp_path))
+                 topic_progress="pr", data_dir=str(tmp_path))
     w = create_worker(s, faust_args=["-l", "info"])
     assert w.runtime.app is w.app and w.alarms is not None and w.alarms.worker is w.runtime
     assert w.health is w.runtime.health and w.settings is s and w.faust_args == ["-l", "info"]
     assert [a for a in vars(w.app) if a.startswith("wavebridge")] == []
-    assert w.topics == ["in", "synth", "sr", "ev", "dlq", "al", "ve"]
+    assert w.topics == ["in", "synth", "sr", "ev", "dlq", "pr", "al", "ve"]
     without_alarms = create_worker(dataclasses.replace(s, alarm_enabled=False, group_id="other"))
-    assert without_alarms.alarms is None and without_alarms.topics == ["in", "synth", "sr", "ev", "dlq"]
+    assert without_alarms.alarms is None and without_alarms.topics == ["in", "synth", "sr", "ev", "dlq", "pr"]

@@ -25,7 +25,7 @@ AGENT_CRASHED = "Crashed reason="
 LOCAL_BROKER_TIMING = {"session_timeout_s": 6.0, "heartbeat_s": 1.0}
 # Topic fields of Settings; `prefixed_topics` renames them all at once.
 TOPIC_FIELDS = ("topic_input", "topic_ecg_synth", "topic_sr", "topic_events", "topic_dlq", "topic_alarms",
-                "topic_verdicts")
+                "topic_verdicts", "topic_progress")
 
 
 def import_root() -> Path:
