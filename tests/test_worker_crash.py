@@ -232,3 +232,57 @@ def test_influx_outage_leaves_the_output_topics_on_time_then_influx_catches_up_e
     finally:
         wenv.influx.set_down(False)
         worker.stop()
+
+
+def test_a_stream_continuing_after_an_idle_flush_on_another_worker_loses_nothing(wenv, bidmc_record):
+    """A bed streams, falls silent past the idle flush (its input is then committed whole), its worker is SIGKILLed,
+    a new worker takes the partition and the bed continues where it stopped (seq and stamps contiguous). The new
+    worker used to take the continuation for a mid-stream resume and never published up to 7 s after the silence
+    (WINDOW_S - LOOKAHEAD_S); with the flush point on the progress topic every sample lands exactly once."""
+    from kafka import KafkaProducer
+
+    from stream import wire
+    from stream.tools.chunker import iter_chunks
+
+    rec = bidmc_recording(bidmc_record(2), seconds=30.0)
+    wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.create_topics()
+    bed = "bed-001"
+    chunks = list(iter_chunks(rec, bed, chunk_s=1.0, start_ns=T0))
+    cut = T0 + 15 * 10**9  # silence after 15 s (the continuation's first chunk starts there)
+    parts = [[c for c in chunks if c.start_ns < cut], [c for c in chunks if c.start_ns >= cut]]
+    expected = expected_influx_total(rec)
+    total = sum(len(t) for t in expected.values())
+    group = f"{wenv.prefix}-worker"
+    producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
+
+    def send(part):
+        for c in part:
+            producer.send(wenv.topics["input"], key=wire.message_key(c), value=wire.encode_binary(c))
+        producer.flush()
+
+    first = start_worker(wenv, "worker-1")
+    second = None
+    try:
+        _wait_ready(first)
+        send(parts[0])
+        # everything committed: only the idle flush (2 s here) releases the last window's input
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == len(parts[0]), 60,
+                   "the silent bed's input committed", first)
+        assert count(wenv.influx, wenv.db, "waveform") < total
+        first.kill()
+        second = start_worker(wenv, "worker-2")
+        _wait_ready(second)
+        send(parts[1])
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == len(chunks), 60,
+                   "all input committed", second)
+        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") >= total, 60, f"{total} points", second)
+        _assert_exact(wenv, expected, beds=(bed,))
+        assert count(wenv.influx, wenv.db, "waveform") == total
+        assert "continues after a flush" in second.log()
+    finally:
+        producer.close()
+        if first.alive():
+            first.kill()
+        if second is not None:
+            second.stop()
