@@ -36,7 +36,9 @@ had already gone on (it read the continuation but died before committing it) re-
 timestamps, with values of other windows.
 
 Record key `<bed>/<signal>` (`/` is not allowed in a bed id): a compacted topic then keeps the latest record of each
-stream; a key of the bed alone would drop a bed's other signals. Markers are keyed `~marker/<reader id>`.
+stream; a key of the bed alone would drop a bed's other signals. Markers are keyed `~marker/<reader id>`. The map
+holds one small record per stream ever flushed (385 bytes measured with tracemalloc: 10,000 beds of three signals,
+12 MB).
 """
 from __future__ import annotations
 
@@ -162,7 +164,6 @@ class ProgressLog:
         self._consumer = None
         self._producer = None
         self._assigned: set = set()
-        self.n_read = 0  # flush points read so far
 
     def _open(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
@@ -217,13 +218,14 @@ class ProgressLog:
                         if r.key == key and json.loads(r.value).get("marker") == token:
                             waiting.discard(tp.partition)
                         continue
+                    if r.value is None:  # a tombstone (an operator deleting a key): nothing to learn
+                        continue
                     try:
                         self.points.update(FlushPoint.decode(r.value))
                         n += 1
                     except ValueError as exc:  # not ours to fix: skip it, say so
                         log.error("progress topic %s[%d]@%d: not a flush point, skipped: %s", self.topic, tp.partition,
                                   r.offset, exc)
-        self.n_read += n
         log.info("progress topic %s read up to this reader's markers: %d flush points (%d streams known) in %.2f s",
                  self.topic, n, len(self.points), time.monotonic() - started)
         return n
