@@ -489,3 +489,38 @@ def test_all_leads_must_agree_each_as_far_as_its_quality_goes(alarm_type):
     assert core.fuse(alarm_type, "realtime", [clean, dissent], 0.6, (-16.0, 0.0)).false_score == pytest.approx(0.4)
     # equal weights: the weakest contradiction, as before; one degraded lead alone: its weighted contradiction
     assert core.fuse(alarm_type, "realtime", [degraded], 0.6, (-16.0, 0.0)).false_score == pytest.approx(0.4)
+
+
+def test_unusual_beats_inside_a_stretch_a_pulse_shows_is_noise_are_set_aside():
+    """The unusual 'beats' inside an unexplained stretch through which the pulse keeps its rhythm are part of that
+    noise: they no longer count as a run; the same beats outside the stretch still do."""
+    beats = tuple(np.arange(-15.6, 0.0, 0.5))
+    inside = "".join("v" if -4.9 <= b <= -3.4 else "n" for b in beats)
+    outside = "".join("v" if -11.9 <= b <= -10.4 else "n" for b in beats)
+    lead = core.ChannelEvidence(name="II", kind="ecg", quality="good", quality_score=1.0, onset_ok=True, reason="",
+                                beats_s=beats, hr_bpm=120.0, max_gap_s=0.6, hr5_min_bpm=115.0, hr5_max_bpm=125.0,
+                                hr17_max_bpm=None, abnormal_run=3, contradicts=0.0, supports=0.0, unexplained_s=2.0,
+                                unexplained_from_s=-5.0, usual_width_s=0.03, beat_shapes=inside)
+    pulse = core.ChannelEvidence(**{**_evidence("PLETH", "pulse").__dict__, "beats_s": tuple(np.arange(-15.8, 0.0, 0.5))})
+    assert core.fuse(core.VTACH, "realtime", [lead, pulse], 0.6, (-16.0, 0.0)).false_score == 1.0
+    lead_out = core.ChannelEvidence(**{**lead.__dict__, "beat_shapes": outside})
+    assert core.fuse(core.VTACH, "realtime", [lead_out, pulse], 0.6, (-16.0, 0.0)).false_score == pytest.approx(0.4)
+
+
+def test_another_lead_keeping_its_usual_beats_through_a_stretch_shows_it_is_noise():
+    """Rhythmic unexplained activity in lead II keeps a VT alarm, unless another usable lead shows beats like
+    the patient's usual one at their usual rhythm right through it: a ventricular run shows in every lead."""
+    t = np.arange(int(100.0 * RATE)) / RATE
+    rng = np.random.default_rng(4)
+    base = 0.01 * rng.standard_normal(len(t))
+    for b in np.arange(0.5, 100.0, 0.8) + rng.normal(0.0, 0.01, 125):  # sinus at 75 bpm: QRS and T waves
+        base += np.exp(-0.5 * ((t - b) / 0.012) ** 2) + 0.25 * np.exp(-0.5 * ((t - b - 0.25) / 0.05) ** 2)
+    run = _wide_run({"II": base}, ONSET_S - 6.0, 3.0, 150.0, np.random.default_rng(6))["II"]
+    other = -0.7 * base  # another lead: the same beats, another axis
+    alone = core.verify_alarm(core.VTACH, {"II": run}, {"II": RATE}, ONSET_S)
+    assert alone.channels[0].unexplained_s >= core.VT_UNEXPLAINED_S[1] and alone.keep_alarm
+    both = core.verify_alarm(core.VTACH, {"II": run, "V": other}, {"II": RATE, "V": RATE}, ONSET_S)
+    assert both.verdict == "false", [c.to_dict() for c in both.channels]
+    # the run in both leads: no lead vouches for the rhythm, the alarm stays
+    run_v = _wide_run({"II": other}, ONSET_S - 6.0, 3.0, 150.0, np.random.default_rng(7))["II"]
+    assert core.verify_alarm(core.VTACH, {"II": run, "V": run_v}, {"II": RATE, "V": RATE}, ONSET_S).keep_alarm

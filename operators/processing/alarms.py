@@ -22,7 +22,8 @@ Per channel and alarm type (definitions of the Challenge, `../shared/data/README
 - ventricular tachycardia (>= 5 ventricular beats above 100 bpm): an ECG lead contradicts when no 5 beats
   exceed 100 bpm, or when no run of beats unlike the patient's own earlier beat repeats one shape, but
   only as far as its usual-looking beats explain its activity (a rhythmic unexplained stretch may be a run
-  the beat detector missed); a pulse channel (PLETH, ABP) contradicts when its pulses stay regular through
+  the beat detector missed, unless another channel keeps its rhythm through it); a pulse channel (PLETH,
+  ABP) contradicts when its pulses stay regular through
   the window (`VT_PULSE_CV`): a ventricular run disturbs the pulse rhythm, noise on the ECG does not;
 - ventricular flutter/fibrillation (fibrillatory waveform >= 4 s): contradicted by regular beats or pulses
   with no gap reaching 4 s (a fibrillating heart ejects nothing).
@@ -640,20 +641,51 @@ def channel_weight(c: ChannelEvidence) -> float:
     return c.quality_score * (1.0 if c.onset_ok else 0.5)
 
 
-def _steady_pulse_rejudge(c: ChannelEvidence, chans: Sequence[ChannelEvidence], weight: float) -> float:
-    """An ECG lead's weighted VT contradiction, with its unexplained stretch set aside when a usable pulse
-    channel (weight >= CONSENSUS_MIN_WEIGHT, good at the onset) keeps its rhythm through it: a ventricular run
-    replaces the rhythm the pulse follows (missing, small or faster pulses), noise on the ECG does not."""
+def _steady_rhythm_rejudge(c: ChannelEvidence, chans: Sequence[ChannelEvidence], weight: float
+                           ) -> tuple[float, float]:
+    """An ECG lead's weighted VT (contradiction, support), with its unexplained stretch, and the unusual beats
+    in it, set aside when another usable channel (weight >= CONSENSUS_MIN_WEIGHT, good at the onset) keeps its
+    rhythm through it (`_keeps_rhythm`): a ventricular run replaces the rhythm every channel follows (the pulse:
+    missing, small or faster pulses; another lead: unusual complexes or a pause), noise on one lead does not."""
+    contra, support = weight * c.contradicts, weight * c.supports if c.onset_ok else 0.0
     if not c.unexplained_s or c.unexplained_from_s is None:
-        return weight * c.contradicts
+        return contra, support
     t0, t1 = c.unexplained_from_s, min(0.0, c.unexplained_from_s + c.unexplained_s)
-    for p in chans:
-        if p.kind == "pulse" and p.onset_ok and channel_weight(p) >= CONSENSUS_MIN_WEIGHT and \
-                _pulse_steady(np.asarray(p.beats_s), t0, t1):
-            contra, _ = _judge(VTACH, c.kind, len(c.beats_s), c.max_gap_s, (c.hr5_min_bpm, c.hr5_max_bpm),
-                               c.hr17_max_bpm, c.abnormal_run, 0.0, None, None, 0.0, c.usual_width_s)
-            return weight * max(c.contradicts, contra)
-    return weight * c.contradicts
+    if not any(d is not c and d.onset_ok and channel_weight(d) >= CONSENSUS_MIN_WEIGHT and _keeps_rhythm(d, t0, t1)
+               for d in chans):
+        return contra, support
+    abnormal = c.abnormal_run
+    if abnormal and c.beat_shapes:
+        abnormal = min(abnormal, _odd_run_outside(np.asarray(c.beats_s), c.beat_shapes, t0, t1))
+    new_c, new_s = _judge(VTACH, c.kind, len(c.beats_s), c.max_gap_s, (c.hr5_min_bpm, c.hr5_max_bpm),
+                          c.hr17_max_bpm, abnormal, 0.0, None, None, 0.0, c.usual_width_s)
+    return max(contra, weight * new_c), min(support, weight * new_s if c.onset_ok else 0.0)
+
+
+def _keeps_rhythm(d: ChannelEvidence, t0: float, t1: float) -> bool:
+    """Whether channel d keeps its usual rhythm through [t0, t1] (s): a pulse channel by its pulse intervals
+    (`_pulse_steady`); an ECG lead by beats all shaped like its usual beat there, at steady intervals."""
+    beats = np.asarray(d.beats_s)
+    if d.kind == "pulse":
+        return _pulse_steady(beats, t0, t1)
+    if d.kind != "ecg" or not d.beat_shapes:
+        return False
+    inside = (beats >= t0 - 0.5) & (beats <= t1 + 0.5)
+    return bool(inside.any()) and all(d.beat_shapes[i] == "n" for i in np.flatnonzero(inside)) and \
+        _pulse_steady(beats, t0, t1)
+
+
+def _odd_run_outside(beats_s: np.ndarray, shapes: str, t0: float, t1: float) -> int:
+    """The longest run of unusual ("v") beats at a VT rate that lies outside [t0, t1] (s)."""
+    best = run = 0
+    prev = None
+    for t, sh in zip(beats_s, shapes):
+        if sh != "v" or t0 <= t <= t1:
+            run, prev = 0, None
+            continue
+        run = run + 1 if prev is not None and t - prev < VT_MAX_RR_S else 1
+        best, prev = max(best, run), t
+    return best
 
 
 def _pulse_steady(beats_s: np.ndarray, t0: float, t1: float) -> bool:
@@ -699,8 +731,9 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
                                          if j != i and d.kind == "ecg" == c.kind] or [0.0]))
                       for i, (s_i, c) in enumerate(zip(weighted_s, chans))]
     if alarm_type == VTACH:
-        weighted_c = [_steady_pulse_rejudge(c, chans, w[i]) if c.kind == "ecg" else weighted_c[i]
-                      for i, c in enumerate(chans)]
+        for i, c in enumerate(chans):
+            if c.kind == "ecg":
+                weighted_c[i], weighted_s[i] = _steady_rhythm_rejudge(c, chans, w[i])
     if FUSION[alarm_type] == "all":
         voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and (
             alarm_type != VTACH or c.kind == "ecg")]
