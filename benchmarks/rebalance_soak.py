@@ -15,14 +15,16 @@ Counted per run, against the reference (points, summed over beds, signals and ki
   shows);
 - derived-mismatch: waveform samples on common timestamps whose values differ (> 1e-6), plus R-peak and heart-rate
   points present in one run but not the other (by timestamp) or with a different value (split by measurement in
-  each run's line); `first_mismatches` gives, per diverging series, where it first departs (seconds of signal).
+  each run's line); `first_mismatches` gives, per diverging series, where it first departs and where it last
+  differs (seconds of signal).
 
 Each run also reports the output-topic latency (input produce time to outputs delivered, from the workers'
 WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the alarm feed.
 
 The reference itself is checked against the offline mode's sample grid (every expected timestamp, nothing else).
-Patient context is off by default (--context-s 0): with it, PPG->ECG values depend on how much lead II had arrived
-when each window was translated, i.e. on batch timing, even without a rebalance (--no-kill measures that part).
+Patient context is off by default (--context-s 0): with it, a worker that takes over a bed builds the bed's context
+anew from its resume point, so PPG->ECG values can differ for up to 3.5 x the context length after it
+(docs/delivery-semantics.md); runs without a rebalance agree (--no-kill measures that part).
 
     python benchmarks/rebalance_soak.py --workers 3 --runs 10
 
@@ -105,7 +107,8 @@ def compare(ref: dict, run: dict, tol: float = 1e-6) -> dict:
 
 def first_mismatches(ref: dict, run: dict, tol: float = 1e-6, limit: int = 6) -> list:
     """Where `run` first departs from `ref`, per series, earliest first: [measurement, bed, signal, kind, seconds
-    after the replay's start, what] for at most `limit` series (what: "value", "missing" or "extra")."""
+    after the replay's start, what, seconds of the last difference] for at most `limit` series (what: "value",
+    "missing" or "extra"; the last difference bounds a warm-up, e.g. the patient context's after a rebalance)."""
     firsts = []
     for key in set(ref) | set(run):
         a, b = ref.get(key, {}), run.get(key, {})
@@ -113,7 +116,8 @@ def first_mismatches(ref: dict, run: dict, tol: float = 1e-6, limit: int = 6) ->
         bad += [(t, "value") for t in a.keys() & b.keys() if abs(a[t] - b[t]) > tol]
         if bad:
             t, what = min(bad)
-            firsts.append([*key, *([None] * (4 - len(key))), round((t - T0) / 1e9, 3), what])
+            firsts.append([*key, *([None] * (4 - len(key))), round((t - T0) / 1e9, 3), what,
+                           round((max(bad)[0] - T0) / 1e9, 3)])
     return sorted(firsts, key=lambda f: f[4])[:limit]
 
 

@@ -280,7 +280,7 @@ class Pipeline:
 
     def _evict(self, now: float) -> int:
         """Forget every bed silent for `bed_evict_s` whose streams are flushed and released (an idle bed keeps
-        its window overlap and patient context, ~50 KB, otherwise for ever). A bed that returns starts anew, as it
+        its window overlap and patient context, ~60 KB, otherwise for ever). A bed that returns starts anew, as it
         would after any gap that long; only a duplicate of a chunk from before its eviction is no longer caught."""
         if not self.config.bed_evict_s:
             return 0
