@@ -189,9 +189,13 @@ class _Track:
         seg = self.segs.pop(0)
         return seg.t_ns(seg.end)
 
+    def newest_before(self, t_ns: int) -> _Segment | None:
+        """The newest segment begun before `t_ns`."""
+        return next((s for s in reversed(self.segs) if s.origin_ns < t_ns), None)
+
     def silent_since(self, t_ns: int) -> int | None:
         """Timestamp just after the newest sample stamped before `t_ns` (ns), or None if there never was one."""
-        seg = next((s for s in reversed(self.segs) if s.origin_ns < t_ns), None)
+        seg = self.newest_before(t_ns)
         if seg is None:
             return self.dropped_end_ns
         return seg.t_ns(min(seg.end, seg.index_at(t_ns)))
@@ -199,18 +203,13 @@ class _Track:
     def clip(self, t0_ns: int, t1_ns: int) -> tuple[int, int, float, np.ndarray] | None:
         """(timestamp of the first sample, of the one after the last, rate, samples) of the newest segment begun
         before `t1_ns`, restricted to stamps in [t0_ns, t1_ns); None if under two samples."""
-        seg = next((s for s in reversed(self.segs) if s.origin_ns < t1_ns), None)
+        seg = self.newest_before(t1_ns)
         if seg is None:
             return None
         a, b = max(seg.first, seg.index_at(t0_ns)), min(seg.end, seg.index_at(t1_ns))
         if b - a < 2:
             return None
         return seg.t_ns(a), seg.t_ns(b), seg.rate, seg.buf[a - seg.first:b - seg.first]
-
-    def segs_key(self, t_ns: int) -> tuple[int, float] | None:
-        """(origin ns, rate) of the newest segment begun before `t_ns`."""
-        seg = next((s for s in reversed(self.segs) if s.origin_ns < t_ns), None)
-        return None if seg is None else (seg.origin_ns, seg.rate)
 
     def breaks(self, t0_ns: int, t1_ns: int) -> list[float]:
         """Breaks (s) before the segments that begin in [t0_ns, t1_ns)."""
@@ -398,7 +397,7 @@ class ContextStore:
             return None
         t = grid_ns(t0, rate, np.arange(n))
         # what a candidate's samples depend on besides its time: the segments and rates they come from
-        key = (rate, self._ecg.segs_key(g), self._ppg.segs_key(g))
+        key = (rate,) + tuple((s.origin_ns, s.rate) for s in (self._ecg.newest_before(g), self._ppg.newest_before(g)))
         return self._on_grid(e, t, rate), self._on_grid(p, t, rate), rate, int(t0), key
 
     @staticmethod
@@ -439,8 +438,8 @@ class ContextStore:
             del self._scores[k]
         if best_i is None:
             return None
-        return PairedContext(ecg=ecg[best_i:best_i + n].astype(np.float32), ppg=ppg[best_i:best_i + n].astype(np.float32),
-                             rate_hz=float(rate))
+        seg = slice(best_i, best_i + n)
+        return PairedContext(ecg=ecg[seg].astype(np.float32), ppg=ppg[seg].astype(np.float32), rate_hz=float(rate))
 
 
 class ContextCache:
