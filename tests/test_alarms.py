@@ -524,3 +524,11 @@ def test_another_lead_keeping_its_usual_beats_through_a_stretch_shows_it_is_nois
     # the run in both leads: no lead vouches for the rhythm, the alarm stays
     run_v = _wide_run({"II": other}, ONSET_S - 6.0, 3.0, 150.0, np.random.default_rng(7))["II"]
     assert core.verify_alarm(core.VTACH, {"II": run, "V": run_v}, {"II": RATE, "V": RATE}, ONSET_S).keep_alarm
+
+
+def test_the_synthesized_ecg_does_not_vote_twice_for_its_pleth():
+    """II_SYNTH's beats are PLETH's pulses: in an all-channels vote it does not dissent on its own."""
+    chans = [_evidence("II", "ecg", contradicts=1.0), _evidence("PLETH", "pulse", contradicts=1.0),
+             _evidence(core.SYNTH, "synth", contradicts=0.0)]
+    assert core.fuse(core.TACHY, "realtime", chans, 0.6, (-16.0, 0.0)).false_score == 1.0
+    assert core.fuse(core.TACHY, "realtime", chans[:1] + [_evidence("V", "ecg")], 0.6, (-16.0, 0.0)).false_score == 0.0

@@ -164,7 +164,7 @@ class VerifierConfig:
     # fitted on all 300 shared Challenge records in real-time mode (benchmarks/alarm_eval.py; its
     # cross-validated scores are the estimate for unseen records)
     false_threshold: Mapping[str, float] = field(default_factory=lambda: {
-        ASYSTOLE: 0.983, BRADY: 0.563, TACHY: 0.5, VTACH: 0.6, VFIB: 1.0})
+        ASYSTOLE: 0.983, BRADY: 0.563, TACHY: 1.0, VTACH: 0.55, VFIB: 1.0})
     channels: tuple[str, ...] = ("ecg", "pulse", "synth")  # kinds of channel used (the ablation drops some)
 
     def threshold(self, alarm_type: str) -> float:
@@ -735,7 +735,9 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
             if c.kind == "ecg":
                 weighted_c[i], weighted_s[i] = _steady_rhythm_rejudge(c, chans, w[i])
     if FUSION[alarm_type] == "all":
-        voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and (
+        # II_SYNTH does not vote: its beats are PLETH's pulses (only those a pulse follows count), so its say would
+        # be PLETH's a second time, through one more detector
+        voters = [i for i, c in enumerate(chans) if w[i] >= CONSENSUS_MIN_WEIGHT and c.kind != "synth" and (
             alarm_type != VTACH or c.kind == "ecg")]
         # all voters must agree, each as far as its quality goes: the strongest weighted contradiction, lowered by
         # the strongest weighted dissent (weight x (1 - contradicts)); with equal weights, the weakest contradiction
