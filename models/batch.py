@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.blend import PriorBlend
 from models.refiner import Refiner
 from models.tokenizer import Tokenizer, modality_masks
 from models.translator import ContextTranslator
@@ -170,12 +171,16 @@ class Clmt:
         The three trained modules (the refiner may be None).
     refined_tasks : sequence of int
         Task ids the refiner corrects (the weights' `refiner_tasks`).
+    blend : PriorBlend, optional
+        Shrinkage of PPG->ECG outputs toward the classic synthesis (the weights' `prior_blend`), applied last by
+        `__call__`; None leaves outputs as the translator and refiner make them (training stages).
     """
 
     def __init__(self, tok: Tokenizer, tr: ContextTranslator, refiner: Refiner | None = None,
-                 refined_tasks: Sequence[int] = ()):
+                 refined_tasks: Sequence[int] = (), blend: PriorBlend | None = None):
         self.tok, self.tr, self.refiner = tok, tr, refiner
         self.refined_tasks = list(refined_tasks)
+        self.blend = blend
 
     @torch.no_grad()
     def tokenize(self, batch: ModelBatch, device: str | torch.device = "cpu",
@@ -244,4 +249,7 @@ class Clmt:
                  dtype: torch.dtype = torch.float32) -> np.ndarray:
         """Serving's forward pass: (B, N) float32 outputs, z-scored in the units the caller rescales with."""
         inp = self.tokenize(batch, device, dtype)
-        return self.refine(inp, self.draft(inp)).float().cpu().numpy()
+        out = self.refine(inp, self.draft(inp))
+        if self.blend is not None:
+            out = self.blend(inp.task, inp.has_ctx, inp.prior, out)
+        return out.float().cpu().numpy()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models import weights as W
+from models.blend import PriorBlend
 from models.batch import Clmt, ModelBatch, WindowInput, sex_code
 from models.prep import (PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite, prior_translator, to_canonical, zscore)
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
@@ -70,7 +71,7 @@ class ClmtTranslator:
             for m in (tok, tr, refiner):
                 if m is not None:
                     m.half()
-        self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"])
+        self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"], PriorBlend.from_config(self.cfg.get("prior_blend")))
         self.stride = tok.cfg.stride
         # draws the PPG->ECG prior the translator refines; keeps each served bed's beat model (its latest context's)
         self.prior_translator = prior_translator(cache_size=CONTEXT_CACHE)

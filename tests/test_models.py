@@ -656,3 +656,82 @@ def test_bench_model_counts_flops_per_window_without_timing(capsys):
     assert set(flops) == {"ppg2ecg +context", "ppg2ecg", "sr", "sr +context"}
     assert all(50 < f < 5000 for f in flops.values()) and flops["ppg2ecg +context"] > flops["ppg2ecg"]
     assert "clmt win/s" not in out  # nothing timed
+
+
+def test_prior_blend_adds_the_classic_output_to_ppg2ecg_rows_only():
+    """The classic term is the classic translator's own blur of the prior; PPG->ECG rows get the weights of their
+    context flag, super-resolution rows pass through untouched."""
+    from models.blend import PriorBlend
+    from operators.classic import blur_timing
+
+    rng = np.random.default_rng(0)
+    prior = torch.from_numpy(rng.standard_normal((4, 160)))
+    out = torch.from_numpy(rng.standard_normal((4, 160)))
+    blend = PriorBlend(context=(0.25, 0.5), no_context=(0.75, 0.125))
+    classic = blend.classic(prior)
+    np.testing.assert_allclose(classic.numpy(), np.stack([blur_timing(p, 100.0) for p in prior.numpy()]), atol=1e-12)
+    task, has_ctx = torch.tensor([0, 0, 1, 2]), torch.tensor([1.0, 0.0, 0.0, 0.0])
+    y = blend(task, has_ctx, prior, out)
+    torch.testing.assert_close(y[0], 0.25 * out[0] + 0.5 * classic[0])
+    torch.testing.assert_close(y[1], 0.75 * out[1] + 0.125 * classic[1])
+    assert torch.equal(y[2:], out[2:])
+    assert PriorBlend.from_config(None) is None
+    assert PriorBlend.from_config(blend.to_dict()) == blend
+
+
+def test_prior_blend_fit_recovers_least_squares_weights_per_context_flag():
+    """Raw least squares with context; without, the fit first finds each window's shift (population timing is
+    off by up to 150 ms) and then the same weights."""
+    from models.blend import PriorBlend, fit
+
+    rng = np.random.default_rng(1)
+    model_out, prior = rng.standard_normal((200, 800)), rng.standard_normal((200, 800))
+    has_ctx = (np.arange(200) % 2).astype(np.float32)
+    classic = PriorBlend((1.0, 0.0), (1.0, 0.0)).classic(torch.from_numpy(prior)).numpy()
+    with_ctx = 0.3 * model_out + 0.6 * classic
+    shifts = rng.integers(-10, 11, 200)
+    without = np.stack([np.roll(r, -k) for r, k in zip(0.8 * model_out + 0.1 * classic, shifts)])
+    target = np.where(has_ctx[:, None] > 0, with_ctx, without)
+    target[:, :400] = 0.0  # outside the fitted region (and its shifts): must not count
+    got = fit(model_out, prior, target, has_ctx, (500, 700), meta={"windows": 200})
+    np.testing.assert_allclose(got.context, (0.3, 0.6), atol=1e-9)
+    np.testing.assert_allclose(got.no_context, (0.8, 0.1), atol=1e-9)
+    assert got.fit["windows"] == 200 and got.fit["objectives"] == {"context": "raw", "no_context": "aligned"}
+    raw = fit(model_out, prior, target, has_ctx, (500, 700), objectives={"no_context": "raw"})
+    assert raw.context == got.context and abs(raw.no_context[0] - 0.8) > 0.3  # timing errors swamp a raw fit
+    with pytest.raises(ValueError, match="no context rows"):
+        fit(model_out, prior, target, np.zeros(200), (500, 700))
+    with pytest.raises(ValueError, match="leaves the 800-sample window"):
+        fit(model_out, prior, target, has_ctx, (5, 700))
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_engine_applies_the_weights_prior_blend_to_ppg2ecg_only(tmp_path):
+    """A JSON blend of (0, 1) makes CLMT's PPG->ECG the classic translator's drawing (same shape); none leaves
+    the model's own output; super-resolution is unchanged either way."""
+    import shutil
+
+    from models.engine import ClmtTranslator
+    from operators.classic import ClassicTranslator
+    from operators.io.synthetic import synthesize
+
+    rec = synthesize(seconds=40.0, rate_hz=100.0, seed=3)  # the model's rate: its prior is the classic's drawing
+    ecg, ppg, rate = rec.signals["II"], rec.signals["PLETH"], rec.rate_hz
+    ctx = PairedContext(ecg[:2000], ppg[:2000], rate)
+    reqs = [TranslationRequest(PPG2ECG, ppg[2000:2800], rate, rate, "PLETH", 70, "M", ctx),
+            TranslationRequest(PPG2ECG, ppg[2000:2800], rate, rate, "PLETH"),
+            TranslationRequest(SR, ecg[2000:2800:4], 25.0, 100.0, "II")]
+    src = W.resolve(None)
+    cfg = json.loads(src.with_suffix(".json").read_text())
+    outs = {}
+    for name, blend in (("own", None), ("classic", {"context": [0.0, 1.0], "no_context": [0.0, 1.0], "blur_s": 0.013})):
+        dst = tmp_path / f"{name}.safetensors"
+        shutil.copy(src, dst)
+        dst.with_suffix(".json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "prior_blend"}
+                                                       | ({"prior_blend": blend} if blend else {})))
+        outs[name] = ClmtTranslator(weights=str(dst), device="cpu").translate(reqs)
+    classic = ClassicTranslator().translate(reqs[:2])
+    for i in (0, 1):
+        assert np.corrcoef(outs["classic"][i], classic[i])[0, 1] > 0.999
+        assert np.corrcoef(outs["own"][i], classic[i])[0, 1] < 0.99
+    np.testing.assert_array_equal(outs["own"][2], outs["classic"][2])
