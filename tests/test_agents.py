@@ -30,13 +30,22 @@ class _Topic:
         return done
 
 
+class _BrokenTopic(_Topic):
+    async def send(self, key=None, value=None, headers=None):
+        self.sent.append((self.name, value, dict(headers or [])))
+        done = asyncio.get_running_loop().create_future()
+        done.set_exception(ConnectionError("broker gone"))
+        return done
+
+
 class _App:
-    def __init__(self):
+    def __init__(self, broken=()):
         self.consumer_generation_id = 1
         self.sent: list = []
+        self.broken = set(broken)  # topics whose sends fail
 
     def topic(self, name, **kwargs):
-        return _Topic(name, self.sent)
+        return (_BrokenTopic if name in self.broken else _Topic)(name, self.sent)
 
 
 class _Message:
@@ -162,3 +171,39 @@ def test_dead_letters_log_a_line_per_reason_per_interval_without_the_value(caplo
     assert not any("SECRET" in r.getMessage() for r in caplog.records)
     assert len([1 for name, _, _ in app.sent if name == settings.topic_dlq]) == 80  # every one dead-lettered
     assert all(e.acked for e in bad)
+
+
+def test_an_idle_flush_acks_its_input_only_after_its_outputs_and_then_its_flush_point():
+    """A flush releases a stream's last window of input; its flush point (stream.progress) tells the next owner that
+    the output is complete up to there, so it is written once the flush's outputs are delivered, and the input is
+    acknowledged only once it is delivered too. A flush point that cannot be written leaves that input
+    unacknowledged and fails the flush (the timer then crashes the worker)."""
+    from stream.progress import FlushPoint
+
+    async def scenario(broken):
+        settings = Settings(influx_enabled=False, tasks=("sr",), idle_flush_s=0.05)
+        app = _App(broken=[settings.topic_progress] if broken else [])
+        rt = WorkerRuntime(app, settings, translator=_Zeros())
+        await rt.start()
+        events = [_Event(i, 1) for i in range(12)]  # bed-1 PLETH, 1 s chunks, seq = offset
+        await rt.handle_events(events)
+        held = [e for e in events if not e.acked]
+        await asyncio.sleep(0.1)
+        error = None
+        try:
+            await rt.flush_idle()
+        except ConnectionError as exc:
+            error = exc
+        await rt.stop()
+        return app, settings, events, held, error
+
+    app, settings, events, held, error = asyncio.run(scenario(broken=False))
+    assert held and error is None and all(e.acked for e in events)
+    names = [name for name, _, _ in app.sent]
+    assert names.count(settings.topic_progress) == 1
+    assert max(i for i, n in enumerate(names) if n == settings.topic_sr) < names.index(settings.topic_progress)
+    value = next(v for name, v, _ in app.sent if name == settings.topic_progress)
+    assert FlushPoint.decode(value) == FlushPoint("bed-1", "PLETH", 12 * 10**9, 11)
+
+    app, settings, events, held, error = asyncio.run(scenario(broken=True))
+    assert isinstance(error, ConnectionError) and held and not any(e.acked for e in held)
