@@ -244,6 +244,24 @@ def test_a_windows_context_depends_on_the_input_only_not_on_interleaving_or_aski
         assert not bad, f"contexts differ at window starts {bad} s"
 
 
+def test_lead_ii_lagging_pleth_by_less_than_a_window_changes_nothing():
+    """A window asks once its PLETH (start + 8 s) has arrived, for the grid point at or before its start: lead II
+    arriving up to a window after the PLETH of the same time is all there (docs/delivery-semantics.md)."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=60.0)
+    starts = [T0 + k * 2 * 10**9 for k in range(26)]
+    inter = _chunks(ecg, ppg, rate)
+    ii, pleth = [c for c in inter if c[0] == "II"], [c for c in inter if c[0] == "PLETH"]
+    lagging = []
+    for k in range(len(pleth)):  # lead II 7 s (7 chunks) behind PLETH
+        lagging += [pleth[k]] + ([ii[k - 7]] if k >= 7 else [])
+    lagging += ii[len(pleth) - 7:]
+    ref, _ = _contexts(inter, rate, lambda i, s, e: True, starts)
+    got, _ = _contexts(lagging, rate, lambda i, s, e: True, starts)
+    assert sum(c is not None for c in ref.values()) >= 20
+    assert all(_same(got[s], ref[s]) for s in starts)
+
+
 def test_a_context_is_chosen_from_data_before_its_grid_point_only():
     """What comes at or after a grid point (the window itself, later data) never changes that point's context."""
     rate = 125.0
