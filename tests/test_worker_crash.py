@@ -234,23 +234,22 @@ def test_influx_outage_leaves_the_output_topics_on_time_then_influx_catches_up_e
         worker.stop()
 
 
-def test_a_stream_continuing_after_an_idle_flush_on_another_worker_loses_nothing(wenv, bidmc_record):
-    """A bed streams, falls silent past the idle flush (its input is then committed whole), its worker is SIGKILLed,
-    a new worker takes the partition and the bed continues where it stopped (seq and stamps contiguous). The new
-    worker used to take the continuation for a mid-stream resume and never published up to 7 s after the silence
-    (WINDOW_S - LOOKAHEAD_S); with the flush point on the progress topic every sample lands exactly once."""
+def _silent_then_continued(wenv, bidmc_record, workers: list, hand_over, others: tuple = ()) -> None:
+    """bed-001 (and the beds `others`) stream 15 s into `workers` (started, one consumer group) and fall silent until
+    the idle flush has committed their input whole; `hand_over(workers)` makes another worker bed-001's owner and
+    returns it, and bed-001 continues where it stopped (seq and stamps contiguous). Every sample of bed-001 must
+    land exactly once."""
     from kafka import KafkaProducer
 
     from stream import wire
     from stream.tools.chunker import iter_chunks
 
     rec = bidmc_recording(bidmc_record(2), seconds=30.0)
-    wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
-    wenv.create_topics()
     bed = "bed-001"
     chunks = list(iter_chunks(rec, bed, chunk_s=1.0, start_ns=T0))
     cut = T0 + 15 * 10**9  # silence after 15 s (the continuation's first chunk starts there)
     parts = [[c for c in chunks if c.start_ns < cut], [c for c in chunks if c.start_ns >= cut]]
+    parts[0] += [c for b in others for c in iter_chunks(rec, b, chunk_s=1.0, start_ns=T0) if c.start_ns < cut]
     expected = expected_influx_total(rec)
     total = sum(len(t) for t in expected.values())
     group = f"{wenv.prefix}-worker"
@@ -261,28 +260,72 @@ def test_a_stream_continuing_after_an_idle_flush_on_another_worker_loses_nothing
             producer.send(wenv.topics["input"], key=wire.message_key(c), value=wire.encode_binary(c))
         producer.flush()
 
-    first = start_worker(wenv, "worker-1")
-    second = None
+    def points():
+        return count(wenv.influx, wenv.db, "waveform", f"WHERE bed = '{bed}'")
+
     try:
-        _wait_ready(first)
+        for w in workers:
+            _wait_ready(w)
         send(parts[0])
         # everything committed: only the idle flush (2 s here) releases the last window's input
         wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == len(parts[0]), 60,
-                   "the silent bed's input committed", first)
-        assert count(wenv.influx, wenv.db, "waveform") < total
-        first.kill()
-        second = start_worker(wenv, "worker-2")
-        _wait_ready(second)
+                   "the silent beds' input committed", workers[0])
+        assert points() < total
+        owner = hand_over(workers)
         send(parts[1])
-        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == len(chunks), 60,
-                   "all input committed", second)
-        wait_until(lambda: count(wenv.influx, wenv.db, "waveform") >= total, 60, f"{total} points", second)
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) == len(parts[0]) + len(parts[1]),
+                   60, "all input committed", owner)
+        wait_until(lambda: points() >= total, 60, f"{total} points", owner)
         _assert_exact(wenv, expected, beds=(bed,))
-        assert count(wenv.influx, wenv.db, "waveform") == total
-        assert "continues after a flush" in second.log()
+        assert points() == total
+        assert "continues after a flush" in owner.log()
     finally:
         producer.close()
-        if first.alive():
-            first.kill()
-        if second is not None:
-            second.stop()
+        for w in workers:
+            if w.alive():
+                w.kill()
+
+
+def test_a_stream_continuing_after_an_idle_flush_on_another_worker_loses_nothing(wenv, bidmc_record):
+    """The bed's worker is SIGKILLed after the flush and a new one takes the partition. The new worker used to take
+    the continuation for a mid-stream resume and never published up to 7 s after the silence
+    (WINDOW_S - LOOKAHEAD_S); with the flush point on the progress topic every sample lands exactly once."""
+    wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.create_topics()
+
+    def kill_and_replace(workers):
+        workers[0].kill()
+        workers.append(start_worker(wenv, "worker-2"))
+        _wait_ready(workers[-1])
+        return workers[-1]
+
+    _silent_then_continued(wenv, bidmc_record, [start_worker(wenv, "worker-1")], kill_and_replace)
+
+
+def test_a_stream_continuing_after_an_idle_flush_moves_to_a_running_worker_in_a_rolling_restart(wenv, bidmc_record):
+    """Two workers, two partitions, a bed on each (bed-001 on partition 1, bed-002 on 0, by the default partitioner):
+    each worker reads the progress topic once for its own bed. The owner of bed-001 is stopped after the flush
+    (SIGTERM, as a rolling deploy does) and the other one, already running, gets its partition in a new generation:
+    it must read on to the flush point written since, before it resumes bed-001."""
+    wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.create_topics(partitions=2)
+    workers = []
+    for name in ("worker-1", "worker-2"):
+        wenv.extra["WAVEBRIDGE_STATS_FILE"] = str(wenv.tmp / f"{name}.jsonl")
+        workers.append(start_worker(wenv, name))
+
+    def stop_the_owner(workers):
+        had = [(wenv.tmp / f"worker-{i}.jsonl").read_text() if (wenv.tmp / f"worker-{i}.jsonl").exists() else ""
+               for i in (1, 2)]
+        assert all(had), "each worker should have owned one bed's partition"
+        owns = ['"bed-001"' in h for h in had]
+        assert sum(owns) == 1, had
+        owner, other = (workers[0], workers[1]) if owns[0] else (workers[1], workers[0])
+        assert other.log().count("read up to this reader's markers") == 1
+        owner.stop()
+        took_over.append(other)
+        return other
+
+    took_over: list = []
+    _silent_then_continued(wenv, bidmc_record, workers, stop_the_owner, others=("bed-002",))
+    assert took_over[0].log().count("read up to this reader's markers") >= 2  # read on in the new generation
