@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from scipy import signal as sps
@@ -442,8 +442,23 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
     raise ValueError(f"unknown alarm type {alarm_type!r}")
 
 
+class _BeatStats(NamedTuple):
+    """What `_beat_stats` finds in a window (times in s from the onset, rates in bpm)."""
+
+    gap: float  # the longest interval between beats, the window's edges included
+    hr: float | None  # from the median beat interval; None with fewer than 2 beats
+    hr5: tuple[float | None, float | None]  # slowest and fastest rate over 5 consecutive beats
+    hr17: float | None  # fastest rate over 17 consecutive beats
+    abnormal: int | None  # ECG: the longest run of unusual beats (`_ventricular_evidence`)
+    unexplained: float | None  # ECG: the longest activity the usual beats do not explain (s)
+    unexplained_from: float | None  # ECG: where it starts
+    width: float | None  # ECG: the usual beat's half-amplitude width (s)
+    shapes: dict  # ECG: each judged beat's shape by sample index
+    judged: tuple[float, float]  # (contradicts, supports) of the channel for the alarm type
+
+
 def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int, onset_idx: int, kind: str,
-                alarm_type: str) -> dict:
+                alarm_type: str) -> _BeatStats:
     """Beat statistics of x[a:b] from the channel's beat indices `peaks`, and their (contradicts, supports)."""
     inwin = peaks[(peaks >= a) & (peaks < b)]
     beats_s = (inwin - onset_idx) / rate_hz
@@ -459,9 +474,8 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
                     None if hr is None else 60.0 / hr, rr_cv, unexplained, width)
-    return {"gap": gap, "hr": hr, "hr5": hr5, "hr17": hr17, "abnormal": abnormal, "unexplained": unexplained,
-            "unexplained_from": None if first is None else (first - onset_idx) / rate_hz, "width": width,
-            "shapes": shapes, "judged": judged}
+    return _BeatStats(gap, hr, hr5, hr17, abnormal, unexplained,
+                      None if first is None else (first - onset_idx) / rate_hz, width, shapes, judged)
 
 
 def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_idx: int, a: int, b: int,
@@ -490,19 +504,17 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     pre_b = min(b, onset_idx) if onset_idx - a >= int(2 * rate_hz) else b
     if kind != "synth" or pulses is None:
         qscore, onset_ok, reason = _window_quality(raw, rate_hz, name, onset_idx, a, pre_b)
-    stats = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type)
-    contra, support = stats["judged"]
-    gap, hr, hr5, hr17, abnormal = stats["gap"], stats["hr"], stats["hr5"], stats["hr17"], stats["abnormal"]
+    st = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type)
     shown = peaks[(peaks >= a) & (peaks < b)]  # the whole window
     beats_s = (shown - onset_idx) / rate_hz
-    shape = "".join(stats["shapes"].get(int(i), ".") for i in shown) if kind == "ecg" and stats["shapes"] else None
+    shape = "".join(st.shapes.get(int(i), ".") for i in shown) if kind == "ecg" and st.shapes else None
     quality = "good" if qscore >= 0.75 and onset_ok else "degraded" if qscore >= 0.25 else "unusable"
     return ChannelEvidence(name=name, kind=kind, quality=quality, quality_score=qscore, onset_ok=onset_ok,
                            reason="" if qscore == 1.0 else reason, beats_s=tuple(float(t) for t in beats_s),
-                           hr_bpm=hr, max_gap_s=gap, hr5_min_bpm=hr5[0], hr5_max_bpm=hr5[1], hr17_max_bpm=hr17,
-                           abnormal_run=abnormal, contradicts=contra, supports=support,
-                           unexplained_s=stats["unexplained"], unexplained_from_s=stats["unexplained_from"],
-                           usual_width_s=stats["width"], beat_shapes=shape), peaks
+                           hr_bpm=st.hr, max_gap_s=st.gap, hr5_min_bpm=st.hr5[0], hr5_max_bpm=st.hr5[1],
+                           hr17_max_bpm=st.hr17, abnormal_run=st.abnormal, contradicts=st.judged[0],
+                           supports=st.judged[1], unexplained_s=st.unexplained, unexplained_from_s=st.unexplained_from,
+                           usual_width_s=st.width, beat_shapes=shape), peaks
 
 
 # ---------------------------------------------------------------- synthesized ECG
@@ -641,18 +653,18 @@ def channel_weight(c: ChannelEvidence) -> float:
     return c.quality_score * (1.0 if c.onset_ok else 0.5)
 
 
-def _steady_rhythm_rejudge(c: ChannelEvidence, chans: Sequence[ChannelEvidence], weight: float
+def _steady_rhythm_rejudge(c: ChannelEvidence, judges: Sequence[ChannelEvidence], weight: float
                            ) -> tuple[float, float]:
     """An ECG lead's weighted VT (contradiction, support), with its unexplained stretch, and the unusual beats
-    in it, set aside when another usable channel (weight >= CONSENSUS_MIN_WEIGHT, good at the onset) keeps its
-    rhythm through it (`_keeps_rhythm`): a ventricular run replaces the rhythm every channel follows (the pulse:
-    missing, small or faster pulses; another lead: unusual complexes or a pause), noise on one lead does not."""
+    in it, set aside when another of the usable channels `judges` (weight >= CONSENSUS_MIN_WEIGHT, good at the
+    onset) keeps its rhythm through it (`_keeps_rhythm`): a ventricular run replaces the rhythm every channel
+    follows (the pulse: missing, small or faster pulses; another lead: unusual complexes or a pause), noise on
+    one lead does not."""
     contra, support = weight * c.contradicts, weight * c.supports if c.onset_ok else 0.0
     if not c.unexplained_s or c.unexplained_from_s is None:
         return contra, support
     t0, t1 = c.unexplained_from_s, min(0.0, c.unexplained_from_s + c.unexplained_s)
-    if not any(d is not c and d.onset_ok and channel_weight(d) >= CONSENSUS_MIN_WEIGHT and _keeps_rhythm(d, t0, t1)
-               for d in chans):
+    if not any(d is not c and _keeps_rhythm(d, t0, t1) for d in judges):
         return contra, support
     abnormal = c.abnormal_run
     if abnormal and c.beat_shapes:
@@ -731,9 +743,10 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
                                          if j != i and d.kind == "ecg" == c.kind] or [0.0]))
                       for i, (s_i, c) in enumerate(zip(weighted_s, chans))]
     if alarm_type == VTACH:
+        judges = [d for d, wd in zip(chans, w) if d.onset_ok and wd >= CONSENSUS_MIN_WEIGHT]
         for i, c in enumerate(chans):
             if c.kind == "ecg":
-                weighted_c[i], weighted_s[i] = _steady_rhythm_rejudge(c, chans, w[i])
+                weighted_c[i], weighted_s[i] = _steady_rhythm_rejudge(c, judges, w[i])
     if FUSION[alarm_type] == "all":
         # II_SYNTH does not vote: its beats are PLETH's pulses (only those a pulse follows count), so its say would
         # be PLETH's a second time, through one more detector
