@@ -37,6 +37,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -116,15 +117,9 @@ def evidence(data: Path, translator_spec: str, wait_s: float, cache: Path, jobs:
     names = (data / "RECORDS").read_text().split()
     tasks = [(data / name, translator_spec, wait_s) for name in names]
     rows = []
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as ex:
-            for row in ex.map(_record_evidence, tasks, chunksize=4):
-                rows.append(row)
-                if len(rows) % 25 == 0:
-                    print(f"  {len(rows)}/{len(names)} records", file=sys.stderr, flush=True)
-    else:
-        for t in tasks:
-            rows.append(_record_evidence(t))
+    with ProcessPoolExecutor(jobs) if jobs > 1 else nullcontext() as ex:
+        for row in ex.map(_record_evidence, tasks, chunksize=4) if ex else map(_record_evidence, tasks):
+            rows.append(row)
             if len(rows) % 25 == 0:
                 print(f"  {len(rows)}/{len(names)} records", file=sys.stderr, flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -132,16 +127,21 @@ def evidence(data: Path, translator_spec: str, wait_s: float, cache: Path, jobs:
     return rows
 
 
+def _strata(rows: list[dict]) -> list[list[int]]:
+    """The indices of each (type, label) stratum of `rows` in the records' order, the strata sorted by key."""
+    strata: dict = {}
+    for i, r in enumerate(rows):
+        strata.setdefault((r["type"], r["label"]), []).append(i)
+    return [strata[key] for key in sorted(strata, key=str)]
+
+
 def holdout(rows: list[dict], frac: float = HOLDOUT_FRAC, seed: int = HOLDOUT_SEED) -> np.ndarray:
     """True for the held-out records: round(frac * n) of each (type, label) stratum, drawn by a seeded
     shuffle of the stratum's names in sorted order (independent of the records' order in RECORDS)."""
     rng = np.random.default_rng(seed)
     out = np.zeros(len(rows), dtype=bool)
-    strata: dict = {}
-    for i, r in enumerate(rows):
-        strata.setdefault((r["type"], r["label"]), []).append(i)
-    for key in sorted(strata, key=str):
-        idx = sorted(strata[key], key=lambda i: rows[i]["name"])
+    for stratum in _strata(rows):
+        idx = sorted(stratum, key=lambda i: rows[i]["name"])
         pick = rng.permutation(len(idx))[:int(round(frac * len(idx)))]
         out[np.array(idx)[pick]] = True
     return out
@@ -183,12 +183,9 @@ def folds(rows: list[dict], k: int, seed: int) -> np.ndarray:
     """Fold index per record, stratified by (type, label)."""
     rng = np.random.default_rng(seed)
     out = np.zeros(len(rows), dtype=int)
-    strata: dict = {}
-    for i, r in enumerate(rows):
-        strata.setdefault((r["type"], r["label"]), []).append(i)
     offset = 0
-    for key in sorted(strata, key=str):
-        idx = np.array(strata[key])
+    for stratum in _strata(rows):
+        idx = np.array(stratum)
         rng.shuffle(idx)
         for j, i in enumerate(idx):
             out[i] = (j + offset) % k
@@ -196,10 +193,22 @@ def folds(rows: list[dict], k: int, seed: int) -> np.ndarray:
     return out
 
 
+def _scored(rows: list[dict], mode: str, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false scores, labels, alarm types) of `rows`, as arrays."""
+    return (false_scores(rows, mode, keep), np.array([r["label"] for r in rows]),
+            np.array([r["type"] for r in rows]))
+
+
+def _outcome(rows: list[dict], labels: np.ndarray, types: np.ndarray, kept: np.ndarray, thresholds: dict) -> dict:
+    """Overall and per-type scores of keeping `kept`, the thresholds used, and the true alarms suppressed."""
+    return {"overall": challenge_score(labels, kept),
+            "per_type": {t: challenge_score(labels[types == t], kept[types == t]) for t in ALARM_TYPES},
+            "thresholds": thresholds,
+            "suppressed_true": sorted(r["name"] for r, kk, y in zip(rows, kept, labels) if y and not kk)}
+
+
 def cross_validate(rows: list[dict], mode: str, keep, k: int, seed: int) -> dict:
-    scores = false_scores(rows, mode, keep)
-    labels = np.array([r["label"] for r in rows])
-    types = np.array([r["type"] for r in rows])
+    scores, labels, types = _scored(rows, mode, keep)
     fold = folds(rows, k, seed)
     kept = np.ones(len(rows), dtype=bool)
     thresholds = {t: [] for t in ALARM_TYPES}
@@ -211,9 +220,7 @@ def cross_validate(rows: list[dict], mode: str, keep, k: int, seed: int) -> dict
             thresholds[t].append(thr)
             te = test & (types == t)
             kept[te] = scores[te] < thr
-    per_type = {t: challenge_score(labels[types == t], kept[types == t]) for t in ALARM_TYPES}
-    return {"overall": challenge_score(labels, kept), "per_type": per_type, "thresholds": thresholds,
-            "suppressed_true": sorted(r["name"] for r, kk, y in zip(rows, kept, labels) if y and not kk)}
+    return _outcome(rows, labels, types, kept, thresholds)
 
 
 SHORT = {"asystole": "asys", "bradycardia": "brady", "tachycardia": "tachy", "ventricular_tachycardia": "VT",
@@ -233,29 +240,21 @@ def _row(name: str, r: dict) -> str:
 
 def fit_all(rows: list[dict], mode: str, keep) -> dict:
     """Per-type thresholds fitted on all of `rows`."""
-    scores = false_scores(rows, mode, keep)
-    labels = np.array([r["label"] for r in rows])
-    types = np.array([r["type"] for r in rows])
+    scores, labels, types = _scored(rows, mode, keep)
     return {t: fit_threshold(scores[types == t], labels[types == t], t) for t in ALARM_TYPES}
 
 
 def score_with(rows: list[dict], mode: str, keep, thresholds: dict) -> dict:
     """Scores of `rows` with fixed per-type thresholds (the held-out test)."""
-    scores = false_scores(rows, mode, keep)
-    labels = np.array([r["label"] for r in rows])
-    types = np.array([r["type"] for r in rows])
+    scores, labels, types = _scored(rows, mode, keep)
     kept = np.array([s < thresholds[t] for s, t in zip(scores, types)], dtype=bool)
-    return {"overall": challenge_score(labels, kept),
-            "per_type": {t: challenge_score(labels[types == t], kept[types == t]) for t in ALARM_TYPES},
-            "thresholds": thresholds,
-            "suppressed_true": sorted(r["name"] for r, kk, y in zip(rows, kept, labels) if y and not kk)}
+    return _outcome(rows, labels, types, kept, thresholds)
 
 
-def seed_table(rows: list[dict], mode: str, k: int, seeds: list[int], keep=CONDITIONS[MAIN]) -> tuple[list[str], dict]:
-    """Cross-validation over all `rows` once per fold seed (the honest figure once the held-out records are
-    spent): a table row per seed with per-type scores and false negatives by type, the mean, and the true
+def seed_table(runs: dict[int, dict]) -> tuple[list[str], dict]:
+    """The cross-validations over all records per fold seed, `runs` (the honest figure once the held-out records
+    are spent): a table row per seed with per-type scores and false negatives by type, the mean, and the true
     asystole/VF alarms any seed suppresses."""
-    runs = {s: cross_validate(rows, mode, keep, k, s) for s in seeds}
     lines = [HEADER[0].replace("| channels |", "| fold seed |"), HEADER[1]]
     lines += [_row(str(s), r) for s, r in runs.items()]
     mean = float(np.mean([r["overall"]["score"] for r in runs.values()]))
@@ -277,22 +276,30 @@ def report(rows: list[dict], k: int, seeds: list[int], final: bool = False) -> t
     test = [r for r, h in zip(rows, held) if h]
     res: dict = {"holdout": sorted(r["name"] for r in test)}
     seed = seeds[0]
+    parts, done = {"dev": dev, "all": rows}, {}
+
+    def cv(part: str, mode: str, name: str, s: int) -> dict:
+        """`cross_validate` of the "dev" or "all" records with channel set `name`: once per (part, mode, set, seed)."""
+        if (part, mode, name, s) not in done:
+            done[part, mode, name, s] = cross_validate(parts[part], mode, CONDITIONS[name], k, s)
+        return done[part, mode, name, s]
+
     lines = ["# Alarm verification, cross-validated on the shared Challenge 2015 records", "",
              f"{len(dev)} development records ({len(test)} held out), {k}-fold CV stratified by (type, label), "
              f"seed {seed}; uncertain = alarm kept.", ""]
     for mode in MODES:
-        table, spread = seed_table(rows, mode, k, seeds)
+        table, spread = seed_table({s: cv("all", mode, MAIN, s) for s in seeds})
         lines += [f"## {mode}: all {len(rows)} records, cross-validated per fold seed ({MAIN})", ""] + table + [""]
         res[f"{mode}_all_records_per_seed"] = spread
     for mode in MODES:
-        res[mode] = {name: cross_validate(dev, mode, keep, k, seed) for name, keep in CONDITIONS.items()}
+        res[mode] = {name: cv("dev", mode, name, seed) for name in CONDITIONS}
         lines += [f"## {mode}: development records, cross-validated", ""] + HEADER
         lines += [_row(name, r) for name, r in res[mode].items()]
         main = res[mode][MAIN]
         lines += ["", f"{MAIN}: thresholds per fold: "
                   + "; ".join(f"{SHORT[t]} {[round(x, 3) for x in v]}" for t, v in main["thresholds"].items()),
                   f"true alarms suppressed: {', '.join(main['suppressed_true']) or 'none'}", ""]
-        spread = {s: cross_validate(dev, mode, CONDITIONS[MAIN], k, s) for s in seeds}
+        spread = {s: cv("dev", mode, MAIN, s) for s in seeds}
         res[mode]["seeds"] = {s: {"score": r["overall"]["score"], "fn": r["overall"]["fn"],
                                   "suppressed_true": r["suppressed_true"]} for s, r in spread.items()}
         if len(seeds) > 1:
@@ -318,12 +325,12 @@ def report(rows: list[dict], k: int, seeds: list[int], final: bool = False) -> t
             lines += [f"### {mode}: all {len(rows)} records, cross-validated (comparable with earlier reports)", ""]
             lines += HEADER
             res[mode]["all_records"] = {}
-            for name, keep in CONDITIONS.items():
-                r = cross_validate(rows, mode, keep, k, seed)
+            for name in CONDITIONS:
+                r = cv("all", mode, name, seed)
                 res[mode]["all_records"][name] = r
                 lines.append(_row(name, r))
             lines += ["", f"true alarms suppressed: {', '.join(res[mode]['all_records'][MAIN]['suppressed_true']) or 'none'}"]
-            allseeds = {s: cross_validate(rows, mode, CONDITIONS[MAIN], k, s) for s in seeds}
+            allseeds = {s: cv("all", mode, MAIN, s) for s in seeds}
             lines += [f"fold seeds {seeds}: " + ", ".join(f"{100 * r['overall']['score']:.2f}" for r in allseeds.values())
                       + f"; FN {[r['overall']['fn'] for r in allseeds.values()]}", ""]
             res[mode]["all_records_seeds"] = {s: r["overall"]["score"] for s, r in allseeds.items()}
