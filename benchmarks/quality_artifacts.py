@@ -52,6 +52,7 @@ from scipy import stats  # noqa: E402
 
 from operators.processing import quality as Q  # noqa: E402
 from operators.processing.samples import fill_nonfinite  # noqa: E402
+from operators.processing.resample import low_rate_copy  # noqa: E402
 from operators.processing.artifacts import ARTIFACTS, inject, pink_noise  # noqa: E402
 from operators.state.context import select_context  # noqa: E402
 from operators.io.records import Recording, read_recording  # noqa: E402
@@ -223,16 +224,6 @@ def _irregular(x, fs, rng, cv=0.25):
     return np.concatenate(out)
 
 
-def _lowres(x, fs, rate_hz, how):
-    """The `rate_hz` copy of `x` a super-resolution source sees: anti-aliased ("iir", `decimate_to`, as `wavebridge
-    evaluate` makes it) or every k-th sample ("plain")."""
-    from operators.processing.resample import decimate_to
-
-    if how == "iir":
-        return decimate_to(fill_nonfinite(x)[0], fs, rate_hz)
-    return x[:: int(round(fs / rate_hz))]
-
-
 def run_record_lowrate(label, path, kinds, args, rng):
     """`assess` on ECG windows (BIDMC: lead II; Challenge: every ECG lead) brought to `--rate-hz` (the
     super-resolution input), per `--lowres` kind.
@@ -250,7 +241,7 @@ def run_record_lowrate(label, path, kinds, args, rng):
         hop = int(round(args.window_s / 2 * fl))
         af = _irregular(fill_nonfinite(x)[0], fs, rng) if "af" in kinds else x
         for how in args.lowres.split(","):
-            lo, lo_af = _lowres(x, fs, fl, how), _lowres(af, fs, fl, how)
+            lo, lo_af = low_rate_copy(x, fs, fl, how), low_rate_copy(af, fs, fl, how)
             for i in range(0, len(lo) - n + 1, hop):
                 a = int(round(i * fs / fl))
                 if Q.assess(x[a: a + int(round(args.window_s * fs))], fs, "ecg").cls != Q.GOOD:

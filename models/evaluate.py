@@ -39,7 +39,7 @@ from operators.io.records import Recording, read_recording
 from operators.processing.metrics import (hr_mae, peak_f1, pool_windows, sum_scores, windowed_aligned_pearson_rmse,
                                           windowed_pearson_rmse)
 from operators.processing.samples import fill_nonfinite
-from operators.processing.resample import decimate_to, resample
+from operators.processing.resample import decimate_to, low_rate_copy, resample
 from operators.processing.rpeaks import detect_rpeaks
 from operators.state.context import select_context
 from operators.translator import PPG2ECG, SR, PairedContext, Translator
@@ -360,7 +360,7 @@ class Evaluation:
             if sig == "II":
                 runs += [("clmt +context", m.clmt, ctx), ("polyphase +context", m.classic, ctx)]
             for kind in o.sr_inputs:
-                lo = decimate_to(fill_nonfinite(x)[0], rate, SR_RATE) if kind == "iir" else x[:: int(round(rate / SR_RATE))]
+                lo = low_rate_copy(x, rate, SR_RATE, kind)
                 for label, tr, context in runs:
                     out = self.translate(tr, SR, lo, SR_RATE, SR_TARGET, sig, context=context, **meta)
                     score(f"{task} 25->100 {kind} {label}", ref, out, SR_TARGET, peaks=sig == "II")

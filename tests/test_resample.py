@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.processing.resample import decimate_to, rational_ratio, resample
+from operators.processing.resample import decimate_to, low_rate_copy, rational_ratio, resample
 
 
 def _sine(f, rate, dur, phase=0.3):
@@ -72,6 +72,22 @@ def test_decimate_non_integer_factor_and_refuses_upsampling():
     with pytest.raises(ValueError):
         decimate_to(x, 25, 100)
 
+
+
+def test_low_rate_copy_anti_aliased_or_every_kth_sample():
+    """"iir" fills a NaN run before the low-pass (no NaN spreads over the record); "plain" keeps every 4th sample
+    as it is, the NaN included; an unknown kind is refused, not taken for "plain"."""
+    rate = 100.0
+    x = _sine(1.5, rate, 20.0) + 0.5 * _sine(20.0, rate, 20.0, phase=0.0)
+    x[400:410] = np.nan
+    iir = low_rate_copy(x, rate, 25.0, "iir")
+    assert len(iir) == 500 and np.isfinite(iir).all()
+    assert np.max(np.abs(iir[25:90] - _sine(1.5, rate, 20.0)[::4][25:90])) < 0.03  # the 20 Hz tone is gone
+    plain = low_rate_copy(x, rate, 25.0, "plain")
+    np.testing.assert_array_equal(plain, x[::4])
+    assert np.isnan(plain[100:103]).all()
+    with pytest.raises(ValueError, match="fir"):
+        low_rate_copy(x, rate, 25.0, "fir")
 
 def test_merge_bands_keeps_low_band_of_one_and_high_band_of_other():
     from operators.processing.resample import merge_bands

@@ -13,9 +13,9 @@ from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
 from operators.processing.filters import butter_sos
-from operators.processing.samples import fit_length
+from operators.processing.samples import fill_nonfinite, fit_length
 
-__all__ = ["resample", "decimate_to", "merge_bands", "rational_ratio", "METHODS"]
+__all__ = ["resample", "decimate_to", "low_rate_copy", "merge_bands", "rational_ratio", "METHODS"]
 
 METHODS = ("polyphase", "cubic")
 _MAX_DEN = 1000
@@ -141,6 +141,24 @@ def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8
     else:
         y = _polyphase(xf, src_hz, dst_hz, n_out)
     return y.astype(x.dtype, copy=False)
+
+
+def low_rate_copy(x: np.ndarray, src_hz: float, dst_hz: float, kind: str) -> np.ndarray:
+    """The `dst_hz` samples a low-rate monitor sends of `x`: the input super-resolution is evaluated from.
+
+    Parameters
+    ----------
+    x : 1-D samples at `src_hz`.
+    src_hz, dst_hz : the full and the (lower) monitor rate (Hz); "plain" takes every round(src_hz / dst_hz)-th
+        sample.
+    kind : "iir": anti-aliased, `decimate_to` of `x` with its non-finite runs interpolated first; "plain": every
+        k-th sample of `x` as it is (aliasing, non-finite samples kept).
+    """
+    if kind == "iir":
+        return decimate_to(fill_nonfinite(x)[0], src_hz, dst_hz)
+    if kind == "plain":
+        return x[:: int(round(src_hz / dst_hz))]
+    raise ValueError(f"unknown low-rate kind {kind!r}; expected 'iir' or 'plain'")
 
 
 def merge_bands(low_from: np.ndarray, high_from: np.ndarray, rate_hz: float, cutoff_hz: float, order: int = 4) -> np.ndarray:
