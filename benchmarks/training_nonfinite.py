@@ -20,7 +20,8 @@ if str(REPO) not in sys.path:  # run as a script
 
 import numpy as np  # noqa: E402
 
-from models.data import challenge_split, dataset_root, found_dataset, record_path, split, unusable_mask  # noqa: E402
+from models.data import (DatasetNotFound, challenge_split, find_dataset, found_dataset,  # noqa: E402
+                         missing_at_canonical, record_path, split, unusable_mask)
 from models.prep import finite  # noqa: E402
 from operators.io.records import read_recording  # noqa: E402
 from operators.processing.resample import resample  # noqa: E402
@@ -42,9 +43,7 @@ def record_changes(path: Path) -> dict[str, tuple[int, int, int, int]]:
         zeroed = resample(np.nan_to_num(x), rate, CANONICAL_RATE_HZ, method="polyphase")
         at100[k] = repaired.astype(np.float32)
         changed[k] = np.abs(repaired - zeroed) > 1e-3 * np.std(repaired)
-        t = np.flatnonzero(~np.isfinite(x)) * (CANONICAL_RATE_HZ / rate)
-        missing[k] = np.zeros(len(repaired), bool)
-        missing[k][np.clip(np.round(t).astype(np.int64), 0, len(repaired) - 1)] = True
+        missing[k] = missing_at_canonical(x, rate, len(repaired))
     n = min(len(v) for v in at100.values())
     bad = np.logical_or.reduce([unusable_mask(at100[k][:n], missing[k][:n]) for k in SIGNALS])
     return {k: (len(raw[k]), int((~np.isfinite(raw[k])).sum()), int(changed[k].sum()),
@@ -55,9 +54,12 @@ def main() -> int:
     bidmc = found_dataset("bidmc")
     if bidmc is None:
         return 2
-    croot = dataset_root("challenge")
     names = [("bidmc", n) for n in split()[0]]
-    if (croot / "RECORDS").exists():
+    try:
+        croot = find_dataset("challenge")
+    except DatasetNotFound:
+        croot = None  # BIDMC's training split alone
+    else:
         names += [("challenge", n) for n in challenge_split(croot)[0]]
     totals: dict[tuple[str, str], list[int]] = {}
     for ds, name in names:

@@ -121,6 +121,15 @@ def unusable_mask(x: np.ndarray, missing: np.ndarray, rate: float = CANONICAL_RA
     return bad
 
 
+def missing_at_canonical(raw: np.ndarray, rate_hz: float, n: int) -> np.ndarray:
+    """Where `raw` (sampled at `rate_hz`) is non-finite, as a mask over its `n` samples at 100 Hz: the nearest
+    sample of each non-finite one (`unusable_mask`'s `missing`)."""
+    t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE_HZ / rate_hz)
+    out = np.zeros(n, bool)
+    out[np.clip(np.round(t).astype(np.int64), 0, n - 1)] = True
+    return out
+
+
 def load_record(path: Path, with_lowres: bool = True) -> TrainingRecord:
     """Read the WFDB record at `path` (lead II and PLETH) into a `TrainingRecord`; `with_lowres` also makes its
     25 and 50 Hz versions (every `LOWRES_KINDS` way) for SR windows."""
@@ -130,9 +139,7 @@ def load_record(path: Path, with_lowres: bool = True) -> TrainingRecord:
         raw = rec.signals[name].astype(np.float64)
         x = finite(raw)  # as serving repairs a window: NaN runs interpolated (a zero run would be a fake beat)
         sig[key] = resample(x, rec.rates[name], CANONICAL_RATE_HZ, method="polyphase").astype(np.float32)
-        t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE_HZ / rec.rates[name])
-        missing[key] = np.zeros(len(sig[key]), bool)
-        missing[key][np.clip(np.round(t).astype(np.int64), 0, len(sig[key]) - 1)] = True
+        missing[key] = missing_at_canonical(raw, rec.rates[name], len(sig[key]))
     n = min(len(sig["ecg"]), len(sig["ppg"]))
     ecg, ppg = sig["ecg"][:n], sig["ppg"][:n]
     bad = unusable_mask(ecg, missing["ecg"][:n]) | unusable_mask(ppg, missing["ppg"][:n])
