@@ -87,38 +87,32 @@ def snapshot(server, db: str) -> dict:
     return out
 
 
-def compare(ref: dict, run: dict, tol: float = 1e-6) -> dict:
+def compare(ref: dict, run: dict, tol: float = 1e-6, limit: int = 6) -> dict:
     """lost, duplicated and derived-mismatch counts of `run` against `ref` (see the module docstring), the
-    mismatch also split by measurement."""
+    mismatch also split by measurement, and `first_mismatches`: where `run` first departs from `ref`, per series,
+    earliest first: [measurement, bed, signal, kind, seconds after the replay's start, what, seconds of the last
+    difference] for at most `limit` series (what: "value", "missing" or "extra"; the last difference bounds a
+    warm-up, e.g. the patient context's after a rebalance). One walk over both snapshots."""
     c = {"lost": 0, "duplicated": 0, "waveform_values": 0, "rpeak": 0, "hr": 0}
-    for key in set(ref) | set(run):
-        a, b = ref.get(key, {}), run.get(key, {})
-        common = a.keys() & b.keys()
-        diff = sum(1 for t in common if abs(a[t] - b[t]) > tol)
-        if key[0] == "waveform":
-            c["lost"] += len(a.keys() - b.keys())
-            c["duplicated"] += len(b.keys() - a.keys())
-            c["waveform_values"] += diff
-        else:
-            c[key[0]] += len(a.keys() ^ b.keys()) + diff
-    c["derived_mismatch"] = c["waveform_values"] + c["rpeak"] + c["hr"]
-    return c
-
-
-def first_mismatches(ref: dict, run: dict, tol: float = 1e-6, limit: int = 6) -> list:
-    """Where `run` first departs from `ref`, per series, earliest first: [measurement, bed, signal, kind, seconds
-    after the replay's start, what, seconds of the last difference] for at most `limit` series (what: "value",
-    "missing" or "extra"; the last difference bounds a warm-up, e.g. the patient context's after a rebalance)."""
     firsts = []
     for key in set(ref) | set(run):
         a, b = ref.get(key, {}), run.get(key, {})
-        bad = [(t, "missing") for t in a.keys() - b.keys()] + [(t, "extra") for t in b.keys() - a.keys()]
-        bad += [(t, "value") for t in a.keys() & b.keys() if abs(a[t] - b[t]) > tol]
+        missing, extra = a.keys() - b.keys(), b.keys() - a.keys()
+        values = [t for t in a.keys() & b.keys() if abs(a[t] - b[t]) > tol]
+        if key[0] == "waveform":
+            c["lost"] += len(missing)
+            c["duplicated"] += len(extra)
+            c["waveform_values"] += len(values)
+        else:
+            c[key[0]] += len(missing) + len(extra) + len(values)
+        bad = [(t, "missing") for t in missing] + [(t, "extra") for t in extra] + [(t, "value") for t in values]
         if bad:
             t, what = min(bad)
             firsts.append([*key, *([None] * (4 - len(key))), round((t - T0) / 1e9, 3), what,
                            round((max(bad)[0] - T0) / 1e9, 3)])
-    return sorted(firsts, key=lambda f: f[4])[:limit]
+    c["derived_mismatch"] = c["waveform_values"] + c["rpeak"] + c["hr"]
+    c["first_mismatches"] = sorted(firsts, key=lambda f: f[4])[:limit]
+    return c
 
 
 def expected_grid(rec) -> dict:
@@ -280,8 +274,7 @@ def main(argv=None) -> int:
                 totals["lost"] += c["lost"]
                 totals["duplicated"] += c["duplicated"]
                 totals["derived-mismatch"] += c["derived_mismatch"]
-                row = {"run": i, "kill": r["kill"], **c, "first_mismatches": first_mismatches(ref["snapshot"], r["snapshot"]),
-                       "dead_letters": r["dead_letters"],
+                row = {"run": i, "kill": r["kill"], **c, "dead_letters": r["dead_letters"],
                        "output_latency_p99_s": r["latency_p99_s"], "output_latency_max_s": r["latency_max_s"],
                        "wall_s": round(time.monotonic() - t0, 1)}
                 rows.append(row)
