@@ -91,3 +91,11 @@ def test_bad_invocations_end_in_one_line_and_a_non_zero_exit(files, args, env):
     assert res.returncode != 0
     assert "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
     assert len(err) == 1 and err[0].startswith("wavebridge"), res.stderr[-3000:]
+
+
+def test_train_without_bidmc_records_gives_the_reason_once(tmp_path):
+    """A missing BIDMC folder refuses the run with its one-line reason, printed once, before any work."""
+    res = run("train", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path / "work"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: BIDMC records not found under {tmp_path / 'nope'} (pass --data)"]
+    assert not (tmp_path / "work").exists()

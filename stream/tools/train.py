@@ -15,7 +15,7 @@ import torch
 
 from models import weights as W
 from models.batch import Clmt
-from models.data import DatasetNotFound, challenge_split, find_dataset, found_dataset, load_records, split, Sampler
+from models.data import DatasetNotFound, challenge_split, find_dataset, load_records, split, Sampler
 from models.engine import resolve_device
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
 from models.tokenizer import Tokenizer, TokenizerConfig
@@ -170,8 +170,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         return _train(args)
     except (Refused, CheckpointMismatch) as exc:
-        if str(exc):
-            print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -181,9 +180,10 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)  # this process's edge: the library code never sets it
-    root = found_dataset("bidmc", args.data)
-    if root is None:
-        raise Refused("")  # found_dataset said what is missing where
+    try:
+        root = find_dataset("bidmc", args.data)
+    except DatasetNotFound as exc:
+        raise Refused(str(exc)) from exc
     datasets = _check_args(args)
     train_names, val_names, croot = _record_lists(args, datasets)
     workdir = Path(args.workdir)
