@@ -6,6 +6,7 @@ with a reason when it is absent. `influxd` missing → influx tests skip locally
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Tansu: a group join takes half the session timeout, so keep it short in tests.
 KAFKA_CONSUMER_TEST_KWARGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+def benchmark(name: str):
+    """The script benchmarks/<name>.py as a module (benchmarks/ is not a package), loaded anew on each call."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # ------------------------------------------------------------------ data

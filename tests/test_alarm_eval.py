@@ -1,26 +1,17 @@
 """benchmarks/alarm_eval.py: the evidence cache is keyed by every module that computes the evidence."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _alarm_eval():
-    spec = importlib.util.spec_from_file_location("alarm_eval", ROOT / "benchmarks" / "alarm_eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import REPO, benchmark
 
 
 def test_evidence_cache_key_changes_with_any_module_the_evidence_uses(tmp_path, monkeypatch):
     """The verifier imports filters and resample, and the classic translator synthesises the ECG it judges: an edit
     to any of them must not serve the evidence cached before it."""
-    ae = _alarm_eval()
+    ae = benchmark("alarm_eval")
     for pkg in ("operators", "models"):
-        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "weights"))
     monkeypatch.setattr(ae, "ROOT", tmp_path)
     key = ae.code_key("classic", 10.0)
     assert ae.code_key("classic", 10.0) == key and ae.code_key("clmt", 10.0) != key

@@ -1,20 +1,11 @@
 """benchmarks/rebalance_soak.py: what a run is counted against the reference (no services needed)."""
 from __future__ import annotations
 
-import importlib.util
-
-from tests.conftest import REPO
-
-
-def _soak():
-    spec = importlib.util.spec_from_file_location("rebalance_soak", REPO / "benchmarks" / "rebalance_soak.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import benchmark
 
 
 def test_compare_counts_each_difference_once_and_says_where_each_series_departs():
-    soak = _soak()
+    soak = benchmark("rebalance_soak")
     t = [soak.T0 + i * 1_000_000_000 for i in range(6)]
     wave, rpeak = ("waveform", "b1", "II_SYNTH", "synth"), ("rpeak", "b1", "II")
     ref = {wave: {t[0]: 1.0, t[1]: 2.0, t[2]: 3.0, t[3]: 4.0}, rpeak: {t[1]: 1.0, t[4]: 1.0}}
