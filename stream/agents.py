@@ -9,6 +9,13 @@ partition assignment is processed before every flush point written so far is rea
 on this path: the InfluxDB sink agent (`stream.influxsink`) reads the output topics in a consumer
 group of its own, so an InfluxDB outage never holds the alarm feed. Everything heavy (decode,
 windowing, torch) runs on one dedicated thread, never on the event loop.
+
+A batch's outputs are sent before the next batch is computed, but the wait for their delivery, the
+flush points and the acks run in the background (`WorkerRuntime._confirm`) while the next batch
+computes: at most one batch's delivery is in flight, and the next batch sends nothing until it is
+confirmed and acknowledged, so outputs keep their order, acks stay in input order and nothing is
+acknowledged before its outputs are delivered. A failed delivery acknowledges nothing of its batch,
+fails every later batch before it sends or acks anything, and crashes the worker.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from stream.progress import ProgressLog
 from stream.results import BatchResult, Rejected
 
 TASK_OF_KIND = {"synth": PPG2ECG, "sr": SR}  # OutputSeries.kind -> translator task
+STOP_CONFIRM_WAIT_S = 10.0  # on shutdown, how long the last batch's acks may take before they are given up
 
 log = logging.getLogger("wavebridge.worker")
 
@@ -84,6 +92,11 @@ class WorkerRuntime:
         self.health.add_check("translator_loaded", self._check_translator)
         self.health.add_check("sinks_writable", self._check_sinks)
         self._lock: asyncio.Lock | None = None
+        # The last batch's delivery confirmation (await its sends, write its flush points, ack), running while the
+        # next batch computes; at most one at a time (`_settle`).
+        self._confirming: asyncio.Future | None = None
+        # Called with the exception when a background confirmation fails (`register`: crash the app).
+        self.on_delivery_failure = None
         self._stopping = False
         self._rebalancing = False  # between a revoke and the next assignment
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -148,6 +161,9 @@ class WorkerRuntime:
     async def stop(self) -> None:
         """Shut down: stop the in-process InfluxDB sink, log the counters, close the stats file."""
         self._stopping = True
+        if self._confirming is not None and not self._confirming.done():
+            # Acks not yet made leave their input uncommitted: re-consumed by the next owner (at-least-once).
+            await asyncio.wait([self._confirming], timeout=STOP_CONFIRM_WAIT_S)
         if self.sink is not None:
             # its uncommitted batch is read again by the next sink (the points overwrite themselves)
             await asyncio.get_running_loop().run_in_executor(None, self.sink.stop)
@@ -186,15 +202,40 @@ class WorkerRuntime:
             if fresh and self.progress is not None and self._progress_generation != self.app.consumer_generation_id:
                 await self._read_flush_points()
             self.gate.taken(ev for ev in fresh)
-            result, dead = await self._run(self._compute, fresh)
-            await self._deliver(result, dead)
+            result, dead = await self._run(self._compute, fresh)  # the previous batch's delivery is confirmed meanwhile
+            await self._settle()  # raises if it failed: nothing of this batch is then sent or acked
+            futs = await self._send(result, dead)
+            self._confirming = asyncio.ensure_future(self._confirm_in_background(futs, result, dead))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+
+    async def drain(self) -> None:
+        """Wait until the last batch's outputs are delivered and its input acknowledged (raises if that failed)."""
+        async with self.lock:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Await the background confirmation of the previous batch (under the lock); re-raise its failure."""
+        pending, self._confirming = self._confirming, None
+        if pending is not None:
+            await pending
+
+    async def _confirm_in_background(self, futs: list, result: BatchResult, dead: list[Rejected]) -> None:
+        try:
+            await self._confirm(futs, result, dead)
+        except Exception as exc:
+            # Nothing of this batch was acked; the next batch fails in `_settle` before sending anything.
+            log.error("delivery of a batch failed (%s: %s); its input stays unacknowledged and the worker crashes",
+                      type(exc).__name__, exc)
+            if self.on_delivery_failure is not None:
+                await self.on_delivery_failure(exc)
+            raise
 
     async def flush_idle(self) -> None:
         """Flush idle streams (`WAVEBRIDGE_IDLE_FLUSH_S`) and deliver what that produced."""
         if self.pipeline is None:
             return
         async with self.lock:
+            await self._settle()  # its acks come first, and a failed delivery crashes before this flush acks anything
             result, dead = await self._run(self._compute_idle), []
             if result.outputs or result.events or result.completed or result.rejected or dead:
                 await self._deliver(result, dead)
@@ -290,6 +331,10 @@ class WorkerRuntime:
         if self.pipeline is None:
             return
         async with self.lock:
+            try:
+                await self._settle()  # acks its batch as before a revoke; the gate is reset below
+            except Exception:
+                pass  # logged, and the worker crashing, by `_confirm_in_background`
             dropped = self.pipeline.reset()
             self.gate.reset()
             if dropped:
@@ -340,9 +385,14 @@ class WorkerRuntime:
         return result
 
     async def _deliver(self, result: BatchResult, dead: list[Rejected]) -> None:
+        await self._confirm(await self._send(result, dead), result, dead)
+
+    async def _send(self, result: BatchResult, dead: list[Rejected]) -> list:
+        """Hand a result's Kafka outputs, events and dead letters to the producer, in order; their delivery futures.
+
+        InfluxDB reads them from the topics (stream.influxsink).
+        """
         s = self.settings
-        # 1) Kafka outputs, events, dead letters: send all, then await every delivery (InfluxDB reads them from
-        # the topics: stream.influxsink).
         publish_started = time.perf_counter()
         futs = []
         for out in result.outputs:
@@ -382,6 +432,10 @@ class WorkerRuntime:
                 key=msg.key, value=value, headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset) + extra))
         # the event loop's own work (encoding, handing to the producer), not the wait for the broker's acks
         metrics.STAGE_SECONDS.labels("publish").inc(time.perf_counter() - publish_started)
+        return futs
+
+    async def _confirm(self, futs: list, result: BatchResult, dead: list[Rejected]) -> None:
+        """Await every delivery of `_send`, then write the result's flush points, then acknowledge its input."""
         if futs:
             await asyncio.gather(*futs)  # raises if a send failed: then nothing below is acked
         published_ms = time.time() * 1000.0
@@ -489,6 +543,7 @@ def register(app, settings: Settings, translator: Translator | None = None) -> W
         The agent's state, for the caller to pass where needed (`stream.app.Worker`).
     """
     rt = WorkerRuntime(app, settings, translator, progress=ProgressLog(settings))
+    rt.on_delivery_failure = app.crash  # a batch's delivery is confirmed in the background: crash from there
 
     # concurrency=1: with more, Faust could commit past messages another actor still holds.
     @app.agent(rt.input_topic, concurrency=1, name="wavebridge-input")

@@ -116,6 +116,7 @@ def test_a_second_assignment_in_generation_minus_one_neither_loses_nor_dead_lett
         rt.assigned({("in", 0)})
         first = [_Event(i, -1) for i in range(10)]
         await rt.handle_events(first)
+        await rt.drain()
         acked_in_minus_one += [e for e in first if e.acked]
         stale = [_Event(i, -1) for i in range(10, 13)]  # fetched, still in noack_take's buffer
         await rt.reset()
@@ -124,6 +125,7 @@ def test_a_second_assignment_in_generation_minus_one_neither_loses_nor_dead_lett
         await rt.handle_events(stale)
         redelivered = [_Event(i, -1) for i in range(13)]  # Faust seeks to the committed offset on assignment
         await rt.handle_events(redelivered)
+        await rt.drain()
         acked_in_minus_one += [e for e in stale + redelivered if e.acked]
         await rt.reset()  # membership is re-established: a valid generation, re-delivery from offset 0
         app.consumer_generation_id = 7
@@ -187,6 +189,7 @@ def test_an_idle_flush_acks_its_input_only_after_its_outputs_and_then_its_flush_
         await rt.start()
         events = [_Event(i, 1) for i in range(12)]  # bed-1 PLETH, 1 s chunks, seq = offset
         await rt.handle_events(events)
+        await rt.drain()  # the batch's own acks (confirmed in the background)
         held = [e for e in events if not e.acked]
         await asyncio.sleep(0.1)
         error = None
@@ -207,3 +210,114 @@ def test_an_idle_flush_acks_its_input_only_after_its_outputs_and_then_its_flush_
 
     app, settings, events, held, error = asyncio.run(scenario(broken=True))
     assert isinstance(error, ConnectionError) and held and not any(e.acked for e in held)
+
+
+class _HeldTopic(_Topic):
+    """A slow sink: each send's delivery stays pending until the test resolves it."""
+
+    def __init__(self, name, sent, held):
+        super().__init__(name, sent)
+        self.held = held
+
+    async def send(self, key=None, value=None, headers=None):
+        self.sent.append((self.name, value, dict(headers or [])))
+        fut = asyncio.get_running_loop().create_future()
+        self.held.append(fut)
+        return fut
+
+
+class _Counting(_Zeros):
+    def __init__(self):
+        self.calls = 0
+
+    def translate(self, requests):
+        self.calls += 1
+        return super().translate(requests)
+
+
+class _AckLog(_Event):
+    def __init__(self, offset, acks):
+        super().__init__(offset, 1)
+        self.acks = acks
+
+    def ack(self):
+        super().ack()
+        self.acks.append(self.message.offset)
+
+
+def _overlap_scenario(fail: bool):
+    """Batch 1's outputs held back by a slow sink while batch 2 computes; then delivered (or failed)."""
+
+    async def scenario():
+        settings = Settings(influx_enabled=False, tasks=("sr",))
+        held: list = []
+        app = _App()
+        app.topic = lambda name, **kw: (_HeldTopic(name, app.sent, held) if name == settings.topic_sr
+                                        else _Topic(name, app.sent))
+        translator = _Counting()
+        rt = WorkerRuntime(app, settings, translator=translator)
+        failures: list = []
+
+        async def crash(exc):
+            failures.append(exc)
+
+        rt.on_delivery_failure = crash
+        await rt.start()
+        acks: list = []
+        first = [_AckLog(i, acks) for i in range(16)]  # bed-1 PLETH, 1 s chunks: several windows, early ones complete
+        second = [_AckLog(i, acks) for i in range(16, 24)]
+        await asyncio.wait_for(rt.handle_events(first), 30)  # returns once sent: delivery is confirmed in the background
+        n_first = len(held)
+        assert n_first > 0 and acks == []
+        calls = translator.calls
+        batch2 = asyncio.create_task(rt.handle_events(second))
+        for _ in range(1000):  # batch 2 computes while batch 1's delivery is pending
+            if translator.calls > calls:
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        seen = dict(computed=translator.calls > calls, acks_while_held=list(acks), sent_while_held=len(held) - n_first)
+        if fail:
+            held[0].set_exception(ConnectionError("broker gone"))
+            for fut in held[1:n_first]:
+                fut.set_result(None)
+            try:
+                await batch2
+            except ConnectionError as exc:
+                seen["batch2_error"] = exc
+        else:
+            for fut in held[:n_first]:
+                fut.set_result(None)
+            await batch2
+            seen["acks_after_first"] = list(acks)
+            for fut in held[n_first:]:
+                fut.set_result(None)
+            await rt.drain()
+        seen.update(acks=acks, failures=failures, sent_after=len(held) - n_first)
+        await rt.stop()
+        return seen
+
+    return asyncio.run(scenario())
+
+
+def test_a_batch_computes_while_the_previous_delivery_is_pending_and_no_ack_overtakes_it():
+    """Delivery of batch N overlaps the computation of batch N+1. Its input must stay unacknowledged until its own
+    outputs are delivered, acks leave in input order, and batch N+1 sends nothing before batch N is confirmed (the
+    order of outputs per bed is the input order)."""
+    seen = _overlap_scenario(fail=False)
+    assert seen["computed"]  # the overlap itself: batch 2's translation ran while batch 1's sends were pending
+    assert seen["acks_while_held"] == []  # nothing of either batch acked before batch 1's outputs were delivered
+    assert seen["sent_while_held"] == 0
+    first_acks = seen["acks_after_first"]
+    assert first_acks and first_acks == list(range(len(first_acks))) and max(first_acks) < 16
+    assert seen["acks"] == list(range(len(seen["acks"]))) and len(seen["acks"]) > len(first_acks)
+    assert seen["failures"] == []
+
+
+def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch_before_it_sends():
+    seen = _overlap_scenario(fail=True)
+    assert seen["computed"] and seen["acks_while_held"] == []
+    assert isinstance(seen.get("batch2_error"), ConnectionError)
+    assert seen["acks"] == [] and seen["sent_after"] == 0  # no later ack, no later output
+    assert len(seen["failures"]) == 1 and isinstance(seen["failures"][0], ConnectionError)  # the worker crashes
