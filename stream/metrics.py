@@ -52,7 +52,8 @@ STREAM_EVENTS = Counter("wavebridge_stream_events", "Events published (rpeaks, g
 OUTPUTS_DROPPED = Counter("wavebridge_outputs_dropped", "Output chunks not published (failed wire validation).",
                           ["reason"], registry=REGISTRY)
 # ---------------------------------------------------------------------------------- latency
-BATCH_SECONDS = Histogram("wavebridge_batch_seconds", "Wall time of one input batch: decode, translate, write, send.",
+BATCH_SECONDS = Histogram("wavebridge_batch_seconds", ("Wall time of one input batch: decode, translate, hand its outputs to Kafka (and wait for the "
+                           "previous batch's delivery; its own is confirmed while the next batch computes)."),
                           buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 END_TO_END_SECONDS = Histogram(
     "wavebridge_end_to_end_seconds",
