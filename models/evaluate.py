@@ -234,7 +234,16 @@ def held_out_records(dataset: str, root: Path, most: int = 0) -> list[str]:
     most : int
         At most this many, spread evenly over the list (`spread_pick`); 0 = all.
     """
-    return spread_pick(challenge_split(root)[1] if dataset == "challenge" else split()[1], most)
+    return _split_records(dataset, root, 1, most)
+
+
+def training_records(dataset: str, root: Path, most: int = 0) -> list[str]:
+    """The training record names of a dataset (`models.data` splits); parameters as `held_out_records`."""
+    return _split_records(dataset, root, 0, most)
+
+
+def _split_records(dataset: str, root: Path, part: int, most: int) -> list[str]:
+    return spread_pick((challenge_split(root) if dataset == "challenge" else split())[part], most)
 
 
 def records_by_dataset(names: list[str]) -> dict[str, list[str]]:

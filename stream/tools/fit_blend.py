@@ -20,14 +20,16 @@ import torch
 
 from models import weights as W
 from models.blend import fit, served_windows
-from models.data import challenge_split, find_dataset, record_path, split
+from models.data import find_dataset, record_path
 from models.engine import ClmtTranslator
-from models.evaluate import spread_pick
+from models.evaluate import training_records
 from operators.io.records import read_recording
 from operators.vocab import CANONICAL_RATE_HZ
+from stream.pipeline import PipelineConfig
 from stream.tools.cli import ArgumentParser
 
-WINDOW_S, HOP_S, LOOKAHEAD_S = 8.0, 2.0, 1.0  # the worker's defaults (stream.pipeline.PipelineConfig)
+# the worker's windows: the fit weighs the part of each window serving emits
+WINDOW_S, HOP_S, LOOKAHEAD_S = PipelineConfig.window_s, PipelineConfig.hop_s, PipelineConfig.lookahead_s
 
 
 def _commit() -> str | None:
@@ -58,8 +60,7 @@ def cli(argv: list[str] | None = None) -> int:
     path = W.resolve(args.weights)
     engine = ClmtTranslator(weights=str(path), device="cpu")
     roots = {d: find_dataset(d, args.data if d == "bidmc" else args.challenge_data) for d in datasets}
-    names = {d: spread_pick(split()[0] if d == "bidmc" else challenge_split(roots[d])[0], args.max_records)
-             for d in datasets}
+    names = {d: training_records(d, roots[d], args.max_records) for d in datasets}
     # the part of each window the worker emits: between hop + look-ahead and look-ahead before its end
     region = tuple(int(round((WINDOW_S - v) * CANONICAL_RATE_HZ)) for v in (HOP_S + LOOKAHEAD_S, LOOKAHEAD_S))
     t0, parts = time.time(), []
