@@ -39,7 +39,7 @@ from operators.io.records import Recording, read_recording
 from operators.processing.metrics import (hr_mae, peak_f1, pool_windows, sum_scores, windowed_aligned_pearson_rmse,
                                           windowed_pearson_rmse)
 from operators.processing.samples import fill_nonfinite
-from operators.processing.resample import decimate_to, low_rate_copy, resample
+from operators.processing.resample import low_rate_copy, resample
 from operators.processing.rpeaks import detect_rpeaks
 from operators.state.context import select_context
 from operators.translator import PPG2ECG, SR, PairedContext, Translator
@@ -353,7 +353,7 @@ class Evaluation:
                 src, src_rate, tag = ppg[c:], rate, "ppg2ecg"
                 if prate != "native":
                     src_rate, tag = float(prate), f"ppg2ecg@{prate}Hz"
-                    src = decimate_to(fill_nonfinite(src)[0], rate, src_rate)
+                    src = low_rate_copy(src, rate, src_rate, "iir")
                 for label, tr in (("clmt", m.clmt), ("baseline", m.classic)):
                     for with_ctx in (True, False):
                         out = self.translate(tr, PPG2ECG, src, src_rate, rate, "PLETH",
