@@ -381,20 +381,23 @@ def _linear_frac(x: np.ndarray, fs_hz: float) -> float:
     return float(np.sum(ends[keep] - starts[keep] + 2)) / len(x)
 
 
-def _hf_frac(y: np.ndarray, fs_hz: float, band_hz: float) -> float:
-    """Share of the power of `y` (baseline-free) above `band_hz`; 0 when the rate cannot carry that band."""
-    if fs_hz <= 2.2 * band_hz or len(y) < 16:
+def _power_spectrum(y: np.ndarray, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies in Hz, power) of `y`, one FFT shared by the checks that read it."""
+    return np.fft.rfftfreq(len(y), 1.0 / fs_hz), np.abs(np.fft.rfft(y)) ** 2
+
+
+def _hf_frac(f: np.ndarray, spec: np.ndarray, fs_hz: float, band_hz: float) -> float:
+    """Share of the power (`_power_spectrum` of a baseline-free signal) above `band_hz`; 0 when the rate cannot
+    carry that band or the signal is under 16 samples."""
+    if fs_hz <= 2.2 * band_hz or len(f) < 9:  # rfft of n samples has n // 2 + 1 bins: n < 16 <=> bins < 9
         return 0.0
-    spec = np.abs(np.fft.rfft(y)) ** 2
-    f = np.fft.rfftfreq(len(y), 1.0 / fs_hz)
     total = float(spec[1:].sum())
     return float(spec[f > band_hz].sum()) / total if total > 0 else 0.0
 
 
-def _lf_ratio(y: np.ndarray, fs_hz: float) -> float:
-    """ECG power at 0.5-3 Hz over its power at 5-20 Hz (BIDMC lead II: median 0.3, 99th percentile 3.5)."""
-    spec = np.abs(np.fft.rfft(y)) ** 2
-    f = np.fft.rfftfreq(len(y), 1.0 / fs_hz)
+def _lf_ratio(f: np.ndarray, spec: np.ndarray, fs_hz: float) -> float:
+    """ECG power at 0.5-3 Hz over its power at 5-20 Hz (BIDMC lead II: median 0.3, 99th percentile 3.5), from
+    `_power_spectrum`."""
     qrs = float(spec[(f >= 5.0) & (f < min(20.0, fs_hz / 2))].sum())
     lf = float(spec[(f >= 0.5) & (f < 3.0)].sum())
     return lf / qrs if qrs > 0 else (0.0 if lf == 0 else np.inf)
@@ -541,7 +544,8 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     filled = fill_nonfinite(x)[0] if nonfinite else x
     y = _without_baseline(filled, fs_hz)
     band = ECG_BAND_HZ if kind == ECG else PULSE_BAND_HZ
-    hf = _hf_frac(y, fs_hz, band)
+    f, spec = _power_spectrum(y, fs_hz)
+    hf = _hf_frac(f, spec, fs_hz, band)
     swing = _swing(y, fs_hz)
     metrics.update(hf_frac=hf, swing=swing)
     grades.append((CHECKS["hf_frac"].grade(hf), NOISE))
@@ -555,7 +559,7 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
         grades.append((CHECKS["ibi_cv"].grade(ibi_cv), IRREGULAR))
     elif kind == ECG:
         kurt = float(stats.kurtosis(y, fisher=False)) if np.std(y) > 0 else 0.0
-        lf = _lf_ratio(y, fs_hz)
+        lf = _lf_ratio(f, spec, fs_hz)
         metrics.update(kurtosis=kurt, lf_ratio=lf)
         grades.append((CHECKS["lf_ratio"].grade(lf), MOTION))
         if fs_hz <= LOW_RATE_ECG_HZ:
