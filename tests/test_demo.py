@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -237,3 +238,26 @@ def test_demo_writes_to_influxdb_when_asked(synthetic_record, tmp_path, influx):
     counts = {r["bed"]: r["count"] for r in rows}
     # Every synthesized sample the demo collected from Kafka is also a point in InfluxDB.
     assert counts == syn.groupby("bed").size().to_dict()
+
+
+def test_outputs_are_not_complete_before_any_pleth_input_was_read():
+    """The demo stops waiting once every PLETH stream has its output; lead II chunks alone are not 'every'."""
+    import threading
+
+    from stream.tools.collector import Collected
+    from stream.tools.demo import _outputs_complete
+
+    class Seen:
+        lock = threading.Lock()
+        data = Collected()
+
+    def chunk(bed, signal, end_ns):
+        return SimpleNamespace(bed_id=bed, signal=signal, end_ns=lambda: end_ns)
+
+    seen = Seen()
+    seen.data.chunks["input"].append(chunk("bed-001", "II", 10**9))
+    assert not _outputs_complete(seen)
+    seen.data.chunks["input"].append(chunk("bed-001", "PLETH", 10**9))
+    assert not _outputs_complete(seen)
+    seen.data.chunks["synth"].append(chunk("bed-001", "II_SYNTH", 10**9))
+    assert _outputs_complete(seen)
