@@ -19,6 +19,7 @@ on held-out records the fitted blend narrowed but did not close CLMT's gap to th
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,6 +38,21 @@ def gaussian_kernel(sd_samples: float) -> np.ndarray:
     x = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-0.5 * (x / sd_samples) ** 2)
     return k / k.sum()
+
+
+# Constants a forward pass needs on its device, made once per (values, dtype, device): copied from host memory in
+# every pass, each would make the host wait for the device's queued work first.
+@functools.lru_cache(maxsize=32)
+def _blur_kernel(sd_samples: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor: usable outside inference mode too
+        return torch.as_tensor(gaussian_kernel(sd_samples), dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _weight_table(no_context: tuple[float, float], context: tuple[float, float], dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor([no_context, context], dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)
@@ -73,7 +89,7 @@ class PriorBlend:
         """(B, N) z-scored sharp priors -> the classic translator's output in the same units (blurred, edges held)."""
         if self.blur_s <= 0:
             return prior
-        k = torch.as_tensor(gaussian_kernel(self.blur_s * CANONICAL_RATE_HZ), dtype=prior.dtype, device=prior.device)
+        k = _blur_kernel(self.blur_s * CANONICAL_RATE_HZ, prior.dtype, prior.device)
         r = (len(k) - 1) // 2
         return F.conv1d(F.pad(prior[:, None], (r, r), mode="replicate"), k[None, None])[:, 0]
 
@@ -83,7 +99,7 @@ class PriorBlend:
         m = task == TASK_PPG2ECG
         if not bool(m.any()):
             return out
-        w = torch.tensor([self.no_context, self.context], dtype=out.dtype, device=out.device)[has_ctx[m].long()]
+        w = _weight_table(tuple(self.no_context), tuple(self.context), out.dtype, out.device)[has_ctx[m].long()]
         res = out.clone()
         res[m] = w[:, :1] * out[m] + w[:, 1:] * self.classic(prior[m])
         return res
@@ -172,7 +188,7 @@ def served_windows(engine, ecg: np.ndarray, ppg: np.ndarray, rate_hz: float, con
     Parameters
     ----------
     engine : models.engine.ClmtTranslator
-        Prepares each request (`_prepare`) and holds the model.
+        Prepares each request (`_prepare`) and runs the batches (`_run`: its device and precision).
     ecg, ppg : np.ndarray
         Lead II and PLETH at `rate_hz`, same length.
     age, sex
@@ -206,7 +222,7 @@ def served_windows(engine, ecg: np.ndarray, ppg: np.ndarray, rate_hz: float, con
             rows = [engine._prepare(r).row for r in reqs[i : i + batch]]
             mb = ModelBatch.stack(rows, engine.template_len)
             n = len(targets[i])
-            out["model_out"].append(engine.model(mb)[:, :n])
+            out["model_out"].append(engine._run(mb)[:, :n])
             out["prior"].append(mb.prior[:, :n])
             out["has_ctx"].append(mb.has_context)
             out["target"].append(np.stack(targets[i : i + batch]))

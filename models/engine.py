@@ -168,9 +168,12 @@ class ClmtTranslator:
                 (float(np.mean(ce)), float(np.std(ce)) or 1.0))
 
     # -- batched forward ---------------------------------------------------------------------------
-    @torch.inference_mode()
     def _forward(self, items: list[_Prepared]) -> np.ndarray:
-        batch = ModelBatch.stack([it.row for it in items], self.template_len)
+        return self._run(ModelBatch.stack([it.row for it in items], self.template_len))
+
+    @torch.inference_mode()
+    def _run(self, batch: ModelBatch) -> np.ndarray:
+        """`batch` through the model on the engine's device and precision: (B, N) float32 z-scored outputs."""
         return self.model(batch, self.device, torch.float16 if self.half else torch.float32)
 
     @staticmethod
