@@ -153,6 +153,13 @@ def uses_context(task: str, source_signal: str) -> bool:
     return task == PPG2ECG or is_ecg_signal(source_signal)
 
 
+def builds_own_context(task: str, context, context_s: float, has_ecg: bool = True) -> bool:
+    """Whether the bed's patient context is built from the record's own lead II and PLETH, as the worker builds it:
+    for ppg2ecg (the only task the pipeline gives a stream-built context), with no `context` given, a context length
+    `context_s` > 0 (s) and a lead II to build it from (`has_ecg`)."""
+    return task == PPG2ECG and context is None and context_s > 0 and has_ecg
+
+
 def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
     """Best paired ECG+PPG segment of a context record of the same patient.
 
@@ -241,19 +248,20 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
     quality : bool
         False turns gating off (benchmarks measure what it changes).
     context_s : float
-        Without `context`: > 0 builds the bed's context from its own lead II and PLETH chunks, as the worker does
-        (`WAVEBRIDGE_CONTEXT_S`, s; the same chunks give the same context, operators.state.context.ContextStore).
+        ppg2ecg without `context`: > 0 builds the bed's context from its own lead II and PLETH chunks, as the worker
+        does (`WAVEBRIDGE_CONTEXT_S`, s; the same chunks give the same context, operators.state.context.ContextStore;
+        `builds_own_context`).
 
     Returns
     -------
     (list of OutputSeries, list of events)
         The published series and the withheld ones (NaN values, `usable=False`), and the pipeline's events.
     """
+    own = builds_own_context(task, context, context_s)
     cfg = PipelineConfig(window_s=window_s, hop_s=hop_s, lookahead_s=lookahead_s, tasks=(task,), sr_target_hz=float(target_rate),
-                         sr_below_hz=float(target_rate), context_s=0.0 if context is not None else float(context_s),
+                         sr_below_hz=float(target_rate), context_s=float(context_s) if own else 0.0,
                          ppg2ecg_rate_hz=float(target_rate) if task == PPG2ECG else None,
                          sr_signals=(source_signal,), quality=quality)
-    own = context is None and context_s > 0
     pipe = Pipeline(cfg, translator, context_provider=None if own else (lambda bed: context))
     outputs, events = [], []
 
@@ -340,7 +348,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
 
         bar = tqdm(total=len(recording.signals[src]), unit="sample", unit_scale=True, desc=recording.name, file=sys.stderr)
     context = context if uses_context(task, src) else None
-    own = task == PPG2ECG and context is None and context_s > 0 and ECG in recording.signals
+    own = builds_own_context(task, context, context_s, ECG in recording.signals)
     try:
         outputs, events = translate_chunks(
             iter_source_chunks(recording, [src, ECG] if own else src, chunk_s), task, source_signal=src,
@@ -423,7 +431,7 @@ def _run(args) -> int:
 
         check_task_source(args.task, canonical_name(args.signal))  # before reading anything
     wanted = [args.signal] if args.signal else ([PPG] if args.task == PPG2ECG else None)
-    own_context = args.task == PPG2ECG and not args.context and args.context_s > 0
+    own_context = builds_own_context(args.task, args.context or None, args.context_s)
     try:
         try:  # ppg2ecg: the record's own lead II too, for the patient context the worker would build
             rec = read_recording(path, wanted + [ECG] if own_context else wanted, rate_hz=args.input_rate)
