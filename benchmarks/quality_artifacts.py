@@ -328,7 +328,7 @@ def run_record_sr(name, root, translator, kinds, args, rng):
                 row = {"record": name, "signal": sig, "kind": kind, "confidence": o.confidence, "nrmse": nrmse,
                        "flag": o.quality_flag}
                 if args.fit:
-                    src = r.signals[sig][slice(*_judged_span(o, len(y)))]  # the float32 samples the pipeline saw
+                    src = r.signals[sig][slice(*_judged_span(o, r.signals[sig]))]  # the float32 samples the pipeline saw
                     q = Q.assess(src, SR_RATE, Q.kind_of(sig))
                     if Q.confidence("sr", q) != o.confidence:  # not the span the pipeline judged
                         raise RuntimeError(f"bidmc{name} {sig} at {o.times_ns[0] / 1e9:.2f} s: confidence "
@@ -339,15 +339,14 @@ def run_record_sr(name, root, translator, kinds, args, rng):
     return rows
 
 
-def _judged_span(o, n_src):
-    """Source sample range `[a, b)` at SR_RATE the pipeline judged for output chunk `o` (stream.pipeline.quality_span
-    in time: the emitted part +- QUALITY_MARGIN_S, widened back to at least MIN_GOOD_S)."""
-    from stream.pipeline import QUALITY_MARGIN_S
+def _judged_span(o, src):
+    """Source sample range `[a, b)` of `src` (the whole source at SR_RATE) the pipeline judged for output chunk `o`:
+    `stream.pipeline.quality_span` of a window over `src` that emits what `o` covers."""
+    from operators.state.windowing import Window
+    from stream.pipeline import quality_span
 
-    m = int(round(QUALITY_MARGIN_S * SR_RATE))
-    a = int(round(o.times_ns[0] / NS * SR_RATE)) - m
-    b = min(n_src, int(round((o.times_ns[-1] / NS + 1.0 / SR_TARGET) * SR_RATE)) + m)
-    return max(0, min(a, b - int(round(Q.MIN_GOOD_S * SR_RATE)))), b
+    emit = [int(round(t * SR_RATE)) for t in (o.times_ns[0] / NS, o.times_ns[-1] / NS + 1.0 / SR_TARGET)]
+    return quality_span(Window(0, SR_RATE, src, emit_from=emit[0], segment=0, kind="full", emit_to=emit[1]))
 
 
 def report_sr(rows):
