@@ -5,7 +5,7 @@ import numpy as np
 
 from operators.classic import ClassicTranslator
 from operators.processing.samples import fill_nonfinite, segment_index
-from operators.processing.resample import decimate_to, resample
+from operators.processing.resample import low_rate_copy, resample
 from operators.translator import PPG2ECG, PairedContext, TranslationRequest
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.vocab import CANONICAL_RATE_HZ, LOWRES_KINDS
@@ -26,18 +26,16 @@ def zscore(x: np.ndarray) -> tuple[np.ndarray, float, float]:
 def lowres_then_up(x: np.ndarray, rate: float, kind: str = "fir") -> np.ndarray:
     """What a `rate` Hz monitor would send, brought back to 100 Hz the way the engine does it.
 
-    Monitors differ: "fir" low-passes with a sharp FIR (polyphase) before decimating, "iir" with an 8th-order
-    Butterworth at 0.8 x the new Nyquist frequency (`operators.processing.resample.decimate_to`, also `wavebridge evaluate`'s
-    anti-aliased input), "plain" keeps every k-th sample (aliasing)."""
+    Monitors differ: "fir" low-passes with a sharp FIR (polyphase) before decimating; "iir" (an 8th-order
+    Butterworth at 0.8 x the new Nyquist frequency) and "plain" (every k-th sample: aliasing) are
+    `operators.processing.resample.low_rate_copy`'s, as `wavebridge evaluate` makes its low-rate input."""
     if kind == "fir":
         lo = resample(x, CANONICAL_RATE_HZ, rate, method="polyphase")
-    elif kind == "iir":
-        lo = decimate_to(x, CANONICAL_RATE_HZ, rate)
-    elif kind == "plain":
+    elif kind in ("iir", "plain"):
         step = CANONICAL_RATE_HZ / rate
-        if abs(step - round(step)) > 1e-9:  # every 2.5th sample does not exist: it would stretch time
+        if kind == "plain" and abs(step - round(step)) > 1e-9:  # every 2.5th sample does not exist: it would stretch time
             raise ValueError(f"plain subsampling needs {CANONICAL_RATE_HZ:g} Hz / rate to be a whole number, got {rate:g} Hz")
-        lo = np.asarray(x)[:: int(round(step))]
+        lo = low_rate_copy(np.asarray(x), CANONICAL_RATE_HZ, rate, kind)
     else:
         raise ValueError(f"unknown low-rate kind {kind!r}; expected one of {LOWRES_KINDS}")
     up = to_canonical(lo, rate)[: len(x)]
