@@ -123,7 +123,7 @@ def unusable_mask(x: np.ndarray, missing: np.ndarray, rate: float = CANONICAL_RA
 
 def missing_at_canonical(raw: np.ndarray, rate_hz: float, n: int) -> np.ndarray:
     """Where `raw` (sampled at `rate_hz`) is non-finite, as a mask over its `n` samples at 100 Hz: the nearest
-    sample of each non-finite one (`unusable_mask`'s `missing`)."""
+    sample of each non-finite one (`unusable_mask`'s `missing`, `models.evaluate`'s unscored reference samples)."""
     t = np.flatnonzero(~np.isfinite(raw)) * (CANONICAL_RATE_HZ / rate_hz)
     out = np.zeros(n, bool)
     out[np.clip(np.round(t).astype(np.int64), 0, n - 1)] = True

@@ -34,7 +34,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from models.data import challenge_split, is_bidmc_name, record_path, split
+from models.data import challenge_split, is_bidmc_name, missing_at_canonical, record_path, split
 from operators.io.records import Recording, read_recording
 from operators.processing.metrics import (hr_mae, peak_f1, pool_windows, sum_scores, windowed_aligned_pearson_rmse,
                                           windowed_pearson_rmse)
@@ -364,7 +364,7 @@ class Evaluation:
                 continue
             x = rec.signals[sig].astype(np.float64)[c : len(ecg)]
             ref = resample(fill_nonfinite(x)[0], rate, SR_TARGET, method="polyphase")
-            ref[np.round(np.flatnonzero(~np.isfinite(x)) * SR_TARGET / rate).astype(np.int64).clip(0, len(ref) - 1)] = np.nan
+            ref[missing_at_canonical(x, rate, len(ref))] = np.nan  # SR_TARGET is the canonical 100 Hz
             runs = [("clmt", m.clmt, None), ("polyphase", m.classic, None), ("cubic", m.cubic, None)]
             if sig == "II":
                 runs += [("clmt +context", m.clmt, ctx), ("polyphase +context", m.classic, ctx)]
