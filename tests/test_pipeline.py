@@ -45,10 +45,14 @@ def chunks(x, rate, bed="A", signal="PLETH", chunk_s=1.0, t0=T0, seq0=0, **kw):
     return out
 
 
-def run_all(pipe: Pipeline, cks, tokens=True):
+def run_all(pipe: Pipeline, cks, tokens=True, batch: int | None = 1):
+    """Push `cks` in order (each with the token (bed, signal, seq) unless not `tokens`), process after every `batch`
+    of them (None: once, after all), then flush and process again; the BatchResults."""
     results = []
-    for i, c in enumerate(cks):
-        pipe.push(c, token=(c.bed_id, c.signal, c.seq) if tokens else None)
+    step = batch or max(1, len(cks))
+    for i in range(0, len(cks), step):
+        for c in cks[i:i + step]:
+            pipe.push(c, token=(c.bed_id, c.signal, c.seq) if tokens else None)
         results.append(pipe.process())
     pipe.flush_all()
     results.append(pipe.process())
@@ -343,13 +347,9 @@ def test_synthesized_ecg_with_context_does_not_depend_on_batch_timing():
     def run(batch):
         tr = ContextTranslator()
         pipe = Pipeline(cfg(context_s=10.0, tasks=("ppg2ecg",)), tr)
-        results = []
-        for i in range(0, len(feed), batch):
-            for c in sorted(feed[i:i + batch], key=lambda c: c.signal != "II"):
-                pipe.push(c)
-            results.append(pipe.process())
-        pipe.flush_all()
-        results.append(pipe.process())
+        ii_first = [c for i in range(0, len(feed), batch)
+                    for c in sorted(feed[i:i + batch], key=lambda c: c.signal != "II")]
+        results = run_all(pipe, ii_first, tokens=False, batch=batch)
         used = sum(r.context is not None for call in tr.calls for r in call)
         return collect(results, kind="synth"), used
 
@@ -371,14 +371,7 @@ def test_offline_translate_builds_the_context_the_worker_builds():
     assert not np.allclose(off.columns["ecg_ii"], plain.columns["ecg_ii"])  # the context was used
     tr = ContextTranslator()
     pipe = Pipeline(PipelineConfig(context_s=10.0, tasks=("ppg2ecg",)), tr)  # the worker's defaults
-    feed = list(iter_source_chunks(rec, ["PLETH", "II"], 1.0, bed="A"))
-    results = []
-    for i in range(0, len(feed), 5):
-        for c in feed[i:i + 5]:
-            pipe.push(c)
-        results.append(pipe.process())
-    pipe.flush_all()
-    results.append(pipe.process())
+    results = run_all(pipe, list(iter_source_chunks(rec, ["PLETH", "II"], 1.0, bed="A")), tokens=False, batch=5)
     outs = [o for r in results for o in r.outputs + r.withheld]
     t = np.concatenate([o.times_ns for o in outs])
     v = np.concatenate([o.values for o in outs])[np.argsort(t, kind="stable")]
@@ -487,15 +480,7 @@ def _run_gated(cks, per_chunk: bool):
     from operators.translator import load_translator
 
     pipe = Pipeline(cfg(quality=True, tasks=("ppg2ecg",), lookahead_s=1.0), load_translator("classic"))
-    results = []
-    for c in cks:
-        pipe.push(c)
-        if per_chunk:
-            results.append(pipe.process())
-    results.append(pipe.process())
-    pipe.flush_all()
-    results.append(pipe.process())
-    return results
+    return run_all(pipe, cks, tokens=False, batch=1 if per_chunk else None)
 
 
 @pytest.mark.parametrize("per_chunk", [True, False], ids=["batch-per-chunk", "one-batch"])
