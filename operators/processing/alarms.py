@@ -327,27 +327,30 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     # 1 Hz high-pass: beat shapes compared without baseline wander
     xh = sps.sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
-    tpl = np.median(np.stack([seg(i) for i in early[-30:]]), axis=0)
+    learnt = [seg(i) for i in early[-30:]]
+    tpl = np.median(np.stack(learnt), axis=0)
     tpl = tpl - tpl.mean()
-    width = float(np.median([_half_width(seg(i), lo, rate_hz) for i in early[-30:]]))
+    width = float(np.median([_half_width(b, lo, rate_hz) for b in learnt]))
     if not np.any(tpl):
         return None, None, None, None, {}
     odd = np.zeros(len(late), dtype=bool)
     usual = np.zeros(len(late), dtype=bool)
-    run = best = 0
-    prev = prev_s = None
+    joins = np.zeros(len(late), dtype=bool)
+    tpl_norm = np.linalg.norm(tpl)
+    prev = prev_s = prev_norm = None
     for k, i in enumerate(late):
-        s = seg(i) - seg(i).mean()
-        corr = _corr(s, tpl)
-        wide = _half_width(seg(i), lo, rate_hz) > ABNORMAL_WIDTH * width
+        raw = seg(i)
+        s = raw - raw.mean()
+        s_norm = np.linalg.norm(s)
+        corr = _corr(s, tpl, s_norm, tpl_norm)
+        wide = _half_width(raw, lo, rate_hz) > ABNORMAL_WIDTH * width
         odd[k] = corr < ABNORMAL_CORR or wide
         usual[k] = corr >= EXPLAIN_CORR and not wide
-        fast = prev is not None and (i - prev) / rate_hz < VT_MAX_RR_S
         # a ventricular run repeats one shape (one focus): noise that the detector takes for beats does not
-        same = prev_s is not None and _corr(s, prev_s) >= RUN_CORR
-        run = (run + 1 if fast and same or run == 0 else 1) if odd[k] else 0
-        best = max(best, run)
-        prev, prev_s = i, s
+        joins[k] = (prev is not None and (i - prev) / rate_hz < VT_MAX_RR_S
+                    and _corr(s, prev_s, s_norm, prev_norm) >= RUN_CORR)
+        prev, prev_s, prev_norm = i, s, s_norm
+    best = _longest_run(odd, joins)
     n_rms = max(1, int(round(0.1 * rate_hz)))
     rms = np.sqrt(np.convolve(xh ** 2, np.ones(n_rms) / n_rms, mode="same"))
     ref = float(np.median([np.max(rms[i - lo:i + hi]) for i in early[-30:]]))
@@ -365,10 +368,21 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     return best, longest, first, width, shapes
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Correlation of two zero-mean beat segments of equal length (0 when either is flat)."""
-    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+def _corr(a: np.ndarray, b: np.ndarray, norm_a: float, norm_b: float) -> float:
+    """Correlation of two zero-mean beat segments of equal length, given their norms (each beat's is computed once);
+    0 when either is flat."""
+    den = float(norm_a * norm_b)
     return float(a @ b) / den if den > 0 else 0.0
+
+
+def _longest_run(odd: np.ndarray, joins: np.ndarray) -> int:
+    """The longest run of consecutive `odd` beats in which every beat after the first `joins` the one before it
+    (follows it at a ventricular-tachycardia rate, and for `_ventricular_evidence` is shaped like it)."""
+    best = run = 0
+    for k in range(len(odd)):
+        run = (run + 1 if run and joins[k] else 1) if odd[k] else 0
+        best = max(best, run)
+    return best
 
 
 def _rhythmic(xh: np.ndarray, rate_hz: float, a: int, b: int, t0: int, t1: int) -> bool:
@@ -653,14 +667,13 @@ def channel_weight(c: ChannelEvidence) -> float:
     return c.quality_score * (1.0 if c.onset_ok else 0.5)
 
 
-def _steady_rhythm_rejudge(c: ChannelEvidence, judges: Sequence[ChannelEvidence], weight: float
-                           ) -> tuple[float, float]:
-    """An ECG lead's weighted VT (contradiction, support), with its unexplained stretch, and the unusual beats
-    in it, set aside when another of the usable channels `judges` (weight >= CONSENSUS_MIN_WEIGHT, good at the
-    onset) keeps its rhythm through it (`_keeps_rhythm`): a ventricular run replaces the rhythm every channel
-    follows (the pulse: missing, small or faster pulses; another lead: unusual complexes or a pause), noise on
-    one lead does not."""
-    contra, support = weight * c.contradicts, weight * c.supports if c.onset_ok else 0.0
+def _steady_rhythm_rejudge(c: ChannelEvidence, judges: Sequence[ChannelEvidence], weight: float, contra: float,
+                           support: float) -> tuple[float, float]:
+    """An ECG lead's weighted VT (contradiction, support), `contra` and `support` as `fuse` weighed them, with its
+    unexplained stretch, and the unusual beats in it, set aside when another of the usable channels `judges`
+    (weight >= CONSENSUS_MIN_WEIGHT, good at the onset) keeps its rhythm through it (`_keeps_rhythm`): a ventricular
+    run replaces the rhythm every channel follows (the pulse: missing, small or faster pulses; another lead:
+    unusual complexes or a pause), noise on one lead does not."""
     if not c.unexplained_s or c.unexplained_from_s is None:
         return contra, support
     t0, t1 = c.unexplained_from_s, min(0.0, c.unexplained_from_s + c.unexplained_s)
@@ -689,15 +702,10 @@ def _keeps_rhythm(d: ChannelEvidence, t0: float, t1: float) -> bool:
 
 def _odd_run_outside(beats_s: np.ndarray, shapes: str, t0: float, t1: float) -> int:
     """The longest run of unusual ("v") beats at a VT rate that lies outside [t0, t1] (s)."""
-    best = run = 0
-    prev = None
-    for t, sh in zip(beats_s, shapes):
-        if sh != "v" or t0 <= t <= t1:
-            run, prev = 0, None
-            continue
-        run = run + 1 if prev is not None and t - prev < VT_MAX_RR_S else 1
-        best, prev = max(best, run), t
-    return best
+    n = min(len(beats_s), len(shapes))
+    t = np.asarray(beats_s[:n], dtype=np.float64)
+    odd = np.array([sh == "v" for sh in shapes[:n]], dtype=bool) & ~((t0 <= t) & (t <= t1))
+    return _longest_run(odd, np.concatenate([[False], np.diff(t) < VT_MAX_RR_S]))
 
 
 def _pulse_steady(beats_s: np.ndarray, t0: float, t1: float) -> bool:
@@ -746,7 +754,7 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
         judges = [d for d, wd in zip(chans, w) if d.onset_ok and wd >= CONSENSUS_MIN_WEIGHT]
         for i, c in enumerate(chans):
             if c.kind == "ecg":
-                weighted_c[i], weighted_s[i] = _steady_rhythm_rejudge(c, judges, w[i])
+                weighted_c[i], weighted_s[i] = _steady_rhythm_rejudge(c, judges, w[i], weighted_c[i], weighted_s[i])
     if FUSION[alarm_type] == "all":
         # II_SYNTH does not vote: its beats are PLETH's pulses (only those a pulse follows count), so its say would
         # be PLETH's a second time, through one more detector
