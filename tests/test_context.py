@@ -318,3 +318,42 @@ def test_context_cache_slot_holds_one_version_per_bed():
     assert cache.get(versions[0], "beat", build(9), slot="bed-1") == 9  # the old one was replaced
     other = ctx()
     assert cache.get(other, "beat", build(7), slot="bed-2") == 7 and len(cache) == 2
+
+
+def test_with_a_fallback_bound_a_decision_depends_on_history_s_of_input_only():
+    """Issue 17: a worker taking over a bed re-reads its input from a committed offset, not from the beginning. With
+    `fallback_s` a store fed from any point at or before `G - history_s` decides `G` as one fed the whole stream,
+    through a lead-off where the last good context stands in (and then expires); without the bound the last good
+    context reaches back to wherever the stream began."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=150.0)
+    rng = np.random.default_rng(8)
+    ecg[50 * 125:110 * 125] += 3.0 * rng.standard_normal(60 * 125)  # no usable ECG from 50 to 110 s
+    feed = _chunks(ecg, ppg, rate)
+    points = [T0 + k * 5 * 10**9 for k in range(29)]  # asked once their window (8 s) is in
+
+    def decisions(fallback_s, from_s):
+        store = ContextStore(length_s=10.0, keep_s=30.0, refresh_s=5.0, fallback_s=fallback_s)
+        got = {}
+        for sig, t, x in feed:
+            if t >= T0 + from_s * 10**9:
+                store.push(sig, t, rate, x)
+            if sig == "PLETH":
+                end = t + 10**9
+                for g in [g for g in points if g + 8 * 10**9 <= end and g not in got]:
+                    got[g] = store.get(g)
+        return store, got
+
+    store, full = decisions(30.0, 0)
+    assert store.history_s == 60.0
+    held = [(g - T0) // 10**9 for g in points if full[g] is not None]
+    # fresh contexts to 70 s, the last good one to 100 s (found at 70 s), none while only noise is in range, then fresh
+    assert held == list(range(10, 105, 5)) + list(range(120, 141, 5)), held
+    for from_s in (3, 20, 41, 55):
+        _, resumed = decisions(30.0, from_s)
+        bad = [(g - T0) / 1e9 for g in points if g >= T0 + (from_s + 60) * 10**9 and not _same(resumed[g], full[g])]
+        assert not bad, (from_s, bad)
+    _, unbounded = decisions(None, 0)
+    assert all(unbounded[g] is not None for g in points if g >= T0 + 10 * 10**9)  # the last good one, for ever
+    _, late = decisions(None, 41)
+    assert not _same(late[T0 + 105 * 10**9], unbounded[T0 + 105 * 10**9])  # 64 s later: still another context

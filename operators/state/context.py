@@ -234,11 +234,23 @@ class ContextStore:
       starting on multiples of `length_s / 4` (ns, absolute) within both signals' samples stamped in
       `[G_k - keep_ns, G_k)` (`keep_ns = round(keep_s * 1e9)`; the newest segment of each begun before `G_k`, aligned
       on time at `rate_hz`, default the faster signal's rate). A candidate is scored once, at the first decision
-      that holds it, and keeps that score while it stays in range. When no candidate passes, the decision is the
-      context last found (the *last good* one); None if there is none.
+      that holds it (the score is keyed on the candidate's first aligned timestamp, so it is a function of the
+      candidate's samples), and keeps that score while it stays in range. When no candidate passes, the decision is
+      the context last found (the *last good* one) if it was found at a point `G_j >= G_k - fallback_ns`
+      (`fallback_ns = round(fallback_s * 1e9)`; `fallback_s=None`: however long ago); None otherwise.
     - The last good context is forgotten at `G_k` when, in the data before `G_k`, either signal has been silent for
       longer than `forget_after_gap_s`, or starts a segment in `[G_k - refresh_ns, G_k)` after such a break or a
-      rate change: the bed may hold another patient by then. It outlives an ECG lead sending noise or flat data.
+      rate change: the bed may hold another patient by then. It outlives an ECG lead sending noise or flat data
+      (for up to `fallback_s`).
+    - Bounded history (with `fallback_s` set): the decision at `G_k` is a function of both signals' samples stamped
+      in `[G_k - history_s, G_k)` alone (`history_s = keep_s + fallback_s`), so a reader that starts anywhere at or
+      before `G_k - history_s` (a worker taking over a bed after a rebalance, re-reading the input from its
+      committed offset) decides `G_k` and every later point exactly as a reader that saw the whole stream. Why:
+      a fresh selection at any `G_j` reads `[G_j - keep_s, G_j)`; the fallback reaches back to `G_j >=
+      G_k - fallback_s` only; and a forgetting at a point in `(G_j, G_k]` that matters (one with a context found
+      at `G_j` to forget) is judged from breaks and silences after that context's samples, all held by both
+      readers. Without the bound, the last good context can come from any time before (no finite re-read
+      reproduces it).
     - Decisions are made grid point by grid point, in order, each exactly once: `get(at_ns)` first decides every
       pending point up to `floor(at_ns / refresh_ns) * refresh_ns`, then returns that point's decision. A point no
       window asked for is still decided before the next, so the last good context never depends on which windows
@@ -259,9 +271,14 @@ class ContextStore:
     """
 
     def __init__(self, length_s: float = 10.0, keep_s: float = 30.0, rate_hz: float | None = None,
-                 refresh_s: float | None = None, forget_after_gap_s: float = 60.0, max_lag_s: float | None = None):
+                 refresh_s: float | None = None, forget_after_gap_s: float = 60.0, max_lag_s: float | None = None,
+                 fallback_s: float | None = None):
         if keep_s < length_s:
             raise ValueError("keep_s must be >= length_s")
+        if fallback_s is not None and not fallback_s >= 0:
+            raise ValueError("fallback_s must be >= 0 (None: no bound)")
+        # how long after the point that found it the last good context may stand in (None: no bound)
+        self.fallback_s = None if fallback_s is None else float(fallback_s)
         self.length_s = float(length_s)
         self.keep_s = float(keep_s)
         # The last good context outlives an ECG lead coming off (that is what it is for), but not a break
@@ -275,6 +292,7 @@ class ContextStore:
         self._step_ns = max(1, int(round(self.length_s / 4 * 1e9)))  # candidate spacing, as select_context
         self._keep_ns = int(round(self.keep_s * 1e9))
         self._lag_ns = int(round(self.max_lag_s * 1e9))
+        self._fallback_ns = None if fallback_s is None else int(round(self.fallback_s * 1e9))
         if self._keep_ns < self._refresh_ns:
             raise ValueError("keep_s must be >= refresh_s")
         self.clear()
@@ -286,6 +304,7 @@ class ContextStore:
         self._next_g: int | None = None  # the next grid point to decide
         self._first_g: int | None = None  # the first grid point decided (earlier ones: no data, None)
         self._last_good: PairedContext | None = None
+        self._good_g: int | None = None  # the grid point whose selection found the last good context
         self._decided: deque[tuple[int, PairedContext | None]] = deque()  # (grid point, decision), recent
         self._scores: dict[tuple, float | None] = {}  # candidate (start ns, samples, sources) -> context_score
         self.scored = 0  # candidates scored by context_score (cost accounting)
@@ -350,6 +369,12 @@ class ContextStore:
         al = self._aligned(int(before_ns))
         return None if al is None else al[:4]
 
+    @property
+    def history_s(self) -> float:
+        """Seconds of input before a grid point that its decision depends on (`keep_s + fallback_s`; inf without
+        a fallback bound): see the class invariants."""
+        return math.inf if self.fallback_s is None else self.keep_s + self.fallback_s
+
     def nbytes(self) -> int:
         """Bytes of samples held (both signals, context arrays not counted)."""
         return self._ecg.nbytes() + self._ppg.nbytes()
@@ -373,6 +398,9 @@ class ContextStore:
             if not (old is not None and old.rate_hz == ctx.rate_hz and np.array_equal(old.ecg, ctx.ecg)
                     and np.array_equal(old.ppg, ctx.ppg)):
                 self._last_good = ctx
+            self._good_g = g
+        elif self._fallback_ns is not None and self._good_g is not None and g - self._good_g > self._fallback_ns:
+            self._last_good = None  # found too long ago: the decision would depend on input before history_s
         self._decided.append((g, self._last_good))
         # bounded: a point is asked for within max_lag_s of the newest data, or was decided for the memory bound
         while len(self._decided) > 2 + (self._keep_ns + self._lag_ns) // self._refresh_ns:
@@ -426,7 +454,7 @@ class ContextStore:
         while c >= t0:  # latest first: the most recent wins a tie
             i = int(np.searchsorted(t, c))
             if i + n <= len(ecg):
-                k = (c, n, key)
+                k = (int(t[i]), n, key)  # its samples' first timestamp: another alignment is another candidate
                 if k not in self._scores:
                     self._scores[k] = context_score(ecg[i:i + n], ppg[i:i + n], rate)
                     self.scored += 1
