@@ -423,3 +423,29 @@ def test_the_windower_takes_its_head_as_emitted_only_up_to_a_known_end(known_s):
     first_s = max(15.0, min(known_s, head_s))
     np.testing.assert_array_equal(got, np.arange(int(np.ceil(first_s * 125)), 40 * 125, dtype=np.float32))
     assert w.resumed == (known_s >= head_s)
+
+
+def test_a_resumed_stream_with_resume_history_emits_the_same_windows_from_that_much_later():
+    """`resume_history_s`: a resumed segment's first seconds only rebuild a reader's other state (the pipeline's
+    patient context). Its windows are still the uninterrupted windower's, the first one starting no earlier than
+    that much after the segment's start, and emission starts no later than history + window after it."""
+    rate, window_s, hop_s, la, history_s = 125.0, 8.0, 2.0, 1.0, 65.0
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(int(150 * rate)).astype(np.float32)
+    t0 = T0 + 1_234_567_000
+    cks = list(_chunks(x, rate, rng, t0=t0, max_chunk=int(rate)))
+    ref, _ = _run(SlidingWindower(window_s, hop_s, lookahead_s=la), cks, rate)
+    by_start = {wi.start_ns: wi for wi in ref}
+    for j in rng.integers(1, len(cks) // 3, size=5):
+        w = SlidingWindower(window_s, hop_s, lookahead_s=la, resume_history_s=history_s)
+        wins, _ = _run(w, cks[j:], rate, seq0=int(j))
+        assert w.resumed and wins
+        start = cks[j][0]
+        assert wins[0].start_ns >= start + history_s * 1e9
+        assert wins[0].timestamps_ns()[wins[0].emit_from] <= start + (history_s + window_s) * 1e9
+        for wi in wins:
+            twin = by_start[wi.start_ns]
+            np.testing.assert_array_equal(wi.samples, twin.samples)
+            assert (wi.emit_from, wi.emit_stop, wi.kind) == (twin.emit_from, twin.emit_stop, twin.kind)
+    with pytest.raises(ValueError):
+        SlidingWindower(window_s, hop_s, resume_history_s=-1.0)

@@ -26,6 +26,11 @@ Resuming mid-stream: a stream's first chunk with `seq > 0` is a continuation ano
 before a rebalance) may have emitted from. The segment is then *resumed*: no head; its head span is
 taken as emitted and its first emitted window is the first grid window wholly in the data, which is
 the same window, with the same samples, that an uninterrupted process computes there.
+`resume_history_s` > 0 widens the head a resumed segment takes as emitted by that much: its first emitted window is
+the first grid window wholly in the data from `resume_history_s` after the segment's start. A reader that keeps other
+state drawn from the input before a window (the pipeline's patient context) re-reads that much more input to rebuild
+it, and emits from the same point as with 0; the previous reader's commit rule must keep `resume_history_s + window`
+uncommitted.
 `resume_mid_stream=False` turns this off for a reader that knows nobody emitted from the stream (the
 pipeline's own evicted beds). `flushed_until_ns` is for a reader that knows where the output stopped (a flush
 point the previous reader persisted): the first segment then takes its head as emitted only up to there, and its
@@ -208,7 +213,8 @@ class SlidingWindower:
     """Sliding windows over one (bed, signal) stream. Not thread-safe: one instance per stream."""
 
     def __init__(self, window_s: float, hop_s: float, min_segment_s: float = 1.0, gap_tolerance: float = 0.5,
-                 lookahead_s: float = 0.0, resume_mid_stream: bool = True, flushed_until_ns: int | None = None):
+                 lookahead_s: float = 0.0, resume_mid_stream: bool = True, flushed_until_ns: int | None = None,
+                 resume_history_s: float = 0.0):
         if not (window_s > 0 and hop_s > 0):
             raise ValueError("window_s and hop_s must be > 0")
         if not lookahead_s >= 0:
@@ -225,6 +231,10 @@ class SlidingWindower:
         self.gap_tolerance = float(gap_tolerance)
         # False: the first chunk starts the stream whatever its seq (its reader knows nobody emitted from it)
         self.resume_mid_stream = bool(resume_mid_stream)
+        if not resume_history_s >= 0:
+            raise ValueError("resume_history_s must be >= 0")
+        # a resumed segment's first this-many seconds only rebuild the reader's other state (module doc)
+        self.resume_history_s = float(resume_history_s)
         # output before this is known emitted, after it not: bounds the head a resumed first segment takes as emitted
         self.flushed_until_ns = None if flushed_until_ns is None else int(flushed_until_ns)
         self._hop_ns = int(round(self.hop_s * NS_PER_S))  # window ends lie on multiples of this since the epoch
@@ -254,7 +264,7 @@ class SlidingWindower:
         self._la = min(self._win - self._hop, int(round(self.lookahead_s * rate_hz)))
         self._min_seg = max(1, int(math.ceil(self.min_segment_s * rate_hz - 1e-9)))
         if resumed:  # the head span counts as emitted by whoever read this stream before (module doc)
-            head = self._head_end()
+            head = self._head_end(int(round(self.resume_history_s * rate_hz)))
             known = head if self.flushed_until_ns is None else min(head, self._grid_index(self.flushed_until_ns))
             # a known end of the output inside the head: the head window emits from there (not a mid-stream resume)
             self._resumed = known == head
@@ -274,9 +284,10 @@ class SlidingWindower:
         """E_m: end (exclusive sample index) of the grid window ending at m * hop_ns."""
         return self._grid_index(m * self._hop_ns)
 
-    def _head_end(self) -> int:
-        """End of the head: the core start of the first grid window wholly inside the segment (>= 0)."""
-        m = self._ts(self._win) // self._hop_ns  # the last grid end at or before the head window's end
+    def _head_end(self, skip: int = 0) -> int:
+        """End of the head: the core start of the first grid window wholly inside the segment from sample `skip` on
+        (>= 0)."""
+        m = self._ts(skip + self._win) // self._hop_ns  # the last grid end at or before the head window's end
         return max(0, self._grid_end(m) - self._la)
 
     @property
