@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 import numpy as np
 
 from operators.processing import quality as Q
+from operators.processing.samples import grid_ns
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
 from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG
@@ -39,6 +40,42 @@ QUALITY_MARGIN_S = 1.0
 # it halved the wrong heart rates under injected motion, 1.7% -> 0.7%, for 6 points of clean windows' heart rates;
 # docs/quality.md has the held-out numbers).
 HR_MIN_CONFIDENCE = 0.7
+# Input that only feeds the patient context (a 125 Hz lead II) is held this much longer than `ack_lag_s`, so it is
+# never committed before the PLETH of the same time when it arrives up to this much ahead of it: a reader resuming
+# at a PLETH chunk then re-reads lead II from there on too.
+CONTEXT_INPUT_SKEW_S = 2.0
+
+
+def context_history_s(context_s: float) -> float:
+    """Seconds of a bed's input before a window's context point that the patient context there depends on.
+
+    `_BedContexts` keeps `3 x context_s` to choose from and lets the last good context stand in for `3 x context_s`
+    after the point that found it (operators.state.context.ContextStore, "Bounded history").
+
+    Parameters
+    ----------
+    context_s : float
+        `PipelineConfig.context_s` (s); 0 is off.
+
+    Returns
+    -------
+    float
+        `6 x context_s` (s); 0 when the context is off.
+    """
+    return 6.0 * context_s if context_s > 0 else 0.0
+
+
+def resume_history_s(context_s: float) -> float:
+    """Seconds a stream resumed mid-stream re-reads before its first emitted window, to rebuild its bed's patient
+    context as an uninterrupted reader has it: the context's history plus one context grid step (a window asks for
+    the last grid point at or before its start); 0 when the context is off.
+
+    Parameters
+    ----------
+    context_s : float
+        `PipelineConfig.context_s` (s); 0 is off.
+    """
+    return context_history_s(context_s) + context_s / 2 if context_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +98,13 @@ class PipelineConfig:
     # start), until the stream is flushed. The worker uses one window: the committed offset then keeps every
     # window not yet emitted, and the head of a segment not yet emitted, wholly uncommitted, so a new owner
     # after a rebalance re-consumes them and computes the same windows on the same grid and data
-    # (operators.state.windowing, "Resuming mid-stream"). 0 releases a chunk as soon as its samples are emitted.
+    # (operators.state.windowing, "Resuming mid-stream"). With the patient context on, the worker adds
+    # `resume_history_s`. 0 releases a chunk as soon as its samples are emitted.
     ack_lag_s: float = 0.0
+    # A stream resumed mid-stream takes this much more of its input as emitted: it only rebuilds the bed's patient
+    # context, so the windows from there on get the context an uninterrupted run gives them (the worker:
+    # `resume_history_s(context_s)`, and `ack_lag_s` keeps this plus a window uncommitted).
+    resume_history_s: float = 0.0
     # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
     ppg2ecg_rate_hz: float | None = None
     # signals to super-resolve when slow; None: any input signal
@@ -73,16 +115,18 @@ class PipelineConfig:
     @classmethod
     def from_settings(cls, s: Settings) -> "PipelineConfig":
         """The worker's configuration: windows, tasks and rates from `s`, and the ack lag that keeps a rebalance's new
-        owner computing the same windows (one window, seconds).
+        owner computing the same windows with the same patient context (one window, plus `resume_history_s` with
+        the context on, seconds).
 
         Parameters
         ----------
         s : stream.config.Settings
             The worker's settings.
         """
+        history = resume_history_s(s.context_s) if PPG2ECG in s.tasks else 0.0  # only PPG->ECG takes the context
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
-                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s)
+                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history)
 
 
 @dataclass
@@ -97,6 +141,9 @@ class _Stream:
     # chunk starts: its end, or the start of a segment begun after it
     pending: deque = field(default_factory=deque)
     n_emitted: int = 0  # leading `pending` tokens already reported in a BatchResult.emitted
+    # end of a resumed first segment's head, taken as emitted (by the stream's earlier reader): chunks ending by then
+    # are not this reader's outputs (no latency record)
+    taken_until_ns: int | None = None
     rpeak_until_ns: int | None = None
     rpeak_segment: int = -1
     flushed: bool = True  # nothing buffered since the last flush
@@ -167,6 +214,12 @@ class Pipeline:
         self._events: list[PipelineEvent] = []
         self._rejected: list[Rejected] = []
         self._immediate: list = []  # tokens with nothing to emit (unrouted signal, empty chunk)
+        # bed -> (end ns, token) of chunks that only feed its patient context, held like a stream's input (ack_lag_s +
+        # CONTEXT_INPUT_SKEW_S after the newest), so a new owner re-reads the input its context is decided from
+        self._context_input: dict[str, deque] = {}
+        self._context_seen: dict[str, tuple[int, float]] = {}  # bed -> (newest end ns, clock()) of that input
+        self._context_done: list = []  # released context-only tokens, for the next BatchResult.completed
+        self._context_emitted: list = []  # held context-only tokens: nothing to emit (latency records at once)
         self._demographics: dict[str, tuple[float | None, str | None]] = {}  # bed -> (age in years, sex)
         self._seq: dict[tuple[str, str], int] = {}
         self._bed_seen: dict[str, float] = {}  # bed -> clock() of its last chunk, any signal
@@ -224,7 +277,15 @@ class Pipeline:
             self._contexts.add(bed, sig, chunk)
         if not self.routes(sig, chunk.rate_hz):
             # Nothing to produce from this signal (e.g. a 125 Hz lead II only feeds the context).
-            if token is not None:
+            if token is None:
+                return
+            if self._contexts is not None and self._contexts.keeps(sig) and len(chunk.samples):
+                end = int(grid_ns(chunk.start_ns, chunk.rate_hz, len(chunk.samples)))
+                newest = max(end, self._context_seen.get(bed, (end, 0.0))[0])
+                self._context_seen[bed] = (newest, self.clock())
+                self._context_input.setdefault(bed, deque()).append((end, token))
+                self._context_emitted.append(token)
+            else:
                 self._immediate.append(token)
             return
         st = self._stream(bed, sig, chunk)
@@ -234,6 +295,8 @@ class Pipeline:
         segment = st.windower.segment
         res = st.windower.push(chunk.start_ns, chunk.rate_hz, chunk.samples, seq=chunk.seq)
         w = st.windower
+        if segment < 0 and w.resumed:
+            st.taken_until_ns = w.emitted_until_ns
         if segment < 0 and w.flushed_until_ns is not None and not w.resumed:
             # Started at a flush point (stream.progress): the old owner's flush reported R-peaks up to there.
             st.rpeak_segment, st.rpeak_until_ns = w.segment, max(w.flushed_until_ns, w.segment_start_ns)
@@ -275,6 +338,8 @@ class Pipeline:
             if not st.flushed and now - st.last_push >= self.config.idle_flush_s:
                 self._flush(st)
                 n += 1
+        for bed in [b for b, (_, seen) in self._context_seen.items() if now - seen >= self.config.idle_flush_s]:
+            self._release_context_input(bed)  # silent: its context input is released with its flushed streams
         self._evict(now)
         return n
 
@@ -307,11 +372,27 @@ class Pipeline:
         for st in self._streams.values():
             if not st.flushed:
                 self._flush(st)
+        for bed in list(self._context_seen):
+            self._release_context_input(bed)
+
+    def _release_context_input(self, bed: str, until_ns: int | None = None) -> None:
+        """Complete a bed's context-only input ending at or before `until_ns` (None: all of it)."""
+        q = self._context_input.get(bed)
+        while q and (until_ns is None or q[0][0] <= until_ns):
+            self._context_done.append(q.popleft()[1])
+        if until_ns is None:
+            self._context_input.pop(bed, None)
+            self._context_seen.pop(bed, None)
 
     def reset(self) -> list:
         """Forget all buffered state (after a partition rebalance the input is re-consumed from the
         committed offsets). Returns the tokens that were still pending."""
         tokens = [t for st in self._streams.values() for _, _, t in st.pending]
+        tokens += [t for q in self._context_input.values() for _, t in q] + self._context_done
+        self._context_input.clear()
+        self._context_seen.clear()
+        self._context_done.clear()
+        self._context_emitted.clear()
         self._streams.clear()
         self._bed_seen.clear()
         self._evicted.clear()  # after a rebalance only flush points say who emitted what: continuations resume
@@ -339,9 +420,15 @@ class Pipeline:
     def process(self) -> BatchResult:
         """Translate every window collected since the last call in ONE translator call."""
         jobs, self._jobs = self._jobs, []
-        result = BatchResult(events=self._events, rejected=self._rejected, completed=self._immediate,
-                             emitted=list(self._immediate), flushed=self._flushed)
+        lag_ns = int(round(self.config.ack_lag_s * 1e9))
+        skew_ns = int(round(CONTEXT_INPUT_SKEW_S * 1e9)) if lag_ns else 0
+        for bed, (newest, _) in list(self._context_seen.items()):
+            self._release_context_input(bed, newest - lag_ns - skew_ns)
+        result = BatchResult(events=self._events, rejected=self._rejected,
+                             completed=self._immediate + self._context_done,
+                             emitted=self._immediate + self._context_emitted, flushed=self._flushed)
         self._events, self._rejected, self._immediate, self._flushed = [], [], [], []
+        self._context_done, self._context_emitted = [], []
         if jobs:
             # An unusable source is not translated: its span is withheld (never a flat line, never invented beats).
             live = [j for j in jobs if j.quality is None or j.quality.usable]
@@ -362,12 +449,12 @@ class Pipeline:
                 else:
                     self._withhold(job, result)
         # Release tokens only now: their windows have been translated into `result`.
-        lag_ns = int(round(self.config.ack_lag_s * 1e9))
         for st in self._streams.values():
             if st.done_until_ns is None:
                 continue
             while st.n_emitted < len(st.pending) and st.pending[st.n_emitted][0] <= st.done_until_ns:
-                result.emitted.append(st.pending[st.n_emitted][2])
+                if st.taken_until_ns is None or st.pending[st.n_emitted][0] > st.taken_until_ns:
+                    result.emitted.append(st.pending[st.n_emitted][2])
                 st.n_emitted += 1
             limit = st.done_until_ns
             if not st.flushed:
@@ -395,7 +482,8 @@ class Pipeline:
             # offline mode runs one task at a time and must match the worker exactly).
             st = _Stream(bed, sig, SlidingWindower(self.config.window_s, self.config.hop_s,
                                                    lookahead_s=self.config.lookahead_s,
-                                                   resume_mid_stream=not fresh, flushed_until_ns=known))
+                                                   resume_mid_stream=not fresh, flushed_until_ns=known,
+                                                   resume_history_s=self.config.resume_history_s))
             self._streams[key] = st
         return st
 
@@ -583,8 +671,12 @@ class _BedContexts:
     def drop(self, bed: str) -> None:
         self._stores.pop(bed, None)
 
+    def keeps(self, signal: str) -> bool:
+        """Whether `signal`'s chunks feed the bed's context."""
+        return self.context_s > 0 and signal in (ECG, PPG)
+
     def add(self, bed: str, signal: str, chunk) -> None:
-        if self.context_s <= 0 or signal not in (ECG, PPG):
+        if not self.keeps(signal):
             return
         try:
             from operators.state.context import ContextStore
@@ -596,9 +688,11 @@ class _BedContexts:
         st = self._stores.get(bed)
         if st is None:
             # keep 3x the context length so the best segment can be chosen, not just the latest; a selection
-            # costs milliseconds: one per context_s / 2 of stream time
+            # costs milliseconds: one per context_s / 2 of stream time. The last good context stands in for as long
+            # (through a lead-off), no longer: a decision then depends on context_history_s of input only, which a
+            # new owner after a rebalance re-reads (resume_history_s)
             st = self._stores[bed] = ContextStore(self.context_s, keep_s=3 * self.context_s,
-                                                  refresh_s=self.context_s / 2)
+                                                  refresh_s=self.context_s / 2, fallback_s=3 * self.context_s)
         st.push(signal, chunk.start_ns, chunk.rate_hz, chunk.samples)
 
     def get(self, bed: str, at_ns: int) -> PairedContext | None:

@@ -673,3 +673,105 @@ def test_a_new_owner_resuming_at_the_committed_offset_gives_the_uninterrupted_ou
         assert landed.keys() == reference.keys(), kill_at
         for key in reference:
             assert landed[key] == reference[key], (kill_at, key)
+
+
+def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_outputs():
+    """Issue 17: with the patient context on, a killed worker's beds got another synthesized ECG (and R-peaks, heart
+    rates) on the new owner for 8-25 s: the context is decided from the input before each grid point, and the new
+    owner only had the input from its resume point. The worker's configuration (`PipelineConfig.from_settings`)
+    keeps enough input uncommitted, and a resumed stream re-reads it into the context only, so the new owner lands
+    exactly the uninterrupted run's outputs. Bed A's lead II is noise for 60 s: its windows then get the last good
+    context (the fallback) for 30 s, then none."""
+    from dataclasses import replace
+
+    from operators.translator import load_translator
+    from stream.config import Settings
+
+    seconds = 170.0
+    conf = replace(PipelineConfig.from_settings(Settings(context_s=10.0, sr_target_hz=250.0, sr_below_hz=200.0)),
+                   tasks=("ppg2ecg",))
+    msgs = []
+    for bed, seed, t0 in (("A", 5, T0), ("B", 6, T0 + 2_500_000_000)):
+        rec = synthesize(seconds=seconds, seed=seed)
+        ii = rec.signals["II"].copy()
+        if bed == "A":
+            ii[50 * 125:110 * 125] += 2.0 * np.random.default_rng(3).standard_normal(60 * 125).astype(np.float32)
+        for sig, x in (("II", ii), ("PLETH", rec.signals["PLETH"])):
+            msgs += [(c.start_ns, bed, sig, c) for c in chunks(x, rec.rate_hz, bed=bed, signal=sig, t0=t0)]
+    msgs = [c for *_, c in sorted(msgs, key=lambda m: m[:3])]
+    ref_results = run_all(Pipeline(conf, load_translator("classic")), msgs)
+    reference = _landed(ref_results)
+    assert sum(len(v) for k, v in reference.items() if k[0] == "rpeak") > 200
+    used = {round((o.times_ns[0] - T0) / 1e9): o.context_used for r in ref_results for o in r.outputs if o.bed == "A"}
+    assert all(used[t] for t in range(81, 110, 2)) and not any(used[t] for t in range(111, 124, 2))  # fallback, none
+    for kill_at in (400, 500, 640):  # 100, 125 and 160 s in: bed A's new owner emits from inside, at the end of and
+        # after its fallback
+        old, completed = Pipeline(conf, load_translator("classic")), set()
+        before = []
+        for offset, c in enumerate(msgs[:kill_at]):
+            old.push(c, token=offset)
+            before.append(old.process())
+            completed.update(before[-1].completed)
+        committed = next(o for o in range(len(msgs) + 1) if o not in completed)  # the contiguous prefix
+        assert 0 < committed < kill_at  # a mid-stream resume: something was committed, something is re-consumed
+        after = run_all(Pipeline(conf, load_translator("classic")), msgs[committed:])
+        landed = _merge(_landed(before), _landed(after))
+        assert landed.keys() == reference.keys(), kill_at
+        for key in reference:
+            bad = sorted((t - T0) / 1e9 for t in reference[key] if landed[key].get(t) != reference[key][t])
+            assert not bad, (kill_at, key, len(bad), bad[:3])
+
+
+def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_flush():
+    """A 125 Hz lead II only feeds the patient context; committed at once, a new owner would lack the lead II its
+    context is decided from. It is held `ack_lag_s` + CONTEXT_INPUT_SKEW_S after the newest lead II (so never
+    committed before the PLETH of the same time), and released with the bed's streams when it goes silent."""
+    from dataclasses import replace
+
+    from stream.config import Settings
+    from stream.pipeline import CONTEXT_INPUT_SKEW_S, context_history_s, resume_history_s
+
+    conf = PipelineConfig.from_settings(Settings(context_s=10.0))
+    assert conf.resume_history_s == resume_history_s(10.0) == context_history_s(10.0) + 5.0 == 65.0
+    assert conf.ack_lag_s == 8.0 + 65.0
+    assert PipelineConfig.from_settings(Settings(context_s=0.0)).ack_lag_s == 8.0
+    assert PipelineConfig.from_settings(Settings(context_s=10.0, tasks=("sr",))).ack_lag_s == 8.0  # no PPG->ECG
+    now = [0.0]
+    pipe = Pipeline(replace(conf, tasks=("ppg2ecg",), quality=False), RecordingTranslator(), clock=lambda: now[0])
+    done, emitted = [], []
+    rec = synthesize(seconds=100.0, seed=4)
+    for sig in ("II", "PLETH"):
+        assert pipe._contexts.keeps(sig)
+    for k, (ii, pl) in enumerate(zip(chunks(rec.signals["II"], 125.0, signal="II"),
+                                     chunks(rec.signals["PLETH"], 125.0))):
+        now[0] = float(k)
+        pipe.push(ii, token=("II", k))
+        pipe.push(pl, token=("PLETH", k))
+        res = pipe.process()
+        done += res.completed
+        emitted += res.emitted
+    lag = conf.ack_lag_s + CONTEXT_INPUT_SKEW_S
+    assert [k for s, k in done if s == "II"] == list(range(int(100 - lag)))  # ends at or before 100 s - lag
+    assert [k for s, k in done if s == "PLETH"] == list(range(int(100 - conf.ack_lag_s)))
+    assert sorted(k for s, k in emitted if s == "II") == list(range(100))  # nothing to publish: latency at once
+    now[0] += conf.idle_flush_s
+    pipe.flush_idle()
+    res = pipe.process()
+    assert sorted(res.completed) == sorted(set((s, k) for s in ("II", "PLETH") for k in range(100)) - set(done))
+    assert pipe._context_input == {} and pipe.reset() == []
+
+
+def test_a_resumed_streams_re_read_history_gives_no_latency_records():
+    """The re-read head of a resumed stream was published by its earlier reader: its chunks are completed, but they
+    are not this reader's outputs (with the context on, 73 s of re-read input would read as 73 s of latency)."""
+    pipe = Pipeline(cfg(tasks=("ppg2ecg",), resume_history_s=20.0, ack_lag_s=28.0), RecordingTranslator())
+    emitted, done = [], []
+    for seq in range(40, 100):
+        pipe.push(Chunk("A", "PLETH", 125.0, T0 + seq * 10**9, seq, np.ones(125, np.float32)), token=seq)
+        res = pipe.process()
+        emitted += res.emitted
+        done += res.completed
+    out = [o for o in pipe.process().outputs]
+    assert not out
+    assert min(emitted) >= 40 + 20 and emitted == sorted(emitted)
+    assert done == list(range(40, 100 - 28))
