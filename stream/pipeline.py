@@ -44,13 +44,21 @@ HR_MIN_CONFIDENCE = 0.7
 # never committed before the PLETH of the same time when it arrives up to this much ahead of it: a reader resuming
 # at a PLETH chunk then re-reads lead II from there on too.
 CONTEXT_INPUT_SKEW_S = 2.0
+# The last good patient context stands in (through a lead-off) for at most this long after the grid point that found
+# it: while it does, its bed's input from that context's data on stays uncommitted (`ContextStore.resume_from_ns`),
+# so this bounds how far a lead-off holds its partition's commit back. On the 40 BIDMC records (classic translator)
+# 120 s changes 17 of 9480 windows' context against no bound (30 s: 147; 240 s: none).
+CONTEXT_FALLBACK_S = 120.0
 
 
-def context_history_s(context_s: float) -> float:
-    """Seconds of a bed's input before a window's context point that the patient context there depends on.
+def resume_history_s(context_s: float) -> float:
+    """Seconds a stream resumed mid-stream re-reads before its first emitted window, to rebuild its bed's patient
+    context as an uninterrupted reader has it.
 
-    `_BedContexts` keeps `3 x context_s` to choose from and lets the last good context stand in for `3 x context_s`
-    after the point that found it (operators.state.context.ContextStore, "Bounded history").
+    The context store keeps `3 x context_s` before each grid point to choose from, and a window asks for the last
+    point at or before its start (`context_s / 2` apart): from `3.5 x context_s` after its first re-read chunk on,
+    a reader decides every point as the old owner did, provided the old owner committed no input its context still
+    depended on (`Pipeline.process`, `ContextStore.resume_from_ns`).
 
     Parameters
     ----------
@@ -60,22 +68,9 @@ def context_history_s(context_s: float) -> float:
     Returns
     -------
     float
-        `6 x context_s` (s); 0 when the context is off.
+        `3.5 x context_s` (s); 0 when the context is off.
     """
-    return 6.0 * context_s if context_s > 0 else 0.0
-
-
-def resume_history_s(context_s: float) -> float:
-    """Seconds a stream resumed mid-stream re-reads before its first emitted window, to rebuild its bed's patient
-    context as an uninterrupted reader has it: the context's history plus one context grid step (a window asks for
-    the last grid point at or before its start); 0 when the context is off.
-
-    Parameters
-    ----------
-    context_s : float
-        `PipelineConfig.context_s` (s); 0 is off.
-    """
-    return context_history_s(context_s) + context_s / 2 if context_s > 0 else 0.0
+    return 3.5 * context_s if context_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -219,7 +214,9 @@ class Pipeline:
         self._context_input: dict[str, deque] = {}
         self._context_seen: dict[str, tuple[int, float]] = {}  # bed -> (newest end ns, clock()) of that input
         self._context_done: list = []  # released context-only tokens, for the next BatchResult.completed
-        self._context_emitted: list = []  # held context-only tokens: nothing to emit (latency records at once)
+        # (bed, end ns, token) of held context-only chunks: nothing to emit, latency records at the next process()
+        # unless the bed's PLETH stream was resumed after them (a re-read, published by the earlier reader)
+        self._context_emitted: list = []
         self._demographics: dict[str, tuple[float | None, str | None]] = {}  # bed -> (age in years, sex)
         self._seq: dict[tuple[str, str], int] = {}
         self._bed_seen: dict[str, float] = {}  # bed -> clock() of its last chunk, any signal
@@ -284,7 +281,7 @@ class Pipeline:
                 newest = max(end, self._context_seen.get(bed, (end, 0.0))[0])
                 self._context_seen[bed] = (newest, self.clock())
                 self._context_input.setdefault(bed, deque()).append((end, token))
-                self._context_emitted.append(token)
+                self._context_emitted.append((bed, end, token))
             else:
                 self._immediate.append(token)
             return
@@ -420,13 +417,13 @@ class Pipeline:
     def process(self) -> BatchResult:
         """Translate every window collected since the last call in ONE translator call."""
         jobs, self._jobs = self._jobs, []
-        lag_ns = int(round(self.config.ack_lag_s * 1e9))
-        skew_ns = int(round(CONTEXT_INPUT_SKEW_S * 1e9)) if lag_ns else 0
-        for bed, (newest, _) in list(self._context_seen.items()):
-            self._release_context_input(bed, newest - lag_ns - skew_ns)
+        emitted = list(self._immediate)
+        for bed, end, token in self._context_emitted:
+            ppg = self._streams.get((bed, PPG))
+            if ppg is None or ppg.taken_until_ns is None or end > ppg.taken_until_ns:
+                emitted.append(token)
         result = BatchResult(events=self._events, rejected=self._rejected,
-                             completed=self._immediate + self._context_done,
-                             emitted=self._immediate + self._context_emitted, flushed=self._flushed)
+                             completed=self._immediate + self._context_done, emitted=emitted, flushed=self._flushed)
         self._events, self._rejected, self._immediate, self._flushed = [], [], [], []
         self._context_done, self._context_emitted = [], []
         if jobs:
@@ -449,6 +446,12 @@ class Pipeline:
                 else:
                     self._withhold(job, result)
         # Release tokens only now: their windows have been translated into `result`.
+        lag_ns = int(round(self.config.ack_lag_s * 1e9))
+        for bed, (newest, _) in list(self._context_seen.items()):
+            skew_ns = int(round(CONTEXT_INPUT_SKEW_S * 1e9)) if lag_ns else 0
+            self._release_context_input(bed, min(newest - lag_ns - skew_ns, self._context_needed_from(bed)))
+        result.completed.extend(self._context_done)
+        self._context_done = []
         for st in self._streams.values():
             if st.done_until_ns is None:
                 continue
@@ -458,7 +461,7 @@ class Pipeline:
                 st.n_emitted += 1
             limit = st.done_until_ns
             if not st.flushed:
-                limit = min(limit, st.windower.expected_next_ns - lag_ns)
+                limit = min(limit, st.windower.expected_next_ns - lag_ns, self._context_needed_from(st.bed))
             # in push order, a chunk's end and resume point never decrease: the head stops at the first one not done
             while st.pending and st.n_emitted and st.pending[0][0] <= st.done_until_ns and st.pending[0][1] <= limit:
                 result.completed.append(st.pending.popleft()[2])
@@ -466,6 +469,15 @@ class Pipeline:
         return result
 
     # ------------------------------------------------------------------ internals
+    def _context_needed_from(self, bed: str) -> int | float:
+        """Where the input a new owner must re-read to rebuild `bed`'s patient context begins (ns; inf: nowhere).
+
+        Only in the worker's resume mode (`resume_history_s` > 0): its commit rule keeps that input uncommitted."""
+        if not self.config.resume_history_s or self._contexts is None:
+            return float("inf")
+        t = self._contexts.resume_from_ns(bed)
+        return float("inf") if t is None else t
+
     def _stream(self, bed: str, sig: str, first) -> _Stream:
         key = (bed, sig)
         st = self._streams.get(key)
@@ -688,14 +700,18 @@ class _BedContexts:
         st = self._stores.get(bed)
         if st is None:
             # keep 3x the context length so the best segment can be chosen, not just the latest; a selection
-            # costs milliseconds: one per context_s / 2 of stream time. The last good context stands in for as long
-            # (through a lead-off), no longer: a decision then depends on context_history_s of input only, which a
-            # new owner after a rebalance re-reads (resume_history_s)
+            # costs milliseconds: one per context_s / 2 of stream time. The last good context stands in for
+            # CONTEXT_FALLBACK_S at most (through a lead-off): the input it was found in stays uncommitted meanwhile
             st = self._stores[bed] = ContextStore(self.context_s, keep_s=3 * self.context_s,
-                                                  refresh_s=self.context_s / 2, fallback_s=3 * self.context_s)
+                                                  refresh_s=self.context_s / 2, fallback_s=CONTEXT_FALLBACK_S)
         st.push(signal, chunk.start_ns, chunk.rate_hz, chunk.samples)
 
     def get(self, bed: str, at_ns: int) -> PairedContext | None:
         """Context for a window starting at `at_ns` (ns)."""
         st = self._stores.get(bed)
         return None if st is None else st.get(at_ns)
+
+    def resume_from_ns(self, bed: str) -> int | None:
+        """Where the input that decides the bed's contexts not yet decided begins (ns), None without a store."""
+        st = self._stores.get(bed)
+        return None if st is None else st.resume_from_ns()

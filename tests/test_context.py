@@ -357,3 +357,38 @@ def test_with_a_fallback_bound_a_decision_depends_on_history_s_of_input_only():
     assert all(unbounded[g] is not None for g in points if g >= T0 + 10 * 10**9)  # the last good one, for ever
     _, late = decisions(None, 41)
     assert not _same(late[T0 + 105 * 10**9], unbounded[T0 + 105 * 10**9])  # 64 s later: still another context
+
+
+def test_a_store_fed_from_resume_from_ns_on_makes_every_pending_decision_the_same():
+    """What a worker commits must leave a new owner the input its bed's context is still decided from: the pending
+    point's `keep_s`, and, through a lead-off, the data the last good context was found in (here 70 s back)."""
+    rate = 125.0
+    ecg, ppg = _pair(rate, dur=170.0)
+    rng = np.random.default_rng(9)
+    ecg[50 * 125:140 * 125] += 3.0 * rng.standard_normal(90 * 125)  # no usable ECG from 50 to 140 s
+    feed = _chunks(ecg, ppg, rate)
+    points = [T0 + k * 5 * 10**9 for k in range(33)]
+
+    def run(from_ns=None, stop_after=None):
+        store = ContextStore(length_s=10.0, keep_s=30.0, refresh_s=5.0, fallback_s=120.0)
+        got, moments = {}, []
+        for i, (sig, t, x) in enumerate(feed):
+            if from_ns is None or t >= from_ns:
+                store.push(sig, t, rate, x)
+            if sig == "PLETH":
+                for g in [g for g in points if g + 8 * 10**9 <= t + 10**9 and g not in got]:
+                    got[g] = store.get(g)
+                moments.append((t + 10**9, store.resume_from_ns(), store._next_g))
+        return got, moments
+
+    full, moments = run()
+    assert all(full[g] is not None for g in points if g >= T0 + 10 * 10**9)  # the last good context throughout
+    back = [(end - r) / 1e9 for end, r, _ in moments if r is not None]
+    assert max(back) > 100 and min(back[40:]) < 45  # held back through the lead-off, not otherwise
+    for end, r, pending in moments[20::17]:
+        resumed, _ = run(from_ns=r)
+        bad = [(g - T0) / 1e9 for g in points if g >= pending and not _same(resumed[g], full[g])]
+        assert not bad, ((end - T0) / 1e9, bad)
+        if T0 + 80 * 10**9 <= end <= T0 + 140 * 10**9:  # in the lead-off, a re-read from the pending point's
+            later, _ = run(from_ns=pending - 30 * 10**9)  # keep_s only loses the last good context
+            assert any(not _same(later[g], full[g]) for g in points if g >= pending), (end - T0) / 1e9

@@ -680,14 +680,14 @@ def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_o
     rates) on the new owner for 8-25 s: the context is decided from the input before each grid point, and the new
     owner only had the input from its resume point. The worker's configuration (`PipelineConfig.from_settings`)
     keeps enough input uncommitted, and a resumed stream re-reads it into the context only, so the new owner lands
-    exactly the uninterrupted run's outputs. Bed A's lead II is noise for 60 s: its windows then get the last good
-    context (the fallback) for 30 s, then none."""
+    exactly the uninterrupted run's outputs. Bed A's lead II is noise for 150 s: its windows get the last good context
+    (found 30 s before, so its input stays uncommitted) for CONTEXT_FALLBACK_S, then none."""
     from dataclasses import replace
 
     from operators.translator import load_translator
     from stream.config import Settings
 
-    seconds = 170.0
+    seconds = 240.0
     conf = replace(PipelineConfig.from_settings(Settings(context_s=10.0, sr_target_hz=250.0, sr_below_hz=200.0)),
                    tasks=("ppg2ecg",))
     msgs = []
@@ -695,7 +695,7 @@ def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_o
         rec = synthesize(seconds=seconds, seed=seed)
         ii = rec.signals["II"].copy()
         if bed == "A":
-            ii[50 * 125:110 * 125] += 2.0 * np.random.default_rng(3).standard_normal(60 * 125).astype(np.float32)
+            ii[40 * 125:190 * 125] += 2.0 * np.random.default_rng(3).standard_normal(150 * 125).astype(np.float32)
         for sig, x in (("II", ii), ("PLETH", rec.signals["PLETH"])):
             msgs += [(c.start_ns, bed, sig, c) for c in chunks(x, rec.rate_hz, bed=bed, signal=sig, t0=t0)]
     msgs = [c for *_, c in sorted(msgs, key=lambda m: m[:3])]
@@ -703,9 +703,8 @@ def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_o
     reference = _landed(ref_results)
     assert sum(len(v) for k, v in reference.items() if k[0] == "rpeak") > 200
     used = {round((o.times_ns[0] - T0) / 1e9): o.context_used for r in ref_results for o in r.outputs if o.bed == "A"}
-    assert all(used[t] for t in range(81, 110, 2)) and not any(used[t] for t in range(111, 124, 2))  # fallback, none
-    for kill_at in (400, 500, 640):  # 100, 125 and 160 s in: bed A's new owner emits from inside, at the end of and
-        # after its fallback
+    assert all(used[t] for t in range(81, 180, 2)) and not any(used[t] for t in range(191, 202, 2))  # fallback, none
+    for kill_at in (240, 560, 920):  # 60, 140 and 230 s in: bed A before its lead-off, in its fallback, after
         old, completed = Pipeline(conf, load_translator("classic")), set()
         before = []
         for offset, c in enumerate(msgs[:kill_at]):
@@ -714,6 +713,8 @@ def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_o
             completed.update(before[-1].completed)
         committed = next(o for o in range(len(msgs) + 1) if o not in completed)  # the contiguous prefix
         assert 0 < committed < kill_at  # a mid-stream resume: something was committed, something is re-consumed
+        if kill_at == 560:  # not 140 - 43 s: bed A's last good context, found at 60 s from data since 30 s, holds it
+            assert msgs[committed].start_ns <= T0 + 30 * 10**9
         after = run_all(Pipeline(conf, load_translator("classic")), msgs[committed:])
         landed = _merge(_landed(before), _landed(after))
         assert landed.keys() == reference.keys(), kill_at
@@ -729,11 +730,11 @@ def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_
     from dataclasses import replace
 
     from stream.config import Settings
-    from stream.pipeline import CONTEXT_INPUT_SKEW_S, context_history_s, resume_history_s
+    from stream.pipeline import CONTEXT_INPUT_SKEW_S, resume_history_s
 
     conf = PipelineConfig.from_settings(Settings(context_s=10.0))
-    assert conf.resume_history_s == resume_history_s(10.0) == context_history_s(10.0) + 5.0 == 65.0
-    assert conf.ack_lag_s == 8.0 + 65.0
+    assert conf.resume_history_s == resume_history_s(10.0) == 35.0
+    assert conf.ack_lag_s == 8.0 + 35.0
     assert PipelineConfig.from_settings(Settings(context_s=0.0)).ack_lag_s == 8.0
     assert PipelineConfig.from_settings(Settings(context_s=10.0, tasks=("sr",))).ack_lag_s == 8.0  # no PPG->ECG
     now = [0.0]
@@ -762,16 +763,21 @@ def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_
 
 
 def test_a_resumed_streams_re_read_history_gives_no_latency_records():
-    """The re-read head of a resumed stream was published by its earlier reader: its chunks are completed, but they
-    are not this reader's outputs (with the context on, 73 s of re-read input would read as 73 s of latency)."""
-    pipe = Pipeline(cfg(tasks=("ppg2ecg",), resume_history_s=20.0, ack_lag_s=28.0), RecordingTranslator())
+    """The re-read head of a resumed stream was published by its earlier reader: its chunks (and the lead II beside
+    them) are completed, but they are not this reader's outputs (35 s of re-read input read as 35 s of latency)."""
+    pipe = Pipeline(cfg(tasks=("ppg2ecg",), context_s=10.0, resume_history_s=35.0, ack_lag_s=43.0),
+                    RecordingTranslator())
     emitted, done = [], []
-    for seq in range(40, 100):
-        pipe.push(Chunk("A", "PLETH", 125.0, T0 + seq * 10**9, seq, np.ones(125, np.float32)), token=seq)
+    rec = synthesize(seconds=100.0, seed=4)
+    for ii, pl in list(zip(chunks(rec.signals["II"], 125.0, signal="II"), chunks(rec.signals["PLETH"], 125.0)))[40:]:
+        pipe.push(ii, token=("II", ii.seq))
+        pipe.push(pl, token=("PLETH", pl.seq))
         res = pipe.process()
         emitted += res.emitted
         done += res.completed
-    out = [o for o in pipe.process().outputs]
-    assert not out
-    assert min(emitted) >= 40 + 20 and emitted == sorted(emitted)
-    assert done == list(range(40, 100 - 28))
+    head = (pipe._streams[("A", "PLETH")].taken_until_ns - T0) / 1e9
+    assert 40 + 35 < head <= 40 + 35 + 8
+    for sig in ("II", "PLETH"):
+        got = [k for s, k in emitted if s == sig]
+        assert got == list(range(int(head), 100)), (sig, got[:3], head)
+    assert [k for s, k in done if s == "PLETH"] == list(range(40, 100 - 43))

@@ -251,6 +251,12 @@ class ContextStore:
       at `G_j` to forget) is judged from breaks and silences after that context's samples, all held by both
       readers. Without the bound, the last good context can come from any time before (no finite re-read
       reproduces it).
+    - Resuming: every decision not yet made (from the pending point on) depends on the input from `resume_from_ns()`
+      on: `pending point - keep_ns`, or `G_j - keep_ns` while the last good context (found at `G_j`) is held. A
+      reader fed this stream's input from any point at or before it makes every one of those decisions exactly as
+      this store does, from its first grid point with `keep_s` of data behind it on (its decisions before that
+      point, on partial data, can differ; a success on partial data is also one on the whole data when both
+      signals share one sample grid, so it never outlives the first full decision as a wrong last good context).
     - Decisions are made grid point by grid point, in order, each exactly once: `get(at_ns)` first decides every
       pending point up to `floor(at_ns / refresh_ns) * refresh_ns`, then returns that point's decision. A point no
       window asked for is still decided before the next, so the last good context never depends on which windows
@@ -374,6 +380,16 @@ class ContextStore:
         """Seconds of input before a grid point that its decision depends on (`keep_s + fallback_s`; inf without
         a fallback bound): see the class invariants."""
         return math.inf if self.fallback_s is None else self.keep_s + self.fallback_s
+
+    def resume_from_ns(self) -> int | None:
+        """Timestamp from which on the input decides every decision not yet made (see the class invariants), ns; None
+        before any input."""
+        if self._next_g is None:
+            return None
+        t = self._next_g - self._keep_ns
+        if self._last_good is not None and self._good_g is not None:
+            t = min(t, self._good_g - self._keep_ns)
+        return t
 
     def nbytes(self) -> int:
         """Bytes of samples held (both signals, context arrays not counted)."""
