@@ -22,9 +22,10 @@ Each run also reports the output-topic latency (input produce time to outputs de
 WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the alarm feed.
 
 The reference itself is checked against the offline mode's sample grid (every expected timestamp, nothing else).
-Patient context is off by default (--context-s 0): with it, a worker that takes over a bed builds the bed's context
-anew from its resume point, so PPG->ECG values can differ for up to 3.5 x the context length after it
-(docs/delivery-semantics.md); runs without a rebalance agree (--no-kill measures that part).
+Patient context is off by default (--context-s 0). With it, a worker that takes over a bed rebuilds the bed's context
+from input the old owner kept uncommitted, so values agree too (docs/delivery-semantics.md); the commit rule then
+keeps WINDOW_S + 3.5 x CONTEXT_S of input (43 s), so a replay shorter than that (the default 40 s) commits nothing
+before its final idle flush and every kill re-reads it all: use --seconds 150 --speed 3 to resume mid-stream.
 
     python benchmarks/rebalance_soak.py --workers 3 --runs 10
 

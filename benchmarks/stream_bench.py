@@ -320,7 +320,7 @@ def sustained(results: list[StepResult]) -> float:
 # ------------------------------------------------------------------ memory per bed
 
 
-def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = "passthrough") -> dict:
+def bed_memory(recording, n_beds: int, seconds: float = 90.0, translator: str = "passthrough") -> dict:
     """Bytes of worker state per bed, measured in-process (tracemalloc) on the worker's own pipeline.
 
     `n_beds` beds each get `seconds` of the recording (II and PLETH, 1 s chunks) with the worker's default
@@ -330,6 +330,10 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
     bed; `clmt` adds its per-bed context cache (features, template tokens, the prior's beat model: one context version
     per bed, at most `models.engine.CONTEXT_CACHE` entries), which outlives the bed's eviction until the cache's least
     recently used entries go. The model's own memory is per worker, not per bed.
+
+    Each chunk is pushed with its binary wire encoding as its token, as the worker pushes the message it holds until
+    the commit rule releases it (`PipelineConfig.ack_lag_s`; Faust's own per-message objects come on top):
+    "held_input_bytes_per_bed" is what those still held at the end add up to.
     """
     import tracemalloc
 
@@ -342,14 +346,18 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
     now = [0.0]
     pipe = Pipeline(PipelineConfig.from_settings(settings), load_translator(translator), clock=lambda: now[0])
     plan = plan_beds([recording], n_beds, "mem")
+    from stream import wire
+
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     for i, chunk in enumerate(iter_all_chunks(plan, 1.0, 1_750_000_000_000_000_000, None, None, seconds)):
-        pipe.push(chunk)
+        pipe.push(chunk, wire.encode_binary(chunk))
         if i % (2 * n_beds) == 2 * n_beds - 1:  # one batch per second of signal, as the worker would take them
             pipe.process()
     pipe.process()
     active = tracemalloc.get_traced_memory()[0] - base
+    held_bytes = sum(len(t) for st in pipe._streams.values() for *_, t in st.pending)
+    held_bytes += sum(len(t) for q in getattr(pipe, "_context_input", {}).values() for _, t in q)
     now[0] = 1e9  # every stream silent for longer than the idle flush
     pipe.flush_idle()
     pipe.process()
@@ -359,7 +367,8 @@ def bed_memory(recording, n_beds: int, seconds: float = 40.0, translator: str = 
     evicted = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     return {"beds": n_beds, "seconds": seconds, "active_bytes_per_bed": round(active / n_beds),
-            "idle_bytes_per_bed": round(idle / n_beds), "evicted_bytes_per_bed": round(evicted / n_beds)}
+            "idle_bytes_per_bed": round(idle / n_beds), "evicted_bytes_per_bed": round(evicted / n_beds),
+            "held_input_bytes_per_bed": round(held_bytes / n_beds)}
 
 
 # ------------------------------------------------------------------ main
@@ -436,7 +445,8 @@ def main(argv=None) -> int:
     recording, source = load_recording(args.record)
     mem = bed_memory(recording, args.memory_beds, translator=args.memory_translator)
     print(f"memory per bed ({mem['beds']} beds, {mem['seconds']:g} s of II+PLETH each, {args.memory_translator}, in-process): "
-          f"{mem['active_bytes_per_bed']:,} bytes active, {mem['idle_bytes_per_bed']:,} idle (after the idle flush), "
+          f"{mem['active_bytes_per_bed']:,} bytes active (of which {mem['held_input_bytes_per_bed']:,} input messages "
+          f"held by the commit rule), {mem['idle_bytes_per_bed']:,} idle (after the idle flush), "
           f"{mem['evicted_bytes_per_bed']:,} after WAVEBRIDGE_BED_EVICT_S; 10,000 idle beds: "
           f"{mem['idle_bytes_per_bed'] * 10_000 / 2**20:.0f} MiB", flush=True)
     if args.memory_only:
