@@ -632,6 +632,22 @@ def _merge(*runs: dict) -> dict:
     return out
 
 
+def _killed_and_resumed(conf, msgs, kill_at: int) -> tuple[dict, int]:
+    """A worker killed after `kill_at` messages of one partition and a fresh one resuming at the committed offset (the
+    contiguous prefix of completed messages): what they land together, and that offset."""
+    from operators.translator import load_translator
+
+    old, completed = Pipeline(conf, load_translator("classic")), set()
+    before = []
+    for offset, c in enumerate(msgs[:kill_at]):
+        old.push(c, token=offset)
+        before.append(old.process())
+        completed.update(before[-1].completed)
+    committed = next(o for o in range(len(msgs) + 1) if o not in completed)
+    after = run_all(Pipeline(conf, load_translator("classic")), msgs[committed:])
+    return _merge(_landed(before), _landed(after)), committed
+
+
 def _partition(seconds: float = 48.0):
     """Two beds' lead II and PLETH (125 Hz, 1 s chunks) interleaved as in one Kafka partition; bed B has a 3 s gap
     (its seq goes on) and starts 2.5 s late, off the hop grid."""
@@ -660,16 +676,8 @@ def test_a_new_owner_resuming_at_the_committed_offset_gives_the_uninterrupted_ou
     assert sum(len(v) for k, v in reference.items() if k[0] == "rpeak") > 50 and ("hr", "B") in reference
     assert any(k[0] == "event" and k[3] == "gap" for k in reference)
     for kill_at in (5, 23, 40, 61, 88, 133, 150, 171):
-        old, completed = Pipeline(conf, load_translator("classic")), set()
-        before = []
-        for offset, c in enumerate(msgs[:kill_at]):
-            old.push(c, token=offset)
-            before.append(old.process())
-            completed.update(before[-1].completed)
-        committed = next(o for o in range(len(msgs) + 1) if o not in completed)  # the contiguous prefix
+        landed, committed = _killed_and_resumed(conf, msgs, kill_at)
         assert committed < kill_at  # something is re-consumed
-        after = run_all(Pipeline(conf, load_translator("classic")), msgs[committed:])
-        landed = _merge(_landed(before), _landed(after))
         assert landed.keys() == reference.keys(), kill_at
         for key in reference:
             assert landed[key] == reference[key], (kill_at, key)
@@ -705,18 +713,10 @@ def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_o
     used = {round((o.times_ns[0] - T0) / 1e9): o.context_used for r in ref_results for o in r.outputs if o.bed == "A"}
     assert all(used[t] for t in range(81, 180, 2)) and not any(used[t] for t in range(191, 202, 2))  # fallback, none
     for kill_at in (240, 560, 920):  # 60, 140 and 230 s in: bed A before its lead-off, in its fallback, after
-        old, completed = Pipeline(conf, load_translator("classic")), set()
-        before = []
-        for offset, c in enumerate(msgs[:kill_at]):
-            old.push(c, token=offset)
-            before.append(old.process())
-            completed.update(before[-1].completed)
-        committed = next(o for o in range(len(msgs) + 1) if o not in completed)  # the contiguous prefix
+        landed, committed = _killed_and_resumed(conf, msgs, kill_at)
         assert 0 < committed < kill_at  # a mid-stream resume: something was committed, something is re-consumed
         if kill_at == 560:  # not 140 - 43 s: bed A's last good context, found at 60 s from data since 30 s, holds it
             assert msgs[committed].start_ns <= T0 + 30 * 10**9
-        after = run_all(Pipeline(conf, load_translator("classic")), msgs[committed:])
-        landed = _merge(_landed(before), _landed(after))
         assert landed.keys() == reference.keys(), kill_at
         for key in reference:
             bad = sorted((t - T0) / 1e9 for t in reference[key] if landed[key].get(t) != reference[key][t])
