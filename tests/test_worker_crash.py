@@ -122,6 +122,32 @@ def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
     _kill_then_restart(wenv, rec, expected, 1.0, filling)
 
 
+def test_sigkill_mid_replay_with_the_patient_context_publishes_the_offline_values(wenv, bidmc_record):
+    """Issue 17: with the patient context on, the worker taking over a killed worker's beds built their context
+    from its resume point only, so their synthesized ECG differed for 8-25 s. It now re-reads the input the context
+    still depends on (kept uncommitted, 43 s here) into the context only: every II_SYNTH value is the offline
+    mode's, which builds the same context from the record (lead II feeds only the context here)."""
+    from stream.tools.offline import translate_recording
+
+    rec = bidmc_recording(bidmc_record(2), seconds=110.0)
+    wenv.extra["WAVEBRIDGE_SR_BELOW_HZ"] = "100"  # BIDMC is 125 Hz: nothing to super-resolve
+    wenv.create_topics()
+    n_sent = 110 * 2 * len(BEDS)
+
+    def resumable(worker, group, total):  # input committed (the context's 43 s behind), replay still running
+        wait_until(lambda: committed_total(wenv.bootstrap, group, wenv.topics["input"]) >= n_sent // 5, 60,
+                   "a fifth of the input committed", worker, interval=0.2)
+
+    off = translate_recording(rec, "ppg2ecg", target_rate=rec.rates["PLETH"], translator="classic", signal="PLETH",
+                              context_s=10.0)
+    _kill_then_restart(wenv, rec, {("II_SYNTH", "synth"): off.times_ns}, 4.0, resumable)
+    values = next(iter(off.columns.values()))
+    for bed in BEDS:
+        t, v = influx_series(wenv.influx, wenv.db, bed, "II_SYNTH", "synth")
+        order = np.argsort(t)
+        np.testing.assert_allclose(v[order], values, rtol=1e-6, atol=1e-6, err_msg=bed)
+
+
 def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv, bidmc_record):
     """Scale-out: two workers share the group over 4 partitions and 4 beds; one is SIGKILLed mid-replay and
     restarted, so the group rebalances when its session expires and again when it rejoins (the rebalances that
