@@ -24,7 +24,9 @@ complete (None: not known, the mid-stream rule applies):
 - the chunk right after the flush (`seq == last_seq + 1`, contiguous or after a gap): the flush point. The stream
   then starts with a head there, as on the old owner, which emits from where the flush stopped. The new owner lacks
   the samples before the silence, so values in its first window after a contiguous continuation can differ from an
-  uninterrupted run's: different, not lost;
+  uninterrupted run's: different, not lost. Its patient context too is decided from the input after the flush point
+  only (the flush released what came before, which the commit rule otherwise keeps for the next owner: stream.pipeline),
+  so with the context on, PPG->ECG values can differ until a context is found after the flush point;
 - a chunk from before the flush (`seq <= last_seq` and starting before the flush point), read again because an
   earlier message of its partition held the commit back: the flush point too (the old owner's output stops there,
   while the mid-stream rule would take most of a window after this chunk as emitted);
