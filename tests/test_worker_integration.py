@@ -112,8 +112,8 @@ def test_replay_through_worker_matches_offline(wenv, bidmc_record):
     from stream.tools.publisher import ReplayOptions, replay
 
     rec = bidmc_recording(bidmc_record(1))
-    # Context off here: with it, ppg2ecg values depend on how much lead II had arrived when each
-    # window was translated (batch timing), and this test asserts exact equality with offline.
+    # Context off here: translate_recording's default builds none; the worker's context path is compared
+    # with the offline mode in test_worker_crash (SIGKILL with the patient context on).
     wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
     wenv.create_topics()
     expected = expected_influx_total(rec)
