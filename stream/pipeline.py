@@ -49,6 +49,9 @@ CONTEXT_INPUT_SKEW_S = 2.0
 # so this bounds how far a lead-off holds its partition's commit back. On the 40 BIDMC records (classic translator)
 # 120 s changes 17 of 9480 windows' context against no bound (30 s: 147; 240 s: none).
 CONTEXT_FALLBACK_S = 120.0
+# A bed's context store keeps this many context lengths before each decision to choose the best segment from
+# (`_BedContexts`); `resume_history_s` re-reads that much plus half a length (the decision points' spacing).
+CONTEXT_KEEP = 3.0
 
 
 def resume_history_s(context_s: float) -> float:
@@ -70,7 +73,7 @@ def resume_history_s(context_s: float) -> float:
     float
         `3.5 x context_s` (s); 0 when the context is off.
     """
-    return 3.5 * context_s if context_s > 0 else 0.0
+    return (CONTEXT_KEEP + 0.5) * context_s if context_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -423,9 +426,9 @@ class Pipeline:
             if ppg is None or ppg.taken_until_ns is None or end > ppg.taken_until_ns:
                 emitted.append(token)
         result = BatchResult(events=self._events, rejected=self._rejected,
-                             completed=self._immediate + self._context_done, emitted=emitted, flushed=self._flushed)
+                             completed=self._immediate, emitted=emitted, flushed=self._flushed)
         self._events, self._rejected, self._immediate, self._flushed = [], [], [], []
-        self._context_done, self._context_emitted = [], []
+        self._context_emitted = []
         if jobs:
             # An unusable source is not translated: its span is withheld (never a flat line, never invented beats).
             live = [j for j in jobs if j.quality is None or j.quality.usable]
@@ -447,8 +450,8 @@ class Pipeline:
                     self._withhold(job, result)
         # Release tokens only now: their windows have been translated into `result`.
         lag_ns = int(round(self.config.ack_lag_s * 1e9))
+        skew_ns = int(round(CONTEXT_INPUT_SKEW_S * 1e9)) if lag_ns else 0
         for bed, (newest, _) in list(self._context_seen.items()):
-            skew_ns = int(round(CONTEXT_INPUT_SKEW_S * 1e9)) if lag_ns else 0
             self._release_context_input(bed, min(newest - lag_ns - skew_ns, self._context_needed_from(bed)))
         result.completed.extend(self._context_done)
         self._context_done = []
@@ -702,7 +705,7 @@ class _BedContexts:
             # keep 3x the context length so the best segment can be chosen, not just the latest; a selection
             # costs milliseconds: one per context_s / 2 of stream time. The last good context stands in for
             # CONTEXT_FALLBACK_S at most (through a lead-off): the input it was found in stays uncommitted meanwhile
-            st = self._stores[bed] = ContextStore(self.context_s, keep_s=3 * self.context_s,
+            st = self._stores[bed] = ContextStore(self.context_s, keep_s=CONTEXT_KEEP * self.context_s,
                                                   refresh_s=self.context_s / 2, fallback_s=CONTEXT_FALLBACK_S)
         st.push(signal, chunk.start_ns, chunk.rate_hz, chunk.samples)
 
