@@ -290,18 +290,19 @@ def tensor_digest(*modules: torch.nn.Module) -> str:
 
 
 def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: TokenizerConfig, tr_cfg: TranslatorConfig | None,
-                  base_digest: str | None) -> dict[str, dict]:
+                  base_digest: str | None, tokenizer_digest: str | None = None) -> dict[str, dict]:
     """What makes each stage's run, kept in its checkpoint: everything but its own step count (the same run asked for
     more steps resumes). A stage trained on frozen earlier stages carries their recipes and step counts, or the digest
     of the --init-from tensors it starts from, so a refiner checkpoint never resumes over another or a further
-    trained base."""
+    trained base; a translator over a kept tokenizer (--tokenizer-from) carries that tokenizer's digest."""
     common = {"seed": args.seed, "records": list(train_names), "window": WINDOW, "context": CONTEXT, "template": TEMPLATE}
     out = {}
     if base_digest is None:
         out["tokenizer"] = common | {"tokenizer": tok_cfg.to_dict(), "batch": args.batch * 2, "lr": LR["tokenizer"]}
-        out["translator"] = common | {"tokenizer": out["tokenizer"], "tokenizer_steps": args.tokenizer_steps,
-                                      "translator": tr_cfg.to_dict(), "batch": args.batch, "lr": LR["translator"],
-                                      "prior_fiducial": PRIOR_FIDUCIAL}
+        tok = ({"tokenizer_from": tokenizer_digest} if tokenizer_digest
+               else {"tokenizer": out["tokenizer"], "tokenizer_steps": args.tokenizer_steps})
+        out["translator"] = common | tok | {"translator": tr_cfg.to_dict(), "batch": args.batch, "lr": LR["translator"],
+                                            "prior_fiducial": PRIOR_FIDUCIAL}
         base = {"translator": out["translator"], "translator_steps": args.translator_steps}
     else:
         base = {"init_from": base_digest}

@@ -212,6 +212,37 @@ def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
     assert "other records" in out
 
 
+def test_translator_over_a_kept_tokenizer_trains_only_the_translator(tmp_path, bidmc):
+    from safetensors.torch import load_file
+
+    _train(tmp_path / "base", bidmc, 2, 2, 0)
+    base = tmp_path / "base" / "out"
+    out = _train(tmp_path / "kept", bidmc, 0, 2, 2, "--tokenizer-from", str(base), "--records", "01")
+    assert "[tokenizer] step" not in out and "[translator] step 2/2" in out and "[refiner] step 2/2" in out
+    a, b = load_file(str(base / "clmt-small.safetensors")), load_file(str(tmp_path / "kept" / "out" / "clmt-small.safetensors"))
+    tok_keys = [k for k in a if k.startswith("tokenizer.")]
+    assert tok_keys and all(torch.equal(a[k], b[k]) for k in tok_keys)
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("translator."))  # trained anew
+    cfg = json.loads((tmp_path / "kept" / "out" / "clmt-small.json").read_text())
+    assert cfg["train_records"] == ["01"] and cfg["tokenizer_train_records"] == ["01", "02"]
+    assert cfg["tokenizer_steps"] == 2 and cfg["tokenizer_from"] == str(base)
+    # the same run resumes; over another tokenizer its translator checkpoint is refused
+    assert "[translator] resumed at step 2" in _train(tmp_path / "kept", bidmc, 0, 2, 2, "--tokenizer-from", str(base),
+                                                      "--records", "01")
+    other = tmp_path / "other"
+    _train(other, bidmc, 3, 2, 0)
+    out = _train(tmp_path / "kept", bidmc, 0, 2, 2, "--tokenizer-from", str(other / "out"), "--records", "01", ok=False)
+    assert "another training recipe" in out and "tokenizer_from" in out
+    # a tokenizer that saw a held-out record would leak it: refused, as is naming two bases
+    held_out = split()[1][0]
+    cfg = json.loads((base / "clmt-small.json").read_text())
+    (base / "clmt-small.json").write_text(json.dumps(cfg | {"train_records": cfg["train_records"] + [held_out]}))
+    out = _train(tmp_path / "leak", bidmc, 0, 2, 0, "--tokenizer-from", str(base), ok=False)
+    assert "held-out records" in out and held_out in out
+    out = _train(tmp_path / "both", bidmc, 0, 2, 0, "--tokenizer-from", str(base), "--init-from", str(base), ok=False)
+    assert "--init-from already keeps its tokenizer" in out
+
+
 def test_training_refuses_held_out_challenge_records_and_unknown_datasets(tmp_path, bidmc, shared_data):
     if not (shared_data / "challenge2015" / "RECORDS").exists():
         pytest.skip("Challenge 2015 records not found")

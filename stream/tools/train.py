@@ -46,6 +46,9 @@ def _parser() -> ArgumentParser:
     ap.add_argument("--init-from", default=None,
                     help="weights (.safetensors or folder) whose tokenizer and translator are kept: only the refiner is trained "
                          "(on their training records or more, never on a held-out one)")
+    ap.add_argument("--tokenizer-from", default=None,
+                    help="weights whose tokenizer is kept: the translator and refiner are trained over it (a learning "
+                         "curve over one tokenizer; it must never have seen a held-out record)")
     ap.add_argument("--refiner-from-base", action="store_true",
                     help="with --init-from: start the refiner from those weights' refiner (fine-tuning) instead of from scratch")
     ap.add_argument("--refiner-lr", type=float, default=LR["refiner"], help="refiner peak learning rate")
@@ -72,6 +75,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise Refused("--train-fraction is a share in (0, 1]")
     if args.refiner_from_base and not args.init_from:
         raise Refused("--refiner-from-base needs --init-from")
+    if args.tokenizer_from and args.init_from:
+        raise Refused("--tokenizer-from and --init-from both name a base: --init-from already keeps its tokenizer")
     return datasets
 
 
@@ -110,6 +115,15 @@ def _base(args: argparse.Namespace, train_names: list[str], device: str):
     return tok, tr, base_ref, base
 
 
+def _kept_tokenizer(args: argparse.Namespace, val_names: list[str], device: str) -> tuple[Tokenizer, dict]:
+    """(tokenizer, its weights' JSON) of --tokenizer-from, refused when it was trained on a record held out here.
+    Its training records need not be this run's: it learns no translation, only to reconstruct each modality."""
+    tok, _, _, cfg = W.load(args.tokenizer_from, device)
+    if seen := set(cfg.get("train_records", [])) & set(val_names):
+        raise Refused(f"--tokenizer-from weights were trained on held-out records: {sorted(seen)[:5]}")
+    return tok, cfg
+
+
 def _population(records) -> tuple[float, tuple[float, float]]:
     """(median pulse-arrival delay in s, median lead II (level, spread) per 8 s window in mV): what serving uses for
     a bed without context."""
@@ -139,16 +153,23 @@ def _refiner_meta(args: argparse.Namespace, ref) -> dict:
 
 
 def _train_base(args: argparse.Namespace, run: StageRun, recipes: dict, tok_cfg: TokenizerConfig,
-                tr_cfg: TranslatorConfig):
-    """Stages 1 and 2: (tokenizer, translator, what the weights record of their training)."""
-    tok = Tokenizer(tok_cfg).to(run.device)
-    train_tokenizer(tok, run, Stage("tokenizer", args.tokenizer_steps, args.batch * 2, LR["tokenizer"],
-                                    recipes["tokenizer"], log_every=50))
+                tr_cfg: TranslatorConfig, kept: tuple[Tokenizer, dict] | None):
+    """Stages 1 and 2: (tokenizer, translator, what the weights record of their training); stage 1 is skipped when
+    `kept` holds the --tokenizer-from tokenizer."""
+    if kept is None:
+        tok = Tokenizer(tok_cfg).to(run.device)
+        train_tokenizer(tok, run, Stage("tokenizer", args.tokenizer_steps, args.batch * 2, LR["tokenizer"],
+                                        recipes["tokenizer"], log_every=50))
+        tok_meta = {"tokenizer_steps": args.tokenizer_steps}
+    else:
+        tok, cfg = kept
+        tok_meta = {"tokenizer_steps": cfg["tokenizer_steps"], "tokenizer_from": str(args.tokenizer_from),
+                    "tokenizer_train_records": cfg.get("train_records")}
     tr = ContextTranslator(tok_cfg, tr_cfg).to(run.device)
     train_translator(Clmt(tok, tr), run, Stage("translator", args.translator_steps, args.batch, LR["translator"],
                                                recipes["translator"]))
-    meta = {"tokenizer_steps": args.tokenizer_steps, "translator_steps": args.translator_steps,
-            "codebook": tok.rvq.stats(), "seed": args.seed, "prior_fiducial": PRIOR_FIDUCIAL}
+    meta = tok_meta | {"translator_steps": args.translator_steps, "codebook": tok.rvq.stats(), "seed": args.seed,
+                       "prior_fiducial": PRIOR_FIDUCIAL}
     return tok, tr, meta
 
 
@@ -194,12 +215,16 @@ def _train(args: argparse.Namespace) -> int:
         tok, tr, base_ref, base = _base(args, train_names, device)
         tok_cfg, tr_cfg = tok.cfg, tr.cfg
         base_digest = tensor_digest(*((tok, tr, base_ref) if args.refiner_from_base else (tok, tr)))
+        kept = None
     else:
         base = base_ref = base_digest = None
-        tok_cfg = TokenizerConfig()
+        kept = _kept_tokenizer(args, val_names, device) if args.tokenizer_from else None
+        tok_cfg = kept[0].cfg if kept else TokenizerConfig()
         tr_cfg = TranslatorConfig(d_model=args.d_model, layers=args.layers, heads=max(1, args.d_model // 32), ff=args.d_model * 3)
-    recipes = stage_recipes(args, train_names, tok_cfg, tr_cfg, base_digest)
-    stages = [] if args.init_from else [("tokenizer", args.tokenizer_steps), ("translator", args.translator_steps)]
+    recipes = stage_recipes(args, train_names, tok_cfg, tr_cfg, base_digest, tensor_digest(kept[0]) if kept else None)
+    stages = [] if args.init_from else [("translator", args.translator_steps)]
+    if not (args.init_from or kept):
+        stages.insert(0, ("tokenizer", args.tokenizer_steps))
     stages += [("refiner", args.refiner_steps)] if args.refiner_steps > 0 else []
     for name, steps in stages:  # before any data is loaded or any stage trains: a refused run costs nothing
         check_checkpoint(workdir, name, recipes[name], steps)
@@ -215,7 +240,7 @@ def _train(args: argparse.Namespace) -> int:
         meta_stages = _base_meta(args, base)
         print(f"tokenizer and translator from {args.init_from} (trained {base.get('train_minutes', float('nan')):.1f} min)", flush=True)
     else:
-        tok, tr, meta_stages = _train_base(args, run, recipes, tok_cfg, tr_cfg)
+        tok, tr, meta_stages = _train_base(args, run, recipes, tok_cfg, tr_cfg, kept)
     ref = _train_refiner(args, run, recipes["refiner"], Clmt(tok, tr, refined_tasks=REFINED_TASKS), base_ref)
     meta = {"default_pat_s": default_pat, "window": WINDOW, "template": TEMPLATE, "ecg_scale": ecg_scale,
             "train_records": train_names, "val_records": val_names, "device": device, **meta_stages,
