@@ -357,7 +357,7 @@ def bed_memory(recording, n_beds: int, seconds: float = 90.0, translator: str = 
     pipe.process()
     active = tracemalloc.get_traced_memory()[0] - base
     held_bytes = sum(len(t) for st in pipe._streams.values() for *_, t in st.pending)
-    held_bytes += sum(len(t) for q in pipe._context_input.values() for _, t in q)
+    held_bytes += sum(len(t) for t in pipe._context_input.held())
     now[0] = 1e9  # every stream silent for longer than the idle flush
     pipe.flush_idle()
     pipe.process()

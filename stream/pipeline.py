@@ -23,6 +23,7 @@ from operators.processing.samples import grid_ns
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
 from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG
+from stream.contextinput import ContextOnlyInput
 from stream.progress import FlushPoint
 from stream.results import OUTPUT_UNUSABLE, SOURCE_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
 
@@ -40,10 +41,6 @@ QUALITY_MARGIN_S = 1.0
 # it halved the wrong heart rates under injected motion, 1.7% -> 0.7%, for 6 points of clean windows' heart rates;
 # docs/quality.md has the held-out numbers).
 HR_MIN_CONFIDENCE = 0.7
-# Input that only feeds the patient context (a 125 Hz lead II) is held this much longer than `ack_lag_s`, so it is
-# never committed before the PLETH of the same time when it arrives up to this much ahead of it: a reader resuming
-# at a PLETH chunk then re-reads lead II from there on too.
-CONTEXT_INPUT_SKEW_S = 2.0
 # The last good patient context stands in (through a lead-off) for at most this long after the grid point that found
 # it: while it does, its bed's input from that context's data on stays uncommitted (`ContextStore.resume_from_ns`),
 # so this bounds how far a lead-off holds its partition's commit back. On the 40 BIDMC records (classic translator)
@@ -212,14 +209,7 @@ class Pipeline:
         self._events: list[PipelineEvent] = []
         self._rejected: list[Rejected] = []
         self._immediate: list = []  # tokens with nothing to emit (unrouted signal, empty chunk)
-        # bed -> (end ns, token) of chunks that only feed its patient context, held like a stream's input (ack_lag_s +
-        # CONTEXT_INPUT_SKEW_S after the newest), so a new owner re-reads the input its context is decided from
-        self._context_input: dict[str, deque] = {}
-        self._context_seen: dict[str, tuple[int, float]] = {}  # bed -> (newest end ns, clock()) of that input
-        self._context_done: list = []  # released context-only tokens, for the next BatchResult.completed
-        # (bed, end ns, token) of held context-only chunks: nothing to emit, latency records at the next process()
-        # unless the bed's PLETH stream was resumed after them (a re-read, published by the earlier reader)
-        self._context_emitted: list = []
+        self._context_input = ContextOnlyInput(config.ack_lag_s)  # chunks that only feed a bed's patient context
         self._demographics: dict[str, tuple[float | None, str | None]] = {}  # bed -> (age in years, sex)
         self._seq: dict[tuple[str, str], int] = {}
         self._bed_seen: dict[str, float] = {}  # bed -> clock() of its last chunk, any signal
@@ -281,10 +271,7 @@ class Pipeline:
                 return
             if self._contexts is not None and self._contexts.keeps(sig) and len(chunk.samples):
                 end = int(grid_ns(chunk.start_ns, chunk.rate_hz, len(chunk.samples)))
-                newest = max(end, self._context_seen.get(bed, (end, 0.0))[0])
-                self._context_seen[bed] = (newest, self.clock())
-                self._context_input.setdefault(bed, deque()).append((end, token))
-                self._context_emitted.append((bed, end, token))
+                self._context_input.hold(bed, end, token, self.clock())
             else:
                 self._immediate.append(token)
             return
@@ -338,8 +325,7 @@ class Pipeline:
             if not st.flushed and now - st.last_push >= self.config.idle_flush_s:
                 self._flush(st)
                 n += 1
-        for bed in [b for b, (_, seen) in self._context_seen.items() if now - seen >= self.config.idle_flush_s]:
-            self._release_context_input(bed)  # silent: its context input is released with its flushed streams
+        self._context_input.release_idle(now, self.config.idle_flush_s)
         self._evict(now)
         return n
 
@@ -372,27 +358,13 @@ class Pipeline:
         for st in self._streams.values():
             if not st.flushed:
                 self._flush(st)
-        for bed in list(self._context_seen):
-            self._release_context_input(bed)
-
-    def _release_context_input(self, bed: str, until_ns: int | None = None) -> None:
-        """Complete a bed's context-only input ending at or before `until_ns` (None: all of it)."""
-        q = self._context_input.get(bed)
-        while q and (until_ns is None or q[0][0] <= until_ns):
-            self._context_done.append(q.popleft()[1])
-        if until_ns is None:
-            self._context_input.pop(bed, None)
-            self._context_seen.pop(bed, None)
+        self._context_input.release_all()
 
     def reset(self) -> list:
         """Forget all buffered state (after a partition rebalance the input is re-consumed from the
         committed offsets). Returns the tokens that were still pending."""
         tokens = [t for st in self._streams.values() for _, _, t in st.pending]
-        tokens += [t for q in self._context_input.values() for _, t in q] + self._context_done
-        self._context_input.clear()
-        self._context_seen.clear()
-        self._context_done.clear()
-        self._context_emitted.clear()
+        tokens += self._context_input.reset()
         self._streams.clear()
         self._bed_seen.clear()
         self._evicted.clear()  # after a rebalance only flush points say who emitted what: continuations resume
@@ -420,15 +392,10 @@ class Pipeline:
     def process(self) -> BatchResult:
         """Translate every window collected since the last call in ONE translator call."""
         jobs, self._jobs = self._jobs, []
-        emitted = list(self._immediate)
-        for bed, end, token in self._context_emitted:
-            ppg = self._streams.get((bed, PPG))
-            if ppg is None or ppg.taken_until_ns is None or end > ppg.taken_until_ns:
-                emitted.append(token)
+        emitted = self._immediate + self._context_input.emitted(self._ppg_taken_until_ns)
         result = BatchResult(events=self._events, rejected=self._rejected,
                              completed=self._immediate, emitted=emitted, flushed=self._flushed)
         self._events, self._rejected, self._immediate, self._flushed = [], [], [], []
-        self._context_emitted = []
         if jobs:
             # An unusable source is not translated: its span is withheld (never a flat line, never invented beats).
             live = [j for j in jobs if j.quality is None or j.quality.usable]
@@ -450,11 +417,8 @@ class Pipeline:
                     self._withhold(job, result)
         # Release tokens only now: their windows have been translated into `result`.
         lag_ns = int(round(self.config.ack_lag_s * 1e9))
-        skew_ns = int(round(CONTEXT_INPUT_SKEW_S * 1e9)) if lag_ns else 0
-        for bed, (newest, _) in list(self._context_seen.items()):
-            self._release_context_input(bed, min(newest - lag_ns - skew_ns, self._context_needed_from(bed)))
-        result.completed.extend(self._context_done)
-        self._context_done = []
+        self._context_input.release_due(self._context_needed_from)
+        result.completed.extend(self._context_input.completed())
         for st in self._streams.values():
             if st.done_until_ns is None:
                 continue
@@ -472,6 +436,11 @@ class Pipeline:
         return result
 
     # ------------------------------------------------------------------ internals
+    def _ppg_taken_until_ns(self, bed: str) -> int | None:
+        """End of `bed`'s resumed PLETH stream's re-read head (ns; None: not resumed, or no PLETH stream)."""
+        ppg = self._streams.get((bed, PPG))
+        return None if ppg is None else ppg.taken_until_ns
+
     def _context_needed_from(self, bed: str) -> int | float:
         """Where the input a new owner must re-read to rebuild `bed`'s patient context begins (ns; inf: nowhere).
 

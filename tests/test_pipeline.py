@@ -730,7 +730,8 @@ def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_
     from dataclasses import replace
 
     from stream.config import Settings
-    from stream.pipeline import CONTEXT_INPUT_SKEW_S, resume_history_s
+    from stream.contextinput import CONTEXT_INPUT_SKEW_S
+    from stream.pipeline import resume_history_s
 
     conf = PipelineConfig.from_settings(Settings(context_s=10.0))
     assert conf.resume_history_s == resume_history_s(10.0) == 35.0
@@ -759,7 +760,7 @@ def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_
     pipe.flush_idle()
     res = pipe.process()
     assert sorted(res.completed) == sorted(set((s, k) for s in ("II", "PLETH") for k in range(100)) - set(done))
-    assert pipe._context_input == {} and pipe.reset() == []
+    assert len(pipe._context_input) == 0 and pipe.reset() == []
 
 
 def test_a_resumed_streams_re_read_history_gives_no_latency_records():
