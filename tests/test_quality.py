@@ -335,6 +335,90 @@ def test_bidmc_25hz_lead_ii_is_kept(bidmc_record):
     assert noisy <= 0.02 * clean and clipped <= 0.05 * clean, (clean, noisy, clipped)
 
 
+# ---------------------------------------------------------------- soft saturation (rail dwells)
+def _soft_limit(x, rail_mv=5.0, lsb_mv=0.005, jitter_codes=3, seed=0):
+    """`x` through a tanh-like amplifier limit at +-rail_mv, plus a few ADC codes of jitter: the rails are never
+    exactly equal values, so no exact plateau exists."""
+    rng = np.random.default_rng(seed)
+    y = rail_mv * np.tanh(x / rail_mv) + jitter_codes * lsb_mv * rng.uniform(-1.0, 1.0, len(x))
+    return np.round(y / lsb_mv) * lsb_mv
+
+
+def _rail_bursts(n, fs, every_s=0.9, seed=0):
+    """Flat-topped +-8 mV artifact bursts (~0.1 s) about every `every_s`: what drives Challenge v475l into its rails."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / fs
+    art = np.zeros(n)
+    for c in np.arange(0.5, n / fs, every_s):
+        art += rng.choice([-1.0, 1.0]) * 8.0 * np.exp(-0.5 * ((t - c - rng.uniform(-0.2, 0.2)) / 0.05) ** 4)
+    return art
+
+
+def test_soft_saturated_bursts_on_an_ecg_are_clipping():
+    """A 250 Hz ECG whose artifact bursts ride a soft +-5 mV limit: no exact plateau (clip_frac 0), so before the
+    rail-dwell check 7 of these 10 windows were graded good; now none is, and the reason is clipping."""
+    fs = 250.0
+    x = _ecg_beats(np.arange(0.3, 40.0, 0.8), fs=fs)
+    y = _soft_limit(x + _rail_bursts(len(x), fs))
+    n = int(4 * fs)
+    qs = [assess(y[i:i + n], fs, "ecg") for i in range(0, len(y) - n + 1, n)]
+    assert all(q.metrics["clip_frac"] == 0.0 for q in qs), [q.metrics["clip_frac"] for q in qs]
+    assert all(q.cls != GOOD and q.reason == "clipping" and q.metrics["rail_dwell_frac"] >= 0.04 for q in qs), qs
+
+
+def test_a_clean_ecg_through_the_soft_limit_stays_good():
+    """The same lead without the bursts never reaches the limit: good, no rail dwell; and the check is not run at the
+    25 Hz SR input (its own RAIL_MIN_RUN_LOW_RATE handles rails there)."""
+    fs = 250.0
+    y = _soft_limit(_ecg_beats(np.arange(0.3, 40.0, 0.8), fs=fs))
+    n = int(4 * fs)
+    for i in range(0, len(y) - n + 1, n):
+        q = assess(y[i:i + n], fs, "ecg")
+        assert (q.cls, q.metrics["rail_dwell_frac"]) == (GOOD, 0.0), q
+    assert "rail_dwell_frac" not in assess(decimate_to(y, fs, 25.0)[:100], 25.0, "ecg").metrics
+
+
+@pytest.mark.parametrize("hold_s,expect", [(0.04, 0.0), (0.1, 0.1)])
+def test_only_long_flat_topped_rail_holds_count(hold_s, expect, monkeypatch):
+    """A lead-II S wave cut at a rail for 40 ms each beat (BIDMC lead II) is no dwell; held 100 ms it is. A wide,
+    rounded complex reaching the window's extreme (a ventricular beat) is no dwell either: its top widens with the
+    tolerance band, a rail's does not."""
+    from operators.processing.quality import _rail_dwell_frac
+
+    fs, n = 250.0, 1000
+    x = 0.02 * np.sin(np.arange(n) / fs * 2 * np.pi * 0.3)
+    beats = np.arange(100, n - 100, 200)
+    for b in beats:  # a fast down-stroke to the -1 mV rail, held, and a fast return
+        x[b - 3:b] -= np.linspace(0.3, 0.9, 3)
+        x[b:b + int(hold_s * fs)] = -1.0 + 0.004 * np.random.default_rng(b).uniform(-1, 1, int(hold_s * fs))
+    x[beats[0] + 60: beats[0] + 63] += 1.0  # a spike so the rail is not the baseline's side
+    frac = _rail_dwell_frac(x, fs)
+    assert frac == pytest.approx(expect * len(beats) * fs / n, abs=0.02) if expect else frac == 0.0, frac
+    t = np.arange(n) / fs
+    wide = sum(np.exp(-0.5 * ((t - c) / 0.2) ** 2) for c in (0.6, 1.6, 2.6, 3.6))  # tops within 2% for 80 ms
+    assert _rail_dwell_frac(wide, fs) == 0.0
+    monkeypatch.setattr("operators.processing.quality.RAIL_FLAT_TOP", 0.0)  # the flat-top rule is what spares them
+    assert _rail_dwell_frac(wide, fs) > 0.05
+
+
+def test_challenge_v475l_saturated_lead_ii_is_not_good(shared_data):
+    """Challenge v475l lead II from 284 s: +-5 mV artifact that sits at +-5.09 mV (values within ~0.09 mV, never
+    equal) for 70-90 ms at a time; the windows at 288 s and 296 s were graded good."""
+    from operators.io.records import read_recording
+
+    path = shared_data / "challenge2015" / "v475l"
+    if not path.with_suffix(".hea").exists():
+        pytest.skip("Challenge record v475l not found")
+    rec = read_recording(path, ["II"])
+    fs = float(rec.rates["II"])
+    x = rec.signals["II"].astype(np.float64)
+    for t0 in (288, 296):
+        q = assess(x[int(t0 * fs): int((t0 + 4) * fs)], fs, "ecg")
+        assert q.cls != GOOD and q.reason == "clipping" and q.metrics["clip_frac"] == 0.0, (t0, q)
+    clean = assess(x[int(260 * fs): int(264 * fs)], fs, "ecg")  # the same lead's clean beats before the artifact
+    assert clean.cls == GOOD and clean.metrics["rail_dwell_frac"] == 0.0, clean
+
+
 # ---------------------------------------------------------------- confidence
 from operators.processing.quality import CHECKS, confidence, confidence_features, ecg_shape_grade  # noqa: E402
 

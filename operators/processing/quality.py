@@ -271,6 +271,10 @@ CHECKS = {
     NONFINITE: Check(0.0, 0.02, 0.1),  # fraction of NaN/inf samples
     FLAT: Check(0.0, 0.05, 0.2),  # fraction in constant runs >= FLAT_MIN_S
     CLIPPING: Check(0.0, 0.05, 0.2),  # fraction in plateaus at the window's max/min
+    # ECG above LOW_RATE_ECG_HZ: fraction in soft rail dwells (`_rail_dwell_frac`). Two dwells of RAIL_DWELL_S make
+    # 0.03-0.04 of a 4 s window, so one pair of clipped beats stays good (BIDMC lead II's hard-clipped ectopic beats
+    # and T waves: 25 of 4603 good 4 s windows reach 0.032-0.04, one 0.054); a lead riding its rails is not.
+    "rail_dwell": Check(0.02, 0.04, 0.1),
     INTERPOLATED: Check(0.0, 0.05, 0.2),  # fraction in straight-line runs >= LINEAR_MIN_S
     # every kind: biggest 1 s peak-to-peak over the median one (a motion throws some seconds far off)
     "swing": Check(2.0, 3.0, 5.0),
@@ -308,6 +312,15 @@ LOW_RATE_ECG_HZ = 2.2 * ECG_BAND_HZ  # at or below this rate an ECG's QRS is low
 # Samples in a clipping plateau of an ECG at or below LOW_RATE_ECG_HZ (3 elsewhere): at 25 Hz a QRS cut at a rail
 # lasts about 2 samples, and clipped beats still match each other, so only this check sees the clipping.
 RAIL_MIN_RUN_LOW_RATE = 2
+# A soft rail (an amplifier or display range that compresses instead of cutting, plus quantisation jitter): the
+# signal held within RAIL_TOL x the window's span of its max or min for at least RAIL_DWELL_S, entering that band
+# steeply (the dwell is at least RAIL_FLAT_TOP of its run within RAIL_TOL_OUTER x RAIL_TOL: a rounded wave top, e.g. a
+# wide ventricular complex, widens as the band does, a held rail does not). A QRS tip cut at a rail lasts under
+# 60 ms (BIDMC lead II's clipped S waves: 40 ms); Challenge v475l's artifact sits at +-5.09 mV for 70-90 ms.
+RAIL_TOL = 0.02
+RAIL_TOL_OUTER = 5.0
+RAIL_FLAT_TOP = 0.6
+RAIL_DWELL_S = 0.06
 TONAL_HALF_HZ = 0.3  # tonal_frac's band around the spectral peak (a 4 s Hann window's main lobe is +-0.5 Hz wide)
 BEAT_MIN_S = 0.3  # ECG beats closer than this (200 bpm) are one beat
 BEAT_SPAN_S = (0.2, 0.3)  # an ECG beat compared by beat_match: this long before and after its main peak (a longer span
@@ -434,6 +447,30 @@ def _rail_mask(x: np.ndarray, min_run: int = 3) -> np.ndarray:
     return mask
 
 
+def _rail_dwell_frac(x: np.ndarray, fs_hz: float) -> float:
+    """Share of the samples of finite `x` in soft rail dwells (RAIL_TOL, RAIL_DWELL_S, RAIL_FLAT_TOP): flat-topped
+    stretches held near the window's max or min, values not exactly equal (what `_rail_mask` needs). 0 unless at
+    least two dwells sit at the window's rails (a saturating signal returns to them; one flat-topped wave is not a
+    rail); a level within a quarter of the span from the median is a baseline, not a rail."""
+    span = float(np.ptp(x)) if len(x) else 0.0
+    if span == 0:
+        return 0.0
+    med, min_len = float(np.median(x)), max(3, int(round(RAIL_DWELL_S * fs_hz)))
+    dwells = []
+    for level in (float(np.max(x)), float(np.min(x))):
+        if abs(level - med) <= 0.25 * span:
+            continue
+        dist = np.abs(x - level)
+        starts, ends = true_runs(dist <= RAIL_TOL * span)
+        outer_starts, outer_ends = true_runs(dist <= RAIL_TOL_OUTER * RAIL_TOL * span)
+        long = (ends - starts) >= min_len
+        starts, ends = starts[long], ends[long]
+        j = np.searchsorted(outer_starts, starts, side="right") - 1  # the outer run holding each dwell
+        flat_top = (ends - starts) >= RAIL_FLAT_TOP * (outer_ends[j] - outer_starts[j])
+        dwells.extend((ends - starts)[flat_top].tolist())
+    return float(sum(dwells)) / len(x) if len(dwells) >= 2 else 0.0
+
+
 def _pulse_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     """(beat_corr, ibi_cv) of a baseline-free pulse waveform.
 
@@ -538,6 +575,10 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     lin = _linear_frac(xf, fs_hz)
     metrics["linear_frac"] = lin
     grades.append((CHECKS[CLIPPING].grade(clip), CLIPPING))
+    if kind == ECG and fs_hz > LOW_RATE_ECG_HZ:  # at a low rate a dwell is a sample or two: RAIL_MIN_RUN_LOW_RATE
+        dwell = _rail_dwell_frac(xf, fs_hz)
+        metrics["rail_dwell_frac"] = dwell
+        grades.append((CHECKS["rail_dwell"].grade(dwell), CLIPPING))
     grades.append((CHECKS[INTERPOLATED].grade(lin), INTERPOLATED))
     if kind == OTHER:  # no model of its waveform: what holds for any signal only
         return _result(grades, kind, dur, metrics)
