@@ -46,9 +46,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
-from scipy import signal as sps
 
-from operators.processing.filters import butter_sos
+from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.state.context import select_context
 from operators.processing.quality import UNUSABLE, assess, kind_of, ppg_periodicity
 from operators.processing.samples import fill_nonfinite, true_runs
@@ -325,7 +324,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     if len(early) < 5:
         return None, None, None, None, {}
     # 1 Hz high-pass: beat shapes compared without baseline wander
-    xh = sps.sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
+    xh = sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
     learnt = [seg(i) for i in early[-30:]]
     tpl = np.median(np.stack(learnt), axis=0)

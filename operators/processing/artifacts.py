@@ -17,9 +17,8 @@ Plain numpy; seeded by the caller's `numpy.random.Generator`.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal as sps
 
-from operators.processing.filters import butter_sos
+from operators.processing.filters import butter_sos, sosfiltfilt
 
 __all__ = ["ARTIFACTS", "inject", "flat", "noise", "clipping", "motion", "nan_run", "pink_noise"]
 
@@ -58,7 +57,7 @@ def motion(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator
         return y
     w = rng.standard_normal(n + int(2 * fs_hz))
     hi = min(3.0, 0.45 * fs_hz)
-    w = sps.sosfiltfilt(butter_sos(2, (0.5, hi), "band", fs_hz), w)[int(fs_hz): int(fs_hz) + n]
+    w = sosfiltfilt(butter_sos(2, (0.5, hi), "band", fs_hz), w)[int(fs_hz): int(fs_hz) + n]
     w *= level * float(np.nanmax(x[a:b]) - np.nanmin(x[a:b])) / max(float(np.max(np.abs(w))), 1e-12)
     y[a:a + n] += w * np.hanning(n) ** 0.25  # soft edges: a motion starts and ends, it does not step
     return y

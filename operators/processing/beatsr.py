@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
-from operators.processing.filters import butter_sos
+from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.processing.samples import fill_nonfinite, segment_index
 from operators.processing.resample import resample
 from operators.processing.rpeaks import detect_rpeaks, refine_peak_times
@@ -70,13 +70,13 @@ class QrsTemplate:
 
 def _lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
     sos = butter_sos(4, cutoff_hz, "low", FINE_RATE)
-    return sps.sosfiltfilt(sos, x)
+    return sosfiltfilt(sos, x)
 
 
 def _bandpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
     """The band beats are matched in: below the source's cutoff, above baseline wander."""
     sos = butter_sos(2, (MATCH_HP_HZ, cutoff_hz), "band", FINE_RATE)
-    return sps.sosfiltfilt(sos, x)
+    return sosfiltfilt(sos, x)
 
 
 def qrs_template(ecg: np.ndarray, rate_hz: float, cutoff_hz: float) -> QrsTemplate | None:

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import signal as sps
 from scipy import stats
 
-from operators.processing.filters import butter_sos
+from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.processing.samples import fill_nonfinite, segment_index, true_runs
 from operators.vocab import ECG_LEADS
 
@@ -94,7 +94,7 @@ def _without_baseline(x: np.ndarray, rate_hz: float) -> np.ndarray:
     """Baseline wander removed (1 s median is too slow at 500 Hz; a 0.5 Hz high-pass is cheap)."""
     if len(x) <= 30 or rate_hz <= 2.0:
         return x
-    return sps.sosfiltfilt(butter_sos(2, BASELINE_HZ, "high", rate_hz), x)
+    return sosfiltfilt(butter_sos(2, BASELINE_HZ, "high", rate_hz), x)
 
 
 def ppg_periodicity(x: np.ndarray, rate_hz: float, min_bpm: float = 30.0, max_bpm: float = 200.0) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
-from operators.processing.filters import butter_sos
+from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.processing.samples import fill_nonfinite, fit_length
 
 __all__ = ["resample", "decimate_to", "low_rate_copy", "merge_bands", "rational_ratio", "METHODS"]
@@ -134,7 +134,7 @@ def decimate_to(x: np.ndarray, src_hz: float, dst_hz: float, cutoff: float = 0.8
     xf = x.astype(np.float64)
     padlen = min(len(xf) - 1, 3 * (2 * len(sos) + 1) * 4)
     if len(xf) > 1:
-        xf = sps.sosfiltfilt(sos, xf, padtype="odd" if padlen > 0 else None, padlen=max(padlen, 0))
+        xf = sosfiltfilt(sos, xf, padtype="odd" if padlen > 0 else None, padlen=max(padlen, 0))
     q = src_hz / dst_hz
     if abs(q - round(q)) < 1e-9:
         y = fit_length(xf[:: int(round(q))], n_out)
@@ -188,5 +188,5 @@ def merge_bands(low_from: np.ndarray, high_from: np.ndarray, rate_hz: float, cut
     pad = min(len(a) - 1, 3 * int(round(rate_hz / cutoff_hz)) * order)
     if pad < 1:
         return b.copy()
-    lp = lambda x: sps.sosfiltfilt(sos, x, padtype="odd", padlen=pad)
+    lp = lambda x: sosfiltfilt(sos, x, padtype="odd", padlen=pad)
     return lp(a) + (b - lp(b))

@@ -20,7 +20,7 @@ from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import uniform_filter1d
 
-from operators.processing.filters import butter_sos
+from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.processing.samples import fill_nonfinite
 
 __all__ = ["detect_rpeaks", "detect_ppg_peaks", "heart_rate_bpm", "ppg_foot_times", "refine_peak_times"]
@@ -34,14 +34,14 @@ def _bandpass(x: np.ndarray, rate_hz: float, lo: float, hi: float, order: int = 
     sos = butter_sos(order, (lo, hi), "band", rate_hz)
     if len(x) <= 3 * (2 * len(sos) + 1):
         return x - np.mean(x)
-    return sps.sosfiltfilt(sos, x)
+    return sosfiltfilt(sos, x)
 
 
 def _highpass(x: np.ndarray, rate_hz: float, fc: float = 0.5) -> np.ndarray:
     sos = butter_sos(2, fc, "high", rate_hz)
     if len(x) <= 3 * (2 * len(sos) + 1):
         return x - np.median(x)
-    return sps.sosfiltfilt(sos, x)
+    return sosfiltfilt(sos, x)
 
 
 def _clean(x, rate_hz: float) -> np.ndarray:
