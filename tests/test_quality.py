@@ -464,3 +464,29 @@ def test_sr_confidence_of_a_25hz_ecg_falls_with_its_shape():
                 worse.append(confidence("sr", qn))
     assert unusable and len(worse) >= 5, (unusable, len(worse))
     assert all(c > 2 * n for c, n in zip(clean, worse)), list(zip(clean, worse))
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss")  # scipy warns about the large offset; its value is compared
+def test_moments_are_scipys_skew_and_kurtosis_bit_for_bit():
+    """The quality checks' own skewness and kurtosis equal scipy.stats' (==), on the arrays they see: filtered
+    windows (reversed views), plain slices, heavy tails, a constant (NaN) and an offset so large the spread
+    vanishes under it (scipy's zero-variance rule)."""
+    from scipy import stats
+
+    from operators.processing.filters import butter_sos, sosfiltfilt
+    from operators.processing.quality import _moments
+
+    rng = np.random.default_rng(3)
+    _, ecg, ppg = _synthetic()
+    arrays = [ecg, ppg, ecg[::-1], ppg[5:900], np.full(100, 2.5), 1e12 + rng.standard_normal(50) * 1e-6,
+              rng.standard_t(3, 4001), rng.standard_normal(7) * 1e-300]
+    sos = butter_sos(2, 0.5, "high", 125.0)
+    for n in (31, 250, 1000, 1001, 2500):
+        x = rng.standard_normal(n).cumsum() + np.sin(np.arange(n) / 7.0) * 5
+        arrays += [x, sosfiltfilt(sos, x)]
+    for y in arrays:
+        skew, kurt = _moments(y)
+        want_skew, want_kurt = float(stats.skew(y)), float(stats.kurtosis(y, fisher=False))
+        assert (skew == want_skew or (np.isnan(skew) and np.isnan(want_skew))), (len(y), skew, want_skew)
+        assert (kurt == want_kurt or (np.isnan(kurt) and np.isnan(want_kurt))), (len(y), kurt, want_kurt)
+    assert np.isnan(_moments(np.full(100, 2.5))[1])
