@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from operators.processing.samples import fill_nonfinite, fit_length, grid_ns, period_ns, segment_index, true_runs
+from operators.processing.samples import fill_nonfinite, fit_length, grid_ns, median, period_ns, segment_index, true_runs
 
 
 def test_fill_nonfinite_interpolates_and_counts():
@@ -73,3 +73,17 @@ def test_segment_index_keeps_only_spans_wholly_inside():
     assert idx.tolist() == [[0, 1, 2, 3, 4], [3, 4, 5, 6, 7], [5, 6, 7, 8, 9]]
     assert segment_index(np.array([], dtype=np.int64), 2, 3, 10).shape == (0, 5)
     assert segment_index(np.array([1, 8]), 2, 3, 10).shape == (0, 5)
+
+
+def test_median_is_numpys_bit_for_bit():
+    """Odd and even lengths, ties, signed zeros, infinities, NaN anywhere, other dtypes and shapes (numpy's path)."""
+    rng = np.random.default_rng(7)
+    cases = [rng.standard_normal(n) for n in (1, 2, 3, 4, 7, 8, 999, 1000, 1001)]
+    cases += [np.array([-0.0, -0.0]), np.array([0.0, -0.0]), np.array([-0.0]), np.array([1.0, np.inf]),
+              np.array([-np.inf, np.inf]), np.array([3.0, 3.0, 1.0, 3.0]), np.array([1e308, 1e308]),
+              rng.integers(0, 5, 40).astype(np.float64), rng.standard_normal(50)[::-3],
+              np.array([1.0, np.nan, 2.0]), np.array([np.nan, 1.0]), np.arange(6, dtype=np.int64),
+              rng.standard_normal(9).astype(np.float32), rng.standard_normal((3, 4))]
+    for x in cases:
+        got, want = median(x), float(np.median(x))
+        assert (np.isnan(got) and np.isnan(want)) or (got == want and np.signbit(got) == np.signbit(want)), x

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import signal as sps
 
 from operators.processing.filters import butter_sos, sosfiltfilt
-from operators.processing.samples import fill_nonfinite, segment_index, true_runs
+from operators.processing.samples import fill_nonfinite, median, segment_index, true_runs
 from operators.vocab import ECG_LEADS
 
 __all__ = ["Quality", "ecg_quality", "ppg_quality", "signal_quality", "ppg_periodicity",
@@ -76,7 +76,7 @@ def _clip_frac(x: np.ndarray) -> float:
     if len(x) < 3 or np.ptp(x) == 0:
         return 0.0
     tol = 1e-6 * float(np.ptp(x))
-    med = float(np.median(x))
+    med = median(x)
     total = 0
     for level in (np.max(x), np.min(x)):
         # a plateau at the baseline level (e.g. an exactly-zero synthetic baseline) is not clipping
@@ -444,7 +444,7 @@ def _swing(y: np.ndarray, fs_hz: float) -> float:
     if nb < 3:
         return 1.0
     ptp = np.ptp(y[: nb * b].reshape(nb, b), axis=1)
-    med = float(np.median(ptp))
+    med = median(ptp)
     return float(ptp.max() / med) if med > 0 else 1.0
 
 
@@ -456,7 +456,7 @@ def _rail_mask(x: np.ndarray, min_run: int = 3) -> np.ndarray:
     span = float(np.ptp(x))
     if len(x) < 3 or span == 0:
         return mask
-    tol, med = 1e-6 * span, float(np.median(x))
+    tol, med = 1e-6 * span, median(x)
     for level in (float(np.max(x)), float(np.min(x))):
         if abs(level - med) <= 0.02 * span:
             continue
@@ -476,7 +476,7 @@ def _rail_dwell_frac(x: np.ndarray, fs_hz: float) -> float:
     span = float(np.ptp(x)) if len(x) else 0.0
     if span == 0:
         return 0.0
-    med, min_len = float(np.median(x)), max(3, int(round(RAIL_DWELL_S * fs_hz)))
+    med, min_len = median(x), max(3, int(round(RAIL_DWELL_S * fs_hz)))
     dwells = []
     for level in (float(np.max(x)), float(np.min(x))):
         if abs(level - med) <= 0.25 * span:
@@ -511,7 +511,7 @@ def _pulse_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     beats = beats - beats.mean(axis=1, keepdims=True)
     mean = beats.mean(axis=0)
     norm = np.linalg.norm(beats, axis=1) * np.linalg.norm(mean)
-    return float(np.median(beats @ mean / np.maximum(norm, 1e-12))), ibi_cv
+    return median(beats @ mean / np.maximum(norm, 1e-12)), ibi_cv
 
 
 def _tonal_frac(y: np.ndarray, fs_hz: float) -> float:
@@ -535,7 +535,7 @@ def _beat_match(y: np.ndarray, fs_hz: float) -> float:
     periodicity), when ectopic beats interleave (bigeminy: ectopics match ectopics) or when a low-passed lead's
     T waves are as tall as its QRS (T waves match T waves); noise peaks have none. 0 with fewer than two whole
     beats."""
-    z = y - np.median(y)
+    z = y - median(y)
     if -z.min() > z.max():
         z = -z
     peaks, props = sps.find_peaks(z, distance=max(1, int(BEAT_MIN_S * fs_hz)), prominence=0)
@@ -552,7 +552,7 @@ def _beat_match(y: np.ndarray, fs_hz: float) -> float:
     beats /= np.maximum(np.linalg.norm(beats, axis=1, keepdims=True), 1e-12)
     corr = beats @ beats.T
     np.fill_diagonal(corr, -np.inf)
-    return float(np.median(corr.max(axis=1)))
+    return median(corr.max(axis=1))
 
 
 def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:

@@ -21,7 +21,7 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import uniform_filter1d
 
 from operators.processing.filters import butter_sos, sosfiltfilt
-from operators.processing.samples import fill_nonfinite
+from operators.processing.samples import fill_nonfinite, median
 
 __all__ = ["detect_rpeaks", "detect_ppg_peaks", "heart_rate_bpm", "ppg_foot_times", "refine_peak_times"]
 
@@ -40,7 +40,7 @@ def _bandpass(x: np.ndarray, rate_hz: float, lo: float, hi: float, order: int = 
 def _highpass(x: np.ndarray, rate_hz: float, fc: float = 0.5) -> np.ndarray:
     sos = butter_sos(2, fc, "high", rate_hz)
     if len(x) <= 3 * (2 * len(sos) + 1):
-        return x - np.median(x)
+        return x - median(x)
     return sosfiltfilt(sos, x)
 
 
@@ -84,8 +84,8 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
     learn = cand < int(learn_s * rate_hz)
     hl = np.sort(heights[learn] if learn.any() else heights)[::-1]
     k = min(len(hl), max(1, int(learn_s * 40 / 60)))
-    spk = float(np.median(hl[:k]))
-    npk = min(float(np.median(hl[k:])) if len(hl) > k else 0.0, 0.5 * spk)
+    spk = median(hl[:k])
+    npk = min(median(hl[k:]) if len(hl) > k else 0.0, 0.5 * spk)
 
     beats: list[int] = []
     beat_slopes: list[float] = []
@@ -158,7 +158,7 @@ def _refine(x_hp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
     # dominant polarity: are QRS excursions mostly upward or downward in this lead?
     ups = np.array([x_hp[a:b].max() for a, b in zip(lo, hi)])
     downs = np.array([-x_hp[a:b].min() for a, b in zip(lo, hi)])
-    sign = 1.0 if np.median(ups) >= np.median(downs) else -1.0
+    sign = 1.0 if median(ups) >= median(downs) else -1.0
     y = sign * x_hp
     out = np.array([a + int(np.argmax(y[a:b])) for a, b in zip(lo, hi)], dtype=np.int64)
     # two envelope peaks refined onto the same R: keep one, then re-apply the refractory period
@@ -331,4 +331,4 @@ def heart_rate_bpm(peaks: np.ndarray, rate_hz: float) -> float:
         return float("nan")
     rr = np.diff(np.sort(p)) / float(rate_hz)
     rr = rr[rr > 0]
-    return float(60.0 / np.median(rr)) if len(rr) else float("nan")
+    return 60.0 / median(rr) if len(rr) else float("nan")
