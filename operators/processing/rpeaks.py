@@ -77,7 +77,7 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
     half = max(1, int(round(0.075 * rate_hz)))
 
     def max_slope(i: int) -> float:
-        return float(np.max(slope[max(0, i - half): i + half + 1]))
+        return float(slope[max(0, i - half): i + half + 1].max())
 
     # Learning phase (first <= 8 s): at >= 40 bpm the tallest k peaks there are QRS complexes.
     learn_s = min(8.0, len(env) / rate_hz)
@@ -121,15 +121,16 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
             spk = npk + 0.5 * (spk - npk)
 
     look = int(round(3.0 * rate_hz))
-    for j, i in enumerate(cand):
-        i = int(i)
-        h = float(heights[j])
+    recent = np.searchsorted(cand, cand - look).tolist()  # first candidate of the 3 s before each
+    # This loop runs once per envelope peak, for every window: plain Python numbers and ndarray methods keep its
+    # per-step cost low. The mean RR of integer sample counts is their exact sum over their count, as numpy's is.
+    for j, (i, h) in enumerate(zip(cand.tolist(), heights.tolist())):
         # The signal level cannot exceed the tallest peak of the last 3 s (>= 2 beats at 40 bpm):
         # recovers within seconds after loud artefact instead of missing beats until it decays.
-        spk = min(spk, float(np.max(heights[np.searchsorted(cand, i - look):j + 1])))
+        spk = min(spk, float(heights[recent[j]:j + 1].max()))
         npk = min(npk, 0.5 * spk)
         if beats and rr:
-            mean_rr = float(np.mean(rr))
+            mean_rr = sum(rr) / len(rr)
             if i - beats[-1] > 1.66 * mean_rr:
                 search_back(i)
         elif beats and i - beats[-1] > 2.0 * rate_hz:
@@ -143,7 +144,7 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
             accept(i, h, 0.125)
         else:
             npk = 0.125 * h + 0.875 * npk
-    if beats and rr and len(env) - beats[-1] > 1.66 * float(np.mean(rr)):
+    if beats and rr and len(env) - beats[-1] > 1.66 * (sum(rr) / len(rr)):
         search_back(len(env) + refr)
     return np.asarray(sorted(set(beats)), dtype=np.int64)
 
@@ -152,15 +153,19 @@ def _refine(x_hp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
     if len(idx) == 0:
         return idx
     w = max(1, int(round(0.08 * rate_hz)))
-    n = len(x_hp)
-    lo = np.clip(idx - w, 0, n - 1)
-    hi = np.clip(idx + w + 1, 1, n)
+    # The +-w samples around each detection (`idx` are envelope-peak indices, inside the signal), as rows of a view
+    # of the signal padded with w values that never win: the window clipped at the signal's edges, in one step
+    # instead of a Python loop over the beats. Maxima, minima and first-argmax are exact, whatever the layout.
+    def around(v: np.ndarray, pad: float) -> np.ndarray:
+        padded = np.concatenate((np.full(w, pad), v, np.full(w, pad)))
+        return np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)[idx]
+
     # dominant polarity: are QRS excursions mostly upward or downward in this lead?
-    ups = np.array([x_hp[a:b].max() for a, b in zip(lo, hi)])
-    downs = np.array([-x_hp[a:b].min() for a, b in zip(lo, hi)])
+    ups = around(x_hp, -np.inf).max(axis=1)
+    downs = -around(x_hp, np.inf).min(axis=1)
     sign = 1.0 if median(ups) >= median(downs) else -1.0
     y = sign * x_hp
-    out = np.array([a + int(np.argmax(y[a:b])) for a, b in zip(lo, hi)], dtype=np.int64)
+    out = (idx - w + np.argmax(around(y, -np.inf), axis=1)).astype(np.int64)
     # two envelope peaks refined onto the same R: keep one, then re-apply the refractory period
     out = np.unique(out)
     refr = max(1, int(round(REFRACTORY_S * rate_hz)))
