@@ -44,12 +44,15 @@ def context_score(ecg: np.ndarray, ppg: np.ndarray, rate_hz: float, r_peaks: np.
     """
     if not (np.all(np.isfinite(ecg)) and np.all(np.isfinite(ppg))):
         return None
-    qe, qp = ecg_quality(ecg, rate_hz), ppg_quality(ppg, rate_hz)
+    qe = ecg_quality(ecg, rate_hz)
     # ECG clipped at the monitor's display rails (e.g. BIDMC bidmc32) still gives R times and the
     # patient's beat as the monitor records it: tolerate it, but prefer unclipped segments.
     ecg_ok = qe.ok or (qe.reason.startswith("clipping") and qe.clip_frac <= MAX_ECG_CLIP
                        and qe.sqi >= ECG_KURTOSIS_MIN and qe.flat_frac <= MAX_FLAT)
-    if not (ecg_ok and qp.ok):
+    if not ecg_ok:  # the PPG's quality cannot save the segment: not measured
+        return None
+    qp = ppg_quality(ppg, rate_hz)
+    if not qp.ok:
         return None
     r = detect_rpeaks(ecg, rate_hz) if r_peaks is None else r_peaks
     dur = len(ecg) / rate_hz
