@@ -33,6 +33,26 @@ def test_true_runs():
     assert [len(a) for a in true_runs(np.zeros(3, bool))] == [0, 0]
 
 
+def test_true_runs_match_a_scan_of_random_masks():
+    rng = np.random.default_rng(5)
+    for n in [0, 1, 2, 3, 10, 257]:
+        for p in (0.1, 0.5, 0.9):
+            mask = rng.random(n) < p
+            want, k = [], 0
+            while k < n:
+                if mask[k]:
+                    e = k
+                    while e < n and mask[e]:
+                        e += 1
+                    want.append((k, e))
+                    k = e
+                else:
+                    k += 1
+            starts, ends = true_runs(mask)
+            assert list(zip(starts.tolist(), ends.tolist())) == want
+            assert starts.dtype == ends.dtype == np.intp
+
+
 def test_fit_length_cuts_or_holds_the_last_value():
     y = np.arange(5, dtype=np.float32)
     assert fit_length(y, 3).tolist() == [0, 1, 2]

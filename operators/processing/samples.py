@@ -40,9 +40,11 @@ def true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     -------
     (starts, ends) : int arrays of equal length; run i covers `mask[starts[i]:ends[i]]`.
     """
-    m = np.concatenate([[False], mask, [False]]).astype(np.int8)
-    d = np.diff(m)
-    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    m = np.zeros(len(mask) + 2, dtype=bool)
+    m[1:-1] = mask
+    # every change of value is a run's start or end, and they alternate, starting with a start
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return edges[0::2], edges[1::2]
 
 
 def median(x: np.ndarray) -> float:
