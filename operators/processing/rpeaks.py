@@ -75,9 +75,13 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
     heights = env[cand]
     slope = np.abs(np.gradient(bp))
     half = max(1, int(round(0.075 * rate_hz)))
+    # The steepest slope within +-half samples of every candidate, gathered at once (the decision loop below asks
+    # for it only at candidates) from the slope padded with values that never win.
+    padded = np.concatenate((np.full(half, -np.inf), slope, np.full(half, -np.inf)))
+    steepest = dict(zip(cand.tolist(), padded[cand[:, None] + np.arange(2 * half + 1)].max(axis=1).tolist()))
 
     def max_slope(i: int) -> float:
-        return float(slope[max(0, i - half): i + half + 1].max())
+        return steepest[i]
 
     # Learning phase (first <= 8 s): at >= 40 bpm the tallest k peaks there are QRS complexes.
     learn_s = min(8.0, len(env) / rate_hz)
@@ -120,14 +124,19 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
             # long silence (amplitude drop after an artefact): let the signal level decay
             spk = npk + 0.5 * (spk - npk)
 
+    # The tallest candidate of the 3 s up to each candidate, for all at once: row j holds candidates j, j-1, ...
+    # back to the first within 3 s (`recent`), the others masked out.
     look = int(round(3.0 * rate_hz))
-    recent = np.searchsorted(cand, cand - look).tolist()  # first candidate of the 3 s before each
-    # This loop runs once per envelope peak, for every window: plain Python numbers and ndarray methods keep its
-    # per-step cost low. The mean RR of integer sample counts is their exact sum over their count, as numpy's is.
-    for j, (i, h) in enumerate(zip(cand.tolist(), heights.tolist())):
+    j_all = np.arange(len(cand))
+    recent = np.searchsorted(cand, cand - look)
+    back = j_all[:, None] - np.arange(int((j_all - recent).max()) + 1)
+    tallest = np.where(back >= recent[:, None], heights[np.maximum(back, 0)], -np.inf).max(axis=1).tolist()
+    # This loop runs once per envelope peak, for every window: on plain Python numbers. The mean RR of integer
+    # sample counts is their exact sum over their count, as numpy's is.
+    for i, h, top in zip(cand.tolist(), heights.tolist(), tallest):
         # The signal level cannot exceed the tallest peak of the last 3 s (>= 2 beats at 40 bpm):
         # recovers within seconds after loud artefact instead of missing beats until it decays.
-        spk = min(spk, float(heights[recent[j]:j + 1].max()))
+        spk = min(spk, top)
         npk = min(npk, 0.5 * spk)
         if beats and rr:
             mean_rr = sum(rr) / len(rr)
@@ -153,12 +162,13 @@ def _refine(x_hp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
     if len(idx) == 0:
         return idx
     w = max(1, int(round(0.08 * rate_hz)))
-    # The +-w samples around each detection (`idx` are envelope-peak indices, inside the signal), as rows of a view
-    # of the signal padded with w values that never win: the window clipped at the signal's edges, in one step
+    # The +-w samples around each detection (`idx` are envelope-peak indices, inside the signal), gathered as rows
+    # from the signal padded with w values that never win: the window clipped at the signal's edges, in one step
     # instead of a Python loop over the beats. Maxima, minima and first-argmax are exact, whatever the layout.
+    rows = idx[:, None] + np.arange(2 * w + 1)
+
     def around(v: np.ndarray, pad: float) -> np.ndarray:
-        padded = np.concatenate((np.full(w, pad), v, np.full(w, pad)))
-        return np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)[idx]
+        return np.concatenate((np.full(w, pad), v, np.full(w, pad)))[rows]
 
     # dominant polarity: are QRS excursions mostly upward or downward in this lead?
     ups = around(x_hp, -np.inf).max(axis=1)
