@@ -202,11 +202,25 @@ class Clmt:
         prior = t(batch.prior, dtype)
         prior_rows = batch.has_prior
         has_prior = t(prior_rows)
-        prior_tok = tok.tokens(prior, "ecg") if prior_rows.any() else None
+        prior_tok = self._prior_tokens(prior, prior_rows) if prior_rows.any() else None
         return TokenizedBatch(task=task, source=src, prior=prior, src_tok=src_tok, rate=t(batch.source_rate_hz),
                               age=t(batch.age_years), sex=t(batch.sex), pat=t(batch.pat_s), has_ctx=has_ctx,
                               ctx_ecg_tok=ctx_e, ctx_ppg_tok=ctx_p, prior_tok=prior_tok,
                               has_prior=has_prior if prior_tok is not None else None)
+
+    def _prior_tokens(self, prior: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """(B, N / stride, levels) prior tokens, encoded only for the `rows` (B,) > 0 that take the prior; other rows
+        get token 0, which the translator gates out (`has_prior` 0). Mixed batches (PPG->ECG with SR) would otherwise
+        run the ECG encoder over every SR row's prior for nothing: the tokenizer treats each row on its own, so the
+        encoded rows' tokens are the ones a whole-batch pass would give."""
+        take = rows > 0
+        if take.all():
+            return self.tok.tokens(prior, "ecg")
+        idx = torch.from_numpy(np.flatnonzero(take)).to(prior.device)
+        enc = self.tok.tokens(prior.index_select(0, idx), "ecg")
+        out = torch.zeros((prior.shape[0],) + enc.shape[1:], dtype=enc.dtype, device=enc.device)
+        out[idx] = enc
+        return out
 
     @torch.no_grad()
     def context_tokens(self, ecg: torch.Tensor, ppg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
