@@ -126,25 +126,33 @@ class ResidualVQ(nn.Module):
         """
         b, t, d = z.shape
         flat = z.reshape(-1, d)
-        residual, total, idxs = flat, torch.zeros_like(flat), []
-        for level in self.levels[: n_levels or len(self.levels)]:
-            q, idx = level(residual)
-            residual = residual - q
-            total = total + q
-            idxs.append(idx)
+        total, idxs = self._quantize(flat, n_levels)
         commit = F.mse_loss(flat, total.detach())
         quantized = flat + (total - flat).detach()
         return Quantized(quantized.view(b, t, d), torch.stack(idxs, -1).view(b, t, -1), commit)
 
     forward = encode
 
+    def _quantize(self, flat: torch.Tensor, n_levels: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(N, D) frames -> (the sum of their chosen codes (N, D), each level's code indices (N,))."""
+        residual, total, idxs = flat, torch.zeros_like(flat), []
+        for level in self.levels[: n_levels or len(self.levels)]:
+            q, idx = level(residual)
+            residual = residual - q
+            total = total + q
+            idxs.append(idx)
+        return total, idxs
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, T, L) code indices (L may be fewer than the levels) -> (B, T, D) latent frames, the codes' sum."""
         return sum(level.lookup(codes[..., i]) for i, level in enumerate(self.levels[: codes.shape[-1]]))
 
     def requantize(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D): each frame replaced by its nearest code sum (`decode(encode(z).codes)`)."""
-        return self.decode(self.encode(z).codes)
+        """(B, T, D) -> (B, T, D): each frame replaced by its nearest code sum (`decode(encode(z).codes)`).
+
+        The sum `encode` builds while choosing the codes, taken as is: the same lookups added in the same order as
+        `decode` adds them, without a second lookup pass or the training-only commitment loss."""
+        return self._quantize(z.reshape(-1, z.shape[-1]))[0].view(z.shape)
 
     @torch.no_grad()
     def stats(self) -> list[dict]:
