@@ -23,6 +23,7 @@ from models.prep import (PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, e
 from operators.processing.beatsr import paste_high_band, qrs_template, sr_cutoff_hz
 from operators.state.context import ContextCache
 from operators.processing.resample import merge_bands, resample
+from operators.processing.rpeaks import detect_rpeaks
 from operators.processing.samples import fit_length
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, is_ecg_signal
 from operators.vocab import CANONICAL_RATE_HZ, TASK_ECG_SR, TASK_PPG2ECG, TASK_PPG_SR
@@ -142,7 +143,7 @@ class ClmtTranslator:
         """(context at 100 Hz, beat templates, pulse delay, ECG (mean, std)), or None if too short or without a usable
         beat (flat, noise, too few beats: its spread is not an ECG's either; a flat context ECG scaled PPG->ECG to
         ~3 mV peak to peak); cached per context version, in the bed's `slot` when given."""
-        return self._ctx_cache.get(ctx, "ppg2ecg", lambda: self._build_context_features(ctx), slot)
+        return self._ctx_cache.get(ctx, "ppg2ecg", lambda: self._build_context_features(ctx, slot), slot)
 
     def _template_tokens(self, tpl: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The (ECG, PPG) beat templates' tokens, each (K / stride, levels) int64: tokenized once per context version
@@ -154,17 +155,21 @@ class ClmtTranslator:
             e, p = self.model.context_tokens(t(tpl[0]), t(tpl[1]))
         return e[0].cpu().numpy(), p[0].cpu().numpy()
 
-    def _build_context_features(self, ctx: PairedContext):
+    def _build_context_features(self, ctx: PairedContext, slot=None):
         if len(ctx.ecg) / ctx.rate_hz < MIN_CONTEXT_S:
             return None
         ce = to_canonical(finite(ctx.ecg), ctx.rate_hz)
         cp = to_canonical(finite(ctx.ppg), ctx.rate_hz)
         m = min(len(ce), len(cp))
         ce, cp = ce[:m], cp[:m]
-        tpl = beat_templates(ce, cp, CANONICAL_RATE_HZ)
+        # the templates, the pulse delay and the prior's beat model all start from the same R-peaks: found once
+        r = detect_rpeaks(ce, CANONICAL_RATE_HZ)
+        tpl = beat_templates(ce, cp, CANONICAL_RATE_HZ, rpeaks=r)
         if tpl is None:
             return None
-        return (PairedContext(ce, cp, CANONICAL_RATE_HZ), tpl, estimate_pat_s(ce, cp, CANONICAL_RATE_HZ),
+        ctx_100 = PairedContext(ce, cp, CANONICAL_RATE_HZ)
+        self.prior_translator.beat_model(ctx_100, slot, rpeaks=r)  # kept for this context's windows' priors
+        return (ctx_100, tpl, estimate_pat_s(ce, cp, CANONICAL_RATE_HZ, rpeaks=r),
                 (float(np.mean(ce)), float(np.std(ce)) or 1.0))
 
     # -- batched forward ---------------------------------------------------------------------------

@@ -52,15 +52,17 @@ def to_canonical(x: np.ndarray, rate: float) -> np.ndarray:
     return resample(np.asarray(x, dtype=np.float64), rate, CANONICAL_RATE_HZ, method=method).astype(np.float32)
 
 
-def estimate_pat_s(ecg: np.ndarray, ppg: np.ndarray, rate: float, prior_s: float = 0.64) -> float:
+def estimate_pat_s(ecg: np.ndarray, ppg: np.ndarray, rate: float, prior_s: float = 0.64,
+                   rpeaks: np.ndarray | None = None) -> float:
     """Delay from R-peak to the PPG systolic peak of the same beat; NaN when it cannot be measured.
 
     On BIDMC (MIMIC monitors) this delay is ~0.6 s, often longer than one RR interval, so "the next
     PPG peak" is wrong. Instead every candidate delay in `PAT_RANGE_S` is scored by how many R-peaks
     have a PPG peak within +-30 ms of R + delay; among near-best candidates (a regular rhythm makes
-    delay and delay - RR look alike) the one nearest the population prior wins.
+    delay and delay - RR look alike) the one nearest the population prior wins. `rpeaks`: `detect_rpeaks(ecg,
+    rate)` when the caller has it already.
     """
-    r = detect_rpeaks(ecg, rate)
+    r = detect_rpeaks(ecg, rate) if rpeaks is None else rpeaks
     p = detect_ppg_peaks(ppg, rate)
     if len(r) < 3 or len(p) < 3:
         return float("nan")

@@ -153,7 +153,8 @@ def _estimate_delay(r_t: np.ndarray, p_t: np.ndarray, pulse_t: np.ndarray) -> fl
     return float(np.median(d)) if len(d) >= 3 else None
 
 
-def beat_model_from_context(ctx: PairedContext, fiducial: str = "foot") -> BeatModel | None:
+def beat_model_from_context(ctx: PairedContext, fiducial: str = "foot",
+                            rpeaks: np.ndarray | None = None) -> BeatModel | None:
     """Patient-specific delay (R peak -> pulse `fiducial`) and median beat from earlier simultaneous
     ECG + PPG (None if unusable: fewer than 3 R peaks, or a median RR outside 0.25-2.5 s).
 
@@ -161,11 +162,12 @@ def beat_model_from_context(ctx: PairedContext, fiducial: str = "foot") -> BeatM
     ----------
     ctx : the patient's paired context.
     fiducial : "foot" or "peak" (the PPG point the delay is measured to).
+    rpeaks : `detect_rpeaks(ctx.ecg, ctx.rate_hz)` (sample indices) when the caller has it already.
     """
     fs = float(ctx.rate_hz)
     ecg, _ = fill_nonfinite(np.asarray(ctx.ecg, dtype=np.float64))
     ppg, _ = fill_nonfinite(np.asarray(ctx.ppg, dtype=np.float64))
-    r = detect_rpeaks(ecg, fs)
+    r = detect_rpeaks(ecg, fs) if rpeaks is None else rpeaks
     if len(r) < 3:
         return None
     r_t = refine_peak_times(ecg, r, fs)
@@ -303,10 +305,19 @@ class ClassicTranslator:
         y = np.asarray(y, dtype=np.float32)
         return fit_length(y, n_out)  # the contract is exact length
 
-    def _model_for(self, ctx: PairedContext | None, bed=None) -> BeatModel:
+    def beat_model(self, ctx: PairedContext | None, bed=None, rpeaks: np.ndarray | None = None) -> BeatModel:
+        """The beat PPG->ECG draws for `ctx` (the population's when None or unusable), kept per context version.
+
+        Parameters
+        ----------
+        ctx : the patient's paired context, or None.
+        bed : where the cache keeps it (one entry per bed; see `operators.state.context.ContextCache`).
+        rpeaks : `detect_rpeaks(ctx.ecg, ctx.rate_hz)` when the caller has it already (used only when not cached).
+        """
         if ctx is None:
             return self._generic
-        return self._cache.get(ctx, "beat", lambda: beat_model_from_context(ctx, self.fiducial), bed) or self._generic
+        build = lambda: beat_model_from_context(ctx, self.fiducial, rpeaks)
+        return self._cache.get(ctx, "beat", build, bed) or self._generic
 
     def _sr(self, src: np.ndarray, req: TranslationRequest) -> np.ndarray:
         y = resample(src, req.source_rate, req.target_rate, method=self.sr_method)
@@ -322,7 +333,7 @@ class ClassicTranslator:
 
     def _ppg2ecg(self, ppg: np.ndarray, req: TranslationRequest, n_out: int) -> np.ndarray:
         fs = float(req.source_rate)
-        model = self._model_for(req.context, req.bed)
+        model = self.beat_model(req.context, req.bed)
         p_t, pulse_t = pulse_times(ppg, fs, self.fiducial)
         r_t = pulse_t - model.delay_s
         rr_default = float(np.median(np.diff(p_t))) if len(p_t) >= 2 else model.rr_s
