@@ -42,9 +42,12 @@ class VQLevel(nn.Module):
         self.register_buffer("last_resets", torch.zeros((), dtype=torch.long), persistent=False)
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N,) index of each row's nearest code (squared Euclidean distance)."""
         cb = self.codebook.to(x.dtype)
-        dist = x.pow(2).sum(1, keepdim=True) - 2 * x @ cb.t() + cb.pow(2).sum(1)
-        return dist.argmin(dim=1)
+        # |x|^2 - 2 x.c + |c|^2 in place on the (N, codes) product: the same roundings as the three-temporary form
+        # (x - y == -y + x, and scaling by -2 is exact), without allocating two more N x codes arrays per level
+        dist = torch.mm(x, cb.t()).mul_(-2)
+        return dist.add_(x.pow(2).sum(1, keepdim=True)).add_(cb.pow(2).sum(1)).argmin(dim=1)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         return F.embedding(idx, self.codebook)
