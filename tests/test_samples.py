@@ -1,7 +1,8 @@
-"""operators.processing.samples: the one NaN/inf repair, fit-to-length and timestamp grid."""
+"""operators.processing.samples: the one NaN/inf repair, fit-to-length, timestamp grid, runs and median."""
 from fractions import Fraction
 
 import numpy as np
+import pytest
 
 from operators.processing.samples import fill_nonfinite, fit_length, grid_ns, median, period_ns, segment_index, true_runs
 
@@ -95,6 +96,7 @@ def test_segment_index_keeps_only_spans_wholly_inside():
     assert segment_index(np.array([1, 8]), 2, 3, 10).shape == (0, 5)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf - inf and NaN: numpy warns as the helper does
 def test_median_is_numpys_bit_for_bit():
     """Odd and even lengths, ties, signed zeros, infinities, NaN anywhere, other dtypes and shapes (numpy's path)."""
     rng = np.random.default_rng(7)
