@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models import weights as W
+from models.allocator import keep_freed_memory
 from models.blend import PriorBlend
 from models.batch import Clmt, ModelBatch, WindowInput, sex_code
 from models.prep import (PRIOR_FIDUCIAL, align_ppg, beat_templates, ecg_prior, estimate_pat_s, finite, prior_translator, to_canonical, zscore)
@@ -55,7 +56,9 @@ class ClmtTranslator:
         A .safetensors file or its folder (default: the shipped `models/weights/clmt-small`).
     device : str
         "cpu", "cuda[:n]" or "auto" (CUDA when torch sees a GPU). Torch's CPU thread count is the process's
-        business: set it where the process starts (`torch.set_num_threads`), not here.
+        business: set it where the process starts (`torch.set_num_threads`), not here. On the CPU the engine sets
+        glibc's malloc thresholds for the process (`models.allocator.keep_freed_memory`): without them page
+        faults cost about a sixth of the worker's CPU.
     half : bool, optional
         Half precision (default: on CUDA only).
     max_batch : int
@@ -66,6 +69,8 @@ class ClmtTranslator:
 
     def __init__(self, weights: str | None = None, device: str = "auto", half: bool | None = None, max_batch: int = 256):
         self.device = resolve_device(device)
+        if self.device == "cpu":
+            keep_freed_memory()
         tok, tr, refiner, self.cfg = W.load(weights, self.device)
         self.half = (self.device != "cpu") if half is None else half
         if self.half:
