@@ -149,6 +149,11 @@ def verdict_lines(msg: dict) -> list[str]:
 # ---------------------------------------------------------------- per-bed signal ring
 
 
+def _end_ns(start_ns: int, rate_hz: float, n: int) -> int:
+    """End of a chunk of `n` samples from `start_ns` at `rate_hz`, ns."""
+    return start_ns + int(round(n * NS / rate_hz))
+
+
 class SignalRing:
     """Bounded memory of each bed's recent raw samples, for alarm verification.
 
@@ -167,6 +172,7 @@ class SignalRing:
         self.keep_ns = int(keep_s * NS)
         self.max_beds = int(max_beds)
         self._beds: OrderedDict[str, dict[str, deque]] = OrderedDict()
+        self._newest: dict[str, dict[str, int]] = {}  # end of each (bed, signal)'s newest chunk, ns
         self._lock = threading.Lock()
 
     def add(self, chunk: wire.Chunk) -> None:
@@ -183,13 +189,17 @@ class SignalRing:
             bed = self._beds.get(chunk.bed_id)
             if bed is None:
                 bed = self._beds[chunk.bed_id] = {}
+                self._newest[chunk.bed_id] = {}
                 while len(self._beds) > self.max_beds:
-                    self._beds.popitem(last=False)
+                    self._newest.pop(self._beds.popitem(last=False)[0], None)
             self._beds.move_to_end(chunk.bed_id)
             q = bed.setdefault(chunk.signal, deque())
-            q.append((int(chunk.start_ns), float(chunk.rate_hz), np.asarray(chunk.samples, dtype=np.float32)))
-            newest = max(s + int(round(len(x) * NS / r)) for s, r, x in q)
-            while q and q[0][0] + int(round(len(q[0][2]) * NS / q[0][1])) < newest - self.keep_ns:
+            start_ns, rate_hz = int(chunk.start_ns), float(chunk.rate_hz)
+            q.append((start_ns, rate_hz, np.asarray(chunk.samples, dtype=np.float32)))
+            # a running maximum: the chunk ending newest is never the one dropped, so it equals the max over q
+            ends = self._newest[chunk.bed_id]
+            newest = ends[chunk.signal] = max(ends.get(chunk.signal, start_ns), _end_ns(start_ns, rate_hz, len(chunk.samples)))
+            while q and _end_ns(q[0][0], q[0][1], len(q[0][2])) < newest - self.keep_ns:
                 q.popleft()
 
     def beds(self) -> list[str]:
@@ -209,7 +219,7 @@ class SignalRing:
             sig = self._beds.get(bed)
             if not sig:
                 return None
-            return max(s + int(round(len(x) * NS / r)) for q in sig.values() for s, r, x in q)
+            return max(_end_ns(s, r, len(x)) for q in sig.values() for s, r, x in q)
 
     def samples(self) -> int:
         """Samples held, all beds and signals."""

@@ -217,6 +217,27 @@ def test_ring_is_bounded_and_places_samples_on_their_grid(clean):
     assert sorted(ring.beds()) == ["b", "c"] and ring.newest_ns("a") is None
 
 
+def test_ring_keeps_late_chunks_by_the_newest_end_and_forgets_an_evicted_bed(clean):
+    ring = sa.SignalRing(keep_s=20.0, max_beds=1)
+    chunks = list(_chunks(clean, "a"))
+    ii = [c for c in chunks if c.signal == "II"]
+    for c in ii[30:60]:
+        ring.add(c)
+    ring.add(ii[45])  # re-delivered: kept, the newest end is unchanged
+    ring.add(ii[5])  # late, older than keep_s behind the newest: kept until the chunks before it go
+    assert ring.newest_ns("a") == ii[59].end_ns()
+    for c in ii[60:100]:
+        ring.add(c)
+    assert ring.newest_ns("a") == ii[99].end_ns()
+    assert ring.samples() == 21 * len(ii[0].samples)  # ii[79:100]: keep_s plus one chunk, the late ones gone
+    ring.add(next(_chunks(clean, "b")))  # max_beds=1: bed "a" goes
+    for c in ii[:3]:  # "a" comes back with older data: judged against its own new chunks only
+        ring.add(c)
+    assert ring.newest_ns("a") == ii[2].end_ns()
+    sig, _ = ring.snapshot("a", ii[0].start_ns, ii[2].end_ns())
+    np.testing.assert_array_equal(sig["II"], np.concatenate([c.samples for c in ii[:3]]))
+
+
 def test_judge_waits_for_data_then_answers(clean):
     ring = sa.SignalRing(keep_s=120.0)
     judge = sa.AlarmJudge(ring, mode="realtime", wait_s=5.0, grace_s=2.0)
