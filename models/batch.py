@@ -222,7 +222,8 @@ class Clmt:
         """(B, N / stride, levels) prior tokens, encoded only for the `rows` (B,) > 0 that take the prior; other rows
         get token 0, which the translator gates out (`has_prior` 0). Mixed batches (PPG->ECG with SR) would otherwise
         run the ECG encoder over every SR row's prior for nothing: the tokenizer treats each row on its own, so the
-        encoded rows' tokens are the ones a whole-batch pass would give."""
+        encoded rows' tokens are the ones a whole-batch pass would give, up to the rounding a different batch size may
+        bring to the encoder's kernels (on the CPU here: equal; as any change of batch composition, not checked on CUDA)."""
         take = rows > 0
         if take.all():
             return self.tok.tokens(prior, "ecg")
@@ -243,8 +244,10 @@ class Clmt:
         A batch with context segments whose rows do not all have a context (PPG->ECG windows batched with SR ones,
         which take none) runs, on the CPU in eval mode, its context-less rows in a pass of their own without those
         segments: there they are masked keys, whose softmax weights are exact zeros, yet every layer computed them
-        for every row (about a quarter of the translator's time on such batches; the outputs are bitwise the same,
-        measured on served batches). Not on CUDA, where padding costs little and one pass fewer launches."""
+        for every row (about a quarter of the translator's time on such batches). The outputs equal the one pass's up
+        to float rounding (a few 1e-6 on some batches: the CPU's matrix kernels round by shape, as they do whenever the
+        batch's composition changes; tests/test_models.py). Not on CUDA, where padding costs little and one pass fewer
+        launches."""
         if inp.ctx_ecg_tok is not None and inp.src_tok.device.type == "cpu" and not self.tr.training:
             absent = inp.has_ctx < 0.5
             if bool(absent.any()):

@@ -766,3 +766,42 @@ def test_engine_applies_the_weights_prior_blend_to_ppg2ecg_only(tmp_path):
         assert np.corrcoef(outs["classic"][i], classic[i])[0, 1] > 0.999
         assert np.corrcoef(outs["own"][i], classic[i])[0, 1] < 0.99
     np.testing.assert_array_equal(outs["own"][2], outs["classic"][2])
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_mixed_batch_serving_shortcuts_give_each_row_its_own_result():
+    """A batch mixing PPG->ECG rows (with and without a context) and ECG SR rows: the prior is encoded only for the
+    PPG->ECG rows and the context-less rows run in a pass of their own; each row gets what the whole-batch pass gives
+    it (tokens equal; latents up to float rounding), in its own place. The quantizer's sum of codes is `decode` of its
+    codes."""
+    from models.batch import ModelBatch
+    from models.engine import ClmtTranslator
+    from operators.io.synthetic import synthesize
+
+    eng = ClmtTranslator(device="cpu")
+    rec = synthesize(seconds=60.0, seed=11)
+    rate = rec.rate_hz
+    ctx = PairedContext(rec.signals["II"][:1250], rec.signals["PLETH"][:1250], rate)
+    reqs = []
+    for k in range(6):
+        sl = slice(2500 + 250 * k, 3500 + 250 * k)
+        if k % 3 == 2:  # ECG 25 -> 100 Hz, no context, no prior
+            reqs.append(TranslationRequest(SR, rec.signals["II"][sl][::5].copy(), rate / 5, 100.0, "II", 60, "F", None))
+        else:
+            reqs.append(TranslationRequest(PPG2ECG, rec.signals["PLETH"][sl], rate, rate, "PLETH", 60, "F",
+                                           ctx if k % 3 == 0 else None, meta={"bed": "A"}))
+    batch = ModelBatch.stack([eng._prepare(r).row for r in reqs], eng.template_len)
+    assert 0 < batch.has_prior.sum() < len(reqs) and 0 < batch.has_context.sum() < len(reqs)
+    m = eng.model
+    inp = m.tokenize(batch)
+    whole = m.tok.tokens(inp.prior, "ecg")
+    rows = torch.from_numpy(batch.has_prior > 0)
+    assert torch.equal(inp.prior_tok[rows], whole[rows]) and not inp.prior_tok[~rows].any()
+    split, one_pass = m.latents(inp), m._latents(inp)
+    assert split.shape == one_pass.shape
+    torch.testing.assert_close(split, one_pass, rtol=0, atol=1e-4)
+    # a row placed in another row's slot would be far off: rows differ by much more than the tolerance
+    assert (one_pass[1:] - one_pass[:-1]).abs().amax(dim=(1, 2)).min() > 1e-2
+    rvq = m.tok.rvq
+    z = one_pass.float()
+    assert torch.equal(rvq.requantize(z), rvq.decode(rvq.encode(z).codes))
