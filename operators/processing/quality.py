@@ -101,11 +101,11 @@ _EPS = float(np.finfo(np.float64).eps)  # np.finfo is a lookup per call
 
 def _moments(y: np.ndarray) -> tuple[float, float]:
     """(skewness, Pearson kurtosis) of 1-D `y` in float64: `scipy.stats.skew(y)` and `scipy.stats.kurtosis(y,
-    fisher=False)` of the float64 signal bit for bit (NaN where scipy returns NaN; scipy would work a float32 input in
-    float32, so it is converted first, as every caller's already is), without their per-call argument handling (about 0.3 ms each, ten
-    times the arithmetic for a window). The operations are scipy's own, in its order: the mean, the deviations,
-    then each central moment as the mean of their power formed by squaring (m3: d**2 * d, m4: (d**2)**2);
-    tests/test_quality.py compares them with scipy's."""
+    fisher=False)` of the float64 signal bit for bit (NaN where scipy returns NaN; scipy would work a float32 input
+    in float32, so it is converted first, as every caller's already is), without their per-call argument handling
+    (about 0.3 ms each, ten times the arithmetic for a window). The operations are scipy's own, in its order: the
+    mean, the deviations, then each central moment as the mean of their power formed by squaring (m3: d**2 * d,
+    m4: (d**2)**2); tests/test_quality.py compares them with scipy's."""
     y = np.asarray(y, dtype=np.float64)  # what every caller passes; no copy
     mean = np.mean(y, axis=0, keepdims=True)
     d = y - mean

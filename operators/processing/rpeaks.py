@@ -75,13 +75,9 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
     heights = env[cand]
     slope = np.abs(np.gradient(bp))
     half = max(1, int(round(0.075 * rate_hz)))
-    # The steepest slope within +-half samples of every candidate, gathered at once (the decision loop below asks
-    # for it only at candidates) from the slope padded with values that never win.
-    padded = np.concatenate((np.full(half, -np.inf), slope, np.full(half, -np.inf)))
-    steepest = dict(zip(cand.tolist(), padded[cand[:, None] + np.arange(2 * half + 1)].max(axis=1).tolist()))
-
-    def max_slope(i: int) -> float:
-        return steepest[i]
+    # The steepest slope within +-half samples of every candidate, gathered at once: the decision rules below ask
+    # for it only at candidates.
+    steepest = dict(zip(cand.tolist(), _around(slope, cand, half, -np.inf).max(axis=1).tolist()))
 
     # Learning phase (first <= 8 s): at >= 40 bpm the tallest k peaks there are QRS complexes.
     learn_s = min(8.0, len(env) / rate_hz)
@@ -104,7 +100,7 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
             rr.append(i - beats[-1])
             del rr[:-8]
         beats.append(i)
-        beat_slopes.append(max_slope(i))
+        beat_slopes.append(steepest[i])
         spk = weight * h + (1 - weight) * spk
 
     def search_back(upto: int) -> None:
@@ -147,7 +143,7 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
         if beats and i - beats[-1] < refr:
             continue  # same QRS (second envelope lobe)
         if h > thr():
-            if beats and i - beats[-1] < twave and max_slope(i) < 0.5 * beat_slopes[-1]:
+            if beats and i - beats[-1] < twave and steepest[i] < 0.5 * beat_slopes[-1]:
                 npk = 0.125 * h + 0.875 * npk  # T wave
                 continue
             accept(i, h, 0.125)
@@ -158,24 +154,24 @@ def _thresholding(env: np.ndarray, bp: np.ndarray, rate_hz: float) -> np.ndarray
     return np.asarray(sorted(set(beats)), dtype=np.int64)
 
 
+def _around(v: np.ndarray, idx: np.ndarray, half: int, pad: float) -> np.ndarray:
+    """(len(idx), 2 half + 1): row j is `v[idx[j] - half : idx[j] + half + 1]`, the part outside `v` filled with `pad`
+    (a value that never wins the caller's max or min, so each row's extremum and first arg-extremum are those of the
+    window clipped at `v`'s edges); every window at once instead of a Python loop over the indices."""
+    return np.concatenate((np.full(half, pad), v, np.full(half, pad)))[idx[:, None] + np.arange(2 * half + 1)]
+
+
 def _refine(x_hp: np.ndarray, idx: np.ndarray, rate_hz: float) -> np.ndarray:
     if len(idx) == 0:
         return idx
     w = max(1, int(round(0.08 * rate_hz)))
-    # The +-w samples around each detection (`idx` are envelope-peak indices, inside the signal), gathered as rows
-    # from the signal padded with w values that never win: the window clipped at the signal's edges, in one step
-    # instead of a Python loop over the beats. Maxima, minima and first-argmax are exact, whatever the layout.
-    rows = idx[:, None] + np.arange(2 * w + 1)
-
-    def around(v: np.ndarray, pad: float) -> np.ndarray:
-        return np.concatenate((np.full(w, pad), v, np.full(w, pad)))[rows]
-
-    # dominant polarity: are QRS excursions mostly upward or downward in this lead?
-    ups = around(x_hp, -np.inf).max(axis=1)
-    downs = -around(x_hp, np.inf).min(axis=1)
+    # dominant polarity: are QRS excursions mostly upward or downward in this lead? (`idx` are envelope-peak
+    # indices, inside the signal: `_around` gives the +-w samples of each, clipped at the edges)
+    ups = _around(x_hp, idx, w, -np.inf).max(axis=1)
+    downs = -_around(x_hp, idx, w, np.inf).min(axis=1)
     sign = 1.0 if median(ups) >= median(downs) else -1.0
     y = sign * x_hp
-    out = (idx - w + np.argmax(around(y, -np.inf), axis=1)).astype(np.int64)
+    out = (idx - w + np.argmax(_around(y, idx, w, -np.inf), axis=1)).astype(np.int64)
     # two envelope peaks refined onto the same R: keep one, then re-apply the refractory period
     out = np.unique(out)
     refr = max(1, int(round(REFRACTORY_S * rate_hz)))
