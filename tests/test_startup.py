@@ -2,6 +2,8 @@
 same one line and the same exit status in both (2: configuration, 1: Kafka unreachable), before any connection."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import urllib.request
 
@@ -153,3 +155,28 @@ def test_the_worker_object_holds_its_runtimes_and_nothing_is_hung_on_the_faust_a
     assert w.topics == ["in", "synth", "sr", "ev", "dlq", "pr", "al", "ve"]
     without_alarms = create_worker(dataclasses.replace(s, alarm_enabled=False, group_id="other"))
     assert without_alarms.alarms is None and without_alarms.topics == ["in", "synth", "sr", "ev", "dlq", "pr"]
+
+
+@pytest.mark.parametrize("level, expected", [("warn", logging.WARNING), ("error", logging.ERROR), ("info", logging.INFO)])
+def test_the_faust_worker_leaves_the_root_logger_at_the_level_asked_for(tmp_path, level, expected):
+    """Stock Faust sets the root logger to DEBUG at WARN and above (for its terminal spinner), so every debug call of
+    aiokafka and Faust builds a record nobody prints: the worker's Faust worker class must not."""
+    import faust
+
+    from stream.app import create_worker
+    from stream.config import Settings
+
+    s = Settings(translator="passthrough", influx_enabled=False, alarm_enabled=False, data_dir=str(tmp_path))
+    app = create_worker(s).app
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        for cls, want in ((app.conf.Worker, expected), (faust.Worker, logging.DEBUG if expected >= logging.WARNING else expected)):
+            worker = cls(app, loglevel=level, loop=asyncio.new_event_loop())
+            worker._setup_logging()
+            assert root.level == want, cls  # the stock class shows what the test would catch
+            assert not logging.getLogger("aiokafka").isEnabledFor(logging.DEBUG) or cls is faust.Worker
+            worker.loop.close()
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
