@@ -4,8 +4,9 @@ Starts a real Tansu broker, a real InfluxDB 1.x (behind the v2-write proxy from 
 and the worker as a subprocess (`--workers N`: N of them in one consumer group), then replays a recording as N beds
 for each N of a ramp. Each worker appends one JSON line per acknowledged input message to WAVEBRIDGE_STATS_FILE
 (`produce_ms` = the chunk's Kafka timestamp, `published_ms` = when its outputs were delivered to the
-Kafka output topics, the alarm feed; the worker's in-process sink agent writes InfluxDB from those
-topics); from these we get end-to-end latency percentiles over each step's steady state (messages of a bed's first window, which waits for the window to fill, and of the
+Kafka output topics, the alarm feed; the worker's in-process sink agent writes InfluxDB from those topics, or with
+`--influx-sink separate` one `wavebridge sink` process does); from these we get end-to-end latency percentiles
+over each step's steady state (messages of a bed's first window, which waits for the window to fill, and of the
 idle-flushed last one are written but not counted). The latency floor is about one hop of signal
 (2 s at ×1, 0.5 s at ×4) plus batching.
 
@@ -15,11 +16,15 @@ replay itself kept pace (otherwise the load generator, not the worker, was the l
 stops at the first step that is not sustained. The same ramp with the `passthrough` translator
 (no translation) gives the pipeline's ceiling. Each step prints the workers' CPU time and where it went by stage
 (decode, windowing: routing, quality, context selection and R-peaks, model: the translator call, publish, and the
-sink agent's influx_points and influx_write); the run starts with bytes of state per bed.
+sink agent's influx_points and influx_write), then the CPU of every process of the rig and of the whole host: all of
+them share this machine's cores, so a failing step with the host's cores busy was the rig's limit, not only the
+worker's. The run starts with bytes of state per bed.
 
     python benchmarks/stream_bench.py                          # classic vs passthrough, ~5 min
     python benchmarks/stream_bench.py --beds 1,2,4,8 --speed 1 --duration 30 --translator clmt
     python benchmarks/stream_bench.py --translator clmt --beds 16,32,64 --workers 2 --threads 1
+    python benchmarks/stream_bench.py --translator passthrough --baseline '' --beds 128,256 --workers 2 \
+        --influx-sink separate --threads 1                    # the scale-out set-up of docs/deploy.md
 
 Not a test: numbers depend on the machine and on whatever else runs on it.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -45,8 +51,8 @@ import numpy as np  # noqa: E402
 
 from stream.config import Settings  # noqa: E402
 from stream.tools.embedded import EmbeddedBroker, die_with_parent, free_port  # noqa: E402
-from stream.tools.worker_process import (LOCAL_BROKER_TIMING, WorkerProcess, prefixed_topics,  # noqa: E402
-                                         worker_environment)
+from stream.tools.worker_process import (LOCAL_BROKER_TIMING, SINK, WorkerProcess,  # noqa: E402
+                                         prefixed_topics, worker_environment)
 
 DEFAULT_RECORD = REPO.parent / "shared" / "data" / "bidmc" / "bidmc01"
 WINDOW_S = 8.0
@@ -71,6 +77,7 @@ class StepResult:
     sustained: bool
     why: str = ""
     cpu: dict | None = None  # seconds by stage over the step, and the worker process's CPU seconds
+    rig: dict | None = None  # CPU seconds over the step of each process of the rig and of the whole host
 
 
 # ------------------------------------------------------------------ services
@@ -119,7 +126,8 @@ def worker_settings(bootstrap: str, influx: InfluxStack, db: str, prefix: str, t
     return Settings(
         broker=f"kafka://{bootstrap}", group_id=f"bench-{db}", translator=translator, device=args.device,
         **LOCAL_BROKER_TIMING, window_s=WINDOW_S, hop_s=HOP_S, batch_size=args.batch_size, idle_flush_s=IDLE_FLUSH_S,
-        influx_url=influx.url, influx_bucket=db, influx_token="bench", stats_file=str(stats), without_web=True,
+        influx_url=influx.url, influx_bucket=db, influx_token="bench", influx_sink=args.influx_sink,
+        stats_file=str(stats), without_web=True,
         metrics_host="127.0.0.1", metrics_port=free_port(), log_level="warn", **prefixed_topics(prefix))
 
 
@@ -214,6 +222,65 @@ def cpu_line(cpu: dict[str, float], wall_s: float, workers: int = 1) -> str:
             + ", ".join(f"{k} {cpu.get(k, 0.0):.1f} s {100 * cpu.get(k, 0.0) / total:.0f}%" for k in STAGES))
 
 
+# ------------------------------------------------------------------ the rig's CPU
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process `pid` (all its threads) from /proc, NaN when unreadable."""
+    if pid is None:
+        return math.nan
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of proc(5)
+
+
+def _host_busy_s() -> float:
+    """CPU seconds the whole host spent not idle (all cores) since boot, NaN without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return math.nan
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK  # minus idle and iowait
+
+
+class RigCpu:
+    """CPU seconds of every process of the benchmark rig, and of the host, between two snapshots.
+
+    Everything runs on this machine: broker, InfluxDB and its proxy, the replay (this process) and the workers
+    share its cores. A step the workers fail while the host is near all its cores busy says that the rig, not the
+    worker alone, ran out of CPU; a failing step with idle cores points at waiting (I/O, batching, the broker).
+    """
+
+    def __init__(self, roles: dict[str, list]):
+        self.roles = roles  # role -> pids (None while a process is not running)
+
+    def snapshot(self) -> dict[str, float]:
+        """Cumulative CPU seconds per role and of the host ("host")."""
+        snap = {role: sum(_proc_cpu_s(pid) for pid in pids) for role, pids in self.roles.items()}
+        snap["host"] = _host_busy_s()
+        return snap
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """CPU seconds per role (and "host") between two snapshots."""
+        return {k: round(after[k] - before[k], 3) for k in after}
+
+    @staticmethod
+    def line(seconds: dict[str, float], wall_s: float) -> str:
+        """One line: the host's and each role's CPU `seconds` over `wall_s` seconds, in % of one core."""
+        pct = {k: 100.0 * v / wall_s for k, v in seconds.items()}
+        cores = os.cpu_count() or 1
+        return (f"host CPU {pct['host']:.0f} % of {cores * 100} % ({cores} cores); by process: "
+                + ", ".join(f"{k} {v:.0f} %" for k, v in pct.items() if k != "host"))
+
+
 # ------------------------------------------------------------------ one translator
 
 
@@ -238,17 +305,26 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
         workers = [stack.enter_context(WorkerProcess(worker_environment(s, extra=threads),
                                                      workdir / f"worker-{tag}-w{i}.log"))
                    for i, s in enumerate(settings)]
+        roles = {"workers": [w.pid for w in workers]}
+        if args.influx_sink == "separate":  # one `wavebridge sink` for the group, on a metrics port of its own
+            sink_settings = dataclasses.replace(settings[0], metrics_port=free_port(), stats_file=None)
+            sink = stack.enter_context(WorkerProcess(worker_environment(sink_settings), workdir / f"sink-{tag}.log",
+                                                     command=SINK))
+            roles["sink"] = [sink.pid]
         t0 = time.monotonic()
+        rig = RigCpu({**roles, "broker": [broker.pid], "influxd+proxy": [influx.server.proc.pid, influx.proxy.pid],
+                      "replay (bench)": [os.getpid()]})
         wait_assigned(workers, settings, args.partitions, args.warmup_timeout)
         _warm_up(workers, settings, stats, recording, args)
         log(f"[{translator}] {len(workers)} worker(s) warm after {time.monotonic() - t0:.1f} s")
         for n in args.beds:
-            res = run_step(n, workers, settings, stats, recording, args)
+            res = run_step(n, workers, settings, stats, recording, args, rig)
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
                 f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
                 f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}\n"
-                f"        {cpu_line(res.cpu, res.wall_s, len(workers))}")
+                f"        {cpu_line(res.cpu, res.wall_s, len(workers))}\n"
+                f"        {RigCpu.line(res.rig, res.wall_s)}")
             if not res.sustained and not args.full_ramp:
                 break
     return results
@@ -269,7 +345,7 @@ def _warm_up(workers: list[WorkerProcess], settings: list[Settings], stats: list
 
 
 def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], stats: list[Path], recording,
-             args) -> StepResult:
+             args, rig: RigCpu | None = None) -> StepResult:
     """One step of the ramp: `n` beds replayed at `args.speed`, every message waited for, latency over the steady
     state (a bed's first window must fill before anything is written, and its last one is closed by the idle
     flush: both are start/stop effects), and whether the step was sustained."""
@@ -277,6 +353,7 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
 
     prefix = f"n{n:03d}-"
     cpu0 = scrape_cpu(settings)
+    rig0 = rig.snapshot() if rig is not None else None
     wall0 = time.time()
     st = replay([recording], settings[0].bootstrap_servers[0], ReplayOptions(
         topic=settings[0].topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed, duration_s=args.duration,
@@ -286,6 +363,7 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
     drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
     rows = wait_written(workers, stats, prefix, st.chunks, drain_s)
     wall = time.time() - wall0
+    rig1 = rig.snapshot() if rig is not None else None
     cpu1 = scrape_cpu(settings)
     cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
     head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
@@ -304,7 +382,8 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
         translator=settings[0].translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
         written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
         replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
-        sustained=not why, why="; ".join(why), cpu=cpu)
+        sustained=not why, why="; ".join(why), cpu=cpu,
+        rig=None if rig is None else RigCpu.delta(rig0, rig1))
 
 
 def sustained(results: list[StepResult]) -> float:
@@ -404,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resample", default="", metavar="SIGNAL=HZ,...",
                    help="send these signals at a lower rate, e.g. PLETH=25: a 25 Hz PPG gets super-resolution too")
     p.add_argument("--workers", type=int, default=1, help="worker processes in one consumer group")
+    p.add_argument("--influx-sink", choices=("worker", "separate"), default="worker",
+                   help="WAVEBRIDGE_INFLUX_SINK: InfluxDB written in each worker, or by one `wavebridge sink` process")
     p.add_argument("--threads", type=int, default=0,
                    help="OMP_NUM_THREADS / MKL_NUM_THREADS of each worker (torch's CPU threads); 0: torch's default")
     p.add_argument("--max-p99-s", type=float, default=5.0, help="p99 latency bound (wall seconds) for 'sustained'")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def benchmark(name: str):
     """The script benchmarks/<name>.py as a module (benchmarks/ is not a package), loaded anew on each call."""
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -103,15 +105,22 @@ class InfluxHandle:
         self.proxy.set_down(down, mode)
 
 
-@pytest.fixture(scope="session")
-def influx(tmp_path_factory) -> InfluxHandle:
-    from tests.support.influx import influxd_path, start_influxdb
-    from tests.support.influx_proxy import influx_v2_proxy
+def require_influxd() -> None:
+    """Skip the calling test when `influxd` is not on PATH; fail it instead under CI, which must not skip."""
+    from tests.support.influx import influxd_path
 
     if influxd_path() is None:
         if os.environ.get("WAVEBRIDGE_CI"):
             pytest.fail("influxd is not on PATH but WAVEBRIDGE_CI is set: CI must not skip InfluxDB tests")
         pytest.skip("influxd (InfluxDB 1.x) is not on PATH; `./dev.sh test` installs it (apt-get install influxdb)")
+
+
+@pytest.fixture(scope="session")
+def influx(tmp_path_factory) -> InfluxHandle:
+    from tests.support.influx import start_influxdb
+    from tests.support.influx_proxy import influx_v2_proxy
+
+    require_influxd()
     server = start_influxdb(tmp_path_factory.mktemp("influxdb"))
     proxy = influx_v2_proxy(server.url)
     yield InfluxHandle(url=proxy.url, v1_url=server.url, server=server, proxy=proxy)

@@ -114,6 +114,11 @@ class EmbeddedBroker:
         """`host:port` for Kafka clients."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs, else None."""
+        return None if self._proc is None else self._proc.pid
+
     def command(self) -> list[str]:
         """The Tansu command line."""
         url = f"tcp://{self.host}:{self.port}"

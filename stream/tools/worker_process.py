@@ -84,8 +84,13 @@ def worker_environment(settings: Settings, base: Mapping[str, str] | None = None
     return env
 
 
+WORKER = ("stream.app", "worker")  # `python -m` arguments of a worker
+SINK = ("stream.influxsink",)  # of the InfluxDB sink agent on its own (`WAVEBRIDGE_INFLUX_SINK=separate`)
+
+
 class WorkerProcess:
-    """`python -m stream.app worker` as a child, output to `log_path`, in its own session.
+    """`python -m stream.app worker` (or another of the service's commands) as a child, output to `log_path`, in its
+    own session.
 
     Its own session: a terminal's Ctrl-C reaches only the parent, which stops the child in order, and a stop
     reaches the whole process group (Faust may start helpers). The child dies with the parent
@@ -101,9 +106,13 @@ class WorkerProcess:
         Append to `log_path` (several workers of one test writing one file) instead of truncating it.
     cwd : Path, optional
         The child's working directory (default: this process's).
+    command : tuple of str
+        What `python -m` runs: `WORKER` (default) or `SINK`.
     """
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, append: bool = False, cwd: Path | None = None):
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, append: bool = False, cwd: Path | None = None,
+                 command: tuple[str, ...] = WORKER):
+        self.command = tuple(command)
         self.env = dict(env)
         self.log_path = Path(log_path)
         self.append = append
@@ -114,7 +123,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         """Start the child; returns self."""
         self._log = open(self.log_path, "ab" if self.append else "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream.app", "worker"], cwd=self.cwd, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", *self.command], cwd=self.cwd, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True, preexec_fn=die_with_parent)
         return self
@@ -134,7 +143,8 @@ class WorkerProcess:
     def check(self) -> None:
         """Raise RuntimeError, with the log's last lines, if the child exited or one of its agents crashed."""
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {self.proc.returncode}; last log lines:\n{self.log_tail()}")
+            raise RuntimeError(f"{' '.join(self.command)} exited with code {self.proc.returncode}; last log lines:\n"
+                               f"{self.log_tail()}")
         if self.proc is not None and AGENT_CRASHED in self.log_tail(200):
             raise RuntimeError(f"the worker's agent crashed; last log lines:\n{self.log_tail()}")
 

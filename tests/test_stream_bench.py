@@ -1,0 +1,52 @@
+"""benchmarks/stream_bench.py: the rig's CPU accounting, and one short step with a separate InfluxDB sink."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from operators.io.synthetic import synthesize, write_wfdb
+from tests.conftest import benchmark, require_influxd
+
+REPO = Path(__file__).resolve().parents[1]
+stream_bench = benchmark("stream_bench")
+
+
+def test_rig_cpu_counts_each_process_and_the_host_between_snapshots():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.6: pass\ntime.sleep(30)"])
+    try:
+        rig = stream_bench.RigCpu({"busy child": [child.pid], "gone": [None], "me": [os.getpid()]})
+        before = rig.snapshot()
+        time.sleep(1.0)  # the child burns 0.6 s of CPU, then sleeps
+        after = rig.snapshot()
+    finally:
+        child.kill()
+        child.wait()
+    used = stream_bench.RigCpu.delta(before, after)
+    assert 0.3 <= used["busy child"] <= 1.0
+    assert used["me"] < 0.3  # this process slept
+    assert used["host"] >= used["busy child"] - 0.05  # the host's count holds every process's
+    assert used["gone"] != used["gone"]  # a role without a process is NaN, never 0
+    line = stream_bench.RigCpu.line(used, 1.0)
+    assert line.startswith("host CPU ") and "busy child" in line and f"({os.cpu_count()} cores)" in line
+
+
+def test_one_step_with_a_separate_sink_writes_every_message_and_reports_the_rig(tmp_path):
+    require_influxd()
+    record = write_wfdb(synthesize(seconds=40), tmp_path, "synthetic")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stream_bench.py"), "--record", str(record),
+                           "--translator", "passthrough", "--baseline", "", "--beds", "2", "--speed", "4",
+                           "--duration", "24", "--influx-sink", "separate", "--memory-beds", "2", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    step = json.loads((out / "stream_bench.json").read_text())["steps"]["passthrough"][0]
+    assert step["sent"] > 0 and step["written"] == step["sent"]
+    assert set(step["rig"]) == {"workers", "sink", "broker", "influxd+proxy", "replay (bench)", "host"}
+    assert step["rig"]["workers"] > 0 and step["rig"]["sink"] > 0 and step["rig"]["host"] >= step["rig"]["workers"]
+    assert step["cpu"].get("influx_write", 0.0) == 0.0  # the worker wrote no InfluxDB itself
+    assert "host CPU" in proc.stdout and "sink" in proc.stdout
