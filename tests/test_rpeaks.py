@@ -133,3 +133,41 @@ def test_bidmc_lead_ii_heart_rate_matches_numerics():
         assert abs(hr_ppg - hr_ecg) <= 3.0, (name, hr_ppg, hr_ecg)
         checked += 1
     assert checked
+
+
+def _golden_windows():
+    """8 s windows of lead II and PLETH from four synthetic patients (45-130 bpm, little to much noise) at 25-500 Hz,
+    and noise with and without a NaN run: 500 windows."""
+    from operators.io.synthetic import synthesize
+
+    for seed, hr, noise in ((1, 60, 0.01), (2, 95, 0.05), (3, 130, 0.2), (4, 45, 0.02)):
+        rec = synthesize(seconds=60, seed=seed, mean_hr=hr, noise=noise)
+        for name in ("II", "PLETH"):
+            x = np.asarray(rec.signals[name], np.float64)
+            for rate in (25.0, 50.0, 125.0, 250.0, 500.0):
+                y = x if rate == rec.rate_hz else resample(x, rec.rate_hz, rate)
+                w, hop = int(8 * rate), int(5 * rate)
+                for s in range(0, len(y) - w + 1, hop):
+                    yield y[s:s + w], rate
+    rng = np.random.default_rng(0)
+    for rate in (25.0, 125.0, 500.0):
+        for _ in range(10):
+            yield rng.standard_normal(int(8 * rate)), rate
+            z = rng.standard_normal(int(8 * rate))
+            z[100:300] = np.nan
+            yield z, rate
+
+
+def test_detected_peaks_are_those_of_the_per_beat_loops_they_replaced():
+    """The vectorised decision rules (`_thresholding`, `_refine`) must pick exactly the peaks the per-beat Python
+    loops of 2ab84c0 picked: the digest below is of those loops' output on these windows (5,591 peaks). A change
+    of the detector that is meant to move peaks updates it, and says so in its commit."""
+    import hashlib
+
+    digest, n_windows, n_peaks = hashlib.sha256(), 0, 0
+    for x, rate in _golden_windows():
+        peaks = detect_rpeaks(x, rate)
+        digest.update(np.asarray(peaks, "<i8").tobytes() + b"|")
+        n_windows, n_peaks = n_windows + 1, n_peaks + len(peaks)
+    assert (n_windows, n_peaks) == (500, 5591)
+    assert digest.hexdigest() == "736bfdcdbb2f5904cd80b8136d89aa849937a6785eb3882dedffea6d67d7eae5"
