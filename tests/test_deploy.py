@@ -71,9 +71,9 @@ def compose(raw_compose) -> dict:
 
 def test_services_and_profiles(compose):
     services = compose["services"]
-    assert {"kafka", "kafka-init", "influxdb", "worker", "replay"} <= set(services)
+    assert {"kafka", "kafka-init", "influxdb", "worker", "sink", "replay"} <= set(services)
     assert services["replay"].get("profiles") == ["replay"]
-    assert all("profiles" not in services[s] for s in ("kafka", "kafka-init", "influxdb", "worker"))
+    assert all("profiles" not in services[s] for s in ("kafka", "kafka-init", "influxdb", "worker", "sink"))
 
 
 def test_kafka_is_single_node_kraft_with_internal_and_host_listeners(compose):
@@ -143,6 +143,27 @@ def test_worker_environment_configures_settings(compose, tmp_path):
     assert s.translator == DEFAULT_SPEC  # compose's default is the worker's own
     assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 9108)  # inside the container; no port published
     assert "ports" not in worker
+
+
+def test_the_sink_service_writes_influxdb_for_the_workers_with_their_settings(compose, tmp_path):
+    from stream.config import Settings
+
+    services = compose["services"]
+    sink, worker = services["sink"], services["worker"]
+    assert sink["command"] == ["sink"] and sink["build"] == worker["build"]
+    assert sink["depends_on"] == worker["depends_on"] and sink["volumes"] == worker["volumes"]
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    env = lambda svc: {**{k: str(v) for k, v in svc["environment"].items()}, "WAVEBRIDGE_INFLUX_TOKEN_FILE": str(token)}
+    w, k = Settings.from_env(env(worker)), Settings.from_env(env(sink))
+    assert w.influx_sink == "separate"  # the workers leave InfluxDB to it
+    # the same group of sinks, reading the topics the workers write, into the same bucket with the same token
+    for field in ("influx_sink_group", "topic_ecg_synth", "topic_sr", "topic_events", "topic_verdicts", "influx_url",
+                  "influx_org", "influx_bucket", "influx_token", "bootstrap_servers", "metrics_port"):
+        assert getattr(k, field) == getattr(w, field), field
+    scraped = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    names = [n for job in scraped["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]]
+    assert "sink" in names and "worker" in names
 
 
 def test_env_example_variables_are_real_and_valid(compose, tmp_path):
