@@ -15,8 +15,8 @@ timestamps, which InfluxDB overwrites instead of adding.
 Where each message type becomes points: `POINTS` (topic role -> message -> line protocol) and
 `topic_roles` (topic name -> role). A new message type meant for InfluxDB is one entry in each.
 
-By default the agent runs in the worker process (`WAVEBRIDGE_INFLUX_SINK=worker`), on a thread of its own with
-its own Kafka consumer: it shares nothing with the worker's event loop or compute thread. Any number of sink
+The compose stack runs it as the `sink` service; a worker with `WAVEBRIDGE_INFLUX_SINK=worker` (the variable's
+default) runs it in its process, on a thread of its own with its own Kafka consumer: it shares nothing with the worker's event loop or compute thread. Any number of sink
 agents may run; the group spreads the output topics' partitions over them.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 #!/bin/bash
-# One-shot of the compose service `influx-tokens`: a write-only token for the worker and a read-only one for
-# Grafana, both scoped to the wavebridge bucket, each written to the `tokens` volume as a file that only its
-# container's user can read (worker uid 10001, Grafana uid 472). The admin token never leaves InfluxDB and this
+# One-shot of the compose service `influx-tokens`: a write-only token for the wavebridge image (the `sink` service,
+# and workers that write InfluxDB themselves) and a read-only one for Grafana, both scoped to the wavebridge bucket,
+# each written to the `tokens` volume as a file that only its container's user can read (wavebridge uid 10001,
+# Grafana uid 472). The admin token never leaves InfluxDB and this
 # service. Idempotent: a token file that exists is kept.
 set -euo pipefail
 INFLUX_TOKEN="$(cat /run/secrets/influx_admin_token)"
@@ -25,5 +26,5 @@ make_token() {  # FILE UID PERMISSION-FLAG DESCRIPTION
   echo "influx-tokens: created $file ($what; readable by uid $uid only)"
 }
 
-make_token worker-write-token 10001 --write-bucket "wavebridge worker (write only)"
+make_token worker-write-token 10001 --write-bucket "wavebridge sink and workers (write only)"
 make_token grafana-read-token 472 --read-bucket "Grafana (read only)"
