@@ -18,7 +18,9 @@ stops at the first step that is not sustained. The same ramp with the `passthrou
 (decode, windowing: routing, quality, context selection and R-peaks, model: the translator call, publish, and the
 sink agent's influx_points and influx_write), then the CPU of every process of the rig and of the whole host: all of
 them share this machine's cores, so a failing step with the host's cores busy was the rig's limit, not only the
-worker's. The run starts with bytes of state per bed.
+worker's. After each step it waits for the InfluxDB sink to catch up (its lag on the output topics 0) and prints
+the points written and how long that took: reported, not part of "sustained", since InfluxDB never holds the alarm
+feed. The run starts with bytes of state per bed.
 
     python benchmarks/stream_bench.py                          # classic vs passthrough, ~5 min
     python benchmarks/stream_bench.py --beds 1,2,4,8 --speed 1 --duration 30 --translator clmt
@@ -78,6 +80,8 @@ class StepResult:
     why: str = ""
     cpu: dict | None = None  # seconds by stage over the step, and the worker process's CPU seconds
     rig: dict | None = None  # CPU seconds over the step of each process of the rig and of the whole host
+    influx_points: float = math.nan  # points the InfluxDB sink(s) wrote from the step's start until caught up
+    influx_catchup_s: float | None = None  # after the alarm feed had everything; None: not caught up in the wait
 
 
 # ------------------------------------------------------------------ services
@@ -190,6 +194,35 @@ def scrape_cpu(settings: list[Settings]) -> dict[str, float]:
     return out
 
 
+def scrape_influx(settings: list[Settings]) -> tuple[float, float]:
+    """(points written to InfluxDB, messages of the output topics not yet written) summed over the processes that
+    run a sink agent: the sink group's lag comes from the fetch responses' high watermark (stream.metrics)."""
+    points, lag = 0.0, 0.0
+    for s in settings:
+        outputs = {s.topic_ecg_synth, s.topic_sr, s.topic_events, s.topic_verdicts}
+        for sample in scrape(s):
+            if sample.name == "wavebridge_influx_points_written_total":
+                points += sample.value
+            elif sample.name == "wavebridge_consumer_lag_messages" and sample.labels.get("topic") in outputs:
+                lag += sample.value
+    return points, lag
+
+
+def wait_influx(settings: list[Settings], timeout_s: float) -> tuple[float, float | None]:
+    """Poll the sink agents until their lag on the output topics is 0 and their written points stop growing (two
+    polls a second apart); (points written so far, seconds waited), the seconds None after `timeout_s`."""
+    started = time.monotonic()
+    last = None
+    while True:
+        points, lag = scrape_influx(settings)
+        if lag == 0 and last == points:
+            return points, time.monotonic() - started - 1.0  # the stable poll's second does not count
+        if time.monotonic() - started > timeout_s:
+            return points, None
+        last = points if lag == 0 else None
+        time.sleep(1.0)
+
+
 def wait_assigned(workers: list[WorkerProcess], settings: list[Settings], partitions: int, timeout_s: float) -> None:
     """Until every input partition is assigned and every worker holds one (as far as there are partitions), so no
     step starts with a rebalance pending; RuntimeError after `timeout_s` seconds."""
@@ -228,26 +261,35 @@ def cpu_line(cpu: dict[str, float], wall_s: float, workers: int = 1) -> str:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _proc_cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of process `pid` (all its threads) from /proc, NaN when unreadable."""
-    if pid is None:
-        return math.nan
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of proc(5)
+def proc_cpu_s(stat: str) -> float:
+    """User + system CPU seconds (all threads) from the text of /proc/PID/stat (fields 14 and 15 of proc(5))."""
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _host_busy_s() -> float:
-    """CPU seconds the whole host spent not idle (all cores) since boot, NaN without /proc/stat."""
+def host_busy_s(stat: str) -> float:
+    """CPU seconds all cores spent working (user, nice, system, irq, softirq) from the text of /proc/stat: not idle,
+    not waiting for I/O, not stolen by a hypervisor; guest time is already inside user and nice."""
+    ticks = [int(v) for v in stat.splitlines()[0].split()[1:]]
+    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / _TICK
+
+
+def _read(path: str) -> str | None:
     try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return math.nan
-    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK  # minus idle and iowait
+        with open(path) as f:
+            return f.read()
+    except OSError:  # a process that ended, or no /proc
+        return None
+
+
+def _proc_cpu_now(pid: int | None) -> float:
+    text = None if pid is None else _read(f"/proc/{pid}/stat")
+    return math.nan if text is None else proc_cpu_s(text)
+
+
+def _host_busy_now() -> float:
+    text = _read("/proc/stat")
+    return math.nan if text is None else host_busy_s(text)
 
 
 class RigCpu:
@@ -263,8 +305,8 @@ class RigCpu:
 
     def snapshot(self) -> dict[str, float]:
         """Cumulative CPU seconds per role and of the host ("host")."""
-        snap = {role: sum(_proc_cpu_s(pid) for pid in pids) for role, pids in self.roles.items()}
-        snap["host"] = _host_busy_s()
+        snap = {role: sum(_proc_cpu_now(pid) for pid in pids) for role, pids in self.roles.items()}
+        snap["host"] = _host_busy_now()
         return snap
 
     @staticmethod
@@ -306,25 +348,31 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
                                                      workdir / f"worker-{tag}-w{i}.log"))
                    for i, s in enumerate(settings)]
         roles = {"workers": [w.pid for w in workers]}
+        watched, writers = list(workers), list(settings)  # processes that must stay up; those that write InfluxDB
         if args.influx_sink == "separate":  # one `wavebridge sink` for the group, on a metrics port of its own
             sink_settings = dataclasses.replace(settings[0], metrics_port=free_port(), stats_file=None)
             sink = stack.enter_context(WorkerProcess(worker_environment(sink_settings), workdir / f"sink-{tag}.log",
                                                      command=SINK))
             roles["sink"] = [sink.pid]
+            watched, writers = watched + [sink], [sink_settings]
         t0 = time.monotonic()
         rig = RigCpu({**roles, "broker": [broker.pid], "influxd+proxy": [influx.server.proc.pid, influx.proxy.pid],
                       "replay (bench)": [os.getpid()]})
         wait_assigned(workers, settings, args.partitions, args.warmup_timeout)
-        _warm_up(workers, settings, stats, recording, args)
+        _warm_up(watched, settings, stats, recording, args)
         log(f"[{translator}] {len(workers)} worker(s) warm after {time.monotonic() - t0:.1f} s")
         for n in args.beds:
-            res = run_step(n, workers, settings, stats, recording, args, rig)
+            res = run_step(n, watched, settings, stats, recording, args, rig, writers)
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
                 f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
                 f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}\n"
                 f"        {cpu_line(res.cpu, res.wall_s, len(workers))}\n"
-                f"        {RigCpu.line(res.rig, res.wall_s)}")
+                f"        {RigCpu.line(res.rig, res.wall_s)}\n"
+                f"        InfluxDB: {res.influx_points:.0f} points, "
+                + (f"caught up {res.influx_catchup_s:.1f} s after the alarm feed had everything"
+                   if res.influx_catchup_s is not None
+                   else f"NOT caught up {args.influx_wait_s:g} s after the alarm feed"))
             if not res.sustained and not args.full_ramp:
                 break
     return results
@@ -345,14 +393,20 @@ def _warm_up(workers: list[WorkerProcess], settings: list[Settings], stats: list
 
 
 def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], stats: list[Path], recording,
-             args, rig: RigCpu | None = None) -> StepResult:
+             args, rig: RigCpu | None = None, writers: list[Settings] | None = None) -> StepResult:
     """One step of the ramp: `n` beds replayed at `args.speed`, every message waited for, latency over the steady
     state (a bed's first window must fill before anything is written, and its last one is closed by the idle
-    flush: both are start/stop effects), and whether the step was sustained."""
+    flush: both are start/stop effects), and whether the step was sustained.
+
+    `workers` are the processes that must stay up (a separate sink too), `settings` the workers'; `writers` those
+    of the processes whose sink agents write InfluxDB (default: the workers). Sustained means the alarm feed kept
+    up; InfluxDB follows on its own and is reported (points, catch-up time), not counted in it."""
+    writers = settings if writers is None else writers
     from stream.tools.publisher import ReplayOptions, replay
 
     prefix = f"n{n:03d}-"
     cpu0 = scrape_cpu(settings)
+    points0 = scrape_influx(writers)[0]
     rig0 = rig.snapshot() if rig is not None else None
     wall0 = time.time()
     st = replay([recording], settings[0].bootstrap_servers[0], ReplayOptions(
@@ -365,6 +419,7 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
     wall = time.time() - wall0
     rig1 = rig.snapshot() if rig is not None else None
     cpu1 = scrape_cpu(settings)
+    points1, catchup = wait_influx(writers, args.influx_wait_s)
     cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
     head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
     tail_cut_ms = replay_end_ms - (WINDOW_S / args.speed) * 1000.0 - 1000.0
@@ -383,7 +438,8 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
         written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
         replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
         sustained=not why, why="; ".join(why), cpu=cpu,
-        rig=None if rig is None else RigCpu.delta(rig0, rig1))
+        rig=None if rig is None else RigCpu.delta(rig0, rig1), influx_points=points1 - points0,
+        influx_catchup_s=catchup)
 
 
 def sustained(results: list[StepResult]) -> float:
@@ -492,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-timeout", type=float, default=180.0, help="seconds to wait for the warm-up bed")
     p.add_argument("--drain-s", type=float, default=None,
                    help="wait this long after a step's replay for all messages (default idle flush + p99 bound + 10 s)")
+    p.add_argument("--influx-wait-s", type=float, default=60.0,
+                   help="after each step, wait this long for InfluxDB to catch up (reported, not part of 'sustained')")
     p.add_argument("--full-ramp", action="store_true", help="continue the ramp after the first failing step")
     p.add_argument("--memory-beds", type=int, default=50, help="beds for the in-process bytes-per-bed measurement")
     p.add_argument("--memory-translator", default="passthrough",

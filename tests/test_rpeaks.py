@@ -165,9 +165,15 @@ def test_detected_peaks_are_those_of_the_per_beat_loops_they_replaced():
     import hashlib
 
     digest, n_windows, n_peaks = hashlib.sha256(), 0, 0
+    n_samples, weighted_sum, energy = 0, 0.0, 0.0  # the inputs' fingerprint: did the windows or the detector change?
     for x, rate in _golden_windows():
         peaks = detect_rpeaks(x, rate)
         digest.update(np.asarray(peaks, "<i8").tobytes() + b"|")
         n_windows, n_peaks = n_windows + 1, n_peaks + len(peaks)
-    assert (n_windows, n_peaks) == (500, 5591)
+        n_samples, weighted_sum = n_samples + len(x), weighted_sum + float(np.nansum(x) * rate)
+        energy += float(np.nansum(np.square(x)))
+    assert (n_windows, n_samples) == (500, 772800)
+    assert weighted_sum == pytest.approx(50651817.22487309, rel=1e-9)
+    assert energy == pytest.approx(177048.3173470961, rel=1e-9)
+    assert n_peaks == 5591
     assert digest.hexdigest() == "736bfdcdbb2f5904cd80b8136d89aa849937a6785eb3882dedffea6d67d7eae5"

@@ -157,7 +157,8 @@ def test_the_worker_object_holds_its_runtimes_and_nothing_is_hung_on_the_faust_a
     assert without_alarms.alarms is None and without_alarms.topics == ["in", "synth", "sr", "ev", "dlq", "pr"]
 
 
-@pytest.mark.parametrize("level, expected", [("warn", logging.WARNING), ("error", logging.ERROR), ("info", logging.INFO)])
+@pytest.mark.parametrize("level, expected",
+                         [("warn", logging.WARNING), ("error", logging.ERROR), ("info", logging.INFO)])
 def test_the_faust_worker_leaves_the_root_logger_at_the_level_asked_for(tmp_path, level, expected):
     """Stock Faust sets the root logger to DEBUG at WARN and above (for its terminal spinner), so every debug call of
     aiokafka and Faust builds a record nobody prints: the worker's Faust worker class must not."""
@@ -171,7 +172,8 @@ def test_the_faust_worker_leaves_the_root_logger_at_the_level_asked_for(tmp_path
     root = logging.getLogger()
     saved = root.level, list(root.handlers)
     try:
-        for cls, want in ((app.conf.Worker, expected), (faust.Worker, logging.DEBUG if expected >= logging.WARNING else expected)):
+        stock = logging.DEBUG if expected >= logging.WARNING else expected
+        for cls, want in ((app.conf.Worker, expected), (faust.Worker, stock)):
             worker = cls(app, loglevel=level, loop=asyncio.new_event_loop())
             worker._setup_logging()
             assert root.level == want, cls  # the stock class shows what the test would catch

@@ -116,7 +116,7 @@ class EmbeddedBroker:
 
     @property
     def pid(self) -> int | None:
-        """The broker process's id while it runs, else None."""
+        """The broker process's id once started (until `stop`), else None."""
         return None if self._proc is None else self._proc.pid
 
     def command(self) -> list[str]:

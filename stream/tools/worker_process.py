@@ -146,7 +146,7 @@ class WorkerProcess:
             raise RuntimeError(f"{' '.join(self.command)} exited with code {self.proc.returncode}; last log lines:\n"
                                f"{self.log_tail()}")
         if self.proc is not None and AGENT_CRASHED in self.log_tail(200):
-            raise RuntimeError(f"the worker's agent crashed; last log lines:\n{self.log_tail()}")
+            raise RuntimeError(f"the agent of {' '.join(self.command)} crashed; last log lines:\n{self.log_tail()}")
 
     def log(self) -> str:
         """The whole log so far ('' when unreadable)."""
