@@ -198,7 +198,8 @@ class SignalRing:
             q.append((start_ns, rate_hz, np.asarray(chunk.samples, dtype=np.float32)))
             # a running maximum: the chunk ending newest is never the one dropped, so it equals the max over q
             ends = self._newest[chunk.bed_id]
-            newest = ends[chunk.signal] = max(ends.get(chunk.signal, start_ns), _end_ns(start_ns, rate_hz, len(chunk.samples)))
+            end = _end_ns(start_ns, rate_hz, len(chunk.samples))
+            newest = ends[chunk.signal] = max(ends.get(chunk.signal, start_ns), end)
             while q and _end_ns(q[0][0], q[0][1], len(q[0][2])) < newest - self.keep_ns:
                 q.popleft()
 

@@ -16,8 +16,9 @@ Where each message type becomes points: `POINTS` (topic role -> message -> line 
 `topic_roles` (topic name -> role). A new message type meant for InfluxDB is one entry in each.
 
 The compose stack runs it as the `sink` service; a worker with `WAVEBRIDGE_INFLUX_SINK=worker` (the variable's
-default) runs it in its process, on a thread of its own with its own Kafka consumer: it shares nothing with the worker's event loop or compute thread. Any number of sink
-agents may run; the group spreads the output topics' partitions over them.
+default) runs it in its process, on a thread of its own with its own Kafka consumer: it shares nothing with the
+worker's event loop or compute thread. Any number of sink agents may run; the group spreads the output topics'
+partitions over them.
 """
 from __future__ import annotations
 
