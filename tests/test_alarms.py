@@ -553,3 +553,71 @@ def test_the_synthesized_ecg_does_not_vote_twice_for_its_pleth():
              _evidence(core.SYNTH, "synth", contradicts=0.0)]
     assert core.fuse(core.TACHY, "realtime", chans, 0.6, (-16.0, 0.0)).false_score == 1.0
     assert core.fuse(core.TACHY, "realtime", chans[:1] + [_evidence("V", "ecg")], 0.6, (-16.0, 0.0)).false_score == 0.0
+
+
+def _triangles(x, from_s, width_s, amp, period_s, rate_hz=RATE):
+    """`x` with a triangle `width_s` wide and `amp` high added every `period_s` from `from_s`: a periodic
+    non-cardiac artifact (pacing spikes, electrical interference) that a beat detector takes for beats."""
+    out = np.asarray(x, dtype=np.float64).copy()
+    w = max(1, int(width_s * rate_hz))
+    tri = np.concatenate([np.linspace(0, 1, w // 2 + 1), np.linspace(1, 0, w // 2 + 1)[1:]]) * amp
+    for k in range(int(from_s * rate_hz), len(out) - len(tri), int(period_s * rate_hz)):
+        out[k:k + len(tri)] += tri
+    return out
+
+
+def test_an_artifact_unlike_the_patients_beat_does_not_refute_asystole_at_any_rate(clean):
+    """A true asystole with a slow periodic artifact on lead II (a 150 ms triangle every 1.2 s: 50/min, far below
+    a VT rate, so its "beats" never make a run): beats unlike the patient's usual beat are no heartbeat."""
+    sig = _stop_heart(clean, ONSET_S - 20.0, np.random.default_rng(0))
+    amp = float(np.percentile(clean["II"], 99.5) - np.median(clean["II"]))
+    sig["II"] = _triangles(sig["II"], ONSET_S - 15.7, 0.15, amp, 1.2)
+    for mode in core.MODES:
+        v = core.verify_alarm(core.ASYSTOLE, sig, _rates(sig), ONSET_S, mode=mode, wait_s=5.0)
+        ii = v.channels[0]
+        assert ii.quality == "good" and ii.max_gap_s < 2.0 and ii.beat_shapes.count("v") > 10, ii.to_dict()
+        assert ii.contradicts == 0.0 and v.keep_alarm, (mode, v.reason, ii.to_dict())
+
+
+def test_a_spike_train_on_ventricular_fibrillation_does_not_refute_it(clean):
+    """A true VF (a fast irregular wave, no pulse) with 20 ms spikes every second on lead II (pacing spikes
+    continuing through the VF): the lead grades good and shows 60/min "beats", all unlike the usual beat."""
+    rng = np.random.default_rng(0)
+    sig = _stop_heart(clean, ONSET_S - 20.0, rng)
+    i = int((ONSET_S - 20.0) * RATE)
+    t = np.arange(len(sig["II"]) - i) / RATE
+    sig["II"][i:] += 0.3 * np.sin(2 * np.pi * 4.5 * t + 2 * np.sin(2 * np.pi * 0.3 * t))
+    amp = float(np.percentile(clean["II"], 99.5) - np.median(clean["II"]))
+    sig["II"] = _triangles(sig["II"], ONSET_S - 15.7, 0.02, 2.0 * amp, 1.0)
+    for mode in core.MODES:
+        v = core.verify_alarm(core.VFIB, sig, _rates(sig), ONSET_S, mode=mode, wait_s=5.0)
+        ii = v.channels[0]
+        assert ii.quality == "good" and ii.max_gap_s < 1.5, ii.to_dict()
+        assert ii.contradicts == 0.0 and v.keep_alarm, (mode, v.reason, ii.to_dict())
+
+
+def test_beats_unlike_the_usual_one_or_each_other_are_an_artifact():
+    assert not core._is_artifact({1: "n", 2: "n", 3: "v"}, 1.0)
+    assert core._is_artifact({1: "n", 2: ".", 3: "v"}, 1.0)  # mostly unlike the usual beat
+    assert core._is_artifact({1: "n", 2: "n", 3: "n"}, 0.25)  # each unlike the one before
+    assert core._is_artifact({}, 0.0) and not core._is_artifact({}, None)  # no usual beat learnt: each other only
+    args = dict(n_beats=12, gap=1.2, hr5=(50.0, 50.0), hr17max=None, abnormal=1, win_len_s=16.0, median_rr=1.2)
+    for t in (core.ASYSTOLE, core.VFIB):
+        assert core._judge(t, "ecg", **args)[0] == 1.0
+        assert core._judge(t, "ecg", **args, artifact=True)[0] == 0.0
+        assert core._judge(t, "pulse", **args, artifact=True)[0] == 1.0  # the rule is about ECG shapes
+
+
+@pytest.mark.parametrize("name, width_s, amp_mv, period_s, from_s", [
+    ("f545l", 0.02, 2.0, 1.0, 230.0),  # the review's f545l_ecgspikes: pacing-like spikes through a true VF
+    ("a161l", 0.06, 1.0, 1.2, 284.3),  # a true asystole with a 50/min triangle artifact
+])
+def test_challenge_true_alarms_with_an_artifact_on_lead_ii_are_kept(challenge, name, width_s, amp_mv, period_s, from_s):
+    rec = core.read_challenge_record(challenge / name)
+    assert rec.label is True
+    fs = rec.rates_hz["II"]
+    sig = dict(rec.signals)
+    sig["II"] = _triangles(sig["II"], from_s, width_s, amp_mv, period_s, fs)
+    for mode in core.MODES:
+        v = core.verify_alarm(rec.alarm_type, sig, rec.rates_hz, rec.onset_s, mode=mode)
+        assert v.keep_alarm, (name, mode, v.reason, next(c for c in v.channels if c.name == "II").to_dict())

@@ -15,7 +15,8 @@ system must treat `uncertain` as `true`.
 
 Per channel and alarm type (definitions of the Challenge, `../shared/data/README.md`):
 - asystole (no QRS for >= 4 s): contradicted by beats with no gap longer than ``ASYSTOLE_CONTRA_GAP_S``
-  and short against the channel's own beat interval;
+  and short against the channel's own beat interval, but not by an ECG lead whose beats are mostly unlike the
+  patient's usual beat or unlike each other (an artifact, at any rate: `LIKE_SHARE_MIN`);
 - extreme bradycardia (< 40 bpm for 5 consecutive beats): contradicted when the slowest 5 beats are fast;
   an ECG lead's support counts only as far as no other ECG lead contradicts (`LEAD_AGREEMENT`);
 - extreme tachycardia (> 140 bpm for 17 consecutive beats): contradicted when the fastest 17 are slow;
@@ -26,7 +27,8 @@ Per channel and alarm type (definitions of the Challenge, `../shared/data/README
   ABP) contradicts when its pulses stay regular through
   the window (`VT_PULSE_CV`): a ventricular run disturbs the pulse rhythm, noise on the ECG does not;
 - ventricular flutter/fibrillation (fibrillatory waveform >= 4 s): contradicted by regular beats or pulses
-  with no gap reaching 4 s (a fibrillating heart ejects nothing).
+  with no gap reaching 4 s (a fibrillating heart ejects nothing); as for asystole, not by an ECG lead whose
+  beats are an artifact.
 Each contradiction is a number in [0, 1] (graded near the threshold); it is weighed by the channel's quality
 score, the strongest support is subtracted, and the result (`false_score`) is compared with a per-type
 threshold (`VerifierConfig.false_threshold`; the evaluation fits it on training folds only).
@@ -80,6 +82,11 @@ RETRO_POST_S = 10.0  # retrospective: the window reaches this far past the onset
 BLOCK_S = 4.0  # quality is graded per block of this length inside the window
 ASYSTOLE_CONTRA_GAP_S = 3.0  # a channel's longest beat-free gap below this (graded over 1 s) contradicts
 ASYSTOLE_MAX_ABNORMAL = 2  # an ECG lead with a longer run of unusual beats does not contradict an asystole
+# An ECG lead vouches against an asystole or a VF only when at least this share of its judged beats is shaped like
+# the patient's usual beat ("n") and at least this share is shaped like the beat before it: "beats" that are mostly
+# unlike the patient's own, or unlike each other, are an artifact (pacing spikes, electrical or motion artifact)
+# that the detector takes for beats, at any rate; they say nothing about the heart (not fitted: a majority).
+LIKE_SHARE_MIN = 0.5
 VF_CONTRA_GAP_S = 2.5  # a fibrillating heart ejects nothing: pulses this close together throughout contradict
 SYNTH_PULSE_S = (0.1, 1.2)  # a synthesized beat counts when a PLETH pulse follows it this soon (s)
 ABNORMAL_CORR = 0.5  # a beat correlating less than this with the patient's earlier median beat is abnormal
@@ -302,11 +309,13 @@ def _bridged_runs(mask: np.ndarray, rate_hz: float, bridge_s: float) -> tuple[np
 
 
 def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: int, t1: int
-                          ) -> tuple[int | None, float | None, int | None, float | None, dict]:
+                          ) -> tuple[int | None, float | None, int | None, float | None, dict, float | None]:
     """(abnormal run, unexplained s, its first sample, the usual beat's half-amplitude width s, each judged beat's
-    shape by sample index) of an ECG lead in x[t0:t1] against the patient's usual beat (the median of the beats
-    before t0); None (and no shapes) without enough earlier beats. A beat's shape is "n" when it explains its
-    activity (see below), "v" when it is unlike the usual beat, "." otherwise.
+    shape by sample index, the share of judged beats shaped like the one before) of an ECG lead in x[t0:t1]
+    against the patient's usual beat (the median of the beats before t0); None (and no shapes) without enough
+    earlier beats, the share None with fewer than two judged beats. A beat's shape is "n" when it explains its
+    activity (see below), "v" when it is unlike the usual beat, "." otherwise; a beat is shaped like the one
+    before when they correlate at least RUN_CORR (whatever the rate).
 
     The abnormal run is the longest run of consecutive beats unlike that beat: shape correlating less than
     ABNORMAL_CORR with it, or a QRS wider than ABNORMAL_WIDTH times its width; a run continues only at a
@@ -321,26 +330,28 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
     lo, hi = int(round(0.12 * rate_hz)), int(round(0.2 * rate_hz))
     ok = beats[(beats - lo >= 0) & (beats + hi < len(x))]
     early, late = ok[ok < t0], ok[ok >= t0]
-    if len(early) < 5:
-        return None, None, None, None, {}
     # 1 Hz high-pass: beat shapes compared without baseline wander
     xh = sosfiltfilt(butter_sos(2, 1.0, "high", rate_hz), x) if len(x) > 30 else x
     seg = lambda i: xh[i - lo:i + hi]  # noqa: E731
+    centred = [s - s.mean() for s in (seg(i) for i in late)]
+    norms = [np.linalg.norm(s) for s in centred]
+    alike = (float(np.mean([_corr(centred[k], centred[k - 1], norms[k], norms[k - 1]) >= RUN_CORR
+                            for k in range(1, len(late))])) if len(late) >= 2 else None)
+    if len(early) < 5:
+        return None, None, None, None, {}, alike
     learnt = [seg(i) for i in early[-30:]]
     tpl = np.median(np.stack(learnt), axis=0)
     tpl = tpl - tpl.mean()
     width = float(np.median([_half_width(b, lo, rate_hz) for b in learnt]))
     if not np.any(tpl):
-        return None, None, None, None, {}
+        return None, None, None, None, {}, alike
     odd = np.zeros(len(late), dtype=bool)
     usual = np.zeros(len(late), dtype=bool)
     joins = np.zeros(len(late), dtype=bool)
     tpl_norm = np.linalg.norm(tpl)
     prev = prev_s = prev_norm = None
     for k, i in enumerate(late):
-        raw = seg(i)
-        s = raw - raw.mean()
-        s_norm = np.linalg.norm(s)
+        raw, s, s_norm = seg(i), centred[k], norms[k]
         corr = _corr(s, tpl, s_norm, tpl_norm)
         wide = _half_width(raw, lo, rate_hz) > ABNORMAL_WIDTH * width
         odd[k] = corr < ABNORMAL_CORR or wide
@@ -364,7 +375,7 @@ def _ventricular_evidence(x: np.ndarray, rate_hz: float, beats: np.ndarray, t0: 
         if (b - a) / rate_hz > longest and _rhythmic(xh, rate_hz, a, b, t0, t1):
             longest, first = float(b - a) / rate_hz, int(a)
     shapes = {int(i): "n" if u else "v" if o else "." for i, o, u in zip(late, odd, usual)}
-    return best, longest, first, width, shapes
+    return best, longest, first, width, shapes, alike
 
 
 def _corr(a: np.ndarray, b: np.ndarray, norm_a: float, norm_b: float) -> float:
@@ -399,13 +410,14 @@ def _clip01(v: float) -> float:
 def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr17max: float | None,
            abnormal: int | None, win_len_s: float, median_rr: float | None,
            rr_cv: float | None = None, unexplained_s: float | None = None,
-           usual_width_s: float | None = None) -> tuple[float, float]:
+           usual_width_s: float | None = None, artifact: bool = False) -> tuple[float, float]:
     """(contradicts, supports) of one channel for one alarm type (see module doc); `rr_cv` is the
     coefficient of variation of the window's beat intervals (None with fewer than VT_PULSE_MIN_BEATS),
-    `unexplained_s` an ECG lead's longest activity its usual beats do not explain (`_ventricular_evidence`)."""
+    `unexplained_s` an ECG lead's longest activity its usual beats do not explain (`_ventricular_evidence`),
+    `artifact` whether an ECG lead's judged beats are mostly unlike the usual beat or each other (`_is_artifact`)."""
     hr5min, hr5max = hr5
     if alarm_type == ASYSTOLE:
-        if n_beats < 3 or (kind == "ecg" and (abnormal or 0) > ASYSTOLE_MAX_ABNORMAL):
+        if n_beats < 3 or (kind == "ecg" and ((abnormal or 0) > ASYSTOLE_MAX_ABNORMAL or artifact)):
             return 0.0, _clip01(gap - 4.0)  # "beats" unlike the patient's own are likely noise
         # a pause: the longest gap is short in seconds and against the window's usual beat interval (also for a
         # pulse channel: without it the held-out true asystole a161l, pulses <= 1.8 s apart at 58 bpm, was
@@ -449,10 +461,19 @@ def _judge(alarm_type: str, kind: str, n_beats: int, gap: float, hr5: tuple, hr1
         if n_beats < 3:
             return 0.0, 0.0
         contra = _clip01((VF_CONTRA_GAP_S - gap) / 1.0)
-        if kind == "ecg" and ((abnormal is not None and abnormal >= VT_RUN) or (hr5max or 0.0) > 150.0):
-            contra = 0.0  # fast or abnormal complexes may be the flutter itself
+        if kind == "ecg" and ((abnormal is not None and abnormal >= VT_RUN) or (hr5max or 0.0) > 150.0 or artifact):
+            # fast or abnormal complexes may be the flutter itself; artifact "beats" hide it
+            contra = 0.0
         return contra, 0.0
     raise ValueError(f"unknown alarm type {alarm_type!r}")
+
+
+def _is_artifact(shapes: dict, alike: float | None) -> bool:
+    """Whether an ECG lead's judged beats are an artifact rather than the heart's: fewer than LIKE_SHARE_MIN of
+    them shaped like the patient's usual beat (`shapes`, "n"), or fewer than that share shaped like the beat
+    before them (`alike`). False when neither can be told (no usual beat learnt, fewer than two beats)."""
+    unusual = bool(shapes) and sum(v == "n" for v in shapes.values()) < LIKE_SHARE_MIN * len(shapes)
+    return unusual or (alike is not None and alike < LIKE_SHARE_MIN)
 
 
 class _BeatStats(NamedTuple):
@@ -481,12 +502,13 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     hr = float(60.0 / np.median(np.diff(beats_s))) if len(beats_s) >= 2 else None
     hr5 = _hr_extremes(beats_s, 5)
     hr17 = _hr_extremes(beats_s, 17)[1]
-    abnormal, unexplained, first, width, shapes = (_ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b)
-                                                   if kind == "ecg" else (None, None, None, None, {}))
+    abnormal, unexplained, first, width, shapes, alike = (
+        _ventricular_evidence(x, rate_hz, peaks[peaks < b], a, b) if kind == "ecg"
+        else (None, None, None, None, {}, None))
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
-                    None if hr is None else 60.0 / hr, rr_cv, unexplained, width)
+                    None if hr is None else 60.0 / hr, rr_cv, unexplained, width, _is_artifact(shapes, alike))
     return _BeatStats(gap, hr, hr5, hr17, abnormal, unexplained,
                       None if first is None else (first - onset_idx) / rate_hz, width, shapes, judged)
 
