@@ -10,6 +10,7 @@ an alarm names `bed_id` (spelled as in waveform chunks), `alarm_type`, `onset_ns
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,8 @@ import numpy as np
 
 from operators.processing import alarms as core
 from stream import wire
+
+log = logging.getLogger("wavebridge.alarms")
 
 VERSION = 1
 NS = 1_000_000_000
@@ -144,6 +147,32 @@ def verdict_lines(msg: dict) -> list[str]:
     fields = field_set({"alarm_id": msg["alarm_id"], "confidence": msg["confidence"], "false_score": msg["false_score"],
                       "keep_alarm": bool(msg["keep_alarm"]), "n_channels": len(msg["channels"]), "reason": msg["reason"]})
     return [f"{ALARM_VERDICT},{tags} {fields} {int(msg['onset_ns'])}"]
+
+
+def judging_failed(alarm_type: str, mode: str, config: core.VerifierConfig, wait_s: float,
+                   error: str) -> core.AlarmVerdict:
+    """The `uncertain` verdict (keep the alarm) of an alarm whose judging raised `error` (one line, bounded).
+
+    Parameters
+    ----------
+    alarm_type, mode : str
+        What was being verified.
+    config : operators.processing.alarms.VerifierConfig
+        For the threshold and window the verdict reports.
+    wait_s : float
+        Seconds waited after the onset (0 in real time).
+    error : str
+        The error, as "Type: message".
+    """
+    post = min(wait_s, config.retro_post_s) if mode == "retrospective" else 0.0
+    return core.AlarmVerdict(alarm_type, mode, "uncertain", 0.0, 0.0, config.threshold(alarm_type),
+                             (-config.pre_s, post), (), f"judging failed: {_bounded(error)}")
+
+
+def _bounded(text: str, limit: int = 200) -> str:
+    """`text` on one line, cut to `limit` characters (a rejected value may be megabytes long)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------- per-bed signal ring
@@ -331,6 +360,10 @@ class AlarmJudge:
     def judge(self, p: _Pending) -> dict:
         """The verdict message for one alarm, from the ring (runs the verifier: call off the event loop).
 
+        An unexpected error while judging gives an `uncertain` verdict (keep the alarm) whose reason names the
+        error, logged once with its traceback: one bed's odd data must not cost the other beds their verdicts
+        (the worker would crash and lose them).
+
         Parameters
         ----------
         p : pending alarm
@@ -339,13 +372,18 @@ class AlarmJudge:
         cfg = self.config
         a = p.alarm
         wait = self.wait_s if p.mode == "retrospective" else 0.0
-        t0 = a.onset_ns - int((cfg.pre_s + cfg.learn_s) * NS)
-        signals, rates = self.ring.snapshot(a.bed_id, t0, p.need_ns)
-        onset_s = (a.onset_ns - t0) / NS
-        if self.translator is not None and "synth" in cfg.channels:
-            signals, rates = core.add_synthesized_ecg(signals, rates, self.translator, onset_s, mode=p.mode,
-                                                      wait_s=wait, config=cfg)
-        v = core.verify_alarm(a.alarm_type, signals, rates, onset_s, mode=p.mode, wait_s=wait, config=cfg)
+        try:
+            t0 = a.onset_ns - int((cfg.pre_s + cfg.learn_s) * NS)
+            signals, rates = self.ring.snapshot(a.bed_id, t0, p.need_ns)
+            onset_s = (a.onset_ns - t0) / NS
+            if self.translator is not None and "synth" in cfg.channels:
+                signals, rates = core.add_synthesized_ecg(signals, rates, self.translator, onset_s, mode=p.mode,
+                                                          wait_s=wait, config=cfg)
+            v = core.verify_alarm(a.alarm_type, signals, rates, onset_s, mode=p.mode, wait_s=wait, config=cfg)
+        except Exception as exc:  # noqa: BLE001 - any failure of one alarm's judging: see the docstring
+            log.error("alarm %s (%s, bed %s) could not be judged; verdict uncertain", a.alarm_id, a.alarm_type,
+                      a.bed_id, exc_info=True)
+            v = judging_failed(a.alarm_type, p.mode, cfg, wait, f"{type(exc).__name__}: {exc}")
         return verdict_message(a, v, wait, self.ring.newest_ns(a.bed_id))
 
 

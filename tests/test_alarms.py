@@ -271,6 +271,67 @@ def test_judge_without_data_is_uncertain():
     assert msg["verdict"] == "uncertain" and msg["keep_alarm"] and msg["data_until_ns"] is None
 
 
+def _slow(x, rate_hz):
+    """`x` (at RATE) resampled to `rate_hz` by picking samples."""
+    return np.asarray(x)[::int(round(RATE / rate_hz))]
+
+
+@pytest.mark.parametrize("rates", [{"II": 2.0, "PLETH": 1.0}, {"II": 1.0}, {"PLETH": 1.0}, {"II": 2.0, "ABP": 2.0}])
+def test_a_channel_too_slow_to_analyse_is_reported_unusable_not_judged(clean, rates):
+    """The wire allows 1 Hz: such a channel raised inside the R-peak detector's filter (and crashed the worker)."""
+    import jsonschema
+
+    sig = {k: _slow(clean["PLETH" if k == "ABP" else k], r) for k, r in rates.items()}
+    for mode in core.MODES:
+        v = core.verify_alarm(core.ASYSTOLE, sig, rates, ONSET_S, mode=mode)
+        assert v.verdict == "uncertain" and v.keep_alarm, v.reason
+        assert sorted(c.name for c in v.channels) == sorted(rates)
+        for c in v.channels:
+            assert c.quality == "unusable" and c.reason.startswith(core.RATE_TOO_LOW) and f"{rates[c.name]:g} Hz" in c.reason
+            assert c.contradicts == 0.0 and c.supports == 0.0
+        msg = sa.verdict_message(sa.parse_alarm(GOOD_ALARM), v, 0.0, None)
+        jsonschema.validate(json.loads(json.dumps(msg)), _schema("verdict.schema.json"))
+
+
+def test_a_slow_channel_leaves_the_others_judged(clean, classic):
+    sig = {"II": clean["II"], "PLETH": _slow(clean["PLETH"], 1.0)}
+    rates = {"II": RATE, "PLETH": 1.0}
+    sig2, rates2 = core.add_synthesized_ecg(sig, rates, classic, ONSET_S)
+    assert core.SYNTH not in sig2  # no II_SYNTH from a PLETH too slow to analyse
+    v = core.verify_alarm(core.ASYSTOLE, sig2, rates2, ONSET_S)
+    assert v.verdict == "false" and v.reason.startswith("II ")
+    assert next(c for c in v.channels if c.name == "PLETH").reason.startswith(core.RATE_TOO_LOW)
+
+
+def test_judge_turns_an_unexpected_error_into_an_uncertain_verdict(clean, monkeypatch, caplog):
+    """One alarm's failure must not crash the worker (and lose the other beds' verdicts): uncertain, error named."""
+    import jsonschema
+
+    ring = sa.SignalRing(keep_s=120.0)
+    for c in _chunks(clean, "bed-1"):
+        ring.add(c)
+    judge = sa.AlarmJudge(ring, mode="realtime", wait_s=5.0, grace_s=2.0)
+    onset = T0 + int(ONSET_S * 1e9)
+    judge.submit(sa.parse_alarm({**GOOD_ALARM, "bed_id": "bed-1", "onset_ns": onset}), now=0.0)
+    judge.submit(sa.parse_alarm({**GOOD_ALARM, "bed_id": "bed-1", "onset_ns": onset, "alarm_id": "r",
+                                 "mode": "retrospective"}), now=0.0)
+    bad, retro = judge.due(now=10.0)
+
+    def boom(*args, **kwargs):
+        raise ValueError("x" * 100_000)
+
+    monkeypatch.setattr(core, "verify_alarm", boom)
+    with caplog.at_level("ERROR", logger="wavebridge.alarms"):
+        msg = judge.judge(bad)
+        msg_r = judge.judge(retro)
+    assert msg["verdict"] == "uncertain" and msg["keep_alarm"] and msg["channels"] == []
+    assert msg["reason"].startswith("judging failed: ValueError: xxx") and len(msg["reason"]) < 300
+    assert msg["window_s"] == [-16.0, 0.0] and msg_r["window_s"] == [-16.0, 5.0]
+    jsonschema.validate(json.loads(json.dumps(msg)), _schema("verdict.schema.json"))
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all(r.exc_info for r in errors) and "m-17" in errors[0].getMessage()
+
+
 # ---------------------------------------------------------------- CLI and Challenge records
 
 

@@ -116,6 +116,11 @@ EXPLAINED_S = (0.15, 0.5)  # a usual beat accounts for the activity this long be
 # first value contradicts a VT fully, graded to nothing at the second (not fitted: physiology).
 VT_PULSE_CV = (0.05, 0.10)
 VT_PULSE_MIN_BEATS = 6  # pulses in the window needed to measure their regularity (5 intervals)
+# Lowest sample rate a channel kind is analysed at (the wire allows 1 Hz): the R-peak detector's filters work from
+# 25 Hz up (a QRS lasts ~0.1 s), the pulse detector's 0.5-8 Hz band needs more than 16 Hz. A slower channel is
+# reported as unusable with reason RATE_TOO_LOW, never analysed.
+MIN_RATE_HZ = {"ecg": 25.0, "synth": 25.0, "pulse": 20.0}
+RATE_TOO_LOW = "rate_too_low"
 
 
 def parse_alarm_type(name: str) -> str:
@@ -587,7 +592,8 @@ def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str
                         onset_s: float, *, mode: str = "realtime", wait_s: float = 30.0,
                         config: VerifierConfig | None = None) -> tuple[dict, dict]:
     """Copies of `signals`/`rates_hz` with `II_SYNTH` drawn from PLETH over the span `verify_alarm` reads (NaN
-    elsewhere), using the simultaneous lead II there as the patient's context. Unchanged without PLETH.
+    elsewhere), using the simultaneous lead II there as the patient's context. Unchanged without PLETH or with PLETH
+    below `MIN_RATE_HZ` (too slow to analyse).
 
     Parameters
     ----------
@@ -601,6 +607,8 @@ def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str
         return sig, rates
     cfg = config or VerifierConfig()
     fs = float(rates["PLETH"])
+    if not fs >= MIN_RATE_HZ["synth"]:
+        return sig, rates  # verify_alarm would not analyse it
     x = np.asarray(sig["PLETH"], dtype=np.float64)
     start = max(0, int(round((onset_s - cfg.pre_s - cfg.learn_s) * fs)))
     stop = min(len(x), int(round((onset_s + (wait_s if mode == "retrospective" else 0.0)) * fs)))
@@ -629,7 +637,8 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
         One of ALARM_TYPES (any spelling `parse_alarm_type` accepts).
     signals, rates_hz : mapping
         Channel name -> samples (sample 0 at time 0 s) and its rate. ECG leads, PLETH, ABP and
-        `II_SYNTH` (see `synthesize_ecg`) are used; other channels (RESP) are ignored.
+        `II_SYNTH` (see `synthesize_ecg`) are used; other channels (RESP) are ignored. A channel sampled
+        below `MIN_RATE_HZ` is not analysed: its evidence is unusable with reason `RATE_TOO_LOW`.
     onset_s : float
         The alarm's time on the signals' clock, s.
     mode : str
@@ -655,6 +664,10 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
         if kind is None or kind not in cfg.channels and not (name.upper() == "PLETH" and "synth" in cfg.channels):
             continue
         fs = float(rates_hz[name])
+        if not fs >= MIN_RATE_HZ[kind]:
+            if kind in cfg.channels:
+                chans.append(_too_slow(name, kind, fs))
+            continue
         x = np.asarray(signals[name])
         onset_idx = int(round(onset_s * fs))
         start = max(0, int(round((onset_s - cfg.pre_s - cfg.learn_s) * fs)))
@@ -673,6 +686,14 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
             chans.append(ev)
     return fuse(alarm_type, mode, chans, cfg.threshold(alarm_type), (-cfg.pre_s, post_s))
 
+
+
+def _too_slow(name: str, kind: str, rate_hz: float) -> ChannelEvidence:
+    """The evidence of a channel sampled below MIN_RATE_HZ: unusable, nothing judged, the rate in its reason."""
+    return ChannelEvidence(name=name, kind=kind, quality="unusable", quality_score=0.0, onset_ok=False,
+                           reason=f"{RATE_TOO_LOW}: {rate_hz:g} Hz, below the {MIN_RATE_HZ[kind]:g} Hz a {kind} "
+                                  f"channel needs", beats_s=(), hr_bpm=None, max_gap_s=float("nan"), hr5_min_bpm=None,
+                           hr5_max_bpm=None, hr17_max_bpm=None, abnormal_run=None, contradicts=0.0, supports=0.0)
 
 
 # How channels combine per alarm type: "any" good channel contradicting suffices (a pulse every second rules
