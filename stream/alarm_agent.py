@@ -23,7 +23,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
-from stream.agents import WorkerRuntime, crash_on_error
+from stream.agents import WorkerRuntime, _held, crash_on_error
 from stream.alarms import BAD_ALARM, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
 from stream.config import Settings
 
@@ -86,7 +86,12 @@ class AlarmRuntime:
             metrics.DEAD_LETTERS.labels(BAD_ALARM).inc()
             metrics.MESSAGES_OUT.labels(self.settings.topic_dlq).inc()
             msg = event.message
-            log.warning("dead-letter %s[%s]@%s: bad_alarm: %s", msg.topic, msg.partition, msg.offset, exc)
+            # one line per WAVEBRIDGE_LOG_REPEAT_S as for malformed chunks (a bad producer sends many); the problem
+            # is short (parse_alarm cuts the values), all of it goes to the dead letter's header
+            ok, held = self.worker.log_throttle.allow(("dlq", BAD_ALARM))
+            if ok:
+                log.warning("dead-letter %s[%s]@%s: bad_alarm: %s%s", msg.topic, msg.partition, msg.offset, exc,
+                            _held(held))
             value, extra = sinks.dlq_value(event.value)
             await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
                 BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)

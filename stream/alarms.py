@@ -58,13 +58,14 @@ def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
     Raises
     ------
     AlarmMessageError
-        Naming the first problem.
+        Naming the first problem, in at most a few hundred characters (a rejected value is cut: its text goes
+        to the log and a dead letter's header, and may be megabytes long).
     """
     if isinstance(data, (bytes, str)):
         try:
             obj = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AlarmMessageError(f"not JSON: {exc}") from None
+            raise AlarmMessageError(f"not JSON: {_bounded(exc)}") from None
     else:
         obj = data
     if not isinstance(obj, dict):
@@ -74,21 +75,27 @@ def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
         raise AlarmMessageError(f"missing field(s): {', '.join(missing)}")
     bed, atype, onset, aid = obj["bed_id"], obj["alarm_type"], obj["onset_ns"], obj["alarm_id"]
     if not isinstance(bed, str) or not wire.BED_ID_PATTERN.fullmatch(bed):
-        raise AlarmMessageError(f"bed_id {bed!r} is not a bed id as waveform chunks spell it "
+        raise AlarmMessageError(f"bed_id {_shown(bed)} is not a bed id as waveform chunks spell it "
                                 f"({wire.BED_ID_PATTERN.pattern})")
     if atype not in core.ALARM_TYPES:
-        raise AlarmMessageError(f"alarm_type {atype!r} is not one of {', '.join(core.ALARM_TYPES)}")
+        raise AlarmMessageError(f"alarm_type {_shown(atype)} is not one of {', '.join(core.ALARM_TYPES)}")
     if isinstance(onset, bool) or not isinstance(onset, int) or not 0 <= onset <= wire.MAX_START_NS:
-        raise AlarmMessageError(f"onset_ns {onset!r} is not an integer ns timestamp")
+        raise AlarmMessageError(f"onset_ns {_shown(onset)} is not an integer ns timestamp")
     if not isinstance(aid, str) or not 1 <= len(aid) <= 128:
         raise AlarmMessageError("alarm_id must be a string of 1-128 characters")
     mode = obj.get("mode")
     if mode is not None and mode not in core.MODES:
-        raise AlarmMessageError(f"mode {mode!r} is not one of {', '.join(core.MODES)}")
+        raise AlarmMessageError(f"mode {_shown(mode)} is not one of {', '.join(core.MODES)}")
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         raise AlarmMessageError("source must be a string")
     return AlarmMessage(bed, atype, int(onset), aid, mode, source)
+
+
+def _shown(value, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, with the full length when cut."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def encode_alarm(alarm: AlarmMessage) -> bytes:

@@ -682,3 +682,54 @@ def test_challenge_true_alarms_with_an_artifact_on_lead_ii_are_kept(challenge, n
     for mode in core.MODES:
         v = core.verify_alarm(rec.alarm_type, sig, rec.rates_hz, rec.onset_s, mode=mode)
         assert v.keep_alarm, (name, mode, v.reason, next(c for c in v.channels if c.name == "II").to_dict())
+
+
+def test_alarm_parser_errors_are_bounded():
+    """A 200 KB value must not come back in the error text (it goes to the log and a dead letter's header)."""
+    for field_ in ("alarm_type", "bed_id", "mode", "onset_ns"):
+        with pytest.raises(sa.AlarmMessageError) as err:
+            sa.parse_alarm({**GOOD_ALARM, field_: "X" * 200_000})
+        assert len(str(err.value)) < 300 and "(200002 characters)" in str(err.value), field_
+    with pytest.raises(sa.AlarmMessageError) as err:
+        sa.parse_alarm(b"{" + b"x" * 200_000)
+    assert len(str(err.value)) < 300
+
+
+def test_bad_alarm_log_lines_are_throttled(caplog):
+    """20 bad alarms: one WARNING line per WAVEBRIDGE_LOG_REPEAT_S (the next says how many were held back), each
+    short; every one still goes to the dead-letter topic."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream.alarm_agent import AlarmRuntime
+    from stream.logthrottle import Throttle
+    from stream.sinks import ReasonCounters
+
+    now = [0.0]
+    sent = []
+
+    async def send(**kwargs):
+        sent.append(kwargs)
+
+    rt = object.__new__(AlarmRuntime)
+    rt.settings = SimpleNamespace(topic_dlq="wavebridge.dlq")
+    rt.worker = SimpleNamespace(counters=ReasonCounters(0.0, None), dlq_topic=SimpleNamespace(send=send),
+                                log_throttle=Throttle(10.0, clock=lambda: now[0]))
+
+    def event(i):
+        value = json.dumps({**GOOD_ALARM, "alarm_type": "X" * 200_000, "alarm_id": f"L{i}"}).encode()
+        return SimpleNamespace(value=value, message=SimpleNamespace(topic="wavebridge.alarms", partition=0,
+                                                                    offset=i, key=b"bed-001"))
+
+    async def feed():
+        for i in range(20):
+            await rt.on_alarm(event(i))
+        now[0] = 11.0
+        await rt.on_alarm(event(20))
+
+    with caplog.at_level("WARNING", logger="wavebridge.alarms"):
+        asyncio.run(feed())
+    lines = [r.getMessage() for r in caplog.records if r.name == "wavebridge.alarms"]
+    assert len(lines) == 2 and all(len(m) < 400 for m in lines), [m[:100] for m in lines]
+    assert "[19 more of this kind not shown]" in lines[1]
+    assert len(sent) == 21
