@@ -102,7 +102,8 @@ class PipelineConfig:
     resume_history_s: float = 0.0
     # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
     ppg2ecg_rate_hz: float | None = None
-    # signals to super-resolve when slow; None: any input signal
+    # signals to super-resolve when slow; None: ECG leads and PLETH, the only kinds the SR model and the output
+    # quality judgement know (a slow RESP or ABP gets no *_SR output rather than a confident PPG-shaped one)
     sr_signals: tuple[str, ...] | None = None
     rpeaks: bool = True
     quality: bool = True  # judge every source window (operators.processing.quality) and withhold unusable spans
@@ -254,7 +255,8 @@ class Pipeline:
         if signal == PPG and PPG2ECG in c.tasks:
             rate = c.ppg2ecg_rate_hz or (c.sr_target_hz if slow else rate_hz)
             out.append((PPG2ECG, float(rate)))
-        if SR in c.tasks and slow and (c.sr_signals is None or signal in c.sr_signals):
+        known = is_ecg_signal(signal) or signal == PPG
+        if SR in c.tasks and slow and (known if c.sr_signals is None else signal in c.sr_signals):
             out.append((SR, float(c.sr_target_hz)))
         return out
 

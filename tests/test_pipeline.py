@@ -105,6 +105,10 @@ def test_slow_ppg_goes_to_both_tasks_and_fast_ecg_to_none():
     assert pipe.routes("PLETH", 125.0) == [("ppg2ecg", 125.0)]
     assert pipe.routes("II", 125.0) == []
     assert pipe.routes("II", 50.0) == [("sr", 100.0)]
+    # the model and the confidence know ECG leads and PLETH only: a slow RESP or ABP is not super-resolved
+    assert pipe.routes("V", 50.0) == [("sr", 100.0)]
+    assert pipe.routes("RESP", 25.0) == [] and pipe.routes("ABP", 62.5) == []
+    assert Pipeline(cfg(sr_signals=("RESP",)), RecordingTranslator()).routes("RESP", 25.0) == [("sr", 100.0)]
     # An unrouted signal produces nothing, and its message is immediately acknowledgeable.
     pipe.push(Chunk("A", "II", 125.0, T0, 0, np.zeros(125, np.float32)), token="ii-0")
     r = pipe.process()
