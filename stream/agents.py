@@ -110,7 +110,9 @@ class WorkerRuntime:
         self.progress_topic = app.topic(settings.topic_progress, **raw)
         self.progress = progress
         self._progress_generation: int | None = None  # the consumer generation the flush points were read up to in
-        self.chunk_listeners: list = []  # called with every decoded chunk on the compute thread (alarm ring)
+        # called with every chunk the pipeline accepts, and whether its stream stepped back with it
+        # (PushOutcome), on the compute thread (alarm ring)
+        self.chunk_listeners: list = []
 
     # ------------------------------------------------------------------ readiness (/readyz; read-only)
     def _check_assigned(self) -> tuple[bool, str]:
@@ -360,9 +362,10 @@ class WorkerRuntime:
                 decode_s += time.perf_counter() - t0
             tok.bed, tok.signal = chunk.bed_id, chunk.signal
             metrics.SAMPLES_IN.labels(ev.message.topic).inc(len(chunk.samples))
-            self.pipeline.push(chunk, tok)
-            for listen in self.chunk_listeners:
-                listen(chunk)
+            outcome = self.pipeline.push(chunk, tok)
+            if outcome.accepted:  # a chunk the pipeline dead-letters is no input to anything else either
+                for listen in self.chunk_listeners:
+                    listen(chunk, outcome.stepped_back)
         metrics.STAGE_SECONDS.labels("decode").inc(decode_s)
         metrics.STAGE_SECONDS.labels("windowing").inc(time.perf_counter() - started - decode_s)
         return self._compute_idle(), dead

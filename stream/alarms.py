@@ -197,27 +197,38 @@ class SignalRing:
     hold one translation window of the signals being translated and release samples as soon as their output
     is emitted (that is what bounds acknowledgement latency), while a verdict needs every channel a bed sends
     (each ECG lead, PLETH, ABP) for the learning span and analysis window before the onset, plus the
-    retrospective wait after it: about two minutes. Bounds: `keep_s` seconds per (bed, signal) behind the
-    newest sample, and `max_beds` beds (the least recently updated one is dropped). Thread-safe: the worker's
-    compute thread adds chunks while the alarm thread reads.
+    retrospective wait after it: about two minutes. Bounds: per (bed, signal) the newest `keep_s` of samples at
+    its rate plus one chunk, in arrival order, whatever the stamps say (pruned by time, one chunk stamped far ahead
+    either wiped the history behind it or, against a running maximum, stopped the pruning for good), and
+    `max_beds` beds (the least recently updated one is dropped).
+    A signal's newest sample is the latest end among its chunks that start no later than the end of its newest
+    chunk by seq (the one received last unless a re-delivered or late one came after it): a lone chunk stamped
+    ahead (a clock glitch) does not count once the stream goes on at its true stamps. Thread-safe: the worker's compute thread adds
+    chunks while the alarm thread reads.
     """
 
     def __init__(self, keep_s: float = 120.0, max_beds: int = 256):
         if not keep_s > 0 or max_beds < 1:
             raise ValueError("keep_s must be > 0 and max_beds >= 1")
+        self.keep_s = float(keep_s)
         self.keep_ns = int(keep_s * NS)
         self.max_beds = int(max_beds)
         self._beds: OrderedDict[str, dict[str, deque]] = OrderedDict()
-        self._newest: dict[str, dict[str, int]] = {}  # end of each (bed, signal)'s newest chunk, ns
+        # bed -> signal -> [samples held, end of its newest chunk by seq, that chunk's seq]
+        self._held: dict[str, dict[str, list]] = {}
         self._lock = threading.Lock()
 
-    def add(self, chunk: wire.Chunk) -> None:
-        """Keep `chunk`; drop what is older than `keep_s` and the least recently heard beds beyond `max_beds`.
+    def add(self, chunk: wire.Chunk, stepped_back: bool = False) -> None:
+        """Keep `chunk`; drop the signal's oldest chunks beyond `keep_s` of samples, and the least recently heard
+        beds beyond `max_beds`.
 
         Parameters
         ----------
         chunk : stream.wire.Chunk
-            Decoded input (the worker's compute thread calls this for every chunk).
+            Decoded input the pipeline accepted (the worker's compute thread calls this for each such chunk).
+        stepped_back : bool
+            The chunk's stream went back in time with it (`stream.pipeline.PushOutcome`: a clock step or resync):
+            the signal's chunks starting at or after its stamp are from the time line it left, and go.
         """
         if len(chunk.samples) == 0:
             return
@@ -225,19 +236,32 @@ class SignalRing:
             bed = self._beds.get(chunk.bed_id)
             if bed is None:
                 bed = self._beds[chunk.bed_id] = {}
-                self._newest[chunk.bed_id] = {}
+                self._held[chunk.bed_id] = {}
                 while len(self._beds) > self.max_beds:
-                    self._newest.pop(self._beds.popitem(last=False)[0], None)
+                    self._held.pop(self._beds.popitem(last=False)[0], None)
             self._beds.move_to_end(chunk.bed_id)
-            q = bed.setdefault(chunk.signal, deque())
             start_ns, rate_hz = int(chunk.start_ns), float(chunk.rate_hz)
-            q.append((start_ns, rate_hz, np.asarray(chunk.samples, dtype=np.float32)))
-            # a running maximum: the chunk ending newest is never the one dropped, so it equals the max over q
-            ends = self._newest[chunk.bed_id]
-            end = _end_ns(start_ns, rate_hz, len(chunk.samples))
-            newest = ends[chunk.signal] = max(ends.get(chunk.signal, start_ns), end)
-            while q and _end_ns(q[0][0], q[0][1], len(q[0][2])) < newest - self.keep_ns:
-                q.popleft()
+            q = bed.setdefault(chunk.signal, deque())
+            held = self._held[chunk.bed_id].setdefault(chunk.signal, [0, 0, None])
+            if stepped_back:
+                kept = [c for c in q if c[0] < start_ns]
+                q.clear()
+                q.extend(kept)
+                held[0] = sum(len(x) for _, _, x in q)
+            x = np.asarray(chunk.samples, dtype=np.float32)
+            q.append((start_ns, rate_hz, x))
+            held[0] += len(x)
+            seq = chunk.seq
+            if held[2] is None or seq is None or seq > held[2] or seq == 0 or stepped_back:  # newer by seq, a restart
+                held[1], held[2] = _end_ns(start_ns, rate_hz, len(x)), seq
+            keep_n = int(math.ceil(self.keep_s * rate_hz))
+            while len(q) > 1 and held[0] - len(q[0][2]) > keep_n:
+                held[0] -= len(q.popleft()[2])
+
+    @staticmethod
+    def _newest(q, last_end: int) -> int:
+        """End of a signal's newest sample: the latest end among its chunks starting by its newest chunk's end."""
+        return max(_end_ns(s, r, len(x)) for s, r, x in q if s <= last_end)
 
     def beds(self) -> list[str]:
         """Bed ids held, least recently heard first."""
@@ -245,7 +269,8 @@ class SignalRing:
             return list(self._beds)
 
     def newest_ns(self, bed: str) -> int | None:
-        """End (ns since the epoch) of the newest sample of any signal of `bed`; None if the bed has sent nothing.
+        """End (ns since the epoch) of the newest sample of any signal of `bed` (class doc: a chunk stamped ahead of
+        the chunk received after it does not count); None if the bed has sent nothing.
 
         Parameters
         ----------
@@ -256,7 +281,7 @@ class SignalRing:
             sig = self._beds.get(bed)
             if not sig:
                 return None
-            return max(_end_ns(s, r, len(x)) for q in sig.values() for s, r, x in q)
+            return max(self._newest(q, self._held[bed][name][1]) for name, q in sig.items())
 
     def samples(self) -> int:
         """Samples held, all beds and signals."""

@@ -102,7 +102,8 @@ class PipelineConfig:
     resume_history_s: float = 0.0
     # ppg2ecg output rate; None: the PPG's own rate, or sr_target_hz for a PPG below sr_below_hz
     ppg2ecg_rate_hz: float | None = None
-    # signals to super-resolve when slow; None: any input signal
+    # signals to super-resolve when slow; None: ECG leads and PLETH, the only kinds the SR model and the output
+    # quality judgement know (a slow RESP or ABP gets no *_SR output rather than a confident PPG-shaped one)
     sr_signals: tuple[str, ...] | None = None
     rpeaks: bool = True
     quality: bool = True  # judge every source window (operators.processing.quality) and withhold unusable spans
@@ -122,6 +123,17 @@ class PipelineConfig:
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
                    bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history)
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What `Pipeline.push` did with a chunk: `accepted` False for one its stream's windower refused (a duplicate or
+    out of order: reported in `BatchResult.rejected`); `stepped_back` True when it started a new segment before
+    where the stream had got to (a clock step or resync, operators.state.windowing), so that whoever keeps the
+    stream's samples by time drops what lies after it. A signal no task translates is always taken, unchecked."""
+
+    accepted: bool
+    stepped_back: bool = False
 
 
 @dataclass
@@ -243,12 +255,13 @@ class Pipeline:
         if signal == PPG and PPG2ECG in c.tasks:
             rate = c.ppg2ecg_rate_hz or (c.sr_target_hz if slow else rate_hz)
             out.append((PPG2ECG, float(rate)))
-        if SR in c.tasks and slow and (c.sr_signals is None or signal in c.sr_signals):
+        known = is_ecg_signal(signal) or signal == PPG
+        if SR in c.tasks and slow and (known if c.sr_signals is None else signal in c.sr_signals):
             out.append((SR, float(c.sr_target_hz)))
         return out
 
     # ------------------------------------------------------------------ input
-    def push(self, chunk, token: Hashable | None = None) -> None:
+    def push(self, chunk, token: Hashable | None = None) -> PushOutcome:
         """Buffer one chunk.
 
         Parameters
@@ -258,6 +271,11 @@ class Pipeline:
         token : hashable, optional
             Comes back in a later `BatchResult.completed` once every sample of the chunk has been emitted (or in
             `.rejected`, for a duplicate or out-of-order chunk).
+
+        Returns
+        -------
+        PushOutcome
+            Whether the chunk was taken, and whether its stream stepped back in time with it.
         """
         bed, sig = chunk.bed_id, chunk.signal
         self._bed_seen[bed] = self.clock()
@@ -268,18 +286,18 @@ class Pipeline:
         if not self.routes(sig, chunk.rate_hz):
             # Nothing to produce from this signal (e.g. a 125 Hz lead II only feeds the context).
             if token is None:
-                return
+                return PushOutcome(True)
             if self._contexts is not None and self._contexts.keeps(sig) and len(chunk.samples):
                 end = int(grid_ns(chunk.start_ns, chunk.rate_hz, len(chunk.samples)))
                 self._context_input.hold(bed, end, token, self.clock())
             else:
                 self._immediate.append(token)
-            return
+            return PushOutcome(True)
         st = self._stream(bed, sig, chunk)
         if chunk.units:
             st.units = chunk.units
         st.last_push = self.clock()
-        segment = st.windower.segment
+        segment, expected = st.windower.segment, st.windower.expected_next_ns
         res = st.windower.push(chunk.start_ns, chunk.rate_hz, chunk.samples, seq=chunk.seq)
         w = st.windower
         if segment < 0 and w.resumed:
@@ -287,17 +305,22 @@ class Pipeline:
         if segment < 0 and w.flushed_until_ns is not None and not w.resumed:
             # Started at a flush point (stream.progress): the old owner's flush reported R-peaks up to there.
             st.rpeak_segment, st.rpeak_until_ns = w.segment, max(w.flushed_until_ns, w.segment_start_ns)
-        if st.windower.segment != segment and st.pending:
+        start = w.segment_start_ns
+        stepped_back = segment >= 0 and w.segment != segment and start < expected
+        if w.segment != segment and st.pending:
             # A new segment (gap, clock step, rate change): a reader resuming after the pending chunks starts at
-            # it, and must find its head computed, so they wait for that too.
-            start = st.windower.segment_start_ns
-            st.pending = deque([(end, max(key, start), tok) for end, key, tok in st.pending])
+            # it, and must find its head computed, so they wait for that too. After a step back the old segment
+            # (flushed whole by this push) lies after it: its chunks are done where the new segment starts.
+            st.pending = deque([(start, start, tok) if stepped_back else (end, max(key, start), tok)
+                                for end, key, tok in st.pending])
         self._take(st, res.windows, res.events)
+        if stepped_back:  # the done mark follows the stream back onto the new segment's time line
+            st.done_until_ns = max([start] + [x.emit_end_ns for x in res.windows if x.segment == w.segment])
         if not res.accepted:
             ev = next((e for e in res.events if e.kind in ("duplicate", "out_of_order")), None)
             if token is not None:
                 self._rejected.append(Rejected(token, ev.kind if ev else "rejected", ev.detail if ev else ""))
-            return
+            return PushOutcome(False)
         st.flushed = False
         if token is not None:
             if len(chunk.samples) == 0:
@@ -305,6 +328,7 @@ class Pipeline:
             else:
                 end = st.windower.expected_next_ns
                 st.pending.append((end, end, token))
+        return PushOutcome(True, stepped_back)
 
     def flush_idle(self, now: float | None = None) -> int:
         """Flush every stream silent for `idle_flush_s` and forget beds silent for `bed_evict_s`.

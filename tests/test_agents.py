@@ -321,3 +321,32 @@ def test_a_failed_delivery_acks_nothing_and_fails_the_next_batch_before_it_sends
     assert isinstance(seen.get("batch2_error"), ConnectionError)
     assert seen["acks"] == [] and seen["sent_after"] == 0  # no later ack, no later output
     assert len(seen["failures"]) == 1 and isinstance(seen["failures"][0], ConnectionError)  # the worker crashes
+
+
+class _ChunkEvent(_Event):
+    def __init__(self, offset, chunk):
+        self.message = _Message(offset, 1)
+        self.value = wire.encode_binary(chunk)
+        self.acked = False
+
+
+def test_the_alarm_ring_gets_only_the_chunks_the_pipeline_accepts_and_hears_of_a_step_back():
+    """The alarm ring was fed every decoded chunk, the pipeline's dead-lettered duplicates and out-of-order chunks
+    too (live review, defect 2)."""
+    from operators.state.windowing import RESYNC_CHUNKS
+
+    heard = []
+
+    async def scenario():
+        rt = WorkerRuntime(_App(), Settings(influx_enabled=False, tasks=("sr",)), translator=_Zeros())
+        await rt.start()
+        rt.chunk_listeners.append(lambda chunk, stepped_back: heard.append((chunk.seq, stepped_back)))
+        mk = lambda k, ahead=0: wire.Chunk("bed-1", "PLETH", 25.0, (k + ahead) * 10**9, k,  # noqa: E731
+                                           np.sin(np.arange(25) / 3.0 + k).astype(np.float32))
+        cks = [mk(k) for k in range(5)] + [mk(2)] + [mk(5, ahead=3600)] + [mk(k) for k in range(6, 6 + RESYNC_CHUNKS)]
+        rt._compute([_ChunkEvent(i, c) for i, c in enumerate(cks)])
+        await rt.stop()
+
+    asyncio.run(scenario())
+    resync = 5 + RESYNC_CHUNKS
+    assert heard == [(k, False) for k in range(6)] + [(resync, True)]

@@ -733,3 +733,38 @@ def test_bad_alarm_log_lines_are_throttled(caplog):
     assert len(lines) == 2 and all(len(m) < 400 for m in lines), [m[:100] for m in lines]
     assert "[19 more of this kind not shown]" in lines[1]
     assert len(sent) == 21
+
+
+def _pleth(k, start_ns):
+    return wire.Chunk("b1", "PLETH", 125.0, start_ns, k, np.sin(np.arange(125) / 10).astype(np.float32))
+
+
+def test_one_future_stamped_chunk_neither_unbounds_the_ring_nor_makes_an_alarm_due():
+    """Live review, defect 2: the ring pruned from the left against a running maximum, so after one chunk stamped an
+    hour ahead it grew without bound (450,125 samples an hour later), and a retrospective alarm was judged at once:
+    the bed's newest data was the future stamp."""
+    def ring_with_glitch(n):
+        ring = sa.SignalRing(keep_s=120, max_beds=4)
+        for k in range(n):
+            ring.add(_pleth(k, T0 + (k + (3600 if k == 10 else 0)) * 10**9))
+        return ring
+
+    assert ring_with_glitch(3611).samples() <= 121 * 125  # keep_s plus one chunk
+    ring = ring_with_glitch(101)  # true data up to T0 + 101 s
+    assert ring.newest_ns("b1") == T0 + 101 * 10**9
+    judge = sa.AlarmJudge(ring, mode="retrospective", wait_s=30, grace_s=2)
+    judge.submit(sa.AlarmMessage("b1", "asystole", T0 + 100 * 10**9, "a1"), now=0.0)
+    assert judge.due(now=0.0) == []
+
+
+def test_a_step_back_drops_what_the_signal_sent_after_the_new_stamp_and_keeps_the_rest():
+    ring = sa.SignalRing(keep_s=120)
+    for k in range(10):
+        ring.add(_pleth(k, T0 + k * 10**9))
+    ring.add(_pleth(10, T0 + 3610 * 10**9))  # the glitch: the history behind it stays
+    assert ring.samples() == 11 * 125
+    ring.add(_pleth(13, T0 + 13 * 10**9), stepped_back=True)  # the pipeline resynced here
+    assert ring.samples() == 11 * 125 and ring.newest_ns("b1") == T0 + 14 * 10**9
+    sig, _ = ring.snapshot("b1", T0, T0 + 3611 * 10**9)
+    assert np.isfinite(sig["PLETH"][:10 * 125]).all() and np.isfinite(sig["PLETH"][13 * 125:14 * 125]).all()
+    assert np.isnan(sig["PLETH"][14 * 125:]).all()

@@ -105,6 +105,10 @@ def test_slow_ppg_goes_to_both_tasks_and_fast_ecg_to_none():
     assert pipe.routes("PLETH", 125.0) == [("ppg2ecg", 125.0)]
     assert pipe.routes("II", 125.0) == []
     assert pipe.routes("II", 50.0) == [("sr", 100.0)]
+    # the model and the confidence know ECG leads and PLETH only: a slow RESP or ABP is not super-resolved
+    assert pipe.routes("V", 50.0) == [("sr", 100.0)]
+    assert pipe.routes("RESP", 25.0) == [] and pipe.routes("ABP", 62.5) == []
+    assert Pipeline(cfg(sr_signals=("RESP",)), RecordingTranslator()).routes("RESP", 25.0) == [("sr", 100.0)]
     # An unrouted signal produces nothing, and its message is immediately acknowledgeable.
     pipe.push(Chunk("A", "II", 125.0, T0, 0, np.zeros(125, np.float32)), token="ii-0")
     r = pipe.process()
@@ -782,3 +786,55 @@ def test_a_resumed_streams_re_read_history_gives_no_latency_records():
         got = [k for s, k in emitted if s == sig]
         assert got == list(range(int(head), 100)), (sig, got[:3], head)
     assert [k for s, k in done if s == "PLETH"] == list(range(40, 100 - 43))
+
+
+def _glitched_partition(seconds: float = 60.0, glitch_seq: int = 15, restart_at: int | None = None):
+    """`_partition` with bed A's PLETH chunk `glitch_seq` stamped an hour ahead (a monitor clock glitch), kept where
+    it arrived; from seq `restart_at` on A's PLETH producer restarted (seq from 0). Also its index in the list."""
+    msgs = []
+    for c in _partition(seconds):
+        if c.bed_id == "A" and c.signal == "PLETH":
+            if c.seq == glitch_seq:
+                c = Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns + 3600 * 10**9, c.seq, c.samples)
+            elif restart_at is not None and c.seq >= restart_at:
+                c = Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns, c.seq - restart_at, c.samples)
+        msgs.append(c)
+    at = next(i for i, c in enumerate(msgs) if c.bed_id == "A" and c.signal == "PLETH" and c.seq == glitch_seq)
+    return msgs, at
+
+
+@pytest.mark.parametrize("restart_at", [None, 17])
+def test_one_future_stamped_chunk_costs_a_few_chunks_not_the_bed(restart_at):
+    """Live review, bed s-glitch: after one PLETH chunk stamped an hour ahead every later chunk of the bed's PLETH was
+    dead-lettered (and, after a producer restart, refused as duplicates) until BED_EVICT_S of silence: no II_SYNTH,
+    no R-peaks, and its input held uncommitted. Now the stream resyncs after RESYNC_CHUNKS chunks, goes on at the
+    right stamps, its chunks are acknowledged again, and a new owner after a kill lands what an uninterrupted run
+    lands."""
+    from operators.state.windowing import RESYNC_CHUNKS
+    from operators.translator import load_translator
+
+    conf = cfg(quality=True, lookahead_s=1.0, ack_lag_s=8.0, sr_target_hz=250.0, sr_below_hz=200.0)
+    msgs, at = _glitched_partition(restart_at=restart_at)
+    pipe, results, completed = Pipeline(conf, load_translator("classic")), [], set()
+    for offset, c in enumerate(msgs):
+        pipe.push(c, token=offset)
+        results.append(pipe.process())
+        completed.update(results[-1].completed)
+    rejected = [rj.token for r in results for rj in r.rejected]
+    pleth_after = [i for i, c in enumerate(msgs) if i > at and c.bed_id == "A" and c.signal == "PLETH"]
+    before_restart = 0 if restart_at is None else restart_at - 16  # refused before the producer restarted
+    assert rejected == pleth_after[:before_restart + RESYNC_CHUNKS - 1]
+    assert [e.kind for r in results for e in r.events if e.bed == "A" and e.kind == "clock_step"] == ["clock_step"]
+    # the synthesized ECG of bed A goes on at the right stamps up to (near) the end of its input
+    t, _ = collect(results, bed="A", kind="synth")
+    assert t.max() < T0 + 3600 * 10**9 and (t > T0 + 50 * 10**9).sum() > 125 * 5
+    # and its input is committed again: all but the last ack lag's worth
+    committed = next(o for o in range(len(msgs) + 1) if o not in completed and o not in rejected)
+    assert msgs[committed].start_ns > T0 + 40 * 10**9
+    results.append((pipe.flush_all(), pipe.process())[1])
+    reference = _landed(results)
+    for kill_at in (at - 3, at + 1, at + 3, at + 5, at + 9, at + 30, at + 60):
+        landed, _ = _killed_and_resumed(conf, msgs, kill_at)
+        assert landed.keys() == reference.keys(), kill_at
+        for key in reference:
+            assert landed[key] == reference[key], (kill_at, key)

@@ -449,3 +449,70 @@ def test_a_resumed_stream_with_resume_history_emits_the_same_windows_from_that_m
             assert (wi.emit_from, wi.emit_stop, wi.kind) == (twin.emit_from, twin.emit_stop, twin.kind)
     with pytest.raises(ValueError):
         SlidingWindower(window_s, hop_s, resume_history_s=-1.0)
+
+
+def _glitched(w, rate, n, glitch_k, ks, seq_of=lambda k: k, ahead_ns=3600 * 10**9):
+    """Push chunk k of a 1 s grid for every k in `ks`, chunk `glitch_k` stamped `ahead_ns` ahead; (k, result) pairs."""
+    out = []
+    for k in ks:
+        start = int(grid_ns(T0, rate, k * n)) + (ahead_ns if k == glitch_k else 0)
+        out.append((k, w.push(start, rate, np.full(n, float(k), np.float32), seq=seq_of(k))))
+    return out
+
+
+def test_one_future_stamped_chunk_no_longer_cuts_the_stream_off():
+    """A monitor clock glitch stamps one chunk an hour ahead: every later, correctly stamped chunk was refused as
+    out of order until the bed went silent for BED_EVICT_S. Now RESYNC_CHUNKS of them in a row close the glitch's
+    segment with a `clock_step` event and the stream goes on at the right stamps."""
+    from operators.state.windowing import RESYNC_CHUNKS
+
+    rate, n = 125.0, 125
+    w = SlidingWindower(8.0, 2.0)
+    res = _glitched(w, rate, n, 15, range(40))
+    refused = [k for k, r in res if not r.accepted]
+    assert refused == list(range(16, 16 + RESYNC_CHUNKS - 1))  # reported, each with its own event
+    assert all([e.kind for e in r.events] == ["out_of_order"] for k, r in res if k in refused)
+    steps = [(k, e) for k, r in res for e in r.events if e.kind == "clock_step"]
+    assert len(steps) == 1 and steps[0][0] == 15 + RESYNC_CHUNKS
+    k, ev = steps[0]
+    assert ev.start_ns == grid_ns(T0, rate, k * n) and f"segment from {grid_ns(T0, rate, 15 * n) + 3600 * 10**9} closed" in ev.detail
+    assert w.segment_start_ns == grid_ns(T0, rate, k * n) and w.expected_next_ns == grid_ns(T0, rate, 40 * n)
+    # every accepted sample comes back once, on its own stamp
+    wins = [x for _, r in res for x in r.windows] + w.flush().windows
+    vals, ts = _reassemble(wins)
+    kept = [k for k, r in res if r.accepted]
+    np.testing.assert_array_equal(vals, np.repeat(np.array(kept, np.float32), n))
+    assert np.all(ts[vals >= k] == grid_ns(T0, rate, np.arange(k * n, 40 * n)))
+
+
+def test_a_producer_restart_after_a_clock_glitch_resyncs_too():
+    """After the glitch the producer restarts (seq from 0): its chunks were refused as duplicates for good."""
+    from operators.state.windowing import RESYNC_CHUNKS
+
+    rate, n = 125.0, 125
+    w = SlidingWindower(8.0, 2.0)
+    res = _glitched(w, rate, n, 15, range(17))  # the glitch, then one refused chunk
+    assert not res[-1][1].accepted
+    res = _glitched(w, rate, n, None, range(17, 30), seq_of=lambda k: k - 17)  # restarted: seq 0, 1, ...
+    kinds = [[e.kind for e in r.events] for _, r in res]
+    assert kinds[:RESYNC_CHUNKS - 1] == [["duplicate"]] * (RESYNC_CHUNKS - 1)
+    assert "clock_step" in kinds[RESYNC_CHUNKS - 1] and all(r.accepted for _, r in res[RESYNC_CHUNKS - 1:])
+    assert w.expected_next_ns == grid_ns(T0, rate, 30 * n) and w.last_seq == 12
+
+
+def test_a_replay_of_old_chunks_never_resyncs_and_a_broken_run_starts_over():
+    """Resent chunks (old seqs, old stamps) are duplicates however many come in a row; a run of early chunks that
+    stops following itself by seq or stamp starts counting anew."""
+    rate, n = 125.0, 125
+    w = SlidingWindower(8.0, 2.0)
+    for k in range(20):
+        assert w.push(grid_ns(T0, rate, k * n), rate, np.zeros(n, np.float32), seq=k).accepted
+    for k in range(5, 15):  # a replay
+        r = w.push(grid_ns(T0, rate, k * n), rate, np.zeros(n, np.float32), seq=k)
+        assert not r.accepted and [e.kind for e in r.events] == ["duplicate"]
+    # newer by seq but each starting far from where the previous one ended: no consistent run
+    for i, k in enumerate((3, 9, 1, 12, 6)):
+        r = w.push(grid_ns(T0, rate, k * n), rate, np.zeros(n, np.float32), seq=20 + i)
+        assert not r.accepted and [e.kind for e in r.events] == ["out_of_order"]
+    assert w.push(grid_ns(T0, rate, 20 * n), rate, np.zeros(n, np.float32), seq=25).accepted
+    assert w.segment == 0

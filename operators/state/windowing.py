@@ -11,6 +11,17 @@ segment: never spliced); an earlier start is rejected (`out_of_order`, or `dupli
 is not newer), except a chunk next by seq up to MAX_CLOCK_STEP_S early, which starts a new segment at
 its stamp (`clock_step`: a sender clock running fast); a rate change flushes and starts a new segment.
 
+Clock resync: a stream whose stamps went back for good (a lone chunk stamped ahead by a clock glitch, whose
+successors all lie before the segment it started; a clock corrected backwards; a producer restart, seq from 0, after
+either) would otherwise be refused until the bed goes silent. Rejected chunks that follow each other by seq, at one
+rate, each starting where the previous one ended (within the seq jitter), and either newer by seq than the last
+accepted chunk or starting a producer restart (the run's first seq is 0), are counted; the `RESYNC_CHUNKS`-th of
+such a run is accepted: the current segment is flushed and closed, a `clock_step` event spans from the new stamp to
+where the closed segment ended and names that segment, and a new segment starts at the chunk's stamp. The run's
+earlier chunks stay rejected (each reported by its own event). A run of resent chunks with their old seqs (a replay)
+never resyncs: those stay `duplicate`. The decision depends only on the chunks after the current segment's last
+accepted one, so a reader that re-reads them after a rebalance decides the same.
+
 Emission on an absolute grid: window ends lie on multiples of `hop` in integer ns since the epoch
 (`G_m = m * hop_ns`; a window ending at G_m holds the `window` samples before the first sample at or
 after G_m), so every window is a function of the input and the epoch alone, not of where a process
@@ -64,6 +75,10 @@ SEQ_JITTER_PERIODS = 0.999
 # A chunk that follows by seq but starts up to this much earlier than expected is new data from a clock that runs
 # fast or stepped back (`clock_step`, new segment); more than this is an overlap, rejected as out of order.
 MAX_CLOCK_STEP_S = 0.1
+# Rejected chunks in a row, consecutive by seq and on one grid, after which the stream is taken to have stepped back
+# for good and the last of them starts a new segment (module doc: clock resync). Small, so a glitch costs a few
+# chunks (dead-lettered, each with its event); above 1, so one stray chunk never closes a live segment.
+RESYNC_CHUNKS = 3
 
 
 def _whole_multiple(out_hz: float, in_hz: float) -> bool:
@@ -201,6 +216,16 @@ class StreamEvent:
 
 
 @dataclass
+class _RejectedRun:
+    """Rejected chunks in a row that follow each other by seq and on one grid (clock resync)."""
+
+    count: int
+    next_seq: int  # the seq that continues the run
+    next_ns: int  # where the chunk that continues the run starts (the last one's grid end)
+    rate_hz: float
+
+
+@dataclass
 class PushResult:
     """What one `push` or `flush` produced: whether the chunk was taken, the windows and the events, in order."""
 
@@ -240,6 +265,7 @@ class SlidingWindower:
         self._hop_ns = int(round(self.hop_s * NS_PER_S))  # window ends lie on multiples of this since the epoch
         self._segment = -1
         self._last_seq: int | None = None
+        self._run: _RejectedRun | None = None  # rejected chunks that may be a stream that stepped back (clock resync)
         self._reset_state()
 
     # ------------------------------------------------------------------ state
@@ -385,6 +411,15 @@ class SlidingWindower:
                     f"seq {seq} follows {self._last_seq} but starts {-delta / 1e6:.3f} ms before the expected "
                     f"{expected}; new segment at its stamp")))
                 self._start_segment(start_ns, rate_hz)
+            elif delta < -tol and self._resyncs(start_ns, rate_hz, len(x), seq):
+                self._flush_into(out)
+                old_start = self._seg_start_ns  # named by its start: segment numbers are one reader's own count
+                out.events.append(StreamEvent("clock_step", start_ns, expected, (
+                    f"{RESYNC_CHUNKS} chunks in a row (seq {seq - RESYNC_CHUNKS + 1}..{seq}) follow each other at "
+                    f"{rate_hz:g} Hz but start before the expected {expected} (this one {-delta / 1e9:.3f} s "
+                    f"before): the stream's clock went back; the segment from {old_start} closed, a new one starts "
+                    f"at {start_ns}")))
+                self._start_segment(start_ns, rate_hz)
             elif delta < -tol:
                 dup = seq is not None and self._last_seq is not None and seq <= self._last_seq
                 kind = "duplicate" if dup else "out_of_order"
@@ -411,12 +446,32 @@ class SlidingWindower:
             # A first chunk with seq > 0 continues a stream that may have been emitted from before (module doc).
             self._start_segment(start_ns, rate_hz, resumed=self.resume_mid_stream and seq is not None and seq > 0)
 
+        self._run = None
         if seq is not None:
             self._last_seq = seq  # the newest accepted: after a producer restart (seq from 0) continuity counts again
         self._buf = np.concatenate([self._buf, x]) if len(self._buf) else x.copy()
         self._n_total += len(x)
         self._emit_full(out)
         return out
+
+    def _resyncs(self, start_ns: int, rate_hz: float, n: int, seq: int | None) -> bool:
+        """Count a chunk about to be rejected as early into the run of such chunks; True when it is the
+        `RESYNC_CHUNKS`-th of a run that may start a new segment (module doc: clock resync)."""
+        run = self._run
+        end = int(grid_ns(start_ns, rate_hz, n))
+        if seq is None:
+            self._run = None
+            return False
+        if run is not None and seq == run.next_seq and rate_hz == run.rate_hz \
+                and abs(start_ns - run.next_ns) < SEQ_JITTER_PERIODS * NS_PER_S / rate_hz:
+            run.count += 1
+            run.next_seq, run.next_ns = seq + 1, end
+        elif self._last_seq is None or seq > self._last_seq or seq == 0:  # newer by seq, or a producer restart
+            run = self._run = _RejectedRun(1, seq + 1, end, rate_hz)
+        else:  # a resent chunk: never the start of a resync
+            self._run = None
+            return False
+        return run.count >= RESYNC_CHUNKS
 
     def _gap_event(self, expected: int, start_ns: int, delta: float, period: float) -> StreamEvent:
         return StreamEvent("gap", expected, start_ns,
