@@ -70,9 +70,9 @@ def _windows(events, quality_margin_s: float = 1.0):
     """(start_ns, end_ns, judged span (a, b), event) for every rpeaks or source_unusable event."""
     out = []
     for ev in events:
-        if ev.type == "rpeaks":
+        if ev.kind == "rpeaks":
             s, e = ev.time_ns, ev.fields["until_ns"]
-        elif ev.type in ("source_unusable", "output_unusable"):
+        elif ev.kind in ("source_unusable", "output_unusable"):
             s, e = ev.time_ns, ev.fields["end_ns"]
         else:
             continue
@@ -142,9 +142,9 @@ def run_record(name, root, translator, kinds, args, rng):
             for s, e, (a, b), ev in _windows(events):
                 corrupted = _overlaps(a, b, spans)
                 row = {"record": name, "kind": kind, "gated": gated, "corrupted": corrupted, "start_ns": s,
-                       "published": ev.type == "rpeaks", "flag": ev.fields.get("quality_flag"),
+                       "published": ev.kind == "rpeaks", "flag": ev.fields.get("quality_flag"),
                        "reason": ev.fields.get("reason")}
-                if ev.type == "rpeaks":
+                if ev.kind == "rpeaks":
                     hr, truth = ev.fields["hr_bpm"], _true_hr(r_ns, a, b)
                     row["hr_wrong"] = bool(hr is not None and np.isfinite(truth) and abs(hr - truth) > HR_WRONG_BPM)
                     row["hr_published"] = hr is not None
