@@ -127,6 +127,33 @@ def test_partial_artifacts_grade_with_their_share(rec):
     assert flat.cls == UNUSABLE and flat.reason == "probe_off"
 
 
+@pytest.mark.parametrize("level", [0.005, 0.01, 0.05])
+def test_a_probe_off_that_still_reports_sensor_noise_is_probe_off(rec, level):
+    """A probe off the finger seldom reads an exact constant: 2.5 s of its noise floor in a 4 s window beside live
+    pulses is unusable (the pulses found around it pass the shape and rhythm checks); 1.5 s is not good."""
+    x, fs = _window(rec, "PLETH", dur_s=4.0)
+    rng = np.random.default_rng(2)
+    for start_s in (0.0, 0.75, 1.5):
+        a = int(start_s * fs)
+        long = assess(inject("probe_noise", x, a, a + int(2.5 * fs), fs, rng, level=level), fs, "ppg")
+        assert (long.cls, long.reason) == (UNUSABLE, "probe_off"), long
+        short = assess(inject("probe_noise", x, a, a + int(1.5 * fs), fs, rng, level=level), fs, "ppg")
+        assert short.cls != GOOD, short
+    # an arterial line that stops pulsing is flat, not a probe
+    abp = assess(inject("probe_noise", x, 0, int(2.5 * fs), fs, rng, level=level), fs, "abp")
+    assert (abp.cls, abp.reason) == (UNUSABLE, "flat"), abp
+
+
+def test_slow_pulses_are_not_a_dead_probe():
+    """At 30 bpm a pulse's diastole still spans a good part of its amplitude within a second: not dead."""
+    fs, dur = 125.0, 8.0
+    t = np.arange(int(fs * dur)) / fs
+    u = t % 2.0  # one pulse every 2 s: a 0.2 s upstroke, then an exponential run-off
+    x = np.where(u < 0.2, np.sin(np.pi / 2 * u / 0.2) ** 2, np.exp(-(u - 0.2) / 0.7))
+    q = assess(x, fs, "ppg")
+    assert q.metrics["dead_frac"] <= CHECKS["dead"].good and q.cls == GOOD, q
+
+
 def test_lead_off_on_one_of_two_leads(rec):
     """Lead II off (flat at 0 mV) while a second lead keeps recording: only lead II is unusable."""
     ii, fs = _window(rec, "II")
@@ -490,3 +517,27 @@ def test_moments_are_scipys_skew_and_kurtosis_bit_for_bit():
         assert (skew == want_skew or (np.isnan(skew) and np.isnan(want_skew))), (len(y), skew, want_skew)
         assert (kurt == want_kurt or (np.isnan(kurt) and np.isnan(want_kurt))), (len(y), kurt, want_kurt)
     assert np.isnan(_moments(np.full(100, 2.5))[1])
+
+
+def test_a_noisy_probe_off_span_publishes_no_synthetic_ecg_and_no_rpeaks():
+    """Gating end to end (offline, the worker's pipeline): 3 s of a probe's noise floor between live pulses give no
+    usable II_SYNTH sample, no R-peak and a `source_unusable` event naming the probe, where the classic translator
+    drew beats at a made-up rate before."""
+    from operators.io.records import Recording
+    from stream.tools.offline import translate_recording
+
+    rec = synthesize(seconds=60.0, seed=4)
+    fs = rec.rate_hz
+    off = (30.5, 33.5)
+    ppg = inject("probe_noise", rec.signals["PLETH"], int(off[0] * fs), int(off[1] * fs), fs,
+                 np.random.default_rng(5))
+    rec = Recording("probe", {"II": rec.signals["II"], "PLETH": ppg.astype(np.float32)}, {"II": fs, "PLETH": fs},
+                    {"II": "mV", "PLETH": "NU"})
+    res = translate_recording(rec, "ppg2ecg", translator="classic", context_s=10.0)
+    inside = (res.times_s >= off[0]) & (res.times_s < off[1])
+    assert inside.sum() == int(3.0 * fs) and not res.usable[inside].any()
+    assert np.isnan(res.columns["ecg_ii"][inside]).all()
+    peaks_s = np.array([p / 1e9 for e in res.events if e.kind == "rpeaks" for p in e.fields["peaks_ns"]])
+    assert len(peaks_s) > 30 and not np.any((peaks_s >= off[0]) & (peaks_s < off[1]))
+    reasons = {e.fields["reason"] for e in res.events if e.kind == "source_unusable"}
+    assert reasons == {"probe_off"}, reasons

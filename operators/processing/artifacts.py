@@ -9,7 +9,9 @@ what bedside monitors deliver when something goes wrong:
 - `clipping`: the signal saturates at its `level` quantile (ADC or display rails): pulse tops are cut;
 - `motion`: band-limited 0.5-3 Hz random swings of `level` times the span's clean peak-to-peak, inside the
   cardiac band (a moving hand or patient);
-- `nan_run`: samples are invalid (NaN), as a monitor marks a dropout.
+- `nan_run`: samples are invalid (NaN), as a monitor marks a dropout;
+- `probe_noise`: the probe is off but the sensor still reports: the value at `a` plus white noise of `level` times
+  the span's clean peak-to-peak (no pulse; not an exact constant, so the flat check alone does not see it).
 
 Amplitudes come from the span itself, so artifacts injected one after another into a record do not compound.
 Plain numpy; seeded by the caller's `numpy.random.Generator`.
@@ -20,7 +22,7 @@ import numpy as np
 
 from operators.processing.filters import butter_sos, sosfiltfilt
 
-__all__ = ["ARTIFACTS", "inject", "flat", "noise", "clipping", "motion", "nan_run", "pink_noise"]
+__all__ = ["ARTIFACTS", "inject", "flat", "noise", "clipping", "motion", "nan_run", "probe_noise", "pink_noise"]
 
 
 def _copy(x: np.ndarray) -> np.ndarray:
@@ -70,7 +72,17 @@ def nan_run(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generato
     return y
 
 
-ARTIFACTS = {"flat": flat, "noise": noise, "clipping": clipping, "motion": motion, "nan": nan_run}
+def probe_noise(x: np.ndarray, a: int, b: int, fs_hz: float, rng: np.random.Generator,
+                level: float = 0.01) -> np.ndarray:
+    """Hold the value at `a` over `[a, b)` plus white noise of `level` x the span's clean peak-to-peak."""
+    y = flat(x, a, b, fs_hz, rng)
+    n = max(0, min(b, len(y)) - a)
+    y[a:a + n] += level * float(np.nanmax(x[a:b]) - np.nanmin(x[a:b])) * rng.standard_normal(n) if n else 0.0
+    return y
+
+
+ARTIFACTS = {"flat": flat, "noise": noise, "clipping": clipping, "motion": motion, "nan": nan_run,
+             "probe_noise": probe_noise}
 
 
 def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
