@@ -70,6 +70,32 @@ def test_nan_runs_are_gaps_not_splices(tmp_path):
     assert any(e.kind == "gap" for e in res.events)
 
 
+def test_sparse_single_nans_keep_every_row(tmp_path):
+    # isolated NaNs (3 %): each chunk goes whole and the receiver interpolates them, as it does live
+    ppg = synthesize(seconds=40.0, seed=2).signals["PLETH"]
+    clean = offline.translate_recording(offline_read(write_table(tmp_path / "c.parquet", {"PLETH": ppg}, 125.0)),
+                                        "ppg2ecg", translator="classic")
+    holed = ppg.copy()
+    holed[np.random.default_rng(1).choice(ppg.size, size=int(0.03 * ppg.size), replace=False)] = np.nan
+    res = offline.translate_recording(offline_read(write_table(tmp_path / "s.parquet", {"PLETH": holed}, 125.0)),
+                                      "ppg2ecg", translator="classic")
+    assert len(res.times_s) == len(ppg)
+    assert res.usable.mean() >= clean.usable.mean() - 0.05 and res.usable.mean() > 0.9
+
+
+def test_a_long_interpolated_nan_run_is_withheld(tmp_path):
+    # with 10 s chunks a 2 s NaN run is 20 % of its chunk: the receiver draws a 2 s straight line over it, as it
+    # would live; quality grading must withhold what was translated from that line
+    ppg = synthesize(seconds=40.0, seed=2).signals["PLETH"].copy()
+    ppg[int(22 * 125):int(24 * 125)] = np.nan
+    res = offline.translate_recording(offline_read(write_table(tmp_path / "s.parquet", {"PLETH": ppg}, 125.0)),
+                                      "ppg2ecg", translator="classic", chunk_s=10.0)
+    run = (res.times_s >= 22.0 - 1e-9) & (res.times_s < 24.0 - 1e-9)
+    assert run.sum() == 250  # sent whole: no gap
+    assert not res.usable[run].any() and (res.quality[run] < 0.3).all()
+    assert np.isnan(res.columns["ecg_ii"][run]).all()
+
+
 def offline_read(path):
     from operators.io.records import read_recording
 

@@ -4,9 +4,10 @@
         [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--lookahead-s S] [--chunk-s S]
 
 The recording is cut into exactly the chunks a replay would publish (`stream.tools.chunker.iter_chunks`:
-NaN runs become gaps, never splices), each chunk goes through the wire format round trip the
-worker sees, then through the same `stream.pipeline.Pipeline`, flushed at the end of input. So
-for identical chunks the worker and this mode produce identical values.
+a few NaNs in a chunk are sent and interpolated by the wire decoder, longer NaN runs become gaps, never
+splices), each chunk goes through the wire format round trip the worker sees, then through the same
+`stream.pipeline.Pipeline`, flushed at the end of input. So for identical chunks the worker and this mode
+produce identical values.
 """
 from __future__ import annotations
 
