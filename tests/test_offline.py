@@ -57,17 +57,38 @@ def test_sr_from_parquet_keeps_the_source_name_and_rate(tmp_path):
     np.testing.assert_allclose(df.time_s.to_numpy(), np.arange(len(df)) / 100.0, atol=1e-9)
 
 
-def test_nan_runs_are_gaps_not_splices(tmp_path):
+def test_nan_runs_are_nan_rows_on_the_grid_not_splices(tmp_path):
     rec = synthesize(seconds=40.0, seed=2)
     ppg = rec.signals["PLETH"].copy()
+    ppg[:int(1.5 * 125)] = np.nan  # no signal at the start
     ppg[int(15 * 125):int(18 * 125)] = np.nan  # 3 s dropout
+    ppg[-int(2 * 125):] = np.nan  # and at the end
     src = write_table(tmp_path / "gappy.parquet", {"PLETH": ppg}, 125.0)
-    res = offline.translate_recording(
-        offline_read(src), "ppg2ecg", translator="classic")
-    t = res.times_s
-    assert not np.any((t >= 15.0 - 1e-9) & (t < 18.0 - 1e-9))
-    assert len(t) == int(np.isfinite(ppg).sum())
+    res = offline.translate_recording(offline_read(src), "ppg2ecg", translator="classic")
+    t, v = res.times_s, res.columns["ecg_ii"]
+    # one row per source sample: a consumer indexing rows by sample is not shifted by a gap
+    assert len(t) == len(ppg)
+    np.testing.assert_allclose(t, np.arange(len(ppg)) / 125.0, atol=1e-9)
+    gap = np.isnan(ppg)  # the output is at the source's rate: row k is source sample k
+    assert np.isnan(v[gap]).all() and not res.usable[gap].any() and (res.quality[gap] == 0).all()
+    assert (res.gap == gap).all()
+    # the rows with signal around the gaps are translated, not spliced across it
+    assert np.isfinite(v[~gap]).all() and res.usable[~gap].mean() > 0.9
     assert any(e.kind == "gap" for e in res.events)
+
+
+def test_gap_rows_continue_the_output_grid_of_sr(tmp_path):
+    rec = synthesize(seconds=40.0, rate_hz=25.0, seed=1)
+    ii = rec.signals["II"].copy()
+    ii[:int(1.5 * 25)] = np.nan  # chunk 0 dropped, chunk 1 split: output starts mid-chunk
+    ii[int(10.3 * 25):int(14.6 * 25)] = np.nan  # beyond the wire's repair in chunks 10 and 14 too: all a gap
+    src = write_table(tmp_path / "in.parquet", {"II": ii}, 25.0)
+    res = offline.translate_recording(offline_read(src), "sr", translator="classic")
+    assert len(res.times_s) == 4 * len(ii)
+    np.testing.assert_allclose(res.times_s, np.arange(4 * len(ii)) / 100.0, atol=1e-9)
+    assert np.diff(res.times_ns).min() > 0
+    gap = np.repeat(np.isnan(ii), 4)  # source sample k: output rows 4k..4k+3
+    assert (res.gap == gap).all() and np.isnan(res.columns["II"][gap]).all() and not res.usable[gap].any()
 
 
 def test_sparse_single_nans_keep_every_row(tmp_path):
@@ -79,7 +100,7 @@ def test_sparse_single_nans_keep_every_row(tmp_path):
     holed[np.random.default_rng(1).choice(ppg.size, size=int(0.03 * ppg.size), replace=False)] = np.nan
     res = offline.translate_recording(offline_read(write_table(tmp_path / "s.parquet", {"PLETH": holed}, 125.0)),
                                       "ppg2ecg", translator="classic")
-    assert len(res.times_s) == len(ppg)
+    assert len(res.times_s) == len(ppg) and not res.gap.any()
     assert res.usable.mean() >= clean.usable.mean() - 0.05 and res.usable.mean() > 0.9
 
 
@@ -91,9 +112,25 @@ def test_a_long_interpolated_nan_run_is_withheld(tmp_path):
     res = offline.translate_recording(offline_read(write_table(tmp_path / "s.parquet", {"PLETH": ppg}, 125.0)),
                                       "ppg2ecg", translator="classic", chunk_s=10.0)
     run = (res.times_s >= 22.0 - 1e-9) & (res.times_s < 24.0 - 1e-9)
-    assert run.sum() == 250  # sent whole: no gap
+    assert run.sum() == 250 and not res.gap[run].any()  # sent whole: no gap
     assert not res.usable[run].any() and (res.quality[run] < 0.3).all()
     assert np.isnan(res.columns["ecg_ii"][run]).all()
+
+
+def test_summary_line_counts_gap_and_withheld_rows(tmp_path, capsys):
+    ppg = synthesize(seconds=40.0, seed=2).signals["PLETH"].copy()
+    ppg[int(15 * 125):int(18 * 125)] = np.nan  # 3 s = 375 rows of gap
+    ppg[int(30 * 125):int(36 * 125)] = 0.5  # a flat line: probe off, withheld
+    src = write_table(tmp_path / "in.parquet", {"PLETH": ppg}, 125.0)
+    out = tmp_path / "o.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    df = pq.read_table(out).to_pandas()
+    n_bad = int((~df.usable).sum())
+    assert len(df) == len(ppg) and n_bad > 375
+    assert f"wrote {len(ppg)} samples of ecg_ii at 125 Hz to {out}: {len(ppg) - n_bad} usable" in line, line
+    assert "375 NaN (3.0 s) in gaps of the source" in line, line
+    assert f"{n_bad - 375} NaN ({(n_bad - 375) / 125:.1f} s) withheld as unusable" in line, line
 
 
 def offline_read(path):
