@@ -167,6 +167,33 @@ def test_clear_one_line_errors(mitdb_record, tmp_path, args, message):
     assert not (tmp_path / "x.parquet").exists()
 
 
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}", "--out {tmp} is a directory"),
+    ("{tmp}/x.csv", "--out {tmp}/x.csv: the output is Parquet; name it *.parquet"),
+    ("/proc/wavebridge-x.parquet", "--out /proc/wavebridge-x.parquet: cannot write there"),
+])
+def test_an_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys, out, message):
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
+    called = []
+    monkeypatch.setattr(offline, "translate_recording", lambda *a, **k: called.append(1))
+    out = out.format(tmp=tmp_path)
+    assert offline.cli([str(src), "--task", "sr", "--out", out, "--translator", "classic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wavebridge translate: error: {message.format(tmp=tmp_path)}") and err.count("\n") == 1, err
+    assert not called  # refused before reading and translating, not after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]  # and nothing left behind
+
+
+def test_an_existing_out_is_overwritten(tmp_path):
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
+    out = tmp_path / "x.parquet"
+    out.write_bytes(b"old")
+    assert offline.cli([str(src), "--task", "sr", "--out", str(out), "--translator", "classic"]) == 0
+    assert len(pq.read_table(out)) == 4 * len(rec.signals["II"])
+
+
 def test_missing_output_directory_is_refused_before_any_work(tmp_path, monkeypatch):
     rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
     src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)

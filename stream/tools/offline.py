@@ -437,7 +437,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Translate a recording offline (same pipeline as the stream worker).")
     p.add_argument("input", help="WFDB record (with or without .hea), .parquet or .csv")
     p.add_argument("--task", required=True, choices=[PPG2ECG, SR])
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--out", required=True, help="output Parquet file (*.parquet)")
     p.add_argument("--target-rate", type=_finite, default=None,
                    help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
     p.add_argument("--context", default=None,
@@ -474,8 +474,7 @@ def _run(args) -> int:
 
     path = Path(args.input)
     out = Path(args.out)
-    if not out.parent.is_dir():  # checked first: a long translation must not end in this error
-        raise OfflineError(f"output directory {out.parent} does not exist")
+    check_out(out)  # first: a long translation must not end in an error about where to write it
     if path.suffix.lower() in (".parquet", ".pq", ".csv"):
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
@@ -531,9 +530,32 @@ def _run(args) -> int:
         dropped = sum(e.kind == "short_segment_dropped" for e in res.events)
         why = f" ({dropped} segment(s) of finite samples too short to translate were dropped)" if dropped else ""
         raise OfflineError(f"{args.task} of {src} in {path} produced no samples{why}; nothing written")
-    res.to_parquet(out)
+    try:
+        res.to_parquet(out)
+    except OSError as exc:  # e.g. the disk filled up
+        raise OfflineError(f"--out {out}: {exc}") from None
     print(f"wavebridge translate: {summary(res, out)}", file=sys.stderr)
     return 0
+
+
+def check_out(out: Path) -> None:
+    """Refuse (OfflineError) an `--out` that is a directory, not named *.parquet (the output is Parquet only), or
+    cannot be written: tried by opening it, which also catches what permission bits do not tell root.
+    Leaves an existing file as it is and no new one behind."""
+    if out.is_dir():
+        raise OfflineError(f"--out {out} is a directory; give a file name such as {out / 'out.parquet'}")
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise OfflineError(f"--out {out}: the output is Parquet; name it *.parquet")
+    if not out.parent.is_dir():
+        raise OfflineError(f"output directory {out.parent} does not exist")
+    try:
+        if out.exists():
+            open(out, "r+b").close()  # writable, not truncated
+        else:
+            open(out, "xb").close()
+            out.unlink()
+    except OSError as exc:
+        raise OfflineError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
 def summary(res: OfflineResult, out) -> str:
