@@ -153,6 +153,20 @@ def is_input_signal(name: str) -> bool:
 # ------------------------------------------------------------------ encode
 
 
+def nonfinite_repairable(n_nonfinite: int, n_samples: int) -> bool:
+    """Whether decoding repairs a chunk of `n_samples` with `n_nonfinite` non-finite samples (by linear
+    interpolation) instead of rejecting it as `nan_flood`: at most `MAX_NONFINITE_FRACTION` of them.
+
+    Parameters
+    ----------
+    n_nonfinite : int
+        Non-finite samples (NaN, +-inf) in the chunk.
+    n_samples : int
+        All samples in the chunk.
+    """
+    return n_nonfinite <= MAX_NONFINITE_FRACTION * n_samples
+
+
 def encode_json(chunk: Chunk) -> bytes:
     """UTF-8 JSON object; non-finite samples become `null`. Validates first (raises WireError).
 
@@ -451,7 +465,7 @@ def _validate(chunk: Chunk, repair: bool) -> np.ndarray:
         raise WireError(BAD_TIMESTAMP, f"start_ns {chunk.start_ns} outside [0, 2^63) ns for this chunk")
     finite = np.isfinite(samples)
     n_bad = n - int(np.count_nonzero(finite))
-    if n_bad > MAX_NONFINITE_FRACTION * n:
+    if not nonfinite_repairable(n_bad, n):
         raise WireError(NAN_FLOOD, f"{n_bad}/{n} samples are not finite (> {MAX_NONFINITE_FRACTION:.0%})")
     if n_bad and repair:
         samples = fill_nonfinite(samples)[0]  # linear between finite neighbours; edges hold the nearest one

@@ -57,17 +57,80 @@ def test_sr_from_parquet_keeps_the_source_name_and_rate(tmp_path):
     np.testing.assert_allclose(df.time_s.to_numpy(), np.arange(len(df)) / 100.0, atol=1e-9)
 
 
-def test_nan_runs_are_gaps_not_splices(tmp_path):
+def test_nan_runs_are_nan_rows_on_the_grid_not_splices(tmp_path):
     rec = synthesize(seconds=40.0, seed=2)
     ppg = rec.signals["PLETH"].copy()
+    ppg[:int(1.5 * 125)] = np.nan  # no signal at the start
     ppg[int(15 * 125):int(18 * 125)] = np.nan  # 3 s dropout
+    ppg[-int(2 * 125):] = np.nan  # and at the end
     src = write_table(tmp_path / "gappy.parquet", {"PLETH": ppg}, 125.0)
-    res = offline.translate_recording(
-        offline_read(src), "ppg2ecg", translator="classic")
-    t = res.times_s
-    assert not np.any((t >= 15.0 - 1e-9) & (t < 18.0 - 1e-9))
-    assert len(t) == int(np.isfinite(ppg).sum())
+    res = offline.translate_recording(offline_read(src), "ppg2ecg", translator="classic")
+    t, v = res.times_s, res.columns["ecg_ii"]
+    # one row per source sample: a consumer indexing rows by sample is not shifted by a gap
+    assert len(t) == len(ppg)
+    np.testing.assert_allclose(t, np.arange(len(ppg)) / 125.0, atol=1e-9)
+    gap = np.isnan(ppg)  # the output is at the source's rate: row k is source sample k
+    assert np.isnan(v[gap]).all() and not res.usable[gap].any() and (res.quality[gap] == 0).all()
+    assert (res.gap == gap).all()
+    # the rows with signal around the gaps are translated, not spliced across it
+    assert np.isfinite(v[~gap]).all() and res.usable[~gap].mean() > 0.9
     assert any(e.kind == "gap" for e in res.events)
+
+
+def test_gap_rows_continue_the_output_grid_of_sr(tmp_path):
+    rec = synthesize(seconds=40.0, rate_hz=25.0, seed=1)
+    ii = rec.signals["II"].copy()
+    ii[:int(1.5 * 25)] = np.nan  # chunk 0 dropped, chunk 1 split: output starts mid-chunk
+    ii[int(10.3 * 25):int(14.6 * 25)] = np.nan  # beyond the wire's repair in chunks 10 and 14 too: all a gap
+    src = write_table(tmp_path / "in.parquet", {"II": ii}, 25.0)
+    res = offline.translate_recording(offline_read(src), "sr", translator="classic")
+    assert len(res.times_s) == 4 * len(ii)
+    np.testing.assert_allclose(res.times_s, np.arange(4 * len(ii)) / 100.0, atol=1e-9)
+    assert np.diff(res.times_ns).min() > 0
+    gap = np.repeat(np.isnan(ii), 4)  # source sample k: output rows 4k..4k+3
+    assert (res.gap == gap).all() and np.isnan(res.columns["II"][gap]).all() and not res.usable[gap].any()
+
+
+def test_sparse_single_nans_keep_every_row(tmp_path):
+    # isolated NaNs (3 %): each chunk goes whole and the receiver interpolates them, as it does live
+    ppg = synthesize(seconds=40.0, seed=2).signals["PLETH"]
+    clean = offline.translate_recording(offline_read(write_table(tmp_path / "c.parquet", {"PLETH": ppg}, 125.0)),
+                                        "ppg2ecg", translator="classic")
+    holed = ppg.copy()
+    holed[np.random.default_rng(1).choice(ppg.size, size=int(0.03 * ppg.size), replace=False)] = np.nan
+    res = offline.translate_recording(offline_read(write_table(tmp_path / "s.parquet", {"PLETH": holed}, 125.0)),
+                                      "ppg2ecg", translator="classic")
+    assert len(res.times_s) == len(ppg) and not res.gap.any()
+    assert res.usable.mean() >= clean.usable.mean() - 0.05 and res.usable.mean() > 0.9
+
+
+def test_a_long_interpolated_nan_run_is_withheld(tmp_path):
+    # with 10 s chunks a 2 s NaN run is 20 % of its chunk: the receiver draws a 2 s straight line over it, as it
+    # would live; quality grading must withhold what was translated from that line
+    ppg = synthesize(seconds=40.0, seed=2).signals["PLETH"].copy()
+    ppg[int(22 * 125):int(24 * 125)] = np.nan
+    res = offline.translate_recording(offline_read(write_table(tmp_path / "s.parquet", {"PLETH": ppg}, 125.0)),
+                                      "ppg2ecg", translator="classic", chunk_s=10.0)
+    run = (res.times_s >= 22.0 - 1e-9) & (res.times_s < 24.0 - 1e-9)
+    assert run.sum() == 250 and not res.gap[run].any()  # sent whole: no gap
+    assert not res.usable[run].any() and (res.quality[run] < 0.3).all()
+    assert np.isnan(res.columns["ecg_ii"][run]).all()
+
+
+def test_summary_line_counts_gap_and_withheld_rows(tmp_path, capsys):
+    ppg = synthesize(seconds=40.0, seed=2).signals["PLETH"].copy()
+    ppg[int(15 * 125):int(18 * 125)] = np.nan  # 3 s = 375 rows of gap
+    ppg[int(30 * 125):int(36 * 125)] = 0.5  # a flat line: probe off, withheld
+    src = write_table(tmp_path / "in.parquet", {"PLETH": ppg}, 125.0)
+    out = tmp_path / "o.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    df = pq.read_table(out).to_pandas()
+    n_bad = int((~df.usable).sum())
+    assert len(df) == len(ppg) and n_bad > 375
+    assert f"wrote {len(ppg)} samples of ecg_ii at 125 Hz to {out}: {len(ppg) - n_bad} usable" in line, line
+    assert "375 NaN (3.0 s) in gaps of the source" in line, line
+    assert f"{n_bad - 375} NaN ({(n_bad - 375) / 125:.1f} s) withheld as unusable" in line, line
 
 
 def offline_read(path):
@@ -102,6 +165,33 @@ def test_clear_one_line_errors(mitdb_record, tmp_path, args, message):
     assert "Traceback" not in r.stderr
     assert len([line for line in r.stderr.splitlines() if "error" in line]) == 1
     assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}", "--out {tmp} is a directory"),
+    ("{tmp}/x.csv", "--out {tmp}/x.csv: the output is Parquet; name it *.parquet"),
+    ("/proc/wavebridge-x.parquet", "--out /proc/wavebridge-x.parquet: cannot write there"),
+])
+def test_an_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys, out, message):
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
+    called = []
+    monkeypatch.setattr(offline, "translate_recording", lambda *a, **k: called.append(1))
+    out = out.format(tmp=tmp_path)
+    assert offline.cli([str(src), "--task", "sr", "--out", out, "--translator", "classic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"wavebridge translate: error: {message.format(tmp=tmp_path)}") and err.count("\n") == 1, err
+    assert not called  # refused before reading and translating, not after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]  # and nothing left behind
+
+
+def test_an_existing_out_is_overwritten(tmp_path):
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
+    out = tmp_path / "x.parquet"
+    out.write_bytes(b"old")
+    assert offline.cli([str(src), "--task", "sr", "--out", str(out), "--translator", "classic"]) == 0
+    assert len(pq.read_table(out)) == 4 * len(rec.signals["II"])
 
 
 def test_missing_output_directory_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -63,14 +63,40 @@ def test_fractional_chunk_sizes_stay_aligned():
     assert all(a.end_ns() == b.start_ns for a, b in zip(ii, ii[1:]))
 
 
-def test_nan_runs_split_the_stream():
-    rec = make_rec(seconds=4, rate=100.0, nan_at=slice(150, 170))
+def test_nan_runs_beyond_the_wire_repair_split_the_stream():
+    rec = make_rec(seconds=4, rate=100.0, nan_at=slice(150, 190))  # 40 % of chunk 1: the wire would refuse it
     ii = [c for c in chunker.iter_chunks(rec, "b", chunk_s=1.0, start_ns=0, signals=["II"])]
     assert [c.seq for c in ii] == list(range(5))
-    assert [(c.start_ns, len(c.samples)) for c in ii] == [(0, 100), (1_000_000_000, 50), (1_700_000_000, 30),
+    assert [(c.start_ns, len(c.samples)) for c in ii] == [(0, 100), (1_000_000_000, 50), (1_900_000_000, 10),
                                                           (2_000_000_000, 100), (3_000_000_000, 100)]
     assert all(np.isfinite(c.samples).all() for c in ii)
-    assert ii[1].end_ns() < ii[2].start_ns  # the receiver sees a 200 ms gap
+    assert ii[1].end_ns() < ii[2].start_ns  # the receiver sees a 400 ms gap
+
+
+@pytest.mark.parametrize("n_nan, whole", [(20, True), (21, False)])
+def test_a_chunk_the_wire_repairs_is_sent_whole_with_its_nans(n_nan, whole):
+    # 20 of 100 samples is MAX_NONFINITE_FRACTION: the receiver interpolates them, exactly as it does live;
+    # one more and it would dead-letter the chunk (nan_flood), so the chunker splits it at the NaN run instead
+    rec = make_rec(seconds=3, rate=100.0, nan_at=slice(140, 140 + n_nan))
+    ii = [c for c in chunker.iter_chunks(rec, "b", chunk_s=1.0, start_ns=0, signals=["II"])]
+    assert (len(ii) == 3) is whole
+    for c in ii:
+        res = wire.decode_result(wire.encode_binary(c))  # never a dead letter
+        assert res.repaired == (n_nan if whole and c.start_ns == 1_000_000_000 else 0)
+    if whole:
+        assert ii[1].start_ns == 1_000_000_000 and len(ii[1].samples) == 100
+        assert np.isnan(ii[1].samples[40:40 + n_nan]).all()
+
+
+def test_sparse_single_nans_do_not_fragment_the_stream():
+    rec = make_rec(seconds=20, rate=125.0)
+    ecg = rec.signals["II"].copy()
+    ecg[np.random.default_rng(0).choice(ecg.size, size=int(0.03 * ecg.size), replace=False)] = np.nan
+    rec = Recording(name="r", signals={"II": ecg}, rates={"II": 125.0}, units={"II": "mV"})
+    ii = list(chunker.iter_chunks(rec, "b", chunk_s=1.0, start_ns=0, signals=["II"]))
+    assert [(c.seq, c.start_ns, len(c.samples)) for c in ii] == [(k, k * 1_000_000_000, 125) for k in range(20)]
+    assert sum(np.isnan(c.samples).sum() for c in ii) == np.isnan(ecg).sum()
+    assert all(np.isfinite(wire.decode(wire.encode_binary(c)).samples).all() for c in ii)
 
 
 def test_resample_to_monitor_rate():

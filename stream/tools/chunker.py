@@ -5,8 +5,10 @@ see identical chunks. No Kafka, no clock.
 
 Chunking rules: chunks are cut on a fixed grid of `round(chunk_s * rate)` samples per signal;
 timestamps advance exactly with the sample count (`start_ns + round(k * 1e9 / rate)` for absolute
-sample index k); seq starts at 0 per (bed, signal). NaN runs in a record are not sent: the chunk
-stream is split there, so the receiver sees a gap.
+sample index k); seq starts at 0 per (bed, signal). Non-finite samples: a chunk with no more of them than the wire
+format repairs (`wire.nonfinite_repairable`, 20 %) is sent whole, NaNs included, and the receiver interpolates them
+exactly as it does for a live monitor's chunk; a chunk with more is split at its NaN runs (only its finite runs
+are sent), so the receiver sees a gap there instead of dead-lettering the chunk as `nan_flood`.
 """
 from __future__ import annotations
 
@@ -76,13 +78,16 @@ def iter_signal_chunks(rec: Recording, signal: str, bed_id: str, chunk_s: float,
     bounds = chunk_bounds(x.size, rate, chunk_s)
     seq = 0
     for g0, g1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        part = x[g0:g1]
-        starts, ends = true_runs(np.isfinite(part))
+        part = np.ascontiguousarray(x[g0:g1], dtype=np.float32)  # judged as sent: float32 (1e39 -> inf)
+        finite = np.isfinite(part)
+        if wire.nonfinite_repairable(part.size - int(np.count_nonzero(finite)), part.size):
+            starts, ends = np.array([0]), np.array([part.size])
+        else:
+            starts, ends = true_runs(finite)
         for a, b in zip(starts.tolist(), ends.tolist()):
             k = g0 + a  # absolute sample index
             yield Chunk(bed_id=bed_id, signal=signal, rate_hz=rate, start_ns=int(grid_ns(start_ns, rate, k)),
-                        seq=seq, samples=np.ascontiguousarray(part[a:b], dtype=np.float32), units=rec.units.get(signal, ""),
-                        age=rec.age, sex=rec.sex)
+                        seq=seq, samples=part[a:b], units=rec.units.get(signal, ""), age=rec.age, sex=rec.sex)
             seq += 1
 
 
@@ -259,7 +264,8 @@ def iter_all_chunks(plan: Sequence[tuple[str, Recording]], chunk_s: float, start
 
 def expected_chunk_count(plan: Sequence[tuple[str, Recording]], chunk_s: float, signals: Sequence[str] | None = None,
                          resample: Mapping[str, float] | None = None, duration_s: float | None = None) -> int:
-    """Chunks `iter_all_chunks` yields on the fixed grid (NaN splits may add more); for a progress bar."""
+    """Chunks `iter_all_chunks` yields on the fixed grid (splits at the NaN runs of chunks the wire would refuse may
+    add more); for a progress bar."""
     total = 0
     for _, rec in plan:
         for s in select_signals(rec, signals):

@@ -4,9 +4,11 @@
         [--context REC] [--translator SPEC] [--signal NAME] [--window-s S] [--hop-s S] [--lookahead-s S] [--chunk-s S]
 
 The recording is cut into exactly the chunks a replay would publish (`stream.tools.chunker.iter_chunks`:
-NaN runs become gaps, never splices), each chunk goes through the wire format round trip the
-worker sees, then through the same `stream.pipeline.Pipeline`, flushed at the end of input. So
-for identical chunks the worker and this mode produce identical values.
+a few NaNs in a chunk are sent and interpolated by the wire decoder, longer NaN runs become gaps, never
+splices), each chunk goes through the wire format round trip the worker sees, then through the same
+`stream.pipeline.Pipeline`, flushed at the end of input. So for identical chunks the worker and this mode
+produce identical values. The output has a row for every point of the output grid over the whole input: where
+the worker would publish nothing (a gap in the source, a withheld span) the row is NaN with `usable` False.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from operators.processing.samples import grid_ns
 from operators.translator import DEFAULT_SPEC, PPG2ECG, SR, PairedContext, is_ecg_signal
 from operators import vocab
 from operators.vocab import ECG, PPG
@@ -64,6 +67,9 @@ class OfflineResult:
     events: list = field(default_factory=list)
     quality: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # per sample, NaN if unjudged
     usable: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # per sample, True where nothing was translated (a gap or NaN run in the source, a piece too short to
+    # translate): NaN, quality 0, not usable; not written to the Parquet file
+    gap: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def to_parquet(self, path: str | Path) -> None:
         """Write `time_s`, the signal column, `quality` and `usable` to `path`; rate and translator as metadata."""
@@ -282,6 +288,40 @@ def translate_chunks(chunks: Iterable, task: str, *, source_signal: str, target_
     return outputs, events
 
 
+def gap_times_ns(times_ns: np.ndarray, rate_hz: float, end_ns: int) -> np.ndarray:
+    """Times of the rows missing from an output on its grid: before its first row, between rows more than 1.5
+    periods apart, and after its last row up to the input's end.
+
+    Each missing stretch continues the grid of the row before it (`grid_ns`), the leading one that of the first
+    row backwards to 0, so the times stay evenly spaced across a gap wherever the input was.
+
+    Parameters
+    ----------
+    times_ns : numpy.ndarray of int64
+        The output's row times, increasing, ns from the input's start (at least one).
+    rate_hz : float
+        The output's rate, Hz.
+    end_ns : int
+        The input's end (one sample period after its last sample), ns from its start.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        The missing times, increasing.
+    """
+    half = 0.5e9 / rate_hz
+    first, last = int(times_ns[0]), int(times_ns[-1])
+    parts = [grid_ns(first, rate_hz, np.arange(-math.ceil(first * rate_hz / 1e9) - 1, 0))]
+    parts[0] = parts[0][parts[0] > -half]
+    gaps = np.flatnonzero(np.diff(times_ns) > 3 * half)
+    for a, b in zip(times_ns[gaps].tolist(), times_ns[gaps + 1].tolist()):
+        t = grid_ns(a, rate_hz, np.arange(1, math.ceil((b - a) * rate_hz / 1e9) + 1))
+        parts.append(t[t < b - half])
+    t = grid_ns(last, rate_hz, np.arange(1, max(0, math.ceil((end_ns - last) * rate_hz / 1e9)) + 1))
+    parts.append(t[t < end_ns - half])
+    return np.concatenate(parts).astype(np.int64)
+
+
 def translate_recording(recording, task: str, *, target_rate: float | None = None, context: PairedContext | None = None,
                         translator=None, signal: str | None = None, window_s: float = 8.0, hop_s: float = 2.0,
                         chunk_s: float = 1.0, progress: bool = False,
@@ -315,6 +355,8 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     OfflineResult
         `time_s` (seconds from the input's start), one signal column: `ecg_ii` (ppg2ecg) or the source channel's
         own name (sr), NaN where the source window was unusable, and per sample `quality` (0-1) and `usable`.
+        Where nothing was translated (a gap or NaN run in the source) the output grid goes on with NaN rows,
+        quality 0, not usable (`gap_times_ns`; `gap` marks them); none at all when nothing was translated.
 
     Raises
     ------
@@ -364,10 +406,21 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     usable = np.concatenate([np.full(len(o.values), o.usable) for o in outputs]) if outputs else np.zeros(0, bool)
     order = np.argsort(times, kind="stable")  # withheld spans were collected apart from the published ones
     times, values, quality, usable = times[order], values[order], quality[order], usable[order]
+    gap = np.zeros(len(times), bool)
+    if len(times):  # a row for every grid point of the input, so rows after a gap keep their place
+        missing = gap_times_ns(times, target_rate, int(grid_ns(0, src_rate, len(recording.signals[src]))))
+        n = len(missing)
+        times = np.concatenate([times, missing])
+        values = np.concatenate([values, np.full(n, np.nan, np.float32)])
+        quality = np.concatenate([quality, np.zeros(n, np.float32)])
+        usable = np.concatenate([usable, np.zeros(n, bool)])
+        gap = np.concatenate([gap, np.ones(n, bool)])
+        order = np.argsort(times, kind="stable")
+        times, values, quality, usable, gap = times[order], values[order], quality[order], usable[order], gap[order]
     name = ECG_COLUMN if task == PPG2ECG else recording.original_names.get(src, src)
     return OfflineResult(times_s=times / 1e9, columns={name: values}, rate_hz=target_rate, times_ns=times,
                          translator=getattr(translator, "name", type(translator).__name__), events=events,
-                         quality=quality, usable=usable)
+                         quality=quality, usable=usable, gap=gap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +437,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Translate a recording offline (same pipeline as the stream worker).")
     p.add_argument("input", help="WFDB record (with or without .hea), .parquet or .csv")
     p.add_argument("--task", required=True, choices=[PPG2ECG, SR])
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--out", required=True, help="output Parquet file (*.parquet)")
     p.add_argument("--target-rate", type=_finite, default=None,
                    help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
     p.add_argument("--context", default=None,
@@ -421,8 +474,7 @@ def _run(args) -> int:
 
     path = Path(args.input)
     out = Path(args.out)
-    if not out.parent.is_dir():  # checked first: a long translation must not end in this error
-        raise OfflineError(f"output directory {out.parent} does not exist")
+    check_out(out)  # first: a long translation must not end in an error about where to write it
     if path.suffix.lower() in (".parquet", ".pq", ".csv"):
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
@@ -478,12 +530,47 @@ def _run(args) -> int:
         dropped = sum(e.kind == "short_segment_dropped" for e in res.events)
         why = f" ({dropped} segment(s) of finite samples too short to translate were dropped)" if dropped else ""
         raise OfflineError(f"{args.task} of {src} in {path} produced no samples{why}; nothing written")
-    res.to_parquet(out)
-    n_bad = int(np.count_nonzero(~res.usable))
-    withheld = f" ({n_bad} NaN: unusable source, see the usable column)" if n_bad else ""
-    print(f"wavebridge translate: wrote {len(res.times_s)} samples of {col}{withheld} at {res.rate_hz:g} Hz to {out}",
-          file=sys.stderr)
+    try:
+        res.to_parquet(out)
+    except OSError as exc:  # e.g. the disk filled up
+        raise OfflineError(f"--out {out}: {exc}") from None
+    print(f"wavebridge translate: {summary(res, out)}", file=sys.stderr)
     return 0
+
+
+def check_out(out: Path) -> None:
+    """Refuse (OfflineError) an `--out` that is a directory, not named *.parquet (the output is Parquet only), or
+    cannot be written: tried by opening it, which also catches what permission bits do not tell root.
+    Leaves an existing file as it is and no new one behind."""
+    if out.is_dir():
+        raise OfflineError(f"--out {out} is a directory; give a file name such as {out / 'out.parquet'}")
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise OfflineError(f"--out {out}: the output is Parquet; name it *.parquet")
+    if not out.parent.is_dir():
+        raise OfflineError(f"output directory {out.parent} does not exist")
+    try:
+        if out.exists():
+            open(out, "r+b").close()  # writable, not truncated
+        else:
+            open(out, "xb").close()
+            out.unlink()
+    except OSError as exc:
+        raise OfflineError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
+def summary(res: OfflineResult, out) -> str:
+    """The line `wavebridge translate` ends with: rows written, and how many are NaN for which reason."""
+    col, rate = next(iter(res.columns)), res.rate_hz
+    n_gap = int(np.count_nonzero(res.gap))
+    n_withheld = int(np.count_nonzero(~res.usable & ~res.gap))
+    parts = [f"{int(np.count_nonzero(res.usable))} usable"]
+    if n_gap:
+        short = sum(e.kind == "short_segment_dropped" for e in res.events)
+        why = f", {short} piece(s) too short to translate" if short else ""
+        parts.append(f"{n_gap} NaN ({n_gap / rate:.1f} s) in gaps of the source (no samples, NaN runs{why})")
+    if n_withheld:
+        parts.append(f"{n_withheld} NaN ({n_withheld / rate:.1f} s) withheld as unusable (see the usable column)")
+    return f"wrote {len(res.times_s)} samples of {col} at {rate:g} Hz to {out}: {', '.join(parts)}"
 
 
 if __name__ == "__main__":
