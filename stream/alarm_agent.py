@@ -11,6 +11,11 @@ waits for InfluxDB. A malformed alarm gets no verdict (there is nothing to judge
 dead-letter topic with reason `bad_alarm` and the problem in the `wavebridge.detail` header, as malformed
 chunks do.
 
+An alarm's offset is committed once it is received, not once its verdict is published: on a graceful stop
+the agent therefore judges every alarm still pending with the data at hand and publishes those verdicts marked
+`judged_early: "shutdown"` before the producer stops (Faust sends `on_before_shutdown` after the consumer stopped
+and before the producer does); a crash or SIGKILL still loses them (docs/alarms.md, "Stopping and restarting").
+
 The alarms topic must have as many partitions as the waveforms topic and be keyed by bed id the same
 way: Faust assigns co-partitioned topics' partitions together, so the worker holding a bed's waveforms
 also gets its alarms.
@@ -24,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
 from stream.agents import WorkerRuntime, _held, crash_on_error
-from stream.alarms import BAD_ALARM, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
+from stream.alarms import BAD_ALARM, JUDGED_EARLY_SHUTDOWN, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
 from stream.config import Settings
 
 log = logging.getLogger("wavebridge.alarms")
@@ -50,6 +55,8 @@ class AlarmRuntime:
         self.ring = SignalRing(settings.alarm_buffer_s, settings.alarm_max_beds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavebridge-alarms")
         self.judge: AlarmJudge | None = None
+        self._judging = asyncio.Lock()  # one tick or the stop judges and publishes at a time
+        self._stopped = False
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alarms_topic = app.topic(settings.topic_alarms, **raw)
         self.verdicts_topic = app.topic(settings.topic_verdicts, **raw)
@@ -96,26 +103,62 @@ class AlarmRuntime:
             await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
                 BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)
             return
+        if self._stopped:
+            # the consumer handed it over after the pending alarms were judged: nothing judges it any more, and
+            # its offset may be committed with the ones before it
+            self.worker.counters.add("alarm_not_judged")
+            log.error("alarm %s (%s, bed %s) received while stopping: not judged, no verdict", alarm.alarm_id,
+                      alarm.alarm_type, alarm.bed_id)
+            return
         self.judge.submit(alarm)
         self.worker.counters.add("alarm_received")
 
     async def tick(self) -> None:
         """Judge every alarm whose data is there (or whose deadline passed) and publish the verdicts."""
-        if self.judge is None:
-            return
-        for p in self.judge.due():
-            msg = await self._run(self.judge.judge, p)
-            fut = await self.verdicts_topic.send(key=msg["bed_id"].encode(), value=json.dumps(msg).encode())
-            await fut  # confirmed before it is logged as published
-            self.worker.counters.add(f"verdict.{msg['verdict']}")
-            metrics.ALARM_VERDICTS.labels(msg["verdict"]).inc()
-            metrics.MESSAGES_OUT.labels(self.settings.topic_verdicts).inc()
-            log.info("alarm %s (%s, bed %s): %s, confidence %.2f: %s", msg["alarm_id"], msg["alarm_type"],
-                     msg["bed_id"], msg["verdict"], msg["confidence"] or 0.0, msg["reason"])
+        async with self._judging:
+            if self.judge is None or self._stopped:
+                return
+            for p in self.judge.due():
+                await self._publish(await self._run(self.judge.judge, p))
+
+    async def _publish(self, msg: dict) -> None:
+        fut = await self.verdicts_topic.send(key=msg["bed_id"].encode(), value=json.dumps(msg).encode())
+        await fut  # confirmed before it is logged as published
+        self.worker.counters.add(f"verdict.{msg['verdict']}")
+        metrics.ALARM_VERDICTS.labels(msg["verdict"]).inc()
+        metrics.MESSAGES_OUT.labels(self.settings.topic_verdicts).inc()
+        log.info("alarm %s (%s, bed %s): %s, confidence %.2f: %s", msg["alarm_id"], msg["alarm_type"],
+                 msg["bed_id"], msg["verdict"], msg["confidence"] or 0.0, msg["reason"])
 
     async def stop(self) -> None:
-        """Stop the judging thread (pending alarms are not judged)."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Judge every pending alarm now, with the data at hand, publish those verdicts, then stop the thread.
+
+        Their offsets were committed on receipt, so no other worker would judge them. Each verdict is marked
+        `judged_early: "shutdown"` (its reason starts with `judged early (shutdown): `); a WARNING line says how
+        many. Call while the producer still runs (Faust's `on_before_shutdown`). A verdict that cannot be
+        published is logged as an ERROR naming the alarms left without one.
+        """
+        async with self._judging:  # lets a tick that is publishing finish first
+            self._stopped = True
+            pending = [] if self.judge is None else self.judge.drain()
+            done = []
+            try:
+                for p in pending:
+                    await self._publish(await self._run(self.judge.judge, p, JUDGED_EARLY_SHUTDOWN))
+                    done.append(p.alarm.alarm_id)
+            except Exception:
+                lost = [p.alarm.alarm_id for p in pending[len(done):]]
+                log.exception("stopping: %d alarm(s) left without a verdict: %s", len(lost), _ids(lost))
+            if pending:
+                log.warning("stopping: judged %d pending alarm%s early, with the data at hand (judged_early: %s): %s",
+                            len(done), "" if len(done) == 1 else "s", JUDGED_EARLY_SHUTDOWN, _ids(done))
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _ids(alarm_ids: list[str], shown: int = 20) -> str:
+    """The first `shown` alarm ids for a log line (a stop may judge hundreds), and how many more."""
+    more = len(alarm_ids) - shown
+    return ", ".join(alarm_ids[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def register(app, settings: Settings, worker_rt: WorkerRuntime) -> AlarmRuntime:

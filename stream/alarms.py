@@ -29,6 +29,9 @@ NS = 1_000_000_000
 ALARM_VERDICT = "alarm_verdict"  # InfluxDB measurement
 ALARM_FIELDS = ("bed_id", "alarm_type", "onset_ns", "alarm_id")
 BAD_ALARM = "bad_alarm"  # dead-letter reason of an alarm message that cannot be judged
+# `judged_early` of a verdict judged when the worker stopped, with the data at hand: its alarm's offset is already
+# committed, so no other worker would ever judge it (docs/alarms.md, "Stopping and restarting")
+JUDGED_EARLY_SHUTDOWN = "shutdown"
 
 
 class AlarmMessageError(ValueError):
@@ -115,7 +118,7 @@ def encode_alarm(alarm: AlarmMessage) -> bytes:
 
 
 def verdict_message(alarm: AlarmMessage, verdict: core.AlarmVerdict, wait_s: float, data_until_ns: int | None,
-                    decided_ns: int | None = None) -> dict:
+                    decided_ns: int | None = None, judged_early: str | None = None) -> dict:
     """The verdicts topic's JSON object (docs/verdict.schema.json).
 
     Parameters
@@ -130,14 +133,19 @@ def verdict_message(alarm: AlarmMessage, verdict: core.AlarmVerdict, wait_s: flo
         End of the bed's newest data when judged, ns since the epoch.
     decided_ns : int, optional
         When it was decided, ns since the epoch (default: now).
+    judged_early : str, optional
+        Why it was judged before its data reached what its mode waits for (`JUDGED_EARLY_SHUTDOWN`): the
+        message then carries `judged_early` and its reason says so (absent from a verdict judged on time).
     """
     d = verdict.to_dict()
+    reason = d["reason"] if judged_early is None else f"judged early ({judged_early}): {d['reason']}"
+    early = {} if judged_early is None else {"judged_early": judged_early}
     return {"version": VERSION, "alarm_id": alarm.alarm_id, "bed_id": alarm.bed_id, "alarm_type": alarm.alarm_type,
             "onset_ns": alarm.onset_ns, "mode": verdict.mode, "wait_s": wait_s if verdict.mode == "retrospective" else 0.0,
             "verdict": d["verdict"], "confidence": d["confidence"], "keep_alarm": verdict.keep_alarm,
-            "false_score": d["false_score"], "threshold": d["threshold"], "reason": d["reason"],
+            "false_score": d["false_score"], "threshold": d["threshold"], "reason": reason,
             "window_s": d["window_s"], "data_until_ns": data_until_ns,
-            "decided_ns": time.time_ns() if decided_ns is None else decided_ns, "channels": d["channels"]}
+            "decided_ns": time.time_ns() if decided_ns is None else decided_ns, "channels": d["channels"], **early}
 
 
 def verdict_lines(msg: dict) -> list[str]:
@@ -389,7 +397,12 @@ class AlarmJudge:
         self._pending = keep
         return ready
 
-    def judge(self, p: _Pending) -> dict:
+    def drain(self) -> list[_Pending]:
+        """Every pending alarm, due or not (removed from the queue): to judge them all now (`judge(p, early=...)`)."""
+        out, self._pending = self._pending, []
+        return out
+
+    def judge(self, p: _Pending, early: str | None = None) -> dict:
         """The verdict message for one alarm, from the ring (runs the verifier: call off the event loop).
 
         An unexpected error while judging gives an `uncertain` verdict (keep the alarm) whose reason names the
@@ -399,7 +412,9 @@ class AlarmJudge:
         Parameters
         ----------
         p : pending alarm
-            One returned by `due`.
+            One returned by `due` or `drain`.
+        early : str, optional
+            Judged before it was due, and why (`JUDGED_EARLY_SHUTDOWN`): marked in the message (`verdict_message`).
         """
         cfg = self.config
         a = p.alarm
@@ -416,7 +431,7 @@ class AlarmJudge:
             log.error("alarm %s (%s, bed %s) could not be judged; verdict uncertain", a.alarm_id, a.alarm_type,
                       a.bed_id, exc_info=True)
             v = judging_failed(a.alarm_type, p.mode, cfg, wait, f"{type(exc).__name__}: {exc}")
-        return verdict_message(a, v, wait, self.ring.newest_ns(a.bed_id))
+        return verdict_message(a, v, wait, self.ring.newest_ns(a.bed_id), judged_early=early)
 
 
 # ---------------------------------------------------------------- end to end (the demo)

@@ -93,3 +93,48 @@ def test_published_alarms_get_verdicts(wenv):
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log()[-3000:]
+
+
+def test_a_graceful_stop_publishes_pending_alarms_judged_early(wenv):
+    """Live review, defect 4: a retrospective alarm still waiting for its data when the worker got SIGTERM was never
+    judged, by this worker or the next (its offset was committed on receipt). The stop now judges it with the data
+    at hand and its verdict, marked `judged_early`, is on the verdicts topic before the producer stops."""
+    import jsonschema
+    from kafka import KafkaProducer
+
+    from stream.tools.chunker import iter_chunks
+
+    wenv.extra.update({"WAVEBRIDGE_TASKS": "ppg2ecg", "WAVEBRIDGE_ALARM_MODE": "realtime",
+                       "WAVEBRIDGE_ALARM_WAIT_S": "30", "WAVEBRIDGE_ALARM_GRACE_S": "20"})
+    wenv.create_topics()
+    onset_ns = T0 + int(ONSET_S * 1e9)
+    worker = start_worker(wenv)
+    try:
+        producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
+        try:
+            for c in iter_chunks(_recording(None), "bed-ok", chunk_s=1.0, start_ns=T0):
+                producer.send(wenv.topics["input"], key=wire.message_key(c), value=wire.encode_binary(c))
+            for mode in ("retrospective", "realtime"):
+                alarm = {"bed_id": "bed-ok", "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": mode,
+                         "mode": mode}
+                producer.send(wenv.topics["alarms"], key=b"bed-ok", value=json.dumps(alarm).encode())
+            producer.flush()
+        finally:
+            producer.close()
+        # the real-time verdict shows both alarms were received; the retrospective one waits 30 s past the onset
+        wait_until(lambda: len(consume_all(wenv.bootstrap, wenv.topics["verdicts"], 1, timeout=5)) == 1, 120,
+                   "the real-time verdict", worker, interval=1.0)
+    finally:
+        worker.stop()
+    assert worker.proc.returncode == 0, worker.log()[-3000:]
+    got = {json.loads(m.value)["alarm_id"]: json.loads(m.value)
+           for m in consume_all(wenv.bootstrap, wenv.topics["verdicts"], 2, timeout=20)}
+    assert sorted(got) == ["realtime", "retrospective"], worker.log()[-3000:]
+    schema = json.loads((REPO / "docs" / "verdict.schema.json").read_text())
+    for msg in got.values():
+        jsonschema.validate(msg, schema)
+    assert "judged_early" not in got["realtime"]
+    retro = got["retrospective"]
+    assert retro["judged_early"] == "shutdown" and retro["reason"].startswith("judged early (shutdown): ")
+    assert retro["data_until_ns"] < onset_ns + int(30e9) and retro["verdict"] == "false"
+    assert "judged 1 pending alarm early" in worker.log()

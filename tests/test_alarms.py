@@ -768,3 +768,79 @@ def test_a_step_back_drops_what_the_signal_sent_after_the_new_stamp_and_keeps_th
     sig, _ = ring.snapshot("b1", T0, T0 + 3611 * 10**9)
     assert np.isfinite(sig["PLETH"][:10 * 125]).all() and np.isfinite(sig["PLETH"][13 * 125:14 * 125]).all()
     assert np.isnan(sig["PLETH"][14 * 125:]).all()
+
+
+def _runtime(ring_chunks, **settings):
+    """An `AlarmRuntime` on a fake app whose verdicts topic records what is sent (confirmed at once)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream.alarm_agent import AlarmRuntime
+    from stream.logthrottle import Throttle
+    from stream.sinks import ReasonCounters
+
+    class Topic:
+        def __init__(self, name):
+            self.name, self.sent = name, []
+
+        async def send(self, key, value, **kwargs):
+            self.sent.append(json.loads(value))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    s = SimpleNamespace(alarm_buffer_s=120.0, alarm_max_beds=8, topic_alarms="wavebridge.alarms",
+                        topic_verdicts="wavebridge.verdicts", topic_dlq="wavebridge.dlq", alarm_translator="none",
+                        alarm_mode="realtime", alarm_wait_s=30.0, alarm_grace_s=2.0, **settings)
+    worker = SimpleNamespace(chunk_listeners=[], counters=ReasonCounters(0.0, None), log_throttle=Throttle(10.0))
+    rt = AlarmRuntime(SimpleNamespace(topic=lambda name, **kw: Topic(name)), s, worker)
+    for c in ring_chunks:
+        rt.ring.add(c)
+    return rt
+
+
+def _alarm_event(offset, **fields):
+    from types import SimpleNamespace
+
+    value = json.dumps({**GOOD_ALARM, **fields}).encode()
+    return SimpleNamespace(value=value, message=SimpleNamespace(topic="wavebridge.alarms", partition=0,
+                                                                offset=offset, key=b"bed-1"))
+
+
+def test_stopping_judges_pending_alarms_early_and_says_so(clean, caplog):
+    """Live review, defect 4: a retrospective alarm still waiting for its data when the worker stopped was never
+    judged (its offset was committed on receipt, so the next worker does not see it either) and nothing was logged.
+    A graceful stop judges it with the data at hand and publishes the verdict, marked `judged_early`."""
+    import asyncio
+
+    import jsonschema
+
+    onset = T0 + int(ONSET_S * 1e9)
+    rt = _runtime(c for c in _chunks(clean, "bed-1") if c.end_ns() <= onset + int(2e9))
+    late = []
+
+    async def run():
+        await rt.start()
+        await rt.on_alarm(_alarm_event(0, bed_id="bed-1", onset_ns=onset, alarm_id="rt"))
+        await rt.on_alarm(_alarm_event(1, bed_id="bed-1", onset_ns=onset, alarm_id="retro", mode="retrospective"))
+        await rt.tick()  # the real-time alarm's data is there; the retrospective one waits 30 s after the onset
+        assert [m["alarm_id"] for m in rt.verdicts_topic.sent] == ["rt"] and rt.judge.pending == 1
+        await rt.stop()
+        await rt.tick()  # nothing left, nothing judged twice
+        await rt.on_alarm(_alarm_event(2, bed_id="bed-1", onset_ns=onset, alarm_id="after"))
+        late.extend(rt.verdicts_topic.sent)
+
+    with caplog.at_level("INFO", logger="wavebridge.alarms"):
+        asyncio.run(run())
+    on_time, early = late
+    assert "judged_early" not in on_time and not on_time["reason"].startswith("judged early")
+    assert early["alarm_id"] == "retro" and early["mode"] == "retrospective" and early["judged_early"] == "shutdown"
+    assert early["reason"].startswith("judged early (shutdown): ") and early["verdict"] == "false"
+    assert early["data_until_ns"] == onset + int(2e9)  # what was at hand, short of the 30 s wait
+    schema = _schema("verdict.schema.json")
+    for msg in late:
+        jsonschema.validate(msg, schema)
+    lines = [r.getMessage() for r in caplog.records if r.name == "wavebridge.alarms"]
+    assert any("judged 1 pending alarm early" in m and "retro" in m for m in lines), lines
+    # an alarm the consumer still hands over after the stop cannot be judged any more: an error names it
+    assert any(r.levelname == "ERROR" and "after" in r.getMessage() for r in caplog.records), lines
