@@ -336,11 +336,27 @@ def test_judge_turns_an_unexpected_error_into_an_uncertain_verdict(clean, monkey
 
 
 def test_alarm_check_cli_errors_and_help(capsys, tmp_path):
+    """A user's mistake (no such record, not a WFDB record, no alarm type, a bad option) is one line and exit 2,
+    as for `wavebridge translate`. Before: exit 1, and a .csv ended in "[Errno 2] ... clean.csv.hea"."""
+    import wfdb
+
     from stream.tools.cli import main
 
-    assert main(["alarm-check", str(tmp_path / "nothing")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1
+    (tmp_path / "clean.csv").write_text("PLETH,II\n" + "0.1,0.2\n" * 500)
+    wfdb.wrsamp("noalarm", fs=250, units=["mV"], sig_name=["II"], write_dir=str(tmp_path),
+                p_signal=np.zeros((250 * 310, 1)), fmt=["16"])  # a WFDB record whose header names no alarm
+    cases = [([str(tmp_path / "nothing")], "not a WFDB record"),
+             ([str(tmp_path / "clean.csv")], "not a WFDB record"),
+             ([str(tmp_path)], "not a WFDB record"),
+             ([str(tmp_path / "noalarm")], "no alarm type"),
+             ([str(tmp_path / "noalarm"), "--translator", "bogus"], "--translator: translator spec 'bogus'"),
+             ([str(tmp_path / "noalarm"), "--wait-s", "-1"], "--wait-s"),
+             ([str(tmp_path / "noalarm"), "--mode", "later"], "--mode")]
+    for args, says in cases:
+        assert main(["alarm-check", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1, err
+        assert says in err and "Errno" not in err, err
     with pytest.raises(SystemExit):
         alarm_check.cli(["--help"])
     out = capsys.readouterr().out
