@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from stream import metrics, sinks
 from stream.agents import WorkerRuntime, _held, crash_on_error
 from stream.alarms import BAD_ALARM, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
+from stream.alarms import warn_if_not_keyed_by_bed
 from stream.config import Settings
 
 log = logging.getLogger("wavebridge.alarms")
@@ -96,6 +97,7 @@ class AlarmRuntime:
             await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
                 BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)
             return
+        warn_if_not_keyed_by_bed(alarm, event.message, self.worker.log_throttle)
         self.judge.submit(alarm)
         self.worker.counters.add("alarm_received")
 

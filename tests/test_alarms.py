@@ -751,6 +751,47 @@ def test_bad_alarm_log_lines_are_throttled(caplog):
     assert len(sent) == 21
 
 
+def test_alarms_not_keyed_by_bed_id_are_judged_with_a_throttled_warning(caplog):
+    """An alarm with no message key, or a key other than its bed_id, may land on a partition away from the bed's
+    data (several workers) and come back `uncertain`: it is still judged, and one WARNING line per
+    WAVEBRIDGE_LOG_REPEAT_S says so. Before: accepted silently."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream.alarm_agent import AlarmRuntime
+    from stream.logthrottle import Throttle
+    from stream.sinks import ReasonCounters
+
+    now = [0.0]
+    judged = []
+    rt = object.__new__(AlarmRuntime)
+    rt.settings = SimpleNamespace(topic_dlq="wavebridge.dlq")
+    rt.judge = SimpleNamespace(submit=judged.append)
+    rt.worker = SimpleNamespace(counters=ReasonCounters(0.0, None), log_throttle=Throttle(10.0, clock=lambda: now[0]))
+
+    def event(i, key):
+        value = json.dumps({**GOOD_ALARM, "alarm_id": f"K{i}"}).encode()
+        return SimpleNamespace(value=value, message=SimpleNamespace(topic="wavebridge.alarms", partition=0, offset=i,
+                                                                    key=key))
+
+    async def feed():
+        await rt.on_alarm(event(0, b"bed-001"))  # keyed right: no line
+        await rt.on_alarm(event(1, None))
+        await rt.on_alarm(event(2, b"bed-002"))
+        await rt.on_alarm(event(3, b""))
+        now[0] = 11.0
+        await rt.on_alarm(event(4, b"x" * 1000))
+
+    with caplog.at_level("WARNING", logger="wavebridge.alarms"):
+        asyncio.run(feed())
+    assert [a.alarm_id for a in judged] == ["K0", "K1", "K2", "K3", "K4"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wavebridge.alarms"]
+    assert len(lines) == 2, lines
+    assert "K1" in lines[0] and "no message key" in lines[0] and "bed_id" in lines[0]
+    assert "K4" in lines[1] and "[2 more of this kind not shown]" in lines[1] and len(lines[1]) < 400
+    assert sa.key_problem(sa.parse_alarm(GOOD_ALARM), b"bed-001") is None
+
+
 def _pleth(k, start_ns):
     return wire.Chunk("b1", "PLETH", 125.0, start_ns, k, np.sin(np.arange(125) / 10).astype(np.float32))
 
