@@ -29,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
 from stream.agents import WorkerRuntime, _held, crash_on_error
-from stream.alarms import BAD_ALARM, JUDGED_EARLY_SHUTDOWN, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm
+from stream.alarms import (BAD_ALARM, JUDGED_EARLY_SHUTDOWN, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm,
+                           warn_if_not_keyed_by_bed)
 from stream.config import Settings
 
 log = logging.getLogger("wavebridge.alarms")
@@ -110,6 +111,7 @@ class AlarmRuntime:
             log.error("alarm %s (%s, bed %s) received while stopping: not judged, no verdict", alarm.alarm_id,
                       alarm.alarm_type, alarm.bed_id)
             return
+        warn_if_not_keyed_by_bed(alarm, event.message, self.worker.log_throttle)
         self.judge.submit(alarm)
         self.worker.counters.add("alarm_received")
 

@@ -95,6 +95,49 @@ def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
     return AlarmMessage(bed, atype, int(onset), aid, mode, source)
 
 
+def key_problem(alarm: AlarmMessage, key: bytes | None) -> str | None:
+    """Why an alarm's Kafka message key may route it away from its bed's data, or None when the key is its bed_id.
+
+    The alarms topic is co-partitioned with the waveforms topic by bed id: with several workers, an alarm keyed
+    otherwise lands on a partition whose worker may hold none of the bed's data, and comes back `uncertain`.
+
+    Parameters
+    ----------
+    alarm : AlarmMessage
+        The parsed alarm.
+    key : bytes or None
+        Its message key.
+    """
+    if not key:
+        return "no message key"
+    if key != alarm.bed_id.encode():
+        return f"message key {_shown(key)} is not its bed_id"
+    return None
+
+
+def warn_if_not_keyed_by_bed(alarm: AlarmMessage, message, throttle) -> None:
+    """Log a WARNING, at most one per `throttle` interval, when an alarm's message key is not its bed_id (`key_problem`).
+
+    Parameters
+    ----------
+    alarm : AlarmMessage
+        The parsed alarm (it is judged all the same: on one worker, or by chance, it finds its data).
+    message
+        Its Kafka message (`key`, `topic`, `partition`, `offset`).
+    throttle : stream.logthrottle.Throttle
+        The worker's log throttle (`WAVEBRIDGE_LOG_REPEAT_S`).
+    """
+    problem = key_problem(alarm, message.key)
+    if problem is None:
+        return
+    ok, held = throttle.allow(("alarm_key",))
+    if ok:
+        log.warning("alarm %s (bed %s) at %s[%s]@%s: %s; producers must key alarms by bed_id, or with several "
+                    "workers it may be judged without the bed's data (uncertain)%s", _shown(alarm.alarm_id),
+                    alarm.bed_id, message.topic, message.partition, message.offset, problem,
+                    f" [{held} more of this kind not shown]" if held else "")
+
+
 def _shown(value, limit: int = 60) -> str:
     """`repr(value)` cut to `limit` characters, with the full length when cut."""
     text = repr(value)

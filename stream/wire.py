@@ -279,7 +279,7 @@ def _parse_json(data: bytes) -> dict:
     except UnicodeDecodeError as exc:
         raise WireError(BAD_ENCODING, f"neither binary (no {MAGIC!r} prefix) nor UTF-8 JSON: {exc}") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise WireError(BAD_JSON, f"invalid JSON: {exc}") from None
     except RecursionError:  # e.g. 100,000 nested '['
@@ -290,6 +290,12 @@ def _parse_json(data: bytes) -> dict:
     if "samples" in obj:
         obj["samples"] = _json_samples(obj["samples"])
     return obj
+
+
+def _refuse_constant(token: str):
+    """Python's JSON reader takes NaN, Infinity and -Infinity; JSON (RFC 8259) has none of them, and other readers
+    of the topic fail on them, so a message holding one is not JSON."""
+    raise ValueError(f"{token} is not JSON (RFC 8259); an invalid sample is written as null")
 
 
 def _json_samples(values) -> np.ndarray:
@@ -309,7 +315,7 @@ def _json_samples(values) -> np.ndarray:
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "fiu"):
         raise WireError(WRONG_TYPE, "samples must be a flat array of numbers or null")
     # Range-checked before the float32 cast, which would turn 1e39 into inf and so into a "repaired" sample. An
-    # inf here was a number (1e400, a huge integer, Infinity), not a null: out of range too.
+    # inf here was a number (1e400, a huge integer), not a null: out of range too.
     _check_range(arr, allow_inf=False)
     return arr.astype(np.float32)
 

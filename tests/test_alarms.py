@@ -336,11 +336,27 @@ def test_judge_turns_an_unexpected_error_into_an_uncertain_verdict(clean, monkey
 
 
 def test_alarm_check_cli_errors_and_help(capsys, tmp_path):
+    """A user's mistake (no such record, not a WFDB record, no alarm type, a bad option) is one line and exit 2,
+    as for `wavebridge translate`. Before: exit 1, and a .csv ended in "[Errno 2] ... clean.csv.hea"."""
+    import wfdb
+
     from stream.tools.cli import main
 
-    assert main(["alarm-check", str(tmp_path / "nothing")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1
+    (tmp_path / "clean.csv").write_text("PLETH,II\n" + "0.1,0.2\n" * 500)
+    wfdb.wrsamp("noalarm", fs=250, units=["mV"], sig_name=["II"], write_dir=str(tmp_path),
+                p_signal=np.zeros((250 * 310, 1)), fmt=["16"])  # a WFDB record whose header names no alarm
+    cases = [([str(tmp_path / "nothing")], "not a WFDB record"),
+             ([str(tmp_path / "clean.csv")], "not a WFDB record"),
+             ([str(tmp_path)], "not a WFDB record"),
+             ([str(tmp_path / "noalarm")], "no alarm type"),
+             ([str(tmp_path / "noalarm"), "--translator", "bogus"], "--translator: translator spec 'bogus'"),
+             ([str(tmp_path / "noalarm"), "--wait-s", "-1"], "--wait-s"),
+             ([str(tmp_path / "noalarm"), "--mode", "later"], "--mode")]
+    for args, says in cases:
+        assert main(["alarm-check", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1, err
+        assert says in err and "Errno" not in err, err
     with pytest.raises(SystemExit):
         alarm_check.cli(["--help"])
     out = capsys.readouterr().out
@@ -733,6 +749,47 @@ def test_bad_alarm_log_lines_are_throttled(caplog):
     assert len(lines) == 2 and all(len(m) < 400 for m in lines), [m[:100] for m in lines]
     assert "[19 more of this kind not shown]" in lines[1]
     assert len(sent) == 21
+
+
+def test_alarms_not_keyed_by_bed_id_are_judged_with_a_throttled_warning(caplog):
+    """An alarm with no message key, or a key other than its bed_id, may land on a partition away from the bed's
+    data (several workers) and come back `uncertain`: it is still judged, and one WARNING line per
+    WAVEBRIDGE_LOG_REPEAT_S says so. Before: accepted silently."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream.alarm_agent import AlarmRuntime
+    from stream.logthrottle import Throttle
+    from stream.sinks import ReasonCounters
+
+    now = [0.0]
+    judged = []
+    rt = object.__new__(AlarmRuntime)
+    rt.settings = SimpleNamespace(topic_dlq="wavebridge.dlq")
+    rt.judge = SimpleNamespace(submit=judged.append)
+    rt.worker = SimpleNamespace(counters=ReasonCounters(0.0, None), log_throttle=Throttle(10.0, clock=lambda: now[0]))
+
+    def event(i, key):
+        value = json.dumps({**GOOD_ALARM, "alarm_id": f"K{i}"}).encode()
+        return SimpleNamespace(value=value, message=SimpleNamespace(topic="wavebridge.alarms", partition=0, offset=i,
+                                                                    key=key))
+
+    async def feed():
+        await rt.on_alarm(event(0, b"bed-001"))  # keyed right: no line
+        await rt.on_alarm(event(1, None))
+        await rt.on_alarm(event(2, b"bed-002"))
+        await rt.on_alarm(event(3, b""))
+        now[0] = 11.0
+        await rt.on_alarm(event(4, b"x" * 1000))
+
+    with caplog.at_level("WARNING", logger="wavebridge.alarms"):
+        asyncio.run(feed())
+    assert [a.alarm_id for a in judged] == ["K0", "K1", "K2", "K3", "K4"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wavebridge.alarms"]
+    assert len(lines) == 2, lines
+    assert "K1" in lines[0] and "no message key" in lines[0] and "bed_id" in lines[0]
+    assert "K4" in lines[1] and "[2 more of this kind not shown]" in lines[1] and len(lines[1]) < 400
+    assert sa.key_problem(sa.parse_alarm(GOOD_ALARM), b"bed-001") is None
 
 
 def _pleth(k, start_ns):

@@ -233,3 +233,18 @@ def test_worker_runtime_counts_what_it_consumes_and_acknowledges():
     assert _value("wavebridge_beds_active") == 1
     # acks leave in offset order: everything after the acknowledged head is lag
     assert rt.lag.lag(("in", 0), highwater=11) == 11 - n_acked
+
+
+def test_operations_doc_lists_every_event_type_counted():
+    """docs/operations.md's `wavebridge_stream_events_total` row names every event type the worker can publish
+    (docs/events.schema.json; the worker counts each published event by its type). Before: it left out
+    `source_unusable` and `output_unusable`."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    schema = json.loads((docs / "events.schema.json").read_text())
+    row = next(ln for ln in (docs / "operations.md").read_text().splitlines()
+               if ln.startswith("| `wavebridge_stream_events_total`"))
+    listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[4]))
+    assert listed == set(schema["properties"]["type"]["enum"])

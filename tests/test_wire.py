@@ -99,6 +99,21 @@ def test_bad_json():
     assert reason_of(b"[1, 2, 3]") == wire.BAD_JSON
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_literals_are_bad_json(token):
+    """JSON (RFC 8259) has no NaN or Infinity; Python's reader takes them. Before: a NaN literal in `samples` was
+    repaired like `null` and `Infinity` refused as `out_of_range`: a producer that writes them is not writing JSON,
+    and other readers of the topic would fail on the message. All three are `bad_json`, wherever they stand."""
+    good = json.dumps(json_obj())
+    with_sample = good.replace('"samples": [', f'"samples": [{token}, ', 1)
+    assert with_sample != good
+    with pytest.raises(WireError) as err:
+        wire.decode(with_sample.encode())
+    assert err.value.reason == wire.BAD_JSON and token.lstrip("-") in err.value.detail and "null" in err.value.detail
+    assert reason_of(good.replace('"age": 88.0', f'"age": {token}').encode()) == wire.BAD_JSON
+    assert wire.decode(good.replace('"units": "NU"', f'"units": "{token}"').encode()).units == token  # a string
+
+
 def test_bad_encoding():
     assert reason_of(b"\xff\xfe\x00garbage") == wire.BAD_ENCODING
     good = wire.encode_binary(make())

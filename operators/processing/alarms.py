@@ -871,7 +871,11 @@ def read_challenge_record(path) -> ChallengeRecord:
     base = Path(path)
     if base.suffix.lower() in (".hea", ".mat", ".dat"):
         base = base.with_suffix("")
-    rec = read_recording(base)  # one-line ValueError for a missing or unreadable record
+    header_path = Path(f"{base}.hea")
+    if not header_path.is_file():  # read_recording would also take a .csv/.parquet, which has no alarm header
+        raise ValueError(f"{path}: not a WFDB record (no header {header_path}); a Challenge-format record is a "
+                         f"WFDB header + .mat/.dat signals")
+    rec = read_recording(base)  # one-line ValueError for an unreadable record
     header = wfdb.rdheader(str(base))
     alarm, label = None, None
     for line in header.comments or []:
