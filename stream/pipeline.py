@@ -122,7 +122,8 @@ class PipelineConfig:
         history = resume_history_s(s.context_s) if PPG2ECG in s.tasks else 0.0  # only PPG->ECG takes the context
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
-                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history)
+                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history,
+                   sr_signals=tuple(s.sr_signals) or None)
 
 
 @dataclass(frozen=True)
