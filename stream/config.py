@@ -150,6 +150,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TASKS", "tasks", "list"),
     Variable("SR_TARGET_HZ", "sr_target_hz", "float"),
     Variable("SR_BELOW_HZ", "sr_below_hz", "float"),
+    Variable("SR_SIGNALS", "sr_signals", "list"),
     Variable("CONTEXT_S", "context_s", "float"),
     Variable("WEB_PORT", "web_port", "int"),
     Variable("METRICS_HOST", "metrics_host"),
@@ -364,6 +365,8 @@ class Settings:
     tasks: tuple[str, ...] = KNOWN_TASKS
     sr_target_hz: float = vocab.SR_TARGET_HZ
     sr_below_hz: float = 100.0  # signals sampled below this rate are super-resolved
+    # which slow signals are super-resolved: ECG leads and/or PLETH; empty: all of those (PipelineConfig.sr_signals)
+    sr_signals: tuple[str, ...] = ()
     context_s: float = 10.0  # paired ECG+PPG context length (ContextStore keeps 3x)
     # --- topic creation (opt-in: on a managed cluster a typo in a topic name would make a new topic) ----------
     create_topics: bool = False
@@ -598,6 +601,12 @@ class Settings:
                                          f"[{wire.MIN_RATE_HZ:g}, {wire.MAX_RATE_HZ:g}] Hz")
         if not (0 < self.sr_below_hz <= self.sr_target_hz):
             raise _error("SR_BELOW_HZ", f"must be > 0 and <= SR_TARGET_HZ ({self.sr_target_hz})")
+        for name in self.sr_signals:
+            # The SR models and the output quality judgement know ECG leads and PLETH only: a translator would take
+            # a RESP or ABP for a PPG (models/engine.py) and publish a PPG-shaped waveform graded as one.
+            if not ((vocab.is_ecg_signal(name) and name == name.upper()) or name == vocab.PPG):  # as on the wire
+                raise _error("SR_SIGNALS", f"{name!r} cannot be super-resolved: only ECG leads and {vocab.PPG} "
+                                           f"(empty: all of those)")
         self._check_output_chunk_size()
         if self.context_s < 0:
             raise _error("CONTEXT_S", "must be >= 0 (0 disables patient context)")

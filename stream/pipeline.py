@@ -122,7 +122,8 @@ class PipelineConfig:
         history = resume_history_s(s.context_s) if PPG2ECG in s.tasks else 0.0  # only PPG->ECG takes the context
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
-                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history)
+                   bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history,
+                   sr_signals=tuple(s.sr_signals) or None)
 
 
 @dataclass(frozen=True)
@@ -281,10 +282,11 @@ class Pipeline:
         self._bed_seen[bed] = self.clock()
         if chunk.age is not None or chunk.sex is not None:
             self._demographics[bed] = (chunk.age, chunk.sex)
-        if self._contexts is not None:
-            self._contexts.add(bed, sig, chunk)
         if not self.routes(sig, chunk.rate_hz):
-            # Nothing to produce from this signal (e.g. a 125 Hz lead II only feeds the context).
+            # Nothing to produce from this signal (e.g. a 125 Hz lead II only feeds the context). No windower judges
+            # it: the context store takes it as it comes (its own rules ignore an overlap, restart on a far step back).
+            if self._contexts is not None:
+                self._contexts.add(bed, sig, chunk)
             if token is None:
                 return PushOutcome(True)
             if self._contexts is not None and self._contexts.keeps(sig) and len(chunk.samples):
@@ -321,6 +323,10 @@ class Pipeline:
             if token is not None:
                 self._rejected.append(Rejected(token, ev.kind if ev else "rejected", ev.detail if ev else ""))
             return PushOutcome(False)
+        if self._contexts is not None:
+            # Exactly the chunks the windower took: a refused one (a replay, an early chunk before a resync) never
+            # decides a context its windows do not come from.
+            self._contexts.add(bed, sig, chunk, stepped_back)
         st.flushed = False
         if token is not None:
             if len(chunk.samples) == 0:
@@ -683,7 +689,9 @@ class _BedContexts:
         """Whether `signal`'s chunks feed the bed's context."""
         return self.context_s > 0 and signal in (ECG, PPG)
 
-    def add(self, bed: str, signal: str, chunk) -> None:
+    def add(self, bed: str, signal: str, chunk, stepped_back: bool = False) -> None:
+        """Feed a chunk of the bed's `signal` (one its windower accepted, if it has one); `stepped_back`: its
+        stream's clock went back with it (`PushOutcome.stepped_back`), so the store restarts that signal there."""
         if not self.keeps(signal):
             return
         try:
@@ -700,6 +708,8 @@ class _BedContexts:
             # CONTEXT_FALLBACK_S at most (through a lead-off): the input it was found in stays uncommitted meanwhile
             st = self._stores[bed] = ContextStore(self.context_s, keep_s=CONTEXT_KEEP * self.context_s,
                                                   refresh_s=self.context_s / 2, fallback_s=CONTEXT_FALLBACK_S)
+        if stepped_back:
+            st.step_back(signal, chunk.start_ns)
         st.push(signal, chunk.start_ns, chunk.rate_hz, chunk.samples)
 
     def get(self, bed: str, at_ns: int) -> PairedContext | None:

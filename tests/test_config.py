@@ -231,3 +231,18 @@ def test_to_env_refuses_a_value_the_environment_cannot_carry():
         Settings(influx_org="").to_env()
     with pytest.raises(ConfigError, match="WAVEBRIDGE_GROUP_ID"):
         Settings(group_id=" g").to_env()
+
+
+def test_sr_signals_narrows_what_is_super_resolved_and_refuses_what_no_sr_model_knows():
+    """`PipelineConfig.sr_signals` had no worker setting. A RESP or ABP named there would reach a translator that takes
+    any signal but an ECG lead for a PPG (models/engine.py): refused up front instead."""
+    from stream.pipeline import PipelineConfig
+
+    assert Settings.from_env({}).sr_signals == () and PipelineConfig.from_settings(Settings()).sr_signals is None
+    s = Settings.from_env({"WAVEBRIDGE_SR_SIGNALS": "PLETH, II"})
+    assert s.sr_signals == ("PLETH", "II") and Settings.from_env(s.to_env()) == s
+    assert PipelineConfig.from_settings(s).sr_signals == ("PLETH", "II")
+    assert Settings.from_env({"WAVEBRIDGE_SR_SIGNALS": ""}).sr_signals == ()  # empty: the default
+    for bad in ("RESP", "PLETH,ABP", "ii"):
+        with pytest.raises(ConfigError, match=r"WAVEBRIDGE_SR_SIGNALS: '\w+' cannot be super-resolved"):
+            Settings.from_env({"WAVEBRIDGE_SR_SIGNALS": bad})

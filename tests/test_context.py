@@ -185,6 +185,25 @@ def test_a_late_or_repeated_chunk_does_not_cost_the_context():
     assert store.get(end) is good
 
 
+
+def test_a_signal_whose_clock_steps_back_is_held_on_its_new_time_line():
+    """PLETH's sender stepped its clock back 5 s (the windower's clock_step / resync): the store ignored the next 5 s
+    as already held, so PLETH samples sat 5 s off the lead II they were paired with. `step_back` forgets that
+    signal's samples from the new stamp on; the rest, and lead II, stay."""
+    rate = 125.0
+    store, ecg, ppg, good = _fed_store(60.0, 30.0)
+    end = T0 + 60 * 10**9
+    held_ecg = store.aligned(end)[0]
+    new = -ppg[:625]  # what the sender sends from its new 55 s on
+    store.step_back("PLETH", T0 + 55 * 10**9)
+    store.push("PLETH", T0 + 55 * 10**9, rate, new)
+    e, p, _, t0 = store.aligned(end)
+    a = (t0 - T0) // 8_000_000  # sample index of the first held (8 ms apart)
+    np.testing.assert_array_equal(e, held_ecg)
+    np.testing.assert_allclose(p[-625:], new, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(p[:-625], ppg[a:55 * 125], rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------ determinism
 def _chunks(ecg, ppg, rate, chunk_s=1.0):
     """(signal, start_ns, samples) of both signals, interleaved by end time as a monitor sends them."""

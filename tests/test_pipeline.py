@@ -838,3 +838,71 @@ def test_one_future_stamped_chunk_costs_a_few_chunks_not_the_bed(restart_at):
         assert landed.keys() == reference.keys(), kill_at
         for key in reference:
             assert landed[key] == reference[key], (kill_at, key)
+
+
+def _bed_a_context_run(msgs):
+    """Run bed A's `msgs` through the worker's pipeline (PPG->ECG, patient context on, a 125 Hz lead II feeding the
+    context only); the context each PLETH window was translated with, by window start: None or (ecg, ppg) bytes."""
+    from dataclasses import replace
+
+    from operators.translator import load_translator
+    from stream.config import Settings
+
+    classic, seen = load_translator("classic"), {}
+
+    class Recording:
+        name = classic.name
+
+        def translate(self, requests):
+            for r in requests:
+                c = r.context
+                seen[r.meta["start_ns"]] = None if c is None else (c.ecg.tobytes(), c.ppg.tobytes())
+            return classic.translate(requests)
+
+    conf = replace(PipelineConfig.from_settings(Settings(context_s=10.0)), tasks=("ppg2ecg",))
+    run_all(Pipeline(conf, Recording()), msgs)
+    return seen
+
+
+def _bed_a_msgs(seconds: float = 100.0):
+    rec = synthesize(seconds=seconds, seed=5)
+    msgs = [(c.start_ns, sig, c) for sig in ("II", "PLETH") for c in chunks(rec.signals[sig], 125.0, signal=sig)]
+    return [c for *_, c in sorted(msgs, key=lambda m: m[:2])]
+
+
+def test_a_refused_replay_of_an_old_chunk_leaves_the_patient_context_alone():
+    """A PLETH chunk resent 60 s late with other samples is refused (duplicate) by the windower, but the context store
+    took it, read it as the clock going back and started anew: 20 s of windows without a context."""
+    msgs = _bed_a_msgs()
+    old = next(c for c in msgs if c.signal == "PLETH" and c.seq == 20)
+    at = next(i for i, c in enumerate(msgs) if c.signal == "PLETH" and c.seq == 90) + 1
+    replay = Chunk(old.bed_id, old.signal, old.rate_hz, old.start_ns, old.seq, old.samples + 5.0)
+    reference = _bed_a_context_run(msgs)
+    got = _bed_a_context_run(msgs[:at] + [replay] + msgs[at:])
+    assert sum(v is not None for v in reference.values()) > 30
+    assert got == reference
+
+
+def test_after_a_clock_glitch_the_context_is_a_fresh_streams_from_the_resync_on():
+    """One PLETH chunk stamped an hour ahead, then the right stamps again: the windower refuses two chunks and resyncs
+    at the third. The context store took the refused ones too (it started anew at the first and chose from samples no
+    window came from). It now sees what the windower took and starts anew at the resync: from there every window
+    gets the context of a stream that starts at the resync."""
+    from operators.state.windowing import RESYNC_CHUNKS
+
+    msgs = _bed_a_msgs()
+    glitch = 30
+    resync = glitch + RESYNC_CHUNKS
+    msgs = [Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns + 3600 * 10**9, c.seq, c.samples)
+            if c.signal == "PLETH" and c.seq == glitch else c for c in msgs]
+    got = _bed_a_context_run(msgs)
+    t_resync = T0 + resync * 10**9
+    # a stream starting at the resync: lead II from there on too (the store restarts at the resync chunk)
+    fresh = [Chunk(c.bed_id, c.signal, c.rate_hz, c.start_ns, c.seq - resync, c.samples)
+             for c in msgs if c.start_ns >= t_resync and c.start_ns < T0 + 3600 * 10**9
+             and not (c.signal == "II" and c.seq == resync)]
+    reference = _bed_a_context_run(fresh)
+    after = {t: v for t, v in got.items() if t_resync <= t < T0 + 3600 * 10**9}
+    assert after == reference
+    back = min(t for t, v in reference.items() if v is not None)
+    assert (back - t_resync) / 1e9 <= 15.0  # a stream's first context: 10 s of paired data, on the 5 s grid

@@ -177,6 +177,18 @@ class _Track:
             seg.buf = np.concatenate([seg.buf, x[seg.end - ki:]])
         return True  # else nothing new: a late, re-delivered or overlapping chunk (lead II comes unfiltered)
 
+    def cut_from(self, t_ns: int) -> None:
+        """Forget samples stamped at or after `t_ns` (the sender's clock went back to it)."""
+        while self.segs and self.segs[-1].origin_ns >= t_ns:
+            self.segs.pop()
+        if self.segs:
+            seg = self.segs[-1]
+            k = max(seg.first, min(seg.end, seg.index_at(t_ns)))
+            seg.buf = seg.buf[:k - seg.first].copy()
+            if len(seg.buf) == 0:  # nothing of it is left: its grid and break go with it
+                self.dropped_end_ns = seg.t_ns(seg.first)
+                self.segs.pop()
+
     def drop_before(self, t_ns: int) -> None:
         """Forget samples stamped before `t_ns` (segments ending before it go; their breaks are in the past)."""
         while len(self.segs) > 1 and self.segs[0].t_ns(self.segs[0].end) <= t_ns:
@@ -348,6 +360,33 @@ class ContextStore:
         # memory bound: a signal far ahead of the pending point decides it without the lagging one
         self._decide_until(max(ends) - self._lag_ns)
         self._drop()
+
+    def step_back(self, signal: str, start_ns: int) -> None:
+        """`signal`'s sender stepped its clock back: its next samples start at `start_ns`, before some held ones.
+
+        Its samples stamped from `start_ns` on are forgotten, with the scores of the candidates they were part of, so
+        the samples that follow take their place (a held overlap would otherwise keep the old time line's samples
+        and pair them with the other signal's). When `start_ns` lies before the input the pending decisions read
+        (`next pending point - keep_s`: a lone chunk stamped far ahead made the store decide on to it), the points
+        since were decided on the other time line: the store starts anew, as a reader starting there would.
+
+        Parameters
+        ----------
+        signal : "II" or "PLETH" (any case).
+        start_ns : timestamp of the first sample after the step (ns).
+        """
+        name = signal.upper()
+        if name not in ("II", "PLETH"):
+            raise ValueError(f"ContextStore keeps 'II' and 'PLETH', not {signal!r}")
+        start_ns = int(start_ns)
+        if self._next_g is None:
+            return
+        if start_ns < self._next_g - self._keep_ns:
+            self.clear()
+            return
+        (self._ecg if name == "II" else self._ppg).cut_from(start_ns)
+        # a candidate whose samples reach the cut scored samples that are gone (its key, its first stamp, stays)
+        self._scores = {k: v for k, v in self._scores.items() if k[0] + k[1] * 1e9 / k[2][0] <= start_ns}
 
     def get(self, at_ns: int) -> PairedContext | None:
         """The context decided at the last grid point at or before `at_ns` (see the class invariants).
