@@ -768,6 +768,7 @@ def test_alarms_not_keyed_by_bed_id_are_judged_with_a_throttled_warning(caplog):
     rt.settings = SimpleNamespace(topic_dlq="wavebridge.dlq")
     rt.judge = SimpleNamespace(submit=judged.append)
     rt.worker = SimpleNamespace(counters=ReasonCounters(0.0, None), log_throttle=Throttle(10.0, clock=lambda: now[0]))
+    rt._stopped = False
 
     def event(i, key):
         value = json.dumps({**GOOD_ALARM, "alarm_id": f"K{i}"}).encode()
