@@ -33,6 +33,13 @@ def is_ecg_signal(name: str) -> bool:
     return name.upper() in ECG_LEADS
 
 
+def super_resolvable(name: str) -> bool:
+    """Whether super-resolution may take channel `name` (as spelled on the wire): an ECG lead or PLETH. The SR
+    models, the output's quality judgement and its confidence know those two kinds only; a translator would take a
+    RESP or ABP for a PPG and publish a PPG-shaped waveform graded as one."""
+    return (is_ecg_signal(name) and name == name.upper()) or name == PPG
+
+
 # --- tasks -------------------------------------------------------------------------------------------
 PPG2ECG = "ppg2ecg"  # PLETH -> lead II ECG
 SR = "sr"  # low-rate signal -> the same signal at a higher rate

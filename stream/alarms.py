@@ -66,8 +66,8 @@ def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
     """
     if isinstance(data, (bytes, str)):
         try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = json.loads(data, parse_constant=wire.refuse_json_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
             raise AlarmMessageError(f"not JSON: {_bounded(exc)}") from None
     else:
         obj = data

@@ -602,9 +602,7 @@ class Settings:
         if not (0 < self.sr_below_hz <= self.sr_target_hz):
             raise _error("SR_BELOW_HZ", f"must be > 0 and <= SR_TARGET_HZ ({self.sr_target_hz})")
         for name in self.sr_signals:
-            # The SR models and the output quality judgement know ECG leads and PLETH only: a translator would take
-            # a RESP or ABP for a PPG (models/engine.py) and publish a PPG-shaped waveform graded as one.
-            if not ((vocab.is_ecg_signal(name) and name == name.upper()) or name == vocab.PPG):  # as on the wire
+            if not vocab.super_resolvable(name):
                 raise _error("SR_SIGNALS", f"{name!r} cannot be super-resolved: only ECG leads and {vocab.PPG} "
                                            f"(empty: all of those)")
         self._check_output_chunk_size()

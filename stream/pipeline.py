@@ -22,7 +22,7 @@ from operators.processing import quality as Q
 from operators.processing.samples import grid_ns
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
-from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG
+from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG, super_resolvable
 from stream.contextinput import ContextOnlyInput
 from stream.progress import FlushPoint
 from stream.results import OUTPUT_UNUSABLE, SOURCE_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
@@ -256,8 +256,7 @@ class Pipeline:
         if signal == PPG and PPG2ECG in c.tasks:
             rate = c.ppg2ecg_rate_hz or (c.sr_target_hz if slow else rate_hz)
             out.append((PPG2ECG, float(rate)))
-        known = is_ecg_signal(signal) or signal == PPG
-        if SR in c.tasks and slow and (known if c.sr_signals is None else signal in c.sr_signals):
+        if SR in c.tasks and slow and (super_resolvable(signal) if c.sr_signals is None else signal in c.sr_signals):
             out.append((SR, float(c.sr_target_hz)))
         return out
 

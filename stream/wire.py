@@ -279,7 +279,7 @@ def _parse_json(data: bytes) -> dict:
     except UnicodeDecodeError as exc:
         raise WireError(BAD_ENCODING, f"neither binary (no {MAGIC!r} prefix) nor UTF-8 JSON: {exc}") from None
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant)
+        obj = json.loads(text, parse_constant=refuse_json_constant)
     except ValueError as exc:
         raise WireError(BAD_JSON, f"invalid JSON: {exc}") from None
     except RecursionError:  # e.g. 100,000 nested '['
@@ -292,10 +292,10 @@ def _parse_json(data: bytes) -> dict:
     return obj
 
 
-def _refuse_constant(token: str):
+def refuse_json_constant(token: str):
     """Python's JSON reader takes NaN, Infinity and -Infinity; JSON (RFC 8259) has none of them, and other readers
     of the topic fail on them, so a message holding one is not JSON."""
-    raise ValueError(f"{token} is not JSON (RFC 8259); an invalid sample is written as null")
+    raise ValueError(f"{token} is not JSON (RFC 8259); write null for an invalid or missing value")
 
 
 def _json_samples(values) -> np.ndarray:

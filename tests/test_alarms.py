@@ -171,6 +171,15 @@ def test_alarm_parser_errors_are_one_line():
     assert sa.parse_alarm(sa.encode_alarm(sa.parse_alarm(GOOD_ALARM))) == sa.parse_alarm(GOOD_ALARM)
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_literals_make_an_alarm_bad(token):
+    """As for waveform chunks (stream.wire): JSON has no NaN or Infinity, though Python's reader takes them, so an
+    alarm holding one anywhere is refused, not judged."""
+    good = json.dumps({**GOOD_ALARM, "source": "gw-3"})
+    with pytest.raises(sa.AlarmMessageError, match=token.lstrip("-")):
+        sa.parse_alarm(good.replace('"gw-3"', token).encode())
+
+
 def test_verdict_message_validates_and_goes_to_influx(clean):
     import jsonschema
 

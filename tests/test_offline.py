@@ -157,6 +157,7 @@ def test_library_matches_cli(bidmc_record, tmp_path):
     (["--task", "ppg2ecg"], "ppg2ecg needs a PLETH"),
     (["--task", "sr", "--signal", "PLETH"], "no channel PLETH (has: II, V5)"),
     (["--task", "sr", "--target-rate", "200"], "not above the source rate 360"),
+    (["--task", "sr", "--signal", "RESP"], "sr super-resolves ECG leads and PLETH only"),
 ])
 def test_clear_one_line_errors(mitdb_record, tmp_path, args, message):
     r = run_cli(mitdb_record, *args, "--out", tmp_path / "x.parquet", "--translator", "classic")

@@ -137,10 +137,14 @@ def pick_source(recording, task: str, signal: str | None) -> str:
 
 def check_task_source(task: str, name: str) -> None:
     """ppg2ecg translates PLETH only: the pipeline routes no other signal to it, so any other
-    source would silently produce an empty output."""
+    source would silently produce an empty output. sr takes what the worker super-resolves
+    (`operators.vocab.super_resolvable`): ECG leads and PLETH."""
     if task == PPG2ECG and name != PPG:
         raise OfflineError(f"ppg2ecg translates a PLETH (PPG) channel only; --signal {name} is not one "
                            f"(omit --signal, or use --task sr)")
+    if task == SR and not vocab.super_resolvable(name):
+        raise OfflineError(f"sr super-resolves ECG leads and {PPG} only, as the worker does; --signal {name} is "
+                           f"neither (the models know no other waveform)")
 
 
 def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
