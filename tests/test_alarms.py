@@ -308,8 +308,10 @@ def test_a_slow_channel_leaves_the_others_judged(clean, classic):
     sig2, rates2 = core.add_synthesized_ecg(sig, rates, classic, ONSET_S)
     assert core.SYNTH not in sig2  # no II_SYNTH from a PLETH too slow to analyse
     v = core.verify_alarm(core.ASYSTOLE, sig2, rates2, ONSET_S)
-    assert v.verdict == "false" and v.reason.startswith("II ")
-    assert next(c for c in v.channels if c.name == "PLETH").reason.startswith(core.RATE_TOO_LOW)
+    by = {c.name: c for c in v.channels}
+    assert by["PLETH"].reason.startswith(core.RATE_TOO_LOW)
+    # II is judged (its beats contradict); alone, one lead never suppresses an asystole (NEVER_ON_ONE_LEAD)
+    assert by["II"].contradicts == 1.0 and v.verdict == "uncertain" and v.reason.startswith("only II contradicts")
 
 
 def test_judge_turns_an_unexpected_error_into_an_uncertain_verdict(clean, monkeypatch, caplog):
@@ -497,6 +499,26 @@ def _evidence(name, kind, contradicts=0.0, supports=0.0):
     return core.ChannelEvidence(name=name, kind=kind, quality="good", quality_score=1.0, onset_ok=True, reason="",
                                 beats_s=(), hr_bpm=None, max_gap_s=1.0, hr5_min_bpm=None, hr5_max_bpm=None,
                                 hr17_max_bpm=None, abnormal_run=None, contradicts=contradicts, supports=supports)
+
+
+@pytest.mark.parametrize("alarm_type", [core.ASYSTOLE, core.VFIB])
+def test_one_ecg_lead_alone_never_silences_an_asystole_or_vf(alarm_type):
+    """A lead's beats may be an artifact shaped like the patient's QRS: with no other channel usable at the onset
+    the verdict is uncertain (kept), not false; a second usable channel, or a pulse channel alone, still refutes."""
+    from dataclasses import replace
+
+    ii = _evidence("II", "ecg", contradicts=1.0)
+    off = replace(_evidence("PLETH", "pulse"), quality="unusable", quality_score=0.0, onset_ok=False)
+    synth = _evidence(core.SYNTH, "synth", contradicts=1.0)  # PLETH's beats: not a second channel
+    for chans in ([ii], [ii, off], [ii, off, synth]):
+        v = core.fuse(alarm_type, "realtime", chans, 0.9, (-16.0, 0.0))
+        assert (v.verdict, v.false_score, v.keep_alarm) == ("uncertain", 0.0, True), v
+        assert v.reason.startswith("only II contradicts")
+    assert core.fuse(alarm_type, "realtime", [ii, _evidence("V", "ecg", contradicts=1.0)], 0.9,
+                     (-16.0, 0.0)).verdict == "false"
+    assert core.fuse(alarm_type, "realtime", [ii, _evidence("V", "ecg")], 0.9, (-16.0, 0.0)).verdict == "false"
+    assert core.fuse(alarm_type, "realtime", [_evidence("PLETH", "pulse", contradicts=1.0)], 0.9,
+                     (-16.0, 0.0)).verdict == "false"
 
 
 def test_bradycardia_in_one_lead_that_another_clean_lead_contradicts_is_missed_beats():

@@ -31,7 +31,9 @@ Per channel and alarm type (definitions of the Challenge, `../shared/data/README
   beats are an artifact.
 Each contradiction is a number in [0, 1] (graded near the threshold); it is weighed by the channel's quality
 score, the strongest support is subtracted, and the result (`false_score`) is compared with a per-type
-threshold (`VerifierConfig.false_threshold`; the evaluation fits it on training folds only).
+threshold (`VerifierConfig.false_threshold`; the evaluation fits it on training folds only). An asystole or VF is
+never judged false on the word of one ECG lead: with no other channel usable at the onset its false score is 0
+(`NEVER_ON_ONE_LEAD`).
 
 Modes: ``realtime`` uses data up to the alarm only; ``retrospective`` also the `wait_s` after it: the
 detectors see it (no beat near the onset is lost to the data's edge) and the reported beats reach
@@ -701,6 +703,12 @@ def _too_slow(name: str, kind: str, rate_hz: float) -> ChannelEvidence:
 # beat in one channel easily halves a rate: tachycardia; a VT's wide beats are easily missed in one lead).
 FUSION = {ASYSTOLE: "any", BRADY: "any", TACHY: "all", VTACH: "all", VFIB: "any"}
 CONSENSUS_MIN_WEIGHT = 0.5  # channels weighing less take no part in an "all" vote
+# Alarm types never judged false on the word of one ECG lead: when the contradiction comes from a lead and no other
+# channel (II_SYNTH aside: it is PLETH's) is usable at the onset and weighs CONSENSUS_MIN_WEIGHT, the false score is 0.
+# A lead's "beats" may be an artifact shaped like the patient's own QRS (pacing spikes, a periodic disturbance), which
+# no test on that lead alone tells apart. A pulse channel's beats are the heart's ejections: PLETH alone still refutes
+# an asystole during an ECG lead-off.
+NEVER_ON_ONE_LEAD = (ASYSTOLE, VFIB)
 LEAD_AGREEMENT = (BRADY,)  # an ECG lead's support counts only as far as no other ECG lead contradicts it
 
 
@@ -820,7 +828,17 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
         i_p = max(pulse, key=lambda i: weighted_c[i]) if pulse else None
         if i_p is not None and weighted_c[i_p] > false_score:
             i_c, false_score = i_p, weighted_c[i_p]
-    if false_score >= threshold and i_c is not None:
+    lone = (alarm_type in NEVER_ON_ONE_LEAD and i_c is not None and chans[i_c].kind == "ecg" and false_score > 0.0
+            and not any(i != i_c and c.onset_ok and w[i] >= CONSENSUS_MIN_WEIGHT and c.kind != "synth"
+                        for i, c in enumerate(chans)))
+    if lone:
+        false_score = 0.0
+    if lone and support < 0.5:
+        verdict = "uncertain"
+        reason = (f"only {chans[i_c].name} contradicts a {alarm_type} alarm and no other channel is usable at the "
+                  f"onset: one ECG lead never suppresses it")
+        confidence = 0.5
+    elif false_score >= threshold and i_c is not None:
         c = chans[i_c]
         verdict, reason = "false", f"{c.name} ({c.quality}) contradicts a {alarm_type} alarm"
         confidence = 0.5 + 0.5 * _clip01((false_score - threshold) / max(1e-6, 1.0 - threshold))
