@@ -30,7 +30,7 @@ from operators.translator import PPG2ECG, SR, Translator
 from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
 from stream.config import Settings
-from stream.logthrottle import Throttle
+from stream.logthrottle import Throttle, held_note
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import ProgressLog
 from stream.results import BatchResult, Rejected
@@ -429,7 +429,7 @@ class WorkerRuntime:
             msg = tok.message
             ok, held = self.log_throttle.allow(("dlq", reason))
             if ok:  # the detail (it may quote the rejected value) goes to the dead letter's headers, not the log
-                log.warning("dead-letter %s[%s]@%s: %s%s", msg.topic, msg.partition, msg.offset, reason, _held(held))
+                log.warning("dead-letter %s[%s]@%s: %s%s", msg.topic, msg.partition, msg.offset, reason, held_note(held))
             value, extra = sinks.dlq_value(tok.event.value)
             futs.append(await self.dlq_topic.send(
                 key=msg.key, value=value, headers=sinks.dlq_headers(reason, detail, msg.topic, msg.partition, msg.offset) + extra))
@@ -483,10 +483,6 @@ class WorkerRuntime:
         msg = event.message
         self.lag.acked((msg.topic, msg.partition), msg.offset)
         metrics.ACKED.labels(msg.topic).inc()
-
-
-def _held(n: int) -> str:
-    return f" [{n} more of this kind not shown]" if n else ""
 
 
 def _produce_ms(message) -> float | None:

@@ -28,7 +28,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
-from stream.agents import WorkerRuntime, _held, crash_on_error
+from stream.logthrottle import held_note
+from stream.agents import WorkerRuntime, crash_on_error
 from stream.alarms import (BAD_ALARM, JUDGED_EARLY_SHUTDOWN, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm,
                            warn_if_not_keyed_by_bed)
 from stream.config import Settings
@@ -99,7 +100,7 @@ class AlarmRuntime:
             ok, held = self.worker.log_throttle.allow(("dlq", BAD_ALARM))
             if ok:
                 log.warning("dead-letter %s[%s]@%s: bad_alarm: %s%s", msg.topic, msg.partition, msg.offset, exc,
-                            _held(held))
+                            held_note(held))
             value, extra = sinks.dlq_value(event.value)
             await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
                 BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)
@@ -143,14 +144,16 @@ class AlarmRuntime:
         async with self._judging:  # lets a tick that is publishing finish first
             self._stopped = True
             pending = [] if self.judge is None else self.judge.drain()
-            done = []
-            try:
-                for p in pending:
+            done, lost = [], []
+            for p in pending:  # one failed publish does not cost the others their verdicts
+                try:
                     await self._publish(await self._run(self.judge.judge, p, JUDGED_EARLY_SHUTDOWN))
                     done.append(p.alarm.alarm_id)
-            except Exception:
-                lost = [p.alarm.alarm_id for p in pending[len(done):]]
-                log.exception("stopping: %d alarm(s) left without a verdict: %s", len(lost), _ids(lost))
+                except Exception:  # noqa: BLE001 - logged below with the ids left without a verdict
+                    log.exception("stopping: alarm %s not published", p.alarm.alarm_id)
+                    lost.append(p.alarm.alarm_id)
+            if lost:
+                log.error("stopping: %d alarm(s) left without a verdict: %s", len(lost), _ids(lost))
             if pending:
                 log.warning("stopping: judged %d pending alarm%s early, with the data at hand (judged_early: %s): %s",
                             len(done), "" if len(done) == 1 else "s", JUDGED_EARLY_SHUTDOWN, _ids(done))

@@ -21,6 +21,7 @@ import numpy as np
 
 from operators.processing import alarms as core
 from stream import wire
+from stream.logthrottle import held_note
 
 log = logging.getLogger("wavebridge.alarms")
 
@@ -116,7 +117,8 @@ def key_problem(alarm: AlarmMessage, key: bytes | None) -> str | None:
 
 
 def warn_if_not_keyed_by_bed(alarm: AlarmMessage, message, throttle) -> None:
-    """Log a WARNING, at most one per `throttle` interval, when an alarm's message key is not its bed_id (`key_problem`).
+    """Log a WARNING, at most one per `throttle` interval, when an alarm's message key is not its bed_id
+    (`key_problem`).
 
     Parameters
     ----------
@@ -135,7 +137,7 @@ def warn_if_not_keyed_by_bed(alarm: AlarmMessage, message, throttle) -> None:
         log.warning("alarm %s (bed %s) at %s[%s]@%s: %s; producers must key alarms by bed_id, or with several "
                     "workers it may be judged without the bed's data (uncertain)%s", _shown(alarm.alarm_id),
                     alarm.bed_id, message.topic, message.partition, message.offset, problem,
-                    f" [{held} more of this kind not shown]" if held else "")
+                    held_note(held))
 
 
 def _shown(value, limit: int = 60) -> str:
@@ -249,13 +251,13 @@ class SignalRing:
     is emitted (that is what bounds acknowledgement latency), while a verdict needs every channel a bed sends
     (each ECG lead, PLETH, ABP) for the learning span and analysis window before the onset, plus the
     retrospective wait after it: about two minutes. Bounds: per (bed, signal) the newest `keep_s` of samples at
-    its rate plus one chunk, in arrival order, whatever the stamps say (pruned by time, one chunk stamped far ahead
-    either wiped the history behind it or, against a running maximum, stopped the pruning for good), and
-    `max_beds` beds (the least recently updated one is dropped).
+    its rate plus one chunk, in arrival order, whatever the stamps say (a bound by time would let one chunk stamped
+    far ahead wipe the history behind it, or stop the pruning), and `max_beds` beds (the least recently updated one
+    is dropped).
     A signal's newest sample is the latest end among its chunks that start no later than the end of its newest
     chunk by seq (the one received last unless a re-delivered or late one came after it): a lone chunk stamped
-    ahead (a clock glitch) does not count once the stream goes on at its true stamps. Thread-safe: the worker's compute thread adds
-    chunks while the alarm thread reads.
+    ahead (a clock glitch) does not count once the stream goes on at its true stamps. Thread-safe: the worker's
+    compute thread adds chunks while the alarm thread reads.
     """
 
     def __init__(self, keep_s: float = 120.0, max_beds: int = 256):
@@ -303,7 +305,9 @@ class SignalRing:
             q.append((start_ns, rate_hz, x))
             held[0] += len(x)
             seq = chunk.seq
-            if held[2] is None or seq is None or seq > held[2] or seq == 0 or stepped_back:  # newer by seq, a restart
+            # newer by seq, a restart, or past the newest chunk's end (a restart whose seq 0 never came: dead-lettered)
+            if (held[2] is None or seq is None or seq > held[2] or seq == 0 or stepped_back
+                    or start_ns >= held[1]):
                 held[1], held[2] = _end_ns(start_ns, rate_hz, len(x)), seq
             keep_n = int(math.ceil(self.keep_s * rate_hz))
             while len(q) > 1 and held[0] - len(q[0][2]) > keep_n:
@@ -311,8 +315,10 @@ class SignalRing:
 
     @staticmethod
     def _newest(q, last_end: int) -> int:
-        """End of a signal's newest sample: the latest end among its chunks starting by its newest chunk's end."""
-        return max(_end_ns(s, r, len(x)) for s, r, x in q if s <= last_end)
+        """End of a signal's newest sample: the latest end among its chunks starting by its newest chunk's end (the
+        latest of all once that chunk has been pruned)."""
+        ends = [(s, _end_ns(s, r, len(x))) for s, r, x in q]
+        return max((e for s, e in ends if s <= last_end), default=max(e for _, e in ends))
 
     def beds(self) -> list[str]:
         """Bed ids held, least recently heard first."""
@@ -462,7 +468,9 @@ class AlarmJudge:
         cfg = self.config
         a = p.alarm
         wait = self.wait_s if p.mode == "retrospective" else 0.0
+        newest = None
         try:
+            newest = self.ring.newest_ns(a.bed_id)
             t0 = a.onset_ns - int((cfg.pre_s + cfg.learn_s) * NS)
             signals, rates = self.ring.snapshot(a.bed_id, t0, p.need_ns)
             onset_s = (a.onset_ns - t0) / NS
@@ -474,7 +482,7 @@ class AlarmJudge:
             log.error("alarm %s (%s, bed %s) could not be judged; verdict uncertain", a.alarm_id, a.alarm_type,
                       a.bed_id, exc_info=True)
             v = judging_failed(a.alarm_type, p.mode, cfg, wait, f"{type(exc).__name__}: {exc}")
-        return verdict_message(a, v, wait, self.ring.newest_ns(a.bed_id), judged_early=early)
+        return verdict_message(a, v, wait, newest, judged_early=early)
 
 
 # ---------------------------------------------------------------- end to end (the demo)

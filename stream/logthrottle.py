@@ -53,6 +53,11 @@ class Throttle:
             return True, self._held.pop(key, 0)
 
 
+def held_note(n: int) -> str:
+    """What a throttled log line appends: how many lines of its kind were held back since the last one shown."""
+    return f" [{n} more of this kind not shown]" if n else ""
+
+
 class RepeatFilter(logging.Filter):
     """A logging filter passing one record per (logger, level, message template) per interval; the next one
     passed says how many were suppressed."""
