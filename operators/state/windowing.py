@@ -15,12 +15,13 @@ Clock resync: a stream whose stamps went back for good (a lone chunk stamped ahe
 successors all lie before the segment it started; a clock corrected backwards; a producer restart, seq from 0, after
 either) would otherwise be refused until the bed goes silent. Rejected chunks that follow each other by seq, at one
 rate, each starting where the previous one ended (within the seq jitter), and either newer by seq than the last
-accepted chunk or starting a producer restart (the run's first seq is 0), are counted; the `RESYNC_CHUNKS`-th of
-such a run is accepted: the current segment is flushed and closed, a `clock_step` event spans from the new stamp to
-where the closed segment ended and names that segment, and a new segment starts at the chunk's stamp. The run's
-earlier chunks stay rejected (each reported by its own event). A run of resent chunks with their old seqs (a replay)
-never resyncs: those stay `duplicate`. The decision depends only on the chunks after the current segment's last
-accepted one, so a reader that re-reads them after a rebalance decides the same.
+accepted chunk or starting a producer restart (the run's first seq is 0, stamped before the current segment), are
+counted; the `RESYNC_CHUNKS`-th of such a run is accepted: the current segment is flushed and closed, a
+`clock_step` event spans from the new stamp to where the closed segment ended and names that segment, and a new
+segment starts at the chunk's stamp. The run's earlier chunks stay rejected (each reported by its own event). A run
+of resent chunks with their old seqs (a replay, from seq 0 too) never resyncs: those stay `duplicate`. The decision
+depends only on the chunks after the current segment's last accepted one, so a reader that re-reads them after a
+rebalance decides the same.
 
 Emission on an absolute grid: window ends lie on multiples of `hop` in integer ns since the epoch
 (`G_m = m * hop_ns`; a window ending at G_m holds the `window` samples before the first sample at or
@@ -466,7 +467,8 @@ class SlidingWindower:
                 and abs(start_ns - run.next_ns) < SEQ_JITTER_PERIODS * NS_PER_S / rate_hz:
             run.count += 1
             run.next_seq, run.next_ns = seq + 1, end
-        elif self._last_seq is None or seq > self._last_seq or seq == 0:  # newer by seq, or a producer restart
+        elif self._last_seq is None or seq > self._last_seq or (seq == 0 and start_ns < self._seg_start_ns):
+            # newer by seq, or a producer restart before the current segment (from within it: a replay)
             run = self._run = _RejectedRun(1, seq + 1, end, rate_hz)
         else:  # a resent chunk: never the start of a resync
             self._run = None
