@@ -45,6 +45,15 @@ def test_ppg2ecg_on_bidmc_wfdb(bidmc_record, tmp_path):
     assert df.quality.between(0.0, 1.0).all() and (df.quality[~df.usable] < 0.3).all()
 
 
+def test_sr_refuses_a_lone_channel_no_sr_model_knows(tmp_path):
+    """A recording whose only channel is RESP: without --signal, sr must not take it for a PPG either."""
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=1)
+    src = write_table(tmp_path / "resp.parquet", {"RESP": rec.signals["PLETH"]}, 25.0)
+    r = run_cli(src, "--task", "sr", "--out", tmp_path / "sr.parquet", "--translator", "classic")
+    assert r.returncode == 2 and "sr super-resolves ECG leads and PLETH only" in r.stderr, r.stderr
+    assert not (tmp_path / "sr.parquet").exists()
+
+
 def test_sr_from_parquet_keeps_the_source_name_and_rate(tmp_path):
     rec = synthesize(seconds=40.0, rate_hz=25.0, seed=1)
     src = write_table(tmp_path / "in.parquet", {"ECG II": rec.signals["II"]}, 25.0)

@@ -104,7 +104,7 @@ def pick_source(recording, task: str, signal: str | None) -> str:
     recording : Recording
         The input.
     task : str
-        "ppg2ecg" (the source is PLETH) or "sr" (II, else PLETH, else the only channel).
+        "ppg2ecg" (the source is PLETH) or "sr" (II, else PLETH, else the only channel if it is an ECG lead).
     signal : str, optional
         The channel asked for (`--signal`), any spelling `canonical_name` knows.
 
@@ -130,6 +130,7 @@ def pick_source(recording, task: str, signal: str | None) -> str:
         if name in recording.signals:
             return name
     if len(have) == 1:
+        check_task_source(task, have[0])
         return have[0]
     raise OfflineError(f"sr: cannot tell which channel to super-resolve in {recording.name} (has: {', '.join(have)}); "
                        f"pass --signal")
