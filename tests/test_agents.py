@@ -331,8 +331,8 @@ class _ChunkEvent(_Event):
 
 
 def test_the_alarm_ring_gets_only_the_chunks_the_pipeline_accepts_and_hears_of_a_step_back():
-    """The alarm ring was fed every decoded chunk, the pipeline's dead-lettered duplicates and out-of-order chunks
-    too (live review, defect 2)."""
+    """The alarm ring holds what the pipeline accepted: a dead-lettered duplicate or out-of-order chunk would put
+    samples in it that no output was drawn from, and a step back must drop the time line the stream left."""
     from operators.state.windowing import RESYNC_CHUNKS
 
     heard = []

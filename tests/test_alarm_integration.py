@@ -96,9 +96,9 @@ def test_published_alarms_get_verdicts(wenv):
 
 
 def test_a_graceful_stop_publishes_pending_alarms_judged_early(wenv):
-    """Live review, defect 4: a retrospective alarm still waiting for its data when the worker got SIGTERM was never
-    judged, by this worker or the next (its offset was committed on receipt). The stop now judges it with the data
-    at hand and its verdict, marked `judged_early`, is on the verdicts topic before the producer stops."""
+    """A retrospective alarm still waiting for its data when the worker gets SIGTERM is judged by no other worker
+    (its offset was committed on receipt): the stop judges it with the data at hand, and its verdict, marked
+    `judged_early`, is on the verdicts topic before the producer stops."""
     import jsonschema
     from kafka import KafkaProducer
 

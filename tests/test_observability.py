@@ -237,8 +237,7 @@ def test_worker_runtime_counts_what_it_consumes_and_acknowledges():
 
 def test_operations_doc_lists_every_event_type_counted():
     """docs/operations.md's `wavebridge_stream_events_total` row names every event type the worker can publish
-    (docs/events.schema.json; the worker counts each published event by its type). Before: it left out
-    `source_unusable` and `output_unusable`."""
+    (docs/events.schema.json; the worker counts each published event by its type)."""
     import re
     from pathlib import Path
 

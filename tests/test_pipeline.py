@@ -805,11 +805,9 @@ def _glitched_partition(seconds: float = 60.0, glitch_seq: int = 15, restart_at:
 
 @pytest.mark.parametrize("restart_at", [None, 17])
 def test_one_future_stamped_chunk_costs_a_few_chunks_not_the_bed(restart_at):
-    """Live review, bed s-glitch: after one PLETH chunk stamped an hour ahead every later chunk of the bed's PLETH was
-    dead-lettered (and, after a producer restart, refused as duplicates) until BED_EVICT_S of silence: no II_SYNTH,
-    no R-peaks, and its input held uncommitted. Now the stream resyncs after RESYNC_CHUNKS chunks, goes on at the
-    right stamps, its chunks are acknowledged again, and a new owner after a kill lands what an uninterrupted run
-    lands."""
+    """One PLETH chunk stamped an hour ahead (a monitor clock glitch), with or without a producer restart after it,
+    costs RESYNC_CHUNKS - 1 dead-lettered chunks, not the bed: the stream resyncs, goes on at the right stamps, its
+    chunks are acknowledged again, and a new owner after a kill lands what an uninterrupted run lands."""
     from operators.state.windowing import RESYNC_CHUNKS
     from operators.translator import load_translator
 

@@ -101,9 +101,9 @@ def test_bad_json():
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_non_standard_json_literals_are_bad_json(token):
-    """JSON (RFC 8259) has no NaN or Infinity; Python's reader takes them. Before: a NaN literal in `samples` was
-    repaired like `null` and `Infinity` refused as `out_of_range`: a producer that writes them is not writing JSON,
-    and other readers of the topic would fail on the message. All three are `bad_json`, wherever they stand."""
+    """JSON (RFC 8259) has no NaN or Infinity, though Python's reader takes them: a producer that writes them is not
+    writing JSON, and other readers of the topic would fail on the message. All three are `bad_json`, wherever they
+    stand (an invalid sample is `null`)."""
     good = json.dumps(json_obj())
     with_sample = good.replace('"samples": [', f'"samples": [{token}, ', 1)
     assert with_sample != good

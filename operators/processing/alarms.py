@@ -121,7 +121,7 @@ VT_PULSE_MIN_BEATS = 6  # pulses in the window needed to measure their regularit
 # Lowest sample rate a channel kind is analysed at (the wire allows 1 Hz): the R-peak detector's filters work from
 # 25 Hz up (a QRS lasts ~0.1 s), the pulse detector's 0.5-8 Hz band needs more than 16 Hz. A slower channel is
 # reported as unusable with reason RATE_TOO_LOW, never analysed.
-MIN_RATE_HZ = {"ecg": 25.0, "synth": 25.0, "pulse": 20.0}
+ANALYSIS_MIN_RATE_HZ = {"ecg": 25.0, "synth": 25.0, "pulse": 20.0}
 RATE_TOO_LOW = "rate_too_low"
 
 
@@ -595,7 +595,7 @@ def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str
                         config: VerifierConfig | None = None) -> tuple[dict, dict]:
     """Copies of `signals`/`rates_hz` with `II_SYNTH` drawn from PLETH over the span `verify_alarm` reads (NaN
     elsewhere), using the simultaneous lead II there as the patient's context. Unchanged without PLETH or with PLETH
-    below `MIN_RATE_HZ` (too slow to analyse).
+    below `ANALYSIS_MIN_RATE_HZ` (too slow to analyse).
 
     Parameters
     ----------
@@ -609,7 +609,7 @@ def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str
         return sig, rates
     cfg = config or VerifierConfig()
     fs = float(rates["PLETH"])
-    if not fs >= MIN_RATE_HZ["synth"]:
+    if not fs >= ANALYSIS_MIN_RATE_HZ["synth"]:
         return sig, rates  # verify_alarm would not analyse it
     x = np.asarray(sig["PLETH"], dtype=np.float64)
     start = max(0, int(round((onset_s - cfg.pre_s - cfg.learn_s) * fs)))
@@ -640,7 +640,7 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
     signals, rates_hz : mapping
         Channel name -> samples (sample 0 at time 0 s) and its rate. ECG leads, PLETH, ABP and
         `II_SYNTH` (see `synthesize_ecg`) are used; other channels (RESP) are ignored. A channel sampled
-        below `MIN_RATE_HZ` is not analysed: its evidence is unusable with reason `RATE_TOO_LOW`.
+        below `ANALYSIS_MIN_RATE_HZ` is not analysed: its evidence is unusable with reason `RATE_TOO_LOW`.
     onset_s : float
         The alarm's time on the signals' clock, s.
     mode : str
@@ -666,7 +666,7 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
         if kind is None or kind not in cfg.channels and not (name.upper() == "PLETH" and "synth" in cfg.channels):
             continue
         fs = float(rates_hz[name])
-        if not fs >= MIN_RATE_HZ[kind]:
+        if not fs >= ANALYSIS_MIN_RATE_HZ[kind]:
             if kind in cfg.channels:
                 chans.append(_too_slow(name, kind, fs))
             continue
@@ -691,10 +691,12 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
 
 
 def _too_slow(name: str, kind: str, rate_hz: float) -> ChannelEvidence:
-    """The evidence of a channel sampled below MIN_RATE_HZ: unusable, nothing judged, the rate in its reason."""
+    """The evidence of a channel sampled below ANALYSIS_MIN_RATE_HZ: unusable, nothing judged, the rate in its
+    reason."""
+    need = ANALYSIS_MIN_RATE_HZ[kind]
     return ChannelEvidence(name=name, kind=kind, quality="unusable", quality_score=0.0, onset_ok=False,
-                           reason=f"{RATE_TOO_LOW}: {rate_hz:g} Hz, below the {MIN_RATE_HZ[kind]:g} Hz a {kind} "
-                                  f"channel needs", beats_s=(), hr_bpm=None, max_gap_s=float("nan"), hr5_min_bpm=None,
+                           reason=f"{RATE_TOO_LOW}: {rate_hz:g} Hz, below the {need:g} Hz a {kind} channel needs",
+                           beats_s=(), hr_bpm=None, max_gap_s=float("nan"), hr5_min_bpm=None,
                            hr5_max_bpm=None, hr17_max_bpm=None, abnormal_run=None, contradicts=0.0, supports=0.0)
 
 
@@ -704,7 +706,9 @@ def _too_slow(name: str, kind: str, rate_hz: float) -> ChannelEvidence:
 FUSION = {ASYSTOLE: "any", BRADY: "any", TACHY: "all", VTACH: "all", VFIB: "any"}
 CONSENSUS_MIN_WEIGHT = 0.5  # channels weighing less take no part in an "all" vote
 # Alarm types never judged false on the word of one ECG lead: when the contradiction comes from a lead and no other
-# channel (II_SYNTH aside: it is PLETH's) is usable at the onset and weighs CONSENSUS_MIN_WEIGHT, the false score is 0.
+# channel (II_SYNTH aside: it is PLETH's) is usable at the onset and weighs CONSENSUS_MIN_WEIGHT, the false score is 0
+# (verdict uncertain, or true where a channel supports the alarm). Another usable channel need not contradict too:
+# asking that as well kept two more false alarms on the Challenge records and saved no true one in the artifact sweeps.
 # A lead's "beats" may be an artifact shaped like the patient's own QRS (pacing spikes, a periodic disturbance), which
 # no test on that lead alone tells apart. A pulse channel's beats are the heart's ejections: PLETH alone still refutes
 # an asystole during an ECG lead-off.
