@@ -78,6 +78,8 @@ INFLUX_REJECTED = Counter("wavebridge_influx_rejected_lines", "Lines InfluxDB re
 INFLUX_BACKLOG = Gauge("wavebridge_influx_backlog_lines",
                        "Lines handed to the InfluxDB writer and not yet stored (grows during an outage).",
                        registry=REGISTRY)
+SINK_COMMIT_FAILURES = Counter("wavebridge_sink_commit_failures", "InfluxDB sink commits that failed after their "
+                               "points were stored (the batch is read and written again).", registry=REGISTRY)
 INFLUX_WRITE_SECONDS = Histogram("wavebridge_influx_write_seconds", "Wall time of one InfluxDB write, retries included.",
                                  buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 # ---------------------------------------------------------------------------------- state

@@ -189,12 +189,17 @@ class InfluxSink:
         Called before each back-off sleep (default: a warning).
     on_reject : callable(error, lines), optional
         Called with each rejected line (default: an error log line).
+    between_requests : callable(), optional
+        Called after each request InfluxDB answered or that timed out, before the next one: the caller keeps
+        its Kafka consumer in its group there (a write of many slow requests must not outlast its poll
+        interval).
     """
 
     def __init__(self, url: str, token: str | None, org: str, bucket: str, *, batch_points: int = 20000,
                  timeout_s: float = 10.0, min_request_points: int = 100, backoff: Backoff | None = None,
                  on_retry: Callable[[int, BaseException, float], None] | None = None,
-                 on_reject: Callable[[BaseException, list[str]], None] | None = None):
+                 on_reject: Callable[[BaseException, list[str]], None] | None = None,
+                 between_requests: Callable[[], None] | None = None):
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -208,6 +213,7 @@ class InfluxSink:
         self.backoff = backoff or Backoff()
         self.on_retry = on_retry
         self.on_reject = on_reject
+        self.between_requests = between_requests
         self.stop_event = threading.Event()  # set: shutting down, every write raises SinkStopped
         self.abort_event = threading.Event()  # set: give up the write in progress (WriteAborted), while set
         self.failures = 0  # write attempts that failed, total
@@ -266,7 +272,7 @@ class InfluxSink:
         return len(lines)
 
     def _answered(self, shrink_to: int | None = None) -> None:
-        """A request was answered (`shrink_to` None) or timed out: adapt the request size."""
+        """A request was answered (`shrink_to` None) or timed out: adapt the request size, let the caller poll."""
         if shrink_to is not None:
             if shrink_to < self.request_points:
                 log.warning("InfluxDB did not answer a request of %d lines in time; sending %d lines per request "
@@ -279,6 +285,8 @@ class InfluxSink:
                 self.request_points = min(self.batch_points, self.request_points * 2)
                 self._successes = 0
                 log.info("InfluxDB answers in time again: %d lines per request", self.request_points)
+        if self.between_requests is not None:
+            self.between_requests()
 
     def _write_retrying(self, part: list[str]) -> BaseException | None:
         """Write one request, retrying transient failures. Returns the error if InfluxDB found `part`
