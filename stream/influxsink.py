@@ -278,8 +278,10 @@ class InfluxSinkAgent:
 
     def _publish_lag(self, consumer) -> None:
         """Lag of each assigned partition from the fetch responses' high watermark (never ListOffsets, see
-        stream.metrics); refreshed between batches, so it stands still while a write retries through an outage
-        (`wavebridge_influx_retries_total` and `_backlog_lines` show that)."""
+        stream.metrics); refreshed between batches and by the polls during a write. Paused partitions are not
+        fetched, so during an outage it counts the batch being written and what the last fetch before the
+        pause saw, not messages produced since (`wavebridge_influx_retries_total` and `_backlog_lines` show
+        the outage)."""
         for tp in consumer.assignment():
             try:
                 position = consumer.position(tp, timeout_ms=100)  # = the committed offset until a record is fetched
@@ -327,6 +329,7 @@ class InfluxSinkAgent:
             # Only a partition assigned during this poll (not paused yet) can return records: read them next.
             consumer.seek(tp, batch[0].offset)
         self._last_poll = time.monotonic()
+        self._publish_lag(consumer)  # an outage must show as lag (WavebridgeConsumerLagHigh), not as 0
 
     def _on_reject(self, exc: BaseException, lines: list[str]) -> None:
         self.counters.add("influx_rejected", len(lines))

@@ -163,3 +163,28 @@ def test_a_batch_whose_write_outlasts_the_poll_interval_is_committed_once(kafka_
         agent.stop()
     assert len(api.stored) == n_msgs * N_PER  # written once
     assert acked._value.get() - acked_before == n_msgs and agent.commit_failures == 0
+
+
+class Outage(ConnectionRefusedError):
+    pass
+
+
+@pytest.mark.integration
+def test_consumer_lag_shows_the_batch_held_by_an_influx_outage(kafka_bootstrap):
+    """The sink's lag was published only between batches, so it read 0 through an outage and
+    WavebridgeConsumerLagHigh could not fire for the sink."""
+    down = [True]
+    api = FakeWriteApi(error=lambda lines: Outage("connection refused") if down[0] else None)
+    agent = _agent(kafka_bootstrap, api)
+    topic = agent.settings.topic_ecg_synth
+    n_msgs = 10
+    _produce(kafka_bootstrap, topic, n_msgs)
+    lag = metrics.CONSUMER_LAG.labels(topic, "0")
+    agent.start()
+    try:
+        assert _wait(lambda: api.requests >= 4, 30), "no retries"
+        assert lag._value.get() == n_msgs
+        down[0] = False
+        assert _wait(lambda: lag._value.get() == 0 and len(api.stored) == n_msgs * N_PER, 30)
+    finally:
+        agent.stop()
