@@ -244,9 +244,9 @@ class InfluxSinkAgent:
             try:
                 t0 = time.perf_counter()
                 with metrics.INFLUX_WRITE_SECONDS.time():
-                    self.influx.write(lines)
+                    stored = self.influx.write(lines)
                 metrics.STAGE_SECONDS.labels("influx_write").inc(time.perf_counter() - t0)
-                metrics.INFLUX_POINTS.inc(len(lines))  # less any rejected lines, counted apart
+                metrics.INFLUX_POINTS.inc(stored)  # rejected lines count in INFLUX_REJECTED instead
                 self.ok = True
             except sinks.WriteAborted:
                 # A rebalance during the outage: read the batch again where we still own it (others read it from

@@ -70,7 +70,8 @@ STAGE_SECONDS = Counter("wavebridge_stage_seconds",
                         ["stage"], registry=REGISTRY)
 MODEL_WINDOWS = Counter("wavebridge_model_windows", "Windows translated, by task.", ["task"], registry=REGISTRY)
 # ---------------------------------------------------------------------------------- InfluxDB
-INFLUX_POINTS = Counter("wavebridge_influx_points_written", "Points stored in InfluxDB.", registry=REGISTRY)
+INFLUX_POINTS = Counter("wavebridge_influx_points_written", "Points InfluxDB accepted (rejected lines not included).",
+                        registry=REGISTRY)
 INFLUX_RETRIES = Counter("wavebridge_influx_retries", "Failed InfluxDB write attempts (each is retried).",
                          registry=REGISTRY)
 INFLUX_REJECTED = Counter("wavebridge_influx_rejected_lines", "Lines InfluxDB refused as unacceptable (not retried).",

@@ -67,8 +67,8 @@ def _message(k):
 class FakeConsumer:
     """The few kafka-python consumer calls `_handle` makes, with a commit that fails as after a rebalance."""
 
-    def __init__(self, tp):
-        self.tp, self.commits = tp, 0
+    def __init__(self, tp, commit_fails=True):
+        self.tp, self.commits, self.commit_fails = tp, 0, commit_fails
 
     def assignment(self):
         return {self.tp}
@@ -89,7 +89,8 @@ class FakeConsumer:
         from kafka.errors import CommitFailedError
 
         self.commits += 1
-        raise CommitFailedError("the group has already rebalanced")
+        if self.commit_fails:
+            raise CommitFailedError("the group has already rebalanced")
 
 
 def test_commits_failing_in_a_row_are_warned_about_counted_and_fail_readiness(caplog):
@@ -117,6 +118,25 @@ def test_commits_failing_in_a_row_are_warned_about_counted_and_fail_readiness(ca
     assert metrics.SINK_COMMIT_FAILURES._value.get() - failures_before == 3
     ok, detail = agent.check_ready()
     assert not ok and "commits failing (3 in a row)" in detail
+
+
+def test_points_written_counts_only_the_lines_influx_accepted():
+    """wavebridge_influx_points_written_total counted the lines InfluxDB rejected too."""
+    from types import SimpleNamespace
+
+    from kafka.structs import TopicPartition
+
+    bad = {f" {T0 + k * 1_000_000_000}" for k in (1, 3)}  # the first sample of messages 1 and 3
+    api = FakeWriteApi(error=lambda lines: Status400("type conflict") if any(l[-20:] in bad for l in lines)
+                       else None)
+    agent = InfluxSinkAgent(Settings(influx_batch_points=64))
+    agent.influx._write_api = api
+    tp = TopicPartition(agent.settings.topic_ecg_synth, 0)
+    records = {tp: [SimpleNamespace(offset=k, value=_message(k)[0], headers=_message(k)[1]) for k in range(4)]}
+    written, rejected = metrics.INFLUX_POINTS._value.get(), metrics.INFLUX_REJECTED._value.get()
+    agent._handle(FakeConsumer(tp, commit_fails=False), records)
+    assert len(api.stored) == 4 * N_PER - 2 and metrics.INFLUX_REJECTED._value.get() - rejected == 2
+    assert metrics.INFLUX_POINTS._value.get() - written == 4 * N_PER - 2
 
 
 def _produce(kafka_bootstrap, topic, n_msgs, raw=()):

@@ -234,13 +234,14 @@ class InfluxSink:
         Returns
         -------
         int
-            How many were given (rejected ones included, reported apart).
+            How many InfluxDB accepted: those given less those it rejected (reported apart).
 
         Raises
         ------
         SinkStopped, WriteAborted, InfluxConfigError
             As the class docstring says.
         """
+        rejected = 0
         start = 0
         pending: list[list[str]] = []  # parts still to send, the next one last
         while pending or start < len(lines):
@@ -260,6 +261,7 @@ class InfluxSink:
                 continue
             self._answered()
             if len(part) == 1:
+                rejected += 1
                 self.rejected_lines += 1
                 if self.on_reject:
                     self.on_reject(exc, part)
@@ -269,7 +271,7 @@ class InfluxSink:
                 continue
             mid = len(part) // 2
             pending += [part[mid:], part[:mid]]  # first half next: points go out in their order
-        return len(lines)
+        return len(lines) - rejected
 
     def _answered(self, shrink_to: int | None = None) -> None:
         """A request was answered (`shrink_to` None) or timed out: adapt the request size, let the caller poll."""
