@@ -104,6 +104,27 @@ def message_points(role: str, value: bytes, headers: Sequence[tuple[str, bytes]]
     return POINTS[role](value, dict(headers or []))
 
 
+def malformed_reason(exc: BaseException) -> str:
+    """The reason code of a message `message_points` could not turn into points: the wire format's own
+    (`stream.wire.REASONS`, e.g. `bad_json`, `bad_encoding`), `bad_json` for an event or verdict that is not
+    JSON, else `bad_fields` (JSON of the wrong shape).
+
+    Parameters
+    ----------
+    exc : BaseException
+        What `message_points` raised.
+    """
+    import json
+
+    from stream.wire import WireError
+
+    if isinstance(exc, WireError):
+        return exc.reason
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return "bad_json"
+    return "bad_fields"
+
+
 class InfluxSinkAgent:
     """Consumes `topic_roles(settings)` in group `settings.influx_sink_group` and writes them to InfluxDB.
 
@@ -235,9 +256,7 @@ class InfluxSinkAgent:
                     lines += message_points(role, rec.value, rec.headers)
                     metrics.STAGE_SECONDS.labels("influx_points").inc(time.perf_counter() - t0)
                 except Exception as exc:  # our own topics: a malformed message is a bug, reported, not retried
-                    self.counters.add(f"sink_malformed.{role}")
-                    log.error("%s[%d]@%d not written to InfluxDB (malformed %s message): %s", tp.topic, tp.partition,
-                              rec.offset, role, short_error(exc))
+                    self._on_malformed(tp, rec.offset, role, exc)
         self.influx.abort_event.clear()  # set by a rebalance inside the poll that returned these records
         if lines:
             metrics.INFLUX_BACKLOG.set(len(lines))
@@ -330,6 +349,17 @@ class InfluxSinkAgent:
             consumer.seek(tp, batch[0].offset)
         self._last_poll = time.monotonic()
         self._publish_lag(consumer)  # an outage must show as lag (WavebridgeConsumerLagHigh), not as 0
+
+    def _on_malformed(self, tp, offset: int, role: str, exc: BaseException) -> None:
+        """Count a message no point can be made of, and log it at most once per `log_repeat_s` per topic and
+        reason (a producer bug repeats on every message; the count says how many)."""
+        reason = malformed_reason(exc)
+        self.counters.add(f"sink_malformed.{role}")
+        metrics.SINK_MALFORMED.labels(tp.topic, reason).inc()
+        ok, held = self._log_throttle.allow(("malformed", tp.topic, reason))
+        if ok:
+            log.error("%s[%d]@%d not written to InfluxDB (malformed %s message, %s)%s: %s", tp.topic, tp.partition,
+                      offset, role, reason, f" [{held} more not shown]" if held else "", short_error(exc))
 
     def _on_reject(self, exc: BaseException, lines: list[str]) -> None:
         self.counters.add("influx_rejected", len(lines))

@@ -139,6 +139,31 @@ def test_points_written_counts_only_the_lines_influx_accepted():
     assert metrics.INFLUX_POINTS._value.get() - written == 4 * N_PER - 2
 
 
+def test_malformed_messages_are_counted_by_reason_and_logged_throttled(caplog):
+    """A malformed message on an output topic was only logged, one ERROR line each, with no metric."""
+    from types import SimpleNamespace
+
+    from kafka.structs import TopicPartition
+
+    api = FakeWriteApi()
+    agent = InfluxSinkAgent(Settings(log_repeat_s=60.0))
+    agent.influx._write_api = api
+    tp = TopicPartition(agent.settings.topic_ecg_synth, 0)
+    records = [SimpleNamespace(offset=k, value=b"\x00garbage", headers=[]) for k in range(5)]
+    records += [SimpleNamespace(offset=5, value=None, headers=[]),
+                SimpleNamespace(offset=6, value=_message(0)[0], headers=_message(0)[1])]
+    bad_json = metrics.SINK_MALFORMED.labels(tp.topic, "bad_json")
+    before = bad_json._value.get()
+    consumer = FakeConsumer(tp, commit_fails=False)
+    with caplog.at_level("ERROR", logger="wavebridge.sink"):
+        agent._handle(consumer, {tp: records})
+    assert bad_json._value.get() - before == 5
+    assert metrics.SINK_MALFORMED.labels(tp.topic, "bad_encoding")._value.get() >= 1
+    logged = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(logged) == 2 and "bad_json" in logged[0] and "bad_encoding" in logged[1]
+    assert len(api.stored) == N_PER and consumer.commits == 1  # the good message stored, the batch committed
+
+
 def _produce(kafka_bootstrap, topic, n_msgs, raw=()):
     from kafka import KafkaProducer
 
