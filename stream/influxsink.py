@@ -38,6 +38,12 @@ from stream.startup import run_service
 log = logging.getLogger("wavebridge.sink")
 
 OUTPUT, EVENT, VERDICT = "output", "event", "verdict"
+# Seconds between the polls that keep the consumer in its group while one batch is written (far below any
+# max.poll.interval.ms: kafka-python's default is 300 s).
+KEEPALIVE_POLL_S = 1.0
+# Commits in a row failing after their write that make /readyz fail: one is a rebalance, several mean the sink
+# rewrites its batches without progressing.
+COMMIT_FAILURES_NOT_READY = 3
 
 
 def _output_points(value: bytes, headers: dict[str, bytes]) -> list[str]:
@@ -98,6 +104,27 @@ def message_points(role: str, value: bytes, headers: Sequence[tuple[str, bytes]]
     return POINTS[role](value, dict(headers or []))
 
 
+def malformed_reason(exc: BaseException) -> str:
+    """The reason code of a message `message_points` could not turn into points: the wire format's own
+    (`stream.wire.REASONS`, e.g. `bad_json`, `bad_encoding`), `bad_json` for an event or verdict that is not
+    JSON, else `bad_fields` (JSON of the wrong shape).
+
+    Parameters
+    ----------
+    exc : BaseException
+        What `message_points` raised.
+    """
+    import json
+
+    from stream.wire import WireError
+
+    if isinstance(exc, WireError):
+        return exc.reason
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return "bad_json"
+    return "bad_fields"
+
+
 class InfluxSinkAgent:
     """Consumes `topic_roles(settings)` in group `settings.influx_sink_group` and writes them to InfluxDB.
 
@@ -116,15 +143,17 @@ class InfluxSinkAgent:
         self.influx = influx or sinks.InfluxSink(
             s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, batch_points=s.influx_batch_points,
             timeout_s=s.influx_timeout_s, backoff=sinks.Backoff(s.retry_initial_s, s.retry_max_s),
-            on_retry=self._on_retry, on_reject=self._on_reject)
+            on_retry=self._on_retry, on_reject=self._on_reject, between_requests=self._keep_in_group)
         self._log_throttle = Throttle(settings.log_repeat_s)
         self.written_messages = 0  # messages whose points are stored and offsets committed (or attempted)
         self.ok = True  # False from a failed InfluxDB write until the next stored one
+        self.commit_failures = 0  # commits in a row that failed after the write (reset by one that succeeds)
         self.assignment_seen = False  # a first partition assignment arrived (possibly empty)
         self.lag = metrics.LagTracker()  # of this agent's own group (consumer thread only)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer = None
+        self._last_poll = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "InfluxSinkAgent":
@@ -196,6 +225,7 @@ class InfluxSinkAgent:
         try:
             while not self._stop.is_set():
                 records = consumer.poll(timeout_ms=500)
+                self._last_poll = time.monotonic()
                 if records:
                     self._handle(consumer, records)
                 self._publish_lag(consumer)
@@ -226,18 +256,16 @@ class InfluxSinkAgent:
                     lines += message_points(role, rec.value, rec.headers)
                     metrics.STAGE_SECONDS.labels("influx_points").inc(time.perf_counter() - t0)
                 except Exception as exc:  # our own topics: a malformed message is a bug, reported, not retried
-                    self.counters.add(f"sink_malformed.{role}")
-                    log.error("%s[%d]@%d not written to InfluxDB (malformed %s message): %s", tp.topic, tp.partition,
-                              rec.offset, role, short_error(exc))
+                    self._on_malformed(tp, rec.offset, role, exc)
         self.influx.abort_event.clear()  # set by a rebalance inside the poll that returned these records
         if lines:
             metrics.INFLUX_BACKLOG.set(len(lines))
             try:
                 t0 = time.perf_counter()
                 with metrics.INFLUX_WRITE_SECONDS.time():
-                    self.influx.write(lines)
+                    stored = self.influx.write(lines)
                 metrics.STAGE_SECONDS.labels("influx_write").inc(time.perf_counter() - t0)
-                metrics.INFLUX_POINTS.inc(len(lines))  # less any rejected lines, counted apart
+                metrics.INFLUX_POINTS.inc(stored)  # rejected lines count in INFLUX_REJECTED instead
                 self.ok = True
             except sinks.WriteAborted:
                 # A rebalance during the outage: read the batch again where we still own it (others read it from
@@ -256,17 +284,23 @@ class InfluxSinkAgent:
             for tp, om in commit.items():
                 self.lag.acked(tp, om.offset - 1)
                 metrics.ACKED.labels(tp.topic).inc(len(records[tp]))
+            self.commit_failures = 0
         except (CommitFailedError, KafkaError) as exc:
             # Written but not committed (the group rebalanced meanwhile): the new owner writes it again, which
-            # overwrites the same points.
-            log.info("InfluxDB sink commit failed after the write (the batch will be written again): %s",
-                     short_error(exc))
+            # overwrites the same points. Once is a rebalance; in a row, the sink is not progressing.
+            self.commit_failures += 1
+            metrics.SINK_COMMIT_FAILURES.inc()
+            log.log(logging.INFO if self.commit_failures == 1 else logging.WARNING,
+                    "InfluxDB sink commit failed after the write (%d in a row; the batch will be written again): "
+                    "%s", self.commit_failures, short_error(exc))
         self.written_messages += n
 
     def _publish_lag(self, consumer) -> None:
         """Lag of each assigned partition from the fetch responses' high watermark (never ListOffsets, see
-        stream.metrics); refreshed between batches, so it stands still while a write retries through an outage
-        (`wavebridge_influx_retries_total` and `_backlog_lines` show that)."""
+        stream.metrics); refreshed between batches and by the polls during a write. Paused partitions are not
+        fetched, so during an outage it counts the batch being written and what the last fetch before the
+        pause saw, not messages produced since (`wavebridge_influx_retries_total` and `_backlog_lines` show
+        the outage)."""
         for tp in consumer.assignment():
             try:
                 position = consumer.position(tp, timeout_ms=100)  # = the committed offset until a record is fetched
@@ -284,6 +318,8 @@ class InfluxSinkAgent:
             return False, "InfluxDB sink not running"
         if not self.assignment_seen:
             return False, "InfluxDB sink waiting for a partition assignment"
+        if self.commit_failures >= COMMIT_FAILURES_NOT_READY:
+            return False, f"InfluxDB sink commits failing ({self.commit_failures} in a row): batches are rewritten"
         return (True, "InfluxDB writes succeed") if self.ok else (False, "InfluxDB writes failing, retrying")
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
@@ -292,12 +328,38 @@ class InfluxSinkAgent:
         self.ok = False
         log.warning("InfluxDB write failed (attempt %d); sink paused, retry in %.1fs (the alarm feed is not "
                     "affected): %s", attempt, delay, short_error(exc))
+        self._poll_paused()
+
+    def _keep_in_group(self) -> None:
+        """Between the requests of one batch: poll now and then, so a batch whose write takes longer than
+        `max.poll.interval.ms` (many slow requests) does not get this consumer dropped from its group."""
+        if time.monotonic() - self._last_poll >= KEEPALIVE_POLL_S:
+            self._poll_paused()
+
+    def _poll_paused(self) -> None:
+        """Stay in the group while a batch is being written: a poll on paused partitions fetches nothing but
+        lets a rebalance through (its revoke aborts the write) and resets the poll interval. The partitions are
+        resumed when the batch is done (`_handle`)."""
         consumer = self._consumer
-        if consumer is not None:
-            # Stay in the group while retrying: a poll on paused partitions fetches nothing but lets a rebalance
-            # through (its revoke aborts this write).
-            consumer.pause(*consumer.assignment())
-            consumer.poll(timeout_ms=0)
+        if consumer is None:
+            return
+        consumer.pause(*consumer.assignment())
+        for tp, batch in consumer.poll(timeout_ms=0).items():
+            # Only a partition assigned during this poll (not paused yet) can return records: read them next.
+            consumer.seek(tp, batch[0].offset)
+        self._last_poll = time.monotonic()
+        self._publish_lag(consumer)  # an outage must show as lag (WavebridgeConsumerLagHigh), not as 0
+
+    def _on_malformed(self, tp, offset: int, role: str, exc: BaseException) -> None:
+        """Count a message no point can be made of, and log it at most once per `log_repeat_s` per topic and
+        reason (a producer bug repeats on every message; the count says how many)."""
+        reason = malformed_reason(exc)
+        self.counters.add(f"sink_malformed.{role}")
+        metrics.SINK_MALFORMED.labels(tp.topic, reason).inc()
+        ok, held = self._log_throttle.allow(("malformed", tp.topic, reason))
+        if ok:
+            log.error("%s[%d]@%d not written to InfluxDB (malformed %s message, %s)%s: %s", tp.topic, tp.partition,
+                      offset, role, reason, f" [{held} more not shown]" if held else "", short_error(exc))
 
     def _on_reject(self, exc: BaseException, lines: list[str]) -> None:
         self.counters.add("influx_rejected", len(lines))

@@ -70,7 +70,8 @@ STAGE_SECONDS = Counter("wavebridge_stage_seconds",
                         ["stage"], registry=REGISTRY)
 MODEL_WINDOWS = Counter("wavebridge_model_windows", "Windows translated, by task.", ["task"], registry=REGISTRY)
 # ---------------------------------------------------------------------------------- InfluxDB
-INFLUX_POINTS = Counter("wavebridge_influx_points_written", "Points stored in InfluxDB.", registry=REGISTRY)
+INFLUX_POINTS = Counter("wavebridge_influx_points_written", "Points InfluxDB accepted (rejected lines not included).",
+                        registry=REGISTRY)
 INFLUX_RETRIES = Counter("wavebridge_influx_retries", "Failed InfluxDB write attempts (each is retried).",
                          registry=REGISTRY)
 INFLUX_REJECTED = Counter("wavebridge_influx_rejected_lines", "Lines InfluxDB refused as unacceptable (not retried).",
@@ -78,6 +79,11 @@ INFLUX_REJECTED = Counter("wavebridge_influx_rejected_lines", "Lines InfluxDB re
 INFLUX_BACKLOG = Gauge("wavebridge_influx_backlog_lines",
                        "Lines handed to the InfluxDB writer and not yet stored (grows during an outage).",
                        registry=REGISTRY)
+SINK_MALFORMED = Counter("wavebridge_sink_malformed_messages", "Messages of the InfluxDB sink's topics no point "
+                         "could be made of (not written, not retried), by topic and reason code.",
+                         ["topic", "reason"], registry=REGISTRY)
+SINK_COMMIT_FAILURES = Counter("wavebridge_sink_commit_failures", "InfluxDB sink commits that failed after their "
+                               "points were stored (the batch is read and written again).", registry=REGISTRY)
 INFLUX_WRITE_SECONDS = Histogram("wavebridge_influx_write_seconds", "Wall time of one InfluxDB write, retries included.",
                                  buckets=LATENCY_BUCKETS_S, registry=REGISTRY)
 # ---------------------------------------------------------------------------------- state

@@ -262,6 +262,68 @@ def test_a_blocked_write_is_given_up_on_abort_and_the_sink_stays_usable():
     assert len(errors) == 2 and isinstance(errors[1], sinks.SinkStopped)
 
 
+class _SlowInflux:
+    """A stand-in for influxdb-client's write API: a request of more than `limit` lines times out (stored anyway,
+    as InfluxDB does with a request it finishes after the client gave up); after `give_up` requests it sets the
+    sink's stop event, so a sink that never progresses ends with SinkStopped instead of hanging the test."""
+
+    def __init__(self, sink, limit, give_up=200):
+        self.sink, self.limit, self.give_up = sink, limit, give_up
+        self.sizes, self.stored, self.answered = [], [], []
+
+    def write(self, bucket, org, record, write_precision):
+        from urllib3.exceptions import ReadTimeoutError
+
+        lines = record.split("\n")
+        self.sizes.append(len(lines))
+        self.stored += lines
+        if len(self.sizes) >= self.give_up:
+            self.sink.stop_event.set()
+        if len(lines) > self.limit:
+            raise ReadTimeoutError(None, "/api/v2/write", "Read timed out. (read timeout=3)")
+        self.answered += lines
+
+    def close(self):
+        pass
+
+
+def test_a_request_influx_cannot_answer_in_time_is_resent_in_smaller_ones_that_grow_back():
+    """A 20000-line request slower than the timeout timed out forever (nothing committed, every attempt stored
+    anyway): a timeout must cut the request size, and answered requests must grow it back."""
+    from stream.sinks.influx import GROW_AFTER
+
+    retries = []
+    sink = sinks.InfluxSink("http://127.0.0.1:9", "t", "o", "b", batch_points=1000, backoff=sinks.Backoff(0.01, 0.01),
+                            on_retry=lambda a, e, d: retries.append(d))
+    fake = sink._write_api = _SlowInflux(sink, limit=300)
+    lines = [f"waveform,bed=a value={i} {i}" for i in range(2500)]
+    try:
+        assert sink.write(lines) == len(lines)
+        assert fake.answered == lines  # every line, in order, once answered
+        assert fake.sizes[:3] == [1000, 500, 250] and max(fake.sizes[3:]) <= 500
+        assert sorted(set(retries)) == [0.0]  # the cuts wait for nothing; each counts as a failed attempt
+        assert sink.failures == len(retries) and sink.request_points <= 500
+        fake.limit, fake.sizes = 10**6, []  # InfluxDB fast again: the size doubles after GROW_AFTER answers
+        sink.write(lines * 4)
+        assert fake.sizes == sorted(fake.sizes) and 1 <= fake.sizes.count(500) <= GROW_AFTER
+        assert sink.request_points == 1000 and fake.sizes[-2] == 1000
+    finally:
+        sink.close()
+
+
+def test_a_timeout_at_the_smallest_request_size_is_an_outage_retried_with_back_off():
+    delays = []
+    sink = sinks.InfluxSink("http://127.0.0.1:9", "t", "o", "b", batch_points=1000, min_request_points=200,
+                            backoff=sinks.Backoff(0.01, 0.02), on_retry=lambda a, e, d: delays.append(d))
+    fake = sink._write_api = _SlowInflux(sink, limit=0, give_up=12)
+    try:
+        with pytest.raises(sinks.SinkStopped):
+            sink.write([f"waveform,bed=a value={i} {i}" for i in range(1000)])
+    finally:
+        sink.close()
+    assert fake.sizes == [1000, 500, 250] + [200] * 9 and delays[:3] == [0.0, 0.0, 0.0] and min(delays[3:]) > 0
+
+
 def test_an_oversized_payload_is_dead_lettered_without_its_value():
     small, extra = sinks.dlq_value(b"x" * 10)
     assert small == b"x" * 10 and extra == []

@@ -7,7 +7,11 @@ handling that cannot lose data or loop forever on something no retry can change:
   rebalance gives it up (`SinkStopped`, `WriteAborted`: its input was not acknowledged and is read again);
 - some lines unacceptable (`SPLIT_STATUS`): bisect the batch until each bad line stands alone, store the rest,
   report the bad ones;
-- a refused token, org or bucket (`CONFIG_STATUS`): raise `InfluxConfigError` naming the variable to fix.
+- a refused token, org or bucket (`CONFIG_STATUS`): raise `InfluxConfigError` naming the variable to fix;
+- no answer within the timeout (a read timeout): InfluxDB may be too slow for a request of this size, so the
+  request is cut in halves (down to `min_request_points`, below which a timeout is an outage like any other) and
+  grows back by doubling after `GROW_AFTER` requests in a row succeed. A timed-out request may have been stored
+  anyway: its points are sent again, which overwrites them.
 
 `influx_probe` asks the same question once at start-up, with an empty write.
 """
@@ -66,6 +70,17 @@ class WriteAborted(RuntimeError):
 SPLIT_STATUS = (400, 413, 422)
 # Answers that no retry can change: the worker stops with one line naming the variable to fix.
 CONFIG_STATUS = {401: "INFLUX_TOKEN", 403: "INFLUX_TOKEN", 404: "INFLUX_BUCKET"}
+# Consecutive successful requests after which a request size cut by a timeout doubles again (up to `batch_points`):
+# often enough to recover from a passing slowness within a few batches, rarely enough that a size at the limit
+# costs one timed-out request in this many.
+GROW_AFTER = 8
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether `exc` is InfluxDB not answering in time (connected, request sent), not a refused connection."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return isinstance(exc, ReadTimeoutError)
 
 
 class InfluxConfigError(ConfigError):
@@ -152,7 +167,8 @@ class InfluxSink:
     """Synchronous, batched, retried-forever writer of line protocol.
 
     `write(lines)` returns only once every line is stored; on failure it sleeps with exponential
-    back-off and retries the same batch. The exceptions: lines InfluxDB rejects as unacceptable
+    back-off and retries the same batch; a request that times out is sent again in smaller ones (the
+    module docstring). The exceptions: lines InfluxDB rejects as unacceptable
     (`SPLIT_STATUS`) are isolated by splitting the batch and reported through `on_reject` (or logged as an
     error), the rest stored; a refused token, org or bucket (`CONFIG_STATUS`) raises InfluxConfigError.
     Call it from a worker thread, never the event loop.
@@ -165,18 +181,25 @@ class InfluxSink:
         Lines per write request at most.
     timeout_s : float
         Request timeout in seconds.
+    min_request_points : int
+        Smallest request a timeout cuts the request size to (a timeout at this size is retried as an outage).
     backoff : Backoff, optional
         Delays between retries (default: 0.5 s doubling to 30 s).
     on_retry : callable(attempt, error, delay_s), optional
         Called before each back-off sleep (default: a warning).
     on_reject : callable(error, lines), optional
         Called with each rejected line (default: an error log line).
+    between_requests : callable(), optional
+        Called after each request InfluxDB answered or that timed out, before the next one: the caller keeps
+        its Kafka consumer in its group there (a write of many slow requests must not outlast its poll
+        interval).
     """
 
     def __init__(self, url: str, token: str | None, org: str, bucket: str, *, batch_points: int = 20000,
-                 timeout_s: float = 10.0, backoff: Backoff | None = None,
+                 timeout_s: float = 10.0, min_request_points: int = 100, backoff: Backoff | None = None,
                  on_retry: Callable[[int, BaseException, float], None] | None = None,
-                 on_reject: Callable[[BaseException, list[str]], None] | None = None):
+                 on_reject: Callable[[BaseException, list[str]], None] | None = None,
+                 between_requests: Callable[[], None] | None = None):
         from influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -184,20 +207,24 @@ class InfluxSink:
         self.bucket = bucket
         self.org = org
         self.batch_points = batch_points
+        self.min_request_points = max(1, min(min_request_points, batch_points))
+        self.request_points = batch_points  # lines per request now: cut by timeouts, grown back by successes
+        self._successes = 0  # requests answered in a row since the request size last changed
         self.backoff = backoff or Backoff()
         self.on_retry = on_retry
         self.on_reject = on_reject
+        self.between_requests = between_requests
         self.stop_event = threading.Event()  # set: shutting down, every write raises SinkStopped
         self.abort_event = threading.Event()  # set: give up the write in progress (WriteAborted), while set
         self.failures = 0  # write attempts that failed, total
         self.rejected_lines = 0  # lines answered with a SPLIT_STATUS on their own, not retried
-        self.requests = 0  # write requests sent (the splitting of a rejected batch adds some)
+        self.requests = 0  # write requests sent (the splitting of a rejected batch or a timed-out request adds some)
         # retries=False: our own loop retries (forever, with back-off); urllib3's would give up.
         self._client = InfluxDBClient(url=url, token=token or "", org=org, timeout=int(timeout_s * 1000), retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, lines: Sequence[str]) -> int:
-        """Store `lines`, in order, `batch_points` per request.
+        """Store `lines`, in order, `request_points` per request (at most `batch_points`).
 
         Parameters
         ----------
@@ -207,34 +234,65 @@ class InfluxSink:
         Returns
         -------
         int
-            How many were given (rejected ones included, reported apart).
+            How many InfluxDB accepted: those given less those it rejected (reported apart).
 
         Raises
         ------
         SinkStopped, WriteAborted, InfluxConfigError
             As the class docstring says.
         """
-        for i in range(0, len(lines), self.batch_points):
-            pending = [list(lines[i:i + self.batch_points])]
-            while pending:
+        rejected = 0
+        start = 0
+        pending: list[list[str]] = []  # parts still to send, the next one last
+        while pending or start < len(lines):
+            if pending:
                 part = pending.pop()
-                exc = self._write_retrying(part)
-                if exc is None:
-                    continue
-                if len(part) == 1:
-                    self.rejected_lines += 1
-                    if self.on_reject:
-                        self.on_reject(exc, part)
-                    else:
-                        log.error("InfluxDB rejected a line (not retried): %s: %s", line_series(part[0]),
-                                  short_error(exc))
-                    continue
-                mid = len(part) // 2
-                pending += [part[mid:], part[:mid]]  # first half next: points go out in their order
-        return len(lines)
+            else:
+                part = list(lines[start:start + self.request_points])
+                start += len(part)
+            exc = self._write_retrying(part)
+            if exc is None:
+                self._answered()
+                continue
+            if _timed_out(exc):  # longer than min_request_points: send it again in smaller requests
+                self._answered(shrink_to=max(self.min_request_points, len(part) // 2))
+                step = self.request_points
+                pending += [part[j:j + step] for j in range(0, len(part), step)][::-1]
+                continue
+            self._answered()
+            if len(part) == 1:
+                rejected += 1
+                self.rejected_lines += 1
+                if self.on_reject:
+                    self.on_reject(exc, part)
+                else:
+                    log.error("InfluxDB rejected a line (not retried): %s: %s", line_series(part[0]),
+                              short_error(exc))
+                continue
+            mid = len(part) // 2
+            pending += [part[mid:], part[:mid]]  # first half next: points go out in their order
+        return len(lines) - rejected
+
+    def _answered(self, shrink_to: int | None = None) -> None:
+        """A request was answered (`shrink_to` None) or timed out: adapt the request size, let the caller poll."""
+        if shrink_to is not None:
+            if shrink_to < self.request_points:
+                log.warning("InfluxDB did not answer a request of %d lines in time; sending %d lines per request "
+                            "from now on", self.request_points, shrink_to)
+            self.request_points = min(self.request_points, shrink_to)
+            self._successes = 0
+        else:
+            self._successes += 1
+            if self._successes >= GROW_AFTER and self.request_points < self.batch_points:
+                self.request_points = min(self.batch_points, self.request_points * 2)
+                self._successes = 0
+                log.info("InfluxDB answers in time again: %d lines per request", self.request_points)
+        if self.between_requests is not None:
+            self.between_requests()
 
     def _write_retrying(self, part: list[str]) -> BaseException | None:
-        """Write one request, retrying transient failures; the error if InfluxDB found `part` unacceptable."""
+        """Write one request, retrying transient failures. Returns the error if InfluxDB found `part`
+        unacceptable, or if it timed out on a request larger than `min_request_points` (to be cut)."""
         from influxdb_client import WritePrecision
 
         body = "\n".join(part)
@@ -257,6 +315,10 @@ class InfluxSink:
                     raise _config_error(status, self.url, self.org, self.bucket, _api_message(exc)) from None
                 attempt += 1
                 self.failures += 1
+                if _timed_out(exc) and len(part) > self.min_request_points:
+                    if self.on_retry:
+                        self.on_retry(attempt, exc, 0.0)
+                    return exc
                 delay = next(delays)
                 if self.on_retry:
                     self.on_retry(attempt, exc, delay)
