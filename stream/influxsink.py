@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 from stream import metrics, sinks
 from stream.config import ConfigError, Settings
 from stream.errors import short_error
-from stream.logthrottle import Throttle
+from stream.logthrottle import Throttle, held_note
 from stream.startup import run_service
 
 log = logging.getLogger("wavebridge.sink")
@@ -210,6 +210,8 @@ class InfluxSinkAgent:
             def on_partitions_assigned(self, assigned):
                 log.info("InfluxDB sink assigned %d partitions", len(assigned))
                 agent.assignment_seen = True
+                if not assigned:  # nothing left to rewrite (more sinks than partitions): not unready for the past
+                    agent.commit_failures = 0
                 agent.lag.assigned(assigned)
 
         consumer = KafkaConsumer(
@@ -359,7 +361,7 @@ class InfluxSinkAgent:
         ok, held = self._log_throttle.allow(("malformed", tp.topic, reason))
         if ok:
             log.error("%s[%d]@%d not written to InfluxDB (malformed %s message, %s)%s: %s", tp.topic, tp.partition,
-                      offset, role, reason, f" [{held} more not shown]" if held else "", short_error(exc))
+                      offset, role, reason, held_note(held), short_error(exc))
 
     def _on_reject(self, exc: BaseException, lines: list[str]) -> None:
         self.counters.add("influx_rejected", len(lines))
@@ -367,7 +369,7 @@ class InfluxSinkAgent:
         ok, held = self._log_throttle.allow("influx_rejected")
         if ok:  # the series, not the values; the rest of the batch is stored
             log.error("InfluxDB rejected a line of series %s (not retried; the rest of the batch is stored)%s: %s",
-                      sinks.line_series(lines[0]), f" [{held} more not shown]" if held else "",
+                      sinks.line_series(lines[0]), held_note(held),
                       short_error(exc))
 
 

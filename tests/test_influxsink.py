@@ -15,6 +15,11 @@ from stream.results import OutputSeries
 from stream.tools.worker_process import LOCAL_BROKER_TIMING, prefixed_topics
 from stream.topics import ensure_topics
 
+
+def _count(name: str, **labels) -> float:
+    """A counter's value as /metrics exposes it (0 before its first increment)."""
+    return metrics.REGISTRY.get_sample_value(f"wavebridge_{name}_total", labels) or 0.0
+
 T0 = 1_750_000_000_000_000_000
 N_PER = 125  # lines per output message (one 1 s chunk at 125 Hz)
 
@@ -94,8 +99,8 @@ class FakeConsumer:
 
 
 def test_commits_failing_in_a_row_are_warned_about_counted_and_fail_readiness(caplog):
-    """A commit failing after the write was logged at INFO as harmless however often it recurred, with /readyz
-    green, while the sink rewrote the same batch again and again."""
+    """One commit failing after the write is a rebalance (INFO); several in a row mean the sink rewrites the same
+    batch again and again: WARNING lines, a counter, and /readyz failing at the third."""
     from types import SimpleNamespace
 
     from kafka.structs import TopicPartition
@@ -106,7 +111,7 @@ def test_commits_failing_in_a_row_are_warned_about_counted_and_fail_readiness(ca
     tp = TopicPartition(agent.settings.topic_ecg_synth, 0)
     value, headers = _message(0)
     consumer = FakeConsumer(tp)
-    failures_before = metrics.SINK_COMMIT_FAILURES._value.get()
+    failures_before = _count("sink_commit_failures")
     levels = []
     for _ in range(3):
         assert agent.check_ready()[0]
@@ -115,13 +120,13 @@ def test_commits_failing_in_a_row_are_warned_about_counted_and_fail_readiness(ca
             agent._handle(consumer, {tp: [SimpleNamespace(offset=7, value=value, headers=headers)]})
         levels += [r.levelname for r in caplog.records if "commit failed" in r.getMessage()]
     assert levels == ["INFO", "WARNING", "WARNING"]
-    assert metrics.SINK_COMMIT_FAILURES._value.get() - failures_before == 3
+    assert _count("sink_commit_failures") - failures_before == 3
     ok, detail = agent.check_ready()
     assert not ok and "commits failing (3 in a row)" in detail
 
 
 def test_points_written_counts_only_the_lines_influx_accepted():
-    """wavebridge_influx_points_written_total counted the lines InfluxDB rejected too."""
+    """wavebridge_influx_points_written_total counts the lines InfluxDB accepted, not those it rejected."""
     from types import SimpleNamespace
 
     from kafka.structs import TopicPartition
@@ -133,14 +138,14 @@ def test_points_written_counts_only_the_lines_influx_accepted():
     agent.influx._write_api = api
     tp = TopicPartition(agent.settings.topic_ecg_synth, 0)
     records = {tp: [SimpleNamespace(offset=k, value=_message(k)[0], headers=_message(k)[1]) for k in range(4)]}
-    written, rejected = metrics.INFLUX_POINTS._value.get(), metrics.INFLUX_REJECTED._value.get()
+    written, rejected = _count("influx_points_written"), _count("influx_rejected_lines")
     agent._handle(FakeConsumer(tp, commit_fails=False), records)
-    assert len(api.stored) == 4 * N_PER - 2 and metrics.INFLUX_REJECTED._value.get() - rejected == 2
-    assert metrics.INFLUX_POINTS._value.get() - written == 4 * N_PER - 2
+    assert len(api.stored) == 4 * N_PER - 2 and _count("influx_rejected_lines") - rejected == 2
+    assert _count("influx_points_written") - written == 4 * N_PER - 2
 
 
 def test_malformed_messages_are_counted_by_reason_and_logged_throttled(caplog):
-    """A malformed message on an output topic was only logged, one ERROR line each, with no metric."""
+    """A malformed message on an output topic is counted by topic and reason, its ERROR line throttled."""
     from types import SimpleNamespace
 
     from kafka.structs import TopicPartition
@@ -152,13 +157,12 @@ def test_malformed_messages_are_counted_by_reason_and_logged_throttled(caplog):
     records = [SimpleNamespace(offset=k, value=b"\x00garbage", headers=[]) for k in range(5)]
     records += [SimpleNamespace(offset=5, value=None, headers=[]),
                 SimpleNamespace(offset=6, value=_message(0)[0], headers=_message(0)[1])]
-    bad_json = metrics.SINK_MALFORMED.labels(tp.topic, "bad_json")
-    before = bad_json._value.get()
+    before = _count("sink_malformed_messages", topic=tp.topic, reason="bad_json")
     consumer = FakeConsumer(tp, commit_fails=False)
     with caplog.at_level("ERROR", logger="wavebridge.sink"):
         agent._handle(consumer, {tp: records})
-    assert bad_json._value.get() - before == 5
-    assert metrics.SINK_MALFORMED.labels(tp.topic, "bad_encoding")._value.get() >= 1
+    assert _count("sink_malformed_messages", topic=tp.topic, reason="bad_json") - before == 5
+    assert _count("sink_malformed_messages", topic=tp.topic, reason="bad_encoding") >= 1
     logged = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
     assert len(logged) == 2 and "bad_json" in logged[0] and "bad_encoding" in logged[1]
     assert len(api.stored) == N_PER and consumer.commits == 1  # the good message stored, the batch committed
@@ -188,8 +192,8 @@ def _wait(predicate, timeout_s):
 
 @pytest.mark.integration
 def test_a_batch_whose_write_outlasts_the_poll_interval_is_committed_once(kafka_bootstrap, monkeypatch):
-    """A batch of many slow (successful) requests longer than max.poll.interval.ms got the sink dropped from its
-    group: its commit failed and it rewrote the same batch forever. It must stay in its group and commit once."""
+    """A batch of many slow (successful) requests outlasting max.poll.interval.ms must not drop the sink from its
+    group (its commit would fail and it would rewrite the batch for ever): it stays in and commits once."""
     import kafka
 
     real = kafka.KafkaConsumer
@@ -198,16 +202,16 @@ def test_a_batch_whose_write_outlasts_the_poll_interval_is_committed_once(kafka_
     agent = _agent(kafka_bootstrap, api, influx_batch_points=100)
     n_msgs = 16  # 2000 lines: 20 requests of 100 lines, 7 s for one batch
     _produce(kafka_bootstrap, agent.settings.topic_ecg_synth, n_msgs)
-    acked = metrics.ACKED.labels(agent.settings.topic_ecg_synth)
-    acked_before = acked._value.get()
+    acked = lambda: _count("messages_acked", topic=agent.settings.topic_ecg_synth)  # noqa: E731
+    acked_before = acked()
     agent.start()
     try:
-        assert _wait(lambda: acked._value.get() - acked_before >= n_msgs, 30), "the batch was never committed"
+        assert _wait(lambda: acked() - acked_before >= n_msgs, 30), "the batch was never committed"
         time.sleep(2)  # a rewrite, if any, would start now
     finally:
         agent.stop()
     assert len(api.stored) == n_msgs * N_PER  # written once
-    assert acked._value.get() - acked_before == n_msgs and agent.commit_failures == 0
+    assert acked() - acked_before == n_msgs and agent.commit_failures == 0
 
 
 class Outage(ConnectionRefusedError):
@@ -216,20 +220,21 @@ class Outage(ConnectionRefusedError):
 
 @pytest.mark.integration
 def test_consumer_lag_shows_the_batch_held_by_an_influx_outage(kafka_bootstrap):
-    """The sink's lag was published only between batches, so it read 0 through an outage and
-    WavebridgeConsumerLagHigh could not fire for the sink."""
+    """The sink publishes its lag while it retries through an outage, so WavebridgeConsumerLagHigh can fire for the
+    sink (published only between batches, it would read 0 throughout)."""
     down = [True]
     api = FakeWriteApi(error=lambda lines: Outage("connection refused") if down[0] else None)
     agent = _agent(kafka_bootstrap, api)
     topic = agent.settings.topic_ecg_synth
     n_msgs = 10
     _produce(kafka_bootstrap, topic, n_msgs)
-    lag = metrics.CONSUMER_LAG.labels(topic, "0")
+    lag = lambda: metrics.REGISTRY.get_sample_value("wavebridge_consumer_lag_messages",  # noqa: E731
+                                                    {"topic": topic, "partition": "0"})
     agent.start()
     try:
         assert _wait(lambda: api.requests >= 4, 30), "no retries"
-        assert lag._value.get() == n_msgs
+        assert lag() == n_msgs
         down[0] = False
-        assert _wait(lambda: lag._value.get() == 0 and len(api.stored) == n_msgs * N_PER, 30)
+        assert _wait(lambda: lag() == 0 and len(api.stored) == n_msgs * N_PER, 30)
     finally:
         agent.stop()

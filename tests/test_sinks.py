@@ -288,8 +288,8 @@ class _SlowInflux:
 
 
 def test_a_request_influx_cannot_answer_in_time_is_resent_in_smaller_ones_that_grow_back():
-    """A 20000-line request slower than the timeout timed out forever (nothing committed, every attempt stored
-    anyway): a timeout must cut the request size, and answered requests must grow it back."""
+    """A 20000-line request slower than the timeout would time out for ever (nothing committed, every attempt
+    stored anyway): a timeout cuts the request size, answered requests grow it back."""
     from stream.sinks.influx import GROW_AFTER
 
     retries = []
@@ -301,14 +301,31 @@ def test_a_request_influx_cannot_answer_in_time_is_resent_in_smaller_ones_that_g
         assert sink.write(lines) == len(lines)
         assert fake.answered == lines  # every line, in order, once answered
         assert fake.sizes[:3] == [1000, 500, 250] and max(fake.sizes[3:]) <= 500
+        # parts queued before a cut go out at the cut size: the only timeouts are the first two and one try to grow
+        assert sum(n > fake.limit for n in fake.sizes) == 3
         assert sorted(set(retries)) == [0.0]  # the cuts wait for nothing; each counts as a failed attempt
         assert sink.failures == len(retries) and sink.request_points <= 500
         fake.limit, fake.sizes = 10**6, []  # InfluxDB fast again: the size doubles after GROW_AFTER answers
         sink.write(lines * 4)
-        assert fake.sizes == sorted(fake.sizes) and 1 <= fake.sizes.count(500) <= GROW_AFTER
+        body = fake.sizes[:-1]  # the last request carries the batch's remainder
+        assert body == sorted(body) and body.count(500) == GROW_AFTER  # GROW_AFTER answers at a size, then double
         assert sink.request_points == 1000 and fake.sizes[-2] == 1000
     finally:
         sink.close()
+
+
+def test_the_keep_alive_poll_runs_between_requests_never_after_the_last():
+    """A poll after the last request could start a pending rejoin just before the commit and make it fail (the
+    batch is then written again): the sink polls between the requests of a batch only."""
+    polls = []
+    sink = sinks.InfluxSink("http://127.0.0.1:9", "t", "o", "b", batch_points=100,
+                            between_requests=lambda: polls.append(len(fake.sizes)))
+    fake = sink._write_api = _SlowInflux(sink, limit=10**6)
+    try:
+        sink.write([f"waveform,bed=a value={i} {i}" for i in range(450)])
+    finally:
+        sink.close()
+    assert fake.sizes == [100, 100, 100, 100, 50] and polls == [1, 2, 3, 4]
 
 
 def test_a_timeout_at_the_smallest_request_size_is_an_outage_retried_with_back_off():

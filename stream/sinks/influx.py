@@ -76,6 +76,11 @@ CONFIG_STATUS = {401: "INFLUX_TOKEN", 403: "INFLUX_TOKEN", 404: "INFLUX_BUCKET"}
 GROW_AFTER = 8
 
 
+def _cut(part: list[str], size: int) -> list[list[str]]:
+    """`part` in pieces of at most `size` lines, for a pending stack (the first piece last: popped first)."""
+    return [part[j:j + size] for j in range(0, len(part), size)][::-1]
+
+
 def _timed_out(exc: BaseException) -> bool:
     """Whether `exc` is InfluxDB not answering in time (connected, request sent), not a refused connection."""
     from urllib3.exceptions import ReadTimeoutError
@@ -244,22 +249,28 @@ class InfluxSink:
         rejected = 0
         start = 0
         pending: list[list[str]] = []  # parts still to send, the next one last
+        sent = False
         while pending or start < len(lines):
             if pending:
                 part = pending.pop()
+                if len(part) > self.request_points:  # queued before the size was cut: send it at today's size
+                    pending += _cut(part, self.request_points)
+                    continue
             else:
                 part = list(lines[start:start + self.request_points])
                 start += len(part)
+            if sent and self.between_requests is not None:
+                self.between_requests()  # between two requests, never after the last: the commit comes next
+            sent = True
             exc = self._write_retrying(part)
             if exc is None:
-                self._answered()
+                self._answered(full=len(part) >= self.request_points)
                 continue
             if _timed_out(exc):  # longer than min_request_points: send it again in smaller requests
                 self._answered(shrink_to=max(self.min_request_points, len(part) // 2))
-                step = self.request_points
-                pending += [part[j:j + step] for j in range(0, len(part), step)][::-1]
+                pending += _cut(part, self.request_points)
                 continue
-            self._answered()
+            self._answered(full=len(part) >= self.request_points)
             if len(part) == 1:
                 rejected += 1
                 self.rejected_lines += 1
@@ -273,22 +284,21 @@ class InfluxSink:
             pending += [part[mid:], part[:mid]]  # first half next: points go out in their order
         return len(lines) - rejected
 
-    def _answered(self, shrink_to: int | None = None) -> None:
-        """A request was answered (`shrink_to` None) or timed out: adapt the request size, let the caller poll."""
+    def _answered(self, shrink_to: int | None = None, full: bool = True) -> None:
+        """A request was answered (`shrink_to` None) or timed out: adapt the request size. Only answers to requests of
+        the current size (`full`) count toward growing it again: a small leftover part proves nothing."""
         if shrink_to is not None:
             if shrink_to < self.request_points:
                 log.warning("InfluxDB did not answer a request of %d lines in time; sending %d lines per request "
                             "from now on", self.request_points, shrink_to)
             self.request_points = min(self.request_points, shrink_to)
             self._successes = 0
-        else:
+        elif full:
             self._successes += 1
             if self._successes >= GROW_AFTER and self.request_points < self.batch_points:
                 self.request_points = min(self.batch_points, self.request_points * 2)
                 self._successes = 0
                 log.info("InfluxDB answers in time again: %d lines per request", self.request_points)
-        if self.between_requests is not None:
-            self.between_requests()
 
     def _write_retrying(self, part: list[str]) -> BaseException | None:
         """Write one request, retrying transient failures. Returns the error if InfluxDB found `part`
