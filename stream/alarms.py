@@ -141,8 +141,12 @@ def warn_if_not_keyed_by_bed(alarm: AlarmMessage, message, throttle) -> None:
 
 
 def _shown(value, limit: int = 60) -> str:
-    """`repr(value)` cut to `limit` characters, with the full length when cut."""
-    text = repr(value)
+    """`repr(value)` cut to `limit` characters (`_cut`)."""
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with the full length when cut (a rejected value may be megabytes long)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
@@ -230,9 +234,8 @@ def judging_failed(alarm_type: str, mode: str, config: core.VerifierConfig, wait
 
 
 def _bounded(text: str, limit: int = 200) -> str:
-    """`text` on one line, cut to `limit` characters (a rejected value may be megabytes long)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    """`text` on one line, cut to `limit` characters (`_cut`)."""
+    return _cut(" ".join(str(text).split()), limit)
 
 
 # ---------------------------------------------------------------- per-bed signal ring

@@ -246,7 +246,7 @@ class InfluxSink:
         SinkStopped, WriteAborted, InfluxConfigError
             As the class docstring says.
         """
-        rejected = 0
+        rejected_before = self.rejected_lines
         start = 0
         pending: list[list[str]] = []  # parts still to send, the next one last
         sent = False
@@ -272,7 +272,6 @@ class InfluxSink:
                 continue
             self._answered(full=len(part) >= self.request_points)
             if len(part) == 1:
-                rejected += 1
                 self.rejected_lines += 1
                 if self.on_reject:
                     self.on_reject(exc, part)
@@ -282,7 +281,7 @@ class InfluxSink:
                 continue
             mid = len(part) // 2
             pending += [part[mid:], part[:mid]]  # first half next: points go out in their order
-        return len(lines) - rejected
+        return len(lines) - (self.rejected_lines - rejected_before)
 
     def _answered(self, shrink_to: int | None = None, full: bool = True) -> None:
         """A request was answered (`shrink_to` None) or timed out: adapt the request size. Only answers to requests of
