@@ -197,7 +197,7 @@ class WorkerRuntime:
         async with self.lock:
             # Checked under the lock: a revoke that queued its reset() ahead of this batch has emptied the
             # pipeline, and this batch's chunks would start fresh segments there.
-            fresh = self._current(events)
+            fresh = self.current(events)
             if len(fresh) != len(events):
                 # Fetched before a rebalance: Faust re-delivers them from the committed offset.
                 log.info("skipping %d events of a revoked consumer generation", len(events) - len(fresh))
@@ -268,7 +268,7 @@ class WorkerRuntime:
                      bed, signal, at, seq)
         return at
 
-    def _current(self, events: list) -> list:
+    def current(self, events: list) -> list:
         """The events of the live consumer generation. Faust sets the new generation id only when the new
         assignment arrives, after the revoke: in between, every event is stale."""
         if self._rebalancing:
@@ -283,7 +283,7 @@ class WorkerRuntime:
         return [e for e in events if getattr(e.message, "generation_id", current) == current]
 
     def assigned(self, partitions) -> None:
-        """Partitions assigned: events of the new generation count again (none while it is -1, see `_current`).
+        """Partitions assigned: events of the new generation count again (none while it is -1, see `current`).
 
         Parameters
         ----------
@@ -295,23 +295,21 @@ class WorkerRuntime:
             log.warning("partitions assigned in consumer generation -1 (membership lost during the join): "
                         "consuming nothing until the group is rejoined")
         self.assignment_seen = True
-        self.lag.assigned(partitions)  # every agent's of this app: the alarm agent reports through `consumed`
+        self.lag.assigned(partitions)  # every agent's of this app: the alarm agent reports through `seen` and `ack`
         self.n_assigned = sum(1 for tp in partitions if tp[0] == self.settings.topic_input)
         metrics.PARTITIONS_ASSIGNED.set(self.n_assigned)
 
-    def consumed(self, message) -> None:
-        """Another agent of this app (the alarm agent) is done with `message`: count it and its partition's lag.
+    def seen(self, message) -> None:
+        """Another agent of this app (the alarm agent) took `message`: count it and its partition's lag (`ack` counts
+        it done).
 
         Parameters
         ----------
         message : faust message
             Its topic, partition and offset.
         """
-        tp = (message.topic, message.partition)
-        self.lag.seen(tp, message.offset)
-        self.lag.acked(tp, message.offset)
+        self.lag.seen((message.topic, message.partition), message.offset)
         metrics.MESSAGES_IN.labels(message.topic).inc()
-        metrics.ACKED.labels(message.topic).inc()
 
     def update_lag(self) -> None:
         """Set the lag gauge of every assigned partition (event loop; reads the consumer's fetch state)."""
@@ -448,7 +446,7 @@ class WorkerRuntime:
         done = list(result.completed) + [r.token for r in dead + result.rejected]
         released = self.gate.finish(t.event for t in done)
         for event in released:
-            await self._ack(event)
+            await self.ack(event)
         self.counters.add("acked", len(released))
         for t in result.emitted:  # latency: to the outputs, not to the (ack-lagged) acknowledgement
             produce_ms = _produce_ms(t.message)
@@ -470,14 +468,24 @@ class WorkerRuntime:
         metrics.FLUSH_POINTS.labels("written").inc(len(flushed))
         metrics.MESSAGES_OUT.labels(self.settings.topic_progress).inc(len(flushed))
 
-    async def _ack(self, event) -> None:
+    async def ack(self, event, stream=None) -> None:
+        """Acknowledge `event` and count it, unless it was fetched in an older consumer generation.
+
+        Parameters
+        ----------
+        event : faust.Event
+            A message this app's agent took.
+        stream : faust.Stream, optional
+            The agent's stream it came from (default: the input agent's).
+        """
         gen = getattr(event.message, "generation_id", None)
         if gen is not None and gen != self.app.consumer_generation_id:
             # Fetched before a rebalance: its partition may be someone else's now and Faust reset
             # its ack bookkeeping; the new owner re-consumes it (InfluxDB writes are idempotent).
             return
-        if self.stream is not None:
-            await self.stream.ack(event)
+        stream = stream if stream is not None else self.stream
+        if stream is not None:
+            await stream.ack(event)
         else:
             event.ack()
         msg = event.message

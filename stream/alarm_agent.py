@@ -11,10 +11,15 @@ waits for InfluxDB. A malformed alarm gets no verdict (there is nothing to judge
 dead-letter topic with reason `bad_alarm` and the problem in the `wavebridge.detail` header, as malformed
 chunks do.
 
-An alarm's offset is committed once it is received, not once its verdict is published: on a graceful stop
-the agent therefore judges every alarm still pending with the data at hand and publishes those verdicts marked
+An alarm's offset is acknowledged once its verdict is confirmed on the verdicts topic (or, for a malformed one,
+once its dead letter is), in offset order per partition (`stream/ackgate.py`): a crash, SIGKILL or power loss
+therefore loses no alarm; the worker that next holds the partition reads it again and judges it, from a ring
+refilled with the input it re-reads. The price is at-least-once verdicts: an alarm whose verdict was published just
+before a crash, before its offset was committed, is judged again (readers deduplicate on `alarm_id` + `mode`).
+On a revoke the pending alarms are dropped unjudged: their partition's new owner reads them again. On a graceful
+stop the agent judges every alarm still pending with the data at hand and publishes those verdicts marked
 `judged_early: "shutdown"` before the producer stops (Faust sends `on_before_shutdown` after the consumer stopped
-and before the producer does); a crash or SIGKILL still loses them (docs/alarms.md, "Stopping and restarting").
+and before the producer does, and commits what was acknowledged then when the consumer service stops).
 
 The alarms topic must have as many partitions as the waveforms topic and be keyed by bed id the same
 way: Faust assigns co-partitioned topics' partitions together, so the worker holding a bed's waveforms
@@ -28,6 +33,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from stream import metrics, sinks
+from stream.ackgate import AckGate
 from stream.logthrottle import held_note
 from stream.agents import WorkerRuntime, crash_on_error
 from stream.alarms import (BAD_ALARM, JUDGED_EARLY_SHUTDOWN, AlarmJudge, AlarmMessageError, SignalRing, parse_alarm,
@@ -57,8 +63,10 @@ class AlarmRuntime:
         self.ring = SignalRing(settings.alarm_buffer_s, settings.alarm_max_beds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavebridge-alarms")
         self.judge: AlarmJudge | None = None
-        self._judging = asyncio.Lock()  # one tick or the stop judges and publishes at a time
+        self._judging = asyncio.Lock()  # one tick, revoke or stop judges, publishes or drops at a time
         self._stopped = False
+        self.gate = AckGate()  # an alarm is acknowledged once its verdict is confirmed, in offset order
+        self.stream = None  # the agent's stream (no automatic acks)
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alarms_topic = app.topic(settings.topic_alarms, **raw)
         self.verdicts_topic = app.topic(settings.topic_verdicts, **raw)
@@ -83,18 +91,30 @@ class AlarmRuntime:
     async def on_alarm(self, event) -> None:
         """Queue one alarm message for judging, or dead-letter it (`bad_alarm`) if malformed.
 
+        The message is acknowledged once its verdict (or dead letter) is confirmed, not here.
+
         Parameters
         ----------
         event : faust.Event
             An alarms-topic message (JSON, docs/alarm.schema.json).
         """
+        msg = event.message
+        if not self.worker.current([event]):
+            return  # fetched before a rebalance: the partition's owner reads it again from the committed offset
+        if self._stopped:
+            # the stop has judged the pending alarms; left unacknowledged, this one is read again by the next worker
+            self.worker.counters.add("alarm_left_for_next_worker")
+            log.warning("alarm at %s[%s]@%s received while stopping: left unacknowledged for the next worker",
+                        msg.topic, msg.partition, msg.offset)
+            return
+        self.gate.taken([event])
+        self.worker.seen(msg)
         try:
             alarm = parse_alarm(event.value)
         except AlarmMessageError as exc:
             self.worker.counters.add("dlq.bad_alarm")
             metrics.DEAD_LETTERS.labels(BAD_ALARM).inc()
             metrics.MESSAGES_OUT.labels(self.settings.topic_dlq).inc()
-            msg = event.message
             # one line per WAVEBRIDGE_LOG_REPEAT_S as for malformed chunks (a bad producer sends many); the problem
             # is short (parse_alarm cuts the values), all of it goes to the dead letter's header
             ok, held = self.worker.log_throttle.allow(("dlq", BAD_ALARM))
@@ -102,19 +122,30 @@ class AlarmRuntime:
                 log.warning("dead-letter %s[%s]@%s: bad_alarm: %s%s", msg.topic, msg.partition, msg.offset, exc,
                             held_note(held))
             value, extra = sinks.dlq_value(event.value)
-            await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
+            fut = await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
                 BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)
+            await fut
+            await self._release(event)
             return
-        if self._stopped:
-            # the consumer handed it over after the pending alarms were judged: nothing judges it any more, and
-            # its offset may be committed with the ones before it
-            self.worker.counters.add("alarm_not_judged")
-            log.error("alarm %s (%s, bed %s) received while stopping: not judged, no verdict", alarm.alarm_id,
-                      alarm.alarm_type, alarm.bed_id)
-            return
-        warn_if_not_keyed_by_bed(alarm, event.message, self.worker.log_throttle)
-        self.judge.submit(alarm)
+        warn_if_not_keyed_by_bed(alarm, msg, self.worker.log_throttle)
+        self.judge.submit(alarm, token=event)
         self.worker.counters.add("alarm_received")
+
+    async def _release(self, event) -> None:
+        """`event` is done (its verdict or dead letter confirmed): acknowledge it and any later ones it held back."""
+        if event is None:
+            return
+        for ev in self.gate.finish([event]):
+            await self.worker.ack(ev, self.stream)
+
+    async def revoked(self) -> None:
+        """Partitions revoked: drop the pending alarms unjudged; their partition's owner reads them again."""
+        async with self._judging:  # a tick that is publishing finishes (and acknowledges) first
+            dropped = [] if self.judge is None else self.judge.drain()
+            self.gate.reset()
+        if dropped:
+            log.info("rebalance: %d pending alarm%s dropped unjudged; the owner of their partition reads them again",
+                     len(dropped), "" if len(dropped) == 1 else "s")
 
     async def tick(self) -> None:
         """Judge every alarm whose data is there (or whose deadline passed) and publish the verdicts."""
@@ -123,6 +154,7 @@ class AlarmRuntime:
                 return
             for p in self.judge.due():
                 await self._publish(await self._run(self.judge.judge, p))
+                await self._release(p.token)
 
     async def _publish(self, msg: dict) -> None:
         fut = await self.verdicts_topic.send(key=msg["bed_id"].encode(), value=json.dumps(msg).encode())
@@ -136,10 +168,11 @@ class AlarmRuntime:
     async def stop(self) -> None:
         """Judge every pending alarm now, with the data at hand, publish those verdicts, then stop the thread.
 
-        Their offsets were committed on receipt, so no other worker would judge them. Each verdict is marked
-        `judged_early: "shutdown"` (its reason starts with `judged early (shutdown): `); a WARNING line says how
-        many. Call while the producer still runs (Faust's `on_before_shutdown`). A verdict that cannot be
-        published is logged as an ERROR naming the alarms left without one.
+        A stop should not leave alarms to wait for the next worker, which may be minutes away (or never come). Each
+        verdict is marked `judged_early: "shutdown"` (its reason starts with `judged early (shutdown): `) and its
+        alarm acknowledged; a WARNING line says how many. Call while the producer still runs (Faust's
+        `on_before_shutdown`). An alarm whose verdict cannot be published stays unacknowledged (the next worker
+        judges it) and an ERROR line names it.
         """
         async with self._judging:  # lets a tick that is publishing finish first
             self._stopped = True
@@ -149,11 +182,13 @@ class AlarmRuntime:
                 try:
                     await self._publish(await self._run(self.judge.judge, p, JUDGED_EARLY_SHUTDOWN))
                     done.append(p.alarm.alarm_id)
+                    await self._release(p.token)
                 except Exception:  # noqa: BLE001 - logged below with the ids left without a verdict
                     log.exception("stopping: alarm %s not published", p.alarm.alarm_id)
                     lost.append(p.alarm.alarm_id)
             if lost:
-                log.error("stopping: %d alarm(s) left without a verdict: %s", len(lost), _ids(lost))
+                log.error("stopping: %d alarm(s) left without a verdict, unacknowledged for the next worker: %s",
+                          len(lost), _ids(lost))
             if pending:
                 log.warning("stopping: judged %d pending alarm%s early, with the data at hand (judged_early: %s): %s",
                             len(done), "" if len(done) == 1 else "s", JUDGED_EARLY_SHUTDOWN, _ids(done))
@@ -184,13 +219,17 @@ def register(app, settings: Settings, worker_rt: WorkerRuntime) -> AlarmRuntime:
             log.exception("alarm verifier start-up failed (translator); crashing the worker")
             await app.crash(exc)
             return
-        async for event in stream.events():
+        rt.stream = stream.noack()  # acknowledged by `rt` once judged (or dead-lettered)
+        async for event in rt.stream.events():
             await rt.on_alarm(event)
-            rt.worker.consumed(event.message)  # Faust acknowledges it at the next event
 
     @app.timer(interval=0.5, name="wavebridge-alarm-judge")
     async def judge_due():
         await crash_on_error(app, "judging alarms", rt.tick())
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs):
+        await rt.revoked()
 
     @app.on_before_shutdown.connect
     async def on_shutdown(sender, **kwargs):

@@ -396,6 +396,7 @@ class _Pending:
     mode: str
     need_ns: int  # data wanted up to here
     deadline: float  # monotonic: judge with what is there by then
+    token: object = None  # the caller's handle on the message it came in (the agent acknowledges it once judged)
 
 
 @dataclass
@@ -413,7 +414,7 @@ class AlarmJudge:
     config: core.VerifierConfig = field(default_factory=core.VerifierConfig)
     _pending: list = field(default_factory=list)
 
-    def submit(self, alarm: AlarmMessage, now: float | None = None) -> None:
+    def submit(self, alarm: AlarmMessage, now: float | None = None, token: object = None) -> None:
         """Queue `alarm` until its data is there or its deadline passes.
 
         Parameters
@@ -422,11 +423,13 @@ class AlarmJudge:
             The alarm; its own mode, if any, overrides the judge's.
         now : float, optional
             `time.monotonic()` seconds (default: now).
+        token : object, optional
+            Kept with the alarm and handed back in `due` / `drain` (`.token`): the message to acknowledge.
         """
         mode = alarm.mode or self.mode
         wait = self.wait_s if mode == "retrospective" else 0.0
         now = time.monotonic() if now is None else now
-        self._pending.append(_Pending(alarm, mode, alarm.onset_ns + int(wait * NS), now + wait + self.grace_s))
+        self._pending.append(_Pending(alarm, mode, alarm.onset_ns + int(wait * NS), now + wait + self.grace_s, token))
 
     @property
     def pending(self) -> int:

@@ -4,6 +4,7 @@ dead-lettered."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -95,12 +96,29 @@ def test_published_alarms_get_verdicts(wenv):
     assert worker.proc.returncode == 0, worker.log()[-3000:]
 
 
-def test_a_graceful_stop_publishes_pending_alarms_judged_early(wenv):
-    """A retrospective alarm still waiting for its data when the worker gets SIGTERM is judged by no other worker
-    (its offset was committed on receipt): the stop judges it with the data at hand, and its verdict, marked
-    `judged_early`, is on the verdicts topic before the producer stops."""
-    import jsonschema
+def _send(wenv, chunks=(), alarms=()):
     from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
+    try:
+        for c in chunks:
+            producer.send(wenv.topics["input"], key=wire.message_key(c), value=wire.encode_binary(c))
+        for alarm in alarms:
+            producer.send(wenv.topics["alarms"], key=alarm["bed_id"].encode(), value=json.dumps(alarm).encode())
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def _verdicts(wenv, n, timeout=5):
+    return [json.loads(m.value) for m in consume_all(wenv.bootstrap, wenv.topics["verdicts"], n, timeout=timeout)]
+
+
+def test_a_graceful_stop_publishes_pending_alarms_judged_early(wenv):
+    """A retrospective alarm still waiting for its data when the worker gets SIGTERM would wait for the next worker,
+    which may never come: the stop judges it with the data at hand, and its verdict, marked `judged_early`, is on
+    the verdicts topic before the producer stops. Its offset is committed: the next worker does not judge it again."""
+    import jsonschema
 
     from stream.tools.chunker import iter_chunks
 
@@ -110,20 +128,11 @@ def test_a_graceful_stop_publishes_pending_alarms_judged_early(wenv):
     onset_ns = T0 + int(ONSET_S * 1e9)
     worker = start_worker(wenv)
     try:
-        producer = KafkaProducer(bootstrap_servers=wenv.bootstrap, acks="all")
-        try:
-            for c in iter_chunks(_recording(None), "bed-ok", chunk_s=1.0, start_ns=T0):
-                producer.send(wenv.topics["input"], key=wire.message_key(c), value=wire.encode_binary(c))
-            for mode in ("retrospective", "realtime"):
-                alarm = {"bed_id": "bed-ok", "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": mode,
-                         "mode": mode}
-                producer.send(wenv.topics["alarms"], key=b"bed-ok", value=json.dumps(alarm).encode())
-            producer.flush()
-        finally:
-            producer.close()
+        alarms = [{"bed_id": "bed-ok", "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": mode, "mode": mode}
+                  for mode in ("retrospective", "realtime")]
+        _send(wenv, iter_chunks(_recording(None), "bed-ok", chunk_s=1.0, start_ns=T0), alarms)
         # the real-time verdict shows both alarms were received; the retrospective one waits 30 s past the onset
-        wait_until(lambda: len(consume_all(wenv.bootstrap, wenv.topics["verdicts"], 1, timeout=5)) == 1, 120,
-                   "the real-time verdict", worker, interval=1.0)
+        wait_until(lambda: len(_verdicts(wenv, 1)) == 1, 120, "the real-time verdict", worker, interval=1.0)
     finally:
         worker.stop()
     assert worker.proc.returncode == 0, worker.log()[-3000:]
@@ -138,3 +147,58 @@ def test_a_graceful_stop_publishes_pending_alarms_judged_early(wenv):
     assert retro["judged_early"] == "shutdown" and retro["reason"].startswith("judged early (shutdown): ")
     assert retro["data_until_ns"] < onset_ns + int(30e9) and retro["verdict"] == "false"
     assert "judged 1 pending alarm early" in worker.log()
+    # the next worker reads on after both alarms: only the marker sent now gets a verdict
+    worker = start_worker(wenv, "worker2")
+    try:
+        marker = {"bed_id": "bed-ok", "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": "marker"}
+        _send(wenv, alarms=[marker])
+        wait_until(lambda: len(_verdicts(wenv, 3)) >= 3, 90, "the marker's verdict", worker, interval=1.0)
+        time.sleep(2.0)
+        assert sorted(v["alarm_id"] for v in _verdicts(wenv, 3)) == ["marker", "realtime", "retrospective"]
+    finally:
+        worker.stop()
+
+
+def test_an_alarm_pending_at_a_crash_is_judged_by_the_restarted_worker(wenv):
+    """SIGKILL while a retrospective alarm waits for its data: its offset was not acknowledged (nor that of the
+    real-time alarm after it, judged already), so the restarted worker reads both again, refills its ring from the
+    input it re-reads, and publishes the retrospective verdict, judged on time. The real-time one comes twice (at
+    least once: readers deduplicate on alarm_id + mode)."""
+    import jsonschema
+
+    from stream.tools.chunker import iter_chunks
+
+    # no idle flush: as for a bed that keeps sending, the input the patient context and windows hold stays
+    # unacknowledged, so the restarted worker re-reads the seconds before the onset into its ring
+    wenv.extra.update({"WAVEBRIDGE_TASKS": "ppg2ecg", "WAVEBRIDGE_ALARM_MODE": "realtime",
+                       "WAVEBRIDGE_ALARM_WAIT_S": "30", "WAVEBRIDGE_ALARM_GRACE_S": "20",
+                       "WAVEBRIDGE_IDLE_FLUSH_S": "600", "WAVEBRIDGE_BED_EVICT_S": "0"})
+    wenv.create_topics()
+    onset_s = 60.0
+    onset_ns = T0 + int(onset_s * 1e9)
+    chunks = list(iter_chunks(_recording(None), "bed-ok", chunk_s=1.0, start_ns=T0))
+    first = [c for c in chunks if c.start_ns < T0 + int((onset_s + 10) * 1e9)]
+    alarms = [{"bed_id": "bed-ok", "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": mode, "mode": mode}
+              for mode in ("retrospective", "realtime")]
+    worker = start_worker(wenv)
+    try:
+        _send(wenv, first, alarms)
+        # the real-time verdict shows both alarms were received; the retrospective one needs data to 30 s past the onset
+        wait_until(lambda: len(_verdicts(wenv, 1)) == 1, 120, "the real-time verdict", worker, interval=1.0)
+    finally:
+        worker.kill()
+    _send(wenv, [c for c in chunks if c not in first])
+    worker = start_worker(wenv, "worker2")
+    try:
+        wait_until(lambda: "retrospective" in {v["alarm_id"] for v in _verdicts(wenv, 2)}, 120,
+                   "the retrospective verdict after the restart", worker, interval=1.0)
+    finally:
+        worker.stop()
+    got = _verdicts(wenv, 3)
+    schema = json.loads((REPO / "docs" / "verdict.schema.json").read_text())
+    for msg in got:
+        jsonschema.validate(msg, schema)
+    retro = [v for v in got if v["alarm_id"] == "retrospective"]
+    assert len(retro) == 1 and "judged_early" not in retro[0], got
+    assert retro[0]["data_until_ns"] >= onset_ns + int(30e9) and retro[0]["verdict"] == "false", json.dumps(retro)[:3000]
+    assert [v["alarm_id"] for v in got].count("realtime") == 2

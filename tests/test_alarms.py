@@ -743,6 +743,24 @@ def test_alarm_parser_errors_are_bounded():
     assert len(str(err.value)) < 300
 
 
+def _fake_worker(**fields):
+    """The parts of `stream.agents.WorkerRuntime` the alarm agent uses: every event current, acks recorded in
+    `.acked` (offsets)."""
+    from types import SimpleNamespace
+
+    from stream.logthrottle import Throttle
+    from stream.sinks import ReasonCounters
+
+    acked = []
+
+    async def ack(event, stream=None):
+        acked.append(event.message.offset)
+
+    fields.setdefault("log_throttle", Throttle(10.0))
+    return SimpleNamespace(counters=ReasonCounters(0.0, None), current=lambda events: list(events),
+                           seen=lambda message: None, ack=ack, acked=acked, chunk_listeners=[], **fields)
+
+
 def test_bad_alarm_log_lines_are_throttled(caplog):
     """20 bad alarms: one WARNING line per WAVEBRIDGE_LOG_REPEAT_S (the next says how many were held back), each
     short; every one still goes to the dead-letter topic."""
@@ -758,11 +776,12 @@ def test_bad_alarm_log_lines_are_throttled(caplog):
 
     async def send(**kwargs):
         sent.append(kwargs)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
-    rt = object.__new__(AlarmRuntime)
-    rt.settings = SimpleNamespace(topic_dlq="wavebridge.dlq")
-    rt.worker = SimpleNamespace(counters=ReasonCounters(0.0, None), dlq_topic=SimpleNamespace(send=send),
-                                log_throttle=Throttle(10.0, clock=lambda: now[0]))
+    rt = _runtime([])
+    rt.worker = _fake_worker(dlq_topic=SimpleNamespace(send=send), log_throttle=Throttle(10.0, clock=lambda: now[0]))
 
     def event(i):
         value = json.dumps({**GOOD_ALARM, "alarm_type": "X" * 200_000, "alarm_id": f"L{i}"}).encode()
@@ -781,6 +800,7 @@ def test_bad_alarm_log_lines_are_throttled(caplog):
     assert len(lines) == 2 and all(len(m) < 400 for m in lines), [m[:100] for m in lines]
     assert "[19 more of this kind not shown]" in lines[1]
     assert len(sent) == 21
+    assert rt.worker.acked == list(range(21))  # each acknowledged once its dead letter is confirmed
 
 
 def test_alarms_not_keyed_by_bed_id_are_judged_with_a_throttled_warning(caplog):
@@ -796,11 +816,9 @@ def test_alarms_not_keyed_by_bed_id_are_judged_with_a_throttled_warning(caplog):
 
     now = [0.0]
     judged = []
-    rt = object.__new__(AlarmRuntime)
-    rt.settings = SimpleNamespace(topic_dlq="wavebridge.dlq")
-    rt.judge = SimpleNamespace(submit=judged.append)
-    rt.worker = SimpleNamespace(counters=ReasonCounters(0.0, None), log_throttle=Throttle(10.0, clock=lambda: now[0]))
-    rt._stopped = False
+    rt = _runtime([])
+    rt.judge = SimpleNamespace(submit=lambda alarm, token=None: judged.append(alarm))
+    rt.worker = _fake_worker(log_throttle=Throttle(10.0, clock=lambda: now[0]))
 
     def event(i, key):
         value = json.dumps({**GOOD_ALARM, "alarm_id": f"K{i}"}).encode()
@@ -894,8 +912,7 @@ def _runtime(ring_chunks, **settings):
     s = SimpleNamespace(alarm_buffer_s=120.0, alarm_max_beds=8, topic_alarms="wavebridge.alarms",
                         topic_verdicts="wavebridge.verdicts", topic_dlq="wavebridge.dlq", alarm_translator="none",
                         alarm_mode="realtime", alarm_wait_s=30.0, alarm_grace_s=2.0, **settings)
-    worker = SimpleNamespace(chunk_listeners=[], counters=ReasonCounters(0.0, None), log_throttle=Throttle(10.0))
-    rt = AlarmRuntime(SimpleNamespace(topic=lambda name, **kw: Topic(name)), s, worker)
+    rt = AlarmRuntime(SimpleNamespace(topic=lambda name, **kw: Topic(name)), s, _fake_worker())
     for c in ring_chunks:
         rt.ring.add(c)
     return rt
@@ -910,9 +927,9 @@ def _alarm_event(offset, **fields):
 
 
 def test_stopping_judges_pending_alarms_early_and_says_so(clean, caplog):
-    """A retrospective alarm still waiting for its data when the worker stops is judged by no other worker (its
-    offset was committed on receipt): a graceful stop judges it with the data at hand, publishes the verdict, marked
-    `judged_early`, and logs it."""
+    """A retrospective alarm still waiting for its data when the worker stops would wait for the next worker, which
+    may never come: a graceful stop judges it with the data at hand, publishes the verdict, marked `judged_early`,
+    acknowledges it and logs it. One the consumer hands over after that stays unacknowledged for the next worker."""
     import asyncio
 
     import jsonschema
@@ -944,5 +961,68 @@ def test_stopping_judges_pending_alarms_early_and_says_so(clean, caplog):
         jsonschema.validate(msg, schema)
     lines = [r.getMessage() for r in caplog.records if r.name == "wavebridge.alarms"]
     assert any("judged 1 pending alarm early" in m and "retro" in m for m in lines), lines
-    # an alarm the consumer still hands over after the stop cannot be judged any more: an error names it
-    assert any(r.levelname == "ERROR" and "after" in r.getMessage() for r in caplog.records), lines
+    assert rt.worker.acked == [0, 1]  # each once its verdict was confirmed; the one after the stop is not
+    assert any(r.levelname == "WARNING" and "@2 received while stopping: left unacknowledged" in r.getMessage()
+               for r in caplog.records), lines
+
+
+def test_an_alarm_is_acknowledged_only_once_its_verdict_is_confirmed_and_in_offset_order(clean):
+    """A crash must not lose an alarm: its offset is acknowledged only after its verdict is confirmed, and a later
+    alarm judged first waits behind it (Faust commits only a contiguous prefix). A publish that fails acknowledges
+    nothing (the worker crashes and the next one judges both again)."""
+    import asyncio
+
+    onset = T0 + int(60 * 1e9)
+    chunks = list(_chunks(clean, "bed-1"))
+    rt = _runtime(c for c in chunks if c.end_ns() <= onset + int(2e9))
+
+    async def run():
+        await rt.start()
+        await rt.on_alarm(_alarm_event(0, bed_id="bed-1", onset_ns=onset, alarm_id="retro", mode="retrospective"))
+        await rt.on_alarm(_alarm_event(1, bed_id="bed-1", onset_ns=onset, alarm_id="rt"))
+        await rt.tick()
+        assert [m["alarm_id"] for m in rt.verdicts_topic.sent] == ["rt"]
+        assert rt.worker.acked == []  # offset 1 is judged, but 0 is still pending
+        for c in chunks:  # the data reach 30 s past the onset: the retrospective alarm is due
+            if c.end_ns() > onset + int(2e9):
+                rt.ring.add(c)
+        await rt.tick()
+        assert [m["alarm_id"] for m in rt.verdicts_topic.sent] == ["rt", "retro"]
+        assert rt.worker.acked == [0, 1]
+
+        async def refused(key, value, **kwargs):
+            raise RuntimeError("broker gone")
+
+        rt.verdicts_topic.send = refused
+        await rt.on_alarm(_alarm_event(2, bed_id="bed-1", onset_ns=onset, alarm_id="rt2"))
+        with pytest.raises(RuntimeError):
+            await rt.tick()
+        assert rt.worker.acked == [0, 1] and rt.gate.held() == 1
+
+    asyncio.run(run())
+
+
+def test_a_revoke_drops_pending_alarms_for_the_partitions_next_owner_and_skips_stale_events(clean, caplog):
+    """On a revoke the pending alarms are dropped unjudged and unacknowledged (the partition's owner reads them
+    again, with a ring refilled from the input it re-reads); events fetched before the rebalance are skipped."""
+    import asyncio
+
+    onset = T0 + int(60 * 1e9)
+    rt = _runtime(c for c in _chunks(clean, "bed-1") if c.end_ns() <= onset + int(2e9))
+    stale = {3}
+    rt.worker.current = lambda events: [e for e in events if e.message.offset not in stale]
+
+    async def run():
+        await rt.start()
+        await rt.on_alarm(_alarm_event(0, bed_id="bed-1", onset_ns=onset, alarm_id="retro", mode="retrospective"))
+        await rt.revoked()
+        assert rt.judge.pending == 0 and rt.gate.held() == 0
+        await rt.on_alarm(_alarm_event(3, bed_id="bed-1", onset_ns=onset, alarm_id="stale"))  # skipped
+        await rt.on_alarm(_alarm_event(0, bed_id="bed-1", onset_ns=onset, alarm_id="rt"))  # read again: no error
+        await rt.tick()
+
+    with caplog.at_level("INFO", logger="wavebridge.alarms"):
+        asyncio.run(run())
+    assert [m["alarm_id"] for m in rt.verdicts_topic.sent] == ["rt"]
+    assert rt.worker.acked == [0]
+    assert any("1 pending alarm dropped unjudged" in r.getMessage() for r in caplog.records)
