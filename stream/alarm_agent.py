@@ -122,10 +122,12 @@ class AlarmRuntime:
                 log.warning("dead-letter %s[%s]@%s: bad_alarm: %s%s", msg.topic, msg.partition, msg.offset, exc,
                             held_note(held))
             value, extra = sinks.dlq_value(event.value)
-            fut = await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
-                BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)
-            await fut
-            await self._release(event)
+            async with self._judging:  # a revoke resets the gate before or after this, never in between
+                fut = await self.worker.dlq_topic.send(key=msg.key, value=value, headers=sinks.dlq_headers(
+                    BAD_ALARM, str(exc), msg.topic, msg.partition, msg.offset) + extra)
+                await fut  # raises if not delivered: the agent crashes the worker, the alarm is read again
+                if self.worker.current([event]):  # else a revoke came first and dropped it from the gate
+                    await self._release(event)
             return
         warn_if_not_keyed_by_bed(alarm, msg, self.worker.log_throttle)
         self.judge.submit(alarm, token=event)
@@ -221,7 +223,9 @@ def register(app, settings: Settings, worker_rt: WorkerRuntime) -> AlarmRuntime:
             return
         rt.stream = stream.noack()  # acknowledged by `rt` once judged (or dead-lettered)
         async for event in rt.stream.events():
-            await rt.on_alarm(event)
+            # an alarm that fails here stays unacknowledged in the gate and would hold back its partition's acks for
+            # good (Faust's supervisor restarts the agent, not the worker): crash, and the restart reads it again
+            await crash_on_error(app, "taking an alarm", rt.on_alarm(event))
 
     @app.timer(interval=0.5, name="wavebridge-alarm-judge")
     async def judge_due():

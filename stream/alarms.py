@@ -70,6 +70,8 @@ def parse_alarm(data: bytes | str | dict) -> AlarmMessage:
             obj = json.loads(data, parse_constant=wire.refuse_json_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise AlarmMessageError(f"not JSON: {_bounded(exc)}") from None
+        except RecursionError:  # e.g. 100,000 nested '[', as stream.wire refuses them
+            raise AlarmMessageError("not JSON: nesting too deep") from None
     else:
         obj = data
     if not isinstance(obj, dict):

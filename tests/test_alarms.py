@@ -1026,3 +1026,51 @@ def test_a_revoke_drops_pending_alarms_for_the_partitions_next_owner_and_skips_s
     assert [m["alarm_id"] for m in rt.verdicts_topic.sent] == ["rt"]
     assert rt.worker.acked == [0]
     assert any("1 pending alarm dropped unjudged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_deeply_nested_alarm_is_a_bad_alarm_not_an_error():
+    """100,000 nested '[' make json raise RecursionError: like a chunk (stream.wire), the alarm is malformed."""
+    with pytest.raises(sa.AlarmMessageError, match="nesting too deep"):
+        sa.parse_alarm(b"[" * 200_000)
+
+
+def test_a_bad_alarm_whose_partition_was_revoked_meanwhile_is_not_released(clean):
+    """A revoke while a bad alarm's dead letter is being sent resets the gate: the alarm must not then be finished
+    in it (KeyError, the agent would crash); the partition's owner dead-letters it again."""
+    import asyncio
+
+    rt = _runtime([])
+    revoked = []
+
+    async def send(**kwargs):
+        rt.worker.current = lambda events: []  # the revoke came while the send was on its way
+        rt.gate.reset()
+        revoked.append(True)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    rt.worker.dlq_topic = __import__("types").SimpleNamespace(send=send)
+
+    async def run():
+        await rt.on_alarm(_alarm_event(0, alarm_type="afib"))
+
+    asyncio.run(run())
+    assert revoked and rt.worker.acked == [] and rt.gate.held() == 0
+
+
+def test_a_bad_alarm_whose_dead_letter_fails_raises_and_stays_unacknowledged():
+    """The agent crashes the worker on this error (`crash_on_error`): the alarm, still held, is read again after
+    the restart, and nothing after it is acknowledged meanwhile."""
+    import asyncio
+    from types import SimpleNamespace
+
+    rt = _runtime([])
+
+    async def send(**kwargs):
+        raise RuntimeError("broker gone")
+
+    rt.worker.dlq_topic = SimpleNamespace(send=send)
+    with pytest.raises(RuntimeError, match="broker gone"):
+        asyncio.run(rt.on_alarm(_alarm_event(0, alarm_type="afib")))
+    assert rt.worker.acked == [] and rt.gate.held() == 1
