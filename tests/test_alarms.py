@@ -1074,3 +1074,48 @@ def test_a_bad_alarm_whose_dead_letter_fails_raises_and_stays_unacknowledged():
     with pytest.raises(RuntimeError, match="broker gone"):
         asyncio.run(rt.on_alarm(_alarm_event(0, alarm_type="afib")))
     assert rt.worker.acked == [] and rt.gate.held() == 1
+
+
+def _with_gap(signals, from_s, seconds):
+    out = {k: v.astype(np.float64).copy() for k, v in signals.items()}
+    for x in out.values():
+        x[int(from_s * RATE):int((from_s + seconds) * RATE)] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("alarm_type", [core.ASYSTOLE, core.BRADY])
+def test_missing_samples_never_support_an_alarm(clean, alarm_type):
+    """Samples missing from every channel before the onset (a dropped chunk, data a restarted worker did not read
+    again) are no evidence: a regular 72 bpm rhythm with a hole in it must not "show" an asystole or a
+    bradycardia (it did: `true`, confidence 0.75, "II (degraded) shows the asystole")."""
+    for start, seconds in ((ONSET_S - 16.0, 6.0), (ONSET_S - 10.0, 5.0), (ONSET_S - 8.0, 3.0)):
+        v = core.verify_alarm(alarm_type, _with_gap(clean, start, seconds), _rates(clean), ONSET_S)
+        assert all(c.supports == 0.0 for c in v.channels), (start, [c.to_dict() for c in v.channels])
+        assert v.verdict != "true", (start, v.reason)
+
+
+def test_a_slow_rhythm_between_gaps_still_supports_a_bradycardia(clean):
+    """The observed data still count: 5 beats 2 s apart (30 bpm) between two holes support the bradycardia."""
+    ii = np.zeros(int(100 * RATE))
+    for t in np.arange(ONSET_S - 11.0, ONSET_S, 2.0):
+        i = int(t * RATE)
+        ii[i:i + 5] = [0.3, 1.0, 0.3, -0.2, 0.0]
+    sig = _with_gap({"II": ii}, ONSET_S - 16.0, 4.5)
+    v = core.verify_alarm(core.BRADY, sig, {"II": RATE}, ONSET_S)
+    assert v.channels[0].supports > 0.5 and v.keep_alarm, [c.to_dict() for c in v.channels]
+
+
+@pytest.mark.parametrize("name", ["v275l", "v831l"])
+def test_a_gap_does_not_hide_a_true_ventricular_tachycardia(challenge, name):
+    """Two true VT alarms were judged `false` once 2 s of every channel went missing 6 s before the onset: the run
+    hid in the hole, and the rhythm around it contradicted. A channel with a hole that can hide a beat does not
+    contradict a VT (or a tachycardia)."""
+    rec = core.read_challenge_record(challenge / name)
+    assert rec.label is True and rec.alarm_type == core.VTACH
+    sig = {}
+    for k, x in rec.signals.items():
+        x = np.array(x, dtype=np.float64)
+        fs = rec.rates_hz[k]
+        x[int((rec.onset_s - 6.0) * fs):int((rec.onset_s - 4.0) * fs)] = np.nan
+        sig[k] = x
+    assert core.verify_alarm(rec.alarm_type, sig, rec.rates_hz, rec.onset_s).verdict != "false"

@@ -35,6 +35,10 @@ threshold (`VerifierConfig.false_threshold`; the evaluation fits it on training 
 never judged false on the word of one ECG lead: with no other channel usable at the onset its false score is 0
 (`NEVER_ON_ONE_LEAD`).
 
+Missing samples (NaN: a dropped chunk, data a restarted worker did not read again) are no evidence: a channel
+supports an alarm only from what it showed (beat-free stretches and slow rates measured on its finite samples), and
+a hole that could hide a beat keeps it from contradicting a tachycardia or VT (`MISSING_HIDES_BEAT_S`).
+
 Modes: ``realtime`` uses data up to the alarm only; ``retrospective`` also the `wait_s` after it: the
 detectors see it (no beat near the onset is lost to the data's edge) and the reported beats reach
 ``RETRO_POST_S`` past the onset, but every number is judged on the window up to the onset, where the
@@ -98,6 +102,13 @@ ABNORMAL_WIDTH = 1.3  # ... or whose QRS is this much wider than that beat's
 RUN_CORR = 0.6
 VT_MAX_RR_S = 0.6  # 100 bpm
 VT_RUN = 5  # ventricular beats in a row (Challenge definition)
+# Missing samples (a dropped chunk, data a restarted worker did not re-read) are no evidence either way. A channel
+# supports an alarm only from what it showed: beat-free stretches and slow rates are measured on its finite samples
+# (`_observed_gap`, `_observed_hr5`). Where missing beats would speak AGAINST an alarm (fewer beats look slower,
+# a shorter run of unusual beats looks like no run), a channel with a non-finite run this long in its judged window
+# does not contradict it: about one beat interval at 300 bpm, so no beat of a tachycardia or a ventricular run can
+# hide in a shorter one. For asystole, bradycardia and VF a gap already counts as beat-free against the alarm.
+MISSING_HIDES_BEAT_S = 0.2
 # An ECG lead vouches for "no ventricular run" only where its beats explain its activity: five beats above 100 bpm
 # span at least ~1.2 s (at 200 bpm), so an unexplained stretch that long may hide one. Shape contradiction is
 # full up to the first value and gone at the second (s).
@@ -287,6 +298,29 @@ def _hr_extremes(beats_s: np.ndarray, k: int) -> tuple[float | None, float | Non
         return None, None
     hr = 60.0 * (k - 1) / span
     return float(np.min(hr)), float(np.max(hr))
+
+
+def _observed_gap(edges_s: np.ndarray, missing_s: np.ndarray) -> float:
+    """The longest beat-free stretch of finite data: `edges_s` the window's edges and beats (s, sorted),
+    `missing_s` (n, 2) the [start, end) of its non-finite runs (s); each run splits the stretch it lies in."""
+    cuts = np.sort(np.concatenate([edges_s, missing_s.ravel()]))
+    pieces = np.diff(cuts)
+    mids = cuts[:-1] + pieces / 2.0
+    inside = np.zeros(len(mids), dtype=bool)
+    for lo, hi in missing_s:
+        inside |= (mids >= lo) & (mids < hi)
+    kept = pieces[~inside]
+    return float(kept.max()) if len(kept) else 0.0
+
+
+def _observed_hr5(beats_s: np.ndarray, missing_s: np.ndarray) -> tuple[float | None, float | None]:
+    """`_hr_extremes(beats_s, 5)` over runs of 5 consecutive beats with no non-finite sample between them."""
+    span = [(beats_s[i], beats_s[i + 4]) for i in range(len(beats_s) - 4)]
+    ok = [s for s in span if not any(lo < s[1] and hi > s[0] for lo, hi in missing_s) and s[1] > s[0]]
+    if not ok:
+        return None, None
+    hr = [240.0 / (t1 - t0) for t0, t1 in ok]
+    return float(min(hr)), float(max(hr))
 
 
 def _half_width(seg: np.ndarray, r: int, rate_hz: float) -> float:
@@ -499,8 +533,9 @@ class _BeatStats(NamedTuple):
 
 
 def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int, onset_idx: int, kind: str,
-                alarm_type: str) -> _BeatStats:
-    """Beat statistics of x[a:b] from the channel's beat indices `peaks`, and their (contradicts, supports)."""
+                alarm_type: str, finite: np.ndarray | None = None) -> _BeatStats:
+    """Beat statistics of x[a:b] from the channel's beat indices `peaks`, and their (contradicts, supports).
+    `finite` (x's length) marks the samples that were not filled in: see MISSING_HIDES_BEAT_S."""
     inwin = peaks[(peaks >= a) & (peaks < b)]
     beats_s = (inwin - onset_idx) / rate_hz
     t_a, t_b = (a - onset_idx) / rate_hz, (b - onset_idx) / rate_hz
@@ -514,8 +549,16 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
         else (None, None, None, None, {}, None))
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
+    artifact = _is_artifact(shapes, alike)
     judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
-                    None if hr is None else 60.0 / hr, rr_cv, unexplained, width, _is_artifact(shapes, alike))
+                    None if hr is None else 60.0 / hr, rr_cv, unexplained, width, artifact)
+    if finite is not None and not finite[a:b].all():
+        starts, ends = true_runs(~finite[a:b])
+        missing_s = (np.stack([starts, ends], axis=1) + a - onset_idx) / rate_hz
+        seen = _judge(alarm_type, kind, len(beats_s), _observed_gap(edges, missing_s), _observed_hr5(beats_s, missing_s),
+                      hr17, abnormal, t_b - t_a, None if hr is None else 60.0 / hr, rr_cv, unexplained, width, artifact)
+        hides = alarm_type in (TACHY, VTACH) and float((ends - starts).max()) / rate_hz >= MISSING_HIDES_BEAT_S
+        judged = (0.0 if hides else judged[0], seen[1])
     return _BeatStats(gap, hr, hr5, hr17, abnormal, unexplained,
                       None if first is None else (first - onset_idx) / rate_hz, width, shapes, judged)
 
@@ -546,7 +589,7 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     pre_b = min(b, onset_idx) if onset_idx - a >= int(2 * rate_hz) else b
     if kind != "synth" or pulses is None:
         qscore, onset_ok, reason = _window_quality(raw, rate_hz, name, onset_idx, a, pre_b)
-    st = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type)
+    st = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type, np.isfinite(raw))
     shown = peaks[(peaks >= a) & (peaks < b)]  # the whole window
     beats_s = (shown - onset_idx) / rate_hz
     shape = "".join(st.shapes.get(int(i), ".") for i in shown) if kind == "ecg" and st.shapes else None
