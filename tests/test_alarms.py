@@ -1119,3 +1119,16 @@ def test_a_gap_does_not_hide_a_true_ventricular_tachycardia(challenge, name):
         x[int((rec.onset_s - 6.0) * fs):int((rec.onset_s - 4.0) * fs)] = np.nan
         sig[k] = x
     assert core.verify_alarm(rec.alarm_type, sig, rec.rates_hz, rec.onset_s).verdict != "false"
+
+
+def test_missing_pleth_gives_no_synthesized_ecg_evidence(clean):
+    """II_SYNTH drawn over a hole in PLETH is invented: NaN there, so it cannot "show" an asystole either (the soak
+    found `true`, "II_SYNTH (degraded) shows the asystole", after a worker took over a bed)."""
+    from operators.translator import load_translator
+
+    sig = _with_gap(clean, ONSET_S - 16.0, 6.0)
+    sig, rates = core.add_synthesized_ecg(sig, _rates(clean), load_translator("classic"), ONSET_S)
+    hole = slice(int((ONSET_S - 16.0) * RATE), int((ONSET_S - 10.0) * RATE))
+    assert np.isnan(sig[core.SYNTH][hole]).all() and np.isfinite(sig[core.SYNTH][hole.stop:int(ONSET_S * RATE)]).all()
+    v = core.verify_alarm(core.ASYSTOLE, sig, rates, ONSET_S)
+    assert all(c.supports == 0.0 for c in v.channels) and v.verdict != "true", [c.to_dict() for c in v.channels]

@@ -615,7 +615,7 @@ def synthesize_ecg(translator: Translator, pleth: np.ndarray, rate_hz: float, ec
     Parameters
     ----------
     translator : serves the "ppg2ecg" task.
-    pleth : PPG samples (NaN/inf runs are interpolated first).
+    pleth : PPG samples (NaN/inf runs are interpolated first, and NaN again in the output).
     rate_hz : the PLETH's (and the output's) sample rate (Hz); at least 2 s of PLETH are needed.
     ecg : simultaneous lead II, for the context; ignored unless as long as `pleth`.
     context_s : context length (s); 0 for none.
@@ -630,7 +630,10 @@ def synthesize_ecg(translator: Translator, pleth: np.ndarray, rate_hz: float, ec
         ctx = select_context(e, p, rate_hz, length_s=context_s)
     req = TranslationRequest(task=PPG2ECG, source=fill_nonfinite(pleth)[0].astype(np.float32), source_rate=rate_hz,
                              target_rate=rate_hz, source_signal="PLETH", context=ctx)
-    return np.asarray(translator.translate([req])[0], dtype=np.float64)
+    y = np.asarray(translator.translate([req])[0], dtype=np.float64)
+    if len(y) == len(pleth):
+        y[~np.isfinite(pleth)] = np.nan  # drawn from interpolated PLETH: invented, and no evidence (verify_alarm)
+    return y
 
 
 def add_synthesized_ecg(signals: Mapping[str, np.ndarray], rates_hz: Mapping[str, float], translator: Translator,
