@@ -18,6 +18,13 @@ Counted per run, against the reference (points, summed over beds, signals and ki
   each run's line); `first_mismatches` gives, per diverging series, where it first departs and where it last
   differs (seconds of signal).
 
+Alarms (unless --no-alarms): when the replay reaches --alarm-at of the signal, each bed gets a real-time and a
+retrospective asystole alarm at that onset (keyed by bed, as a monitor sends them). Counted per run, against the
+reference's verdicts (by alarm id and mode): verdicts missing, repeated (at least once: after a kill an alarm whose
+verdict was confirmed before its offset was committed is judged again) and differing (a verdict other than the
+reference's, e.g. `uncertain` where the restarted worker re-read too little of the bed's data before the onset).
+The run waits until the alarms topic is committed too.
+
 Each run also reports the output-topic latency (input produce time to outputs delivered, from the workers'
 WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the alarm feed.
 
@@ -29,7 +36,8 @@ before its final idle flush and every kill re-reads it all: use --seconds 150 --
 
     python benchmarks/rebalance_soak.py --workers 3 --runs 10
 
-The last line is `rebalance soak: runs K lost L duplicated D derived-mismatch M` (totals over the K kill runs).
+The last line is `rebalance soak: runs K lost L duplicated D derived-mismatch M` (totals over the K kill runs); the
+line before it `alarm verdicts: runs K expected E missing X repeated R differing V`.
 """
 from __future__ import annotations
 
@@ -58,6 +66,7 @@ from stream.topics import committed_total  # noqa: E402
 
 T0 = 1_750_000_000_000_000_000
 SR_TARGET_HZ, SR_BELOW_HZ = 250.0, 200.0  # BIDMC is 125 Hz: super-resolve it too, as the integration tests do
+ALARM_WAIT_S, ALARM_GRACE_S = 10.0, 10.0  # retrospective alarms wait 10 s of signal; grace for a slow replay
 
 
 def worker_settings(bootstrap: str, influx, db: str, prefix: str, args) -> Settings:
@@ -67,7 +76,7 @@ def worker_settings(bootstrap: str, influx, db: str, prefix: str, args) -> Setti
         influx_url=influx.url, influx_bucket=db, influx_token="soak", retry_initial_s=0.2, retry_max_s=1.0,
         translator=args.translator, idle_flush_s=2.0, sr_target_hz=SR_TARGET_HZ, sr_below_hz=SR_BELOW_HZ,
         context_s=args.context_s, stats_file=str(Path(args.out).resolve() / f"{prefix}-stats.jsonl"),
-        without_web=True, metrics_port=0, log_level="info")
+        without_web=True, metrics_port=0, log_level="info", alarm_wait_s=ALARM_WAIT_S, alarm_grace_s=ALARM_GRACE_S)
 
 
 def influx_count(server, db: str) -> int:
@@ -140,16 +149,69 @@ def wait_ready(workers: list[WorkerProcess], what: str, timeout_s: float = 120.0
             time.sleep(0.3)
 
 
+def send_alarms(bootstrap: str, topic: str, beds: list[str], onset_ns: int) -> int:
+    """A real-time and a retrospective asystole alarm per bed at `onset_ns`, keyed by bed; returns how many."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for bed in beds:
+            for mode in ("realtime", "retrospective"):
+                alarm = {"bed_id": bed, "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": f"{bed}-a1",
+                         "mode": mode}
+                producer.send(topic, key=bed.encode(), value=json.dumps(alarm).encode())
+        producer.flush()
+    finally:
+        producer.close()
+    return 2 * len(beds)
+
+
+def read_verdicts(bootstrap: str, topic: str, want: int, timeout_s: float = 30.0) -> list[tuple[str, str, str]]:
+    """The verdicts on `topic` as (alarm_id, mode, verdict): at least `want` of them unless `timeout_s` passes
+    (then what there is), and what else arrives in the same polls."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=f"soak-reader-{uuid.uuid4().hex[:6]}",
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    out: list = []
+
+    def poll(ms: int) -> None:
+        for batch in consumer.poll(timeout_ms=ms).values():
+            out.extend((v["alarm_id"], v["mode"], v["verdict"]) for v in (json.loads(m.value) for m in batch))
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and len(out) < want:
+            poll(500)
+        poll(2000)  # a repeated verdict may come after the expected ones
+    finally:
+        consumer.close()
+    return out
+
+
+def compare_verdicts(ref: list, run: list) -> dict:
+    """expected / missing / repeated / differing verdicts of `run` against `ref` (module docstring)."""
+    want = {(a, m): v for a, m, v in ref}
+    got: dict = {}
+    for a, m, v in run:
+        got.setdefault((a, m), []).append(v)
+    return {"expected": len(want), "missing": sum(1 for k in want if k not in got),
+            "repeated": sum(len(v) - 1 for v in got.values()),
+            "differing": sum(1 for k, vs in got.items() if any(v != want.get(k) for v in vs))}
+
+
 def settle(workers: list[WorkerProcess], bootstrap: str, settings: Settings, influx, sent: int,
-           timeout_s: float) -> bool:
-    """Until every input message is committed and InfluxDB has not grown for 6 s (the sink agents caught up);
-    False when `timeout_s` passed first."""
+           timeout_s: float, alarms: int = 0) -> bool:
+    """Until every input message (and each of the `alarms` alarms) is committed and InfluxDB has not grown for 6 s
+    (the sink agents caught up); False when `timeout_s` passed first."""
     deadline = time.monotonic() + timeout_s
     last, stable_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         for w in workers:
             w.check()
-        done = committed_total(bootstrap, settings.group_id, settings.topic_input) == sent
+        done = (committed_total(bootstrap, settings.group_id, settings.topic_input) == sent
+                and (not alarms or committed_total(bootstrap, settings.group_id, settings.topic_alarms) == alarms))
         n = influx_count(influx.server, settings.influx_bucket)
         if n != last:
             last, stable_since = n, time.monotonic()
@@ -162,6 +224,7 @@ def settle(workers: list[WorkerProcess], bootstrap: str, settings: Settings, inf
 def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, log=print) -> dict:
     """Run `i` (see the module docstring): fresh topics, group and database, `args.workers` workers, the replay,
     in a kill run (i > 0) one SIGKILL and restart, then settle; returns its counts and InfluxDB snapshot."""
+    from stream.tools.chunker import bed_ids
     from stream.tools.publisher import ReplayOptions, replay
     from stream.topics import ensure_topics
 
@@ -186,20 +249,35 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
         t = threading.Thread(target=run_replay, daemon=True)
         replay_wall = args.seconds / args.speed
         t.start()
-        kill = None
-        if i > 0 and not args.no_kill:
-            at_s = rng.uniform(0.2, 0.8) * replay_wall
-            time.sleep(at_s)
+        started = time.monotonic()
+        alarms, kill = 0, None
+        kill_at = rng.uniform(0.2, 0.8) * replay_wall if i > 0 and not args.no_kill else None
+
+        def alarms_due():
+            nonlocal alarms
+            if args.alarms and not alarms and time.monotonic() - started >= args.alarm_at * replay_wall:
+                beds = bed_ids(args.beds, ReplayOptions.bed_prefix)
+                alarms = send_alarms(broker.bootstrap, settings.topic_alarms, beds,
+                                     T0 + int(args.alarm_at * args.seconds * 1e9))
+
+        if kill_at is not None:
+            while time.monotonic() - started < kill_at:
+                alarms_due()
+                time.sleep(0.05)
             k = rng.randrange(len(workers))
-            kill = {"worker": k, "at_s": round(at_s, 2), "at_signal_s": round(at_s * args.speed, 1), "restart_after_s": round(rng.uniform(0.0, 3.0), 2)}
+            kill = {"worker": k, "at_s": round(kill_at, 2), "at_signal_s": round(kill_at * args.speed, 1),
+                    "restart_after_s": round(rng.uniform(0.0, 3.0), 2)}
             workers[k].kill()
             time.sleep(kill["restart_after_s"])
             workers[k] = WorkerProcess(env, out / f"run{i:02d}-w{k}-restarted.log").start()
+        while args.alarms and not alarms:
+            alarms_due()
+            time.sleep(0.05)
         t.join(replay_wall + 120)
         if "error" in result or "stats" not in result:
             raise RuntimeError(f"run {i}: replay failed: {result.get('error')}")
         sent = result["stats"].chunks
-        if not settle(workers, broker.bootstrap, settings, influx, sent, args.settle_timeout):
+        if not settle(workers, broker.bootstrap, settings, influx, sent, args.settle_timeout, alarms):
             log(f"run {i}: not settled after {args.settle_timeout:g} s (committed/sent or InfluxDB still growing)")
         dead = 0
         for k in range(args.workers):
@@ -208,7 +286,9 @@ def one_run(i: int, args, broker, influx, rec, rng: random.Random, out: Path, lo
         stats = Path(settings.stats_file)
         lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0
                         for r in map(json.loads, stats.read_text().splitlines()) if r.get("produce_ms")])
+        verdicts = read_verdicts(broker.bootstrap, settings.topic_verdicts, alarms) if alarms else []
         return {"run": i, "sent": sent, "kill": kill, "snapshot": snapshot(influx.server, db), "dead_letters": dead,
+                "verdicts": verdicts,
                 "latency_p99_s": round(float(np.percentile(lat, 99)), 2), "latency_max_s": round(float(lat.max()), 2)}
     finally:
         for w in workers:
@@ -231,6 +311,9 @@ def main(argv=None) -> int:
                     help="kill nothing in runs 1..K either: the mismatch is then run-to-run variation alone")
     ap.add_argument("--record", default=str(REPO.parent / "shared" / "data" / "bidmc" / "bidmc02"))
     ap.add_argument("--settle-timeout", type=float, default=120.0)
+    ap.add_argument("--no-alarms", dest="alarms", action="store_false", help="send no monitor alarms")
+    ap.add_argument("--alarm-at", type=float, default=0.5,
+                    help="the alarms' onset, as a share of the replayed signal (sent when the replay gets there)")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--out", default="out/soak")
     args = ap.parse_args(argv)
@@ -253,6 +336,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     grid = expected_grid(rec)
     totals = {"lost": 0, "duplicated": 0, "derived-mismatch": 0}
+    alarm_totals = {"expected": 0, "missing": 0, "repeated": 0, "differing": 0}
     rows = []
     with tempfile.TemporaryDirectory(prefix="wavebridge-soak-") as tmp:
         broker = EmbeddedBroker(log_path=out / "tansu.log").start()
@@ -267,7 +351,8 @@ def main(argv=None) -> int:
             ref_grid_missing = sum(len(w - ref["snapshot"].get(k, {}).keys()) for k, w in want.items())
             ref_grid_extra = sum(len(ref["snapshot"].get(k, {}).keys() - w) for k, w in want.items())
             print(f"reference: {len(beds)} beds, {sum(len(v) for v in ref['snapshot'].values())} points; against "
-                  f"the offline grid missing {ref_grid_missing}, extra {ref_grid_extra}", flush=True)
+                  f"the offline grid missing {ref_grid_missing}, extra {ref_grid_extra}; verdicts "
+                  f"{sorted(__import__('collections').Counter(v for *_, v in ref['verdicts']).items())}", flush=True)
             for i in range(1, args.runs + 1):
                 t0 = time.monotonic()
                 r = one_run(i, args, broker, influx, rec, rng, out)
@@ -275,7 +360,10 @@ def main(argv=None) -> int:
                 totals["lost"] += c["lost"]
                 totals["duplicated"] += c["duplicated"]
                 totals["derived-mismatch"] += c["derived_mismatch"]
-                row = {"run": i, "kill": r["kill"], **c, "dead_letters": r["dead_letters"],
+                v = compare_verdicts(ref["verdicts"], r["verdicts"])
+                for k in alarm_totals:
+                    alarm_totals[k] += v[k]
+                row = {"run": i, "kill": r["kill"], **c, "verdicts": v, "dead_letters": r["dead_letters"],
                        "output_latency_p99_s": r["latency_p99_s"], "output_latency_max_s": r["latency_max_s"],
                        "wall_s": round(time.monotonic() - t0, 1)}
                 rows.append(row)
@@ -284,7 +372,11 @@ def main(argv=None) -> int:
             if influx is not None:
                 influx.stop()
             broker.stop()
-    (out / "rebalance_soak.json").write_text(json.dumps({"args": vars(args), "runs": rows, "totals": totals}, indent=2))
+    (out / "rebalance_soak.json").write_text(json.dumps({"args": vars(args), "runs": rows, "totals": totals,
+                                                        "alarm_totals": alarm_totals}, indent=2))
+    if args.alarms:
+        print(f"alarm verdicts: runs {args.runs} expected {alarm_totals['expected']} missing {alarm_totals['missing']} "
+              f"repeated {alarm_totals['repeated']} differing {alarm_totals['differing']}")
     print(f"rebalance soak: runs {args.runs} lost {totals['lost']} duplicated {totals['duplicated']} "
           f"derived-mismatch {totals['derived-mismatch']}")
     return 0

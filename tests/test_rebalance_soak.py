@@ -17,3 +17,12 @@ def test_compare_counts_each_difference_once_and_says_where_each_series_departs(
     assert c["first_mismatches"] == [[*wave, 2.0, "value", 5.0], [*rpeak, None, 3.0, "extra", 4.0]]
     assert soak.compare(ref, run, limit=1)["first_mismatches"] == c["first_mismatches"][:1]
     assert soak.compare(ref, ref)["first_mismatches"] == [] and soak.compare(ref, ref)["derived_mismatch"] == 0
+
+
+def test_compare_verdicts_counts_missing_repeated_and_differing_verdicts():
+    soak = benchmark("rebalance_soak")
+    ref = [("b1-a1", "realtime", "false"), ("b1-a1", "retrospective", "false"), ("b2-a1", "realtime", "false")]
+    run = [("b1-a1", "realtime", "false"), ("b1-a1", "realtime", "false"),  # judged again after a kill
+           ("b1-a1", "retrospective", "uncertain")]  # b2's is missing
+    assert soak.compare_verdicts(ref, run) == {"expected": 3, "missing": 1, "repeated": 1, "differing": 1}
+    assert soak.compare_verdicts(ref, ref) == {"expected": 3, "missing": 0, "repeated": 0, "differing": 0}
