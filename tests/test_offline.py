@@ -204,6 +204,29 @@ def test_an_existing_out_is_overwritten(tmp_path):
     assert len(pq.read_table(out)) == 4 * len(rec.signals["II"])
 
 
+@pytest.mark.parametrize("how", ["same", "link", "context"])
+def test_an_out_that_is_a_file_read_is_refused_and_left_intact(tmp_path, capsys, how):
+    """`--out in.parquet` for the input in.parquet (or a link to it, or the --context file) wrote the translation
+    over the recording: the recording was lost and the run exited 0."""
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"], "PLETH": rec.signals["PLETH"]}, 25.0)
+    before = src.read_bytes()
+    args = [str(src), "--task", "sr", "--signal", "II", "--translator", "classic"]
+    if how == "same":
+        out = tmp_path / "." / "in.parquet"
+    elif how == "link":
+        out = tmp_path / "link.parquet"
+        out.symlink_to(src)
+    else:
+        other = write_table(tmp_path / "other.parquet", {"II": rec.signals["II"]}, 25.0)
+        args[0], out = str(other), src
+        args += ["--context", str(src)]
+    assert offline.cli(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "writing there would overwrite the recording" in err and err.count("\n") == 1, err
+    assert src.read_bytes() == before
+
+
 def test_missing_output_directory_is_refused_before_any_work(tmp_path, monkeypatch):
     rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
     src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
