@@ -213,3 +213,16 @@ def test_one_missing_row_in_time_s_is_non_uniform_wherever_it_is(tmp_path, where
     pd.DataFrame({"time_s": t, "II": np.zeros(len(t))}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="non-uniform sampling"):
         read_recording(path)
+
+
+def test_wfdb_header_with_a_zero_sampling_frequency_is_refused(tmp_path):
+    """A record line with frequency 0 gave every channel a rate of 0 Hz: alarm-check divided by it
+    (ZeroDivisionError, exit 1), the other tools carried it on as a rate."""
+    import wfdb
+
+    wfdb.wrsamp("fs0", fs=125, units=["mV"], sig_name=["II"], p_signal=np.zeros((500, 1)), fmt=["16"],
+                write_dir=str(tmp_path))
+    hea = tmp_path / "fs0.hea"
+    hea.write_text(hea.read_text().replace("fs0 1 125 500", "fs0 1 0 500", 1))
+    with pytest.raises(ValueError, match="invalid sampling frequency 0 Hz"):
+        read_recording(tmp_path / "fs0")

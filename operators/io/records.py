@@ -148,6 +148,14 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
             sig_name = layout.sig_name
     except Exception as exc:  # wfdb raises many types for a malformed record
         raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
+    # A header's frequency of 0 (or garbage wfdb reads as a number) would give every channel a rate of 0 Hz: callers
+    # divide by it (alarm-check ended in ZeroDivisionError) or carry it on as a rate.
+    try:
+        fs = float(header.fs)
+    except (TypeError, ValueError):
+        fs = math.nan
+    if not (math.isfinite(fs) and fs > 0):
+        raise ValueError(f"{header_path}: invalid sampling frequency {header.fs!r} Hz in the record line")
     names = [clean_name(n) for n in sig_name]
     canon = [canonical_name(n) for n in names]
     _check_duplicates(base.name, canon, names)
