@@ -226,3 +226,23 @@ def test_wfdb_header_with_a_zero_sampling_frequency_is_refused(tmp_path):
     hea.write_text(hea.read_text().replace("fs0 1 125 500", "fs0 1 0 500", 1))
     with pytest.raises(ValueError, match="invalid sampling frequency 0 Hz"):
         read_recording(tmp_path / "fs0")
+
+
+def test_parquet_with_time_s_as_the_pandas_index(tmp_path):
+    """`df.set_index("time_s").to_parquet()` stores time_s as the frame's index: it was not found, and the
+    reader asked for a time_s column the file has."""
+    df = _frame().drop(columns="note").set_index("time_s")
+    df.to_parquet(tmp_path / "indexed.parquet")
+    rec = read_recording(tmp_path / "indexed.parquet")
+    assert sorted(rec.signals) == ["II", "PLETH"] and rec.rates["II"] == 125.0
+    np.testing.assert_array_equal(rec.signals["II"], df["ECG"].to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["datetime", "datetime_tz", "timedelta"])
+def test_parquet_time_s_as_timestamps_gives_the_rate_in_hz(tmp_path, kind):
+    """A Parquet timestamp time_s was read as nanoseconds: 125 Hz came out as 1.25e-07 Hz."""
+    t = pd.to_timedelta(np.arange(500) * 8, unit="ms")
+    if kind != "timedelta":
+        t = pd.Timestamp("2024-03-01 12:00", tz="Europe/Berlin" if kind == "datetime_tz" else None) + t
+    pq.write_table(pa.table({"time_s": t, "PLETH": np.zeros(500, np.float32)}), tmp_path / "ts.parquet")
+    assert read_recording(tmp_path / "ts.parquet").rates == {"PLETH": 125.0}

@@ -228,6 +228,10 @@ def _read_parquet(path: Path, rate_hz: float | None) -> Recording:
     table = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"ARROW:") and k != b"pandas"}
     df = table.to_pandas()
+    if any(n is not None for n in df.index.names):
+        # a frame written by pandas with its time as the index (`df.set_index("time_s").to_parquet()`) comes back
+        # with `time_s` as the index, not as a column: it was not found, and the rate called unknown
+        df = df.reset_index()
     if rate_hz is None and "rate_hz" in meta:
         rate_hz = float(meta["rate_hz"])
     units = json.loads(meta["units"]) if "units" in meta else {}
@@ -244,7 +248,7 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     cols = {clean_name(c): c for c in df.columns}
     time_key = next((k for k in cols if k.lower() == TIME_COLUMN), None)
     if time_key is not None:
-        inferred = _rate_from_time(name, df[cols[time_key]].to_numpy(dtype=np.float64))
+        inferred = _rate_from_time(name, _seconds(df[cols[time_key]]))
         if rate_hz is not None and not math.isclose(inferred, rate_hz, rel_tol=_UNIFORM_RTOL):
             raise ValueError(f"{name}: time_s implies {inferred:g} Hz but rate_hz={rate_hz:g} was given")
         rate_hz = inferred
@@ -266,6 +270,22 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     if not out.signals:
         raise ValueError(f"{name}: no numeric signal columns (columns: {', '.join(map(str, df.columns))})")
     return out
+
+
+def _seconds(col) -> np.ndarray:
+    """float64 seconds of a time column: numbers as they are; datetimes (Parquet timestamps) and durations from their
+    first value, since read as numbers they are nanoseconds, and the rate came out a billion times too low."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        t = col.to_numpy(dtype="datetime64[ns]" if pd.api.types.is_datetime64_any_dtype(col) else "timedelta64[ns]")
+        if not len(t):
+            return np.zeros(0)
+        # difference in integer ns first: as float64, ns since 1970 keep only about 0.25 us
+        s = (t.astype(np.int64) - t[0].astype(np.int64)).astype(np.float64) / 1e9
+        s[np.isnat(t)] = np.nan  # missing times: refused as not finite
+        return s
+    return col.to_numpy(dtype=np.float64)
 
 
 def _numeric_column(col) -> np.ndarray | None:
