@@ -246,3 +246,21 @@ def test_parquet_time_s_as_timestamps_gives_the_rate_in_hz(tmp_path, kind):
         t = pd.Timestamp("2024-03-01 12:00", tz="Europe/Berlin" if kind == "datetime_tz" else None) + t
     pq.write_table(pa.table({"time_s": t, "PLETH": np.zeros(500, np.float32)}), tmp_path / "ts.parquet")
     assert read_recording(tmp_path / "ts.parquet").rates == {"PLETH": 125.0}
+
+
+@pytest.mark.parametrize("dialect", ["semicolon", "semicolon_decimal_comma", "tab", "latin1"])
+def test_csv_as_spreadsheets_export_it(tmp_path, dialect):
+    """A CSV with `;` between fields (and `,` as decimal mark), or tabs, was read as one column named
+    "time_s;II;PLETH" and refused as having no time column; a Latin-1 header ("µV") ended in UnicodeDecodeError."""
+    df = _frame(n=200).drop(columns="note")
+    path = tmp_path / f"{dialect}.csv"
+    if dialect == "latin1":  # with a comma in a name, which must not decide the separator
+        df.assign(**{"Temp, °C": 37.0, "note": "µV"}).to_csv(path, sep=";", index=False, encoding="latin-1")
+    else:
+        sep = "\t" if dialect == "tab" else ";"
+        df.to_csv(path, sep=sep, decimal="," if dialect.endswith("comma") else ".", index=False)
+    rec = read_recording(path)
+    assert sorted(rec.signals) == ["II", "PLETH"] + (["TEMP, °C"] if dialect == "latin1" else [])
+    assert rec.rates["II"] == 125.0
+    np.testing.assert_allclose(rec.signals["II"], df["ECG"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(rec.signals["PLETH"], df["PPG"].to_numpy(), rtol=1e-6)

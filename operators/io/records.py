@@ -97,7 +97,8 @@ def read_recording(
 
     Parameters
     ----------
-    path : the record (WFDB: with or without `.hea`) or table file.
+    path : the record (WFDB: with or without `.hea`) or table file (CSV: `,`, `;` or tab between fields, a decimal
+        comma with `;`, UTF-8 or Latin-1).
     signals : channels to keep, by (any alias of) their canonical name; None keeps all.
     rate_hz : sample rate (Hz) for tables without a `time_s` column or `rate_hz` metadata.
 
@@ -238,10 +239,40 @@ def _read_parquet(path: Path, rate_hz: float | None) -> Recording:
     return _from_frame(path.stem, df, rate_hz, _parse_age(meta.get("age")), _parse_sex(meta.get("sex")), units)
 
 
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
+
+
 def _read_csv(path: Path, rate_hz: float | None) -> Recording:
     import pandas as pd
 
-    return _from_frame(path.stem, pd.read_csv(path), rate_hz, None, None, {})
+    sep, decimal = _csv_dialect(path)
+    try:
+        df = pd.read_csv(path, sep=sep, decimal=decimal, encoding="utf-8-sig")
+    except UnicodeDecodeError:  # a spreadsheet's export in the machine's code page ("II [µV]" in Latin-1/cp1252)
+        df = pd.read_csv(path, sep=sep, decimal=decimal, encoding="latin-1")
+    return _from_frame(path.stem, df, rate_hz, None, None, {})
+
+
+def _csv_dialect(path: Path) -> tuple[str, str]:
+    """(separator, decimal mark) of a CSV file, from its first lines.
+
+    Spreadsheets in many locales write `;` between fields and `,` as the decimal mark (and some export tabs): read
+    with `,` such a file was one column named "time_s;PLETH;II", reported as having no time column, or no signal.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024).decode("latin-1").splitlines()
+    lines = [ln for ln in head if ln.strip()][:6]
+    if not lines:
+        return ",", "."
+    header = re.sub(r'"[^"]*"', "", lines[0])  # a quoted name may hold any of them
+    counts = {c: header.count(c) for c in (",", ";", "\t")}
+    sep = max(counts, key=lambda c: (counts[c], c == ","))  # a tie (none at all: one column) stays ","
+    if counts[sep] == 0:
+        sep = ","
+    decimal = "."
+    if sep != "," and any(_DECIMAL_COMMA.match(v) for ln in lines[1:] for v in ln.split(sep)):
+        decimal = ","
+    return sep, decimal
 
 
 def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
