@@ -300,6 +300,25 @@ def test_ppg2ecg_refuses_a_source_other_than_pleth(tmp_path, capsys):
     assert len(pq.read_table(out)) == len(rec.signals["PLETH"])  # the PLETH alias still works
 
 
+def test_a_csv_with_units_in_its_names_is_translated(tmp_path, capsys):
+    """"Time [s]" and "PLETH [au]" (BIDMC's and other exports' CSV): refused as "sampling rate unknown", and with
+    --input-rate as having no PLETH, with `--signal "PLETH [au]"` refused too."""
+    import pandas as pd
+
+    rec = synthesize(seconds=20.0, rate_hz=125.0, seed=3)
+    n = len(rec.signals["PLETH"])
+    src = tmp_path / "export.csv"
+    pd.DataFrame({"Time [s]": np.arange(n) / 125.0, "PLETH [au]": rec.signals["PLETH"],
+                  "II [mV]": rec.signals["II"]}).to_csv(src, index=False)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0, \
+        capsys.readouterr().err
+    assert len(pq.read_table(out)) == n
+    assert offline.cli([str(src), "--task", "sr", "--signal", "PLETH [au]", "--target-rate", "250", "--out", str(out),
+                        "--translator", "classic"]) == 0, capsys.readouterr().err
+    assert pq.read_table(out).column_names[1] == "PLETH [au]"  # the source's own name, as for any sr
+
+
 def test_translation_without_output_samples_fails(tmp_path, capsys):
     # 0.5 s of PLETH: shorter than the pipeline's minimum segment, so nothing is translated
     src = write_table(tmp_path / "short.parquet", {"PLETH": synthesize(seconds=20.0, seed=4).signals["PLETH"][:62]}, 125.0)

@@ -14,7 +14,10 @@ from operators.io.records import Recording, canonical_name, read_recording
 
 @pytest.mark.parametrize("raw,canon", [("II", "II"), ("II, ", "II"), ("ii,", "II"), ("ECG", "II"), ("ecg_ii", "II"),
                                        ("ECGII", "II"), ("MLII", "II"), ("PLETH,", "PLETH"), ("ppg", "PLETH"),
-                                       ("PLETH_", "PLETH"), ("SpO2 wave", "PLETH"), ("resp,", "RESP"), ("V5", "V5")])
+                                       ("PLETH_", "PLETH"), ("SpO2 wave", "PLETH"), ("resp,", "RESP"), ("V5", "V5"),
+                                       # lead II as monitors and exports spell it; units in brackets; quoted names
+                                       ("Lead II", "II"), ("ECG-II", "II"), ("ECG Lead II", "II"), ("II [mV]", "II"),
+                                       ("PLETH (au)", "PLETH"), ("'PLETH'", "PLETH"), ("RESP [Ohm]", "RESP")])
 def test_canonical_names(raw, canon):
     assert canonical_name(raw) == canon
 
@@ -264,3 +267,35 @@ def test_csv_as_spreadsheets_export_it(tmp_path, dialect):
     assert rec.rates["II"] == 125.0
     np.testing.assert_allclose(rec.signals["II"], df["ECG"].to_numpy(), rtol=1e-6)
     np.testing.assert_allclose(rec.signals["PLETH"], df["PPG"].to_numpy(), rtol=1e-6)
+
+
+def test_csv_names_with_units_and_a_time_column_with_its_unit(tmp_path):
+    """BIDMC's own CSV export names its columns "Time [s]", " PLETH", ...; other exports write "II [mV]" or
+    "time_ms". The time column was not found ("sampling rate unknown") and "PLETH [au]" was no PLETH, with no way
+    to name it: `--signal "PLETH [au]"` was refused as no signal the models know."""
+    t = np.arange(500) / 125.0
+    pd.DataFrame({"Time [s]": t, " PLETH": np.cos(t), "II [mV]": np.sin(t)}).to_csv(tmp_path / "bidmc.csv", index=False)
+    rec = read_recording(tmp_path / "bidmc.csv", ["PLETH", "II"])
+    assert rec.rates == {"PLETH": 125.0, "II": 125.0} and rec.units["II"] == "mV"
+    assert rec.original_names["II"] == "II [mV]"
+    np.testing.assert_allclose(rec.signals["II"], np.sin(t), rtol=1e-6)
+    pd.DataFrame({"time_ms": t * 1000, "PLETH (au)": np.cos(t)}).to_csv(tmp_path / "ms.csv", index=False)
+    assert read_recording(tmp_path / "ms.csv").rates == {"PLETH": 125.0}  # and time_ms is no channel
+
+
+def test_physionet_csv_with_quoted_names_and_a_units_row(tmp_path):
+    """PhysioNet's CSV export quotes its names and writes the units in the row under them: "'II'" was no II, and
+    "'Elapsed time'" no time column."""
+    rows = "".join(f"{k / 125:.3f},{np.sin(k / 9):.3f},{np.cos(k / 9):.3f}\n" for k in range(500))
+    (tmp_path / "pn.csv").write_text("'Elapsed time','II','PLETH'\n'seconds','mV','NU'\n" + rows)
+    rec = read_recording(tmp_path / "pn.csv")
+    assert list(rec.signals) == ["II", "PLETH"] and rec.rates["II"] == 125.0
+    assert rec.units == {"II": "mV", "PLETH": "NU"} and not np.isnan(rec.signals["II"]).any()
+    np.testing.assert_allclose(rec.signals["II"], np.round(np.sin(np.arange(500) / 9), 3), atol=1e-6)
+
+
+def test_a_time_column_without_a_unit_is_not_guessed(tmp_path):
+    """Read as seconds, "time" in milliseconds at 1 kHz would be a 1 Hz recording: the error names the column."""
+    pd.DataFrame({"time": np.arange(100.0), "II": np.zeros(100)}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match="column 'time' has no unit"):
+        read_recording(tmp_path / "t.csv")
