@@ -256,6 +256,20 @@ def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_pa
     assert bad.returncode == 2 and "--context" in bad.stderr and "PLETH" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("name", ["nope.csv", "nope.parquet", "folder.csv"])
+def test_an_unreadable_context_table_is_a_one_line_error(tmp_path, capsys, name):
+    """A --context .csv/.parquet that is missing (or a folder) ended in the console script's last net:
+    "error: FileNotFoundError: ..." and exit 1, where a missing WFDB context was the user's error (exit 2)."""
+    rec = synthesize(seconds=20.0, rate_hz=125.0, seed=3)
+    src = write_table(tmp_path / "in.parquet", {"PLETH": rec.signals["PLETH"], "II": rec.signals["II"]}, 125.0)
+    (tmp_path / "folder.csv").mkdir()
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(tmp_path / "x.parquet"), "--translator", "classic",
+                        "--context", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "error" in ln] == [err[-1]] and err[-1].startswith(
+        f"wavebridge translate: error: --context {tmp_path / name}: "), err
+
+
 def test_sr_of_an_ecg_borrows_the_context_qrs(bidmc_record, tmp_path):
     """A 25 Hz lead II plus an earlier full-rate record of the same patient: the patient's QRS fills the high band."""
     from operators.processing.metrics import windowed_pearson_rmse

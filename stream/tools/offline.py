@@ -185,14 +185,14 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
     Raises
     ------
     OfflineError
-        The record lacks a channel, or has no usable paired segment that long.
+        The record cannot be read, lacks a channel, or has no usable paired segment that long.
     """
     from operators.state.context import select_context
     from operators.io.records import read_recording
 
     try:
         rec = read_recording(path, [ECG, PPG])
-    except ValueError as exc:
+    except (ValueError, OSError, KeyError) as exc:  # as for the input: a missing .csv is an OSError, not the user's 1
         raise OfflineError(f"--context {path}: {exc}") from None
     ecg, ppg, rate = rec.signals[ECG], rec.signals[PPG], max(rec.rates[ECG], rec.rates[PPG])
     if rec.rates[ECG] != rec.rates[PPG]:  # e.g. II stored 4 samples a frame: both at the faster rate, as the worker does
