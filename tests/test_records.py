@@ -299,3 +299,21 @@ def test_a_time_column_without_a_unit_is_not_guessed(tmp_path):
     pd.DataFrame({"time": np.arange(100.0), "II": np.zeros(100)}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(ValueError, match="column 'time' has no unit"):
         read_recording(tmp_path / "t.csv")
+
+
+@pytest.mark.parametrize("meta", [{"units": "mV"}, {"units": '["NU"]'}, {"rate_hz": "125 Hz"}, {"units": '{"PLETH": null}'}])
+def test_parquet_metadata_of_other_writers_does_not_refuse_the_file(tmp_path, meta):
+    """Units or a rate written another way than this package writes them made the file unreadable: "Expecting value:
+    line 1 column 1 (char 0)", "could not convert string to float: '125 Hz'", or AttributeError (exit 1)."""
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"PLETH": np.zeros(250, np.float32)}).replace_schema_metadata({"rate_hz": "125", **meta}),
+                   path)
+    rec = read_recording(path)
+    assert rec.rates == {"PLETH": 125.0} and rec.units == {"PLETH": ""}
+
+
+def test_a_parquet_rate_that_is_no_number_is_named(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"PLETH": np.zeros(250, np.float32)}).replace_schema_metadata({"rate_hz": "fast"}), path)
+    with pytest.raises(ValueError, match="'rate_hz' metadata 'fast' is not a rate in Hz"):
+        read_recording(path)

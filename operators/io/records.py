@@ -244,16 +244,37 @@ def _read_parquet(path: Path, rate_hz: float | None) -> Recording:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"ARROW:") and k != b"pandas"}
+    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()
+            if not k.startswith(b"ARROW:") and k != b"pandas"}
     df = table.to_pandas()
     if any(n is not None for n in df.index.names):
         # a frame written by pandas with its time as the index (`df.set_index("time_s").to_parquet()`) comes back
         # with `time_s` as the index, not as a column: it was not found, and the rate called unknown
         df = df.reset_index()
     if rate_hz is None and "rate_hz" in meta:
-        rate_hz = float(meta["rate_hz"])
-    units = json.loads(meta["units"]) if "units" in meta else {}
-    return _from_frame(path.stem, df, rate_hz, _parse_age(meta.get("age")), _parse_sex(meta.get("sex")), units)
+        rate_hz = _parse_rate(path.stem, meta["rate_hz"])
+    return _from_frame(path.stem, df, rate_hz, _parse_age(meta.get("age")), _parse_sex(meta.get("sex")),
+                       _parse_units(meta.get("units")))
+
+
+def _parse_rate(name: str, text: str) -> float:
+    """The `rate_hz` metadata of a Parquet file in Hz ("125", "125 Hz"); ValueError naming it otherwise."""
+    m = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*(?:hz)?\s*", text, re.I)
+    try:
+        return float(m.group(1)) if m else float(text)
+    except ValueError:
+        raise ValueError(f"{name}: 'rate_hz' metadata {text[:40]!r} is not a rate in Hz") from None
+
+
+def _parse_units(text: str | None) -> dict:
+    """The `units` metadata of a Parquet file (a JSON object, channel -> unit, as this package writes it). Units only
+    label the samples: another writer's units ("mV", a JSON list) are left out rather than refusing the file (they
+    made it unreadable: a JSONDecodeError, or an AttributeError and exit 1)."""
+    try:
+        units = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {str(k): "" if v is None else str(v) for k, v in units.items()} if isinstance(units, dict) else {}
 
 
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
