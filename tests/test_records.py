@@ -317,3 +317,11 @@ def test_a_parquet_rate_that_is_no_number_is_named(tmp_path):
     pq.write_table(pa.table({"PLETH": np.zeros(250, np.float32)}).replace_schema_metadata({"rate_hz": "fast"}), path)
     with pytest.raises(ValueError, match="'rate_hz' metadata 'fast' is not a rate in Hz"):
         read_recording(path)
+
+
+@pytest.mark.parametrize("header", ["PLETH,II\n", "time_s,PLETH,II\n"])
+def test_a_table_with_a_header_and_no_rows_says_so(tmp_path, header):
+    """Was "no numeric signal columns (columns: PLETH, II)" (with a rate given): the columns are there, empty."""
+    (tmp_path / "empty.csv").write_text(header)
+    with pytest.raises(ValueError, match=r"empty: no samples: the table has no rows \(columns: (time_s, )?PLETH, II\)"):
+        read_recording(tmp_path / "empty.csv", rate_hz=125)

@@ -336,6 +336,8 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
 
 
 def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
+    if len(df) == 0:  # otherwise "no numeric signal columns (columns: PLETH, II)", or a rate it cannot infer
+        raise ValueError(f"{name}: no samples: the table has no rows (columns: {', '.join(map(str, df.columns))})")
     cols = {clean_name(c): c for c in df.columns}
     times = {k: _time_scale(k, units.get(k, ""), df[cols[k]]) for k in cols}
     times = {k: v for k, v in times.items() if v is not None}
