@@ -357,10 +357,15 @@ def test_alarm_check_cli_errors_and_help(capsys, tmp_path):
     (tmp_path / "clean.csv").write_text("PLETH,II\n" + "0.1,0.2\n" * 500)
     wfdb.wrsamp("noalarm", fs=250, units=["mV"], sig_name=["II"], write_dir=str(tmp_path),
                 p_signal=np.zeros((250 * 310, 1)), fmt=["16"])  # a WFDB record whose header names no alarm
+    wfdb.wrsamp("fs0", fs=250, units=["mV"], sig_name=["II"], write_dir=str(tmp_path),
+                p_signal=np.zeros((250 * 310, 1)), fmt=["16"], comments=["Asystole", "False alarm"])
+    hea = tmp_path / "fs0.hea"  # a frequency of 0 in the record line ended in ZeroDivisionError, exit 1
+    hea.write_text(hea.read_text().replace("fs0 1 250 ", "fs0 1 0 ", 1))
     cases = [([str(tmp_path / "nothing")], "not a WFDB record"),
              ([str(tmp_path / "clean.csv")], "not a WFDB record"),
              ([str(tmp_path)], "not a WFDB record"),
              ([str(tmp_path / "noalarm")], "no alarm type"),
+             ([str(tmp_path / "fs0")], "invalid sampling frequency 0 Hz"),
              ([str(tmp_path / "noalarm"), "--translator", "bogus"], "--translator: translator spec 'bogus'"),
              ([str(tmp_path / "noalarm"), "--wait-s", "-1"], "--wait-s"),
              ([str(tmp_path / "noalarm"), "--mode", "later"], "--mode")]

@@ -204,6 +204,29 @@ def test_an_existing_out_is_overwritten(tmp_path):
     assert len(pq.read_table(out)) == 4 * len(rec.signals["II"])
 
 
+@pytest.mark.parametrize("how", ["same", "link", "context"])
+def test_an_out_that_is_a_file_read_is_refused_and_left_intact(tmp_path, capsys, how):
+    """`--out in.parquet` for the input in.parquet (or a link to it, or the --context file) wrote the translation
+    over the recording: the recording was lost and the run exited 0."""
+    rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
+    src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"], "PLETH": rec.signals["PLETH"]}, 25.0)
+    before = src.read_bytes()
+    args = [str(src), "--task", "sr", "--signal", "II", "--translator", "classic"]
+    if how == "same":
+        out = tmp_path / "." / "in.parquet"
+    elif how == "link":
+        out = tmp_path / "link.parquet"
+        out.symlink_to(src)
+    else:
+        other = write_table(tmp_path / "other.parquet", {"II": rec.signals["II"]}, 25.0)
+        args[0], out = str(other), src
+        args += ["--context", str(src)]
+    assert offline.cli(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "writing there would overwrite the recording" in err and err.count("\n") == 1, err
+    assert src.read_bytes() == before
+
+
 def test_missing_output_directory_is_refused_before_any_work(tmp_path, monkeypatch):
     rec = synthesize(seconds=20.0, rate_hz=25.0, seed=2)
     src = write_table(tmp_path / "in.parquet", {"II": rec.signals["II"]}, 25.0)
@@ -231,6 +254,20 @@ def test_context_record_is_used_and_validated(bidmc_record, mitdb_record, tmp_pa
     bad = run_cli(bidmc_record(1), "--task", "ppg2ecg", "--out", tmp_path / "b.parquet", "--translator", "classic",
                   "--context", mitdb_record)
     assert bad.returncode == 2 and "--context" in bad.stderr and "PLETH" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["nope.csv", "nope.parquet", "folder.csv"])
+def test_an_unreadable_context_table_is_a_one_line_error(tmp_path, capsys, name):
+    """A --context .csv/.parquet that is missing (or a folder) ended in the console script's last net:
+    "error: FileNotFoundError: ..." and exit 1, where a missing WFDB context was the user's error (exit 2)."""
+    rec = synthesize(seconds=20.0, rate_hz=125.0, seed=3)
+    src = write_table(tmp_path / "in.parquet", {"PLETH": rec.signals["PLETH"], "II": rec.signals["II"]}, 125.0)
+    (tmp_path / "folder.csv").mkdir()
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(tmp_path / "x.parquet"), "--translator", "classic",
+                        "--context", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "error" in ln] == [err[-1]] and err[-1].startswith(
+        f"wavebridge translate: error: --context {tmp_path / name}: "), err
 
 
 def test_sr_of_an_ecg_borrows_the_context_qrs(bidmc_record, tmp_path):
@@ -275,6 +312,25 @@ def test_ppg2ecg_refuses_a_source_other_than_pleth(tmp_path, capsys):
         offline.translate_recording(offline_read(src), "ppg2ecg", signal="II", translator="classic")
     assert offline.cli([str(src), "--task", "ppg2ecg", "--signal", "PPG", "--out", str(out), "--translator", "classic"]) == 0
     assert len(pq.read_table(out)) == len(rec.signals["PLETH"])  # the PLETH alias still works
+
+
+def test_a_csv_with_units_in_its_names_is_translated(tmp_path, capsys):
+    """"Time [s]" and "PLETH [au]" (BIDMC's and other exports' CSV): refused as "sampling rate unknown", and with
+    --input-rate as having no PLETH, with `--signal "PLETH [au]"` refused too."""
+    import pandas as pd
+
+    rec = synthesize(seconds=20.0, rate_hz=125.0, seed=3)
+    n = len(rec.signals["PLETH"])
+    src = tmp_path / "export.csv"
+    pd.DataFrame({"Time [s]": np.arange(n) / 125.0, "PLETH [au]": rec.signals["PLETH"],
+                  "II [mV]": rec.signals["II"]}).to_csv(src, index=False)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0, \
+        capsys.readouterr().err
+    assert len(pq.read_table(out)) == n
+    assert offline.cli([str(src), "--task", "sr", "--signal", "PLETH [au]", "--target-rate", "250", "--out", str(out),
+                        "--translator", "classic"]) == 0, capsys.readouterr().err
+    assert pq.read_table(out).column_names[1] == "PLETH [au]"  # the source's own name, as for any sr
 
 
 def test_translation_without_output_samples_fails(tmp_path, capsys):

@@ -14,7 +14,10 @@ from operators.io.records import Recording, canonical_name, read_recording
 
 @pytest.mark.parametrize("raw,canon", [("II", "II"), ("II, ", "II"), ("ii,", "II"), ("ECG", "II"), ("ecg_ii", "II"),
                                        ("ECGII", "II"), ("MLII", "II"), ("PLETH,", "PLETH"), ("ppg", "PLETH"),
-                                       ("PLETH_", "PLETH"), ("SpO2 wave", "PLETH"), ("resp,", "RESP"), ("V5", "V5")])
+                                       ("PLETH_", "PLETH"), ("SpO2 wave", "PLETH"), ("resp,", "RESP"), ("V5", "V5"),
+                                       # lead II as monitors and exports spell it; units in brackets; quoted names
+                                       ("Lead II", "II"), ("ECG-II", "II"), ("ECG Lead II", "II"), ("II [mV]", "II"),
+                                       ("PLETH (au)", "PLETH"), ("'PLETH'", "PLETH"), ("RESP [Ohm]", "RESP")])
 def test_canonical_names(raw, canon):
     assert canonical_name(raw) == canon
 
@@ -213,3 +216,112 @@ def test_one_missing_row_in_time_s_is_non_uniform_wherever_it_is(tmp_path, where
     pd.DataFrame({"time_s": t, "II": np.zeros(len(t))}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="non-uniform sampling"):
         read_recording(path)
+
+
+def test_wfdb_header_with_a_zero_sampling_frequency_is_refused(tmp_path):
+    """A record line with frequency 0 gave every channel a rate of 0 Hz: alarm-check divided by it
+    (ZeroDivisionError, exit 1), the other tools carried it on as a rate."""
+    import wfdb
+
+    wfdb.wrsamp("fs0", fs=125, units=["mV"], sig_name=["II"], p_signal=np.zeros((500, 1)), fmt=["16"],
+                write_dir=str(tmp_path))
+    hea = tmp_path / "fs0.hea"
+    hea.write_text(hea.read_text().replace("fs0 1 125 500", "fs0 1 0 500", 1))
+    with pytest.raises(ValueError, match="invalid sampling frequency 0 Hz"):
+        read_recording(tmp_path / "fs0")
+
+
+def test_parquet_with_time_s_as_the_pandas_index(tmp_path):
+    """`df.set_index("time_s").to_parquet()` stores time_s as the frame's index: it was not found, and the
+    reader asked for a time_s column the file has."""
+    df = _frame().drop(columns="note").set_index("time_s")
+    df.to_parquet(tmp_path / "indexed.parquet")
+    rec = read_recording(tmp_path / "indexed.parquet")
+    assert sorted(rec.signals) == ["II", "PLETH"] and rec.rates["II"] == 125.0
+    np.testing.assert_array_equal(rec.signals["II"], df["ECG"].to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["datetime", "datetime_tz", "timedelta"])
+def test_parquet_time_s_as_timestamps_gives_the_rate_in_hz(tmp_path, kind):
+    """A Parquet timestamp time_s was read as nanoseconds: 125 Hz came out as 1.25e-07 Hz."""
+    t = pd.to_timedelta(np.arange(500) * 8, unit="ms")
+    if kind != "timedelta":
+        t = pd.Timestamp("2024-03-01 12:00", tz="Europe/Berlin" if kind == "datetime_tz" else None) + t
+    pq.write_table(pa.table({"time_s": t, "PLETH": np.zeros(500, np.float32)}), tmp_path / "ts.parquet")
+    assert read_recording(tmp_path / "ts.parquet").rates == {"PLETH": 125.0}
+
+
+@pytest.mark.parametrize("dialect", ["semicolon", "semicolon_decimal_comma", "tab", "latin1"])
+def test_csv_as_spreadsheets_export_it(tmp_path, dialect):
+    """A CSV with `;` between fields (and `,` as decimal mark), or tabs, was read as one column named
+    "time_s;II;PLETH" and refused as having no time column; a Latin-1 header ("µV") ended in UnicodeDecodeError."""
+    df = _frame(n=200).drop(columns="note")
+    path = tmp_path / f"{dialect}.csv"
+    if dialect == "latin1":  # with a comma in a name, which must not decide the separator
+        df.assign(**{"Temp, °C": 37.0, "note": "µV"}).to_csv(path, sep=";", index=False, encoding="latin-1")
+    else:
+        sep = "\t" if dialect == "tab" else ";"
+        df.to_csv(path, sep=sep, decimal="," if dialect.endswith("comma") else ".", index=False)
+    rec = read_recording(path)
+    assert sorted(rec.signals) == ["II", "PLETH"] + (["TEMP, °C"] if dialect == "latin1" else [])
+    assert rec.rates["II"] == 125.0
+    np.testing.assert_allclose(rec.signals["II"], df["ECG"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(rec.signals["PLETH"], df["PPG"].to_numpy(), rtol=1e-6)
+
+
+def test_csv_names_with_units_and_a_time_column_with_its_unit(tmp_path):
+    """BIDMC's own CSV export names its columns "Time [s]", " PLETH", ...; other exports write "II [mV]" or
+    "time_ms". The time column was not found ("sampling rate unknown") and "PLETH [au]" was no PLETH, with no way
+    to name it: `--signal "PLETH [au]"` was refused as no signal the models know."""
+    t = np.arange(500) / 125.0
+    pd.DataFrame({"Time [s]": t, " PLETH": np.cos(t), "II [mV]": np.sin(t)}).to_csv(tmp_path / "bidmc.csv", index=False)
+    rec = read_recording(tmp_path / "bidmc.csv", ["PLETH", "II"])
+    assert rec.rates == {"PLETH": 125.0, "II": 125.0} and rec.units["II"] == "mV"
+    assert rec.original_names["II"] == "II [mV]"
+    np.testing.assert_allclose(rec.signals["II"], np.sin(t), rtol=1e-6)
+    pd.DataFrame({"time_ms": t * 1000, "PLETH (au)": np.cos(t)}).to_csv(tmp_path / "ms.csv", index=False)
+    assert read_recording(tmp_path / "ms.csv").rates == {"PLETH": 125.0}  # and time_ms is no channel
+
+
+def test_physionet_csv_with_quoted_names_and_a_units_row(tmp_path):
+    """PhysioNet's CSV export quotes its names and writes the units in the row under them: "'II'" was no II, and
+    "'Elapsed time'" no time column."""
+    rows = "".join(f"{k / 125:.3f},{np.sin(k / 9):.3f},{np.cos(k / 9):.3f}\n" for k in range(500))
+    (tmp_path / "pn.csv").write_text("'Elapsed time','II','PLETH'\n'seconds','mV','NU'\n" + rows)
+    rec = read_recording(tmp_path / "pn.csv")
+    assert list(rec.signals) == ["II", "PLETH"] and rec.rates["II"] == 125.0
+    assert rec.units == {"II": "mV", "PLETH": "NU"} and not np.isnan(rec.signals["II"]).any()
+    np.testing.assert_allclose(rec.signals["II"], np.round(np.sin(np.arange(500) / 9), 3), atol=1e-6)
+
+
+def test_a_time_column_without_a_unit_is_not_guessed(tmp_path):
+    """Read as seconds, "time" in milliseconds at 1 kHz would be a 1 Hz recording: the error names the column."""
+    pd.DataFrame({"time": np.arange(100.0), "II": np.zeros(100)}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match="column 'time' has no unit"):
+        read_recording(tmp_path / "t.csv")
+
+
+@pytest.mark.parametrize("meta", [{"units": "mV"}, {"units": '["NU"]'}, {"rate_hz": "125 Hz"}, {"units": '{"PLETH": null}'}])
+def test_parquet_metadata_of_other_writers_does_not_refuse_the_file(tmp_path, meta):
+    """Units or a rate written another way than this package writes them made the file unreadable: "Expecting value:
+    line 1 column 1 (char 0)", "could not convert string to float: '125 Hz'", or AttributeError (exit 1)."""
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"PLETH": np.zeros(250, np.float32)}).replace_schema_metadata({"rate_hz": "125", **meta}),
+                   path)
+    rec = read_recording(path)
+    assert rec.rates == {"PLETH": 125.0} and rec.units == {"PLETH": ""}
+
+
+def test_a_parquet_rate_that_is_no_number_is_named(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"PLETH": np.zeros(250, np.float32)}).replace_schema_metadata({"rate_hz": "fast"}), path)
+    with pytest.raises(ValueError, match="'rate_hz' metadata 'fast' is not a rate in Hz"):
+        read_recording(path)
+
+
+@pytest.mark.parametrize("header", ["PLETH,II\n", "time_s,PLETH,II\n"])
+def test_a_table_with_a_header_and_no_rows_says_so(tmp_path, header):
+    """Was "no numeric signal columns (columns: PLETH, II)" (with a rate given): the columns are there, empty."""
+    (tmp_path / "empty.csv").write_text(header)
+    with pytest.raises(ValueError, match=r"empty: no samples: the table has no rows \(columns: (time_s, )?PLETH, II\)"):
+        read_recording(tmp_path / "empty.csv", rate_hz=125)

@@ -237,6 +237,38 @@ def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch,
     assert "whichever of II, PLETH each record has" in " ".join(rp.build_parser().format_help().split())
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--signals", "II,SpO2"], "signal SPO2 of record rec is not allowed on the wire"),
+    (["--signals", "RESP"], "record rec has no channel RESP"),
+    (["--chunk-s", "40", "--resample", "II=2000"], "40 at 2000 Hz (rec/II) is 80000 samples per chunk"),
+    (["--resample", "PLETH=1e9"], "resample rate for PLETH must be in the wire format's [1, 2000] Hz"),
+    (["--resample", "ABP=25"], "cannot resample ABP: record rec has II, SPO2"),
+    (["--bed-prefix", "icu 3"], "bed id 'icu 3-001' (the bed prefix and a number) must be"),
+    (["--start-ns", "-5"], "start_ns must be in [0, 2^63)"),
+    (["--speed", "-1"], "speed must be >= 0"),
+])
+def test_cli_reports_a_record_or_option_problem_before_connecting(tmp_path, monkeypatch, capsys, extra, says):
+    """These were found only after the topic had been created (or, with an unreachable broker, never: the user was
+    told the broker could not be reached), and ended in exit 1 (--resample PLETH=1e9: MemoryError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stream import topics
+
+    path = tmp_path / "rec.parquet"
+    pq.write_table(pa.table({"time_s": np.arange(6000) / 125.0, "II": np.zeros(6000, np.float32),
+                             "SpO2": np.zeros(6000, np.float32)}), path)
+    connects = []
+    monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: connects.append("topic"))
+    monkeypatch.setattr(publisher, "_make_producer", lambda *a, **k: connects.append("producer"))
+    from stream.tools.cli import main
+
+    assert main(["replay", str(path), "--broker", "127.0.0.1:1", "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wavebridge replay: error: ") and says in err and err.count("\n") == 1, err
+    assert connects == []
+
+
 def test_cli_refuses_an_empty_signal_list(capsys):
     with pytest.raises(SystemExit) as exc:
         rp.cli(["rec.csv", "--broker", "127.0.0.1:1", "--signals", " , ", "--no-create-topic"])

@@ -1,7 +1,9 @@
 """Read archived recordings (WFDB, Parquet, CSV) into one in-memory `Recording`.
 
 Channel names are mapped onto canonical names so callers can ask for "II" (lead II ECG) and
-"PLETH" (PPG) whatever the archive calls them (BIDMC writes "II," and "PLETH,", MIT-BIH "MLII").
+"PLETH" (PPG) whatever the archive calls them (BIDMC writes "II," and "PLETH,", MIT-BIH "MLII", monitors "Lead II").
+Table exports put units in the names ("PLETH [au]", BIDMC's CSV "Time [s]") or, PhysioNet's CSV, in a row under
+them; both are read as units, and a time column is found by its name and unit (`time_s`, `time_ms`, "Time [s]").
 
 NaN handling: invalid WFDB samples (and empty Parquet/CSV cells) are kept as NaN. Callers must
 handle them (e.g. `stream.tools.replay` splits the chunk stream at NaN runs).
@@ -17,23 +19,27 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Recording", "MissingChannel", "read_recording", "canonical_name", "clean_name", "TIME_COLUMN"]
+__all__ = ["Recording", "MissingChannel", "read_recording", "canonical_name", "clean_name", "split_unit", "TIME_COLUMN"]
 
-# Alias (upper-case, trailing punctuation stripped) -> canonical name.
+# Alias (upper-case, trailing punctuation, a unit in brackets and the separators " ", "_", "-" removed) -> canonical
+# name: "ECG II", "ECG_II", "ECG-II" and "Lead II" are all lead II.
 _ALIASES = {
     "II": "II",
     "ECG": "II",
-    "ECG_II": "II",
     "ECGII": "II",
-    "ECG II": "II",
+    "LEADII": "II",
+    "ECGLEADII": "II",
     "MLII": "II",
     "PLETH": "PLETH",
     "PPG": "PLETH",
-    "PLETH_": "PLETH",
-    "SPO2 WAVE": "PLETH",
     "SPO2WAVE": "PLETH",
-    "SPO2_WAVE": "PLETH",
 }
+# A trailing unit in brackets or parentheses, as table exports write it: "PLETH [au]", "II (mV)", "Time [s]".
+_UNIT_SUFFIX = re.compile(r"^(.*?\S)\s*[\[(]([^\[\]()]*)[\])]$")
+# Time columns: the names (unit split off, lower case) and what their unit says a value is, in seconds.
+_TIME_NAMES = ("time", "elapsed time", "elapsed_time", "timestamp", "t")
+_TIME_UNITS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "msec": 1e-3,
+               "milliseconds": 1e-3, "us": 1e-6, "µs": 1e-6, "microseconds": 1e-6, "ns": 1e-9, "nanoseconds": 1e-9}
 # Relative deviation of sample intervals tolerated before `time_s` counts as non-uniform.
 _UNIFORM_RTOL = 1e-3
 TIME_COLUMN = "time_s"
@@ -62,29 +68,40 @@ class Recording:
 
 
 def clean_name(raw: str) -> str:
-    """File channel name without trailing punctuation/whitespace ("II, " -> "II").
+    """File channel name without quotes around it and trailing punctuation/whitespace ("II, " and "'II'" -> "II";
+    PhysioNet's CSV export quotes every name).
 
     Parameters
     ----------
     raw : the name as written in the file.
     """
-    return re.sub(r"[\s,;:.]+$", "", str(raw)).strip()
+    return re.sub(r"[\s,;:.]+$", "", str(raw).strip().strip("'\"")).strip()
 
 
-def canonical_name(raw: str) -> str:
-    """Canonical signal name for a channel/column name, case-insensitive ("ECG" and "MLII" -> "II",
-    "PPG" -> "PLETH"); an unknown name comes back cleaned and upper-cased.
+def split_unit(raw: str) -> tuple[str, str]:
+    """(cleaned name, unit) of a column name that carries its unit in brackets or parentheses ("PLETH [au]" ->
+    ("PLETH", "au"), "II (mV)" -> ("II", "mV")); (cleaned name, "") for one that does not.
 
     Parameters
     ----------
     raw : the channel or column name.
     """
-    cleaned = clean_name(raw)
-    upper = cleaned.upper()
-    if upper in _ALIASES:
-        return _ALIASES[upper]
-    # "PLETH_" keeps its underscore in the alias table; also accept other trailing underscores.
-    return _ALIASES.get(upper.rstrip("_"), upper)
+    name = clean_name(raw)
+    m = _UNIT_SUFFIX.match(name)
+    return (clean_name(m.group(1)), m.group(2).strip()) if m else (name, "")
+
+
+def canonical_name(raw: str) -> str:
+    """Canonical signal name for a channel/column name, case-insensitive, with a unit in brackets dropped ("ECG",
+    "Lead II", "ECG-II" and "MLII" -> "II", "PPG" and "PLETH [au]" -> "PLETH"); an unknown name comes back cleaned,
+    without its unit, and upper-cased.
+
+    Parameters
+    ----------
+    raw : the channel or column name.
+    """
+    upper = split_unit(raw)[0].upper()
+    return _ALIASES.get(re.sub(r"[\s_-]+", "", upper), upper)
 
 
 def read_recording(
@@ -97,7 +114,8 @@ def read_recording(
 
     Parameters
     ----------
-    path : the record (WFDB: with or without `.hea`) or table file.
+    path : the record (WFDB: with or without `.hea`) or table file (CSV: `,`, `;` or tab between fields, a decimal
+        comma with `;`, UTF-8 or Latin-1).
     signals : channels to keep, by (any alias of) their canonical name; None keeps all.
     rate_hz : sample rate (Hz) for tables without a `time_s` column or `rate_hz` metadata.
 
@@ -148,6 +166,14 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
             sig_name = layout.sig_name
     except Exception as exc:  # wfdb raises many types for a malformed record
         raise ValueError(f"{base}: cannot read WFDB record: {type(exc).__name__}: {exc}") from None
+    # A header's frequency of 0 (or garbage wfdb reads as a number) would give every channel a rate of 0 Hz: callers
+    # divide by it (alarm-check ended in ZeroDivisionError) or carry it on as a rate.
+    try:
+        fs = float(header.fs)
+    except (TypeError, ValueError):
+        fs = math.nan
+    if not (math.isfinite(fs) and fs > 0):
+        raise ValueError(f"{header_path}: invalid sampling frequency {header.fs!r} Hz in the record line")
     names = [clean_name(n) for n in sig_name]
     canon = [canonical_name(n) for n in names]
     _check_duplicates(base.name, canon, names)
@@ -218,46 +244,167 @@ def _read_parquet(path: Path, rate_hz: float | None) -> Recording:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"ARROW:") and k != b"pandas"}
+    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()
+            if not k.startswith(b"ARROW:") and k != b"pandas"}
     df = table.to_pandas()
+    if any(n is not None for n in df.index.names):
+        # a frame written by pandas with its time as the index (`df.set_index("time_s").to_parquet()`) comes back
+        # with `time_s` as the index, not as a column: it was not found, and the rate called unknown
+        df = df.reset_index()
     if rate_hz is None and "rate_hz" in meta:
-        rate_hz = float(meta["rate_hz"])
-    units = json.loads(meta["units"]) if "units" in meta else {}
-    return _from_frame(path.stem, df, rate_hz, _parse_age(meta.get("age")), _parse_sex(meta.get("sex")), units)
+        rate_hz = _parse_rate(path.stem, meta["rate_hz"])
+    return _from_frame(path.stem, df, rate_hz, _parse_age(meta.get("age")), _parse_sex(meta.get("sex")),
+                       _parse_units(meta.get("units")))
+
+
+def _parse_rate(name: str, text: str) -> float:
+    """The `rate_hz` metadata of a Parquet file in Hz ("125", "125 Hz"); ValueError naming it otherwise."""
+    m = re.fullmatch(r"\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*(?:hz)?\s*", text, re.I)
+    try:
+        return float(m.group(1)) if m else float(text)
+    except ValueError:
+        raise ValueError(f"{name}: 'rate_hz' metadata {text[:40]!r} is not a rate in Hz") from None
+
+
+def _parse_units(text: str | None) -> dict:
+    """The `units` metadata of a Parquet file (a JSON object, channel -> unit, as this package writes it). Units only
+    label the samples: another writer's units ("mV", a JSON list) are left out rather than refusing the file (they
+    made it unreadable: a JSONDecodeError, or an AttributeError and exit 1)."""
+    try:
+        units = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {str(k): "" if v is None else str(v) for k, v in units.items()} if isinstance(units, dict) else {}
+
+
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
 
 
 def _read_csv(path: Path, rate_hz: float | None) -> Recording:
     import pandas as pd
 
-    return _from_frame(path.stem, pd.read_csv(path), rate_hz, None, None, {})
+    sep, decimal = _csv_dialect(path)
+    try:
+        df = pd.read_csv(path, sep=sep, decimal=decimal, encoding="utf-8-sig")
+    except UnicodeDecodeError:  # a spreadsheet's export in the machine's code page ("II [µV]" in Latin-1/cp1252)
+        df = pd.read_csv(path, sep=sep, decimal=decimal, encoding="latin-1")
+    df, units = _units_row(df)
+    return _from_frame(path.stem, df, rate_hz, None, None, units)
+
+
+_NA_MARKERS = frozenset({"", "-", "--", "?", "na", "n/a", "nan", "null", "none"})
+
+
+def _units_row(df):
+    """(frame, units by column) of a CSV whose first row under the names gives the units, as PhysioNet's export
+    writes (`'Elapsed time','II','PLETH'` then `'seconds','mV','NU'`): that row is text in every column, and every
+    column is numbers below it. Other frames come back as they are, with no units."""
+    import pandas as pd
+
+    if len(df) < 2 or not all(pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c])
+                              for c in df.columns):
+        return df, {}
+    first = [str(v).strip().strip("'\"") if isinstance(v, str) else None for v in df.iloc[0]]
+    if any(v is None or v.lower() in _NA_MARKERS or not pd.isna(pd.to_numeric(v, errors="coerce")) for v in first):
+        return df, {}
+    rest = df.iloc[1:].reset_index(drop=True)
+    if not all(_numeric_column(rest[c]) is not None for c in rest.columns):
+        return df, {}  # a text column (notes, labels) below: the first row is data, not units
+    return rest, {clean_name(c): u for c, u in zip(df.columns, first)}
+
+
+def _csv_dialect(path: Path) -> tuple[str, str]:
+    """(separator, decimal mark) of a CSV file, from its first lines.
+
+    Spreadsheets in many locales write `;` between fields and `,` as the decimal mark (and some export tabs): read
+    with `,` such a file was one column named "time_s;PLETH;II", reported as having no time column, or no signal.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024).decode("latin-1").splitlines()
+    lines = [ln for ln in head if ln.strip()][:6]
+    if not lines:
+        return ",", "."
+    header = re.sub(r'"[^"]*"', "", lines[0])  # a quoted name may hold any of them
+    counts = {c: header.count(c) for c in (",", ";", "\t")}
+    sep = max(counts, key=lambda c: (counts[c], c == ","))  # a tie (none at all: one column) stays ","
+    if counts[sep] == 0:
+        sep = ","
+    decimal = "."
+    if sep != "," and any(_DECIMAL_COMMA.match(v) for ln in lines[1:] for v in ln.split(sep)):
+        decimal = ","
+    return sep, decimal
 
 
 def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
+    if len(df) == 0:  # otherwise "no numeric signal columns (columns: PLETH, II)", or a rate it cannot infer
+        raise ValueError(f"{name}: no samples: the table has no rows (columns: {', '.join(map(str, df.columns))})")
     cols = {clean_name(c): c for c in df.columns}
-    time_key = next((k for k in cols if k.lower() == TIME_COLUMN), None)
+    times = {k: _time_scale(k, units.get(k, ""), df[cols[k]]) for k in cols}
+    times = {k: v for k, v in times.items() if v is not None}
+    time_key = min(times, key=lambda k: k.lower() != TIME_COLUMN, default=None)  # time_s first
     if time_key is not None:
-        inferred = _rate_from_time(name, df[cols[time_key]].to_numpy(dtype=np.float64))
+        inferred = _rate_from_time(name, _seconds(df[cols[time_key]]) * times[time_key], time_key)
         if rate_hz is not None and not math.isclose(inferred, rate_hz, rel_tol=_UNIFORM_RTOL):
-            raise ValueError(f"{name}: time_s implies {inferred:g} Hz but rate_hz={rate_hz:g} was given")
+            raise ValueError(f"{name}: {time_key} implies {inferred:g} Hz but rate_hz={rate_hz:g} was given")
         rate_hz = inferred
     if rate_hz is None:
-        raise ValueError(f"{name}: sampling rate unknown: add a '{TIME_COLUMN}' column, 'rate_hz' metadata or pass rate_hz=")
+        vague = [k for k in cols if split_unit(k)[0].lower() in _TIME_NAMES]
+        hint = f" (column {vague[0]!r} has no unit: name it '{TIME_COLUMN}', 'time_ms' or 'time [s]')" if vague else ""
+        raise ValueError(f"{name}: sampling rate unknown: add a '{TIME_COLUMN}' column, 'rate_hz' metadata or pass "
+                         f"rate_hz={hint}")
     rate_hz = float(rate_hz)
     if not (math.isfinite(rate_hz) and rate_hz > 0):
         raise ValueError(f"{name}: invalid sampling rate {rate_hz!r}")
     out = Recording(name=name, signals={}, rates={}, units={}, age=age, sex=sex)
-    numeric = {k: _numeric_column(df[cols[k]]) for k in cols if k != time_key}
+    numeric = {k: _numeric_column(df[cols[k]]) for k in cols if k not in times}
     names = [k for k, v in numeric.items() if v is not None]
     canon = [canonical_name(k) for k in names]
     _check_duplicates(name, canon, names)
     for k, c in zip(names, canon):
         out.signals[c] = numeric[k]
         out.rates[c] = rate_hz
-        out.units[c] = str(units.get(k, units.get(c, "")))
+        out.units[c] = str(units.get(k, units.get(c, "")) or split_unit(k)[1])
         out.original_names[c] = k
     if not out.signals:
         raise ValueError(f"{name}: no numeric signal columns (columns: {', '.join(map(str, df.columns))})")
     return out
+
+
+def _time_scale(key: str, unit: str, col) -> float | None:
+    """Seconds per value of a time column, or None for a column that is not one: `time_s` (also `time_ms`, `time_us`,
+    `time_ns`), a time name with its unit in brackets or a units row ("Time [s]", BIDMC's CSV; "'Elapsed time'" over
+    "'seconds'", PhysioNet's), or datetimes under a time name. A time name without a unit is not guessed at: read as
+    seconds, a column of milliseconds at 1 kHz would pass as a 1 Hz recording."""
+    import pandas as pd
+
+    base, bracket = split_unit(key)
+    low = base.lower()
+    m = re.fullmatch(r"time_(s|ms|us|ns)", low)
+    if m:
+        return _TIME_UNITS[m.group(1)]
+    if low in _TIME_NAMES:
+        if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+            return 1.0
+        return _TIME_UNITS.get((bracket or unit).strip().lower())
+    return None
+
+
+def _seconds(col) -> np.ndarray:
+    """float64 seconds of a time column: numbers as they are; datetimes (Parquet timestamps) and durations from their
+    first value, since read as numbers they are nanoseconds, and the rate came out a billion times too low."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        t = col.to_numpy(dtype="datetime64[ns]" if pd.api.types.is_datetime64_any_dtype(col) else "timedelta64[ns]")
+        if not len(t):
+            return np.zeros(0)
+        # difference in integer ns first: as float64, ns since 1970 keep only about 0.25 us
+        s = (t.astype(np.int64) - t[0].astype(np.int64)).astype(np.float64) / 1e9
+        s[np.isnat(t)] = np.nan  # missing times: refused as not finite
+        return s
+    if not pd.api.types.is_numeric_dtype(col):
+        col = pd.to_numeric(col)  # under a units row pandas reads every column as text
+    return col.to_numpy(dtype=np.float64)
 
 
 def _numeric_column(col) -> np.ndarray | None:
@@ -277,12 +424,12 @@ def _numeric_column(col) -> np.ndarray | None:
     return values.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
-def _rate_from_time(name: str, t: np.ndarray) -> float:
+def _rate_from_time(name: str, t: np.ndarray, column: str = TIME_COLUMN) -> float:
     if len(t) < 2:
-        raise ValueError(f"{name}: need at least 2 rows in '{TIME_COLUMN}' to infer the sampling rate")
+        raise ValueError(f"{name}: need at least 2 rows in '{column}' to infer the sampling rate")
     dt = np.diff(t)
     if not (np.all(np.isfinite(dt)) and np.all(dt > 0)):
-        raise ValueError(f"{name}: '{TIME_COLUMN}' must be finite and strictly increasing")
+        raise ValueError(f"{name}: '{column}' must be finite and strictly increasing")
     # A least-squares line through all the times, so rounding in individual times averages out ...
     k = np.arange(len(t)) - (len(t) - 1) / 2.0
     slope = float(np.dot(k, t - t.mean()) / np.dot(k, k))
@@ -293,7 +440,7 @@ def _rate_from_time(name: str, t: np.ndarray) -> float:
     # ... and every step near one period: one missing row mid-record stays within half a period of the line
     if worst > 0.5 / rate or float(np.max(np.abs(dt * rate - 1.0))) >= 0.5:
         raise ValueError(
-            f"{name}: non-uniform sampling in '{TIME_COLUMN}' (mean step {1 / rate:g} s, a time {worst:g} s off its "
+            f"{name}: non-uniform sampling in '{column}' (mean step {1 / rate:g} s, a time {worst:g} s off its "
             "place on that grid); resample to a uniform grid first"
         )
     # ... and snap what is left (time_s printed to a few decimals) to the mHz: 2000.0000001 Hz is 2000 Hz, and the

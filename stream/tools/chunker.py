@@ -119,11 +119,9 @@ def iter_chunks(rec: Recording, bed_id: str, chunk_s: float = 1.0, start_ns: int
         Before the first chunk: a missing signal, or a chunk length the wire format would refuse (`check_chunk_s`).
     """
     check_chunk_s(chunk_s)
+    check_chunks(rec, chunk_s, signals, resample, duration_s)  # before resampling what cannot be sent anyway
     rec = resample_recording(rec, resample or {})
     names = select_signals(rec, signals)
-    for s in names:  # before the first chunk, not when the oversized one comes up
-        rate, n = _signal_length(rec, s, None, duration_s)
-        check_chunk_s(chunk_s, rate, f"{rec.name}/{s}", n)
     streams = [iter_signal_chunks(rec, s, bed_id, chunk_s, start_ns, duration_s) for s in names]
     return heapq.merge(*streams, key=_due_key)
 
@@ -182,6 +180,27 @@ def check_chunk_s(chunk_s: float, rate_hz: float | None = None, signal: str = ""
     if n / rate_hz > wire.MAX_DURATION_S:  # the rounded-up sample count can overshoot 60 s (60 s at 62.51 Hz: 3751)
         raise ValueError(f"{name} {chunk_s:g} at {rate_hz:g} Hz ({signal}) makes chunks of {n} samples = "
                          f"{n / rate_hz:.3f} s > {wire.MAX_DURATION_S:g} s, the wire format's limit; use a shorter {name}")
+
+
+def check_chunks(rec: Recording, chunk_s: float, signals: Sequence[str] | None = None,
+                 resample: Mapping[str, float] | None = None, duration_s: float | None = None) -> None:
+    """Refuse (ValueError) what `iter_chunks` with these arguments could not send, without resampling anything: a
+    missing signal, one to resample that the record lacks, or chunks the wire format refuses at a signal's rate
+    (after `resample` and the `duration_s` cut; `check_chunk_s`).
+
+    Parameters
+    ----------
+    rec : Recording
+        The recording.
+    chunk_s, signals, resample, duration_s
+        As for `iter_chunks`.
+    """
+    missing = [k for k in (resample or {}) if canonical_name(k) not in rec.signals]
+    if missing:
+        raise ValueError(f"cannot resample {', '.join(missing)}: record {rec.name} has {', '.join(rec.signals)}")
+    for s in select_signals(rec, signals):
+        rate, n = _signal_length(rec, s, resample, duration_s)
+        check_chunk_s(chunk_s, rate, f"{rec.name}/{s}", n)
 
 
 def _signal_length(rec: Recording, signal: str, resample: Mapping[str, float] | None,

@@ -16,6 +16,7 @@ import argparse
 import glob
 import importlib.util
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,14 +185,14 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
     Raises
     ------
     OfflineError
-        The record lacks a channel, or has no usable paired segment that long.
+        The record cannot be read, lacks a channel, or has no usable paired segment that long.
     """
     from operators.state.context import select_context
     from operators.io.records import read_recording
 
     try:
         rec = read_recording(path, [ECG, PPG])
-    except ValueError as exc:
+    except (ValueError, OSError, KeyError) as exc:  # as for the input: a missing .csv is an OSError, not the user's 1
         raise OfflineError(f"--context {path}: {exc}") from None
     ecg, ppg, rate = rec.signals[ECG], rec.signals[PPG], max(rec.rates[ECG], rec.rates[PPG])
     if rec.rates[ECG] != rec.rates[PPG]:  # e.g. II stored 4 samples a frame: both at the faster rate, as the worker does
@@ -479,7 +480,8 @@ def _run(args) -> int:
 
     path = Path(args.input)
     out = Path(args.out)
-    check_out(out)  # first: a long translation must not end in an error about where to write it
+    # first: a long translation must not end in an error about where to write it
+    check_out(out, {"input": path, "--context": args.context})
     if path.suffix.lower() in (".parquet", ".pq", ".csv"):
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
@@ -543,16 +545,29 @@ def _run(args) -> int:
     return 0
 
 
-def check_out(out: Path) -> None:
-    """Refuse (OfflineError) an `--out` that is a directory, not named *.parquet (the output is Parquet only), or
-    cannot be written: tried by opening it, which also catches what permission bits do not tell root.
-    Leaves an existing file as it is and no new one behind."""
+def check_out(out: Path, sources: dict[str, str | Path | None] | None = None) -> None:
+    """Refuse (OfflineError) an `--out` that is a directory, not named *.parquet (the output is Parquet only), is
+    one of the files read (a Parquet input, or a link to it: writing the translation there would destroy the
+    recording), or cannot be written: tried by opening it, which also catches what permission bits do not tell root.
+    Leaves an existing file as it is and no new one behind.
+
+    Parameters
+    ----------
+    out : Path
+        The `--out` file.
+    sources : dict of str to path, optional
+        The files read, by how the user named them ("input", "--context"); None values are skipped.
+    """
     if out.is_dir():
         raise OfflineError(f"--out {out} is a directory; give a file name such as {out / 'out.parquet'}")
     if out.suffix.lower() not in (".parquet", ".pq"):
         raise OfflineError(f"--out {out}: the output is Parquet; name it *.parquet")
     if not out.parent.is_dir():
         raise OfflineError(f"output directory {out.parent} does not exist")
+    for what, src in (sources or {}).items():
+        if src is not None and out.exists() and Path(src).exists() and os.path.samefile(out, src):
+            raise OfflineError(f"--out {out} is the {what} {src}: writing there would overwrite the recording; "
+                               f"give another file name")
     try:
         if out.exists():
             open(out, "r+b").close()  # writable, not truncated

@@ -15,8 +15,8 @@ from operators.io.records import Recording, read_recording
 from operators import vocab
 from operators.vocab import TOPIC_WAVEFORMS
 from stream import wire
-from stream.tools.chunker import (check_chunk_s, check_plan, expected_chunk_count, iter_all_chunks, plan_beds,
-                                  select_signals)
+from stream.tools.chunker import (check_chunk_s, check_chunks, check_plan, expected_chunk_count, iter_all_chunks,
+                                  plan_beds, select_signals)
 from stream.wire import Chunk
 
 FORMATS = ("binary", "json")
@@ -77,6 +77,12 @@ class ReplayOptions:
         if self.speed < 0 or not math.isfinite(self.speed):
             raise ValueError(f"speed must be >= 0, got {self.speed}")
         check_chunk_s(self.chunk_s)
+        for name, rate in self.resample.items():  # 1e9 Hz went on to allocate hundreds of GiB (MemoryError)
+            if not (math.isfinite(rate) and wire.MIN_RATE_HZ <= rate <= wire.MAX_RATE_HZ):
+                raise ValueError(f"resample rate for {name} must be in the wire format's [{wire.MIN_RATE_HZ:g}, "
+                                 f"{wire.MAX_RATE_HZ:g}] Hz, got {rate:g}")
+        if self.start_ns is not None and not (0 <= self.start_ns < 2 ** 63):
+            raise ValueError(f"start_ns must be in [0, 2^63) ns since the epoch, got {self.start_ns}")
 
 
 @dataclass
@@ -142,8 +148,7 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     """
     check_plan(len(recordings), options.beds, options.duration_s)
     recs = [r if isinstance(r, Recording) else read_recording(r) for r in recordings]
-    plan = plan_beds(recs, options.beds, options.bed_prefix)
-    _check_wire_signals(plan, options.signals)
+    plan = check_replay(recs, options)
     t0_ns = time.time_ns() if options.start_ns is None else int(options.start_ns)
     # built (recordings resampled, every signal's chunk length checked) before connecting to Kafka
     chunks = iter_all_chunks(plan, options.chunk_s, t0_ns, options.signals, options.resample, options.duration_s)
@@ -173,6 +178,41 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         raise ReplayError(f"{len(errors)} send(s) to topic {options.topic!r} failed after {stats.chunks} chunks; "
                           f"first error: {errors[0]!r}")
     return stats
+
+
+def check_replay(recordings: Sequence[Recording], options: ReplayOptions) -> list[tuple[str, Recording]]:
+    """The beds of a replay (`chunker.plan_beds`), once everything a broker is not needed for is checked.
+
+    `wavebridge replay` calls it before it connects: a record's problem was reported only after the topic had been
+    created, and with an unreachable broker not at all (the user was told to fix the broker first).
+
+    Parameters
+    ----------
+    recordings : sequence of Recording
+        The recordings, read.
+    options : ReplayOptions
+        What a replay sends.
+
+    Returns
+    -------
+    list of (str, Recording)
+        Bed id and the recording it sends.
+
+    Raises
+    ------
+    ValueError
+        A bed id the wire format refuses (`bed_prefix`), a selected signal missing or not allowed on the wire, a
+        signal to resample missing, a chunk length the wire would refuse at a signal's (resampled) rate.
+    """
+    plan = plan_beds(recordings, options.beds, options.bed_prefix)
+    last = plan[-1][0]  # bed ids differ only in their number: the longest is the last
+    if not wire.BED_ID_PATTERN.fullmatch(last):
+        raise ValueError(f"bed id {last[:80]!r} (the bed prefix and a number) must be 1-{wire.MAX_BED_ID_LEN} "
+                         f"characters of [A-Za-z0-9_.:-]")
+    _check_wire_signals(plan, options.signals)
+    for rec in {id(r): r for r in recordings}.values():
+        check_chunks(rec, options.chunk_s, options.signals, options.resample, options.duration_s)
+    return plan
 
 
 def _check_wire_signals(plan: Sequence[tuple[str, Recording]], signals: Sequence[str] | None) -> None:

@@ -1,7 +1,7 @@
 """`wavebridge replay`: recordings (WFDB/Parquet/CSV) onto Kafka as live bedside monitors.
 
-The command line only: options checked before any record is read or any topic created, then
-`stream.tools.publisher.replay` publishes what `stream.tools.chunker` cuts.
+The command line only: options checked before any record is read, records (`publisher.check_replay`) before any
+topic is created or broker reached, then `stream.tools.publisher.replay` publishes what `stream.tools.chunker` cuts.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from operators.vocab import TOPIC_WAVEFORMS
 from stream.config import ConfigError, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
-from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, replay
+from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, check_replay, replay
 
 
 def _parse_resample(items: Iterable[str]) -> dict[str, float]:
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """`wavebridge replay ARGV`; returns the exit status (2: usage error, 1: failed replay)."""
+    """`wavebridge replay ARGV`; returns the exit status (2: a bad option or record, found before connecting; 1: the
+    replay failed: broker unreachable, a send refused)."""
     p = build_parser()
     args = p.parse_args(argv)
     try:
@@ -77,14 +78,22 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ConfigError) as exc:
         p.error(str(exc).replace("WAVEBRIDGE_BROKER", "--broker"))
     try:
+        options = ReplayOptions(topic=args.topic, beds=args.beds, bed_prefix=args.bed_prefix, speed=args.speed,
+                                chunk_s=args.chunk_s, fmt=args.format, signals=signals, resample=resample,
+                                start_ns=args.start_ns, duration_s=args.duration_s, progress=not args.no_progress)
+    except ValueError as exc:
+        p.error(str(exc))
+    try:  # the records, and all a broker is not needed for: reported before connecting, and as the user's (2)
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
+        check_replay(recs, options)
+    except (ValueError, OSError) as exc:
+        print(f"wavebridge replay: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    try:
         if not args.no_create_topic:
             from stream.topics import ensure_topics
 
             ensure_topics(args.broker, [args.topic], partitions=args.partitions, timeout_s=args.connect_timeout_s)
-        options = ReplayOptions(topic=args.topic, beds=args.beds, bed_prefix=args.bed_prefix, speed=args.speed,
-                                chunk_s=args.chunk_s, fmt=args.format, signals=signals, resample=resample,
-                                start_ns=args.start_ns, duration_s=args.duration_s, progress=not args.no_progress)
         timeout_ms = int(args.connect_timeout_s * 1000)
         stats = replay(recs, args.broker, options,
                        producer_kwargs={"bootstrap_timeout_ms": timeout_ms, "max_block_ms": timeout_ms})
