@@ -525,6 +525,24 @@ def test_clean_input_is_published_whole_and_good():
     assert all(abs(e.fields["hr_bpm"] - 72) < 15 for e in rp if e.fields["hr_bpm"] is not None)
 
 
+@pytest.mark.parametrize("rate", [62.5, 125.0])
+def test_an_output_off_its_sources_grid_is_judged_on_as_long_a_span_as_its_source(rate):
+    """62.5 Hz PLETH goes out at 100 Hz on the absolute grid, where a window's emitted part can be a sample short of
+    2 s: its output must be judged on 4 s, as its source is, not graded too_short (which withheld the flushed tail
+    as output_unusable and kept every window from good, so no heart rate was ever published)."""
+    rec = synthesize(seconds=40.0, seed=4, rate_hz=rate)
+    results = _run_gated(chunks(rec.signals["PLETH"], rate), per_chunk=False)
+    out_rate = 100.0 if rate < 100 else rate
+    t, _ = collect(results, kind="synth")
+    assert len(t) == int(40.0 * out_rate)  # every sample, the flushed tail too
+    events = [e for r in results for e in r.events]
+    assert not [e for e in events if e.kind in ("output_unusable", "source_unusable")]
+    outs = [o for r in results for o in r.outputs]
+    assert all(o.quality_flag == "good" for o in outs), {(o.quality_flag, o.reason) for o in outs}
+    hr = [e.fields["hr_bpm"] for e in events if e.kind == "rpeaks" and e.fields["hr_bpm"] is not None]
+    assert len(hr) >= len(outs) // 2 and all(abs(h - 72) < 15 for h in hr)
+
+
 def test_a_failed_translation_is_withheld_as_output_unusable():
     """A translator returning a flat line for a clean PPG: not published; output_unusable names the output."""
     rec = synthesize(seconds=20.0, seed=4)
