@@ -552,10 +552,11 @@ def _frozen_from(x, rate, a_s, b_s, chunk_s=1.0):
     return y
 
 
-@pytest.mark.parametrize("fault", ["frozen"])
-def test_a_frozen_ppg_publishes_no_beats_and_no_heart_rate(fault):
+@pytest.mark.parametrize("fault", ["frozen", "inverted"])
+def test_a_frozen_or_upside_down_ppg_publishes_no_beats_and_no_heart_rate(fault):
     """A monitor re-sending one chunk for 20 s looks like a steady pulse (before: every window good, a heart rate
-    from the repeated beats). The span is withheld with its reason: no II_SYNTH samples, no R-peaks, no heart rate."""
+    from the repeated beats); a PPG sent upside down too (before: good, confident, every R-peak a fraction of a beat
+    late). Both spans are withheld with their reason: no II_SYNTH samples, no R-peaks, no heart rate there."""
     rec = synthesize(seconds=40.0, seed=4)
     fs, ppg = rec.rate_hz, rec.signals["PLETH"].astype(np.float64)
     lo_s, hi_s = 10.0, 30.0

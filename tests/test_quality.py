@@ -220,6 +220,28 @@ def test_frozen_needs_an_exact_repeat_of_half_a_second(rec):
     assert assess(nudged, fs, "ppg").metrics["repeat_frac"] == 0.0
 
 
+@pytest.mark.parametrize("rate", [25.0, 125.0, 500.0])
+def test_an_upside_down_ppg_is_unusable_as_inverted(rate):
+    """A PPG sent upside down (transmitted light, or raw ADC counts that fall as blood volume rises) passes every
+    shape and rhythm check, but its pulses rise slowly and fall steeply: a translator times the beats off the wrong
+    edge (BIDMC bidmc03: synthesized R-peaks 280 ms late, published good with confidence 0.92). Upright, the same
+    windows stay good."""
+    from scipy.signal import resample_poly
+
+    rec = synthesize(seconds=40.0, seed=3, rate_hz=125.0)
+    for start in (0.0, 12.0, 24.0):
+        x, fs = _window(rec, "PLETH", start, dur_s=4.0)
+        if rate != fs:
+            x = resample_poly(x, int(rate), int(fs)) if rate > fs else resample_poly(x, 1, int(fs / rate))
+        counts = np.round(30000 + 20000 * x)  # raw ADC counts with an offset
+        for upright in (x, counts):
+            q = assess(upright, rate, "ppg")
+            assert q.cls == GOOD and q.metrics["polarity"] == 0.0, q
+        for inverted in (-x, 65535 - counts):
+            q = assess(inverted, rate, "ppg")
+            assert (q.cls, q.reason) == (UNUSABLE, "inverted") and q.metrics["rise_frac"] > 0.5, q
+
+
 def test_too_short_and_all_nan():
     assert assess(np.ones(10), 125.0, "ppg").reason == "too_short"
     q = assess(np.full(1000, np.nan), 125.0, "ecg")

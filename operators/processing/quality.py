@@ -2,9 +2,9 @@
 
 `assess(x, fs_hz, kind) -> SignalQuality(cls, score, reason, ...)` grades a window of any ECG lead, PPG, ABP
 or other channel (and of an output, e.g. `II_SYNTH`) as good / degraded / unusable with a score in [0, 1] and
-a reason (flat, probe_off, frozen, noise, clipping, motion, nonfinite, interpolated, too_short, irregular); how
-each check is computed and its thresholds: docs/quality.md. The older boolean `ecg_quality` / `ppg_quality` below
-pick patient-context segments (operators.state.context).
+a reason (flat, probe_off, frozen, noise, clipping, motion, nonfinite, interpolated, too_short, irregular,
+inverted); how each check is computed and its thresholds: docs/quality.md. The older boolean `ecg_quality` /
+`ppg_quality` below pick patient-context segments (operators.state.context).
 
 Cheap checks that a stream worker can run on every window:
 - `nonfinite_frac`: NaN/inf samples (dropouts, invalid WFDB values);
@@ -260,7 +260,9 @@ FROZEN = "frozen"  # a stretch repeats an earlier one value for value: a frozen 
 NOISE = "noise"
 MOTION = "motion"
 IRREGULAR = "irregular"  # pulse intervals vary beat to beat: motion, or a truly irregular rhythm (AF)
-REASONS = (OK, TOO_SHORT, NONFINITE, FLAT, PROBE_OFF, FROZEN, CLIPPING, INTERPOLATED, MOTION, NOISE, IRREGULAR)
+INVERTED = "inverted"  # a PPG upside down: its pulses rise slowly and fall steeply
+REASONS = (OK, TOO_SHORT, NONFINITE, FLAT, PROBE_OFF, FROZEN, CLIPPING, INTERPOLATED, MOTION, NOISE, IRREGULAR,
+           INVERTED)
 
 ECG, PPG, ABP, OTHER = "ecg", "ppg", "abp", "other"
 KINDS = (ECG, PPG, ABP, OTHER)
@@ -317,6 +319,12 @@ CHECKS = {
     # median 0.02, 90th percentile 0.19; with injected motion: median 0.26). A heart rate is only published
     # from a good window, so this decides it.
     "ibi_cv": Check(0.1, 0.2, 0.4),
+    # PPG: skewness of the pulse band's slope where the pulse rises more than POLARITY_RISE_FRAC of the time, else 0
+    # (`_slope_shape`). A pulse rises steeply and falls slowly (slope skewness > 0); upside down (a monitor sending
+    # transmitted light or raw ADC counts, which fall as blood volume rises) it rises slowly and falls steeply, and a
+    # translator times its beats off the wrong edge. BIDMC PLETH 4 s windows graded good (11228, native and 25 Hz):
+    # none changes; the same windows upside down: 98% unusable (docs/quality.md).
+    "polarity": Check(0.0, -0.1, -0.2),
     # ECG: kurtosis of the baseline-free lead (QRS make it peaked; Gaussian noise is 3)
     "kurtosis": Check(4.0, 3.4, 3.0),
     # ECG at or below LOW_RATE_ECG_HZ (e.g. 25 Hz super-resolution input), where the anti-aliasing low-pass flattens
@@ -357,6 +365,9 @@ RAIL_TOL = 0.02
 RAIL_TOL_OUTER = 5.0
 RAIL_FLAT_TOP = 0.6
 RAIL_DWELL_S = 0.06
+# `polarity`: a pulse counts as upside down only where it rises for more than this share of the time (upright PPG:
+# 0.2-0.45; a window of motion hovers about 0.5 with a slope skewed either way)
+POLARITY_RISE_FRAC = 0.55
 TONAL_HALF_HZ = 0.3  # tonal_frac's band around the spectral peak (a 4 s Hann window's main lobe is +-0.5 Hz wide)
 BEAT_MIN_S = 0.3  # ECG beats closer than this (200 bpm) are one beat
 BEAT_SPAN_S = (0.2, 0.3)  # an ECG beat compared by beat_match: this long before and after its main peak (a longer span
@@ -381,7 +392,7 @@ class SignalQuality:
     cls : "good" | "degraded" | "unusable"
     score : float in [0, 1]; the worst grade of any check (1 = every check at its `good` point)
     reason : "ok" for a good window, else the worst check: too_short, nonfinite, flat, probe_off, frozen,
-        clipping, interpolated, motion, noise, irregular
+        clipping, interpolated, motion, noise, irregular, inverted
     kind : "ecg" | "ppg" | "abp" | "other"
     metrics : the measured numbers behind the grades (fractions, periodicity, kurtosis, swing, hf_frac)
     """
@@ -590,6 +601,19 @@ def _pulse_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     return median(beats @ mean / np.maximum(norm, 1e-12)), ibi_cv
 
 
+def _slope_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
+    """(skewness of the slope, share of samples where it rises) of a baseline-free pulse waveform's pulse band
+    (low-passed at PULSE_BAND_HZ): a pulse's upstroke is steep and short, its run-off slow and long (skewness > 0,
+    rising 0.2-0.45 of the time); upside down both flip. (0, 0.5) when the slope is constant."""
+    if fs_hz > 2.5 * PULSE_BAND_HZ and len(y) > 30:
+        y = sosfiltfilt(butter_sos(2, PULSE_BAND_HZ, "low", fs_hz), y)
+    d = np.diff(y)
+    if len(d) < 3 or np.std(d) == 0:
+        return 0.0, 0.5
+    skew = _moments(d)[0]
+    return (float(skew) if np.isfinite(skew) else 0.0), float(np.mean(d > 0))
+
+
 def _tonal_frac(y: np.ndarray, fs_hz: float) -> float:
     """Share of the power of `y` (baseline-free, Hann-windowed, DC left out) within TONAL_HALF_HZ of its peak
     frequency: near 1 for a sinusoid, 0.2-0.6 for an ECG, whose beats put power at every harmonic of the rate."""
@@ -705,6 +729,11 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
         metrics.update(beat_corr=corr, ibi_cv=ibi_cv)
         grades.append((CHECKS["beat_corr"].grade(corr), shape_reason))
         grades.append((CHECKS["ibi_cv"].grade(ibi_cv), IRREGULAR))
+        if kind == PPG:
+            slope_skew, rise = _slope_shape(y, fs_hz)
+            polarity = min(slope_skew, 0.0) if rise > POLARITY_RISE_FRAC else 0.0
+            metrics.update(slope_skew=slope_skew, rise_frac=rise, polarity=polarity)
+            grades.append((CHECKS["polarity"].grade(polarity), INVERTED))
     elif kind == ECG:
         kurt = _moments(y)[1] if np.std(y) > 0 else 0.0
         lf = _lf_ratio(f, spec, fs_hz)
