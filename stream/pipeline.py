@@ -184,9 +184,17 @@ def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, in
     tuple of int
         Sample indices into `w.samples`.
     """
-    m = int(round(margin_s * w.rate_hz))
-    a, b = max(0, w.emit_from - m), min(len(w.samples), w.emit_stop + m)
-    return max(0, min(a, b - int(round(Q.MIN_GOOD_S * w.rate_hz)))), b
+    return judged_span(w.emit_from, w.emit_stop, len(w.samples), w.rate_hz, margin_s)
+
+
+def judged_span(k0: int, k1: int, n: int, rate_hz: float, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, int]:
+    """`[a, b)`: emitted samples `[k0, k1)` of an `n`-sample series at `rate_hz` +- `margin_s`, widened back to at
+    least `operators.processing.quality.MIN_GOOD_S` where the series holds that much (`quality_span` for a source
+    window; the same rule judges a translator's output, so an output span a grid sample short of MIN_GOOD_S, e.g.
+    62.5 Hz in and 100 Hz out, is not graded too short)."""
+    m = int(round(margin_s * rate_hz))
+    a, b = max(0, k0 - m), min(n, k1 + m)
+    return max(0, min(a, b - int(round(Q.MIN_GOOD_S * rate_hz)))), b
 
 
 class Pipeline:
@@ -589,8 +597,8 @@ class Pipeline:
         if self.config.quality:
             # The output's own quality over the same span, by the checks that hold for any signal (kind "other"): a
             # translator that failed (flat, NaN, saturated) is caught here; its waveform's shape is the model's.
-            m = int(round(QUALITY_MARGIN_S * job.target_rate))
-            qo = Q.assess(y[max(0, k0 - m): min(len(y), k1 + m)], job.target_rate, Q.OTHER)
+            a, b = judged_span(k0, k1, len(y), job.target_rate)
+            qo = Q.assess(y[a:b], job.target_rate, Q.OTHER)
             if not qo.usable:
                 out_signal = self._topic_signal(st, job.task)
                 result.events.append(self._unusable_event(OUTPUT_UNUSABLE, st, w, qo, out_signal, [out_signal]))

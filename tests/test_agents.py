@@ -57,7 +57,10 @@ class _Message:
 class _Event:
     def __init__(self, offset, generation):
         self.message = _Message(offset, generation)
-        samples = np.sin(np.arange(25) / 3.0 + offset).astype(np.float32)
+        # each chunk its own noise: chunks of a sine shifted by whole samples repeat each other value for value,
+        # which quality gating withholds as a frozen monitor's
+        samples = (np.sin(np.arange(25) / 3.0 + offset)
+                   + 0.01 * np.random.default_rng(offset).standard_normal(25)).astype(np.float32)
         self.value = wire.encode_binary(wire.Chunk("bed-1", "PLETH", 25.0, offset * 10**9, offset, samples))
         self.acked = False
 

@@ -525,6 +525,58 @@ def test_clean_input_is_published_whole_and_good():
     assert all(abs(e.fields["hr_bpm"] - 72) < 15 for e in rp if e.fields["hr_bpm"] is not None)
 
 
+@pytest.mark.parametrize("rate", [62.5, 125.0])
+def test_an_output_off_its_sources_grid_is_judged_on_as_long_a_span_as_its_source(rate):
+    """62.5 Hz PLETH goes out at 100 Hz on the absolute grid, where a window's emitted part can be a sample short of
+    2 s: its output must be judged on 4 s, as its source is, not graded too_short (which withheld the flushed tail
+    as output_unusable and kept every window from good, so no heart rate was ever published)."""
+    rec = synthesize(seconds=40.0, seed=4, rate_hz=rate)
+    results = _run_gated(chunks(rec.signals["PLETH"], rate), per_chunk=False)
+    out_rate = 100.0 if rate < 100 else rate
+    t, _ = collect(results, kind="synth")
+    assert len(t) == int(40.0 * out_rate)  # every sample, the flushed tail too
+    events = [e for r in results for e in r.events]
+    assert not [e for e in events if e.kind in ("output_unusable", "source_unusable")]
+    outs = [o for r in results for o in r.outputs]
+    assert all(o.quality_flag == "good" for o in outs), {(o.quality_flag, o.reason) for o in outs}
+    hr = [e.fields["hr_bpm"] for e in events if e.kind == "rpeaks" and e.fields["hr_bpm"] is not None]
+    assert len(hr) >= len(outs) // 2 and all(abs(h - 72) < 15 for h in hr)
+
+
+def _frozen_from(x, rate, a_s, b_s, chunk_s=1.0):
+    """`x` with [a_s, b_s) made of the chunk at a_s sent again and again (a frozen monitor)."""
+    y, n = x.copy(), int(round(chunk_s * rate))
+    a, b = int(a_s * rate), int(b_s * rate)
+    for k in range(a + n, b, n):
+        y[k:min(k + n, b)] = y[a:a + min(n, b - k)]
+    return y
+
+
+@pytest.mark.parametrize("fault", ["frozen", "inverted"])
+def test_a_frozen_or_upside_down_ppg_publishes_no_beats_and_no_heart_rate(fault):
+    """A monitor re-sending one chunk for 20 s looks like a steady pulse (before: every window good, a heart rate
+    from the repeated beats); a PPG sent upside down too (before: good, confident, every R-peak a fraction of a beat
+    late). Both spans are withheld with their reason: no II_SYNTH samples, no R-peaks, no heart rate there."""
+    rec = synthesize(seconds=40.0, seed=4)
+    fs, ppg = rec.rate_hz, rec.signals["PLETH"].astype(np.float64)
+    lo_s, hi_s = 10.0, 30.0
+    if fault == "frozen":
+        ppg = _frozen_from(ppg, fs, lo_s, hi_s)
+    else:
+        ppg[int(lo_s * fs):int(hi_s * fs)] *= -1
+    results = _run_gated(chunks(ppg, fs), per_chunk=False)
+    inner = T0 + int((lo_s + 2.0) * 1e9), T0 + int((hi_s - 1.0) * 1e9)  # the judged spans wholly inside the fault
+    t, _ = collect(results, kind="synth")
+    assert len(t) and not np.any((t >= inner[0]) & (t < inner[1]))
+    events = [e for r in results for e in r.events]
+    inside = [e for e in events if e.kind == "source_unusable" and inner[0] <= e.time_ns < inner[1]]
+    assert inside and {e.fields["reason"] for e in inside} == {fault}  # (its edges, half turned, may read as motion)
+    rp = [e for e in events if e.kind == "rpeaks"]
+    peaks = np.array([p for e in rp for p in e.fields["peaks_ns"]])
+    assert len(peaks) > 10 and not np.any((peaks >= inner[0]) & (peaks < inner[1]))
+    assert all(e.fields["hr_bpm"] is None for e in rp if inner[0] - int(2e9) <= e.time_ns < inner[1])
+
+
 def test_a_failed_translation_is_withheld_as_output_unusable():
     """A translator returning a flat line for a clean PPG: not published; output_unusable names the output."""
     rec = synthesize(seconds=20.0, seed=4)

@@ -150,6 +150,7 @@ def test_slow_pulses_are_not_a_dead_probe():
     t = np.arange(int(fs * dur)) / fs
     u = t % 2.0  # one pulse every 2 s: a 0.2 s upstroke, then an exponential run-off
     x = np.where(u < 0.2, np.sin(np.pi / 2 * u / 0.2) ** 2, np.exp(-(u - 0.2) / 0.7))
+    x += 1e-4 * np.random.default_rng(0).standard_normal(len(x))  # a drawn pulse repeats exactly: frozen
     q = assess(x, fs, "ppg")
     assert q.metrics["dead_frac"] <= CHECKS["dead"].good and q.cls == GOOD, q
 
@@ -173,6 +174,72 @@ def test_interpolated_dropout_is_flagged(rec):
     y[a:b] = np.linspace(y[a - 1], y[b], b - a + 2)[1:-1]
     q = assess(y.astype(np.float32), fs, "ppg")
     assert q.cls == UNUSABLE and q.reason == "interpolated", q
+
+
+def _frozen(x, fs, chunk_s, from_s=0.0):
+    """`x` from `from_s` on made of one `chunk_s` chunk sent again and again (a frozen monitor)."""
+    y, a, n = x.copy(), int(round(from_s * fs)), int(round(chunk_s * fs))
+    for k in range(a + n, len(y), n):
+        y[k:k + n] = y[a:a + min(n, len(y) - k)]
+    return y
+
+
+@pytest.mark.parametrize("rate", [25.0, 125.0, 500.0])
+@pytest.mark.parametrize("signal,kind", [("PLETH", "ppg"), ("II", "ecg"), ("PLETH", "abp")])
+@pytest.mark.parametrize("chunk_s", [0.5, 0.8, 1.0, 2.0])
+def test_a_frozen_monitor_resending_one_chunk_is_unusable(signal, kind, rate, chunk_s):
+    """A monitor that froze and re-sends its last chunk: live-looking beats at a steady rate, which every shape and
+    rhythm check passes, but no new data. Each repeat is found value for value (`frozen`), at any chunk length a 4 s
+    window holds twice; the clean window (float32, as the wire carries it) repeats nothing."""
+    from scipy.signal import resample_poly
+
+    x, fs = _window(synthesize(seconds=40.0, seed=3, rate_hz=125.0), signal, dur_s=4.0)
+    if rate != fs:
+        x = resample_poly(x, int(rate), int(fs)) if rate > fs else resample_poly(x, 1, int(fs / rate))
+    x = x.astype(np.float32).astype(np.float64)
+    clean = assess(x, rate, kind)
+    assert clean.metrics["repeat_frac"] == 0.0 and clean.cls == GOOD, clean
+    q = assess(_frozen(x, rate, chunk_s), rate, kind)
+    assert (q.cls, q.reason) == (UNUSABLE, "frozen") and q.metrics["repeat_frac"] >= 0.45, q
+
+
+def test_frozen_needs_an_exact_repeat_of_half_a_second(rec):
+    """Quantised samples repeat short patterns and a flat line repeats itself: neither is frozen. A repeat shorter
+    than REPEAT_MIN_S, or one that differs by a code, is not either."""
+    x, fs = _window(rec, "PLETH", dur_s=4.0)
+    coarse = np.round(x * 30) / 30  # 30 codes over the pulse
+    assert assess(coarse, fs, "ppg").metrics["repeat_frac"] == 0.0
+    flat = x.copy()
+    flat[100:300] = flat[100]
+    assert assess(flat, fs, "ppg").metrics["repeat_frac"] == 0.0
+    short = x.copy()
+    short[300:300 + int(0.4 * fs)] = short[100:100 + int(0.4 * fs)]
+    assert assess(short, fs, "ppg").metrics["repeat_frac"] == 0.0
+    nudged = _frozen(x, fs, 1.0)
+    nudged[::7] += 1e-3  # every 7th sample is one code off: no copy is the same data as another
+    assert assess(nudged, fs, "ppg").metrics["repeat_frac"] == 0.0
+
+
+@pytest.mark.parametrize("rate", [25.0, 125.0, 500.0])
+def test_an_upside_down_ppg_is_unusable_as_inverted(rate):
+    """A PPG sent upside down (transmitted light, or raw ADC counts that fall as blood volume rises) passes every
+    shape and rhythm check, but its pulses rise slowly and fall steeply: a translator times the beats off the wrong
+    edge (BIDMC bidmc03: synthesized R-peaks 280 ms late, published good with confidence 0.92). Upright, the same
+    windows stay good."""
+    from scipy.signal import resample_poly
+
+    rec = synthesize(seconds=40.0, seed=3, rate_hz=125.0)
+    for start in (0.0, 12.0, 24.0):
+        x, fs = _window(rec, "PLETH", start, dur_s=4.0)
+        if rate != fs:
+            x = resample_poly(x, int(rate), int(fs)) if rate > fs else resample_poly(x, 1, int(fs / rate))
+        counts = np.round(30000 + 20000 * x)  # raw ADC counts with an offset
+        for upright in (x, counts):
+            q = assess(upright, rate, "ppg")
+            assert q.cls == GOOD and q.metrics["polarity"] == 0.0, q
+        for inverted in (-x, 65535 - counts):
+            q = assess(inverted, rate, "ppg")
+            assert (q.cls, q.reason) == (UNUSABLE, "inverted") and q.metrics["rise_frac"] > 0.5, q
 
 
 def test_too_short_and_all_nan():
@@ -216,7 +283,8 @@ from operators.processing.resample import decimate_to  # noqa: E402
 
 def _ecg_beats(beats_s, fs=125.0, dur_s=40.0, ectopic=()):
     """Lead-II-like ECG with a broad QRS and a tall T wave (what BIDMC lead II looks like: kurtosis ~3 once
-    low-passed for 25 Hz); beats in `ectopic` are wide, inverted ventricular ones."""
+    low-passed for 25 Hz); beats in `ectopic` are wide, inverted ventricular ones. A trace of noise (0.1 uV): beats
+    drawn at a steady rate repeat value for value, which no recorded lead does (that is a frozen monitor)."""
     t = np.arange(int(fs * dur_s)) / fs
     x = np.zeros_like(t)
 
@@ -228,7 +296,7 @@ def _ecg_beats(beats_s, fs=125.0, dur_s=40.0, ectopic=()):
             x += -0.9 * g(b, 0.05) + 0.5 * g(b + 0.12, 0.06) - 0.4 * g(b + 0.35, 0.08)
         else:
             x += 0.12 * g(b - 0.16, 0.025) + g(b, 0.018) - 0.25 * g(b + 0.04, 0.015) + 0.45 * g(b + 0.28, 0.06)
-    return x
+    return x + 1e-4 * np.random.default_rng(len(t)).standard_normal(len(t))
 
 
 def _af_beats(mean_hr, seed, dur_s=40.0, cv=0.25):

@@ -2,9 +2,9 @@
 
 `assess(x, fs_hz, kind) -> SignalQuality(cls, score, reason, ...)` grades a window of any ECG lead, PPG, ABP
 or other channel (and of an output, e.g. `II_SYNTH`) as good / degraded / unusable with a score in [0, 1] and
-a reason (flat, probe_off, noise, clipping, motion, nonfinite, interpolated, too_short); how each check is
-computed and its thresholds: docs/quality.md. The older boolean `ecg_quality` / `ppg_quality` below pick
-patient-context segments (operators.state.context).
+a reason (flat, probe_off, frozen, noise, clipping, motion, nonfinite, interpolated, too_short, irregular,
+inverted); how each check is computed and its thresholds: docs/quality.md. The older boolean `ecg_quality` /
+`ppg_quality` below pick patient-context segments (operators.state.context).
 
 Cheap checks that a stream worker can run on every window:
 - `nonfinite_frac`: NaN/inf samples (dropouts, invalid WFDB values);
@@ -256,10 +256,13 @@ FLAT = "flat"
 PROBE_OFF = "probe_off"  # a flat PPG: the finger probe is off
 CLIPPING = "clipping"
 INTERPOLATED = "interpolated"  # straight-line runs: NaN runs a decoder bridged by interpolation
+FROZEN = "frozen"  # a stretch repeats an earlier one value for value: a frozen monitor re-sending the same chunk
 NOISE = "noise"
 MOTION = "motion"
 IRREGULAR = "irregular"  # pulse intervals vary beat to beat: motion, or a truly irregular rhythm (AF)
-REASONS = (OK, TOO_SHORT, NONFINITE, FLAT, PROBE_OFF, CLIPPING, INTERPOLATED, MOTION, NOISE, IRREGULAR)
+INVERTED = "inverted"  # a PPG upside down: its pulses rise slowly and fall steeply
+REASONS = (OK, TOO_SHORT, NONFINITE, FLAT, PROBE_OFF, FROZEN, CLIPPING, INTERPOLATED, MOTION, NOISE, IRREGULAR,
+           INVERTED)
 
 ECG, PPG, ABP, OTHER = "ecg", "ppg", "abp", "other"
 KINDS = (ECG, PPG, ABP, OTHER)
@@ -293,6 +296,10 @@ LINEAR_MIN_S = 0.15  # a straight-line run this long was interpolated over a dro
 CHECKS = {
     NONFINITE: Check(0.0, 0.02, 0.1),  # fraction of NaN/inf samples
     FLAT: Check(0.0, 0.05, 0.2),  # fraction in constant runs >= FLAT_MIN_S
+    # ECG, PPG, ABP: fraction in stretches >= REPEAT_MIN_S repeating an earlier stretch exactly (`_repeat_frac`). No
+    # 4 s window of BIDMC has any (40320: PLETH, ECG leads, ABP; native and every 5th sample); of Challenge 2015's
+    # 150828 only windows unusable already and a disconnected ABP transducer's flicker at 25 Hz (docs/quality.md).
+    FROZEN: Check(0.0, 0.05, 0.2),
     CLIPPING: Check(0.0, 0.05, 0.2),  # fraction in plateaus at the window's max/min
     # ECG above LOW_RATE_ECG_HZ: fraction in soft rail dwells (`_rail_dwell_frac`). Two dwells of RAIL_DWELL_S make
     # 0.03-0.04 of a 4 s window, so one pair of clipped beats stays good (BIDMC lead II's hard-clipped ectopic beats
@@ -312,6 +319,12 @@ CHECKS = {
     # median 0.02, 90th percentile 0.19; with injected motion: median 0.26). A heart rate is only published
     # from a good window, so this decides it.
     "ibi_cv": Check(0.1, 0.2, 0.4),
+    # PPG: skewness of the pulse band's slope where the pulse rises more than POLARITY_RISE_FRAC of the time, else 0
+    # (`_slope_shape`). A pulse rises steeply and falls slowly (slope skewness > 0); upside down (a monitor sending
+    # transmitted light or raw ADC counts, which fall as blood volume rises) it rises slowly and falls steeply, and a
+    # translator times its beats off the wrong edge. BIDMC PLETH 4 s windows graded good (11228, native and 25 Hz):
+    # none changes; the same windows upside down: 98% unusable (docs/quality.md).
+    "polarity": Check(0.0, -0.1, -0.2),
     # ECG: kurtosis of the baseline-free lead (QRS make it peaked; Gaussian noise is 3)
     "kurtosis": Check(4.0, 3.4, 3.0),
     # ECG at or below LOW_RATE_ECG_HZ (e.g. 25 Hz super-resolution input), where the anti-aliasing low-pass flattens
@@ -352,12 +365,21 @@ RAIL_TOL = 0.02
 RAIL_TOL_OUTER = 5.0
 RAIL_FLAT_TOP = 0.6
 RAIL_DWELL_S = 0.06
+# `polarity`: a pulse counts as upside down only where it rises for more than this share of the time (upright PPG:
+# 0.2-0.45; a window of motion hovers about 0.5 with a slope skewed either way)
+POLARITY_RISE_FRAC = 0.55
 TONAL_HALF_HZ = 0.3  # tonal_frac's band around the spectral peak (a 4 s Hann window's main lobe is +-0.5 Hz wide)
 BEAT_MIN_S = 0.3  # ECG beats closer than this (200 bpm) are one beat
 BEAT_SPAN_S = (0.2, 0.3)  # an ECG beat compared by beat_match: this long before and after its main peak (a longer span
 # reaches into the next beat in a fast irregular rhythm)
 BEAT_RANK_PER_S = 0.75  # beat_match's peaks must reach half the n-th tallest, n = this x seconds (45 bpm): a single
 # ectopic beat or spike twice as tall as the others does not hide them
+REPEAT_MIN_S = 1.0  # `_repeat_frac`: a stretch repeated exactly this long was re-sent, not measured
+REPEAT_KEY = 4  # `_repeat_frac` matches runs of this many samples
+REPEAT_MAX_LAGS = 8  # `_repeat_frac` checks at most this many candidate lags, the most common first
+# `_repeat_frac`: a repeat must span this share of the window's range (a frozen chunk carries the waveform; a few
+# codes of flicker on a rail or a dead probe repeat by chance and are the clipping, flat and probe_off checks')
+REPEAT_MIN_SPAN = 0.1
 NOISE_HF_FRAC = CHECKS["hf_frac"].degraded  # a failing shape check with more hf power than this says "noise"
 
 
@@ -369,8 +391,8 @@ class SignalQuality:
     ----------
     cls : "good" | "degraded" | "unusable"
     score : float in [0, 1]; the worst grade of any check (1 = every check at its `good` point)
-    reason : "ok" for a good window, else the worst check: too_short, nonfinite, flat, probe_off,
-        clipping, interpolated, motion, noise, irregular
+    reason : "ok" for a good window, else the worst check: too_short, nonfinite, flat, probe_off, frozen,
+        clipping, interpolated, motion, noise, irregular, inverted
     kind : "ecg" | "ppg" | "abp" | "other"
     metrics : the measured numbers behind the grades (fractions, periodicity, kurtosis, swing, hf_frac)
     """
@@ -458,6 +480,44 @@ def _swing(y: np.ndarray, fs_hz: float) -> float:
     return float(ptp.max() / med) if med > 0 else 1.0
 
 
+def _repeat_frac(x: np.ndarray, fs_hz: float) -> float:
+    """Share of the samples of finite `x` in stretches of at least REPEAT_MIN_S that repeat an earlier stretch of the
+    window exactly, value for value: a frozen monitor or a stuck buffer re-sending the same chunk. A live signal never
+    repeats its float values that long, even quantised; a constant stretch is the flat check's, not this one's.
+
+    Candidate lags come from matching each run of REPEAT_KEY samples with its previous exact occurrence in the window
+    (hashed, then compared); at each lag that a stretch's worth of runs share, the samples equal to the sample that
+    lag earlier for REPEAT_MIN_S or longer, spanning at least REPEAT_MIN_SPAN of the window's range, are a repeat
+    (the later copy only)."""
+    n, m = len(x), REPEAT_KEY
+    min_len = max(2 * m, int(round(REPEAT_MIN_S * fs_hz)))
+    if n < min_len + m:
+        return 0.0
+    x = np.ascontiguousarray(x, dtype=np.float64) + 0.0  # -0.0 -> 0.0: equal values, equal bits
+    bits = x.view(np.uint64)
+    k = n - m + 1
+    h = np.zeros(k, dtype=np.uint64)
+    for j in range(m):  # a hash of each key (uint64 arithmetic wraps)
+        h = (h * np.uint64(0x9E3779B97F4A7C15)) ^ bits[j:j + k]
+    order = np.argsort(h, kind="stable")
+    same = h[order[1:]] == h[order[:-1]]
+    later, earlier = order[1:][same], order[:-1][same]  # stable: each key's previous occurrence of its hash
+    if not len(later):
+        return 0.0
+    keys = x[later[:, None] + np.arange(m)]
+    ok = (keys == x[earlier[:, None] + np.arange(m)]).all(axis=1) & (keys != keys[:, :1]).any(axis=1)
+    lags, counts = np.unique(later[ok] - earlier[ok], return_counts=True)
+    span = float(np.ptp(x))
+    mask = np.zeros(n, dtype=bool)
+    common = np.argsort(counts)[::-1][:REPEAT_MAX_LAGS]
+    for lag in lags[common[counts[common] >= min_len // 2]].tolist():  # lags a stretch's worth of runs share
+        starts, ends = true_runs(x[lag:] == x[:-lag])
+        for s, e in zip(starts, ends):
+            if e - s >= min_len and np.ptp(x[s + lag:e + lag]) > REPEAT_MIN_SPAN * span:
+                mask[s + lag:e + lag] = True
+    return float(mask.mean())
+
+
 def _dead_frac(x: np.ndarray, fs_hz: float) -> float:
     """Share of the samples of a pulse waveform (finite `x`) where it is dead: within DEAD_SPAN_S around the sample
     its pulse band (low-passed at DEAD_LOWPASS_HZ) spans under DEAD_REL of the window's pulse amplitude (the 90th
@@ -541,6 +601,19 @@ def _pulse_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     return median(beats @ mean / np.maximum(norm, 1e-12)), ibi_cv
 
 
+def _slope_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
+    """(skewness of the slope, share of samples where it rises) of a baseline-free pulse waveform's pulse band
+    (low-passed at PULSE_BAND_HZ): a pulse's upstroke is steep and short, its run-off slow and long (skewness > 0,
+    rising 0.2-0.45 of the time); upside down both flip. (0, 0.5) when the slope is constant."""
+    if fs_hz > 2.5 * PULSE_BAND_HZ and len(y) > 30:
+        y = sosfiltfilt(butter_sos(2, PULSE_BAND_HZ, "low", fs_hz), y)
+    d = np.diff(y)
+    if len(d) < 3 or np.std(d) == 0:
+        return 0.0, 0.5
+    skew = _moments(d)[0]
+    return (float(skew) if np.isfinite(skew) else 0.0), float(np.mean(d > 0))
+
+
 def _tonal_frac(y: np.ndarray, fs_hz: float) -> float:
     """Share of the power of `y` (baseline-free, Hann-windowed, DC left out) within TONAL_HALF_HZ of its peak
     frequency: near 1 for a sinusoid, 0.2-0.6 for an ECG, whose beats put power at every harmonic of the rate."""
@@ -619,6 +692,10 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     metrics.update(flat_frac=flat, clip_frac=clip)
     flat_at = len(grades)
     grades.append((CHECKS[FLAT].grade(flat), PROBE_OFF if kind == PPG else FLAT))
+    if kind != OTHER:  # a measured waveform never repeats itself exactly (a translator's drawing may)
+        repeat = _repeat_frac(xf, fs_hz)
+        metrics["repeat_frac"] = repeat
+        grades.append((CHECKS[FROZEN].grade(repeat), FROZEN))
     if np.ptp(xf) == 0:  # nothing else can be measured on a constant
         return _result(grades, kind, dur, metrics)
     lin = _linear_frac(xf, fs_hz)
@@ -652,6 +729,11 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
         metrics.update(beat_corr=corr, ibi_cv=ibi_cv)
         grades.append((CHECKS["beat_corr"].grade(corr), shape_reason))
         grades.append((CHECKS["ibi_cv"].grade(ibi_cv), IRREGULAR))
+        if kind == PPG:
+            slope_skew, rise = _slope_shape(y, fs_hz)
+            polarity = min(slope_skew, 0.0) if rise > POLARITY_RISE_FRAC else 0.0
+            metrics.update(slope_skew=slope_skew, rise_frac=rise, polarity=polarity)
+            grades.append((CHECKS["polarity"].grade(polarity), INVERTED))
     elif kind == ECG:
         kurt = _moments(y)[1] if np.std(y) > 0 else 0.0
         lf = _lf_ratio(f, spec, fs_hz)
