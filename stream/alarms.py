@@ -30,8 +30,8 @@ NS = 1_000_000_000
 ALARM_VERDICT = "alarm_verdict"  # InfluxDB measurement
 ALARM_FIELDS = ("bed_id", "alarm_type", "onset_ns", "alarm_id")
 BAD_ALARM = "bad_alarm"  # dead-letter reason of an alarm message that cannot be judged
-# `judged_early` of a verdict judged when the worker stopped, with the data at hand: its alarm's offset is already
-# committed, so no other worker would ever judge it (docs/alarms.md, "Stopping and restarting")
+# `judged_early` of a verdict judged when the worker stopped, with the data at hand rather than left to a next worker
+# that may be minutes away or never come (docs/alarms.md, "Stopping and restarting")
 JUDGED_EARLY_SHUTDOWN = "shutdown"
 
 
