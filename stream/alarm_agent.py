@@ -135,8 +135,6 @@ class AlarmRuntime:
 
     async def _release(self, event) -> None:
         """`event` is done (its verdict or dead letter confirmed): acknowledge it and any later ones it held back."""
-        if event is None:
-            return
         for ev in self.gate.finish([event]):
             await self.worker.ack(ev, self.stream)
 

@@ -269,7 +269,6 @@ class SignalRing:
         if not keep_s > 0 or max_beds < 1:
             raise ValueError("keep_s must be > 0 and max_beds >= 1")
         self.keep_s = float(keep_s)
-        self.keep_ns = int(keep_s * NS)
         self.max_beds = int(max_beds)
         self._beds: OrderedDict[str, dict[str, deque]] = OrderedDict()
         # bed -> signal -> [samples held, end of its newest chunk by seq, that chunk's seq]

@@ -314,13 +314,14 @@ def _observed_gap(edges_s: np.ndarray, missing_s: np.ndarray) -> float:
 
 
 def _observed_hr5(beats_s: np.ndarray, missing_s: np.ndarray) -> tuple[float | None, float | None]:
-    """`_hr_extremes(beats_s, 5)` over runs of 5 consecutive beats with no non-finite sample between them."""
-    span = [(beats_s[i], beats_s[i + 4]) for i in range(len(beats_s) - 4)]
-    ok = [s for s in span if not any(lo < s[1] and hi > s[0] for lo, hi in missing_s) and s[1] > s[0]]
-    if not ok:
-        return None, None
-    hr = [240.0 / (t1 - t0) for t0, t1 in ok]
-    return float(min(hr)), float(max(hr))
+    """`_hr_extremes(beats_s, 5)` over the beats between non-finite runs (`missing_s`, sorted and disjoint as
+    `true_runs` gives them): 5 beats with a run among them, or a beat inside one, give no rate."""
+    started = np.searchsorted(missing_s[:, 0], beats_s, side="left")  # runs starting before each beat
+    ended = np.searchsorted(missing_s[:, 1], beats_s, side="right")  # runs ended by it
+    outside = started == ended  # not inside a run; beats between the same two runs share `started`
+    rates = [_hr_extremes(beats_s[outside & (started == k)], 5) for k in np.unique(started[outside])]
+    slow = [lo for lo, _ in rates if lo is not None]
+    return (min(slow), max(hi for _, hi in rates if hi is not None)) if slow else (None, None)
 
 
 def _half_width(seg: np.ndarray, r: int, rate_hz: float) -> float:
@@ -550,13 +551,16 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
     rr = np.diff(beats_s)
     rr_cv = float(np.std(rr) / np.mean(rr)) if len(beats_s) >= VT_PULSE_MIN_BEATS else None
     artifact = _is_artifact(shapes, alike)
-    judged = _judge(alarm_type, kind, len(beats_s), gap, hr5, hr17, abnormal, t_b - t_a,
-                    None if hr is None else 60.0 / hr, rr_cv, unexplained, width, artifact)
+
+    def judge(gap_s: float, hr5_bpm: tuple) -> tuple[float, float]:
+        return _judge(alarm_type, kind, len(beats_s), gap_s, hr5_bpm, hr17, abnormal, t_b - t_a,
+                      None if hr is None else 60.0 / hr, rr_cv, unexplained, width, artifact)
+
+    judged = judge(gap, hr5)
     if finite is not None and not finite[a:b].all():
         starts, ends = true_runs(~finite[a:b])
         missing_s = (np.stack([starts, ends], axis=1) + a - onset_idx) / rate_hz
-        seen = _judge(alarm_type, kind, len(beats_s), _observed_gap(edges, missing_s), _observed_hr5(beats_s, missing_s),
-                      hr17, abnormal, t_b - t_a, None if hr is None else 60.0 / hr, rr_cv, unexplained, width, artifact)
+        seen = judge(_observed_gap(edges, missing_s), _observed_hr5(beats_s, missing_s))
         hides = alarm_type in (TACHY, VTACH) and float((ends - starts).max()) / rate_hz >= MISSING_HIDES_BEAT_S
         judged = (0.0 if hides else judged[0], seen[1])
     return _BeatStats(gap, hr, hr5, hr17, abnormal, unexplained,

@@ -518,6 +518,14 @@ def _repeat_frac(x: np.ndarray, fs_hz: float) -> float:
     return float(mask.mean())
 
 
+def _lowpassed(x: np.ndarray, cutoff_hz: float, fs_hz: float) -> np.ndarray:
+    """`x` low-passed at `cutoff_hz` (2nd-order Butterworth, zero phase), or as it is where the rate leaves no band
+    above the cut-off to remove or the window is too short to filter."""
+    if fs_hz > 2.5 * cutoff_hz and len(x) > 30:
+        return sosfiltfilt(butter_sos(2, cutoff_hz, "low", fs_hz), x)
+    return x
+
+
 def _dead_frac(x: np.ndarray, fs_hz: float) -> float:
     """Share of the samples of a pulse waveform (finite `x`) where it is dead: within DEAD_SPAN_S around the sample
     its pulse band (low-passed at DEAD_LOWPASS_HZ) spans under DEAD_REL of the window's pulse amplitude (the 90th
@@ -527,8 +535,7 @@ def _dead_frac(x: np.ndarray, fs_hz: float) -> float:
     flicker stay, and beside live pulses in the same window the shape and rhythm checks, which look only at the
     pulses they find, pass. Such a stretch has no pulse to translate: left in, a translator draws beats at a rate it
     makes up. Relative to the window's own pulses, so a window dead throughout is left to the noise checks."""
-    if fs_hz > 2.5 * DEAD_LOWPASS_HZ and len(x) > 30:
-        x = sosfiltfilt(butter_sos(2, DEAD_LOWPASS_HZ, "low", fs_hz), x)
+    x = _lowpassed(x, DEAD_LOWPASS_HZ, fs_hz)
     w = max(3, int(round(DEAD_SPAN_S * fs_hz)))
     local = maximum_filter1d(x, w, mode="nearest") - minimum_filter1d(x, w, mode="nearest")
     ref = float(np.percentile(local, 90))
@@ -605,9 +612,7 @@ def _slope_shape(y: np.ndarray, fs_hz: float) -> tuple[float, float]:
     """(skewness of the slope, share of samples where it rises) of a baseline-free pulse waveform's pulse band
     (low-passed at PULSE_BAND_HZ): a pulse's upstroke is steep and short, its run-off slow and long (skewness > 0,
     rising 0.2-0.45 of the time); upside down both flip. (0, 0.5) when the slope is constant."""
-    if fs_hz > 2.5 * PULSE_BAND_HZ and len(y) > 30:
-        y = sosfiltfilt(butter_sos(2, PULSE_BAND_HZ, "low", fs_hz), y)
-    d = np.diff(y)
+    d = np.diff(_lowpassed(y, PULSE_BAND_HZ, fs_hz))
     if len(d) < 3 or np.std(d) == 0:
         return 0.0, 0.5
     skew = _moments(d)[0]
