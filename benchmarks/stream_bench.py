@@ -503,7 +503,27 @@ def bed_memory(recording, n_beds: int, seconds: float = 90.0, translator: str = 
     tracemalloc.stop()
     return {"beds": n_beds, "seconds": seconds, "active_bytes_per_bed": round(active / n_beds),
             "idle_bytes_per_bed": round(idle / n_beds), "evicted_bytes_per_bed": round(evicted / n_beds),
-            "held_input_bytes_per_bed": round(held_bytes / n_beds)}
+            "held_input_bytes_per_bed": round(held_bytes / n_beds),
+            "alarm_ring_bytes_per_bed": alarm_ring_memory(plan, settings.alarm_buffer_s) / n_beds}
+
+
+def alarm_ring_memory(plan, keep_s: float) -> float:
+    """Bytes the alarm agent's signal ring (stream/alarms.py) holds for the beds of `plan` once full: `keep_s` of
+    every signal plus a chunk (measured with tracemalloc, room for every bed)."""
+    import tracemalloc
+
+    from stream import wire
+    from stream.alarms import SignalRing
+    from stream.tools.chunker import iter_all_chunks
+
+    ring = SignalRing(keep_s, max_beds=len(plan))
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for chunk in iter_all_chunks(plan, 1.0, 1_750_000_000_000_000_000, None, None, keep_s + 5.0):
+        ring.add(wire.decode(wire.encode_binary(chunk)))  # samples of its own, as the worker decodes them
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return round(held)
 
 
 # ------------------------------------------------------------------ main
@@ -587,7 +607,8 @@ def main(argv=None) -> int:
           f"{mem['active_bytes_per_bed']:,} bytes active (of which {mem['held_input_bytes_per_bed']:,} input messages "
           f"held by the commit rule), {mem['idle_bytes_per_bed']:,} idle (after the idle flush), "
           f"{mem['evicted_bytes_per_bed']:,} after WAVEBRIDGE_BED_EVICT_S; 10,000 idle beds: "
-          f"{mem['idle_bytes_per_bed'] * 10_000 / 2**20:.0f} MiB", flush=True)
+          f"{mem['idle_bytes_per_bed'] * 10_000 / 2**20:.0f} MiB; alarm ring (full, WAVEBRIDGE_ALARM_BUFFER_S): "
+          f"{mem['alarm_ring_bytes_per_bed']:,.0f} bytes per bed, at most WAVEBRIDGE_ALARM_MAX_BEDS beds", flush=True)
     if args.memory_only:
         return 0
     print(f"recording: {source}; ramp {args.beds} beds x{args.speed:g}, {args.duration:g} s each; "

@@ -70,7 +70,19 @@ class AlarmRuntime:
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.alarms_topic = app.topic(settings.topic_alarms, **raw)
         self.verdicts_topic = app.topic(settings.topic_verdicts, **raw)
-        worker_rt.chunk_listeners.append(self.ring.add)
+        worker_rt.chunk_listeners.append(self._buffer)
+
+    def _buffer(self, chunk, stepped_back: bool = False) -> None:
+        """Put a decoded chunk into the ring (the compute thread calls it); count and log a chunk the full ring
+        refused: that bed's alarms get `uncertain` verdicts until a bed falls silent (SignalRing)."""
+        if self.ring.add(chunk, stepped_back):
+            return
+        metrics.ALARM_RING_REFUSED.inc()
+        ok, held = self.worker.log_throttle.allow("alarm_ring_full")
+        if ok:
+            log.warning("alarm ring full: %d beds heard in the last %g s; bed %s not buffered, its alarms are judged "
+                        "uncertain (raise WAVEBRIDGE_ALARM_MAX_BEDS or add workers)%s", self.ring.max_beds,
+                        self.ring.keep_s, chunk.bed_id, held_note(held))
 
     def _open(self) -> None:
         from operators.processing.alarms import VerifierConfig

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -215,9 +216,9 @@ def verdict_lines(msg: dict) -> list[str]:
     return [f"{ALARM_VERDICT},{tags} {fields} {int(msg['onset_ns'])}"]
 
 
-def judging_failed(alarm_type: str, mode: str, config: core.VerifierConfig, wait_s: float,
-                   error: str) -> core.AlarmVerdict:
-    """The `uncertain` verdict (keep the alarm) of an alarm whose judging raised `error` (one line, bounded).
+def uncertain_verdict(alarm_type: str, mode: str, config: core.VerifierConfig, wait_s: float,
+                      reason: str) -> core.AlarmVerdict:
+    """The `uncertain` verdict (keep the alarm), without evidence, of an alarm that could not be judged.
 
     Parameters
     ----------
@@ -227,12 +228,12 @@ def judging_failed(alarm_type: str, mode: str, config: core.VerifierConfig, wait
         For the threshold and window the verdict reports.
     wait_s : float
         Seconds waited after the onset (0 in real time).
-    error : str
-        The error, as "Type: message".
+    reason : str
+        Why, one line (bounded to 200 characters).
     """
     post = min(wait_s, config.retro_post_s) if mode == "retrospective" else 0.0
     return core.AlarmVerdict(alarm_type, mode, "uncertain", 0.0, 0.0, config.threshold(alarm_type),
-                             (-config.pre_s, post), (), f"judging failed: {_bounded(error)}")
+                             (-config.pre_s, post), (), _bounded(reason))
 
 
 def _bounded(text: str, limit: int = 200) -> str:
@@ -257,27 +258,34 @@ class SignalRing:
     (each ECG lead, PLETH, ABP) for the learning span and analysis window before the onset, plus the
     retrospective wait after it: about two minutes. Bounds: per (bed, signal) the newest `keep_s` of samples at
     its rate plus one chunk, in arrival order, whatever the stamps say (a bound by time would let one chunk stamped
-    far ahead wipe the history behind it, or stop the pruning), and `max_beds` beds (the least recently updated one
-    is dropped).
+    far ahead wipe the history behind it, or stop the pruning), and `max_beds` beds.
+    A bed not heard for `keep_s` (by the clock, not the stamps) is forgotten once room is needed: nothing it sent
+    is still within a verdict's reach. When `max_beds` beds have all been heard within `keep_s`, a new bed is
+    refused (`add` returns False; its alarms are judged `uncertain`, `refused`) rather than one of them dropped:
+    dropping the least recently heard of many beds that take turns would empty every bed's history, one chunk
+    after the other, and leave no alarm with its data.
     A signal's newest sample is the latest end among its chunks that start no later than the end of its newest
     chunk by seq (the one received last unless a re-delivered or late one came after it): a lone chunk stamped
     ahead (a clock glitch) does not count once the stream goes on at its true stamps. Thread-safe: the worker's
     compute thread adds chunks while the alarm thread reads.
     """
 
-    def __init__(self, keep_s: float = 120.0, max_beds: int = 256):
+    def __init__(self, keep_s: float = 120.0, max_beds: int = 1024, clock: Callable[[], float] = time.monotonic):
         if not keep_s > 0 or max_beds < 1:
             raise ValueError("keep_s must be > 0 and max_beds >= 1")
         self.keep_s = float(keep_s)
         self.max_beds = int(max_beds)
-        self._beds: OrderedDict[str, dict[str, deque]] = OrderedDict()
+        self._clock = clock
+        self._beds: OrderedDict[str, dict[str, deque]] = OrderedDict()  # least recently heard first
+        self._heard: dict[str, float] = {}  # bed -> clock when its last chunk came
         # bed -> signal -> [samples held, end of its newest chunk by seq, that chunk's seq]
         self._held: dict[str, dict[str, list]] = {}
+        # beds refused while the ring was full, least recently refused first (at most max_beds remembered)
+        self._refused: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, chunk: wire.Chunk, stepped_back: bool = False) -> None:
-        """Keep `chunk`; drop the signal's oldest chunks beyond `keep_s` of samples, and the least recently heard
-        beds beyond `max_beds`.
+    def add(self, chunk: wire.Chunk, stepped_back: bool = False) -> bool:
+        """Keep `chunk`; drop the signal's oldest chunks beyond `keep_s` of samples.
 
         Parameters
         ----------
@@ -286,17 +294,31 @@ class SignalRing:
         stepped_back : bool
             The chunk's stream went back in time with it (`stream.pipeline.PushOutcome`: a clock step or resync):
             the signal's chunks starting at or after its stamp are from the time line it left, and go.
+
+        Returns
+        -------
+        bool
+            False when the chunk's bed is new and the ring holds `max_beds` beds heard within `keep_s` (class doc).
         """
         if len(chunk.samples) == 0:
-            return
+            return True
         with self._lock:
+            now = self._clock()
             bed = self._beds.get(chunk.bed_id)
             if bed is None:
+                while self._beds and now - self._heard[next(iter(self._beds))] > self.keep_s:
+                    self._forget(next(iter(self._beds)))
+                if len(self._beds) >= self.max_beds:
+                    self._refused[chunk.bed_id] = None
+                    self._refused.move_to_end(chunk.bed_id)
+                    if len(self._refused) > self.max_beds:
+                        self._refused.popitem(last=False)
+                    return False
+                self._refused.pop(chunk.bed_id, None)
                 bed = self._beds[chunk.bed_id] = {}
                 self._held[chunk.bed_id] = {}
-                while len(self._beds) > self.max_beds:
-                    self._held.pop(self._beds.popitem(last=False)[0], None)
             self._beds.move_to_end(chunk.bed_id)
+            self._heard[chunk.bed_id] = now
             start_ns, rate_hz = int(chunk.start_ns), float(chunk.rate_hz)
             q = bed.setdefault(chunk.signal, deque())
             held = self._held[chunk.bed_id].setdefault(chunk.signal, [0, 0, None])
@@ -316,6 +338,23 @@ class SignalRing:
             keep_n = int(math.ceil(self.keep_s * rate_hz))
             while len(q) > 1 and held[0] - len(q[0][2]) > keep_n:
                 held[0] -= len(q.popleft()[2])
+            return True
+
+    def _forget(self, bed: str) -> None:
+        del self._beds[bed]
+        del self._heard[bed]
+        del self._held[bed]
+
+    def refused(self, bed: str) -> bool:
+        """Whether `bed`'s latest chunk was refused because the ring was full (it holds nothing of the bed).
+
+        Parameters
+        ----------
+        bed : str
+            Bed id.
+        """
+        with self._lock:
+            return bed in self._refused
 
     @staticmethod
     def _newest(q, last_end: int) -> int:
@@ -478,6 +517,10 @@ class AlarmJudge:
         newest = None
         try:
             newest = self.ring.newest_ns(a.bed_id)
+            if newest is None and self.ring.refused(a.bed_id):
+                return verdict_message(a, uncertain_verdict(a.alarm_type, p.mode, cfg, wait, (
+                    f"refused: this worker's alarm ring holds {self.ring.max_beds} beds, all heard in the last "
+                    f"{self.ring.keep_s:g} s (WAVEBRIDGE_ALARM_MAX_BEDS)")), wait, newest, judged_early=early)
             t0 = a.onset_ns - int((cfg.pre_s + cfg.learn_s) * NS)
             signals, rates = self.ring.snapshot(a.bed_id, t0, p.need_ns)
             onset_s = (a.onset_ns - t0) / NS
@@ -488,7 +531,7 @@ class AlarmJudge:
         except Exception as exc:  # noqa: BLE001 - any failure of one alarm's judging: see the docstring
             log.error("alarm %s (%s, bed %s) could not be judged; verdict uncertain", a.alarm_id, a.alarm_type,
                       a.bed_id, exc_info=True)
-            v = judging_failed(a.alarm_type, p.mode, cfg, wait, f"{type(exc).__name__}: {exc}")
+            v = uncertain_verdict(a.alarm_type, p.mode, cfg, wait, f"judging failed: {type(exc).__name__}: {exc}")
         return verdict_message(a, v, wait, newest, judged_early=early)
 
 

@@ -390,7 +390,7 @@ class Settings:
     alarm_wait_s: float = 30.0  # retrospective mode: data wanted after the onset
     alarm_grace_s: float = 2.0  # longest wait for a bed's data to reach what the mode needs, past the wait
     alarm_buffer_s: float = 120.0  # per-bed signal ring, s behind the newest sample
-    alarm_max_beds: int = 256
+    alarm_max_beds: int = 1024
     alarm_translator: str = "classic"  # II_SYNTH for verdicts; "none" leaves it out
     log_repeat_s: float = 30.0  # a repeating log line (Kafka connection errors, dead letters) at most once per this
 

@@ -105,6 +105,9 @@ PARTITIONS_ASSIGNED = Gauge("wavebridge_partitions_assigned", "Partitions assign
 READY = Gauge("wavebridge_ready", "1 when /readyz answers 200.", registry=REGISTRY)
 ALARM_VERDICTS = Counter("wavebridge_alarm_verdicts", "Monitor alarms judged by the alarm agent, by verdict.",
                          ["verdict"], registry=REGISTRY)
+ALARM_RING_REFUSED = Counter("wavebridge_alarm_ring_refused_chunks", "Chunks the alarm ring did not keep because "
+                             "WAVEBRIDGE_ALARM_MAX_BEDS beds were all heard within WAVEBRIDGE_ALARM_BUFFER_S: their "
+                             "beds' alarms are judged uncertain.", registry=REGISTRY)
 # Output windows by signal-quality class (operators.processing.quality: good | degraded | unusable; unusable ones are withheld).
 QUALITY_WINDOWS = Counter("wavebridge_quality_windows", "Output windows by signal-quality class (unusable: withheld).",
                           ["task", "quality"], registry=REGISTRY)

@@ -209,7 +209,8 @@ def _chunks(signals, bed, start_ns=T0, chunk_s=1.0):
 
 
 def test_ring_is_bounded_and_places_samples_on_their_grid(clean):
-    ring = sa.SignalRing(keep_s=20.0, max_beds=2)
+    clock = [0.0]
+    ring = sa.SignalRing(keep_s=20.0, max_beds=2, clock=lambda: clock[0])
     for c in _chunks(clean, "a"):
         ring.add(c)
     end = T0 + int(100 * 1e9)
@@ -221,13 +222,18 @@ def test_ring_is_bounded_and_places_samples_on_their_grid(clean):
     # older than what is kept: NaN, not shifted data
     old, _ = ring.snapshot("a", end - int(30e9), end)
     assert np.isnan(old["II"][: int(9 * RATE)]).all() and np.isfinite(old["II"][-int(20 * RATE):]).all()
-    for bed in ("b", "c"):
-        ring.add(next(_chunks(clean, bed)))
-    assert sorted(ring.beds()) == ["b", "c"] and ring.newest_ns("a") is None
+    clock[0] = 10.0
+    assert ring.add(next(_chunks(clean, "b")))
+    assert not ring.add(next(_chunks(clean, "c")))  # full of beds heard within keep_s: the new one is refused
+    assert ring.refused("c") and ring.newest_ns("c") is None and ring.newest_ns("a") == end
+    clock[0] = 25.0  # "a" silent for longer than keep_s: forgotten once room is needed
+    assert ring.add(next(_chunks(clean, "c")))
+    assert ring.beds() == ["b", "c"] and ring.newest_ns("a") is None and not ring.refused("c")
 
 
 def test_ring_keeps_late_chunks_by_the_newest_end_and_forgets_an_evicted_bed(clean):
-    ring = sa.SignalRing(keep_s=20.0, max_beds=1)
+    clock = [0.0]
+    ring = sa.SignalRing(keep_s=20.0, max_beds=1, clock=lambda: clock[0])
     chunks = list(_chunks(clean, "a"))
     ii = [c for c in chunks if c.signal == "II"]
     for c in ii[30:60]:
@@ -239,12 +245,35 @@ def test_ring_keeps_late_chunks_by_the_newest_end_and_forgets_an_evicted_bed(cle
         ring.add(c)
     assert ring.newest_ns("a") == ii[99].end_ns()
     assert ring.samples() == 21 * len(ii[0].samples)  # ii[79:100]: keep_s plus one chunk, the late ones gone
-    ring.add(next(_chunks(clean, "b")))  # max_beds=1: bed "a" goes
+    clock[0] = 21.0
+    ring.add(next(_chunks(clean, "b")))  # max_beds=1, "a" silent for longer than keep_s: it goes
+    clock[0] = 42.0
     for c in ii[:3]:  # "a" comes back with older data: judged against its own new chunks only
         ring.add(c)
     assert ring.newest_ns("a") == ii[2].end_ns()
     sig, _ = ring.snapshot("a", ii[0].start_ns, ii[2].end_ns())
     np.testing.assert_array_equal(sig["II"], np.concatenate([c.samples for c in ii[:3]]))
+
+
+def test_a_full_ring_keeps_its_beds_whole_and_says_why_a_new_bed_has_no_verdict(clean):
+    """More beds than the ring holds, all sending in turn: dropping the least recently heard bed for each new one
+    would leave every bed with one chunk and every alarm without data. The beds it holds keep their history; a
+    bed beyond them gets an `uncertain` verdict that says the ring was full, not one judged on nothing."""
+    ring = sa.SignalRing(keep_s=120.0, max_beds=3, clock=lambda: 0.0)
+    beds = ["b0", "b1", "b2", "b3"]
+    streams = {b: list(_chunks(clean, b)) for b in beds}
+    kept = {b: [ring.add(c) for c in streams[b]] for b in beds}  # one bed after the other, as rounds would too
+    for b in beds[:3]:
+        assert all(kept[b])
+    assert not any(kept["b3"])
+    onset = T0 + int(ONSET_S * 1e9)
+    judge = sa.AlarmJudge(ring)
+    for bed in ("b0", "b3"):
+        judge.submit(sa.AlarmMessage(bed, "asystole", onset, f"a-{bed}"), now=0.0)
+    msgs = {p.alarm.bed_id: judge.judge(p) for p in judge.due(now=10.0)}
+    assert msgs["b0"]["verdict"] == "false" and msgs["b0"]["channels"]
+    assert msgs["b3"]["verdict"] == "uncertain" and not msgs["b3"]["channels"]
+    assert msgs["b3"]["reason"].startswith("refused: this worker's alarm ring holds 3 beds")
 
 
 def test_judge_waits_for_data_then_answers(clean):
@@ -914,9 +943,10 @@ def _runtime(ring_chunks, **settings):
             done.set_result(None)
             return done
 
-    s = SimpleNamespace(alarm_buffer_s=120.0, alarm_max_beds=8, topic_alarms="wavebridge.alarms",
-                        topic_verdicts="wavebridge.verdicts", topic_dlq="wavebridge.dlq", alarm_translator="none",
-                        alarm_mode="realtime", alarm_wait_s=30.0, alarm_grace_s=2.0, **settings)
+    s = SimpleNamespace(**{**dict(alarm_buffer_s=120.0, alarm_max_beds=8, topic_alarms="wavebridge.alarms",
+                                  topic_verdicts="wavebridge.verdicts", topic_dlq="wavebridge.dlq",
+                                  alarm_translator="none", alarm_mode="realtime", alarm_wait_s=30.0,
+                                  alarm_grace_s=2.0), **settings})
     rt = AlarmRuntime(SimpleNamespace(topic=lambda name, **kw: Topic(name)), s, _fake_worker())
     for c in ring_chunks:
         rt.ring.add(c)
@@ -1137,3 +1167,21 @@ def test_missing_pleth_gives_no_synthesized_ecg_evidence(clean):
     assert np.isnan(sig[core.SYNTH][hole]).all() and np.isfinite(sig[core.SYNTH][hole.stop:int(ONSET_S * RATE)]).all()
     v = core.verify_alarm(core.ASYSTOLE, sig, rates, ONSET_S)
     assert all(c.supports == 0.0 for c in v.channels) and v.verdict != "true", [c.to_dict() for c in v.channels]
+
+
+def test_the_worker_counts_and_logs_chunks_a_full_ring_refuses(clean, caplog):
+    """The chunks the worker hands the alarm agent go through its listener: a bed the full ring refuses is counted
+    (`wavebridge_alarm_ring_refused_chunks`) and logged, once per WAVEBRIDGE_LOG_REPEAT_S, naming the setting."""
+    from stream import metrics
+
+    rt = _runtime([], alarm_max_beds=1)
+    listen, = rt.worker.chunk_listeners
+    before = metrics.ALARM_RING_REFUSED._value.get()
+    with caplog.at_level("WARNING", logger="wavebridge.alarms"):
+        for bed in ("bed-1", "bed-2"):
+            for c in list(_chunks(clean, bed))[:5]:
+                listen(c, False)
+    assert metrics.ALARM_RING_REFUSED._value.get() - before == 5
+    assert rt.ring.beds() == ["bed-1"] and rt.ring.refused("bed-2")
+    lines = [r.getMessage() for r in caplog.records if "alarm ring full" in r.getMessage()]
+    assert len(lines) == 1 and "bed-2" in lines[0] and "WAVEBRIDGE_ALARM_MAX_BEDS" in lines[0]

@@ -281,7 +281,7 @@ def test_alert_rules_pass_promtool():
     promtool = _need("promtool")
     res = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 11 rules found" in res.stdout
+    assert "SUCCESS: 12 rules found" in res.stdout
 
 
 def test_alert_rules_evaluate_against_a_live_worker(run):
@@ -293,7 +293,7 @@ def test_alert_rules_evaluate_against_a_live_worker(run):
             break
         assert time.monotonic() < deadline, rules
         time.sleep(1)
-    assert len(rules) == 11
+    assert len(rules) == 12
     bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad
     firing = [r["name"] for r in rules if r["state"] == "firing"]
