@@ -17,7 +17,8 @@ from operators.io.records import Recording, canonical_name, read_recording
                                        ("PLETH_", "PLETH"), ("SpO2 wave", "PLETH"), ("resp,", "RESP"), ("V5", "V5"),
                                        # lead II as monitors and exports spell it; units in brackets; quoted names
                                        ("Lead II", "II"), ("ECG-II", "II"), ("ECG Lead II", "II"), ("II [mV]", "II"),
-                                       ("PLETH (au)", "PLETH"), ("'PLETH'", "PLETH"), ("RESP [Ohm]", "RESP")])
+                                       ("PLETH (au)", "PLETH"), ("'PLETH'", "PLETH"), ("RESP [Ohm]", "RESP"),
+                                       ("ART", "ABP"), ("ABP [mmHg]", "ABP"), ("IBP", "ABP")])
 def test_canonical_names(raw, canon):
     assert canonical_name(raw) == canon
 
@@ -325,3 +326,16 @@ def test_a_table_with_a_header_and_no_rows_says_so(tmp_path, header):
     (tmp_path / "empty.csv").write_text(header)
     with pytest.raises(ValueError, match=r"empty: no samples: the table has no rows \(columns: (time_s, )?PLETH, II\)"):
         read_recording(tmp_path / "empty.csv", rate_hz=125)
+
+
+def test_an_arterial_line_named_art_reads_as_abp_unless_the_record_has_an_abp_too(tmp_path):
+    """MIMIC names the arterial line ART: replayed as ABP it is evidence for the alarm verifier (the wire format's
+    name). A record with both keeps both, under their own names, instead of being refused as ambiguous."""
+    path = tmp_path / "art.csv"
+    pd.DataFrame({"II": [1.0, 2.0], "ART [mmHg]": [80.0, 81.0]}).to_csv(path, index=False)
+    rec = read_recording(path, rate_hz=125)
+    assert sorted(rec.signals) == ["ABP", "II"] and rec.units["ABP"] == "mmHg"
+    both = tmp_path / "both.csv"
+    pd.DataFrame({"II": [1.0, 2.0], "ABP": [80.0, 81.0], "ART": [90.0, 91.0]}).to_csv(both, index=False)
+    rec = read_recording(both, rate_hz=125)
+    assert rec.signals["ABP"].tolist() == [80.0, 81.0] and rec.signals["ART"].tolist() == [90.0, 91.0]

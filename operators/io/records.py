@@ -33,7 +33,13 @@ _ALIASES = {
     "PLETH": "PLETH",
     "PPG": "PLETH",
     "SPO2WAVE": "PLETH",
+    "ABP": "ABP",
+    "ART": "ABP",  # MIMIC's name for the arterial line
+    "IBP": "ABP",
 }
+# Aliases that give way to a channel of the canonical name itself: a record with both "ABP" and "ART" (two arterial
+# lines) reads them as "ABP" and "ART" instead of being refused as ambiguous.
+_YIELDING = {"ART", "IBP"}
 # A trailing unit in brackets or parentheses, as table exports write it: "PLETH [au]", "II (mV)", "Time [s]".
 _UNIT_SUFFIX = re.compile(r"^(.*?\S)\s*[\[(]([^\[\]()]*)[\])]$")
 # Time columns: the names (unit split off, lower case) and what their unit says a value is, in seconds.
@@ -93,7 +99,7 @@ def split_unit(raw: str) -> tuple[str, str]:
 
 def canonical_name(raw: str) -> str:
     """Canonical signal name for a channel/column name, case-insensitive, with a unit in brackets dropped ("ECG",
-    "Lead II", "ECG-II" and "MLII" -> "II", "PPG" and "PLETH [au]" -> "PLETH"); an unknown name comes back cleaned,
+    "Lead II", "ECG-II" and "MLII" -> "II", "PPG" and "PLETH [au]" -> "PLETH", "ART" -> "ABP"); an unknown name comes back cleaned,
     without its unit, and upper-cased.
 
     Parameters
@@ -175,7 +181,7 @@ def _read_wfdb(path: Path, wanted: list[str] | None) -> Recording:
     if not (math.isfinite(fs) and fs > 0):
         raise ValueError(f"{header_path}: invalid sampling frequency {header.fs!r} Hz in the record line")
     names = [clean_name(n) for n in sig_name]
-    canon = [canonical_name(n) for n in names]
+    canon = _canonical_names(names)
     _check_duplicates(base.name, canon, names)
     if wanted is None:
         idx = list(range(len(names)))
@@ -358,7 +364,7 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     out = Recording(name=name, signals={}, rates={}, units={}, age=age, sex=sex)
     numeric = {k: _numeric_column(df[cols[k]]) for k in cols if k not in times}
     names = [k for k, v in numeric.items() if v is not None]
-    canon = [canonical_name(k) for k in names]
+    canon = _canonical_names(names)
     _check_duplicates(name, canon, names)
     for k, c in zip(names, canon):
         out.signals[c] = numeric[k]
@@ -450,6 +456,15 @@ def _rate_from_time(name: str, t: np.ndarray, column: str = TIME_COLUMN) -> floa
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _canonical_names(raw: list[str]) -> list[str]:
+    """`canonical_name` of each channel name, except that a yielding alias (`_YIELDING`) keeps its own name in a
+    record that also has a channel of the canonical name itself."""
+    canon = [canonical_name(r) for r in raw]
+    own = [re.sub(r"[\s_-]+", "", split_unit(r)[0].upper()) for r in raw]
+    literal = {c for c, o in zip(canon, own) if c == o}
+    return [o if o in _YIELDING and c in literal else c for c, o in zip(canon, own)]
 
 
 def _check_duplicates(name: str, canon: list[str], raw: list[str]) -> None:
