@@ -956,3 +956,25 @@ def test_after_a_clock_glitch_the_context_is_a_fresh_streams_from_the_resync_on(
     assert after == reference
     back = min(t for t, v in reference.items() if v is not None)
     assert (back - t_resync) / 1e9 <= 15.0  # a stream's first context: 10 s of paired data, on the 5 s grid
+
+
+def test_a_lead_ii_sent_in_microvolts_gives_the_same_synthesized_ecg_in_mv():
+    """II_SYNTH takes the patient context's ECG level and spread and is published in mV: a gateway sending lead II
+    in µV (or V) must not make it a thousand times larger (or smaller) under the same label."""
+    from operators.classic import ClassicTranslator
+
+    rec = synthesize(seconds=40.0, seed=5)
+    rate = rec.rate_hz
+
+    def run(factor, units):
+        feed = sorted(chunks(rec.signals["PLETH"], rate)
+                      + chunks(rec.signals["II"] * factor, rate, signal="II", units=units),
+                      key=lambda c: (c.end_ns(), c.signal))
+        results = run_all(Pipeline(cfg(context_s=10.0, tasks=("ppg2ecg",)), ClassicTranslator()), feed, tokens=False)
+        outs = [o for r in results for o in r.outputs if o.kind == "synth" and o.context_used]
+        assert outs and {o.units for o in outs} == {"mV"}
+        return np.concatenate([o.values for o in outs])
+
+    mv = run(1.0, "mV")
+    np.testing.assert_allclose(run(1000.0, "uV"), mv, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run(1e-3, "V"), mv, rtol=1e-4, atol=1e-4)
