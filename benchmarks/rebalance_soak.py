@@ -30,9 +30,10 @@ WAVEBRIDGE_STATS_FILE): its maximum in a kill run is what a rebalance costs the 
 
 The reference itself is checked against the offline mode's sample grid (every expected timestamp, nothing else).
 Patient context is off by default (--context-s 0). With it, a worker that takes over a bed rebuilds the bed's context
-from input the old owner kept uncommitted, so values agree too (docs/delivery-semantics.md); the commit rule then
-keeps WINDOW_S + 3.5 x CONTEXT_S of input (43 s), so a replay shorter than that (the default 40 s) commits nothing
-before its final idle flush and every kill re-reads it all: use --seconds 150 --speed 3 to resume mid-stream.
+from input the old owner kept uncommitted, so values agree too (docs/delivery-semantics.md). The commit rule keeps
+54 s of each bed's input uncommitted (WINDOW_S + the alarm verifier's 16 s + ALARM_WAIT_S; with the context on, the
+longer of that and 3.5 x CONTEXT_S), so a replay shorter than that commits nothing before its final idle flush and
+every kill re-reads it all: the defaults (150 s at x3, kills 20-80 % into the 50 s replay) resume mid-stream.
 
     python benchmarks/rebalance_soak.py --workers 3 --runs 10
 
@@ -303,8 +304,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=10, help="kill-and-restart runs (plus one uninterrupted reference)")
     ap.add_argument("--beds", type=int, default=8)
     ap.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
-    ap.add_argument("--seconds", type=float, default=40.0, help="seconds of signal replayed per bed")
-    ap.add_argument("--speed", type=float, default=2.0, help="replay speed")
+    ap.add_argument("--seconds", type=float, default=150.0, help="seconds of signal replayed per bed")
+    ap.add_argument("--speed", type=float, default=3.0, help="replay speed")
     ap.add_argument("--translator", default="classic")
     ap.add_argument("--context-s", type=float, default=0.0, help="WAVEBRIDGE_CONTEXT_S (0: patient context off)")
     ap.add_argument("--no-kill", action="store_true",

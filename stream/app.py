@@ -158,6 +158,15 @@ def create_worker(settings: Settings, translator: Translator | None = None, faus
         from stream.alarm_agent import register as register_alarms
 
         alarms = register_alarms(app, s, rt)
+    acked_topics = {s.topic_input} | ({s.topic_alarms} if s.alarm_enabled else set())
+
+    @app.on_rebalance_complete.connect
+    async def rewind(sender, **kwargs):
+        from stream.agents import crash_on_error
+        from stream.rewind import rewind_uncommitted
+
+        # failing, the worker would skip what it dropped at the revoke: a restart reads it from the committed offsets
+        await crash_on_error(app, "rewinding uncommitted partitions", rewind_uncommitted(app.consumer, acked_topics))
     return Worker(app, s, rt, alarms, list(faust_args))
 
 

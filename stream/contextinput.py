@@ -1,12 +1,15 @@
-"""Hold the input that only feeds a bed's patient context until the commit rule may release it.
+"""Hold the input that only feeds a bed's patient context (or its alarm history) until the commit rule may release it.
 
 A chunk no task routes (a 125 Hz lead II) has nothing to emit, but with the patient context on it decides the
 bed's context (`stream.pipeline._BedContexts`). Completed at once, it would be committed ahead of the PLETH of
 its time, and a new owner after a rebalance would lack the lead II its context is decided from: its II_SYNTH
-would differ from an uninterrupted run's. So each such chunk is held like a stream's input: it is completed once
-it ends at least `ack_lag_s` + CONTEXT_INPUT_SKEW_S before its bed's newest context-only input, and at or before
-where the bed's context still needs input from (`ContextStore.resume_from_ns`); all of a bed's at once when the
-bed falls silent for the idle flush, or at the end of input. Having nothing to publish, it gives its latency
+would differ from an uninterrupted run's. Likewise, with the alarm agent on, the ring a verdict is judged from is
+refilled from the input a new owner re-reads: a bed that sends nothing to translate (lead II at 250 Hz and ABP, its
+PLETH probe off) would come back with no history at all (`PipelineConfig.hold_unrouted`). So each such chunk is
+held like a stream's input: it is completed once it ends at least `ack_lag_s` + CONTEXT_INPUT_SKEW_S before its
+bed's newest context-only input, and at or before where the bed's context still needs input from
+(`ContextStore.resume_from_ns`); all of a bed's at once when the bed falls silent for the idle flush, or at the end
+of input. Having nothing to publish, it gives its latency
 record at once, unless it lies in the re-read head of a resumed PLETH stream (the earlier reader published that).
 """
 from __future__ import annotations

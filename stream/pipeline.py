@@ -73,6 +73,27 @@ def resume_history_s(context_s: float) -> float:
     return (CONTEXT_KEEP + 0.5) * context_s if context_s > 0 else 0.0
 
 
+def alarm_history_s(wait_s: float) -> float:
+    """Seconds of input a worker taking a bed over must re-read so that the alarms pending at the takeover are
+    judged on their whole analysis window: the verifier's `PRE_S` before the onset, whose data may have arrived up
+    to the retrospective wait (`wait_s`) before the takeover. The learning span before that window
+    (`operators.processing.alarms.LEARN_S`) is re-read only as far as this reaches (docs/alarms.md).
+
+    Parameters
+    ----------
+    wait_s : float
+        `Settings.alarm_wait_s` (s): how long after its onset a retrospective alarm waits.
+
+    Returns
+    -------
+    float
+        `PRE_S + wait_s` (s).
+    """
+    from operators.processing.alarms import PRE_S
+
+    return PRE_S + wait_s
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """What the pipeline computes: windows and look-ahead (s), tasks and their rates (Hz), context, idle and eviction
@@ -107,12 +128,17 @@ class PipelineConfig:
     sr_signals: tuple[str, ...] | None = None
     rpeaks: bool = True
     quality: bool = True  # judge every source window (operators.processing.quality) and withhold unusable spans
+    # Input no task routes (a 125 Hz lead II, ABP) is held like the context's (`stream.contextinput`) instead of
+    # completed at once, so that a bed sending nothing to translate is re-read after a takeover too (the worker:
+    # with the alarm agent on, whose ring is refilled from the re-read input).
+    hold_unrouted: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> "PipelineConfig":
         """The worker's configuration: windows, tasks and rates from `s`, and the ack lag that keeps a rebalance's new
-        owner computing the same windows with the same patient context (one window, plus `resume_history_s` with
-        the context on, seconds).
+        owner computing the same windows with the same patient context and judging pending alarms on the same
+        data (one window, plus the longer of `resume_history_s` with the context on and `alarm_history_s` with the
+        alarm agent on, seconds).
 
         Parameters
         ----------
@@ -120,10 +146,12 @@ class PipelineConfig:
             The worker's settings.
         """
         history = resume_history_s(s.context_s) if PPG2ECG in s.tasks else 0.0  # only PPG->ECG takes the context
+        if s.alarm_enabled:
+            history = max(history, alarm_history_s(s.alarm_wait_s))
         return cls(window_s=s.window_s, hop_s=s.hop_s, lookahead_s=s.lookahead_s, tasks=tuple(s.tasks), sr_target_hz=s.sr_target_hz,
                    sr_below_hz=s.sr_below_hz, context_s=s.context_s, idle_flush_s=s.idle_flush_s,
                    bed_evict_s=s.bed_evict_s, ack_lag_s=s.window_s + history, resume_history_s=history,
-                   sr_signals=tuple(s.sr_signals) or None)
+                   sr_signals=tuple(s.sr_signals) or None, hold_unrouted=s.alarm_enabled)
 
 
 @dataclass(frozen=True)
@@ -296,7 +324,8 @@ class Pipeline:
                 self._contexts.add(bed, sig, chunk)
             if token is None:
                 return PushOutcome(True)
-            if self._contexts is not None and self._contexts.keeps(sig) and len(chunk.samples):
+            held = self.config.hold_unrouted or (self._contexts is not None and self._contexts.keeps(sig))
+            if held and len(chunk.samples):
                 end = int(grid_ns(chunk.start_ns, chunk.rate_hz, len(chunk.samples)))
                 self._context_input.hold(bed, end, token, self.clock())
             else:

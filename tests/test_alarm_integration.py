@@ -202,3 +202,53 @@ def test_an_alarm_pending_at_a_crash_is_judged_by_the_restarted_worker(wenv):
     assert len(retro) == 1 and "judged_early" not in retro[0], got
     assert retro[0]["data_until_ns"] >= onset_ns + int(30e9) and retro[0]["verdict"] == "false", json.dumps(retro)[:3000]
     assert [v["alarm_id"] for v in got].count("realtime") == 2
+
+
+def test_alarms_pending_at_a_rebalance_are_judged_on_every_partition(wenv):
+    """A second worker joins while retrospective alarms wait for their data on every partition of the alarms topic.
+    The first worker drops its pending alarms at the revoke, and whoever holds each partition afterwards must read
+    them again. Faust rewinds a partition the worker keeps only to a committed offset above 0 (stream/rewind.py), and
+    the alarms topic has none before its first verdict: a kept partition went on past its alarms, which got no
+    verdict while the worker ran (the soak: three beds' alarms, until the worker stopped three minutes later)."""
+    from kafka.partitioner.default import murmur2
+
+    from stream.tools.chunker import iter_chunks
+
+    wenv.extra.update({"WAVEBRIDGE_TASKS": "ppg2ecg", "WAVEBRIDGE_ALARM_MODE": "retrospective",
+                       "WAVEBRIDGE_ALARM_WAIT_S": "20", "WAVEBRIDGE_ALARM_GRACE_S": "60",
+                       "WAVEBRIDGE_COUNTERS_LOG_S": "1", "WAVEBRIDGE_IDLE_FLUSH_S": "600", "WAVEBRIDGE_BED_EVICT_S": "0"})
+    wenv.create_topics(partitions=4)
+    beds, seen = [], set()
+    for i in range(64):  # one bed per partition, as the producer's partitioner places them
+        p = (murmur2(f"bed-{i}".encode()) & 0x7fffffff) % 4
+        if p not in seen:
+            seen.add(p)
+            beds.append(f"bed-{i}")
+    assert len(beds) == 4
+    onset_s = 50.0
+    onset_ns = T0 + int(onset_s * 1e9)
+    rec = _recording(None)
+    chunks = {b: list(iter_chunks(rec, b, chunk_s=1.0, start_ns=T0)) for b in beds}
+    before = [c for b in beds for c in chunks[b] if c.start_ns < onset_ns + int(2e9)]
+    after = [c for b in beds for c in chunks[b] if onset_ns + int(2e9) <= c.start_ns < onset_ns + int(25e9)]
+    alarms = [{"bed_id": b, "alarm_type": "asystole", "onset_ns": onset_ns, "alarm_id": f"a-{b}"} for b in beds]
+    workers = [start_worker(wenv, "worker-1")]
+    try:
+        _send(wenv, before, alarms)
+        wait_until(lambda: "alarm_received=4" in workers[0].log(), 90, "the 4 alarms received", workers[0])
+        workers.append(start_worker(wenv, "worker-2"))
+        wait_until(lambda: workers[1].log().count("Worker ready") >= 1 and "Executing _on_partitions_assigned"
+                   in workers[0].log().split("alarm_received=4", 1)[1], 90, "the rebalance", workers[1])
+        _send(wenv, after)  # the retrospective wait's data: due wherever the alarms are held now
+        got: dict = {}
+
+        def every_alarm():
+            got.update((v["alarm_id"], v) for v in _verdicts(wenv, 4, timeout=10))
+            return set(got) == {a["alarm_id"] for a in alarms} or sorted(got)
+
+        wait_until(every_alarm, 90, "a verdict per alarm", workers[0], interval=1.0)
+        assert all(v["verdict"] == "false" and "judged_early" not in v for v in got.values()), got
+        assert "without a committed offset read from their first message" in workers[0].log()
+    finally:
+        for w in workers:
+            w.stop()

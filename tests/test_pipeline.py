@@ -779,6 +779,56 @@ def test_a_new_owner_resuming_with_the_patient_context_gives_the_uninterrupted_o
             assert not bad, (kill_at, key, len(bad), bad[:3])
 
 
+def test_a_new_owner_re_reads_the_analysis_window_of_the_alarms_pending_at_a_takeover():
+    """The alarm agent judges an alarm from the ring that the worker's accepted chunks fill. With the patient context
+    off, the commit rule kept one window (8 s) of input, so a worker taking a bed over had 8 s before an alarm pending
+    at the takeover and judged it `uncertain` where the uninterrupted worker said `false` (37 of 160 verdicts in a
+    10-run soak). The worker's configuration keeps PRE_S + ALARM_WAIT_S uncommitted with the agent on: the new
+    owner's ring then holds the whole analysis window of a real-time alarm at the takeover and of a retrospective
+    one whose onset was ALARM_WAIT_S before it, and judges both as the old owner would have. A bed sending nothing
+    to translate (lead II at 125 Hz, no PLETH) had each chunk committed at once: nothing of it was re-read."""
+    from operators.processing.alarms import PRE_S
+    from operators.translator import load_translator
+    from stream.alarms import AlarmJudge, AlarmMessage, SignalRing
+    from stream.config import Settings
+
+    settings = Settings(context_s=0.0)
+    conf = PipelineConfig.from_settings(settings)
+    rec = synthesize(seconds=150.0, seed=5)
+
+    def verdicts(msgs_read, kill_ns):
+        ring = SignalRing(settings.alarm_buffer_s, clock=lambda: 0.0)
+        for c in msgs_read:
+            if c.end_ns() <= kill_ns + settings.alarm_wait_s * 10**9:
+                ring.add(c)
+        judge = AlarmJudge(ring, wait_s=settings.alarm_wait_s)
+        judge.submit(AlarmMessage("A", "asystole", kill_ns, "rt"), now=0.0)
+        judge.submit(AlarmMessage("A", "asystole", kill_ns - int(settings.alarm_wait_s * 10**9), "retro",
+                                  mode="retrospective"), now=0.0)
+        msgs = {p.alarm.alarm_id: judge.judge(p) for p in judge.due(now=100.0)}
+        return {k: (m["verdict"], m["confidence"], [(c["name"], c["quality"], c["hr_bpm"], c["beats_s"])
+                                                      for c in m["channels"]]) for k, m in msgs.items()}
+
+    # II + PLETH, and lead II alone (its PLETH probe off: no task routes a 125 Hz lead II, so nothing held it)
+    ii_pleth = sorted((c for sig in ("II", "PLETH") for c in chunks(rec.signals[sig], rec.rate_hz, signal=sig)),
+                      key=lambda c: (c.start_ns, c.signal))
+    ii_only = chunks(rec.signals["II"], rec.rate_hz, signal="II")
+    for msgs, kill_at in ((ii_pleth, 200), (ii_pleth, 260), (ii_only, 100), (ii_only, 130)):  # 100 s, 130 s read
+        old, completed = Pipeline(conf, load_translator("passthrough")), set()
+        for offset, c in enumerate(msgs[:kill_at]):
+            old.push(c, token=offset)
+            completed.update(old.process().completed)
+        committed = next(o for o in range(len(msgs) + 1) if o not in completed)
+        kill_ns = msgs[kill_at - 1].end_ns()
+        assert msgs[committed].start_ns <= kill_ns - (PRE_S + settings.alarm_wait_s) * 10**9
+        reference = verdicts(msgs, kill_ns)
+        assert all(v[2] and all(c[2] for c in v[2]) for v in reference.values())  # every channel with a heart rate
+        if msgs is ii_pleth:
+            assert {k: v[0] for k, v in reference.items()} == {"rt": "false", "retro": "false"}
+        assert verdicts(msgs[committed:], kill_ns) == reference, kill_at
+    assert not PipelineConfig.from_settings(Settings(alarm_enabled=False)).hold_unrouted
+
+
 def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_flush():
     """A 125 Hz lead II only feeds the patient context; committed at once, a new owner would lack the lead II its
     context is decided from. It is held `ack_lag_s` + CONTEXT_INPUT_SKEW_S after the newest lead II (so never
@@ -789,11 +839,16 @@ def test_with_the_context_on_lead_ii_is_held_like_pleth_and_released_by_an_idle_
     from stream.contextinput import CONTEXT_INPUT_SKEW_S
     from stream.pipeline import resume_history_s
 
-    conf = PipelineConfig.from_settings(Settings(context_s=10.0))
+    conf = PipelineConfig.from_settings(Settings(context_s=10.0, alarm_enabled=False))
     assert conf.resume_history_s == resume_history_s(10.0) == 35.0
     assert conf.ack_lag_s == 8.0 + 35.0
-    assert PipelineConfig.from_settings(Settings(context_s=0.0)).ack_lag_s == 8.0
-    assert PipelineConfig.from_settings(Settings(context_s=10.0, tasks=("sr",))).ack_lag_s == 8.0  # no PPG->ECG
+    assert PipelineConfig.from_settings(Settings(context_s=0.0, alarm_enabled=False)).ack_lag_s == 8.0
+    no_ppg2ecg = Settings(context_s=10.0, tasks=("sr",), alarm_enabled=False)
+    assert PipelineConfig.from_settings(no_ppg2ecg).ack_lag_s == 8.0
+    # with the alarm agent on, a new owner re-reads the analysis window of an alarm that waited wait_s (16 + 30 s)
+    for context_s in (0.0, 10.0):
+        on = PipelineConfig.from_settings(Settings(context_s=context_s))
+        assert on.resume_history_s == 46.0 and on.ack_lag_s == 8.0 + 46.0
     now = [0.0]
     pipe = Pipeline(replace(conf, tasks=("ppg2ecg",), quality=False), RecordingTranslator(), clock=lambda: now[0])
     done, emitted = [], []

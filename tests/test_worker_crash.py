@@ -87,8 +87,10 @@ def _kill_then_restart(wenv, rec, expected: dict, speed: float, before_kill) -> 
 
 def test_sigkill_mid_replay_loses_and_duplicates_nothing(wenv, bidmc_record):
     rec = bidmc_recording(bidmc_record(2), seconds=60.0)
-    # the patient context keeps 73 s of input uncommitted (docs/delivery-semantics.md): longer than this replay
+    # the patient context keeps 43 s of input uncommitted, the alarm agent 54 s (docs/delivery-semantics.md): longer
+    # than this replay
     wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.extra["WAVEBRIDGE_ALARM_ENABLED"] = "false"
     wenv.create_topics()
     n_sent = 60 * 2 * len(BEDS)  # 1 s chunks of II and PLETH per bed
 
@@ -106,10 +108,11 @@ def test_sigkill_while_the_first_window_fills_loses_nothing(wenv, bidmc_record):
     """Default routing with the patient context off: a 125 Hz lead II then feeds nothing, so its chunks are finished
     at once while the PLETH chunk before each waits for the first window (8 s at x1). Acked as they finish, Faust
     commits past those PLETH chunks (stream/ackgate.py), and a kill before the window is out loses them. (With the
-    context on, lead II is held like PLETH, 73 s: longer than this replay.)"""
+    context on, or the alarm agent, lead II is held like PLETH, 43 or 54 s: longer than this replay.)"""
     rec = bidmc_recording(bidmc_record(2), seconds=20.0)
     wenv.extra["WAVEBRIDGE_SR_BELOW_HZ"] = "100"  # BIDMC is 125 Hz: nothing to super-resolve
     wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.extra["WAVEBRIDGE_ALARM_ENABLED"] = "false"  # its 54 s hold would move the commits this test is about
     wenv.create_topics()
 
     def filling(worker, group, total):
@@ -159,6 +162,7 @@ def test_two_workers_one_sigkilled_and_restarted_lose_and_duplicate_nothing(wenv
     rec = bidmc_recording(bidmc_record(2), seconds=40.0)
     # Context off: with it, ppg2ecg values depend on batch timing even without a rebalance (delivery-semantics.md).
     wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.extra["WAVEBRIDGE_ALARM_ENABLED"] = "false"  # its 54 s hold would move the commits this test is about
     wenv.create_topics(partitions=4)
     beds = tuple(f"bed-{i:03d}" for i in range(1, 5))
     expected = expected_influx_total(rec)
@@ -321,6 +325,7 @@ def test_a_stream_continuing_after_an_idle_flush_on_another_worker_loses_nothing
     the continuation for a mid-stream resume and never published up to 7 s after the silence
     (WINDOW_S - LOOKAHEAD_S); with the flush point on the progress topic every sample lands exactly once."""
     wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.extra["WAVEBRIDGE_ALARM_ENABLED"] = "false"  # its 54 s hold would move the commits this test is about
     wenv.create_topics()
 
     def kill_and_replace(workers):
@@ -338,6 +343,7 @@ def test_a_stream_continuing_after_an_idle_flush_moves_to_a_running_worker_in_a_
     (SIGTERM, as a rolling deploy does) and the other one, already running, gets its partition in a new generation:
     it must read on to the flush point written since, before it resumes bed-001."""
     wenv.extra["WAVEBRIDGE_CONTEXT_S"] = "0"
+    wenv.extra["WAVEBRIDGE_ALARM_ENABLED"] = "false"  # its 54 s hold would move the commits this test is about
     wenv.create_topics(partitions=2)
     workers = []
     for name in ("worker-1", "worker-2"):
