@@ -15,7 +15,7 @@ record at once, unless it lies in the re-read head of a resumed PLETH stream (th
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Hashable
+from typing import Callable, Collection, Hashable
 
 __all__ = ["CONTEXT_INPUT_SKEW_S", "ContextOnlyInput"]
 
@@ -95,11 +95,19 @@ class ContextOnlyInput:
                 out.append(token)
         return out
 
-    def release_due(self, needed_from_ns: Callable[[str], int | float]) -> None:
+    def release_due(self, needed_from_ns: Callable[[str], int | float], beds: Collection[str] | None = None) -> None:
         """Release each bed's chunks ending `ack_lag_s` + CONTEXT_INPUT_SKEW_S or more before its newest one, and
-        at or before `needed_from_ns(bed)` (where its context still needs input from, ns; inf: nowhere)."""
-        for bed, b in list(self._beds.items()):
-            self._release(bed, min(b.newest_ns - self._hold_ns, needed_from_ns(bed)))
+        at or before `needed_from_ns(bed)` (where its context still needs input from, ns; inf: nowhere).
+
+        Parameters
+        ----------
+        needed_from_ns : callable(bed) -> int or float
+            Where the bed's context still needs input from.
+        beds : collection of str, optional
+            Only these beds (those whose input or context moved since the last call; default: all).
+        """
+        for bed in list(self._beds) if beds is None else [b for b in self._beds if b in beds]:  # in push order
+            self._release(bed, min(self._beds[bed].newest_ns - self._hold_ns, needed_from_ns(bed)))
 
     def release_idle(self, now: float, idle_s: float) -> None:
         """Release all of every bed with no context-only input for `idle_s` (its streams are flushed with it)."""

@@ -254,6 +254,9 @@ class Pipeline:
         self.model_for = {t: (name_for(t) if name_for else self.model) for t in (PPG2ECG, SR)}
         self.clock = clock
         self._streams: dict[tuple[str, str], _Stream] = {}
+        # Beds pushed or flushed since the last process(): only their streams can release tokens there (what decides
+        # a release, the stream's windows, its input's end and its bed's context, changes only with them).
+        self._touched: set[str] = set()
         self._jobs: list[_Job] = []
         self._events: list[PipelineEvent] = []
         self._rejected: list[Rejected] = []
@@ -315,6 +318,7 @@ class Pipeline:
         """
         bed, sig = chunk.bed_id, chunk.signal
         self._bed_seen[bed] = self.clock()
+        self._touched.add(bed)
         if chunk.age is not None or chunk.sex is not None:
             self._demographics[bed] = (chunk.age, chunk.sex)
         if not self.routes(sig, chunk.rate_hz):
@@ -432,6 +436,7 @@ class Pipeline:
         tokens = [t for st in self._streams.values() for _, _, t in st.pending]
         tokens += self._context_input.reset()
         self._streams.clear()
+        self._touched.clear()
         self._bed_seen.clear()
         self._evicted.clear()  # after a rebalance only flush points say who emitted what: continuations resume
         self._flushed.clear()
@@ -483,10 +488,11 @@ class Pipeline:
                     self._withhold(job, result)
         # Release tokens only now: their windows have been translated into `result`.
         lag_ns = int(round(self.config.ack_lag_s * 1e9))
-        self._context_input.release_due(self._context_needed_from)
+        touched, self._touched = self._touched, set()
+        self._context_input.release_due(self._context_needed_from, touched)
         result.completed.extend(self._context_input.completed())
         for st in self._streams.values():
-            if st.done_until_ns is None:
+            if st.done_until_ns is None or st.bed not in touched:
                 continue
             while st.n_emitted < len(st.pending) and st.pending[st.n_emitted][0] <= st.done_until_ns:
                 if st.taken_until_ns is None or st.pending[st.n_emitted][0] > st.taken_until_ns:
@@ -538,6 +544,7 @@ class Pipeline:
         return st
 
     def _flush(self, st: _Stream) -> None:
+        self._touched.add(st.bed)
         res = st.windower.flush()
         self._take(st, res.windows, res.events)
         st.flushed = True
