@@ -73,6 +73,18 @@ def test_true_asystole_kept_with_the_synthesized_ecg(clean, classic):
     assert v.keep_alarm
 
 
+def test_judging_many_alarms_keeps_one_context_in_the_translator_cache(clean):
+    """Each verdict's synthesized ECG takes a context of its own: keyed by that object, the translator's cache kept
+    every alarm's context and beat model until it was full (4096 entries, about 67 MiB). One slot serves them all."""
+    from operators.classic import ClassicTranslator
+
+    tr = ClassicTranslator()
+    for k in range(5):
+        sig = {name: x.copy() + 0.01 * k for name, x in clean.items()}
+        core.add_synthesized_ecg(sig, _rates(sig), tr, ONSET_S)
+    assert len(tr._cache) == 1
+
+
 def test_ecg_lead_off_pulses_and_synthesized_ecg_refute_asystole(clean, classic):
     """Lead II off (flat): no ECG evidence; the pulsatile PLETH and the ECG drawn from it show the beats."""
     sig = {k: v.copy() for k, v in clean.items()}

@@ -632,8 +632,10 @@ def synthesize_ecg(translator: Translator, pleth: np.ndarray, rate_hz: float, ec
         e, _ = fill_nonfinite(np.asarray(ecg, dtype=np.float64))
         p, _ = fill_nonfinite(pleth)
         ctx = select_context(e, p, rate_hz, length_s=context_s)
+    # Each verdict's context serves that one request: one cache slot for all of them (`TranslationRequest.bed`), or a
+    # translator would keep every alarm's context and beat model until its cache is full (about 67 MiB).
     req = TranslationRequest(task=PPG2ECG, source=fill_nonfinite(pleth)[0].astype(np.float32), source_rate=rate_hz,
-                             target_rate=rate_hz, source_signal="PLETH", context=ctx)
+                             target_rate=rate_hz, source_signal="PLETH", context=ctx, meta={"bed": "alarm verifier"})
     y = np.asarray(translator.translate([req])[0], dtype=np.float64)
     if len(y) == len(pleth):
         y[~np.isfinite(pleth)] = np.nan  # drawn from interpolated PLETH: invented, and no evidence (verify_alarm)
