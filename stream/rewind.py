@@ -49,8 +49,9 @@ async def rewind_uncommitted(consumer, topics: Collection[str]) -> dict:
     if not bare:
         return {}
     first = await consumer.earliest_offsets(*bare)
-    for tp in bare:
-        await consumer.seek(tp, first[tp])
+    # in the consumer's own thread, and until the positions are set: `Consumer.seek` sets them from the event loop's
+    # thread, where a fetch completing in the consumer's thread can overwrite them (a soak run lost the seek)
+    await consumer.seek_wait({tp: first[tp] for tp in bare})
     log.info("rebalance: %d partition(s) without a committed offset read from their first message: %s",
              len(bare), ", ".join(f"{tp.topic}[{tp.partition}]@{first[tp]}" for tp in sorted(bare)))
     return {tp: first[tp] for tp in bare}
