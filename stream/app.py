@@ -161,12 +161,10 @@ def create_worker(settings: Settings, translator: Translator | None = None, faus
     acked_topics = {s.topic_input} | ({s.topic_alarms} if s.alarm_enabled else set())
 
     @app.on_rebalance_complete.connect
-    async def rewind(sender, **kwargs):
-        from stream.agents import crash_on_error
+    async def rewind(sender, **kwargs):  # before Faust's first seek to the committed offsets
         from stream.rewind import rewind_uncommitted
 
-        # failing, the worker would skip what it dropped at the revoke: a restart reads it from the committed offsets
-        await crash_on_error(app, "rewinding uncommitted partitions", rewind_uncommitted(app.consumer, acked_topics))
+        rewind_uncommitted(app.consumer, acked_topics)
     return Worker(app, s, rt, alarms, list(faust_args))
 
 

@@ -209,7 +209,9 @@ def test_alarms_pending_at_a_rebalance_are_judged_on_every_partition(wenv):
     The first worker drops its pending alarms at the revoke, and whoever holds each partition afterwards must read
     them again. Faust rewinds a partition the worker keeps only to a committed offset above 0 (stream/rewind.py), and
     the alarms topic has none before its first verdict: a kept partition went on past its alarms, which got no
-    verdict while the worker ran (the soak: three beds' alarms, until the worker stopped three minutes later)."""
+    verdict while the worker ran (the soak: three beds' alarms, until the worker stopped three minutes later). The
+    alarms here come before the rebalance; the soak's came during it, when Faust drops a fetch's records and seeks
+    back to the committed offsets (stream/rewind.py)."""
     from kafka.partitioner.default import murmur2
 
     from stream.tools.chunker import iter_chunks
