@@ -1,4 +1,7 @@
-"""WorkerRuntime's rebalance handling, with stand-ins for the Faust app, topics and events (no broker)."""
+"""WorkerRuntime's rebalance handling, with stand-ins for the Faust app, topics and events (no broker).
+
+The alarm agent is not registered here, so its settings are off too: with it, the commit rule would hold 54 s of
+input (stream.pipeline.alarm_history_s) and these short streams would acknowledge nothing before they end."""
 from __future__ import annotations
 
 import asyncio
@@ -75,7 +78,7 @@ def test_a_batch_queued_behind_a_revoke_is_dropped_not_pushed_into_the_emptied_p
 
     async def scenario():
         app = _App()
-        settings = Settings(influx_enabled=False, tasks=("sr",))
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False)
         rt = WorkerRuntime(app, settings, translator=_Zeros())
         await rt.start()
         await rt.handle_events([_Event(i, 1) for i in range(10)])  # buffered in 8 s windows, nothing acked past 0
@@ -111,7 +114,7 @@ def test_a_second_assignment_in_generation_minus_one_neither_loses_nor_dead_lett
 
     async def scenario():
         app = _App()
-        settings = Settings(influx_enabled=False, tasks=("sr",))
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False)
         rt = WorkerRuntime(app, settings, translator=_Zeros())
         await rt.start()
         acked_in_minus_one = []
@@ -159,7 +162,7 @@ def test_dead_letters_log_a_line_per_reason_per_interval_without_the_value(caplo
 
     async def scenario():
         app = _App()
-        settings = Settings(influx_enabled=False, tasks=("sr",), log_repeat_s=3600)
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False, log_repeat_s=3600)
         rt = WorkerRuntime(app, settings, translator=_Zeros())
         await rt.start()
         bad = [_Bad(i, b'{"bed_id":"SECRET-NAME-%d","signal":"II"' % i) for i in range(50)]  # truncated JSON
@@ -186,7 +189,7 @@ def test_an_idle_flush_acks_its_input_only_after_its_outputs_and_then_its_flush_
     from stream.progress import FlushPoint
 
     async def scenario(broken):
-        settings = Settings(influx_enabled=False, tasks=("sr",), idle_flush_s=0.05)
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False, idle_flush_s=0.05)
         app = _App(broken=[settings.topic_progress] if broken else [])
         rt = WorkerRuntime(app, settings, translator=_Zeros())
         await rt.start()
@@ -252,7 +255,7 @@ def _overlap_scenario(fail: bool):
     """Batch 1's outputs held back by a slow sink while batch 2 computes; then delivered (or failed)."""
 
     async def scenario():
-        settings = Settings(influx_enabled=False, tasks=("sr",))
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False)
         held: list = []
         app = _App()
         app.topic = lambda name, **kw: (_HeldTopic(name, app.sent, held) if name == settings.topic_sr
@@ -341,7 +344,7 @@ def test_the_alarm_ring_gets_only_the_chunks_the_pipeline_accepts_and_hears_of_a
     heard = []
 
     async def scenario():
-        rt = WorkerRuntime(_App(), Settings(influx_enabled=False, tasks=("sr",)), translator=_Zeros())
+        rt = WorkerRuntime(_App(), Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False), translator=_Zeros())
         await rt.start()
         rt.chunk_listeners.append(lambda chunk, stepped_back: heard.append((chunk.seq, stepped_back)))
         mk = lambda k, ahead=0: wire.Chunk("bed-1", "PLETH", 25.0, (k + ahead) * 10**9, k,  # noqa: E731
