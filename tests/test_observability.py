@@ -200,8 +200,9 @@ def _dead_letters() -> float:
 def test_worker_runtime_counts_what_it_consumes_and_acknowledges():
     from stream.agents import WorkerRuntime
 
+    # no alarm agent here: its hold (54 s) would keep this 10 s stream wholly unacknowledged
     settings = Settings(translator="classic", influx_enabled=False, window_s=8, hop_s=2, tasks=("sr",),
-                        topic_input="in", topic_sr="obs.sr", topic_dlq="obs.dlq")
+                        topic_input="in", topic_sr="obs.sr", topic_dlq="obs.dlq", alarm_enabled=False)
     m_in, s_in = _value("wavebridge_messages_in_total", topic="in"), _value("wavebridge_samples_in_total", topic="in")
     m_out = _value("wavebridge_messages_out_total", topic="obs.sr")
     acked = _value("wavebridge_messages_acked_total", topic="in")
