@@ -7,7 +7,7 @@ imports. A value that only one module uses stays in that module.
 from __future__ import annotations
 
 __all__ = ["ECG", "PPG", "ABP", "ECG_LEADS", "WIRE_SIGNALS", "SYNTH_SUFFIX", "SR_SUFFIX", "OUTPUT_SUFFIXES", "SYNTH_ECG",
-           "is_ecg_signal", "mv_per_unit", "PPG2ECG", "SR", "TASKS", "TASK_PPG2ECG", "TASK_ECG_SR",
+           "is_ecg_signal", "PPG2ECG", "SR", "TASKS", "TASK_PPG2ECG", "TASK_ECG_SR",
            "TASK_PPG_SR", "TASK_MODALITIES", "CANONICAL_RATE_HZ", "SR_TARGET_HZ", "LOW_RATE_HZ", "LOWRES_KINDS", "SEXES",
            "SEX_CODES", "TOPIC_WAVEFORMS", "TOPIC_ECG_SYNTH", "TOPIC_SR", "TOPIC_EVENTS", "TOPIC_DLQ", "TOPIC_ALARMS",
            "TOPIC_VERDICTS", "TOPIC_PROGRESS", "DEFAULT_TOPICS", "DEFAULT_PARTITIONS"]
@@ -26,22 +26,6 @@ SYNTH_SUFFIX = "_SYNTH"  # synthesized from another modality
 SR_SUFFIX = "_SR"  # super-resolved copy of the same signal
 OUTPUT_SUFFIXES = (SYNTH_SUFFIX, SR_SUFFIX)
 SYNTH_ECG = ECG + SYNTH_SUFFIX  # "II_SYNTH": lead II synthesized from PLETH
-
-
-# Millivolts per unit of the voltage units an ECG may arrive in; II_SYNTH is published in mV.
-_MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
-
-
-def mv_per_unit(units: str) -> float | None:
-    """Millivolts per unit of a voltage unit (`"uV"` -> 0.001, `"V"` -> 1000, `"mV"` -> 1), None for any other (an
-    ECG without units, or in ADC counts, is taken as it comes).
-
-    Parameters
-    ----------
-    units : str
-        The units as a chunk or record names them (any case).
-    """
-    return _MV_PER_UNIT.get(units.strip().lower())
 
 
 def is_ecg_signal(name: str) -> bool:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 import numpy as np
 
 from operators.processing import quality as Q
-from operators.processing.samples import grid_ns
+from operators.processing.samples import grid_ns, in_millivolts
 from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
-from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG, mv_per_unit, super_resolvable
+from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG, super_resolvable
 from stream.contextinput import ContextOnlyInput
 from stream.progress import FlushPoint
 from stream.results import OUTPUT_UNUSABLE, SOURCE_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
@@ -753,10 +753,7 @@ class _BedContexts:
                                                   refresh_s=self.context_s / 2, fallback_s=CONTEXT_FALLBACK_S)
         if stepped_back:
             st.step_back(signal, chunk.start_ns)
-        samples = chunk.samples
-        scale = mv_per_unit(chunk.units) if signal == ECG and chunk.units else None
-        if scale is not None and scale != 1.0:  # II_SYNTH takes the context ECG's level and spread: in mV
-            samples = np.asarray(samples, dtype=np.float64) * scale
+        samples = in_millivolts(chunk.samples, chunk.units) if signal == ECG else chunk.samples
         st.push(signal, chunk.start_ns, chunk.rate_hz, samples)
 
     def get(self, bed: str, at_ns: int) -> PairedContext | None:

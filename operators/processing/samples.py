@@ -22,7 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["fill_nonfinite", "fit_length", "grid_ns", "median", "period_ns", "segment_index", "true_runs"]
+__all__ = ["fill_nonfinite", "fit_length", "grid_ns", "in_millivolts", "median", "period_ns", "segment_index",
+           "true_runs"]
 
 NS_PER_S = 10**9
 # Rates are read as fractions with denominators up to this (exact for every rate a monitor sends).
@@ -182,3 +183,22 @@ def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
         return int(origin_ns) + offs
     offs = np.array([(2 * int(i) * num + den) // (2 * den) for i in idx.ravel()], dtype=object)
     return (int(origin_ns) + offs).astype(np.int64).reshape(idx.shape)
+
+
+# Millivolts per unit of the voltage units an ECG may arrive in.
+_MV_PER_UNIT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+
+
+def in_millivolts(x: np.ndarray, units: str) -> np.ndarray:
+    """`x` in mV when `units` is a voltage unit (`"uV"`, `"µV"`, `"V"`, any case): II_SYNTH, published in mV, takes
+    its context ECG's level and spread. `x` itself for mV and for any other unit (none, ADC counts: taken as it comes).
+
+    Parameters
+    ----------
+    x : np.ndarray
+        Samples.
+    units : str
+        Their units as a chunk or record names them.
+    """
+    scale = _MV_PER_UNIT.get(units.strip().lower(), 1.0)
+    return x if scale == 1.0 else np.asarray(x, dtype=np.float64) * scale

@@ -24,10 +24,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from operators.processing.samples import grid_ns
+from operators.processing.samples import grid_ns, in_millivolts
 from operators.translator import DEFAULT_SPEC, PPG2ECG, SR, PairedContext, is_ecg_signal
 from operators import vocab
-from operators.vocab import ECG, PPG, mv_per_unit
+from operators.vocab import ECG, PPG
 from stream import wire
 from stream.tools.cli import ArgumentParser
 from stream.pipeline import Pipeline, PipelineConfig
@@ -195,9 +195,7 @@ def load_context(path: str | Path, context_s: float = 10.0) -> PairedContext:
     except (ValueError, OSError, KeyError) as exc:  # as for the input: a missing .csv is an OSError, not the user's 1
         raise OfflineError(f"--context {path}: {exc}") from None
     ecg, ppg, rate = rec.signals[ECG], rec.signals[PPG], max(rec.rates[ECG], rec.rates[PPG])
-    scale = mv_per_unit(rec.units.get(ECG, ""))
-    if scale is not None and scale != 1.0:  # II_SYNTH takes the context ECG's level and spread: in mV, as the worker
-        ecg = np.asarray(ecg, np.float64) * scale
+    ecg = in_millivolts(ecg, rec.units.get(ECG, ""))  # as the worker's context
     if rec.rates[ECG] != rec.rates[PPG]:  # e.g. II stored 4 samples a frame: both at the faster rate, as the worker does
         from operators.processing.resample import resample
 
