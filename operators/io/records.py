@@ -106,8 +106,14 @@ def canonical_name(raw: str) -> str:
     ----------
     raw : the channel or column name.
     """
+    upper, key = _alias_key(raw)
+    return _ALIASES.get(key, upper)
+
+
+def _alias_key(raw: str) -> tuple[str, str]:
+    """(name without its unit, upper-cased; the same without separators: what `_ALIASES` is keyed by)."""
     upper = split_unit(raw)[0].upper()
-    return _ALIASES.get(re.sub(r"[\s_-]+", "", upper), upper)
+    return upper, re.sub(r"[\s_-]+", "", upper)
 
 
 def read_recording(
@@ -462,7 +468,7 @@ def _canonical_names(raw: list[str]) -> list[str]:
     """`canonical_name` of each channel name, except that a yielding alias (`_YIELDING`) keeps its own name in a
     record that also has a channel of the canonical name itself."""
     canon = [canonical_name(r) for r in raw]
-    own = [re.sub(r"[\s_-]+", "", split_unit(r)[0].upper()) for r in raw]
+    own = [_alias_key(r)[1] for r in raw]
     literal = {c for c, o in zip(canon, own) if c == o}
     return [o if o in _YIELDING and c in literal else c for c, o in zip(canon, own)]
 
