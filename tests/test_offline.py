@@ -389,3 +389,29 @@ def test_context_record_with_lead_ii_stored_faster_than_pleth(tmp_path):
                 e_p_signal=[ecg, rec.signals["PLETH"].astype(np.float64)], write_dir=str(tmp_path))
     ctx = offline.load_context(tmp_path / "ctx")
     assert ctx.rate_hz == 500.0 and len(ctx.ecg) == len(ctx.ppg) == 5000
+
+
+def test_a_short_segment_between_dropouts_reports_the_patients_heart_rate(bidmc_record):
+    """A PLETH that drops out 5 s after it starts leaves a 5 s segment: one short window. bidmc11's synthesized lead
+    has tall T waves, and the R-peak detector once took them for beats there: `hr_bpm` 192 for a 95 bpm patient,
+    published as good with confidence 0.87."""
+    from operators.io.records import Recording, read_recording
+    from operators.processing.rpeaks import detect_rpeaks, heart_rate_bpm
+    from operators.state.context import select_context
+    from operators.translator import PPG2ECG, load_translator
+
+    rec = read_recording(bidmc_record(11), ["II", "PLETH"])
+    fs = float(rec.rates["PLETH"])
+    ppg, ecg = rec.signals["PLETH"].astype(np.float64), rec.signals["II"].astype(np.float64)
+    n_ctx = int(60 * fs)
+    ctx = select_context(ecg[:n_ctx], ppg[:n_ctx], fs, 10.0)
+    x = ppg[n_ctx:n_ctx + int(40 * fs)].copy()
+    x[int(5 * fs):int(15 * fs)] = np.nan  # a 10 s dropout: the stream splits there
+    r = Recording("bidmc11", {"PLETH": x.astype(np.float32)}, {"PLETH": fs}, {"PLETH": "NU"}, rec.age, rec.sex,
+                  {"PLETH": "PLETH"})
+    _, events = offline.translate_chunks(offline.iter_source_chunks(r, "PLETH", 1.0), PPG2ECG, source_signal="PLETH",
+                                         target_rate=fs, translator=load_translator("classic"), context=ctx)
+    first = next(ev for ev in events if ev.kind == "rpeaks")
+    assert first.fields["until_ns"] == 5_000_000_000  # the short segment's one window
+    truth = heart_rate_bpm(detect_rpeaks(ecg[n_ctx:], fs), fs)  # the whole record's lead II
+    assert first.fields["hr_bpm"] == pytest.approx(truth, abs=5.0), (first.fields["hr_bpm"], truth)
