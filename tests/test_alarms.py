@@ -1199,3 +1199,15 @@ def test_the_worker_counts_and_logs_chunks_a_full_ring_refuses(clean, caplog):
     assert rt.ring.beds() == ["bed-1"] and rt.ring.refused("bed-2")
     lines = [r.getMessage() for r in caplog.records if "alarm ring full" in r.getMessage()]
     assert len(lines) == 1 and "bed-2" in lines[0] and "WAVEBRIDGE_ALARM_MAX_BEDS" in lines[0]
+
+
+def test_a_synthesized_ecg_counts_one_beat_per_pulse():
+    """Two detected beats before one PLETH pulse are a beat and a wave taken for one (t469l: a tall synthesized T
+    wave 0.22 s after each R doubled II_SYNTH's rate); the one kept has the usual delay to its pulse."""
+    rate = 250.0
+    r = np.arange(1.0, 15.0, 0.63)
+    pulses = ((r + 0.35) * rate).astype(np.int64)
+    doubled = np.sort(np.concatenate([r, r[:6] + 0.22]))  # T waves taken for beats in the first seconds
+    beats = np.append((doubled * rate).astype(np.int64), int(15.9 * rate))  # and one beat no pulse follows
+    kept = core._synth_beats_of_pulses(beats, pulses, rate)
+    np.testing.assert_array_equal(kept, (r * rate).astype(np.int64))

@@ -567,6 +567,30 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
                       None if first is None else (first - onset_idx) / rate_hz, width, shapes, judged)
 
 
+def _synth_beats_of_pulses(peaks: np.ndarray, ppeaks: np.ndarray, rate_hz: float) -> np.ndarray:
+    """The synthesized ECG's beats that a PLETH pulse vouches for: each followed by a pulse within `SYNTH_PULSE_S`,
+    and at most one per pulse. The translator draws one beat per pulse, so two detected beats before one pulse are
+    a beat and a wave the detector took for one (a tall synthesized T wave); the one kept is the one whose delay
+    to the pulse is nearest the delay of the beats that have a pulse to themselves (the earliest when none has)."""
+    lo, hi = int(SYNTH_PULSE_S[0] * rate_hz), int(SYNTH_PULSE_S[1] * rate_hz)
+    j = np.searchsorted(ppeaks, peaks + lo)
+    followed = (j < len(ppeaks)) & (ppeaks[np.minimum(j, len(ppeaks) - 1)] <= peaks + hi)
+    peaks, j = peaks[followed], j[followed]
+    if len(peaks) < 2:
+        return peaks
+    delay = ppeaks[j] - peaks
+    pulse, count = np.unique(j, return_counts=True)
+    alone = np.isin(j, pulse[count == 1])
+    typical = float(np.median(delay[alone])) if alone.any() else None
+    keep = np.ones(len(peaks), dtype=bool)
+    for p in pulse[count > 1]:
+        idx = np.flatnonzero(j == p)
+        best = idx[0] if typical is None else idx[np.argmin(np.abs(delay[idx] - typical))]
+        keep[idx] = False
+        keep[best] = True
+    return peaks[keep]
+
+
 def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_idx: int, a: int, b: int,
                      alarm_type: str, pulses: tuple[np.ndarray, float, bool, str] | None = None
                      ) -> tuple[ChannelEvidence, np.ndarray]:
@@ -583,10 +607,7 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
         peaks = detect_rpeaks(x, rate_hz)
     if kind == "synth" and pulses is not None:
         ppeaks, qscore, onset_ok, reason = pulses
-        lo, hi = int(SYNTH_PULSE_S[0] * rate_hz), int(SYNTH_PULSE_S[1] * rate_hz)
-        j = np.searchsorted(ppeaks, peaks + lo)
-        followed = (j < len(ppeaks)) & (ppeaks[np.minimum(j, len(ppeaks) - 1)] <= peaks + hi)
-        peaks = peaks[followed]
+        peaks = _synth_beats_of_pulses(peaks, ppeaks, rate_hz)
     # The Challenge's event lies before the alarm: every number is judged on the window up to the onset. In
     # retrospective mode the detectors still see the data after it, so no beat near the onset is lost to the
     # edge of the data; letting the data after the onset add support or dilute the contradiction scored worse.
