@@ -290,22 +290,31 @@ def cli(argv: Sequence[str] | None = None) -> int:
     output, 130: interrupted)."""
     args = build_parser().parse_args(argv)
 
-    # SIGTERM (e.g. from a supervisor) takes the same clean-up path as Ctrl-C.
-    def on_term(signum, frame):
+    # SIGTERM (e.g. from a supervisor) takes the same clean-up path as Ctrl-C. The signal is remembered as well as
+    # raised: a library call that catches every exception can swallow the KeyboardInterrupt, and the demo then ran
+    # to its end and exited 0 after a Ctrl-C (seen once in the test suite under load).
+    interrupted = []
+
+    def on_signal(signum, frame):
+        interrupted.append(signum)
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         summary = run(args)
     except KeyboardInterrupt:
+        interrupted.append(signal.SIGINT)
+    except Exception as exc:
+        if not interrupted:
+            print(f"[demo] failed: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if interrupted:
         print("\n[demo] interrupted; broker and worker stopped", file=sys.stderr)
         return 130
-    except Exception as exc:
-        print(f"[demo] failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
     f = summary["files"]
     print("\n[demo] done")
     print(f"  beds            {', '.join(summary['beds'])}")
