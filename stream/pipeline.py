@@ -41,6 +41,11 @@ QUALITY_MARGIN_S = 1.0
 # it halved the wrong heart rates under injected motion, 1.7% -> 0.7%, for 6 points of clean windows' heart rates;
 # docs/quality.md has the held-out numbers).
 HR_MIN_CONFIDENCE = 0.7
+# A heart rate from synthesized beats is published only within this share of the pulse rate of the source span it
+# was drawn from: the translator draws one beat per pulse, so a rate far from the pulses' is a wave the R-peak
+# detector took for a beat (a tall synthesized T wave) or beats the model invented. On the held-out BIDMC patients'
+# clean windows (classic) no right rate was this far off, while three doubled or halved ones were.
+HR_PULSE_TOL = 0.2
 # The last good patient context stands in (through a lead-off) for at most this long after the grid point that found
 # it: while it does, its bed's input from that context's data on stays uncommitted (`ContextStore.resume_from_ns`),
 # so this bounds how far a lead-off holds its partition's commit back. On the 40 BIDMC records (classic translator)
@@ -213,6 +218,22 @@ def quality_span(w: Window, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, in
         Sample indices into `w.samples`.
     """
     return judged_span(w.emit_from, w.emit_stop, len(w.samples), w.rate_hz, margin_s)
+
+
+def source_pulse_rate_bpm(w: Window) -> float | None:
+    """Pulse rate (bpm) of a PLETH window over its judged span (`quality_span`), None with fewer than two pulses.
+
+    Parameters
+    ----------
+    w : Window
+        A PPG source window.
+    """
+    from operators.processing.rpeaks import detect_ppg_peaks, heart_rate_bpm
+
+    a, b = quality_span(w)
+    peaks = detect_ppg_peaks(w.samples[a:b], w.rate_hz)
+    hr = heart_rate_bpm(peaks, w.rate_hz) if len(peaks) >= 2 else float("nan")
+    return float(hr) if np.isfinite(hr) else None
 
 
 def judged_span(k0: int, k1: int, n: int, rate_hz: float, margin_s: float = QUALITY_MARGIN_S) -> tuple[int, int]:
@@ -709,6 +730,10 @@ class Pipeline:
         hr = None if hr is None or not np.isfinite(hr) else float(hr)
         if quality is not None and (quality.cls != Q.GOOD or (confidence is not None and confidence < HR_MIN_CONFIDENCE)):
             hr = None  # a heart rate only from a good, confident window (the others still report their peaks, flagged)
+        if hr is not None and quality is not None:
+            pulse = source_pulse_rate_bpm(w)
+            if pulse is not None and abs(hr - pulse) > HR_PULSE_TOL * pulse:
+                hr = None  # the synthesized beats are not the pulses they were drawn from
         judged = {} if quality is None else {"quality": round(quality.score, 4), "quality_flag": quality.cls,
                                              "confidence": confidence}
         return PipelineEvent.rpeaks(st.bed, int(times[k0]), peaks_ns=sel, hr_bpm=hr, model=self.model_for[PPG2ECG],

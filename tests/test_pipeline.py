@@ -525,6 +525,47 @@ def test_clean_input_is_published_whole_and_good():
     assert all(abs(e.fields["hr_bpm"] - 72) < 15 for e in rp if e.fields["hr_bpm"] is not None)
 
 
+class DoublingTranslator:
+    """The classic translator's output plus a copy of it 0.31 s later: two beats per pulse, as when a tall
+    synthesized T wave is taken for a beat."""
+
+    name = "doubling"
+
+    def __init__(self):
+        from operators.translator import load_translator
+
+        self.inner = load_translator("classic")
+
+    def translate(self, requests):
+        out = []
+        for r, y in zip(requests, self.inner.translate(requests)):
+            k = int(0.31 * r.target_rate)
+            z = y - np.median(y)
+            out.append((y + np.concatenate([np.zeros(k, np.float32), z[:-k]])).astype(np.float32))
+        return out
+
+
+def test_a_heart_rate_far_from_the_source_pulse_rate_is_not_published():
+    """Synthesized beats at twice the PLETH's pulse rate are not the pulses they were drawn from: their peaks are
+    still reported, but no heart rate; through the classic translator the same windows carry the pulse's rate."""
+    rec = synthesize(seconds=40.0, seed=4)
+    rp = {}
+    for name, tr in (("doubling", DoublingTranslator()), ("classic", None)):
+        from operators.translator import load_translator
+
+        pipe = Pipeline(cfg(quality=True, tasks=("ppg2ecg",), lookahead_s=1.0), tr or load_translator("classic"))
+        results = run_all(pipe, chunks(rec.signals["PLETH"], rec.rate_hz), tokens=False)
+        rp[name] = [e for r in results for e in r.events if e.kind == "rpeaks"]
+    doubled = rp["doubling"]
+    assert doubled and sum(len(e.fields["peaks_ns"]) for e in doubled) > 1.6 * sum(len(e.fields["peaks_ns"])
+                                                                                  for e in rp["classic"])
+    assert sum(e.fields["quality_flag"] == "good" for e in doubled) >= len(doubled) - 1  # judged good all the same
+    assert all(e.fields["hr_bpm"] is None for e in doubled)
+    # the classic run's windows that are confident enough to carry a heart rate carry the right one
+    rates = [e.fields["hr_bpm"] for e in rp["classic"] if e.fields["hr_bpm"] is not None]
+    assert len(rates) >= 8 and all(70 < hr < 77 for hr in rates), rates
+
+
 @pytest.mark.parametrize("rate", [62.5, 125.0])
 def test_an_output_off_its_sources_grid_is_judged_on_as_long_a_span_as_its_source(rate):
     """62.5 Hz PLETH goes out at 100 Hz on the absolute grid, where a window's emitted part can be a sample short of
