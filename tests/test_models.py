@@ -503,6 +503,24 @@ def test_engine_sr_of_a_source_at_or_above_the_canonical_rate_is_the_polyphase_r
     np.testing.assert_allclose(outs[1], eng.translate(reqs[1:2])[0], rtol=1e-4, atol=1e-4)  # the model row is unchanged
 
 
+def test_engine_ppg_sr_from_a_source_that_holds_the_pulse_band_is_the_polyphase_resample():
+    """A PPG carries its pulses below 8 Hz: from 25 Hz the model could only add the band above 12.5 Hz, where there
+    is nothing, so it is not run (it measured no better than polyphase); from 12.5 Hz, whose Nyquist frequency cuts
+    into the band, it is."""
+    from models.engine import ClmtTranslator
+    from operators.processing.resample import resample
+    from operators.io.synthetic import synthesize
+
+    rec = synthesize(seconds=20.0, seed=6)
+    ppg = rec.signals["PLETH"].astype(np.float64)
+    eng = ClmtTranslator(device="cpu")
+    at25, at12 = resample(ppg[:1000], 125.0, 25.0), resample(ppg[:1000], 125.0, 12.5)
+    reqs = [TranslationRequest(SR, at25, 25.0, 100.0, "PLETH"), TranslationRequest(SR, at12, 12.5, 100.0, "PLETH")]
+    outs = eng.translate(reqs)
+    np.testing.assert_allclose(outs[0], resample(at25, 25.0, 100.0, method="polyphase"), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(outs[1], resample(at12, 12.5, 100.0, method="polyphase"), rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
 def test_engine_flat_short_and_non_finite_sources():
     """A flat source (sensor off) gives a flat line, not beats the stream would report a heart rate from; a window
