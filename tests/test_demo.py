@@ -80,11 +80,11 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     syn = pq.read_table(out / "ecg_synth.parquet").to_pandas()
     sr = pq.read_table(out / "sr.parquet").to_pandas()
 
-    # Inputs: two full-rate beds with II + PLETH, one bed whose PLETH is down-sampled to 25 Hz.
+    # Inputs: two full-rate beds with II + PLETH, one bed whose II and PLETH are down-sampled to 25 Hz.
     counts = inp.groupby(["bed", "signal"]).size().to_dict()
     n = int(SECONDS * RATE)
     assert counts == {("bed-001", "II"): n, ("bed-001", "PLETH"): n, ("bed-002", "II"): n,
-                      ("bed-002", "PLETH"): n, ("lowres-001", "II"): n, ("lowres-001", "PLETH"): SECONDS * 25}
+                      ("bed-002", "PLETH"): n, ("lowres-001", "II"): SECONDS * 25, ("lowres-001", "PLETH"): SECONDS * 25}
 
     for name, df in (("input", inp), ("synth", syn), ("sr", sr)):
         assert len(df), f"{name} is empty"
@@ -111,14 +111,28 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     ev = pq.read_table(out / "events.parquet").to_pandas()
     assert (ev["type"] == "rpeaks").any() and ev[ev.type == "rpeaks"]["quality_flag"].notna().all()
 
-    # Super-resolution only for the 25 Hz bed, at 100 Hz, and on the true time axis: it must match
-    # the full-rate PLETH of bed-001 (same recording, same start time) sampled at its timestamps.
-    assert set(zip(sr.bed, sr.signal)) == {("lowres-001", "PLETH_SR")}
+    # Super-resolution only for the 25 Hz bed, at 100 Hz, and on the true time axis: it must match the full-rate
+    # signals of bed-001 (same recording, same start time) sampled at its timestamps. Lead II is the model's work
+    # (PLETH from 16 Hz up is a polyphase resample): it must restore QRS detail the polyphase resample of the same
+    # 25 Hz input does not (measured on this record: Pearson 0.967 against 0.856).
+    from operators.processing.resample import resample
+
+    assert set(zip(sr.bed, sr.signal)) == {("lowres-001", "II_SR"), ("lowres-001", "PLETH_SR")}
     assert (sr["rate_hz"] == 100).all()
-    assert len(sr) >= 0.9 * SECONDS * 100
-    ref = inp[(inp.bed == "bed-001") & (inp.signal == "PLETH")]
-    expect = np.interp(sr["time"].astype("int64"), ref["time"].astype("int64"), ref["value"])
-    assert np.corrcoef(expect, sr["value"])[0, 1] > 0.9
+    for sig, at_least in (("II", 0.93), ("PLETH", 0.9)):
+        out_sig = sr[sr.signal == f"{sig}_SR"]
+        assert len(out_sig) >= 0.9 * SECONDS * 100, sig
+        t = out_sig["time"].astype("int64").to_numpy()
+        ref = inp[(inp.bed == "bed-001") & (inp.signal == sig)]
+        expect = np.interp(t, ref["time"].astype("int64"), ref["value"])
+        r_out = np.corrcoef(expect, out_sig["value"])[0, 1]
+        assert r_out > at_least, (sig, r_out)
+        low = inp[(inp.bed == "lowres-001") & (inp.signal == sig)]
+        poly = resample(low["value"].to_numpy(), 25.0, 100.0, method="polyphase")
+        t_poly = low["time"].astype("int64").to_numpy()[0] + np.arange(len(poly)) * 10_000_000
+        r_poly = np.corrcoef(expect, np.interp(t, t_poly, poly))[0, 1]
+        if sig == "II":
+            assert r_out > r_poly + 0.05, (r_out, r_poly)
 
     png = out / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,7 +141,7 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     img = mpimg.imread(png)
     assert img.shape[0] > 400 and img.shape[1] > 800
     assert img[..., :3].std() > 0.05  # not a blank canvas
-    assert "samples in      13000" in res.stdout
+    assert "samples in      11000" in res.stdout
 
     # One monitor alarm verified end to end: an asystole alarm on a beating heart is judged false.
     import json
@@ -260,4 +274,14 @@ def test_outputs_are_not_complete_before_any_pleth_input_was_read():
     seen.data.chunks["input"].append(chunk("bed-001", "PLETH", 10**9))
     assert not _outputs_complete(seen)
     seen.data.chunks["synth"].append(chunk("bed-001", "II_SYNTH", 10**9))
+    assert _outputs_complete(seen)
+    # the 25 Hz bed's lead II waits for its super-resolved copy (and its PLETH for II_SYNTH and PLETH_SR)
+    seen.data.chunks["input"].append(chunk("lowres-001", "II", 10**9))
+    assert not _outputs_complete(seen)
+    seen.data.chunks["sr"].append(chunk("lowres-001", "II_SR", 10**9))
+    assert _outputs_complete(seen)
+    seen.data.chunks["input"].append(chunk("lowres-001", "PLETH", 10**9))
+    seen.data.chunks["synth"].append(chunk("lowres-001", "II_SYNTH", 10**9))
+    assert not _outputs_complete(seen)
+    seen.data.chunks["sr"].append(chunk("lowres-001", "PLETH_SR", 10**9))
     assert _outputs_complete(seen)

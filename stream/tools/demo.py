@@ -1,8 +1,8 @@
 """`wavebridge demo`: the whole pipeline on one machine, with nothing to set up.
 
 Starts an embedded Tansu broker, creates the topics, starts the worker as a subprocess, replays a
-recording as several beds (plus one bed whose PLETH is down-sampled to 25 Hz so super-resolution
-has work), collects the output topics and writes Parquet files and a PNG under `--out`.
+recording as several beds (plus one bed whose lead II and PLETH are down-sampled to 25 Hz so
+super-resolution has work: lead II by the model, PLETH by polyphase), collects the output topics and writes Parquet files and a PNG under `--out`.
 Broker and worker are always stopped on exit, including on Ctrl-C and on errors.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from operators import vocab
+from operators.translator import DEFAULT_SPEC
 from stream.config import ConfigError, Settings
 from stream.tools.cli import ArgumentParser
 from stream.tools.collector import Collector
@@ -33,6 +34,7 @@ from stream.tools.worker_process import LOCAL_BROKER_TIMING, WorkerProcess, work
 DEFAULT_RECORD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bidmc" / "bidmc01"
 SR_BED_PREFIX = "lowres"  # beds replayed at 25 Hz: lowres-001
 SR_INPUT_HZ = vocab.LOW_RATE_HZ
+SR_SIGNALS = (vocab.ECG, vocab.PPG)  # what the low-rate bed sends at SR_INPUT_HZ
 QUIET_S = 8.0  # after the replay, stop once no output arrived for this long (worker idle-flushes in 2 s)
 FAUST_DATA = "faust-data"  # the worker's state folder under --out
 
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of the recording to replay per bed")
     p.add_argument("--beds", type=int, default=2, help="beds at the recording's own rate (plus one 25 Hz bed)")
     p.add_argument("--speed", type=float, default=0.0, help="replay speed: 1 = real time, 0 = as fast as possible")
-    p.add_argument("--translator", default="clmt", help="translator spec: clmt (shipped model), classic, passthrough, module:Class, or per task: ppg2ecg=classic,sr=clmt")
+    p.add_argument("--translator", default=DEFAULT_SPEC,
+                   help="translator spec: the worker's default (per task the best measured), clmt (the shipped model "
+                        "for every task), classic, passthrough, module:Class, or per task: ppg2ecg=classic,sr=clmt")
     p.add_argument("--no-sr-bed", action="store_true", help="do not add the 25 Hz super-resolution bed")
     p.add_argument("--influx-url", help="also write to this InfluxDB (v2 API); disabled when not given")
     p.add_argument("--influx-org", help="InfluxDB org (with --influx-url)")
@@ -103,14 +107,15 @@ def demo_settings(bootstrap: str, args) -> Settings:
 
 
 def replay_jobs(args, start_ns: int) -> list[ReplayOptions]:
-    """The demo's replays: `--beds` beds at the recording's rate and, unless `--no-sr-bed`, one with PLETH at
-    `SR_INPUT_HZ`; all start at `start_ns` (ns since the epoch) so the low-rate bed lines up with the others."""
+    """The demo's replays: `--beds` beds at the recording's rate and, unless `--no-sr-bed`, one with lead II and PLETH
+    at `SR_INPUT_HZ`; all start at `start_ns` (ns since the epoch) so the low-rate bed lines up with the others."""
     common = dict(speed=args.speed, start_ns=start_ns, duration_s=args.seconds)
     jobs = []
     if args.beds > 0:
         jobs.append(ReplayOptions(beds=args.beds, bed_prefix="bed", **common))
     if not args.no_sr_bed:
-        jobs.append(ReplayOptions(beds=1, bed_prefix=SR_BED_PREFIX, resample={"PLETH": SR_INPUT_HZ}, **common))
+        jobs.append(ReplayOptions(beds=1, bed_prefix=SR_BED_PREFIX, resample={s: SR_INPUT_HZ for s in SR_SIGNALS},
+                                **common))
     return jobs
 
 
@@ -210,7 +215,7 @@ def run(args) -> dict:
 
         start_ns = time.time_ns()
         print(f"[demo] replaying {args.seconds:g} s x {args.beds} bed(s)"
-              + ("" if args.no_sr_bed else f" + 1 bed with PLETH at {SR_INPUT_HZ:g} Hz")
+              + ("" if args.no_sr_bed else f" + 1 bed with II and PLETH at {SR_INPUT_HZ:g} Hz")
               + (" as fast as possible" if args.speed == 0 else f" at x{args.speed:g}"), flush=True)
         replays = Replays(record, broker.bootstrap, replay_jobs(args, start_ns)).start()
         wait_for_outputs(worker, collector, replays, args, t_start)
@@ -278,8 +283,8 @@ def _outputs_complete(collector: Collector) -> bool:
     for (bed, sig), end in in_end.items():
         if sig == "PLETH":
             want.append(((bed, vocab.SYNTH_ECG), end))
-        if bed.startswith(SR_BED_PREFIX) and sig == "PLETH":
-            want.append(((bed, "PLETH_SR"), end))
+        if bed.startswith(SR_BED_PREFIX) and sig in SR_SIGNALS:
+            want.append(((bed, sig + vocab.SR_SUFFIX), end))
     slack_ns = int(0.5e9)
     # no PLETH read yet (the collector can trail the replay): nothing is complete, however vacuously
     return bool(want) and all(out_end.get(k, 0) >= end - slack_ns for k, end in want)

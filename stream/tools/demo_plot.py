@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.vocab import SYNTH_ECG
+from operators.vocab import ECG, PPG, SR_SUFFIX, SYNTH_ECG
 
 
 def _series(table, bed: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +18,8 @@ def _series(table, bed: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
 
 def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: str | None, sr_input_hz: float,
          view_s: float = 8.0) -> None:
-    """Input vs output: PPG → synthesized ECG (with the real ECG for reference), and a low-rate input → SR.
+    """Input vs output: PPG → synthesized ECG (with the real ECG for reference), and a low-rate input → SR (with
+    the classic baseline and, from `main_bed`, the full-rate signal for reference).
 
     Parameters
     ----------
@@ -47,7 +48,7 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
     t0, twin_lines = _plot_ppg2ecg(axes[0], axes[1], inp, syn, main_bed, view_s) if main_bed else (None, [])
     sr_signal = None
     if sr_bed:
-        t0, sr_signal = _plot_sr(axes[2], inp, sr, sr_bed, t0, view_s, sr_input_hz)
+        t0, sr_signal = _plot_sr(axes[2], inp, sr, sr_bed, t0, view_s, sr_input_hz, ref_bed=main_bed)
     if t0 is not None:
         _plot_quality(axes, t0, view_s, [(syn, main_bed, SYNTH_ECG, "tab:red", 1),
                                          (sr, sr_bed, sr_signal, "tab:green", 2)], events)
@@ -93,23 +94,40 @@ def _plot_ppg2ecg(ax_in, ax_out, inp, syn, bed: str, view_s: float) -> tuple[flo
     return t0, twin_lines
 
 
-def _plot_sr(ax, inp, sr, bed: str, t0: float | None, view_s: float, sr_input_hz: float) -> tuple[float | None, str | None]:
+def _plot_sr(ax, inp, sr, bed: str, t0: float | None, view_s: float, sr_input_hz: float,
+             ref_bed: str | None = None) -> tuple[float | None, str | None]:
     """Third panel: the bed's super-resolved output over its low-rate input samples, on the same stretch as the
-    panels above (or the middle of its own output). Returns (the stretch's start in s, the output signal shown)."""
-    sig = next((s for s in ("PLETH_SR", "II_SR") if len(_series(sr, bed, s)[0])), None)
+    panels above (or the middle of its own output). Lead II when the bed sent it (the model's work; PLETH from 16 Hz
+    is a polyphase resample), with the polyphase resample of the same input (the classic baseline) and `ref_bed`'s
+    full-rate signal (the same recording at its own rate) for reference. Returns (the stretch's start in s, the
+    output signal shown)."""
+    from operators.processing.resample import resample
+
+    sig = next((s for s in (ECG + SR_SUFFIX, PPG + SR_SUFFIX) if len(_series(sr, bed, s)[0])), None)
     if not sig:
         return t0, None
-    base = sig[:-3]
+    base = sig[: -len(SR_SUFFIX)]
     tr, yr = _series(sr, bed, sig)
     tl, yl = _series(inp, bed, base)
     lo, hi = (t0, t0 + view_s) if t0 is not None else _middle(tr, view_s)
     t0 = lo if t0 is None else t0
-    m = (tr / 1e9 >= lo) & (tr / 1e9 < hi)
     rate_out = round(1e9 / float(np.median(np.diff(tr)))) if len(tr) > 1 else 0
-    ax.plot(tr[m] / 1e9 - t0, yr[m], color="tab:green", lw=1.2, label=f"output {sig} ({rate_out:g} Hz)")
+    m = (tl / 1e9 >= lo - 1.0) & (tl / 1e9 < hi + 1.0)  # a second each side: the resampler's edges off the view
+    if rate_out and m.sum() > 8:
+        yp = resample(yl[m], sr_input_hz, rate_out, method="polyphase")
+        tp = tl[m][0] + np.arange(len(yp)) * (1e9 / rate_out)
+        k = (tp / 1e9 >= lo) & (tp / 1e9 < hi)
+        ax.plot(tp[k] / 1e9 - t0, yp[k], color="tab:orange", lw=1.0, ls="--", label="polyphase (classic baseline)")
+    if ref_bed:
+        te, ye = _series(inp, ref_bed, base)
+        k = (te / 1e9 >= lo) & (te / 1e9 < hi)
+        if k.any():
+            ax.plot(te[k] / 1e9 - t0, ye[k], color="0.55", lw=0.9, alpha=0.8, label=f"measured {base} (reference)")
+    k = (tr / 1e9 >= lo) & (tr / 1e9 < hi)
+    ax.plot(tr[k] / 1e9 - t0, yr[k], color="tab:green", lw=1.2, label=f"output {sig} ({rate_out:g} Hz)")
     m = (tl / 1e9 >= lo) & (tl / 1e9 < hi)
     ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({sr_input_hz:g} Hz)")
-    ax.set_title(f"{bed}: super-resolution of a {sr_input_hz:g} Hz monitor", loc="left", fontsize=10)
+    ax.set_title(f"{bed}: {base} from a {sr_input_hz:g} Hz monitor, super-resolved", loc="left", fontsize=10)
     return t0, sig
 
 
