@@ -32,6 +32,7 @@ irregular rhythm (`af`), and white and pink noise alone; then the worst records'
     python benchmarks/quality_artifacts.py --split train --fit   # fit the confidence model on training patients
     python benchmarks/quality_artifacts.py --rate-hz 25 --records all   # lead II at the 25 Hz SR input, ~5-10 min
     python benchmarks/quality_artifacts.py --rate-hz 25 --dataset challenge   # every ECG lead, held-out records
+    python benchmarks/quality_artifacts.py --dataset challenge --parts sr   # *_SR confidence, held-out records
 
 Not a test: it needs ../shared/data/bidmc (and challenge2015 for `--dataset challenge`).
 """
@@ -291,17 +292,17 @@ def report_lowrate(rows, rate_hz, window_s, worst=8):
             f"{sum(k < m for k, m in per.values())} of {len(per)}")
 
 
-def run_record_sr(name, root, translator, kinds, args, rng):
-    """Super-resolution windows (25 -> 100 Hz) of PLETH and lead II with their confidence and measured error:
-    normalised RMSE (RMSE / the record's SD of the truth: a window's own SD is ~0 where the truth is flat) against
-    the full-rate signal resampled to 100 Hz."""
+def run_record_sr(name, path, translator, kinds, args, rng):
+    """Super-resolution windows (25 -> 100 Hz) of PLETH and lead II (those of the two the record has) with their
+    confidence and measured error: normalised RMSE (RMSE / the record's SD of the truth: a window's own SD is ~0
+    where the truth is flat) against the full-rate signal resampled to 100 Hz."""
     from operators.processing.resample import decimate_to, resample
     from operators.translator import SR
     from stream.tools.offline import iter_source_chunks, translate_chunks
 
-    rec = read_recording(root / f"bidmc{name}", ["II", "PLETH"])
+    rec = read_recording(path, None)
     rows = []
-    for sig in ("PLETH", "II"):
+    for sig in [s for s in ("PLETH", "II") if s in rec.signals]:
         fs = float(rec.rates[sig])
         x = fill_nonfinite(rec.signals[sig].astype(np.float64)[int(CONTEXT_S * fs):])[0]
         ref = resample(x, fs, SR_TARGET, method="polyphase")
@@ -312,7 +313,7 @@ def run_record_sr(name, root, translator, kinds, args, rng):
             if kind not in ("clean", "nan"):
                 for a in range(int(5 * SR_RATE), len(y) - int(args.span_s * SR_RATE), int(args.every_s * SR_RATE)):
                     y = inject(kind, y, a, a + int(args.span_s * SR_RATE), SR_RATE, rng)
-            r = Recording(f"bidmc{name}", {sig: y.astype(np.float32)}, {sig: SR_RATE}, {sig: ""}, rec.age, rec.sex,
+            r = Recording(path.name, {sig: y.astype(np.float32)}, {sig: SR_RATE}, {sig: ""}, rec.age, rec.sex,
                           {sig: sig})
             outs, _ = translate_chunks(iter_source_chunks(r, sig, 1.0), SR, source_signal=sig, target_rate=SR_TARGET,
                                        translator=translator)
@@ -331,11 +332,11 @@ def run_record_sr(name, root, translator, kinds, args, rng):
                     src = r.signals[sig][slice(*_judged_span(o, r.signals[sig]))]  # the float32 samples the pipeline saw
                     q = Q.assess(src, SR_RATE, Q.kind_of(sig))
                     if Q.confidence("sr", q) != o.confidence:  # not the span the pipeline judged
-                        raise RuntimeError(f"bidmc{name} {sig} at {o.times_ns[0] / 1e9:.2f} s: confidence "
+                        raise RuntimeError(f"{path.name} {sig} at {o.times_ns[0] / 1e9:.2f} s: confidence "
                                            f"{o.confidence} published, {Q.confidence('sr', q)} recomputed")
                     row["features"] = Q.confidence_features(q, False).tolist()
                 rows.append(row)
-        print(f"  bidmc{name} sr {sig}", file=sys.stderr)
+        print(f"  {path.name} sr {sig}", file=sys.stderr)
     return rows
 
 
@@ -495,8 +496,8 @@ def main(argv=None) -> int:
     if root is None:
         return 2
     if args.dataset == "challenge":
-        if not args.rate_hz:
-            ap.error("--dataset challenge only runs the lowrate part: give --rate-hz")
+        if not args.rate_hz and set(args.parts.split(",")) != {"sr"}:
+            ap.error("--dataset challenge runs the lowrate part (give --rate-hz) or the sr part (--parts sr)")
         names = challenge_split(root)[0 if args.split == "train" else 1]
         names = args.records.split(",") if args.records else names
     else:
@@ -514,11 +515,11 @@ def main(argv=None) -> int:
             det_rows += run_record_detectors(name, root, kinds, rng)
         if "ppg2ecg" in parts:
             rows += run_record(name, root, translator, kinds, args, rng)
+        path = root / (name if args.dataset == "challenge" else f"bidmc{name}")
         if "lowrate" in parts:
-            path = root / (name if args.dataset == "challenge" else f"bidmc{name}")
             low_rows += run_record_lowrate(name, path, kinds + ["af", "noise_only"], args, rng)
         if "sr" in parts:
-            sr_rows += run_record_sr(name, root, translator, [k for k in kinds if k in ("clean", "motion", "noise",
+            sr_rows += run_record_sr(name, path, translator, [k for k in kinds if k in ("clean", "motion", "noise",
                                                                                        "clipping")], args, rng)
     print(f"records {','.join(names)}; translator {args.translator}; artifacts {args.span_s:g} s every "
           f"{args.every_s:g} s; wrong HR = more than {HR_WRONG_BPM:g} bpm off")
