@@ -174,7 +174,10 @@ def test_the_faust_worker_leaves_the_root_logger_at_the_level_asked_for(tmp_path
     try:
         stock = logging.DEBUG if expected >= logging.WARNING else expected
         for cls, want in ((app.conf.Worker, expected), (faust.Worker, stock)):
-            worker = cls(app, loglevel=level, loop=asyncio.new_event_loop())
+            # redirect_stdouts off: a worker that redirects sys.stdout/stderr and is never stopped restores them
+            # whenever its redirecting generator is collected, which can be in the middle of a later test that
+            # captures them (capsys then sees nothing)
+            worker = cls(app, loglevel=level, loop=asyncio.new_event_loop(), redirect_stdouts=False)
             worker._setup_logging()
             assert root.level == want, cls  # the stock class shows what the test would catch
             assert not logging.getLogger("aiokafka").isEnabledFor(logging.DEBUG) or cls is faust.Worker
