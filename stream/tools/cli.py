@@ -14,16 +14,30 @@ import sys
 from typing import Sequence
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to an option's help unless the help states its default itself or there is none
+    (a None default means "decided at run time", which the help says in words)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with defaults in `--help` and usage errors as one line (`prog: error: ... (see --help)`)."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
-        # the formatter appends "(default: ...)" only to options that have a help text
-        kwargs.setdefault("help", " ")
+        # argparse prints no line for an option without help, so not its default either: give it one that does
+        if not kwargs.get("help"):
+            default = kwargs.get("default")
+            shown = default is not None and default is not argparse.SUPPRESS and kwargs.get("action") != "store_true"
+            kwargs["help"] = "(default: %(default)s)" if shown else " "
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):
@@ -46,7 +60,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("stream.tools.offline", "translate a recording offline (no Kafka) to files"),
     "alarm-check": ("stream.tools.alarm_check", "verify a Challenge-format record's arrhythmia alarm (true/false/uncertain)"),
     "train": ("stream.tools.train", "train the CLMT translation model"),
-    "evaluate": ("stream.tools.evaluate", "evaluate CLMT vs classic baselines on held-out BIDMC patients"),
+    "evaluate": ("stream.tools.evaluate", "evaluate CLMT vs classic baselines on held-out BIDMC and Challenge records"),
     "bench-model": ("stream.tools.bench_model", "benchmark model inference throughput/latency"),
 }
 

@@ -443,16 +443,19 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="wavebridge translate",
                                 description="Translate a recording offline (same pipeline as the stream worker).")
     p.add_argument("input", help="WFDB record (with or without .hea), .parquet or .csv")
-    p.add_argument("--task", required=True, choices=[PPG2ECG, SR])
+    p.add_argument("--task", required=True, choices=[PPG2ECG, SR],
+                   help="ppg2ecg: lead II synthesized from PLETH; sr: super-resolution of the source to --target-rate")
     p.add_argument("--out", required=True, help="output Parquet file (*.parquet)")
     p.add_argument("--target-rate", type=_finite, default=None,
                    help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
     p.add_argument("--context", default=None,
                    help="WFDB record of the same patient with II and PLETH (ppg2ecg; sr of an ECG, if II is full-rate)")
-    p.add_argument("--translator", default=None, help="classic | clmt | module:Class (default: clmt if weights exist)")
+    p.add_argument("--translator", default=None,
+                   help=f"translator spec: classic, clmt, module:Class, or per task (default: {DEFAULT_SPEC}, per task "
+                        "the best measured, when the weights ship and torch imports; else classic)")
     p.add_argument("--signal", default=None, help="source channel name (default: PLETH for ppg2ecg; II or PLETH for sr)")
-    p.add_argument("--window-s", type=_finite, default=8.0)
-    p.add_argument("--hop-s", type=_finite, default=2.0)
+    p.add_argument("--window-s", type=_finite, default=8.0, help="window length in s (the worker's WAVEBRIDGE_WINDOW_S)")
+    p.add_argument("--hop-s", type=_finite, default=2.0, help="hop between windows in s (WAVEBRIDGE_HOP_S)")
     p.add_argument("--lookahead-s", type=_finite, default=PipelineConfig.lookahead_s,
                    help="newest part of each window used as context only, for every task (as the worker does)")
     p.add_argument("--chunk-s", type=_finite, default=1.0, help="chunk length, as a replay would publish")
