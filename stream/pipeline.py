@@ -41,10 +41,11 @@ QUALITY_MARGIN_S = 1.0
 # it halved the wrong heart rates under injected motion, 1.7% -> 0.7%, for 6 points of clean windows' heart rates;
 # docs/quality.md has the held-out numbers).
 HR_MIN_CONFIDENCE = 0.7
-# A heart rate from synthesized beats is published only within this share of the pulse rate of the source span it
-# was drawn from: the translator draws one beat per pulse, so a rate far from the pulses' is a wave the R-peak
-# detector took for a beat (a tall synthesized T wave) or beats the model invented. On the held-out BIDMC patients'
-# clean windows (classic) no right rate was this far off, while three doubled or halved ones were.
+# Synthesized beats whose rate is more than this share from the pulse rate of the source span they were drawn from
+# are not the pulses: the translator draws one beat per pulse, so such a rate is a wave the R-peak detector took for a
+# beat (a tall synthesized T wave) or beats the model invented. Such a window publishes no heart rate and confidence
+# 0 (its peaks cannot all be right). On the held-out BIDMC patients' clean windows (classic) no right rate was this
+# far off, while three doubled or halved ones were.
 HR_PULSE_TOL = 0.2
 # The last good patient context stands in (through a lead-off) for at most this long after the grid point that found
 # it: while it does, its bed's input from that context's data on stays uncommitted (`ContextStore.resume_from_ns`),
@@ -665,16 +666,19 @@ class Pipeline:
             conf = Q.confidence(job.task, q, req.context is not None)  # from the source: what the model saw
             if q is None or qo.score < q.score:
                 q = qo
+        ev = None
+        if kind == "synth" and self.config.rpeaks:
+            ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate, q, conf)
+            if ev is not None and conf is not None:
+                conf = ev.fields.get("confidence", conf)  # 0 where its beats are not the source's pulses: one definition
         if k0 < k1:
             key = (st.bed, self._topic_signal(st, job.task))
             seq = self._seq.get(key, 0)
             self._seq[key] = seq + 1
             result.outputs.append(self._series(job, times[k0:k1], y[k0:k1], q, conf, req.context is not None,
                                                usable=True, seq=seq))
-        if kind == "synth" and self.config.rpeaks:
-            ev = self._rpeak_event(st, w, y, times, k0, k1, job.target_rate, q, conf)
-            if ev is not None:
-                result.events.append(ev)
+        if ev is not None:
+            result.events.append(ev)
 
     def _rpeak_range(self, st: _Stream, w: Window, times: np.ndarray, k1: int, n_out: int, rate: float) -> tuple[int, int]:
         """[lo, hi) ns this window reports R-peaks for: from the last reported end to its end - edge margin (to its
@@ -728,12 +732,13 @@ class Pipeline:
             idx = idx[(idx >= k0 - m) & (idx < k1 + m)]
         hr = heart_rate_bpm(idx, rate) if len(idx) >= 2 else None
         hr = None if hr is None or not np.isfinite(hr) else float(hr)
-        if quality is not None and (quality.cls != Q.GOOD or (confidence is not None and confidence < HR_MIN_CONFIDENCE)):
-            hr = None  # a heart rate only from a good, confident window (the others still report their peaks, flagged)
         if hr is not None and quality is not None:
             pulse = source_pulse_rate_bpm(w)
             if pulse is not None and abs(hr - pulse) > HR_PULSE_TOL * pulse:
                 hr = None  # the synthesized beats are not the pulses they were drawn from
+                confidence = 0.0 if confidence is not None else None
+        if quality is not None and (quality.cls != Q.GOOD or (confidence is not None and confidence < HR_MIN_CONFIDENCE)):
+            hr = None  # a heart rate only from a good, confident window (the others still report their peaks, flagged)
         judged = {} if quality is None else {"quality": round(quality.score, 4), "quality_flag": quality.cls,
                                              "confidence": confidence}
         return PipelineEvent.rpeaks(st.bed, int(times[k0]), peaks_ns=sel, hr_bpm=hr, model=self.model_for[PPG2ECG],

@@ -545,25 +545,33 @@ class DoublingTranslator:
         return out
 
 
-def test_a_heart_rate_far_from_the_source_pulse_rate_is_not_published():
+def test_beats_far_from_the_source_pulse_rate_carry_no_heart_rate_and_no_confidence():
     """Synthesized beats at twice the PLETH's pulse rate are not the pulses they were drawn from: their peaks are
-    still reported, but no heart rate; through the classic translator the same windows carry the pulse's rate."""
+    still reported, but no heart rate, and the window (event and output chunk) has confidence 0, since its peaks
+    cannot all be right; through the classic translator the same windows carry the pulse's rate and a confidence."""
     rec = synthesize(seconds=40.0, seed=4)
-    rp = {}
+    rp, outs = {}, {}
     for name, tr in (("doubling", DoublingTranslator()), ("classic", None)):
         from operators.translator import load_translator
 
         pipe = Pipeline(cfg(quality=True, tasks=("ppg2ecg",), lookahead_s=1.0), tr or load_translator("classic"))
         results = run_all(pipe, chunks(rec.signals["PLETH"], rec.rate_hz), tokens=False)
         rp[name] = [e for r in results for e in r.events if e.kind == "rpeaks"]
+        outs[name] = [o for r in results for o in r.outputs]
     doubled = rp["doubling"]
     assert doubled and sum(len(e.fields["peaks_ns"]) for e in doubled) > 1.6 * sum(len(e.fields["peaks_ns"])
                                                                                   for e in rp["classic"])
     assert sum(e.fields["quality_flag"] == "good" for e in doubled) >= len(doubled) - 1  # judged good all the same
     assert all(e.fields["hr_bpm"] is None for e in doubled)
+    zero = [e for e in doubled if e.fields["confidence"] == 0.0]
+    assert len(zero) >= len(doubled) - 1
+    # the output chunk of each such window says the same
+    assert {o.times_ns[0] for o in outs["doubling"] if o.confidence == 0.0} == {e.time_ns for e in zero}
     # the classic run's windows that are confident enough to carry a heart rate carry the right one
     rates = [e.fields["hr_bpm"] for e in rp["classic"] if e.fields["hr_bpm"] is not None]
     assert len(rates) >= 8 and all(70 < hr < 77 for hr in rates), rates
+    assert all(e.fields["confidence"] > 0.5 for e in rp["classic"])
+    assert [o.confidence for o in outs["classic"]] == [e.fields["confidence"] for e in rp["classic"]]
 
 
 @pytest.mark.parametrize("rate", [62.5, 125.0])
