@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.io.synthetic import synthesize, write_wfdb
+from stream.tools.demo import PROBE_OFF_SPAN, probe_off_span_s
 from stream.tools.tables import chunks_to_table
 from stream.wire import Chunk
 
@@ -80,11 +81,13 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     syn = pq.read_table(out / "ecg_synth.parquet").to_pandas()
     sr = pq.read_table(out / "sr.parquet").to_pandas()
 
-    # Inputs: two full-rate beds with II + PLETH, one bed whose II and PLETH are down-sampled to 25 Hz.
+    # Inputs: two full-rate beds with II + PLETH, one bed whose II and PLETH are down-sampled to 25 Hz, one whose
+    # PPG probe comes off.
     counts = inp.groupby(["bed", "signal"]).size().to_dict()
     n = int(SECONDS * RATE)
     assert counts == {("bed-001", "II"): n, ("bed-001", "PLETH"): n, ("bed-002", "II"): n,
-                      ("bed-002", "PLETH"): n, ("lowres-001", "II"): SECONDS * 25, ("lowres-001", "PLETH"): SECONDS * 25}
+                      ("bed-002", "PLETH"): n, ("lowres-001", "II"): SECONDS * 25, ("lowres-001", "PLETH"): SECONDS * 25,
+                      ("probeoff-001", "II"): n, ("probeoff-001", "PLETH"): n}
 
     for name, df in (("input", inp), ("synth", syn), ("sr", sr)):
         assert len(df), f"{name} is empty"
@@ -93,13 +96,18 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
             t = g["time"].astype("int64").to_numpy()
             dt = np.diff(t)
             assert (dt > 0).all(), f"{name} {bed}/{sig}: timestamps not strictly increasing"
-            # Spacing is one sample period throughout: no gaps, overlaps or re-sent stretches.
+            # Spacing is one sample period throughout: no gaps (but the probe-off bed's withheld span), overlaps or
+            # re-sent stretches.
             rate = float(g["rate_hz"].iloc[0])
-            assert np.allclose(dt, 1e9 / rate, atol=1.0), f"{name} {bed}/{sig}: irregular spacing"
+            regular = np.isclose(dt, 1e9 / rate, atol=1.0)
+            if name == "synth" and bed.startswith("probeoff"):
+                assert (~regular).sum() == 1 and dt[~regular][0] > 1e9 * (PROBE_OFF_SPAN[1] - PROBE_OFF_SPAN[0]) * SECONDS
+            else:
+                assert regular.all(), f"{name} {bed}/{sig}: irregular spacing"
 
     # Synthesized ECG for every bed with PPG, over (nearly) the whole replayed span.
     assert set(syn["signal"]) == {"II_SYNTH"}
-    assert set(syn["bed"]) == {"bed-001", "bed-002", "lowres-001"}
+    assert set(syn["bed"]) == {"bed-001", "bed-002", "lowres-001", "probeoff-001"}
     t_in = inp[(inp.bed == "bed-001") & (inp.signal == "PLETH")]["time"]
     t_out = syn[syn.bed == "bed-001"]["time"]
     assert t_out.min() >= t_in.min() and t_out.max() <= t_in.max()
@@ -134,6 +142,21 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
         if sig == "II":
             assert r_out > r_poly + 0.05, (r_out, r_poly)
 
+    # The probe-off bed: its flat PLETH span is withheld (source_unusable, probe_off), not drawn as a flat ECG; its
+    # II_SYNTH runs before and after it.
+    t_in = inp[(inp.bed == "probeoff-001") & (inp.signal == "PLETH")]["time"].astype("int64")
+    a, b = (int(t_in.min()) + int(t * 1e9) for t in probe_off_span_s(SECONDS))
+    t_syn = syn[syn.bed == "probeoff-001"]["time"].astype("int64")
+    assert not ((t_syn >= a + 1e9) & (t_syn < b)).any()  # the first second: windows judged on what they emit +- 1 s
+    assert (t_syn < a).sum() > 2 * RATE and (t_syn >= b).sum() > 2 * RATE
+    off = ev[(ev.bed == "probeoff-001") & (ev.type == "source_unusable")]
+    assert set(off["reason"]) == {"probe_off"}
+    assert off["time"].astype("int64").min() <= a + 1e9 and off["end"].astype("int64").max() >= b
+    assert not ((ev.bed == "probeoff-001") & (ev.type == "rpeaks") & (ev["time"].astype("int64") >= a + 1e9)
+                & (ev["end"].astype("int64") <= b)).any()
+    assert re.search(r"probe off +probeoff-001: PLETH flat for \d+ s, [\d.]+ s of it withheld \(probe_off\), 0 II_SYNTH",
+                     res.stdout), res.stdout[-2000:]
+
     png = out / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image as mpimg
@@ -141,7 +164,7 @@ def test_demo_end_to_end_writes_parquet_and_png(synthetic_record, tmp_path):
     img = mpimg.imread(png)
     assert img.shape[0] > 400 and img.shape[1] > 800
     assert img[..., :3].std() > 0.05  # not a blank canvas
-    assert "samples in      11000" in res.stdout
+    assert "samples in      16000" in res.stdout
 
     # One monitor alarm verified end to end: an asystole alarm on a beating heart is judged false.
     import json

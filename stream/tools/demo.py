@@ -1,8 +1,10 @@
 """`wavebridge demo`: the whole pipeline on one machine, with nothing to set up.
 
 Starts an embedded Tansu broker, creates the topics, starts the worker as a subprocess, replays a
-recording as several beds (plus one bed whose lead II and PLETH are down-sampled to 25 Hz so
-super-resolution has work: lead II by the model, PLETH by polyphase), collects the output topics and writes Parquet files and a PNG under `--out`.
+recording as several beds, plus one bed whose lead II and PLETH are down-sampled to 25 Hz (so
+super-resolution has work: lead II by the model, PLETH by polyphase) and one whose PPG probe comes off
+for a while (a flat PLETH: what the service must withhold, never turn into a flat ECG), collects the
+output topics and writes Parquet files and a PNG under `--out`.
 Broker and worker are always stopped on exit, including on Ctrl-C and on errors.
 """
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFAULT_RECORD = Path(__file__).resolve().parents[3] / "shared" / "data" / "bidm
 SR_BED_PREFIX = "lowres"  # beds replayed at 25 Hz: lowres-001
 SR_INPUT_HZ = vocab.LOW_RATE_HZ
 SR_SIGNALS = (vocab.ECG, vocab.PPG)  # what the low-rate bed sends at SR_INPUT_HZ
+PROBE_OFF_BED_PREFIX = "probeoff"  # a bed whose PLETH goes flat for a while: probeoff-001
+PROBE_OFF_SPAN = (0.4, 0.65)  # of --seconds: where that bed's PLETH is flat
 QUIET_S = 8.0  # after the replay, stop once no output arrived for this long (worker idle-flushes in 2 s)
 FAUST_DATA = "faust-data"  # the worker's state folder under --out
 
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="translator spec: the worker's default (per task the best measured), clmt (the shipped model "
                         "for every task), classic, passthrough, module:Class, or per task: ppg2ecg=classic,sr=clmt")
     p.add_argument("--no-sr-bed", action="store_true", help="do not add the 25 Hz super-resolution bed")
+    p.add_argument("--no-probe-off-bed", action="store_true",
+                   help="do not add the bed whose PPG probe comes off (flat PLETH) over the middle of the replay")
     p.add_argument("--influx-url", help="also write to this InfluxDB (v2 API); disabled when not given")
     p.add_argument("--influx-org", help="InfluxDB org (with --influx-url)")
     p.add_argument("--influx-bucket", help="InfluxDB bucket (with --influx-url)")
@@ -115,16 +121,40 @@ def replay_jobs(args, start_ns: int) -> list[ReplayOptions]:
         jobs.append(ReplayOptions(beds=args.beds, bed_prefix="bed", **common))
     if not args.no_sr_bed:
         jobs.append(ReplayOptions(beds=1, bed_prefix=SR_BED_PREFIX, resample={s: SR_INPUT_HZ for s in SR_SIGNALS},
-                                **common))
+                                  **common))
     return jobs
+
+
+def probe_off_span_s(seconds: float) -> tuple[float, float]:
+    """[start, end) in s from the replay's start where the probe-off bed's PLETH is flat (`PROBE_OFF_SPAN`)."""
+    return PROBE_OFF_SPAN[0] * seconds, PROBE_OFF_SPAN[1] * seconds
+
+
+def probe_off_recording(record: Path, seconds: float):
+    """`record` with its PLETH held at one value over `probe_off_span_s` (a probe off the finger, as
+    `operators.processing.artifacts.flat` injects it); lead II as recorded. Raises ValueError without a PLETH."""
+    import dataclasses
+
+    import numpy as np
+
+    from operators.io.records import read_recording
+    from operators.processing.artifacts import inject
+
+    rec = read_recording(record, [vocab.ECG, vocab.PPG])
+    fs = rec.rates[vocab.PPG]
+    a, b = (int(round(t * fs)) for t in probe_off_span_s(seconds))
+    ppg = inject("flat", rec.signals[vocab.PPG], a, b, fs, np.random.default_rng(0)).astype(np.float32)
+    return dataclasses.replace(rec, signals={**rec.signals, vocab.PPG: ppg})
 
 
 class Replays:
     """Replay threads, one per job; a failure is kept in `errors` for the main loop to raise."""
 
-    def __init__(self, record: Path, bootstrap: str, jobs: list[ReplayOptions]):
+    def __init__(self, jobs: list[tuple[object, ReplayOptions]], bootstrap: str):
+        """`jobs`: (recording path or `Recording`, options) pairs."""
         self.errors: list[BaseException] = []
-        self.threads = [threading.Thread(target=self._run, args=(record, bootstrap, job), daemon=True) for job in jobs]
+        self.threads = [threading.Thread(target=self._run, args=(record, bootstrap, job), daemon=True)
+                        for record, job in jobs]
 
     def _run(self, record: Path, bootstrap: str, job: ReplayOptions) -> None:
         try:
@@ -216,25 +246,38 @@ def run(args) -> dict:
         start_ns = time.time_ns()
         print(f"[demo] replaying {args.seconds:g} s x {args.beds} bed(s)"
               + ("" if args.no_sr_bed else f" + 1 bed with II and PLETH at {SR_INPUT_HZ:g} Hz")
+              + ("" if args.no_probe_off_bed else " + 1 bed whose PPG probe comes off from {:g} to {:g} s".format(
+                  *probe_off_span_s(args.seconds)))
               + (" as fast as possible" if args.speed == 0 else f" at x{args.speed:g}"), flush=True)
-        replays = Replays(record, broker.bootstrap, replay_jobs(args, start_ns)).start()
+        jobs = [(record, job) for job in replay_jobs(args, start_ns)]
+        if not args.no_probe_off_bed:
+            jobs.append((probe_off_recording(record, args.seconds),
+                         ReplayOptions(beds=1, bed_prefix=PROBE_OFF_BED_PREFIX, speed=args.speed, start_ns=start_ns,
+                                       duration_s=args.seconds)))
+        replays = Replays(jobs, broker.bootstrap).start()
         wait_for_outputs(worker, collector, replays, args, t_start)
         collector.stop()
         verdict = _demo_alarm(broker.bootstrap, start_ns, args, out)
     # Broker and worker are stopped here (ExitStack), before the slower file writing.
-    return _write_outputs(collector, out, t_start, verdict)
+    return _write_outputs(collector, out, t_start, verdict,
+                          None if args.no_probe_off_bed else (start_ns, probe_off_span_s(args.seconds)))
 
 
-def _write_outputs(collector: Collector, out: Path, t_start: float, verdict: dict | None) -> dict:
-    """Parquet files and the PNG under `out`; returns the run's summary."""
+def _write_outputs(collector: Collector, out: Path, t_start: float, verdict: dict | None,
+                   probe_off: tuple[int, tuple[float, float]] | None) -> dict:
+    """Parquet files and the PNG under `out`; returns the run's summary. `probe_off`: (the replay's start in ns, the
+    probe-off span in s from it), None without a probe-off bed."""
     data = collector.data
     paths = write_parquet(data, out)
     beds = sorted({c.bed_id for c in data.chunks["input"]})
     main_bed = next((b for b in beds if b.startswith("bed")), None)
     sr_bed = next((b for b in beds if b.startswith(SR_BED_PREFIX)), None)
+    probe_off_bed = next((b for b in beds if b.startswith(PROBE_OFF_BED_PREFIX)), None)
     png = out / "demo.png"
-    plot(paths, png, main_bed, sr_bed, SR_INPUT_HZ)
+    shown = (probe_off_bed, [probe_off[0] + int(t * 1e9) for t in probe_off[1]]) if probe_off and probe_off_bed else None
+    plot(paths, png, main_bed, sr_bed, SR_INPUT_HZ, probe_off=shown)
     return {
+        "probe_off": _probe_off_summary(data, *shown) if shown else None,
         "beds": beds,
         "samples_in": data.samples("input"),
         "samples_synth": data.samples("synth"),
@@ -244,6 +287,31 @@ def _write_outputs(collector: Collector, out: Path, t_start: float, verdict: dic
         "decode_errors": len(collector.errors),
         "verdict": verdict,
     }
+
+
+def _probe_off_summary(data, bed: str, span_ns: list[int]) -> dict:
+    """What the service made of the probe-off bed's flat PLETH span `[span_ns[0], span_ns[1])`: seconds of it
+    covered by `source_unusable` events, their reasons, and the II_SYNTH samples published inside it."""
+    import numpy as np
+
+    from operators.processing.samples import grid_ns
+
+    a, b = span_ns
+    spans = sorted((max(a, e["time_ns"]), min(b, e["end_ns"])) for e in data.events
+                   if e.get("bed") == bed and e.get("type") == "source_unusable" and e["end_ns"] > a and e["time_ns"] < b)
+    covered, reach = 0, a
+    for lo, hi in spans:  # union of the withheld spans inside the flat one
+        lo = max(lo, reach)
+        if hi > lo:
+            covered, reach = covered + hi - lo, hi
+    reasons = sorted({e.get("reason") for e in data.events if e.get("bed") == bed and e.get("type") == "source_unusable"})
+    published = 0
+    for c in data.chunks["synth"]:
+        if c.bed_id == bed:
+            t = grid_ns(c.start_ns, c.rate_hz, np.arange(len(c.samples)))
+            published += int(((t >= a) & (t < b)).sum())
+    return {"bed": bed, "span_s": (b - a) / 1e9, "withheld_s": covered / 1e9, "reasons": reasons,
+            "synth_samples_in_span": published}
 
 
 def _demo_alarm(bootstrap: str, start_ns: int, args, out: Path) -> dict | None:
@@ -328,6 +396,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     print(f"  super-resolved  {summary['samples_sr']} samples  -> {f['sr']}")
     print(f"  input           -> {f['input']}")
     print(f"  plot            -> {f['png']}")
+    if summary.get("probe_off"):
+        p = summary["probe_off"]
+        print(f"  probe off       {p['bed']}: PLETH flat for {p['span_s']:.0f} s, {p['withheld_s']:.1f} s of it withheld "
+              f"({', '.join(p['reasons']) or 'no event'}), {p['synth_samples_in_span']} II_SYNTH samples published there")
     if summary.get("verdict"):
         v = summary["verdict"]
         print(f"  alarm verdict   {v['alarm_type']} on {v['bed_id']}: {v['verdict']} (confidence {v['confidence']:.2f})"

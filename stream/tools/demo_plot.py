@@ -17,7 +17,7 @@ def _series(table, bed: str, signal: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: str | None, sr_input_hz: float,
-         view_s: float = 8.0) -> None:
+         view_s: float = 8.0, probe_off: tuple[str, list[int]] | None = None) -> None:
     """Input vs output: PPG → synthesized ECG (with the real ECG for reference), and a low-rate input → SR (with
     the classic baseline and, from `main_bed`, the full-rate signal for reference).
 
@@ -33,6 +33,9 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
         Rate of the super-resolved bed's input, in Hz (for the labels).
     view_s : float
         Seconds of signal shown, from the middle of the output.
+    probe_off : (str, [int, int]), optional
+        A bed whose PPG probe came off, and the span (ns) it was off: a last panel shows its PPG and synthesized ECG
+        around the span's start, and what was withheld.
     """
     import matplotlib
 
@@ -42,8 +45,12 @@ def plot(paths: dict[str, Path], out_png: Path, main_bed: str | None, sr_bed: st
 
     inp, syn, sr = (pq.read_table(paths[k]) for k in ("input", "synth", "sr"))
     events = pq.read_table(paths["events"]).to_pandas() if "events" in paths and Path(paths["events"]).exists() else None
-    fig, axes = plt.subplots(4, 1, figsize=(13, 10.5), constrained_layout=True,
-                             gridspec_kw={"height_ratios": [1, 1, 1, 0.6]})
+    rows = [1, 1, 1, 0.6] + ([1.1] if probe_off else [])
+    fig, axes = plt.subplots(len(rows), 1, figsize=(13, 2.6 * sum(rows) + 0.6), constrained_layout=True,
+                             gridspec_kw={"height_ratios": rows})
+    if probe_off:
+        _plot_probe_off(axes[-1], inp, syn, events, *probe_off, view_s)
+        axes = axes[:-1]
     fig.suptitle("wavebridge demo: input vs. output (true timestamps)", fontsize=13)
     t0, twin_lines = _plot_ppg2ecg(axes[0], axes[1], inp, syn, main_bed, view_s) if main_bed else (None, [])
     sr_signal = None
@@ -129,6 +136,44 @@ def _plot_sr(ax, inp, sr, bed: str, t0: float | None, view_s: float, sr_input_hz
     ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({sr_input_hz:g} Hz)")
     ax.set_title(f"{bed}: {base} from a {sr_input_hz:g} Hz monitor, super-resolved", loc="left", fontsize=10)
     return t0, sig
+
+
+def _plot_probe_off(ax, inp, syn, events, bed: str, span_ns: list[int], view_s: float) -> None:
+    """Last panel: the probe-off bed's PPG (left axis) and synthesized ECG (right axis) from a third of the view
+    before the probe came off; the withheld spans shaded with their reason."""
+    tp, yp = _series(inp, bed, "PLETH")
+    ts, ys = _series(syn, bed, SYNTH_ECG)
+    lo = span_ns[0] / 1e9 - view_s / 3
+    hi = lo + view_s
+    m = (tp / 1e9 >= lo) & (tp / 1e9 < hi)
+    ax.plot(tp[m] / 1e9 - lo, yp[m], color="tab:blue", lw=1.2, label="input PLETH (probe comes off)")
+    ax2 = ax.twinx()
+    k = (ts / 1e9 >= lo) & (ts / 1e9 < hi)
+    # NaN where no sample was published, so the line stops instead of bridging the withheld span
+    t_out, y_out = ts[k] / 1e9 - lo, ys[k].astype(float)
+    if len(t_out) > 1:
+        gap = np.flatnonzero(np.diff(t_out) > 1.5 * np.median(np.diff(t_out)))
+        t_out, y_out = np.insert(t_out, gap + 1, np.nan), np.insert(y_out, gap + 1, np.nan)
+    ax2.plot(t_out, y_out, color="tab:red", lw=1.0, label="output II_SYNTH")
+    ax2.set_ylabel("II_SYNTH")
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    if events is not None and len(events):
+        bad = events[(events["bed"] == bed) & (events["type"] == "source_unusable")]
+        for _, ev in bad.iterrows():
+            a, b = ev["time"].value / 1e9, ev["end"].value / 1e9
+            if b > lo and a < hi:
+                ax.axvspan(max(a, lo) - lo, min(b, hi) - lo, color="0.85", zorder=0)
+        reasons = sorted(set(bad["reason"].dropna()))
+        if reasons:
+            ax.text(span_ns[0] / 1e9 - lo + 0.1, 0.95, f"withheld: {', '.join(reasons)}; no II_SYNTH, no beats",
+                    transform=ax.get_xaxis_transform(), fontsize=9, va="top")
+    ax.set_title(f"{bed}: the PPG probe comes off; the service withholds the span instead of drawing a flat ECG",
+                 loc="left", fontsize=10)
+    ax.legend(handles=ax.lines + ax2.lines, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9,
+              frameon=False, borderaxespad=0.2)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("time (s) from 1/3 of the stretch before the probe came off")
 
 
 def _finish_axes(axes, twin_lines: list) -> None:
