@@ -471,7 +471,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="the dataset's folder (default ../shared/data/<dataset>)")
     ap.add_argument("--dataset", choices=("bidmc", "challenge"), default="bidmc",
-                    help="challenge: Challenge 2015 records (held-out split), every ECG lead; lowrate part only")
+                    help="challenge: Challenge 2015 records (--split val: held-out), for the lowrate part (every ECG "
+                         "lead) or --parts sr (PLETH and lead II)")
     ap.add_argument("--split", choices=("val", "train"), default="val")
     ap.add_argument("--records", default=None, help="comma list of BIDMC numbers, or all (overrides --split)")
     ap.add_argument("--translator", default="clmt")

@@ -20,7 +20,8 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "(default" in text or action.default is None:
+        # flags (no argument: their default is just "not given") and empty collections say nothing worth printing
+        if "(default" in text or action.default is None or action.nargs == 0 or action.default in ([], ()):
             return text
         return super()._get_help_string(action)
 
@@ -36,7 +37,8 @@ class ArgumentParser(argparse.ArgumentParser):
         # argparse prints no line for an option without help, so not its default either: give it one that does
         if not kwargs.get("help"):
             default = kwargs.get("default")
-            shown = default is not None and default is not argparse.SUPPRESS and kwargs.get("action") != "store_true"
+            shown = (default is not None and default is not argparse.SUPPRESS and default not in ([], ())
+                     and kwargs.get("action") not in ("store_true", "store_false", argparse.BooleanOptionalAction))
             kwargs["help"] = "(default: %(default)s)" if shown else " "
         return super().add_argument(*args, **kwargs)
 

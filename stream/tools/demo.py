@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", help="WFDB/Parquet/CSV recording (default: ../shared/data/bidmc/bidmc01 if present, "
                                     "else an embedded synthetic recording)")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of the recording to replay per bed")
-    p.add_argument("--beds", type=int, default=2, help="beds at the recording's own rate (plus one 25 Hz bed)")
+    p.add_argument("--beds", type=int, default=2, help="beds at the recording's own rate (plus the 25 Hz bed and the probe-off bed)")
     p.add_argument("--speed", type=float, default=0.0, help="replay speed: 1 = real time, 0 = as fast as possible")
     p.add_argument("--translator", default=DEFAULT_SPEC,
                    help="translator spec: the worker's default (per task the best measured), clmt (the shipped model "
@@ -131,8 +131,9 @@ def probe_off_span_s(seconds: float) -> tuple[float, float]:
 
 
 def probe_off_recording(record: Path, seconds: float):
-    """`record` with its PLETH held at one value over `probe_off_span_s` (a probe off the finger, as
-    `operators.processing.artifacts.flat` injects it); lead II as recorded. Raises ValueError without a PLETH."""
+    """(`record` with its PLETH held at one value over `probe_off_span_s` of the seconds replayed, a probe off the
+    finger as `operators.processing.artifacts.flat` injects it, the other signals as recorded; that span in s), or
+    None for a record without a PLETH."""
     import dataclasses
 
     import numpy as np
@@ -140,11 +141,14 @@ def probe_off_recording(record: Path, seconds: float):
     from operators.io.records import read_recording
     from operators.processing.artifacts import inject
 
-    rec = read_recording(record, [vocab.ECG, vocab.PPG])
+    rec = read_recording(record, None)
+    if vocab.PPG not in rec.signals:
+        return None
     fs = rec.rates[vocab.PPG]
-    a, b = (int(round(t * fs)) for t in probe_off_span_s(seconds))
+    span = probe_off_span_s(min(seconds, rec.duration_s(vocab.PPG)))  # within what is replayed
+    a, b = (int(round(t * fs)) for t in span)
     ppg = inject("flat", rec.signals[vocab.PPG], a, b, fs, np.random.default_rng(0)).astype(np.float32)
-    return dataclasses.replace(rec, signals={**rec.signals, vocab.PPG: ppg})
+    return dataclasses.replace(rec, signals={**rec.signals, vocab.PPG: ppg}), span
 
 
 class Replays:
@@ -219,8 +223,8 @@ def run(args) -> dict:
     from stream import topics
     from stream.tools.embedded import EmbeddedBroker
 
-    if args.beds < 1 and args.no_sr_bed:
-        raise ValueError("nothing to replay: --beds 0 and --no-sr-bed")
+    if args.beds < 1 and args.no_sr_bed and args.no_probe_off_bed:
+        raise ValueError("nothing to replay: --beds 0, --no-sr-bed and --no-probe-off-bed")
     if args.seconds <= 0:
         raise ValueError("--seconds must be > 0")
     out = Path(args.out)
@@ -228,6 +232,9 @@ def run(args) -> dict:
     t_start = time.monotonic()
     record, desc = resolve_record(args.record, out / "_input")
     print(f"[demo] input: {desc}", flush=True)
+    probe_off = None if args.no_probe_off_bed else probe_off_recording(record, args.seconds)
+    if probe_off is None and not args.no_probe_off_bed:
+        print("[demo] the record has no PLETH: no probe-off bed", flush=True)
 
     with ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker(log_path=out / "broker.log"))
@@ -246,12 +253,12 @@ def run(args) -> dict:
         start_ns = time.time_ns()
         print(f"[demo] replaying {args.seconds:g} s x {args.beds} bed(s)"
               + ("" if args.no_sr_bed else f" + 1 bed with II and PLETH at {SR_INPUT_HZ:g} Hz")
-              + ("" if args.no_probe_off_bed else " + 1 bed whose PPG probe comes off from {:g} to {:g} s".format(
-                  *probe_off_span_s(args.seconds)))
+              + ("" if probe_off is None else " + 1 bed whose PPG probe comes off from {:g} to {:g} s".format(
+                  *probe_off[1]))
               + (" as fast as possible" if args.speed == 0 else f" at x{args.speed:g}"), flush=True)
         jobs = [(record, job) for job in replay_jobs(args, start_ns)]
-        if not args.no_probe_off_bed:
-            jobs.append((probe_off_recording(record, args.seconds),
+        if probe_off is not None:
+            jobs.append((probe_off[0],
                          ReplayOptions(beds=1, bed_prefix=PROBE_OFF_BED_PREFIX, speed=args.speed, start_ns=start_ns,
                                        duration_s=args.seconds)))
         replays = Replays(jobs, broker.bootstrap).start()
@@ -260,7 +267,7 @@ def run(args) -> dict:
         verdict = _demo_alarm(broker.bootstrap, start_ns, args, out)
     # Broker and worker are stopped here (ExitStack), before the slower file writing.
     return _write_outputs(collector, out, t_start, verdict,
-                          None if args.no_probe_off_bed else (start_ns, probe_off_span_s(args.seconds)))
+                          None if probe_off is None else (start_ns, probe_off[1]))
 
 
 def _write_outputs(collector: Collector, out: Path, t_start: float, verdict: dict | None,
@@ -304,7 +311,8 @@ def _probe_off_summary(data, bed: str, span_ns: list[int]) -> dict:
         lo = max(lo, reach)
         if hi > lo:
             covered, reach = covered + hi - lo, hi
-    reasons = sorted({e.get("reason") for e in data.events if e.get("bed") == bed and e.get("type") == "source_unusable"})
+    reasons = sorted({e.get("reason") for e in data.events if e.get("bed") == bed and e.get("type") == "source_unusable"
+                      and e["end_ns"] > a and e["time_ns"] < b})
     published = 0
     for c in data.chunks["synth"]:
         if c.bed_id == bed:

@@ -240,7 +240,7 @@ def _port_open(host: str, port: int) -> bool:
 def cli(argv: list[str] | None = None) -> int:
     """`wavebridge broker`: run a Tansu broker in the foreground until Ctrl-C."""
     p = ArgumentParser(prog="wavebridge broker", description="Run an embedded Tansu (Kafka-compatible) broker.")
-    p.add_argument("--port", type=int, default=9092, help="loopback port (0 = pick a free one; default 9092)")
+    p.add_argument("--port", type=int, default=9092, help="loopback port (0 = pick a free one)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--topics", action="store_true", help="create the default wavebridge topics after start")
     p.add_argument("--partitions", type=int, default=4)
