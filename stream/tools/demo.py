@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", help="WFDB/Parquet/CSV recording (default: ../shared/data/bidmc/bidmc01 if present, "
                                     "else an embedded synthetic recording)")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of the recording to replay per bed")
-    p.add_argument("--beds", type=int, default=2, help="beds at the recording's own rate (plus the 25 Hz bed and the probe-off bed)")
+    p.add_argument("--beds", type=int, default=2,
+                   help="beds at the recording's own rate (plus the 25 Hz bed and the probe-off bed)")
     p.add_argument("--speed", type=float, default=0.0, help="replay speed: 1 = real time, 0 = as fast as possible")
     p.add_argument("--translator", default=DEFAULT_SPEC,
                    help="translator spec: the worker's default (per task the best measured), clmt (the shipped model "
@@ -304,15 +305,15 @@ def _probe_off_summary(data, bed: str, span_ns: list[int]) -> dict:
     from operators.processing.samples import grid_ns
 
     a, b = span_ns
-    spans = sorted((max(a, e["time_ns"]), min(b, e["end_ns"])) for e in data.events
-                   if e.get("bed") == bed and e.get("type") == "source_unusable" and e["end_ns"] > a and e["time_ns"] < b)
+    inside = [e for e in data.events
+              if e.get("bed") == bed and e.get("type") == "source_unusable" and e["end_ns"] > a and e["time_ns"] < b]
+    spans = sorted((max(a, e["time_ns"]), min(b, e["end_ns"])) for e in inside)
     covered, reach = 0, a
     for lo, hi in spans:  # union of the withheld spans inside the flat one
         lo = max(lo, reach)
         if hi > lo:
             covered, reach = covered + hi - lo, hi
-    reasons = sorted({e.get("reason") for e in data.events if e.get("bed") == bed and e.get("type") == "source_unusable"
-                      and e["end_ns"] > a and e["time_ns"] < b})
+    reasons = sorted({e.get("reason") for e in inside})
     published = 0
     for c in data.chunks["synth"]:
         if c.bed_id == bed:
