@@ -129,6 +129,18 @@ def test_every_command_resolves_to_a_module_with_cli_help():
     bad = {name: (rc, text[:200]) for name, (rc, text) in results.items()
            if rc != 0 or not ("usage:" in text.lower() or f"wavebridge {name}" in text)}
     assert not bad, f"subcommands whose --help failed: {bad}"
+    # Each option states its default once, and never an empty one: "(default: None)" or "(default: [])" says
+    # nothing, and a help that states its default in words gets no second one.
+    import re
+
+    for name, (_, text) in results.items():
+        if name == "worker":  # Faust's own command line
+            continue
+        options = re.split(r"\n  (?=-)", text)
+        for opt in options:
+            flat = " ".join(opt.split())
+            assert flat.count("(default") <= 1, (name, flat[:160])
+            assert not re.search(r"\(default: (None|\[\]|False)\)", flat), (name, flat[:160])
 
 
 def test_missing_third_party_dependency_gives_a_hint(monkeypatch, capsys):
