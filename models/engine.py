@@ -4,7 +4,8 @@ Per window: tokenize -> translator -> re-quantize -> decode -> refiner (sample-l
 weights have one). One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
 CPU or CUDA (config), under `torch.inference_mode`, in half precision on CUDA, with weights loaded from
 safetensors (no pickle). Numpy pre/post-processing matches training exactly (`models.prep`).
-Super-resolution of a source sampled at or above the canonical 100 Hz skips the model: polyphase resampling.
+Super-resolution of a source sampled at or above the canonical 100 Hz, or of a PLETH at 16 Hz or faster
+(`_measured_enough`), skips the model: polyphase resampling.
 """
 from __future__ import annotations
 
@@ -208,7 +209,8 @@ class ClmtTranslator:
         """One output per request, each `request.n_out` float32 samples at `request.target_rate` Hz.
 
         Requests of equal length (at 100 Hz) share forward passes of up to `max_batch` rows; a flat source gets a
-        flat line and an SR source at or above 100 Hz its polyphase resample, without a model pass."""
+        flat line and an SR source the model cannot improve on (`_measured_enough`) its polyphase resample, without a
+        model pass."""
         flat = [_is_flat(r.source) for r in requests]
         # None: no model pass (a flat source, or an SR source the model cannot improve on)
         items = [None if f or self._measured_enough(r) else self._prepare(r) for r, f in zip(requests, flat)]
