@@ -205,6 +205,11 @@ class ClmtTranslator:
         rate = float(r.source_rate)
         return rate >= CANONICAL_RATE_HZ or (not is_ecg_signal(r.source_signal) and rate >= 2 * PULSE_BAND_HZ)
 
+    def method_for(self, r: TranslationRequest) -> str | None:
+        """"polyphase" for the requests `translate` resamples instead of running the model (`_measured_enough`), so
+        their outputs are not tagged with the model's name; None otherwise."""
+        return "polyphase" if self._measured_enough(r) else None
+
     def translate(self, requests: Sequence[TranslationRequest]) -> list[np.ndarray]:
         """One output per request, each `request.n_out` float32 samples at `request.target_rate` Hz.
 

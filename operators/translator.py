@@ -20,7 +20,7 @@ import numpy as np
 from operators.vocab import PPG2ECG, SR, TASKS, is_ecg_signal  # noqa: F401
 
 __all__ = ["DEFAULT_SPEC", "PairedContext",
-           "TranslationRequest", "output_length", "Translator", "TaskRouter", "parse_spec", "check_spec",
+           "TranslationRequest", "output_length", "Translator", "TaskRouter", "method_of", "parse_spec", "check_spec",
            "load_translator"]
 
 # The translator each task gets unless configured: per task the one that measures best on the held-out records
@@ -82,7 +82,11 @@ def output_length(n_in: int, source_rate: float, target_rate: float) -> int:
 
 @runtime_checkable
 class Translator(Protocol):
-    """Batched translation. Implementations must be safe to call from a worker thread."""
+    """Batched translation. Implementations must be safe to call from a worker thread.
+
+    Optionally, `method_for(request) -> str | None` names what produced a request's output when it was not the
+    translator's own method (e.g. a model that passes a source it cannot improve on to a plain resampler); the
+    stream tags that output with it instead of `name` (`method_of`)."""
 
     name: str
 
@@ -100,6 +104,19 @@ class Translator(Protocol):
         ...
 
 
+def method_of(translator, request: TranslationRequest, default: str) -> str:
+    """What produced `request`'s output: `translator.method_for(request)` where it says, else `default` (its name).
+
+    Parameters
+    ----------
+    translator : a `Translator`, with or without `method_for`.
+    request : the request it translated.
+    default : the name to use otherwise.
+    """
+    fn = getattr(translator, "method_for", None)
+    return (fn(request) if fn is not None else None) or default
+
+
 class TaskRouter:
     """One translator per task behind the one interface: each batch is split by task, every part goes to its
     translator in one call, results come back in request order. `name_for(task)` is the model that made an
@@ -111,6 +128,11 @@ class TaskRouter:
             raise ValueError(f"per-task translators for {sorted(unknown) or 'no task'}; tasks are {', '.join(TASKS)}")
         self.by_task = dict(by_task)
         self.name = ",".join(f"{t}={self.name_for(t)}" for t in TASKS if t in self.by_task)
+
+    def method_for(self, request: TranslationRequest) -> str | None:
+        """The serving translator's `method_for(request)`, None where it has none (its `name` applies)."""
+        fn = getattr(self.by_task.get(request.task), "method_for", None)
+        return fn(request) if fn is not None else None
 
     def name_for(self, task: str) -> str:
         """Name of the translator serving `task` ("" if none): the `name` attribute, else the class name."""

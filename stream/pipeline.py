@@ -20,7 +20,7 @@ import numpy as np
 
 from operators.processing import quality as Q
 from operators.processing.samples import grid_ns, in_millivolts
-from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal
+from operators.translator import PPG2ECG, SR, PairedContext, TranslationRequest, Translator, is_ecg_signal, method_of
 from operators.state.windowing import SlidingWindower, StreamEvent, Window
 from operators.vocab import ECG, PPG, SR_SUFFIX, SR_TARGET_HZ, SYNTH_ECG, super_resolvable
 from stream.contextinput import ContextOnlyInput
@@ -622,10 +622,12 @@ class Pipeline:
                                       window_start_ns=w.start_ns)
 
     def _series(self, job: _Job, times: np.ndarray, values: np.ndarray, q: Q.SignalQuality | None,
-                confidence: float | None, context_used: bool, usable: bool, seq: int = 0) -> OutputSeries:
+                confidence: float | None, context_used: bool, usable: bool, seq: int = 0,
+                req: TranslationRequest | None = None) -> OutputSeries:
         st = job.stream
         kind = "synth" if job.task == PPG2ECG else "sr"
-        return OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=self.model_for[job.task],
+        model = self.model_for[job.task] if req is None else method_of(self.translator, req, self.model_for[job.task])
+        return OutputSeries(bed=st.bed, source_signal=st.signal, kind=kind, model=model,
                             rate_hz=job.target_rate, times_ns=times, values=values, seq=seq,
                             units=st.units if kind == "sr" else "mV",
                             quality=None if q is None else round(q.score, 4), quality_flag="" if q is None else q.cls,
@@ -676,7 +678,7 @@ class Pipeline:
             seq = self._seq.get(key, 0)
             self._seq[key] = seq + 1
             result.outputs.append(self._series(job, times[k0:k1], y[k0:k1], q, conf, req.context is not None,
-                                               usable=True, seq=seq))
+                                               usable=True, seq=seq, req=req))
         if ev is not None:
             result.events.append(ev)
 

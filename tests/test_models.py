@@ -519,6 +519,11 @@ def test_engine_ppg_sr_from_a_source_that_holds_the_pulse_band_is_the_polyphase_
     outs = eng.translate(reqs)
     np.testing.assert_allclose(outs[0], resample(at25, 25.0, 100.0, method="polyphase"), rtol=1e-5, atol=1e-5)
     assert not np.allclose(outs[1], resample(at12, 12.5, 100.0, method="polyphase"), rtol=1e-3, atol=1e-3)
+    # outputs say what made them: the resample is not tagged with the model's name
+    ecg25 = TranslationRequest(SR, resample(rec.signals["II"][:1000].astype(np.float64), 125.0, 25.0), 25.0, 100.0, "II")
+    ppg125 = TranslationRequest(SR, ppg[:1000], 125.0, 250.0, "PLETH")
+    synth = TranslationRequest("ppg2ecg", ppg[:1000], 125.0, 125.0, "PLETH")
+    assert [eng.method_for(r) for r in reqs + [ecg25, ppg125, synth]] == ["polyphase", None, None, "polyphase", None]
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")

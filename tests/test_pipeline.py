@@ -467,6 +467,17 @@ def test_outputs_carry_the_model_of_their_own_task():
     assert models == {("A", "synth"): "m-synth", ("B", "synth"): "m-synth", ("B", "sr"): "m-sr"}
     assert {e.fields["model"] for r in res for e in r.events if e.kind == "rpeaks"} == {"m-synth"}
 
+    # a translator that hands some requests to another method says so per request (`method_for`), and those
+    # outputs carry that method's name, the others its own
+    class Resampling(Named):
+        def method_for(self, request):
+            return "polyphase" if request.source_rate >= 25.0 else None
+
+    pipe = Pipeline(cfg(), TaskRouter({"ppg2ecg": Named("m-synth"), "sr": Resampling("m-sr")}))
+    res = run_all(pipe, chunks(x[::5], 25.0, bed="B") + chunks(x[::10], 12.5, bed="C"))
+    models = {(o.bed, o.kind): o.model for r in res for o in r.outputs}
+    assert models == {("B", "synth"): "m-synth", ("B", "sr"): "polyphase", ("C", "synth"): "m-synth", ("C", "sr"): "m-sr"}
+
 
 # ---------------------------------------------------------------- quality gating
 OFF_S = (14.0, 26.0)
