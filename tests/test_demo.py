@@ -348,3 +348,24 @@ def test_probe_off_summary_counts_the_withheld_part_of_the_span_once():
     data.chunks["synth"].append(Chunk("p", "II_SYNTH", 10.0, 18 * s, 0, np.zeros(30, np.float32)))  # 18-21 s
     got = _probe_off_summary(data, "p", [10 * s, 20 * s])
     assert got == {"bed": "p", "span_s": 10.0, "withheld_s": 6.0, "reasons": ["probe_off"], "synth_samples_in_span": 20}
+
+
+def test_withheld_spans_are_per_output_and_merged():
+    """The picture shades on an output's panel only what was withheld from that output, one label per span."""
+    import json
+
+    import pandas as pd
+
+    from stream.tools.demo_plot import _withheld_spans
+
+    def ev(a, b, reason, outputs, bed="lowres-001"):
+        e = {"bed": bed, "type": "source_unusable", "reason": reason, "outputs": outputs}
+        return {"bed": bed, "type": "source_unusable", "time": pd.Timestamp(int(a * 1e9), tz="UTC"),
+                "end": pd.Timestamp(int(b * 1e9), tz="UTC"), "reason": reason, "json": json.dumps(e)}
+
+    events = pd.DataFrame([ev(10, 12, "probe_off", ["II_SYNTH", "PLETH_SR"]), ev(12, 14, "probe_off", ["II_SYNTH", "PLETH_SR"]),
+                           ev(13, 15, "motion", ["II_SYNTH", "PLETH_SR"]), ev(20, 22, "noise", ["II_SR"]),
+                           ev(30, 32, "flat", ["II_SYNTH"], bed="bed-001")])
+    assert _withheld_spans(events, "lowres-001", "II_SYNTH") == [(10.0, 15.0, ["motion", "probe_off"])]
+    assert _withheld_spans(events, "lowres-001", "II_SR") == [(20.0, 22.0, ["noise"])]
+    assert _withheld_spans(events, "bed-001", "II_SR") == [] and _withheld_spans(None, "bed-001", "II_SYNTH") == []

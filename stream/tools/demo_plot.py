@@ -158,22 +158,40 @@ def _plot_probe_off(ax, inp, syn, events, bed: str, span_ns: list[int], view_s: 
     ax2.set_ylabel("II_SYNTH")
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
-    if events is not None and len(events):
-        bad = events[(events["bed"] == bed) & (events["type"] == "source_unusable")]
-        for _, ev in bad.iterrows():
-            a, b = ev["time"].value / 1e9, ev["end"].value / 1e9
-            if b > lo and a < hi:
-                ax.axvspan(max(a, lo) - lo, min(b, hi) - lo, color="0.85", zorder=0)
-        reasons = sorted(set(bad["reason"].dropna()))
-        if reasons:
-            ax.text(span_ns[0] / 1e9 - lo + 0.1, 0.95, f"withheld: {', '.join(reasons)}; no II_SYNTH, no beats",
-                    transform=ax.get_xaxis_transform(), fontsize=9, va="top")
+    reasons: set[str] = set()
+    for a, b, why in _withheld_spans(events, bed, SYNTH_ECG):
+        if b > lo and a < hi:
+            ax.axvspan(max(a, lo) - lo, min(b, hi) - lo, color="0.85", zorder=0)
+            reasons.update(why)
+    if reasons:
+        ax.text(span_ns[0] / 1e9 - lo + 0.1, 0.95, f"withheld: {', '.join(sorted(reasons))}; no II_SYNTH, no beats",
+                transform=ax.get_xaxis_transform(), fontsize=9, va="top")
     ax.set_title(f"{bed}: the PPG probe comes off; the service withholds the span instead of drawing a flat ECG",
                  loc="left", fontsize=10)
     ax.legend(handles=ax.lines + ax2.lines, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9,
               frameon=False, borderaxespad=0.2)
     ax.grid(alpha=0.3)
     ax.set_xlabel("time (s) from 1/3 of the stretch before the probe came off")
+
+
+def _withheld_spans(events, bed: str, out_signal: str) -> list[tuple[float, float, list[str]]]:
+    """[(start s, end s, reasons)] withheld from `bed`'s `out_signal`: the `source_unusable` / `output_unusable`
+    events that name it among their outputs, spans that touch or overlap merged (one label each)."""
+    import json
+
+    if events is None or not len(events) or not out_signal:
+        return []
+    rows = events[(events["bed"] == bed) & events["type"].isin(["source_unusable", "output_unusable"])]
+    spans = sorted((ev["time"].value / 1e9, ev["end"].value / 1e9, ev["reason"]) for _, ev in rows.iterrows()
+                   if out_signal in (json.loads(ev["json"]).get("outputs") or []))
+    merged: list[list] = []
+    for a, b, why in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+            merged[-1][2].add(why)
+        else:
+            merged.append([a, b, {why}])
+    return [(a, b, sorted(w)) for a, b, w in merged]
 
 
 def _finish_axes(axes, twin_lines: list) -> None:
@@ -208,15 +226,12 @@ def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None
                      label=f"{bed} {sig} quality")
             qax.plot(t[m] - t0, sel["confidence"].to_numpy(zero_copy_only=False)[m], color=color, lw=1.0, ls="--",
                      label=f"{sig} confidence")
-        if events is not None and len(events):
-            bad = events[(events["bed"] == bed) & events["type"].isin(["source_unusable", "output_unusable"])]
-            for _, ev in bad.iterrows():
-                a, b = ev["time"].value / 1e9, ev["end"].value / 1e9
-                if b > lo and a < hi:
-                    for ax in (axes[row], qax):
-                        ax.axvspan(max(a, lo) - t0, min(b, hi) - t0, color="0.85", zorder=0)
-                    axes[row].text(max(a, lo) - t0, 0.95, f"withheld: {ev['reason']}", transform=axes[row].get_xaxis_transform(),
-                                   fontsize=8, va="top")
+        for a, b, reasons in _withheld_spans(events, bed, sig):
+            if b > lo and a < hi:
+                for ax in (axes[row], qax):
+                    ax.axvspan(max(a, lo) - t0, min(b, hi) - t0, color="0.85", zorder=0)
+                axes[row].text(max(a, lo) - t0, 0.95, f"withheld: {', '.join(reasons)}",
+                               transform=axes[row].get_xaxis_transform(), fontsize=8, va="top")
     qax.set_ylim(-0.05, 1.05)
     qax.set_ylabel("0-1")
     qax.set_title("quality, confidence; grey: withheld", loc="left", fontsize=10)
