@@ -104,12 +104,12 @@ class Translator(Protocol):
         ...
 
 
-def method_of(translator, request: TranslationRequest, default: str) -> str:
+def method_of(translator, request: TranslationRequest, default: str | None) -> str | None:
     """What produced `request`'s output: `translator.method_for(request)` where it says, else `default` (its name).
 
     Parameters
     ----------
-    translator : a `Translator`, with or without `method_for`.
+    translator : a `Translator`, with or without `method_for` (None: has none).
     request : the request it translated.
     default : the name to use otherwise.
     """
@@ -131,8 +131,7 @@ class TaskRouter:
 
     def method_for(self, request: TranslationRequest) -> str | None:
         """The serving translator's `method_for(request)`, None where it has none (its `name` applies)."""
-        fn = getattr(self.by_task.get(request.task), "method_for", None)
-        return fn(request) if fn is not None else None
+        return method_of(self.by_task.get(request.task), request, None)
 
     def name_for(self, task: str) -> str:
         """Name of the translator serving `task` ("" if none): the `name` attribute, else the class name."""

@@ -14,14 +14,21 @@ import sys
 from typing import Sequence
 
 
+def _default_worth_showing(action: argparse.Action) -> bool:
+    """Whether `--help` should state `action`'s default: not None ("decided at run time", which the help says in
+    words), not a flag's (no argument: its default is just "not given"), not an empty collection."""
+    d = action.default
+    return (d is not None and d is not argparse.SUPPRESS and action.nargs != 0
+            and not (isinstance(d, (list, tuple)) and not d))
+
+
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: ...)" to an option's help unless the help states its default itself or there is none
-    (a None default means "decided at run time", which the help says in words)."""
+    """Appends "(default: ...)" to an option's help unless the help states its default itself or it is not worth
+    showing (`_default_worth_showing`)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        # flags (no argument: their default is just "not given") and empty collections say nothing worth printing
-        if "(default" in text or action.default is None or action.nargs == 0 or action.default in ([], ()):
+        if "(default" in text or not _default_worth_showing(action):
             return text
         return super()._get_help_string(action)
 
@@ -34,13 +41,11 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
         # argparse prints no line for an option without help, so not its default either: give it one that does
-        if not kwargs.get("help"):
-            default = kwargs.get("default")
-            shown = (default is not None and default is not argparse.SUPPRESS and default not in ([], ())
-                     and kwargs.get("action") not in ("store_true", "store_false", argparse.BooleanOptionalAction))
-            kwargs["help"] = "(default: %(default)s)" if shown else " "
-        return super().add_argument(*args, **kwargs)
+        if not action.help:
+            action.help = "(default: %(default)s)" if _default_worth_showing(action) else " "
+        return action
 
     def error(self, message: str):
         """Exit 2 with `message` on one line."""

@@ -26,7 +26,7 @@ from operators.translator import DEFAULT_SPEC
 from stream.config import ConfigError, Settings
 from stream.tools.cli import ArgumentParser
 from stream.tools.collector import Collector
-from stream.tools.demo_plot import plot
+from stream.tools.demo_plot import merge_spans, plot
 from stream.tools.replay import ReplayOptions, replay
 from stream.tools.tables import write_parquet
 from stream.tools.worker_process import LOCAL_BROKER_TIMING, WorkerProcess, worker_environment
@@ -305,15 +305,11 @@ def _probe_off_summary(data, bed: str, span_ns: list[int]) -> dict:
     from operators.processing.samples import grid_ns
 
     a, b = span_ns
-    inside = [e for e in data.events
-              if e.get("bed") == bed and e.get("type") == "source_unusable" and e["end_ns"] > a and e["time_ns"] < b]
-    spans = sorted((max(a, e["time_ns"]), min(b, e["end_ns"])) for e in inside)
-    covered, reach = 0, a
-    for lo, hi in spans:  # union of the withheld spans inside the flat one
-        lo = max(lo, reach)
-        if hi > lo:
-            covered, reach = covered + hi - lo, hi
-    reasons = sorted({e.get("reason") for e in inside})
+    withheld = merge_spans((max(a, e["time_ns"]), min(b, e["end_ns"]), e.get("reason")) for e in data.events
+                           if e.get("bed") == bed and e.get("type") == "source_unusable"
+                           and e["end_ns"] > a and e["time_ns"] < b)
+    covered = sum(hi - lo for lo, hi, _ in withheld)
+    reasons = sorted({r for _, _, why in withheld for r in why})
     published = 0
     for c in data.chunks["synth"]:
         if c.bed_id == bed:

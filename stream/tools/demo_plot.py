@@ -182,10 +182,14 @@ def _withheld_spans(events, bed: str, out_signal: str) -> list[tuple[float, floa
     if events is None or not len(events) or not out_signal:
         return []
     rows = events[(events["bed"] == bed) & events["type"].isin(["source_unusable", "output_unusable"])]
-    spans = sorted((ev["time"].value / 1e9, ev["end"].value / 1e9, ev["reason"]) for _, ev in rows.iterrows()
-                   if out_signal in (json.loads(ev["json"]).get("outputs") or []))
+    return merge_spans((ev["time"].value / 1e9, ev["end"].value / 1e9, ev["reason"]) for _, ev in rows.iterrows()
+                       if out_signal in (json.loads(ev["json"]).get("outputs") or []))
+
+
+def merge_spans(spans) -> list[tuple]:
+    """`(start, end, reason)` spans -> `(start, end, sorted reasons)`, those that touch or overlap merged, by start."""
     merged: list[list] = []
-    for a, b, why in spans:
+    for a, b, why in sorted(spans):
         if merged and a <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], b)
             merged[-1][2].add(why)
