@@ -57,7 +57,7 @@ import numpy as np
 
 from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.state.context import select_context
-from operators.processing.quality import UNUSABLE, assess, kind_of, ppg_periodicity
+from operators.processing.quality import NONFINITE, UNUSABLE, assess, kind_of, ppg_periodicity
 from operators.processing.samples import fill_nonfinite, true_runs
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
@@ -246,9 +246,11 @@ class AlarmVerdict:
 
     @property
     def keep_alarm(self) -> bool:
-        """What an alarm system should do: only a `false` verdict may (with human sign-off for
-        asystole/VF) silence an alarm; `uncertain` keeps it."""
-        return self.verdict != "false"
+        """What an alarm system should do with the alarm: only a `false` verdict lets it go, and never for the
+        alarms that kill within minutes (asystole, VF: `SAFETY_FLOOR`): a flag a consumer may act on without
+        reading the type must not silence those; their `false` verdict can lower the priority or route the alarm
+        to a person. `uncertain` keeps it."""
+        return self.verdict != "false" or self.alarm_type in SAFETY_FLOOR
 
     def to_dict(self) -> dict:
         """JSON-ready form (docs/verdict.schema.json)."""
@@ -267,15 +269,19 @@ def _rounded(v: float | None, nd: int = 4) -> float | None:
 # ---------------------------------------------------------------- per-channel analysis
 
 
-def _window_quality(x: np.ndarray, rate_hz: float, name: str, onset: int, a: int, b: int) -> tuple[float, bool, str]:
+def _window_quality(x: np.ndarray, rate_hz: float, name: str, onset: int, a: int, b: int
+                    ) -> tuple[float, bool, str, np.ndarray]:
     """Quality of x[a:b] in BLOCK_S blocks laid from the onset sample both ways (`operators.processing.quality.assess`;
     a block passes unless it is unusable): the share of blocks that pass, whether the block ending at the
-    onset (where the alarm's event is) passes, and the reason of the first failing block."""
+    onset (where the alarm's event is) passes, the reason of the first failing block, and a mask over x of the
+    samples of blocks that failed on what they show (flat, probe off, noise, ...): a block that failed for its
+    missing samples alone keeps the rest, the missing ones being masked exactly where the mask is used."""
     n = max(1, int(round(BLOCK_S * rate_hz)))
     starts = [s for s in range(onset - n, a - 1, -n)] + [s for s in range(onset, b - n + 1, n)]
     if not starts:
         starts = [a]
     ok, reason, onset_ok = 0, "", False
+    failed = np.zeros(len(x), dtype=bool)
     kind = kind_of(name)
     for s in starts:
         q = assess(x[max(s, 0):s + n], rate_hz, kind)
@@ -283,9 +289,10 @@ def _window_quality(x: np.ndarray, rate_hz: float, name: str, onset: int, a: int
         ok += passed
         if s == onset - n or len(starts) == 1:
             onset_ok = passed
-        if not passed and not reason:
-            reason = q.reason
-    return ok / len(starts), onset_ok, reason
+        if not passed:
+            failed[max(s, 0):s + n] |= q.reason != NONFINITE
+            reason = reason or q.reason
+    return ok / len(starts), onset_ok, reason, failed
 
 
 def _hr_extremes(beats_s: np.ndarray, k: int) -> tuple[float | None, float | None]:
@@ -534,9 +541,10 @@ class _BeatStats(NamedTuple):
 
 
 def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int, onset_idx: int, kind: str,
-                alarm_type: str, finite: np.ndarray | None = None) -> _BeatStats:
+                alarm_type: str, finite: np.ndarray | None = None, failed: np.ndarray | None = None) -> _BeatStats:
     """Beat statistics of x[a:b] from the channel's beat indices `peaks`, and their (contradicts, supports).
-    `finite` (x's length) marks the samples that were not filled in: see MISSING_HIDES_BEAT_S."""
+    `finite` (x's length) marks the samples that were not filled in: see MISSING_HIDES_BEAT_S. `failed` (x's
+    length) marks the samples of quality blocks that failed: like missing ones, they support nothing."""
     inwin = peaks[(peaks >= a) & (peaks < b)]
     beats_s = (inwin - onset_idx) / rate_hz
     t_a, t_b = (a - onset_idx) / rate_hz, (b - onset_idx) / rate_hz
@@ -557,11 +565,15 @@ def _beat_stats(x: np.ndarray, rate_hz: float, peaks: np.ndarray, a: int, b: int
                       None if hr is None else 60.0 / hr, rr_cv, unexplained, width, artifact)
 
     judged = judge(gap, hr5)
-    if finite is not None and not finite[a:b].all():
-        starts, ends = true_runs(~finite[a:b])
-        missing_s = (np.stack([starts, ends], axis=1) + a - onset_idx) / rate_hz
-        seen = judge(_observed_gap(edges, missing_s), _observed_hr5(beats_s, missing_s))
-        hides = alarm_type in (TACHY, VTACH) and float((ends - starts).max()) / rate_hz >= MISSING_HIDES_BEAT_S
+    missing = np.zeros(b - a, dtype=bool) if finite is None else ~finite[a:b]
+    unseen = missing if failed is None else missing | failed[a:b]
+    if unseen.any():
+        starts, ends = true_runs(unseen)
+        unseen_s = (np.stack([starts, ends], axis=1) + a - onset_idx) / rate_hz
+        seen = judge(_observed_gap(edges, unseen_s), _observed_hr5(beats_s, unseen_s))
+        starts, ends = true_runs(missing)
+        hides = alarm_type in (TACHY, VTACH) and len(starts) > 0 and \
+            float((ends - starts).max()) / rate_hz >= MISSING_HIDES_BEAT_S
         judged = (0.0 if hides else judged[0], seen[1])
     return _BeatStats(gap, hr, hr5, hr17, abnormal, unexplained,
                       None if first is None else (first - onset_idx) / rate_hz, width, shapes, judged)
@@ -592,11 +604,12 @@ def _synth_beats_of_pulses(peaks: np.ndarray, ppeaks: np.ndarray, rate_hz: float
 
 
 def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_idx: int, a: int, b: int,
-                     alarm_type: str, pulses: tuple[np.ndarray, float, bool, str] | None = None
-                     ) -> tuple[ChannelEvidence, np.ndarray]:
-    """Evidence of one channel, and its beat indices. x is the channel's data from the start of the learning
+                     alarm_type: str, pulses: tuple[np.ndarray, float, bool, str, np.ndarray] | None = None
+                     ) -> tuple[ChannelEvidence, np.ndarray, np.ndarray]:
+    """Evidence of one channel, its beat indices and the mask of its failed quality blocks (both indices into
+    x). x is the channel's data from the start of the learning
     span up to what the mode may see; a, b the window, onset_idx the onset (indices into x). For II_SYNTH,
-    `pulses` is the PLETH's (peaks, quality score, onset ok, reason): the synthesized ECG is only as good as
+    `pulses` is the PLETH's (peaks, quality score, onset ok, reason, failed blocks): the synthesized ECG is only as good as
     the PLETH it is drawn from, and only its beats that a real pulse follows are beats (where PLETH has no
     pulse the translator fills in beats at the last rate: never evidence)."""
     raw = np.asarray(x, dtype=np.float64)
@@ -606,15 +619,15 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     else:
         peaks = detect_rpeaks(x, rate_hz)
     if kind == "synth" and pulses is not None:
-        ppeaks, qscore, onset_ok, reason = pulses
+        ppeaks, qscore, onset_ok, reason, failed = pulses
         peaks = _synth_beats_of_pulses(peaks, ppeaks, rate_hz)
     # The Challenge's event lies before the alarm: every number is judged on the window up to the onset. In
     # retrospective mode the detectors still see the data after it, so no beat near the onset is lost to the
     # edge of the data; letting the data after the onset add support or dilute the contradiction scored worse.
     pre_b = min(b, onset_idx) if onset_idx - a >= int(2 * rate_hz) else b
     if kind != "synth" or pulses is None:
-        qscore, onset_ok, reason = _window_quality(raw, rate_hz, name, onset_idx, a, pre_b)
-    st = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type, np.isfinite(raw))
+        qscore, onset_ok, reason, failed = _window_quality(raw, rate_hz, name, onset_idx, a, pre_b)
+    st = _beat_stats(x, rate_hz, peaks, a, pre_b, onset_idx, kind, alarm_type, np.isfinite(raw), failed)
     shown = peaks[(peaks >= a) & (peaks < b)]  # the whole window
     beats_s = (shown - onset_idx) / rate_hz
     shape = "".join(st.shapes.get(int(i), ".") for i in shown) if kind == "ecg" and st.shapes else None
@@ -624,7 +637,7 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
                            hr_bpm=st.hr, max_gap_s=st.gap, hr5_min_bpm=st.hr5[0], hr5_max_bpm=st.hr5[1],
                            hr17_max_bpm=st.hr17, abnormal_run=st.abnormal, contradicts=st.judged[0],
                            supports=st.judged[1], unexplained_s=st.unexplained, unexplained_from_s=st.unexplained_from,
-                           usual_width_s=st.width, beat_shapes=shape), peaks
+                           usual_width_s=st.width, beat_shapes=shape), peaks, failed
 
 
 # ---------------------------------------------------------------- synthesized ECG
@@ -753,10 +766,10 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
             continue
         if kind == "synth" and (pulses is None or pulses[1] != fs):
             continue  # no PLETH at this rate to vouch for its beats
-        ev, peaks = _analyse_channel(name, kind, x[start:stop], fs, onset_idx - start, a - start, b - start,
+        ev, peaks, failed = _analyse_channel(name, kind, x[start:stop], fs, onset_idx - start, a - start, b - start,
                                      alarm_type, pulses[0] if kind == "synth" else None)
         if name.upper() == "PLETH":  # same rate, so the same slice start: its peak indices line up
-            pulses = ((peaks, ev.quality_score, ev.onset_ok, ev.reason), fs)
+            pulses = ((peaks, ev.quality_score, ev.onset_ok, ev.reason, failed), fs)
         if kind in cfg.channels:
             chans.append(ev)
     return fuse(alarm_type, mode, chans, cfg.threshold(alarm_type), (-cfg.pre_s, post_s))
@@ -912,12 +925,12 @@ def fuse(alarm_type: str, mode: str, chans: Sequence[ChannelEvidence], threshold
         false_score = 0.0
     if lone and support < 0.5:
         verdict = "uncertain"
-        reason = (f"only {chans[i_c].name} contradicts a {alarm_type} alarm and no other channel is usable at the "
+        reason = (f"only {chans[i_c].name} contradicts the {alarm_type} alarm and no other channel is usable at the "
                   f"onset: one ECG lead never suppresses it")
         confidence = 0.5
     elif false_score >= threshold and i_c is not None:
         c = chans[i_c]
-        verdict, reason = "false", f"{c.name} ({c.quality}) contradicts a {alarm_type} alarm"
+        verdict, reason = "false", f"{c.name} ({c.quality}) contradicts the {alarm_type} alarm"
         confidence = 0.5 + 0.5 * _clip01((false_score - threshold) / max(1e-6, 1.0 - threshold))
     elif support >= 0.5:
         verdict, reason = "true", f"{chans[i_s].name} ({chans[i_s].quality}) shows the {alarm_type}"
