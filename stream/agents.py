@@ -33,7 +33,7 @@ from stream.config import Settings
 from stream.logthrottle import Throttle, held_note
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import ProgressLog
-from stream.results import BatchResult, Rejected
+from stream.results import NOT_ENCODABLE, OUTPUT_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
 
 TASK_OF_KIND = {"synth": PPG2ECG, "sr": SR}  # OutputSeries.kind -> translator task
 STOP_CONFIRM_WAIT_S = 10.0  # on shutdown, how long the last batch's acks may take before they are given up
@@ -147,6 +147,10 @@ class WorkerRuntime:
         """Load the translator off the event loop (torch import is slow); start the in-process InfluxDB sink."""
         await self._run(self._open)
         s = self.settings
+        # a series at 0 from the start: "no input since the worker started" must read as a rate of 0, not as no data
+        # (alert rules on rate() see nothing in a missing series)
+        for topic in (s.topic_input,) + ((s.topic_alarms,) if s.alarm_enabled else ()):
+            metrics.MESSAGES_IN.labels(topic)
         if s.influx_enabled and s.influx_sink == "worker":
             from stream.influxsink import InfluxSinkAgent
 
@@ -396,6 +400,7 @@ class WorkerRuntime:
         s = self.settings
         publish_started = time.perf_counter()
         futs = []
+        events = list(result.events)
         for out in result.outputs:
             try:
                 value = sinks.encode_output(out, s.output_binary)
@@ -404,22 +409,24 @@ class WorkerRuntime:
                 self.counters.add(f"output_invalid.{exc.reason}")
                 metrics.OUTPUTS_DROPPED.labels(exc.reason).inc()
                 log.warning("output %s/%s not published: %s", out.bed, out.topic_signal, exc)
+                events.append(_not_encodable(out))
                 continue
             except Exception as exc:  # an encoder failing on one output must not crash-loop the worker
                 self.counters.add("output_invalid.encode_error")
                 metrics.OUTPUTS_DROPPED.labels("encode_error").inc()
                 log.error("output %s/%s not published: %s: %s", out.bed, out.topic_signal, type(exc).__name__, exc)
+                events.append(_not_encodable(out))
                 continue
             futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value, headers=headers))
             topic = s.topic_ecg_synth if out.kind == "synth" else s.topic_sr
             metrics.MESSAGES_OUT.labels(topic).inc()
             metrics.SAMPLES_OUT.labels(topic).inc(len(out.values))
-        for ev in result.events:
+        for ev in events:
             self.counters.add(f"event.{ev.kind}")
             metrics.STREAM_EVENTS.labels(ev.kind).inc()
             futs.append(await self.events_topic.send(key=ev.bed.encode(), value=sinks.encode_event(ev)))
-        if result.events:
-            metrics.MESSAGES_OUT.labels(s.topic_events).inc(len(result.events))
+        if events:
+            metrics.MESSAGES_OUT.labels(s.topic_events).inc(len(events))
         for tok, reason, detail in ((r.token, r.reason, r.detail) for r in dead + result.rejected):
             self.counters.add(f"dlq.{reason}")
             metrics.DEAD_LETTERS.labels(reason).inc()
@@ -609,3 +616,14 @@ def register(app, settings: Settings, translator: Translator | None = None) -> W
         await rt.stop()  # stops the in-process InfluxDB sink (its uncommitted batch is read again)
 
     return rt
+
+
+def _not_encodable(out: OutputSeries) -> PipelineEvent:
+    """The `output_unusable` event of an output chunk that could not be encoded: its span is a hole in the output
+    topic like a withheld one, and a consumer must be told why rather than find a gap."""
+    step = int(round(1e9 / out.rate_hz))
+    start = int(out.times_ns[0]) if len(out.times_ns) else 0
+    end = int(out.times_ns[-1]) + step if len(out.times_ns) else start
+    return PipelineEvent.unusable(OUTPUT_UNUSABLE, out.bed, out.topic_signal, start, end, reason=NOT_ENCODABLE,
+                                  quality=0.0, quality_flag="unusable", outputs=[out.topic_signal],
+                                  window_start_ns=start)

@@ -212,7 +212,8 @@ def verdict_lines(msg: dict) -> list[str]:
 
     tags = tag_set({"bed": msg["bed_id"], "alarm_type": msg["alarm_type"], "mode": msg["mode"], "verdict": msg["verdict"]})
     fields = field_set({"alarm_id": msg["alarm_id"], "confidence": msg["confidence"], "false_score": msg["false_score"],
-                      "keep_alarm": bool(msg["keep_alarm"]), "n_channels": len(msg["channels"]), "reason": msg["reason"]})
+                      "keep_alarm": bool(msg["keep_alarm"]), "n_channels": len(msg["channels"]), "reason": msg["reason"],
+                      "decided_ns": int(msg["decided_ns"])})
     return [f"{ALARM_VERDICT},{tags} {fields} {int(msg['onset_ns'])}"]
 
 

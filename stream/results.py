@@ -18,11 +18,14 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 from operators.vocab import SR_SUFFIX, SYNTH_ECG
 
-__all__ = ["SOURCE_UNUSABLE", "OUTPUT_UNUSABLE", "RPEAKS", "OutputSeries",
+__all__ = ["SOURCE_UNUSABLE", "OUTPUT_UNUSABLE", "NOT_ENCODABLE", "RPEAKS", "OutputSeries",
            "PipelineEvent", "Rejected", "BatchResult"]
 
 SOURCE_UNUSABLE = "source_unusable"
 OUTPUT_UNUSABLE = "output_unusable"
+# The reason of an `output_unusable` event whose output failed wire encoding (e.g. NaN from a translator): not a
+# signal quality, but its span is withheld all the same.
+NOT_ENCODABLE = "not_encodable"
 RPEAKS = "rpeaks"
 
 

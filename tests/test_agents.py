@@ -356,3 +356,63 @@ def test_the_alarm_ring_gets_only_the_chunks_the_pipeline_accepts_and_hears_of_a
     asyncio.run(scenario())
     resync = 5 + RESYNC_CHUNKS
     assert heard == [(k, False) for k in range(6)] + [(resync, True)]
+
+
+def test_an_output_that_cannot_be_encoded_becomes_an_output_unusable_event(monkeypatch):
+    """An output chunk the encoder rejects leaves a hole in the output topic: an `output_unusable` event
+    (reason `not_encodable`) must say so over exactly its span, never a silent gap."""
+    import json
+
+    import jsonschema
+
+    from stream import sinks
+    from tests.conftest import REPO
+
+    encode = sinks.encode_output
+    failed = []
+
+    def flaky(out, binary):
+        if not failed:
+            failed.append(out)
+            raise wire.WireError(wire.NAN_FLOOD, "output holds NaN")
+        return encode(out, binary)
+
+    monkeypatch.setattr(sinks, "encode_output", flaky)
+
+    async def scenario():
+        app = _App()
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False)
+        rt = WorkerRuntime(app, settings, translator=_Zeros())
+        await rt.start()
+        await rt.handle_events([_Event(i, 1) for i in range(16)])
+        await rt.drain()
+        await rt.stop()
+        return app, settings
+
+    app, settings = asyncio.run(scenario())
+    (out,) = failed
+    events = [json.loads(v) for name, v, _ in app.sent if name == settings.topic_events]
+    lost = [e for e in events if e["type"] == "output_unusable"]
+    assert len(lost) == 1, events
+    schema = json.loads((REPO / "docs" / "events.schema.json").read_text())
+    jsonschema.validate(lost[0], schema)
+    step = int(round(1e9 / out.rate_hz))
+    assert lost[0]["reason"] == "not_encodable" and lost[0]["outputs"] == [out.topic_signal] == ["PLETH_SR"]
+    assert (lost[0]["time_ns"], lost[0]["end_ns"]) == (int(out.times_ns[0]), int(out.times_ns[-1]) + step)
+
+
+def test_a_started_worker_exports_its_input_counter_before_any_message():
+    """Alert rules on rate(wavebridge_messages_in_total) see nothing in a series that does not exist yet: a worker
+    that never consumed a message must still export 0 for its input topic, or `WavebridgeNoInput` never fires."""
+    from prometheus_client import generate_latest
+
+    from stream.metrics import REGISTRY
+
+    async def scenario():
+        settings = Settings(influx_enabled=False, tasks=("sr",), alarm_enabled=False, topic_input="never-fed")
+        rt = WorkerRuntime(_App(), settings, translator=_Zeros())
+        await rt.start()
+        await rt.stop()
+
+    asyncio.run(scenario())
+    assert 'wavebridge_messages_in_total{topic="never-fed"} 0.0' in generate_latest(REGISTRY).decode()
