@@ -73,7 +73,10 @@ def parse_host_port(var: str, url: str, default_port: int | None = None) -> tupl
         Not `host:port`, or the port is not a number in 1-65535.
     """
     rest = url.split("://", 1)[-1]
-    split = urllib.parse.urlsplit("//" + rest)
+    try:
+        split = urllib.parse.urlsplit("//" + rest)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"{PREFIX}{var}: {url!r} is not host:port ({exc})") from None
     try:
         port = split.port
     except ValueError:
@@ -558,7 +561,10 @@ class Settings:
     def _check_influx_url(self) -> None:
         if not self.influx_url.startswith(("http://", "https://")):
             raise _error("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
-        split = urllib.parse.urlsplit(self.influx_url)
+        try:
+            split = urllib.parse.urlsplit(self.influx_url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise _error("INFLUX_URL", f"{self.influx_url!r} is not a URL ({exc})") from None
         try:
             split.port
         except ValueError:
@@ -620,6 +626,13 @@ class Settings:
             raise _error("COUNTERS_LOG_S", "must be > 0")
         if self.log_repeat_s < 0:
             raise _error("LOG_REPEAT_S", "must be >= 0 (0 shows every line)")
+        if self.stats_file:
+            folder = Path(self.stats_file).parent
+            if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+                raise _error("STATS_FILE", f"{self.stats_file!r}: its folder {str(folder)!r} does not exist or is not "
+                             "writable")
+            if Path(self.stats_file).is_dir():
+                raise _error("STATS_FILE", f"{self.stats_file!r} is a folder, not a file")
 
     def _check_alarms(self) -> None:
         from operators.processing.alarms import LEARN_S, MODES, PRE_S

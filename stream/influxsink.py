@@ -158,6 +158,8 @@ class InfluxSinkAgent:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "InfluxSinkAgent":
         """Run on a daemon thread of its own."""
+        for topic in self.roles:  # each series at 0 from the start (see WorkerRuntime.start)
+            metrics.MESSAGES_IN.labels(topic)
         self._thread = threading.Thread(target=self.run, name="wavebridge-influx-sink", daemon=True)
         self._thread.start()
         return self

@@ -284,6 +284,32 @@ def test_alert_rules_pass_promtool():
     assert "SUCCESS: 12 rules found" in res.stdout
 
 
+def test_no_input_fires_for_a_worker_that_never_consumed_while_the_sink_is_busy(tmp_path):
+    """`WavebridgeNoInput` on a worker whose input counter stays at 0 from its start (exported at 0: see
+    tests/test_agents.py) while the sink keeps consuming the output topics: it fires; with input flowing it does not."""
+    import yaml
+
+    promtool = _need("promtool")
+    rule = next(r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
+                if r.get("alert") == "WavebridgeNoInput")
+    fired = [{"exp_labels": rule["labels"], "exp_annotations": rule["annotations"]}]
+
+    def case(worker_input: str, expected: list) -> dict:
+        return {"interval": "1m", "input_series": [
+            {"series": 'wavebridge_messages_in_total{job="wavebridge",instance="w:9108",topic="wavebridge.waveforms"}',
+             "values": worker_input},
+            {"series": 'wavebridge_messages_in_total{job="wavebridge-sink",instance="s:9108",topic="wavebridge.sr"}',
+             "values": "0+50x30"}],
+            "alert_rule_test": [{"eval_time": "25m", "alertname": "WavebridgeNoInput", "exp_alerts": expected}]}
+
+    spec = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m",
+            "tests": [case("0x30", fired), case("0+50x30", [])]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(spec))
+    res = subprocess.run([promtool, "test", "rules", str(tmp_path / "t.yml")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_alert_rules_evaluate_against_a_live_worker(run):
     deadline = time.monotonic() + 30
     while True:
