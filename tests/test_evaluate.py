@@ -101,3 +101,14 @@ def test_find_dataset_names_the_folder_and_the_option_when_its_records_are_missi
     # the default place: shared/data beside the checkout, whatever the working directory
     assert DATA_DIR == REPO.parent / "shared" / "data"
     assert dataset_root("bidmc") == DATA_DIR / "bidmc" and dataset_root("challenge") == DATA_DIR / "challenge2015"
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_any_record(tmp_path, capsys):
+    """The JSON is written after every record: a missing folder failed only after the first one, with exit 1."""
+    from stream.tools.evaluate import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli(["--data", str(tmp_path), "--json", str(tmp_path / "missing" / "e.json")])
+    assert exc.value.code == 2
+    assert f"--json {tmp_path / 'missing' / 'e.json'}: folder {tmp_path / 'missing'} does not exist" in \
+        capsys.readouterr().err

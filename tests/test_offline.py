@@ -415,3 +415,54 @@ def test_a_short_segment_between_dropouts_reports_the_patients_heart_rate(bidmc_
     assert first.fields["until_ns"] == 5_000_000_000  # the short segment's one window
     truth = heart_rate_bpm(detect_rpeaks(ecg[n_ctx:], fs), fs)  # the whole record's lead II
     assert first.fields["hr_bpm"] == pytest.approx(truth, abs=5.0), (first.fields["hr_bpm"], truth)
+
+
+def test_the_output_keeps_the_input_clock(tmp_path, capsys):
+    """time_s of the output joins the input's: a CSV whose time starts at 100 s, and Parquet datetimes (seconds since
+    the epoch), were written from 0."""
+    import pandas as pd
+
+    rec = synthesize(seconds=20.0, rate_hz=125.0, seed=3)
+    n = len(rec.signals["PLETH"])
+    src = tmp_path / "later.csv"
+    pd.DataFrame({"time_s": 100.0 + np.arange(n) / 125.0, "PLETH": rec.signals["PLETH"]}).to_csv(src, index=False)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0, \
+        capsys.readouterr().err
+    t = pq.read_table(out)
+    np.testing.assert_allclose(t.column("time_s").to_numpy(), 100.0 + np.arange(n) / 125.0, atol=1e-9)
+    assert t.schema.metadata[b"start_s"] == b"100.0"
+    stamps = pd.Timestamp("2023-11-14 22:13:20") + pd.to_timedelta(np.arange(n) * 8, unit="ms")
+    src = tmp_path / "stamped.parquet"
+    pq.write_table(pa.table({"timestamp": pa.array(stamps.to_numpy(), pa.timestamp("ns")),
+                             "PLETH": rec.signals["PLETH"]}), src)
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0, \
+        capsys.readouterr().err
+    got = pq.read_table(out).column("time_s").to_numpy()
+    assert got[0] == stamps[0].value / 1e9 and abs(got[-1] - stamps[-1].value / 1e9) < 1e-6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-rate", "2"], "--target-rate 2 Hz is below 50 Hz"),
+    (["--target-rate", "5000"], "at most 2000 Hz"),
+    (["--translator", "passthrough"], "passthrough copies the source unchanged"),
+    (["--translator", "ppg2ecg=nonesuch"], "'nonesuch' is not an alias"),
+])
+def test_ppg2ecg_options_are_refused_before_any_work(tmp_path, args, message):
+    src = write_table(tmp_path / "in.parquet", {"PLETH": synthesize(seconds=20.0, rate_hz=125.0, seed=3).signals["PLETH"]},
+                      125.0)
+    r = run_cli(src, "--task", "ppg2ecg", "--out", tmp_path / "x.parquet", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_ppg2ecg_from_a_slow_pleth_is_written_at_the_workers_rate_with_a_one_task_spec(tmp_path, capsys):
+    from operators.processing.resample import resample
+
+    pleth = synthesize(seconds=20.0, rate_hz=125.0, seed=3).signals["PLETH"]
+    src = write_table(tmp_path / "in.parquet", {"PLETH": resample(pleth, 125.0, 25.0).astype(np.float32)}, 25.0)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "ppg2ecg=classic"]) == 0, \
+        capsys.readouterr().err
+    t = pq.read_table(out)
+    assert t.schema.metadata[b"rate_hz"] == b"100.0" and len(t) == 2000

@@ -67,6 +67,9 @@ class Recording:
     sex: str | None = None  # "M" / "F" / None
     # canonical name -> the name as written in the file (trailing punctuation/whitespace stripped)
     original_names: dict[str, str] = field(default_factory=dict)
+    # time of the first sample on the input's own clock, s: a table's time column's first value (seconds since the
+    # Unix epoch for datetimes); 0 without one. Outputs written for the user keep this clock, so they join the input.
+    start_s: float = 0.0
 
     def duration_s(self, signal: str) -> float:
         """Length of `signal` in seconds."""
@@ -354,20 +357,22 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     times = {k: _time_scale(k, units.get(k, ""), df[cols[k]]) for k in cols}
     times = {k: v for k, v in times.items() if v is not None}
     time_key = min(times, key=lambda k: k.lower() != TIME_COLUMN, default=None)  # time_s first
+    start_s = 0.0
     if time_key is not None:
         inferred = _rate_from_time(name, _seconds(df[cols[time_key]]) * times[time_key], time_key)
         if rate_hz is not None and not math.isclose(inferred, rate_hz, rel_tol=_UNIFORM_RTOL):
-            raise ValueError(f"{name}: {time_key} implies {inferred:g} Hz but rate_hz={rate_hz:g} was given")
+            raise ValueError(f"{name}: {time_key} implies {inferred:g} Hz but a rate of {rate_hz:g} Hz was given")
         rate_hz = inferred
+        start_s = _first_time_s(df[cols[time_key]], times[time_key])
     if rate_hz is None:
         vague = [k for k in cols if split_unit(k)[0].lower() in _TIME_NAMES]
         hint = f" (column {vague[0]!r} has no unit: name it '{TIME_COLUMN}', 'time_ms' or 'time [s]')" if vague else ""
-        raise ValueError(f"{name}: sampling rate unknown: add a '{TIME_COLUMN}' column, 'rate_hz' metadata or pass "
-                         f"rate_hz={hint}")
+        raise ValueError(f"{name}: sampling rate unknown: add a '{TIME_COLUMN}' column or 'rate_hz' metadata, or give "
+                         f"the rate (translate --input-rate, replay --rate-hz){hint}")
     rate_hz = float(rate_hz)
     if not (math.isfinite(rate_hz) and rate_hz > 0):
         raise ValueError(f"{name}: invalid sampling rate {rate_hz!r}")
-    out = Recording(name=name, signals={}, rates={}, units={}, age=age, sex=sex)
+    out = Recording(name=name, signals={}, rates={}, units={}, age=age, sex=sex, start_s=start_s)
     numeric = {k: _numeric_column(df[cols[k]]) for k in cols if k not in times}
     names = [k for k, v in numeric.items() if v is not None]
     canon = _canonical_names(names)
@@ -417,6 +422,20 @@ def _seconds(col) -> np.ndarray:
     if not pd.api.types.is_numeric_dtype(col):
         col = pd.to_numeric(col)  # under a units row pandas reads every column as text
     return col.to_numpy(dtype=np.float64)
+
+
+def _first_time_s(col, scale: float) -> float:
+    """The first value of a time column in seconds on its own clock: seconds since the Unix epoch for datetimes,
+    the value times `scale` (seconds per unit) for numbers and durations."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return int(col.to_numpy(dtype="datetime64[ns]")[0].astype(np.int64)) / 1e9
+    if pd.api.types.is_timedelta64_dtype(col):
+        return int(col.to_numpy(dtype="timedelta64[ns]")[0].astype(np.int64)) / 1e9
+    if not pd.api.types.is_numeric_dtype(col):
+        col = pd.to_numeric(col)
+    return float(col.iloc[0]) * scale
 
 
 def _numeric_column(col) -> np.ndarray | None:
@@ -499,4 +518,5 @@ def _select(rec: Recording, wanted: list[str] | None) -> Recording:
         age=rec.age,
         sex=rec.sex,
         original_names={w: rec.original_names[w] for w in wanted},
+        start_s=rec.start_s,
     )

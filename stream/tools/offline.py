@@ -38,6 +38,9 @@ QUALITY_COLUMN = "quality"  # 0-1, of the source window that produced the sample
 USABLE_COLUMN = "usable"  # False: the source (or output) was unusable there and the signal column is NaN
 OFFLINE_BED = "offline"
 BATCH_CHUNKS = 64  # chunks pushed between translator calls (same order of magnitude as the worker)
+# A synthesized ECG slower than this cannot show a QRS complex (80-100 ms: 4-5 samples at 50 Hz), and its R-peak
+# detector band-passes 5-15 Hz, which needs more than 30 Hz.
+PPG2ECG_MIN_RATE_HZ = 50.0
 
 
 def _weights_glob() -> str:
@@ -60,7 +63,7 @@ class OfflineError(Exception):
 class OfflineResult:
     """One translated signal: sample times, the values, and per sample their quality and usability."""
 
-    times_s: np.ndarray  # float64, seconds from the input's start
+    times_s: np.ndarray  # float64, seconds from the input's start (`start_s` puts them on the input's clock)
     columns: dict[str, np.ndarray]  # signal column name -> float32 (NaN where not usable)
     rate_hz: float
     times_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # relative to the input start
@@ -71,17 +74,20 @@ class OfflineResult:
     # per sample, True where nothing was translated (a gap or NaN run in the source, a piece too short to
     # translate): NaN, quality 0, not usable; not written to the Parquet file
     gap: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    start_s: float = 0.0  # the input's first sample on its own clock (`Recording.start_s`)
 
     def to_parquet(self, path: str | Path) -> None:
-        """Write `time_s`, the signal column, `quality` and `usable` to `path`; rate and translator as metadata."""
+        """Write `time_s` (on the input's clock: `start_s` + `times_s`, so the file joins the input on it), the signal
+        column, `quality` and `usable` to `path`; rate, translator and `start_s` as metadata."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        cols = {TIME_COLUMN: pa.array(self.times_s, pa.float64())}
+        cols = {TIME_COLUMN: pa.array(self.start_s + self.times_s, pa.float64())}
         cols.update({k: pa.array(v, pa.float32()) for k, v in self.columns.items()})
         cols[QUALITY_COLUMN] = pa.array(self.quality, pa.float32(), from_pandas=True)
         cols[USABLE_COLUMN] = pa.array(self.usable, pa.bool_())
-        table = pa.table(cols).replace_schema_metadata({"rate_hz": str(self.rate_hz), "translator": self.translator})
+        table = pa.table(cols).replace_schema_metadata({"rate_hz": str(self.rate_hz), "translator": self.translator,
+                                                        "start_s": repr(self.start_s)})
         pq.write_table(table, str(path))
 
 
@@ -377,10 +383,16 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     src = pick_source(recording, task, signal)
     src_rate = float(recording.rates[src])
     if target_rate is None:
-        target_rate = src_rate if task == PPG2ECG else vocab.SR_TARGET_HZ
+        # as the worker routes it: a PLETH too slow for its own rate's ECG gets the super-resolution rate
+        slow = src_rate < PipelineConfig.sr_below_hz
+        target_rate = src_rate if task == PPG2ECG and not slow else vocab.SR_TARGET_HZ
     target_rate = float(target_rate)
-    if target_rate <= 0:
-        raise OfflineError(f"--target-rate must be > 0, got {target_rate:g}")
+    if not 0 < target_rate <= wire.MAX_RATE_HZ:
+        raise OfflineError(f"--target-rate must be > 0 and at most {wire.MAX_RATE_HZ:g} Hz (the wire format's "
+                           f"limit, as in the service), got {target_rate:g}")
+    if task == PPG2ECG and target_rate < PPG2ECG_MIN_RATE_HZ:
+        raise OfflineError(f"ppg2ecg: --target-rate {target_rate:g} Hz is below {PPG2ECG_MIN_RATE_HZ:g} Hz: an ECG that "
+                           "slow shows no QRS complex")
     if task == SR and target_rate <= src_rate:
         raise OfflineError(f"sr: target rate {target_rate:g} Hz is not above the source rate {src_rate:g} Hz of {src}")
     if hop_s <= 0 or window_s <= 0 or hop_s > window_s:
@@ -427,10 +439,29 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
     name = ECG_COLUMN if task == PPG2ECG else recording.original_names.get(src, src)
     return OfflineResult(times_s=times / 1e9, columns={name: values}, rate_hz=target_rate, times_ns=times,
                          translator=getattr(translator, "name", type(translator).__name__), events=events,
-                         quality=quality, usable=usable, gap=gap)
+                         quality=quality, usable=usable, gap=gap, start_s=float(recording.start_s))
 
 
 # --------------------------------------------------------------------------------------------
+
+def _one_task_spec(spec: str, task: str) -> str:
+    """`translate` runs one task, so `TASK=SPEC` naming only that task is enough: its SPEC."""
+    task_part, eq, one = spec.partition("=")
+    if eq and "," not in spec and task_part.strip() == task:
+        return one.strip()
+    return spec
+
+
+def _spec_for(spec: str, task: str) -> str | None:
+    """The translator a spec names for `task` (None when the spec does not parse: load_translator says why)."""
+    from operators.translator import parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except ValueError:
+        return None
+    return parsed.get(task) if isinstance(parsed, dict) else parsed
+
 
 def _finite(text: str) -> float:
     """argparse type: a finite number ("nan" and "inf" parse as floats and pass every range check)."""
@@ -447,12 +478,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="ppg2ecg: lead II synthesized from PLETH; sr: super-resolution of the source to --target-rate")
     p.add_argument("--out", required=True, help="output Parquet file (*.parquet)")
     p.add_argument("--target-rate", type=_finite, default=None,
-                   help="output rate in Hz (default: ppg2ecg = source rate, sr = 100)")
+                   help=f"output rate in Hz, at most {wire.MAX_RATE_HZ:g} (default: ppg2ecg = the source's rate, "
+                        f"{vocab.SR_TARGET_HZ:g} from a source below {PipelineConfig.sr_below_hz:g} Hz as in the worker, "
+                        f"at least {PPG2ECG_MIN_RATE_HZ:g}; sr = {vocab.SR_TARGET_HZ:g})")
     p.add_argument("--context", default=None,
                    help="WFDB record of the same patient with II and PLETH (ppg2ecg; sr of an ECG, if II is full-rate)")
     p.add_argument("--translator", default=None,
-                   help=f"translator spec: classic, clmt, module:Class, or per task (default: {DEFAULT_SPEC}, per task "
-                        "the best measured, when the weights ship and torch imports; else classic)")
+                   help=f"translator spec: classic, clmt, module:Class, or TASK=SPEC for the task run (default: "
+                        f"{DEFAULT_SPEC}, per task the best measured, when the weights ship and torch imports; else "
+                        "classic)")
     p.add_argument("--signal", default=None, help="source channel name (default: PLETH for ppg2ecg; II or PLETH for sr)")
     p.add_argument("--window-s", type=_finite, default=8.0, help="window length in s (the worker's WAVEBRIDGE_WINDOW_S)")
     p.add_argument("--hop-s", type=_finite, default=2.0, help="hop between windows in s (WAVEBRIDGE_HOP_S)")
@@ -515,8 +549,11 @@ def _run(args) -> int:
         raise OfflineError(f"{path}: channel {src} cannot be translated (translatable: "
                            f"{', '.join(sorted(vocab.WIRE_SIGNALS))})")
     check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model
-    spec, why = (args.translator, "given") if args.translator else default_translator_spec()
+    spec, why = (_one_task_spec(args.translator, args.task), "given") if args.translator else default_translator_spec()
     try:
+        if _spec_for(spec, args.task) == "passthrough":
+            raise ValueError("passthrough copies the source unchanged (the benchmarks' ceiling), it translates nothing: "
+                             "use classic or clmt")
         translator = load_translator(spec)
     except Exception as exc:
         raise OfflineError(f"translator {spec!r}: {exc}") from None
