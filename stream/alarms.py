@@ -587,8 +587,11 @@ def describe_verdict(msg: dict) -> str:
     """
     chans = ", ".join(f"{c['name']} {c['quality']}" + (f" {c['hr_bpm']:.0f} bpm" if c.get("hr_bpm") else "")
                       for c in msg["channels"]) or "none"
+    keep = "yes" if msg["keep_alarm"] else "no"
+    if msg["keep_alarm"] and msg["verdict"] == "false":
+        keep = "yes, lower its priority: only a person silences this type"
     return (f"{msg['alarm_type']} alarm {msg['alarm_id']} on {msg['bed_id']}: verdict {msg['verdict']} "
-            f"(confidence {msg['confidence']:.2f}, keep alarm: {msg['keep_alarm']}; {msg['reason']})\n"
+            f"(confidence {msg['confidence']:.2f}, keep alarm: {keep}; {msg['reason']})\n"
             f"  evidence: {chans}")
 
 

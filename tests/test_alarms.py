@@ -1232,3 +1232,14 @@ def test_a_synthesized_ecg_counts_one_beat_per_pulse():
     beats = np.append((doubled * rate).astype(np.int64), int(15.9 * rate))  # and one beat no pulse follows
     kept = core._synth_beats_of_pulses(beats, pulses, rate)
     np.testing.assert_array_equal(kept, (r * rate).astype(np.int64))
+
+
+def test_the_retrospective_window_reports_only_the_data_there_was(clean):
+    """A record that ends at the onset has nothing after it: the verdict said it had looked 10 s further."""
+    end = len(clean["II"]) / RATE
+    v = core.verify_alarm(core.ASYSTOLE, clean, _rates(clean), end, mode="retrospective", wait_s=30.0)
+    assert v.window_s == (-core.PRE_S, 0.0)
+    v = core.verify_alarm(core.ASYSTOLE, clean, _rates(clean), end - 4.0, mode="retrospective", wait_s=30.0)
+    assert v.window_s == (-core.PRE_S, 4.0)
+    v = core.verify_alarm(core.ASYSTOLE, clean, _rates(clean), ONSET_S - 20.0, mode="retrospective", wait_s=30.0)
+    assert v.window_s == (-core.PRE_S, core.RETRO_POST_S)

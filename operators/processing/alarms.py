@@ -746,6 +746,7 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
     see_s = wait_s if mode == "retrospective" else 0.0
     chans: list[ChannelEvidence] = []
     pulses = None
+    seen_after = []  # per analysed channel, how far after the onset its data went (s)
     # PLETH before II_SYNTH: the synthesized ECG's beats and quality are judged against its PLETH's
     for name in sorted(signals, key=lambda n: n.upper() == SYNTH):
         kind = channel_kind(name)
@@ -766,13 +767,16 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
             continue
         if kind == "synth" and (pulses is None or pulses[1] != fs):
             continue  # no PLETH at this rate to vouch for its beats
+        seen_after.append((b - onset_idx) / fs)
         ev, peaks, failed = _analyse_channel(name, kind, x[start:stop], fs, onset_idx - start, a - start, b - start,
                                      alarm_type, pulses[0] if kind == "synth" else None)
         if name.upper() == "PLETH":  # same rate, so the same slice start: its peak indices line up
             pulses = ((peaks, ev.quality_score, ev.onset_ok, ev.reason, failed), fs)
         if kind in cfg.channels:
             chans.append(ev)
-    return fuse(alarm_type, mode, chans, cfg.threshold(alarm_type), (-cfg.pre_s, post_s))
+    # the window reported is the one the data allowed: a record that ends at the onset has no retrospective part
+    post_seen = min(post_s, max(0.0, max(seen_after))) if seen_after else post_s
+    return fuse(alarm_type, mode, chans, cfg.threshold(alarm_type), (-cfg.pre_s, post_seen))
 
 
 

@@ -91,11 +91,13 @@ def _plot_ppg2ecg(ax_in, ax_out, inp, syn, bed: str, view_s: float) -> tuple[flo
         # The real lead II on a twin axis: the synthesized one is not in mV-calibrated units.
         ax2 = ax_out.twinx()
         ax2.plot(te[m] / 1e9 - t0, ye[m], color="0.55", lw=0.9, alpha=0.8, label="measured II (reference)")
-        ax2.set_ylabel("measured II")
+        ax2.set_ylabel("measured II (mV)")
         ax2.set_zorder(ax_out.get_zorder() - 1)  # keep the output trace on top
         ax_out.patch.set_visible(False)
         twin_lines = ax2.lines
     ax_in.set_title(f"{bed}: PPG in", loc="left", fontsize=10)
+    ax_in.set_ylabel("PLETH (monitor units)")
+    ax_out.set_ylabel("II_SYNTH (mV)")
     # short titles: the legends sit above the right half of each panel
     ax_out.set_title(f"{bed}: II_SYNTH from the PPG, not a diagnostic lead", loc="left", fontsize=10)
     return t0, twin_lines
@@ -135,6 +137,7 @@ def _plot_sr(ax, inp, sr, bed: str, t0: float | None, view_s: float, sr_input_hz
     m = (tl / 1e9 >= lo) & (tl / 1e9 < hi)
     ax.plot(tl[m] / 1e9 - t0, yl[m], "o", color="black", ms=3.5, label=f"input {base} ({sr_input_hz:g} Hz)")
     ax.set_title(f"{bed}: {base} from a {sr_input_hz:g} Hz monitor, super-resolved", loc="left", fontsize=10)
+    ax.set_ylabel(f"{base} (mV)" if base == ECG else f"{base} (monitor units)")
     return t0, sig
 
 
@@ -155,7 +158,8 @@ def _plot_probe_off(ax, inp, syn, events, bed: str, span_ns: list[int], view_s: 
         gap = np.flatnonzero(np.diff(t_out) > 1.5 * np.median(np.diff(t_out)))
         t_out, y_out = np.insert(t_out, gap + 1, np.nan), np.insert(y_out, gap + 1, np.nan)
     ax2.plot(t_out, y_out, color="tab:red", lw=1.0, label="output II_SYNTH")
-    ax2.set_ylabel("II_SYNTH")
+    ax2.set_ylabel("II_SYNTH (mV)")
+    ax.set_ylabel("PLETH (monitor units)")
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     reasons: set[str] = set()
@@ -164,14 +168,17 @@ def _plot_probe_off(ax, inp, syn, events, bed: str, span_ns: list[int], view_s: 
             ax.axvspan(max(a, lo) - lo, min(b, hi) - lo, color="0.85", zorder=0)
             reasons.update(why)
     if reasons:
-        ax.text(span_ns[0] / 1e9 - lo + 0.1, 0.95, f"withheld: {', '.join(sorted(reasons))}; no II_SYNTH, no beats",
+        # The shading can start before the flat line: a window that judges the PPG unusable withholds its whole
+        # emitted span (one hop), not just the flat part of it.
+        ax.text(span_ns[0] / 1e9 - lo + 0.1, 0.95, f"withheld: {', '.join(sorted(reasons))}; no II_SYNTH, no beats\n"
+                "(whole output spans: from the first one whose window saw the flat PPG)",
                 transform=ax.get_xaxis_transform(), fontsize=9, va="top")
     ax.set_title(f"{bed}: the PPG probe comes off; the service withholds the span instead of drawing a flat ECG",
                  loc="left", fontsize=10)
     ax.legend(handles=ax.lines + ax2.lines, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9,
               frameon=False, borderaxespad=0.2)
     ax.grid(alpha=0.3)
-    ax.set_xlabel("time (s) from 1/3 of the stretch before the probe came off")
+    ax.set_xlabel(f"time (s); the probe comes off at {view_s / 3:.1f} s")
 
 
 def _withheld_spans(events, bed: str, out_signal: str) -> list[tuple[float, float, list[str]]]:
@@ -219,6 +226,7 @@ def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None
 
     qax = axes[-1]
     lo, hi = t0, t0 + view_s
+    shaded = False
     for table, bed, sig, color, row in outputs:
         if not bed or not sig:
             continue
@@ -232,10 +240,13 @@ def _plot_quality(axes, t0: float, view_s: float, outputs: list, events) -> None
                      label=f"{sig} confidence")
         for a, b, reasons in _withheld_spans(events, bed, sig):
             if b > lo and a < hi:
+                shaded = True
                 for ax in (axes[row], qax):
                     ax.axvspan(max(a, lo) - t0, min(b, hi) - t0, color="0.85", zorder=0)
                 axes[row].text(max(a, lo) - t0, 0.95, f"withheld: {', '.join(reasons)}",
                                transform=axes[row].get_xaxis_transform(), fontsize=8, va="top")
     qax.set_ylim(-0.05, 1.05)
     qax.set_ylabel("0-1")
-    qax.set_title("quality, confidence; grey: withheld", loc="left", fontsize=10)
+    qax.set_title("quality, confidence" + ("; grey: withheld" if shaded else ""), loc="left", fontsize=10)
+    qax.text(0.01, 0.5, "quality: of the window's source and output; confidence: the probability its output is right "
+             "(docs/quality.md)", transform=qax.transAxes, fontsize=8, va="center", color="0.3")
