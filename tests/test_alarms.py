@@ -436,6 +436,14 @@ def test_alarm_check_cli_errors_and_help(capsys, tmp_path):
         err = capsys.readouterr().err
         assert err.startswith("wavebridge alarm-check: error:") and err.count("\n") == 1, err
         assert says in err and "Errno" not in err, err
+    # the type as another exporter may case it is read; a type the Challenge does not know is named
+    wfdb.wrsamp("lower", fs=250, units=["mV"], sig_name=["II"], write_dir=str(tmp_path),
+                p_signal=np.zeros((250 * 310, 1)), fmt=["16"], comments=["asystole", "false alarm"])
+    assert core.read_challenge_record(tmp_path / "lower").alarm_type == core.ASYSTOLE
+    wfdb.wrsamp("bigeminy", fs=250, units=["mV"], sig_name=["II"], write_dir=str(tmp_path),
+                p_signal=np.zeros((250 * 310, 1)), fmt=["16"], comments=["Bigeminy"])
+    assert main(["alarm-check", str(tmp_path / "bigeminy")]) == 2
+    assert "they read: Bigeminy" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         alarm_check.cli(["--help"])
     out = capsys.readouterr().out

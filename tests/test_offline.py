@@ -306,7 +306,7 @@ def test_ppg2ecg_refuses_a_source_other_than_pleth(tmp_path, capsys):
     out = tmp_path / "x.parquet"
     assert offline.cli([str(src), "--task", "ppg2ecg", "--signal", "II", "--out", str(out), "--translator", "classic"]) == 2
     err = capsys.readouterr().err
-    assert "ppg2ecg translates a PLETH (PPG) channel only; --signal II" in err, err
+    assert "ppg2ecg translates a PLETH (PPG) channel only; II is not one" in err, err
     assert not out.exists()
     with pytest.raises(offline.OfflineError, match="PLETH"):
         offline.translate_recording(offline_read(src), "ppg2ecg", signal="II", translator="classic")

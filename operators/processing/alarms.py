@@ -990,15 +990,16 @@ def read_challenge_record(path) -> ChallengeRecord:
     rec = read_recording(base)  # one-line ValueError for an unreadable record
     header = wfdb.rdheader(str(base))
     alarm, label = None, None
-    for line in header.comments or []:
-        line = line.strip()
-        if line in CHALLENGE_TYPES:
-            alarm = CHALLENGE_TYPES[line]
+    types = {k.lower(): v for k, v in CHALLENGE_TYPES.items()}  # spelled as the Challenge does, in any case
+    comments = [line.strip() for line in header.comments or [] if line.strip()]
+    for line in comments:
+        if line.lower() in types:
+            alarm = types[line.lower()]
         elif line.lower() in ("true alarm", "false alarm"):
             label = line.lower() == "true alarm"
     if alarm is None:
         raise ValueError(f"{base.name}: no alarm type in the header comments (expected one of "
-                         f"{', '.join(CHALLENGE_TYPES)})")
+                         f"{', '.join(CHALLENGE_TYPES)}; they read: {'; '.join(comments)[:120] or 'none'})")
     dur = min(len(v) / rec.rates[k] for k, v in rec.signals.items())
     if dur < CHALLENGE_ONSET_S:
         raise ValueError(f"{base.name}: {dur:.0f} s of signal, the alarm is at {CHALLENGE_ONSET_S:g} s")

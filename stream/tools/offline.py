@@ -148,10 +148,10 @@ def check_task_source(task: str, name: str) -> None:
     source would silently produce an empty output. sr takes what the worker super-resolves
     (`operators.vocab.super_resolvable`): ECG leads and PLETH."""
     if task == PPG2ECG and name != PPG:
-        raise OfflineError(f"ppg2ecg translates a PLETH (PPG) channel only; --signal {name} is not one "
+        raise OfflineError(f"ppg2ecg translates a PLETH (PPG) channel only; {name} is not one "
                            f"(omit --signal, or use --task sr)")
     if task == SR and not vocab.super_resolvable(name):
-        raise OfflineError(f"sr super-resolves ECG leads and {PPG} only, as the worker does; --signal {name} is "
+        raise OfflineError(f"sr super-resolves ECG leads and {PPG} only, as the worker does; {name} is "
                            f"neither (the models know no other waveform)")
 
 
@@ -520,6 +520,8 @@ def _run(args) -> int:
     out = Path(args.out)
     # first: a long translation must not end in an error about where to write it
     check_out(out, {"input": path, "--context": args.context})
+    if args.context_s < 0:
+        raise OfflineError(f"--context-s must be >= 0 (0: no context), got {args.context_s:g}")
     if path.suffix.lower() in (".parquet", ".pq", ".csv"):
         if not path.exists():
             raise OfflineError(f"input {path} does not exist")
@@ -604,7 +606,8 @@ def check_out(out: Path, sources: dict[str, str | Path | None] | None = None) ->
     if out.suffix.lower() not in (".parquet", ".pq"):
         raise OfflineError(f"--out {out}: the output is Parquet; name it *.parquet")
     if not out.parent.is_dir():
-        raise OfflineError(f"output directory {out.parent} does not exist")
+        what = "is a file, not a directory" if out.parent.exists() else "does not exist"
+        raise OfflineError(f"output directory {out.parent} {what}")
     for what, src in (sources or {}).items():
         if src is not None and out.exists() and Path(src).exists() and os.path.samefile(out, src):
             raise OfflineError(f"--out {out} is the {what} {src}: writing there would overwrite the recording; "
