@@ -72,7 +72,8 @@ def _plan(ap: argparse.ArgumentParser, args: argparse.Namespace, datasets: tuple
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="wavebridge evaluate", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, on one line
+    ap = ArgumentParser(prog="wavebridge evaluate", description=summary.split(": ", 1)[1])
     ap.add_argument("--data", default=None, help="BIDMC folder (default ../shared/data/bidmc)")
     ap.add_argument("--challenge-data", default=None, help="Challenge 2015 folder (default ../shared/data/challenge2015)")
     ap.add_argument("--datasets", default=None,
