@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from operators.processing.samples import grid_ns
 from operators.translator import PPG2ECG, SR, Translator
 from stream import metrics, sinks, wire
 from stream.ackgate import AckGate
@@ -33,7 +34,7 @@ from stream.config import Settings
 from stream.logthrottle import Throttle, held_note
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.progress import ProgressLog
-from stream.results import NOT_ENCODABLE, OUTPUT_UNUSABLE, BatchResult, OutputSeries, PipelineEvent, Rejected
+from stream.results import NOT_ENCODABLE, OUTPUT_UNUSABLE, RPEAKS, BatchResult, OutputSeries, PipelineEvent, Rejected
 
 TASK_OF_KIND = {"synth": PPG2ECG, "sr": SR}  # OutputSeries.kind -> translator task
 STOP_CONFIRM_WAIT_S = 10.0  # on shutdown, how long the last batch's acks may take before they are given up
@@ -151,6 +152,7 @@ class WorkerRuntime:
         # (alert rules on rate() see nothing in a missing series)
         for topic in (s.topic_input,) + ((s.topic_alarms,) if s.alarm_enabled else ()):
             metrics.MESSAGES_IN.labels(topic)
+        metrics.SAMPLES_IN.labels(s.topic_input)
         if s.influx_enabled and s.influx_sink == "worker":
             from stream.influxsink import InfluxSinkAgent
 
@@ -409,13 +411,13 @@ class WorkerRuntime:
                 self.counters.add(f"output_invalid.{exc.reason}")
                 metrics.OUTPUTS_DROPPED.labels(exc.reason).inc()
                 log.warning("output %s/%s not published: %s", out.bed, out.topic_signal, exc)
-                events.append(_not_encodable(out))
+                events = _not_encodable(out, events)
                 continue
             except Exception as exc:  # an encoder failing on one output must not crash-loop the worker
                 self.counters.add("output_invalid.encode_error")
                 metrics.OUTPUTS_DROPPED.labels("encode_error").inc()
                 log.error("output %s/%s not published: %s: %s", out.bed, out.topic_signal, type(exc).__name__, exc)
-                events.append(_not_encodable(out))
+                events = _not_encodable(out, events)
                 continue
             futs.append(await self.out_topics[out.kind].send(key=out.bed.encode(), value=value, headers=headers))
             topic = s.topic_ecg_synth if out.kind == "synth" else s.topic_sr
@@ -618,12 +620,16 @@ def register(app, settings: Settings, translator: Translator | None = None) -> W
     return rt
 
 
-def _not_encodable(out: OutputSeries) -> PipelineEvent:
-    """The `output_unusable` event of an output chunk that could not be encoded: its span is a hole in the output
-    topic like a withheld one, and a consumer must be told why rather than find a gap."""
-    step = int(round(1e9 / out.rate_hz))
-    start = int(out.times_ns[0]) if len(out.times_ns) else 0
-    end = int(out.times_ns[-1]) + step if len(out.times_ns) else start
-    return PipelineEvent.unusable(OUTPUT_UNUSABLE, out.bed, out.topic_signal, start, end, reason=NOT_ENCODABLE,
-                                  quality=0.0, quality_flag="unusable", outputs=[out.topic_signal],
-                                  window_start_ns=start)
+def _not_encodable(out: OutputSeries, events: list[PipelineEvent]) -> list[PipelineEvent]:
+    """`events` with an `output_unusable` event for an output chunk that could not be encoded, and without the
+    R-peaks of its window: its span is a hole in the output topic like a withheld one, which a consumer must be
+    told about rather than find, and a withheld span has no beats (docs/events.schema.json)."""
+    if not len(out.times_ns):
+        return events
+    start = int(out.times_ns[0])
+    end = int(grid_ns(start, out.rate_hz, len(out.times_ns)))
+    kept = [e for e in events if not (e.kind == RPEAKS and out.kind == "synth" and e.bed == out.bed
+                                      and e.time_ns == start)]
+    return kept + [PipelineEvent.unusable(OUTPUT_UNUSABLE, out.bed, out.topic_signal, start, end,
+                                          reason=NOT_ENCODABLE, quality=0.0, quality_flag="unusable",
+                                          outputs=[out.topic_signal], window_start_ns=start)]

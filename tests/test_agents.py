@@ -415,4 +415,23 @@ def test_a_started_worker_exports_its_input_counter_before_any_message():
         await rt.stop()
 
     asyncio.run(scenario())
-    assert 'wavebridge_messages_in_total{topic="never-fed"} 0.0' in generate_latest(REGISTRY).decode()
+    exposed = generate_latest(REGISTRY).decode()
+    assert 'wavebridge_messages_in_total{topic="never-fed"} 0.0' in exposed
+    assert 'wavebridge_samples_in_total{topic="never-fed"} 0.0' in exposed
+
+
+def test_an_unencodable_ii_synth_chunk_takes_its_windows_r_peaks_with_it():
+    from stream.agents import _not_encodable
+    from stream.results import OutputSeries, PipelineEvent
+
+    times = 1_000_000_000 + np.arange(300) * 3_333_333 + (np.arange(300) // 3)  # 300 Hz on the exact ns grid
+    out = OutputSeries(bed="b", source_signal="PLETH", kind="synth", model="classic", rate_hz=300.0,
+                       times_ns=times, values=np.zeros(300, np.float32))
+    mine = PipelineEvent.rpeaks("b", int(times[0]), peaks_ns=[int(times[10])], hr_bpm=None, model="classic",
+                                window_start_ns=0, until_ns=int(times[-1]))
+    other = PipelineEvent.rpeaks("other-bed", int(times[0]), peaks_ns=[], hr_bpm=None, model="classic",
+                                 window_start_ns=0, until_ns=int(times[-1]))
+    events = _not_encodable(out, [mine, other])
+    assert mine not in events and other in events
+    (lost,) = [e for e in events if e.kind == "output_unusable"]
+    assert (lost.time_ns, lost.fields["end_ns"]) == (int(times[0]), 1_000_000_000 + 1_000_000_000)

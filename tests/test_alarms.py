@@ -331,7 +331,8 @@ def test_judge_waits_for_data_then_answers(clean):
     assert judge.due(now=6.0) == []  # retrospective needs 5 s after the onset or its deadline (7 s)
     (late,) = judge.due(now=7.5)
     msg = judge.judge(late)
-    assert msg["mode"] == "retrospective" and msg["wait_s"] == 5.0 and msg["window_s"] == [-16.0, 5.0]
+    # judged at its deadline with data 1 s past the onset: the window says so, not the 5 s waited for
+    assert msg["mode"] == "retrospective" and msg["wait_s"] == 5.0 and msg["window_s"] == [-16.0, 1.0]
 
 
 def test_judge_without_data_is_uncertain():
@@ -1251,3 +1252,32 @@ def test_the_retrospective_window_reports_only_the_data_there_was(clean):
     assert v.window_s == (-core.PRE_S, 4.0)
     v = core.verify_alarm(core.ASYSTOLE, clean, _rates(clean), ONSET_S - 20.0, mode="retrospective", wait_s=30.0)
     assert v.window_s == (-core.PRE_S, core.RETRO_POST_S)
+
+
+def test_a_flat_stretch_in_a_block_with_missing_samples_still_shows_no_pause(clean, classic):
+    """A block that fails for its missing samples may fail for more: PLETH missing for 0.45 s, then flat for 4 s
+    (the probe back off) still showed an asystole (PLETH support 0.62) because the block's first-named failure was
+    `nonfinite`."""
+    sig = {k: v.copy() for k, v in clean.items()}
+    i, j, k = (int((ONSET_S - t) * RATE) for t in (12.0, 11.55, 7.3))
+    sig["PLETH"][i:j] = np.nan
+    sig["PLETH"][j:k] = sig["PLETH"][j - 1 - int(0.5 * RATE)]
+    sig, rates = core.add_synthesized_ecg(sig, _rates(sig), classic, ONSET_S)
+    for chans in (sig, {k: v for k, v in sig.items() if k != "II"}):
+        v = core.verify_alarm(core.ASYSTOLE, chans, {k: rates[k] for k in chans}, ONSET_S)
+        assert all(c.supports == 0.0 for c in v.channels), [c.to_dict() for c in v.channels]
+
+
+def test_the_window_ends_at_the_last_sample_not_at_the_ring_s_nan_padding(clean):
+    """The service's ring pads the wait it judged after with NaN: a verdict without data after the onset still said
+    it had looked 10 s further."""
+    padded = {k: np.concatenate([v[:int(ONSET_S * RATE)], np.full(int(20 * RATE), np.nan)]) for k, v in clean.items()}
+    v = core.verify_alarm(core.ASYSTOLE, padded, _rates(padded), ONSET_S, mode="retrospective", wait_s=30.0)
+    assert v.window_s == (-core.PRE_S, 0.0)
+
+
+def test_a_synthesized_ecg_longer_than_its_pleth_is_judged(clean, classic):
+    sig, rates = core.add_synthesized_ecg(clean, _rates(clean), classic, ONSET_S)
+    sig = {**sig, "PLETH": sig["PLETH"][:int((ONSET_S - 5.0) * RATE)]}  # PLETH ends before the onset
+    v = core.verify_alarm(core.ASYSTOLE, sig, rates, ONSET_S)
+    assert {c.name for c in v.channels} >= {"II", "PLETH"}

@@ -285,8 +285,9 @@ def test_alert_rules_pass_promtool():
 
 
 def test_no_input_fires_for_a_worker_that_never_consumed_while_the_sink_is_busy(tmp_path):
-    """`WavebridgeNoInput` on a worker whose input counter stays at 0 from its start (exported at 0: see
-    tests/test_agents.py) while the sink keeps consuming the output topics: it fires; with input flowing it does not."""
+    """`WavebridgeNoInput` on a worker whose input samples stay at 0 from its start (exported at 0: see
+    tests/test_agents.py) while its sink and alarm agent, or a separate sink, keep consuming other topics: it fires;
+    with input flowing it does not."""
     import yaml
 
     promtool = _need("promtool")
@@ -295,11 +296,16 @@ def test_no_input_fires_for_a_worker_that_never_consumed_while_the_sink_is_busy(
     fired = [{"exp_labels": rule["labels"], "exp_annotations": rule["annotations"]}]
 
     def case(worker_input: str, expected: list) -> dict:
+        busy = "0+50x30"  # everything else a worker or sink consumes keeps moving
         return {"interval": "1m", "input_series": [
-            {"series": 'wavebridge_messages_in_total{job="wavebridge",instance="w:9108",topic="wavebridge.waveforms"}',
+            {"series": 'wavebridge_samples_in_total{job="wavebridge",instance="w:9108",topic="wavebridge.waveforms"}',
              "values": worker_input},
+            {"series": 'wavebridge_messages_in_total{job="wavebridge",instance="w:9108",topic="wavebridge.verdicts"}',
+             "values": busy},
+            {"series": 'wavebridge_messages_in_total{job="wavebridge",instance="w:9108",topic="wavebridge.alarms"}',
+             "values": busy},
             {"series": 'wavebridge_messages_in_total{job="wavebridge-sink",instance="s:9108",topic="wavebridge.sr"}',
-             "values": "0+50x30"}],
+             "values": busy}],
             "alert_rule_test": [{"eval_time": "25m", "alertname": "WavebridgeNoInput", "exp_alerts": expected}]}
 
     spec = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m",

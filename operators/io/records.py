@@ -359,11 +359,12 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     time_key = min(times, key=lambda k: k.lower() != TIME_COLUMN, default=None)  # time_s first
     start_s = 0.0
     if time_key is not None:
-        inferred = _rate_from_time(name, _seconds(df[cols[time_key]]) * times[time_key], time_key)
+        secs, origin_s = _seconds(df[cols[time_key]])
+        inferred = _rate_from_time(name, secs * times[time_key], time_key)
         if rate_hz is not None and not math.isclose(inferred, rate_hz, rel_tol=_UNIFORM_RTOL):
             raise ValueError(f"{name}: {time_key} implies {inferred:g} Hz but a rate of {rate_hz:g} Hz was given")
         rate_hz = inferred
-        start_s = _first_time_s(df[cols[time_key]], times[time_key])
+        start_s = origin_s + float(secs[0]) * times[time_key]
     if rate_hz is None:
         vague = [k for k in cols if split_unit(k)[0].lower() in _TIME_NAMES]
         hint = f" (column {vague[0]!r} has no unit: name it '{TIME_COLUMN}', 'time_ms' or 'time [s]')" if vague else ""
@@ -406,36 +407,25 @@ def _time_scale(key: str, unit: str, col) -> float | None:
     return None
 
 
-def _seconds(col) -> np.ndarray:
-    """float64 seconds of a time column: numbers as they are; datetimes (Parquet timestamps) and durations from their
-    first value, since read as numbers they are nanoseconds, and the rate came out a billion times too low."""
+def _seconds(col) -> tuple[np.ndarray, float]:
+    """(float64 times, origin in s) of a time column, a time being origin + value: numbers as they are (origin 0);
+    datetimes (Parquet timestamps) and durations from their first value, since read as numbers they are
+    nanoseconds and the rate came out a billion times too low (origin: that first value, since the Unix epoch for
+    datetimes)."""
     import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
         t = col.to_numpy(dtype="datetime64[ns]" if pd.api.types.is_datetime64_any_dtype(col) else "timedelta64[ns]")
         if not len(t):
-            return np.zeros(0)
+            return np.zeros(0), 0.0
         # difference in integer ns first: as float64, ns since 1970 keep only about 0.25 us
-        s = (t.astype(np.int64) - t[0].astype(np.int64)).astype(np.float64) / 1e9
+        first = int(t[0].astype(np.int64))
+        s = (t.astype(np.int64) - first).astype(np.float64) / 1e9
         s[np.isnat(t)] = np.nan  # missing times: refused as not finite
-        return s
+        return s, first / 1e9
     if not pd.api.types.is_numeric_dtype(col):
         col = pd.to_numeric(col)  # under a units row pandas reads every column as text
-    return col.to_numpy(dtype=np.float64)
-
-
-def _first_time_s(col, scale: float) -> float:
-    """The first value of a time column in seconds on its own clock: seconds since the Unix epoch for datetimes,
-    the value times `scale` (seconds per unit) for numbers and durations."""
-    import pandas as pd
-
-    if pd.api.types.is_datetime64_any_dtype(col):
-        return int(col.to_numpy(dtype="datetime64[ns]")[0].astype(np.int64)) / 1e9
-    if pd.api.types.is_timedelta64_dtype(col):
-        return int(col.to_numpy(dtype="timedelta64[ns]")[0].astype(np.int64)) / 1e9
-    if not pd.api.types.is_numeric_dtype(col):
-        col = pd.to_numeric(col)
-    return float(col.iloc[0]) * scale
+    return col.to_numpy(dtype=np.float64), 0.0
 
 
 def _numeric_column(col) -> np.ndarray | None:

@@ -57,7 +57,7 @@ import numpy as np
 
 from operators.processing.filters import butter_sos, sosfiltfilt
 from operators.state.context import select_context
-from operators.processing.quality import NONFINITE, UNUSABLE, assess, kind_of, ppg_periodicity
+from operators.processing.quality import NONFINITE, TOO_SHORT, UNUSABLE, assess, kind_of, ppg_periodicity
 from operators.processing.samples import fill_nonfinite, true_runs
 from operators.processing.rpeaks import detect_ppg_peaks, detect_rpeaks
 from operators.translator import PPG2ECG, TranslationRequest, Translator, is_ecg_signal
@@ -290,7 +290,7 @@ def _window_quality(x: np.ndarray, rate_hz: float, name: str, onset: int, a: int
         if s == onset - n or len(starts) == 1:
             onset_ok = passed
         if not passed:
-            failed[max(s, 0):s + n] |= q.reason != NONFINITE
+            failed[max(s, 0):s + n] |= bool(set(q.failing) - {NONFINITE, TOO_SHORT})
             reason = reason or q.reason
     return ok / len(starts), onset_ok, reason, failed
 
@@ -619,8 +619,10 @@ def _analyse_channel(name: str, kind: str, x: np.ndarray, rate_hz: float, onset_
     else:
         peaks = detect_rpeaks(x, rate_hz)
     if kind == "synth" and pulses is not None:
-        ppeaks, qscore, onset_ok, reason, failed = pulses
+        ppeaks, qscore, onset_ok, reason, pleth_failed = pulses
         peaks = _synth_beats_of_pulses(peaks, ppeaks, rate_hz)
+        failed = np.zeros(len(x), dtype=bool)  # PLETH's, on this channel's length (a caller's may differ)
+        failed[:min(len(x), len(pleth_failed))] = pleth_failed[:len(x)]
     # The Challenge's event lies before the alarm: every number is judged on the window up to the onset. In
     # retrospective mode the detectors still see the data after it, so no beat near the onset is lost to the
     # edge of the data; letting the data after the onset add support or dilute the contradiction scored worse.
@@ -767,7 +769,10 @@ def verify_alarm(alarm_type: str, signals: Mapping[str, np.ndarray], rates_hz: M
             continue
         if kind == "synth" and (pulses is None or pulses[1] != fs):
             continue  # no PLETH at this rate to vouch for its beats
-        seen_after.append((b - onset_idx) / fs)
+        # how far past the onset this channel's data went: its last finite sample (the service's ring pads the
+        # time it waited for with NaN)
+        after = np.flatnonzero(np.isfinite(np.asarray(x[onset_idx:b], dtype=np.float64)))
+        seen_after.append((after[-1] + 1) / fs if len(after) else 0.0)
         ev, peaks, failed = _analyse_channel(name, kind, x[start:stop], fs, onset_idx - start, a - start, b - start,
                                      alarm_type, pulses[0] if kind == "synth" else None)
         if name.upper() == "PLETH":  # same rate, so the same slice start: its peak indices line up

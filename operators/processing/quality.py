@@ -395,6 +395,8 @@ class SignalQuality:
         clipping, interpolated, motion, noise, irregular, inverted
     kind : "ecg" | "ppg" | "abp" | "other"
     metrics : the measured numbers behind the grades (fractions, periodicity, kurtosis, swing, hf_frac)
+    failing : every check below the usable grade, `reason` first when unusable (a window with missing samples
+        may also be flat: a caller that sets missing samples aside needs the other causes)
     """
 
     cls: str
@@ -403,6 +405,7 @@ class SignalQuality:
     kind: str
     duration_s: float
     metrics: dict = field(default_factory=dict, compare=False)
+    failing: tuple[str, ...] = ()
 
     @property
     def usable(self) -> bool:
@@ -687,7 +690,8 @@ def assess(x: np.ndarray, fs_hz: float, kind: str) -> SignalQuality:
     metrics: dict = {"nonfinite_frac": nonfinite}
     grades: list[tuple[float, str]] = []
     if dur < MIN_USABLE_S or len(xf) < 4:
-        return SignalQuality(UNUSABLE, 0.0, TOO_SHORT if nonfinite < 1.0 else NONFINITE, kind, dur, metrics)
+        why = TOO_SHORT if nonfinite < 1.0 else NONFINITE
+        return SignalQuality(UNUSABLE, 0.0, why, kind, dur, metrics, (why,))
     grades.append((float(np.interp(dur, [MIN_USABLE_S, MIN_GOOD_S], [USABLE_MIN, GOOD_MIN + 1e-9])), TOO_SHORT)
                   if dur < MIN_GOOD_S else (1.0, TOO_SHORT))
     grades.append((CHECKS[NONFINITE].grade(nonfinite), NONFINITE))
@@ -766,10 +770,11 @@ def _result(grades: list[tuple[float, str]], kind: str, dur: float, metrics: dic
     score, reason = min(grades, key=lambda g: g[0])
     # Of several failing checks the first named is the cause: the list goes from hard evidence (non-finite, flat,
     # clipped, interpolated) to what such damage also does to the waveform's shape and rhythm.
-    reason = next((r for g, r in grades if g < USABLE_MIN), reason)
+    failing = tuple(dict.fromkeys(r for g, r in grades if g < USABLE_MIN))
+    reason = next(iter(failing), reason)
     score = float(np.clip(score, 0.0, 1.0))
     cls = GOOD if score >= GOOD_MIN else DEGRADED if score >= USABLE_MIN else UNUSABLE
-    return SignalQuality(cls, score, OK if cls == GOOD else reason, kind, dur, metrics)
+    return SignalQuality(cls, score, OK if cls == GOOD else reason, kind, dur, metrics, failing)
 
 
 # ============================================================================================

@@ -80,8 +80,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
                     "unreadable record, one that is not in the Challenge's format, or a bad option.")
     ap.add_argument("record", help="record path without extension, e.g. ../shared/data/challenge2015/v100s")
     ap.add_argument("--mode", choices=core.MODES, default="realtime",
-                    help=f"realtime: data up to the alarm only; retrospective: also up to --wait-s after it, at most "
-                         f"{core.RETRO_POST_S:g} s of it judged (the verdict's window_s: what the record held)")
+                    help=f"realtime: data up to the alarm only; retrospective: the detectors also see up to "
+                         f"{core.RETRO_POST_S:g} s after it (window_s: what the record held)")
     ap.add_argument("--wait-s", type=float, default=30.0, help="retrospective mode's wait after the alarm (s)")
     ap.add_argument("--translator", default="classic",
                     help="translator spec for the ECG synthesized from PLETH ('none' to leave it out)")

@@ -88,7 +88,8 @@ def _plot_ppg2ecg(ax_in, ax_out, inp, syn, bed: str, view_s: float) -> tuple[flo
         ax.plot(t[m] / 1e9 - t0, y[m], color=color, lw=1.2, label=label)
     m = (te / 1e9 >= lo) & (te / 1e9 < hi)
     if m.any():
-        # The real lead II on a twin axis: the synthesized one is not in mV-calibrated units.
+        # The real lead II on a twin axis: both are in mV, but the synthesized lead's baseline and amplitude follow
+        # its context beat, not this moment's lead, and a shared axis would flatten one of the two shapes.
         ax2 = ax_out.twinx()
         ax2.plot(te[m] / 1e9 - t0, ye[m], color="0.55", lw=0.9, alpha=0.8, label="measured II (reference)")
         ax2.set_ylabel("measured II (mV)")

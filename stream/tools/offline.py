@@ -155,6 +155,30 @@ def check_task_source(task: str, name: str) -> None:
                            f"neither (the models know no other waveform)")
 
 
+def check_target_rate(task: str, src: str, src_rate: float, target_rate: float | None) -> float:
+    """The output rate in Hz: `target_rate`, or the worker's choice for this source when None.
+
+    Raises
+    ------
+    OfflineError
+        Above the wire format's limit, below what shows a QRS complex (ppg2ecg), or not above the source (sr).
+    """
+    if target_rate is None:
+        # as the worker routes it: a PLETH too slow for its own rate's ECG gets the super-resolution rate
+        slow = src_rate < PipelineConfig.sr_below_hz
+        target_rate = src_rate if task == PPG2ECG and not slow else vocab.SR_TARGET_HZ
+    target_rate = float(target_rate)
+    if not 0 < target_rate <= wire.MAX_RATE_HZ:
+        raise OfflineError(f"--target-rate must be > 0 and at most {wire.MAX_RATE_HZ:g} Hz (the wire format's "
+                           f"limit, as in the service), got {target_rate:g}")
+    if task == PPG2ECG and target_rate < PPG2ECG_MIN_RATE_HZ:
+        raise OfflineError(f"ppg2ecg: --target-rate {target_rate:g} Hz is below {PPG2ECG_MIN_RATE_HZ:g} Hz: an ECG that "
+                           "slow shows no QRS complex")
+    if task == SR and target_rate <= src_rate:
+        raise OfflineError(f"sr: target rate {target_rate:g} Hz is not above the source rate {src_rate:g} Hz of {src}")
+    return target_rate
+
+
 def check_chunk_s(chunk_s: float, rate_hz: float, signal: str, n_samples: int | None = None) -> None:
     """Chunks go through the wire format like a replay's: `chunker.check_chunk_s` (seconds, Hz, the signal's
     name and length), as a one-line OfflineError naming `--chunk-s`."""
@@ -382,19 +406,7 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
         raise OfflineError(f"unknown task {task!r} (ppg2ecg or sr)")
     src = pick_source(recording, task, signal)
     src_rate = float(recording.rates[src])
-    if target_rate is None:
-        # as the worker routes it: a PLETH too slow for its own rate's ECG gets the super-resolution rate
-        slow = src_rate < PipelineConfig.sr_below_hz
-        target_rate = src_rate if task == PPG2ECG and not slow else vocab.SR_TARGET_HZ
-    target_rate = float(target_rate)
-    if not 0 < target_rate <= wire.MAX_RATE_HZ:
-        raise OfflineError(f"--target-rate must be > 0 and at most {wire.MAX_RATE_HZ:g} Hz (the wire format's "
-                           f"limit, as in the service), got {target_rate:g}")
-    if task == PPG2ECG and target_rate < PPG2ECG_MIN_RATE_HZ:
-        raise OfflineError(f"ppg2ecg: --target-rate {target_rate:g} Hz is below {PPG2ECG_MIN_RATE_HZ:g} Hz: an ECG that "
-                           "slow shows no QRS complex")
-    if task == SR and target_rate <= src_rate:
-        raise OfflineError(f"sr: target rate {target_rate:g} Hz is not above the source rate {src_rate:g} Hz of {src}")
+    target_rate = check_target_rate(task, src, src_rate, target_rate)
     if hop_s <= 0 or window_s <= 0 or hop_s > window_s:
         raise OfflineError(f"need 0 < hop ({hop_s:g} s) <= window ({window_s:g} s)")
     if lookahead_s < 0 or hop_s + lookahead_s > window_s:
@@ -551,6 +563,7 @@ def _run(args) -> int:
         raise OfflineError(f"{path}: channel {src} cannot be translated (translatable: "
                            f"{', '.join(sorted(vocab.WIRE_SIGNALS))})")
     check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model
+    check_target_rate(args.task, src, float(rec.rates[src]), args.target_rate)
     spec, why = (_one_task_spec(args.translator, args.task), "given") if args.translator else default_translator_spec()
     try:
         if _spec_for(spec, args.task) == "passthrough":
