@@ -142,7 +142,12 @@ def test_non_uniform_time_is_rejected(tmp_path):
     df.loc[100:, "time_s"] += 0.5  # a half-second jump
     path = tmp_path / "jumpy.csv"
     df.to_csv(path, index=False)
-    with pytest.raises(ValueError, match="non-uniform sampling"):
+    with pytest.raises(ValueError, match=r"non-uniform sampling .* first look at data row 100, time "):
+        read_recording(path)
+    df = _frame()
+    df.loc[41, "time_s"] = df.loc[40, "time_s"]  # a repeated time: the rows a user has to look at are named
+    df.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"strictly increasing; data rows 41 and 42 read "):
         read_recording(path)
 
 

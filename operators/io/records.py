@@ -449,20 +449,26 @@ def _rate_from_time(name: str, t: np.ndarray, column: str = TIME_COLUMN) -> floa
     if len(t) < 2:
         raise ValueError(f"{name}: need at least 2 rows in '{column}' to infer the sampling rate")
     dt = np.diff(t)
-    if not (np.all(np.isfinite(dt)) and np.all(dt > 0)):
-        raise ValueError(f"{name}: '{column}' must be finite and strictly increasing")
+    bad = np.flatnonzero(~(np.isfinite(dt) & (dt > 0)))
+    if len(bad):
+        i = int(bad[0])  # data rows are numbered from 1, as a spreadsheet shows them under the header
+        raise ValueError(f"{name}: '{column}' must be finite and strictly increasing; data rows {i + 1} and {i + 2} "
+                         f"read {t[i]:g} and {t[i + 1]:g} ({len(bad)} such step(s))")
     # A least-squares line through all the times, so rounding in individual times averages out ...
     k = np.arange(len(t)) - (len(t) - 1) / 2.0
     slope = float(np.dot(k, t - t.mean()) / np.dot(k, k))
     rate = 1.0 / slope
     # Uniform means every time lies near its place on that line: steps of a time_s printed to a few decimals
     # (360 Hz to 3 decimals: 0.003, 0.003, 0.002, ...) differ from each other by far more than that.
-    worst = float(np.max(np.abs(t - (t.mean() + k * slope))))
+    off = np.abs(t - (t.mean() + k * slope))
+    worst = float(np.max(off))
     # ... and every step near one period: one missing row mid-record stays within half a period of the line
-    if worst > 0.5 / rate or float(np.max(np.abs(dt * rate - 1.0))) >= 0.5:
+    step_err = np.abs(dt * rate - 1.0)
+    if worst > 0.5 / rate or float(np.max(step_err)) >= 0.5:
+        i = int(np.argmax(step_err)) if float(np.max(step_err)) >= 0.5 else int(np.argmax(off))
         raise ValueError(
             f"{name}: non-uniform sampling in '{column}' (mean step {1 / rate:g} s, a time {worst:g} s off its "
-            "place on that grid); resample to a uniform grid first"
+            f"place on that grid; first look at data row {i + 1}, time {t[i]:g}); resample to a uniform grid first"
         )
     # ... and snap what is left (time_s printed to a few decimals) to the mHz: 2000.0000001 Hz is 2000 Hz, and the
     # wire format's rate limit and exact-rate checks downstream would otherwise see a rate just off the real one.

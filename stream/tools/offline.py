@@ -456,6 +456,16 @@ def translate_recording(recording, task: str, *, target_rate: float | None = Non
 
 # --------------------------------------------------------------------------------------------
 
+def _about(path: Path, exc: Exception) -> str:
+    """`path: message`, without the record's name that the readers put first (it read "x.csv: x: ...")."""
+    text = str(exc)
+    for name in (str(path), path.name, path.stem):
+        if text.startswith(f"{name}: "):
+            text = text[len(name) + 2:]
+            break
+    return f"{path}: {text}"
+
+
 def _one_task_spec(spec: str, task: str) -> str:
     """`translate` runs one task, so `TASK=SPEC` naming only that task is enough: its SPEC."""
     task_part, eq, one = spec.partition("=")
@@ -555,7 +565,7 @@ def _run(args) -> int:
         need = "ppg2ecg needs a PLETH (PPG) channel: " if args.task == PPG2ECG and not args.signal else ""
         raise OfflineError(f"{need}{path}: {exc}") from None
     except (ValueError, OSError, KeyError) as exc:  # unreadable, not found: no channel advice
-        raise OfflineError(f"{path}: {exc}") from None
+        raise OfflineError(_about(path, exc)) from None
     if not rec.signals:
         raise OfflineError(f"{path}: no channels")
     src = pick_source(rec, args.task, args.signal)
