@@ -466,3 +466,14 @@ def test_ppg2ecg_from_a_slow_pleth_is_written_at_the_workers_rate_with_a_one_tas
         capsys.readouterr().err
     t = pq.read_table(out)
     assert t.schema.metadata[b"rate_hz"] == b"100.0" and len(t) == 2000
+
+
+def test_a_channel_empty_on_every_other_row_is_named(tmp_path):
+    """PLETH at half the time column's rate (blank on every other row) failed after the work as "7500 segments too
+    short to translate"."""
+    pleth = synthesize(seconds=20.0, rate_hz=125.0, seed=3).signals["PLETH"].astype(np.float64)
+    every_other = np.full(2 * len(pleth), np.nan)
+    every_other[::2] = pleth
+    src = write_table(tmp_path / "mixed.parquet", {"PLETH": every_other}, 250.0)
+    r = run_cli(src, "--task", "ppg2ecg", "--out", tmp_path / "x.parquet", "--translator", "classic")
+    assert r.returncode == 2 and "PLETH is empty on 50% of the rows, alternating with values" in r.stderr, r.stderr

@@ -155,6 +155,27 @@ def check_task_source(task: str, name: str) -> None:
                            f"neither (the models know no other waveform)")
 
 
+def check_interleaved(recording, src: str, path) -> None:
+    """Refuse a source that is empty on every other row (or more): a channel stored at a fraction of the time
+    column's rate, whose finite samples are single points that no window can use (it failed later as "7500
+    segments too short").
+
+    Raises
+    ------
+    OfflineError
+        At least a third of the samples missing, in runs of one sample on average.
+    """
+    missing = ~np.isfinite(np.asarray(recording.signals[src], dtype=np.float64))
+    if missing.mean() < 1 / 3:
+        return
+    starts = np.flatnonzero(missing & ~np.concatenate([[False], missing[:-1]]))
+    if missing.sum() / max(len(starts), 1) < 1.5:
+        rate = recording.rates[src]
+        raise OfflineError(f"{path}: {src} is empty on {missing.mean():.0%} of the rows, alternating with values: "
+                           f"stored at a fraction of the time column's {rate:g} Hz? Give it a file (or a time column) "
+                           "of its own rate")
+
+
 def check_target_rate(task: str, src: str, src_rate: float, target_rate: float | None) -> float:
     """The output rate in Hz: `target_rate`, or the worker's choice for this source when None.
 
@@ -574,6 +595,7 @@ def _run(args) -> int:
                            f"{', '.join(sorted(vocab.WIRE_SIGNALS))})")
     check_chunk_s(args.chunk_s, float(rec.rates[src]), src, len(rec.signals[src]))  # before loading a model
     check_target_rate(args.task, src, float(rec.rates[src]), args.target_rate)
+    check_interleaved(rec, src, path)
     spec, why = (_one_task_spec(args.translator, args.task), "given") if args.translator else default_translator_spec()
     try:
         if _spec_for(spec, args.task) == "passthrough":
