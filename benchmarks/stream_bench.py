@@ -129,7 +129,7 @@ def worker_settings(bootstrap: str, influx: InfluxStack, db: str, prefix: str, t
     """The benchmarked worker: topics named by `prefix`, metrics on a free port (scraped for where its time goes)."""
     return Settings(
         broker=f"kafka://{bootstrap}", group_id=f"bench-{db}", translator=translator, device=args.device,
-        **LOCAL_BROKER_TIMING, window_s=WINDOW_S, hop_s=HOP_S, batch_size=args.batch_size, idle_flush_s=IDLE_FLUSH_S,
+        **LOCAL_BROKER_TIMING, window_s=WINDOW_S, hop_s=args.hop_s, batch_size=args.batch_size, idle_flush_s=IDLE_FLUSH_S,
         influx_url=influx.url, influx_bucket=db, influx_token="bench", influx_sink=args.influx_sink,
         stats_file=str(stats), without_web=True,
         metrics_host="127.0.0.1", metrics_port=free_port(), log_level="warn", **prefixed_topics(prefix))
@@ -385,7 +385,7 @@ def _warm_up(workers: list[WorkerProcess], settings: list[Settings], stats: list
 
     warm = replay([recording], settings[0].bootstrap_servers[0],
                   ReplayOptions(topic=settings[0].topic_input, beds=max(1, 2 * args.partitions), bed_prefix="warmup",
-                                speed=0, duration_s=WINDOW_S + 2 * HOP_S, resample=args.resample))
+                                speed=0, duration_s=WINDOW_S + 2 * args.hop_s, resample=args.resample))
     rows = wait_written(workers, stats, "warmup", warm.chunks, args.warmup_timeout)
     if len(rows) < warm.chunks:
         raise RuntimeError(f"{settings[0].translator}: workers did not process the warm-up beds within "
@@ -564,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="OMP_NUM_THREADS / MKL_NUM_THREADS of each worker (torch's CPU threads); 0: torch's default")
     p.add_argument("--max-p99-s", type=float, default=5.0, help="p99 latency bound (wall seconds) for 'sustained'")
+    p.add_argument("--hop-s", type=float, default=HOP_S,
+                   help="the workers' WAVEBRIDGE_HOP_S: a longer hop computes each sample fewer times, for more latency")
     p.add_argument("--max-replay-lag-s", type=float, default=2.0, help="replay lateness beyond which a step is void")
     p.add_argument("--warmup-timeout", type=float, default=180.0, help="seconds to wait for the warm-up bed")
     p.add_argument("--drain-s", type=float, default=None,
@@ -598,6 +600,9 @@ def main(argv=None) -> int:
     if not args.beds or args.beds[0] < 1 or args.speed <= 0 or args.duration < 3 * WINDOW_S:
         print(f"need beds >= 1, speed > 0 and duration >= {3 * WINDOW_S:g} s (a steady-state stretch "
               "between the first window and the end)", file=sys.stderr)
+        return 2
+    if not 0 < args.hop_s <= WINDOW_S - Settings.lookahead_s:
+        print(f"need 0 < --hop-s <= {WINDOW_S - Settings.lookahead_s:g} (the window less the look-ahead)", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -635,7 +640,7 @@ def main(argv=None) -> int:
             broker.stop()
 
     print(f"\n=== stream benchmark ({time.monotonic() - t_start:.0f} s; p99 bound {args.max_p99_s:g} s, "
-          f"window {WINDOW_S:g} s / hop {HOP_S:g} s) ===")
+          f"window {WINDOW_S:g} s / hop {args.hop_s:g} s) ===")
     print(f"{'translator':<14}{'beds':>6}{'bed-eq':>8}{'written':>12}{'p50 s':>8}{'p99 s':>8}{'max s':>8}  result")
     for tr, rows in all_results.items():
         for r in rows:
