@@ -193,7 +193,10 @@ def preflight(s: Settings) -> Translator:
     if s.influx_enabled and s.influx_sink == "worker":
         problem = influx_probe(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, s.influx_timeout_s)
         if problem is not None:
-            log.warning("InfluxDB not reachable at start (%s); writes will be retried", problem)
+            # said on stderr as the start-up's other lines are: the worker's logging is not set up yet, and a
+            # log record now would come out bare (no time, no level)
+            print(f"wavebridge worker: warning: InfluxDB not reachable at start ({problem}); writes will be retried",
+                  file=sys.stderr, flush=True)
     return translator
 
 

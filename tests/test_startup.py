@@ -185,3 +185,14 @@ def test_the_faust_worker_leaves_the_root_logger_at_the_level_asked_for(tmp_path
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+def test_an_unreachable_influxdb_at_start_is_one_warning_line_and_not_an_error(capsys):
+    """The worker's logging is set up only when Faust starts: a log record here came out bare."""
+    from stream.app import preflight
+    from stream.config import Settings
+
+    s = Settings(translator="classic", influx_url="http://127.0.0.1:9", influx_sink="worker", influx_timeout_s=1.0)
+    assert preflight(s) is not None
+    err = capsys.readouterr().err
+    assert err.startswith("wavebridge worker: warning: InfluxDB not reachable at start (") and err.count("\n") == 1, err
