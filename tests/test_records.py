@@ -142,7 +142,8 @@ def test_non_uniform_time_is_rejected(tmp_path):
     df.loc[100:, "time_s"] += 0.5  # a half-second jump
     path = tmp_path / "jumpy.csv"
     df.to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"non-uniform sampling .* first look at data row 100, time "):
+    with pytest.raises(ValueError, match=r"usual step 0.008 s; first look at data row 100, 0.792 s after the first row, "
+                                         r"where the next step is 0.508 s"):
         read_recording(path)
     df = _frame()
     df.loc[41, "time_s"] = df.loc[40, "time_s"]  # a repeated time: the rows a user has to look at are named
@@ -344,3 +345,18 @@ def test_an_arterial_line_named_art_reads_as_abp_unless_the_record_has_an_abp_to
     pd.DataFrame({"II": [1.0, 2.0], "ABP": [80.0, 81.0], "ART": [90.0, 91.0]}).to_csv(both, index=False)
     rec = read_recording(both, rate_hz=125)
     assert rec.signals["ABP"].tolist() == [80.0, 81.0] and rec.signals["ART"].tolist() == [90.0, 91.0]
+
+
+def test_a_csv_time_column_of_iso_date_times_is_read_on_its_clock(tmp_path):
+    """Written by a spreadsheet or pandas as text, ISO date-times were refused ("column 'time' has no unit") and,
+    under `time_s`, failed with "Unable to parse string" naming neither the file nor the column."""
+    import pandas as pd
+
+    df = _frame()
+    df["time"] = (pd.Timestamp("2023-11-14 22:13:20") + pd.to_timedelta(df.pop("time_s"), unit="s")).astype(str)
+    df.to_csv(tmp_path / "iso.csv", index=False)
+    rec = read_recording(tmp_path / "iso.csv")
+    assert rec.rates["II"] == 125.0 and rec.start_s == pd.Timestamp("2023-11-14 22:13:20").value / 1e9
+    df.rename(columns={"time": "time_s"}).to_csv(tmp_path / "iso_s.csv", index=False)
+    with pytest.raises(ValueError, match=r"time column 'time_s' holds '2023-11-14 22:13:20.000', not a number"):
+        read_recording(tmp_path / "iso_s.csv")

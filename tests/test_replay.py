@@ -174,6 +174,34 @@ def test_pacing_at_speed():
     assert fast.sent[0][2].startswith(b"{")
 
 
+def test_stamped_from_now_a_chunk_leaves_when_its_last_sample_is_due(monkeypatch):
+    """Stamps start when the replay starts, but pacing started only after the records were resampled and the
+    producer made: every chunk left that much (about 0.5 s) after its last sample's time."""
+    slow = publisher.iter_all_chunks
+
+    def slow_start(*a, **k):
+        time.sleep(0.4)  # resampling many beds, or a broker slow to answer
+        return slow(*a, **k)
+
+    monkeypatch.setattr(publisher, "iter_all_chunks", slow_start)
+
+    class WallSink(RecordingSink):
+        def send(self, topic, key, value):
+            self.sent.append((time.time_ns(), key, value))
+
+    sink = WallSink()
+    publisher.replay([make_rec(seconds=3.0, rate=100.0)], sink, ReplayOptions(speed=1.0, chunk_s=0.25, signals=["II"]))
+    late_s = [(t - wire.decode(value).end_ns()) / 1e9 for t, _, value in sink.sent]
+    assert len(late_s) == 12 and min(late_s) > -0.01, late_s
+    assert max(late_s[-4:]) < 0.1, late_s  # those due after the slow start leave on time (they were 0.4 s late)
+
+
+def test_nan_runs_not_sent_are_counted():
+    rec = make_rec(seconds=6.0, rate=100.0, nan_at=slice(200, 350))  # 1.5 s of II beyond the wire's repair
+    stats = publisher.replay([rec], RecordingSink(), ReplayOptions(speed=0, start_ns=T0, signals=["II"]))
+    assert stats.unsent_s == pytest.approx(1.5, abs=0.011) and stats.gaps == 1
+
+
 def test_replay_rejects_bad_arguments():
     rec = make_rec()
     with pytest.raises(ValueError, match="chunk_s"):
@@ -229,6 +257,7 @@ def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch,
     pq.write_table(pa.table({"time_s": np.arange(250) / 125.0, only: np.zeros(250, np.float32)}), path)
     sink = OwnedSink()
     monkeypatch.setattr(publisher, "_make_producer", lambda bootstrap, **kw: sink)
+    monkeypatch.setattr("stream.topics.missing_topics", lambda *a, **k: [])
     rc = rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-create-topic", "--speed", "0", "--no-progress",
                  "--start-ns", str(T0)])
     assert rc == 0, capsys.readouterr().err
@@ -246,6 +275,9 @@ def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch,
     (["--bed-prefix", "icu 3"], "bed id 'icu 3-001' (the bed prefix and a number) must be"),
     (["--start-ns", "-5"], "start_ns must be in [0, 2^63)"),
     (["--speed", "-1"], "speed must be >= 0"),
+    (["--topic", "bad topic"], "--topic 'bad topic' is not a Kafka topic name"),
+    (["--topic", "wavebridge.events"], "--topic wavebridge.events is wavebridge's events topic, not an input"),
+    (["--start-ns", "1700000000"], "--start-ns 1700000000 is 1.7 s after 1970-01-01: give nanoseconds"),
 ])
 def test_cli_reports_a_record_or_option_problem_before_connecting(tmp_path, monkeypatch, capsys, extra, says):
     """These were found only after the topic had been created (or, with an unreachable broker, never: the user was
@@ -267,6 +299,21 @@ def test_cli_reports_a_record_or_option_problem_before_connecting(tmp_path, monk
     err = capsys.readouterr().err
     assert err.startswith("wavebridge replay: error: ") and says in err and err.count("\n") == 1, err
     assert connects == []
+
+
+@pytest.mark.parametrize("extra", [[], ["--resample", "II=25"]])
+def test_a_channel_without_a_finite_sample_is_refused_before_connecting(tmp_path, monkeypatch, capsys, extra):
+    """It replayed "0 chunks" with exit 0, or, resampled, failed after the topic was created (exit 1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stream import topics
+
+    path = tmp_path / "rec.parquet"
+    pq.write_table(pa.table({"time_s": np.arange(600) / 125.0, "II": np.full(600, np.nan, np.float32)}), path)
+    monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: pytest.fail("connected"))
+    assert rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-progress", *extra]) == 2
+    assert "rec/II has no finite sample: nothing to replay" in capsys.readouterr().err
 
 
 def test_cli_refuses_an_empty_signal_list(capsys):

@@ -354,6 +354,7 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     if len(df) == 0:  # otherwise "no numeric signal columns (columns: PLETH, II)", or a rate it cannot infer
         raise ValueError(f"{name}: no samples: the table has no rows (columns: {', '.join(map(str, df.columns))})")
     cols = {clean_name(c): c for c in df.columns}
+    df = _parse_datetime_text(df, cols)
     times = {k: _time_scale(k, units.get(k, ""), df[cols[k]]) for k in cols}
     times = {k: v for k, v in times.items() if v is not None}
     time_key = min(times, key=lambda k: k.lower() != TIME_COLUMN, default=None)  # time_s first
@@ -407,6 +408,25 @@ def _time_scale(key: str, unit: str, col) -> float | None:
     return None
 
 
+def _parse_datetime_text(df, cols: dict):
+    """`df` with each time-named text column that reads as ISO date-times (a CSV's "2023-11-14 22:13:20.008")
+    turned into datetimes, which the time column's reader takes as they come from Parquet."""
+    import pandas as pd
+
+    for key, col in cols.items():
+        if split_unit(key)[0].lower() not in _TIME_NAMES or not pd.api.types.is_string_dtype(df[col]):
+            continue
+        head = df[col].dropna().astype(str).head(3)
+        if not len(head) or not all(re.match(r"\d{4}-\d\d-\d\d[T ]\d", v.strip()) for v in head):
+            continue
+        try:
+            parsed = pd.to_datetime(df[col], format="ISO8601", utc=True)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"column {key!r}: date-times that do not parse: {exc}") from None
+        df = df.assign(**{col: parsed.dt.tz_localize(None)})
+    return df
+
+
 def _seconds(col) -> tuple[np.ndarray, float]:
     """(float64 times, origin in s) of a time column, a time being origin + value: numbers as they are (origin 0);
     datetimes (Parquet timestamps) and durations from their first value, since read as numbers they are
@@ -424,7 +444,12 @@ def _seconds(col) -> tuple[np.ndarray, float]:
         s[np.isnat(t)] = np.nan  # missing times: refused as not finite
         return s, first / 1e9
     if not pd.api.types.is_numeric_dtype(col):
-        col = pd.to_numeric(col)  # under a units row pandas reads every column as text
+        try:
+            col = pd.to_numeric(col)  # under a units row pandas reads every column as text
+        except (ValueError, TypeError):
+            first = next((v for v in col if str(v).strip()), "")
+            raise ValueError(f"time column {col.name!r} holds {str(first)[:40]!r}, not a number: name a column of "
+                             "date-times 'time' or 'timestamp'") from None
     return col.to_numpy(dtype=np.float64), 0.0
 
 
@@ -467,8 +492,9 @@ def _rate_from_time(name: str, t: np.ndarray, column: str = TIME_COLUMN) -> floa
     if worst > 0.5 / rate or float(np.max(step_err)) >= 0.5:
         i = int(np.argmax(step_err)) if float(np.max(step_err)) >= 0.5 else int(np.argmax(off))
         raise ValueError(
-            f"{name}: non-uniform sampling in '{column}' (mean step {1 / rate:g} s, a time {worst:g} s off its "
-            f"place on that grid; first look at data row {i + 1}, time {t[i]:g}); resample to a uniform grid first"
+            f"{name}: non-uniform sampling in '{column}' (usual step {float(np.median(dt)):.6g} s; first look at data "
+            f"row {i + 1}, {t[i] - t[0]:.6g} s after the first row, where the next step is {dt[min(i, len(dt) - 1)]:g}"
+            " s); resample to a uniform grid first, or keep missing samples as empty rows on the grid (a gap)"
         )
     # ... and snap what is left (time_s printed to a few decimals) to the mHz: 2000.0000001 Hz is 2000 Hz, and the
     # wire format's rate limit and exact-rate checks downstream would otherwise see a rate just off the real one.

@@ -199,11 +199,15 @@ def check_chunks(rec: Recording, chunk_s: float, signals: Sequence[str] | None =
     if missing:
         raise ValueError(f"cannot resample {', '.join(missing)}: record {rec.name} has {', '.join(rec.signals)}")
     for s in select_signals(rec, signals):
-        rate, n = _signal_length(rec, s, resample, duration_s)
+        rate, n = signal_length(rec, s, resample, duration_s)
         check_chunk_s(chunk_s, rate, f"{rec.name}/{s}", n)
+        cut = rec.signals[s] if duration_s is None else rec.signals[s][:int(round(duration_s * rec.rates[s]))]
+        if not np.isfinite(np.asarray(cut, dtype=np.float64)).any():  # nothing would be sent, or resampled
+            raise ValueError(f"{rec.name}/{s} has no finite sample{'' if duration_s is None else f' in the first {duration_s:g} s'}"
+                             ": nothing to replay")
 
 
-def _signal_length(rec: Recording, signal: str, resample: Mapping[str, float] | None,
+def signal_length(rec: Recording, signal: str, resample: Mapping[str, float] | None,
                    duration_s: float | None) -> tuple[float, int]:
     """(rate, samples) of a signal as it will be replayed: after `resample` and the `duration_s` cut."""
     targets = {canonical_name(k): v for k, v in (resample or {}).items()}  # as resample_recording reads them
@@ -288,6 +292,6 @@ def expected_chunk_count(plan: Sequence[tuple[str, Recording]], chunk_s: float, 
     total = 0
     for _, rec in plan:
         for s in select_signals(rec, signals):
-            rate, n = _signal_length(rec, s, resample, duration_s)
+            rate, n = signal_length(rec, s, resample, duration_s)
             total += len(chunk_bounds(n, rate, chunk_s)) - 1
     return total

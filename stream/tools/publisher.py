@@ -16,7 +16,7 @@ from operators import vocab
 from operators.vocab import TOPIC_WAVEFORMS
 from stream import wire
 from stream.tools.chunker import (check_chunk_s, check_chunks, check_plan, expected_chunk_count, iter_all_chunks,
-                                  plan_beds, select_signals)
+                                  plan_beds, select_signals, signal_length)
 from stream.wire import Chunk
 
 FORMATS = ("binary", "json")
@@ -94,6 +94,10 @@ class ReplayStats:
     bytes: int = 0
     beds: int = 0
     gaps: int = 0  # extra chunk boundaries caused by NaN runs
+    first_ns: int = 0  # earliest sample stamped
+    last_end_ns: int = 0  # end of the latest chunk sent
+    unsent_s: float = 0.0  # signal-seconds not sent (NaN runs the wire would refuse), summed over beds and signals
+    stream_samples: dict[tuple[str, str], int] = field(default_factory=dict)  # (bed, signal) -> samples sent
     elapsed_s: float = 0.0
     max_lag_s: float = 0.0  # worst lateness of a send versus its real-time due time
     failed: int = 0
@@ -109,8 +113,11 @@ class ReplayStats:
         if key in last_end and chunk.start_ns != last_end[key]:
             self.gaps += 1
         last_end[key] = chunk.end_ns()
+        self.first_ns = chunk.start_ns if not self.chunks else min(self.first_ns, chunk.start_ns)
+        self.last_end_ns = max(self.last_end_ns, chunk.end_ns())
         self.chunks += 1
         self.samples += len(chunk.samples)
+        self.stream_samples[key] = self.stream_samples.get(key, 0) + len(chunk.samples)
         self.bytes += len(payload)
         self.per_signal[chunk.signal] = self.per_signal.get(chunk.signal, 0) + 1
 
@@ -162,18 +169,27 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
 
         bar = tqdm(total=total, unit="chunk", disable=not options.progress, desc="replay", dynamic_ncols=True,
                    mininterval=0.5)
-        pacer = _Pacer(t0_ns, options.speed, clock, sleep)
+        # stamped from now: the pacer's start is the moment t0 was taken, so that a chunk leaves when its last sample
+        # is due, not after the resampling and the connection (they made every send about 0.5 s late)
+        behind_s = (time.time_ns() - t0_ns) / 1e9 if options.start_ns is None else 0.0
+        pacer = _Pacer(t0_ns, options.speed, clock, sleep, behind_s)
         errors = _send_all(chunks, producer, options, pacer, stats, bar)
         try:
             producer.flush(timeout=60) if own else producer.flush()
         except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
             errors.append(exc)
         stats.elapsed_s = pacer.elapsed_s()
+        bar.total = stats.chunks  # chunks of NaN were counted in advance and never sent: end the bar where it is
+        bar.refresh()
         bar.close()
     finally:
         if own:
             producer.close(timeout=10)
     stats.failed = len(errors)
+    for bed, rec in plan:
+        for sig in select_signals(rec, options.signals):
+            rate, n = signal_length(rec, sig, options.resample, options.duration_s)
+            stats.unsent_s += max(0, n - stats.stream_samples.get((bed, sig), 0)) / rate
     if errors:
         raise ReplayError(f"{len(errors)} send(s) to topic {options.topic!r} failed after {stats.chunks} chunks; "
                           f"first error: {errors[0]!r}")
@@ -233,9 +249,10 @@ class _Pacer:
     speed: float
     clock: Callable[[], float]
     sleep: Callable[[float], None]
+    behind_s: float = 0.0  # how long ago (wall) the replay's clock started: t0 was stamped before the pacer existed
 
     def __post_init__(self) -> None:
-        self.wall0 = self.clock()
+        self.wall0 = self.clock() - max(0.0, self.behind_s)
 
     def wait_for(self, chunk: Chunk) -> float:
         """Sleep until `chunk` is due; returns how late it already was, s (0 when on time)."""

@@ -9,9 +9,10 @@ import argparse
 import sys
 from typing import Iterable, Sequence
 
+from operators import vocab
 from operators.io.records import canonical_name, read_recording
 from operators.vocab import TOPIC_WAVEFORMS
-from stream.config import ConfigError, parse_host_port
+from stream.config import TOPIC_NAME, ConfigError, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
 from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, check_replay, replay
@@ -30,6 +31,25 @@ def _parse_resample(items: Iterable[str]) -> dict[str, float]:
             except ValueError:
                 raise argparse.ArgumentTypeError(f"--resample expects SIGNAL=HZ, e.g. PLETH=25; got {part!r}") from None
     return out
+
+
+# wavebridge's own topics other than the input, at their default names: chunks written there corrupt them for
+# their readers (the events topic is JSON, the output topics carry outputs)
+NOT_INPUT_TOPICS = {vocab.TOPIC_ECG_SYNTH: "synthesized-ECG output", vocab.TOPIC_SR: "super-resolution output",
+                    vocab.TOPIC_EVENTS: "events", vocab.TOPIC_DLQ: "dead-letter", vocab.TOPIC_ALARMS: "alarms",
+                    vocab.TOPIC_VERDICTS: "verdicts", vocab.TOPIC_PROGRESS: "progress"}
+# --start-ns below this (about 11.6 days after the epoch) is almost surely seconds or milliseconds given by mistake
+START_NS_PLAUSIBLE = 10 ** 15
+
+
+def _check_topic(topic: str) -> str | None:
+    """Why `topic` cannot take replayed chunks, or None."""
+    if not TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+        return f"--topic {topic!r} is not a Kafka topic name (1-249 characters of [a-zA-Z0-9._-])"
+    if topic in NOT_INPUT_TOPICS:
+        return (f"--topic {topic} is wavebridge's {NOT_INPUT_TOPICS[topic]} topic, not an input: replay onto the "
+                f"workers' WAVEBRIDGE_TOPIC_INPUT (default {TOPIC_WAVEFORMS})")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +91,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
     signals = None if args.signals is None else [s.strip() for s in args.signals.split(",") if s.strip()]
     if signals == []:
         p.error("--signals: empty (leave it out to replay whichever of II and PLETH each record has)")
+    if _check_topic(args.topic):
+        p.error(_check_topic(args.topic))
+    if args.start_ns is not None and 0 <= args.start_ns < START_NS_PLAUSIBLE:
+        p.error(f"--start-ns {args.start_ns} is {args.start_ns / 1e9:g} s after 1970-01-01: give nanoseconds since the "
+                f"epoch (e.g. {args.start_ns * 10 ** 9 if args.start_ns < 10 ** 11 else args.start_ns * 10 ** 6} "
+                "if you meant seconds or milliseconds), or leave it out for now")
     try:  # before reading records or creating the topic
         check_plan(len(args.records), args.beds, args.duration_s)
         for address in args.broker.split(","):
@@ -90,10 +116,15 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"wavebridge replay: error: {one_line(exc)}", file=sys.stderr)
         return 2
     try:
-        if not args.no_create_topic:
-            from stream.topics import ensure_topics
+        from stream.topics import ensure_topics, missing_topics
 
-            ensure_topics(args.broker, [args.topic], partitions=args.partitions, timeout_s=args.connect_timeout_s)
+        if args.no_create_topic:
+            if missing_topics(args.broker, [args.topic], timeout_s=args.connect_timeout_s):
+                print(f"wavebridge replay: error: topic {args.topic} does not exist (--no-create-topic)", file=sys.stderr)
+                return 2
+        elif ensure_topics(args.broker, [args.topic], partitions=args.partitions, timeout_s=args.connect_timeout_s):
+            print(f"wavebridge replay: note: created topic {args.topic} ({args.partitions} partitions); workers read "
+                  f"the one WAVEBRIDGE_TOPIC_INPUT names (default {TOPIC_WAVEFORMS})", file=sys.stderr)
         timeout_ms = int(args.connect_timeout_s * 1000)
         stats = replay(recs, args.broker, options,
                        producer_kwargs={"bootstrap_timeout_ms": timeout_ms, "max_block_ms": timeout_ms})
@@ -112,7 +143,20 @@ def cli(argv: Sequence[str] | None = None) -> int:
     print(f"replayed {stats.chunks} chunks ({stats.samples} samples, {stats.bytes / 1e6:.2f} MB) for {stats.beds} "
           f"bed(s) to {args.topic} in {stats.elapsed_s:.1f} s ({stats.chunks_per_s:.0f} chunks/s, "
           f"{stats.gaps} gap(s), max lag {stats.max_lag_s * 1000:.0f} ms)")
+    if stats.unsent_s > 0:
+        print(f"not sent: {stats.unsent_s:.1f} signal-seconds of NaN runs the wire format does not repair (they reach "
+              "the worker as gaps)")
+    if stats.chunks:
+        # a worker dead-letters a bed's chunks that start before its last one ended: say where this one ended
+        print(f"samples stamped {_utc(stats.first_ns)} to {_utc(stats.last_end_ns)} UTC; a new replay of the same "
+              "bed ids must start after that (--start-ns, or later with the default of now)")
     return 0
+
+
+def _utc(ns: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 if __name__ == "__main__":  # pragma: no cover
