@@ -472,8 +472,24 @@ def test_a_channel_empty_on_every_other_row_is_named(tmp_path):
     """PLETH at half the time column's rate (blank on every other row) failed after the work as "7500 segments too
     short to translate"."""
     pleth = synthesize(seconds=20.0, rate_hz=125.0, seed=3).signals["PLETH"].astype(np.float64)
-    every_other = np.full(2 * len(pleth), np.nan)
-    every_other[::2] = pleth
-    src = write_table(tmp_path / "mixed.parquet", {"PLETH": every_other}, 250.0)
-    r = run_cli(src, "--task", "ppg2ecg", "--out", tmp_path / "x.parquet", "--translator", "classic")
-    assert r.returncode == 2 and "PLETH is empty on 50% of the rows, alternating with values" in r.stderr, r.stderr
+    for k, share in ((2, "50%"), (5, "80%")):  # at 1/2 and 1/5 of the time column's rate
+        padded = np.full(k * len(pleth), np.nan)
+        padded[::k] = pleth
+        src = write_table(tmp_path / "mixed.parquet", {"PLETH": padded}, 125.0 * k)
+        r = run_cli(src, "--task", "ppg2ecg", "--out", tmp_path / "x.parquet", "--translator", "classic")
+        assert r.returncode == 2 and f"PLETH is empty on {share} of the rows, its values alone" in r.stderr, r.stderr
+    long_gap = np.asarray(pleth, np.float64).copy()
+    long_gap[: len(pleth) // 2] = np.nan  # half missing in one run: a probe put on late, not a rate
+    src = write_table(tmp_path / "late.parquet", {"PLETH": long_gap}, 125.0)
+    assert run_cli(src, "--task", "ppg2ecg", "--out", tmp_path / "x.parquet", "--translator", "classic").returncode == 0
+
+
+def test_ppg2ecg_with_a_lead_ii_without_a_finite_sample_translates_without_a_context(tmp_path, capsys):
+    """The record's own II only feeds the patient context: all NaN, it must leave the translation alone (a replay
+    check once raised from the chunker here, uncaught)."""
+    pleth = synthesize(seconds=20.0, rate_hz=125.0, seed=3).signals["PLETH"]
+    src = write_table(tmp_path / "noii.parquet", {"PLETH": pleth, "II": np.full(len(pleth), np.nan, np.float32)}, 125.0)
+    out = tmp_path / "x.parquet"
+    assert offline.cli([str(src), "--task", "ppg2ecg", "--out", str(out), "--translator", "classic"]) == 0, \
+        capsys.readouterr().err
+    assert len(pq.read_table(out)) == len(pleth)

@@ -142,8 +142,8 @@ def test_non_uniform_time_is_rejected(tmp_path):
     df.loc[100:, "time_s"] += 0.5  # a half-second jump
     path = tmp_path / "jumpy.csv"
     df.to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"usual step 0.008 s; first look at data row 100, 0.792 s after the first row, "
-                                         r"where the next step is 0.508 s"):
+    with pytest.raises(ValueError, match=r"usual step 0.008 s; the first step off the grid is after data row 100, "
+                                         r"0.792 s after the first row: 0.508 s \(1 such step"):
         read_recording(path)
     df = _frame()
     df.loc[41, "time_s"] = df.loc[40, "time_s"]  # a repeated time: the rows a user has to look at are named
@@ -358,5 +358,18 @@ def test_a_csv_time_column_of_iso_date_times_is_read_on_its_clock(tmp_path):
     rec = read_recording(tmp_path / "iso.csv")
     assert rec.rates["II"] == 125.0 and rec.start_s == pd.Timestamp("2023-11-14 22:13:20").value / 1e9
     df.rename(columns={"time": "time_s"}).to_csv(tmp_path / "iso_s.csv", index=False)
-    with pytest.raises(ValueError, match=r"time column 'time_s' holds '2023-11-14 22:13:20.000', not a number"):
+    with pytest.raises(ValueError, match=r"time column 'time_s': data row 1 holds '2023-11-14 22:13:20.000', not a "
+                                         r"number: name a column of date-times"):
         read_recording(tmp_path / "iso_s.csv")
+    # a time_s of numbers with one stray text value names that value's row, without date-time advice
+    df = _frame()
+    df["time_s"] = df["time_s"].astype(str)
+    df.loc[10, "time_s"] = "x"
+    df.to_csv(tmp_path / "stray.csv", index=False)
+    with pytest.raises(ValueError, match=r"data row 11 holds 'x', not a number$"):
+        read_recording(tmp_path / "stray.csv")
+    # the rate given, a text timestamp beside it is not parsed (nor refused)
+    df = _frame()
+    df["timestamp"] = "-"
+    df.drop(columns="time_s").to_csv(tmp_path / "rated.csv", index=False)
+    assert read_recording(tmp_path / "rated.csv", rate_hz=125.0).rates["II"] == 125.0

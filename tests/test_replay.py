@@ -313,7 +313,33 @@ def test_a_channel_without_a_finite_sample_is_refused_before_connecting(tmp_path
     pq.write_table(pa.table({"time_s": np.arange(600) / 125.0, "II": np.full(600, np.nan, np.float32)}), path)
     monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: pytest.fail("connected"))
     assert rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-progress", *extra]) == 2
-    assert "rec/II has no finite sample: nothing to replay" in capsys.readouterr().err
+    assert "rec/II has no finite sample" in capsys.readouterr().err
+
+
+def test_an_empty_default_channel_is_left_out_and_one_that_resamples_to_nothing_is_refused(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Of the default channels an empty one is left out with a note (the other is sent); a PLETH blank on every
+    other row is all NaN once resampled, which failed after the topic had been created."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stream import topics
+
+    path = tmp_path / "rec.parquet"
+    pq.write_table(pa.table({"time_s": np.arange(600) / 125.0, "II": np.ones(600, np.float32),
+                             "PLETH": np.full(600, np.nan, np.float32)}), path)
+    sink = OwnedSink()
+    monkeypatch.setattr(publisher, "_make_producer", lambda bootstrap, **kw: sink)
+    monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: [])
+    assert rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-progress", "--speed", "0", "--start-ns", str(T0)]) == 0
+    assert "note: rec/PLETH has no finite sample to send; left out" in capsys.readouterr().err
+    assert {wire.decode(v).signal for _, _, v in sink.sent} == {"II"}
+    blank = np.ones(600, np.float32)
+    blank[1::2] = np.nan
+    pq.write_table(pa.table({"time_s": np.arange(600) / 125.0, "PLETH": blank}), path)
+    monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: pytest.fail("connected"))
+    assert rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-progress", "--resample", "PLETH=25"]) == 2
+    assert "rec/PLETH has no finite sample once resampled" in capsys.readouterr().err
 
 
 def test_cli_refuses_an_empty_signal_list(capsys):

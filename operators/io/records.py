@@ -354,9 +354,11 @@ def _from_frame(name, df, rate_hz, age, sex, units) -> Recording:
     if len(df) == 0:  # otherwise "no numeric signal columns (columns: PLETH, II)", or a rate it cannot infer
         raise ValueError(f"{name}: no samples: the table has no rows (columns: {', '.join(map(str, df.columns))})")
     cols = {clean_name(c): c for c in df.columns}
-    df = _parse_datetime_text(df, cols)
     times = {k: _time_scale(k, units.get(k, ""), df[cols[k]]) for k in cols}
     times = {k: v for k, v in times.items() if v is not None}
+    if not times and rate_hz is None:  # nothing else says when: a time-named column of date-time text may
+        df = _parse_datetime_text(name, df, cols)
+        times = {k: v for k, v in ((k, _time_scale(k, units.get(k, ""), df[cols[k]])) for k in cols) if v is not None}
     time_key = min(times, key=lambda k: k.lower() != TIME_COLUMN, default=None)  # time_s first
     start_s = 0.0
     if time_key is not None:
@@ -408,7 +410,7 @@ def _time_scale(key: str, unit: str, col) -> float | None:
     return None
 
 
-def _parse_datetime_text(df, cols: dict):
+def _parse_datetime_text(name: str, df, cols: dict):
     """`df` with each time-named text column that reads as ISO date-times (a CSV's "2023-11-14 22:13:20.008")
     turned into datetimes, which the time column's reader takes as they come from Parquet."""
     import pandas as pd
@@ -419,10 +421,11 @@ def _parse_datetime_text(df, cols: dict):
         head = df[col].dropna().astype(str).head(3)
         if not len(head) or not all(re.match(r"\d{4}-\d\d-\d\d[T ]\d", v.strip()) for v in head):
             continue
-        try:
-            parsed = pd.to_datetime(df[col], format="ISO8601", utc=True)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"column {key!r}: date-times that do not parse: {exc}") from None
+        parsed = pd.to_datetime(df[col], format="ISO8601", utc=True, errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy())
+        if len(bad):
+            raise ValueError(f"{name}: column {key!r}: data row {bad[0] + 1} holds {str(df[col].iloc[bad[0]])[:40]!r}, "
+                             "not an ISO date-time like the rows before it")
         df = df.assign(**{col: parsed.dt.tz_localize(None)})
     return df
 
@@ -439,17 +442,22 @@ def _seconds(col) -> tuple[np.ndarray, float]:
         if not len(t):
             return np.zeros(0), 0.0
         # difference in integer ns first: as float64, ns since 1970 keep only about 0.25 us
-        first = int(t[0].astype(np.int64))
+        known = np.flatnonzero(~np.isnat(t))
+        first = int(t[known[0] if len(known) else 0].astype(np.int64))
         s = (t.astype(np.int64) - first).astype(np.float64) / 1e9
         s[np.isnat(t)] = np.nan  # missing times: refused as not finite
         return s, first / 1e9
     if not pd.api.types.is_numeric_dtype(col):
-        try:
-            col = pd.to_numeric(col)  # under a units row pandas reads every column as text
-        except (ValueError, TypeError):
-            first = next((v for v in col if str(v).strip()), "")
-            raise ValueError(f"time column {col.name!r} holds {str(first)[:40]!r}, not a number: name a column of "
-                             "date-times 'time' or 'timestamp'") from None
+        numbers = pd.to_numeric(col, errors="coerce")  # under a units row pandas reads every column as text
+        bad = np.flatnonzero(numbers.isna().to_numpy() & col.notna().to_numpy()
+                             & (col.astype(str).str.strip() != "").to_numpy())
+        if len(bad):
+            value = str(col.iloc[bad[0]])
+            hint = (": name a column of date-times 'time' or 'timestamp'"
+                    if re.match(r"\d{4}-\d\d-\d\d[T ]\d", value.strip()) else "")
+            raise ValueError(f"time column {col.name!r}: data row {bad[0] + 1} holds {value[:40]!r}, not a "
+                             f"number{hint}")
+        col = numbers
     return col.to_numpy(dtype=np.float64), 0.0
 
 
@@ -476,9 +484,9 @@ def _rate_from_time(name: str, t: np.ndarray, column: str = TIME_COLUMN) -> floa
     dt = np.diff(t)
     bad = np.flatnonzero(~(np.isfinite(dt) & (dt > 0)))
     if len(bad):
-        i = int(bad[0])  # data rows are numbered from 1, as a spreadsheet shows them under the header
+        i = int(bad[0])  # data rows are numbered from 1 below the header (and a units row, when there is one)
         raise ValueError(f"{name}: '{column}' must be finite and strictly increasing; data rows {i + 1} and {i + 2} "
-                         f"read {t[i]:g} and {t[i + 1]:g} ({len(bad)} such step(s))")
+                         f"read {t[i]:.9g} and {t[i + 1]:.9g} s ({len(bad)} such step(s))")
     # A least-squares line through all the times, so rounding in individual times averages out ...
     k = np.arange(len(t)) - (len(t) - 1) / 2.0
     slope = float(np.dot(k, t - t.mean()) / np.dot(k, k))
@@ -490,11 +498,16 @@ def _rate_from_time(name: str, t: np.ndarray, column: str = TIME_COLUMN) -> floa
     # ... and every step near one period: one missing row mid-record stays within half a period of the line
     step_err = np.abs(dt * rate - 1.0)
     if worst > 0.5 / rate or float(np.max(step_err)) >= 0.5:
-        i = int(np.argmax(step_err)) if float(np.max(step_err)) >= 0.5 else int(np.argmax(off))
+        broken = np.flatnonzero(step_err >= 0.5)
+        if len(broken):
+            i = int(broken[0])
+            where = (f"the first step off the grid is after data row {i + 1}, {t[i] - t[0]:.6g} s after the first "
+                     f"row: {dt[i]:.6g} s ({len(broken)} such step(s))")
+        else:  # every step near the usual one, yet the times wander off any one rate
+            where = f"the steps drift from {dt[0]:.6g} s to {dt[-1]:.6g} s: the rate is not constant"
         raise ValueError(
-            f"{name}: non-uniform sampling in '{column}' (usual step {float(np.median(dt)):.6g} s; first look at data "
-            f"row {i + 1}, {t[i] - t[0]:.6g} s after the first row, where the next step is {dt[min(i, len(dt) - 1)]:g}"
-            " s); resample to a uniform grid first, or keep missing samples as empty rows on the grid (a gap)"
+            f"{name}: non-uniform sampling in '{column}' (usual step {float(np.median(dt)):.6g} s; {where}); "
+            "resample to a uniform grid first, or keep missing samples as empty rows on the grid (a gap)"
         )
     # ... and snap what is left (time_s printed to a few decimals) to the mHz: 2000.0000001 Hz is 2000 Hz, and the
     # wire format's rate limit and exact-rate checks downstream would otherwise see a rate just off the real one.

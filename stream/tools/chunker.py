@@ -201,10 +201,19 @@ def check_chunks(rec: Recording, chunk_s: float, signals: Sequence[str] | None =
     for s in select_signals(rec, signals):
         rate, n = signal_length(rec, s, resample, duration_s)
         check_chunk_s(chunk_s, rate, f"{rec.name}/{s}", n)
-        cut = rec.signals[s] if duration_s is None else rec.signals[s][:int(round(duration_s * rec.rates[s]))]
-        if not np.isfinite(np.asarray(cut, dtype=np.float64)).any():  # nothing would be sent, or resampled
-            raise ValueError(f"{rec.name}/{s} has no finite sample{'' if duration_s is None else f' in the first {duration_s:g} s'}"
-                             ": nothing to replay")
+
+
+def has_samples(rec: Recording, signal: str, resample: Mapping[str, float] | None = None,
+                duration_s: float | None = None) -> bool:
+    """Whether `signal` would send any sample: a finite one in the `duration_s` cut, and, when it is resampled, two
+    neighbours both finite (the resampler makes an output NaN next to any NaN input, so a channel blank on every
+    other row comes out all NaN)."""
+    x = rec.signals[signal]
+    if duration_s is not None:
+        x = x[:int(round(duration_s * rec.rates[signal]))]
+    ok = np.isfinite(np.asarray(x, dtype=np.float64))
+    resampled = {canonical_name(k) for k in (resample or {})}
+    return bool((ok[1:] & ok[:-1]).any()) if signal in resampled else bool(ok.any())
 
 
 def signal_length(rec: Recording, signal: str, resample: Mapping[str, float] | None,

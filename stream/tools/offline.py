@@ -156,24 +156,25 @@ def check_task_source(task: str, name: str) -> None:
 
 
 def check_interleaved(recording, src: str, path) -> None:
-    """Refuse a source that is empty on every other row (or more): a channel stored at a fraction of the time
-    column's rate, whose finite samples are single points that no window can use (it failed later as "7500
-    segments too short").
+    """Refuse a source whose values stand alone between empty rows: a channel stored at 1/k of the time column's
+    rate, whose finite samples are single points that no window can use (it failed later as "7500 segments too
+    short").
 
     Raises
     ------
     OfflineError
-        At least a third of the samples missing, in runs of one sample on average.
+        At least a third of the samples missing, and most values without a value on either side.
     """
-    missing = ~np.isfinite(np.asarray(recording.signals[src], dtype=np.float64))
-    if missing.mean() < 1 / 3:
+    ok = np.isfinite(np.asarray(recording.signals[src], dtype=np.float64))
+    if not len(ok) or ok.all() or (~ok).mean() < 1 / 3:
         return
-    starts = np.flatnonzero(missing & ~np.concatenate([[False], missing[:-1]]))
-    if missing.sum() / max(len(starts), 1) < 1.5:
+    pad = np.concatenate([[False], ok, [False]])
+    alone = ok & ~pad[:-2] & ~pad[2:]  # a value with no value on either side: one row in k at 1/k of the rate
+    if alone.sum() > ok.sum() / 2:
         rate = recording.rates[src]
-        raise OfflineError(f"{path}: {src} is empty on {missing.mean():.0%} of the rows, alternating with values: "
-                           f"stored at a fraction of the time column's {rate:g} Hz? Give it a file (or a time column) "
-                           "of its own rate")
+        raise OfflineError(f"{path}: {src} is empty on {(~ok).mean():.0%} of the rows, its values alone between empty "
+                           f"ones: stored at a fraction of the time column's {rate:g} Hz? Give it a file (or a time "
+                           "column) of its own rate")
 
 
 def check_target_rate(task: str, src: str, src_rate: float, target_rate: float | None) -> float:

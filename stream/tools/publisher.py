@@ -15,8 +15,8 @@ from operators.io.records import Recording, read_recording
 from operators import vocab
 from operators.vocab import TOPIC_WAVEFORMS
 from stream import wire
-from stream.tools.chunker import (check_chunk_s, check_chunks, check_plan, expected_chunk_count, iter_all_chunks,
-                                  plan_beds, select_signals, signal_length)
+from stream.tools.chunker import (check_chunk_s, check_chunks, check_plan, expected_chunk_count, has_samples,
+                                  iter_all_chunks, plan_beds, select_signals, signal_length)
 from stream.wire import Chunk
 
 FORMATS = ("binary", "json")
@@ -179,8 +179,9 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
             errors.append(exc)
         stats.elapsed_s = pacer.elapsed_s()
-        bar.total = stats.chunks  # chunks of NaN were counted in advance and never sent: end the bar where it is
-        bar.refresh()
+        if not errors:  # chunks of NaN were counted in advance and never sent: end the bar where it is
+            bar.total = stats.chunks
+            bar.refresh()
         bar.close()
     finally:
         if own:
@@ -228,7 +229,25 @@ def check_replay(recordings: Sequence[Recording], options: ReplayOptions) -> lis
     _check_wire_signals(plan, options.signals)
     for rec in {id(r): r for r in recordings}.values():
         check_chunks(rec, options.chunk_s, options.signals, options.resample, options.duration_s)
+        chosen = select_signals(rec, options.signals)
+        empty = [s for s in chosen if not has_samples(rec, s, options.resample, options.duration_s)]
+        # a signal asked for by name, or every one a record has, must send something; of the default ones an
+        # empty channel is only left out (`empty_channels` names it)
+        if empty and (options.signals is not None or len(empty) == len(chosen)):
+            cut = "" if options.duration_s is None else f" in the first {options.duration_s:g} s"
+            raise ValueError(f"{rec.name}/{empty[0]} has no finite sample{cut}"
+                             f"{' once resampled' if empty[0] in options.resample else ''}: nothing to replay")
     return plan
+
+
+def empty_channels(recordings: Sequence[Recording], options: ReplayOptions) -> list[str]:
+    """`record/signal` of the default channels `check_replay` lets a replay leave out for having no sample to
+    send."""
+    out = []
+    for rec in {id(r): r for r in recordings}.values():
+        out += [f"{rec.name}/{s}" for s in select_signals(rec, options.signals)
+                if not has_samples(rec, s, options.resample, options.duration_s)]
+    return out
 
 
 def _check_wire_signals(plan: Sequence[tuple[str, Recording]], signals: Sequence[str] | None) -> None:
@@ -252,7 +271,8 @@ class _Pacer:
     behind_s: float = 0.0  # how long ago (wall) the replay's clock started: t0 was stamped before the pacer existed
 
     def __post_init__(self) -> None:
-        self.wall0 = self.clock() - max(0.0, self.behind_s)
+        self.started = self.clock()
+        self.wall0 = self.started - max(0.0, self.behind_s)
 
     def wait_for(self, chunk: Chunk) -> float:
         """Sleep until `chunk` is due; returns how late it already was, s (0 when on time)."""
@@ -265,7 +285,8 @@ class _Pacer:
         return -wait
 
     def elapsed_s(self) -> float:
-        return self.clock() - self.wall0
+        """Seconds since the pacer started (not since the stamps' origin: the set-up before it is not sending)."""
+        return self.clock() - self.started
 
 
 def _send_all(chunks: Iterator[Chunk], producer, options: ReplayOptions, pacer: _Pacer, stats: ReplayStats,

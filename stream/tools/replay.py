@@ -15,7 +15,7 @@ from operators.vocab import TOPIC_WAVEFORMS
 from stream.config import TOPIC_NAME, ConfigError, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
-from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, check_replay, replay
+from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, check_replay, empty_channels, replay
 
 
 def _parse_resample(items: Iterable[str]) -> dict[str, float]:
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """`wavebridge replay ARGV`; returns the exit status (2: a bad option or record, found before connecting; 1: the
-    replay failed: broker unreachable, a send refused)."""
+    """`wavebridge replay ARGV`; returns the exit status (2: a bad option or record, found before connecting, or a
+    missing topic with --no-create-topic; 1: the replay failed: broker unreachable, a send refused)."""
     p = build_parser()
     args = p.parse_args(argv)
     try:
@@ -115,6 +115,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"wavebridge replay: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    for name in empty_channels(recs, options):
+        print(f"wavebridge replay: note: {name} has no finite sample to send; left out", file=sys.stderr)
     try:
         from stream.topics import ensure_topics, missing_topics
 
@@ -143,8 +145,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     print(f"replayed {stats.chunks} chunks ({stats.samples} samples, {stats.bytes / 1e6:.2f} MB) for {stats.beds} "
           f"bed(s) to {args.topic} in {stats.elapsed_s:.1f} s ({stats.chunks_per_s:.0f} chunks/s, "
           f"{stats.gaps} gap(s), max lag {stats.max_lag_s * 1000:.0f} ms)")
-    if stats.unsent_s > 0:
-        print(f"not sent: {stats.unsent_s:.1f} signal-seconds of NaN runs the wire format does not repair (they reach "
+    if stats.unsent_s >= 0.05:
+        print(f"not sent: {stats.unsent_s:.3g} signal-seconds of NaN runs the wire format does not repair (they reach "
               "the worker as gaps)")
     if stats.chunks:
         # a worker dead-letters a bed's chunks that start before its last one ended: say where this one ended
