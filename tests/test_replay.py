@@ -342,6 +342,14 @@ def test_an_empty_default_channel_is_left_out_and_one_that_resamples_to_nothing_
     assert "rec/PLETH has no finite sample once resampled" in capsys.readouterr().err
 
 
+def test_rate_hz_on_a_wfdb_record_is_refused_not_ignored(bidmc_record, monkeypatch, capsys):
+    from stream import topics
+
+    monkeypatch.setattr(topics, "ensure_topics", lambda *a, **k: pytest.fail("connected"))
+    assert rp.cli([str(bidmc_record(2)), "--broker", "127.0.0.1:1", "--rate-hz", "250", "--no-progress"]) == 2
+    assert "--rate-hz is for CSV/Parquet files without a time column" in capsys.readouterr().err
+
+
 def test_cli_refuses_an_empty_signal_list(capsys):
     with pytest.raises(SystemExit) as exc:
         rp.cli(["rec.csv", "--broker", "127.0.0.1:1", "--signals", " , ", "--no-create-topic"])

@@ -110,6 +110,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     try:  # the records, and all a broker is not needed for: reported before connecting, and as the user's (2)
+        tables = (".csv", ".parquet", ".pq")
+        if args.rate_hz is not None and not all(str(r).lower().endswith(tables) for r in args.records):
+            raise ValueError("--rate-hz is for CSV/Parquet files without a time column; a WFDB record carries its "
+                             "own rate (use --resample to send it at another)")
         recs = [read_recording(r, signals, rate_hz=args.rate_hz) for r in args.records]
         check_replay(recs, options)
     except (ValueError, OSError) as exc:
