@@ -73,10 +73,7 @@ def parse_host_port(var: str, url: str, default_port: int | None = None) -> tupl
         Not `host:port`, or the port is not a number in 1-65535.
     """
     rest = url.split("://", 1)[-1]
-    try:
-        split = urllib.parse.urlsplit("//" + rest)
-    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise ConfigError(f"{PREFIX}{var}: {url!r} is not host:port ({exc})") from None
+    split = _urlsplit(var, "//" + rest, f"{url!r} is not host:port")
     try:
         port = split.port
     except ValueError:
@@ -304,8 +301,33 @@ def _error(var: str, msg: str) -> ConfigError:
     return ConfigError(f"{PREFIX}{var}: {msg}")
 
 
+def _urlsplit(var: str, url: str, what: str) -> urllib.parse.SplitResult:
+    """`urllib.parse.urlsplit(url)`, its ValueError (e.g. an unclosed IPv6 bracket) a ConfigError `var: what (...)`."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{var}: {what} ({exc})") from None
+
+
+def file_write_problem(path: str) -> str | None:
+    """Why a file could not be written at `path` (its folder missing or not writable, or a folder there), or None.
+    For an option whose file is written only later, after work that would be lost."""
+    where = Path(path)
+    folder = where.resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} does not exist or is not writable"
+    if where.is_dir():
+        return "is a folder, not a file"
+    return None
+
+
+def is_topic_name(name: str) -> bool:
+    """Whether Kafka takes `name` as a topic name (1-249 characters of [a-zA-Z0-9._-], not "." or "..")."""
+    return bool(TOPIC_NAME.fullmatch(name)) and name not in (".", "..")
+
+
 def _check_topic_name(var: str, name: str) -> None:
-    if not TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+    if not is_topic_name(name):
         raise _error(var, f"{name!r} is not a Kafka topic name (1-249 chars of [a-zA-Z0-9._-])")
 
 
@@ -561,10 +583,7 @@ class Settings:
     def _check_influx_url(self) -> None:
         if not self.influx_url.startswith(("http://", "https://")):
             raise _error("INFLUX_URL", f"{self.influx_url!r} must start with http:// or https://")
-        try:
-            split = urllib.parse.urlsplit(self.influx_url)
-        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-            raise _error("INFLUX_URL", f"{self.influx_url!r} is not a URL ({exc})") from None
+        split = _urlsplit("INFLUX_URL", self.influx_url, f"{self.influx_url!r} is not a URL")
         try:
             split.port
         except ValueError:
@@ -626,13 +645,9 @@ class Settings:
             raise _error("COUNTERS_LOG_S", "must be > 0")
         if self.log_repeat_s < 0:
             raise _error("LOG_REPEAT_S", "must be >= 0 (0 shows every line)")
-        if self.stats_file:
-            folder = Path(self.stats_file).parent
-            if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-                raise _error("STATS_FILE", f"{self.stats_file!r}: its folder {str(folder)!r} does not exist or is not "
-                             "writable")
-            if Path(self.stats_file).is_dir():
-                raise _error("STATS_FILE", f"{self.stats_file!r} is a folder, not a file")
+        problem = file_write_problem(self.stats_file) if self.stats_file else None
+        if problem:
+            raise _error("STATS_FILE", f"{self.stats_file!r}: {problem}")
 
     def _check_alarms(self) -> None:
         from operators.processing.alarms import LEARN_S, MODES, PRE_S

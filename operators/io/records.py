@@ -44,6 +44,7 @@ _YIELDING = {"ART", "IBP"}
 _UNIT_SUFFIX = re.compile(r"^(.*?\S)\s*[\[(]([^\[\]()]*)[\])]$")
 # Time columns: the names (unit split off, lower case) and what their unit says a value is, in seconds.
 _TIME_NAMES = ("time", "elapsed time", "elapsed_time", "timestamp", "t")
+_ISO_DATETIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d")  # how a date-time written as text begins
 _TIME_UNITS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "msec": 1e-3,
                "milliseconds": 1e-3, "us": 1e-6, "µs": 1e-6, "microseconds": 1e-6, "ns": 1e-9, "nanoseconds": 1e-9}
 # Relative deviation of sample intervals tolerated before `time_s` counts as non-uniform.
@@ -419,7 +420,7 @@ def _parse_datetime_text(name: str, df, cols: dict):
         if split_unit(key)[0].lower() not in _TIME_NAMES or not pd.api.types.is_string_dtype(df[col]):
             continue
         head = df[col].dropna().astype(str).head(3)
-        if not len(head) or not all(re.match(r"\d{4}-\d\d-\d\d[T ]\d", v.strip()) for v in head):
+        if not len(head) or not all(_ISO_DATETIME.match(v.strip()) for v in head):
             continue
         parsed = pd.to_datetime(df[col], format="ISO8601", utc=True, errors="coerce")
         bad = np.flatnonzero(parsed.isna().to_numpy())
@@ -454,7 +455,7 @@ def _seconds(col) -> tuple[np.ndarray, float]:
         if len(bad):
             value = str(col.iloc[bad[0]])
             hint = (": name a column of date-times 'time' or 'timestamp'"
-                    if re.match(r"\d{4}-\d\d-\d\d[T ]\d", value.strip()) else "")
+                    if _ISO_DATETIME.match(value.strip()) else "")
             raise ValueError(f"time column {col.name!r}: data row {bad[0] + 1} holds {value[:40]!r}, not a "
                              f"number{hint}")
         col = numbers

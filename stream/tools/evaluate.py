@@ -8,9 +8,7 @@ same streaming window logic as the service (`stream.tools.offline`), so the numb
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +17,7 @@ from models.evaluate import (DATASETS, PPG_RATES, SR_INPUTS, TASKS, EvalOptions,
                              records_by_dataset)
 from operators.io.records import Recording
 from operators.translator import PairedContext, Translator, load_translator
+from stream.config import file_write_problem
 from stream.tools.cli import ArgumentParser
 
 
@@ -97,12 +96,9 @@ def cli(argv: list[str] | None = None) -> int:
                     help="comma list; how the 25 Hz input is made: iir = anti-aliased decimation (8th-order Butterworth), plain = every k-th sample")
     ap.add_argument("--json", default=None, help="also write all numbers here")
     args = ap.parse_args(argv)
-    if args.json:  # written after every record: a bad path must not wait for the first one
-        folder = Path(args.json).resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            ap.error(f"--json {args.json}: folder {folder} does not exist or is not writable")
-        if Path(args.json).is_dir():
-            ap.error(f"--json {args.json} is a folder")
+    problem = file_write_problem(args.json) if args.json else None
+    if problem:  # written after every record: a bad path must not wait for the first one
+        ap.error(f"--json {args.json}: {problem}")
     # Checked before any work: an unknown name would otherwise evaluate nothing (tasks) or run
     # plain decimation under the user's label (sr-input), and still exit 0.
     options = EvalOptions(context_s=args.context_s, context_pick_s=args.context_pick, seconds=args.seconds,

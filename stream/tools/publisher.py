@@ -229,11 +229,10 @@ def check_replay(recordings: Sequence[Recording], options: ReplayOptions) -> lis
     _check_wire_signals(plan, options.signals)
     for rec in {id(r): r for r in recordings}.values():
         check_chunks(rec, options.chunk_s, options.signals, options.resample, options.duration_s)
-        chosen = select_signals(rec, options.signals)
-        empty = [s for s in chosen if not has_samples(rec, s, options.resample, options.duration_s)]
+        empty = _empty_signals(rec, options)
         # a signal asked for by name, or every one a record has, must send something; of the default ones an
         # empty channel is only left out (`empty_channels` names it)
-        if empty and (options.signals is not None or len(empty) == len(chosen)):
+        if empty and (options.signals is not None or len(empty) == len(select_signals(rec, options.signals))):
             cut = "" if options.duration_s is None else f" in the first {options.duration_s:g} s"
             raise ValueError(f"{rec.name}/{empty[0]} has no finite sample{cut}"
                              f"{' once resampled' if empty[0] in options.resample else ''}: nothing to replay")
@@ -243,11 +242,13 @@ def check_replay(recordings: Sequence[Recording], options: ReplayOptions) -> lis
 def empty_channels(recordings: Sequence[Recording], options: ReplayOptions) -> list[str]:
     """`record/signal` of the default channels `check_replay` lets a replay leave out for having no sample to
     send."""
-    out = []
-    for rec in {id(r): r for r in recordings}.values():
-        out += [f"{rec.name}/{s}" for s in select_signals(rec, options.signals)
-                if not has_samples(rec, s, options.resample, options.duration_s)]
-    return out
+    return [f"{rec.name}/{s}" for rec in {id(r): r for r in recordings}.values() for s in _empty_signals(rec, options)]
+
+
+def _empty_signals(rec: Recording, options: ReplayOptions) -> list[str]:
+    """The signals of `rec` this replay would select but could send no sample of (`chunker.has_samples`)."""
+    return [s for s in select_signals(rec, options.signals)
+            if not has_samples(rec, s, options.resample, options.duration_s)]
 
 
 def _check_wire_signals(plan: Sequence[tuple[str, Recording]], signals: Sequence[str] | None) -> None:

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 from operators import vocab
 from operators.io.records import canonical_name, read_recording
 from operators.vocab import TOPIC_WAVEFORMS
-from stream.config import TOPIC_NAME, ConfigError, parse_host_port
+from stream.config import ConfigError, is_topic_name, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
 from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, check_replay, empty_channels, replay
@@ -44,7 +44,7 @@ START_NS_PLAUSIBLE = 10 ** 15
 
 def _check_topic(topic: str) -> str | None:
     """Why `topic` cannot take replayed chunks, or None."""
-    if not TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+    if not is_topic_name(topic):
         return f"--topic {topic!r} is not a Kafka topic name (1-249 characters of [a-zA-Z0-9._-])"
     if topic in NOT_INPUT_TOPICS:
         return (f"--topic {topic} is wavebridge's {NOT_INPUT_TOPICS[topic]} topic, not an input: replay onto the "
@@ -91,8 +91,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     signals = None if args.signals is None else [s.strip() for s in args.signals.split(",") if s.strip()]
     if signals == []:
         p.error("--signals: empty (leave it out to replay whichever of II and PLETH each record has)")
-    if _check_topic(args.topic):
-        p.error(_check_topic(args.topic))
+    topic_problem = _check_topic(args.topic)
+    if topic_problem:
+        p.error(topic_problem)
     if args.start_ns is not None and 0 <= args.start_ns < START_NS_PLAUSIBLE:
         p.error(f"--start-ns {args.start_ns} is {args.start_ns / 1e9:g} s after 1970-01-01: give nanoseconds since the "
                 f"epoch (e.g. {args.start_ns * 10 ** 9 if args.start_ns < 10 ** 11 else args.start_ns * 10 ** 6} "
