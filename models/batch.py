@@ -2,8 +2,9 @@
 
 `ModelBatch` is what the CLMT model takes, as numpy arrays: the serving engine stacks it from translation requests
 (`models.engine`), the training sampler draws it from records (`models.data.Sampler`). `Clmt` runs it: tokenize
-(frozen tokenizer) -> translator -> re-quantize -> decode -> refiner. Training calls the same steps, so what a stage
-learns from is what serving computes.
+(frozen tokenizer) -> translator -> re-quantize -> decode -> refiner, or for the refiner's tasks the refiner alone when
+the weights' refiner corrects the source (`REFINER_DRAFTS`). Training calls the same steps, so what a stage learns
+from is what serving computes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from models.refiner import Refiner
 from models.tokenizer import Tokenizer, modality_masks
 from models.translator import ContextTranslator
 from operators.vocab import SEX_CODES, TASK_PPG2ECG
+
+# What a refiner corrects. "decode": the CLMT decode (tokenizer -> translator -> decoder), the design's own path.
+# "source": the source as the engine prepared it (z-scored at 100 Hz), so rows of refined tasks skip the tokens: the
+# refiner then is the whole model for super-resolution, and costs only its own convolutions.
+REFINER_DRAFTS = ("decode", "source")
 
 
 def sex_code(sex: str | None) -> int:
@@ -73,6 +79,13 @@ class ModelBatch:
 
     def __len__(self) -> int:
         return len(self.task)
+
+    def rows(self, keep: np.ndarray) -> "ModelBatch":
+        """The rows where the (B,) boolean `keep` is true."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        tok = fields.pop("context_tokens")
+        return ModelBatch(**{k: v[keep] for k, v in fields.items()},
+                          context_tokens=None if tok is None else (tok[0][keep], tok[1][keep]))
 
     @property
     def has_prior(self) -> np.ndarray:
@@ -184,13 +197,19 @@ class Clmt:
     blend : PriorBlend, optional
         Shrinkage of PPG->ECG outputs toward the classic synthesis (the weights' `prior_blend`), applied last by
         `__call__`; None leaves outputs as the translator and refiner make them (training stages).
+    refiner_draft : {"decode", "source"}
+        What the refiner corrects (the weights' `refiner_draft`): the CLMT decode (`draft`), or the source itself,
+        in which case rows of refined tasks never pass through the tokenizer and translator (`REFINER_DRAFTS`).
     """
 
     def __init__(self, tok: Tokenizer, tr: ContextTranslator, refiner: Refiner | None = None,
-                 refined_tasks: Sequence[int] = (), blend: PriorBlend | None = None):
+                 refined_tasks: Sequence[int] = (), blend: PriorBlend | None = None, refiner_draft: str = "decode"):
+        if refiner_draft not in REFINER_DRAFTS:
+            raise ValueError(f"refiner_draft must be one of {REFINER_DRAFTS}, not {refiner_draft!r}")
         self.tok, self.tr, self.refiner = tok, tr, refiner
         self.refined_tasks = list(refined_tasks)
         self.blend = blend
+        self.refiner_draft = refiner_draft
 
     @torch.no_grad()
     def tokenize(self, batch: ModelBatch, device: str | torch.device = "cpu",
@@ -292,10 +311,28 @@ class Clmt:
         out[m] = refiner(inp.source[m], inp.prior[m], draft[m], inp.task[m])
         return out
 
+    def refine_source(self, source: torch.Tensor, prior: torch.Tensor, task: torch.Tensor,
+                      refiner: nn.Module | None = None) -> torch.Tensor:
+        """(B, N) rows of refined tasks corrected from the source itself (`refiner_draft` "source")."""
+        return (refiner if refiner is not None else self.refiner)(source, prior, source, task)
+
     @torch.no_grad()
     def __call__(self, batch: ModelBatch, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> np.ndarray:
         """Serving's forward pass: (B, N) float32 outputs, z-scored in the units the caller rescales with."""
+        if self.refiner_draft == "source" and self.refiner is not None:
+            direct = np.isin(batch.task, self.refined_tasks)
+            if direct.any():
+                out = np.empty(batch.source.shape, np.float32)
+                d = batch.rows(direct)
+                t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                out[direct] = self.refine_source(t(d.source).to(dtype), t(d.prior).to(dtype), t(d.task)).float().cpu().numpy()
+                if not direct.all():
+                    out[~direct] = self._through_tokens(batch.rows(~direct), device, dtype)
+                return out
+        return self._through_tokens(batch, device, dtype)
+
+    def _through_tokens(self, batch: ModelBatch, device: str | torch.device, dtype: torch.dtype) -> np.ndarray:
         inp = self.tokenize(batch, device, dtype)
         out = self.refine(inp, self.draft(inp))
         if self.blend is not None:

@@ -1,7 +1,8 @@
 """Batched CLMT inference engine: the `Translator` the stream worker and the offline CLI use.
 
 Per window: tokenize -> translator -> re-quantize -> decode -> refiner (sample-level correction, when the
-weights have one). One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
+weights have one); with weights whose refiner corrects the source itself (`refiner_draft` "source"), super-resolution
+windows go to the refiner alone. One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
 CPU or CUDA (config), under `torch.inference_mode`, in half precision on CUDA, with weights loaded from
 safetensors (no pickle). Numpy pre/post-processing matches training exactly (`models.prep`).
 Super-resolution of a source sampled at or above the canonical 100 Hz, or of a PLETH at 16 Hz or faster
@@ -79,7 +80,8 @@ class ClmtTranslator:
             for m in (tok, tr, refiner):
                 if m is not None:
                     m.half()
-        self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"], PriorBlend.from_config(self.cfg.get("prior_blend")))
+        self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"], PriorBlend.from_config(self.cfg.get("prior_blend")),
+                          self.cfg["refiner_draft"])
         self.stride = tok.cfg.stride
         # draws the PPG->ECG prior the translator refines; keeps each served bed's beat model (its latest context's)
         self.prior_translator = prior_translator(cache_size=CONTEXT_CACHE)
@@ -199,7 +201,7 @@ class ClmtTranslator:
           the model only adds the band above the source's Nyquist frequency (`_finish` keeps the measured one),
           where a PPG has nothing. Measured on the held-out BIDMC patients (`wavebridge evaluate --tasks
           sr-ppg`, 25 -> 100 Hz): the model's output no better than polyphase (Pearson equal, RMSE 0.0024 against
-          0.0022 on anti-aliased input) at 772 MFLOPs a window."""
+          0.0022 on anti-aliased input), at a model pass's cost."""
         if r.task != SR:
             return False
         rate = float(r.source_rate)

@@ -15,6 +15,12 @@ plus the task as a learned per-channel bias, and predicts a residual added to a 
 (`prior_draft`): the classic paste is the better draft there (held-out Pearson 0.978 against 0.956 when
 the refiner had to rebuild it from the decode), and a zero-initialised residual starts from it.
 For SR the target is expressed in the source's z-units (same level and spread as the serving path rescales with).
+
+Weights may instead have the refiner correct the source itself (`refiner_draft` "source", `models.batch.REFINER_DRAFTS`):
+channel 2 is then the source again, the draft is the source (or source plus pasted beat), and super-resolution never
+passes through the tokenizer and translator. On held-out records a refiner trained that way did as well as the one
+over the CLMT decode at about an eighth of the FLOPs (model card): the band above a low-rate source's Nyquist
+frequency comes from the sample-level net, not from the 80 ms tokens.
 """
 from __future__ import annotations
 

@@ -257,24 +257,30 @@ def refiner_loss(pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 
 
 def train_refiner(clmt: Clmt, ref: Refiner, run: StageRun, stage: Stage, ecg_stretch: float = 0.0,
-                  ecg_flip: float = 0.0) -> None:
+                  ecg_flip: float = 0.0, draft: str = "decode") -> None:
     """Stage 3: tokenizer and translator frozen (eval mode, so the codebooks do not move); the refiner learns
-    the residual between the decoded CLMT output (`Clmt.draft`, as serving decodes it) and the target, on every way a
-    monitor may decimate. `ecg_stretch` / `ecg_flip`: share of ECG SR rows replayed faster or slower / inverted
-    (`models.data.augment_ecg`)."""
+    the residual between its draft and the target, on every way a monitor may decimate. `draft` is what serving will
+    correct (`models.batch.REFINER_DRAFTS`): the decoded CLMT output (`Clmt.draft`, as serving decodes it), or the
+    source itself (no tokenizer or translator pass). `ecg_stretch` / `ecg_flip`: share of ECG SR rows replayed faster
+    or slower / inverted (`models.data.augment_ecg`)."""
     for m in (clmt.tok, clmt.tr):
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
+    t = lambda a: torch.from_numpy(a).to(run.device)
 
     def step_loss():
         b = run.sampler.translator_batch(stage.batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS,
                                          p_sr_context=REFINER_SR_CONTEXT, p_ecg_stretch=ecg_stretch, p_ecg_flip=ecg_flip)
-        inp = clmt.tokenize(b.inputs, run.device)
-        tgt = torch.from_numpy(b.target_source_units).to(run.device)
-        pred = clmt.refine(inp, clmt.draft(inp), refiner=ref)
+        tgt = t(b.target_source_units)
+        if draft == "source":  # every row is of a refined task (REFINER_TASK_P)
+            pred = clmt.refine_source(t(b.inputs.source), t(b.inputs.prior), t(b.inputs.task), refiner=ref)
+        else:
+            inp = clmt.tokenize(b.inputs, run.device)
+            pred = clmt.refine(inp, clmt.draft(inp), refiner=ref)
+        task = t(b.inputs.task)
         loss = refiner_loss(pred, tgt)
-        return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, inp.task)}
+        return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, task)}
 
     opt = torch.optim.AdamW(ref.parameters(), lr=stage.lr, weight_decay=1e-4)
     _run_stage(run, stage, ref, opt, step_loss)
@@ -306,7 +312,8 @@ def stage_recipes(args: argparse.Namespace, train_names: list[str], tok_cfg: Tok
         base = {"translator": out["translator"], "translator_steps": args.translator_steps}
     else:
         base = {"init_from": base_digest}
-    out["refiner"] = common | {"base": base, "refiner": RefinerConfig().to_dict(), "batch": args.batch, "lr": args.refiner_lr,
+    out["refiner"] = common | {"base": base, "refiner": RefinerConfig(channels=args.refiner_channels).to_dict(),
+                               "draft": args.refiner_draft, "batch": args.batch, "lr": args.refiner_lr,
                                "refiner_from_base": args.refiner_from_base,
                                "ecg_stretch": args.ecg_stretch, "ecg_flip": args.ecg_flip, "task_p": REFINER_TASK_P,
                                "sr_context": REFINER_SR_CONTEXT}

@@ -210,6 +210,16 @@ def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
     # a base trained on other records would leak: refused
     out = _train(tmp_path / "bad2", bidmc, 0, 0, 2, "--init-from", str(base), "--records", "01,04", ok=False)
     assert "other records" in out
+    # a refiner of the source itself, narrower: recorded, and served without a translator pass for SR
+    from models.engine import ClmtTranslator
+    _train(tmp_path / "src", bidmc, 0, 0, 2, "--init-from", str(base), "--refiner-draft", "source",
+           "--refiner-channels", "8")
+    cfg = json.loads((tmp_path / "src" / "out" / "clmt-small.json").read_text())
+    assert cfg["refiner_draft"] == "source" and cfg["refiner"]["channels"] == 8
+    assert ClmtTranslator(weights=str(tmp_path / "src" / "out"), device="cpu").model.refiner_draft == "source"
+    out = _train(tmp_path / "src2", bidmc, 0, 0, 2, "--init-from", str(base), "--refiner-draft", "source",
+                 "--refiner-from-base", ok=False)
+    assert "--refiner-draft decode" in out
 
 
 def test_translator_over_a_kept_tokenizer_trains_only_the_translator(tmp_path, bidmc):
@@ -304,7 +314,8 @@ def test_stage_recipes_leave_out_only_their_own_step_count():
 
     args = lambda **kw: argparse.Namespace(**({"seed": 0, "batch": 32, "ecg_stretch": 0.0, "ecg_flip": 0.0,
                                                "tokenizer_steps": 1500, "translator_steps": 2500, "refiner_steps": 2000,
-                                               "refiner_lr": 2e-3, "refiner_from_base": False} | kw))
+                                               "refiner_lr": 2e-3, "refiner_from_base": False, "refiner_channels": 64,
+                                               "refiner_draft": "decode"} | kw))
     tok_cfg, tr_cfg = TokenizerConfig(), TranslatorConfig()
     r = lambda a, base=None, names=("01", "02"), tc=tr_cfg: stage_recipes(a, list(names), tok_cfg, tc, base)
     full = r(args())
@@ -322,6 +333,8 @@ def test_stage_recipes_leave_out_only_their_own_step_count():
     assert set(only) == {"refiner"} and only["refiner"] != full["refiner"]  # over --init-from, not this run's stages
     assert only["refiner"] != r(args(), base="def")["refiner"]  # another base's tensors
     assert r(args(refiner_from_base=True), base="abc")["refiner"] != only["refiner"]  # fine-tuning is another run
+    for other in (args(refiner_channels=32), args(refiner_draft="source")):  # another refiner, or another draft
+        assert r(other)["refiner"] != full["refiner"] and r(other)["translator"] == full["translator"]
 
 
 def test_refiner_starts_as_identity_and_keeps_rows_apart():
@@ -789,6 +802,46 @@ def test_engine_applies_the_weights_prior_blend_to_ppg2ecg_only(tmp_path):
         assert np.corrcoef(outs["classic"][i], classic[i])[0, 1] > 0.999
         assert np.corrcoef(outs["own"][i], classic[i])[0, 1] < 0.99
     np.testing.assert_array_equal(outs["own"][2], outs["classic"][2])
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_source_draft_refiner_serves_sr_rows_without_tokens():
+    """With `refiner_draft` "source", SR rows are the refiner's correction of their own source (the tokenizer never
+    sees them) and PPG->ECG rows in the same batch get what a batch of their own gives them through the tokens."""
+    from models.batch import Clmt, ModelBatch
+    from models.engine import ClmtTranslator
+    from models.refiner import Refiner, RefinerConfig
+    from operators.io.synthetic import synthesize
+
+    eng = ClmtTranslator(device="cpu")
+    rec = synthesize(seconds=40.0, seed=5)
+    rate = rec.rate_hz
+    reqs = [TranslationRequest(SR, rec.signals["II"][1000:2000][::5].copy(), rate / 5, 100.0, "II"),
+            TranslationRequest(PPG2ECG, rec.signals["PLETH"][1000:2000], rate, rate, "PLETH"),
+            TranslationRequest(SR, rec.signals["II"][2000:3000][::5].copy(), rate / 5, 100.0, "II")]
+    batch = ModelBatch.stack([eng._prepare(r).row for r in reqs], eng.template_len)
+    torch.manual_seed(0)
+    ref = Refiner(RefinerConfig(channels=8)).eval()
+    torch.nn.init.normal_(ref.out.weight, std=0.05)  # not the identity: the rows must show the refiner ran
+    base = eng.model
+    m = Clmt(base.tok, base.tr, ref, base.refined_tasks, refiner_draft="source")
+    seen = []
+    tokens = base.tok.tokens
+    base.tok.tokens = lambda x, mod: (seen.append(x.shape[0]), tokens(x, mod))[1]
+    try:
+        out = m(batch)
+    finally:
+        base.tok.tokens = tokens
+    assert seen and sum(seen) <= 2  # the PPG->ECG row (source, prior); never the SR rows
+    sr = np.array([True, False, True])
+    t = lambda a: torch.from_numpy(a[sr])
+    with torch.no_grad():
+        direct = ref(t(batch.source), t(batch.prior), t(batch.source), t(batch.task)).numpy()
+    np.testing.assert_allclose(out[sr], direct, rtol=0, atol=1e-6)
+    assert np.abs(out[sr] - batch.source[sr]).max() > 1e-3
+    np.testing.assert_allclose(out[~sr], base(batch.rows(~sr)), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="refiner_draft"):
+        Clmt(base.tok, base.tr, ref, base.refined_tasks, refiner_draft="tokens")
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")

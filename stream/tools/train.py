@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from models import weights as W
-from models.batch import Clmt
+from models.batch import REFINER_DRAFTS, Clmt
 from models.data import DatasetNotFound, challenge_split, find_dataset, load_records, split, Sampler
 from models.engine import resolve_device
 from models.refiner import REFINED_TASKS, Refiner, RefinerConfig
@@ -52,6 +52,10 @@ def _parser() -> ArgumentParser:
     ap.add_argument("--refiner-from-base", action="store_true",
                     help="with --init-from: start the refiner from those weights' refiner (fine-tuning) instead of from scratch")
     ap.add_argument("--refiner-lr", type=float, default=LR["refiner"], help="refiner peak learning rate")
+    ap.add_argument("--refiner-channels", type=int, default=RefinerConfig.channels, help="refiner width (convolution channels)")
+    ap.add_argument("--refiner-draft", choices=REFINER_DRAFTS, default="decode",
+                    help="what the refiner corrects: the CLMT decode, or the source itself (super-resolution then skips the "
+                         "tokenizer and translator; models.batch.REFINER_DRAFTS)")
     # Shipped weights: --ecg-stretch 0.5, no flips (flips cost R-peak F1 on held-out record 03; model card).
     ap.add_argument("--ecg-stretch", type=float, default=0.0, help="refiner: share of ECG SR rows replayed 0.8-1.25x as fast")
     ap.add_argument("--ecg-flip", type=float, default=0.0, help="refiner: share of ECG SR rows with inverted polarity")
@@ -75,6 +79,10 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise Refused("--train-fraction is a share in (0, 1]")
     if args.refiner_from_base and not args.init_from:
         raise Refused("--refiner-from-base needs --init-from")
+    if args.refiner_channels < 1:
+        raise Refused("--refiner-channels must be at least 1")
+    if args.refiner_from_base and args.refiner_draft != "decode":
+        raise Refused("--refiner-from-base fine-tunes a refiner of the CLMT decode: it takes --refiner-draft decode")
     if args.tokenizer_from and args.init_from:
         raise Refused("--tokenizer-from and --init-from both name a base: --init-from already keeps its tokenizer")
     return datasets
@@ -149,7 +157,8 @@ def _refiner_meta(args: argparse.Namespace, ref) -> dict:
     on = ref is not None
     return {"refiner_steps": args.refiner_steps, "refiner_tasks": list(REFINED_TASKS) if on else [],
             "refiner_sr_context": on, "refiner_ecg_stretch": args.ecg_stretch if on else 0.0,
-            "refiner_ecg_flip": args.ecg_flip if on else 0.0, "refiner_seed": args.seed}
+            "refiner_ecg_flip": args.ecg_flip if on else 0.0, "refiner_seed": args.seed,
+            "refiner_draft": args.refiner_draft if on else "decode"}
 
 
 def _train_base(args: argparse.Namespace, run: StageRun, recipes: dict, tok_cfg: TokenizerConfig,
@@ -178,11 +187,11 @@ def _train_refiner(args: argparse.Namespace, run: StageRun, recipe: dict, clmt: 
     --refiner-steps is 0."""
     if args.refiner_steps <= 0:
         return None
-    ref = Refiner(base_ref.cfg if args.refiner_from_base else RefinerConfig()).to(run.device)
+    ref = Refiner(base_ref.cfg if args.refiner_from_base else RefinerConfig(channels=args.refiner_channels)).to(run.device)
     if args.refiner_from_base:
         ref.load_state_dict(base_ref.state_dict())
     train_refiner(clmt, ref, run, Stage("refiner", args.refiner_steps, args.batch, args.refiner_lr, recipe, warmup=100),
-                  args.ecg_stretch, args.ecg_flip)
+                  args.ecg_stretch, args.ecg_flip, draft=args.refiner_draft)
     return ref
 
 
