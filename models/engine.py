@@ -2,7 +2,7 @@
 
 Per window: tokenize -> translator -> re-quantize -> decode -> refiner (sample-level correction, when the
 weights have one); with weights whose refiner corrects the source itself (`refiner_draft` "source"), super-resolution
-windows go to the refiner alone. One `translate()` call runs ONE forward pass over windows from many beds (grouped by length), on the
+windows go to the refiner alone. One `translate()` call batches windows from many beds (grouped by length), on the
 CPU or CUDA (config), under `torch.inference_mode`, in half precision on CUDA, with weights loaded from
 safetensors (no pickle). Numpy pre/post-processing matches training exactly (`models.prep`).
 Super-resolution of a source sampled at or above the canonical 100 Hz, or of a PLETH at 16 Hz or faster
@@ -81,7 +81,7 @@ class ClmtTranslator:
                 if m is not None:
                     m.half()
         self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"], PriorBlend.from_config(self.cfg.get("prior_blend")),
-                          self.cfg["refiner_draft"])
+                          self.cfg.get("refiner_draft", "decode"))  # weights that name none correct the decode
         self.stride = tok.cfg.stride
         # draws the PPG->ECG prior the translator refines; keeps each served bed's beat model (its latest context's)
         self.prior_translator = prior_translator(cache_size=CONTEXT_CACHE)

@@ -1,4 +1,4 @@
-"""Sample-rate refiner: a small dilated 1-D conv net that corrects the decoded CLMT output at 100 Hz.
+"""Sample-rate refiner: a small dilated 1-D conv net that corrects a draft at 100 Hz (the CLMT decode, or the source).
 
 Why it exists: the translator works on 80 ms token frames, and for super-resolution the band above the
 source's Nyquist frequency is mostly the QRS complex, whose shape is stereotyped per patient but whose
@@ -9,7 +9,7 @@ refiner sees, sample by sample, what the translator cannot resolve in token spac
     channel 1  a prior: for ECG SR with a full-rate context of the same patient, that patient's QRS high band
                pasted at matched beat times (operators.processing.beatsr), else zeros (PPG->ECG's template synthesis
                would go here, but PPG->ECG is not refined)
-    channel 2  the decoded CLMT output
+    channel 2  the draft's base: the decoded CLMT output, or the source again (below)
 plus the task as a learned per-channel bias, and predicts a residual added to a draft: the CLMT decode
 (channel 2), or, for ECG SR rows that carry a context beat, the source plus that beat's high band
 (`prior_draft`): the classic paste is the better draft there (held-out Pearson 0.978 against 0.956 when
@@ -69,7 +69,7 @@ class Refiner(nn.Module):
         self.task_bias = nn.Embedding(N_TASKS, cfg.channels)
         self.blocks = nn.Sequential(*(_Block(cfg.channels, cfg.kernel, d) for d in cfg.dilations))
         self.out = nn.Conv1d(cfg.channels, 1, 7, padding=3)
-        nn.init.zeros_(self.out.weight)  # starts as the identity: output == the CLMT decode
+        nn.init.zeros_(self.out.weight)  # starts as the identity: output == its draft
         nn.init.zeros_(self.out.bias)
 
     def forward(self, source: torch.Tensor, prior: torch.Tensor, decoded: torch.Tensor, task: torch.Tensor) -> torch.Tensor:

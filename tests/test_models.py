@@ -217,9 +217,17 @@ def test_refiner_only_training_keeps_tokenizer_and_translator(tmp_path, bidmc):
     cfg = json.loads((tmp_path / "src" / "out" / "clmt-small.json").read_text())
     assert cfg["refiner_draft"] == "source" and cfg["refiner"]["channels"] == 8
     assert ClmtTranslator(weights=str(tmp_path / "src" / "out"), device="cpu").model.refiner_draft == "source"
-    out = _train(tmp_path / "src2", bidmc, 0, 0, 2, "--init-from", str(base), "--refiner-draft", "source",
-                 "--refiner-from-base", ok=False)
-    assert "--refiner-draft decode" in out
+    # fine-tuning it keeps what it is (its width, its draft); asking for another width or draft is refused
+    src = str(tmp_path / "src" / "out")
+    _train(tmp_path / "ft", bidmc, 0, 0, 2, "--init-from", src, "--refiner-from-base")
+    cfg = json.loads((tmp_path / "ft" / "out" / "clmt-small.json").read_text())
+    assert cfg["refiner_draft"] == "source" and cfg["refiner"]["channels"] == 8
+    out = _train(tmp_path / "ft2", bidmc, 0, 0, 2, "--init-from", src, "--refiner-from-base", "--refiner-draft", "decode",
+                 ok=False)
+    assert "has --refiner-draft source, not decode" in out
+    out = _train(tmp_path / "ft3", bidmc, 0, 0, 2, "--init-from", src, "--refiner-from-base", "--refiner-channels", "16",
+                 ok=False)
+    assert "has --refiner-channels 8, not 16" in out
 
 
 def test_translator_over_a_kept_tokenizer_trains_only_the_translator(tmp_path, bidmc):
@@ -816,10 +824,12 @@ def test_source_draft_refiner_serves_sr_rows_without_tokens():
     eng = ClmtTranslator(device="cpu")
     rec = synthesize(seconds=40.0, seed=5)
     rate = rec.rate_hz
-    reqs = [TranslationRequest(SR, rec.signals["II"][1000:2000][::5].copy(), rate / 5, 100.0, "II"),
-            TranslationRequest(PPG2ECG, rec.signals["PLETH"][1000:2000], rate, rate, "PLETH"),
-            TranslationRequest(SR, rec.signals["II"][2000:3000][::5].copy(), rate / 5, 100.0, "II")]
+    full_rate = PairedContext(rec.signals["II"][:2500], rec.signals["PLETH"][:2500], rate)
+    reqs = [TranslationRequest(SR, rec.signals["II"][3000:4000][::5].copy(), rate / 5, 100.0, "II"),
+            TranslationRequest(PPG2ECG, rec.signals["PLETH"][3000:4000], rate, rate, "PLETH"),
+            TranslationRequest(SR, rec.signals["II"][4000:5000][::5].copy(), rate / 5, 100.0, "II", context=full_rate)]
     batch = ModelBatch.stack([eng._prepare(r).row for r in reqs], eng.template_len)
+    assert not batch.prior[0].any() and batch.prior[2].any()  # the third row's draft is source + the pasted QRS
     torch.manual_seed(0)
     ref = Refiner(RefinerConfig(channels=8)).eval()
     torch.nn.init.normal_(ref.out.weight, std=0.05)  # not the identity: the rows must show the refiner ran
@@ -842,6 +852,56 @@ def test_source_draft_refiner_serves_sr_rows_without_tokens():
     np.testing.assert_allclose(out[~sr], base(batch.rows(~sr)), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="refiner_draft"):
         Clmt(base.tok, base.tr, ref, base.refined_tasks, refiner_draft="tokens")
+
+
+def test_source_draft_training_never_runs_the_tokens(tmp_path):
+    """`train_refiner(draft="source")` trains the refiner on [source, prior, source] alone: the tokenizer and
+    translator are never run (a Clmt whose tokenize raises still trains), and the refiner moves."""
+    from models.batch import Clmt
+    from models.refiner import Refiner, RefinerConfig
+    from models.prep import lowres_then_up
+    from models.train import Stage, StageRun, train_refiner
+    from operators.vocab import CANONICAL_RATE_HZ, LOWRES_KINDS
+
+    t = np.arange(6000) / CANONICAL_RATE_HZ
+    ecg = np.zeros_like(t)
+    beats = np.arange(50, len(t) - 50, 80)
+    for b in beats:
+        ecg[b - 3 : b + 4] += np.array([-0.2, 0.3, 1.0, 2.0, 1.0, 0.3, -0.2])
+    ppg = np.sin(2 * np.pi * 1.25 * t)
+    lowres = {(m, r, k): lowres_then_up(x, r, k) for m, x in (("ecg", ecg), ("ppg", ppg))
+              for r in (25.0, 50.0) for k in LOWRES_KINDS}
+    rec = TrainingRecord("syn", ecg.astype(np.float32), ppg.astype(np.float32), 60.0, "F", 0.6, beats, lowres)
+    sampler = Sampler([rec], 800, (600, 2000), 96, seed=0, default_pat_s=0.6)
+
+    class NoTokens(Clmt):
+        def tokenize(self, *a, **k):
+            raise AssertionError("the source draft must not tokenize")
+
+    clmt = NoTokens(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
+    ref = Refiner(RefinerConfig(channels=8))
+    before = ref.out.weight.detach().clone()
+    train_refiner(clmt, ref, StageRun(sampler, tmp_path, ckpt_every=10), Stage("refiner", 3, 4, 2e-3, {}, warmup=1),
+                  draft="source")
+    assert not torch.equal(before, ref.out.weight)
+    with pytest.raises(AssertionError, match="must not tokenize"):
+        train_refiner(clmt, Refiner(RefinerConfig(channels=8)), StageRun(sampler, tmp_path / "d", ckpt_every=10),
+                      Stage("refiner", 1, 4, 2e-3, {}, warmup=1))
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")
+def test_weights_naming_no_refiner_draft_correct_the_decode(tmp_path):
+    import shutil
+
+    from models.engine import ClmtTranslator
+
+    src = W.resolve(None)
+    dst = tmp_path / "clmt-small.safetensors"
+    shutil.copy(src, dst)
+    cfg = json.loads(src.with_suffix(".json").read_text())
+    assert cfg["refiner_draft"] == "source"
+    dst.with_suffix(".json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "refiner_draft"}))
+    assert ClmtTranslator(weights=str(dst), device="cpu").model.refiner_draft == "decode"
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped CLMT weights in models/weights/")

@@ -52,10 +52,13 @@ def _parser() -> ArgumentParser:
     ap.add_argument("--refiner-from-base", action="store_true",
                     help="with --init-from: start the refiner from those weights' refiner (fine-tuning) instead of from scratch")
     ap.add_argument("--refiner-lr", type=float, default=LR["refiner"], help="refiner peak learning rate")
-    ap.add_argument("--refiner-channels", type=int, default=RefinerConfig.channels, help="refiner width (convolution channels)")
-    ap.add_argument("--refiner-draft", choices=REFINER_DRAFTS, default="decode",
+    ap.add_argument("--refiner-channels", type=int, default=None,
+                    help=f"refiner width, convolution channels (default {RefinerConfig.channels}; with --refiner-from-base the "
+                         "base refiner's)")
+    ap.add_argument("--refiner-draft", choices=REFINER_DRAFTS, default=None,
                     help="what the refiner corrects: the CLMT decode, or the source itself (super-resolution then skips the "
-                         "tokenizer and translator; models.batch.REFINER_DRAFTS)")
+                         "tokenizer and translator; models.batch.REFINER_DRAFTS). Default decode; with --refiner-from-base the "
+                         "base refiner's")
     # Shipped weights: --ecg-stretch 0.5, no flips (flips cost R-peak F1 on held-out record 03; model card).
     ap.add_argument("--ecg-stretch", type=float, default=0.0, help="refiner: share of ECG SR rows replayed 0.8-1.25x as fast")
     ap.add_argument("--ecg-flip", type=float, default=0.0, help="refiner: share of ECG SR rows with inverted polarity")
@@ -79,10 +82,11 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise Refused("--train-fraction is a share in (0, 1]")
     if args.refiner_from_base and not args.init_from:
         raise Refused("--refiner-from-base needs --init-from")
-    if args.refiner_channels < 1:
+    if args.refiner_channels is not None and args.refiner_channels < 1:
         raise Refused("--refiner-channels must be at least 1")
-    if args.refiner_from_base and args.refiner_draft != "decode":
-        raise Refused("--refiner-from-base fine-tunes a refiner of the CLMT decode: it takes --refiner-draft decode")
+    if not args.refiner_from_base:  # with it, `_base` takes them from the base refiner
+        args.refiner_channels = args.refiner_channels or RefinerConfig.channels
+        args.refiner_draft = args.refiner_draft or "decode"
     if args.tokenizer_from and args.init_from:
         raise Refused("--tokenizer-from and --init-from both name a base: --init-from already keeps its tokenizer")
     return datasets
@@ -118,8 +122,16 @@ def _base(args: argparse.Namespace, train_names: list[str], device: str):
     # their records must all be in this run's training split: one held out here would have been learnt
     if not set(base.get("train_records", [])) <= set(train_names):
         raise Refused("--init-from weights were trained on other records than this run's training split")
-    if args.refiner_from_base and base_ref is None:
-        raise Refused("--refiner-from-base: the --init-from weights have no refiner")
+    if args.refiner_from_base:
+        if base_ref is None:
+            raise Refused("--refiner-from-base: the --init-from weights have no refiner")
+        # fine-tuning keeps what the base refiner is: its width, and the draft it learnt to correct
+        kept = {"--refiner-channels": ("refiner_channels", base_ref.cfg.channels),
+                "--refiner-draft": ("refiner_draft", base.get("refiner_draft", "decode"))}
+        for flag, (name, value) in kept.items():
+            if getattr(args, name) not in (None, value):
+                raise Refused(f"--refiner-from-base: the base refiner has {flag} {value}, not {getattr(args, name)}")
+            setattr(args, name, value)
     return tok, tr, base_ref, base
 
 
