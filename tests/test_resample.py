@@ -88,6 +88,10 @@ def test_low_rate_copy_anti_aliased_or_every_kth_sample():
     assert np.isnan(plain[100:103]).all()
     with pytest.raises(ValueError, match="fir"):
         low_rate_copy(x, rate, 25.0, "fir")
+    # 125 Hz is not a whole multiple of 50: every 2nd sample would be a 62.5 Hz copy labelled 50 Hz
+    with pytest.raises(ValueError, match="whole multiple of 50 Hz"):
+        low_rate_copy(x, 125.0, 50.0, "plain")
+    assert len(low_rate_copy(x, 125.0, 25.0, "plain")) == 400
 
 def test_merge_bands_keeps_low_band_of_one_and_high_band_of_other():
     from operators.processing.resample import merge_bands

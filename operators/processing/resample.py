@@ -149,15 +149,19 @@ def low_rate_copy(x: np.ndarray, src_hz: float, dst_hz: float, kind: str) -> np.
     Parameters
     ----------
     x : 1-D samples at `src_hz`.
-    src_hz, dst_hz : the full and the (lower) monitor rate (Hz); "plain" takes every round(src_hz / dst_hz)-th
-        sample.
+    src_hz, dst_hz : the full and the (lower) monitor rate (Hz); "plain" takes every (src_hz / dst_hz)-th sample
+        and raises ValueError when that is not a whole number.
     kind : "iir": anti-aliased, `decimate_to` of `x` with its non-finite runs interpolated first; "plain": every
         k-th sample of `x` as it is (aliasing, non-finite samples kept).
     """
     if kind == "iir":
         return decimate_to(fill_nonfinite(x)[0], src_hz, dst_hz)
     if kind == "plain":
-        return x[:: int(round(src_hz / dst_hz))]
+        k = int(round(src_hz / dst_hz))
+        if k < 1 or abs(k * dst_hz - src_hz) > 1e-9 * src_hz:
+            # every round(k)-th sample would be a copy at another rate, labelled dst_hz: a stretched signal
+            raise ValueError(f"plain low-rate copy needs {src_hz:g} Hz to be a whole multiple of {dst_hz:g} Hz")
+        return x[::k]
     raise ValueError(f"unknown low-rate kind {kind!r}; expected 'iir' or 'plain'")
 
 
