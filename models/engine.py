@@ -81,7 +81,7 @@ class ClmtTranslator:
                 if m is not None:
                     m.half()
         self.model = Clmt(tok, tr, refiner, self.cfg["refiner_tasks"], PriorBlend.from_config(self.cfg.get("prior_blend")),
-                          self.cfg.get("refiner_draft", "decode"))  # weights that name none correct the decode
+                          W.refiner_draft(self.cfg))
         self.stride = tok.cfg.stride
         # draws the PPG->ECG prior the translator refines; keeps each served bed's beat model (its latest context's)
         self.prior_translator = prior_translator(cache_size=CONTEXT_CACHE)

@@ -272,13 +272,12 @@ def train_refiner(clmt: Clmt, ref: Refiner, run: StageRun, stage: Stage, ecg_str
     def step_loss():
         b = run.sampler.translator_batch(stage.batch, p_task=REFINER_TASK_P, lowres_kinds=LOWRES_KINDS,
                                          p_sr_context=REFINER_SR_CONTEXT, p_ecg_stretch=ecg_stretch, p_ecg_flip=ecg_flip)
-        tgt = t(b.target_source_units)
+        tgt, task = t(b.target_source_units), t(b.inputs.task)
         if draft == "source":  # every row is of a refined task (REFINER_TASK_P)
-            pred = clmt.refine_source(t(b.inputs.source), t(b.inputs.prior), t(b.inputs.task), refiner=ref)
+            pred = clmt.refine_source(t(b.inputs.source), t(b.inputs.prior), task, refiner=ref)
         else:
             inp = clmt.tokenize(b.inputs, run.device)
             pred = clmt.refine(inp, clmt.draft(inp), refiner=ref)
-        task = t(b.inputs.task)
         loss = refiner_loss(pred, tgt)
         return loss, {"loss": float(loss.detach()), **_per_task_mse(pred, tgt, task)}
 

@@ -66,6 +66,12 @@ def load(path: str | Path | None = None, device: str = "cpu") -> tuple[Tokenizer
     return tok.to(device).eval(), tr.to(device).eval(), ref, cfg
 
 
+def refiner_draft(cfg: dict) -> str:
+    """What the weights' refiner corrects (`models.batch.REFINER_DRAFTS`): the JSON's `refiner_draft`; weights that name
+    none correct the decode, the design's own path."""
+    return cfg.get("refiner_draft", "decode")
+
+
 def resolve(path: str | Path | None = None) -> Path:
     """The .safetensors file `path` names (a file, or a folder holding the default one)."""
     p = Path(path) if path else DEFAULT_DIR / f"{DEFAULT_NAME}.safetensors"

@@ -13,7 +13,7 @@ from scipy import signal as sps
 from scipy.interpolate import CubicSpline
 
 from operators.processing.filters import butter_sos, sosfiltfilt
-from operators.processing.samples import fill_nonfinite, fit_length
+from operators.processing.samples import fill_nonfinite, fit_length, whole_multiple
 
 __all__ = ["resample", "decimate_to", "low_rate_copy", "merge_bands", "rational_ratio", "METHODS"]
 
@@ -157,11 +157,10 @@ def low_rate_copy(x: np.ndarray, src_hz: float, dst_hz: float, kind: str) -> np.
     if kind == "iir":
         return decimate_to(fill_nonfinite(x)[0], src_hz, dst_hz)
     if kind == "plain":
-        k = int(round(src_hz / dst_hz))
-        if k < 1 or abs(k * dst_hz - src_hz) > 1e-9 * src_hz:
+        if not whole_multiple(src_hz, dst_hz):
             # every round(k)-th sample would be a copy at another rate, labelled dst_hz: a stretched signal
             raise ValueError(f"plain low-rate copy needs {src_hz:g} Hz to be a whole multiple of {dst_hz:g} Hz")
-        return x[::k]
+        return x[:: int(round(src_hz / dst_hz))]
     raise ValueError(f"unknown low-rate kind {kind!r}; expected 'iir' or 'plain'")
 
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["fill_nonfinite", "fit_length", "grid_ns", "in_millivolts", "median", "period_ns", "segment_index",
-           "true_runs"]
+           "true_runs", "whole_multiple"]
 
 NS_PER_S = 10**9
 # Rates are read as fractions with denominators up to this (exact for every rate a monitor sends).
@@ -157,6 +157,14 @@ def period_ns(rate_hz: float) -> Fraction:
     rate_hz : sample rate in Hz (> 0), read as a fraction with denominator <= 10^6.
     """
     return Fraction(NS_PER_S) / Fraction(float(rate_hz)).limit_denominator(_RATE_MAX_DEN)
+
+
+def whole_multiple(hi_hz: float, lo_hz: float) -> bool:
+    """Whether `hi_hz` is a whole multiple of `lo_hz` (both read as fractions, as `period_ns` reads rates): every k-th
+    sample at `hi_hz` lies on the `lo_hz` grid."""
+    ratio = (Fraction(float(hi_hz)).limit_denominator(_RATE_MAX_DEN)
+             / Fraction(float(lo_hz)).limit_denominator(_RATE_MAX_DEN))
+    return ratio.denominator == 1
 
 
 def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:

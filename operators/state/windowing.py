@@ -66,7 +66,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from operators.processing.samples import NS_PER_S, grid_ns, period_ns
+from operators.processing.samples import NS_PER_S, grid_ns, period_ns, whole_multiple
 
 __all__ = ["Window", "StreamEvent", "PushResult", "SlidingWindower"]
 
@@ -80,11 +80,6 @@ MAX_CLOCK_STEP_S = 0.1
 # for good and the last of them starts a new segment (module doc: clock resync). Small, so a glitch costs a few
 # chunks (dead-lettered, each with its event); above 1, so one stray chunk never closes a live segment.
 RESYNC_CHUNKS = 3
-
-
-def _whole_multiple(out_hz: float, in_hz: float) -> bool:
-    ratio = Fraction(float(out_hz)).limit_denominator(10**6) / Fraction(float(in_hz)).limit_denominator(10**6)
-    return ratio.denominator == 1
 
 
 @dataclass
@@ -122,7 +117,7 @@ class Window:
             return grid_ns(self.segment_start_ns, self.rate_hz, self.offset + np.arange(n))
         if n is None:
             n = int(round(len(self.samples) * float(rate_hz) / float(self.rate_hz)))
-        if self.segment_start_ns is not None and _whole_multiple(rate_hz, self.rate_hz):
+        if self.segment_start_ns is not None and whole_multiple(rate_hz, self.rate_hz):
             # on the segment's own grid: the window's start is rounded to a ns, and offsets from it drift off it
             m = int(round(float(rate_hz) / float(self.rate_hz)))
             return grid_ns(self.segment_start_ns, float(rate_hz), self.offset * m + np.arange(int(n)))
@@ -149,7 +144,7 @@ class Window:
         """
         y = np.asarray(y)
         n = len(y)
-        if _whole_multiple(rate_hz, self.rate_hz) or n == 0:
+        if whole_multiple(rate_hz, self.rate_hz) or n == 0:
             k0 = self.emit_from_at(rate_hz) if len(self.samples) else 0
             k1 = min(n, self.emit_to_at(rate_hz)) if len(self.samples) else n
             return self.timestamps_ns(rate_hz, n), y, k0, k1
@@ -176,7 +171,7 @@ class Window:
 
     def output_end_ns(self, rate_hz: float, n: int) -> int:
         """Exclusive end of the span an `n`-sample output at `rate_hz` is published over (see on_output_grid)."""
-        if _whole_multiple(rate_hz, self.rate_hz):
+        if whole_multiple(rate_hz, self.rate_hz):
             return int(self.timestamps_ns(rate_hz, n + 1)[-1])
         return self.end_ns
 

@@ -127,7 +127,7 @@ def _base(args: argparse.Namespace, train_names: list[str], device: str):
             raise Refused("--refiner-from-base: the --init-from weights have no refiner")
         # fine-tuning keeps what the base refiner is: its width, and the draft it learnt to correct
         kept = {"--refiner-channels": ("refiner_channels", base_ref.cfg.channels),
-                "--refiner-draft": ("refiner_draft", base.get("refiner_draft", "decode"))}
+                "--refiner-draft": ("refiner_draft", W.refiner_draft(base))}
         for flag, (name, value) in kept.items():
             if getattr(args, name) not in (None, value):
                 raise Refused(f"--refiner-from-base: the base refiner has {flag} {value}, not {getattr(args, name)}")
