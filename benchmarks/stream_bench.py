@@ -11,18 +11,20 @@ idle-flushed last one are written but not counted). The latency floor is about o
 (2 s at ×1, 0.5 s at ×4) plus batching.
 
 Load: N beds replayed at ×speed are N×speed bed-equivalents of message and sample rate. A step
-is *sustained* when every message is written, p99 latency stays below --max-p99-s, and the
-replay itself kept pace (otherwise the load generator, not the worker, was the limit). The ramp
+is *sustained* when every message is written, p99 latency stays below --max-p99-s, latency does not
+grow over the step (--max-growth: a rig that falls 10 % behind gains 1 s of latency every 10 s, which
+a short step's p99 alone would not show), and the replay itself kept pace (otherwise the load
+generator, not the worker, was the limit). The ramp
 stops at the first step that is not sustained. The same ramp with the `passthrough` translator
 (no translation) gives the pipeline's ceiling. Each step prints the workers' CPU time and where it went by stage
 (decode, windowing: routing, quality, context selection and R-peaks, model: the translator call, publish, and the
-sink agent's influx_points and influx_write), then the CPU of every process of the rig and of the whole host: all of
-them share this machine's cores, so a failing step with the host's cores busy was the rig's limit, not only the
-worker's. After each step it waits for the InfluxDB sink to catch up (its lag on the output topics 0) and prints
+sink agent's influx_points and influx_write), then the CPU of every process of the rig and of the whole host while
+the replay offered load: all of them share this machine's cores, so a failing step with the host's cores busy was the
+rig's limit, not only the worker's. After each step it waits for the InfluxDB sink to catch up (its lag on the output topics 0) and prints
 the points written and how long that took: reported, not part of "sustained", since InfluxDB never holds the alarm
 feed. The run starts with bytes of state per bed.
 
-    python benchmarks/stream_bench.py                          # classic vs passthrough, ~5 min
+    python benchmarks/stream_bench.py                          # classic vs passthrough, ~12 min
     python benchmarks/stream_bench.py --beds 1,2,4,8 --speed 1 --duration 30 --translator clmt
     python benchmarks/stream_bench.py --translator clmt --beds 16,32,64 --workers 2 --threads 1
     python benchmarks/stream_bench.py --translator passthrough --baseline '' --beds 128,256 --workers 2 \
@@ -82,6 +84,9 @@ class StepResult:
     rig: dict | None = None  # CPU seconds over the step of each process of the rig and of the whole host
     influx_points: float = math.nan  # points the InfluxDB sink(s) wrote from the step's start until caught up
     influx_catchup_s: float | None = None  # after the alarm feed had everything; None: not caught up in the wait
+    latency_growth: float = math.nan  # seconds of latency gained per second over the steady state (latency_growth)
+    load_s: float = math.nan  # seconds the replay offered load
+    rig_load: dict | None = None  # as `rig`, over the replay only
 
 
 # ------------------------------------------------------------------ services
@@ -246,11 +251,13 @@ def wait_assigned(workers: list[WorkerProcess], settings: list[Settings], partit
 STAGES = ("decode", "windowing", "model", "publish", "influx_points", "influx_write")
 
 
-def cpu_line(cpu: dict[str, float], wall_s: float, workers: int = 1) -> str:
-    """One line: the workers' CPU seconds over `wall_s` seconds, and their time by stage (seconds and share)."""
+def cpu_line(cpu: dict[str, float], load_s: float, workers: int = 1) -> str:
+    """One line: the workers' CPU seconds over the `load_s` seconds of the replay, and their time by stage over the
+    whole step, backlog included (seconds and share)."""
     total = sum(cpu.get(k, 0.0) for k in STAGES) or math.nan
-    return (f"worker{'s' if workers > 1 else ''} CPU {cpu.get('process_cpu', math.nan):.1f} s in {wall_s:.0f} s "
-            f"({100 * cpu.get('process_cpu', math.nan) / wall_s:.0f} % of a core); time by stage "
+    busy = cpu.get("process_cpu_load", math.nan)
+    return (f"worker{'s' if workers > 1 else ''} CPU {busy:.1f} s in the {load_s:.0f} s of the replay "
+            f"({100 * busy / load_s:.0f} % of a core); time by stage over the step "
             "(wall, includes waiting for a core on a loaded machine): "
             + ", ".join(f"{k} {cpu.get(k, 0.0):.1f} s {100 * cpu.get(k, 0.0) / total:.0f}%" for k in STAGES))
 
@@ -366,9 +373,10 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
                 f"written {res.written}/{res.sent}  p50 {res.p50_s:6.2f} s  p99 {res.p99_s:6.2f} s  "
+                f"growth {res.latency_growth:+.3f} s/s  "
                 f"{res.samples_per_s:8.0f} samples/s  {'OK' if res.sustained else 'NOT sustained: ' + res.why}\n"
-                f"        {cpu_line(res.cpu, res.wall_s, len(workers))}\n"
-                f"        {RigCpu.line(res.rig, res.wall_s)}\n"
+                f"        {cpu_line(res.cpu, res.load_s, len(workers))}\n"
+                f"        during the replay: {RigCpu.line(res.rig_load, res.load_s)}\n"
                 f"        InfluxDB: {res.influx_points:.0f} points, "
                 + (f"caught up {res.influx_catchup_s:.1f} s after the alarm feed had everything"
                    if res.influx_catchup_s is not None
@@ -413,6 +421,11 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
         topic=settings[0].topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed, duration_s=args.duration,
         resample=args.resample))
     replay_end_ms = time.time() * 1000.0
+    # CPU while the load was offered: over the whole step, the idle-flush wait and the drain would dilute it (a
+    # worker falling behind looked half idle that way).
+    cpu_load = scrape_cpu(settings)
+    rig_load = rig.snapshot() if rig is not None else None
+    load_s = replay_end_ms / 1000.0 - wall0
     # Wait for every message to be written (including the idle-flushed tail).
     drain_s = args.drain_s if args.drain_s is not None else IDLE_FLUSH_S + args.max_p99_s + 10.0
     rows = wait_written(workers, stats, prefix, st.chunks, drain_s)
@@ -421,16 +434,20 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
     cpu1 = scrape_cpu(settings)
     points1, catchup = wait_influx(writers, args.influx_wait_s)
     cpu = {k: round(v - cpu0.get(k, 0.0), 3) for k, v in cpu1.items()}
+    cpu["process_cpu_load"] = round(cpu_load.get("process_cpu", 0.0) - cpu0.get("process_cpu", 0.0), 3)
     head_cut_ms = wall0 * 1000.0 + (WINDOW_S / args.speed) * 1000.0 + 1000.0
     tail_cut_ms = replay_end_ms - (WINDOW_S / args.speed) * 1000.0 - 1000.0
-    lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in rows
-                    if r.get("produce_ms") is not None and head_cut_ms <= r["produce_ms"] <= tail_cut_ms])
+    steady = [r for r in rows if r.get("produce_ms") is not None and head_cut_ms <= r["produce_ms"] <= tail_cut_ms]
+    lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in steady])
     p99 = percentile(lat, 99)
+    growth = latency_growth([r["produce_ms"] / 1000.0 for r in steady], lat)
     why = []
     if len(rows) < st.chunks:
         why.append(f"only {len(rows)}/{st.chunks} messages written {drain_s:.0f} s after the replay")
     if not (p99 <= args.max_p99_s):
         why.append(f"p99 {p99:.2f} s > {args.max_p99_s:g} s")
+    if growth > args.max_growth:
+        why.append(f"falling behind: latency grew {growth:.2f} s per s")
     if st.max_lag_s > args.max_replay_lag_s:
         why.append(f"replay fell {st.max_lag_s:.1f} s behind (load generator limit)")
     return StepResult(
@@ -439,7 +456,21 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
         replay_lag_s=st.max_lag_s, wall_s=wall, samples_per_s=st.samples / max(st.elapsed_s, 1e-9),
         sustained=not why, why="; ".join(why), cpu=cpu,
         rig=None if rig is None else RigCpu.delta(rig0, rig1), influx_points=points1 - points0,
-        influx_catchup_s=catchup)
+        influx_catchup_s=catchup, latency_growth=growth, load_s=load_s,
+        rig_load=None if rig is None else RigCpu.delta(rig0, rig_load))
+
+
+def latency_growth(produce_s, latency_s) -> float:
+    """Seconds of latency gained per second of the step: the least-squares slope of latency against produce time.
+
+    A pipeline that keeps up has a flat latency (a saw-tooth of one hop at most, which a fit over the step
+    averages out); one that handles a fraction f less than it is offered gains about f / (1 - f) seconds per
+    second, whatever the p99 bound says about a short step. NaN with fewer than two distinct produce times."""
+    t = np.asarray(produce_s, dtype=np.float64)
+    y = np.asarray(latency_s, dtype=np.float64)
+    if len(t) < 2 or np.ptp(t) == 0:
+        return math.nan
+    return float(np.polyfit(t - t[0], y, 1)[0])
 
 
 def sustained(results: list[StepResult]) -> float:
@@ -550,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", help="recording to replay (default ../shared/data/bidmc/bidmc01, else synthetic)")
     p.add_argument("--beds", default="1,2,4,8,16,32,64,128", help="ramp of bed counts")
     p.add_argument("--speed", type=float, default=4.0, help="replay speed; load = beds x speed bed-equivalents")
-    p.add_argument("--duration", type=float, default=40.0, help="seconds of signal replayed per bed and step")
+    p.add_argument("--duration", type=float, default=120.0,
+                   help="seconds of signal replayed per bed and step (30 s of load at x4: a shorter step hides a "
+                        "pipeline that falls behind slowly)")
     p.add_argument("--translator", default="classic", help="translator spec under test")
     p.add_argument("--baseline", default="passthrough", help="ceiling translator ('' to skip)")
     p.add_argument("--device", default="auto", help="WAVEBRIDGE_DEVICE for the worker (auto, cpu, cuda)")
@@ -564,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="OMP_NUM_THREADS / MKL_NUM_THREADS of each worker (torch's CPU threads); 0: torch's default")
     p.add_argument("--max-p99-s", type=float, default=5.0, help="p99 latency bound (wall seconds) for 'sustained'")
+    p.add_argument("--max-growth", type=float, default=0.05,
+                   help="latency growth bound (seconds gained per second over the step) for 'sustained': "
+                        "0.05 lets a step lose 5 %% of its pace to noise, not more")
     p.add_argument("--hop-s", type=float, default=HOP_S,
                    help="the workers' WAVEBRIDGE_HOP_S: a longer hop computes each sample fewer times, for more latency")
     p.add_argument("--max-replay-lag-s", type=float, default=2.0, help="replay lateness beyond which a step is void")
@@ -641,11 +677,12 @@ def main(argv=None) -> int:
 
     print(f"\n=== stream benchmark ({time.monotonic() - t_start:.0f} s; p99 bound {args.max_p99_s:g} s, "
           f"window {WINDOW_S:g} s / hop {args.hop_s:g} s) ===")
-    print(f"{'translator':<14}{'beds':>6}{'bed-eq':>8}{'written':>12}{'p50 s':>8}{'p99 s':>8}{'max s':>8}  result")
+    print(f"{'translator':<14}{'beds':>6}{'bed-eq':>8}{'written':>12}{'p50 s':>8}{'p99 s':>8}{'max s':>8}"
+          f"{'growth':>8}  result")
     for tr, rows in all_results.items():
         for r in rows:
             print(f"{tr:<14}{r.beds:>6}{r.bed_equivalents:>8g}{f'{r.written}/{r.sent}':>12}{r.p50_s:>8.2f}"
-                  f"{r.p99_s:>8.2f}{r.max_s:>8.2f}  {'sustained' if r.sustained else r.why}")
+                  f"{r.p99_s:>8.2f}{r.max_s:>8.2f}{r.latency_growth:>+8.3f}  {'sustained' if r.sustained else r.why}")
     summary = {tr: sustained(rows) for tr, rows in all_results.items()}
     print()
     for tr, beds in summary.items():

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from operators.io.synthetic import synthesize, write_wfdb
@@ -48,6 +49,16 @@ def test_rig_cpu_counts_each_process_and_the_host_between_snapshots():
     assert line.startswith("host CPU ") and "busy child" in line and f"({os.cpu_count()} cores)" in line
 
 
+def test_latency_growth_tells_a_rig_falling_behind_from_a_hop_sawtooth():
+    t = 1.8e9 + np.arange(0.0, 30.0, 0.01)  # produce times (s) over a 30 s step
+    sawtooth = 1.0 + (t - t[0]) % 1.0  # each window's chunks wait up to one hop (1 s) for it to fill
+    assert abs(stream_bench.latency_growth(t, sawtooth)) < 0.01
+    behind = sawtooth + 0.1 * (t - t[0])  # 10 % behind: 3 s more latency by the end, p99 still under 5 s
+    assert np.percentile(behind, 99) < 5.0
+    assert stream_bench.latency_growth(t, behind) == pytest.approx(0.1, abs=0.01)
+    assert math.isnan(stream_bench.latency_growth([t[0]], [1.0]))
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_one_step_with_a_separate_sink_delivers_every_message_and_influxdb_catches_up(tmp_path):
@@ -63,6 +74,9 @@ def test_one_step_with_a_separate_sink_delivers_every_message_and_influxdb_catch
     assert step["sent"] > 0 and step["written"] == step["sent"]
     assert set(step["rig"]) == {"workers", "sink", "broker", "influxd+proxy", "replay (bench)", "host"}
     assert step["rig"]["workers"] > 0 and step["rig"]["sink"] > 0 and step["rig"]["host"] >= step["rig"]["workers"]
+    # CPU while the replay offered load: a part of the step's, measured over the replay's own seconds
+    assert set(step["rig_load"]) == set(step["rig"]) and 0 < step["rig_load"]["workers"] <= step["rig"]["workers"]
+    assert 0 < step["load_s"] < step["wall_s"] and 0 < step["cpu"]["process_cpu_load"] <= step["cpu"]["process_cpu"]
     assert step["cpu"].get("influx_write", 0.0) == 0.0  # the worker wrote no InfluxDB itself
     # the sink wrote the step's samples (2 beds x 24 s of 125 Hz II_SYNTH at least) and then had nothing left
     assert step["influx_points"] >= 2 * 24 * 125 * 0.8 and step["influx_catchup_s"] is not None
