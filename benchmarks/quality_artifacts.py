@@ -19,7 +19,9 @@ calibration table (confidence bins: windows, share "right" = every true peak fou
 one, mean error). `--fit` also fits operators.processing.quality.CONFIDENCE_COEFS["ppg2ecg"] and ["sr"] on the given
 records (training patients only: never fit and score on the same patients) and prints them; a feature whose weight
 comes out with the wrong sign (FIT_SIGNS) is dropped. The `sr` part (PLETH and lead II anti-aliased to 25 Hz, as the
-service gets them, super-resolved to 100 Hz) reports the same for *_SR windows against their normalised RMSE.
+service gets them, super-resolved to 100 Hz) reports the same for *_SR windows against their normalised RMSE; its
+fit is made from saved runs (`--json` of `--parts sr --fit` runs, `--sr-rows`) and checked on other saved runs
+(`--sr-check`): the served super-resolution is a learned model, so its confidence is fitted on records it never saw.
 
 `--rate-hz 25` runs only the `lowrate` part: `assess` alone on 4 s ECG windows (the pipeline's judged span) at the
 super-resolution input's rate, made anti-aliased (`--lowres iir`, as `wavebridge evaluate`) and by taking every k-th
@@ -33,6 +35,7 @@ irregular rhythm (`af`), and white and pink noise alone; then the worst records'
     python benchmarks/quality_artifacts.py --rate-hz 25 --records all   # lead II at the 25 Hz SR input, ~5-10 min
     python benchmarks/quality_artifacts.py --rate-hz 25 --dataset challenge   # every ECG lead, held-out records
     python benchmarks/quality_artifacts.py --dataset challenge --parts sr   # *_SR confidence, held-out records
+    python benchmarks/quality_artifacts.py --sr-rows bidmc.json --sr-check challenge.json   # fit one, check the other
 
 Not a test: it needs ../shared/data/bidmc (and challenge2015 for `--dataset challenge`).
 """
@@ -463,6 +466,35 @@ def fit(rows, task, target):
         used[i] = False
     print(f"\nfitted on {len(pub)} windows, {y.mean():.1%} right: CONFIDENCE_COEFS[{task!r}] = "
           f"({', '.join(f'{v:.3f}' for v in w)})  # {', '.join(names)}")
+    return w
+
+
+def saved_sr_rows(paths: str) -> list[dict]:
+    """The sr windows, with their features, of the --json files (comma list) of earlier `--parts sr --fit` runs."""
+    rows = []
+    for path in paths.split(","):
+        got = json.loads(Path(path).read_text())["sr"]
+        if got and "features" not in got[0]:
+            raise SystemExit(f"{path}: its sr windows carry no features (run with --fit)")
+        rows += got
+    return rows
+
+
+def refit_sr(args) -> int:
+    """--sr-rows: fit the sr confidence on saved windows (e.g. one dataset's held-out records, which the served model
+    never saw); --sr-check: score that fit on other saved windows (another dataset's), the estimate of how it holds
+    on records it was not fitted on."""
+    w = fit(saved_sr_rows(args.sr_rows), "sr", lambda r: r["nrmse"] < Q.SR_RIGHT_NRMSE)
+    if w is None:
+        print("too few windows to fit", file=sys.stderr)
+        return 1
+    if args.sr_check:
+        check = saved_sr_rows(args.sr_check)
+        for r in check:
+            r["confidence"] = float(1.0 / (1.0 + np.exp(-(w[0] + np.dot(w[1:], r["features"])))))
+        print(f"\nthat fit scored on {args.sr_check}:")
+        report_sr(check)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -492,7 +524,14 @@ def main(argv=None) -> int:
     ap.add_argument("--window-s", type=float, default=4.0, help="lowrate window length (s; the pipeline judges 4 s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--sr-rows", default=None,
+                    help="comma list of --json files of earlier `--parts sr --fit` runs: fit the sr confidence on their "
+                         "windows instead of running records")
+    ap.add_argument("--sr-check", default=None,
+                    help="with --sr-rows: --json files whose sr windows the fit is scored on (records it was not fitted on)")
     args = ap.parse_args(argv)
+    if args.sr_rows:
+        return refit_sr(args)
     root = found_dataset(args.dataset, args.data)
     if root is None:
         return 2
