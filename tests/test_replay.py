@@ -247,6 +247,46 @@ class OwnedSink(RecordingSink):
         pass
 
 
+class InterruptedSink(OwnedSink):
+    """A producer the user stops with Ctrl-C while it is handed its `at`-th chunk."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.flushed = at, 0
+
+    def send(self, topic, key, value):
+        if len(self.sent) + 1 == self.at:
+            raise KeyboardInterrupt
+        super().send(topic, key, value)
+
+    def flush(self, timeout=None):
+        self.flushed += 1
+
+
+def test_an_interrupted_replay_flushes_and_counts_what_it_sent():
+    sink = InterruptedSink(at=4)
+    stats = publisher.replay([make_rec(seconds=6.0)], sink, ReplayOptions(speed=0, start_ns=T0, signals=["II"]))
+    assert stats.interrupted and stats.chunks == 3 == len(sink.sent) and sink.flushed == 1
+    assert stats.last_end_ns == T0 + 3 * 10**9  # where a new replay of the bed must start
+    assert stats.unsent_s == 0.0  # the rest of the replay, not NaN runs the wire refused
+
+
+def test_cli_says_what_an_interrupted_replay_sent_and_where_to_resume(tmp_path, monkeypatch, capsys):
+    sink = InterruptedSink(at=3)
+    monkeypatch.setattr(publisher, "_make_producer", lambda bootstrap, **kw: sink)
+    monkeypatch.setattr("stream.topics.missing_topics", lambda *a, **k: [])
+    path = tmp_path / "ii.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"time_s": np.arange(1250) / 125.0, "II": np.zeros(1250, np.float32)}), path)
+    rc = rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-create-topic", "--speed", "0", "--no-progress",
+                 "--start-ns", str(T0)])
+    out = capsys.readouterr().out
+    assert rc == 130, out
+    assert out.startswith("interrupted after 2 chunks") and f"--start-ns {T0 + 2 * 10**9}" in out
+
+
 @pytest.mark.parametrize("only", ["PLETH", "II"])
 def test_cli_default_signals_are_whichever_the_record_has(tmp_path, monkeypatch, capsys, only):
     # The CLI used to pass II,PLETH explicitly, so a single-channel record failed with "has no channel".

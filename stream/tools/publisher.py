@@ -102,6 +102,7 @@ class ReplayStats:
     max_lag_s: float = 0.0  # worst lateness of a send versus its real-time due time
     failed: int = 0
     per_signal: dict[str, int] = field(default_factory=dict)  # chunks per signal
+    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was handed to the producer before it is flushed
 
     @property
     def chunks_per_s(self) -> float:
@@ -144,6 +145,8 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     Returns
     -------
     ReplayStats
+        With `interrupted` set after a KeyboardInterrupt (Ctrl-C) during the sends: the chunks sent until then are
+        flushed and counted.
 
     Raises
     ------
@@ -173,13 +176,18 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         # is due, not after the resampling and the connection (they made every send about 0.5 s late)
         behind_s = (time.time_ns() - t0_ns) / 1e9 if options.start_ns is None else 0.0
         pacer = _Pacer(t0_ns, options.speed, clock, sleep, behind_s)
-        errors = _send_all(chunks, producer, options, pacer, stats, bar)
+        try:
+            errors = _send_all(chunks, producer, options, pacer, stats, bar)
+        except KeyboardInterrupt:
+            # Stopped by the user: the chunks already sent are flushed and counted, so the caller can say where a
+            # new replay of these bed ids must start (a worker dead-letters chunks that step back in time).
+            stats.interrupted, errors = True, []
         try:
             producer.flush(timeout=60) if own else producer.flush()
         except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
             errors.append(exc)
         stats.elapsed_s = pacer.elapsed_s()
-        if not errors:  # chunks of NaN were counted in advance and never sent: end the bar where it is
+        if not errors and not stats.interrupted:  # chunks of NaN were counted in advance and never sent
             bar.total = stats.chunks
             bar.refresh()
         bar.close()
@@ -187,6 +195,8 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         if own:
             producer.close(timeout=10)
     stats.failed = len(errors)
+    if stats.interrupted:
+        return stats  # what was not sent is the rest of the replay, not NaN runs
     for bed, rec in plan:
         for sig in select_signals(rec, options.signals):
             rate, n = signal_length(rec, sig, options.resample, options.duration_s)

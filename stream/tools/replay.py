@@ -147,7 +147,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"wavebridge replay: error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
-    print(f"replayed {stats.chunks} chunks ({stats.samples} samples, {stats.bytes / 1e6:.2f} MB) for {stats.beds} "
+    print(f"{'interrupted after' if stats.interrupted else 'replayed'} {stats.chunks} chunks ({stats.samples} "
+          f"samples, {stats.bytes / 1e6:.2f} MB) for {stats.beds} "
           f"bed(s) to {args.topic} in {stats.elapsed_s:.1f} s ({stats.chunks_per_s:.0f} chunks/s, "
           f"{stats.gaps} gap(s), max lag {stats.max_lag_s * 1000:.0f} ms)")
     if stats.unsent_s >= 0.05:
@@ -156,8 +157,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if stats.chunks:
         # a worker dead-letters a bed's chunks that start before its last one ended: say where this one ended
         print(f"samples stamped {_utc(stats.first_ns)} to {_utc(stats.last_end_ns)} UTC; a new replay of the same "
-              "bed ids must start after that (--start-ns, or later with the default of now)")
-    return 0
+              f"bed ids must start after that (--start-ns {stats.last_end_ns}, or later with the default of now)")
+    return 130 if stats.interrupted else 0
 
 
 def _utc(ns: int) -> str:
