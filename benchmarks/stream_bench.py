@@ -15,7 +15,8 @@ is *sustained* when every message is written, p99 latency stays below --max-p99-
 grow over the step (--max-growth: a rig that falls 10 % behind gains 1 s of latency every 10 s, which
 a short step's p99 alone would not show), and the replay itself kept pace (otherwise the load
 generator, not the worker, was the limit). The ramp
-stops at the first step that is not sustained. The same ramp with the `passthrough` translator
+stops at the first step that is not sustained (`--bisect K`: then K more steps halve the gap to the last
+sustained one). The same ramp with the `passthrough` translator
 (no translation) gives the pipeline's ceiling. Each step prints the workers' CPU time and where it went by stage
 (decode, windowing: routing, quality, context selection and R-peaks, model: the translator call, publish, and the
 sink agent's influx_points and influx_write), then the CPU of every process of the rig and of the whole host while
@@ -336,7 +337,7 @@ class RigCpu:
 def run_translator(translator: str, args, broker: EmbeddedBroker, influx: InfluxStack, recording, workdir: Path,
                    log=print) -> list[StepResult]:
     """The ramp for one translator spec: one worker (its own topics and database), a warm-up bed, then one step
-    per bed count of `args.beds` until a step is not sustained (all of them with `--full-ramp`)."""
+    per bed count of `args.beds` until a step is not sustained (all of them with `--full-ramp`; `ramp`)."""
     from stream.topics import ensure_topics
 
     tag = "".join(ch if ch.isalnum() else "_" for ch in translator)
@@ -368,7 +369,7 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
         wait_assigned(workers, settings, args.partitions, args.warmup_timeout)
         _warm_up(watched, settings, stats, recording, args)
         log(f"[{translator}] {len(workers)} worker(s) warm after {time.monotonic() - t0:.1f} s")
-        for n in args.beds:
+        def step(n: int) -> bool:
             res = run_step(n, watched, settings, stats, recording, args, rig, writers)
             results.append(res)
             log(f"[{translator}] {n:>4} beds x{args.speed:g} = {res.bed_equivalents:>6g} bed-eq  "
@@ -381,9 +382,33 @@ def run_translator(translator: str, args, broker: EmbeddedBroker, influx: Influx
                 + (f"caught up {res.influx_catchup_s:.1f} s after the alarm feed had everything"
                    if res.influx_catchup_s is not None
                    else f"NOT caught up {args.influx_wait_s:g} s after the alarm feed"))
-            if not res.sustained and not args.full_ramp:
-                break
+            return res.sustained
+
+        ramp(step, args.beds, args.bisect, args.full_ramp)
     return results
+
+
+def ramp(step, beds: list[int], bisect: int = 0, full_ramp: bool = False) -> None:
+    """Run `step(n) -> sustained` for each bed count of `beds` (ascending) until one is not sustained (all of them with
+    `full_ramp`), then `bisect` more steps halving the gap between the last sustained count and the failing one: a
+    doubling ramp alone only tells capacities apart by factors of two."""
+    lo = 0
+    for n in beds:
+        if step(n):
+            lo = n
+            continue
+        if full_ramp:
+            continue
+        hi = n
+        for _ in range(bisect):
+            mid = (lo + hi) // 2
+            if mid <= lo:
+                break
+            if step(mid):
+                lo = mid
+            else:
+                hi = mid
+        return
 
 
 def _warm_up(workers: list[WorkerProcess], settings: list[Settings], stats: list[Path], recording, args) -> None:
@@ -474,13 +499,9 @@ def latency_growth(produce_s, latency_s) -> float:
 
 
 def sustained(results: list[StepResult]) -> float:
-    """Largest bed-equivalent load sustained before the first failing step (0 if none)."""
-    best = 0.0
-    for r in results:
-        if not r.sustained:
-            break
-        best = r.bed_equivalents
-    return best
+    """Largest bed-equivalent load sustained below the smallest one that was not (0 if none)."""
+    limit = min((r.bed_equivalents for r in results if not r.sustained), default=math.inf)
+    return max((r.bed_equivalents for r in results if r.sustained and r.bed_equivalents < limit), default=0.0)
 
 
 # ------------------------------------------------------------------ memory per bed
@@ -609,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--influx-wait-s", type=float, default=60.0,
                    help="after each step, wait this long for InfluxDB to catch up (reported, not part of 'sustained')")
     p.add_argument("--full-ramp", action="store_true", help="continue the ramp after the first failing step")
+    p.add_argument("--bisect", type=int, default=0, metavar="K",
+                   help="after the first failing step, K more steps halving the gap to the last sustained one")
     p.add_argument("--memory-beds", type=int, default=50, help="beds for the in-process bytes-per-bed measurement")
     p.add_argument("--memory-translator", default="passthrough",
                    help="translator of the bytes-per-bed measurement (clmt: adds the engine's per-bed context cache)")
@@ -694,8 +717,8 @@ def main(argv=None) -> int:
         print(f"ratio {args.translator} / {args.baseline}: {ratio:.2f}")
         # The ramp doubles, so equal capacity can hide a cost: compare latency at a common load.
         common = min(summary.values())
-        if common:
-            at = {tr: next(r for r in rows if r.bed_equivalents == common) for tr, rows in all_results.items()}
+        at = {tr: r for tr, rows in all_results.items() for r in rows if r.bed_equivalents == common}
+        if common and len(at) == len(all_results):
             print(f"at {common:g} bed-eq: p50/p99 " + ", ".join(
                 f"{tr} {r.p50_s:.2f}/{r.p99_s:.2f} s" for tr, r in at.items()))
     report = {"recording": source, "args": {k: v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),

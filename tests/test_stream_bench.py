@@ -59,6 +59,25 @@ def test_latency_growth_tells_a_rig_falling_behind_from_a_hop_sawtooth():
     assert math.isnan(stream_bench.latency_growth([t[0]], [1.0]))
 
 
+@pytest.mark.parametrize("capacity, steps, found", [
+    (300, [64, 128, 256, 512, 384, 320], 256),  # both halvings fail
+    (350, [64, 128, 256, 512, 384, 320], 320),
+    (500, [64, 128, 256, 512, 384, 448], 448),
+    (10, [64, 32], 0),  # the first step fails: the gap below it is halved (bisect 1)
+])
+def test_the_ramp_halves_the_gap_after_the_first_failing_step(capacity, steps, found):
+    ran, results = [], []
+
+    def step(n):
+        ran.append(n)
+        results.append(stream_bench.StepResult("t", n, 1.0, float(n), 1, 1, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, n <= capacity))
+        return n <= capacity
+
+    stream_bench.ramp(step, [64, 128, 256, 512, 1024], bisect=2 if capacity > 10 else 1)
+    assert ran == steps
+    assert stream_bench.sustained(results) == found
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_one_step_with_a_separate_sink_delivers_every_message_and_influxdb_catches_up(tmp_path):
