@@ -17,7 +17,8 @@ Then the confidence of every published window (clean runs) against its measured 
 (median |synth - true| ms of the peaks it reports, 150 ms for a missed or extra peak), Spearman's rho, and a
 calibration table (confidence bins: windows, share "right" = every true peak found within 50 ms and no extra
 one, mean error). `--fit` also fits operators.processing.quality.CONFIDENCE_COEFS["ppg2ecg"] and ["sr"] on the given
-records (training patients only: never fit and score on the same patients) and prints them; a feature whose weight
+records and prints them (never fit and score on the same records: "ppg2ecg", the classic template's, is fitted on
+training patients; "sr", a learned model's, on records it was not trained on, see below); a feature whose weight
 comes out with the wrong sign (FIT_SIGNS) is dropped. The `sr` part (PLETH and lead II anti-aliased to 25 Hz, as the
 service gets them, super-resolved to 100 Hz) reports the same for *_SR windows against their normalised RMSE; its
 fit is made from saved runs (`--json` of `--parts sr --fit` runs, `--sr-rows`) and checked on other saved runs
@@ -473,9 +474,9 @@ def saved_sr_rows(paths: str) -> list[dict]:
     """The sr windows, with their features, of the --json files (comma list) of earlier `--parts sr --fit` runs."""
     rows = []
     for path in paths.split(","):
-        got = json.loads(Path(path).read_text())["sr"]
-        if got and "features" not in got[0]:
-            raise SystemExit(f"{path}: its sr windows carry no features (run with --fit)")
+        got = json.loads(Path(path).read_text()).get("sr")
+        if not got or "features" not in got[0]:
+            raise SystemExit(f"{path}: no sr windows with features (the --json of a `--parts sr --fit` run)")
         rows += got
     return rows
 
@@ -513,7 +514,9 @@ def main(argv=None) -> int:
     ap.add_argument("--every-s", type=float, default=40.0)
     ap.add_argument("--seconds", type=float, default=None, help="use only the first S seconds of each record")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the ungated runs")
-    ap.add_argument("--fit", action="store_true", help="fit the confidence coefficients (use --split train)")
+    ap.add_argument("--fit", action="store_true",
+                    help="fit the confidence coefficients on these records (and keep each sr window's features for "
+                         "--json): score the fit on others")
     ap.add_argument("--parts", default="detectors,ppg2ecg,sr",
                     help="comma list: detectors (assess alone, PLETH/II/V), ppg2ecg (gating + its confidence), sr, "
                          "lowrate (assess alone on lead II at --rate-hz)")
@@ -530,6 +533,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sr-check", default=None,
                     help="with --sr-rows: --json files whose sr windows the fit is scored on (records it was not fitted on)")
     args = ap.parse_args(argv)
+    if args.sr_check and not args.sr_rows:
+        ap.error("--sr-check scores the fit of --sr-rows: give both")
     if args.sr_rows:
         return refit_sr(args)
     root = found_dataset(args.dataset, args.data)

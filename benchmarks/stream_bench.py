@@ -446,8 +446,8 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
         topic=settings[0].topic_input, beds=n, bed_prefix=prefix.rstrip("-"), speed=args.speed, duration_s=args.duration,
         resample=args.resample))
     replay_end_ms = time.time() * 1000.0
-    # CPU while the load was offered: over the whole step, the idle-flush wait and the drain would dilute it (a
-    # worker falling behind looked half idle that way).
+    # CPU while the load was offered: over the whole step the idle-flush wait and the drain would dilute it, and a
+    # saturated worker would look half idle.
     cpu_load = scrape_cpu(settings)
     rig_load = rig.snapshot() if rig is not None else None
     load_s = replay_end_ms / 1000.0 - wall0
@@ -466,15 +466,7 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
     lat = np.array([(r["published_ms"] - r["produce_ms"]) / 1000.0 for r in steady])
     p99 = percentile(lat, 99)
     growth = latency_growth([r["produce_ms"] / 1000.0 for r in steady], lat)
-    why = []
-    if len(rows) < st.chunks:
-        why.append(f"only {len(rows)}/{st.chunks} messages written {drain_s:.0f} s after the replay")
-    if not (p99 <= args.max_p99_s):
-        why.append(f"p99 {p99:.2f} s > {args.max_p99_s:g} s")
-    if growth > args.max_growth:
-        why.append(f"falling behind: latency grew {growth:.2f} s per s")
-    if st.max_lag_s > args.max_replay_lag_s:
-        why.append(f"replay fell {st.max_lag_s:.1f} s behind (load generator limit)")
+    why = step_problems(len(rows), st.chunks, drain_s, p99, growth, st.max_lag_s, args)
     return StepResult(
         translator=settings[0].translator, beds=n, speed=args.speed, bed_equivalents=n * args.speed, sent=st.chunks,
         written=len(rows), p50_s=percentile(lat, 50), p99_s=p99, max_s=float(lat.max()) if len(lat) else math.nan,
@@ -483,6 +475,22 @@ def run_step(n: int, workers: list[WorkerProcess], settings: list[Settings], sta
         rig=None if rig is None else RigCpu.delta(rig0, rig1), influx_points=points1 - points0,
         influx_catchup_s=catchup, latency_growth=growth, load_s=load_s,
         rig_load=None if rig is None else RigCpu.delta(rig0, rig_load))
+
+
+def step_problems(written: int, sent: int, drain_s: float, p99: float, growth: float, replay_lag_s: float,
+                  args) -> list[str]:
+    """Why a step was not sustained (empty: it was): messages missing, p99 over --max-p99-s, latency growing faster
+    than --max-growth, or the load generator falling behind (--max-replay-lag-s)."""
+    why = []
+    if written < sent:
+        why.append(f"only {written}/{sent} messages written {drain_s:.0f} s after the replay")
+    if not (p99 <= args.max_p99_s):
+        why.append(f"p99 {p99:.2f} s > {args.max_p99_s:g} s")
+    if growth > args.max_growth:
+        why.append(f"falling behind: latency grew {growth:.2f} s per s")
+    if replay_lag_s > args.max_replay_lag_s:
+        why.append(f"replay fell {replay_lag_s:.1f} s behind (load generator limit)")
+    return why
 
 
 def latency_growth(produce_s, latency_s) -> float:
@@ -631,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after each step, wait this long for InfluxDB to catch up (reported, not part of 'sustained')")
     p.add_argument("--full-ramp", action="store_true", help="continue the ramp after the first failing step")
     p.add_argument("--bisect", type=int, default=0, metavar="K",
-                   help="after the first failing step, K more steps halving the gap to the last sustained one")
+                   help="after the first failing step, K more steps halving the gap to the last sustained one "
+                        "(not with --full-ramp)")
     p.add_argument("--memory-beds", type=int, default=50, help="beds for the in-process bytes-per-bed measurement")
     p.add_argument("--memory-translator", default="passthrough",
                    help="translator of the bytes-per-bed measurement (clmt: adds the engine's per-bed context cache)")

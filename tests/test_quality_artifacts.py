@@ -36,11 +36,14 @@ def test_the_sr_fit_on_one_set_is_scored_on_another(tmp_path, capsys):
     coefs = [float(v) for v in out.split("CONFIDENCE_COEFS['sr'] = (")[1].split(")")[0].split(",")]
     assert coefs[2] > 0  # shape: the feature that decides rightness here
     assert coefs[1] == 0.0 and coefs[4] == 0.0 and coefs[5] == 0.0  # score, hf_frac and context: not in the SR model
-    rho = float(out.split("that fit scored on")[1].split("Spearman rho(confidence, normalised RMSE) = ")[1].split()[0])
+    check_report = out.split("that fit scored on")[1]
+    rho = float(check_report.split("Spearman rho(confidence, normalised RMSE) = ")[1].split()[0])
     assert rho < -0.5  # the fitted confidence ranks the other set's errors
+    # scored with the new fit, not the shipped coefficients (which put every lead II window far below 0.95)
+    assert "| [0.95, 1.00) |" in check_report.split("II only")[1]
 
 
 def test_saved_windows_without_features_are_refused(tmp_path):
     path = _saved(tmp_path / "a.json", np.random.default_rng(1), 50, 0.5, features=False)
-    with pytest.raises(SystemExit, match="carry no features"):
+    with pytest.raises(SystemExit, match="no sr windows with features"):
         qa.main(["--sr-rows", str(path)])

@@ -248,31 +248,56 @@ class OwnedSink(RecordingSink):
 
 
 class InterruptedSink(OwnedSink):
-    """A producer the user stops with Ctrl-C while it is handed its `at`-th chunk."""
+    """A producer the user stops with Ctrl-C while it is handed its `at`-th chunk; `flush_fails` makes every delivery
+    fail at the flush (through the send futures' errbacks), `flush_interrupted` a second Ctrl-C hit the flush."""
 
-    def __init__(self, at: int):
+    def __init__(self, at: int, flush_fails: bool = False, flush_interrupted: bool = False):
         super().__init__()
-        self.at, self.flushed = at, 0
+        self.at, self.flushed, self.errbacks = at, 0, []
+        self.flush_fails, self.flush_interrupted = flush_fails, flush_interrupted
 
     def send(self, topic, key, value):
         if len(self.sent) + 1 == self.at:
             raise KeyboardInterrupt
         super().send(topic, key, value)
+        sink = self
+
+        class Future:
+            def add_errback(self, fn):
+                sink.errbacks.append(fn)
+        return Future()
 
     def flush(self, timeout=None):
         self.flushed += 1
+        if self.flush_interrupted:
+            raise KeyboardInterrupt
+        if self.flush_fails:
+            for fn in self.errbacks:
+                fn(RuntimeError("broker refused it"))
 
 
 def test_an_interrupted_replay_flushes_and_counts_what_it_sent():
     sink = InterruptedSink(at=4)
-    stats = publisher.replay([make_rec(seconds=6.0)], sink, ReplayOptions(speed=0, start_ns=T0, signals=["II"]))
-    assert stats.interrupted and stats.chunks == 3 == len(sink.sent) and sink.flushed == 1
-    assert stats.last_end_ns == T0 + 3 * 10**9  # where a new replay of the bed must start
+    with pytest.raises(KeyboardInterrupt) as stop:  # a caller that does not look for it stops as before
+        publisher.replay([make_rec(seconds=6.0)], sink, ReplayOptions(speed=0, start_ns=T0, signals=["II"]))
+    stats = stop.value.stats
+    assert isinstance(stop.value, publisher.ReplayInterrupted) and stats.failed == 0
+    assert stats.chunks == 3 == len(sink.sent) and sink.flushed == 1
+    assert stats.last_end_ns == T0 + 3 * 10**9
+    assert stats.handed_end_ns == T0 + 4 * 10**9  # the chunk whose send was interrupted may have left too
     assert stats.unsent_s == 0.0  # the rest of the replay, not NaN runs the wire refused
 
 
+@pytest.mark.parametrize("fails, again", [(True, False), (False, True)])
+def test_an_interrupted_replay_reports_deliveries_its_flush_did_not_confirm(fails, again):
+    sink = InterruptedSink(at=4, flush_fails=fails, flush_interrupted=again)
+    with pytest.raises(publisher.ReplayInterrupted) as stop:
+        publisher.replay([make_rec(seconds=6.0)], sink, ReplayOptions(speed=0, start_ns=T0, signals=["II"]))
+    assert stop.value.stats.failed == (3 if fails else 1)
+
+
 def test_cli_says_what_an_interrupted_replay_sent_and_where_to_resume(tmp_path, monkeypatch, capsys):
-    sink = InterruptedSink(at=3)
+    sink = InterruptedSink(at=3, flush_fails=True)
     monkeypatch.setattr(publisher, "_make_producer", lambda bootstrap, **kw: sink)
     monkeypatch.setattr("stream.topics.missing_topics", lambda *a, **k: [])
     path = tmp_path / "ii.parquet"
@@ -282,9 +307,10 @@ def test_cli_says_what_an_interrupted_replay_sent_and_where_to_resume(tmp_path, 
     pq.write_table(pa.table({"time_s": np.arange(1250) / 125.0, "II": np.zeros(1250, np.float32)}), path)
     rc = rp.cli([str(path), "--broker", "127.0.0.1:1", "--no-create-topic", "--speed", "0", "--no-progress",
                  "--start-ns", str(T0)])
-    out = capsys.readouterr().out
-    assert rc == 130, out
-    assert out.startswith("interrupted after 2 chunks") and f"--start-ns {T0 + 2 * 10**9}" in out
+    out, err = capsys.readouterr()
+    assert rc == 130, out + err
+    assert out.startswith("interrupted after 2 chunks") and f"--start-ns {T0 + 3 * 10**9}" in out
+    assert "the delivery of 2 chunk(s) was not confirmed" in err
 
 
 @pytest.mark.parametrize("only", ["PLETH", "II"])

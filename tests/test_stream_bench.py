@@ -57,6 +57,10 @@ def test_latency_growth_tells_a_rig_falling_behind_from_a_hop_sawtooth():
     assert np.percentile(behind, 99) < 5.0
     assert stream_bench.latency_growth(t, behind) == pytest.approx(0.1, abs=0.01)
     assert math.isnan(stream_bench.latency_growth([t[0]], [1.0]))
+    args = stream_bench.build_parser().parse_args([])
+    assert stream_bench.step_problems(10, 10, 20.0, 4.0, 0.01, 0.1, args) == []
+    assert stream_bench.step_problems(10, 10, 20.0, 4.0, 0.1, 0.1, args) == ["falling behind: latency grew 0.10 s per s"]
+    assert len(stream_bench.step_problems(9, 10, 20.0, float("nan"), float("nan"), 3.0, args)) == 3
 
 
 @pytest.mark.parametrize("capacity, steps, found", [

@@ -781,8 +781,8 @@ def _result(grades: list[tuple[float, str]], kind: str, dur: float, metrics: dic
 # Confidence of a translated window: the probability that its output is right, from its source's quality.
 #
 # A logistic model over a few numbers `assess` already measured on the source span (no extra cost). "Right" means
-# (benchmarks/quality_artifacts.py, which fits the coefficients on TRAINING patients with `--fit` and measures
-# them on the held-out ones): for ppg2ecg, every true R-peak of the span found within 50 ms and no extra one;
+# (benchmarks/quality_artifacts.py, which fits the coefficients with `--fit` on some records and measures them on
+# others): for ppg2ecg, every true R-peak of the span found within 50 ms and no extra one;
 # for sr, a normalised RMSE against the true full-rate signal below SR_RIGHT_NRMSE.
 SR_RIGHT_NRMSE = 0.25  # RMSE / the record's SD of the true full-rate signal
 CONFIDENCE_FEATURES = ("score", "shape", "swing", "hf_frac", "context", "ecg")
@@ -792,16 +792,17 @@ CONFIDENCE_FEATURES = ("score", "shape", "swing", "hf_frac", "context", "ecg")
 # (every third training patient, clean runs and runs with motion, clipping and noise injected). "sr" (ECG by the CLMT
 # refiner, PPG by its polyphase resample) on the held-out BIDMC patients, which the refiner never saw (on its training
 # patients it is right three times as often): `--parts sr --fit ... --translator ppg2ecg=classic,sr=clmt --json F`, then
-# `--sr-rows F` (docs/quality.md, with the check on the held-out Challenge records), over the features the SR model
-# had when it was fitted on the classic translator (shape and kind: CONFIDENCE_UNUSED). A weight fitted with the sign
-# that would raise the confidence as quality falls is dropped (the fit's FIT_SIGNS): SR's swing was.
+# `--sr-rows F` (docs/quality.md, with the check on the held-out Challenge records), over shape and kind only
+# (CONFIDENCE_UNUSED). A weight fitted with the sign that would raise the confidence as quality falls is dropped (the
+# fit's FIT_SIGNS): SR's swing was.
 CONFIDENCE_COEFS = {  # task -> (intercept, one coefficient per CONFIDENCE_FEATURES)
     "ppg2ecg": (-14.858, 2.570, 13.699, -0.461, -5.472, 1.508, 0.0),
     "sr": (-11.214, 0.0, 14.820, 0.0, 0.0, 0.0, -4.543),
 }
 # Features a task's model leaves out: SR has no patient context, and for SR hf_frac (measured only where the rate
 # can show it: PPG at 25 Hz, never ECG) would stand in for the signal's kind, which `ecg` states; with the score
-# beside the shape the SR model ranked the held-out Challenge PPG windows worse (rho -0.246 against -0.297).
+# beside the shape the SR model ranked the held-out Challenge PPG windows worse (rho -0.246 against -0.297: a choice
+# made on the check records, so they are not wholly out of sample for it).
 # PPG->ECG's source is always a PPG.
 CONFIDENCE_UNUSED = {"ppg2ecg": ("ecg",), "sr": ("hf_frac", "context", "score")}
 

@@ -26,6 +26,18 @@ class ReplayError(RuntimeError):
     """A send failed (broker unreachable, message refused); the message says after how many chunks."""
 
 
+class ReplayInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a replay; `stats` counts the chunks handed to the producer before it, flushed.
+
+    A KeyboardInterrupt still, so a caller that does not look for it stops as it would have; `wavebridge replay`
+    catches it to say how much was sent and where a new replay of the same bed ids must start (a worker
+    dead-letters chunks that step back in time)."""
+
+    def __init__(self, stats: "ReplayStats"):
+        super().__init__()
+        self.stats = stats
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     """What a replay sends, where and how fast. Checked when made (ValueError).
@@ -102,7 +114,7 @@ class ReplayStats:
     max_lag_s: float = 0.0  # worst lateness of a send versus its real-time due time
     failed: int = 0
     per_signal: dict[str, int] = field(default_factory=dict)  # chunks per signal
-    interrupted: bool = False  # stopped by Ctrl-C (SIGINT): what was handed to the producer before it is flushed
+    handed_end_ns: int = 0  # end of the latest chunk handed to the producer, counted or not (an interrupted send)
 
     @property
     def chunks_per_s(self) -> float:
@@ -145,8 +157,6 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
     Returns
     -------
     ReplayStats
-        With `interrupted` set after a KeyboardInterrupt (Ctrl-C) during the sends: the chunks sent until then are
-        flushed and counted.
 
     Raises
     ------
@@ -155,6 +165,9 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         the wire would refuse.
     ReplayError
         A send failed.
+    ReplayInterrupted
+        Ctrl-C during the replay: its `stats` count what was sent until then (flushed; `failed` > 0 when a delivery
+        failed or a second Ctrl-C cut the flush short).
     """
     check_plan(len(recordings), options.beds, options.duration_s)
     recs = [r if isinstance(r, Recording) else read_recording(r) for r in recordings]
@@ -176,18 +189,21 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         # is due, not after the resampling and the connection (they made every send about 0.5 s late)
         behind_s = (time.time_ns() - t0_ns) / 1e9 if options.start_ns is None else 0.0
         pacer = _Pacer(t0_ns, options.speed, clock, sleep, behind_s)
+        errors: list[BaseException] = []  # a send's failure arrives in its errback, during the flush too
+        interrupted = False
         try:
-            errors = _send_all(chunks, producer, options, pacer, stats, bar)
+            _send_all(chunks, producer, options, pacer, stats, bar, errors)
         except KeyboardInterrupt:
-            # Stopped by the user: the chunks already sent are flushed and counted, so the caller can say where a
-            # new replay of these bed ids must start (a worker dead-letters chunks that step back in time).
-            stats.interrupted, errors = True, []
+            interrupted = True  # what was handed to the producer is still flushed and counted below
         try:
             producer.flush(timeout=60) if own else producer.flush()
+        except KeyboardInterrupt as exc:  # a second Ctrl-C: the last chunks' delivery is not confirmed
+            interrupted = True
+            errors.append(exc)
         except Exception as exc:  # kafka-python raises KafkaTimeoutError when flush cannot finish
             errors.append(exc)
         stats.elapsed_s = pacer.elapsed_s()
-        if not errors and not stats.interrupted:  # chunks of NaN were counted in advance and never sent
+        if not errors and not interrupted:  # chunks of NaN were counted in advance and never sent
             bar.total = stats.chunks
             bar.refresh()
         bar.close()
@@ -195,8 +211,8 @@ def replay(recordings: Sequence[Recording | str | Path], producer_or_bootstrap, 
         if own:
             producer.close(timeout=10)
     stats.failed = len(errors)
-    if stats.interrupted:
-        return stats  # what was not sent is the rest of the replay, not NaN runs
+    if interrupted:  # what was not sent is the rest of the replay, not NaN runs: `unsent_s` stays 0
+        raise ReplayInterrupted(stats)
     for bed, rec in plan:
         for sig in select_signals(rec, options.signals):
             rate, n = signal_length(rec, sig, options.resample, options.duration_s)
@@ -301,15 +317,15 @@ class _Pacer:
 
 
 def _send_all(chunks: Iterator[Chunk], producer, options: ReplayOptions, pacer: _Pacer, stats: ReplayStats,
-              bar) -> list[BaseException]:
-    """Send every chunk when `pacer` says, counting into `stats`; stops at the first failed send. Returns the send
-    errors (flushing is the caller's)."""
+              bar, errors: list[BaseException]) -> None:
+    """Send every chunk when `pacer` says, counting into `stats`; stops at the first failed send, whose error (and
+    each failed delivery's, from the errbacks, until the caller's flush) goes to `errors`."""
     encode = wire.encode_binary if options.fmt == "binary" else wire.encode_json
-    errors: list[BaseException] = []
     last_end: dict[tuple[str, str], int] = {}
     for chunk in chunks:
         stats.max_lag_s = max(stats.max_lag_s, pacer.wait_for(chunk))
         payload = encode(chunk)
+        stats.handed_end_ns = max(stats.handed_end_ns, chunk.end_ns())
         try:
             fut = producer.send(options.topic, key=wire.message_key(chunk), value=payload)
         except Exception as exc:  # e.g. MessageSizeTooLargeError, KafkaTimeoutError (no metadata)
@@ -321,7 +337,6 @@ def _send_all(chunks: Iterator[Chunk], producer, options: ReplayOptions, pacer: 
         bar.update(1)
         if errors:
             break  # fail fast: the broker is rejecting messages
-    return errors
 
 
 def _make_producer(bootstrap: str, **kwargs):

@@ -15,7 +15,8 @@ from operators.vocab import TOPIC_WAVEFORMS
 from stream.config import ConfigError, is_topic_name, parse_host_port
 from stream.tools.chunker import DEFAULT_SIGNALS, check_plan
 from stream.tools.cli import ArgumentParser, one_line
-from stream.tools.publisher import FORMATS, ReplayError, ReplayOptions, check_replay, empty_channels, replay
+from stream.tools.publisher import (FORMATS, ReplayError, ReplayInterrupted, ReplayOptions, check_replay,
+                                    empty_channels, replay)
 
 
 def _parse_resample(items: Iterable[str]) -> dict[str, float]:
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """`wavebridge replay ARGV`; returns the exit status (2: a bad option or record, found before connecting, or a
-    missing topic with --no-create-topic; 1: the replay failed: broker unreachable, a send refused)."""
+    missing topic with --no-create-topic; 1: the replay failed: broker unreachable, a send refused; 130: stopped by
+    Ctrl-C, after saying what was sent)."""
     p = build_parser()
     args = p.parse_args(argv)
     try:
@@ -133,8 +135,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
             print(f"wavebridge replay: note: created topic {args.topic} ({args.partitions} partitions); workers read "
                   f"the one WAVEBRIDGE_TOPIC_INPUT names (default {TOPIC_WAVEFORMS})", file=sys.stderr)
         timeout_ms = int(args.connect_timeout_s * 1000)
-        stats = replay(recs, args.broker, options,
-                       producer_kwargs={"bootstrap_timeout_ms": timeout_ms, "max_block_ms": timeout_ms})
+        interrupted = False
+        try:
+            stats = replay(recs, args.broker, options,
+                           producer_kwargs={"bootstrap_timeout_ms": timeout_ms, "max_block_ms": timeout_ms})
+        except ReplayInterrupted as stop:
+            stats, interrupted = stop.stats, True
     except (ValueError, ReplayError, OSError) as exc:
         print(f"wavebridge replay: error: {one_line(exc)}", file=sys.stderr)
         return 1
@@ -147,18 +153,22 @@ def cli(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"wavebridge replay: error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
-    print(f"{'interrupted after' if stats.interrupted else 'replayed'} {stats.chunks} chunks ({stats.samples} "
+    print(f"{'interrupted after' if interrupted else 'replayed'} {stats.chunks} chunks ({stats.samples} "
           f"samples, {stats.bytes / 1e6:.2f} MB) for {stats.beds} "
           f"bed(s) to {args.topic} in {stats.elapsed_s:.1f} s ({stats.chunks_per_s:.0f} chunks/s, "
           f"{stats.gaps} gap(s), max lag {stats.max_lag_s * 1000:.0f} ms)")
     if stats.unsent_s >= 0.05:
         print(f"not sent: {stats.unsent_s:.3g} signal-seconds of NaN runs the wire format does not repair (they reach "
               "the worker as gaps)")
-    if stats.chunks:
-        # a worker dead-letters a bed's chunks that start before its last one ended: say where this one ended
-        print(f"samples stamped {_utc(stats.first_ns)} to {_utc(stats.last_end_ns)} UTC; a new replay of the same "
-              f"bed ids must start after that (--start-ns {stats.last_end_ns}, or later with the default of now)")
-    return 130 if stats.interrupted else 0
+    if interrupted and stats.failed:
+        print(f"wavebridge replay: warning: the delivery of {stats.failed} chunk(s) was not confirmed (a send failed, "
+              "or a second Ctrl-C cut the flush short): the topic may hold fewer than counted", file=sys.stderr)
+    if stats.handed_end_ns:
+        # a worker dead-letters a bed's chunks that start before its last one ended: say where this one ended (a
+        # chunk whose send Ctrl-C interrupted may have left too)
+        print(f"samples stamped {_utc(stats.first_ns)} to {_utc(stats.handed_end_ns)} UTC; a new replay of the same "
+              f"bed ids must start after that (--start-ns {stats.handed_end_ns}, or later with the default of now)")
+    return 130 if interrupted else 0
 
 
 def _utc(ns: int) -> str:
