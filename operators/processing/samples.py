@@ -149,6 +149,12 @@ def fit_length(y: np.ndarray, n_out: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
+def _rate_fraction(rate_hz: float) -> Fraction:
+    """A rate in Hz read as the fraction with denominator <= 10^6 nearest it: how every function here reads rates."""
+    return Fraction(float(rate_hz)).limit_denominator(_RATE_MAX_DEN)
+
+
+@lru_cache(maxsize=256)
 def period_ns(rate_hz: float) -> Fraction:
     """Sample period in ns as an exact fraction, e.g. 1e9/360 = 25000000/9 ns.
 
@@ -156,15 +162,14 @@ def period_ns(rate_hz: float) -> Fraction:
     ----------
     rate_hz : sample rate in Hz (> 0), read as a fraction with denominator <= 10^6.
     """
-    return Fraction(NS_PER_S) / Fraction(float(rate_hz)).limit_denominator(_RATE_MAX_DEN)
+    return Fraction(NS_PER_S) / _rate_fraction(rate_hz)
 
 
+@lru_cache(maxsize=256)
 def whole_multiple(hi_hz: float, lo_hz: float) -> bool:
     """Whether `hi_hz` is a whole multiple of `lo_hz` (both read as fractions, as `period_ns` reads rates): every k-th
     sample at `hi_hz` lies on the `lo_hz` grid."""
-    ratio = (Fraction(float(hi_hz)).limit_denominator(_RATE_MAX_DEN)
-             / Fraction(float(lo_hz)).limit_denominator(_RATE_MAX_DEN))
-    return ratio.denominator == 1
+    return (_rate_fraction(hi_hz) / _rate_fraction(lo_hz)).denominator == 1
 
 
 def grid_ns(origin_ns: int, rate_hz: float, index) -> np.ndarray:
